@@ -1,0 +1,127 @@
+"""The public entry points: ``relay_attention``, ``merge_states``, ``select_backend``."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from relaycore import dispatch, state
+from relaycore.types import AttentionState, PrefixLevel, RequestKV
+from relaycore.validation import array_kind, validate
+
+
+def relay_attention(
+    q,
+    cu_seqlens_q,
+    kv: RequestKV,
+    prefixes: Sequence[PrefixLevel] = (),
+    *,
+    causal: bool = True,
+    softmax_scale: Optional[float] = None,
+    backend: str = "auto",
+) -> AttentionState:
+    """Attention of every query over its prefixes (level by level) then its own KV.
+
+    Each query attends all tokens of the prefixes its request names, then its own tokens (all of
+    them, or with ``causal=True`` those up to its own position: the queries are the last
+    ``q_len`` own tokens). The result is exact attention over that context; how it is computed
+    (one pass, or the relay split with each prefix read once for all the queries that share it)
+    is the backend's business.
+
+    Precision policy: fp16/bf16/fp32 inputs; products and sums in fp32; ``lse`` float32 in
+    natural log; ``out`` in q's dtype. The reference computes in float64.
+
+    Args:
+        q: ``[total_q, Hq, D]`` float16, bfloat16, float32 (float64 for reference/torch).
+        cu_seqlens_q: int32 ``[B + 1]``: request ``b``'s queries are rows
+            ``cu_seqlens_q[b]:cu_seqlens_q[b+1]`` of ``q``.
+        kv: the requests' own KV, ``RaggedKV`` ``[total_kv, Hkv, D]`` or ``PagedKV``
+            ``[num_blocks, block_size, Hkv, D]``; ``Hq`` a multiple of ``Hkv``.
+        prefixes: zero or more ``PrefixLevel``; level ``l`` holds ``P_l`` prefixes
+            ``[total_prefix_l, Hkv, D]`` and each request's prefix id at that level (-1: none).
+        causal: mask own tokens after each query's position.
+        softmax_scale: score scale; default ``1/sqrt(D)``.
+        backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"``. ``"auto"`` picks the
+            reference for NumPy inputs, Triton for CUDA tensors it supports, PyTorch otherwise
+            (``select_backend`` says which and why). A named backend is never swapped.
+
+    Returns:
+        ``AttentionState(out [total_q, Hq, D] in q's dtype, lse [total_q, Hq] float32)``;
+        ``float64`` both for NumPy inputs. A query that sees no key gets out 0 and lse -inf.
+
+    Raises:
+        TypeError, ValueError: bad input, naming the argument, the expected and the received.
+
+    Example:
+        >>> import numpy as np, relaycore
+        >>> rng = np.random.default_rng(0)
+        >>> B, Hq, Hkv, D = 2, 4, 2, 16
+        >>> q = rng.standard_normal((B, Hq, D))                  # one query per request
+        >>> own = relaycore.RaggedKV(rng.standard_normal((6, Hkv, D)),
+        ...                          rng.standard_normal((6, Hkv, D)), np.array([0, 3, 6]))
+        >>> system = relaycore.PrefixLevel(rng.standard_normal((5, Hkv, D)),
+        ...                                rng.standard_normal((5, Hkv, D)),
+        ...                                np.array([0, 5]), np.array([0, 0]))
+        >>> out, lse = relaycore.relay_attention(q, np.array([0, 1, 2]), own, [system])
+        >>> out.shape, lse.shape
+        ((2, 4, 16), (2, 4))
+    """
+    meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+    choice = dispatch.choose(meta, backend)
+    return dispatch.load(choice.name).run(q, cu_seqlens_q, kv, tuple(prefixes), meta)
+
+
+def select_backend(q, cu_seqlens_q, kv: RequestKV, prefixes: Sequence[PrefixLevel] = (), *, causal: bool = True,
+                   softmax_scale: Optional[float] = None, backend: str = "auto") -> dispatch.BackendChoice:
+    """The backend ``relay_attention`` would run these inputs on, and why (nothing is computed)."""
+    meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+    return dispatch.choose(meta, backend)
+
+
+def merge_states(a: AttentionState, b: AttentionState) -> AttentionState:
+    """Merge the attention states of two disjoint key sets into the state of their union.
+
+    ``lse = logaddexp(a.lse, b.lse)``, ``out = sigmoid(a.lse - b.lse) a.out + sigmoid(b.lse -
+    a.lse) b.out``; ``(0, -inf)`` is the identity, and two empty states give ``(0, -inf)``.
+
+    Args:
+        a: ``out [..., D]``, ``lse [...]`` (NumPy arrays or torch tensors).
+        b: the same shapes, kind and device as ``a``.
+
+    Returns:
+        ``AttentionState`` with ``out`` in ``a.out``'s dtype and ``lse`` in ``a.lse``'s dtype.
+
+    Raises:
+        TypeError, ValueError: mismatched kinds, shapes, dtypes or devices.
+
+    Example:
+        >>> import numpy as np, relaycore
+        >>> a = relaycore.AttentionState(np.ones((1, 2)), np.array([0.0]))
+        >>> empty = relaycore.AttentionState(np.zeros((1, 2)), np.array([-np.inf]))
+        >>> relaycore.merge_states(a, empty).lse
+        array([0.])
+    """
+    for name, s in (("a", a), ("b", b)):
+        if not isinstance(s, tuple) or len(s) != 2:
+            raise TypeError(f"{name}: expected an AttentionState (out, lse), got {type(s).__name__}")
+        for field, x in (("out", s[0]), ("lse", s[1])):
+            if array_kind(x) is None:
+                raise TypeError(f"{name}.{field}: expected a NumPy array or torch tensor, got {type(x).__name__}")
+    a, b = AttentionState(*a), AttentionState(*b)
+    kinds = {array_kind(x) for x in (a.out, a.lse, b.out, b.lse)}
+    if len(kinds) != 1:
+        raise TypeError(f"merge_states: expected all arrays of one kind, got {sorted(kinds)}")
+    if tuple(a.out.shape) != tuple(b.out.shape):
+        raise ValueError(f"b.out: expected the shape of a.out {tuple(a.out.shape)}, got {tuple(b.out.shape)}")
+    if tuple(a.lse.shape) != tuple(b.lse.shape):
+        raise ValueError(f"b.lse: expected the shape of a.lse {tuple(a.lse.shape)}, got {tuple(b.lse.shape)}")
+    if tuple(a.out.shape[:-1]) != tuple(a.lse.shape):
+        raise ValueError(f"a.lse: expected shape {tuple(a.out.shape[:-1])} (a.out without its last axis), got {tuple(a.lse.shape)}")
+    if kinds == {"torch"}:
+        devices = {str(x.device) for x in (a.out, a.lse, b.out, b.lse)}
+        if len(devices) != 1:
+            raise ValueError(f"merge_states: expected all tensors on one device, got {sorted(devices)}")
+    elif not all(np.issubdtype(x.dtype, np.floating) for x in (a.out, a.lse, b.out, b.lse)):
+        raise TypeError("merge_states: expected floating-point arrays")
+    return state.merge(a, b)

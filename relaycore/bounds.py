@@ -1,0 +1,171 @@
+"""A-priori error bounds for attention computed under relaycore's precision policy.
+
+Every tolerance in relaycore comes from here; ``proofs/error_bound.py`` states and proves the
+bound and checks it in 50-digit arithmetic. The precision policy it covers is the one every
+backend follows:
+
+* the inputs ``q, k, v`` are exact (they *are* the low-precision values; the oracle reads the same
+  values in float64);
+* scores ``q . k`` are accumulated in the accumulation format (fp32 for fp16/bf16/fp32 inputs,
+  with unit roundoff ``u_acc``), scaled, and exponentiated (relative error ``u_exp``) after
+  subtracting a running maximum;
+* the unnormalised softmax weights are rounded once to the input dtype (``u_p``) before the
+  ``P @ V`` product, whose sums run in the accumulation format;
+* partial states may be rescaled and merged any number of times, up to ``steps`` per key;
+* the output is divided by the normaliser in fp32 and rounded once to the input dtype (``u_out``).
+
+For one query row that sees ``N >= 1`` keys, with ``A = max_j scale * sum_d |q_d k_jd|`` and
+``V_d = max_j |v_jd|``, the computed state is exactly the attention of *perturbed weights*
+``exp(s_j + alpha_j)`` (numerator) and ``exp(s_j + beta_j)`` (normaliser) with
+``|alpha_j|, |beta_j| <= rho``, where::
+
+    rho = gamma(D + 6, u_acc) * A                       # scores
+        + u_p + gamma(N, u_acc)                         # P rounded, sums
+        + steps * (u_exp + 3 u_acc + u_acc * (A + log N + 1))   # rescales and merges
+
+and ``gamma(n, u) = n u / (1 - n u)``. From that (``proofs/error_bound.py``)::
+
+    |out_d - ref_d| <= ((exp(2 rho) - 1) V_d + N tau V_d exp(rho)) (1 + u_o) + u_o |ref_d|
+    |lse - ref|     <= rho + 3 u_acc (|ref| + 1)
+
+with ``u_o = u_out + u_acc`` and ``tau`` the absolute rounding of a weight near underflow. A row
+that sees no key must give out 0 and lse -inf exactly: its bound is 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Unit roundoff (half an ulp at 1) of each format, round to nearest.
+UNIT_ROUNDOFF = {
+    "float16": 2.0**-11,
+    "bfloat16": 2.0**-8,
+    "float32": 2.0**-24,
+    "float64": 2.0**-53,
+}
+
+#: Largest absolute error of rounding a value in [0, 1] to the format near underflow: half the
+#: smallest subnormal, or the smallest normal where hardware flushes subnormals to zero.
+UNDERFLOW_ABS = {
+    "float16": 2.0**-25,
+    "bfloat16": 2.0**-126,  # bf16 shares fp32's exponent range; FTZ flushes below 2^-126
+    "float32": 2.0**-126,
+    "float64": 2.0**-1022,
+}
+
+#: Relative error of the hardware exponential: ``ex2.approx.ftz.f32`` on NVIDIA GPUs is
+#: documented at 2 ulp for fp32; 2^-21 leaves margin and also covers libm's float32 ``expf``.
+EXP_REL_FP32 = 2.0**-21
+#: float64 libm ``exp`` is correctly rounded to within an ulp.
+EXP_REL_FP64 = 2.0**-52
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The unit roundoffs of one precision policy.
+
+    Attributes:
+        dtype: the input/output dtype name.
+        u_acc: accumulation format (fp32 sums, tensor-core accumulators; taken as 2u_fp32 so
+            that round-toward-zero accumulation is covered).
+        u_exp: relative error of ``exp``/``exp2`` in the accumulation format.
+        u_p: rounding of the softmax weights before ``P @ V``.
+        u_out: rounding of the output to the input dtype.
+        tau: absolute rounding of a weight near underflow.
+    """
+
+    dtype: str
+    u_acc: float
+    u_exp: float
+    u_p: float
+    u_out: float
+    tau: float
+
+
+def precision(dtype: str) -> Precision:
+    """The precision policy for inputs of ``dtype`` (a canonical name, see ``FLOAT_DTYPES``)."""
+    if dtype not in UNIT_ROUNDOFF:
+        raise ValueError(f"precision: dtype must be one of {sorted(UNIT_ROUNDOFF)}, got {dtype!r}")
+    if dtype == "float64":
+        u = UNIT_ROUNDOFF["float64"]
+        return Precision(dtype, u_acc=2 * u, u_exp=EXP_REL_FP64, u_p=u, u_out=u, tau=UNDERFLOW_ABS["float64"])
+    u_acc = 2 * UNIT_ROUNDOFF["float32"]
+    tau = max(UNDERFLOW_ABS[dtype], UNDERFLOW_ABS["float32"])
+    return Precision(dtype, u_acc=u_acc, u_exp=EXP_REL_FP32, u_p=UNIT_ROUNDOFF[dtype], u_out=UNIT_ROUNDOFF[dtype], tau=tau)
+
+
+def gamma(n, u: float):
+    """Higham's ``gamma_n = n u / (1 - n u)``: the relative error of an ``n``-term sum or dot
+    product in a format of unit roundoff ``u``, in any summation order."""
+    n = np.asarray(n, dtype=np.float64)
+    nu = n * u
+    if np.any(nu >= 1):
+        raise ValueError(f"gamma: n * u must be below 1, got max {float(np.max(nu))}")
+    return nu / (1 - nu)
+
+
+def default_steps(num_keys):
+    """A safe count of rescale/merge steps per key for any blocking: every block and every
+    merged part holds at least one key, so a key passes at most ``2N`` steps."""
+    return 2 * np.asarray(num_keys, dtype=np.float64)
+
+
+def weight_perturbation(num_keys, score_abs, head_dim: int, prec: Precision, steps=None):
+    """``rho`` per query row: the largest relative perturbation (as a log) of any softmax weight.
+
+    Args:
+        num_keys: ``N`` per row (any shape), keys the row sees.
+        score_abs: ``A`` per row, ``max_j scale * sum_d |q_d k_jd|`` (same shape).
+        head_dim: ``D``.
+        prec: the precision policy.
+        steps: rescale/merge steps per key (same shape or scalar); default ``default_steps``.
+
+    Returns:
+        float64 array of ``rho`` (0 where ``N == 0``).
+    """
+    n = np.asarray(num_keys, dtype=np.float64)
+    a = np.asarray(score_abs, dtype=np.float64)
+    steps = default_steps(n) if steps is None else np.broadcast_to(np.asarray(steps, dtype=np.float64), n.shape)
+    log_n = np.log(np.maximum(n, 1.0))
+    rho = (
+        gamma(head_dim + 6, prec.u_acc) * a
+        + prec.u_p
+        + gamma(n, prec.u_acc)
+        + steps * (prec.u_exp + 3 * prec.u_acc + prec.u_acc * (a + log_n + 1))
+    )
+    return np.where(n > 0, rho, 0.0)
+
+
+def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps=None):
+    """Elementwise bound on ``|out - ref_out|``.
+
+    Args:
+        ref_out: ``[..., D]`` the exact output (float64 oracle).
+        value_abs: ``[..., D]`` ``V_d = max_j |v_jd|`` over the keys the row sees.
+        num_keys, score_abs: ``[...]`` per row, see ``weight_perturbation``.
+        head_dim: ``D``.
+        prec: the precision policy.
+        steps: see ``weight_perturbation``.
+
+    Returns:
+        float64 ``[..., D]``; exactly 0 on rows that see no key.
+    """
+    rho = weight_perturbation(num_keys, score_abs, head_dim, prec, steps)[..., None]
+    n = np.asarray(num_keys, dtype=np.float64)[..., None]
+    v = np.asarray(value_abs, dtype=np.float64)
+    u_o = prec.u_out + prec.u_acc
+    weights = (np.expm1(2 * rho) + n * prec.tau * np.exp(rho)) * v
+    bound = weights * (1 + u_o) + u_o * np.abs(np.asarray(ref_out, dtype=np.float64))
+    return np.where(n > 0, bound, 0.0)
+
+
+def lse_bound(ref_lse, num_keys, score_abs, head_dim: int, prec: Precision, steps=None):
+    """Bound on ``|lse - ref_lse|`` per row (natural log); 0 on rows that see no key."""
+    rho = weight_perturbation(num_keys, score_abs, head_dim, prec, steps)
+    ref = np.asarray(ref_lse, dtype=np.float64)
+    n = np.asarray(num_keys)
+    finite_ref = np.where(n > 0, np.abs(ref), 0.0)
+    return np.where(n > 0, rho + 3 * prec.u_acc * (finite_ref + 1), 0.0)

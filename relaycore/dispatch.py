@@ -1,0 +1,74 @@
+"""Backend registry and the choice ``backend="auto"`` makes.
+
+A backend is a module with two functions:
+
+``supports(meta: BatchMeta) -> str | None``
+    ``None`` if it can run the batch, else the reason it cannot.
+``run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta) -> AttentionState``
+    the computation, on inputs that ``relaycore.validation.validate`` accepted.
+
+A backend the user names is used or refused with its reason, never swapped for another.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import NamedTuple
+
+from relaycore.validation import BatchMeta
+
+BACKENDS = {
+    "reference": "relaycore.reference.backend",
+    "torch": "relaycore.fast.torch_backend",
+    "triton": "relaycore.fast.triton.backend",
+}
+
+
+class BackendChoice(NamedTuple):
+    """The backend that runs a batch, and why it was chosen."""
+
+    name: str
+    reason: str
+
+
+def load(name: str):
+    """Import backend ``name``; raises ``ValueError`` for an unknown name and ``RuntimeError``
+    (with the import error) for one whose dependencies are missing."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend: expected one of {['auto', *BACKENDS]}, got {name!r}")
+    try:
+        return importlib.import_module(BACKENDS[name])
+    except ImportError as exc:
+        raise RuntimeError(f"backend {name!r} is not available here: {exc}") from exc
+
+
+def _available(name: str) -> bool:
+    try:
+        load(name)
+    except RuntimeError:
+        return False
+    return True
+
+
+def choose(meta: BatchMeta, backend: str = "auto") -> BackendChoice:
+    """Resolve ``backend`` for a validated batch.
+
+    Raises:
+        ValueError: unknown backend name, or a named backend that cannot run this batch.
+        RuntimeError: a named backend whose dependencies are not installed.
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected a str, got {type(backend).__name__}")
+    if backend != "auto":
+        reason = load(backend).supports(meta)
+        if reason is not None:
+            raise ValueError(f"backend {backend!r} cannot run this batch: {reason}")
+        return BackendChoice(backend, "named by the caller")
+    if meta.array_kind == "numpy":
+        return BackendChoice("reference", "NumPy inputs: the float64 oracle")
+    if meta.device.startswith("cuda") and _available("triton"):
+        reason = load("triton").supports(meta)
+        if reason is None:
+            return BackendChoice("triton", f"torch tensors on {meta.device}: the Triton kernels")
+        return BackendChoice("torch", f"torch tensors on {meta.device}; Triton cannot run them: {reason}")
+    return BackendChoice("torch", f"torch tensors on {meta.device}: the portable PyTorch backend")

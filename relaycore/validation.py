@@ -1,0 +1,348 @@
+"""Input validation: every bad input becomes a ``ValueError``/``TypeError`` naming the argument,
+what was expected and what was received, before any backend runs.
+
+``validate`` checks shapes, dtypes and devices, then reads the integer metadata (sequence
+offsets, block tables, prefix ids) to the host and checks its values. It returns a ``BatchMeta``
+with what it learned, so that backends never re-derive it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+from relaycore.constants import FLOAT_DTYPES
+from relaycore.types import PagedKV, PrefixLevel, RaggedKV
+
+INT_DTYPES = ("int32", "int64")
+
+
+@dataclass(frozen=True)
+class BatchMeta:
+    """What validation learned about a batch (host-side NumPy copies of the metadata).
+
+    Attributes:
+        batch: ``B``.
+        num_q_heads, num_kv_heads, head_dim: ``Hq``, ``Hkv``, ``D``.
+        dtype: canonical name of q's dtype (``"float16"``, ``"bfloat16"``, ``"float32"``,
+            ``"float64"``).
+        array_kind: ``"numpy"`` or ``"torch"``.
+        device: ``"cpu"`` for NumPy, else the torch device string (``"cuda:0"``).
+        paged: whether the request KV is a ``PagedKV``.
+        block_size: page size when paged, else 0.
+        causal: causal masking of the request's own tokens.
+        softmax_scale: the resolved scale.
+        q_lens, kv_lens: int64 ``[B]``; ``kv_lens`` counts own tokens only.
+        cu_seqlens_q: int64 ``[B + 1]``.
+        prefix_lens: per level, int64 ``[P_l]``.
+        prefix_ids: per level, int64 ``[B]`` (-1 = none).
+    """
+
+    batch: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str
+    array_kind: str
+    device: str
+    paged: bool
+    block_size: int
+    causal: bool
+    softmax_scale: float
+    q_lens: np.ndarray
+    kv_lens: np.ndarray
+    cu_seqlens_q: np.ndarray
+    prefix_lens: Tuple[np.ndarray, ...]
+    prefix_ids: Tuple[np.ndarray, ...]
+
+    @property
+    def group_size(self) -> int:
+        """``Hq // Hkv``: query heads per KV head."""
+        return self.num_q_heads // self.num_kv_heads
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.prefix_lens)
+
+    @property
+    def total_q(self) -> int:
+        return int(self.cu_seqlens_q[-1])
+
+    def context_lens(self) -> np.ndarray:
+        """int64 ``[B]``: prefix tokens of every level plus own tokens, per request."""
+        total = self.kv_lens.copy()
+        for lens, ids in zip(self.prefix_lens, self.prefix_ids):
+            total += np.where(ids >= 0, lens[np.maximum(ids, 0)] if len(lens) else 0, 0)
+        return total
+
+
+# ---------------------------------------------------------------------------------------------
+# array-library neutral accessors
+
+
+def array_kind(x: Any) -> Optional[str]:
+    """``"numpy"``, ``"torch"`` or ``None`` for anything else."""
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    mod = type(x).__module__
+    if mod.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "shape"):
+        return "torch"
+    return None
+
+
+def dtype_name(x: Any) -> str:
+    """Canonical dtype name of a NumPy array or torch tensor (``"bfloat16"``, ``"int32"``...)."""
+    return str(x.dtype).replace("torch.", "")
+
+
+def device_name(x: Any) -> str:
+    return "cpu" if isinstance(x, np.ndarray) else str(x.device)
+
+
+def to_host_ints(x: Any) -> np.ndarray:
+    """Copy an integer array to a host int64 NumPy array (a device sync for GPU tensors)."""
+    if isinstance(x, np.ndarray):
+        return x.astype(np.int64, copy=False)
+    return x.detach().to("cpu").numpy().astype(np.int64, copy=False)
+
+
+def _describe(x: Any) -> str:
+    kind = array_kind(x)
+    if kind is None:
+        return f"{type(x).__name__}"
+    return f"{kind} array of shape {tuple(x.shape)}, dtype {dtype_name(x)}, device {device_name(x)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+
+class _Checker:
+    """Collects the array kind and device of the first array, and checks every other against it."""
+
+    def __init__(self) -> None:
+        self.kind: Optional[str] = None
+        self.device: Optional[str] = None
+        self.first: Optional[str] = None
+
+    def array(self, name: str, x: Any, *, rank: int, dtypes: Sequence[str]) -> None:
+        kind = array_kind(x)
+        if kind is None:
+            raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {_describe(x)}")
+        if self.kind is None:
+            self.kind, self.device, self.first = kind, device_name(x), name
+        elif kind != self.kind:
+            raise TypeError(f"{name}: expected a {self.kind} array like {self.first}, got a {kind} array")
+        elif device_name(x) != self.device:
+            raise ValueError(f"{name}: expected device {self.device} (the device of {self.first}), got {device_name(x)}")
+        if x.ndim != rank:
+            raise ValueError(f"{name}: expected rank {rank}, got shape {tuple(x.shape)} (rank {x.ndim})")
+        if dtype_name(x) not in dtypes:
+            raise TypeError(f"{name}: expected dtype in {list(dtypes)}, got {dtype_name(x)}")
+
+
+def _check_same(name: str, x: Any, ref_name: str, ref: Any) -> None:
+    if tuple(x.shape) != tuple(ref.shape):
+        raise ValueError(f"{name}: expected the shape of {ref_name} {tuple(ref.shape)}, got {tuple(x.shape)}")
+    if dtype_name(x) != dtype_name(ref):
+        raise TypeError(f"{name}: expected the dtype of {ref_name} ({dtype_name(ref)}), got {dtype_name(x)}")
+
+
+def _check_heads(name: str, x: Any, hq: int, d: int, head_axis: int) -> int:
+    hkv, dx = int(x.shape[head_axis]), int(x.shape[head_axis + 1])
+    if dx != d:
+        raise ValueError(f"{name}: expected head_dim {d} (from q), got shape {tuple(x.shape)} with head_dim {dx}")
+    if hkv == 0 or hq % hkv != 0:
+        raise ValueError(
+            f"{name}: expected a number of KV heads dividing the {hq} query heads, got {hkv} (shape {tuple(x.shape)})"
+        )
+    return hkv
+
+
+def _check_offsets(name: str, offsets: np.ndarray, length: int, total: int, total_name: str) -> None:
+    if offsets.shape != (length,):
+        raise ValueError(f"{name}: expected shape ({length},), got {offsets.shape}")
+    if offsets[0] != 0:
+        raise ValueError(f"{name}: expected {name}[0] == 0, got {int(offsets[0])}")
+    steps = np.diff(offsets)
+    if np.any(steps < 0):
+        i = int(np.argmax(steps < 0))
+        raise ValueError(
+            f"{name}: expected non-decreasing offsets, got {name}[{i}] = {int(offsets[i])} > {name}[{i + 1}] = {int(offsets[i + 1])}"
+        )
+    if offsets[-1] != total:
+        raise ValueError(f"{name}: expected the last offset to equal {total_name} = {total}, got {int(offsets[-1])}")
+
+
+def resolve_scale(softmax_scale: Optional[float], head_dim: int) -> float:
+    """``softmax_scale``, or ``1/sqrt(head_dim)`` when ``None``; must be finite and positive."""
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float, np.floating, np.integer)):
+        raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
+    scale = float(softmax_scale)
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"softmax_scale: expected a finite positive float, got {scale}")
+    return scale
+
+
+def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=None) -> BatchMeta:
+    """Check a relay-attention call and describe it.
+
+    Args:
+        q: ``[total_q, Hq, D]`` float16/bfloat16/float32/float64.
+        cu_seqlens_q: int32/int64 ``[B + 1]``.
+        kv: ``RaggedKV`` or ``PagedKV`` (see ``relaycore.types``).
+        prefixes: a sequence of ``PrefixLevel``.
+        causal: bool.
+        softmax_scale: float or None.
+
+    Returns:
+        ``BatchMeta``.
+
+    Raises:
+        TypeError: wrong kind of object, dtype, or mixed array libraries.
+        ValueError: wrong rank, shape, device, or metadata values.
+    """
+    c = _Checker()
+    c.array("q", q, rank=3, dtypes=FLOAT_DTYPES)
+    total_q, hq, d = (int(s) for s in q.shape)
+    if hq == 0 or d == 0:
+        raise ValueError(f"q: expected at least one head and head_dim >= 1, got shape {tuple(q.shape)}")
+    dtype = dtype_name(q)
+    c.array("cu_seqlens_q", cu_seqlens_q, rank=1, dtypes=INT_DTYPES)
+    if int(cu_seqlens_q.shape[0]) < 1:
+        raise ValueError("cu_seqlens_q: expected shape (B + 1,) with B >= 0, got shape (0,)")
+    batch = int(cu_seqlens_q.shape[0]) - 1
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    scale = resolve_scale(softmax_scale, d)
+
+    if isinstance(kv, RaggedKV):
+        c.array("kv.k", kv.k, rank=3, dtypes=FLOAT_DTYPES)
+        if dtype_name(kv.k) != dtype:
+            raise TypeError(f"kv.k: expected q's dtype {dtype}, got {dtype_name(kv.k)}")
+        c.array("kv.v", kv.v, rank=3, dtypes=FLOAT_DTYPES)
+        _check_same("kv.v", kv.v, "kv.k", kv.k)
+        hkv = _check_heads("kv.k", kv.k, hq, d, head_axis=1)
+        c.array("kv.cu_seqlens", kv.cu_seqlens, rank=1, dtypes=INT_DTYPES)
+        block_size = 0
+    elif isinstance(kv, PagedKV):
+        c.array("kv.k_cache", kv.k_cache, rank=4, dtypes=FLOAT_DTYPES)
+        if dtype_name(kv.k_cache) != dtype:
+            raise TypeError(f"kv.k_cache: expected q's dtype {dtype}, got {dtype_name(kv.k_cache)}")
+        c.array("kv.v_cache", kv.v_cache, rank=4, dtypes=FLOAT_DTYPES)
+        _check_same("kv.v_cache", kv.v_cache, "kv.k_cache", kv.k_cache)
+        hkv = _check_heads("kv.k_cache", kv.k_cache, hq, d, head_axis=2)
+        block_size = int(kv.k_cache.shape[1])
+        if block_size == 0:
+            raise ValueError(f"kv.k_cache: expected block_size >= 1, got shape {tuple(kv.k_cache.shape)}")
+        c.array("kv.block_table", kv.block_table, rank=2, dtypes=INT_DTYPES)
+        if int(kv.block_table.shape[0]) != batch:
+            raise ValueError(
+                f"kv.block_table: expected {batch} rows (B from cu_seqlens_q), got shape {tuple(kv.block_table.shape)}"
+            )
+        c.array("kv.kv_lens", kv.kv_lens, rank=1, dtypes=INT_DTYPES)
+        if tuple(kv.kv_lens.shape) != (batch,):
+            raise ValueError(f"kv.kv_lens: expected shape ({batch},), got {tuple(kv.kv_lens.shape)}")
+    else:
+        raise TypeError(f"kv: expected relaycore.RaggedKV or relaycore.PagedKV, got {type(kv).__name__}")
+
+    if isinstance(prefixes, PrefixLevel) or not isinstance(prefixes, (list, tuple)):
+        raise TypeError(f"prefixes: expected a list or tuple of relaycore.PrefixLevel, got {type(prefixes).__name__}")
+    for i, level in enumerate(prefixes):
+        name = f"prefixes[{i}]"
+        if not isinstance(level, PrefixLevel):
+            raise TypeError(f"{name}: expected relaycore.PrefixLevel, got {type(level).__name__}")
+        c.array(f"{name}.k", level.k, rank=3, dtypes=FLOAT_DTYPES)
+        if dtype_name(level.k) != dtype:
+            raise TypeError(f"{name}.k: expected q's dtype {dtype}, got {dtype_name(level.k)}")
+        c.array(f"{name}.v", level.v, rank=3, dtypes=FLOAT_DTYPES)
+        _check_same(f"{name}.v", level.v, f"{name}.k", level.k)
+        h = _check_heads(f"{name}.k", level.k, hq, d, head_axis=1)
+        if h != hkv:
+            raise ValueError(f"{name}.k: expected {hkv} KV heads (as the request KV), got shape {tuple(level.k.shape)}")
+        c.array(f"{name}.cu_seqlens", level.cu_seqlens, rank=1, dtypes=INT_DTYPES)
+        if int(level.cu_seqlens.shape[0]) < 1:
+            raise ValueError(f"{name}.cu_seqlens: expected shape (P + 1,) with P >= 0, got shape (0,)")
+        c.array(f"{name}.prefix_ids", level.prefix_ids, rank=1, dtypes=INT_DTYPES)
+        if tuple(level.prefix_ids.shape) != (batch,):
+            raise ValueError(f"{name}.prefix_ids: expected shape ({batch},), got {tuple(level.prefix_ids.shape)}")
+
+    # ---- values (read to the host) ----
+    cu_q = to_host_ints(cu_seqlens_q)
+    _check_offsets("cu_seqlens_q", cu_q, batch + 1, total_q, "q.shape[0]")
+    q_lens = np.diff(cu_q)
+    if isinstance(kv, RaggedKV):
+        cu_k = to_host_ints(kv.cu_seqlens)
+        _check_offsets("kv.cu_seqlens", cu_k, batch + 1, int(kv.k.shape[0]), "kv.k.shape[0]")
+        kv_lens = np.diff(cu_k)
+    else:
+        kv_lens = to_host_ints(kv.kv_lens)
+        if np.any(kv_lens < 0):
+            b = int(np.argmax(kv_lens < 0))
+            raise ValueError(f"kv.kv_lens: expected non-negative lengths, got kv_lens[{b}] = {int(kv_lens[b])}")
+        blocks_needed = -(-kv_lens // block_size)
+        max_blocks = int(kv.block_table.shape[1])
+        if batch and int(blocks_needed.max()) > max_blocks:
+            b = int(np.argmax(blocks_needed))
+            raise ValueError(
+                f"kv.block_table: request {b} needs {int(blocks_needed[b])} blocks for kv_lens {int(kv_lens[b])} "
+                f"at block_size {block_size}, got {max_blocks} columns"
+            )
+        table = to_host_ints(kv.block_table)
+        num_blocks = int(kv.k_cache.shape[0])
+        used = np.arange(max_blocks)[None, :] < blocks_needed[:, None]
+        bad = used & ((table < 0) | (table >= num_blocks))
+        if np.any(bad):
+            b, j = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"kv.block_table: expected block ids in [0, {num_blocks}) (num_blocks of kv.k_cache), "
+                f"got block_table[{b}, {j}] = {int(table[b, j])}"
+            )
+    short = q_lens > kv_lens
+    if np.any(short):
+        b = int(np.argmax(short))
+        raise ValueError(
+            f"cu_seqlens_q: expected q_len <= kv_len for every request (queries are the last own tokens), "
+            f"got request {b} with q_len {int(q_lens[b])} > kv_len {int(kv_lens[b])}"
+        )
+
+    prefix_lens, prefix_ids = [], []
+    for i, level in enumerate(prefixes):
+        name = f"prefixes[{i}]"
+        cu_p = to_host_ints(level.cu_seqlens)
+        _check_offsets(f"{name}.cu_seqlens", cu_p, int(level.cu_seqlens.shape[0]), int(level.k.shape[0]), f"{name}.k.shape[0]")
+        num_prefixes = int(cu_p.shape[0]) - 1
+        ids = to_host_ints(level.prefix_ids)
+        bad = (ids < -1) | (ids >= num_prefixes)
+        if np.any(bad):
+            b = int(np.argmax(bad))
+            raise ValueError(
+                f"{name}.prefix_ids: expected ids in [-1, {num_prefixes}) ({num_prefixes} prefixes at this level), "
+                f"got prefix_ids[{b}] = {int(ids[b])}"
+            )
+        prefix_lens.append(np.diff(cu_p))
+        prefix_ids.append(ids)
+
+    return BatchMeta(
+        batch=batch,
+        num_q_heads=hq,
+        num_kv_heads=hkv,
+        head_dim=d,
+        dtype=dtype,
+        array_kind=c.kind,
+        device=c.device,
+        paged=isinstance(kv, PagedKV),
+        block_size=block_size,
+        causal=bool(causal),
+        softmax_scale=scale,
+        q_lens=q_lens,
+        kv_lens=kv_lens,
+        cu_seqlens_q=cu_q,
+        prefix_lens=tuple(prefix_lens),
+        prefix_ids=tuple(prefix_ids),
+    )
