@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for relaycore's tests, verification and docs.
+# GPU users: install torch and triton your own way first; this keeps them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# torch/triton: a CPU build where no CUDA torch is installed (a bare `pip install torch`
+# would pull a multi-GB CUDA build onto a machine with no GPU).
+if ! python3 -c "import torch, triton" 2>/dev/null; then
+  python3 -m pip install -q "torch==2.13.0+cpu" "triton==3.7.1"
+fi
+python3 -m pip install -q -e ".[test]"
