@@ -1,0 +1,7 @@
+"""``python -m relaycore`` is the ``relaycore`` command."""
+
+import sys
+
+from relaycore.cli import main
+
+sys.exit(main())
