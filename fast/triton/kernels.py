@@ -1,0 +1,232 @@
+"""The Triton kernels: one partial-attention kernel and one merge kernel.
+
+Both work in base 2 (``exp2``/``log2`` are the GPU's fast instructions): scores are scaled by
+``softmax_scale * LOG2E`` once, states carry ``lse2 = lse * LOG2E``, and the merge kernel converts
+back to natural log with ``LN2`` when it writes the result. Nothing else crosses a boundary in
+base 2.
+
+Notation (fla's habit): ``i_`` program ids, ``o_`` offsets, ``m_`` masks, ``b_`` block values,
+``p_`` pointers.
+
+``partial_kernel``
+    One program = one *work item* (a tile of up to ``BLOCK_M`` rows over one chunk of one KV
+    segment) x one KV head. A row is (query token, query head of the KV head's group); the
+    tile's rows come from a host-planned token list, so a prefix tile holds the queries of every
+    request that shares the prefix (the relay split) and an own tile the queries of one
+    request. It runs the online softmax over the chunk with ``tl.dot`` and writes the chunk's
+    state ``(out, lse2)`` in fp32 to the row's scratch slot.
+``merge_kernel``
+    One program = one query token x a block of query heads. It folds every slot of the token
+    (prefix levels in order, chunks in order, then the own chunks) in that fixed order,
+    normalizes, and writes ``out`` in q's dtype and ``lse`` in natural log.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+#: Fields of one work item (int32 each), in order. See ``relaycore.fast.triton.plan``.
+ITEM_FIELDS = ("tok_base", "row0", "num_rows", "kv_base", "key_start", "key_end", "causal_shift", "chunk")
+NUM_ITEM_FIELDS = len(ITEM_FIELDS)
+
+
+@triton.jit
+def online_softmax_step(b_acc, b_m, b_l, b_s, b_v, m_seen, P_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One block of keys folded into a running state (base 2).
+
+    Args:
+        b_acc: fp32 ``[M, D]`` unnormalized output so far.
+        b_m: fp32 ``[M]`` running max of the scores (``-inf`` before any key is seen).
+        b_l: fp32 ``[M]`` running sum of ``exp2(score - b_m)``.
+        b_s: fp32 ``[M, N]`` base-2 scores of this block.
+        b_v: ``[N, D]`` values of this block.
+        m_seen: bool ``[M, N]``: which scores are seen.
+        P_DTYPE: the dtype the weights are rounded to before the ``P @ V`` product.
+
+    Returns:
+        The updated ``(b_acc, b_m, b_l)``. Rows that have seen no key stay ``(0, -inf, 0)``.
+    """
+    b_s = tl.where(m_seen, b_s, float("-inf"))
+    m_new = tl.maximum(b_m, tl.max(b_s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing seen yet: weights all 0
+    alpha = tl.exp2(b_m - m_safe)
+    b_p = tl.exp2(b_s - m_safe[:, None])
+    b_l = b_l * alpha + tl.sum(b_p, 1)
+    b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(P_DTYPE), b_v, input_precision=DOT_PRECISION)
+    return b_acc, m_new, b_l
+
+
+@triton.jit
+def finish_state(b_acc, b_m, b_l):
+    """Normalize a running state: ``(out, lse2)``, or ``(0, -inf)`` for rows that saw no key."""
+    seen = b_l > 0
+    b_l_safe = tl.where(seen, b_l, 1.0)
+    b_out = b_acc / b_l_safe[:, None]
+    b_lse2 = tl.where(seen, b_m + tl.log2(b_l_safe), float("-inf"))
+    return b_out, b_lse2
+
+
+@triton.jit
+def partial_kernel(
+    q_ptr, k_ptr, v_ptr, items_ptr, tok_ptr, slot_ptr, table_ptr, part_out_ptr, part_lse_ptr,
+    qk_scale,
+    stride_qt, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_table,
+    page_size,
+    NUM_Q_HEADS: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PAGED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Chunk states of one tile of rows over one chunk of keys, for one KV head.
+
+    Grid: ``(num_items, Hkv)``.
+
+    Args:
+        q_ptr: ``[total_q, Hq, D]`` (last axis contiguous).
+        k_ptr, v_ptr: contiguous rows ``[rows, Hkv, D]`` (``PAGED`` false: ``stride_kb`` is
+            unused and a key's row is ``kv_base + key``) or a paged cache
+            ``[num_blocks, page_size, Hkv, D]`` (``PAGED``: a key's page is
+            ``table[kv_base, key // page_size]``, ``kv_base`` being the request).
+        items_ptr: int32 ``[num_items, NUM_ITEM_FIELDS]`` (see ``ITEM_FIELDS``).
+        tok_ptr: int32 token list; row ``r`` of an item is token ``tok[tok_base + r // GROUP]``,
+            query head ``i_hk * GROUP + r % GROUP``.
+        slot_ptr: int32, beside ``tok_ptr``: the scratch slot of that token's chunk 0 in this
+            segment (chunk ``c`` is slot ``+ c``).
+        table_ptr: int32 block table ``[B, max_blocks]`` (``PAGED`` only).
+        part_out_ptr: fp32 ``[num_slots, Hq, D]`` scratch.
+        part_lse_ptr: fp32 ``[num_slots, Hq]`` scratch, base 2.
+        qk_scale: ``softmax_scale * LOG2E``.
+        CAUSAL: key ``t`` is seen by the row's token ``j`` (its index in the item's token list)
+            only if ``t <= causal_shift + j``.
+        UPCAST: compute in fp32 from loads of any dtype (the interpreter's bf16 is wrong).
+    """
+    tl.static_assert(HEAD_DIM >= 16 and HEAD_DIM <= 256 and (HEAD_DIM & (HEAD_DIM - 1)) == 0)
+    tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
+    i_item = tl.program_id(0)
+    i_hk = tl.program_id(1)
+
+    p_item = items_ptr + i_item * 8
+    tok_base = tl.load(p_item + 0)
+    row0 = tl.load(p_item + 1)
+    num_rows = tl.load(p_item + 2)
+    kv_base = tl.load(p_item + 3)
+    key_start = tl.load(p_item + 4)
+    key_end = tl.load(p_item + 5)
+    causal_shift = tl.load(p_item + 6)
+    chunk = tl.load(p_item + 7)
+
+    o_m = tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, HEAD_DIM)
+    m_row = o_m < num_rows
+    o_row = row0 + o_m
+    o_j = o_row // GROUP  # the row's token, as an index into this item's token list
+    o_head = i_hk * GROUP + o_row % GROUP
+    o_tok = tl.load(tok_ptr + tok_base + o_j, mask=m_row, other=0).to(tl.int64)
+
+    p_q = q_ptr + o_tok[:, None] * stride_qt + o_head[:, None] * stride_qh + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_row[:, None], other=0.0)
+    if UPCAST:
+        b_q = b_q.to(tl.float32)
+    p_dtype = b_q.dtype
+
+    b_acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    key_stop = key_end
+    if CAUSAL:
+        last_j = (row0 + num_rows - 1) // GROUP
+        key_stop = tl.minimum(key_end, causal_shift + last_j + 1)
+    for start in range(key_start, key_stop, BLOCK_N):
+        o_key = start + tl.arange(0, BLOCK_N)
+        m_key = o_key < key_stop
+        if PAGED:
+            o_page = tl.load(table_ptr + kv_base * stride_table + o_key // page_size, mask=m_key, other=0).to(tl.int64)
+            o_slot = (o_key % page_size).to(tl.int64)
+            o_k = o_page * stride_kb + o_slot * stride_ks
+            o_v = o_page * stride_vb + o_slot * stride_vs
+        else:
+            o_rowk = (kv_base + o_key).to(tl.int64)
+            o_k = o_rowk * stride_ks
+            o_v = o_rowk * stride_vs
+        b_kt = tl.load(k_ptr + o_k[None, :] + i_hk * stride_kh + o_d[:, None], mask=m_key[None, :], other=0.0)
+        b_v = tl.load(v_ptr + o_v[:, None] + i_hk * stride_vh + o_d[None, :], mask=m_key[:, None], other=0.0)
+        if UPCAST:
+            b_kt = b_kt.to(tl.float32)
+            b_v = b_v.to(tl.float32)
+        b_s = tl.dot(b_q, b_kt, input_precision=DOT_PRECISION) * qk_scale
+        m_seen = m_key[None, :]
+        if CAUSAL:
+            m_seen = m_seen & (o_key[None, :] <= causal_shift + o_j[:, None])
+        b_acc, b_m, b_l = online_softmax_step(b_acc, b_m, b_l, b_s, b_v, m_seen, p_dtype, DOT_PRECISION)
+
+    b_out, b_lse2 = finish_state(b_acc, b_m, b_l)
+    o_slot_out = (tl.load(slot_ptr + tok_base + o_j, mask=m_row, other=0) + chunk).to(tl.int64)
+    o_state = o_slot_out * NUM_Q_HEADS + o_head
+    tl.store(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], b_out, mask=m_row[:, None])
+    tl.store(part_lse_ptr + o_state, b_lse2, mask=m_row)
+
+
+@triton.jit
+def merge_kernel(
+    part_out_ptr, part_lse_ptr, slot_offsets_ptr, out_ptr, lse_ptr,
+    stride_ot, stride_oh,
+    NUM_Q_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    LN2: tl.constexpr,
+):
+    """Fold every chunk state of a token, in slot order, into its result.
+
+    Grid: ``(total_q, cdiv(Hq, BLOCK_H))``. Two passes over the token's slots: the max of the
+    ``lse2`` (so no weight overflows), then ``out = sum_i w_i out_i / sum_i w_i`` with
+    ``w_i = exp2(lse2_i - max)``. The order of the sums is the slot order, fixed by the plan.
+
+    Args:
+        part_out_ptr: fp32 ``[num_slots, Hq, D]``.
+        part_lse_ptr: fp32 ``[num_slots, Hq]`` (base 2).
+        slot_offsets_ptr: int32 ``[total_q + 1]``: token ``t`` owns slots
+            ``slot_offsets[t] : slot_offsets[t + 1]``.
+        out_ptr: ``[total_q, Hq, D]`` in q's dtype.
+        lse_ptr: fp32 ``[total_q, Hq]``, natural log.
+        LN2: ``ln 2``, to convert ``lse2`` at the boundary.
+    """
+    i_t = tl.program_id(0)
+    i_hb = tl.program_id(1)
+    o_h = i_hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_h = o_h < NUM_Q_HEADS
+    o_d = tl.arange(0, HEAD_DIM)
+    first = tl.load(slot_offsets_ptr + i_t).to(tl.int64)
+    last = tl.load(slot_offsets_ptr + i_t + 1).to(tl.int64)
+
+    b_max = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    for s in range(first, last):
+        o_state = s * NUM_Q_HEADS + o_h
+        b_max = tl.maximum(b_max, tl.load(part_lse_ptr + o_state, mask=m_h, other=float("-inf")))
+    m_safe = tl.where(b_max == float("-inf"), 0.0, b_max)
+
+    b_sum = tl.zeros([BLOCK_H], dtype=tl.float32)
+    b_acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
+    for s in range(first, last):
+        o_state = s * NUM_Q_HEADS + o_h
+        b_w = tl.exp2(tl.load(part_lse_ptr + o_state, mask=m_h, other=float("-inf")) - m_safe)
+        b_o = tl.load(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], mask=m_h[:, None], other=0.0)
+        b_sum += b_w
+        b_acc += b_w[:, None] * b_o
+
+    seen = b_sum > 0
+    b_sum_safe = tl.where(seen, b_sum, 1.0)
+    b_out = b_acc / b_sum_safe[:, None]
+    b_lse = tl.where(seen, (m_safe + tl.log2(b_sum_safe)) * LN2, float("-inf"))
+    o_out = i_t.to(tl.int64) * stride_ot + o_h[:, None] * stride_oh + o_d[None, :]
+    tl.store(out_ptr + o_out, b_out.to(out_ptr.dtype.element_ty), mask=m_h[:, None])
+    tl.store(lse_ptr + i_t.to(tl.int64) * NUM_Q_HEADS + o_h, b_lse, mask=m_h)

@@ -1,0 +1,89 @@
+"""``run_planned``: the launches of a planned batch (no host synchronization, no planning)."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+import triton
+
+from relaycore.constants import LN2, LOG2E
+from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
+
+from relaycore.fast.triton.kernels import merge_kernel, partial_kernel
+from relaycore.fast.triton.plan import Plan
+
+
+def interpreting() -> bool:
+    """Whether Triton runs its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _kv_strides(x: torch.Tensor, paged: bool):
+    """(block, slot, head) strides: a contiguous-rows tensor ``[rows, Hkv, D]`` has no block axis."""
+    if paged:
+        return x.stride(0), x.stride(1), x.stride(2)
+    return 0, x.stride(0), x.stride(1)
+
+
+def _contiguous_last(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel] = ()) -> AttentionState:
+    """Relay attention of a planned batch.
+
+    Args:
+        plan: from ``relaycore.fast.triton.plan`` for these inputs' metadata.
+        q: ``[total_q, Hq, D]`` fp16/bf16/fp32 on the plan's device.
+        kv: the requests' own KV (``RaggedKV`` or ``PagedKV``, as planned).
+        prefixes: the ``PrefixLevel`` s, as planned.
+
+    Returns:
+        ``AttentionState(out [total_q, Hq, D] in q's dtype, lse [total_q, Hq] float32)``.
+    """
+    total_q, hq, d = plan.total_q, plan.num_q_heads, plan.head_dim
+    out = torch.empty((total_q, hq, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((total_q, hq), dtype=torch.float32, device=q.device)
+    if total_q == 0:
+        return AttentionState(out, lse)
+    q = _contiguous_last(q)
+    cfg = plan.config
+    part_out = torch.empty((plan.num_slots, hq, d), dtype=torch.float32, device=q.device)
+    part_lse = torch.empty((plan.num_slots, hq), dtype=torch.float32, device=q.device)
+    interpret = interpreting()
+    upcast = interpret and q.dtype == torch.bfloat16
+    precision = "ieee"
+    for launch in plan.launches:
+        if launch.level >= 0:
+            level = prefixes[launch.level]
+            k, v, paged, causal, table = level.k, level.v, False, False, launch.items
+        elif isinstance(kv, PagedKV):
+            k, v, paged, causal, table = kv.k_cache, kv.v_cache, True, plan.causal, kv.block_table
+        else:
+            k, v, paged, causal, table = kv.k, kv.v, False, plan.causal, launch.items
+        k, v = _contiguous_last(k), _contiguous_last(v)
+        skb, sks, skh = _kv_strides(k, paged)
+        svb, svs, svh = _kv_strides(v, paged)
+        page_size = k.shape[1] if paged else 1
+        partial_kernel[(launch.num_items, plan.num_kv_heads)](
+            q, k, v, launch.items, launch.tokens, launch.slots, table, part_out, part_lse,
+            plan.softmax_scale * LOG2E,
+            q.stride(0), q.stride(1),
+            skb, sks, skh,
+            svb, svs, svh,
+            table.stride(0) if paged else 0,
+            page_size,
+            NUM_Q_HEADS=hq, GROUP=plan.group_size, HEAD_DIM=d,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            PAGED=paged, CAUSAL=causal, UPCAST=upcast, DOT_PRECISION=precision,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    block_h = min(cfg.block_h, triton.next_power_of_2(hq))
+    merge_kernel[(total_q, triton.cdiv(hq, block_h))](
+        part_out, part_lse, plan.slot_offsets, out, lse,
+        out.stride(0), out.stride(1),
+        NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_H=block_h, LN2=LN2,
+    )
+    return AttentionState(out, lse)

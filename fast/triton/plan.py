@@ -1,0 +1,211 @@
+"""Host-side planning: work lists and scratch layout, computed once from the batch metadata.
+
+A plan depends only on the lengths and ids of a batch (``relaycore.validation.BatchMeta``),
+not on any value of q or KV, so a serving engine plans once per step and runs every layer
+with it: ``run_planned`` does no host synchronization and no host-side work beyond launches.
+
+The scratch layout
+    Every query token owns a run of *slots*, one per chunk of each KV segment it sees, in a
+    fixed order: the chunks of its prefix at level 0, at level 1, ..., then the chunks of its
+    own KV. A slot holds the chunk's state (fp32 ``out [Hq, D]``, ``lse2 [Hq]``); the merge
+    kernel folds a token's slots in that order. The chunks of a segment are cut at multiples
+    of ``config.chunk`` counted from the segment's first key, so a token's slots, and what
+    each holds, depend only on its own request: the batch around it changes nothing.
+
+The work lists
+    One partial-kernel launch per KV source (each prefix level, then the own KV). An item is a
+    tile of up to ``block_m`` rows over one chunk. The rows of a prefix tile are the query
+    tokens (x query heads of a KV group) of the requests that share the prefix: that is the
+    relay split, which reads each prefix chunk once per tile instead of once per request.
+    Tiles of one chunk are adjacent in the list, so programs that run together share the
+    chunk in L2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from relaycore.validation import BatchMeta
+
+from relaycore.fast.triton.config import Config, default_config
+from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The work of one partial-kernel launch.
+
+    Attributes:
+        level: the prefix level it reads, or ``-1`` for the requests' own KV.
+        items: int32 ``[num_items, NUM_ITEM_FIELDS]`` on the device (see ``kernels.ITEM_FIELDS``).
+        tokens: int32 ``[n]`` on the device: the token lists the items index.
+        slots: int32 ``[n]`` on the device: each listed token's slot for chunk 0 of the segment.
+    """
+
+    level: int
+    items: torch.Tensor
+    tokens: torch.Tensor
+    slots: torch.Tensor
+
+    @property
+    def num_items(self) -> int:
+        return int(self.items.shape[0])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything ``run_planned`` needs besides the tensors of q and KV.
+
+    Attributes:
+        total_q, num_q_heads, num_kv_heads, head_dim: shapes of the batch.
+        dtype: q's dtype name.
+        paged: whether the own KV is paged.
+        causal: causal masking of the own KV.
+        softmax_scale: the resolved scale.
+        config: the launch configuration.
+        num_slots: scratch slots in all.
+        slot_offsets: int32 ``[total_q + 1]`` on the device.
+        launches: one ``Launch`` per KV source that has work, levels first.
+        relay: whether prefix rows are grouped across requests (``relay_grouping``).
+    """
+
+    total_q: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str
+    paged: bool
+    causal: bool
+    softmax_scale: float
+    config: Config
+    num_slots: int
+    slot_offsets: torch.Tensor
+    launches: Tuple[Launch, ...]
+    relay: bool
+    device: str
+
+    @property
+    def group_size(self) -> int:
+        return self.num_q_heads // self.num_kv_heads
+
+
+def relay_grouping(meta: BatchMeta) -> bool:
+    """Whether the rows of a prefix tile mix the queries of every request that shares it.
+
+    The relay split and the single-pass form compute the same chunk states: a token's slots,
+    their chunk boundaries and the tile configuration are those of its own request in both, and
+    a row's bits do not depend on the other rows of its tile. They differ only in which rows
+    share a tile. Grouping the sharers reads each prefix chunk once per ``block_m`` rows instead
+    of once per request and launches no more programs, so it is never slower; where each prefix
+    has one user (batch 1 included) the two groupings are the same list, i.e. the relay plan
+    *is* the single-pass plan (one program per (tile, chunk, KV head) walking the request's
+    context chunk by chunk, its states folded by the merge kernel). So grouping is always on;
+    this function is the one place that says so, and tests flip it through ``plan(relay=False)``
+    to check that both forms give the same bits.
+    """
+    return True
+
+
+def _chunks(lengths: np.ndarray, chunk: int) -> np.ndarray:
+    return -(-lengths // chunk)
+
+
+def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None) -> Plan:
+    """Plan a batch for the Triton kernels.
+
+    Args:
+        meta: from ``relaycore.validation.validate`` (host copies of every length and id).
+        device: where the work lists go; default ``meta.device``.
+        config: launch configuration; default ``default_config(head_dim, dtype)``.
+        relay: group prefix rows across requests; default ``relay_grouping(meta)``.
+
+    Returns:
+        A ``Plan``, reusable for every call with the same metadata (every layer of a step).
+    """
+    device = torch.device(meta.device if device is None else device)
+    config = default_config(meta.head_dim, meta.dtype) if config is None else config
+    relay = relay_grouping(meta) if relay is None else bool(relay)
+    g, block_m, chunk = meta.group_size, config.block_m, config.chunk
+    batch = meta.batch
+    q_lens = meta.q_lens.astype(np.int64)
+    cu_q = meta.cu_seqlens_q.astype(np.int64)
+
+    # chunks of each segment, per request: [levels..., own]
+    seg_chunks = []
+    for lens, ids in zip(meta.prefix_lens, meta.prefix_ids):
+        plen = np.where(ids >= 0, lens[np.maximum(ids, 0)] if len(lens) else 0, 0)
+        seg_chunks.append(_chunks(plen, chunk))
+    seg_chunks.append(_chunks(meta.kv_lens.astype(np.int64), chunk))
+    seg_chunks = np.stack(seg_chunks) if batch else np.zeros((len(seg_chunks), 0), np.int64)  # [S, B]
+    seg_base = np.cumsum(seg_chunks, axis=0) - seg_chunks  # [S, B] first slot of each segment
+    per_request = seg_chunks.sum(axis=0)  # [B]
+
+    token_request = np.repeat(np.arange(batch), q_lens)  # [total_q]
+    slots_per_token = per_request[token_request]
+    slot_offsets = np.concatenate([[0], np.cumsum(slots_per_token)]).astype(np.int64)
+    num_slots = int(slot_offsets[-1])
+
+    def to_device(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32)).to(device)
+
+    launches = []
+    sources = [(level, ids) for level, ids in enumerate(meta.prefix_ids)] + [(-1, None)]
+    for s, (level, ids) in enumerate(sources):
+        tokens, slots, items = [], [], []
+        n_listed = 0
+
+        def add_group(requests, kv_base, seg_len, causal_shift):
+            nonlocal n_listed
+            toks = np.concatenate([np.arange(cu_q[b], cu_q[b + 1]) for b in requests])
+            if toks.size == 0 or seg_len == 0:
+                return
+            tokens.append(toks)
+            slots.append(slot_offsets[toks] + seg_base[s][token_request[toks]])
+            rows = toks.size * g
+            for c in range(int(_chunks(np.int64(seg_len), chunk))):
+                for row0 in range(0, rows, block_m):
+                    items.append((n_listed, row0, min(block_m, rows - row0), kv_base, c * chunk,
+                                  min(seg_len, (c + 1) * chunk), causal_shift, c))
+            n_listed += toks.size
+
+        if level >= 0:
+            lens = meta.prefix_lens[level]
+            starts = np.concatenate([[0], np.cumsum(lens)])
+            for p in np.unique(ids[ids >= 0]):
+                users = np.flatnonzero(ids == p)
+                groups = [users] if relay else [[b] for b in users]
+                for group in groups:
+                    add_group(group, int(starts[p]), int(lens[p]), 0)
+        else:
+            kv_starts = np.concatenate([[0], np.cumsum(meta.kv_lens)])
+            for b in range(batch):
+                base = b if meta.paged else int(kv_starts[b])
+                add_group([b], base, int(meta.kv_lens[b]), int(meta.kv_lens[b] - q_lens[b]))
+        if items:
+            launches.append(Launch(
+                level=level,
+                items=to_device(np.array(items, dtype=np.int64).reshape(-1, NUM_ITEM_FIELDS)),
+                tokens=to_device(np.concatenate(tokens)),
+                slots=to_device(np.concatenate(slots)),
+            ))
+
+    return Plan(
+        total_q=meta.total_q,
+        num_q_heads=meta.num_q_heads,
+        num_kv_heads=meta.num_kv_heads,
+        head_dim=meta.head_dim,
+        dtype=meta.dtype,
+        paged=meta.paged,
+        causal=meta.causal,
+        softmax_scale=meta.softmax_scale,
+        config=config,
+        num_slots=num_slots,
+        slot_offsets=to_device(slot_offsets),
+        launches=tuple(launches),
+        relay=relay,
+        device=str(device),
+    )
