@@ -1,1 +1,19 @@
-pass
+"""``relaycore.reference``: the NumPy float64 oracle, in two independent forms.
+
+* ``full_attention`` — each query over its request's concatenated context
+  ``[prefix level 0 ; prefix level 1 ; ... ; own tokens]`` with an explicit mask; no split.
+* ``relay_attention`` — the relay split: every prefix part as one matrix product over all the
+  queries that share it, the own part, merged by ``relaycore.state.merge``
+  (``relay_parts`` gives the parts before the merge).
+* ``context_statistics`` — per query row, the numbers ``relaycore.bounds`` needs.
+
+All accept anything ``np.asarray`` takes (torch tensors included), validate with
+``relaycore.validation.validate``, compute in float64, and never produce NaN: a row that sees no
+key is ``(0, -inf)``. Needs NumPy alone.
+"""
+
+from relaycore.reference.full import full_attention
+from relaycore.reference.relay import relay_attention, relay_parts
+from relaycore.reference.statistics import ContextStatistics, context_statistics
+
+__all__ = ["ContextStatistics", "context_statistics", "full_attention", "relay_attention", "relay_parts"]

@@ -1,0 +1,37 @@
+"""The reference as a backend: ``relay_attention(..., backend="reference")`` for any input.
+
+NumPy inputs give float64 results. torch tensors (any device that holds values) are copied to
+the host, computed in float64, and returned as torch tensors on q's device: ``out`` in q's dtype
+(rounded once), ``lse`` float32, as every backend returns them. torch is never imported here:
+the results are made with the input tensors' own methods.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from relaycore.types import AttentionState
+from relaycore.validation import BatchMeta
+from relaycore.reference.problem import from_validated
+from relaycore.reference.relay import relay_from_problem
+
+
+def supports(meta: BatchMeta) -> Optional[str]:
+    """``None`` for every validated batch except tensors on torch's ``meta`` device, which hold
+    no values."""
+    if meta.device == "meta":
+        return "tensors on the meta device hold no values to compute with"
+    return None
+
+
+def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta) -> AttentionState:
+    """Relay attention in float64 on validated inputs (see ``relaycore.relay_attention``).
+
+    Returns:
+        NumPy inputs: ``out`` float64 ``[total_q, Hq, D]``, ``lse`` float64 ``[total_q, Hq]``.
+        torch inputs: ``out`` in q's dtype, ``lse`` float32, on q's device.
+    """
+    result = relay_from_problem(from_validated(q, kv, prefixes, meta))
+    if meta.array_kind == "numpy":
+        return result
+    return AttentionState(q.new_tensor(result.out), q.new_tensor(result.lse).float())

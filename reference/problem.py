@@ -1,0 +1,149 @@
+"""The oracle's one input path: a relay-attention call read onto the host in float64.
+
+Every public function of the reference converts its arguments with ``load`` (anything
+``np.asarray`` takes, torch tensors included), validates them with
+``relaycore.validation.validate``, and computes on the ``Problem`` it returns. The reference
+backend, which receives inputs that ``relaycore.relay_attention`` already validated, builds the
+``Problem`` with ``from_validated``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence, Tuple
+
+import numpy as np
+
+from relaycore.types import PagedKV, PrefixLevel, RaggedKV
+from relaycore.validation import BatchMeta, array_kind, validate
+
+
+def host_array(x: Any) -> np.ndarray:
+    """A NumPy view or copy of ``x`` on the host, keeping its dtype where NumPy has it.
+
+    torch tensors are detached and copied to the CPU (``bfloat16``, which NumPy lacks, becomes
+    ``float32``, exactly); anything else goes through ``np.asarray``.
+    """
+    kind = array_kind(x)
+    if kind == "numpy":
+        return x
+    if kind == "torch":
+        x = x.detach().to("cpu")
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _host_kv(kv: Any) -> Any:
+    if isinstance(kv, RaggedKV):
+        return RaggedKV(*(host_array(x) for x in kv))
+    if isinstance(kv, PagedKV):
+        return PagedKV(*(host_array(x) for x in kv))
+    return kv  # validation names the wrong type
+
+
+def _host_prefixes(prefixes: Any) -> Any:
+    if isinstance(prefixes, (list, tuple)) and not isinstance(prefixes, PrefixLevel):
+        return tuple(PrefixLevel(*(host_array(x) for x in level)) if isinstance(level, PrefixLevel) else level for level in prefixes)
+    return prefixes  # validation names the wrong type
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated call on the host, every float in float64.
+
+    Attributes:
+        meta: what validation learned (sizes, lengths, prefix ids, resolved scale).
+        q: float64 ``[total_q, Hq, D]``.
+        own_k, own_v: per request ``b``, float64 ``[kv_len[b], Hkv, D]`` (paged KV gathered
+            through the block table).
+        prefix_k, prefix_v: per level, per prefix ``p``, float64 ``[len_p, Hkv, D]``.
+    """
+
+    meta: BatchMeta
+    q: np.ndarray
+    own_k: Tuple[np.ndarray, ...]
+    own_v: Tuple[np.ndarray, ...]
+    prefix_k: Tuple[Tuple[np.ndarray, ...], ...]
+    prefix_v: Tuple[Tuple[np.ndarray, ...], ...]
+
+    def context(self, b: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Request ``b``'s whole context: its prefixes level by level, then its own tokens.
+
+        Returns:
+            ``k, v`` float64 ``[context_len, Hkv, D]``.
+        """
+        ks, vs = [], []
+        for level, ids in enumerate(self.meta.prefix_ids):
+            if ids[b] >= 0:
+                ks.append(self.prefix_k[level][ids[b]])
+                vs.append(self.prefix_v[level][ids[b]])
+        ks.append(self.own_k[b])
+        vs.append(self.own_v[b])
+        return np.concatenate(ks), np.concatenate(vs)
+
+    def keys_seen(self, b: int) -> np.ndarray:
+        """int64 ``[q_len[b]]``: how many context tokens each query of request ``b`` sees.
+
+        The context is ordered prefixes-then-own and a query sees every prefix token and a
+        leading run of its own tokens, so query ``j`` sees exactly the first ``keys_seen[j]``
+        context tokens: ``prefix_len + kv_len - q_len + j + 1`` (causal) or
+        ``prefix_len + kv_len``.
+        """
+        meta = self.meta
+        prefix_len = sum(int(lens[ids[b]]) for lens, ids in zip(meta.prefix_lens, meta.prefix_ids) if ids[b] >= 0)
+        q_len, kv_len = int(meta.q_lens[b]), int(meta.kv_lens[b])
+        if meta.causal:
+            return prefix_len + kv_len - q_len + 1 + np.arange(q_len, dtype=np.int64)
+        return np.full(q_len, prefix_len + kv_len, dtype=np.int64)
+
+
+def f64(x: Any) -> np.ndarray:
+    """``host_array(x)`` as float64."""
+    return host_array(x).astype(np.float64)
+
+
+def _split(x: np.ndarray, lens: np.ndarray) -> Tuple[np.ndarray, ...]:
+    return tuple(np.split(x, np.cumsum(lens)[:-1])) if len(lens) else ()
+
+
+def from_validated(q, kv, prefixes: Sequence[PrefixLevel], meta: BatchMeta) -> Problem:
+    """The ``Problem`` of inputs that ``validate`` accepted (NumPy arrays or torch tensors on any
+    device holding values; copied to the host)."""
+    d, hkv = meta.head_dim, meta.num_kv_heads
+    if isinstance(kv, PagedKV):
+        k_cache, v_cache = f64(kv.k_cache), f64(kv.v_cache)
+        table = host_array(kv.block_table).astype(np.int64)
+        own_k, own_v = [], []
+        for b, n in enumerate(meta.kv_lens):
+            blocks = table[b, : -(-int(n) // meta.block_size)]
+            own_k.append(k_cache[blocks].reshape(-1, hkv, d)[:n])
+            own_v.append(v_cache[blocks].reshape(-1, hkv, d)[:n])
+        own_k, own_v = tuple(own_k), tuple(own_v)
+    else:
+        own_k, own_v = _split(f64(kv.k), meta.kv_lens), _split(f64(kv.v), meta.kv_lens)
+    return Problem(
+        meta=meta,
+        q=f64(q),
+        own_k=own_k,
+        own_v=own_v,
+        prefix_k=tuple(_split(f64(level.k), lens) for level, lens in zip(prefixes, meta.prefix_lens)),
+        prefix_v=tuple(_split(f64(level.v), lens) for level, lens in zip(prefixes, meta.prefix_lens)),
+    )
+
+
+def load(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=None) -> Problem:
+    """Convert a call's arguments to host arrays, validate them, and read them in float64.
+
+    Args:
+        q, cu_seqlens_q, kv, prefixes, causal, softmax_scale: as ``relaycore.relay_attention``;
+            arrays may be anything ``np.asarray`` takes, or torch tensors.
+
+    Raises:
+        TypeError, ValueError: from ``relaycore.validation.validate``, naming the argument.
+    """
+    q, cu_seqlens_q = host_array(q), host_array(cu_seqlens_q)
+    kv, prefixes = _host_kv(kv), _host_prefixes(prefixes)
+    meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+    return from_validated(q, kv, prefixes, meta)
