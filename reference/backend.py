@@ -1,9 +1,9 @@
 """The reference as a backend: ``relay_attention(..., backend="reference")`` for any input.
 
 NumPy inputs give float64 results. torch tensors (any device that holds values) are copied to
-the host, computed in float64, and returned as torch tensors on q's device: ``out`` in q's dtype
-(rounded once), ``lse`` float32, as every backend returns them. torch is never imported here:
-the results are made with the input tensors' own methods.
+the host, computed in float64, and returned as torch tensors on q's device: ``out`` converted to
+q's dtype, ``lse`` float32, as every backend returns them. torch is never imported here: the
+results are made with the input tensors' own methods.
 """
 
 from __future__ import annotations
@@ -34,4 +34,5 @@ def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta) -> AttentionState:
     result = relay_from_problem(from_validated(q, kv, prefixes, meta))
     if meta.array_kind == "numpy":
         return result
-    return AttentionState(q.new_tensor(result.out), q.new_tensor(result.lse).float())
+    float32_template = q.new_empty(0).float()  # on q's device; makes float32 tensors there
+    return AttentionState(q.new_tensor(result.out), float32_template.new_tensor(result.lse))
