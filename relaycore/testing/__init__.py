@@ -1,0 +1,43 @@
+"""``relaycore.testing``: what another project's CI needs to use relaycore as its oracle.
+
+* ``Batch`` — a problem whose values are exact in the dtype under test; ``make_batch`` builds one
+  from explicit lengths, ``random_batch`` draws one from a seeded generator, and
+  ``relaycore.testing.strategies.batches`` is the Hypothesis strategy (the only part that needs
+  Hypothesis).
+* ``check`` / ``assert_close`` / ``compare`` — compare any implementation's ``(out, lse)`` with
+  the float64 oracle under the error bounds of ``relaycore.bounds``; a failure names the
+  request, token, head and dimension, the error and the bound.
+
+Needs NumPy alone (torch only for ``Batch.to_torch`` and for checking torch results).
+
+Example:
+    >>> import numpy as np, relaycore
+    >>> from relaycore.testing import assert_close, random_batch
+    >>> batch = random_batch(np.random.default_rng(0))
+    >>> args, kwargs = batch.arguments()
+    >>> report = assert_close(relaycore.relay_attention(*args, **kwargs), batch)
+"""
+
+from relaycore.testing.batch import Batch, Oracle, make_batch
+from relaycore.testing.check import Location, Report, Tolerance, assert_close, bounds_for, check, compare
+from relaycore.testing.rounding import DTYPES, round_to, round_to_bfloat16
+from relaycore.testing.space import BLOCK_SIZES, BatchSpace, random_batch
+
+__all__ = [
+    "BLOCK_SIZES",
+    "Batch",
+    "BatchSpace",
+    "DTYPES",
+    "Location",
+    "Oracle",
+    "Report",
+    "Tolerance",
+    "assert_close",
+    "bounds_for",
+    "check",
+    "compare",
+    "make_batch",
+    "random_batch",
+    "round_to",
+    "round_to_bfloat16",
+]

@@ -1,0 +1,280 @@
+"""A drawn relay-attention problem, and the builder for hand-written ones.
+
+A ``Batch`` holds NumPy float64 arrays whose values are exact in its ``dtype``: the same numbers
+reach the oracle (in float64) and the implementation under test (in ``dtype``), so any
+difference is the implementation's error alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from relaycore.reference.problem import load
+from relaycore.reference.relay import relay_from_problem
+from relaycore.reference.statistics import ContextStatistics, statistics_from_problem
+from relaycore.testing.rounding import DTYPES, round_to
+from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
+
+Arguments = Tuple[Tuple[Any, ...], Dict[str, Any]]
+
+
+class Oracle(NamedTuple):
+    """The float64 reference result of a batch and the statistics its error bounds need.
+
+    Attributes:
+        state: ``AttentionState(out float64 [total_q, Hq, D], lse float64 [total_q, Hq])`` from
+            ``relaycore.reference`` (the relay form).
+        stats: ``relaycore.reference.ContextStatistics``.
+    """
+
+    state: AttentionState
+    stats: ContextStatistics
+
+
+@dataclass(eq=False)
+class Batch:
+    """One relay-attention problem.
+
+    Attributes:
+        q: float64 ``[total_q, Hq, D]``, values exact in ``dtype``.
+        cu_seqlens_q: int32 ``[B + 1]``.
+        kv: ``RaggedKV`` or ``PagedKV`` of float64 values (exact in ``dtype``) and int32 metadata.
+        prefixes: tuple of ``PrefixLevel`` (float64 values, int32 metadata).
+        causal: causal masking of own tokens.
+        softmax_scale: the scale, or ``None`` for ``1/sqrt(D)``.
+        dtype: the format the implementation under test computes in (``"float16"``,
+            ``"bfloat16"``, ``"float32"`` or ``"float64"``); it selects the error bound.
+        recipe: the ``make_batch`` keyword arguments that rebuild this batch, when it was built
+            by ``make_batch`` (``describe`` prints them).
+    """
+
+    q: np.ndarray
+    cu_seqlens_q: np.ndarray
+    kv: Union[RaggedKV, PagedKV]
+    prefixes: Tuple[PrefixLevel, ...]
+    causal: bool
+    softmax_scale: Optional[float]
+    dtype: str
+    recipe: Optional[Dict[str, Any]] = None
+    _oracle: Optional[Oracle] = field(default=None, init=False, repr=False)
+
+    # ---- sizes -----------------------------------------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.cu_seqlens_q.shape[0]) - 1
+
+    @property
+    def num_q_heads(self) -> int:
+        return int(self.q.shape[1])
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int((self.kv.k if isinstance(self.kv, RaggedKV) else self.kv.k_cache).shape[-2])
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.q.shape[2])
+
+    @property
+    def q_lens(self) -> np.ndarray:
+        return np.diff(self.cu_seqlens_q).astype(np.int64)
+
+    @property
+    def kv_lens(self) -> np.ndarray:
+        if isinstance(self.kv, PagedKV):
+            return self.kv.kv_lens.astype(np.int64)
+        return np.diff(self.kv.cu_seqlens).astype(np.int64)
+
+    @property
+    def paged(self) -> bool:
+        return isinstance(self.kv, PagedKV)
+
+    # ---- what implementations receive ------------------------------------------------------
+
+    def arguments(self) -> Arguments:
+        """``(args, kwargs)`` for ``relay_attention(*args, **kwargs)``: the NumPy arrays
+        (float64 values, int32 metadata) and ``causal``, ``softmax_scale``."""
+        return (self.q, self.cu_seqlens_q, self.kv, self.prefixes), {"causal": self.causal, "softmax_scale": self.softmax_scale}
+
+    def to_torch(self, device: Any = "cpu", dtype: Any = None) -> Arguments:
+        """``(args, kwargs)`` as ``arguments()``, with torch tensors on ``device``.
+
+        Args:
+            device: a torch device or its name.
+            dtype: a torch dtype or its name; default the batch's ``dtype``. The values are
+                exact in the batch's dtype, so it and any wider format carry them unchanged.
+
+        Returns:
+            float tensors in ``dtype``, int32 metadata tensors, all on ``device``.
+        """
+        import torch
+
+        if dtype is None:
+            dtype = self.dtype
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+            dtype = getattr(torch, dtype)
+
+        def floats(x):
+            return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
+
+        def ints(x):
+            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int32)).to(device=device)
+
+        if isinstance(self.kv, PagedKV):
+            kv = PagedKV(floats(self.kv.k_cache), floats(self.kv.v_cache), ints(self.kv.block_table), ints(self.kv.kv_lens))
+        else:
+            kv = RaggedKV(floats(self.kv.k), floats(self.kv.v), ints(self.kv.cu_seqlens))
+        prefixes = tuple(PrefixLevel(floats(p.k), floats(p.v), ints(p.cu_seqlens), ints(p.prefix_ids)) for p in self.prefixes)
+        return (floats(self.q), ints(self.cu_seqlens_q), kv, prefixes), {"causal": self.causal, "softmax_scale": self.softmax_scale}
+
+    def oracle(self) -> Oracle:
+        """The float64 reference result and the context statistics (computed once, cached)."""
+        if self._oracle is None:
+            args, kwargs = self.arguments()
+            problem = load(*args, **kwargs)
+            self._oracle = Oracle(relay_from_problem(problem), statistics_from_problem(problem))
+        return self._oracle
+
+    # ---- reports ---------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """A readable summary (sizes, lengths, levels, layout, dtype), and the ``make_batch``
+        call that rebuilds the batch when there is one."""
+        hq, hkv = self.num_q_heads, self.num_kv_heads
+        kind = "MHA" if hq == hkv else ("MQA" if hkv == 1 else f"GQA, {hq // hkv} query heads per KV head")
+        scale = "1/sqrt(D)" if self.softmax_scale is None else repr(self.softmax_scale)
+        if isinstance(self.kv, PagedKV):
+            nb, bs = self.kv.k_cache.shape[:2]
+            layout = f"paged KV: block_size {bs}, {nb} blocks, block_table {list(self.kv.block_table.shape)}"
+        else:
+            layout = "ragged KV"
+        lines = [
+            f"batch of B={self.batch_size}: Hq={hq}, Hkv={hkv} ({kind}), D={self.head_dim}, dtype {self.dtype}, "
+            f"{'causal' if self.causal else 'non-causal'}, softmax_scale {scale}, {layout}",
+            f"  q_lens  {self.q_lens.tolist()}",
+            f"  kv_lens {self.kv_lens.tolist()}",
+        ]
+        for i, level in enumerate(self.prefixes):
+            lens = np.diff(level.cu_seqlens).tolist()
+            lines.append(f"  prefix level {i}: {len(lens)} prefixes of lengths {lens}; ids per request {level.prefix_ids.tolist()}")
+        if not self.prefixes:
+            lines.append("  no prefix levels")
+        if self.recipe is not None:
+            call = ", ".join(f"{k}={v!r}" for k, v in self.recipe.items())
+            lines.append(f"  rebuild: relaycore.testing.make_batch({call})")
+        return "\n".join(lines)
+
+
+def _as_list(name: str, values: Sequence[int], length: Optional[int] = None) -> list:
+    values = [int(v) for v in values]
+    if length is not None and len(values) != length:
+        raise ValueError(f"{name}: expected {length} entries, got {len(values)}")
+    return values
+
+
+def make_batch(
+    q_lens: Sequence[int],
+    kv_lens: Sequence[int],
+    prefix_lens: Sequence[Sequence[int]] = (),
+    prefix_ids: Sequence[Sequence[int]] = (),
+    *,
+    num_q_heads: int = 2,
+    num_kv_heads: int = 1,
+    head_dim: int = 8,
+    dtype: str = "float32",
+    causal: bool = True,
+    softmax_scale: Optional[float] = None,
+    block_size: Optional[int] = None,
+    score_magnitude: Optional[float] = None,
+    seed: int = 0,
+) -> Batch:
+    """Build a batch from explicit lengths, with seeded random values exact in ``dtype``.
+
+    Args:
+        q_lens: per request, query tokens.
+        kv_lens: per request, own KV tokens (``>= q_lens``).
+        prefix_lens: per level, the lengths of its prefixes.
+        prefix_ids: per level, each request's prefix id (``-1``: none).
+        num_q_heads, num_kv_heads, head_dim: ``Hq`` (a multiple of ``Hkv``), ``Hkv``, ``D``.
+        dtype: the format under test; values are rounded to it.
+        causal, softmax_scale: as ``relay_attention``.
+        block_size: ``None`` for ragged KV, else a paged cache of this block size (blocks in
+            shuffled order, at least one spare block, unused table entries pointing at random
+            blocks, so an implementation that reads past ``kv_len`` reads wrong values).
+        score_magnitude: typical ``|score|``; ``None`` gives standard normal ``q``, ``k`` (scores
+            of order 1). ``1e4`` reaches scores of ``|1e4|`` and beyond.
+        seed: seeds the values (and the paged layout).
+
+    Returns:
+        ``Batch``; its ``recipe`` holds these arguments.
+
+    Example:
+        >>> from relaycore.testing import make_batch
+        >>> batch = make_batch([1, 3], [4, 3], prefix_lens=[[5]], prefix_ids=[[0, 0]], block_size=2)
+        >>> batch.q.shape, batch.kv.block_table.shape[0]
+        ((4, 2, 8), 2)
+    """
+    q_lens = _as_list("q_lens", q_lens)
+    batch = len(q_lens)
+    kv_lens = _as_list("kv_lens", kv_lens, batch)
+    if len(prefix_lens) != len(prefix_ids):
+        raise ValueError(f"prefix_ids: expected one list per level ({len(prefix_lens)} levels), got {len(prefix_ids)}")
+    prefix_lens = [_as_list(f"prefix_lens[{i}]", lens) for i, lens in enumerate(prefix_lens)]
+    prefix_ids = [_as_list(f"prefix_ids[{i}]", ids, batch) for i, ids in enumerate(prefix_ids)]
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+    recipe = dict(
+        q_lens=q_lens, kv_lens=kv_lens, prefix_lens=prefix_lens, prefix_ids=prefix_ids, num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, causal=causal, softmax_scale=softmax_scale,
+        block_size=block_size, score_magnitude=score_magnitude, seed=seed,
+    )
+    rng = np.random.default_rng(seed)
+    hq, hkv, d = num_q_heads, num_kv_heads, head_dim
+    spread = 1.0 if score_magnitude is None else math.sqrt(score_magnitude)
+
+    def values(n: int, heads: int, std: float) -> np.ndarray:
+        return round_to(rng.standard_normal((n, heads, d)) * std, dtype)
+
+    q = values(sum(q_lens), hq, spread)
+    cu_q = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    k, v = values(sum(kv_lens), hkv, spread), values(sum(kv_lens), hkv, 1.0)
+    if block_size is None:
+        kv = RaggedKV(k, v, np.concatenate([[0], np.cumsum(kv_lens)]).astype(np.int32))
+    else:
+        kv = _paged(k, v, np.asarray(kv_lens, dtype=np.int64), block_size, rng, dtype)
+    prefixes = []
+    for lens, ids in zip(prefix_lens, prefix_ids):
+        pk, pv = values(sum(lens), hkv, spread), values(sum(lens), hkv, 1.0)
+        cu_p = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+        prefixes.append(PrefixLevel(pk, pv, cu_p, np.asarray(ids, dtype=np.int32)))
+    return Batch(q, cu_q, kv, tuple(prefixes), bool(causal), softmax_scale, dtype, recipe)
+
+
+def _paged(k: np.ndarray, v: np.ndarray, kv_lens: np.ndarray, block_size: int, rng, dtype: str) -> PagedKV:
+    """Scatter packed request KV into a shuffled paged cache with one or two spare blocks."""
+    hkv, d = k.shape[1:]
+    blocks = -(-kv_lens // block_size)
+    num_blocks = int(blocks.sum()) + int(rng.integers(1, 3))
+    order = rng.permutation(num_blocks)
+    k_cache = round_to(rng.standard_normal((num_blocks, block_size, hkv, d)), dtype)
+    v_cache = round_to(rng.standard_normal((num_blocks, block_size, hkv, d)), dtype)
+    width = int(blocks.max(initial=0)) + int(rng.integers(0, 2))
+    table = rng.integers(0, num_blocks, size=(len(kv_lens), width))
+    starts = np.concatenate([[0], np.cumsum(kv_lens)])
+    next_block = 0
+    for b, n in enumerate(kv_lens):
+        for j in range(int(blocks[b])):
+            block = order[next_block]
+            next_block += 1
+            table[b, j] = block
+            lo, hi = starts[b] + j * block_size, min(starts[b] + (j + 1) * block_size, starts[b + 1])
+            k_cache[block, : hi - lo] = k[lo:hi]
+            v_cache[block, : hi - lo] = v[lo:hi]
+    return PagedKV(k_cache, v_cache, table.astype(np.int32), kv_lens.astype(np.int32))

@@ -1,0 +1,235 @@
+"""Compare any implementation's ``(out, lse)`` with the oracle, under ``relaycore.bounds``.
+
+The tolerance of every element is the a-priori error bound of the precision policy for the
+batch's dtype (``relaycore.bounds.out_bound``/``lse_bound``), evaluated on the oracle's value
+and the row's context statistics; nothing is hand-picked. A row that sees no key has bound 0:
+it must be exactly ``(0, -inf)``. Any NaN fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from relaycore import bounds
+from relaycore.testing.batch import Batch
+from relaycore.validation import array_kind
+
+
+class Tolerance(NamedTuple):
+    """Elementwise error bounds for a batch's result.
+
+    Attributes:
+        out: float64 ``[total_q, Hq, D]``.
+        lse: float64 ``[total_q, Hq]`` (natural log).
+    """
+
+    out: np.ndarray
+    lse: np.ndarray
+
+
+def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None) -> Tolerance:
+    """The error bounds of ``relaycore.bounds`` for the batch's oracle result.
+
+    Args:
+        batch: the problem.
+        dtype: the precision policy; default the batch's ``dtype``.
+        steps: rescale/merge steps per key (see ``relaycore.bounds``); default: any blocking.
+
+    Returns:
+        ``Tolerance``; 0 on rows that see no key.
+    """
+    oracle = batch.oracle()
+    prec = bounds.precision(batch.dtype if dtype is None else dtype)
+    stats, ref = oracle.stats, oracle.state
+    return Tolerance(
+        bounds.out_bound(ref.out, stats.value_abs, stats.num_keys, stats.score_abs, batch.head_dim, prec, steps),
+        bounds.lse_bound(ref.lse, stats.num_keys, stats.score_abs, batch.head_dim, prec, steps),
+    )
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where the worst error (in units of the bound) of ``out`` or ``lse`` sits.
+
+    Attributes:
+        row: the query row in ``[0, total_q)``.
+        request: the request it belongs to.
+        token: its index among the request's query tokens.
+        head: the query head.
+        dim: the head dimension (``None`` for lse).
+        got: the implementation's value.
+        expected: the oracle's value.
+        error: ``|got - expected|`` (inf or NaN where they are).
+        bound: the bound at that element.
+        ratio: ``error / bound`` (inf where the bound is 0 and the error is not).
+    """
+
+    row: int
+    request: int
+    token: int
+    head: int
+    dim: Optional[int]
+    got: float
+    expected: float
+    error: float
+    bound: float
+    ratio: float
+
+    def __str__(self) -> str:
+        dim = "" if self.dim is None else f", dim {self.dim}"
+        return (
+            f"request {self.request}, token {self.token} (row {self.row}), head {self.head}{dim}: "
+            f"got {self.got!r}, reference {self.expected!r}, error {self.error:.3g}, bound {self.bound:.3g} "
+            f"({self.ratio:.3g} of the bound)"
+        )
+
+
+@dataclass(frozen=True)
+class Report:
+    """The outcome of ``check``.
+
+    Attributes:
+        passed: every element within its bound, no NaN, shapes right.
+        out_ratio: worst ``|out - ref| / bound`` (0 for an empty batch; inf for a NaN or an
+            error where the bound is 0).
+        lse_ratio: the same for ``lse``.
+        out_worst: where ``out_ratio`` is reached (``None`` for an empty batch).
+        lse_worst: where ``lse_ratio`` is reached.
+        problems: structural failures (shape, NaN counts), one sentence each.
+        description: ``batch.describe()``.
+    """
+
+    passed: bool
+    out_ratio: float
+    lse_ratio: float
+    out_worst: Optional[Location]
+    lse_worst: Optional[Location]
+    problems: Tuple[str, ...]
+    description: str
+
+    def __str__(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        lines = [f"{verdict}: worst error {self.out_ratio:.3g} of the bound in out, {self.lse_ratio:.3g} in lse"]
+        if self.out_worst is not None:
+            lines.append(f"  worst out: {self.out_worst}")
+        if self.lse_worst is not None:
+            lines.append(f"  worst lse: {self.lse_worst}")
+        lines.extend(f"  problem: {p}" for p in self.problems)
+        lines.append(self.description)
+        return "\n".join(lines)
+
+
+def _host64(x: Any) -> np.ndarray:
+    """float64 NumPy copy of an array or torch tensor (any device, any float dtype)."""
+    if array_kind(x) == "torch":
+        return x.detach().to("cpu").double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _ratio(error: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """``error / bound`` with ``0/0 = 0``, ``x/0 = inf`` and NaN errors as inf."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(error == 0, 0.0, error / bound)
+    return np.where(np.isnan(r), np.inf, r)
+
+
+def _request_token(batch: Batch, row: int) -> Tuple[int, int]:
+    """``(request, token within the request)`` of a query row."""
+    request = int(np.searchsorted(batch.cu_seqlens_q, row, side="right")) - 1
+    return request, row - int(batch.cu_seqlens_q[request])
+
+
+def _locate(batch: Batch, index: Tuple[int, ...], got, expected, error, bound, ratio) -> Location:
+    row = int(index[0])
+    request, token = _request_token(batch, row)
+    return Location(
+        row=row,
+        request=request,
+        token=token,
+        head=int(index[1]),
+        dim=int(index[2]) if len(index) == 3 else None,
+        got=float(got[index]),
+        expected=float(expected[index]),
+        error=float(error[index]),
+        bound=float(bound[index]),
+        ratio=float(ratio[index]),
+    )
+
+
+def _worst(batch: Batch, got, expected, bound) -> Tuple[float, Optional[Location]]:
+    with np.errstate(invalid="ignore"):  # -inf - -inf: those are equal, hence exact
+        error = np.where(got == expected, 0.0, np.abs(got - expected))
+    ratio = _ratio(error, bound)
+    if ratio.size == 0:
+        return 0.0, None
+    index = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+    return float(ratio[index]), _locate(batch, index, got, expected, error, bound, ratio)
+
+
+def check(result: Any, batch: Batch, *, steps=None) -> Report:
+    """Compare an implementation's result with the oracle under the bounds of ``batch.dtype``.
+
+    Args:
+        result: ``(out [total_q, Hq, D], lse [total_q, Hq])``, NumPy arrays or torch tensors on
+            any device, in float16/bfloat16/float32/float64; ``lse`` in natural log.
+        batch: the problem the result answers.
+        steps: rescale/merge steps per key assumed by the bound (default: any blocking).
+
+    Returns:
+        ``Report``: pass/fail, the worst errors in units of the bound and where they are.
+    """
+    out, lse = result
+    ref = batch.oracle().state
+    problems = []
+    shapes = {"out": (tuple(out.shape), ref.out.shape), "lse": (tuple(lse.shape), ref.lse.shape)}
+    for name, (got_shape, want_shape) in shapes.items():
+        if got_shape != want_shape:
+            problems.append(f"{name}: expected shape {want_shape}, got {got_shape}")
+    if problems:
+        return Report(False, np.inf, np.inf, None, None, tuple(problems), batch.describe())
+    out, lse = _host64(out), _host64(lse)
+    tol = bounds_for(batch, steps=steps)
+    out_ratio, out_worst = _worst(batch, out, ref.out, tol.out)
+    lse_ratio, lse_worst = _worst(batch, lse, ref.lse, tol.lse)
+    for name, x in (("out", out), ("lse", lse)):
+        nan = np.isnan(x)
+        if nan.any():
+            first = np.unravel_index(int(np.argmax(nan)), nan.shape)
+            request, token = _request_token(batch, int(first[0]))
+            problems.append(f"{name}: {int(nan.sum())} NaN, the first at request {request}, token {token}, head {int(first[1])}")
+    passed = not problems and out_ratio <= 1.0 and lse_ratio <= 1.0
+    return Report(passed, out_ratio, lse_ratio, out_worst, lse_worst, tuple(problems), batch.describe())
+
+
+def assert_close(result: Any, batch: Batch, *, steps=None) -> Report:
+    """``check``, raising ``AssertionError`` with the report when it fails.
+
+    Example:
+        >>> import relaycore
+        >>> from relaycore.testing import assert_close, make_batch
+        >>> batch = make_batch([2, 1], [5, 1], prefix_lens=[[3]], prefix_ids=[[0, -1]])
+        >>> args, kwargs = batch.arguments()
+        >>> assert_close(relaycore.relay_attention(*args, **kwargs), batch).passed
+        True
+    """
+    report = check(result, batch, steps=steps)
+    if not report.passed:
+        raise AssertionError(str(report))
+    return report
+
+
+def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=None) -> Report:
+    """Run ``fn(*args, **kwargs)`` on the batch and ``check`` its result.
+
+    Args:
+        fn: any function with ``relaycore.relay_attention``'s signature returning ``(out, lse)``.
+        batch: the problem.
+        device: ``None`` passes NumPy float64 arrays (``batch.arguments()``); a torch device
+            passes tensors in the batch's dtype there (``batch.to_torch(device)``).
+        steps: see ``check``.
+    """
+    args, kwargs = batch.arguments() if device is None else batch.to_torch(device)
+    return check(fn(*args, **kwargs), batch, steps=steps)

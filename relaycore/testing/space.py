@@ -1,0 +1,148 @@
+"""The space of batches the kit draws from, shared by ``random_batch`` (a seeded NumPy
+generator) and ``strategies.batches`` (Hypothesis): one description of the distribution, two
+sources of randomness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
+
+from relaycore.testing.batch import Batch, make_batch
+from relaycore.testing.rounding import DTYPES
+
+#: Paged block sizes: 1, and one below / at / one above powers of two.
+BLOCK_SIZES = (1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17)
+
+
+class Pick(Protocol):
+    """A source of choices: a seeded generator or a Hypothesis ``draw``."""
+
+    def integer(self, lo: int, hi: int) -> int:
+        """An integer in ``[lo, hi]``; simpler (for shrinking) towards ``lo``."""
+
+    def choice(self, options: Sequence[Any]) -> Any:
+        """One of ``options``; simpler towards the first."""
+
+
+@dataclass(frozen=True)
+class BatchSpace:
+    """Bounds and choices for drawn batches.
+
+    Attributes:
+        max_batch: most requests (``B`` is drawn from ``[min_batch, max_batch]``).
+        min_batch: fewest requests (0 draws empty batches too).
+        max_q_len: most query tokens per request.
+        max_kv_len: most own KV tokens per request (at least ``max_q_len``).
+        max_levels: most prefix levels (0 to 3 by default).
+        max_prefixes: most prefixes per level.
+        max_prefix_len: longest prefix.
+        head_dims: choices of ``D``.
+        kv_heads: choices of ``Hkv``.
+        group_sizes: choices of ``Hq // Hkv`` (1 is MHA; ``Hkv = 1`` is MQA).
+        dtypes: choices of the format under test.
+        layouts: ``"ragged"`` and/or ``"paged"``.
+        block_sizes: choices of the paged block size.
+        causal: choices of causal masking.
+        softmax_scales: choices of the scale (``None``: ``1/sqrt(D)``).
+        score_magnitudes: choices of the typical ``|score|`` (``None``: of order 1).
+    """
+
+    max_batch: int = 4
+    min_batch: int = 0
+    max_q_len: int = 6
+    max_kv_len: int = 12
+    max_levels: int = 3
+    max_prefixes: int = 3
+    max_prefix_len: int = 12
+    head_dims: Tuple[int, ...] = (8, 16, 32)
+    kv_heads: Tuple[int, ...] = (1, 2)
+    group_sizes: Tuple[int, ...] = (1, 2, 3)
+    dtypes: Tuple[str, ...] = ("float32",)
+    layouts: Tuple[str, ...] = ("ragged", "paged")
+    block_sizes: Tuple[int, ...] = BLOCK_SIZES
+    causal: Tuple[bool, ...] = (True, False)
+    softmax_scales: Tuple[Optional[float], ...] = (None, 0.5)
+    score_magnitudes: Tuple[Optional[float], ...] = (None,)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_batch <= self.max_batch:
+            raise ValueError(f"min_batch: expected 0 <= min_batch <= max_batch = {self.max_batch}, got {self.min_batch}")
+        if self.max_kv_len < self.max_q_len:
+            raise ValueError(f"max_kv_len: expected at least max_q_len = {self.max_q_len}, got {self.max_kv_len}")
+        unknown = [d for d in self.dtypes if d not in DTYPES]
+        if unknown or not self.dtypes:
+            raise ValueError(f"dtypes: expected a non-empty subset of {list(DTYPES)}, got {list(self.dtypes)}")
+        if not self.layouts or any(x not in ("ragged", "paged") for x in self.layouts):
+            raise ValueError(f"layouts: expected a non-empty subset of ['ragged', 'paged'], got {list(self.layouts)}")
+        for name in ("head_dims", "kv_heads", "group_sizes", "causal", "softmax_scales", "score_magnitudes"):
+            if not getattr(self, name):
+                raise ValueError(f"{name}: expected at least one choice, got none")
+        if "paged" in self.layouts and (not self.block_sizes or min(self.block_sizes) < 1):
+            raise ValueError(f"block_sizes: expected positive sizes, got {list(self.block_sizes)}")
+
+    def recipe(self, pick: Pick) -> Dict[str, Any]:
+        """Draw the ``make_batch`` arguments of one batch."""
+
+        def length(hi: int) -> int:
+            # lengths 0 and 1 are the edge cases; draw them often
+            return pick.choice((0, 1)) if hi >= 1 and pick.integer(0, 2) == 0 else pick.integer(0, hi)
+
+        batch = pick.integer(self.min_batch, self.max_batch)
+        hkv, group = pick.choice(self.kv_heads), pick.choice(self.group_sizes)
+        q_lens = [length(self.max_q_len) for _ in range(batch)]
+        kv_lens = [q + length(self.max_kv_len - q) for q in q_lens]
+        prefix_lens, prefix_ids = [], []
+        for _ in range(pick.integer(0, self.max_levels)):
+            count = pick.integer(0, self.max_prefixes)
+            prefix_lens.append([length(self.max_prefix_len) for _ in range(count)])
+            prefix_ids.append([pick.integer(-1, count - 1) for _ in range(batch)])
+        paged = pick.choice(self.layouts) == "paged"
+        return dict(
+            q_lens=q_lens,
+            kv_lens=kv_lens,
+            prefix_lens=prefix_lens,
+            prefix_ids=prefix_ids,
+            num_q_heads=hkv * group,
+            num_kv_heads=hkv,
+            head_dim=pick.choice(self.head_dims),
+            dtype=pick.choice(self.dtypes),
+            causal=pick.choice(self.causal),
+            softmax_scale=pick.choice(self.softmax_scales),
+            block_size=pick.choice(self.block_sizes) if paged else None,
+            score_magnitude=pick.choice(self.score_magnitudes),
+            seed=pick.integer(0, 2**31 - 1),
+        )
+
+
+class _GeneratorPick:
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def integer(self, lo: int, hi: int) -> int:
+        return int(self.rng.integers(lo, hi + 1))
+
+    def choice(self, options: Sequence[Any]) -> Any:
+        return options[int(self.rng.integers(len(options)))]
+
+
+def random_batch(rng: np.random.Generator, **space: Any) -> Batch:
+    """Draw one batch with a NumPy generator.
+
+    Args:
+        rng: ``np.random.default_rng(seed)``; the same seed gives the same batch.
+        **space: ``BatchSpace`` fields (bounds and choices).
+
+    Returns:
+        ``Batch`` (with its ``make_batch`` recipe).
+
+    Example:
+        >>> import numpy as np
+        >>> from relaycore.testing import random_batch
+        >>> batch = random_batch(np.random.default_rng(7), dtypes=("bfloat16",), max_batch=3)
+        >>> batch.dtype
+        'bfloat16'
+    """
+    return make_batch(**BatchSpace(**space).recipe(_GeneratorPick(rng)))

@@ -1,0 +1,50 @@
+"""Hypothesis strategies for relay-attention batches (the one module of the kit that needs
+Hypothesis)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from hypothesis import strategies as st
+
+from relaycore.testing.batch import Batch, make_batch
+from relaycore.testing.space import BatchSpace
+
+
+class _DrawPick:
+    def __init__(self, draw) -> None:
+        self.draw = draw
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.draw(st.integers(lo, hi))
+
+    def choice(self, options: Sequence[Any]) -> Any:
+        return self.draw(st.sampled_from(list(options)))
+
+
+@st.composite
+def _batches(draw, space: BatchSpace) -> Batch:
+    return make_batch(**space.recipe(_DrawPick(draw)))
+
+
+def batches(**space: Any) -> st.SearchStrategy[Batch]:
+    """A strategy of valid batches: ragged or paged KV (block sizes 1 and around powers of two),
+    MHA/GQA/MQA, zero to three prefix levels with several prefixes each and ids -1, lengths 0
+    and 1 often, causal or not. Shapes shrink towards the smallest batch.
+
+    Args:
+        **space: ``relaycore.testing.BatchSpace`` fields: ``max_batch``, ``max_q_len``,
+            ``max_kv_len``, ``max_levels``, ``max_prefixes``, ``max_prefix_len``, ``head_dims``,
+            ``dtypes``, ``layouts``, ``block_sizes``, ``score_magnitudes``, ... (small shapes
+            for the CPU, large ones on a GPU).
+
+    Example:
+        >>> from hypothesis import given
+        >>> from relaycore.testing import assert_close
+        >>> from relaycore.testing.strategies import batches
+        >>> @given(batches(dtypes=("float16", "bfloat16"), max_kv_len=64))
+        ... def test_my_kernel(batch):
+        ...     args, kwargs = batch.to_torch("cuda")
+        ...     assert_close(my_kernel(*args, **kwargs), batch)
+    """
+    return _batches(BatchSpace(**space))
