@@ -25,11 +25,13 @@ For one query row that sees ``N >= 1`` keys, with ``A = max_j scale * sum_d |q_d
 
 and ``gamma(n, u) = n u / (1 - n u)``. From that (``proofs/error_bound.py``)::
 
-    |out_d - ref_d| <= ((exp(2 rho) - 1) V_d + N tau V_d exp(rho)) (1 + u_o) + u_o |ref_d|
+    |out_d - ref_d| <= ((exp(2 rho) - 1) + 2 eps) / (1 - eps) * V_d (1 + u_o) + u_o |ref_d|
     |lse - ref|     <= rho + 3 u_acc (|ref| + 1)
 
-with ``u_o = u_out + u_acc`` and ``tau`` the absolute rounding of a weight near underflow. A row
-that sees no key must give out 0 and lse -inf exactly: its bound is 0.
+with ``eps = N tau exp(rho)``, ``tau`` the absolute rounding of a weight near underflow (in the
+numerator's rounded weights and in the normaliser's fp32 ones), and ``u_o = (1 + u_out)(1 +
+u_acc) - 1``. ``steps`` counts, per key, its own exponential, each rescale that holds it and two
+per merge. A row that sees no key must give out 0 and lse -inf exactly: its bound is 0.
 """
 
 from __future__ import annotations
@@ -108,8 +110,10 @@ def gamma(n, u: float):
 
 
 def default_steps(num_keys):
-    """A safe count of rescale/merge steps per key for any blocking: every block and every
-    merged part holds at least one key, so a key passes at most ``2N`` steps."""
+    """A safe count of steps per key for any blocking and relay split: a key's own exponential
+    (1), the rescales of its part's accumulators (at most ``N_i - 1`` in a part of ``N_i`` keys)
+    and two per merge; with ``P`` non-empty parts ``N_i <= N - P + 1``, so at most
+    ``1 + (N - P) + 2 (P - 1) <= 2N - 1`` steps (merging an empty part is exact and free)."""
     return 2 * np.asarray(num_keys, dtype=np.float64)
 
 
@@ -121,7 +125,8 @@ def weight_perturbation(num_keys, score_abs, head_dim: int, prec: Precision, ste
         score_abs: ``A`` per row, ``max_j scale * sum_d |q_d k_jd|`` (same shape).
         head_dim: ``D``.
         prec: the precision policy.
-        steps: rescale/merge steps per key (same shape or scalar); default ``default_steps``.
+        steps: steps per key (same shape or scalar): its exponential, each rescale that holds
+            it, two per merge; default ``default_steps``.
 
     Returns:
         float64 array of ``rho`` (0 where ``N == 0``).
@@ -156,8 +161,11 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
     rho = weight_perturbation(num_keys, score_abs, head_dim, prec, steps)[..., None]
     n = np.asarray(num_keys, dtype=np.float64)[..., None]
     v = np.asarray(value_abs, dtype=np.float64)
-    u_o = prec.u_out + prec.u_acc
-    weights = (np.expm1(2 * rho) + n * prec.tau * np.exp(rho)) * v
+    u_o = (1 + prec.u_out) * (1 + prec.u_acc) - 1
+    eps = n * prec.tau * np.exp(rho)
+    if np.any(eps >= 1):
+        raise ValueError(f"out_bound: N * tau * exp(rho) must be below 1, got max {float(np.max(eps))}")
+    weights = (np.expm1(2 * rho) + 2 * eps) / (1 - eps) * v
     bound = weights * (1 + u_o) + u_o * np.abs(np.asarray(ref_out, dtype=np.float64))
     return np.where(n > 0, bound, 0.0)
 
