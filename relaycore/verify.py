@@ -1,0 +1,179 @@
+"""``relaycore verify``: check a backend, or any function, against the float64 oracle.
+
+Case ``i`` of a run is the batch ``relaycore.testing.random_batch(np.random.default_rng(S + i))``
+for ``--seed S``, so every case is reproducible on its own with ``--seed S+i --cases 1``; the
+report prints that command for each failure. Each result is checked with
+``relaycore.testing.check``: every element within the a-priori bound of ``relaycore.bounds`` for
+the case's dtype, rows that see no key exactly ``(0, -inf)``, no NaN.
+
+Inputs: for ``--dtype float16|bfloat16|float32`` the backend or function receives torch tensors
+in that dtype on ``--device`` (int32 metadata); for ``--dtype float64`` it receives NumPy float64
+arrays (int32 metadata), which needs no torch. Without ``--dtype`` each case's dtype is float32,
+float16 or bfloat16 by its seed (``seed % 3``). A ``--function`` has ``relay_attention``'s
+signature ``fn(q, cu_seqlens_q, kv, prefixes, *, causal, softmax_scale)`` and returns
+``(out, lse)`` with ``lse`` in natural log; it is imported as ``module:function`` with the current
+directory on the import path.
+
+Exit status: 0 when every case passes, 1 when one fails, 2 when the run cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+import relaycore
+from relaycore.testing import BatchSpace, check, random_batch
+
+#: Dtypes a case without ``--dtype`` takes, by ``seed % 3``.
+CYCLE = ("float32", "float16", "bfloat16")
+
+#: The batches drawn on each device: small on the CPU (the default run stays well under a
+#: minute), longer sequences and realistic head sizes on a GPU.
+SPACES = {
+    "cpu": dict(max_batch=4, max_q_len=8, max_kv_len=24, max_prefix_len=24, head_dims=(8, 16, 32, 64),
+                score_magnitudes=(None, None, 100.0, 1e4)),
+    "cuda": dict(max_batch=8, max_q_len=64, max_kv_len=300, max_prefix_len=300, head_dims=(16, 32, 64, 128),
+                 score_magnitudes=(None, None, 100.0, 1e4)),
+}
+
+#: Full failure reports printed before the rest are only counted.
+MAX_REPORTS = 3
+
+
+class UsageError(Exception):
+    """The run cannot start (missing torch, no CUDA, a function that does not import)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``relaycore verify``."""
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--backend", default="auto", choices=["auto", "reference", "torch", "triton"],
+                      help="the backend to check (default: auto, the best available for the inputs)")
+    what.add_argument("--function", metavar="MODULE:FUNCTION",
+                      help="check a function with relay_attention's signature instead of a backend")
+    parser.add_argument("--cases", type=int, default=500, help="number of drawn batches (default: 500)")
+    parser.add_argument("--seed", type=int, default=0, help="case i uses seed SEED + i (default: 0)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "float64"],
+                        help="input dtype (default: float32/float16/bfloat16 by case seed); "
+                             "float64 passes NumPy arrays")
+    parser.add_argument("--device", choices=["cpu", "cuda"],
+                        help="where torch inputs live (default: cuda when available, else cpu)")
+
+
+def _load_function(spec: str) -> Callable[..., Any]:
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name:
+        raise UsageError(f"--function: expected MODULE:FUNCTION, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        fn = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"--function: cannot load {spec!r}: {exc}") from exc
+    if not callable(fn):
+        raise UsageError(f"--function: {spec!r} is not callable")
+    return fn
+
+
+def _default_device(dtype: Optional[str]) -> str:
+    if dtype == "float64":
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_setup(args: argparse.Namespace, device: str) -> None:
+    if args.cases < 1:
+        raise UsageError(f"--cases: expected at least 1, got {args.cases}")
+    if args.dtype == "float64":
+        if args.device == "cuda":
+            raise UsageError("--dtype float64 passes NumPy arrays, which live on the CPU; drop --device cuda")
+        if args.backend not in ("auto", "reference") and args.function is None:
+            raise UsageError(f"--dtype float64 passes NumPy arrays, which only the reference backend takes, not {args.backend!r}")
+        return
+    try:
+        import torch
+    except ImportError as exc:
+        raise UsageError("torch is not installed: use --dtype float64 (NumPy inputs) or install torch") from exc
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: torch sees no CUDA device here")
+
+
+def _reproduce(args: argparse.Namespace, seed: int, dtype: str, device: str) -> str:
+    what = f"--function {args.function}" if args.function else f"--backend {args.backend}"
+    where = "" if dtype == "float64" else f" --device {device}"
+    return f"relaycore verify {what} --seed {seed} --cases 1 --dtype {dtype}{where}"
+
+
+def _run_case(args: argparse.Namespace, fn: Optional[Callable[..., Any]], batch, device: str) -> Tuple[Any, str]:
+    """The result of one case and the name of what computed it."""
+    call_args, kwargs = batch.arguments() if batch.dtype == "float64" else batch.to_torch(device)
+    if fn is not None:
+        return fn(*call_args, **kwargs), args.function
+    chosen = relaycore.select_backend(*call_args, **kwargs, backend=args.backend).name
+    return relaycore.relay_attention(*call_args, **kwargs, backend=args.backend), chosen
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``relaycore verify``; returns the exit status."""
+    device = args.device or _default_device(args.dtype)
+    try:
+        _check_setup(args, device)
+        fn = _load_function(args.function) if args.function else None
+    except UsageError as exc:
+        print(f"relaycore verify: {exc}", file=sys.stderr)
+        return 2
+    space = SPACES[device]
+    subject = f"function {args.function}" if fn else f"backend {args.backend}"
+    dtypes = args.dtype or "/".join(CYCLE) + " by seed"
+    last = args.seed + args.cases - 1
+    print(f"relaycore verify: {subject}, {args.cases} cases (seeds {args.seed}..{last}), dtype {dtypes}, device {device}")
+    box = BatchSpace(**space)
+    print(f"  batches: B <= {box.max_batch}, q_len <= {box.max_q_len}, kv_len <= {box.max_kv_len}, "
+          f"{box.max_levels} prefix levels of {box.max_prefixes} prefixes of length <= {box.max_prefix_len} at most, "
+          f"D in {box.head_dims}, |scores| up to ~{max(m or 1 for m in box.score_magnitudes):g}, ragged and paged")
+
+    ran_on: Dict[str, int] = {}
+    failures: List[int] = []
+    worst = {"out": (0.0, None), "lse": (0.0, None)}
+    for seed in range(args.seed, args.seed + args.cases):
+        dtype = args.dtype or CYCLE[seed % len(CYCLE)]
+        batch = random_batch(np.random.default_rng(seed), dtypes=(dtype,), **space)
+        try:
+            result, name = _run_case(args, fn, batch, device)
+            report = check(result, batch)
+            ran_on[name] = ran_on.get(name, 0) + 1
+            text = str(report)
+        except Exception as exc:  # a crashing implementation is a failing case, reported as such
+            report = None
+            text = f"FAIL: raised {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}{batch.describe()}"
+        if report is not None:
+            for part, ratio in (("out", report.out_ratio), ("lse", report.lse_ratio)):
+                if ratio > worst[part][0] or worst[part][1] is None:
+                    worst[part] = (ratio, f"seed {seed}, {dtype}")
+        if report is None or not report.passed:
+            failures.append(seed)
+            if len(failures) <= MAX_REPORTS:
+                print(f"\ncase seed {seed} ({dtype}):")
+                print("  " + text.replace("\n", "\n  "))
+                print(f"  reproduce: {_reproduce(args, seed, dtype, device)}\n")
+
+    print(f"  ran on: {', '.join(f'{k} ({v} cases)' for k, v in sorted(ran_on.items())) or 'nothing (every case raised)'}")
+    for part, (ratio, where) in worst.items():
+        print(f"  worst {part} error: {ratio:.3g} of the bound" + (f" ({where})" if where else ""))
+    if failures:
+        shown = ", ".join(str(s) for s in failures[:10]) + (", ..." if len(failures) > 10 else "")
+        print(f"FAIL: {len(failures)} of {args.cases} cases failed (seeds {shown})")
+        return 1
+    print(f"PASS: {args.cases} of {args.cases} cases within the bounds of relaycore.bounds")
+    return 0
