@@ -338,7 +338,7 @@ def check_merge_coefficients():
 def check_simulated_kernel():
     """The whole kernel with explicit roundings stays within relaycore.bounds."""
 
-    @checked(120)
+    @checked(400)
     @given(problems(), st.randoms(use_true_random=False), st.booleans())
     def run(problem, rnd, extreme):
         out_err, out_b, lse_err, lse_b = errors_and_bounds(problem, Exponential(rnd, extreme))
