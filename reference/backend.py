@@ -1,6 +1,6 @@
 """The reference as a backend: ``relay_attention(..., backend="reference")`` for any input.
 
-NumPy inputs give float64 results. torch tensors (any device that holds values) are copied to
+NumPy inputs give float64 results. torch tensors (any device) are copied to
 the host, computed in float64, and returned as torch tensors on q's device: ``out`` converted to
 q's dtype, ``lse`` float32, as every backend returns them. torch is never imported here: the
 results are made with the input tensors' own methods.
@@ -17,10 +17,7 @@ from relaycore.reference.relay import relay_from_problem
 
 
 def supports(meta: BatchMeta) -> Optional[str]:
-    """``None`` for every validated batch except tensors on torch's ``meta`` device, which hold
-    no values."""
-    if meta.device == "meta":
-        return "tensors on the meta device hold no values to compute with"
+    """``None``: the reference runs every validated batch (NumPy, or torch on any device)."""
     return None
 
 

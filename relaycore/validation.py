@@ -273,6 +273,8 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
             raise ValueError(f"{name}.prefix_ids: expected shape ({batch},), got {tuple(level.prefix_ids.shape)}")
 
     # ---- values (read to the host) ----
+    if c.device == "meta":
+        raise ValueError(f"{c.first}: expected tensors that hold values, got tensors on the meta device")
     cu_q = to_host_ints(cu_seqlens_q)
     _check_offsets("cu_seqlens_q", cu_q, batch + 1, total_q, "q.shape[0]")
     q_lens = np.diff(cu_q)

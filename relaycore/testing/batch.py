@@ -245,15 +245,16 @@ def make_batch(
     q = values(sum(q_lens), hq, spread)
     cu_q = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
     k, v = values(sum(kv_lens), hkv, spread), values(sum(kv_lens), hkv, 1.0)
-    if block_size is None:
-        kv = RaggedKV(k, v, np.concatenate([[0], np.cumsum(kv_lens)]).astype(np.int32))
-    else:
-        kv = _paged(k, v, np.asarray(kv_lens, dtype=np.int64), block_size, rng, dtype)
     prefixes = []
     for lens, ids in zip(prefix_lens, prefix_ids):
         pk, pv = values(sum(lens), hkv, spread), values(sum(lens), hkv, 1.0)
         cu_p = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
         prefixes.append(PrefixLevel(pk, pv, cu_p, np.asarray(ids, dtype=np.int32)))
+    # the layout comes last: the same recipe with another block_size holds the same values
+    if block_size is None:
+        kv = RaggedKV(k, v, np.concatenate([[0], np.cumsum(kv_lens)]).astype(np.int32))
+    else:
+        kv = _paged(k, v, np.asarray(kv_lens, dtype=np.int64), block_size, rng, dtype)
     return Batch(q, cu_q, kv, tuple(prefixes), bool(causal), softmax_scale, dtype, recipe)
 
 

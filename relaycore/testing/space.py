@@ -33,7 +33,8 @@ class BatchSpace:
 
     Attributes:
         max_batch: most requests (``B`` is drawn from ``[min_batch, max_batch]``).
-        min_batch: fewest requests (0 draws empty batches too).
+        min_batch: fewest requests (0 draws empty batches too; rare cases, so they are left to
+            explicit tests by default).
         max_q_len: most query tokens per request.
         max_kv_len: most own KV tokens per request (at least ``max_q_len``).
         max_levels: most prefix levels (0 to 3 by default).
@@ -51,7 +52,7 @@ class BatchSpace:
     """
 
     max_batch: int = 4
-    min_batch: int = 0
+    min_batch: int = 1
     max_q_len: int = 6
     max_kv_len: int = 12
     max_levels: int = 3

@@ -1,0 +1,312 @@
+"""The float64 oracle: its two forms agree, and the semantics' invariances hold.
+
+Every comparison of two float64 computations uses ``tolerances.float64_agreement`` (twice the
+float64 bound of ``relaycore.bounds``); layout changes that must not change a single bit are
+compared with ``np.array_equal``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relaycore.reference import context_statistics, full_attention, relay_attention, relay_parts
+from relaycore.reference.softmax import attention_state
+from relaycore.testing import Batch, make_batch
+from relaycore.testing.strategies import batches
+from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
+from tolerances import Tolerance, assert_agree, float64_agreement, softmax_tolerance, sum_tolerance
+
+F64 = dict(dtypes=("float64",), score_magnitudes=(None, 100.0, 1e4))
+
+
+def both_forms(batch: Batch):
+    args, kwargs = batch.arguments()
+    return relay_attention(*args, **kwargs), full_attention(*args, **kwargs)
+
+
+def rows(batch: Batch, requests) -> np.ndarray:
+    """The query rows of ``requests``, in that order."""
+    cu = batch.cu_seqlens_q
+    return np.concatenate([np.arange(cu[b], cu[b + 1]) for b in requests] + [np.zeros(0, dtype=np.int64)])
+
+
+def offsets(lens) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+
+
+def replace(batch: Batch, **fields) -> Batch:
+    return dataclasses.replace(batch, recipe=None, **fields)
+
+
+# ---- the two forms --------------------------------------------------------------------------
+
+
+@given(batches(**F64))
+def test_relay_form_equals_full_form(batch):
+    relay, full = both_forms(batch)
+    assert_agree(relay, full, float64_agreement(batch), batch.describe())
+    assert relay.out.dtype == relay.lse.dtype == np.float64
+
+
+@given(batches(dtypes=("float32", "float16", "bfloat16"), max_kv_len=20, max_prefix_len=20))
+def test_relay_form_equals_full_form_on_low_precision_values(batch):
+    relay, full = both_forms(batch)
+    assert_agree(relay, full, float64_agreement(batch), batch.describe())
+
+
+@given(batches(score_magnitudes=(1e4,), dtypes=("float64", "float16"), min_batch=1))
+def test_scores_of_ten_thousand_neither_overflow_nor_make_nan(batch):
+    relay, full = both_forms(batch)
+    for state in (relay, full):
+        assert not np.isnan(state.out).any() and not np.isnan(state.lse).any()
+        assert np.isfinite(state.out).all()
+    assert_agree(relay, full, float64_agreement(batch), batch.describe())
+
+
+def test_scores_of_exactly_plus_minus_ten_thousand():
+    # q = 100 e0 against keys +-100 e0 with scale 1: scores +1e4 (twice) and -1e4 (three times)
+    q = np.zeros((1, 1, 4))
+    q[0, 0, 0] = 100.0
+    k = np.zeros((5, 1, 4))
+    k[:, 0, 0] = [100.0, -100.0, 100.0, -100.0, -100.0]
+    v = np.arange(20, dtype=np.float64).reshape(5, 1, 4)
+    kv = RaggedKV(k[3:], v[3:], np.array([0, 2], dtype=np.int32))
+    prefix = PrefixLevel(k[:3], v[:3], np.array([0, 3], dtype=np.int32), np.array([0], dtype=np.int32))
+    batch = Batch(q, np.array([0, 1], dtype=np.int32), kv, (prefix,), True, 1.0, "float64")
+    # the -1e4 keys weigh exp(-2e4) = 0 in float64
+    exact = AttentionState(((v[0] + v[2]) / 2)[None], np.array([[1e4 + np.log(2.0)]]))
+    for state in both_forms(batch):
+        assert_agree(state, exact, float64_agreement(batch))
+        np.testing.assert_array_equal(state.out, exact.out)
+
+
+# ---- invariances ----------------------------------------------------------------------------
+
+
+def permute_requests(batch: Batch, order) -> Batch:
+    """The batch with its requests in ``order`` (ragged or paged request KV)."""
+    q = batch.q[rows(batch, order)]
+    cu_q = offsets(batch.q_lens[order])
+    if isinstance(batch.kv, PagedKV):
+        kv = batch.kv._replace(block_table=batch.kv.block_table[order], kv_lens=batch.kv.kv_lens[order])
+    else:
+        cu_k = batch.kv.cu_seqlens
+        own = np.concatenate([np.arange(cu_k[b], cu_k[b + 1]) for b in order] + [np.zeros(0, dtype=np.int64)])
+        kv = RaggedKV(batch.kv.k[own], batch.kv.v[own], offsets(batch.kv_lens[order]))
+    prefixes = tuple(level._replace(prefix_ids=level.prefix_ids[order]) for level in batch.prefixes)
+    return replace(batch, q=q, cu_seqlens_q=cu_q, kv=kv, prefixes=prefixes)
+
+
+@given(batches(**F64), st.randoms(use_true_random=False))
+def test_permuting_requests_permutes_the_result(batch, random):
+    order = list(range(batch.batch_size))
+    random.shuffle(order)
+    permuted = permute_requests(batch, np.asarray(order, dtype=np.int64))
+    expected = batch.oracle().state
+    index = rows(batch, order)
+    for got in both_forms(permuted):
+        assert_agree(got, AttentionState(expected.out[index], expected.lse[index]), float64_agreement(permuted))
+
+
+def split_level(batch: Batch, level: int, cuts) -> Batch:
+    """Level ``level`` split in two consecutive levels: prefix ``p``'s first ``cuts[p]`` tokens,
+    then the rest, with the same ids."""
+    old = batch.prefixes[level]
+    lens = np.diff(old.cu_seqlens)
+    head = np.concatenate([np.arange(old.cu_seqlens[p], old.cu_seqlens[p] + c) for p, c in enumerate(cuts)] + [np.zeros(0, np.int64)])
+    tail = np.concatenate([np.arange(old.cu_seqlens[p] + c, old.cu_seqlens[p + 1]) for p, c in enumerate(cuts)] + [np.zeros(0, np.int64)])
+    first = PrefixLevel(old.k[head], old.v[head], offsets(cuts), old.prefix_ids)
+    second = PrefixLevel(old.k[tail], old.v[tail], offsets(lens - np.asarray(cuts, dtype=np.int64)), old.prefix_ids)
+    return replace(batch, prefixes=batch.prefixes[:level] + (first, second) + batch.prefixes[level + 1 :])
+
+
+@given(batches(**F64), st.data())
+def test_splitting_a_prefix_level_in_two_changes_nothing(batch, data):
+    if not batch.prefixes:
+        return
+    level = data.draw(st.integers(0, len(batch.prefixes) - 1), label="level")
+    lens = np.diff(batch.prefixes[level].cu_seqlens)
+    cuts = [data.draw(st.integers(0, int(n)), label=f"cut of prefix {p}") for p, n in enumerate(lens)]
+    split = split_level(batch, level, cuts)
+    for got in both_forms(split):
+        assert_agree(got, batch.oracle().state, float64_agreement(split), split.describe())
+
+
+def move_own_tokens_into_a_prefix(batch: Batch, counts) -> Batch:
+    """Move ``counts[b]`` own tokens of each request into a new last prefix level (prefix ``b``
+    used by request ``b`` alone): the first ones when causal (they precede every query), the
+    last ones when not (order does not matter then). Ragged request KV."""
+    cu_k = batch.kv.cu_seqlens
+    moved, kept = [], []
+    for b, m in enumerate(counts):
+        own = np.arange(cu_k[b], cu_k[b + 1])
+        cut = m if batch.causal else len(own) - m
+        (moved, kept)[0 if batch.causal else 1].append(own[:cut])
+        (kept, moved)[0 if batch.causal else 1].append(own[cut:])
+    moved = np.concatenate(moved + [np.zeros(0, np.int64)])
+    kept = np.concatenate(kept + [np.zeros(0, np.int64)])
+    level = PrefixLevel(batch.kv.k[moved], batch.kv.v[moved], offsets(counts), np.arange(batch.batch_size, dtype=np.int32))
+    kv = RaggedKV(batch.kv.k[kept], batch.kv.v[kept], offsets(batch.kv_lens - np.asarray(counts, dtype=np.int64)))
+    return replace(batch, kv=kv, prefixes=batch.prefixes + (level,))
+
+
+@given(batches(layouts=("ragged",), **F64), st.data())
+def test_moving_tokens_between_request_and_prefix_changes_nothing(batch, data):
+    spare = batch.kv_lens - batch.q_lens  # own tokens that precede every query
+    counts = [data.draw(st.integers(0, int(n)), label=f"moved from request {b}") for b, n in enumerate(spare)]
+    moved = move_own_tokens_into_a_prefix(batch, counts)
+    for got in both_forms(moved):
+        assert_agree(got, batch.oracle().state, float64_agreement(moved), moved.describe())
+
+
+@given(batches(layouts=("ragged",), **F64), st.sampled_from([1, 2, 3, 4, 7, 8, 9, 16, 17]))
+def test_ragged_and_paged_request_kv_give_the_same_bits(batch, block_size):
+    paged = make_batch(**{**batch.recipe, "block_size": block_size})
+    assert isinstance(paged.kv, PagedKV)
+    for a, b in zip(both_forms(batch), both_forms(paged)):
+        assert np.array_equal(a.out, b.out) and np.array_equal(a.lse, b.lse)
+
+
+# ---- empty parts ------------------------------------------------------------------------------
+
+
+@given(batches(**F64))
+def test_parts_without_keys_are_exactly_empty_and_results_never_nan(batch):
+    args, kwargs = batch.arguments()
+    parts = relay_parts(*args, **kwargs)
+    assert len(parts) == len(batch.prefixes) + 1
+    request_of_row = np.repeat(np.arange(batch.batch_size), batch.q_lens)
+    for level, part in zip(batch.prefixes, parts):
+        lens = np.diff(level.cu_seqlens)
+        ids = level.prefix_ids[request_of_row]
+        empty = (ids < 0) | (lens[np.maximum(ids, 0)] == 0 if len(lens) else True)
+        assert np.array_equal(part.out[empty], np.zeros_like(part.out[empty]))
+        assert np.all(part.lse[empty] == -np.inf)
+        assert np.all(np.isfinite(part.lse[~empty]))
+    for state in list(parts) + list(both_forms(batch)):
+        assert not np.isnan(state.out).any() and not np.isnan(state.lse).any()
+    # every query sees at least its own last token, so the merged result is never empty
+    assert np.all(np.isfinite(batch.oracle().state.lse))
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_empty_batch_and_empty_requests(paged):
+    bs = 2 if paged else None
+    empty = make_batch([], [], [[3, 0]], [[]], num_q_heads=4, num_kv_heads=2, head_dim=8, block_size=bs)
+    for state in both_forms(empty):
+        assert state.out.shape == (0, 4, 8) and state.lse.shape == (0, 4)
+    hollow = make_batch([0, 0, 1], [0, 2, 1], [[0, 2], []], [[0, -1, 0], [-1, -1, -1]], block_size=bs)
+    relay, full = both_forms(hollow)
+    assert relay.out.shape == (1, 2, 8)
+    assert_agree(relay, full, float64_agreement(hollow))
+    parts = relay_parts(*hollow.arguments()[0], **hollow.arguments()[1])
+    assert np.all(parts[0].lse == -np.inf) and np.all(parts[0].out == 0)  # a prefix of length 0
+    assert np.all(parts[1].lse == -np.inf) and np.all(parts[1].out == 0)  # a level with no prefix
+
+
+def test_a_row_that_sees_no_key_is_zero_and_minus_infinity():
+    scores = np.array([[[1.0, 2.0], [3.0, 4.0]]])
+    values = np.ones((1, 2, 3))
+    state = attention_state(scores, values, np.array([[True, False], [False, False]]))
+    assert state.lse[0, 1] == -np.inf and np.array_equal(state.out[0, 1], np.zeros(3))
+    assert state.lse[0, 0] == 1.0 and np.array_equal(state.out[0, 0], np.ones(3))
+    none = attention_state(np.zeros((2, 0)), np.zeros((0, 3)))
+    assert np.all(none.lse == -np.inf) and np.array_equal(none.out, np.zeros((2, 3)))
+
+
+@given(st.lists(st.floats(-30, 30), min_size=1, max_size=8), st.integers(0, 2**31 - 1))
+@settings(max_examples=50)
+def test_attention_state_is_the_softmax_written_plainly(scores, seed):
+    s = np.array([scores])
+    v = np.random.default_rng(seed).standard_normal((1, len(scores), 3))
+    plain_total = np.exp(s).sum(axis=-1)  # |s| <= 30: no overflow without the max subtraction
+    plain = AttentionState((np.exp(s)[:, None] @ v)[:, 0] / plain_total[:, None], np.log(plain_total))
+    state = attention_state(s[:, None], v)  # one row
+    tol = softmax_tolerance(s, v, "float64")
+    assert_agree(AttentionState(state.out[:, 0], state.lse[:, 0]), plain, Tolerance(2 * tol.out, 2 * tol.lse))
+
+
+# ---- statistics -------------------------------------------------------------------------------
+
+
+def brute_force_statistics(batch: Batch):
+    """N, A, V of every row by walking the context key by key (paged KV through the table)."""
+    q, hq, d = batch.q, batch.num_q_heads, batch.head_dim
+    group = hq // batch.num_kv_heads
+    scale = batch.softmax_scale or 1 / np.sqrt(d)
+    n = np.zeros(q.shape[:2], dtype=np.int64)
+    a = np.zeros(q.shape[:2])
+    v_abs = np.zeros(q.shape)
+    for b in range(batch.batch_size):
+        keys = []
+        for level in batch.prefixes:
+            p = level.prefix_ids[b]
+            if p >= 0:
+                keys += [(level.k[t], level.v[t]) for t in range(level.cu_seqlens[p], level.cu_seqlens[p + 1])]
+        kv_len, q_len = int(batch.kv_lens[b]), int(batch.q_lens[b])
+        for t in range(kv_len):
+            if isinstance(batch.kv, PagedKV):
+                bs = batch.kv.k_cache.shape[1]
+                block = batch.kv.block_table[b, t // bs]
+                keys.append((batch.kv.k_cache[block, t % bs], batch.kv.v_cache[block, t % bs]))
+            else:
+                start = batch.kv.cu_seqlens[b]
+                keys.append((batch.kv.k[start + t], batch.kv.v[start + t]))
+        num_prefix = len(keys) - kv_len
+        for j in range(q_len):
+            row = batch.cu_seqlens_q[b] + j
+            seen = keys[: num_prefix + kv_len - q_len + j + 1] if batch.causal else keys
+            for h in range(hq):
+                n[row, h] = len(seen)
+                for k, v in seen:
+                    a[row, h] = max(a[row, h], scale * float(np.sum(np.abs(q[row, h]) * np.abs(k[h // group]))))
+                    v_abs[row, h] = np.maximum(v_abs[row, h], np.abs(v[h // group]))
+    return n, a, v_abs
+
+
+@given(batches(max_batch=3, max_kv_len=8, max_prefix_len=8))
+@settings(max_examples=20)
+def test_context_statistics_match_a_key_by_key_walk(batch):
+    args, kwargs = batch.arguments()
+    stats = context_statistics(*args, **kwargs)
+    n, a, v = brute_force_statistics(batch)
+    assert np.array_equal(stats.num_keys, n)
+    assert np.all(np.abs(stats.score_abs - a) <= sum_tolerance(batch.head_dim, "float64") * a)
+    assert np.array_equal(stats.value_abs, v)
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+
+
+def test_reference_takes_lists_and_torch_tensors_of_any_float_dtype():
+    torch = pytest.importorskip("torch")
+    batch = make_batch([2, 1], [3, 4], [[2, 3]], [[1, 0]], num_q_heads=4, num_kv_heads=2, dtype="bfloat16", block_size=3)
+    expected = batch.oracle().state
+    for dtype in ("bfloat16", "float16", "float32", "float64"):
+        args, kwargs = batch.to_torch("cpu", dtype)
+        for form in (relay_attention, full_attention):
+            got = form(*args, **kwargs)
+            assert isinstance(got.out, np.ndarray) and got.out.dtype == np.float64
+            assert_agree(got, expected, float64_agreement(batch))
+    listed = make_batch([1], [2])
+    (q, cu, kv, prefixes), kwargs = listed.arguments()
+    got = relay_attention(q.tolist(), cu.tolist(), RaggedKV(kv.k.tolist(), kv.v.tolist(), kv.cu_seqlens.tolist()), [], **kwargs)
+    assert np.array_equal(got.out, listed.oracle().state.out)
+
+
+def test_reference_backend_returns_tensors_like_every_backend():
+    torch = pytest.importorskip("torch")
+    import relaycore
+
+    batch = make_batch([2, 1], [3, 4], [[2, 3]], [[1, 0]], num_q_heads=4, num_kv_heads=2, dtype="float16")
+    args, kwargs = batch.to_torch("cpu")
+    out, lse = relaycore.relay_attention(*args, **kwargs, backend="reference")
+    assert out.dtype == torch.float16 and lse.dtype == torch.float32 and out.device.type == "cpu"
+    expected = batch.oracle().state
+    assert torch.equal(out, torch.from_numpy(expected.out).to(torch.float16))
+    assert torch.equal(lse, torch.from_numpy(expected.lse).to(torch.float32))
