@@ -292,8 +292,8 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         if batch and int(blocks_needed.max()) > max_blocks:
             b = int(np.argmax(blocks_needed))
             raise ValueError(
-                f"kv.block_table: request {b} needs {int(blocks_needed[b])} blocks for kv_lens {int(kv_lens[b])} "
-                f"at block_size {block_size}, got {max_blocks} columns"
+                f"kv.block_table: expected at least {int(blocks_needed[b])} columns (request {b} needs them for "
+                f"kv_lens {int(kv_lens[b])} at block_size {block_size}), got {max_blocks} columns"
             )
         table = to_host_ints(kv.block_table)
         num_blocks = int(kv.k_cache.shape[0])

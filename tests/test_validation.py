@@ -1,0 +1,154 @@
+"""Every bad input raises ``ValueError``/``TypeError`` naming the argument, the expected and the
+received, before any backend runs; the reference validates the same way."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import relaycore
+from relaycore.reference import context_statistics, full_attention, relay_attention
+from relaycore.testing import make_batch
+from relaycore.types import PagedKV, PrefixLevel, RaggedKV
+
+
+def call(paged: bool = False) -> dict:
+    """A valid call: B = 2, q_lens [1, 2], kv_lens [3, 2], Hq = 4, Hkv = 2, D = 8, one level of
+    two prefixes (lengths 2 and 4) used as [0, 1]; float64 NumPy arrays, int32 metadata."""
+    batch = make_batch([1, 2], [3, 2], [[2, 4]], [[0, 1]], num_q_heads=4, num_kv_heads=2, head_dim=8,
+                       dtype="float64", block_size=2 if paged else None)
+    (q, cu, kv, prefixes), kwargs = batch.arguments()
+    return dict(q=q, cu_seqlens_q=cu, kv=kv, prefixes=list(prefixes), **kwargs)
+
+
+def level(c: dict, **fields) -> list:
+    return [c["prefixes"][0]._replace(**fields)]
+
+
+I32 = lambda *values: np.array(values, dtype=np.int32)  # noqa: E731
+
+# (id, paged, mutation of the call, exception, argument named, fragment of the received value)
+CASES = [
+    ("q rank", False, lambda c: dict(q=c["q"][0]), ValueError, "q", "got shape (4, 8)"),
+    ("q dtype", False, lambda c: dict(q=c["q"].astype(np.int64)), TypeError, "q", "got int64"),
+    ("q heads empty", False, lambda c: dict(q=c["q"][:, :0]), ValueError, "q", "got shape (3, 0, 8)"),
+    ("kv.k dtype", False, lambda c: dict(kv=c["kv"]._replace(k=c["kv"].k.astype(np.float32))), TypeError, "kv.k", "got float32"),
+    ("kv.v shape", False, lambda c: dict(kv=c["kv"]._replace(v=c["kv"].v[:-1])), ValueError, "kv.v", "got (4, 2, 8)"),
+    ("kv.k head_dim", False, lambda c: dict(kv=c["kv"]._replace(k=c["kv"].k[..., :4], v=c["kv"].v[..., :4])), ValueError, "kv.k", "with head_dim 4"),
+    ("Hq not a multiple of Hkv", False, lambda c: dict(kv=c["kv"]._replace(k=np.zeros((5, 3, 8)), v=np.zeros((5, 3, 8)))),
+     ValueError, "kv.k", "got 3"),
+    ("kv.k rank", False, lambda c: dict(kv=c["kv"]._replace(k=c["kv"].k[0])), ValueError, "kv.k", "got shape (2, 8)"),
+    ("cu_seqlens_q not monotone", False, lambda c: dict(cu_seqlens_q=I32(0, 4, 3)), ValueError, "cu_seqlens_q", "cu_seqlens_q[1] = 4 > cu_seqlens_q[2] = 3"),
+    ("cu_seqlens_q not matching q", False, lambda c: dict(cu_seqlens_q=I32(0, 1, 2)), ValueError, "cu_seqlens_q", "got 2"),
+    ("cu_seqlens_q start", False, lambda c: dict(cu_seqlens_q=I32(1, 2, 3)), ValueError, "cu_seqlens_q", "got 1"),
+    ("cu_seqlens_q dtype", False, lambda c: dict(cu_seqlens_q=np.array([0.0, 1.0, 3.0])), TypeError, "cu_seqlens_q", "got float64"),
+    ("cu_seqlens_q empty", False, lambda c: dict(cu_seqlens_q=I32()), ValueError, "cu_seqlens_q", "got shape (0,)"),
+    ("kv.cu_seqlens length", False, lambda c: dict(kv=c["kv"]._replace(cu_seqlens=I32(0, 5))), ValueError, "kv.cu_seqlens", "got (2,)"),
+    ("kv.cu_seqlens not matching kv.k", False, lambda c: dict(kv=c["kv"]._replace(cu_seqlens=I32(0, 3, 4))), ValueError, "kv.cu_seqlens", "got 4"),
+    ("q_len > kv_len", False, lambda c: dict(kv=c["kv"]._replace(cu_seqlens=I32(0, 4, 5))), ValueError, "cu_seqlens_q", "q_len 2 > kv_len 1"),
+    ("prefix id too large", False, lambda c: dict(prefixes=level(c, prefix_ids=I32(0, 2))), ValueError, "prefixes[0].prefix_ids", "prefix_ids[1] = 2"),
+    ("prefix id below -1", False, lambda c: dict(prefixes=level(c, prefix_ids=I32(-2, 0))), ValueError, "prefixes[0].prefix_ids", "prefix_ids[0] = -2"),
+    ("prefix_ids shape", False, lambda c: dict(prefixes=level(c, prefix_ids=I32(0))), ValueError, "prefixes[0].prefix_ids", "got (1,)"),
+    ("prefix KV heads", False, lambda c: dict(prefixes=level(c, k=np.zeros((6, 1, 8)), v=np.zeros((6, 1, 8)))), ValueError, "prefixes[0].k", "got shape (6, 1, 8)"),
+    ("prefix cu_seqlens", False, lambda c: dict(prefixes=level(c, cu_seqlens=I32(0, 2, 5))), ValueError, "prefixes[0].cu_seqlens", "got 5"),
+    ("prefix dtype", False, lambda c: dict(prefixes=level(c, v=c["prefixes"][0].v.astype(np.float32))), TypeError, "prefixes[0].v", "float32"),
+    ("prefixes not a list", False, lambda c: dict(prefixes=c["prefixes"][0]), TypeError, "prefixes", "got PrefixLevel"),
+    ("prefix not a PrefixLevel", False, lambda c: dict(prefixes=[tuple(c["prefixes"][0])]), TypeError, "prefixes[0]", "got tuple"),
+    ("kv not a KV type", False, lambda c: dict(kv=tuple(c["kv"])), TypeError, "kv", "got tuple"),
+    ("causal not a bool", False, lambda c: dict(causal=1), TypeError, "causal", "got int"),
+    ("softmax_scale negative", False, lambda c: dict(softmax_scale=-1.0), ValueError, "softmax_scale", "got -1.0"),
+    ("softmax_scale NaN", False, lambda c: dict(softmax_scale=float("nan")), ValueError, "softmax_scale", "got nan"),
+    ("softmax_scale text", False, lambda c: dict(softmax_scale="0.1"), TypeError, "softmax_scale", "got str"),
+    ("block id past the cache", True, lambda c: dict(kv=c["kv"]._replace(block_table=np.where(np.arange(c["kv"].block_table.shape[1]) == 0, c["kv"].k_cache.shape[0], c["kv"].block_table).astype(np.int32))),
+     ValueError, "kv.block_table", "block_table[0, 0] ="),
+    ("negative block id", True, lambda c: dict(kv=c["kv"]._replace(block_table=np.full_like(c["kv"].block_table, -1))), ValueError, "kv.block_table", "= -1"),
+    ("block table too narrow", True, lambda c: dict(kv=c["kv"]._replace(block_table=c["kv"].block_table[:, :1])), ValueError, "kv.block_table", "got 1 columns"),
+    ("block table rows", True, lambda c: dict(kv=c["kv"]._replace(block_table=c["kv"].block_table[:1])), ValueError, "kv.block_table", "got shape (1,"),
+    ("kv_lens negative", True, lambda c: dict(kv=c["kv"]._replace(kv_lens=I32(-1, 2))), ValueError, "kv.kv_lens", "kv_lens[0] = -1"),
+    ("kv_lens shape", True, lambda c: dict(kv=c["kv"]._replace(kv_lens=I32(3))), ValueError, "kv.kv_lens", "got (1,)"),
+    ("k_cache dtype", True, lambda c: dict(kv=c["kv"]._replace(k_cache=c["kv"].k_cache.astype(np.float16))), TypeError, "kv.k_cache", "got float16"),
+    ("v_cache shape", True, lambda c: dict(kv=c["kv"]._replace(v_cache=c["kv"].v_cache[:, :1])), ValueError, "kv.v_cache", "got (")
+]
+
+
+def assert_names(exc: BaseException, argument: str, received: str) -> None:
+    message = str(exc)
+    assert message.startswith(f"{argument}:"), message
+    assert "expected" in message and "got" in message, message
+    assert received in message, message
+
+
+@pytest.mark.parametrize("name, paged, mutate, error, argument, received", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_names_argument_expected_and_received(name, paged, mutate, error, argument, received):
+    c = call(paged)
+    c.update(mutate(c))
+    for fn in (relaycore.relay_attention, full_attention, relay_attention, context_statistics):
+        with pytest.raises(error) as info:
+            fn(**c)
+        assert_names(info.value, argument, received)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_the_valid_call_is_valid(paged):
+    out, lse = relaycore.relay_attention(**call(paged))
+    assert out.shape == (3, 4, 8) and lse.shape == (3, 4)
+
+
+def test_the_public_api_takes_arrays_only():
+    c = call()
+    c["q"] = c["q"].tolist()
+    with pytest.raises(TypeError) as info:
+        relaycore.relay_attention(**c)
+    assert_names(info.value, "q", "got list")
+
+
+torch = pytest.importorskip("torch")
+
+
+def torch_call(device_of_q: str = "cpu", dtype=torch.float32) -> dict:
+    batch = make_batch([1, 2], [3, 2], [[2, 4]], [[0, 1]], num_q_heads=4, num_kv_heads=2, head_dim=8)
+    (q, cu, kv, prefixes), kwargs = batch.to_torch("cpu", dtype)
+    return dict(q=q.to(device_of_q), cu_seqlens_q=cu, kv=kv, prefixes=list(prefixes), **kwargs)
+
+
+def test_tensors_on_two_devices():
+    with pytest.raises(ValueError) as info:
+        relaycore.relay_attention(**torch_call("meta"))
+    assert_names(info.value, "cu_seqlens_q", "got cpu")
+    assert "expected device meta" in str(info.value)
+
+
+def test_tensors_without_values():
+    c = torch_call()
+    c = {k: (v.to("meta") if isinstance(v, torch.Tensor) else v) for k, v in c.items()}
+    c["kv"] = RaggedKV(*(x.to("meta") for x in c["kv"]))
+    c["prefixes"] = [PrefixLevel(*(x.to("meta") for x in p)) for p in c["prefixes"]]
+    with pytest.raises(ValueError) as info:
+        relaycore.relay_attention(**c)
+    assert_names(info.value, "q", "meta device")
+
+
+def test_mixed_array_libraries_and_dtypes():
+    c = torch_call()
+    c["cu_seqlens_q"] = c["cu_seqlens_q"].numpy()
+    with pytest.raises(TypeError) as info:
+        relaycore.relay_attention(**c)
+    assert_names(info.value, "cu_seqlens_q", "got a numpy array")
+    c = torch_call(dtype=torch.bfloat16)
+    c["kv"] = c["kv"]._replace(k=c["kv"].k.float(), v=c["kv"].v.float())
+    with pytest.raises(TypeError) as info:
+        relaycore.relay_attention(**c)
+    assert_names(info.value, "kv.k", "got float32")
+
+
+def test_backend_choices_are_checked_and_never_swapped():
+    with pytest.raises(ValueError) as info:
+        relaycore.relay_attention(**call(), backend="fastest")
+    assert_names(info.value, "backend", "got 'fastest'")
+    with pytest.raises(TypeError) as info:
+        relaycore.relay_attention(**call(), backend=None)
+    assert_names(info.value, "backend", "got NoneType")
+    with pytest.raises(ValueError, match=re.escape("backend 'torch' cannot run this batch: needs torch tensors")):
+        relaycore.relay_attention(**call(), backend="torch")
