@@ -1,0 +1,193 @@
+"""``relaycore.testing``: batches are exact in their dtype, the check passes a correct backend and
+fails wrong results at the right place, the rounding helpers match torch's casts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import relaycore
+from relaycore.constants import LOG2E
+from relaycore.reference import relay_attention as reference_relay
+from relaycore.testing import assert_close, check, compare, make_batch, random_batch, round_to
+from relaycore.testing.strategies import batches
+from relaycore.validation import validate
+from tolerances import bounds_for
+
+torch = pytest.importorskip("torch")
+
+LOW = ("float32", "float16", "bfloat16")
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
+def torch_backend(*args, **kwargs):
+    return relaycore.relay_attention(*args, **kwargs, backend="torch")
+
+
+# ---- a correct implementation passes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@given(batch=st.data())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_torch_backend_passes(dtype, batch, poisoned_allocations):
+    batch = batch.draw(batches(dtypes=(dtype,), score_magnitudes=(None, 100.0, 1e4), head_dims=(8, 16, 64)))
+    report = compare(torch_backend, batch, device="cpu")
+    assert report.passed, str(report)
+    out, lse = torch_backend(*batch.to_torch("cpu")[0], **batch.to_torch("cpu")[1])
+    assert out.dtype == TORCH_DTYPES[dtype] and lse.dtype == torch.float32
+
+
+def test_numpy_results_and_the_reference_pass_exactly():
+    batch = random_batch(np.random.default_rng(3), dtypes=("float64",))
+    report = assert_close(reference_relay(*batch.arguments()[0], **batch.arguments()[1]), batch)
+    assert report.out_ratio == 0 and report.lse_ratio == 0
+
+
+# ---- wrong results fail, at the right place ---------------------------------------------------
+
+
+def a_batch(dtype: str = "float32") -> "relaycore.testing.Batch":
+    """Three requests, two prefix levels, GQA, paged: every row sees a prefix."""
+    return make_batch([2, 3, 1], [4, 3, 5], [[3, 5], [2]], [[0, 1, 1], [0, -1, 0]], num_q_heads=4,
+                      num_kv_heads=2, head_dim=16, dtype=dtype, block_size=3, seed=11)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_a_perturbed_element_fails_and_is_located(dtype):
+    batch = a_batch(dtype)
+    args, kwargs = batch.to_torch("cpu")
+    out, lse = torch_backend(*args, **kwargs)
+    row, head, dim = 3, 2, 5  # request 1, token 1
+    bound = bounds_for(batch).out[row, head, dim]
+    out = out.double()
+    out[row, head, dim] += 10 * bound
+    report = check((out, lse), batch)
+    assert not report.passed and report.out_ratio > 9
+    where = report.out_worst
+    assert (where.request, where.token, where.head, where.dim) == (1, 1, 2, 5)
+    assert where.bound == bound and where.row == row
+    with pytest.raises(AssertionError, match=r"worst out: request 1, token 1 \(row 3\), head 2, dim 5"):
+        assert_close((out, lse), batch)
+
+
+def test_nan_fails_and_is_located():
+    batch = a_batch()
+    out, lse = (x.copy() for x in batch.oracle().state)
+    out[5, 1, 0] = np.nan
+    report = check((out, lse), batch)
+    assert not report.passed and report.out_ratio == np.inf
+    assert any("1 NaN, the first at request 2, token 0, head 1" in p for p in report.problems), report.problems
+    out, lse = (x.copy() for x in batch.oracle().state)
+    lse[0, 3] = np.nan
+    report = check((out, lse), batch)
+    assert not report.passed and (report.lse_worst.row, report.lse_worst.head) == (0, 3)
+
+
+def test_lse_in_base_two_fails():
+    batch = a_batch()
+    args, kwargs = batch.to_torch("cpu")
+    out, lse = torch_backend(*args, **kwargs)
+    report = check((out, lse * LOG2E), batch)
+    assert not report.passed and report.lse_ratio > 1 and report.out_ratio <= 1
+
+
+def test_an_ignored_prefix_fails():
+    batch = a_batch()
+    (q, cu, kv, _), kwargs = batch.arguments()
+    report = check(reference_relay(q, cu, kv, (), **kwargs), batch)
+    assert not report.passed and report.out_ratio > 1 and report.lse_ratio > 1
+
+
+def test_where_the_bound_is_zero_only_the_exact_value_passes():
+    # (every query sees at least its own token, so no row of a valid batch sees no key; the
+    # same zero-bound rule that makes such rows exact is exercised by values that are all 0)
+    batch = make_batch([1], [1], seed=2)
+    batch.kv.v[:] = 0.0  # out must be exactly 0: its bound is 0
+    out, lse = (x.copy() for x in batch.oracle().state)
+    assert np.all(bounds_for(batch).out == 0)
+    out[0, 0, 0] = 1e-300
+    report = check((out, lse), batch)
+    assert not report.passed and report.out_ratio == np.inf
+
+
+def test_wrong_shapes_fail_with_a_sentence():
+    batch = a_batch()
+    out, lse = batch.oracle().state
+    report = check((out[:-1], lse), batch)
+    assert not report.passed
+    assert report.problems == (f"out: expected shape {out.shape}, got {out[:-1].shape}",)
+
+
+# ---- batches ----------------------------------------------------------------------------------
+
+
+@given(batches(dtypes=("float16", "bfloat16", "float32"), layouts=("paged",)))
+def test_drawn_batches_are_valid_and_exact_in_their_dtype(batch):
+    args, kwargs = batch.arguments()
+    validate(*args, **kwargs)
+    for x in (batch.q, batch.kv.k_cache, batch.kv.v_cache, *(p.k for p in batch.prefixes)):
+        assert np.array_equal(round_to(x, batch.dtype), x)
+    targs, _ = batch.to_torch("cpu")
+    assert targs[0].dtype == TORCH_DTYPES[batch.dtype]
+    assert np.array_equal(targs[0].double().numpy(), batch.q)  # the dtype carries the values unchanged
+    assert targs[1].dtype == torch.int32
+
+
+def test_make_batch_recipe_rebuilds_the_same_batch_and_describe_shows_it():
+    batch = a_batch("bfloat16")
+    again = make_batch(**batch.recipe)
+    assert np.array_equal(again.q, batch.q) and np.array_equal(again.kv.k_cache, batch.kv.k_cache)
+    assert np.array_equal(again.kv.block_table, batch.kv.block_table)
+    text = batch.describe()
+    for fragment in ("B=3", "Hq=4, Hkv=2 (GQA, 2 query heads per KV head)", "D=16", "bfloat16", "block_size 3",
+                     "q_lens  [2, 3, 1]", "kv_lens [4, 3, 5]", "prefix level 1: 1 prefixes of lengths [2]; ids per request [0, -1, 0]",
+                     "rebuild: relaycore.testing.make_batch(q_lens=[2, 3, 1]"):
+        assert fragment in text, text
+
+
+def test_random_batch_is_a_function_of_its_seed():
+    a = random_batch(np.random.default_rng(5), dtypes=("float16",))
+    b = random_batch(np.random.default_rng(5), dtypes=("float16",))
+    assert a.recipe == b.recipe and np.array_equal(a.q, b.q)
+
+
+def test_paged_batches_hide_wrong_values_past_each_request():
+    batch = make_batch([1], [3], block_size=2, seed=4)
+    table = batch.kv.block_table
+    assert table.shape[1] >= 2 and batch.kv.k_cache.shape[0] >= 3  # a spare block exists
+    last = batch.kv.k_cache[table[0, 1], 1]  # slot past kv_len
+    assert np.any(last != 0)
+
+
+def test_space_rejects_nonsense():
+    with pytest.raises(ValueError, match="max_kv_len: expected at least max_q_len = 8, got 4"):
+        random_batch(np.random.default_rng(0), max_q_len=8, max_kv_len=4)
+    with pytest.raises(ValueError, match="dtypes: expected a non-empty subset"):
+        random_batch(np.random.default_rng(0), dtypes=("float8",))
+
+
+# ---- rounding --------------------------------------------------------------------------------
+
+
+def special_values(rng: np.random.Generator) -> np.ndarray:
+    wide = rng.standard_normal(4000) * np.exp(rng.uniform(-110, 110, 4000))
+    ties = (np.arange(1, 200) + 0.5) * 2.0**-7  # halfway between bf16 neighbours in [1, 2)
+    fp16_ties = (np.arange(1, 200) + 0.5) * 2.0**-10
+    subnormal = np.array([2.0**-130, 3 * 2.0**-134, 2.0**-149, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 6e-8])
+    huge = np.array([65504.0, 65520.0, 65519.99, 3.3e38, 3.4e38, 1e300, np.inf, -np.inf, np.nan, 0.0, -0.0])
+    return np.concatenate([wide, ties, fp16_ties, subnormal, -subnormal, huge])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("source", ["float32", "float64"])
+def test_rounding_matches_torch_casts(dtype, source, rng):
+    with np.errstate(over="ignore"):
+        x = special_values(rng).astype(source)
+        expected = torch.from_numpy(x).to(TORCH_DTYPES[dtype]).double().numpy()
+    got = round_to(x, dtype)
+    assert np.array_equal(got, expected, equal_nan=True)
+    number = ~np.isnan(expected)
+    assert np.array_equal(np.signbit(got[number]), np.signbit(expected[number]))  # -0 stays -0
