@@ -1,0 +1,83 @@
+"""``relaycore verify``: passes a correct backend, fails wrong functions with a case that its
+printed command reproduces."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from relaycore import cli
+
+pytest.importorskip("torch")
+
+REPRODUCE = re.compile(r"reproduce: (relaycore verify .*)")
+
+
+def verify(capsys, *args: str):
+    status = cli.main(["verify", *args])
+    return status, capsys.readouterr().out
+
+
+def test_torch_backend_passes(capsys):
+    status, out = verify(capsys, "--backend", "torch", "--cases", "40", "--seed", "100")
+    assert status == 0, out
+    assert "ran on: torch (40 cases)" in out
+    assert "PASS: 40 of 40 cases" in out
+    assert re.search(r"worst out error: [0-9.e-]+ of the bound \(seed \d+, \w+\)", out)
+
+
+def test_auto_and_float64_reference_pass(capsys):
+    status, out = verify(capsys, "--cases", "10", "--dtype", "float64")
+    assert status == 0 and "ran on: reference (10 cases)" in out, out
+    assert "worst out error: 0 of the bound" in out
+
+
+@pytest.mark.parametrize("function", ["wrong_attention:ignore_prefix", "wrong_attention:merge_with_wrong_sign"])
+def test_a_wrong_function_fails_with_a_reproducible_case(capsys, function):
+    status, out = verify(capsys, "--function", function, "--cases", "12", "--seed", "7")
+    assert status == 1, out
+    assert re.search(r"FAIL: \d+ of 12 cases failed", out)
+    commands = REPRODUCE.findall(out)
+    assert commands, out
+    command = shlex.split(commands[0])
+    assert command[:4] == ["relaycore", "verify", "--function", function]
+    seed = command[command.index("--seed") + 1]
+    first_report = out[out.index(f"case seed {seed} ("):].split("reproduce:")[0]
+
+    status, again = verify(capsys, *command[2:])
+    assert status == 1, again
+    assert "FAIL: 1 of 1 cases failed" in again
+    assert again[again.index(f"case seed {seed} ("):].split("reproduce:")[0] == first_report  # same case, same errors
+
+
+def test_console_command():
+    run = subprocess.run([sys.executable, "-m", "relaycore", "verify", "--backend", "torch", "--cases", "3"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "PASS: 3 of 3 cases" in run.stdout
+
+
+def test_setup_problems_exit_with_status_two(capsys):
+    status = cli.main(["verify", "--function", "no_such_module:fn", "--cases", "1"])
+    assert status == 2 and "cannot load 'no_such_module:fn'" in capsys.readouterr().err
+    status = cli.main(["verify", "--function", "missing-colon"])
+    assert status == 2 and "expected MODULE:FUNCTION, got 'missing-colon'" in capsys.readouterr().err
+    status = cli.main(["verify", "--backend", "torch", "--dtype", "float64"])
+    assert status == 2 and "only the reference backend takes" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        status = cli.main(["verify", "--device", "cuda"])
+        assert status == 2 and "torch sees no CUDA device" in capsys.readouterr().err
+
+
+def test_a_crashing_function_is_a_failing_case(capsys):
+    status, out = verify(capsys, "--function", "wrong_attention:crash", "--cases", "2")
+    assert status == 1, out
+    assert "raised RuntimeError: kernel launch failed" in out
+    assert "reproduce: relaycore verify --function wrong_attention:crash --seed 0 --cases 1" in out
+    assert "ran on: nothing (every case raised)" in out
