@@ -59,7 +59,8 @@ def main(args: argparse.Namespace) -> int:
         points = grids.cpu_grid()
     else:
         points = grids.select(tuple(args.grid or ("decode", "append")), args.quick)
-    doc = runner.run_points(points, chosen, device, seed=args.seed, progress=runner.Progress(len(points)))
+    doc = runner.run_points(points, chosen, device, seed=args.seed, progress=runner.Progress(len(points)),
+                            on_point=lambda partial: results.save(partial, args.json))
     print(analysis.table(doc))
     path = results.save(doc, args.json)
     print(f"results: {path}")

@@ -157,7 +157,8 @@ _FLEX: dict = {}
 
 
 def _compiled_flex():
-    """``flex_attention`` compiled once per process (one recompile per shape)."""
+    """``flex_attention`` compiled once per process, with dynamic shapes so that the points of a
+    grid reuse its kernels instead of recompiling for each."""
     if "fn" not in _FLEX:
         import torch
         import torch._dynamo
@@ -166,7 +167,7 @@ def _compiled_flex():
         for knob in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
             if hasattr(torch._dynamo.config, knob):
                 setattr(torch._dynamo.config, knob, max(getattr(torch._dynamo.config, knob), 1024))
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=True)
     return _FLEX["fn"]
 
 
@@ -176,7 +177,8 @@ def _flex(problem: Problem) -> Variants:
         from torch.nn.attention.flex_attention import create_block_mask
 
         p = problem.point
-        s, c, lq = p.prefix_len, p.own_len, p.q_len
+        # sizes as tensors, not Python ints: the compiled kernel then does not specialise on them
+        s, c, lq = (torch.tensor(n, device=problem.device) for n in (p.prefix_len, p.own_len, p.q_len))
         # one packed sequence [prefix ; own_0 ; own_1 ; ...]: the prefix is stored once
         k, v = (torch.cat([a, b]).transpose(0, 1).unsqueeze(0).contiguous() for a, b in
                 ((problem.prefix_k, problem.own_k), (problem.prefix_v, problem.own_v)))  # [1, Hkv, S + B * C, D]

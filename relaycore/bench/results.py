@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import importlib
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -52,7 +53,8 @@ def _command(*argv: str) -> Optional[str]:
 
 
 def environment(device) -> dict:
-    """The card, driver and library versions of this run, and the date (UTC)."""
+    """The card, driver and library versions of this run, and the date (UTC). The commit is
+    ``$RELAYCORE_COMMIT`` where set (a copy of the tree without ``.git``), else git's."""
     import torch
 
     dev = torch.device(device)
@@ -71,7 +73,8 @@ def environment(device) -> dict:
         "flashinfer": _version("flashinfer"),
         "relaycore": _version("relaycore"),
         "python": platform.python_version(),
-        "commit": _command("git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD") or "unknown",
+        "commit": os.environ.get("RELAYCORE_COMMIT")
+        or _command("git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD") or "unknown",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 

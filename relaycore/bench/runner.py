@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
 from typing import Callable, List, Optional, TextIO
 
 from relaycore.bench import floor, timing
@@ -73,6 +74,7 @@ def run_provider(provider: Provider, problem: Problem, oracle: Oracle, timer, sy
         return {"status": "error", "reason": _error(exc), "variants": {}}
     for name, setup in generated:
         prepared = None
+        started = time.perf_counter()
         try:
             prepared = setup()
             res = _run_variant(prepared, oracle, timer)
@@ -85,7 +87,8 @@ def run_provider(provider: Provider, problem: Problem, oracle: Oracle, timer, sy
             del prepared
             gc.collect()
             sync()
-        variants[name] = {k: res[k] for k in ("status", "reason", "worst_error_ratio") if k in res}
+        res["setup_and_timing_s"] = time.perf_counter() - started  # compilation included: first calls
+        variants[name] = {k: res[k] for k in ("status", "reason", "worst_error_ratio", "setup_and_timing_s") if k in res}
         if res["status"] == "ok":
             variants[name]["median_s"] = res["timing"]["median_s"]
             if best is None or res["timing"]["median_s"] < best["timing"]["median_s"]:
@@ -101,8 +104,11 @@ def run_provider(provider: Provider, problem: Problem, oracle: Oracle, timer, sy
 
 
 def run_points(points: List[Point], providers: List[Provider], device: str, *, seed: int = 0,
-               progress: Optional[Progress] = None) -> dict:
+               progress: Optional[Progress] = None, on_point: Optional[Callable[[dict], None]] = None) -> dict:
     """Measure every point with every provider on ``device`` (``"cuda"`` or ``"cpu"``).
+
+    ``on_point(doc)`` is called after each point with the document so far (to save partial
+    results of a long run).
 
     Returns:
         The results document (see ``relaycore.bench.results``).
@@ -155,4 +161,6 @@ def run_points(points: List[Point], providers: List[Provider], device: str, *, s
         sync()
         if progress is not None:
             progress.step(point.label)
+        if on_point is not None:
+            on_point(doc)
     return doc

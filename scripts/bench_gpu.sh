@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# `relaycore bench` on a GPU machine: both issue-3 grids (decode, append), every provider, the
+# card's ceilings; writes bench.json, the figures and index.md (the page docs/benchmarks/index.md)
+# into $OUT (default ./.bench-out), plus log.txt. Copy them to docs/benchmarks/ and commit.
+#
+# Run from anywhere; extra arguments go to `relaycore bench` (e.g. --quick, --grid decode).
+# FlashInfer (the strongest peer) is installed from the wheels in .whl/ when present: fetch them
+# with ../shared/gpu/peer_wheels.sh and carry .whl to the machine. It JIT-compiles its kernels
+# the first time (about 90 s). Set RELAYCORE_COMMIT where the tree has no .git.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+out="$(mkdir -p "${OUT:-$root/.bench-out}" && cd "${OUT:-$root/.bench-out}" && pwd)"
+
+if compgen -G "$root/.whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$root"/.whl/*.whl
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+# relaycore as installed (its mapped subpackages under one name) without pip: a copy of the
+# contract package with the reference/, fast/ and proofs/ directories linked in.
+if ! (cd /tmp && python3 -c "import relaycore.fast, relaycore.reference") 2>/dev/null; then
+  pkg=/tmp/relaycore-pkg
+  rm -rf "$pkg" && mkdir -p "$pkg"
+  cp -r "$root/relaycore" "$pkg/relaycore"
+  for sub in reference fast proofs; do ln -s "$root/$sub" "$pkg/relaycore/$sub"; done
+  export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export RELAYCORE_COMMIT="${RELAYCORE_COMMIT:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+export PYTHONUNBUFFERED=1
+
+cd /tmp  # not the repository root: there `relaycore` would be the bare contract directory
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
+  python3 -m relaycore bench --json "$out/bench.json" --report-dir "$out" "$@"
+} 2>&1 | tee "$out/log.txt"

@@ -1,0 +1,211 @@
+"""``relaycore bench`` on the CPU: the CPU comparison, the results schema, the report, the
+correctness gate, how failing providers are reported, and the floor arithmetic."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from relaycore import cli  # noqa: E402
+from relaycore.bench import analysis, floor, grids, report, results, runner, timing  # noqa: E402
+from relaycore.bench.grids import Point  # noqa: E402
+from relaycore.bench.problem import check, compute_oracle, make_problem  # noqa: E402
+from relaycore.bench.providers import REGISTRY, Prepared, Provider, by_name  # noqa: E402
+
+TINY = Point("cpu", 3, 4, 2, 16, 24, 8, 1)
+TINY_APPEND = Point("cpu", 2, 4, 1, 16, 20, 6, 6)
+
+
+@pytest.fixture
+def fast_timer(monkeypatch):
+    """Few replays: these tests check plumbing, not speed."""
+    monkeypatch.setattr(timing, "MIN_REPS", 2)
+    monkeypatch.setattr(timing, "MAX_REPS", 3)
+    monkeypatch.setattr(timing, "WARMUP", 1)
+
+
+def test_cpu_mode_runs_and_writes_a_valid_report(tmp_path, fast_timer, capsys):
+    out = tmp_path / "b.json"
+    assert cli.main(["bench", "--device", "cpu", "--json", str(out), "--report-dir", str(tmp_path / "rep")]) == 0
+    captured = capsys.readouterr()
+    assert "no CUDA GPU" in captured.err
+    doc = results.load(out)
+    assert doc["mode"] == "cpu" and len(doc["points"]) == len(grids.cpu_grid())
+    for entry in doc["points"]:
+        assert entry["results"]["relaycore_torch"]["status"] == "ok"
+        assert entry["results"]["sdpa"]["status"] == "ok"
+        for name in ("relaycore_triton", "flex", "flashinfer_paged", "flashinfer_cascade"):
+            assert entry["results"][name] == {"status": "missing", "reason": "needs a CUDA GPU", "variants": {}}
+    assert "relaycore_torch" in captured.out and "missing: flex: needs a CUDA GPU" in captured.out
+    page = (tmp_path / "rep" / "index.md").read_text()
+    assert "CPU comparison" in page and "latency_cpu.png" in page
+    assert (tmp_path / "rep" / "latency_cpu.png").stat().st_size > 0
+
+
+def _fake_doc() -> dict:
+    """A GPU-shaped results document with made-up times: relaycore 3x faster than the cascade,
+    FlashInfer's paged kernel fastest at B=1, one provider missing."""
+    points = grids.select(("decode", "append"), quick_only=True)
+    doc = {
+        "schema": results.SCHEMA, "mode": "gpu",
+        "environment": {"card": "FakeCard 80GB", "driver": "1.0", "cuda": "13.0", "torch": "2.11", "triton": "3.6",
+                        "flashinfer": "0.5.0", "relaycore": "0.1.0", "python": "3.12", "commit": "abc1234",
+                        "date": "2026-11-27 00:00 UTC"},
+        "ceilings": {"copy_bytes_per_s": 3e12, "matmul_flops_per_s": 7e14, "copy_bytes": 1 << 30, "matmul_n": 8192,
+                     "matmul_dtype": "bfloat16"},
+        "timing": {"warmup": 3, "min_reps": 10, "max_reps": 200, "budget_s": 0.2, "cold_l2": True, "flush_bytes": 1},
+        "providers": [{"name": p.name, "title": p.title, "peer": p.peer, "available": p.name != "flex",
+                       "reason": None if p.name != "flex" else "import failed"} for p in REGISTRY],
+        "points": [],
+    }
+    for p in points:
+        fl = floor.floor_seconds(p, 3e12, 7e14)
+        relay = 1.25 * max(fl.values()) + 2e-6
+        times = {"relaycore_triton": relay, "relaycore_torch": 20 * relay, "sdpa": 4 * relay,
+                 "flashinfer_cascade": 3 * relay, "flashinfer_paged": 0.5 * relay if p.batch == 1 else 2 * relay}
+        res = {}
+        for prov in REGISTRY:
+            if prov.name == "flex":
+                res["flex"] = {"status": "missing", "reason": "import failed", "variants": {}}
+                continue
+            t = times[prov.name]
+            res[prov.name] = {"status": "ok", "variant": "default", "detail": "", "variants": {},
+                              "timing": {"median_s": t, "p10_s": t, "p90_s": t, "reps": 10, "graphed": True, "note": ""},
+                              "worst_error_ratio": 0.01, "memory_floor_fraction": fl["memory"] / t,
+                              "matmul_floor_fraction": fl["matmul"] / t}
+        doc["points"].append({"point": p.to_dict(), "bytes": floor.min_bytes(p), "flops": floor.flops(p),
+                              "floor_s": fl, "oracle": "fake", "results": res})
+    return results.validate_results(doc)
+
+
+def test_report_and_judgement_from_a_fake_results_file(tmp_path):
+    src = tmp_path / "fake.json"
+    src.write_text(json.dumps(_fake_doc()))
+    assert cli.main(["bench", "report", str(src), "--report-dir", str(tmp_path / "docs")]) == 0
+    files = {p.name for p in (tmp_path / "docs").iterdir()}
+    assert files == {"bench.json", "latency_decode.png", "latency_append.png", "speedup.png", "floor.png", "index.md"}
+    page = (tmp_path / "docs" / "index.md").read_text()
+    assert "FakeCard 80GB" in page and "flashinfer 0.5.0".lower() in page.lower()
+    verdicts = {j.target.split(":")[1].strip()[:20]: j.verdict for j in analysis.judge(_fake_doc())}
+    assert verdicts == {
+        "geometric-mean speed": "met",          # 3x over the cascade everywhere
+        "never under 0.9x the": "not met",       # FlashInfer paged is 2x faster at B=1
+        ">= 50% of the HBM fl": "met",           # relay = 1.25 x floor + 2 µs is >= 50% at large points
+        ">= 0.8x the best pee": "met",
+    }
+    assert "**not met**" in page and "The paper's model" in page
+
+
+def test_schema_requires_every_provider_at_every_point():
+    doc = _fake_doc()
+    del doc["points"][0]["results"]["sdpa"]
+    with pytest.raises(ValueError, match=r"points\[0\].results: every provider must be reported, missing \['sdpa'\]"):
+        results.validate_results(doc)
+    doc = _fake_doc()
+    doc["points"][1]["results"]["sdpa"]["status"] = "fast"
+    with pytest.raises(ValueError, match="status: expected one of"):
+        results.validate_results(doc)
+    doc = _fake_doc()
+    del doc["environment"]["card"]
+    with pytest.raises(ValueError, match=r"environment: missing keys \['card'\]"):
+        results.validate_results(doc)
+
+
+def _raising(problem):
+    def setup():
+        raise RuntimeError("kernel exploded")
+
+    yield "only", setup
+
+
+def _wrong(problem):
+    def setup():
+        out = problem.q.to(torch.float32) * 0 + 1  # not attention: fails the gate
+        return Prepared(lambda: out, lambda o: (o, None), False)
+
+    yield "only", setup
+
+
+def test_providers_that_raise_fail_or_are_missing_are_reported_not_dropped(fast_timer):
+    torch_backend = by_name(["relaycore_torch"])
+    broken = [
+        Provider("raises", "raises", True, False, lambda: None, _raising),
+        Provider("wrong", "wrong", True, False, lambda: None, _wrong),
+        Provider("absent", "absent", True, False, lambda: "import absentlib failed: ModuleNotFoundError", _raising),
+    ]
+    doc = runner.run_points([TINY, TINY_APPEND], torch_backend + broken, "cpu")
+    results.validate_results(doc)
+    assert [p["available"] for p in doc["providers"]] == [True, True, True, False]
+    for entry in doc["points"]:
+        r = entry["results"]
+        assert r["relaycore_torch"]["status"] == "ok"
+        assert r["raises"]["status"] == "error" and "RuntimeError: kernel exploded" in r["raises"]["reason"]
+        assert r["wrong"]["status"] == "failed" and "outside the error bound" in r["wrong"]["reason"]
+        assert "timing" not in r["wrong"]
+        assert r["absent"] == {"status": "missing", "reason": "import absentlib failed: ModuleNotFoundError",
+                               "variants": {}}
+    table = analysis.table(doc)
+    assert "FAILED" in table and "error" in table and "missing: absent" in table
+
+
+@pytest.mark.parametrize("point", [TINY, TINY_APPEND, Point("cpu", 2, 4, 4, 16, 0, 5, 3)])
+def test_gate_passes_the_torch_backend_and_catches_wrong_outputs(point):
+    import relaycore
+
+    problem = make_problem(point, "cpu", seed=3)
+    oracle = compute_oracle(problem)
+    assert oracle.crosscheck.startswith("passed")
+    got = relaycore.relay_attention(*problem.relay_arguments(), softmax_scale=problem.scale, backend="torch")
+    assert check(oracle, got.out, got.lse).passed
+    off = got.out.clone()
+    off[-1, 0, 0] += 0.25
+    verdict = check(oracle, off, got.lse)
+    assert not verdict.passed and verdict.worst > 1 and f"out[{off.shape[0] - 1}, 0, 0]" in verdict.message
+    assert not check(oracle, torch.full_like(got.out, float("nan"))).passed
+    assert not check(oracle, got.out, got.lse + 1e-3).passed
+
+
+def test_floor_counts_bytes_and_flops_by_hand():
+    p = Point("append", 2, 4, 2, 8, 10, 5, 3)  # 2 requests, 10-token prefix, 5 own tokens, 3 queries
+    e = 2
+    kv = 2 * (10 + 2 * 5) * 2 * 8 * e  # K and V, prefix once, own once per request
+    q_out = 2 * (2 * 3) * 4 * 8 * e
+    assert floor.min_bytes(p) == kv + q_out
+    # query j (0..2) sees 10 prefix keys and own keys 0..(5 - 3 + j): 3, 4, 5
+    seen = sum(10 + (5 - 3 + j + 1) for j in range(3))
+    assert floor.keys_seen(p) == 2 * seen
+    assert floor.flops(p) == 4 * 8 * 4 * 2 * seen
+    fl = floor.floor_seconds(p, bandwidth=1e3, matmul_rate=1e4)
+    assert fl == {"memory": (kv + q_out) / 1e3, "matmul": 4 * 8 * 4 * 2 * seen / 1e4}
+    for b, s, c in itertools.product((1, 8, 128), (512, 16384), (128,)):
+        assert floor.paper_speedup(s, c, b) == pytest.approx((s + c + 2) / (s / b + c + 7))
+    assert floor.paper_speedup(2048, 128, 1) < 1 < floor.paper_speedup(2048, 128, 8)
+
+
+def test_keys_seen_matches_the_masks_of_the_oracle():
+    for p in (TINY, TINY_APPEND):
+        t = np.arange(p.own_len)[None, :]
+        j = np.arange(p.q_len)[:, None]
+        own = int((t <= p.own_len - p.q_len + j).sum())
+        assert floor.keys_seen(p) == p.batch * (p.q_len * p.prefix_len + own)
+
+
+def test_grids_and_custom_points():
+    assert len(grids.decode_grid()) == 40 and len(grids.append_grid()) == 16
+    assert {(p.num_q_heads, p.num_kv_heads) for p in grids.decode_grid()} == {(32, 32), (32, 8)}
+    assert all(p.q_len == p.own_len for p in grids.append_grid())
+    quick = grids.select(("decode", "append"), quick_only=True)
+    assert 0 < len(quick) < 20 and {p.grid for p in quick} == {"decode", "append"}
+    p = grids.parse_point("B=8,Hq=32,Hkv=8,D=128,prefix=2048,own=128,q=own")
+    assert (p.batch, p.num_kv_heads, p.prefix_len, p.q_len, p.dtype) == (8, 8, 2048, 128, "float16")
+    with pytest.raises(ValueError, match="keys"):
+        grids.parse_point("B=8,Hq=32")
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        grids.parse_point("B=8,Hq=32,Hkv=5,D=128,prefix=2048,own=128")
+    with pytest.raises(ValueError, match="expected an integer"):
+        grids.parse_point("B=x,Hq=32,Hkv=8,D=128,prefix=2048,own=128")
