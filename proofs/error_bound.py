@@ -93,8 +93,8 @@ $$
 
 Let two states over disjoint key sets be of the form of Lemma 1 with $\rho_a, \rho_b$, and
 $\hat\ell_a = \mathrm{fl}(m_a + \mathrm{fl}(\log B_a))$ (same for $b$). Then
-$e^{\hat\ell_a} = e^{m_a} B_a e^{\eta_a}$ with $|\eta_a| \le u_{acc}(A + \log N + 1)/2
-\cdot 2$ (the logarithm and the addition), and the merge's coefficient
+$e^{\hat\ell_a} = e^{m_a} B_a e^{\eta_a}$ with $|\eta_a| \le u_{acc}(A + \log N + 1)$ (the
+rounding of the logarithm and of the addition, each at most half of that), and the merge's coefficient
 $\hat c_a = \mathrm{fl}(w_a/(w_a + w_b))$, times its product and sum, equals
 $e^{\hat\ell_a}/(e^{\hat\ell_a} + e^{\hat\ell_b})$ within $e^{\pm\rho_1}$,
 $\rho_1 = u_{exp} + 3u_{acc} + u_{acc}(A + \log N + 1)$ (the merge monoid's rounding). So

@@ -10,3 +10,8 @@ if ! python3 -c "import torch, triton" 2>/dev/null; then
   python3 -m pip install -q "torch==2.13.0+cpu" "triton==3.7.1"
 fi
 python3 -m pip install -q -e ".[test]"
+
+# Headless Chromium for the docs test (tests/test_docs.py), from Debian's packages.
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq chromium
+fi
