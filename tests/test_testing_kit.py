@@ -73,13 +73,19 @@ def test_a_perturbed_element_fails_and_is_located(dtype):
         assert_close((out, lse), batch)
 
 
-def test_nan_fails_and_is_located():
+def test_nan_fails_and_is_located(poison):
     batch = a_batch()
     out, lse = (x.copy() for x in batch.oracle().state)
     out[5, 1, 0] = np.nan
     report = check((out, lse), batch)
     assert not report.passed and report.out_ratio == np.inf
     assert any("1 NaN, the first at request 2, token 0, head 1" in p for p in report.problems), report.problems
+    # an output row a kernel never wrote: NaN from the poisoned allocation
+    out = poison(torch.empty(out.shape, dtype=torch.float32))
+    out[:5] = torch.from_numpy(batch.oracle().state.out[:5])
+    report = check((out, lse), batch)
+    assert not report.passed and report.out_worst.request == 2
+    assert any(f"{out[5:].numel()} NaN, the first at request 2, token 0, head 0" in p for p in report.problems)
     out, lse = (x.copy() for x in batch.oracle().state)
     lse[0, 3] = np.nan
     report = check((out, lse), batch)
