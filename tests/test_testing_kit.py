@@ -3,6 +3,9 @@ fails wrong results at the right place, the rounding helpers match torch's casts
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -125,6 +128,18 @@ def test_wrong_shapes_fail_with_a_sentence():
     report = check((out[:-1], lse), batch)
     assert not report.passed
     assert report.problems == (f"out: expected shape {out.shape}, got {out[:-1].shape}",)
+
+
+def test_oracle_and_kit_need_numpy_alone():
+    code = (
+        "import sys; sys.modules['torch'] = sys.modules['hypothesis'] = sys.modules['triton'] = None\n"
+        "import numpy as np, relaycore, relaycore.reference, relaycore.testing as kit\n"
+        "batch = kit.random_batch(np.random.default_rng(1), dtypes=('bfloat16',))\n"
+        "args, kwargs = batch.arguments()\n"
+        "print(kit.assert_close(relaycore.relay_attention(*args, **kwargs), batch).passed)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "True", run.stderr
 
 
 # ---- batches ----------------------------------------------------------------------------------
