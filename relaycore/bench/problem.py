@@ -16,7 +16,7 @@ import numpy as np
 
 from relaycore import bounds
 from relaycore.bench.grids import Point
-from relaycore.types import PrefixLevel, RaggedKV
+from relaycore.types import PagedKV, PrefixLevel, RaggedKV
 
 #: Largest float64 score block the oracle materialises (2^26 elements = 512 MiB).
 ORACLE_BLOCK_ELEMENTS = 1 << 26
@@ -53,17 +53,31 @@ class Problem:
     def device(self):
         return self.q.device
 
-    def relay_arguments(self) -> Tuple:
-        """``(q, cu_seqlens_q, RaggedKV, (PrefixLevel,))`` for ``relaycore.relay_attention``."""
+    def relay_arguments(self, page_size: int = 0) -> Tuple:
+        """``(q, cu_seqlens_q, kv, (PrefixLevel,))`` for ``relaycore.relay_attention``.
+
+        Args:
+            page_size: 0 for ``RaggedKV``; else a ``PagedKV`` with pages of that many tokens,
+                request ``b``'s pages after request ``b - 1``'s (the last one padded).
+        """
         import torch
 
         p = self.point
-        level = PrefixLevel(
-            self.prefix_k, self.prefix_v,
-            torch.tensor([0, p.prefix_len], dtype=torch.int32, device=self.device),
-            torch.zeros(p.batch, dtype=torch.int32, device=self.device),
-        )
-        return self.q, self.cu_seqlens_q, RaggedKV(self.own_k, self.own_v, self.cu_seqlens_kv), (level,)
+        i32 = dict(dtype=torch.int32, device=self.device)
+        level = PrefixLevel(self.prefix_k, self.prefix_v, torch.tensor([0, p.prefix_len], **i32),
+                            torch.zeros(p.batch, **i32))
+        if not page_size:
+            return self.q, self.cu_seqlens_q, RaggedKV(self.own_k, self.own_v, self.cu_seqlens_kv), (level,)
+        pages = -(-p.own_len // page_size)
+
+        def cache(x):
+            x = x.view(p.batch, p.own_len, p.num_kv_heads, p.head_dim)
+            x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pages * page_size - p.own_len))
+            return x.reshape(p.batch * pages, page_size, p.num_kv_heads, p.head_dim)
+
+        table = torch.arange(p.batch * pages, **i32).view(p.batch, pages)
+        kv = PagedKV(cache(self.own_k), cache(self.own_v), table, torch.full((p.batch,), p.own_len, **i32))
+        return self.q, self.cu_seqlens_q, kv, (level,)
 
     def concatenated_kv(self) -> Tuple:
         """Each request's context ``[prefix ; own]`` as contiguous ``k, v [B, Hkv, prefix_len +

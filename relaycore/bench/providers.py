@@ -86,21 +86,21 @@ def _probe_modules(*names: str) -> Callable[[], Optional[str]]:
 
 def _relaycore_triton(problem: Problem) -> Variants:
     def setup() -> Prepared:
-        from relaycore.fast.triton import backend
-        from relaycore.fast.triton.launch import run_planned
-        from relaycore.fast.triton.plan import plan
-        from relaycore.validation import validate
+        import relaycore
+        from relaycore.fast.triton import prepare
 
-        q, cu, kv, prefixes = problem.relay_arguments()
-        meta = validate(q, cu, kv, prefixes, causal=True, softmax_scale=problem.scale)
-        reason = backend.supports(meta)
-        if reason is not None:
-            raise Unsupported(reason)
-        planned = plan(meta)
-        return Prepared(lambda: run_planned(planned, q, kv, prefixes), lambda st: (st.out, st.lse), True,
-                        "plan once (host), run_planned timed")
+        q, cu, kv, prefixes = problem.relay_arguments(page_size=FLASHINFER_PAGE)
+        planned = prepare(q, cu, kv, prefixes, causal=True, softmax_scale=problem.scale)
 
-    yield "planned", setup
+        def call():
+            return relaycore.relay_attention(q, cu, kv, prefixes, causal=True, softmax_scale=problem.scale,
+                                             backend="triton", plan=planned)
+
+        return Prepared(call, lambda st: (st.out, st.lse), True,
+                        f"relay_attention(backend='triton', plan=prepare(...)): planned once per step; own KV paged, "
+                        f"page_size={FLASHINFER_PAGE}")
+
+    yield "paged", setup
 
 
 def _relaycore_torch(problem: Problem) -> Variants:
@@ -302,7 +302,7 @@ def _flashinfer_cascade(problem: Problem) -> Variants:
 
 REGISTRY: List[Provider] = [
     Provider("relaycore_triton", "relaycore (Triton)", False, True,
-             _probe_modules("triton", "relaycore.fast.triton.backend", "relaycore.fast.triton.plan"), _relaycore_triton),
+             _probe_modules("triton", "relaycore.fast.triton"), _relaycore_triton),
     Provider("relaycore_torch", "relaycore (PyTorch)", False, False,
              _probe_modules("torch", "relaycore.fast.torch_backend"), _relaycore_torch),
     Provider("sdpa", "torch SDPA (concatenated KV)", True, False,
