@@ -20,6 +20,7 @@ def relay_attention(
     causal: bool = True,
     softmax_scale: Optional[float] = None,
     backend: str = "auto",
+    plan=None,
 ) -> AttentionState:
     """Attention of every query over its prefixes (level by level) then its own KV.
 
@@ -45,6 +46,9 @@ def relay_attention(
         backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"``. ``"auto"`` picks the
             reference for NumPy inputs, Triton for CUDA tensors it supports, PyTorch otherwise
             (``select_backend`` says which and why). A named backend is never swapped.
+        plan: a plan from ``relaycore.fast.triton.prepare`` for this batch's metadata: skips
+            validation and planning (no host synchronization; plan once per step, reuse it for
+            every layer). Runs the Triton backend, so ``backend`` must be "auto" or "triton".
 
     Returns:
         ``AttentionState(out [total_q, Hq, D] in q's dtype, lse [total_q, Hq] float32)``;
@@ -67,6 +71,10 @@ def relay_attention(
         >>> out.shape, lse.shape
         ((2, 4, 16), (2, 4))
     """
+    if plan is not None:
+        if backend not in ("auto", "triton"):
+            raise ValueError(f"backend: a plan runs the 'triton' backend, got backend={backend!r}")
+        return dispatch.load("triton").run_with_plan(plan, q, kv, tuple(prefixes), causal=causal, softmax_scale=softmax_scale)
     meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     choice = dispatch.choose(meta, backend)
     return dispatch.load(choice.name).run(q, cu_seqlens_q, kv, tuple(prefixes), meta)

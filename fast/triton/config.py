@@ -22,40 +22,92 @@ class Config:
     """Launch configuration.
 
     Attributes:
-        block_m: rows (query token x query head of a group) per tile.
-        block_n: keys per inner-loop step.
-        chunk: keys per chunk; a KV segment of ``L`` keys is cut at multiples of ``chunk`` and
-            each chunk is one program's work. A multiple of ``block_n``.
-        num_warps, num_stages: for the partial kernel.
+        block_m: the tallest tile (rows = query token x query head of a KV group).
+        prefix_block_m: the shortest prefix tile. Prefix tiles mix requests, so a row's bits
+            must not depend on the tile's height: 64 and 128 both run on Hopper's warpgroup
+            matrix instruction and give the same bits, 16 and 32 run on the older one and do
+            not (measured; ``tests/gpu`` checks it bit for bit, ``fast/triton/NOTES.md``).
+        min_block_m: the shortest own tile. An own tile holds one request's rows, so its
+            height may follow the request.
+        block_n: keys per inner-loop step (fixes where the running max is taken: the same
+            for every tile, or bits would change with the tile).
+        min_chunk, target_chunks: see ``chunk_size``.
+        num_warps, num_stages: for the partial kernel's tiles of up to 64 rows; taller tiles
+            take ``2 * num_warps``.
         block_h: query heads per program of the merge kernel.
     """
 
     block_m: int
+    prefix_block_m: int
+    min_block_m: int
     block_n: int
-    chunk: int
+    min_chunk: int
+    target_chunks: int
     num_warps: int
     num_stages: int
     block_h: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("block_m", "block_n"):
+        for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk", "block_h"):
             value = getattr(self, name)
-            if value < 16 or value & (value - 1):
-                raise ValueError(f"Config.{name}: expected a power of two >= 16, got {value}")
-        if self.chunk <= 0 or self.chunk % self.block_n:
-            raise ValueError(f"Config.chunk: expected a positive multiple of block_n={self.block_n}, got {self.chunk}")
-        if self.block_h < 1 or self.block_h & (self.block_h - 1):
-            raise ValueError(f"Config.block_h: expected a power of two >= 1, got {self.block_h}")
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"Config.{name}: expected a power of two, got {value}")
+        if self.block_n < 16 or self.min_block_m < 16:
+            raise ValueError(f"Config: expected block_n and min_block_m >= 16, got {self.block_n}, {self.min_block_m}")
+        if not self.min_block_m <= self.prefix_block_m <= self.block_m:
+            raise ValueError(
+                f"Config: expected min_block_m <= prefix_block_m <= block_m, got "
+                f"{self.min_block_m}, {self.prefix_block_m}, {self.block_m}"
+            )
+        if self.min_chunk < self.block_n:
+            raise ValueError(f"Config.min_chunk: expected at least block_n={self.block_n}, got {self.min_chunk}")
+        if self.target_chunks < 1:
+            raise ValueError(f"Config.target_chunks: expected >= 1, got {self.target_chunks}")
+
+    def warps(self, tile: int) -> int:
+        """``num_warps`` for a tile of ``tile`` rows."""
+        return self.num_warps if tile <= 64 else 2 * self.num_warps
 
 
 def default_config(head_dim: int, dtype: str) -> Config:
     """The configuration for ``head_dim`` and q's ``dtype`` (canonical name).
 
-    Tiles of 64 rows fill one Hopper warpgroup's matrix instruction; 1024-key chunks give a
-    16k-token prefix 16 programs per (tile, KV head) while the fp32 partial states they write
-    stay a fraction of the KV they read. fp32 and ``head_dim`` 256 halve ``block_n`` to keep
-    the score and value tiles in registers.
+    Measured on an H200 (``fast/triton/NOTES.md``): own tiles of 16 rows for decode requests
+    (a 64-row tile there is 63 rows of padding), prefix tiles of 64 or 128; about 8 chunks
+    per segment of at least 256 keys at decode. fp32 and ``head_dim`` 256 halve ``block_n``
+    and stay at 64-row tiles to keep the score and value tiles in registers.
     """
     wide = head_dim >= 256 or dtype == "float32"
-    block_n = 32 if wide else 64
-    return Config(block_m=64, block_n=block_n, chunk=1024, num_warps=4, num_stages=2 if wide else 3)
+    return Config(block_m=64 if wide else 128, prefix_block_m=64, min_block_m=16, block_n=32 if wide else 64,
+                  min_chunk=256, target_chunks=8, num_warps=4, num_stages=2 if wide else 3)
+
+
+def chunk_size(length: int, rows: int, config: Config) -> int:
+    """Keys per chunk of a segment of ``length`` keys read by a request with ``rows`` rows per
+    KV head (its query tokens x the group's query heads).
+
+    Decode (``rows`` up to ``min_block_m``) cuts the segment into about ``target_chunks``
+    chunks, so that few requests still fill the GPU; each doubling of ``rows`` halves the
+    count, since the rows' own tiles bring the parallelism and every chunk costs every row a
+    partial state (fp32 ``D`` + 1 words written and read back): at ``8 * min_block_m`` rows
+    and beyond the segment is one chunk. The size is rounded up to a power of two and is at
+    least ``min_chunk``. It is a function of the request alone, so its chunks, and their bits,
+    are the same in any batch.
+    """
+    tiles = -(-max(int(rows), 1) // config.min_block_m)
+    want_chunks = max(1, config.target_chunks // tiles)
+    want = -(-max(int(length), 1) // want_chunks)
+    size = config.min_chunk
+    while size < want:
+        size *= 2
+    return size
+
+
+def tile_height(rows: int, config: Config, *, prefix: bool) -> int:
+    """The tile height for a group of ``rows`` rows: the smallest power of two from
+    ``prefix_block_m`` (prefix tiles) or ``min_block_m`` (own tiles) to ``block_m`` that holds
+    them, ``block_m`` beyond."""
+    tile = config.prefix_block_m if prefix else config.min_block_m
+    while tile < rows and tile < config.block_m:
+        tile *= 2
+    return tile

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
@@ -12,12 +11,8 @@ from relaycore.constants import LN2, LOG2E
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
 
 from relaycore.fast.triton.kernels import merge_kernel, partial_kernel
+from relaycore.fast.triton.launcher import interpreting, launch
 from relaycore.fast.triton.plan import Plan
-
-
-def interpreting() -> bool:
-    """Whether Triton runs its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _kv_strides(x: torch.Tensor, paged: bool):
@@ -55,35 +50,36 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
     interpret = interpreting()
     upcast = interpret and q.dtype == torch.bfloat16
     precision = "ieee"
-    for launch in plan.launches:
-        if launch.level >= 0:
-            level = prefixes[launch.level]
-            k, v, paged, causal, table = level.k, level.v, False, False, launch.items
+    for item_list in plan.launches:
+        if item_list.level >= 0:
+            level = prefixes[item_list.level]
+            k, v, paged, causal, table = level.k, level.v, False, False, item_list.items
         elif isinstance(kv, PagedKV):
             k, v, paged, causal, table = kv.k_cache, kv.v_cache, True, plan.causal, kv.block_table
         else:
-            k, v, paged, causal, table = kv.k, kv.v, False, plan.causal, launch.items
+            k, v, paged, causal, table = kv.k, kv.v, False, plan.causal, item_list.items
         k, v = _contiguous_last(k), _contiguous_last(v)
         skb, sks, skh = _kv_strides(k, paged)
         svb, svs, svh = _kv_strides(v, paged)
         page_size = k.shape[1] if paged else 1
-        partial_kernel[(launch.num_items, plan.num_kv_heads)](
-            q, k, v, launch.items, launch.tokens, launch.slots, table, part_out, part_lse,
-            plan.softmax_scale * LOG2E,
-            q.stride(0), q.stride(1),
-            skb, sks, skh,
-            svb, svs, svh,
-            table.stride(0) if paged else 0,
-            page_size,
-            NUM_Q_HEADS=hq, GROUP=plan.group_size, HEAD_DIM=d,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            PAGED=paged, CAUSAL=causal, UPCAST=upcast, DOT_PRECISION=precision,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        launch(
+            partial_kernel, (item_list.num_items, plan.num_kv_heads),
+            (q, k, v, item_list.items, item_list.tokens, item_list.slots, table, part_out, part_lse,
+             plan.softmax_scale * LOG2E,
+             q.stride(0), q.stride(1),
+             skb, sks, skh,
+             svb, svs, svh,
+             table.stride(0) if paged else 0,
+             page_size),
+            dict(NUM_Q_HEADS=hq, GROUP=plan.group_size, HEAD_DIM=d, BLOCK_M=item_list.block_m, BLOCK_N=cfg.block_n,
+                 PAGED=paged, CAUSAL=causal, UPCAST=upcast, DOT_PRECISION=precision),
+            num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device,
         )
     block_h = min(cfg.block_h, triton.next_power_of_2(hq))
-    merge_kernel[(total_q, triton.cdiv(hq, block_h))](
-        part_out, part_lse, plan.slot_offsets, out, lse,
-        out.stride(0), out.stride(1),
-        NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_H=block_h, LN2=LN2,
+    launch(
+        merge_kernel, (total_q, triton.cdiv(hq, block_h)),
+        (part_out, part_lse, plan.slot_offsets, out, lse, out.stride(0), out.stride(1)),
+        dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_H=block_h, LN2=LN2),
+        num_warps=4, num_stages=1, device=q.device,
     )
     return AttentionState(out, lse)

@@ -8,9 +8,9 @@ The scratch layout
     Every query token owns a run of *slots*, one per chunk of each KV segment it sees, in a
     fixed order: the chunks of its prefix at level 0, at level 1, ..., then the chunks of its
     own KV. A slot holds the chunk's state (fp32 ``out [Hq, D]``, ``lse2 [Hq]``); the merge
-    kernel folds a token's slots in that order. The chunks of a segment are cut at multiples
-    of ``config.chunk`` counted from the segment's first key, so a token's slots, and what
-    each holds, depend only on its own request: the batch around it changes nothing.
+    kernel folds a token's slots in that order. A segment of ``L`` keys is cut every
+    ``chunk_size(L)`` keys counted from its first key, so a token's slots, and what each
+    holds, depend only on its own request: the batch around it changes nothing.
 
 The work lists
     One partial-kernel launch per KV source (each prefix level, then the own KV). An item is a
@@ -31,7 +31,7 @@ import torch
 
 from relaycore.validation import BatchMeta
 
-from relaycore.fast.triton.config import Config, default_config
+from relaycore.fast.triton.config import Config, chunk_size, default_config, tile_height
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
 
 
@@ -41,12 +41,14 @@ class Launch:
 
     Attributes:
         level: the prefix level it reads, or ``-1`` for the requests' own KV.
+        block_m: the tile height of its items.
         items: int32 ``[num_items, NUM_ITEM_FIELDS]`` on the device (see ``kernels.ITEM_FIELDS``).
         tokens: int32 ``[n]`` on the device: the token lists the items index.
         slots: int32 ``[n]`` on the device: each listed token's slot for chunk 0 of the segment.
     """
 
     level: int
+    block_m: int
     items: torch.Tensor
     tokens: torch.Tensor
     slots: torch.Tensor
@@ -71,6 +73,8 @@ class Plan:
         slot_offsets: int32 ``[total_q + 1]`` on the device.
         launches: one ``Launch`` per KV source that has work, levels first.
         relay: whether prefix rows are grouped across requests (``relay_grouping``).
+        device: the device of the work lists.
+        num_levels: prefix levels planned for.
     """
 
     total_q: int
@@ -87,6 +91,8 @@ class Plan:
     launches: Tuple[Launch, ...]
     relay: bool
     device: str
+
+    num_levels: int
 
     @property
     def group_size(self) -> int:
@@ -110,8 +116,9 @@ def relay_grouping(meta: BatchMeta) -> bool:
     return True
 
 
-def _chunks(lengths: np.ndarray, chunk: int) -> np.ndarray:
-    return -(-lengths // chunk)
+def _chunk_sizes(lengths: np.ndarray, rows: np.ndarray, config: Config) -> np.ndarray:
+    """``chunk_size`` elementwise over int64 ``[B]`` segment lengths and rows per request."""
+    return np.array([chunk_size(n, r, config) for n, r in zip(lengths, rows)], dtype=np.int64)
 
 
 def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None) -> Plan:
@@ -129,18 +136,22 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     device = torch.device(meta.device if device is None else device)
     config = default_config(meta.head_dim, meta.dtype) if config is None else config
     relay = relay_grouping(meta) if relay is None else bool(relay)
-    g, block_m, chunk = meta.group_size, config.block_m, config.chunk
+    g = meta.group_size
     batch = meta.batch
     q_lens = meta.q_lens.astype(np.int64)
     cu_q = meta.cu_seqlens_q.astype(np.int64)
 
-    # chunks of each segment, per request: [levels..., own]
-    seg_chunks = []
+    # chunk size and count of each segment, per request: [levels..., own]
+    rows_per_request = q_lens * g
+    seg_sizes, seg_chunks = [], []
     for lens, ids in zip(meta.prefix_lens, meta.prefix_ids):
-        plen = np.where(ids >= 0, lens[np.maximum(ids, 0)] if len(lens) else 0, 0)
-        seg_chunks.append(_chunks(plen, chunk))
-    seg_chunks.append(_chunks(meta.kv_lens.astype(np.int64), chunk))
-    seg_chunks = np.stack(seg_chunks) if batch else np.zeros((len(seg_chunks), 0), np.int64)  # [S, B]
+        plen = np.where(ids >= 0, lens[np.maximum(ids, 0)] if len(lens) else 0, 0).astype(np.int64)
+        seg_sizes.append(_chunk_sizes(plen, rows_per_request, config))
+        seg_chunks.append(-(-plen // seg_sizes[-1]))
+    own_lens = meta.kv_lens.astype(np.int64)
+    seg_sizes.append(_chunk_sizes(own_lens, rows_per_request, config))
+    seg_chunks.append(-(-own_lens // seg_sizes[-1]))
+    seg_chunks = np.stack(seg_chunks)  # [S, B]
     seg_base = np.cumsum(seg_chunks, axis=0) - seg_chunks  # [S, B] first slot of each segment
     per_request = seg_chunks.sum(axis=0)  # [B]
 
@@ -155,29 +166,34 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     launches = []
     sources = [(level, ids) for level, ids in enumerate(meta.prefix_ids)] + [(-1, None)]
     for s, (level, ids) in enumerate(sources):
-        tokens, slots, items = [], [], []
-        n_listed = 0
+        buckets = {}  # tile height -> (token lists, slot lists, items, tokens listed)
 
         def add_group(requests, kv_base, seg_len, causal_shift):
-            nonlocal n_listed
             toks = np.concatenate([np.arange(cu_q[b], cu_q[b + 1]) for b in requests])
             if toks.size == 0 or seg_len == 0:
                 return
+            rows = toks.size * g
+            tile = tile_height(rows, config, prefix=level >= 0)
+            chunk = int(seg_sizes[s][requests[0]])  # the same for every request of a group
+            tokens, slots, items, n_listed = buckets.setdefault(tile, ([], [], [], [0]))
             tokens.append(toks)
             slots.append(slot_offsets[toks] + seg_base[s][token_request[toks]])
-            rows = toks.size * g
-            for c in range(int(_chunks(np.int64(seg_len), chunk))):
-                for row0 in range(0, rows, block_m):
-                    items.append((n_listed, row0, min(block_m, rows - row0), kv_base, c * chunk,
+            for c in range(-(-seg_len // chunk)):
+                for row0 in range(0, rows, tile):
+                    items.append((n_listed[0], row0, min(tile, rows - row0), kv_base, c * chunk,
                                   min(seg_len, (c + 1) * chunk), causal_shift, c))
-            n_listed += toks.size
+            n_listed[0] += toks.size
 
         if level >= 0:
             lens = meta.prefix_lens[level]
             starts = np.concatenate([[0], np.cumsum(lens)])
             for p in np.unique(ids[ids >= 0]):
                 users = np.flatnonzero(ids == p)
-                groups = [users] if relay else [[b] for b in users]
+                if relay:  # sharers with the same chunking read the prefix together
+                    sizes = seg_sizes[s][users]
+                    groups = [users[sizes == size] for size in np.unique(sizes)]
+                else:
+                    groups = [users[i : i + 1] for i in range(users.size)]
                 for group in groups:
                     add_group(group, int(starts[p]), int(lens[p]), 0)
         else:
@@ -185,9 +201,11 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             for b in range(batch):
                 base = b if meta.paged else int(kv_starts[b])
                 add_group([b], base, int(meta.kv_lens[b]), int(meta.kv_lens[b] - q_lens[b]))
-        if items:
+        for tile in sorted(buckets, reverse=True):
+            tokens, slots, items, _ = buckets[tile]
             launches.append(Launch(
                 level=level,
+                block_m=tile,
                 items=to_device(np.array(items, dtype=np.int64).reshape(-1, NUM_ITEM_FIELDS)),
                 tokens=to_device(np.concatenate(tokens)),
                 slots=to_device(np.concatenate(slots)),
@@ -208,4 +226,5 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         launches=tuple(launches),
         relay=relay,
         device=str(device),
+        num_levels=meta.num_levels,
     )
