@@ -108,7 +108,7 @@ def check_mask_splits():
 def check_relay_equals_masked_concatenation():
     """60 digits: relay form (any level order) == attention over the concatenation with its mask."""
 
-    @checked(80)
+    @checked(200)
     @given(requests(), st.randoms(use_true_random=False))
     def run(request, rnd):
         order = list(range(len(request["levels"])))

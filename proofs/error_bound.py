@@ -48,7 +48,8 @@ $$
 
 which is the claim, because $\sum_j w_j / W = 1$. $\blacksquare$
 
-Without the underflow terms the bound is $(e^{2\rho} - 1) V_d \approx 2\rho V_d$: relative
+The bound is attained: one key with $\alpha = \rho$, $\beta = -\rho$ gives
+$\hat o = e^{2\rho} v$. Without the underflow terms it is $(e^{2\rho} - 1) V_d \approx 2\rho V_d$: relative
 errors of the *weights* become an absolute error of the output on the scale of the values,
 not of the output (which may be near 0 through cancellation).
 
@@ -289,7 +290,7 @@ def problems(draw):
 def check_perturbed_weights_lemma():
     """Lemma 1 at 60 digits, with the perturbations at their extremes."""
 
-    @checked(150)
+    @checked(400)
     @given(
         st.lists(st.tuples(st.floats(-30, 0), st.floats(-5, 5), st.booleans(), st.booleans(), st.sampled_from([-1, 0, 1]), st.sampled_from([-1, 0, 1])), min_size=1, max_size=10),
         st.sampled_from([1e-7, 1e-4, 1e-2, 0.3]),
@@ -309,7 +310,7 @@ def check_perturbed_weights_lemma():
         got = mpmath.fsum(x * y for x, y in zip(a, v)) / mpmath.fsum(b)
         want = mpmath.fsum(x * y for x, y in zip(w, v)) / mpmath.fsum(w)
         bound = (mpmath.expm1(2 * rho) + 2 * eps) / (1 - eps) * max(abs(x) for x in v)
-        assert abs(got - want) <= bound
+        assert abs(got - want) <= bound * (1 + exact.AGREE)  # attained by one key: 60-digit slack
 
     run()
 
@@ -318,7 +319,7 @@ def check_merge_coefficients():
     """One fp32 merge: each coefficient (with its product and sum) within exp(+-rho_1) of exact."""
     prec = bounds.precision("float32")
 
-    @checked(200)
+    @checked(400)
     @given(st.floats(-1e4, 1e4), st.floats(-60, 60), st.randoms(use_true_random=False))
     def run(la, gap, rnd):
         la, lb = fp.r32(la), fp.r32(la + gap)
@@ -338,7 +339,7 @@ def check_merge_coefficients():
 def check_simulated_kernel():
     """The whole kernel with explicit roundings stays within relaycore.bounds."""
 
-    @checked(400)
+    @checked(1000)
     @given(problems(), st.randoms(use_true_random=False), st.booleans())
     def run(problem, rnd, extreme):
         out_err, out_b, lse_err, lse_b = errors_and_bounds(problem, Exponential(rnd, extreme))

@@ -83,7 +83,7 @@ def prefix_to_own(request: dict, count: int) -> dict:
 def check_split_any_level_anywhere():
     """Every cut of every level gives the same states (and the fused original is the reference)."""
 
-    @checked(40)
+    @checked(100)
     @given(requests())
     def run(request):
         want = relay_attention(request)
@@ -97,7 +97,7 @@ def check_split_any_level_anywhere():
 def check_move_own_tokens_into_prefix():
     """Own tokens visible to every query may become prefix tokens: same states."""
 
-    @checked(60)
+    @checked(150)
     @given(requests(), st.data())
     def run(request, data):
         kv_len, q_len = len(request["own"][0]), len(request["queries"])
@@ -112,7 +112,7 @@ def check_move_own_tokens_into_prefix():
 def check_move_prefix_tokens_into_request():
     """The tail of the last level may become the request's first own tokens: same states."""
 
-    @checked(60)
+    @checked(150)
     @given(requests(), st.data())
     def run(request, data):
         assume(request["levels"])

@@ -131,7 +131,7 @@ def _lse(allow_empty: bool = True):
 def check_state_merge_floating_point():
     """relaycore.state.merge on float64 and float32 NumPy arrays vs the exact merge, 60 digits."""
 
-    @checked(150)
+    @checked(400)
     @given(
         st.sampled_from(["float64", "float32"]),
         st.lists(st.tuples(_lse(), _lse(), finite(100.0), finite(100.0)), min_size=1, max_size=6),

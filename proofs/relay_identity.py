@@ -92,7 +92,7 @@ def check_two_parts_symbolic():
 def check_any_number_of_parts():
     """60 digits: any partition, merged in three orders and both forms, gives the union's state."""
 
-    @checked(60)
+    @checked(200)
     @given(keys(min_keys=1, max_keys=9), st.data())
     def run(problem, data):
         scores, values, dim = problem
