@@ -207,6 +207,22 @@ def _grid_table(doc: dict, grid: str) -> List[str]:
     return lines
 
 
+def _ratio_table(doc: dict, grid: str) -> List[str]:
+    """relaycore's speedup over each peer (peer time / relaycore time) at every point."""
+    relay, names = analysis.subject(doc), analysis.peers(doc)
+    head = ["B", "Hq/Hkv", "prefix", "own / new"] + [f"x {n}" for n in names]
+    lines = [f"{relay}'s speedup over each peer (peer's time / relaycore's; above 1: relaycore faster):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in (e for e in doc["points"] if e["point"]["grid"] == grid):
+        p = e["point"]
+        ups = [analysis.speedup(e, n, relay) for n in names]
+        lines.append("| " + " | ".join([
+            str(p["batch"]), f"{p['num_q_heads']}/{p['num_kv_heads']}", str(p["prefix_len"]),
+            f"new {p['q_len']}" if p["q_len"] > 1 else f"own {p['own_len']}",
+            *["—" if u is None else f"{u:.2f}" for u in ups]]) + " |")
+    return lines
+
+
 def _paper_section(doc: dict) -> List[str]:
     rows = analysis.paper_rows(doc)
     if not rows:
@@ -293,7 +309,7 @@ def markdown(doc: dict, figures: List[str]) -> str:
         "rate) / time.", "",
     ]
     for grid in _grids(doc):
-        lines += [f"## {grid.capitalize()} grid", ""] + _grid_table(doc, grid) + [""]
+        lines += [f"## {grid.capitalize()} grid", ""] + _grid_table(doc, grid) + [""] + _ratio_table(doc, grid) + [""]
         if f"latency_{grid}.png" in figures:
             lines += [f"![{grid} latency against prefix length](latency_{grid}.png)", ""]
     if doc["mode"] == "gpu":
