@@ -1,0 +1,240 @@
+"""The Triton kernels under Triton's CPU interpreter (``TRITON_INTERPRET=1``): what CI can run.
+
+Triton decides at ``@triton.jit`` time whether a function is interpreted, its own library
+(``tl.zeros``...) included, when ``triton`` is imported. So the variable is set here before
+anything imports triton; if another module of the same pytest process imported triton first,
+the in-process tests are skipped and ``test_in_a_fresh_process`` runs this module again in a
+fresh interpreter with the variable set. On a machine with CUDA the module is skipped:
+``tests/gpu`` runs the same kernels compiled.
+
+Shapes are small and configurations tiny (16-row tiles, 16-key chunks) so that tiling,
+chunking and the merge all happen at interpreter speed. bf16 is left to the GPU suite (the
+interpreter's bf16 arithmetic is wrong, see ``../shared/gpu/README.md``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if torch.cuda.is_available():
+    pytest.skip("CUDA present: tests/gpu runs the compiled kernels", allow_module_level=True)
+PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton")
+in_process = pytest.mark.skipif(PREIMPORTED, reason="triton was imported without the interpreter: see test_in_a_fresh_process")
+
+import numpy as np  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+import relaycore  # noqa: E402
+from relaycore import PagedKV, RaggedKV  # noqa: E402
+from relaycore.fast.triton import Config, default_config, plan, prepare, run_planned  # noqa: E402
+from relaycore.fast.triton import backend, kernels  # noqa: E402
+from relaycore.fast.triton.config import chunk_size, tile_height  # noqa: E402
+from relaycore.testing import assert_close, make_batch  # noqa: E402
+from relaycore.testing.strategies import batches  # noqa: E402
+from relaycore.validation import validate  # noqa: E402
+
+#: Tiles of 16 rows, 16-key chunks at decode (2 per segment), 16-key blocks.
+TINY = Config(block_m=16, prefix_block_m=16, min_block_m=16, block_n=16, min_chunk=16, target_chunks=2,
+              num_warps=4, num_stages=2)
+#: The same with taller tiles allowed, so that own tiles of 16 and 32 rows both occur.
+TALL = Config(block_m=32, prefix_block_m=16, min_block_m=16, block_n=16, min_chunk=16, target_chunks=4,
+              num_warps=4, num_stages=2)
+
+SPACE = dict(max_batch=3, max_q_len=4, max_kv_len=40, max_levels=2, max_prefixes=2, max_prefix_len=40,
+             head_dims=(16, 32), kv_heads=(1, 2), group_sizes=(1, 2, 3))
+SETTINGS = settings(max_examples=120, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _run(batch, config=None, relay=None, dtype=None):
+    args, kwargs = batch.to_torch("cpu", dtype)
+    meta = validate(*args, **kwargs)
+    return run_planned(plan(meta, config=config, relay=relay), args[0], args[2], args[3])
+
+
+def _same(a, b) -> bool:
+    return torch.equal(a.out, b.out) and torch.equal(a.lse, b.lse)
+
+
+@pytest.mark.skipif(not PREIMPORTED, reason="this process interprets the kernels: the tests below run here")
+def test_in_a_fresh_process():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+@in_process
+def test_kernels_are_interpreted():
+    assert type(kernels.partial_kernel).__name__ == "InterpretedFunction"
+
+
+@in_process
+@SETTINGS
+@given(batch=batches(dtypes=("float16", "float32"), **SPACE))
+def test_tiny_tiles_match_the_oracle(batch, poisoned_allocations):
+    assert_close(_run(batch, TINY), batch)
+
+
+@in_process
+@SETTINGS
+@given(batch=batches(dtypes=("float16",), **SPACE))
+def test_tall_tiles_match_the_oracle(batch, poisoned_allocations):
+    assert_close(_run(batch, TALL), batch)
+
+
+@in_process
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=batches(dtypes=("float16", "float32"), **SPACE))
+def test_public_entry_matches_the_oracle(batch, poisoned_allocations):
+    args, kwargs = batch.to_torch("cpu")
+    assert_close(relaycore.relay_attention(*args, **kwargs, backend="triton"), batch)
+    assert_close(relaycore.relay_attention(*args, **kwargs, plan=prepare(*args, **kwargs)), batch)
+
+
+def _shared_prefix_batch(dtype="float16", block_size=None, seed=0):
+    # 5 requests, 2 levels; requests 0, 2, 3 share level-0 prefix 1; a q_len 0 request; GQA 3
+    return make_batch([2, 1, 3, 1, 0], [5, 33, 3, 20, 4], prefix_lens=[[7, 37], [19]],
+                      prefix_ids=[[1, 0, 1, 1, -1], [0, -1, 0, 0, 0]], num_q_heads=6, num_kv_heads=2, head_dim=16,
+                      dtype=dtype, block_size=block_size, seed=seed)
+
+
+@in_process
+def test_runs_are_bitwise_identical():
+    batch = _shared_prefix_batch()
+    first, second = _run(batch, TINY), _run(batch, TINY)
+    assert _same(first, second)
+
+
+@in_process
+def test_relay_and_single_pass_give_the_same_bits():
+    batch = _shared_prefix_batch()
+    relay, single = _run(batch, TINY, relay=True), _run(batch, TINY, relay=False)
+    assert_close(relay, batch)
+    assert _same(relay, single)
+
+
+@in_process
+def test_paged_and_ragged_give_the_same_bits():
+    ragged = _run(_shared_prefix_batch(), TINY)
+    for block_size in (1, 4, 5):
+        assert _same(_run(_shared_prefix_batch(block_size=block_size), TINY), ragged)
+
+
+@in_process
+def test_a_request_alone_and_in_a_batch_gives_the_same_bits():
+    batch = _shared_prefix_batch()
+    whole = _run(batch, TINY)
+    for b in range(len(batch.recipe["q_lens"])):
+        lo, hi = int(batch.cu_seqlens_q[b]), int(batch.cu_seqlens_q[b + 1])
+        # request b alone: the same values, so slice them out of the batch's arrays
+        args, kwargs = batch.to_torch("cpu")
+        q, cu_q, kv, prefixes = args
+        k_lo, k_hi = int(kv.cu_seqlens[b]), int(kv.cu_seqlens[b + 1])
+        alone_kv = RaggedKV(kv.k[k_lo:k_hi], kv.v[k_lo:k_hi], torch.tensor([0, k_hi - k_lo], dtype=torch.int32))
+        alone_prefixes = [level._replace(prefix_ids=level.prefix_ids[b : b + 1]) for level in prefixes]
+        alone_q = q[lo:hi]
+        meta = validate(alone_q, torch.tensor([0, hi - lo], dtype=torch.int32), alone_kv, alone_prefixes, **kwargs)
+        alone = run_planned(plan(meta, config=TINY), alone_q, alone_kv, alone_prefixes)
+        assert torch.equal(alone.out, whole.out[lo:hi]) and torch.equal(alone.lse, whole.lse[lo:hi]), f"request {b}"
+
+
+@in_process
+def test_empty_batch_and_empty_rows():
+    batch = make_batch([0, 1], [0, 1], prefix_lens=[[0]], prefix_ids=[[0, 0]], head_dim=16, dtype="float16")
+    result = _run(batch, TINY)
+    assert_close(result, batch)
+    empty = make_batch([], [], head_dim=16, dtype="float16")
+    out, lse = _run(empty, TINY)
+    assert out.shape == (0, 2, 16) and lse.shape == (0, 2)
+
+
+@in_process
+def test_lse_is_natural_log():
+    # one key with score s: lse = s exactly in natural log (base 2 would give s * log2(e))
+    q = torch.full((1, 1, 16), 0.25, dtype=torch.float32)
+    k = torch.full((1, 1, 16), 1.0, dtype=torch.float32)
+    kv = RaggedKV(k, k, torch.tensor([0, 1], dtype=torch.int32))
+    cu = torch.tensor([0, 1], dtype=torch.int32)
+    out, lse = relaycore.relay_attention(q, cu, kv, softmax_scale=1.0, backend="triton")
+    assert abs(float(lse) - 4.0) < 1e-5
+    assert torch.equal(out, k)
+
+
+@in_process
+def test_supports_names_what_it_cannot_run(monkeypatch):
+    def meta_of(head_dim=16, dtype=torch.float16, device="cpu"):
+        q = torch.zeros(1, 2, head_dim, dtype=dtype, device=device)
+        k = torch.zeros(1, 1, head_dim, dtype=dtype, device=device)
+        return validate(q, torch.tensor([0, 1], dtype=torch.int32), RaggedKV(k, k, torch.tensor([0, 1], dtype=torch.int32)))
+
+    assert backend.supports(meta_of()) is None
+    assert "head_dim" in backend.supports(meta_of(head_dim=48))
+    assert "float64" in backend.supports(meta_of(dtype=torch.float64))
+    with pytest.raises(ValueError, match="head_dim"):
+        q = torch.zeros(1, 2, 48, dtype=torch.float16)
+        k = torch.zeros(1, 1, 48, dtype=torch.float16)
+        relaycore.relay_attention(q, torch.tensor([0, 1], dtype=torch.int32),
+                                  RaggedKV(k, k, torch.tensor([0, 1], dtype=torch.int32)), backend="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "CUDA" in backend.supports(meta_of())
+
+
+@in_process
+def test_a_plan_refuses_other_inputs():
+    batch = _shared_prefix_batch()
+    args, kwargs = batch.to_torch("cpu")
+    planned = prepare(*args, **kwargs)
+    q, cu, kv, prefixes = args
+    with pytest.raises(ValueError, match="causal"):
+        relaycore.relay_attention(q, cu, kv, prefixes, causal=not kwargs["causal"], plan=planned)
+    with pytest.raises(ValueError, match="q: expected shape"):
+        relaycore.relay_attention(q[1:], cu, kv, prefixes, plan=planned)
+    with pytest.raises(ValueError, match="prefixes"):
+        relaycore.relay_attention(q, cu, kv, prefixes[:1], plan=planned)
+    with pytest.raises(ValueError, match="backend"):
+        relaycore.relay_attention(q, cu, kv, prefixes, backend="torch", plan=planned)
+    paged = _shared_prefix_batch(block_size=4).to_torch("cpu")[0][2]
+    assert isinstance(paged, PagedKV)
+    with pytest.raises(ValueError, match="kv: expected RaggedKV"):
+        relaycore.relay_attention(q, cu, paged, prefixes, plan=planned)
+
+
+@in_process
+def test_chunks_and_tiles_depend_on_the_request_alone():
+    cfg = default_config(128, "float16")
+    # decode: about target_chunks chunks, at least min_chunk keys, powers of two
+    assert [chunk_size(n, 1, cfg) for n in (1, 512, 2048, 8192, 16384)] == [256, 256, 256, 1024, 2048]
+    # more rows per request: fewer chunks; a full 8 tiles of rows: one chunk
+    assert chunk_size(8192, 32, cfg) == 2048 and chunk_size(8192, 128, cfg) == 8192
+    assert [tile_height(r, cfg, prefix=False) for r in (1, 16, 17, 64, 65, 1000)] == [16, 16, 32, 64, 128, 128]
+    assert [tile_height(r, cfg, prefix=True) for r in (1, 64, 65)] == [64, 64, 128]
+    with pytest.raises(ValueError, match="block_n"):
+        Config(block_m=64, prefix_block_m=64, min_block_m=16, block_n=8, min_chunk=64, target_chunks=8,
+               num_warps=4, num_stages=2)
+
+
+@in_process
+def test_plan_slots_cover_every_chunk_of_every_segment():
+    batch = _shared_prefix_batch()
+    args, kwargs = batch.to_torch("cpu")
+    meta = validate(*args, **kwargs)
+    p = plan(meta, config=TINY)
+    offsets = p.slot_offsets.numpy()
+    written = np.zeros(p.num_slots, dtype=np.int64)
+    g = meta.group_size
+    for launch in p.launches:
+        items, slots = launch.items.numpy(), launch.slots.numpy()
+        for tok_base, row0, rows, _, _, _, _, chunk in items:
+            for r in range(row0, row0 + rows):
+                if r % g == 0:  # one row per token is enough to name its slot
+                    written[slots[tok_base + r // g] + chunk] += 1
+    assert np.all(written == 1), "each slot is written by exactly one item (per KV head)"
+    assert offsets[-1] == p.num_slots
