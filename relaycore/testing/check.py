@@ -40,14 +40,22 @@ def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None) -> Tole
 
     Returns:
         ``Tolerance``; 0 on rows that see no key.
+
+    Raises:
+        ValueError: the bound does not exist for this batch (scores far too large for the
+            precision: ``relaycore.bounds.out_bound`` needs ``N tau exp(rho) < 1``).
     """
     oracle = batch.oracle()
     prec = bounds.precision(batch.dtype if dtype is None else dtype)
     stats, ref = oracle.stats, oracle.state
-    return Tolerance(
-        bounds.out_bound(ref.out, stats.value_abs, stats.num_keys, stats.score_abs, batch.head_dim, prec, steps),
-        bounds.lse_bound(ref.lse, stats.num_keys, stats.score_abs, batch.head_dim, prec, steps),
-    )
+    try:
+        out = bounds.out_bound(ref.out, stats.value_abs, stats.num_keys, stats.score_abs, batch.head_dim, prec, steps)
+    except ValueError as exc:
+        raise ValueError(
+            f"batch: expected scores small enough for the {prec.dtype} error bound to exist, got a batch where "
+            f"it does not ({exc}); draw a smaller score magnitude or pass the implementation's steps"
+        ) from exc
+    return Tolerance(out, bounds.lse_bound(ref.lse, stats.num_keys, stats.score_abs, batch.head_dim, prec, steps))
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,10 @@ class BatchSpace:
         block_sizes: choices of the paged block size.
         causal: choices of causal masking.
         softmax_scales: choices of the scale (``None``: ``1/sqrt(D)``).
-        score_magnitudes: choices of the typical ``|score|`` (``None``: of order 1).
+        score_magnitudes: choices of the typical ``|score|`` (``None``: of order 1). At ``1e4``
+            the float64 bound is still tight, but the fp16/bf16/fp32 bound with the default
+            ``steps`` allows errors of the size of the values themselves (or does not exist for
+            long contexts), so keep large magnitudes for overflow and NaN tests.
     """
 
     max_batch: int = 4
