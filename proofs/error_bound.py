@@ -73,7 +73,9 @@ The weight of key $j$, in the units of the final running maximum, is perturbed b
    $|x| \le 2(A + \log N + 1)$, the rounding of $x$, and up to three products and sums
    perturb the weight by at most $u_{exp} + 3u_{acc} + u_{acc}(A + \log N + 1)$.
 5. *the output*: $\mathrm{fl}(\mathrm{acc}/\ell)$ then rounding to the input format is a
-   relative error at most $u_o = (1 + u_{acc})(1 + u_{out}) - 1$.
+   relative error at most $u_o = (1 + u_{acc})(1 + u_{out}) - 1$, plus, where the result
+   underflows (an fp16 output below $2^{-14}$ is subnormal), an absolute error of at most
+   $\tau$ in each of the two roundings.
 
 Items 1-4 perturb numerator and normaliser weights by $e^{\pm\rho}$ with
 
@@ -87,7 +89,7 @@ $e^{0} = 1$ before its perturbation, so $B \ge e^{-\rho}$. Lemma 1 and item 5 gi
 
 $$
 |\hat o_d - o_d| \le \frac{(e^{2\rho} - 1) + 2\varepsilon}{1 - \varepsilon}\, V_d\,(1 + u_o)
-+ u_o\, |o_d| .
++ u_o\, |o_d| + 2\tau .
 $$
 
 ## Lemma 3: a merge keeps the form, one step further
@@ -126,8 +128,11 @@ exactly, worst signs, underflow terms $\pm\tau$) and checks Lemma 1 at 60 digits
 `check_merge_coefficients` checks the rounding of one merge in fp32 against $\rho_1$.
 `check_simulated_kernel` runs the whole computation at 60 digits with *every* rounding done
 explicitly to fp32, fp16 or bf16 (`relaycore.proofs.rounding`), an adversarial exponential
-(relative error up to $2^{-22}$ with drawn signs), blocks of 1 to 4 keys and 1 to 4 relay
-parts, over Hypothesis-drawn problems including scores up to $10^4$ and weights down to the
+(relative error up to $2^{-22}$ with drawn signs), fp32 sums rounded to nearest or truncated,
+blocks of 1 to 4 keys and 1 to 4 relay parts, in two forms: natural log with pairwise merges
+(`relaycore.state.merge`, the PyTorch backend) and base 2 with all parts merged at once (the
+Triton kernels: scores scaled by $c \log_2 e$, `exp2`, `log2`, the lse times $\ln 2$ at the
+end), over Hypothesis-drawn problems including scores up to $10^4$ and weights down to the
 underflow of fp16 and fp32, and asserts that the error of every output element and of the
 lse is within `relaycore.bounds.out_bound` / `lse_bound`. `check_not_absurdly_loose` measures
 observed error / bound on typical inputs (normal $q, k, v$, $c = 1/\sqrt{D}$, 48 keys in two
@@ -158,74 +163,102 @@ EXP_WOBBLE = 2.0**-22
 
 
 class Exponential:
-    """fp32 ``exp`` whose extra relative error is drawn per call from ``rng`` (exact at 0)."""
+    """fp32 ``exp`` (or ``exp2``) whose extra relative error is drawn per call from ``rng``
+    (exact at 0, as the hardware is)."""
 
     def __init__(self, rng: random.Random, extreme: bool):
         self.rng, self.extreme = rng, extreme
 
-    def __call__(self, x):
+    def __call__(self, x, base=None):
         if x == 0 or x == exact.NEG_INF:
-            return mpmath.exp(x)
+            return mpmath.mpf(1) if x == 0 else mpmath.mpf(0)
         w = self.rng.choice((-1, 1)) * EXP_WOBBLE if self.extreme else self.rng.uniform(-1, 1) * EXP_WOBBLE
-        return fp.exp(x, w)
+        return fp.exp(x, w, base)
 
 
-def simulate_part(q, keys, values, scale, dtype: str, block: int, exp) -> tuple:
+def simulate_part(q, keys, values, scale, dtype: str, block: int, exp, ar: fp.Arithmetic, base=None) -> tuple:
     """One part (one query row over some keys) as a blocked online-softmax kernel computes it.
 
     Args:
         q: ``[D]`` query, exact in ``dtype``.
         keys, values: ``[n][D]``, exact in ``dtype``.
-        scale: the softmax scale (rounded to fp32 here, as a kernel receives it).
+        scale: the softmax scale; rounded to fp32 as a kernel receives it (times ``log2 e``
+            first when ``base == 2``).
         dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"``.
         block: keys per block.
         exp: the fp32 exponential.
+        ar: the fp32 arithmetic (rounding of the accumulations).
+        base: ``None`` for natural exponentials, ``2`` for the ``exp2``/``log2`` form of the
+            Triton kernels (scores and lse in base 2).
 
     Returns:
-        ``(out [D] fp32 values, lse fp32)``; ``(0, -inf)`` for ``n == 0``.
+        ``(out [D] fp32 values, lse fp32)``, lse in ``base``; ``(0, -inf)`` for ``n == 0``.
     """
     dim, n = len(q), len(keys)
     if n == 0:
         return exact.empty(dim)
-    scale = fp.r32(scale)
+    scale = fp.r32(scale if base is None else scale / mpmath.log(2))
     m, norm, acc = exact.NEG_INF, mpmath.mpf(0), [mpmath.mpf(0)] * dim
     for start in range(0, n, block):
         rows = range(start, min(n, start + block))
-        s = [fp.mul(fp.dot(q, keys[j]), scale) for j in rows]
+        s = [ar.mul(ar.dot(q, keys[j]), scale) for j in rows]
         m_new = max([m] + s)
-        alpha = exp(fp.add(m, -m_new)) if m != exact.NEG_INF else mpmath.mpf(0)
-        p = [exp(fp.add(x, -m_new)) for x in s]
-        norm = fp.add(fp.mul(norm, alpha), fp.total(p))
+        alpha = exp(ar.add(m, -m_new), base) if m != exact.NEG_INF else mpmath.mpf(0)
+        p = [exp(ar.add(x, -m_new), base) for x in s]
+        norm = ar.add(ar.mul(norm, alpha), ar.total(p))
         p_low = [fp.round_to(x, dtype) for x in p]
         for d in range(dim):
-            products = [fp.mul(p_low[i], values[j][d]) for i, j in enumerate(rows)]
-            acc[d] = fp.add(fp.mul(acc[d], alpha), fp.total(products))
+            products = [ar.mul(p_low[i], values[j][d]) for i, j in enumerate(rows)]
+            acc[d] = ar.add(ar.mul(acc[d], alpha), ar.total(products))
         m = m_new
-    return [fp.div(a, norm) for a in acc], fp.add(m, fp.log(norm))
+    return [ar.div(a, norm) for a in acc], ar.add(m, ar.log(norm, base))
 
 
-def simulate_merge(a: tuple, b: tuple, exp) -> tuple:
+def simulate_merge(a: tuple, b: tuple, exp, ar: fp.Arithmetic) -> tuple:
     """``relaycore.state.merge`` (torch path, fp32) with every operation rounded to fp32."""
     (oa, la), (ob, lb) = a, b
     m = max(la, lb)
     m = m if mpmath.isfinite(m) else mpmath.mpf(0)
-    wa, wb = exp(fp.add(la, -m)), exp(fp.add(lb, -m))
-    total = fp.add(wa, wb)
+    wa, wb = exp(ar.add(la, -m)), exp(ar.add(lb, -m))
+    total = ar.add(wa, wb)
     if total == 0:
         return [mpmath.mpf(0)] * len(oa), exact.NEG_INF
-    ca, cb = fp.div(wa, total), fp.div(wb, total)
-    return [fp.add(fp.mul(ca, x), fp.mul(cb, y)) for x, y in zip(oa, ob)], fp.add(m, fp.log(total))
+    ca, cb = ar.div(wa, total), ar.div(wb, total)
+    return [ar.add(ar.mul(ca, x), ar.mul(cb, y)) for x, y in zip(oa, ob)], ar.add(m, ar.log(total))
+
+
+def simulate_merge_all_base2(states: list, exp, ar: fp.Arithmetic) -> tuple:
+    """The Triton merge kernel's form: all parts at once, base-2 lses, one max, one division,
+    the lse converted to natural log (times ``ln 2``) at the end."""
+    dim = len(states[0][0])
+    m = max(lse for _, lse in states)
+    m = m if mpmath.isfinite(m) else mpmath.mpf(0)
+    total, acc = mpmath.mpf(0), [mpmath.mpf(0)] * dim
+    for out, lse in states:
+        w = exp(ar.add(lse, -m), 2)
+        total = ar.add(total, w)
+        acc = [ar.add(x, ar.mul(w, o)) for x, o in zip(acc, out)]
+    if total == 0:
+        return [mpmath.mpf(0)] * dim, exact.NEG_INF
+    return [ar.div(x, total) for x in acc], ar.mul(ar.add(m, ar.log(total, 2)), fp.r32(mpmath.log(2)))
 
 
 def simulate(problem: dict, exp) -> tuple:
-    """The relay computation of one query row: each part blocked, parts merged left to right, the
-    output rounded once to the input format."""
+    """The relay computation of one query row: each part blocked, the parts merged (pairwise
+    left to right in natural log, or all at once in base 2), the output rounded once to the
+    input format."""
     q, keys, values, dtype = problem["q"], problem["keys"], problem["values"], problem["dtype"]
+    ar = fp.Arithmetic(problem.get("accumulate", "nearest"))
+    base = 2 if problem.get("form") == "base2" else None
     states = []
     for part in range(problem["parts"]):
         idx = [j for j, label in enumerate(problem["labels"]) if label == part]
-        states.append(simulate_part(q, [keys[j] for j in idx], [values[j] for j in idx], problem["scale"], dtype, problem["block"], exp))
-    out, lse = exact.fold(states, lambda a, b: simulate_merge(a, b, exp))
+        states.append(simulate_part(q, [keys[j] for j in idx], [values[j] for j in idx], problem["scale"], dtype,
+                                    problem["block"], exp, ar, base))
+    if base == 2:
+        out, lse = simulate_merge_all_base2(states, exp, ar)
+    else:
+        out, lse = exact.fold(states, lambda a, b: simulate_merge(a, b, exp, ar))
     return [fp.round_to(x, dtype) for x in out], lse
 
 
@@ -258,7 +291,9 @@ def _exact_in(dtype: str, x: float) -> float:
 
 @st.composite
 def problems(draw):
-    """A small adversarial problem: one query row, 1-12 keys, 1-4 relay parts, blocks of 1-4."""
+    """A small adversarial problem: one query row, 1-12 keys, 1-4 relay parts, blocks of 1-4,
+    natural-log pairwise merges or the base-2 all-at-once form, fp32 sums rounded to nearest or
+    truncated."""
     dtype = draw(st.sampled_from(["float16", "bfloat16", "float32"]))
     dim = draw(st.integers(1, 6))
     n = draw(st.integers(1, 12))
@@ -274,6 +309,8 @@ def problems(draw):
         keys = draw(st.lists(st.lists(st.floats(-magnitude, magnitude), min_size=dim, max_size=dim), min_size=n, max_size=n))
     values = draw(st.lists(st.lists(st.floats(-4, 4), min_size=dim, max_size=dim), min_size=n, max_size=n))
     parts = draw(st.integers(1, 4))
+    form = draw(st.sampled_from(["natural", "base2"]))
+    accumulate = draw(st.sampled_from(["nearest", "toward_zero"]))
     exact_vec = lambda vs: [mpmath.mpf(_exact_in(dtype, x)) for x in vs]  # noqa: E731
     return dict(
         dtype=dtype,
@@ -284,6 +321,8 @@ def problems(draw):
         parts=parts,
         labels=draw(st.lists(st.integers(0, parts - 1), min_size=n, max_size=n)),
         block=draw(st.integers(1, 4)),
+        form=form,
+        accumulate=accumulate,
     )
 
 
@@ -323,9 +362,9 @@ def check_merge_coefficients():
     @given(st.floats(-1e4, 1e4), st.floats(-60, 60), st.randoms(use_true_random=False))
     def run(la, gap, rnd):
         la, lb = fp.r32(la), fp.r32(la + gap)
-        exp = Exponential(rnd, extreme=True)
-        (ca,), _ = simulate_merge(([mpmath.mpf(1)], la), ([mpmath.mpf(0)], lb), exp)
-        (cb,), _ = simulate_merge(([mpmath.mpf(0)], la), ([mpmath.mpf(1)], lb), exp)
+        exp, ar = Exponential(rnd, extreme=True), fp.Arithmetic()
+        (ca,), _ = simulate_merge(([mpmath.mpf(1)], la), ([mpmath.mpf(0)], lb), exp, ar)
+        (cb,), _ = simulate_merge(([mpmath.mpf(0)], la), ([mpmath.mpf(1)], lb), exp, ar)
         rho1 = merge_rho(float(max(abs(la), abs(lb))), prec)
         for got, want in ((ca, exact.sigmoid(la - lb)), (cb, exact.sigmoid(lb - la))):
             if got == 0:  # fp32 underflow of the smaller side: an absolute error below tau

@@ -3,8 +3,8 @@
 The error-bound proof is checked by running the kernel's arithmetic in mpmath with every
 rounding written out: ``round_to(x, "float16")`` is the value IEEE round-to-nearest-even gives
 when ``x`` is stored in that format (subnormals included; overflow is not modelled because the
-computations it checks never reach it). Each arithmetic helper rounds the exact result of one
-operation once, as hardware does.
+computations it checks never reach it), to nearest or toward zero. ``Arithmetic`` rounds the
+exact result of each fp32 operation once, as hardware does.
 """
 
 from __future__ import annotations
@@ -31,8 +31,15 @@ FORMATS = {
 }
 
 
-def round_to(x, fmt: str) -> mpmath.mpf:
-    """``x`` rounded to nearest (ties to even) in ``fmt`` (a key of ``FORMATS``)."""
+def round_to(x, fmt: str, mode: str = "nearest") -> mpmath.mpf:
+    """``x`` rounded in ``fmt`` (a key of ``FORMATS``).
+
+    Args:
+        x: the exact value.
+        fmt: ``"float16"``, ``"bfloat16"`` or ``"float32"``.
+        mode: ``"nearest"`` (ties to even, IEEE's default) or ``"toward_zero"`` (truncation, as
+            some tensor-core accumulators do).
+    """
     x = mpmath.mpf(x)
     if x == 0 or mpmath.isinf(x):
         return x
@@ -40,6 +47,10 @@ def round_to(x, fmt: str) -> mpmath.mpf:
     _, e = mpmath.frexp(x)  # |x| = m 2^e with 1/2 <= m < 1: the leading bit has exponent e - 1
     quantum = max(int(e) - 1, emin) - (p - 1)
     scaled = mpmath.ldexp(x, -quantum)
+    if mode == "toward_zero":
+        return mpmath.ldexp(mpmath.floor(scaled) if x > 0 else mpmath.ceil(scaled), quantum)
+    if mode != "nearest":
+        raise ValueError(f"round_to: mode must be 'nearest' or 'toward_zero', got {mode!r}")
     low = mpmath.floor(scaled)
     frac = scaled - low
     if frac > 0.5 or (frac == 0.5 and int(low) % 2 == 1):
@@ -52,43 +63,51 @@ def r32(x) -> mpmath.mpf:
     return round_to(x, "float32")
 
 
-def add(a, b):
-    """fp32 ``a + b``."""
-    return r32(a + b)
+class Arithmetic:
+    """fp32 arithmetic, one rounding per operation.
+
+    Args:
+        accumulate: rounding of additions (``"nearest"`` or ``"toward_zero"``); products,
+            quotients and elementary functions round to nearest.
+    """
+
+    def __init__(self, accumulate: str = "nearest"):
+        self.accumulate = accumulate
+
+    def add(self, a, b):
+        """fp32 ``a + b``."""
+        return round_to(a + b, "float32", self.accumulate)
+
+    def mul(self, a, b):
+        """fp32 ``a * b``."""
+        return r32(a * b)
+
+    def div(self, a, b):
+        """fp32 ``a / b``."""
+        return r32(a / b)
+
+    def dot(self, x: Sequence, y: Sequence):
+        """fp32 dot product, left to right, a rounding after every product and every sum."""
+        acc = mpmath.mpf(0)
+        for a, b in zip(x, y):
+            acc = self.add(acc, self.mul(a, b))
+        return acc
+
+    def total(self, xs: Sequence):
+        """fp32 sum, left to right."""
+        acc = mpmath.mpf(0)
+        for x in xs:
+            acc = self.add(acc, x)
+        return acc
+
+    def log(self, x, base=None):
+        """fp32 ``log(x)`` (natural, or in ``base``), correctly rounded."""
+        return r32(mpmath.log(x) if base is None else mpmath.log(x, base))
 
 
-def mul(a, b):
-    """fp32 ``a * b``."""
-    return r32(a * b)
-
-
-def div(a, b):
-    """fp32 ``a / b``."""
-    return r32(a / b)
-
-
-def dot(x: Sequence, y: Sequence):
-    """fp32 dot product, summed left to right with a rounding after every product and sum."""
-    acc = mpmath.mpf(0)
-    for a, b in zip(x, y):
-        acc = add(acc, mul(a, b))
-    return acc
-
-
-def total(xs: Sequence):
-    """fp32 sum, left to right."""
-    acc = mpmath.mpf(0)
-    for x in xs:
-        acc = add(acc, x)
-    return acc
-
-
-def exp(x, wobble=0):
-    """fp32 ``exp(x)`` with an extra relative error ``wobble`` (a hardware ``ex2.approx`` is not
-    correctly rounded; the proofs pass ``wobble`` up to ``2^-22`` to play the adversary)."""
-    return r32(mpmath.exp(x) * (1 + mpmath.mpf(wobble)))
-
-
-def log(x):
-    """fp32 ``log(x)``, correctly rounded."""
-    return r32(mpmath.log(x))
+def exp(x, wobble=0, base=None):
+    """fp32 ``exp(x)`` (or ``base ** x``) with an extra relative error ``wobble`` (a hardware
+    ``ex2.approx`` is not correctly rounded; the proofs pass ``wobble`` up to ``2^-22`` to play
+    the adversary)."""
+    value = mpmath.exp(x) if base is None else mpmath.power(base, x)
+    return r32(value * (1 + mpmath.mpf(wobble)))

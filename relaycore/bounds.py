@@ -25,12 +25,13 @@ For one query row that sees ``N >= 1`` keys, with ``A = max_j scale * sum_d |q_d
 
 and ``gamma(n, u) = n u / (1 - n u)``. From that (``proofs/error_bound.py``)::
 
-    |out_d - ref_d| <= ((exp(2 rho) - 1) + 2 eps) / (1 - eps) * V_d (1 + u_o) + u_o |ref_d|
+    |out_d - ref_d| <= ((exp(2 rho) - 1) + 2 eps) / (1 - eps) * V_d (1 + u_o) + u_o |ref_d| + 2 tau
     |lse - ref|     <= rho + 3 u_acc (|ref| + 1)
 
 with ``eps = N tau exp(rho)``, ``tau`` the absolute rounding of a weight near underflow (in the
 numerator's rounded weights and in the normaliser's fp32 ones), and ``u_o = (1 + u_out)(1 +
-u_acc) - 1``. ``steps`` counts, per key, its own exponential, each rescale that holds it and two
+u_acc) - 1``; the last ``2 tau`` covers an output that underflows (fp32 division, then the
+rounding to the input dtype, e.g. an fp16 subnormal). ``steps`` counts, per key, its own exponential, each rescale that holds it and two
 per merge. A row that sees no key must give out 0 and lse -inf exactly: its bound is 0.
 """
 
@@ -166,7 +167,7 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
     if np.any(eps >= 1):
         raise ValueError(f"out_bound: N * tau * exp(rho) must be below 1, got max {float(np.max(eps))}")
     weights = (np.expm1(2 * rho) + 2 * eps) / (1 - eps) * v
-    bound = weights * (1 + u_o) + u_o * np.abs(np.asarray(ref_out, dtype=np.float64))
+    bound = weights * (1 + u_o) + u_o * np.abs(np.asarray(ref_out, dtype=np.float64)) + 2 * prec.tau
     return np.where(n > 0, bound, 0.0)
 
 
