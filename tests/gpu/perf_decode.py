@@ -106,12 +106,35 @@ def copy_bandwidth():
     return 2 * x.numel() / (ms * 1e-3)
 
 
+def profile_host(gen):
+    """Where the host time of one planned call goes (cProfile over 300 calls, top entries)."""
+    import cProfile
+    import io
+    import pstats
+
+    q, cu_q, kv, prefixes = make_batch(8, 2048, 128, 1, 32, 8, 128, torch.float16, gen)
+    p = prepare(q, cu_q, kv, prefixes)
+    for _ in range(3):
+        relay_attention(q, cu_q, kv, prefixes, plan=p)
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(300):
+        relay_attention(q, cu_q, kv, prefixes, plan=p)
+    prof.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(14)
+    print(text.getvalue()[-3500:], flush=True)
+
+
 def main():
     out_dir, grid = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "all")
     gen = torch.Generator(device="cuda").manual_seed(0)
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
           f"copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
+    profile_host(gen)
     points = []
     if grid in ("decode", "all"):
         for hkv in (32, 8):

@@ -1,0 +1,24 @@
+"""A sample of shapes for compute-sanitizer (``scripts/gpu_suite.sh`` runs it under memcheck):
+ragged and paged own KV, causal or not, zero to two prefix levels, GQA, odd lengths, fp16,
+bf16 and fp32, head_dim 64 and 128. Each result is also checked against the oracle."""
+
+import itertools
+
+import relaycore
+from relaycore.testing import assert_close, make_batch
+
+SHAPES = [
+    # q_lens, kv_lens, prefix_lens, prefix_ids
+    ([1, 1, 1], [130, 1, 77], [[300, 17]], [[0, 1, -1]]),
+    ([5, 0, 33], [40, 9, 33], [[1000], [3, 64]], [[0, 0, 0], [1, -1, 0]]),
+    ([1], [2049], [], []),
+]
+
+for (q_lens, kv_lens, prefix_lens, prefix_ids), (dtype, d, block) in itertools.product(
+    SHAPES, [("float16", 128, None), ("bfloat16", 64, 16), ("float32", 64, 5)]
+):
+    batch = make_batch(q_lens, kv_lens, prefix_lens, prefix_ids, num_q_heads=8, num_kv_heads=2, head_dim=d,
+                       dtype=dtype, block_size=block, causal=len(q_lens) != 1, seed=len(q_lens))
+    args, kwargs = batch.to_torch("cuda")
+    assert_close(relaycore.relay_attention(*args, **kwargs, backend="triton"), batch)
+    print("ok", dtype, d, "paged" if block else "ragged", q_lens, kv_lens, prefix_lens, flush=True)

@@ -1,0 +1,182 @@
+"""The Triton kernels compiled on a CUDA GPU: the property suite at real sizes, determinism,
+batch invariance, layouts, CUDA graphs. Run on the GPU machine with ``pytest -m gpu tests/gpu``
+(``scripts/gpu_suite.sh`` runs this, the sanitizer sample and the timings)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+import relaycore  # noqa: E402
+from relaycore import PagedKV, PrefixLevel, RaggedKV  # noqa: E402
+from relaycore.fast.triton import plan, prepare, run_planned  # noqa: E402
+from relaycore.testing import assert_close  # noqa: E402
+from relaycore.testing.strategies import batches  # noqa: E402
+from relaycore.validation import validate  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+#: Real sizes, bounded so that the float64 oracle on the host keeps up.
+SPACE = dict(max_batch=6, max_q_len=24, max_kv_len=700, max_levels=2, max_prefixes=2, max_prefix_len=2600,
+             head_dims=(64, 128), kv_heads=(1, 2), group_sizes=(1, 4, 5), block_sizes=(1, 16, 17))
+SETTINGS = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                           HealthCheck.data_too_large])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_matches_the_oracle(dtype, poisoned_allocations):
+    @SETTINGS
+    @given(batch=batches(dtypes=(dtype,), **SPACE))
+    def check(batch):
+        args, kwargs = batch.to_torch("cuda")
+        assert_close(relaycore.relay_attention(*args, **kwargs, backend="triton"), batch)
+
+    check()
+
+
+def test_float32_matches_the_oracle(poisoned_allocations):
+    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(batch=batches(dtypes=("float32",), **SPACE))
+    def check(batch):
+        args, kwargs = batch.to_torch("cuda")
+        assert_close(relaycore.relay_attention(*args, **kwargs, backend="triton"), batch)
+
+    check()
+
+
+# ---------------------------------------------------------------------------------------------
+# batches built from a pool of requests, so that one request can run alone or among others
+
+
+class Pool:
+    """Requests with their own tensors, sharing a level of ``P`` prefixes (GQA 4, D 128)."""
+
+    def __init__(self, seed: int, dtype=torch.float16, hq=32, hkv=8, d=128, prefix_lens=(2048, 700, 5000)):
+        self.gen = torch.Generator(device="cuda").manual_seed(seed)
+        self.dtype, self.hq, self.hkv, self.d = dtype, hq, hkv, d
+        self.prefix_lens = list(prefix_lens)
+        total = sum(prefix_lens)
+        self.pk, self.pv = self._rand(total, hkv), self._rand(total, hkv)
+        self.cu_p = torch.tensor(np.concatenate([[0], np.cumsum(prefix_lens)]), dtype=torch.int32, device="cuda")
+
+    def _rand(self, n, heads):
+        return torch.randn(n, heads, self.d, generator=self.gen, device="cuda").to(self.dtype)
+
+    def request(self, q_len: int, kv_len: int, prefix: int):
+        return dict(q=self._rand(q_len, self.hq), k=self._rand(kv_len, self.hkv), v=self._rand(kv_len, self.hkv),
+                    prefix=prefix)
+
+    def batch(self, requests, page_size=None):
+        """``(q, cu_seqlens_q, kv, prefixes)``; ragged own KV, or paged with shuffled pages."""
+        q = torch.cat([r["q"] for r in requests])
+        cu_q = torch.tensor(np.concatenate([[0], np.cumsum([len(r["q"]) for r in requests])]), dtype=torch.int32,
+                            device="cuda")
+        level = PrefixLevel(self.pk, self.pv, self.cu_p,
+                            torch.tensor([r["prefix"] for r in requests], dtype=torch.int32, device="cuda"))
+        kv_lens = [len(r["k"]) for r in requests]
+        if page_size is None:
+            cu_k = torch.tensor(np.concatenate([[0], np.cumsum(kv_lens)]), dtype=torch.int32, device="cuda")
+            kv = RaggedKV(torch.cat([r["k"] for r in requests]), torch.cat([r["v"] for r in requests]), cu_k)
+        else:
+            pages = [-(-n // page_size) for n in kv_lens]
+            order = torch.randperm(sum(pages) + 1, generator=self.gen, device="cuda")
+            cache_k = torch.full((sum(pages) + 1, page_size, self.hkv, self.d), float("nan"), dtype=self.dtype,
+                                 device="cuda")
+            cache_v = cache_k.clone()
+            table = torch.zeros(len(requests), max(pages + [1]), dtype=torch.int32, device="cuda")
+            at = 0
+            for b, r in enumerate(requests):
+                for j in range(pages[b]):
+                    block = order[at]
+                    at += 1
+                    table[b, j] = block
+                    rows = slice(j * page_size, min((j + 1) * page_size, kv_lens[b]))
+                    n = rows.stop - rows.start
+                    cache_k[block, :n] = r["k"][rows]
+                    cache_v[block, :n] = r["v"][rows]
+            kv = PagedKV(cache_k, cache_v, table, torch.tensor(kv_lens, dtype=torch.int32, device="cuda"))
+        return q, cu_q, kv, [level]
+
+
+def _run(args, **kwargs):
+    return relaycore.relay_attention(*args, backend="triton", **kwargs)
+
+
+def _rows(state, lo, hi):
+    return state.out[lo:hi], state.lse[lo:hi]
+
+
+def _equal(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("q_len, own", [(1, 130), (37, 300)])
+def test_a_request_has_the_same_bits_alone_and_in_any_batch(q_len, own):
+    pool = Pool(seed=q_len)
+    rng = np.random.default_rng(q_len)
+    target = pool.request(q_len, own, prefix=0)
+    alone = _rows(_run(pool.batch([target])), 0, q_len)
+    others = [pool.request(int(rng.choice([1, 1, 1, 5, 40])), int(rng.integers(60, 400)), int(rng.integers(-1, 3)))
+              for _ in range(255)]
+    for size in (1, 2, 3, 8, 31, 64, 100, 256):
+        at = int(rng.integers(0, size))
+        requests = others[: size - 1]
+        requests = requests[:at] + [target] + requests[at:]
+        args = pool.batch(requests, page_size=16 if size % 2 else None)
+        lo = sum(len(r["q"]) for r in requests[:at])
+        assert _equal(_rows(_run(args), lo, lo + q_len), alone), f"batch of {size}, target at {at}"
+
+
+def test_reruns_are_bitwise_identical():
+    pool = Pool(seed=7)
+    requests = [pool.request(1 if b % 3 else 17, 200 + b, b % 3) for b in range(48)]
+    args = pool.batch(requests, page_size=16)
+    planned = prepare(*args)
+    first = relaycore.relay_attention(*args, plan=planned)
+    for _ in range(100):
+        again = relaycore.relay_attention(*args, plan=planned)
+        assert _equal(again, first)
+
+
+def test_paged_and_ragged_give_the_same_bits():
+    pool = Pool(seed=3)
+    requests = [pool.request(1 + 9 * (b % 2), 150 + 37 * b, b % 3 - 1) for b in range(12)]
+    ragged = _run(pool.batch(requests))
+    for page_size in (1, 16, 64):
+        assert _equal(_run(pool.batch(requests, page_size=page_size)), ragged)
+
+
+def test_relay_grouping_and_single_pass_give_the_same_bits():
+    pool = Pool(seed=5)
+    requests = [pool.request(1 + 20 * (b % 4 == 0), 300, b % 2) for b in range(20)]
+    args = pool.batch(requests, page_size=16)
+    meta = validate(*args)
+    relay = run_planned(plan(meta, relay=True), args[0], args[2], args[3])
+    single = run_planned(plan(meta, relay=False), args[0], args[2], args[3])
+    assert _equal(relay, single)
+
+
+def test_cuda_graph_replay_gives_the_eager_bits():
+    pool = Pool(seed=11)
+    requests = [pool.request(1, 128, 0) for _ in range(32)]
+    args = pool.batch(requests, page_size=16)
+    planned = prepare(*args)
+    eager = relaycore.relay_attention(*args, plan=planned)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        relaycore.relay_attention(*args, plan=planned)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = relaycore.relay_attention(*args, plan=planned)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert _equal(captured, eager)
