@@ -52,7 +52,8 @@ product and sum is the exact coefficient times a factor $e^{\pm\rho_1}$,
 $\rho_1 = u_{exp} + 3u_{acc} + u_{acc}(\max(|\ell_a|, |\ell_b|) + 1)$: one exponential, the
 subtraction $\ell_a - m$ (absolute error $\le u\,|\ell_a - m|$), the sum, the division, the
 product and the final sum. The exact coefficients sum to 1, so
-$|o - \hat o| \le (e^{\rho_1} - 1)\max(|o_a|, |o_b|)$, and $|\ell - \hat\ell| \le \rho_1 +
+$|o - \hat o| \le (e^{\rho_1} - 1)\max(|o_a|, |o_b|) + 2\tau$ (the $\tau$s: the two products
+may underflow), and $|\ell - \hat\ell| \le \rho_1 +
 3u_{acc}(|\ell| + 1)$. This is the per-step term of `relaycore/bounds.py` with the part's
 $|\ell| \le A + \log N$.
 
@@ -157,7 +158,7 @@ def check_state_merge_floating_point():
                 assert got.lse[i] == -np.inf
                 continue
             rho = merge_rho(max(abs(float(x)) for x in (la[i], lb[i]) if np.isfinite(x)), prec)
-            out_bound = np.expm1(rho) * max(abs(float(oa[i, 0])), abs(float(ob[i, 0])))
+            out_bound = np.expm1(rho) * max(abs(float(oa[i, 0])), abs(float(ob[i, 0]))) + 2 * prec.tau
             lse_bound = rho + 3 * prec.u_acc * (abs(float(want_lse)) + 1)
             assert abs(mpmath.mpf(float(got.out[i, 0])) - want_out[0]) <= out_bound, (dtype, rows[i])
             assert abs(mpmath.mpf(float(got.lse[i])) - want_lse) <= lse_bound, (dtype, rows[i])
