@@ -74,7 +74,9 @@ def relay_attention(
     if plan is not None:
         if backend not in ("auto", "triton"):
             raise ValueError(f"backend: a plan runs the 'triton' backend, got backend={backend!r}")
-        return dispatch.load("triton").run_with_plan(plan, q, kv, tuple(prefixes), causal=causal, softmax_scale=softmax_scale)
+        if not callable(getattr(plan, "run", None)):
+            raise TypeError(f"plan: expected a plan from relaycore.fast.triton.prepare, got {type(plan).__name__}")
+        return plan.run(q, kv, tuple(prefixes), causal=causal, softmax_scale=softmax_scale)
     meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     choice = dispatch.choose(meta, backend)
     return dispatch.load(choice.name).run(q, cu_seqlens_q, kv, tuple(prefixes), meta)

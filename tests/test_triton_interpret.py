@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 import relaycore  # noqa: E402
 from relaycore import PagedKV, RaggedKV  # noqa: E402
 from relaycore.fast.triton import Config, default_config, plan, prepare, run_planned  # noqa: E402
-from relaycore.fast.triton import backend, kernels  # noqa: E402
+from relaycore.fast.triton import backend, kernels, op  # noqa: E402
 from relaycore.fast.triton.config import chunk_size, tile_height  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
@@ -238,3 +238,28 @@ def test_plan_slots_cover_every_chunk_of_every_segment():
                     written[slots[tok_base + r // g] + chunk] += 1
     assert np.all(written == 1), "each slot is written by exactly one item (per KV head)"
     assert offsets[-1] == p.num_slots
+
+
+@in_process
+def test_torch_compile_traces_the_planned_call_as_one_op():
+    batch = _shared_prefix_batch(block_size=4)
+    args, kwargs = batch.to_torch("cpu")
+    planned = prepare(*args, **kwargs)
+    q, cu, kv, prefixes = args
+    eager = relaycore.relay_attention(*args, **kwargs, plan=planned)
+
+    def step(q, kv, prefixes):
+        return relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=planned)
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)(q, kv, prefixes)
+    assert _same(compiled, eager)
+    tensors, ints = op._pack(planned)
+    checks = torch.library.opcheck(
+        torch.ops.relaycore.relay_attention_planned,
+        (q, [kv.k_cache, kv.v_cache, kv.block_table], [t for level in prefixes for t in (level.k, level.v)], tensors,
+         ints, planned.softmax_scale),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    assert set(checks.values()) == {"SUCCESS"}
+    with pytest.raises(TypeError, match="plan"):
+        relaycore.relay_attention(*args, **kwargs, plan="not a plan")

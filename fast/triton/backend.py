@@ -1,9 +1,9 @@
 """The Triton backend's protocol functions (``relaycore.dispatch``: ``supports``, ``run``) and
-the planned path behind ``relay_attention(..., plan=)`` (``prepare``, ``run_with_plan``)."""
+``prepare``, which plans a batch once for ``relay_attention(..., plan=)`` (``Plan.run``)."""
 
 from __future__ import annotations
 
-from relaycore.types import AttentionState, PagedKV
+from relaycore.types import AttentionState
 from relaycore.validation import BatchMeta, validate
 
 from relaycore.fast.triton.config import DTYPES, HEAD_DIMS
@@ -55,25 +55,3 @@ def prepare(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_sc
     if reason is not None:
         raise ValueError(f"backend 'triton' cannot run this batch: {reason}")
     return plan(meta)
-
-
-def run_with_plan(plan_: Plan, q, kv, prefixes, *, causal: bool, softmax_scale) -> AttentionState:
-    """``run_planned`` after the checks that need no host synchronization: q's shape, dtype and
-    device, the KV layout, the number of prefix levels, ``causal`` and ``softmax_scale`` must be
-    the plan's."""
-    if not isinstance(plan_, Plan):
-        raise TypeError(f"plan: expected a relaycore.fast.triton.Plan (from prepare), got {type(plan_).__name__}")
-    want = (plan_.total_q, plan_.num_q_heads, plan_.head_dim)
-    if tuple(q.shape) != want:
-        raise ValueError(f"q: expected shape {want} (the plan's), got {tuple(q.shape)}")
-    if str(q.dtype).replace("torch.", "") != plan_.dtype or str(q.device) != plan_.device:
-        raise ValueError(f"q: expected dtype {plan_.dtype} on {plan_.device} (the plan's), got {q.dtype} on {q.device}")
-    if isinstance(kv, PagedKV) != plan_.paged:
-        raise ValueError(f"kv: expected {'PagedKV' if plan_.paged else 'RaggedKV'} (the plan's), got {type(kv).__name__}")
-    if len(prefixes) != plan_.num_levels:
-        raise ValueError(f"prefixes: expected {plan_.num_levels} levels (the plan's), got {len(prefixes)}")
-    if bool(causal) != plan_.causal:
-        raise ValueError(f"causal: expected {plan_.causal} (the plan's), got {causal}")
-    if softmax_scale is not None and float(softmax_scale) != plan_.softmax_scale:
-        raise ValueError(f"softmax_scale: expected {plan_.softmax_scale} (the plan's) or None, got {softmax_scale}")
-    return run_planned(plan_, q, kv, tuple(prefixes))

@@ -29,6 +29,10 @@ def _contiguous_last(x: torch.Tensor) -> torch.Tensor:
 def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel] = ()) -> AttentionState:
     """Relay attention of a planned batch.
 
+    Launches only: no host synchronization, so it may be captured in a CUDA graph. Under
+    ``torch.compile`` it is the single op ``relaycore::relay_attention_planned``
+    (``relaycore.fast.triton.op``), which the compiler traces with its shapes and calls as is.
+
     Args:
         plan: from ``relaycore.fast.triton.plan`` for these inputs' metadata.
         q: ``[total_q, Hq, D]`` fp16/bf16/fp32 on the plan's device.
@@ -38,6 +42,17 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
     Returns:
         ``AttentionState(out [total_q, Hq, D] in q's dtype, lse [total_q, Hq] float32)``.
     """
+    if torch.compiler.is_compiling():
+        from relaycore.fast.triton.op import call_op
+
+        return call_op(plan, q, kv, prefixes)
+    return run_eager(plan, q, kv, prefixes)
+
+
+def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel]) -> AttentionState:
+    """``run_planned`` outside ``torch.compile``: the kernel launches themselves. Reads only
+    ``kv.k``/``kv.v`` (ragged) or ``kv.k_cache``/``kv.v_cache``/``kv.block_table`` (paged) and
+    each level's ``k``/``v``: the plan holds every offset."""
     total_q, hq, d = plan.total_q, plan.num_q_heads, plan.head_dim
     out = torch.empty((total_q, hq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((total_q, hq), dtype=torch.float32, device=q.device)

@@ -29,6 +29,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from relaycore.types import AttentionState, PagedKV
 from relaycore.validation import BatchMeta
 
 from relaycore.fast.triton.config import Config, chunk_size, default_config, tile_height
@@ -97,6 +98,31 @@ class Plan:
     @property
     def group_size(self) -> int:
         return self.num_q_heads // self.num_kv_heads
+
+    def run(self, q, kv, prefixes, *, causal: bool, softmax_scale) -> AttentionState:
+        """``run_planned`` after the checks that need no host synchronization (what
+        ``relay_attention(..., plan=)`` calls): q's shape, dtype and device, the KV layout, the
+        number of prefix levels, ``causal`` and ``softmax_scale`` must be the plan's.
+
+        Raises:
+            ValueError: an input that differs from what was planned, naming it.
+        """
+        from relaycore.fast.triton.launch import run_planned
+
+        want = (self.total_q, self.num_q_heads, self.head_dim)
+        if tuple(q.shape) != want:
+            raise ValueError(f"q: expected shape {want} (the plan's), got {tuple(q.shape)}")
+        if str(q.dtype).replace("torch.", "") != self.dtype or str(q.device) != self.device:
+            raise ValueError(f"q: expected dtype {self.dtype} on {self.device} (the plan's), got {q.dtype} on {q.device}")
+        if isinstance(kv, PagedKV) != self.paged:
+            raise ValueError(f"kv: expected {'PagedKV' if self.paged else 'RaggedKV'} (the plan's), got {type(kv).__name__}")
+        if len(prefixes) != self.num_levels:
+            raise ValueError(f"prefixes: expected {self.num_levels} levels (the plan's), got {len(prefixes)}")
+        if bool(causal) != self.causal:
+            raise ValueError(f"causal: expected {self.causal} (the plan's), got {causal}")
+        if softmax_scale is not None and float(softmax_scale) != self.softmax_scale:
+            raise ValueError(f"softmax_scale: expected {self.softmax_scale} (the plan's) or None, got {softmax_scale}")
+        return run_planned(self, q, kv, tuple(prefixes))
 
 
 def relay_grouping(meta: BatchMeta) -> bool:

@@ -180,3 +180,18 @@ def test_cuda_graph_replay_gives_the_eager_bits():
     graph.replay()
     torch.cuda.synchronize()
     assert _equal(captured, eager)
+
+
+def test_torch_compile_gives_the_eager_bits():
+    pool = Pool(seed=13)
+    requests = [pool.request(1 + 8 * (b % 5 == 0), 128 + b, b % 2) for b in range(16)]
+    q, cu, kv, prefixes = pool.batch(requests, page_size=16)
+    planned = prepare(q, cu, kv, prefixes)
+    eager = relaycore.relay_attention(q, cu, kv, prefixes, plan=planned)
+
+    def step(q, kv, prefixes):
+        out, lse = relaycore.relay_attention(q, cu, kv, prefixes, plan=planned)
+        return out, lse
+
+    compiled = torch.compile(step, fullgraph=True)(q, kv, prefixes)
+    assert _equal(compiled, eager)

@@ -1,0 +1,76 @@
+"""``relaycore::relay_attention_planned``: the planned call as a ``torch.library`` custom op, so
+that ``torch.compile`` traces a model that calls ``relay_attention(..., plan=)`` (or
+``run_planned``) as one opaque op with known output shapes, and calls the kernels as they are.
+
+A plan crosses the op boundary flattened: its device tensors as a tensor list, everything else
+as a list of ints (``_pack``/``_unpack``).
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+
+from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV, RequestKV
+
+from relaycore.fast.triton.config import Config
+from relaycore.fast.triton.launch import run_eager
+from relaycore.fast.triton.plan import Launch, Plan
+
+_CONFIG_FIELDS = ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk", "target_chunks", "num_warps",
+                  "num_stages", "block_h")
+
+
+def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
+    tensors = [plan.slot_offsets]
+    ints = [plan.total_q, plan.num_q_heads, plan.num_kv_heads, plan.head_dim, int(plan.paged), int(plan.causal),
+            plan.num_slots, plan.num_levels, int(plan.relay)]
+    ints += [getattr(plan.config, name) for name in _CONFIG_FIELDS]
+    ints.append(len(plan.launches))
+    for launch in plan.launches:
+        tensors += [launch.items, launch.tokens, launch.slots]
+        ints += [launch.level, launch.block_m]
+    return tensors, ints
+
+
+def _unpack(tensors: Sequence[torch.Tensor], ints: Sequence[int], q: torch.Tensor, softmax_scale: float) -> Plan:
+    total_q, hq, hkv, d, paged, causal, num_slots, num_levels, relay = ints[:9]
+    config = Config(**dict(zip(_CONFIG_FIELDS, ints[9 : 9 + len(_CONFIG_FIELDS)])))
+    at = 9 + len(_CONFIG_FIELDS)
+    launches = tuple(
+        Launch(level=ints[at + 1 + 2 * i], block_m=ints[at + 2 + 2 * i], items=tensors[1 + 3 * i],
+               tokens=tensors[2 + 3 * i], slots=tensors[3 + 3 * i])
+        for i in range(ints[at])
+    )
+    return Plan(total_q=total_q, num_q_heads=hq, num_kv_heads=hkv, head_dim=d, dtype=str(q.dtype).replace("torch.", ""),
+                paged=bool(paged), causal=bool(causal), softmax_scale=softmax_scale, config=config, num_slots=num_slots,
+                slot_offsets=tensors[0], launches=launches, relay=bool(relay), device=str(q.device),
+                num_levels=num_levels)
+
+
+@torch.library.custom_op("relaycore::relay_attention_planned", mutates_args=())
+def relay_attention_planned(q: torch.Tensor, own: List[torch.Tensor], prefix_kv: List[torch.Tensor],
+                            plan_tensors: List[torch.Tensor], plan_ints: List[int],
+                            softmax_scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The op: ``own`` is ``[k, v]`` (ragged) or ``[k_cache, v_cache, block_table]`` (paged),
+    ``prefix_kv`` is ``[k_0, v_0, k_1, v_1, ...]``; returns ``(out, lse)``."""
+    plan = _unpack(plan_tensors, plan_ints, q, softmax_scale)
+    kv = PagedKV(own[0], own[1], own[2], None) if plan.paged else RaggedKV(own[0], own[1], None)
+    prefixes = [PrefixLevel(prefix_kv[2 * i], prefix_kv[2 * i + 1], None, None) for i in range(len(prefix_kv) // 2)]
+    out, lse = run_eager(plan, q, kv, prefixes)
+    return out, lse
+
+
+@relay_attention_planned.register_fake
+def _(q, own, prefix_kv, plan_tensors, plan_ints, softmax_scale):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)
+
+
+def call_op(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel]) -> AttentionState:
+    """``run_planned`` through the op (what ``torch.compile`` sees)."""
+    own = [kv.k_cache, kv.v_cache, kv.block_table] if isinstance(kv, PagedKV) else [kv.k, kv.v]
+    prefix_kv = [t for level in prefixes for t in (level.k, level.v)]
+    tensors, ints = _pack(plan)
+    out, lse = torch.ops.relaycore.relay_attention_planned(q, own, prefix_kv, tensors, ints, plan.softmax_scale)
+    return AttentionState(out, lse)
