@@ -9,7 +9,7 @@ softmax: when the running maximum grows, the accumulators are rescaled by
 $e^{m_{old} - m_{new}}$), and partial states may be merged (the relay form). The output is
 divided by the normaliser in fp32 and rounded once to the input format. $u_{acc}$ is twice
 fp32's unit roundoff (so that an accumulator that truncates is covered), $u_{exp}$ bounds the
-relative error of the hardware exponential, $u_p = u_{out}$ is the input format's unit
+relative error of the hardware exponential (and the absolute error of its logarithm), $u_p = u_{out}$ is the input format's unit
 roundoff, and $\tau$ bounds the absolute error of rounding a weight in $[0, 1]$ near underflow.
 
 **Notation.** One query row sees $N \ge 1$ keys with exact scores $s_j = c \sum_d q_d k_{jd}$
@@ -128,7 +128,8 @@ exactly, worst signs, underflow terms $\pm\tau$) and checks Lemma 1 at 60 digits
 `check_merge_coefficients` checks the rounding of one merge in fp32 against $\rho_1$.
 `check_simulated_kernel` runs the whole computation at 60 digits with *every* rounding done
 explicitly to fp32, fp16 or bf16 (`relaycore.proofs.rounding`), an adversarial exponential
-(relative error up to $2^{-22}$ with drawn signs), fp32 sums rounded to nearest or truncated,
+(relative error up to $2^{-22}$ with drawn signs) and logarithm (absolute error up to
+$2^{-22}$), fp32 sums rounded to nearest or truncated,
 blocks of 1 to 4 keys and 1 to 4 relay parts, in two forms: natural log with pairwise merges
 (`relaycore.state.merge`, the PyTorch backend) and base 2 with all parts merged at once (the
 Triton kernels: scores scaled by $c \log_2 e$, `exp2`, `log2`, the lse times $\ln 2$ at the
@@ -160,20 +161,30 @@ from relaycore.proofs.merge_monoid import merge_rho
 #: The adversarial exponential's largest extra relative error (with fp32's own rounding it stays
 #: within ``bounds.EXP_REL_FP32``).
 EXP_WOBBLE = 2.0**-22
+#: The adversarial logarithm's largest extra absolute error (``lg2.approx.f32`` is documented
+#: at ``2^-22.6`` absolute near 1).
+LOG_WOBBLE = 2.0**-22
 
 
-class Exponential:
-    """fp32 ``exp`` (or ``exp2``) whose extra relative error is drawn per call from ``rng``
-    (exact at 0, as the hardware is)."""
+class Elementary:
+    """The hardware's fp32 ``exp``/``exp2`` and ``log``/``log2``, as an adversary: each result
+    carries an extra error drawn per call from ``rng`` (relative ``EXP_WOBBLE`` for the
+    exponential, exact at 0; absolute ``LOG_WOBBLE`` for the logarithm)."""
 
     def __init__(self, rng: random.Random, extreme: bool):
         self.rng, self.extreme = rng, extreme
 
+    def _draw(self, size: float) -> float:
+        return self.rng.choice((-1, 1)) * size if self.extreme else self.rng.uniform(-1, 1) * size
+
     def __call__(self, x, base=None):
         if x == 0 or x == exact.NEG_INF:
             return mpmath.mpf(1) if x == 0 else mpmath.mpf(0)
-        w = self.rng.choice((-1, 1)) * EXP_WOBBLE if self.extreme else self.rng.uniform(-1, 1) * EXP_WOBBLE
-        return fp.exp(x, w, base)
+        return fp.exp(x, self._draw(EXP_WOBBLE), base)
+
+    def log(self, x, base=None):
+        """fp32 ``log(x)`` (or ``log2``) with an absolute error up to ``LOG_WOBBLE``, then rounded."""
+        return fp.r32((mpmath.log(x) if base is None else mpmath.log(x, base)) + self._draw(LOG_WOBBLE))
 
 
 def simulate_part(q, keys, values, scale, dtype: str, block: int, exp, ar: fp.Arithmetic, base=None) -> tuple:
@@ -186,7 +197,7 @@ def simulate_part(q, keys, values, scale, dtype: str, block: int, exp, ar: fp.Ar
             first when ``base == 2``).
         dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"``.
         block: keys per block.
-        exp: the fp32 exponential.
+        exp: the fp32 exponential and logarithm (``Elementary``).
         ar: the fp32 arithmetic (rounding of the accumulations).
         base: ``None`` for natural exponentials, ``2`` for the ``exp2``/``log2`` form of the
             Triton kernels (scores and lse in base 2).
@@ -211,7 +222,7 @@ def simulate_part(q, keys, values, scale, dtype: str, block: int, exp, ar: fp.Ar
             products = [ar.mul(p_low[i], values[j][d]) for i, j in enumerate(rows)]
             acc[d] = ar.add(ar.mul(acc[d], alpha), ar.total(products))
         m = m_new
-    return [ar.div(a, norm) for a in acc], ar.add(m, ar.log(norm, base))
+    return [ar.div(a, norm) for a in acc], ar.add(m, exp.log(norm, base))
 
 
 def simulate_merge(a: tuple, b: tuple, exp, ar: fp.Arithmetic) -> tuple:
@@ -224,7 +235,7 @@ def simulate_merge(a: tuple, b: tuple, exp, ar: fp.Arithmetic) -> tuple:
     if total == 0:
         return [mpmath.mpf(0)] * len(oa), exact.NEG_INF
     ca, cb = ar.div(wa, total), ar.div(wb, total)
-    return [ar.add(ar.mul(ca, x), ar.mul(cb, y)) for x, y in zip(oa, ob)], ar.add(m, ar.log(total))
+    return [ar.add(ar.mul(ca, x), ar.mul(cb, y)) for x, y in zip(oa, ob)], ar.add(m, exp.log(total))
 
 
 def simulate_merge_all_base2(states: list, exp, ar: fp.Arithmetic) -> tuple:
@@ -240,7 +251,7 @@ def simulate_merge_all_base2(states: list, exp, ar: fp.Arithmetic) -> tuple:
         acc = [ar.add(x, ar.mul(w, o)) for x, o in zip(acc, out)]
     if total == 0:
         return [mpmath.mpf(0)] * dim, exact.NEG_INF
-    return [ar.div(x, total) for x in acc], ar.mul(ar.add(m, ar.log(total, 2)), fp.r32(mpmath.log(2)))
+    return [ar.div(x, total) for x in acc], ar.mul(ar.add(m, exp.log(total, 2)), fp.r32(mpmath.log(2)))
 
 
 def simulate(problem: dict, exp) -> tuple:
@@ -362,7 +373,7 @@ def check_merge_coefficients():
     @given(st.floats(-1e4, 1e4), st.floats(-60, 60), st.randoms(use_true_random=False))
     def run(la, gap, rnd):
         la, lb = fp.r32(la), fp.r32(la + gap)
-        exp, ar = Exponential(rnd, extreme=True), fp.Arithmetic()
+        exp, ar = Elementary(rnd, extreme=True), fp.Arithmetic()
         (ca,), _ = simulate_merge(([mpmath.mpf(1)], la), ([mpmath.mpf(0)], lb), exp, ar)
         (cb,), _ = simulate_merge(([mpmath.mpf(0)], la), ([mpmath.mpf(1)], lb), exp, ar)
         rho1 = merge_rho(float(max(abs(la), abs(lb))), prec)
@@ -381,7 +392,7 @@ def check_simulated_kernel():
     @checked(1000)
     @given(problems(), st.randoms(use_true_random=False), st.booleans())
     def run(problem, rnd, extreme):
-        out_err, out_b, lse_err, lse_b = errors_and_bounds(problem, Exponential(rnd, extreme))
+        out_err, out_b, lse_err, lse_b = errors_and_bounds(problem, Elementary(rnd, extreme))
         for e, b in zip(out_err, out_b):
             assert e <= b, (problem["dtype"], e, b)
         assert lse_err <= lse_b, (problem["dtype"], lse_err, lse_b)
@@ -408,7 +419,7 @@ def typical_ratios(cases: int = 6, keys: int = 48, dim: int = 16, seed: int = 0)
             problem = dict(dtype=dtype, scale=1 / np.sqrt(dim), q=vec((1, dim))[0], keys=vec((keys, dim)), values=vec((keys, dim)),
                            parts=2, labels=[int(j >= keys // 2) for j in range(keys)], block=16)
             for suffix, steps in (("", None), ("_counted", counted)):
-                out_err, out_b, lse_err, lse_b = errors_and_bounds(problem, Exponential(random.Random(seed), extreme=False), steps)
+                out_err, out_b, lse_err, lse_b = errors_and_bounds(problem, Elementary(random.Random(seed), extreme=False), steps)
                 worst["out" + suffix] = max(worst["out" + suffix], max(e / b for e, b in zip(out_err, out_b)))
                 worst["lse" + suffix] = max(worst["lse" + suffix], lse_err / lse_b)
         result[dtype] = worst

@@ -68,7 +68,8 @@ class Arithmetic:
 
     Args:
         accumulate: rounding of additions (``"nearest"`` or ``"toward_zero"``); products,
-            quotients and elementary functions round to nearest.
+            quotients round to nearest (the elementary functions are the adversary's, in
+            ``relaycore.proofs.error_bound.Elementary``).
     """
 
     def __init__(self, accumulate: str = "nearest"):
@@ -99,10 +100,6 @@ class Arithmetic:
         for x in xs:
             acc = self.add(acc, x)
         return acc
-
-    def log(self, x, base=None):
-        """fp32 ``log(x)`` (natural, or in ``base``), correctly rounded."""
-        return r32(mpmath.log(x) if base is None else mpmath.log(x, base))
 
 
 def exp(x, wobble=0, base=None):
