@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from relaycore.bench.floor import paper_speedup
+from relaycore.bench.floor import BYTES_PER_ELEMENT, paper_speedup
 from relaycore.bench.providers import CASCADE, PER_REQUEST, RELAY
 
 
@@ -138,11 +138,16 @@ def paper_rows(doc: dict) -> List[Dict]:
     rows = []
     for e in _grid(doc, "decode"):
         p = e["point"]
+        t_per_request = seconds(e, PER_REQUEST)
+        # what the per-request kernel would read with no cache: every request its whole context
+        unshared = 2 * p["batch"] * (p["prefix_len"] + p["own_len"]) * p["num_kv_heads"] * p["head_dim"] \
+            * BYTES_PER_ELEMENT[p["dtype"]]
         rows.append({
             "where": _where(e),
             "batch": p["batch"], "num_kv_heads": p["num_kv_heads"], "prefix_len": p["prefix_len"],
             "predicted": paper_speedup(p["prefix_len"], p["own_len"], p["batch"]),
             "measured": speedup(e, PER_REQUEST),
+            "per_request_apparent_bw": None if t_per_request is None else unshared / t_per_request,
         })
     return rows
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
@@ -120,9 +121,14 @@ def _relaycore_torch(problem: Problem) -> Variants:
 # torch's own attention over the concatenated context
 
 
+#: torch warns each time a forced SDPA backend cannot run a shape; the runner reports it anyway.
+_SDPA_REFUSALS = r".*(kernel not used because|has been runtime disabled|fused kernels require|flash attention requires).*"
+
+
 def _sdpa(problem: Problem) -> Variants:
-    import torch
     from torch.nn.attention import SDPBackend
+
+    warnings.filterwarnings("ignore", message=_SDPA_REFUSALS, category=UserWarning)
 
     names = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"] if problem.device.type == "cuda" \
         else ["MATH", "FLASH_ATTENTION"]
@@ -172,36 +178,58 @@ def _compiled_flex():
 
 
 def _flex(problem: Problem) -> Variants:
-    def setup() -> Prepared:
-        import torch
-        from torch.nn.attention.flex_attention import create_block_mask
+    """Two ways a FlexAttention user would write it; the faster correct one is reported."""
+    yield "packed", lambda: _flex_packed(problem)
+    yield "batched", lambda: _flex_batched(problem)
 
-        p = problem.point
-        # sizes as tensors, not Python ints: the compiled kernel then does not specialise on them
-        s, c, lq = (torch.tensor(n, device=problem.device) for n in (p.prefix_len, p.own_len, p.q_len))
-        # one packed sequence [prefix ; own_0 ; own_1 ; ...]: the prefix is stored once
-        k, v = (torch.cat([a, b]).transpose(0, 1).unsqueeze(0).contiguous() for a, b in
-                ((problem.prefix_k, problem.own_k), (problem.prefix_v, problem.own_v)))  # [1, Hkv, S + B * C, D]
-        q = problem.q.transpose(0, 1).unsqueeze(0).contiguous()  # [1, Hq, B * q_len, D]
 
-        def shared_prefix_documents(b, h, q_idx, kv_idx):
-            own = kv_idx - s
-            same_request = own // c == q_idx // lq
-            causal = own % c <= (c - lq) + q_idx % lq
-            return (kv_idx < s) | ((own >= 0) & same_request & causal)
+def _flex_packed(problem: Problem) -> Prepared:
+    """One packed sequence ``[prefix; own_0; ...; own_B-1]`` (prefix stored once) with a
+    shared-prefix document mask."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
 
-        block_mask = create_block_mask(shared_prefix_documents, 1, None, q.shape[2], k.shape[2], device=problem.device)
-        flex = _compiled_flex()
-        gqa = p.num_q_heads != p.num_kv_heads
+    p = problem.point
+    # sizes as tensors, not Python ints: the compiled kernel then does not specialise on them
+    s, c, lq = (torch.tensor(n, device=problem.device) for n in (p.prefix_len, p.own_len, p.q_len))
+    k, v = (torch.cat([a, b]).transpose(0, 1).unsqueeze(0).contiguous() for a, b in
+            ((problem.prefix_k, problem.own_k), (problem.prefix_v, problem.own_v)))  # [1, Hkv, S + B * C, D]
+    q = problem.q.transpose(0, 1).unsqueeze(0).contiguous()  # [1, Hq, B * q_len, D]
 
-        def result(out):
-            return out[0].transpose(0, 1), None
+    def shared_prefix_documents(b, h, q_idx, kv_idx):
+        own = kv_idx - s
+        same_request = own // c == q_idx // lq
+        causal = own % c <= (c - lq) + q_idx % lq
+        return (kv_idx < s) | ((own >= 0) & same_request & causal)
 
-        return Prepared(lambda: flex(q, k, v, block_mask=block_mask, scale=problem.scale, enable_gqa=gqa), result, True,
-                        "torch.compile(flex_attention); one packed sequence [prefix; own_0; ...; own_B-1] with a "
-                        "shared-prefix document mask (prefix stored once)")
+    block_mask = create_block_mask(shared_prefix_documents, 1, None, q.shape[2], k.shape[2], device=problem.device)
+    flex, gqa = _compiled_flex(), p.num_q_heads != p.num_kv_heads
+    return Prepared(lambda: flex(q, k, v, block_mask=block_mask, scale=problem.scale, enable_gqa=gqa),
+                    lambda out: (out[0].transpose(0, 1), None), True,
+                    "torch.compile(flex_attention); one packed sequence [prefix; own_0; ...] with a shared-prefix "
+                    "document mask")
 
-    yield "compiled", setup
+
+def _flex_batched(problem: Problem) -> Prepared:
+    """Each request's concatenated context ``[prefix; own]`` as one batch row (the prefix copied
+    per request, as for SDPA), causal over the own tokens (lower-right aligned)."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    p = problem.point
+    k, v = problem.concatenated_kv()  # [B, Hkv, L, D]
+    q = problem.q.view(p.batch, p.q_len, p.num_q_heads, p.head_dim).transpose(1, 2).contiguous()
+    offset = torch.tensor(k.shape[2] - p.q_len, device=problem.device)
+
+    def lower_right_causal(b, h, q_idx, kv_idx):
+        return kv_idx <= offset + q_idx
+
+    block_mask = create_block_mask(lower_right_causal, None, None, p.q_len, k.shape[2], device=problem.device)
+    flex, gqa = _compiled_flex(), p.num_q_heads != p.num_kv_heads
+    return Prepared(lambda: flex(q, k, v, block_mask=block_mask, scale=problem.scale, enable_gqa=gqa),
+                    lambda out: (out.transpose(1, 2).reshape(p.batch * p.q_len, p.num_q_heads, p.head_dim), None),
+                    True, "torch.compile(flex_attention); batched [B, H, prefix+own, D], prefix copied per request, "
+                          "lower-right causal block mask")
 
 
 # ---------------------------------------------------------------------------------------------

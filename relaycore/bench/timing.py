@@ -17,7 +17,7 @@ from typing import Callable, Optional, Tuple
 #: Warm-up calls before capture and timing (compilation, autotuning, caches).
 WARMUP = 3
 #: Timed replays: at least ``MIN_REPS``, at most ``MAX_REPS``, aiming at ``BUDGET_S`` of work.
-MIN_REPS, MAX_REPS, BUDGET_S = 10, 200, 0.2
+MIN_REPS, MAX_REPS, BUDGET_S = 10, 200, 0.1
 #: The L2 flush buffer is this many times the L2 size, and at least ``MIN_FLUSH_BYTES``.
 FLUSH_FACTOR, MIN_FLUSH_BYTES = 4, 256 << 20
 
