@@ -11,7 +11,7 @@ import pytest
 import relaycore
 from relaycore.reference import context_statistics, full_attention, relay_attention
 from relaycore.testing import make_batch
-from relaycore.types import PagedKV, PrefixLevel, RaggedKV
+from relaycore.types import PrefixLevel, RaggedKV
 
 
 def call(paged: bool = False) -> dict:
