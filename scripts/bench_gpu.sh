@@ -3,7 +3,10 @@
 # card's ceilings; writes bench.json, the figures and index.md (the page docs/benchmarks/index.md)
 # into $OUT (default ./.bench-out), plus log.txt. Copy them to docs/benchmarks/ and commit.
 #
-# Run from anywhere; extra arguments go to `relaycore bench` (e.g. --quick, --grid decode).
+# Run from anywhere; extra arguments go to `relaycore bench` (e.g. --quick, --grid decode). The
+# bench stops after $BENCH_TIMEOUT_S seconds (default 560) and still writes the report of the
+# points it measured. On an H200 the quick corners (12 points) took 3 minutes, FlashInfer's JIT
+# included.
 # FlashInfer (the strongest peer) is installed from the wheels in .whl/ when present: fetch them
 # with ../shared/gpu/peer_wheels.sh and carry .whl to the machine. It JIT-compiles its kernels
 # the first time (about 90 s). Set RELAYCORE_COMMIT where the tree has no .git.
@@ -29,6 +32,14 @@ export PYTHONUNBUFFERED=1
 
 cd /tmp  # not the repository root: there `relaycore` would be the bare contract directory
 {
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
-  python3 -m relaycore bench --json "$out/bench.json" --report-dir "$out" "$@"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu --format=csv || true
+  status=0
+  # results are saved after every point; if the run is cut short, report the points measured
+  timeout "${BENCH_TIMEOUT_S:-560}" python3 -m relaycore bench --json "$out/bench.json" --report-dir "$out" "$@" \
+    || status=$?
+  if [ "$status" -ne 0 ] && [ -f "$out/bench.json" ]; then
+    echo "relaycore bench stopped (exit $status): report from the points measured so far"
+    python3 -m relaycore bench report "$out/bench.json" --report-dir "$out"
+  fi
+  exit "$status"
 } 2>&1 | tee "$out/log.txt"

@@ -303,7 +303,8 @@ def markdown(doc: dict, figures: List[str]) -> str:
     full = {g: len(grids.GRIDS[g]()) for g in counts if g in grids.GRIDS}
     lines += ["Points measured: " + ", ".join(f"{n} of the {g} grid's {full[g]}" if g in full else f"{n} {g}"
                                                for g, n in counts.items())
-              + (" (the `--quick` corners: the targets below are judged on these points only)."
+              + (" (not the whole grid, e.g. the `--quick` corners: the targets below are judged on these "
+                 "points only)."
                  if any(counts[g] < full[g] for g in full) else "."), ""]
     if doc["mode"] == "cpu":
         lines += ["> These numbers come from the CPU comparison (no CUDA GPU): relaycore's PyTorch backend "
