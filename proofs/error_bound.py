@@ -1,6 +1,8 @@
 r"""The floating-point error bound of `relaycore/bounds.py`, proved and checked.
 
-**Precision model.** Inputs $q, k, v$ are exact in their format (fp16, bf16 or fp32: the
+## Precision model
+
+Inputs $q, k, v$ are exact in their format (fp16, bf16 or fp32: the
 oracle reads the same values). Scores are dot products accumulated in fp32, scaled, and
 exponentiated after subtracting a running maximum; the unnormalised weights $p_j$ are rounded
 once to the input format before the $P V$ product, whose sums run in fp32, while the
@@ -12,7 +14,9 @@ fp32's unit roundoff (so that an accumulator that truncates is covered), $u_{exp
 relative error of the hardware exponential (and the absolute error of its logarithm), $u_p = u_{out}$ is the input format's unit
 roundoff, and $\tau$ bounds the absolute error of rounding a weight in $[0, 1]$ near underflow.
 
-**Notation.** One query row sees $N \ge 1$ keys with exact scores $s_j = c \sum_d q_d k_{jd}$
+## Notation
+
+One query row sees $N \ge 1$ keys with exact scores $s_j = c \sum_d q_d k_{jd}$
 ($c$ the softmax scale). Put $A = \max_j c \sum_d |q_d k_{jd}|$ (so $|s_j| \le A$),
 $V_d = \max_j |v_{jd}|$, $\gamma_n = n u_{acc} / (1 - n u_{acc})$, and let the exact result be
 $o_d = \sum_j w_j v_{jd} / \sum_j w_j$, $\ell = \log \sum_j e^{s_j}$, with

@@ -1,6 +1,8 @@
 r"""Where the context is cut does not matter: prefix levels and the prefix/request boundary.
 
-**Statement.** For a request as in the causal split (levels $P_1, \dots, P_L$, own tokens $R$,
+## Statement
+
+For a request as in the causal split (levels $P_1, \dots, P_L$, own tokens $R$,
 $q$ queries that are the last $q$ own tokens, $\kappa = |R|$):
 
 1. *Splitting a level.* Replacing a level $P_l$ by two consecutive levels $P_l[0{:}c]$ and
@@ -16,7 +18,9 @@ $q$ queries that are the last $q$ own tokens, $\kappa = |R|$):
 
 All three hold exactly in exact arithmetic; in floating point they change only the rounding.
 
-**Proof.** In each case the context, read as a sequence of tokens, is the same sequence, and
+## Proof
+
+In each case the context, read as a sequence of tokens, is the same sequence, and
 each query sees the same set of tokens: for 1 the prefix tokens are all visible before and
 after; for 2 the moved tokens $t' < t \le \kappa - q$ satisfy $t' \le \kappa - q + j$ for
 every query $j$, so they were visible to all queries before the move and are visible as
@@ -31,7 +35,9 @@ This is why a serving engine may pick the levels as it likes: a system prompt sh
 few-shot examples shared by a group, or a request's own long history promoted to a prefix once
 a sibling request forks from it.
 
-**Machine check.** At 60 digits over Hypothesis-drawn requests: every cut of every level, the
+## Machine check
+
+At 60 digits over Hypothesis-drawn requests: every cut of every level, the
 largest and a drawn admissible number of own tokens moved into the prefix, and a drawn number
 of prefix tokens moved into the request; each compared with the original request's states.
 """

@@ -1,6 +1,8 @@
 r"""The merge of attention states is a commutative monoid, and the max-subtracted form computes it.
 
-**Statement.** On states $(o, \ell)$ with $o \in \mathbb{R}^D$, $\ell \in \mathbb{R} \cup
+## Statement
+
+On states $(o, \ell)$ with $o \in \mathbb{R}^D$, $\ell \in \mathbb{R} \cup
 \{-\infty\}$, define
 
 $$
@@ -23,7 +25,9 @@ $$
 (with $m$ replaced by $0$ when both sides are empty) is the same function, and in floating
 point it never overflows and never produces a NaN.
 
-**Proof.** Map a state to the pair $(W, N) = (e^{\ell}, e^{\ell} o)$: total weight and
+## Proof
+
+Map a state to the pair $(W, N) = (e^{\ell}, e^{\ell} o)$: total weight and
 weighted sum of values. The map is a bijection from normalised states onto
 $\{(W, N) : W > 0\} \cup \{(0, 0)\}$, with inverse $\ell = \log W$, $o = N / W$ ($o = 0$ when
 $W = 0$). Under it the merge becomes plain addition:
@@ -45,7 +49,9 @@ handles before dividing; $e^{-\infty} = 0$ exactly, so an empty side gets weight
 $0 \cdot o = 0$ for finite $o$. No $\infty - \infty$, $0/0$ or $0 \cdot \infty$ occurs, so
 no NaN. $\blacksquare$
 
-**Rounding of one merge.** In a format of unit roundoff $u$ (taken as $u_{acc}$, twice the
+## Rounding of one merge
+
+In a format of unit roundoff $u$ (taken as $u_{acc}$, twice the
 round-to-nearest unit, as in `relaycore/bounds.py`) with an exponential of relative error
 $u_{exp}$, each computed coefficient $\hat c_a = \mathrm{fl}(w_a / (w_a + w_b))$ times its
 product and sum is the exact coefficient times a factor $e^{\pm\rho_1}$,
@@ -57,7 +63,9 @@ may underflow), and $|\ell - \hat\ell| \le \rho_1 +
 3u_{acc}(|\ell| + 1)$. This is the per-step term of `relaycore/bounds.py` with the part's
 $|\ell| \le A + \log N$.
 
-**Machine check.** sympy proves (i), (ii), the limit (iii) and (iv) in each of the two cases
+## Machine check
+
+sympy proves (i), (ii), the limit (iii) and (iv) in each of the two cases
 $\ell_a \ge \ell_b$, $\ell_b > \ell_a$. Then `relaycore.state.merge` itself, on NumPy float64
 and float32 arrays, against the exact merge of the same inputs at 60 digits, over
 Hypothesis-drawn states with $\ell$ up to $\pm 10^4$ and $-\infty$ on either or both sides: no

@@ -1,6 +1,8 @@
 r"""The relay identity: attention over a concatenation is the merge of the parts' states.
 
-**Statement.** Let a query see keys $S = S_1 \sqcup \dots \sqcup S_k$ (disjoint, any of them
+## Statement
+
+Let a query see keys $S = S_1 \sqcup \dots \sqcup S_k$ (disjoint, any of them
 possibly empty), with scores $s_j$ and values $v_j$. Write $(o_i, \ell_i)$ for the attention
 state over $S_i$ (the state of an empty part is $(0, -\infty)$). Then the state over $S$ is
 
@@ -19,7 +21,9 @@ $$
 with $\sigma(x) = 1/(1 + e^{-x})$. For $k$ parts, merging them two at a time in any order
 gives the state over $S$.
 
-**Proof.** Put $W_i = \sum_{j \in S_i} e^{s_j} = e^{\ell_i}$ (zero for an empty part) and
+## Proof
+
+Put $W_i = \sum_{j \in S_i} e^{s_j} = e^{\ell_i}$ (zero for an empty part) and
 $W = \sum_{j\in S} e^{s_j} = \sum_i W_i$, because the parts are disjoint and cover $S$. Then
 $\ell = \log W = \log \sum_i e^{\ell_i}$. For the output,
 
@@ -40,11 +44,15 @@ For $k$ parts, induct on $k$: merging two parts $S_a$, $S_b$ gives, by the case 
 state over $S_a \sqcup S_b$; the partition now has $k - 1$ parts, and the induction hypothesis
 finishes. Every order of pairwise merges is such a sequence of steps, so all orders agree. $\blacksquare$
 
-**What it buys.** Split a request's context into the shared prefix $P$ and its own tokens
+## What it buys
+
+Split a request's context into the shared prefix $P$ and its own tokens
 $R$: the state over $P$ is the same computation for every request that shares $P$, so it can
 run as *one* matrix product over all their queries, reading the prefix's keys and values once.
 
-**Machine check.** Symbolically (sympy, weights $w_j = e^{s_j}$ as positive symbols) the merge
+## Machine check
+
+Symbolically (sympy, weights $w_j = e^{s_j}$ as positive symbols) the merge
 of two parts of every size up to 3 + 3 keys equals the state over their union, in both forms;
 numerically (60 digits) over Hypothesis-drawn scores up to $\pm 50$, values, and partitions
 into up to five parts, some empty, merging left to right, right to left, and as a balanced

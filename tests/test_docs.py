@@ -62,21 +62,26 @@ def _built_path(source: str) -> str:
 
 _FENCE = re.compile(r"^(```|~~~).*?^\1\s*$", re.S | re.M)
 _CODE_SPAN = re.compile(r"(`+)(?!`).+?(?<!`)\1(?!`)", re.S)
-_BLOCK_MATH = re.compile(r"\$\$(.+?)\$\$", re.S)
-# pymdownx.arithmatex's inline rule with smart_dollar: no space inside either dollar
-_INLINE_MATH = re.compile(r"(?<![\\$])\$(?!\s)((?:\\.|[^\\$])+?)(?<!\s)\$")
+# pymdownx.arithmatex's delimiters: blocks $$...$$ and \[...\], inline \(...\) and $...$ (smart
+# dollar: no space just inside either dollar)
+_BLOCK_MATH = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", re.S)
+_INLINE_PAREN = re.compile(r"\\\((.+?)\\\)", re.S)
+_INLINE_DOLLAR = re.compile(r"(?<![\\$])\$(?!\s)((?:\\.|[^\\$])+?)(?<!\s)\$")
 
 
 def count_formulas(markdown: str) -> int:
-    """Formulas written in a page's markdown: ``$$...$$`` blocks and ``$...$`` inline, outside code."""
+    """Formulas written in a page's markdown (the delimiters arithmatex reads), outside code."""
     text = _CODE_SPAN.sub("", _FENCE.sub("", markdown))
-    blocks = len(_BLOCK_MATH.findall(text))
-    return blocks + len(_INLINE_MATH.findall(_BLOCK_MATH.sub("", text)))
+    count = len(_BLOCK_MATH.findall(text))
+    text = _BLOCK_MATH.sub("", text)
+    count += len(_INLINE_PAREN.findall(text))
+    return count + len(_INLINE_DOLLAR.findall(_INLINE_PAREN.sub("", text)))
 
 
 def test_count_formulas_counts_what_arithmatex_sees():
-    sample = "a $x$ and $y_1$ but not `$z$` nor 5 $ and 6 $\n\n$$\na + b\n$$\n\n```python\n'$w$'\n```\n"
-    assert count_formulas(sample) == 3
+    sample = ("a $x$ and $y_1$ but not `$z$` nor 5 $ and 6 $, \\(w\\) too\n\n$$\na + b\n$$\n\n"
+              "\\[\nc\n\\]\n\n```python\n'$w$'\n```\n")
+    assert count_formulas(sample) == 5
 
 
 @pytest.fixture(scope="module")
