@@ -47,6 +47,19 @@ def test_cpu_mode_runs_and_writes_a_valid_report(tmp_path, fast_timer, capsys):
     assert (tmp_path / "rep" / "latency_cpu.png").stat().st_size > 0
 
 
+def test_custom_point_and_provider_subset_from_the_command_line(tmp_path, fast_timer, capsys):
+    out = tmp_path / "c.json"
+    argv = ["bench", "--device", "cpu", "--json", str(out), "--providers", "relaycore_torch,sdpa",
+            "--point", "B=2,Hq=4,Hkv=2,D=16,prefix=24,own=8", "--point", "B=2,Hq=4,Hkv=4,D=16,prefix=0,own=6,q=own"]
+    assert cli.main(argv) == 0
+    doc = results.load(out)
+    assert [p["name"] for p in doc["providers"]] == ["relaycore_torch", "sdpa"]
+    assert [(e["point"]["grid"], e["point"]["q_len"]) for e in doc["points"]] == [("custom", 1), ("custom", 6)]
+    assert all(r["status"] == "ok" for e in doc["points"] for r in e["results"].values())
+    assert cli.main(["bench", "--device", "cpu", "--providers", "nope"]) == 2
+    assert "unknown ['nope']" in capsys.readouterr().err
+
+
 def _fake_doc() -> dict:
     """A GPU-shaped results document with made-up times: relaycore 3x faster than the cascade,
     FlashInfer's paged kernel fastest at B=1, one provider missing."""

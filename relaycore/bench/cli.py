@@ -48,16 +48,20 @@ def main(args: argparse.Namespace) -> int:
     from relaycore.bench import analysis, runner
 
     names = [n.strip() for n in args.providers.split(",")] if args.providers else None
-    chosen = providers.by_name(names)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.point:
+    try:
+        chosen = providers.by_name(names)
         points = [grids.parse_point(text) for text in args.point]
-    elif device == "cpu":
-        print("relaycore bench: no CUDA GPU here, so no peer comparison or floor that means anything for "
-              "serving. Running the small CPU comparison instead: relaycore's PyTorch backend against "
+    except ValueError as exc:
+        print(f"relaycore bench: {exc}", file=sys.stderr)
+        return 2
+    if not points and device == "cpu":
+        asked = " (the named grids need one)" if args.grid or args.quick else ""
+        print(f"relaycore bench: no CUDA GPU here{asked}, so no peer comparison or floor that means anything "
+              "for serving. Running the small CPU comparison instead: relaycore's PyTorch backend against "
               "attention over the concatenated context (torch SDPA), tiny shapes.", file=sys.stderr)
         points = grids.cpu_grid()
-    else:
+    elif not points:
         points = grids.select(tuple(args.grid or ("decode", "append")), args.quick)
     doc = runner.run_points(points, chosen, device, seed=args.seed, progress=runner.Progress(len(points)),
                             on_point=lambda partial: results.save(partial, args.json))

@@ -184,8 +184,8 @@ def floor_figure(doc: dict, path: Path) -> Path:
 def _grid_table(doc: dict, grid: str) -> List[str]:
     names = [p["name"] for p in doc["providers"]]
     relay = analysis.subject(doc)
-    head = ["B", "Hq/Hkv", "prefix", "own / new"] + names + ["best peer", "x best peer", "x cascade",
-                                                              "mem floor", "mma floor"]
+    head = ["B", "Hq/Hkv", "prefix", "own / new"] + names + ["relaycore p10-p90", "best peer", "x best peer",
+                                                              "x cascade", "mem floor", "mma floor"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in (e for e in doc["points"] if e["point"]["grid"] == grid):
         p = e["point"]
@@ -198,6 +198,7 @@ def _grid_table(doc: dict, grid: str) -> List[str]:
             str(p["batch"]), f"{p['num_q_heads']}/{p['num_kv_heads']}", str(p["prefix_len"]),
             f"new {p['q_len']}" if p["q_len"] > 1 else f"own {p['own_len']}",
             *[analysis.cell(e, n) for n in names],
+            f"{analysis.fmt_us(res['timing']['p10_s'])}-{analysis.fmt_us(res['timing']['p90_s'])}" if ok else "—",
             peer or "—",
             "—" if t is None or t_peer is None else f"{t_peer / t:.2f}",
             "—" if up is None else f"{up:.2f}",
