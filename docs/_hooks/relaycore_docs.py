@@ -104,21 +104,23 @@ def on_files(files, config):
     return files
 
 
-_LINK = re.compile(r"\[([^\]]+)\]\(([^)#\s]+\.md)(#[^)]*)?\)")
+_LINK = re.compile(r"(!?)\[([^\]]+)\]\(([^)#\s]+)(#[^)]*)?\)")
 
 
 def on_page_markdown(markdown, page, config, files):
-    """Links to an optional page that has not landed become plain text."""
+    """Links to an optional page that has not landed, or to a figure of such a page's folder
+    that is not there, become plain text."""
     docs = Path(config["docs_dir"])
-    missing = {path for _, path in OPTIONAL_PAGES if not (docs / path).is_file()}
-    if not missing:
-        return markdown
+    optional = [path for _, path in OPTIONAL_PAGES]
+    folders = [posixpath.dirname(path) for path in optional if posixpath.dirname(path)]
     here = posixpath.dirname(page.file.src_uri)
 
     def replace(match):
-        target = posixpath.normpath(posixpath.join(here, match.group(2)))
-        if target in missing:
-            return f"{match.group(1)} (not published yet)"
-        return match.group(0)
+        image, text, href = match.group(1), match.group(2), match.group(3)
+        target = posixpath.normpath(posixpath.join(here, href))
+        owned_elsewhere = target in optional or any(target.startswith(f + "/") for f in folders)
+        if not owned_elsewhere or (docs / target).is_file():
+            return match.group(0)
+        return f"*({text}: not published yet)*" if image else f"{text} (not published yet)"
 
     return _LINK.sub(replace, markdown)
