@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from relaycore import cli  # noqa: E402
-from relaycore.bench import analysis, floor, grids, report, results, runner, timing  # noqa: E402
+from relaycore.bench import analysis, floor, grids, results, runner, timing  # noqa: E402
 from relaycore.bench.grids import Point  # noqa: E402
 from relaycore.bench.problem import check, compute_oracle, make_problem  # noqa: E402
 from relaycore.bench.providers import REGISTRY, Prepared, Provider, by_name  # noqa: E402

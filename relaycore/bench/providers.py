@@ -137,7 +137,6 @@ def _sdpa(problem: Problem) -> Variants:
 
 
 def _sdpa_setup(problem: Problem, backend) -> Prepared:
-    import torch
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel
     from torch.nn.attention.bias import causal_lower_right
