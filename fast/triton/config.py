@@ -31,7 +31,7 @@ class Config:
             height may follow the request.
         block_n: keys per inner-loop step (fixes where the running max is taken: the same
             for every tile, or bits would change with the tile).
-        min_chunk, target_chunks: see ``chunk_size``.
+        min_chunk, target_chunks, min_programs: see ``chunk_size``.
         num_warps, num_stages: for the partial kernel's tiles of up to 64 rows; taller tiles
             take ``2 * num_warps``.
         block_h: query heads per program of the merge kernel.
@@ -43,6 +43,7 @@ class Config:
     block_n: int
     min_chunk: int
     target_chunks: int
+    min_programs: int
     num_warps: int
     num_stages: int
     block_h: int = 8
@@ -61,8 +62,8 @@ class Config:
             )
         if self.min_chunk < self.block_n:
             raise ValueError(f"Config.min_chunk: expected at least block_n={self.block_n}, got {self.min_chunk}")
-        if self.target_chunks < 1:
-            raise ValueError(f"Config.target_chunks: expected >= 1, got {self.target_chunks}")
+        if self.target_chunks < 1 or self.min_programs < 1:
+            raise ValueError(f"Config: expected target_chunks, min_programs >= 1, got {self.target_chunks}, {self.min_programs}")
 
     def warps(self, tile: int) -> int:
         """``num_warps`` for a tile of ``tile`` rows."""
@@ -79,15 +80,16 @@ def default_config(head_dim: int, dtype: str) -> Config:
     """
     wide = head_dim >= 256 or dtype == "float32"
     return Config(block_m=64 if wide else 128, prefix_block_m=64, min_block_m=16, block_n=32 if wide else 64,
-                  min_chunk=256, target_chunks=8, num_warps=4, num_stages=2 if wide else 3)
+                  min_chunk=256, target_chunks=8, min_programs=256, num_warps=4, num_stages=2 if wide else 3)
 
 
-def chunk_size(length: int, rows: int, config: Config) -> int:
+def chunk_size(length: int, rows: int, num_kv_heads: int, config: Config) -> int:
     """Keys per chunk of a segment of ``length`` keys read by a request with ``rows`` rows per
-    KV head (its query tokens x the group's query heads).
+    KV head (its query tokens x the group's query heads), in a model of ``num_kv_heads``.
 
     Decode (``rows`` up to ``min_block_m``) cuts the segment into about ``target_chunks``
-    chunks, so that few requests still fill the GPU; each doubling of ``rows`` halves the
+    chunks, or more where the model has few KV heads (enough that one request alone runs
+    ``min_programs`` programs), so that few requests still fill the GPU; each doubling of ``rows`` halves the
     count, since the rows' own tiles bring the parallelism and every chunk costs every row a
     partial state (fp32 ``D`` + 1 words written and read back): at ``8 * min_block_m`` rows
     and beyond the segment is one chunk. The size is rounded up to a power of two and is at
@@ -95,7 +97,8 @@ def chunk_size(length: int, rows: int, config: Config) -> int:
     are the same in any batch.
     """
     tiles = -(-max(int(rows), 1) // config.min_block_m)
-    want_chunks = max(1, config.target_chunks // tiles)
+    decode_chunks = max(config.target_chunks, -(-config.min_programs // max(int(num_kv_heads), 1)))
+    want_chunks = max(1, decode_chunks // tiles)
     want = -(-max(int(length), 1) // want_chunks)
     size = config.min_chunk
     while size < want:
