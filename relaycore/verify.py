@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the backend to check (default: auto, the best available for the inputs)")
     what.add_argument("--function", metavar="MODULE:FUNCTION",
                       help="check a function with relay_attention's signature instead of a backend")
-    parser.add_argument("--cases", type=int, default=500, help="number of drawn batches (default: 500)")
+    parser.add_argument("--cases", type=int, default=200, help="number of drawn batches (default: 200)")
     parser.add_argument("--seed", type=int, default=0, help="case i uses seed SEED + i (default: 0)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "float64"],
                         help="input dtype (default: float32/float16/bfloat16 by case seed); "
