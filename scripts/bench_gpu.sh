@@ -22,8 +22,8 @@ fi
 # contract package with the reference/, fast/ and proofs/ directories linked in.
 if ! (cd /tmp && python3 -c "import relaycore.fast, relaycore.reference") 2>/dev/null; then
   pkg=/tmp/relaycore-pkg
-  rm -rf "$pkg" && mkdir -p "$pkg"
-  cp -r "$root/relaycore" "$pkg/relaycore"
+  rm -rf "$pkg" && mkdir -p "$pkg/relaycore"
+  cp -r "$root/relaycore/." "$pkg/relaycore/"
   for sub in reference fast proofs; do ln -s "$root/$sub" "$pkg/relaycore/$sub"; done
   export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
 fi
