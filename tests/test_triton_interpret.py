@@ -41,11 +41,11 @@ from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
 
 #: Tiles of 16 rows, 16-key chunks at decode (2 per segment), 16-key blocks.
-TINY = Config(block_m=16, prefix_block_m=16, min_block_m=16, block_n=16, min_chunk=16, target_chunks=2,
-              min_programs=1, num_warps=4, num_stages=2)
+TINY = Config(block_m=16, prefix_block_m=16, min_block_m=16, block_n=16, tall_block_n=16, tall_rows=64, min_chunk=16,
+              target_chunks=2, min_programs=1, num_warps=4, num_stages=2)
 #: The same with taller tiles allowed, so that own tiles of 16 and 32 rows both occur.
-TALL = Config(block_m=32, prefix_block_m=16, min_block_m=16, block_n=16, min_chunk=16, target_chunks=4,
-              min_programs=1, num_warps=4, num_stages=2)
+TALL = Config(block_m=32, prefix_block_m=16, min_block_m=16, block_n=16, tall_block_n=32, tall_rows=8, min_chunk=32,
+              target_chunks=4, min_programs=1, num_warps=4, num_stages=2)
 
 SPACE = dict(max_batch=3, max_q_len=4, max_kv_len=40, max_levels=2, max_prefixes=2, max_prefix_len=40,
              head_dims=(16, 32), kv_heads=(1, 2), group_sizes=(1, 2, 3))
@@ -219,8 +219,8 @@ def test_chunks_and_tiles_depend_on_the_request_alone():
     assert [tile_height(r, cfg, prefix=False) for r in (1, 16, 17, 64, 65, 1000)] == [16, 16, 32, 64, 128, 128]
     assert [tile_height(r, cfg, prefix=True) for r in (1, 64, 65)] == [64, 64, 128]
     with pytest.raises(ValueError, match="block_n"):
-        Config(block_m=64, prefix_block_m=64, min_block_m=16, block_n=8, min_chunk=64, target_chunks=8,
-               min_programs=1, num_warps=4, num_stages=2)
+        Config(block_m=64, prefix_block_m=64, min_block_m=16, block_n=8, tall_block_n=64, tall_rows=128,
+               min_chunk=64, target_chunks=8, min_programs=1, num_warps=4, num_stages=2)
 
 
 @in_process

@@ -88,7 +88,7 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
              table.stride(0) if paged else 0,
              page_size,
              out.stride(0), out.stride(1)),
-            dict(NUM_Q_HEADS=hq, GROUP=plan.group_size, HEAD_DIM=d, BLOCK_M=item_list.block_m, BLOCK_N=cfg.block_n,
+            dict(NUM_Q_HEADS=hq, GROUP=plan.group_size, HEAD_DIM=d, BLOCK_M=item_list.block_m, BLOCK_N=item_list.block_n,
                  PAGED=paged, CAUSAL=causal, UPCAST=upcast, DOT_PRECISION=precision, FUSE_MERGE=item_list.fused,
                  LN2=LN2),
             num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device,

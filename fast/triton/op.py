@@ -18,8 +18,8 @@ from relaycore.fast.triton.config import Config
 from relaycore.fast.triton.launch import run_eager
 from relaycore.fast.triton.plan import Launch, Plan
 
-_CONFIG_FIELDS = ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk", "target_chunks", "min_programs",
-                  "num_warps", "num_stages", "block_h")
+_CONFIG_FIELDS = ("block_m", "prefix_block_m", "min_block_m", "block_n", "tall_block_n", "tall_rows", "min_chunk",
+                  "target_chunks", "min_programs", "num_warps", "num_stages", "block_h")
 
 
 def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
@@ -30,7 +30,7 @@ def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
     ints.append(len(plan.launches))
     for launch in plan.launches:
         tensors += [launch.items, launch.tokens, launch.slots]
-        ints += [launch.level, launch.block_m, int(launch.fused)]
+        ints += [launch.level, launch.block_m, launch.block_n, int(launch.fused)]
     return tensors, ints
 
 
@@ -39,8 +39,9 @@ def _unpack(tensors: Sequence[torch.Tensor], ints: Sequence[int], q: torch.Tenso
     config = Config(**dict(zip(_CONFIG_FIELDS, ints[9 : 9 + len(_CONFIG_FIELDS)])))
     at = 9 + len(_CONFIG_FIELDS)
     launches = tuple(
-        Launch(level=ints[at + 1 + 3 * i], block_m=ints[at + 2 + 3 * i], fused=bool(ints[at + 3 + 3 * i]),
-               items=tensors[2 + 3 * i], tokens=tensors[3 + 3 * i], slots=tensors[4 + 3 * i])
+        Launch(level=ints[at + 1 + 4 * i], block_m=ints[at + 2 + 4 * i], block_n=ints[at + 3 + 4 * i],
+               fused=bool(ints[at + 4 + 4 * i]), items=tensors[2 + 3 * i], tokens=tensors[3 + 3 * i],
+               slots=tensors[4 + 3 * i])
         for i in range(ints[at])
     )
     return Plan(total_q=total_q, num_q_heads=hq, num_kv_heads=hkv, head_dim=d, dtype=str(q.dtype).replace("torch.", ""),

@@ -32,7 +32,7 @@ import torch
 from relaycore.types import AttentionState, PagedKV
 from relaycore.validation import BatchMeta
 
-from relaycore.fast.triton.config import Config, chunk_size, default_config, tile_height
+from relaycore.fast.triton.config import Config, chunk_size, default_config, keys_per_step, tile_height
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
 
 
@@ -43,6 +43,7 @@ class Launch:
     Attributes:
         level: the prefix level it reads, or ``-1`` for the requests' own KV.
         block_m: the tile height of its items.
+        block_n: keys per inner-loop step of its items.
         fused: own items of requests whose own KV is one chunk: they fold their tokens' slots
             and write the result themselves (``FUSE_MERGE``), so those tokens need no merge.
         items: int32 ``[num_items, NUM_ITEM_FIELDS]`` on the device (see ``kernels.ITEM_FIELDS``).
@@ -52,6 +53,7 @@ class Launch:
 
     level: int
     block_m: int
+    block_n: int
     fused: bool
     items: torch.Tensor
     tokens: torch.Tensor
@@ -207,9 +209,10 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
                 return
             rows = toks.size * g
             tile = tile_height(rows, config, prefix=level >= 0)
-            chunk = int(seg_sizes[s][requests[0]])  # the same for every request of a group
+            first = requests[0]  # chunk size and step are the same for every request of a group
+            chunk, step = int(seg_sizes[s][first]), keys_per_step(int(rows_per_request[first]), config)
             fused = level < 0 and seg_len <= chunk
-            tokens, slots, items, n_listed = buckets.setdefault((tile, fused), ([], [], [], [0]))
+            tokens, slots, items, n_listed = buckets.setdefault((tile, step, fused), ([], [], [], [0]))
             tokens.append(toks)
             slots.append(slot_offsets[toks] + seg_base[s][token_request[toks]])
             for c in range(-(-seg_len // chunk)):
@@ -223,9 +226,10 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             starts = np.concatenate([[0], np.cumsum(lens)])
             for p in np.unique(ids[ids >= 0]):
                 users = np.flatnonzero(ids == p)
-                if relay:  # sharers with the same chunking read the prefix together
-                    sizes = seg_sizes[s][users]
-                    groups = [users[sizes == size] for size in np.unique(sizes)]
+                if relay:  # sharers with the same chunking and step read the prefix together
+                    steps = np.array([keys_per_step(int(r), config) for r in rows_per_request[users]])
+                    kinds = seg_sizes[s][users] * 4096 + steps
+                    groups = [users[kinds == kind] for kind in np.unique(kinds)]
                 else:
                     groups = [users[i : i + 1] for i in range(users.size)]
                 for group in groups:
@@ -235,11 +239,12 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             for b in range(batch):
                 base = b if meta.paged else int(kv_starts[b])
                 add_group([b], base, int(meta.kv_lens[b]), int(meta.kv_lens[b] - q_lens[b]))
-        for tile, fused in sorted(buckets, reverse=True):
-            tokens, slots, items, _ = buckets[tile, fused]
+        for tile, step, fused in sorted(buckets, reverse=True):
+            tokens, slots, items, _ = buckets[tile, step, fused]
             launches.append(Launch(
                 level=level,
                 block_m=tile,
+                block_n=step,
                 fused=fused,
                 items=to_device(np.array(items, dtype=np.int64).reshape(-1, NUM_ITEM_FIELDS)),
                 tokens=to_device(np.concatenate(tokens)),
