@@ -222,3 +222,23 @@ def test_grids_and_custom_points():
         grids.parse_point("B=8,Hq=32,Hkv=5,D=128,prefix=2048,own=128")
     with pytest.raises(ValueError, match="expected an integer"):
         grids.parse_point("B=x,Hq=32,Hkv=8,D=128,prefix=2048,own=128")
+
+
+def test_targets_are_not_judged_without_relaycore_timings():
+    doc = _fake_doc()
+    for entry in doc["points"]:
+        entry["results"]["relaycore_triton"] = {"status": "failed", "reason": "out of bound", "variants": {}}
+    assert {j.verdict for j in analysis.judge(doc)} == {"not judged"}
+    assert all(r["measured"] is None for r in analysis.paper_rows(doc))
+
+
+def test_timing_summary_and_progress_lines():
+    t = timing.summarize([5.0, 1.0, 3.0, 2.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0], graphed=True)
+    assert (t.median_s, t.p10_s, t.p90_s, t.reps, t.graphed) == (6.0, 2.0, 10.0, 11, True)
+    import io
+
+    stream = io.StringIO()
+    bar = runner.Progress(2, stream=stream, width=4)
+    bar.step("first")
+    bar.step("second")
+    assert stream.getvalue() == "[##..] 1/2 first\n[####] 2/2 second\n"
