@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -242,3 +245,26 @@ def test_timing_summary_and_progress_lines():
     bar.step("first")
     bar.step("second")
     assert stream.getvalue() == "[##..] 1/2 first\n[####] 2/2 second\n"
+
+
+TRITON_PROVIDER_SCRIPT = """
+from relaycore.bench import providers
+from relaycore.bench.grids import Point
+from relaycore.bench.problem import check, compute_oracle, make_problem
+for point in (Point("cpu", 2, 4, 2, 16, 40, 20, 1), Point("cpu", 2, 4, 4, 16, 32, 20, 20)):
+    problem = make_problem(point, "cpu")
+    oracle = compute_oracle(problem)
+    for name, setup in providers.by_name(["relaycore_triton"])[0].variants(problem):
+        prepared = setup()
+        print("passed" if check(oracle, *prepared.result(prepared.fn())).passed else "failed")
+"""
+
+
+def test_the_triton_provider_call_path_runs_under_the_interpreter():
+    """The bench calls the Triton backend the way a serving engine does (plan once, then
+    ``relay_attention(plan=)``); on the CPU the interpreter runs that same path."""
+    pytest.importorskip("triton")
+    run = subprocess.run([sys.executable, "-c", TRITON_PROVIDER_SCRIPT], capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["passed", "passed"]
