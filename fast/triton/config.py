@@ -29,13 +29,9 @@ class Config:
             not (measured; ``tests/gpu`` checks it bit for bit, ``fast/triton/NOTES.md``).
         min_block_m: the shortest own tile. An own tile holds one request's rows, so its
             height may follow the request.
-        block_n: keys per inner-loop step for decode-sized requests. It fixes where the running
-            max is taken, so it is a function of the request (``keys_per_step``), never of the
-            batch.
-        tall_block_n: keys per step for requests of ``tall_rows`` rows and more (append).
-        tall_rows: rows per KV head from which a request is "tall": one chunk per segment
-            (``chunk_size``) and ``tall_block_n`` keys per step.
-        min_chunk, target_chunks, min_programs: see ``chunk_size``.
+        block_n: keys per inner-loop step (fixes where the running max is taken: the same
+            for every tile, or bits would change with the tile).
+        min_chunk, target_chunks: see ``chunk_size``.
         num_warps, num_stages: for the partial kernel's tiles of up to 64 rows; taller tiles
             take ``2 * num_warps``.
         block_h: query heads per program of the merge kernel.
@@ -45,17 +41,14 @@ class Config:
     prefix_block_m: int
     min_block_m: int
     block_n: int
-    tall_block_n: int
-    tall_rows: int
     min_chunk: int
     target_chunks: int
-    min_programs: int
     num_warps: int
     num_stages: int
     block_h: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "tall_block_n", "min_chunk", "block_h"):
+        for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk", "block_h"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"Config.{name}: expected a power of two, got {value}")
@@ -66,10 +59,10 @@ class Config:
                 f"Config: expected min_block_m <= prefix_block_m <= block_m, got "
                 f"{self.min_block_m}, {self.prefix_block_m}, {self.block_m}"
             )
-        if self.min_chunk < max(self.block_n, self.tall_block_n):
-            raise ValueError(f"Config.min_chunk: expected at least block_n and tall_block_n, got {self.min_chunk}")
-        if self.target_chunks < 1 or self.min_programs < 1:
-            raise ValueError(f"Config: expected target_chunks, min_programs >= 1, got {self.target_chunks}, {self.min_programs}")
+        if self.min_chunk < self.block_n:
+            raise ValueError(f"Config.min_chunk: expected at least block_n={self.block_n}, got {self.min_chunk}")
+        if self.target_chunks < 1:
+            raise ValueError(f"Config.target_chunks: expected >= 1, got {self.target_chunks}")
 
     def warps(self, tile: int) -> int:
         """``num_warps`` for a tile of ``tile`` rows."""
@@ -86,35 +79,23 @@ def default_config(head_dim: int, dtype: str) -> Config:
     """
     wide = head_dim >= 256 or dtype == "float32"
     return Config(block_m=64 if wide else 128, prefix_block_m=64, min_block_m=16, block_n=32 if wide else 64,
-                  tall_block_n=32 if wide else 128, tall_rows=128, min_chunk=256, target_chunks=8, min_programs=256,
-                  num_warps=4, num_stages=2 if wide else 3)
+                  min_chunk=256, target_chunks=8, num_warps=4, num_stages=2 if wide else 3)
 
 
-def keys_per_step(rows: int, config: Config) -> int:
-    """``block_n`` for a request with ``rows`` rows per KV head: ``tall_block_n`` from
-    ``tall_rows`` on, else ``block_n``."""
-    return config.tall_block_n if rows >= config.tall_rows else config.block_n
-
-
-def chunk_size(length: int, rows: int, num_kv_heads: int, config: Config) -> int:
+def chunk_size(length: int, rows: int, config: Config) -> int:
     """Keys per chunk of a segment of ``length`` keys read by a request with ``rows`` rows per
-    KV head (its query tokens x the group's query heads), in a model of ``num_kv_heads``.
+    KV head (its query tokens x the group's query heads).
 
     Decode (``rows`` up to ``min_block_m``) cuts the segment into about ``target_chunks``
-    chunks, or more where the model has few KV heads (enough that one request alone runs
-    ``min_programs`` programs), so that few requests still fill the GPU; each doubling of ``rows`` halves the
+    chunks, so that few requests still fill the GPU; each doubling of ``rows`` halves the
     count, since the rows' own tiles bring the parallelism and every chunk costs every row a
-    partial state (fp32 ``D`` + 1 words written and read back): from ``tall_rows`` rows on
-    the segment is one chunk. The size is rounded up to a power of two and is at
+    partial state (fp32 ``D`` + 1 words written and read back): at ``8 * min_block_m`` rows
+    and beyond the segment is one chunk. The size is rounded up to a power of two and is at
     least ``min_chunk``. It is a function of the request alone, so its chunks, and their bits,
     are the same in any batch.
     """
-    if rows >= config.tall_rows:
-        want_chunks = 1
-    else:
-        tiles = -(-max(int(rows), 1) // config.min_block_m)
-        decode_chunks = max(config.target_chunks, -(-config.min_programs // max(int(num_kv_heads), 1)))
-        want_chunks = max(1, decode_chunks // tiles)
+    tiles = -(-max(int(rows), 1) // config.min_block_m)
+    want_chunks = max(1, config.target_chunks // tiles)
     want = -(-max(int(length), 1) // want_chunks)
     size = config.min_chunk
     while size < want:

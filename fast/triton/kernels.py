@@ -18,9 +18,7 @@ Notation (fla's habit): ``i_`` program ids, ``o_`` offsets, ``m_`` masks, ``b_``
 ``merge_kernel``
     One program = one query token x a block of query heads. It folds every slot of the token
     (prefix levels in order, chunks in order, then the own chunks) in that fixed order,
-    normalizes, and writes ``out`` in q's dtype and ``lse`` in natural log. Tokens whose own KV
-    is one chunk need no merge launch: the own program folds their slots itself
-    (``FUSE_MERGE``), with the same ``fold_slots``, so the bits are the same either way.
+    normalizes, and writes ``out`` in q's dtype and ``lse`` in natural log.
 """
 
 from __future__ import annotations
@@ -72,14 +70,12 @@ def finish_state(b_acc, b_m, b_l):
 @triton.jit
 def partial_kernel(
     q_ptr, k_ptr, v_ptr, items_ptr, tok_ptr, slot_ptr, table_ptr, part_out_ptr, part_lse_ptr,
-    slot_offsets_ptr, out_ptr, lse_ptr,
     qk_scale,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_table,
     page_size,
-    stride_ot, stride_oh,
     NUM_Q_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -89,8 +85,6 @@ def partial_kernel(
     CAUSAL: tl.constexpr,
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    FUSE_MERGE: tl.constexpr,
-    LN2: tl.constexpr,
 ):
     """Chunk states of one tile of rows over one chunk of keys, for one KV head.
 
@@ -114,10 +108,6 @@ def partial_kernel(
         CAUSAL: key ``t`` is seen by the row's token ``j`` (its index in the item's token list)
             only if ``t <= causal_shift + j``.
         UPCAST: compute in fp32 from loads of any dtype (the interpreter's bf16 is wrong).
-        FUSE_MERGE: the chunk is the last slot of each of its rows' tokens (own KV of one
-            chunk, launched after every prefix launch): instead of storing its state, fold the
-            token's earlier slots and this state exactly as ``merge_kernel`` does, and write
-            the result to ``out_ptr``/``lse_ptr`` (``slot_offsets_ptr`` as there).
     """
     tl.static_assert(HEAD_DIM >= 16 and HEAD_DIM <= 256 and (HEAD_DIM & (HEAD_DIM - 1)) == 0)
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
@@ -181,101 +171,62 @@ def partial_kernel(
 
     b_out, b_lse2 = finish_state(b_acc, b_m, b_l)
     o_slot_out = (tl.load(slot_ptr + tok_base + o_j, mask=m_row, other=0) + chunk).to(tl.int64)
-    if FUSE_MERGE:
-        o_first = tl.load(slot_offsets_ptr + o_tok, mask=m_row, other=0).to(tl.int64)
-        b_res, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first, o_slot_out - o_first, o_head, m_row,
-                                  b_out, b_lse2, NUM_Q_HEADS, HEAD_DIM, LN2)
-        o_res = o_tok[:, None] * stride_ot + o_head[:, None] * stride_oh + o_d[None, :]
-        tl.store(out_ptr + o_res, b_res.to(out_ptr.dtype.element_ty), mask=m_row[:, None])
-        tl.store(lse_ptr + o_tok * NUM_Q_HEADS + o_head, b_lse, mask=m_row)
-    else:
-        o_state = o_slot_out * NUM_Q_HEADS + o_head
-        tl.store(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], b_out, mask=m_row[:, None])
-        tl.store(part_lse_ptr + o_state, b_lse2, mask=m_row)
-
-
-@triton.jit
-def fold_slots(part_out_ptr, part_lse_ptr, o_first, o_count, o_head, m_row, b_last_out, b_last_lse2,
-               NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LN2: tl.constexpr):
-    """Fold each row's slots ``o_first .. o_first + o_count - 1``, then the state
-    ``(b_last_out, b_last_lse2)``, in that order: the one definition of the merge of many states.
-
-    Two passes: the largest ``lse2`` (so no weight overflows), then
-    ``out = sum_i w_i out_i / sum_i w_i`` with ``w_i = exp2(lse2_i - max)``.
-
-    Args:
-        o_first, o_count: int64 ``[R]`` per row.
-        o_head: ``[R]`` each row's query head.
-        m_row: bool ``[R]``: rows to compute.
-        b_last_out: fp32 ``[R, D]``; b_last_lse2: fp32 ``[R]`` (``-inf`` to fold nothing more).
-
-    Returns:
-        ``(out [R, D] fp32, lse [R] fp32 natural log)``; ``(0, -inf)`` where every state is empty.
-    """
-    o_d = tl.arange(0, HEAD_DIM)
-    n = tl.max(tl.where(m_row, o_count, 0), 0)
-    b_max = b_last_lse2
-    for i in range(0, n):
-        m_i = m_row & (i < o_count)
-        b_max = tl.maximum(b_max, tl.load(part_lse_ptr + (o_first + i) * NUM_Q_HEADS + o_head, mask=m_i,
-                                          other=float("-inf")))
-    m_safe = tl.where(b_max == float("-inf"), 0.0, b_max)
-    b_sum = tl.zeros_like(b_last_lse2)
-    b_acc = tl.zeros_like(b_last_out)
-    for i in range(0, n):
-        m_i = m_row & (i < o_count)
-        o_state = (o_first + i) * NUM_Q_HEADS + o_head
-        b_w = tl.exp2(tl.load(part_lse_ptr + o_state, mask=m_i, other=float("-inf")) - m_safe)
-        b_o = tl.load(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], mask=m_i[:, None], other=0.0)
-        b_sum += b_w
-        b_acc += b_w[:, None] * b_o
-    b_w = tl.exp2(b_last_lse2 - m_safe)
-    b_sum += b_w
-    b_acc += b_w[:, None] * b_last_out
-    seen = b_sum > 0
-    b_sum_safe = tl.where(seen, b_sum, 1.0)
-    return b_acc / b_sum_safe[:, None], tl.where(seen, (m_safe + tl.log2(b_sum_safe)) * LN2, float("-inf"))
+    o_state = o_slot_out * NUM_Q_HEADS + o_head
+    tl.store(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], b_out, mask=m_row[:, None])
+    tl.store(part_lse_ptr + o_state, b_lse2, mask=m_row)
 
 
 @triton.jit
 def merge_kernel(
-    part_out_ptr, part_lse_ptr, slot_offsets_ptr, merge_tok_ptr, out_ptr, lse_ptr,
+    part_out_ptr, part_lse_ptr, slot_offsets_ptr, out_ptr, lse_ptr,
     stride_ot, stride_oh,
     NUM_Q_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_H: tl.constexpr,
     LN2: tl.constexpr,
 ):
-    """Fold every slot of a token, in slot order, into its result (``fold_slots``).
+    """Fold every chunk state of a token, in slot order, into its result.
 
-    Grid: ``(num_merge_tokens, cdiv(Hq, BLOCK_H))``: the tokens that ``partial_kernel`` did not
-    finish itself (``FUSE_MERGE``), listed in ``merge_tok_ptr``.
+    Grid: ``(total_q, cdiv(Hq, BLOCK_H))``. Two passes over the token's slots: the max of the
+    ``lse2`` (so no weight overflows), then ``out = sum_i w_i out_i / sum_i w_i`` with
+    ``w_i = exp2(lse2_i - max)``. The order of the sums is the slot order, fixed by the plan.
 
     Args:
         part_out_ptr: fp32 ``[num_slots, Hq, D]``.
         part_lse_ptr: fp32 ``[num_slots, Hq]`` (base 2).
         slot_offsets_ptr: int32 ``[total_q + 1]``: token ``t`` owns slots
             ``slot_offsets[t] : slot_offsets[t + 1]``.
-        merge_tok_ptr: int32 ``[num_merge_tokens]``.
         out_ptr: ``[total_q, Hq, D]`` in q's dtype.
         lse_ptr: fp32 ``[total_q, Hq]``, natural log.
         LN2: ``ln 2``, to convert ``lse2`` at the boundary.
     """
-    i_t = tl.load(merge_tok_ptr + tl.program_id(0)).to(tl.int64)
+    i_t = tl.program_id(0)
     i_hb = tl.program_id(1)
     o_h = i_hb * BLOCK_H + tl.arange(0, BLOCK_H)
     m_h = o_h < NUM_Q_HEADS
     o_d = tl.arange(0, HEAD_DIM)
     first = tl.load(slot_offsets_ptr + i_t).to(tl.int64)
     last = tl.load(slot_offsets_ptr + i_t + 1).to(tl.int64)
-    # the token's last slot plays the part of the state in registers in FUSE_MERGE
-    o_last = (last - 1) * NUM_Q_HEADS + o_h
-    b_last_lse2 = tl.load(part_lse_ptr + o_last, mask=m_h, other=float("-inf"))
-    b_last_out = tl.load(part_out_ptr + o_last[:, None] * HEAD_DIM + o_d[None, :], mask=m_h[:, None], other=0.0)
-    o_first = tl.zeros([BLOCK_H], dtype=tl.int64) + first
-    o_count = tl.zeros([BLOCK_H], dtype=tl.int64) + (last - 1 - first)
-    b_out, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first, o_count, o_h, m_h, b_last_out, b_last_lse2,
-                              NUM_Q_HEADS, HEAD_DIM, LN2)
-    o_out = i_t * stride_ot + o_h[:, None] * stride_oh + o_d[None, :]
+
+    b_max = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    for s in range(first, last):
+        o_state = s * NUM_Q_HEADS + o_h
+        b_max = tl.maximum(b_max, tl.load(part_lse_ptr + o_state, mask=m_h, other=float("-inf")))
+    m_safe = tl.where(b_max == float("-inf"), 0.0, b_max)
+
+    b_sum = tl.zeros([BLOCK_H], dtype=tl.float32)
+    b_acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
+    for s in range(first, last):
+        o_state = s * NUM_Q_HEADS + o_h
+        b_w = tl.exp2(tl.load(part_lse_ptr + o_state, mask=m_h, other=float("-inf")) - m_safe)
+        b_o = tl.load(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], mask=m_h[:, None], other=0.0)
+        b_sum += b_w
+        b_acc += b_w[:, None] * b_o
+
+    seen = b_sum > 0
+    b_sum_safe = tl.where(seen, b_sum, 1.0)
+    b_out = b_acc / b_sum_safe[:, None]
+    b_lse = tl.where(seen, (m_safe + tl.log2(b_sum_safe)) * LN2, float("-inf"))
+    o_out = i_t.to(tl.int64) * stride_ot + o_h[:, None] * stride_oh + o_d[None, :]
     tl.store(out_ptr + o_out, b_out.to(out_ptr.dtype.element_ty), mask=m_h[:, None])
-    tl.store(lse_ptr + i_t * NUM_Q_HEADS + o_h, b_lse, mask=m_h)
+    tl.store(lse_ptr + i_t.to(tl.int64) * NUM_Q_HEADS + o_h, b_lse, mask=m_h)

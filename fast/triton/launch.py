@@ -80,26 +80,20 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
         launch(
             partial_kernel, (item_list.num_items, plan.num_kv_heads),
             (q, k, v, item_list.items, item_list.tokens, item_list.slots, table, part_out, part_lse,
-             plan.slot_offsets, out, lse,
              plan.softmax_scale * LOG2E,
              q.stride(0), q.stride(1),
              skb, sks, skh,
              svb, svs, svh,
              table.stride(0) if paged else 0,
-             page_size,
-             out.stride(0), out.stride(1)),
-            dict(NUM_Q_HEADS=hq, GROUP=plan.group_size, HEAD_DIM=d, BLOCK_M=item_list.block_m, BLOCK_N=item_list.block_n,
-                 PAGED=paged, CAUSAL=causal, UPCAST=upcast, DOT_PRECISION=precision, FUSE_MERGE=item_list.fused,
-                 LN2=LN2),
+             page_size),
+            dict(NUM_Q_HEADS=hq, GROUP=plan.group_size, HEAD_DIM=d, BLOCK_M=item_list.block_m, BLOCK_N=cfg.block_n,
+                 PAGED=paged, CAUSAL=causal, UPCAST=upcast, DOT_PRECISION=precision),
             num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device,
         )
-    num_merge = int(plan.merge_tokens.shape[0])
-    if num_merge == 0:
-        return AttentionState(out, lse)
     block_h = min(cfg.block_h, triton.next_power_of_2(hq))
     launch(
-        merge_kernel, (num_merge, triton.cdiv(hq, block_h)),
-        (part_out, part_lse, plan.slot_offsets, plan.merge_tokens, out, lse, out.stride(0), out.stride(1)),
+        merge_kernel, (total_q, triton.cdiv(hq, block_h)),
+        (part_out, part_lse, plan.slot_offsets, out, lse, out.stride(0), out.stride(1)),
         dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_H=block_h, LN2=LN2),
         num_warps=4, num_stages=1, device=q.device,
     )

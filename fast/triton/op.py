@@ -18,19 +18,19 @@ from relaycore.fast.triton.config import Config
 from relaycore.fast.triton.launch import run_eager
 from relaycore.fast.triton.plan import Launch, Plan
 
-_CONFIG_FIELDS = ("block_m", "prefix_block_m", "min_block_m", "block_n", "tall_block_n", "tall_rows", "min_chunk",
-                  "target_chunks", "min_programs", "num_warps", "num_stages", "block_h")
+_CONFIG_FIELDS = ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk", "target_chunks", "num_warps",
+                  "num_stages", "block_h")
 
 
 def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
-    tensors = [plan.slot_offsets, plan.merge_tokens]
+    tensors = [plan.slot_offsets]
     ints = [plan.total_q, plan.num_q_heads, plan.num_kv_heads, plan.head_dim, int(plan.paged), int(plan.causal),
             plan.num_slots, plan.num_levels, int(plan.relay)]
     ints += [getattr(plan.config, name) for name in _CONFIG_FIELDS]
     ints.append(len(plan.launches))
     for launch in plan.launches:
         tensors += [launch.items, launch.tokens, launch.slots]
-        ints += [launch.level, launch.block_m, launch.block_n, int(launch.fused)]
+        ints += [launch.level, launch.block_m]
     return tensors, ints
 
 
@@ -39,15 +39,13 @@ def _unpack(tensors: Sequence[torch.Tensor], ints: Sequence[int], q: torch.Tenso
     config = Config(**dict(zip(_CONFIG_FIELDS, ints[9 : 9 + len(_CONFIG_FIELDS)])))
     at = 9 + len(_CONFIG_FIELDS)
     launches = tuple(
-        Launch(level=ints[at + 1 + 4 * i], block_m=ints[at + 2 + 4 * i], block_n=ints[at + 3 + 4 * i],
-               fused=bool(ints[at + 4 + 4 * i]), items=tensors[2 + 3 * i], tokens=tensors[3 + 3 * i],
-               slots=tensors[4 + 3 * i])
+        Launch(level=ints[at + 1 + 2 * i], block_m=ints[at + 2 + 2 * i], items=tensors[1 + 3 * i],
+               tokens=tensors[2 + 3 * i], slots=tensors[3 + 3 * i])
         for i in range(ints[at])
     )
     return Plan(total_q=total_q, num_q_heads=hq, num_kv_heads=hkv, head_dim=d, dtype=str(q.dtype).replace("torch.", ""),
                 paged=bool(paged), causal=bool(causal), softmax_scale=softmax_scale, config=config, num_slots=num_slots,
-                slot_offsets=tensors[0], launches=launches, merge_tokens=tensors[1], relay=bool(relay),
-                device=str(q.device),
+                slot_offsets=tensors[0], launches=launches, relay=bool(relay), device=str(q.device),
                 num_levels=num_levels)
 
 

@@ -32,7 +32,7 @@ import torch
 from relaycore.types import AttentionState, PagedKV
 from relaycore.validation import BatchMeta
 
-from relaycore.fast.triton.config import Config, chunk_size, default_config, keys_per_step, tile_height
+from relaycore.fast.triton.config import Config, chunk_size, default_config, tile_height
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
 
 
@@ -43,9 +43,6 @@ class Launch:
     Attributes:
         level: the prefix level it reads, or ``-1`` for the requests' own KV.
         block_m: the tile height of its items.
-        block_n: keys per inner-loop step of its items.
-        fused: own items of requests whose own KV is one chunk: they fold their tokens' slots
-            and write the result themselves (``FUSE_MERGE``), so those tokens need no merge.
         items: int32 ``[num_items, NUM_ITEM_FIELDS]`` on the device (see ``kernels.ITEM_FIELDS``).
         tokens: int32 ``[n]`` on the device: the token lists the items index.
         slots: int32 ``[n]`` on the device: each listed token's slot for chunk 0 of the segment.
@@ -53,8 +50,6 @@ class Launch:
 
     level: int
     block_m: int
-    block_n: int
-    fused: bool
     items: torch.Tensor
     tokens: torch.Tensor
     slots: torch.Tensor
@@ -77,10 +72,7 @@ class Plan:
         config: the launch configuration.
         num_slots: scratch slots in all.
         slot_offsets: int32 ``[total_q + 1]`` on the device.
-        launches: one ``Launch`` per KV source, tile height and fusion that has work, levels
-            first.
-        merge_tokens: int32 ``[n]`` on the device: the tokens the merge kernel finishes (those
-            of requests whose own KV is several chunks).
+        launches: one ``Launch`` per KV source that has work, levels first.
         relay: whether prefix rows are grouped across requests (``relay_grouping``).
         device: the device of the work lists.
         num_levels: prefix levels planned for.
@@ -98,7 +90,6 @@ class Plan:
     num_slots: int
     slot_offsets: torch.Tensor
     launches: Tuple[Launch, ...]
-    merge_tokens: torch.Tensor
     relay: bool
     device: str
 
@@ -151,9 +142,9 @@ def relay_grouping(meta: BatchMeta) -> bool:
     return True
 
 
-def _chunk_sizes(lengths: np.ndarray, rows: np.ndarray, num_kv_heads: int, config: Config) -> np.ndarray:
+def _chunk_sizes(lengths: np.ndarray, rows: np.ndarray, config: Config) -> np.ndarray:
     """``chunk_size`` elementwise over int64 ``[B]`` segment lengths and rows per request."""
-    return np.array([chunk_size(n, r, num_kv_heads, config) for n, r in zip(lengths, rows)], dtype=np.int64)
+    return np.array([chunk_size(n, r, config) for n, r in zip(lengths, rows)], dtype=np.int64)
 
 
 def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None) -> Plan:
@@ -181,10 +172,10 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     seg_sizes, seg_chunks = [], []
     for lens, ids in zip(meta.prefix_lens, meta.prefix_ids):
         plen = np.where(ids >= 0, lens[np.maximum(ids, 0)] if len(lens) else 0, 0).astype(np.int64)
-        seg_sizes.append(_chunk_sizes(plen, rows_per_request, meta.num_kv_heads, config))
+        seg_sizes.append(_chunk_sizes(plen, rows_per_request, config))
         seg_chunks.append(-(-plen // seg_sizes[-1]))
     own_lens = meta.kv_lens.astype(np.int64)
-    seg_sizes.append(_chunk_sizes(own_lens, rows_per_request, meta.num_kv_heads, config))
+    seg_sizes.append(_chunk_sizes(own_lens, rows_per_request, config))
     seg_chunks.append(-(-own_lens // seg_sizes[-1]))
     seg_chunks = np.stack(seg_chunks)  # [S, B]
     seg_base = np.cumsum(seg_chunks, axis=0) - seg_chunks  # [S, B] first slot of each segment
@@ -209,10 +200,8 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
                 return
             rows = toks.size * g
             tile = tile_height(rows, config, prefix=level >= 0)
-            first = requests[0]  # chunk size and step are the same for every request of a group
-            chunk, step = int(seg_sizes[s][first]), keys_per_step(int(rows_per_request[first]), config)
-            fused = level < 0 and seg_len <= chunk
-            tokens, slots, items, n_listed = buckets.setdefault((tile, step, fused), ([], [], [], [0]))
+            chunk = int(seg_sizes[s][requests[0]])  # the same for every request of a group
+            tokens, slots, items, n_listed = buckets.setdefault(tile, ([], [], [], [0]))
             tokens.append(toks)
             slots.append(slot_offsets[toks] + seg_base[s][token_request[toks]])
             for c in range(-(-seg_len // chunk)):
@@ -226,10 +215,9 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             starts = np.concatenate([[0], np.cumsum(lens)])
             for p in np.unique(ids[ids >= 0]):
                 users = np.flatnonzero(ids == p)
-                if relay:  # sharers with the same chunking and step read the prefix together
-                    steps = np.array([keys_per_step(int(r), config) for r in rows_per_request[users]])
-                    kinds = seg_sizes[s][users] * 4096 + steps
-                    groups = [users[kinds == kind] for kind in np.unique(kinds)]
+                if relay:  # sharers with the same chunking read the prefix together
+                    sizes = seg_sizes[s][users]
+                    groups = [users[sizes == size] for size in np.unique(sizes)]
                 else:
                     groups = [users[i : i + 1] for i in range(users.size)]
                 for group in groups:
@@ -239,19 +227,16 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             for b in range(batch):
                 base = b if meta.paged else int(kv_starts[b])
                 add_group([b], base, int(meta.kv_lens[b]), int(meta.kv_lens[b] - q_lens[b]))
-        for tile, step, fused in sorted(buckets, reverse=True):
-            tokens, slots, items, _ = buckets[tile, step, fused]
+        for tile in sorted(buckets, reverse=True):
+            tokens, slots, items, _ = buckets[tile]
             launches.append(Launch(
                 level=level,
                 block_m=tile,
-                block_n=step,
-                fused=fused,
                 items=to_device(np.array(items, dtype=np.int64).reshape(-1, NUM_ITEM_FIELDS)),
                 tokens=to_device(np.concatenate(tokens)),
                 slots=to_device(np.concatenate(slots)),
             ))
 
-    merge_tokens = np.flatnonzero(seg_chunks[-1][token_request] > 1) if batch else np.zeros(0, np.int64)
     return Plan(
         total_q=meta.total_q,
         num_q_heads=meta.num_q_heads,
@@ -265,7 +250,6 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         num_slots=num_slots,
         slot_offsets=to_device(slot_offsets),
         launches=tuple(launches),
-        merge_tokens=to_device(merge_tokens),
         relay=relay,
         device=str(device),
         num_levels=meta.num_levels,
