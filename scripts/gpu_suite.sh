@@ -6,6 +6,8 @@
 # 2. compute-sanitizer memcheck on a sample of shapes (tests/gpu/sanitize_sample.py)
 # 3. decode and append timings against SDPA (tests/gpu/perf_decode.py)
 # Logs and JSON lines go to OUT_DIR. Exit status: non-zero if 1 or 2 failed.
+# Narrower runs: PYTEST_K=<expr> selects tests (pytest -k), SKIP_SANITIZER=1, SKIP_PERF=1,
+# PERF_GRID=decode|append|all.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 LOGS="${1:-${OUT:-$ROOT/gpu-logs}}"
@@ -28,10 +30,12 @@ cd "$SITE"  # so that the repository's relaycore/ is not imported in place of th
 } 2>&1 | tee "$LOGS/environment.txt"
 
 status=0
-python3 -m pytest -m gpu -q -p no:cacheprovider -c "$ROOT/pyproject.toml" --rootdir "$ROOT" "$ROOT/tests/gpu" 2>&1 \
-  | tee "$LOGS/pytest_gpu.txt" || status=1
-compute-sanitizer --tool memcheck --error-exitcode 1 python3 "$ROOT/tests/gpu/sanitize_sample.py" 2>&1 \
-  | tee "$LOGS/sanitizer.txt" || status=1
+python3 -m pytest -m gpu -q -p no:cacheprovider -c "$ROOT/pyproject.toml" --rootdir "$ROOT" "$ROOT/tests/gpu" \
+  ${PYTEST_K:+-k "$PYTEST_K"} 2>&1 | tee "$LOGS/pytest_gpu.txt" || status=1
+if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
+  compute-sanitizer --tool memcheck --error-exitcode 1 python3 "$ROOT/tests/gpu/sanitize_sample.py" 2>&1 \
+    | tee "$LOGS/sanitizer.txt" || status=1
+fi
 if [ "${SKIP_PERF:-0}" != 1 ]; then
   python3 "$ROOT/tests/gpu/perf_decode.py" "$LOGS" "${PERF_GRID:-all}" 2>&1 | tee "$LOGS/perf.txt"
 fi

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 import relaycore  # noqa: E402
 from relaycore import PagedKV, PrefixLevel, RaggedKV  # noqa: E402
 from relaycore.fast.triton import plan, prepare, run_planned  # noqa: E402
-from relaycore.testing import assert_close  # noqa: E402
+from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
 
@@ -195,3 +195,14 @@ def test_torch_compile_gives_the_eager_bits():
 
     compiled = torch.compile(step, fullgraph=True)(q, kv, prefixes)
     assert _equal(compiled, eager)
+
+
+@pytest.mark.parametrize("head_dim", [16, 32, 64, 128, 256])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_every_head_dim_and_dtype(head_dim, dtype, poisoned_allocations):
+    # decode and append rows, two levels, paged: every tile height and chunk count occur
+    batch = make_batch([1, 40, 0, 3], [300, 40, 7, 2100], prefix_lens=[[700, 5], [1300]],
+                       prefix_ids=[[0, 0, 1, -1], [0, -1, 0, 0]], num_q_heads=8, num_kv_heads=2, head_dim=head_dim,
+                       dtype=dtype, block_size=16, seed=head_dim)
+    args, kwargs = batch.to_torch("cuda")
+    assert_close(relaycore.relay_attention(*args, **kwargs, backend="triton"), batch)
