@@ -18,14 +18,8 @@ if compgen -G "$root/.whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$root"/.whl/*.whl
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-# relaycore as installed (its mapped subpackages under one name) without pip: a copy of the
-# contract package with the reference/, fast/ and proofs/ directories linked in.
 if ! (cd /tmp && python3 -c "import relaycore.fast, relaycore.reference") 2>/dev/null; then
-  pkg=/tmp/relaycore-pkg
-  rm -rf "$pkg" && mkdir -p "$pkg/relaycore"
-  cp -r "$root/relaycore/." "$pkg/relaycore/"
-  for sub in reference fast proofs; do ln -s "$root/$sub" "$pkg/relaycore/$sub"; done
-  export PYTHONPATH="$pkg${PYTHONPATH:+:$PYTHONPATH}"
+  source "$root/scripts/mapped_site.sh" "$root"
 fi
 export RELAYCORE_COMMIT="${RELAYCORE_COMMIT:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 export PYTHONUNBUFFERED=1

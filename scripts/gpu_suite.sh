@@ -14,14 +14,9 @@ LOGS="${1:-${OUT:-$ROOT/gpu-logs}}"
 mkdir -p "$LOGS"
 export PYTHONUNBUFFERED=1
 
-# relaycore as installed (the repository's directories mapped onto one package, as pyproject
-# maps them), without pip: the GPU machine has no registry to fetch build requirements from.
-SITE="$(mktemp -d)"
-mkdir -p "$SITE/relaycore"
-cp -r "$ROOT"/relaycore/* "$SITE/relaycore/"
-for d in fast reference proofs; do ln -sfn "$ROOT/$d" "$SITE/relaycore/$d"; done
-export PYTHONPATH="$SITE:$ROOT/tests"
-cd "$SITE"  # so that the repository's relaycore/ is not imported in place of the mapped one
+source "$ROOT/scripts/mapped_site.sh" "$ROOT"
+export PYTHONPATH="$PYTHONPATH:$ROOT/tests"
+cd "$RELAYCORE_SITE"  # so that the repository's relaycore/ is not imported in place of the mapped one
 
 {
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
