@@ -5,8 +5,6 @@
 * Every module of ``relaycore.proofs`` becomes a page ``proofs/<module>.md``: its docstring (the
   statement and the proof) followed by its code (the machine check that ``tests/test_proofs.py``
   runs), so the site shows each claim with the check behind it.
-* Pages that other parts of the project write (``fast-path.md``, ``benchmarks/index.md``) join
-  the navigation once they exist; until then a link to one reads as plain text saying so.
 """
 
 from __future__ import annotations
@@ -14,8 +12,6 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
-import posixpath
-import re
 from pathlib import Path
 
 from mkdocs.structure.files import File
@@ -28,8 +24,6 @@ PROOFS = [
     ("levels", "Levels and boundaries are free"),
     ("error_bound", "The floating-point error bound"),
 ]
-#: Pages owned elsewhere, added to the navigation (before the API reference) when present.
-OPTIONAL_PAGES = [("How the fast path maps the math to tiles", "fast-path.md"), ("Benchmarks", "benchmarks/index.md")]
 MATHJAX_SITE_PATH = "assets/mathjax/tex-svg-full.js"
 
 
@@ -88,39 +82,8 @@ def _ratio_table(module) -> list:
     return rows + [""]
 
 
-def on_config(config):
-    docs = Path(config["docs_dir"])
-    nav = config["nav"]
-    extra = [{title: path} for title, path in OPTIONAL_PAGES if (docs / path).is_file()]
-    at = next((i for i, item in enumerate(nav) if "API reference" in item), len(nav))
-    nav[at:at] = extra
-    return config
-
-
 def on_files(files, config):
     files.append(File.generated(config, MATHJAX_SITE_PATH, abs_src_path=str(mathjax_source())))
     for name, _ in PROOFS:
         files.append(File.generated(config, f"proofs/{name}.md", content=proof_markdown(name)))
     return files
-
-
-_LINK = re.compile(r"(!?)\[([^\]]+)\]\(([^)#\s]+)(#[^)]*)?\)")
-
-
-def on_page_markdown(markdown, page, config, files):
-    """Links to an optional page that has not landed, or to a figure of such a page's folder
-    that is not there, become plain text."""
-    docs = Path(config["docs_dir"])
-    optional = [path for _, path in OPTIONAL_PAGES]
-    folders = [posixpath.dirname(path) for path in optional if posixpath.dirname(path)]
-    here = posixpath.dirname(page.file.src_uri)
-
-    def replace(match):
-        image, text, href = match.group(1), match.group(2), match.group(3)
-        target = posixpath.normpath(posixpath.join(here, href))
-        owned_elsewhere = target in optional or any(target.startswith(f + "/") for f in folders)
-        if not owned_elsewhere or (docs / target).is_file():
-            return match.group(0)
-        return f"*({text}: not published yet)*" if image else f"{text} (not published yet)"
-
-    return _LINK.sub(replace, markdown)
