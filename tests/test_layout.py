@@ -1,0 +1,37 @@
+"""The import rules of DESIGN.md, checked on the source: the oracle and the fast paths never
+import each other, and both lean only on the neutral contract modules."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The contract modules reference/ and fast/ may import (besides their own package).
+NEUTRAL = {"relaycore", "relaycore.types", "relaycore.state", "relaycore.constants", "relaycore.validation"}
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, []
+
+
+@pytest.mark.parametrize("directory, own, forbidden", [
+    ("reference", "relaycore.reference", "relaycore.fast"),
+    ("fast", "relaycore.fast", "relaycore.reference"),
+])
+def test_oracle_and_fast_paths_stay_apart(directory, own, forbidden):
+    for path in sorted((ROOT / directory).rglob("*.py")):
+        for module, names in _imports(path):
+            if not module.startswith("relaycore"):
+                continue
+            where = f"{path.relative_to(ROOT)} imports {module}"
+            assert not module.startswith(forbidden), where
+            if module.startswith(own):
+                continue
+            targets = {f"{module}.{n}" for n in names} if module == "relaycore" else {module}
+            assert targets <= NEUTRAL, where
