@@ -2,7 +2,7 @@
 
 NumPy inputs give float64 results. torch tensors (any device) are copied to
 the host, computed in float64, and returned as torch tensors on q's device: ``out`` converted to
-q's dtype, ``lse`` float32, as every backend returns them. torch is never imported here: the
+q's dtype, ``lse`` float32 (float64 for float64 q), as every backend returns them. torch is never imported here: the
 results are made with the input tensors' own methods.
 """
 
@@ -26,10 +26,11 @@ def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta) -> AttentionState:
 
     Returns:
         NumPy inputs: ``out`` float64 ``[total_q, Hq, D]``, ``lse`` float64 ``[total_q, Hq]``.
-        torch inputs: ``out`` in q's dtype, ``lse`` float32, on q's device.
+        torch inputs: ``out`` in q's dtype, ``lse`` float32 (float64 for float64 q), on q's device.
     """
     result = relay_from_problem(from_validated(q, kv, prefixes, meta))
     if meta.array_kind == "numpy":
         return result
-    float32_template = q.new_empty(0).float()  # on q's device; makes float32 tensors there
-    return AttentionState(q.new_tensor(result.out), float32_template.new_tensor(result.lse))
+    # lse in float32, or float64 for float64 q; made with q's own methods, on q's device
+    lse_template = q.new_empty(0) if str(q.dtype) == "torch.float64" else q.new_empty(0).float()
+    return AttentionState(q.new_tensor(result.out), lse_template.new_tensor(result.lse))

@@ -143,6 +143,10 @@ def load(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=None) -
     Raises:
         TypeError, ValueError: from ``relaycore.validation.validate``, naming the argument.
     """
+    if array_kind(q) == "torch":
+        # validate the tensors as given: the copy to the host widens bfloat16 to float32,
+        # which would hide a dtype mismatch between q and the KV
+        validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     q, cu_seqlens_q = host_array(q), host_array(cu_seqlens_q)
     kv, prefixes = _host_kv(kv), _host_prefixes(prefixes)
     meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)

@@ -8,7 +8,7 @@ import numpy as np
 
 from relaycore import dispatch, state
 from relaycore.types import AttentionState, PrefixLevel, RequestKV
-from relaycore.validation import array_kind, validate
+from relaycore.validation import array_kind, dtype_name, validate
 
 
 def relay_attention(
@@ -52,10 +52,14 @@ def relay_attention(
 
     Returns:
         ``AttentionState(out [total_q, Hq, D] in q's dtype, lse [total_q, Hq] float32)``;
-        ``float64`` both for NumPy inputs. A query that sees no key gets out 0 and lse -inf.
+        ``lse`` is float64 when q is float64 (NumPy inputs are always float64). A query that sees no key gets out 0 and lse -inf.
 
     Raises:
         TypeError, ValueError: bad input, naming the argument, the expected and the received.
+
+    The values of q, k and v are not read on the host (that would synchronize a GPU): they must
+    be finite, and the scores ``softmax_scale * q . k`` finite in the accumulation format
+    (fp32; float64 for float64 inputs). Scores that overflow it have no meaningful result.
 
     Example:
         >>> import numpy as np, relaycore
@@ -76,7 +80,8 @@ def relay_attention(
             raise ValueError(f"backend: a plan runs the 'triton' backend, got backend={backend!r}")
         if not callable(getattr(plan, "run", None)):
             raise TypeError(f"plan: expected a plan from relaycore.fast.triton.prepare, got {type(plan).__name__}")
-        return plan.run(q, kv, tuple(prefixes), causal=causal, softmax_scale=softmax_scale)
+        return plan.run(q, cu_seqlens_q, kv, tuple(prefixes) if isinstance(prefixes, (list, tuple)) else prefixes,
+                        causal=causal, softmax_scale=softmax_scale)
     meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     choice = dispatch.choose(meta, backend)
     return dispatch.load(choice.name).run(q, cu_seqlens_q, kv, tuple(prefixes), meta)
@@ -132,6 +137,11 @@ def merge_states(a: AttentionState, b: AttentionState) -> AttentionState:
         devices = {str(x.device) for x in (a.out, a.lse, b.out, b.lse)}
         if len(devices) != 1:
             raise ValueError(f"merge_states: expected all tensors on one device, got {sorted(devices)}")
-    elif not all(np.issubdtype(x.dtype, np.floating) for x in (a.out, a.lse, b.out, b.lse)):
-        raise TypeError("merge_states: expected floating-point arrays")
+    for name, x in (("a.out", a.out), ("a.lse", a.lse), ("b.out", b.out), ("b.lse", b.lse)):
+        floating = x.is_floating_point() if kinds == {"torch"} else np.issubdtype(x.dtype, np.floating)
+        if not floating:
+            raise TypeError(f"{name}: expected a floating-point dtype, got {dtype_name(x)}")
+    for field, x, y in (("out", a.out, b.out), ("lse", a.lse, b.lse)):
+        if dtype_name(x) != dtype_name(y):
+            raise TypeError(f"b.{field}: expected the dtype of a.{field} ({dtype_name(x)}), got {dtype_name(y)}")
     return state.merge(a, b)

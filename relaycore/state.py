@@ -86,7 +86,7 @@ def _merge_numpy(a: AttentionState, b: AttentionState) -> AttentionState:
     total_safe = np.where(seen, total, 1.0)
     lse = np.where(seen, m_safe + np.log(total_safe), -np.inf)
     out = (wa / total_safe)[..., None] * a.out + (wb / total_safe)[..., None] * b.out
-    return AttentionState(out, lse)
+    return AttentionState(out.astype(np.result_type(a.out), copy=False), lse.astype(np.result_type(la), copy=False))
 
 
 def _merge_torch(a: AttentionState, b: AttentionState) -> AttentionState:

@@ -183,7 +183,10 @@ def resolve_scale(softmax_scale: Optional[float], head_dim: int) -> float:
         return 1.0 / math.sqrt(head_dim)
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float, np.floating, np.integer)):
         raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
-    scale = float(softmax_scale)
+    try:
+        scale = float(softmax_scale)
+    except OverflowError:
+        raise ValueError("softmax_scale: expected a finite positive float, got an integer too large for a float") from None
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"softmax_scale: expected a finite positive float, got {scale}")
     return scale

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 import relaycore
+from relaycore import dispatch
 from relaycore.testing import BatchSpace, check, random_batch
 
 #: Dtypes a case without ``--dtype`` takes, by ``seed % 3``.
@@ -109,6 +110,24 @@ def _check_setup(args: argparse.Namespace, device: str) -> None:
         raise UsageError("torch is not installed: use --dtype float64 (NumPy inputs) or install torch") from exc
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: torch sees no CUDA device here")
+    if args.function is None and args.backend == "triton":
+        try:
+            triton_backend = dispatch.load("triton")
+        except RuntimeError as exc:
+            raise UsageError(str(exc)) from exc
+        if device == "cpu" and not triton_backend.interpreting():
+            raise UsageError("--backend triton on the CPU runs only under Triton's interpreter: set TRITON_INTERPRET=1, "
+                             "or use --device cuda on a GPU")
+
+
+def _space(args: argparse.Namespace, device: str) -> dict:
+    """The batches to draw: ``SPACES[device]``, with only the head dims a named backend runs."""
+    space = dict(SPACES[device])
+    if args.function is None and args.backend == "triton":
+        from relaycore.fast.triton.config import HEAD_DIMS
+
+        space["head_dims"] = tuple(d for d in space["head_dims"] if d in HEAD_DIMS)
+    return space
 
 
 def _reproduce(args: argparse.Namespace, seed: int, dtype: str, device: str) -> str:
@@ -135,7 +154,7 @@ def main(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"relaycore verify: {exc}", file=sys.stderr)
         return 2
-    space = SPACES[device]
+    space = _space(args, device)
     subject = f"function {args.function}" if fn else f"backend {args.backend}"
     dtypes = args.dtype or "/".join(CYCLE) + " by seed"
     last = args.seed + args.cases - 1

@@ -205,6 +205,29 @@ def test_a_plan_refuses_other_inputs():
     assert isinstance(paged, PagedKV)
     with pytest.raises(ValueError, match="kv: expected RaggedKV"):
         relaycore.relay_attention(q, cu, paged, prefixes, plan=planned)
+    # every tensor must have its planned shape, dtype and device (checked without a sync)
+    one_head = RaggedKV(kv.k[:, :1].contiguous(), kv.v[:, :1].contiguous(), kv.cu_seqlens)
+    with pytest.raises(ValueError, match=r"kv\.k: expected shape"):
+        relaycore.relay_attention(q, cu, one_head, prefixes, plan=planned)
+    with pytest.raises(ValueError, match=r"prefixes\[0\]\.k: expected shape"):
+        relaycore.relay_attention(q, cu, kv, [prefixes[0]._replace(k=prefixes[0].k[:-1])] + list(prefixes[1:]), plan=planned)
+    with pytest.raises(ValueError, match="cu_seqlens_q: expected shape"):
+        relaycore.relay_attention(q, cu[:-1], kv, prefixes, plan=planned)
+    with pytest.raises(TypeError, match="causal: expected a bool"):
+        relaycore.relay_attention(q, cu, kv, prefixes, causal="yes", plan=planned)
+    # softmax_scale=None means 1/sqrt(D) with a plan too: a plan made for another scale refuses it
+    scaled = prepare(*args, **{**kwargs, "softmax_scale": 0.9})
+    with pytest.raises(ValueError, match="softmax_scale"):
+        relaycore.relay_attention(q, cu, kv, prefixes, causal=kwargs["causal"], plan=scaled)
+
+
+@in_process
+def test_a_block_table_with_strided_columns_reads_the_right_pages():
+    batch = make_batch([2, 3], [5, 6], num_q_heads=4, num_kv_heads=2, head_dim=16, block_size=2, seed=1)
+    (q, cu, kv, prefixes), kwargs = batch.to_torch("cpu")
+    columns_strided = kv._replace(block_table=kv.block_table.t().contiguous().t())
+    assert columns_strided.block_table.stride(1) != 1
+    assert_close(relaycore.relay_attention(q, cu, columns_strided, prefixes, **kwargs, backend="triton"), batch)
 
 
 @in_process

@@ -75,6 +75,13 @@ def test_setup_problems_exit_with_status_two(capsys):
         assert status == 2 and "torch sees no CUDA device" in capsys.readouterr().err
 
 
+def test_triton_on_the_cpu_without_the_interpreter_cannot_start(capsys, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    status = cli.main(["verify", "--backend", "triton", "--device", "cpu", "--cases", "2"])
+    assert status == 2
+    assert "TRITON_INTERPRET=1" in capsys.readouterr().err
+
+
 def test_a_crashing_function_is_a_failing_case(capsys):
     status, out = verify(capsys, "--function", "wrong_attention:crash", "--cases", "2")
     assert status == 1, out

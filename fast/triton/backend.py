@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from relaycore.types import AttentionState
 from relaycore.validation import BatchMeta, validate
 
 from relaycore.fast.triton.config import DTYPES, HEAD_DIMS
 from relaycore.fast.triton.launch import run_planned
 from relaycore.fast.triton.launcher import interpreting
-from relaycore.fast.triton.plan import Plan, plan
+from relaycore.fast.triton.plan import Plan, plan, tensor_signature
 
 
 def supports(meta: BatchMeta) -> str | None:
@@ -50,8 +52,8 @@ def prepare(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_sc
     Raises:
         TypeError, ValueError: bad input, or a batch these kernels cannot run (the reason).
     """
-    meta = validate(q, cu_seqlens_q, kv, tuple(prefixes), causal=causal, softmax_scale=softmax_scale)
+    meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     reason = supports(meta)
     if reason is not None:
         raise ValueError(f"backend 'triton' cannot run this batch: {reason}")
-    return plan(meta)
+    return dataclasses.replace(plan(meta), signature=tensor_signature(q, cu_seqlens_q, kv, tuple(prefixes)))

@@ -70,7 +70,7 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
             level = prefixes[item_list.level]
             k, v, paged, causal, table = level.k, level.v, False, False, item_list.items
         elif isinstance(kv, PagedKV):
-            k, v, paged, causal, table = kv.k_cache, kv.v_cache, True, plan.causal, kv.block_table
+            k, v, paged, causal, table = kv.k_cache, kv.v_cache, True, plan.causal, _contiguous_last(kv.block_table)
         else:
             k, v, paged, causal, table = kv.k, kv.v, False, plan.causal, item_list.items
         k, v = _contiguous_last(k), _contiguous_last(v)

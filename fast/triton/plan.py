@@ -29,8 +29,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from relaycore.types import AttentionState, PagedKV
-from relaycore.validation import BatchMeta
+from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
+from relaycore.validation import BatchMeta, resolve_scale
 
 from relaycore.fast.triton.config import Config, chunk_size, default_config, tile_height
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
@@ -76,6 +76,9 @@ class Plan:
         relay: whether prefix rows are grouped across requests (``relay_grouping``).
         device: the device of the work lists.
         num_levels: prefix levels planned for.
+        signature: ``(argument name, shape, dtype, device)`` of every tensor of the call the
+            plan was prepared for (``tensor_signature``); empty for a plan made from metadata
+            alone, whose ``run`` then checks q only.
     """
 
     total_q: int
@@ -92,37 +95,72 @@ class Plan:
     launches: Tuple[Launch, ...]
     relay: bool
     device: str
-
     num_levels: int
+    signature: Tuple[Tuple[str, tuple, str, str], ...] = ()
 
     @property
     def group_size(self) -> int:
         return self.num_q_heads // self.num_kv_heads
 
-    def run(self, q, kv, prefixes, *, causal: bool, softmax_scale) -> AttentionState:
+    def run(self, q, cu_seqlens_q, kv, prefixes, *, causal: bool, softmax_scale) -> AttentionState:
         """``run_planned`` after the checks that need no host synchronization (what
-        ``relay_attention(..., plan=)`` calls): q's shape, dtype and device, the KV layout, the
-        number of prefix levels, ``causal`` and ``softmax_scale`` must be the plan's.
+        ``relay_attention(..., plan=)`` calls): every tensor must have the shape, dtype and
+        device it had when the plan was prepared (layers of a model share them), and
+        ``causal`` and ``softmax_scale`` (``None`` meaning ``1/sqrt(D)``) must be the plan's.
+        The values of the metadata (lengths, ids, block table) are trusted to be the planned
+        ones: reading them would synchronize.
 
         Raises:
-            ValueError: an input that differs from what was planned, naming it.
+            TypeError, ValueError: an input that differs from what was planned, naming it.
         """
         from relaycore.fast.triton.launch import run_planned
 
+        if not isinstance(kv, (RaggedKV, PagedKV)):
+            raise TypeError(f"kv: expected relaycore.RaggedKV or relaycore.PagedKV, got {type(kv).__name__}")
+        if isinstance(prefixes, PrefixLevel) or not isinstance(prefixes, (list, tuple)):
+            raise TypeError(f"prefixes: expected a list or tuple of relaycore.PrefixLevel, got {type(prefixes).__name__}")
+        if not isinstance(causal, (bool, np.bool_)):
+            raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+        if bool(causal) != self.causal:
+            raise ValueError(f"causal: expected {self.causal} (the plan's), got {causal}")
+        scale = resolve_scale(softmax_scale, self.head_dim)
+        if scale != self.softmax_scale:
+            raise ValueError(f"softmax_scale: expected the plan's {self.softmax_scale}, got {softmax_scale} (resolved to {scale})")
         want = (self.total_q, self.num_q_heads, self.head_dim)
-        if tuple(q.shape) != want:
-            raise ValueError(f"q: expected shape {want} (the plan's), got {tuple(q.shape)}")
+        if getattr(q, "shape", None) is None or tuple(q.shape) != want:
+            raise ValueError(f"q: expected shape {want} (the plan's), got {tuple(getattr(q, 'shape', ()))}")
         if str(q.dtype).replace("torch.", "") != self.dtype or str(q.device) != self.device:
             raise ValueError(f"q: expected dtype {self.dtype} on {self.device} (the plan's), got {q.dtype} on {q.device}")
         if isinstance(kv, PagedKV) != self.paged:
             raise ValueError(f"kv: expected {'PagedKV' if self.paged else 'RaggedKV'} (the plan's), got {type(kv).__name__}")
         if len(prefixes) != self.num_levels:
             raise ValueError(f"prefixes: expected {self.num_levels} levels (the plan's), got {len(prefixes)}")
-        if bool(causal) != self.causal:
-            raise ValueError(f"causal: expected {self.causal} (the plan's), got {causal}")
-        if softmax_scale is not None and float(softmax_scale) != self.softmax_scale:
-            raise ValueError(f"softmax_scale: expected {self.softmax_scale} (the plan's) or None, got {softmax_scale}")
+        if self.signature:
+            for want_arg, got_arg in zip(self.signature, tensor_signature(q, cu_seqlens_q, kv, prefixes)):
+                if want_arg != got_arg:
+                    name, shape, dtype, device = want_arg
+                    _, got_shape, got_dtype, got_device = got_arg
+                    raise ValueError(
+                        f"{name}: expected shape {shape}, dtype {dtype} on {device} (the plan's), "
+                        f"got shape {got_shape}, dtype {got_dtype} on {got_device}"
+                    )
         return run_planned(self, q, kv, tuple(prefixes))
+
+
+def tensor_signature(q, cu_seqlens_q, kv, prefixes) -> Tuple[Tuple[str, tuple, str, str], ...]:
+    """``(name, shape, dtype, device)`` of every tensor of a call, in a fixed order; anything
+    that is not a tensor gets the shape ``()`` and its type's name as dtype."""
+    named = [("q", q), ("cu_seqlens_q", cu_seqlens_q)]
+    named += [(f"kv.{field}", x) for field, x in zip(kv._fields, kv)]
+    for i, level in enumerate(prefixes):
+        named += [(f"prefixes[{i}].{field}", x) for field, x in zip(PrefixLevel._fields, level)]
+
+    def describe(x):
+        if isinstance(x, torch.Tensor):
+            return tuple(x.shape), str(x.dtype).replace("torch.", ""), str(x.device)
+        return (), type(x).__name__, ""
+
+    return tuple((name, *describe(x)) for name, x in named)
 
 
 def relay_grouping(meta: BatchMeta) -> bool:
@@ -187,6 +225,10 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     num_slots = int(slot_offsets[-1])
 
     def to_device(a: np.ndarray) -> torch.Tensor:
+        a = np.asarray(a, dtype=np.int64)
+        if a.size and (a.max() >= 2**31 or a.min() < -(2**31)):
+            raise ValueError(f"q, kv, prefixes: the batch needs offsets up to {int(a.max())}, past the int32 "
+                             f"work lists of the Triton kernels (at most {2**31 - 1}); split the batch")
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32)).to(device)
 
     launches = []

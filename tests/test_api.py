@@ -1,0 +1,47 @@
+"""Contract details of the public API that cut across backends: result dtypes, the checks of
+``merge_states``, and scales that are not floats."""
+
+import numpy as np
+import pytest
+
+import relaycore
+from relaycore import AttentionState, RaggedKV
+from relaycore.testing import make_batch
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("dtype, lse_dtype", [("float64", torch.float64), ("float16", torch.float32),
+                                              ("bfloat16", torch.float32), ("float32", torch.float32)])
+def test_every_backend_returns_lse_in_one_dtype(dtype, lse_dtype):
+    batch = make_batch([1, 2], [3, 4], prefix_lens=[[2]], prefix_ids=[[0, 0]], head_dim=16, dtype=dtype)
+    args, kwargs = batch.to_torch("cpu")
+    for backend in ("auto", "reference", "torch"):
+        out, lse = relaycore.relay_attention(*args, **kwargs, backend=backend)
+        assert (out.dtype, lse.dtype) == (args[0].dtype, lse_dtype), backend
+
+
+def test_merge_states_keeps_dtypes_and_refuses_mixed_or_integer_ones():
+    a = AttentionState(np.ones((2, 3), np.float32), np.zeros(2, np.float32))
+    merged = relaycore.merge_states(a, a)
+    assert (merged.out.dtype, merged.lse.dtype) == (np.float32, np.float32)
+    with pytest.raises(TypeError, match=r"b\.out: expected the dtype of a\.out \(float32\), got float64"):
+        relaycore.merge_states(a, AttentionState(np.ones((2, 3)), np.zeros(2, np.float32)))
+    ints = AttentionState(torch.ones(2, 3, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="a.out: expected a floating-point dtype, got int64"):
+        relaycore.merge_states(ints, ints)
+
+
+def test_a_scale_too_large_for_a_float_is_a_value_error():
+    args, kwargs = make_batch([1], [2], head_dim=16).arguments()
+    with pytest.raises(ValueError, match="softmax_scale"):
+        relaycore.relay_attention(*args, causal=True, softmax_scale=10**400)
+
+
+def test_the_oracle_sees_a_dtype_mismatch_before_widening_bfloat16():
+    from relaycore.reference import full_attention
+
+    q = torch.randn(1, 2, 16, dtype=torch.bfloat16)
+    k = torch.randn(2, 1, 16)
+    with pytest.raises(TypeError, match="kv.k: expected q's dtype bfloat16, got float32"):
+        full_attention(q, torch.tensor([0, 1]), RaggedKV(k, k, torch.tensor([0, 2])))
