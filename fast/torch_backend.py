@@ -19,7 +19,8 @@ from relaycore.types import AttentionState, PagedKV
 from relaycore.validation import BatchMeta
 
 #: Upper bound on the elements of one materialised score matrix; larger problems are cut into
-#: row blocks so that memory stays bounded (256 Mi float32 = 1 GiB).
+#: row blocks (prefix part) or request groups (own part) so that memory stays bounded
+#: (256 Mi float32 = 1 GiB); a single request whose own part is larger still runs in one piece.
 MAX_SCORE_ELEMENTS = 1 << 28
 
 
@@ -103,51 +104,85 @@ def _prefix_part(q, level, lens: np.ndarray, ids: np.ndarray, meta: BatchMeta, a
     return AttentionState(out, lse)
 
 
-def _own_token_index(kv, meta: BatchMeta, max_kv: int) -> np.ndarray:
-    """int64 ``[B, max_kv]``: row of each request's own token ``t`` in the flat KV storage
-    (``[total_kv]`` ragged, ``[num_blocks * block_size]`` paged); 0 past ``kv_len``."""
+def _request_groups(meta: BatchMeta):
+    """Consecutive request ranges whose padded own-part score matrices
+    (``[requests, Hq, max q_len, max kv_len]``) stay under ``MAX_SCORE_ELEMENTS``."""
+    groups, lo, max_q, max_kv = [], 0, 0, 0
+    for b in range(meta.batch):
+        q_b, kv_b = max(max_q, int(meta.q_lens[b])), max(max_kv, int(meta.kv_lens[b]))
+        if b > lo and (b - lo + 1) * meta.num_q_heads * q_b * kv_b > MAX_SCORE_ELEMENTS:
+            groups.append((lo, b))
+            lo, q_b, kv_b = b, int(meta.q_lens[b]), int(meta.kv_lens[b])
+        max_q, max_kv = q_b, kv_b
+    return groups + [(lo, meta.batch)]
+
+
+def _own_token_index(table, kv_starts: np.ndarray, kv_lens: np.ndarray, block_size: int, max_kv: int) -> np.ndarray:
+    """int64 ``[n, max_kv]``: row of each request's own token ``t`` in the flat KV storage
+    (``[total_kv]`` ragged, ``[num_blocks * block_size]`` paged); 0 past ``kv_len``.
+
+    Args:
+        table: int64 ``[n, max_blocks]`` block-table rows of the requests (paged), or ``None``.
+        kv_starts: int64 ``[n]`` first row of each request (ragged).
+        kv_lens: int64 ``[n]`` own tokens per request.
+    """
     t = np.arange(max_kv)[None, :]
-    valid = t < meta.kv_lens[:, None]
-    if isinstance(kv, PagedKV):
-        table = kv.block_table.detach().cpu().numpy().astype(np.int64)
-        columns = np.minimum(t[0] // meta.block_size, max(table.shape[1] - 1, 0))  # clamp: masked anyway
-        index = table[:, columns] * meta.block_size + t % meta.block_size
+    valid = t < kv_lens[:, None]
+    if table is not None:
+        columns = np.minimum(t[0] // block_size, max(table.shape[1] - 1, 0))  # clamp: masked anyway
+        index = table[:, columns] * block_size + t % block_size
     else:
-        starts = np.concatenate([[0], np.cumsum(meta.kv_lens)])[:-1]
-        index = starts[:, None] + t
+        index = kv_starts[:, None] + t
     return np.where(valid, index, 0)
 
 
 def _own_part(q, kv, meta: BatchMeta, acc) -> AttentionState:
-    """The state of every query over its request's own tokens: one padded, masked product."""
+    """The state of every query over its request's own tokens: one padded, masked product per
+    group of requests (``_request_groups``)."""
     total_q, hq, d = q.shape
-    hkv, g, batch = meta.num_kv_heads, meta.group_size, meta.batch
-    if batch == 0 or total_q == 0:
-        return AttentionState(q.new_zeros((total_q, hq, d), dtype=acc), q.new_full((total_q, hq), float("-inf"), dtype=acc))
-    max_q, max_kv = int(meta.q_lens.max()), int(meta.kv_lens.max())
+    out = q.new_zeros((total_q, hq, d), dtype=acc)
+    lse = q.new_full((total_q, hq), float("-inf"), dtype=acc)
+    if meta.batch == 0 or total_q == 0:
+        return AttentionState(out, lse)
     if isinstance(kv, PagedKV):
-        k_flat, v_flat = (c.reshape(-1, hkv, d) for c in (kv.k_cache, kv.v_cache))
+        k_flat, v_flat = (c.reshape(-1, meta.num_kv_heads, d) for c in (kv.k_cache, kv.v_cache))
+        table = kv.block_table.detach().cpu().numpy().astype(np.int64)
     else:
-        k_flat, v_flat = kv.k, kv.v
-    index = torch.from_numpy(_own_token_index(kv, meta, max_kv)).to(q.device)
-    k = k_flat[index].to(acc).permute(0, 2, 1, 3)  # [B, Hkv, max_kv, D]
+        k_flat, v_flat, table = kv.k, kv.v, None
+    kv_starts = np.concatenate([[0], np.cumsum(meta.kv_lens)])[:-1]
+    for lo, hi in _request_groups(meta):
+        rows = slice(int(meta.cu_seqlens_q[lo]), int(meta.cu_seqlens_q[hi]))
+        group_table = None if table is None else table[lo:hi]
+        part = _own_group(q, k_flat, v_flat, group_table, kv_starts[lo:hi], meta, lo, hi, acc)
+        out[rows], lse[rows] = part.out, part.lse
+    return AttentionState(out, lse)
+
+
+def _own_group(q, k_flat, v_flat, table, kv_starts, meta: BatchMeta, lo: int, hi: int, acc) -> AttentionState:
+    """Own-part states of the queries of requests ``lo:hi`` (in token order)."""
+    hq, d = q.shape[1:]
+    hkv, g, n = meta.num_kv_heads, meta.group_size, hi - lo
+    q_lens, kv_lens = meta.q_lens[lo:hi], meta.kv_lens[lo:hi]
+    max_q, max_kv = int(q_lens.max()), int(kv_lens.max())
+    index = torch.from_numpy(_own_token_index(table, kv_starts, kv_lens, meta.block_size, max_kv)).to(q.device)
+    k = k_flat[index].to(acc).permute(0, 2, 1, 3)  # [n, Hkv, max_kv, D]
     v = v_flat[index].to(acc).permute(0, 2, 1, 3)
 
     j = np.arange(max_q)[None, :]
-    q_valid = j < meta.q_lens[:, None]
-    q_index = torch.from_numpy(np.where(q_valid, meta.cu_seqlens_q[:-1, None] + j, 0)).to(q.device)
-    qb = q[q_index].to(acc).view(batch, max_q, hkv, g, d).permute(0, 2, 1, 3, 4).reshape(batch, hkv, max_q * g, d)
+    q_valid = j < q_lens[:, None]
+    q_index = torch.from_numpy(np.where(q_valid, meta.cu_seqlens_q[lo:hi, None] + j, 0)).to(q.device)
+    qb = q[q_index].to(acc).view(n, max_q, hkv, g, d).permute(0, 2, 1, 3, 4).reshape(n, hkv, max_q * g, d)
 
     # key t is seen by query j when t < kv_len and, causally, t <= kv_len - q_len + j
     t = np.arange(max_kv)[None, None, :]
-    seen = t < meta.kv_lens[:, None, None]
+    seen = t < kv_lens[:, None, None]
     if meta.causal:
-        seen = seen & (t <= (meta.kv_lens - meta.q_lens)[:, None, None] + j[:, :, None])
-    seen = np.broadcast_to(seen, (batch, max_q, max_kv))
-    mask = torch.from_numpy(np.repeat(seen, g, axis=1)).to(q.device)[:, None]  # [B, 1, max_q*G, max_kv]
+        seen = seen & (t <= (kv_lens - q_lens)[:, None, None] + j[:, :, None])
+    seen = np.broadcast_to(seen, (n, max_q, max_kv))
+    mask = torch.from_numpy(np.repeat(seen, g, axis=1)).to(q.device)[:, None]  # [n, 1, max_q*G, max_kv]
 
     part = attend(qb, k, v, meta.softmax_scale, mask)
-    out = part.out.view(batch, hkv, max_q, g, d).permute(0, 2, 1, 3, 4).reshape(batch, max_q, hq, d)
-    lse = part.lse.view(batch, hkv, max_q, g).permute(0, 2, 1, 3).reshape(batch, max_q, hq)
+    out = part.out.view(n, hkv, max_q, g, d).permute(0, 2, 1, 3, 4).reshape(n, max_q, hq, d)
+    lse = part.lse.view(n, hkv, max_q, g).permute(0, 2, 1, 3).reshape(n, max_q, hq)
     valid = torch.from_numpy(q_valid).to(q.device)
     return AttentionState(out[valid], lse[valid])

@@ -45,3 +45,17 @@ def test_the_oracle_sees_a_dtype_mismatch_before_widening_bfloat16():
     k = torch.randn(2, 1, 16)
     with pytest.raises(TypeError, match="kv.k: expected q's dtype bfloat16, got float32"):
         full_attention(q, torch.tensor([0, 1]), RaggedKV(k, k, torch.tensor([0, 2])))
+
+
+@pytest.mark.parametrize("block_size", [None, 3])
+def test_the_torch_backend_cuts_large_batches_into_request_groups(monkeypatch, block_size):
+    import relaycore.fast.torch_backend as torch_backend
+    from relaycore.testing import assert_close
+    from relaycore.validation import validate
+
+    batch = make_batch([1, 3, 0, 2], [5, 6, 4, 9], prefix_lens=[[3, 4]], prefix_ids=[[1, 0, -1, 1]],
+                       num_q_heads=4, num_kv_heads=2, head_dim=16, block_size=block_size)
+    args, kwargs = batch.to_torch("cpu")
+    monkeypatch.setattr(torch_backend, "MAX_SCORE_ELEMENTS", 50)
+    assert torch_backend._request_groups(validate(*args, **kwargs)) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert_close(relaycore.relay_attention(*args, **kwargs, backend="torch"), batch)
