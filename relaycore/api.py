@@ -100,6 +100,13 @@ def merge_states(a: AttentionState, b: AttentionState) -> AttentionState:
     ``lse = logaddexp(a.lse, b.lse)``, ``out = sigmoid(a.lse - b.lse) a.out + sigmoid(b.lse -
     a.lse) b.out``; ``(0, -inf)`` is the identity, and two empty states give ``(0, -inf)``.
 
+    A state's ``lse`` is finite, or ``-inf`` for an empty key set (then ``out`` is 0); ``out`` is
+    finite. ``+inf`` and NaN in ``lse`` are not states and are refused where reading them costs
+    no synchronization: NumPy arrays and CPU tensors. Tensors on a GPU are not read (a check
+    would synchronize the device), so there a valid ``lse`` is the caller's precondition: a row
+    whose ``lse`` is ``+inf`` or NaN on either side gets NaN in ``out``, the other rows are
+    unaffected.
+
     Args:
         a: ``out [..., D]``, ``lse [...]`` (NumPy arrays or torch tensors).
         b: the same shapes, kind and device as ``a``.
@@ -109,6 +116,7 @@ def merge_states(a: AttentionState, b: AttentionState) -> AttentionState:
 
     Raises:
         TypeError, ValueError: mismatched kinds, shapes, dtypes or devices.
+        ValueError: an ``lse`` of ``+inf`` or NaN in a NumPy array or CPU tensor.
 
     Example:
         >>> import numpy as np, relaycore
@@ -144,4 +152,6 @@ def merge_states(a: AttentionState, b: AttentionState) -> AttentionState:
     for field, x, y in (("out", a.out, b.out), ("lse", a.lse, b.lse)):
         if dtype_name(x) != dtype_name(y):
             raise TypeError(f"b.{field}: expected the dtype of a.{field} ({dtype_name(x)}), got {dtype_name(y)}")
+    state.check_lse("a.lse", a.lse)
+    state.check_lse("b.lse", b.lse)
     return state.merge(a, b)

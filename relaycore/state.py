@@ -11,6 +11,10 @@ The merge is commutative and associative with identity ``(0, -inf)``, the state 
 set (``proofs/merge_monoid.py``). It is written here once, max-subtracted so that it never
 overflows and never makes a NaN, for NumPy arrays and torch tensors alike; the reference and the
 portable backend both call it, and the Triton kernels restate it in ``fast/triton``.
+
+A state's ``lse`` is finite, or ``-inf`` for the empty set: ``+inf`` (the log of an infinite sum)
+and NaN are not states. ``check_lse`` rejects them where the values are on the host; the NumPy
+merge (the oracle's) calls it, the torch merge (the backends' hot path) reads no values.
 """
 
 from __future__ import annotations
@@ -46,11 +50,44 @@ def empty_state(shape, head_dim: int, *, like=None) -> AttentionState:
     )
 
 
+def check_lse(name: str, lse) -> None:
+    """Reject an ``lse`` that holds ``+inf`` or NaN, where reading it costs no synchronization.
+
+    Args:
+        name: the argument's name for the message, e.g. ``"b.lse"``.
+        lse: ``[...]`` any float dtype; a NumPy array, or a torch tensor. Tensors off the CPU are
+            not read (that would synchronize the device): for them a valid ``lse`` is the
+            caller's precondition.
+
+    Raises:
+        ValueError: naming ``name``, the expected values, the first offending value and its index.
+    """
+    if _is_numpy(lse):
+        lse = np.asarray(lse)
+        bad = np.isnan(lse) | (lse == np.inf)
+        if not bad.any():
+            return
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        count = int(bad.sum())
+    else:
+        if lse.device.type != "cpu":
+            return
+        bad = lse.isnan() | (lse == float("inf"))
+        if not bool(bad.any()):
+            return
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        count = int(bad.sum())
+    others = f" ({count - 1} more)" if count > 1 else ""
+    raise ValueError(
+        f"{name}: expected finite values or -inf (the empty state), got {float(lse[first])} at index {first}{others}"
+    )
+
+
 def merge(a: AttentionState, b: AttentionState) -> AttentionState:
     """Merge the states of two disjoint key sets.
 
     Args:
-        a: ``out [..., D]``, ``lse [...]``.
+        a: ``out [..., D]``, ``lse [...]``; ``out`` finite, ``lse`` finite or ``-inf``.
         b: same shapes as ``a``.
 
     Returns:
@@ -58,20 +95,42 @@ def merge(a: AttentionState, b: AttentionState) -> AttentionState:
         compute the weights in float32 (or float64 when ``lse`` is float64) and return ``out`` in
         ``a.out``'s dtype. An empty side (``lse = -inf``) leaves the other unchanged, and two
         empty sides give ``(0, -inf)``.
+
+    Raises:
+        ValueError: NumPy inputs only, an ``lse`` of ``+inf`` or NaN (``check_lse``). Torch
+            inputs are not read (the backends' hot path, on any device): a row whose ``lse`` is
+            ``+inf`` or NaN on either side gets NaN in ``out`` (and no meaningful ``lse``);
+            the other rows are unaffected. ``relaycore.merge_states`` checks CPU tensors too.
     """
     if _is_numpy(a.lse):
-        return _merge_numpy(a, b)
-    return _merge_torch(a, b)
+        check_lse("a.lse", a.lse)
+        check_lse("b.lse", b.lse)
+    return _merge(a, b)
 
 
 def merge_all(states: Sequence[AttentionState]) -> AttentionState:
-    """Merge states left to right (the order fixes the rounding, not the exact value)."""
+    """Merge states left to right (the order fixes the rounding, not the exact value).
+
+    Raises:
+        ValueError: no state, or, for NumPy states, an ``lse`` of ``+inf`` or NaN (named
+            ``states[i].lse``); torch states are not read, as in ``merge``.
+    """
     if not states:
         raise ValueError("merge_all: expected at least one state, got none")
+    for i, s in enumerate(states):
+        if _is_numpy(s.lse):
+            check_lse(f"states[{i}].lse", s.lse)
     acc = states[0]
     for s in states[1:]:
-        acc = merge(acc, s)
+        acc = _merge(acc, s)
     return acc
+
+
+def _merge(a: AttentionState, b: AttentionState) -> AttentionState:
+    """``merge`` without the value check."""
+    if _is_numpy(a.lse):
+        return _merge_numpy(a, b)
+    return _merge_torch(a, b)
 
 
 def _merge_numpy(a: AttentionState, b: AttentionState) -> AttentionState:

@@ -149,3 +149,50 @@ def test_merge_all_needs_a_state_and_folds_left():
     assert_same_bits(state.merge_all(parts), state.merge(state.merge(parts[0], parts[1]), parts[2]))
     with pytest.raises(ValueError, match="expected at least one state"):
         state.merge_all([])
+
+
+# ---- states that are not states: lse = +inf or NaN ---------------------------------------------
+
+
+def invalid_pair(bad_lse: float) -> tuple:
+    """A valid float64 state ``a`` and a state ``b`` whose row 1 has ``lse = bad_lse``."""
+    rng = np.random.default_rng(2)
+    a = AttentionState(rng.standard_normal((3, 4)), rng.standard_normal(3))
+    lse = rng.standard_normal(3)
+    lse[1] = bad_lse
+    return a, AttentionState(rng.standard_normal((3, 4)), lse)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch float32", "torch bfloat16"])
+@pytest.mark.parametrize("bad_lse, shown", [(np.inf, "inf"), (np.nan, "nan")])
+def test_merge_states_rejects_an_lse_of_plus_inf_or_nan_on_the_host(kind, bad_lse, shown):
+    a, b = invalid_pair(bad_lse)
+    if kind != "numpy":
+        dtype = torch.float32 if kind == "torch float32" else torch.bfloat16
+        a, b = (AttentionState(torch.from_numpy(s.out).to(dtype), torch.from_numpy(s.lse).to(dtype)) for s in (a, b))
+    expected = rf"b\.lse: expected finite values or -inf \(the empty state\), got {shown} at index \(1,\)"
+    with pytest.raises(ValueError, match=expected):
+        relaycore.merge_states(a, b)
+    with pytest.raises(ValueError, match=expected.replace("b", "a", 1)):
+        relaycore.merge_states(b, a)
+
+
+@pytest.mark.parametrize("bad_lse, shown", [(np.inf, "inf"), (np.nan, "nan")])
+def test_the_numpy_merge_of_the_oracle_rejects_an_lse_of_plus_inf_or_nan(bad_lse, shown):
+    a, b = invalid_pair(bad_lse)
+    with pytest.raises(ValueError, match=rf"b\.lse: expected finite values or -inf .*got {shown} at index \(1,\)"):
+        state.merge(a, b)
+    with pytest.raises(ValueError, match=rf"states\[2\]\.lse: expected finite values or -inf .*got {shown}"):
+        state.merge_all([a, a, b])
+
+
+@pytest.mark.parametrize("bad_lse", [np.inf, np.nan])
+def test_the_torch_merge_reads_no_values_and_an_invalid_row_gives_nan_as_documented(bad_lse):
+    # the backends' hot path: no check (on a GPU it would synchronize); the docstring says what
+    # an invalid row gives, and the valid rows are untouched
+    a, b = (as_torch(s) for s in invalid_pair(bad_lse))
+    merged = state.merge(a, b)
+    assert torch.isnan(merged.out[1]).all()
+    valid = [0, 2]
+    expected = state.merge(AttentionState(a.out[valid], a.lse[valid]), AttentionState(b.out[valid], b.lse[valid]))
+    assert torch.equal(merged.out[valid], expected.out) and torch.equal(merged.lse[valid], expected.lse)
