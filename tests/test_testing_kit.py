@@ -76,10 +76,10 @@ def test_a_perturbed_element_fails_and_is_located(dtype):
     out, lse = torch_backend(*args, **kwargs)
     row, head, dim = 3, 2, 5  # request 1, token 1
     bound = bounds_for(batch).out[row, head, dim]
-    out = out.double()
+    out = out.clone()
     out[row, head, dim] += 10 * bound
     report = check((out, lse), batch)
-    assert not report.passed and report.out_ratio > 9
+    assert not report.passed and report.out_ratio > 9 and report.problems == ()
     where = report.out_worst
     assert (where.request, where.token, where.head, where.dim) == (1, 1, 2, 5)
     assert where.bound == bound and where.row == row
@@ -97,9 +97,9 @@ def test_nan_fails_and_is_located(poison):
     # an output row a kernel never wrote: NaN from the poisoned allocation
     out = poison(torch.empty(out.shape, dtype=torch.float32))
     out[:5] = torch.from_numpy(batch.oracle().state.out[:5])
-    report = check((out, lse), batch)
+    report = check((out, torch.from_numpy(lse).float()), batch)
     assert not report.passed and report.out_worst.request == 2
-    assert any(f"{out[5:].numel()} NaN, the first at request 2, token 0, head 0" in p for p in report.problems)
+    assert report.problems == (f"out: {out[5:].numel()} NaN, the first at request 2, token 0, head 0",)
     out, lse = (x.copy() for x in batch.oracle().state)
     lse[0, 3] = np.nan
     report = check((out, lse), batch)
@@ -119,6 +119,50 @@ def test_an_ignored_prefix_fails():
     (q, cu, kv, _), kwargs = batch.arguments()
     report = check(reference_relay(q, cu, kv, (), **kwargs), batch)
     assert not report.passed and report.out_ratio > 1 and report.lse_ratio > 1
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_result_dtypes_outside_the_contract_fail_with_a_sentence(dtype):
+    # out in q's dtype; lse float32 (float64 for float64 q)
+    batch = a_batch(dtype)
+    out, lse = torch_backend(*batch.to_torch("cpu")[0], **batch.to_torch("cpu")[1])
+    assert check((out, lse), batch).passed
+    lse_dtype = "float64" if dtype == "float64" else "float32"
+    wrong_out = torch.float32 if dtype != "float32" else torch.float16
+    report = check((out.to(wrong_out), lse), batch)
+    assert not report.passed
+    assert f"out: expected dtype {dtype} (q's dtype), got {str(wrong_out)[6:]}" in report.problems
+    wrong_lse = torch.float32 if dtype == "float64" else torch.float16
+    report = check((out, lse.to(wrong_lse)), batch)
+    assert not report.passed
+    assert f"lse: expected dtype {lse_dtype} (for {dtype} q), got {str(wrong_lse)[6:]}" in report.problems
+    with pytest.raises(AssertionError, match="lse: expected dtype"):
+        assert_close((out, lse.to(wrong_lse)), batch)
+
+    def wrong_out_dtype(*args, **kwargs):
+        out, lse = torch_backend(*args, **kwargs)
+        return out.to(wrong_out), lse
+
+    assert not compare(wrong_out_dtype, batch, device="cpu").passed
+
+
+def test_result_dtypes_follow_the_q_the_implementation_received():
+    batch = a_batch("float16")
+    args, kwargs = batch.to_torch("cpu", "float32")  # wider: the same values
+    result = torch_backend(*args, **kwargs)
+    assert not check(result, batch).passed  # torch results: q in the batch's dtype, unless told
+    assert check(result, batch, q_dtype="float32").passed
+    assert check(result, batch, q_dtype=torch.float32).passed
+    with pytest.raises(ValueError, match="q_dtype: expected one of"):
+        check(result, batch, q_dtype="float8")
+    # NumPy results: the float64 arguments of batch.arguments(), or a kernel in the batch's dtype
+    out, lse = batch.oracle().state
+    assert check((out, lse), batch).passed
+    assert check((out.astype(np.float16), lse.astype(np.float32)), batch).passed
+    report = check((out.astype(np.float32), lse.astype(np.float32)), batch)
+    assert "out: expected dtype float16 (q's dtype), got float32" in report.problems
+    report = check((out, lse.astype(np.float32)), batch)
+    assert "lse: expected dtype float64 (for float64 q), got float32" in report.problems
 
 
 def test_a_batch_without_a_bound_is_refused_with_a_reason():

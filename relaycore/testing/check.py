@@ -3,7 +3,8 @@
 The tolerance of every element is the a-priori error bound of the precision policy for the
 batch's dtype (``relaycore.bounds.out_bound``/``lse_bound``), evaluated on the oracle's value
 and the row's context statistics; nothing is hand-picked. A row that sees no key has bound 0:
-it must be exactly ``(0, -inf)``. Any NaN fails.
+it must be exactly ``(0, -inf)``. Any NaN fails, and so do result dtypes outside the contract
+(``out`` in q's dtype, ``lse`` float32, float64 for float64 q).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 
 from relaycore import bounds
 from relaycore.testing.batch import Batch
-from relaycore.validation import array_kind
+from relaycore.testing.rounding import DTYPES
+from relaycore.validation import array_kind, dtype_name
 
 
 class Tolerance(NamedTuple):
@@ -177,17 +179,54 @@ def _worst(batch: Batch, got, expected, bound) -> Tuple[float, Optional[Location
     return float(ratio[index]), _locate(batch, index, got, expected, error, bound, ratio)
 
 
-def check(result: Any, batch: Batch, *, steps=None) -> Report:
+def _q_dtype_name(q_dtype: Any) -> str:
+    """The name of a dtype given as a name in ``DTYPES`` or a torch dtype."""
+    name = q_dtype if isinstance(q_dtype, str) else str(q_dtype).replace("torch.", "")
+    if name not in DTYPES:
+        raise ValueError(f"q_dtype: expected one of {list(DTYPES)} or the torch dtype, got {q_dtype!r}")
+    return name
+
+
+def _dtype_problems(out: Any, lse: Any, batch: Batch, q_dtype: Any) -> list:
+    """Sentences for result dtypes outside the contract for q in ``q_dtype`` (default: see
+    ``check``)."""
+    if q_dtype is not None:
+        q_name = _q_dtype_name(q_dtype)
+    elif array_kind(out) != "torch" and dtype_name(out) == "float64":
+        q_name = "float64"  # the float64 arguments of batch.arguments()
+    else:
+        q_name = batch.dtype
+    lse_name = "float64" if q_name == "float64" else "float32"
+    problems = []
+    if dtype_name(out) != q_name:
+        problems.append(f"out: expected dtype {q_name} (q's dtype), got {dtype_name(out)}")
+    if dtype_name(lse) != lse_name:
+        problems.append(f"lse: expected dtype {lse_name} (for {q_name} q), got {dtype_name(lse)}")
+    return problems
+
+
+def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Report:
     """Compare an implementation's result with the oracle under the bounds of ``batch.dtype``.
 
     Args:
         result: ``(out [total_q, Hq, D], lse [total_q, Hq])``, NumPy arrays or torch tensors on
-            any device, in float16/bfloat16/float32/float64; ``lse`` in natural log.
+            any device; ``lse`` in natural log. The contract's dtypes: ``out`` in q's dtype,
+            ``lse`` float32 (float64 when q is float64); other dtypes fail.
         batch: the problem the result answers.
+        q_dtype: the dtype of the q the implementation received (a name in ``DTYPES`` or a torch
+            dtype). Default: ``batch.dtype`` for torch results (what ``batch.to_torch(device)``
+            hands out); for NumPy results float64 when ``out`` is float64 (the arguments of
+            ``batch.arguments()``), else ``batch.dtype`` (a kernel computing in the batch's
+            format). Pass it when the implementation received another dtype, such as a wider
+            one from ``batch.to_torch(device, dtype)``.
         steps: rescale/merge steps per key assumed by the bound (default: any blocking).
 
     Returns:
         ``Report``: pass/fail, the worst errors in units of the bound and where they are.
+
+    Raises:
+        ValueError: ``q_dtype`` is not a float format of ``DTYPES``; the bound does not exist for
+            the batch (see ``bounds_for``).
     """
     out, lse = result
     ref = batch.oracle().state
@@ -198,6 +237,7 @@ def check(result: Any, batch: Batch, *, steps=None) -> Report:
             problems.append(f"{name}: expected shape {want_shape}, got {got_shape}")
     if problems:
         return Report(False, np.inf, np.inf, None, None, tuple(problems), batch.describe())
+    problems = _dtype_problems(out, lse, batch, q_dtype)
     out, lse = _host64(out), _host64(lse)
     tol = bounds_for(batch, steps=steps)
     out_ratio, out_worst = _worst(batch, out, ref.out, tol.out)
@@ -212,7 +252,7 @@ def check(result: Any, batch: Batch, *, steps=None) -> Report:
     return Report(passed, out_ratio, lse_ratio, out_worst, lse_worst, tuple(problems), batch.describe())
 
 
-def assert_close(result: Any, batch: Batch, *, steps=None) -> Report:
+def assert_close(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Report:
     """``check``, raising ``AssertionError`` with the report when it fails.
 
     Example:
@@ -223,7 +263,7 @@ def assert_close(result: Any, batch: Batch, *, steps=None) -> Report:
         >>> assert_close(relaycore.relay_attention(*args, **kwargs), batch).passed
         True
     """
-    report = check(result, batch, steps=steps)
+    report = check(result, batch, q_dtype=q_dtype, steps=steps)
     if not report.passed:
         raise AssertionError(str(report))
     return report
@@ -235,9 +275,14 @@ def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=N
     Args:
         fn: any function with ``relaycore.relay_attention``'s signature returning ``(out, lse)``.
         batch: the problem.
-        device: ``None`` passes NumPy float64 arrays (``batch.arguments()``); a torch device
-            passes tensors in the batch's dtype there (``batch.to_torch(device)``).
+        device: ``None`` passes NumPy float64 arrays (``batch.arguments()``; the result may be in
+            float64 or in the batch's dtype, see ``check``); a torch device passes tensors in
+            the batch's dtype there (``batch.to_torch(device)``; the result must be in the
+            contract's dtypes for q in the batch's dtype).
         steps: see ``check``.
     """
-    args, kwargs = batch.arguments() if device is None else batch.to_torch(device)
-    return check(fn(*args, **kwargs), batch, steps=steps)
+    if device is None:
+        args, kwargs = batch.arguments()
+        return check(fn(*args, **kwargs), batch, steps=steps)
+    args, kwargs = batch.to_torch(device)
+    return check(fn(*args, **kwargs), batch, q_dtype=batch.dtype, steps=steps)
