@@ -285,10 +285,10 @@ def test_context_statistics_match_a_key_by_key_walk(batch):
 
 def test_reference_takes_lists_and_torch_tensors_of_any_float_dtype():
     torch = pytest.importorskip("torch")
-    batch = make_batch([2, 1], [3, 4], [[2, 3]], [[1, 0]], num_q_heads=4, num_kv_heads=2, dtype="bfloat16", block_size=3)
-    expected = batch.oracle().state
     for dtype in ("bfloat16", "float16", "float32", "float64"):
-        args, kwargs = batch.to_torch("cpu", dtype)
+        batch = make_batch([2, 1], [3, 4], [[2, 3]], [[1, 0]], num_q_heads=4, num_kv_heads=2, dtype=dtype, block_size=3)
+        expected = batch.oracle().state
+        args, kwargs = batch.to_torch("cpu")
         for form in (relay_attention, full_attention):
             got = form(*args, **kwargs)
             assert isinstance(got.out, np.ndarray) and got.out.dtype == np.float64

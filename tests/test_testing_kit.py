@@ -3,6 +3,7 @@ fails wrong results at the right place, the rounding helpers match torch's casts
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -204,6 +205,30 @@ def test_drawn_batches_are_valid_and_exact_in_their_dtype(batch):
     assert targs[0].dtype == TORCH_DTYPES[batch.dtype]
     assert np.array_equal(targs[0].double().numpy(), batch.q)  # the dtype carries the values unchanged
     assert targs[1].dtype == torch.int32
+
+
+@pytest.mark.parametrize("batch_dtype, carriers", [
+    ("float16", ("float16", "float32", "float64")),
+    ("bfloat16", ("bfloat16", "float32", "float64")),
+    ("float32", ("float32", "float64")),
+    ("float64", ("float64",)),
+])
+def test_to_torch_takes_only_dtypes_that_carry_the_values_unchanged(batch_dtype, carriers):
+    # |values| up to ~1e5: beyond float16's range, so bfloat16 -> float16 would change them too
+    batch = make_batch([2, 1], [3, 2], [[4]], [[0, 0]], dtype=batch_dtype, score_magnitude=1e10, seed=3)
+    for dtype in carriers:
+        for given in (dtype, TORCH_DTYPES[dtype]):
+            (q, _, _, prefixes), _ = batch.to_torch("cpu", given)
+            assert q.dtype == TORCH_DTYPES[dtype] and np.array_equal(q.double().numpy(), batch.q)
+            assert np.array_equal(prefixes[0].k.double().numpy(), batch.prefixes[0].k)
+    for dtype in set(TORCH_DTYPES) - set(carriers):
+        assert not np.array_equal(round_to(batch.q, dtype), batch.q)  # it would change what the oracle saw
+        for given in (dtype, TORCH_DTYPES[dtype]):
+            expected = f"dtype: expected one of {list(carriers)} (formats that hold every {batch_dtype} value unchanged), got {dtype}"
+            with pytest.raises(ValueError, match=re.escape(expected)):
+                batch.to_torch("cpu", given)
+    with pytest.raises(ValueError, match=r"dtype: expected one of .*, got torch.int32"):
+        batch.to_torch("cpu", torch.int32)
 
 
 def test_make_batch_recipe_rebuilds_the_same_batch_and_describe_shows_it():

@@ -108,7 +108,8 @@ torch = pytest.importorskip("torch")
 
 
 def torch_call(device_of_q: str = "cpu", dtype=torch.float32) -> dict:
-    batch = make_batch([1, 2], [3, 2], [[2, 4]], [[0, 1]], num_q_heads=4, num_kv_heads=2, head_dim=8)
+    batch = make_batch([1, 2], [3, 2], [[2, 4]], [[0, 1]], num_q_heads=4, num_kv_heads=2, head_dim=8,
+                       dtype=str(dtype).replace("torch.", ""))
     (q, cu, kv, prefixes), kwargs = batch.to_torch("cpu", dtype)
     return dict(q=q.to(device_of_q), cu_seqlens_q=cu, kv=kv, prefixes=list(prefixes), **kwargs)
 

@@ -18,7 +18,7 @@ Example:
     >>> report = assert_close(relaycore.relay_attention(*args, **kwargs), batch)
 """
 
-from relaycore.testing.batch import Batch, Oracle, make_batch
+from relaycore.testing.batch import CARRIERS, Batch, Oracle, make_batch
 from relaycore.testing.check import Location, Report, Tolerance, assert_close, bounds_for, check, compare
 from relaycore.testing.rounding import DTYPES, round_to, round_to_bfloat16
 from relaycore.testing.space import BLOCK_SIZES, BatchSpace, random_batch
@@ -27,6 +27,7 @@ __all__ = [
     "BLOCK_SIZES",
     "Batch",
     "BatchSpace",
+    "CARRIERS",
     "DTYPES",
     "Location",
     "Oracle",

@@ -21,6 +21,15 @@ from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
 
 Arguments = Tuple[Tuple[Any, ...], Dict[str, Any]]
 
+#: For each format, the formats that hold every one of its values unchanged (float16 and
+#: bfloat16 hold neither each other's range nor each other's precision).
+CARRIERS = {
+    "float16": ("float16", "float32", "float64"),
+    "bfloat16": ("bfloat16", "float32", "float64"),
+    "float32": ("float32", "float64"),
+    "float64": ("float64",),
+}
+
 
 class Oracle(NamedTuple):
     """The float64 reference result of a batch and the statistics its error bounds need.
@@ -107,19 +116,28 @@ class Batch:
         Args:
             device: a torch device or its name.
             dtype: a torch dtype or its name; default the batch's ``dtype``. The values are
-                exact in the batch's dtype, so it and any wider format carry them unchanged.
+                exact in the batch's dtype, so it and any format that holds all its values
+                (``CARRIERS[batch.dtype]``: float32 and float64 for float16 and bfloat16,
+                float64 for float32) carry them unchanged; any other would round them, and the
+                implementation would not see the numbers the oracle saw.
 
         Returns:
             float tensors in ``dtype``, int32 metadata tensors, all on ``device``.
+
+        Raises:
+            ValueError: ``dtype`` is not one of ``CARRIERS[batch.dtype]``.
         """
         import torch
 
-        if dtype is None:
-            dtype = self.dtype
-        if isinstance(dtype, str):
-            if dtype not in DTYPES:
-                raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
-            dtype = getattr(torch, dtype)
+        name = self.dtype if dtype is None else dtype if isinstance(dtype, str) else str(dtype).replace("torch.", "")
+        carriers = CARRIERS[self.dtype]
+        if name not in carriers:
+            shown = name if name in DTYPES else repr(dtype)
+            raise ValueError(
+                f"dtype: expected one of {list(carriers)} (formats that hold every {self.dtype} value unchanged), "
+                f"got {shown}"
+            )
+        dtype = getattr(torch, name)
 
         def floats(x):
             return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
