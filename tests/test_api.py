@@ -1,6 +1,9 @@
 """Contract details of the public API that cut across backends: result dtypes, the checks of
 ``merge_states``, and scales that are not floats."""
 
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 
@@ -59,3 +62,26 @@ def test_the_torch_backend_cuts_large_batches_into_request_groups(monkeypatch, b
     monkeypatch.setattr(torch_backend, "MAX_SCORE_ELEMENTS", 50)
     assert torch_backend._request_groups(validate(*args, **kwargs)) == [(0, 1), (1, 2), (2, 3), (3, 4)]
     assert_close(relaycore.relay_attention(*args, **kwargs, backend="torch"), batch)
+
+
+@pytest.mark.parametrize("error", [
+    OSError("libcuda.so.1: cannot open shared object file"),
+    RuntimeError("0 active drivers ([]). There should only be one."),
+    AttributeError("module 'triton.language' has no attribute 'gather'"),
+    ImportError("No module named 'triton'"),
+])
+def test_a_triton_import_that_fails_any_way_leaves_auto_on_torch_and_says_why(tmp_path, monkeypatch, error):
+    from relaycore import dispatch
+    from relaycore.validation import validate
+
+    (tmp_path / "broken_triton_backend.py").write_text(f"raise {type(error).__name__}({str(error)!r})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(dispatch.BACKENDS, "triton", "broken_triton_backend")
+    args, kwargs = make_batch([1], [2], head_dim=16).to_torch("cpu")
+    meta = dataclasses.replace(validate(*args, **kwargs), device="cuda:0")  # what a GPU batch would say
+    why = f"{type(error).__name__}: {error}"
+    choice = dispatch.choose(meta, "auto")
+    assert choice == ("torch", f"torch tensors on cuda:0; Triton is not available here: {why}")
+    with pytest.raises(RuntimeError, match=re.escape(f"backend 'triton' is not available here: {why}")) as info:
+        dispatch.choose(meta, "triton")
+    assert type(info.value.__cause__) is type(error)
