@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Dict, List, Sequence
 
 import torch
 import triton
@@ -12,7 +12,7 @@ from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
 
 from relaycore.fast.triton.kernels import merge_kernel, partial_kernel
 from relaycore.fast.triton.launcher import interpreting, launch
-from relaycore.fast.triton.plan import Plan
+from relaycore.fast.triton.plan import Launch, Plan
 
 
 def _kv_strides(x: torch.Tensor, paged: bool):
@@ -49,52 +49,96 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
     return run_eager(plan, q, kv, prefixes)
 
 
+#: Run the partial launches of a call (one per KV source and tile height) side by side on
+#: separate CUDA streams, joined before the merge. They write disjoint scratch slots, so the
+#: bits are those of running them one after the other (``False``, which ``tests/gpu`` compares
+#: with); at small batch each launch fills only part of the GPU and the overlap removes a whole
+#: kernel's latency from the call (``fast/triton/NOTES.md``).
+CONCURRENT_PARTIALS = True
+
+#: Slots per load in the merge kernel's max pass (a decode token has about 10), and the
+#: software-pipeline depth of its sum pass.
+MERGE_BLOCK_S, MERGE_STAGES = 16, 3
+
+_SIDE_STREAMS: Dict[int, List[torch.cuda.Stream]] = {}
+
+
+def _side_streams(device: torch.device, n: int) -> List[torch.cuda.Stream]:
+    """``n`` streams of ``device`` for the partial launches, created once per process."""
+    streams = _SIDE_STREAMS.setdefault(device.index, [])
+    while len(streams) < n:
+        streams.append(torch.cuda.Stream(device))
+    return streams[:n]
+
+
 def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel]) -> AttentionState:
     """``run_planned`` outside ``torch.compile``: the kernel launches themselves. Reads only
     ``kv.k``/``kv.v`` (ragged) or ``kv.k_cache``/``kv.v_cache``/``kv.block_table`` (paged) and
-    each level's ``k``/``v``: the plan holds every offset."""
+    each level's ``k``/``v``: the plan holds every offset.
+
+    The partial launches run on the caller's stream and, with ``CONCURRENT_PARTIALS``, on side
+    streams that fork from it before the first launch and join it before the merge; inside a
+    CUDA graph capture they become parallel branches of the graph."""
     total_q, hq, d = plan.total_q, plan.num_q_heads, plan.head_dim
     out = torch.empty((total_q, hq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((total_q, hq), dtype=torch.float32, device=q.device)
     if total_q == 0:
         return AttentionState(out, lse)
     q = _contiguous_last(q)
-    cfg = plan.config
     part_out = torch.empty((plan.num_slots, hq, d), dtype=torch.float32, device=q.device)
     part_lse = torch.empty((plan.num_slots, hq), dtype=torch.float32, device=q.device)
     interpret = interpreting()
-    upcast = interpret and q.dtype == torch.bfloat16
-    precision = "ieee"
-    for item_list in plan.launches:
-        if item_list.level >= 0:
-            level = prefixes[item_list.level]
-            k, v, paged, causal, table = level.k, level.v, False, False, item_list.items
-        elif isinstance(kv, PagedKV):
-            k, v, paged, causal, table = kv.k_cache, kv.v_cache, True, plan.causal, _contiguous_last(kv.block_table)
-        else:
-            k, v, paged, causal, table = kv.k, kv.v, False, plan.causal, item_list.items
-        k, v = _contiguous_last(k), _contiguous_last(v)
-        skb, sks, skh = _kv_strides(k, paged)
-        svb, svs, svh = _kv_strides(v, paged)
-        page_size = k.shape[1] if paged else 1
-        launch(
-            partial_kernel, (item_list.num_items, plan.num_kv_heads),
-            (q, k, v, item_list.items, item_list.tokens, item_list.slots, table, part_out, part_lse,
-             plan.softmax_scale * LOG2E,
-             q.stride(0), q.stride(1),
-             skb, sks, skh,
-             svb, svs, svh,
-             table.stride(0) if paged else 0,
-             page_size),
-            dict(NUM_Q_HEADS=hq, GROUP=plan.group_size, HEAD_DIM=d, BLOCK_M=item_list.block_m, BLOCK_N=cfg.block_n,
-                 PAGED=paged, CAUSAL=causal, UPCAST=upcast, DOT_PRECISION=precision),
-            num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device,
-        )
-    block_h = min(cfg.block_h, triton.next_power_of_2(hq))
+    if CONCURRENT_PARTIALS and not interpret and len(plan.launches) > 1:
+        main = torch.cuda.current_stream(q.device)
+        sides = _side_streams(q.device, len(plan.launches) - 1)
+        for side in sides:
+            side.wait_stream(main)
+        _launch_partial(plan, plan.launches[0], q, kv, prefixes, part_out, part_lse, interpret)
+        for item_list, side in zip(plan.launches[1:], sides):
+            with torch.cuda.stream(side):
+                _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, interpret)
+        for side in sides:
+            main.wait_stream(side)
+    else:
+        for item_list in plan.launches:
+            _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, interpret)
+    block_h = min(plan.config.block_h, triton.next_power_of_2(hq))
     launch(
         merge_kernel, (total_q, triton.cdiv(hq, block_h)),
         (part_out, part_lse, plan.slot_offsets, out, lse, out.stride(0), out.stride(1)),
-        dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_H=block_h, LN2=LN2),
-        num_warps=4, num_stages=1, device=q.device,
+        dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_H=block_h, BLOCK_S=MERGE_BLOCK_S, LN2=LN2),
+        num_warps=4, num_stages=MERGE_STAGES, device=q.device,
     )
     return AttentionState(out, lse)
+
+
+def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel],
+                    part_out: torch.Tensor, part_lse: torch.Tensor, interpret: bool) -> None:
+    """One partial-kernel launch on the current stream: the items of ``item_list`` over the KV
+    source it names (a prefix level, or the requests' own KV)."""
+    cfg = plan.config
+    if item_list.level >= 0:
+        level = prefixes[item_list.level]
+        k, v, paged, causal, table = level.k, level.v, False, False, item_list.items
+    elif isinstance(kv, PagedKV):
+        k, v, paged, causal, table = kv.k_cache, kv.v_cache, True, plan.causal, _contiguous_last(kv.block_table)
+    else:
+        k, v, paged, causal, table = kv.k, kv.v, False, plan.causal, item_list.items
+    k, v = _contiguous_last(k), _contiguous_last(v)
+    skb, sks, skh = _kv_strides(k, paged)
+    svb, svs, svh = _kv_strides(v, paged)
+    page_size = k.shape[1] if paged else 1
+    launch(
+        partial_kernel, (item_list.num_items, plan.num_kv_heads),
+        (q, k, v, item_list.items, item_list.tokens, item_list.slots, table, part_out, part_lse,
+         plan.softmax_scale * LOG2E,
+         q.stride(0), q.stride(1),
+         skb, sks, skh,
+         svb, svs, svh,
+         table.stride(0) if paged else 0,
+         page_size),
+        dict(NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
+             BLOCK_N=cfg.block_n, PAGED=paged, CAUSAL=causal, UPCAST=interpret and q.dtype == torch.bfloat16,
+             DOT_PRECISION="ieee"),
+        num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device,
+    )

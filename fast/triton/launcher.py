@@ -3,9 +3,9 @@
 ``kernel[grid](...)`` binds and specializes every argument on every call: measured at about
 38 us per launch of the partial kernel on an H200 with triton 3.6 (``fast/triton/NOTES.md``),
 more than the kernels themselves at small batch. ``launch`` does that once per
-specialization and then calls the compiled kernel directly. The specialization key is the
-one Triton uses: each pointer's dtype and 16-byte alignment, each integer's width, whether it
-is 1 and whether it is a multiple of 16, and the constexpr values.
+specialization and then calls the compiled kernel directly. Its cache key refines Triton's
+specialization: each pointer's dtype and 16-byte alignment, each number's value, and the
+constexpr values.
 """
 
 from __future__ import annotations
@@ -22,20 +22,23 @@ except ImportError:  # pragma: no cover - older triton keeps the hooks on Compil
 
 _COMPILED: Dict[Tuple, Any] = {}
 
+#: The raw ``cudaStream_t`` of a device's current stream, as Triton's own launcher reads it
+#: (``torch.cuda.current_stream`` builds a Python object per call).
+_current_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
 
 def interpreting() -> bool:
     """Whether Triton runs its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _spec(arg) -> Tuple:
+def _key(arg):
+    """The part of the cache key for one runtime argument: a tensor's dtype and 16-byte
+    alignment (what Triton specializes pointers on); a number's value (finer than Triton's
+    integer specialization, so a new value at worst costs one ``kernel[grid]`` call)."""
     if isinstance(arg, torch.Tensor):
-        return (arg.dtype, arg.data_ptr() % 16 == 0)
-    if isinstance(arg, bool):
-        return ("b", arg)
-    if isinstance(arg, int):
-        return ("i", arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31)
-    return (type(arg).__name__,)
+        return arg.dtype, arg.data_ptr() % 16 == 0
+    return arg
 
 
 def _hooks():
@@ -46,7 +49,7 @@ def _hooks():
 
 def launch(kernel, grid: Tuple[int, int], args: Sequence, constexprs: Dict[str, Any], *, num_warps: int,
            num_stages: int, device: torch.device) -> None:
-    """Launch ``kernel[grid](*args, **constexprs)``.
+    """Launch ``kernel[grid](*args, **constexprs)`` on ``device``'s current stream.
 
     Args:
         kernel: a ``@triton.jit`` function whose constexpr parameters come after all others, in
@@ -54,19 +57,18 @@ def launch(kernel, grid: Tuple[int, int], args: Sequence, constexprs: Dict[str, 
         grid: ``(x, y)`` program counts.
         args: the runtime arguments (tensors, ints, floats), in signature order.
         constexprs: the compile-time arguments, in signature order.
-        device: the device of the tensors (the stream is its current one).
+        device: the device of the tensors.
     """
     if interpreting():
         kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
         return
-    key = (kernel, device.index, num_warps, num_stages, tuple(constexprs.items()), tuple(_spec(a) for a in args))
+    key = (kernel, device.index, num_warps, num_stages, *constexprs.values(), *map(_key, args))
     compiled = _COMPILED.get(key)
     if compiled is None:
         _COMPILED[key] = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
         return
-    stream = torch.cuda.current_stream(device).cuda_stream
+    stream = _current_raw_stream(device.index)
     every = (*args, *constexprs.values())
-    grid3 = (grid[0], grid[1], 1)
     enter, exit_ = _hooks()
-    compiled.run(grid3[0], grid3[1], grid3[2], stream, compiled.function, compiled.packed_metadata,
-                 compiled.launch_metadata(grid3, stream, *every), enter, exit_, *every)
+    compiled.run(grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata,
+                 compiled.launch_metadata((grid[0], grid[1], 1), stream, *every), enter, exit_, *every)
