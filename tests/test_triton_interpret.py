@@ -9,7 +9,9 @@ fresh interpreter with the variable set. On a machine with CUDA the module is sk
 
 Shapes are small and configurations tiny (16-row tiles, 16-key chunks) so that tiling,
 chunking and the merge all happen at interpreter speed. bf16 is left to the GPU suite (the
-interpreter's bf16 arithmetic is wrong, see ``../shared/gpu/README.md``).
+interpreter's bf16 arithmetic is wrong, see ``../shared/gpu/README.md``). Results are held to
+the error bound at the kernels' own count of rounding steps (``relaycore.fast.triton.rounding``),
+not at ``default_steps``.
 """
 
 from __future__ import annotations
@@ -30,15 +32,19 @@ in_process = pytest.mark.skipif(PREIMPORTED, reason="triton was imported without
 
 import numpy as np  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 import relaycore  # noqa: E402
-from relaycore import PagedKV, RaggedKV  # noqa: E402
+from relaycore import PagedKV, RaggedKV, bounds  # noqa: E402
 from relaycore.fast.triton import Config, default_config, plan, prepare, run_planned  # noqa: E402
 from relaycore.fast.triton import backend, kernels, op  # noqa: E402
 from relaycore.fast.triton.config import chunk_size, tile_height  # noqa: E402
+from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
+from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
+from tolerances import triton_steps  # noqa: E402
 
 #: Tiles of 16 rows, 16-key chunks at decode (2 per segment), 16-key blocks.
 TINY = Config(block_m=16, prefix_block_m=16, min_block_m=16, block_n=16, min_chunk=16, target_chunks=2,
@@ -57,6 +63,12 @@ def _run(batch, config=None, relay=None, dtype=None):
     args, kwargs = batch.to_torch("cpu", dtype)
     meta = validate(*args, **kwargs)
     return run_planned(plan(meta, config=config, relay=relay), args[0], args[2], args[3])
+
+
+def _assert_close(result, batch, config=None):
+    """``assert_close`` at the steps the kernels take under ``config`` (default: the public one)."""
+    args, kwargs = batch.to_torch("cpu")
+    return assert_close(result, batch, steps=triton_steps(validate(*args, **kwargs), config))
 
 
 def _same(a, b) -> bool:
@@ -80,14 +92,14 @@ def test_kernels_are_interpreted():
 @SETTINGS
 @given(batch=batches(dtypes=("float16", "float32"), **SPACE))
 def test_tiny_tiles_match_the_oracle(batch, poisoned_allocations):
-    assert_close(_run(batch, TINY), batch)
+    _assert_close(_run(batch, TINY), batch, TINY)
 
 
 @in_process
 @SETTINGS
 @given(batch=batches(dtypes=("float16",), **SPACE))
 def test_tall_tiles_match_the_oracle(batch, poisoned_allocations):
-    assert_close(_run(batch, TALL), batch)
+    _assert_close(_run(batch, TALL), batch, TALL)
 
 
 @in_process
@@ -95,8 +107,8 @@ def test_tall_tiles_match_the_oracle(batch, poisoned_allocations):
 @given(batch=batches(dtypes=("float16", "float32"), **SPACE))
 def test_public_entry_matches_the_oracle(batch, poisoned_allocations):
     args, kwargs = batch.to_torch("cpu")
-    assert_close(relaycore.relay_attention(*args, **kwargs, backend="triton"), batch)
-    assert_close(relaycore.relay_attention(*args, **kwargs, plan=prepare(*args, **kwargs)), batch)
+    _assert_close(relaycore.relay_attention(*args, **kwargs, backend="triton"), batch)
+    _assert_close(relaycore.relay_attention(*args, **kwargs, plan=prepare(*args, **kwargs)), batch)
 
 
 def _shared_prefix_batch(dtype="float16", block_size=None, seed=0):
@@ -117,7 +129,7 @@ def test_runs_are_bitwise_identical():
 def test_relay_and_single_pass_give_the_same_bits():
     batch = _shared_prefix_batch()
     relay, single = _run(batch, TINY, relay=True), _run(batch, TINY, relay=False)
-    assert_close(relay, batch)
+    _assert_close(relay, batch, TINY)
     assert _same(relay, single)
 
 
@@ -150,7 +162,7 @@ def test_a_request_alone_and_in_a_batch_gives_the_same_bits():
 def test_empty_batch_and_empty_rows():
     batch = make_batch([0, 1], [0, 1], prefix_lens=[[0]], prefix_ids=[[0, 0]], head_dim=16, dtype="float16")
     result = _run(batch, TINY)
-    assert_close(result, batch)
+    _assert_close(result, batch, TINY)
     empty = make_batch([], [], head_dim=16, dtype="float16")
     out, lse = _run(empty, TINY)
     assert out.shape == (0, 2, 16) and lse.shape == (0, 2)
@@ -227,7 +239,7 @@ def test_a_block_table_with_strided_columns_reads_the_right_pages():
     (q, cu, kv, prefixes), kwargs = batch.to_torch("cpu")
     columns_strided = kv._replace(block_table=kv.block_table.t().contiguous().t())
     assert columns_strided.block_table.stride(1) != 1
-    assert_close(relaycore.relay_attention(q, cu, columns_strided, prefixes, **kwargs, backend="triton"), batch)
+    _assert_close(relaycore.relay_attention(q, cu, columns_strided, prefixes, **kwargs, backend="triton"), batch)
 
 
 @in_process
@@ -254,13 +266,82 @@ def test_plan_slots_cover_every_chunk_of_every_segment():
     written = np.zeros(p.num_slots, dtype=np.int64)
     g = meta.group_size
     for launch in p.launches:
-        items, slots = launch.items.numpy(), launch.slots.numpy()
-        for tok_base, row0, rows, _, _, _, _, chunk in items:
+        items, tokens, slots = launch.items.numpy(), launch.tokens.numpy(), launch.slots.numpy()
+        for tok_base, row0, rows, _, _, _, _, chunk, first_tok in items:
             for r in range(row0, row0 + rows):
+                if first_tok >= 0:  # the kernel then computes the token instead of reading it
+                    assert tokens[tok_base + r // g] == first_tok + r // g
                 if r % g == 0:  # one row per token is enough to name its slot
                     written[slots[tok_base + r // g] + chunk] += 1
     assert np.all(written == 1), "each slot is written by exactly one item (per KV head)"
     assert offsets[-1] == p.num_slots
+
+
+def _steps_from_work_lists(meta, planned) -> np.ndarray:
+    """Steps per token read off the plan's work items, as the kernels walk them: the most
+    ``block_n`` steps in which the token sees a key of one chunk, plus the merge's steps when
+    more than one chunk holds such a key."""
+    blocks = np.zeros(meta.total_q, dtype=np.int64)
+    held = [set() for _ in range(meta.total_q)]  # (level, chunk) holding a key the token sees
+    g, step = meta.group_size, planned.config.block_n
+    for launch in planned.launches:
+        items, tokens = launch.items.numpy(), launch.tokens.numpy()
+        for item in items:
+            f = dict(zip(kernels.ITEM_FIELDS, item))
+            for j in range(f["row0"] // g, (f["row0"] + f["num_rows"] - 1) // g + 1):
+                stop = f["key_end"]
+                if meta.causal and launch.level < 0:
+                    stop = min(stop, f["causal_shift"] + j + 1)
+                if stop > f["key_start"]:
+                    tok = tokens[f["tok_base"] + j]
+                    blocks[tok] = max(blocks[tok], -(-(stop - f["key_start"]) // step))
+                    held[tok].add((launch.level, f["chunk"]))
+    return blocks + np.array([MERGE_STEPS if len(h) >= 2 else 0 for h in held], dtype=np.int64)
+
+
+def test_the_merge_counts_the_steps_the_proof_derives():
+    assert MERGE_STEPS == ALL_AT_ONCE_MERGE_STEPS
+
+
+@in_process
+@settings(max_examples=60, deadline=None)
+@given(batch=batches(dtypes=("float16", "float32"), **SPACE), config=st.sampled_from([TINY, TALL, None]))
+def test_counted_steps_are_those_of_the_work_lists_and_never_above_the_default(batch, config):
+    args, kwargs = batch.to_torch("cpu")
+    meta = validate(*args, **kwargs)
+    counted = steps_per_token(meta, config)
+    assert counted.shape == (meta.total_q,) and counted.dtype == np.int64
+    np.testing.assert_array_equal(counted, _steps_from_work_lists(meta, plan(meta, config=config)))
+    num_keys = batch.oracle().stats.num_keys[:, 0]
+    assert np.all((counted >= 1) & (counted <= bounds.default_steps(num_keys)))
+
+
+def _steps(q_lens, kv_lens, prefix_lens=(), prefix_ids=(), config=TINY, **kwargs):
+    batch = make_batch(q_lens, kv_lens, prefix_lens, prefix_ids, **kwargs)
+    args, call = batch.to_torch("cpu")
+    return steps_per_token(validate(*args, **call), config).tolist()
+
+
+@in_process
+def test_counted_steps_by_hand():
+    # TINY: steps of 16 keys; a request of up to 16 rows cuts a segment into about 2 chunks
+    # 5 own keys: one chunk, one step, no merge
+    assert _steps([1], [5], num_q_heads=1) == [1]
+    # 17 own keys in chunks of 16: token 0 sees keys 0..15 (one chunk), token 1 also key 16
+    assert _steps([2], [17], num_q_heads=1) == [1, 1 + MERGE_STEPS]
+    assert _steps([2], [17], num_q_heads=1, causal=False) == [1 + MERGE_STEPS] * 2
+    # prefix of 37 and 40 own keys in chunks of 32: two steps in each first chunk, four chunks
+    assert _steps([1], [40], [[37]], [[0]], num_q_heads=1) == [2 + MERGE_STEPS]
+    # 3 tokens x GQA 6 = 18 rows, two tiles: one chunk of 32 holds all 20 own keys; token 0
+    # sees 18 of them (two steps), token 2 all 20
+    assert _steps([3], [20], num_q_heads=6) == [2, 2, 2]
+    # the public configuration, fp16, D 128: decode over 16384 keys in chunks of 2048, steps
+    # of 64: 32 steps and the merge, where default_steps says 32768
+    long = dict(num_q_heads=1, head_dim=128, dtype="float16", config=None)
+    assert _steps([1], [16384], **long) == [32 + MERGE_STEPS]
+    # 40 appended tokens x GQA 4 = 160 rows: every segment is one chunk; the prefix's 700 keys
+    # fill 11 steps, token j's 2061 + j own keys 33: two chunks, so the merge counts
+    assert _steps([40], [2100], [[700]], [[0]], **dict(long, num_q_heads=4)) == [33 + MERGE_STEPS] * 40
 
 
 @in_process

@@ -1,12 +1,14 @@
 """The one place tests get tolerances: ``relaycore.bounds`` turned into per-element bounds.
 
 Every comparison in the suite goes through here (or through ``relaycore.testing.check``,
-which uses the same ``bounds_for``): no test picks an ``atol`` of its own.
+which uses the same ``bounds_for``): no test picks an ``atol`` of its own. A backend whose
+blocking is known passes its count of rounding steps (``triton_steps``) instead of
+``relaycore.bounds.default_steps``, which holds for any blocking.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -14,8 +16,13 @@ from relaycore import bounds
 from relaycore.testing import Batch, Tolerance, bounds_for
 from relaycore.types import AttentionState
 
+if TYPE_CHECKING:  # the Triton package imports torch and triton
+    from relaycore.fast.triton import Config
+    from relaycore.validation import BatchMeta
+
 __all__ = [
     "Tolerance", "assert_agree", "bounds_for", "float64_agreement", "merge_tolerance", "softmax_tolerance", "sum_tolerance",
+    "triton_steps",
 ]
 
 
@@ -24,6 +31,24 @@ def float64_agreement(batch: Batch) -> Tolerance:
     float64 bound of the exact value, so their difference lies within twice that bound."""
     tol = bounds_for(batch, "float64")
     return Tolerance(2 * tol.out, 2 * tol.lse)
+
+
+def triton_steps(meta: BatchMeta, config: Optional[Config] = None) -> np.ndarray:
+    """The Triton kernels' rounding steps per key, for ``steps=`` of ``relaycore.testing``'s
+    ``assert_close`` / ``check`` / ``bounds_for``.
+
+    Args:
+        meta: ``relaycore.validation.BatchMeta`` of the batch.
+        config: the ``relaycore.fast.triton.Config`` it runs with (default: the one
+            ``relay_attention`` uses).
+
+    Returns:
+        int64 ``[total_q, 1]``: ``relaycore.fast.triton.rounding.steps_per_token`` as a column,
+        so that it broadcasts over the query heads of the bound's ``[total_q, Hq]`` rows.
+    """
+    from relaycore.fast.triton.rounding import steps_per_token
+
+    return steps_per_token(meta, config)[:, None]
 
 
 def softmax_tolerance(scores, values, dtype: str, steps=None) -> Tolerance:

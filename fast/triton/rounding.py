@@ -1,0 +1,80 @@
+"""How many rounding steps the Triton kernels take per key: the ``steps`` of ``relaycore.bounds``.
+
+``relaycore.bounds`` bounds the error of attention through ``steps``, the rounding steps a key's
+weight passes: its own exponential, each rescale of an accumulator that holds it, and the
+merges. Its default, ``2 N``, holds for any blocking. The kernels of this package have a known
+blocking, and ``steps_per_token`` counts it (``proofs/error_bound.py``, "Counting the Triton
+kernels' steps"):
+
+* every KV segment a token reads (the prefix of each level, then its own KV) is cut into chunks
+  of ``chunk_size(L, rows, config)`` keys counted from the segment's first key;
+* the partial kernel walks a chunk ``config.block_n`` keys per step, from the chunk's first key,
+  so that a key is rescaled at most once per later step of its chunk in which the token sees a
+  key (a step in which it sees none leaves its state bit for bit: the max stays, the rescale
+  is by ``exp2(0) = 1``, the weights are ``exp2(-inf) = 0``);
+* the merge kernel folds all of a token's chunk states at once, which costs every key
+  ``MERGE_STEPS``, or nothing when only one chunk holds a key the token sees (its weight is
+  ``exp2(0) = 1`` and the others' ``0``: the fold returns that state's output unchanged).
+
+So a token whose chunks hold at most ``n`` of the keys it sees, in ``k`` non-empty chunks, has
+``1 + (ceil(n / block_n) - 1) + (MERGE_STEPS if k >= 2 else 0)`` steps. The prefix chunks hold
+every key of the prefix; the own chunks hold the token's own keys up to its causal limit.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from relaycore.validation import BatchMeta
+
+from relaycore.fast.triton.config import Config, chunk_size, default_config
+
+#: Steps per key of the merge kernel's all-at-once fold of two or more non-empty states
+#: (``proofs/error_bound.py``, Lemma 4): one for the state's weight ``exp2(lse2_i - max)``
+#: with its product and the final division, one for the rounding of the incoming ``lse2_i``.
+MERGE_STEPS = 2
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def steps_per_token(meta: BatchMeta, config: Optional[Config] = None) -> np.ndarray:
+    """The rounding steps per key of every query token under the Triton kernels.
+
+    Args:
+        meta: from ``relaycore.validation.validate`` (host copies of the lengths and ids).
+        config: the launch configuration the batch runs with; default
+            ``default_config(meta.head_dim, meta.dtype)``, the one ``relay_attention`` uses.
+
+    Returns:
+        int64 ``[total_q]``: ``steps`` for ``relaycore.bounds`` (the same for every query head of
+        a token; ``[:, None]`` broadcasts it over heads). Never above ``default_steps`` of the
+        keys the token sees, and at least 1 (every token sees its own first key).
+    """
+    config = default_config(meta.head_dim, meta.dtype) if config is None else config
+    steps = np.zeros(meta.total_q, dtype=np.int64)
+    for b in range(meta.batch):
+        q_len, kv_len = int(meta.q_lens[b]), int(meta.kv_lens[b])
+        if q_len == 0:
+            continue
+        rows = q_len * meta.group_size
+        most = 0  # the most keys one prefix chunk holds
+        chunks = 0  # non-empty prefix chunks
+        for lens, ids in zip(meta.prefix_lens, meta.prefix_ids):
+            length = int(lens[ids[b]]) if ids[b] >= 0 else 0
+            if length:
+                size = chunk_size(length, rows, config)
+                most = max(most, min(size, length))
+                chunks += _cdiv(length, size)
+        # own keys the token sees: causal token j of the request sees kv_len - q_len + j + 1
+        j = np.arange(q_len, dtype=np.int64)
+        seen = kv_len - q_len + j + 1 if meta.causal else np.full(q_len, kv_len, dtype=np.int64)
+        size = chunk_size(kv_len, rows, config)
+        most_own = np.maximum(np.minimum(seen, size), most)
+        chunks_own = chunks + _cdiv(seen, size)
+        lo = int(meta.cu_seqlens_q[b])
+        steps[lo : lo + q_len] = _cdiv(most_own, config.block_n) + np.where(chunks_own >= 2, MERGE_STEPS, 0)
+    return steps
