@@ -74,14 +74,15 @@ def default_config(head_dim: int, dtype: str) -> Config:
 
     Measured on an H200 (``fast/triton/NOTES.md``): own tiles of 16 rows for decode requests
     (a 64-row tile there is 63 rows of padding), prefix tiles of 64 or 128; about 8 chunks
-    per segment of at least 256 keys at decode; a 4-stage load pipeline (H100, 2026-11-27:
-    11% faster at batch 1 with 16k keys at Hkv = 8, even elsewhere). fp32 and ``head_dim`` 256
+    per segment of at least 256 keys at decode; a 3-stage load pipeline, which keeps a 64-row
+    tile at 112 KiB of shared memory, two programs per SM (4 stages: 144 KiB, one program per
+    SM, 18% slower at B = 64, Hkv = 32, prefix 16384 on an H200). fp32 and ``head_dim`` 256
     halve ``block_n``, stay at 64-row tiles and 2 stages to keep the score and value tiles in
     registers and the stages in shared memory.
     """
     wide = head_dim >= 256 or dtype == "float32"
     return Config(block_m=64 if wide else 128, prefix_block_m=64, min_block_m=16, block_n=32 if wide else 64,
-                  min_chunk=256, target_chunks=8, num_warps=4, num_stages=2 if wide else 4)
+                  min_chunk=256, target_chunks=8, num_warps=4, num_stages=2 if wide else 3)
 
 
 def chunk_size(length: int, rows: int, config: Config) -> int:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+import threading
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -60,15 +61,26 @@ CONCURRENT_PARTIALS = True
 #: software-pipeline depth of its sum pass.
 MERGE_BLOCK_S, MERGE_STAGES = 16, 3
 
-_SIDE_STREAMS: Dict[int, List[torch.cuda.Stream]] = {}
+
+class _Lanes(threading.local):
+    """Per host thread and device: the side streams of the partial launches and the events
+    that fork them from the caller's stream and join them back (created once, recorded anew
+    by every call; inside a graph capture the records and waits become the graph's edges)."""
+
+    def __init__(self) -> None:
+        self.by_device: Dict[int, Tuple[torch.cuda.Event, List[torch.cuda.Stream], List[torch.cuda.Event]]] = {}
+
+    def get(self, device: torch.device, n: int):
+        if device.index not in self.by_device:
+            self.by_device[device.index] = (torch.cuda.Event(), [], [])
+        fork, streams, joins = self.by_device[device.index]
+        while len(streams) < n:
+            streams.append(torch.cuda.Stream(device))
+            joins.append(torch.cuda.Event())
+        return fork, streams[:n], joins[:n]
 
 
-def _side_streams(device: torch.device, n: int) -> List[torch.cuda.Stream]:
-    """``n`` streams of ``device`` for the partial launches, created once per process."""
-    streams = _SIDE_STREAMS.setdefault(device.index, [])
-    while len(streams) < n:
-        streams.append(torch.cuda.Stream(device))
-    return streams[:n]
+_LANES = _Lanes()
 
 
 def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel]) -> AttentionState:
@@ -90,18 +102,19 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     interpret = interpreting()
     if CONCURRENT_PARTIALS and not interpret and len(plan.launches) > 1:
         main = torch.cuda.current_stream(q.device)
-        sides = _side_streams(q.device, len(plan.launches) - 1)
+        fork, sides, joins = _LANES.get(q.device, len(plan.launches) - 1)
+        fork.record(main)
         for side in sides:
-            side.wait_stream(main)
-        _launch_partial(plan, plan.launches[0], q, kv, prefixes, part_out, part_lse, interpret)
+            side.wait_event(fork)
+        _launch_partial(plan, plan.launches[0], q, kv, prefixes, part_out, part_lse, interpret, None)
         for item_list, side in zip(plan.launches[1:], sides):
-            with torch.cuda.stream(side):
-                _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, interpret)
-        for side in sides:
-            main.wait_stream(side)
+            _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, interpret, side)
+        for side, join in zip(sides, joins):
+            join.record(side)
+            main.wait_event(join)
     else:
         for item_list in plan.launches:
-            _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, interpret)
+            _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, interpret, None)
     block_h = min(plan.config.block_h, triton.next_power_of_2(hq))
     launch(
         merge_kernel, (total_q, triton.cdiv(hq, block_h)),
@@ -113,9 +126,10 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
 
 
 def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel],
-                    part_out: torch.Tensor, part_lse: torch.Tensor, interpret: bool) -> None:
-    """One partial-kernel launch on the current stream: the items of ``item_list`` over the KV
-    source it names (a prefix level, or the requests' own KV)."""
+                    part_out: torch.Tensor, part_lse: torch.Tensor, interpret: bool,
+                    stream: Optional[torch.cuda.Stream]) -> None:
+    """One partial-kernel launch on ``stream`` (``None``: the current one): the items of
+    ``item_list`` over the KV source it names (a prefix level, or the requests' own KV)."""
     cfg = plan.config
     if item_list.level >= 0:
         level = prefixes[item_list.level]
@@ -140,5 +154,5 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
         dict(NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
              BLOCK_N=cfg.block_n, PAGED=paged, CAUSAL=causal, UPCAST=interpret and q.dtype == torch.bfloat16,
              DOT_PRECISION="ieee"),
-        num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device,
+        num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device, stream=stream,
     )

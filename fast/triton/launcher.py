@@ -10,8 +10,9 @@ constexpr values.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -48,8 +49,9 @@ def _hooks():
 
 
 def launch(kernel, grid: Tuple[int, int], args: Sequence, constexprs: Dict[str, Any], *, num_warps: int,
-           num_stages: int, device: torch.device) -> None:
-    """Launch ``kernel[grid](*args, **constexprs)`` on ``device``'s current stream.
+           num_stages: int, device: torch.device, stream: Optional[torch.cuda.Stream] = None) -> None:
+    """Launch ``kernel[grid](*args, **constexprs)`` on ``stream`` (default: ``device``'s
+    current stream).
 
     Args:
         kernel: a ``@triton.jit`` function whose constexpr parameters come after all others, in
@@ -58,6 +60,7 @@ def launch(kernel, grid: Tuple[int, int], args: Sequence, constexprs: Dict[str, 
         args: the runtime arguments (tensors, ints, floats), in signature order.
         constexprs: the compile-time arguments, in signature order.
         device: the device of the tensors.
+        stream: a stream of ``device``, or ``None``.
     """
     if interpreting():
         kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
@@ -65,10 +68,11 @@ def launch(kernel, grid: Tuple[int, int], args: Sequence, constexprs: Dict[str, 
     key = (kernel, device.index, num_warps, num_stages, *constexprs.values(), *map(_key, args))
     compiled = _COMPILED.get(key)
     if compiled is None:
-        _COMPILED[key] = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+        with contextlib.nullcontext() if stream is None else torch.cuda.stream(stream):
+            _COMPILED[key] = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
         return
-    stream = _current_raw_stream(device.index)
+    raw = _current_raw_stream(device.index) if stream is None else stream.cuda_stream
     every = (*args, *constexprs.values())
     enter, exit_ = _hooks()
-    compiled.run(grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata,
-                 compiled.launch_metadata((grid[0], grid[1], 1), stream, *every), enter, exit_, *every)
+    compiled.run(grid[0], grid[1], 1, raw, compiled.function, compiled.packed_metadata,
+                 compiled.launch_metadata((grid[0], grid[1], 1), raw, *every), enter, exit_, *every)

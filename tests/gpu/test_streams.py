@@ -1,0 +1,53 @@
+"""The partial launches of a call overlap on side streams (``launch.CONCURRENT_PARTIALS``):
+the same bits as running them one after another, and ordered with the caller's stream
+whichever stream that is."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+import relaycore  # noqa: E402
+from relaycore.fast.triton import launch, prepare  # noqa: E402
+from relaycore.testing import assert_close, make_batch  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+
+def _batch():
+    """Decode and append rows over two prefix levels and paged own KV: several partial
+    launches (each level, each tile height, the own KV)."""
+    return make_batch(q_lens=[1, 1, 40, 1, 7, 1], kv_lens=[300, 129, 400, 2000, 64, 1],
+                      prefix_lens=[[2048, 700], [513]], prefix_ids=[[0, 1, 0, 0, -1, 1], [0, 0, -1, 0, 0, 0]],
+                      num_q_heads=16, num_kv_heads=4, head_dim=128, dtype="float16", block_size=16, seed=5)
+
+
+def test_overlapped_and_serial_launches_give_the_same_bits(monkeypatch, poisoned_allocations):
+    batch = _batch()
+    args, kwargs = batch.to_torch("cuda")
+    planned = prepare(*args, **kwargs)
+    assert len(planned.launches) >= 3
+    overlapped = relaycore.relay_attention(*args, **kwargs, plan=planned)
+    monkeypatch.setattr(launch, "CONCURRENT_PARTIALS", False)
+    serial = relaycore.relay_attention(*args, **kwargs, plan=planned)
+    assert torch.equal(overlapped.out, serial.out) and torch.equal(overlapped.lse, serial.lse)
+    assert_close(overlapped, batch)
+
+
+def test_a_call_on_a_side_stream_is_ordered_with_that_stream(poisoned_allocations):
+    batch = _batch()
+    args, kwargs = batch.to_torch("cuda")
+    planned = prepare(*args, **kwargs)
+    expected = relaycore.relay_attention(*args, **kwargs, plan=planned)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(20):
+            got = relaycore.relay_attention(*args, **kwargs, plan=planned)
+            copied = (got.out.clone(), got.lse.clone())  # reads on the caller's stream, no sync
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    assert torch.equal(copied[0], expected.out) and torch.equal(copied[1], expected.lse)
