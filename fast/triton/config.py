@@ -75,8 +75,8 @@ def default_config(head_dim: int, dtype: str) -> Config:
     Measured on an H200 (``fast/triton/NOTES.md``): own tiles of 16 rows for decode requests
     (a 64-row tile there is 63 rows of padding), prefix tiles of 64 or 128; about 8 chunks
     per segment of at least 256 keys at decode; a 3-stage load pipeline, which keeps a 64-row
-    tile at 112 KiB of shared memory, two programs per SM (4 stages: 144 KiB, one program per
-    SM, 18% slower at B = 64, Hkv = 32, prefix 16384 on an H200). fp32 and ``head_dim`` 256
+    tile at 112 KiB of shared memory, two programs per SM (4 stages take 144 KiB: one; read
+    from the kernel compiled for sm_90, ``fast/triton/NOTES.md``). fp32 and ``head_dim`` 256
     halve ``block_n``, stay at 64-row tiles and 2 stages to keep the score and value tiles in
     registers and the stages in shared memory.
     """

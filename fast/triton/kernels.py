@@ -27,87 +27,34 @@ import triton
 import triton.language as tl
 
 #: Fields of one work item (int32 each), in order. See ``relaycore.fast.triton.plan``.
-ITEM_FIELDS = ("tok_base", "row0", "num_rows", "kv_base", "key_start", "key_end", "causal_shift", "chunk", "first_tok")
+ITEM_FIELDS = ("tok_base", "row0", "num_rows", "kv_base", "key_start", "key_end", "causal_shift", "chunk")
 NUM_ITEM_FIELDS = len(ITEM_FIELDS)
-ITEM_STRIDE = tl.constexpr(NUM_ITEM_FIELDS)
 
 
 @triton.jit
-def online_softmax_step(b_acc, b_m, b_l, b_d, qk_scale, b_v, m_seen, P_DTYPE: tl.constexpr,
-                        DOT_PRECISION: tl.constexpr, MASKED: tl.constexpr):
+def online_softmax_step(b_acc, b_m, b_l, b_s, b_v, m_seen, P_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One block of keys folded into a running state (base 2).
 
     Args:
         b_acc: fp32 ``[M, D]`` unnormalized output so far.
         b_m: fp32 ``[M]`` running max of the scores (``-inf`` before any key is seen).
         b_l: fp32 ``[M]`` running sum of ``exp2(score - b_m)``.
-        b_d: fp32 ``[M, N]`` dot products ``q . k`` of this block; the base-2 score is
-            ``b_d * qk_scale``, and ``qk_scale > 0``, so the block's max score is the max dot
-            product times ``qk_scale`` and ``b_d * qk_scale - max`` is one fused multiply-add.
-        qk_scale: ``softmax_scale * LOG2E``.
+        b_s: fp32 ``[M, N]`` base-2 scores of this block.
         b_v: ``[N, D]`` values of this block.
-        m_seen: bool ``[M, N]``: which scores are seen (read only when ``MASKED``).
+        m_seen: bool ``[M, N]``: which scores are seen.
         P_DTYPE: the dtype the weights are rounded to before the ``P @ V`` product.
-        MASKED: whether some score of the block is unseen; a block every row sees in full
-            skips the select (the same values, so the same bits).
 
     Returns:
         The updated ``(b_acc, b_m, b_l)``. Rows that have seen no key stay ``(0, -inf, 0)``.
     """
-    if MASKED:
-        b_d = tl.where(m_seen, b_d, float("-inf"))
-    m_new = tl.maximum(b_m, tl.max(b_d, 1) * qk_scale)
+    b_s = tl.where(m_seen, b_s, float("-inf"))
+    m_new = tl.maximum(b_m, tl.max(b_s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing seen yet: weights all 0
     alpha = tl.exp2(b_m - m_safe)
-    b_p = tl.exp2(b_d * qk_scale - m_safe[:, None])
+    b_p = tl.exp2(b_s - m_safe[:, None])
     b_l = b_l * alpha + tl.sum(b_p, 1)
     b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(P_DTYPE), b_v, input_precision=DOT_PRECISION)
     return b_acc, m_new, b_l
-
-
-@triton.jit
-def attend_keys(b_acc, b_m, b_l, b_q, k_ptr, v_ptr, table_ptr, lo, hi, key_stop, kv_base, causal_shift, o_j, qk_scale,
-                stride_ks, stride_kb, stride_vs, stride_vb, stride_table, page_size,
-                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr,
-                MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Fold keys ``lo .. hi`` (``BLOCK_N`` per step, ``lo`` on the chunk's step grid) of one KV
-    head into the running state; the KV pointers already point at the head.
-
-    ``MASKED`` false: the caller guarantees every row sees every key of ``lo .. hi`` (``hi``
-    at most ``key_stop``, below every row's causal limit), so no load or score is masked.
-    """
-    o_d = tl.arange(0, HEAD_DIM)
-    for start in range(lo, hi, BLOCK_N):
-        o_key = start + tl.arange(0, BLOCK_N)
-        m_key = o_key < key_stop
-        if PAGED:
-            if MASKED:
-                o_page = tl.load(table_ptr + kv_base * stride_table + o_key // page_size, mask=m_key, other=0)
-            else:
-                o_page = tl.load(table_ptr + kv_base * stride_table + o_key // page_size)
-            o_slot = (o_key % page_size).to(tl.int64)
-            o_k = o_page.to(tl.int64) * stride_kb + o_slot * stride_ks
-            o_v = o_page.to(tl.int64) * stride_vb + o_slot * stride_vs
-        else:
-            o_rowk = (kv_base + o_key).to(tl.int64)
-            o_k = o_rowk * stride_ks
-            o_v = o_rowk * stride_vs
-        if MASKED:
-            b_kt = tl.load(k_ptr + o_k[None, :] + o_d[:, None], mask=m_key[None, :], other=0.0)
-            b_v = tl.load(v_ptr + o_v[:, None] + o_d[None, :], mask=m_key[:, None], other=0.0)
-        else:
-            b_kt = tl.load(k_ptr + o_k[None, :] + o_d[:, None])
-            b_v = tl.load(v_ptr + o_v[:, None] + o_d[None, :])
-        if UPCAST:
-            b_kt = b_kt.to(tl.float32)
-            b_v = b_v.to(tl.float32)
-        b_d = tl.dot(b_q, b_kt, input_precision=DOT_PRECISION)
-        m_seen = m_key[None, :]
-        if CAUSAL:
-            m_seen = m_seen & (o_key[None, :] <= causal_shift + o_j[:, None])
-        b_acc, b_m, b_l = online_softmax_step(b_acc, b_m, b_l, b_d, qk_scale, b_v, m_seen, b_q.dtype, DOT_PRECISION,
-                                            MASKED)
-    return b_acc, b_m, b_l
 
 
 @triton.jit
@@ -150,9 +97,8 @@ def partial_kernel(
             ``[num_blocks, page_size, Hkv, D]`` (``PAGED``: a key's page is
             ``table[kv_base, key // page_size]``, ``kv_base`` being the request).
         items_ptr: int32 ``[num_items, NUM_ITEM_FIELDS]`` (see ``ITEM_FIELDS``).
-        tok_ptr: int32 token list; row ``r`` of an item is token ``tok[tok_base + r // GROUP]``
-            (``first_tok + r // GROUP`` when the item's ``first_tok >= 0``: its tokens are
-            consecutive, and the list is not read), query head ``i_hk * GROUP + r % GROUP``.
+        tok_ptr: int32 token list; row ``r`` of an item is token ``tok[tok_base + r // GROUP]``,
+            query head ``i_hk * GROUP + r % GROUP``.
         slot_ptr: int32, beside ``tok_ptr``: the scratch slot of that token's chunk 0 in this
             segment (chunk ``c`` is slot ``+ c``).
         table_ptr: int32 block table ``[B, max_blocks]`` (``PAGED`` only).
@@ -168,7 +114,7 @@ def partial_kernel(
     i_item = tl.program_id(0)
     i_hk = tl.program_id(1)
 
-    p_item = items_ptr + i_item * ITEM_STRIDE
+    p_item = items_ptr + i_item * 8
     tok_base = tl.load(p_item + 0)
     row0 = tl.load(p_item + 1)
     num_rows = tl.load(p_item + 2)
@@ -177,7 +123,6 @@ def partial_kernel(
     key_end = tl.load(p_item + 5)
     causal_shift = tl.load(p_item + 6)
     chunk = tl.load(p_item + 7)
-    first_tok = tl.load(p_item + 8)
 
     o_m = tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, HEAD_DIM)
@@ -185,42 +130,47 @@ def partial_kernel(
     o_row = row0 + o_m
     o_j = o_row // GROUP  # the row's token, as an index into this item's token list
     o_head = i_hk * GROUP + o_row % GROUP
-    if first_tok >= 0:  # consecutive tokens: no list to read before q
-        o_tok = (first_tok + o_j).to(tl.int64)
-    else:
-        o_tok = tl.load(tok_ptr + tok_base + o_j, mask=m_row, other=0).to(tl.int64)
-    # where the state goes, read now so that its latency hides behind the loop
-    o_slot_out = (tl.load(slot_ptr + tok_base + o_j, mask=m_row, other=0) + chunk).to(tl.int64)
+    o_tok = tl.load(tok_ptr + tok_base + o_j, mask=m_row, other=0).to(tl.int64)
 
     p_q = q_ptr + o_tok[:, None] * stride_qt + o_head[:, None] * stride_qh + o_d[None, :]
     b_q = tl.load(p_q, mask=m_row[:, None], other=0.0)
     if UPCAST:
         b_q = b_q.to(tl.float32)
+    p_dtype = b_q.dtype
 
     b_acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
 
     key_stop = key_end
-    seen_by_all = key_end  # keys below this are seen by every row of the tile
     if CAUSAL:
-        key_stop = tl.minimum(key_end, causal_shift + (row0 + num_rows - 1) // GROUP + 1)
-        seen_by_all = tl.minimum(key_end, causal_shift + row0 // GROUP + 1)
-    # full steps first (no masks), then the steps that cross key_stop or the diagonal; both
-    # walk the same BLOCK_N grid from key_start, so a row's steps do not depend on its tile
-    full_stop = key_start + tl.maximum(seen_by_all - key_start, 0) // BLOCK_N * BLOCK_N
-    k_head = k_ptr + i_hk * stride_kh
-    v_head = v_ptr + i_hk * stride_vh
-    b_acc, b_m, b_l = attend_keys(
-        b_acc, b_m, b_l, b_q, k_head, v_head, table_ptr, key_start, full_stop, key_stop, kv_base, causal_shift, o_j,
-        qk_scale, stride_ks, stride_kb, stride_vs, stride_vb, stride_table, page_size,
-        HEAD_DIM, BLOCK_N, PAGED, CAUSAL, False, UPCAST, DOT_PRECISION)
-    b_acc, b_m, b_l = attend_keys(
-        b_acc, b_m, b_l, b_q, k_head, v_head, table_ptr, full_stop, key_stop, key_stop, kv_base, causal_shift, o_j,
-        qk_scale, stride_ks, stride_kb, stride_vs, stride_vb, stride_table, page_size,
-        HEAD_DIM, BLOCK_N, PAGED, CAUSAL, True, UPCAST, DOT_PRECISION)
+        last_j = (row0 + num_rows - 1) // GROUP
+        key_stop = tl.minimum(key_end, causal_shift + last_j + 1)
+    for start in range(key_start, key_stop, BLOCK_N):
+        o_key = start + tl.arange(0, BLOCK_N)
+        m_key = o_key < key_stop
+        if PAGED:
+            o_page = tl.load(table_ptr + kv_base * stride_table + o_key // page_size, mask=m_key, other=0).to(tl.int64)
+            o_slot = (o_key % page_size).to(tl.int64)
+            o_k = o_page * stride_kb + o_slot * stride_ks
+            o_v = o_page * stride_vb + o_slot * stride_vs
+        else:
+            o_rowk = (kv_base + o_key).to(tl.int64)
+            o_k = o_rowk * stride_ks
+            o_v = o_rowk * stride_vs
+        b_kt = tl.load(k_ptr + o_k[None, :] + i_hk * stride_kh + o_d[:, None], mask=m_key[None, :], other=0.0)
+        b_v = tl.load(v_ptr + o_v[:, None] + i_hk * stride_vh + o_d[None, :], mask=m_key[:, None], other=0.0)
+        if UPCAST:
+            b_kt = b_kt.to(tl.float32)
+            b_v = b_v.to(tl.float32)
+        b_s = tl.dot(b_q, b_kt, input_precision=DOT_PRECISION) * qk_scale
+        m_seen = m_key[None, :]
+        if CAUSAL:
+            m_seen = m_seen & (o_key[None, :] <= causal_shift + o_j[:, None])
+        b_acc, b_m, b_l = online_softmax_step(b_acc, b_m, b_l, b_s, b_v, m_seen, p_dtype, DOT_PRECISION)
 
     b_out, b_lse2 = finish_state(b_acc, b_m, b_l)
+    o_slot_out = (tl.load(slot_ptr + tok_base + o_j, mask=m_row, other=0) + chunk).to(tl.int64)
     o_state = o_slot_out * NUM_Q_HEADS + o_head
     tl.store(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], b_out, mask=m_row[:, None])
     tl.store(part_lse_ptr + o_state, b_lse2, mask=m_row)
@@ -233,16 +183,13 @@ def merge_kernel(
     NUM_Q_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_H: tl.constexpr,
-    BLOCK_S: tl.constexpr,
     LN2: tl.constexpr,
 ):
     """Fold every chunk state of a token, in slot order, into its result.
 
     Grid: ``(total_q, cdiv(Hq, BLOCK_H))``. Two passes over the token's slots: the max of the
-    ``lse2`` (so no weight overflows; ``BLOCK_S`` slots per load), then
-    ``out = sum_i w_i out_i / sum_i w_i`` with ``w_i = exp2(lse2_i - max)``, one slot at a time
-    (its loads do not depend on the sums, so they pipeline). The order of the sums is the slot
-    order, fixed by the plan.
+    ``lse2`` (so no weight overflows), then ``out = sum_i w_i out_i / sum_i w_i`` with
+    ``w_i = exp2(lse2_i - max)``. The order of the sums is the slot order, fixed by the plan.
 
     Args:
         part_out_ptr: fp32 ``[num_slots, Hq, D]``.
@@ -262,11 +209,9 @@ def merge_kernel(
     last = tl.load(slot_offsets_ptr + i_t + 1).to(tl.int64)
 
     b_max = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-    o_s = tl.arange(0, BLOCK_S)
-    for s0 in range(first, last, BLOCK_S):  # the max is exact in any order: BLOCK_S slots a load
-        o_state = (s0 + o_s)[:, None] * NUM_Q_HEADS + o_h[None, :]
-        m_state = ((s0 + o_s) < last)[:, None] & m_h[None, :]
-        b_max = tl.maximum(b_max, tl.max(tl.load(part_lse_ptr + o_state, mask=m_state, other=float("-inf")), 0))
+    for s in range(first, last):
+        o_state = s * NUM_Q_HEADS + o_h
+        b_max = tl.maximum(b_max, tl.load(part_lse_ptr + o_state, mask=m_h, other=float("-inf")))
     m_safe = tl.where(b_max == float("-inf"), 0.0, b_max)
 
     b_sum = tl.zeros([BLOCK_H], dtype=tl.float32)

@@ -57,11 +57,6 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
 #: kernel's latency from the call (``fast/triton/NOTES.md``).
 CONCURRENT_PARTIALS = True
 
-#: Slots per load in the merge kernel's max pass (a decode token has about 10), and the
-#: software-pipeline depth of its sum pass.
-MERGE_BLOCK_S, MERGE_STAGES = 16, 3
-
-
 class _Lanes(threading.local):
     """Per host thread and device: the side streams of the partial launches and the events
     that fork them from the caller's stream and join them back (created once, recorded anew
@@ -119,8 +114,8 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     launch(
         merge_kernel, (total_q, triton.cdiv(hq, block_h)),
         (part_out, part_lse, plan.slot_offsets, out, lse, out.stride(0), out.stride(1)),
-        dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_H=block_h, BLOCK_S=MERGE_BLOCK_S, LN2=LN2),
-        num_warps=4, num_stages=MERGE_STAGES, device=q.device,
+        dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_H=block_h, LN2=LN2),
+        num_warps=4, num_stages=1, device=q.device,
     )
     return AttentionState(out, lse)
 

@@ -246,11 +246,10 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             tokens, slots, items, n_listed = buckets.setdefault(tile, ([], [], [], [0]))
             tokens.append(toks)
             slots.append(slot_offsets[toks] + seg_base[s][token_request[toks]])
-            first_tok = int(toks[0]) if np.all(np.diff(toks) == 1) else -1  # the kernel skips the list
             for c in range(-(-seg_len // chunk)):
                 for row0 in range(0, rows, tile):
                     items.append((n_listed[0], row0, min(tile, rows - row0), kv_base, c * chunk,
-                                  min(seg_len, (c + 1) * chunk), causal_shift, c, first_tok))
+                                  min(seg_len, (c + 1) * chunk), causal_shift, c))
             n_listed[0] += toks.size
 
         if level >= 0:
