@@ -1,0 +1,180 @@
+"""What one program of the partial kernel needs of an SM, read without a GPU.
+
+Triton compiles for any target on any machine, and the ``ptxas`` it ships reports the
+registers per thread; the compiled kernel's metadata holds its shared memory. From the two,
+``programs_per_sm`` is how many programs an SM holds at once: at decode the partial kernel is
+bound by the latency of its KV loads, and occupancy is what hides it. A kernel change that
+adds registers can halve it (measured on an H200, 2026-11-27: a variant at 189 registers per
+thread for the 16-row own tile, against 122, ran large-batch decode 20-50% slower;
+``fast/triton/NOTES.md``). ``tests/test_kernel_resources.py`` holds the default configuration
+to the occupancy it was measured at, on the CPU, in CI.
+
+Run ``python -m relaycore.fast.triton.resources`` for the table of every tile kind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import List
+
+import triton
+
+from relaycore.fast.triton.config import Config, default_config
+from relaycore.fast.triton.kernels import partial_kernel
+
+
+@dataclass(frozen=True)
+class SM:
+    """The limits of one streaming multiprocessor (defaults: Hopper, compute capability 9.0).
+
+    Attributes:
+        registers: 32-bit registers per SM.
+        register_granule: registers are allocated per warp in multiples of this many.
+        shared_bytes: shared memory per SM usable by programs.
+        shared_reserved: shared memory the system reserves per resident program.
+        max_warps: resident warps per SM.
+        max_programs: resident programs (thread blocks) per SM.
+    """
+
+    registers: int = 65536
+    register_granule: int = 256
+    shared_bytes: int = 228 * 1024
+    shared_reserved: int = 1024
+    max_warps: int = 64
+    max_programs: int = 32
+
+
+HOPPER = SM()
+
+
+@dataclass(frozen=True)
+class TileKind:
+    """One specialization of the partial kernel, as a launch of a plan compiles it.
+
+    Attributes:
+        name: what it is for, e.g. ``"own decode tile"``.
+        block_m: tile height.
+        paged, causal: the KV source (the own KV is paged and causal in a serving step).
+        group: query heads per KV head.
+    """
+
+    name: str
+    block_m: int
+    paged: bool
+    causal: bool
+    group: int
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one program of a tile kind takes.
+
+    Attributes:
+        kind: the tile kind.
+        num_warps: warps per program.
+        registers: registers per thread (ptxas).
+        shared_bytes: dynamic shared memory per program.
+    """
+
+    kind: TileKind
+    num_warps: int
+    registers: int
+    shared_bytes: int
+
+    def programs_per_sm(self, sm: SM = HOPPER) -> int:
+        """Resident programs per SM: the least of the register, shared-memory, warp and
+        program limits."""
+        per_warp = -(-self.registers * 32 // sm.register_granule) * sm.register_granule
+        by_registers = sm.registers // (per_warp * self.num_warps)
+        by_shared = sm.shared_bytes // (self.shared_bytes + sm.shared_reserved)
+        return min(by_registers, by_shared, sm.max_warps // self.num_warps, sm.max_programs)
+
+
+def tile_kinds(config: Config) -> List[TileKind]:
+    """The tile kinds a decode step with GQA 1 and 4 compiles: the own tile of a decode request
+    (``min_block_m`` rows, paged, causal) and the two prefix tile heights."""
+    kinds = [TileKind(f"own decode tile, GQA {g}", config.min_block_m, True, True, g) for g in (1, 4)]
+    tall = sorted({config.prefix_block_m, config.block_m})
+    kinds += [TileKind(f"prefix tile of {m} rows", m, False, False, 1) for m in tall]
+    return kinds
+
+
+def _ptxas_registers(ptx: str, arch: int) -> int:
+    from triton import knobs
+
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        run = subprocess.run([knobs.nvidia.ptxas.path, "-v", f"--gpu-name=sm_{arch}a", f.name, "-o", "/dev/null"],
+                             capture_output=True, text=True, check=True)
+    found = re.search(r"Used (\d+) registers", run.stdout + run.stderr)
+    if found is None:
+        raise RuntimeError(f"ptxas -v reported no register count: {run.stderr[-400:]}")
+    return int(found.group(1))
+
+
+def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str = "fp16",
+              arch: int = 90) -> Resources:
+    """Compile the partial kernel for ``kind`` under ``config`` for ``sm_<arch>`` and read what
+    a program takes. Pointers and strides are taken as 16-byte aligned, as in a serving call
+    (they decide which loads Triton pipelines, and with it the shared memory).
+
+    Args:
+        kind: the tile kind.
+        config: the launch configuration.
+        head_dim: ``D``.
+        dtype: Triton's name of q's dtype (``"fp16"``, ``"bf16"``, ``"fp32"``).
+        arch: the compute capability, as an integer (90: Hopper).
+
+    Raises:
+        RuntimeError: ``triton`` cannot compile for the target here (its NVIDIA backend or
+            ``ptxas`` is missing).
+    """
+    fn = partial_kernel
+    if not isinstance(fn, triton.runtime.JITFunction):
+        raise RuntimeError("the kernels were imported under TRITON_INTERPRET=1: compile them in a process without it")
+    pointer_types = {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": dtype, "part_out_ptr": "fp32", "part_lse_ptr": "fp32"}
+    constexprs = dict(NUM_Q_HEADS=32 * kind.group, GROUP=kind.group, HEAD_DIM=head_dim, BLOCK_M=kind.block_m,
+                      BLOCK_N=config.block_n, PAGED=kind.paged, CAUSAL=kind.causal, UPCAST=False,
+                      DOT_PRECISION="ieee")
+    signature, aligned = {}, []
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*" + pointer_types.get(name, "i32")
+            aligned.append(i)
+        elif name == "qk_scale":
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name.startswith("stride_") and name != "stride_table" or name == "page_size":
+                aligned.append(i)
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs,
+                                       attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+    warps = config.warps(kind.block_m)
+    try:
+        compiled = triton.compile(source, target=triton.backends.compiler.GPUTarget("cuda", arch, 32),
+                                  options=dict(num_warps=warps, num_stages=config.num_stages))
+        registers = _ptxas_registers(compiled.asm["ptx"], arch)
+    except (ImportError, OSError, subprocess.CalledProcessError) as exc:
+        raise RuntimeError(f"cannot compile for sm_{arch} here: {type(exc).__name__}: {exc}") from exc
+    return Resources(kind, warps, registers, int(compiled.metadata.shared))
+
+
+def main() -> int:
+    """Print, as JSON lines, what every tile kind of the fp16, ``D = 128`` default takes."""
+    config = default_config(128, "float16")
+    for kind in tile_kinds(config):
+        r = resources(kind, config)
+        print(json.dumps(dict(asdict(r), programs_per_sm=r.programs_per_sm())), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

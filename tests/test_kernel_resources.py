@@ -1,0 +1,49 @@
+"""The partial kernel's occupancy, read on the CPU: the default configuration must keep the
+programs per SM it was measured at (``relaycore.fast.triton.resources``). A change that adds
+registers or shared memory fails here, in CI, before any GPU time is spent on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+#: Programs per Hopper SM of each tile kind at the default fp16, D = 128 configuration, as
+#: measured (H200, 2026-11-27, ``fast/triton/NOTES.md``): 122-124 registers for the own decode
+#: tile, 182-183 and 112/128 KiB of shared memory for the prefix tiles.
+MEASURED = {
+    "own decode tile, GQA 1": 4,
+    "own decode tile, GQA 4": 4,
+    "prefix tile of 64 rows": 2,
+    "prefix tile of 128 rows": 1,
+}
+
+
+def _ptxas_available() -> bool:
+    try:
+        from triton import knobs
+
+        return os.path.exists(knobs.nvidia.ptxas.path)
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _ptxas_available(), reason="this triton has no NVIDIA backend with ptxas")
+def test_default_tiles_keep_their_measured_occupancy(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, do not interpret
+    run = subprocess.run([sys.executable, "-m", "relaycore.fast.triton.resources"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {r["kind"]["name"]: r for r in map(json.loads, run.stdout.splitlines())}
+    assert set(rows) == set(MEASURED)
+    for name, programs in MEASURED.items():
+        r = rows[name]
+        assert r["programs_per_sm"] >= programs, (
+            f"{name}: {r['programs_per_sm']} programs per SM ({r['registers']} registers per thread, "
+            f"{r['shared_bytes']} bytes of shared memory, {r['num_warps']} warps), measured at {programs}"
+        )
