@@ -9,7 +9,10 @@
 
 All accept anything ``np.asarray`` takes (torch tensors included), validate with
 ``relaycore.validation.validate``, compute in float64, and never produce NaN: a row that sees no
-key is ``(0, -inf)``. Needs NumPy alone.
+key is ``(0, -inf)``. Unlike the fast paths they read the values: a non-finite value that a
+query attends is refused with a ``ValueError`` naming the argument and the index (``q: expected
+finite values, got inf at index (3, 0, 5)``), and so is a score ``softmax_scale * q . k`` that
+overflows float64. Needs NumPy alone.
 """
 
 from relaycore.reference.full import full_attention

@@ -27,6 +27,10 @@ def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta) -> AttentionState:
     Returns:
         NumPy inputs: ``out`` float64 ``[total_q, Hq, D]``, ``lse`` float64 ``[total_q, Hq]``.
         torch inputs: ``out`` in q's dtype, ``lse`` float32 (float64 for float64 q), on q's device.
+
+    Raises:
+        ValueError: a non-finite value that a query attends, or a score that overflows float64
+            (``relaycore.reference`` reads the values; validation does not).
     """
     result = relay_from_problem(from_validated(q, kv, prefixes, meta))
     if meta.array_kind == "numpy":

@@ -5,12 +5,17 @@ Every public function of the reference converts its arguments with ``load`` (any
 ``relaycore.validation.validate``, and computes on the ``Problem`` it returns. The reference
 backend, which receives inputs that ``relaycore.relay_attention`` already validated, builds the
 ``Problem`` with ``from_validated``.
+
+Both paths end in ``from_validated``, which reads the values on the host and refuses a
+non-finite one among those a query attends (``ValueError`` naming the argument as the caller
+wrote it, ``q``, ``kv.k``, ``prefixes[1].v``..., and the first bad value's index in it). The
+shared ``relaycore.validation`` does not read values: on a GPU that would synchronize.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -104,17 +109,73 @@ def f64(x: Any) -> np.ndarray:
     return host_array(x).astype(np.float64)
 
 
+def require_finite(name: str, x: np.ndarray, read: Optional[np.ndarray] = None) -> None:
+    """Refuse a non-finite value among those of ``x`` that a query attends.
+
+    Args:
+        name: the argument as the caller wrote it, e.g. ``"prefixes[1].v"``.
+        x: float host array.
+        read: bool over ``x``'s leading axes (rows ``[n]``, or ``[num_blocks, block_size]`` slots
+            of a paged cache), ``True`` where some query attends that row; ``None``: every row.
+
+    Raises:
+        ValueError: naming ``name``, finite values expected, the first bad value and its index.
+    """
+    bad = ~np.isfinite(x)
+    if read is not None:
+        bad &= read.reshape(read.shape + (1,) * (x.ndim - read.ndim))
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        count = int(bad.sum())
+        others = f" ({count - 1} more)" if count > 1 else ""
+        raise ValueError(f"{name}: expected finite values, got {x[index]} at index {index}{others}")
+
+
 def _split(x: np.ndarray, lens: np.ndarray) -> Tuple[np.ndarray, ...]:
     return tuple(np.split(x, np.cumsum(lens)[:-1])) if len(lens) else ()
 
 
+def _attended_slots(table: np.ndarray, kv_lens: np.ndarray, attended: np.ndarray, num_blocks: int,
+                    block_size: int) -> np.ndarray:
+    """bool ``[num_blocks, block_size]``: the cache slots holding a token of an attended request."""
+    read = np.zeros((num_blocks, block_size), dtype=bool)
+    for b in np.flatnonzero(attended):
+        n = int(kv_lens[b])
+        blocks = table[b, : -(-n // block_size)]
+        read[blocks] |= (np.arange(blocks.size * block_size) < n).reshape(blocks.size, block_size)
+    return read
+
+
+def _attended_prefix_rows(ids: np.ndarray, lens: np.ndarray, attended: np.ndarray) -> np.ndarray:
+    """bool ``[total_prefix]``: the rows of one level's prefixes that an attended request uses."""
+    used = np.zeros(len(lens), dtype=bool)
+    used[ids[attended & (ids >= 0)]] = True
+    return np.repeat(used, lens)
+
+
 def from_validated(q, kv, prefixes: Sequence[PrefixLevel], meta: BatchMeta) -> Problem:
     """The ``Problem`` of inputs that ``validate`` accepted (NumPy arrays or torch tensors on any
-    device holding values; copied to the host)."""
+    device holding values; copied to the host).
+
+    Every value a query attends must be finite: all of ``q``; the own KV of every request with
+    queries (ragged rows, or the paged cache's slots its block table and ``kv_lens`` give); the
+    prefixes that such a request uses. Values no query attends (a cache's free blocks, the
+    slots past a request's last token, a prefix nobody with queries uses) are not read.
+
+    Raises:
+        ValueError: a non-finite value a query attends, naming the argument (``q``, ``kv.k``,
+            ``kv.v_cache``, ``prefixes[i].k``...) and the value's index in it.
+    """
     d, hkv = meta.head_dim, meta.num_kv_heads
+    attended = meta.q_lens > 0  # requests whose own KV and prefixes some query reads
+    q64 = f64(q)
+    require_finite("q", q64)
     if isinstance(kv, PagedKV):
         k_cache, v_cache = f64(kv.k_cache), f64(kv.v_cache)
         table = host_array(kv.block_table).astype(np.int64)
+        read = _attended_slots(table, meta.kv_lens, attended, k_cache.shape[0], meta.block_size)
+        require_finite("kv.k_cache", k_cache, read)
+        require_finite("kv.v_cache", v_cache, read)
         own_k, own_v = [], []
         for b, n in enumerate(meta.kv_lens):
             blocks = table[b, : -(-int(n) // meta.block_size)]
@@ -122,15 +183,20 @@ def from_validated(q, kv, prefixes: Sequence[PrefixLevel], meta: BatchMeta) -> P
             own_v.append(v_cache[blocks].reshape(-1, hkv, d)[:n])
         own_k, own_v = tuple(own_k), tuple(own_v)
     else:
-        own_k, own_v = _split(f64(kv.k), meta.kv_lens), _split(f64(kv.v), meta.kv_lens)
-    return Problem(
-        meta=meta,
-        q=f64(q),
-        own_k=own_k,
-        own_v=own_v,
-        prefix_k=tuple(_split(f64(level.k), lens) for level, lens in zip(prefixes, meta.prefix_lens)),
-        prefix_v=tuple(_split(f64(level.v), lens) for level, lens in zip(prefixes, meta.prefix_lens)),
-    )
+        k, v = f64(kv.k), f64(kv.v)
+        read = np.repeat(attended, meta.kv_lens)
+        require_finite("kv.k", k, read)
+        require_finite("kv.v", v, read)
+        own_k, own_v = _split(k, meta.kv_lens), _split(v, meta.kv_lens)
+    prefix_k, prefix_v = [], []
+    for i, (level, lens, ids) in enumerate(zip(prefixes, meta.prefix_lens, meta.prefix_ids)):
+        k, v = f64(level.k), f64(level.v)
+        read = _attended_prefix_rows(ids, lens, attended)
+        require_finite(f"prefixes[{i}].k", k, read)
+        require_finite(f"prefixes[{i}].v", v, read)
+        prefix_k.append(_split(k, lens))
+        prefix_v.append(_split(v, lens))
+    return Problem(meta=meta, q=q64, own_k=own_k, own_v=own_v, prefix_k=tuple(prefix_k), prefix_v=tuple(prefix_v))
 
 
 def load(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=None) -> Problem:
@@ -142,6 +208,7 @@ def load(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=None) -
 
     Raises:
         TypeError, ValueError: from ``relaycore.validation.validate``, naming the argument.
+        ValueError: a non-finite value that a query attends (``from_validated``).
     """
     if array_kind(q) == "torch":
         # validate the tensors as given: the copy to the host widens bfloat16 to float32,

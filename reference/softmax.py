@@ -24,7 +24,19 @@ def attention_state(scores: np.ndarray, values: np.ndarray, seen: Optional[np.nd
 
     Returns:
         ``AttentionState(out [..., M, D], lse [..., M])`` float64.
+
+    Raises:
+        ValueError: a score of a key a row sees is not finite. The oracle's inputs are finite
+            (``problem.from_validated``), so that is a product ``softmax_scale * q . k`` that
+            overflows float64, where attention has no meaningful float64 result.
     """
+    overflow = ~np.isfinite(scores) if seen is None else seen & ~np.isfinite(scores)
+    if overflow.any():
+        value = scores[tuple(np.argwhere(overflow)[0])]
+        raise ValueError(
+            f"q: expected scores softmax_scale * q . k finite in float64 (the reference's format), got a score of "
+            f"{value}: q and the keys it attends are finite, their products overflow float64"
+        )
     if seen is not None:
         scores = np.where(seen, scores, -np.inf)
     peak = np.max(scores, axis=-1, initial=-np.inf)

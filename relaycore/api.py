@@ -60,6 +60,8 @@ def relay_attention(
     The values of q, k and v are not read on the host (that would synchronize a GPU): they must
     be finite, and the scores ``softmax_scale * q . k`` finite in the accumulation format
     (fp32; float64 for float64 inputs). Scores that overflow it have no meaningful result.
+    The reference backend alone reads them (on the host, in float64) and refuses both with a
+    ``ValueError``.
 
     Example:
         >>> import numpy as np, relaycore

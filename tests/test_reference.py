@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from relaycore.reference import context_statistics, full_attention, relay_attention, relay_parts
@@ -310,3 +310,162 @@ def test_reference_backend_returns_tensors_like_every_backend():
     expected = batch.oracle().state
     assert torch.equal(out, torch.from_numpy(expected.out).to(torch.float16))
     assert torch.equal(lse, torch.from_numpy(expected.lse).to(torch.float32))
+
+
+# ---- non-finite inputs ------------------------------------------------------------------------
+
+
+def reference_backend(*args, **kwargs):
+    import relaycore
+
+    return relaycore.relay_attention(*args, **kwargs, backend="reference")
+
+
+ORACLE_FORMS = (relay_attention, full_attention, reference_backend, context_statistics)
+
+
+def value_arrays(batch: Batch) -> dict:
+    """The batch's float arrays by the names a caller writes: ``q``, ``kv.k``, ``prefixes[1].v``."""
+    arrays = {"q": batch.q}
+    fields = ("k_cache", "v_cache") if isinstance(batch.kv, PagedKV) else ("k", "v")
+    arrays.update({f"kv.{f}": getattr(batch.kv, f) for f in fields})
+    for i, level in enumerate(batch.prefixes):
+        arrays.update({f"prefixes[{i}].k": level.k, f"prefixes[{i}].v": level.v})
+    return arrays
+
+
+def with_values(batch: Batch, arrays: dict) -> Batch:
+    """``batch`` with its float arrays replaced by ``arrays`` (named as in ``value_arrays``)."""
+    if isinstance(batch.kv, PagedKV):
+        kv = batch.kv._replace(k_cache=arrays["kv.k_cache"], v_cache=arrays["kv.v_cache"])
+    else:
+        kv = batch.kv._replace(k=arrays["kv.k"], v=arrays["kv.v"])
+    prefixes = tuple(
+        level._replace(k=arrays[f"prefixes[{i}].k"], v=arrays[f"prefixes[{i}].v"]) for i, level in enumerate(batch.prefixes)
+    )
+    return replace(batch, q=arrays["q"], kv=kv, prefixes=prefixes)
+
+
+def attended(batch: Batch) -> dict:
+    """Per array of ``value_arrays``, bool over its leading axes: ``True`` where some query
+    attends that row (paged caches: ``[num_blocks, block_size]`` slots), walked token by token."""
+    with_queries = [b for b in range(batch.batch_size) if batch.q_lens[b] > 0]
+    marks = {"q": np.ones(batch.q.shape[0], dtype=bool)}
+    if isinstance(batch.kv, PagedKV):
+        slots = np.zeros(batch.kv.k_cache.shape[:2], dtype=bool)
+        bs = slots.shape[1]
+        for b in with_queries:
+            for t in range(int(batch.kv_lens[b])):
+                slots[batch.kv.block_table[b, t // bs], t % bs] = True
+        marks["kv.k_cache"] = marks["kv.v_cache"] = slots
+    else:
+        rows = np.zeros(batch.kv.k.shape[0], dtype=bool)
+        for b in with_queries:
+            rows[batch.kv.cu_seqlens[b] : batch.kv.cu_seqlens[b + 1]] = True
+        marks["kv.k"] = marks["kv.v"] = rows
+    for i, level in enumerate(batch.prefixes):
+        rows = np.zeros(level.k.shape[0], dtype=bool)
+        for b in with_queries:
+            p = level.prefix_ids[b]
+            if p >= 0:
+                rows[level.cu_seqlens[p] : level.cu_seqlens[p + 1]] = True
+        marks[f"prefixes[{i}].k"] = marks[f"prefixes[{i}].v"] = rows
+    return marks
+
+
+def outcome(form, batch: Batch):
+    """The form's result on the batch's NumPy arguments, or the ValueError's message."""
+    args, kwargs = batch.arguments()
+    try:
+        return form(*args, **kwargs)
+    except ValueError as exc:
+        return str(exc)
+
+
+NON_FINITE = st.sampled_from([np.inf, -np.inf, np.nan])
+
+
+@given(batches(**F64), NON_FINITE)
+@settings(max_examples=40)
+def test_values_no_query_attends_are_not_read(batch, bad):
+    marks = attended(batch)
+    arrays = {}
+    for name, x in value_arrays(batch).items():
+        x = x.copy()
+        x[~marks[name]] = bad
+        arrays[name] = x
+    hidden = with_values(batch, arrays)
+    for form in ORACLE_FORMS:
+        clean, got = outcome(form, batch), outcome(form, hidden)
+        assert all(np.array_equal(a, b) for a, b in zip(clean, got)), form.__name__
+
+
+@given(batches(**F64), NON_FINITE, st.data())
+@settings(max_examples=40)
+def test_a_non_finite_value_a_query_attends_is_refused_by_name_and_index(batch, bad, data):
+    marks = attended(batch)
+    names = [name for name in value_arrays(batch) if marks[name].any()]
+    assume(names)  # a batch without query tokens attends nothing
+    name = data.draw(st.sampled_from(names), label="argument")
+    x = value_arrays(batch)[name].copy()
+    rows = np.argwhere(marks[name])
+    lead = tuple(int(i) for i in rows[data.draw(st.integers(0, len(rows) - 1), label="row")])
+    rest = tuple(data.draw(st.integers(0, n - 1), label=f"axis {a}") for a, n in enumerate(x.shape[len(lead) :]))
+    x[lead + rest] = bad
+    poisoned = with_values(batch, {**value_arrays(batch), name: x})
+    expected = f"{name}: expected finite values, got {bad} at index {lead + rest}"
+    for form in ORACLE_FORMS:
+        assert outcome(form, poisoned) == expected, form.__name__
+
+
+def test_non_finite_values_are_counted_and_the_first_named():
+    batch = make_batch([2, 1], [3, 4], [[2, 3], [1]], [[1, 0], [0, -1]], num_q_heads=4, num_kv_heads=2, dtype="float64")
+    v = batch.prefixes[1].v.copy()
+    v[0, 1, 5], v[0, 0, 7], v[0, 1, 0] = np.nan, -np.inf, np.inf
+    poisoned = with_values(batch, {**value_arrays(batch), "prefixes[1].v": v})
+    for form in ORACLE_FORMS:
+        assert outcome(form, poisoned) == "prefixes[1].v: expected finite values, got -inf at index (0, 0, 7) (2 more)"
+
+
+@pytest.mark.parametrize("block_size", [None, 3])
+def test_torch_inputs_with_a_non_finite_value_are_refused_like_numpy(block_size):
+    torch = pytest.importorskip("torch")
+    batch = make_batch([2, 1], [3, 4], [[2, 3]], [[1, 0]], num_q_heads=4, num_kv_heads=2, dtype="bfloat16",
+                       block_size=block_size)
+    args, kwargs = batch.to_torch("cpu")
+    (q, cu, kv, prefixes) = args
+    k_name = "kv.k_cache" if block_size else "kv.k"
+    k = kv[0].clone()
+    index = (int(kv.block_table[1, 1]), 0, 1, 6) if block_size else (4, 1, 6)  # request 1's own tokens
+    k[index] = float("nan")
+    for form in ORACLE_FORMS:
+        with pytest.raises(ValueError) as err:
+            form(q, cu, kv._replace(**{k_name[3:]: k}), prefixes, **kwargs)
+        assert str(err.value) == f"{k_name}: expected finite values, got nan at index {index}"
+
+
+def test_scores_that_overflow_float64_are_refused_alike_by_both_forms():
+    # finite float64 q and k whose product is beyond float64: +inf against one key, -inf against another
+    for key in (1e10, -1e10):
+        q = np.zeros((1, 1, 4))
+        q[0, 0, 0] = 1e300
+        k = np.zeros((2, 1, 4))
+        k[:, 0, 0] = [key, 1.0]
+        batch = Batch(q, np.array([0, 1], dtype=np.int32), RaggedKV(k, np.ones((2, 1, 4)), np.array([0, 2], dtype=np.int32)),
+                      (), True, 1.0, "float64")
+        with np.errstate(over="ignore"):
+            messages = {outcome(form, batch) for form in (relay_attention, full_attention, reference_backend)}
+        assert messages == {
+            f"q: expected scores softmax_scale * q . k finite in float64 (the reference's format), got a score of "
+            f"{np.inf if key > 0 else -np.inf}: q and the keys it attends are finite, their products overflow float64"
+        }
+
+
+def test_the_testing_kit_names_the_non_finite_argument():
+    from relaycore.testing import check
+
+    batch = make_batch([1], [2], dtype="float64")
+    q = batch.q.copy()
+    q[0, 1, 2] = np.inf
+    with pytest.raises(ValueError, match=r"^q: expected finite values, got inf at index \(0, 1, 2\)$"):
+        check(batch.oracle().state, with_values(batch, {**value_arrays(batch), "q": q}))
