@@ -21,7 +21,13 @@ fi
 if ! (cd /tmp && python3 -c "import relaycore.fast, relaycore.reference") 2>/dev/null; then
   source "$root/scripts/mapped_site.sh" "$root"
 fi
-export RELAYCORE_COMMIT="${RELAYCORE_COMMIT:-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+# the commit, marked "+changes" where tracked files differ from it (a copy of the tree whose
+# .git is older than its files: pass RELAYCORE_COMMIT=<the commit you copied> instead)
+head="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ "$head" != unknown ] && [ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  head="$head+changes"
+fi
+export RELAYCORE_COMMIT="${RELAYCORE_COMMIT:-$head}"
 export PYTHONUNBUFFERED=1
 
 cd /tmp  # not the repository root: there `relaycore` would be the bare contract directory

@@ -3,9 +3,9 @@
 ``kernel[grid](...)`` binds and specializes every argument on every call: measured at about
 38 us per launch of the partial kernel on an H200 with triton 3.6 (``fast/triton/NOTES.md``),
 more than the kernels themselves at small batch. ``launch`` does that once per
-specialization and then calls the compiled kernel directly. Its cache key refines Triton's
-specialization: each pointer's dtype and 16-byte alignment, each number's value, and the
-constexpr values.
+specialization and then calls the compiled kernel directly. Its cache key is Triton's
+specialization: each pointer's dtype and 16-byte alignment, each integer's being 1, a
+multiple of 16 and in int32's range, and the constexpr values.
 """
 
 from __future__ import annotations
@@ -34,12 +34,15 @@ def interpreting() -> bool:
 
 
 def _key(arg):
-    """The part of the cache key for one runtime argument: a tensor's dtype and 16-byte
-    alignment (what Triton specializes pointers on); a number's value (finer than Triton's
-    integer specialization, so a new value at worst costs one ``kernel[grid]`` call)."""
+    """The part of the cache key for one runtime argument, as Triton specializes it: a tensor's
+    dtype and 16-byte alignment, an integer's being 1, a multiple of 16, and in int32's range
+    (a finite key space: a server whose strides and table widths change from step to step
+    reuses the same compiled kernels), any other scalar's type."""
     if isinstance(arg, torch.Tensor):
         return arg.dtype, arg.data_ptr() % 16 == 0
-    return arg
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31
+    return type(arg), arg if isinstance(arg, bool) else None
 
 
 def _hooks():
