@@ -57,6 +57,7 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
 #: kernel's latency from the call (``fast/triton/NOTES.md``).
 CONCURRENT_PARTIALS = True
 
+
 class _Lanes(threading.local):
     """Per host thread and device: the side streams of the partial launches and the events
     that fork them from the caller's stream and join them back (created once, recorded anew
