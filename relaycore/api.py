@@ -103,11 +103,11 @@ def merge_states(a: AttentionState, b: AttentionState) -> AttentionState:
     a.lse) b.out``; ``(0, -inf)`` is the identity, and two empty states give ``(0, -inf)``.
 
     A state's ``lse`` is finite, or ``-inf`` for an empty key set (then ``out`` is 0); ``out`` is
-    finite. ``+inf`` and NaN in ``lse`` are not states and are refused where reading them costs
-    no synchronization: NumPy arrays and CPU tensors. Tensors on a GPU are not read (a check
-    would synchronize the device), so there a valid ``lse`` is the caller's precondition: a row
-    whose ``lse`` is ``+inf`` or NaN on either side gets NaN in ``out``, the other rows are
-    unaffected.
+    finite. ``+inf`` and NaN in ``lse``, and ``+-inf`` and NaN in ``out``, are not states and
+    are refused where reading them costs no synchronization: NumPy arrays and CPU tensors.
+    Tensors on a GPU are not read (a check would synchronize the device), so there a valid
+    state is the caller's precondition: a row whose ``lse`` is ``+inf`` or NaN on either side
+    gets NaN in ``out``, the other rows are unaffected.
 
     Args:
         a: ``out [..., D]``, ``lse [...]`` (NumPy arrays or torch tensors).
@@ -118,7 +118,9 @@ def merge_states(a: AttentionState, b: AttentionState) -> AttentionState:
 
     Raises:
         TypeError, ValueError: mismatched kinds, shapes, dtypes or devices.
-        ValueError: an ``lse`` of ``+inf`` or NaN in a NumPy array or CPU tensor.
+        ValueError: an ``lse`` of ``+inf`` or NaN, or an ``out`` of ``+-inf`` or NaN, in a NumPy
+            array or CPU tensor (naming ``a.out``, ``a.lse``, ``b.out`` or ``b.lse``, the
+            first bad value and its index).
 
     Example:
         >>> import numpy as np, relaycore
@@ -154,6 +156,7 @@ def merge_states(a: AttentionState, b: AttentionState) -> AttentionState:
     for field, x, y in (("out", a.out, b.out), ("lse", a.lse, b.lse)):
         if dtype_name(x) != dtype_name(y):
             raise TypeError(f"b.{field}: expected the dtype of a.{field} ({dtype_name(x)}), got {dtype_name(y)}")
-    state.check_lse("a.lse", a.lse)
-    state.check_lse("b.lse", b.lse)
+    for name, s in (("a", a), ("b", b)):
+        state.check_out(f"{name}.out", s.out)
+        state.check_lse(f"{name}.lse", s.lse)
     return state.merge(a, b)

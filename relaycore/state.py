@@ -15,6 +15,8 @@ portable backend both call it, and the Triton kernels restate it in ``fast/trito
 A state's ``lse`` is finite, or ``-inf`` for the empty set: ``+inf`` (the log of an infinite sum)
 and NaN are not states. ``check_lse`` rejects them where the values are on the host; the NumPy
 merge (the oracle's) calls it, the torch merge (the backends' hot path) reads no values.
+A state's ``out`` is finite; ``check_out`` rejects ``+-inf`` and NaN on the host alike
+(``relaycore.merge_states`` calls both checks).
 """
 
 from __future__ import annotations
@@ -62,25 +64,44 @@ def check_lse(name: str, lse) -> None:
     Raises:
         ValueError: naming ``name``, the expected values, the first offending value and its index.
     """
-    if _is_numpy(lse):
-        lse = np.asarray(lse)
-        bad = np.isnan(lse) | (lse == np.inf)
+    _refuse(name, lse, "finite values or -inf (the empty state)", lambda x, xp: xp.isnan(x) | (x == np.inf))
+
+
+def check_out(name: str, out) -> None:
+    """Reject an ``out`` that holds ``+-inf`` or NaN, where reading it costs no synchronization.
+
+    Args:
+        name: the argument's name for the message, e.g. ``"a.out"``.
+        out: ``[..., D]`` any float dtype; a NumPy array, or a torch tensor. Tensors off the CPU
+            are not read, as in ``check_lse``.
+
+    Raises:
+        ValueError: naming ``name``, the expected values, the first offending value and its index.
+    """
+    _refuse(name, out, "finite values", lambda x, xp: ~xp.isfinite(x))
+
+
+def _refuse(name: str, x, expected: str, bad_of) -> None:
+    """Raise a ValueError if ``bad_of(x, xp)`` (``xp``: ``numpy`` or ``torch``) marks any
+    element of ``x``; tensors off the CPU are not read."""
+    if _is_numpy(x):
+        x = np.asarray(x)
+        bad = bad_of(x, np)
         if not bad.any():
             return
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        count = int(bad.sum())
     else:
-        if lse.device.type != "cpu":
+        if x.device.type != "cpu":
             return
-        bad = lse.isnan() | (lse == float("inf"))
+        import torch
+
+        bad = bad_of(x, torch)
         if not bool(bad.any()):
             return
         first = tuple(int(i) for i in bad.nonzero()[0])
-        count = int(bad.sum())
+    count = int(bad.sum())
     others = f" ({count - 1} more)" if count > 1 else ""
-    raise ValueError(
-        f"{name}: expected finite values or -inf (the empty state), got {float(lse[first])} at index {first}{others}"
-    )
+    raise ValueError(f"{name}: expected {expected}, got {float(x[first])} at index {first}{others}")
 
 
 def merge(a: AttentionState, b: AttentionState) -> AttentionState:

@@ -196,3 +196,31 @@ def test_the_torch_merge_reads_no_values_and_an_invalid_row_gives_nan_as_documen
     valid = [0, 2]
     expected = state.merge(AttentionState(a.out[valid], a.lse[valid]), AttentionState(b.out[valid], b.lse[valid]))
     assert torch.equal(merged.out[valid], expected.out) and torch.equal(merged.lse[valid], expected.lse)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch float32", "torch bfloat16"])
+@pytest.mark.parametrize("bad_out, shown", [(np.inf, "inf"), (-np.inf, "-inf"), (np.nan, "nan")])
+def test_merge_states_rejects_a_non_finite_out_on_the_host(kind, bad_out, shown):
+    # row 2 of b is empty (lse -inf): its out is read all the same
+    rng = np.random.default_rng(3)
+    a = AttentionState(rng.standard_normal((3, 4)), rng.standard_normal(3))
+    b = AttentionState(rng.standard_normal((3, 4)), np.array([0.5, 1.0, -np.inf]))
+    b.out[2] = 0.0
+    b.out[1, 2] = bad_out
+    b.out[2, 0] = bad_out
+    if kind != "numpy":
+        dtype = torch.float32 if kind == "torch float32" else torch.bfloat16
+        a, b = (AttentionState(torch.from_numpy(s.out).to(dtype), torch.from_numpy(s.lse).to(dtype)) for s in (a, b))
+    expected = rf"b\.out: expected finite values, got {shown} at index \(1, 2\) \(1 more\)$"
+    with pytest.raises(ValueError, match=expected):
+        relaycore.merge_states(a, b)
+    with pytest.raises(ValueError, match=expected.replace("b", "a", 1)):
+        relaycore.merge_states(b, a)
+
+
+def test_the_torch_merge_reads_no_out_values():
+    # the hot path leaves a non-finite out unchecked: it flows into its own row only
+    a, b = (as_torch(s) for s in invalid_pair(0.0))
+    b.out[1, 2] = float("inf")
+    merged = state.merge(a, b)
+    assert torch.isinf(merged.out[1, 2]) and torch.isfinite(merged.out[[0, 2]]).all()
