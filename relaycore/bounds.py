@@ -73,7 +73,10 @@ class Precision:
     Attributes:
         dtype: the input/output dtype name.
         u_acc: accumulation format (fp32 sums, tensor-core accumulators; taken as 2u_fp32 so
-            that round-toward-zero accumulation is covered).
+            that round-toward-zero accumulation is covered). Elementwise operations
+            (subtracting maxima, the merge's weights) are assumed to round to nearest, error
+            ``u_acc / 2``: the proofs rely on it (``proofs/error_bound.py`` Lemmas 2-4,
+            ``proofs/merge_monoid.py``); truncating ones would double their per-step term.
         u_exp: relative error of ``exp``/``exp2`` in the accumulation format.
         u_p: rounding of the softmax weights before ``P @ V``.
         u_out: rounding of the output to the input dtype.
