@@ -163,13 +163,19 @@ def invalid_pair(bad_lse: float) -> tuple:
     return a, AttentionState(rng.standard_normal((3, 4)), lse)
 
 
+def _in_kind(kind, *states):
+    """``states`` (NumPy) as NumPy (``"numpy"``) or CPU torch tensors (``"torch float32"``,
+    ``"torch bfloat16"``)."""
+    if kind == "numpy":
+        return states
+    dtype = torch.float32 if kind == "torch float32" else torch.bfloat16
+    return tuple(AttentionState(torch.from_numpy(s.out).to(dtype), torch.from_numpy(s.lse).to(dtype)) for s in states)
+
+
 @pytest.mark.parametrize("kind", ["numpy", "torch float32", "torch bfloat16"])
 @pytest.mark.parametrize("bad_lse, shown", [(np.inf, "inf"), (np.nan, "nan")])
 def test_merge_states_rejects_an_lse_of_plus_inf_or_nan_on_the_host(kind, bad_lse, shown):
-    a, b = invalid_pair(bad_lse)
-    if kind != "numpy":
-        dtype = torch.float32 if kind == "torch float32" else torch.bfloat16
-        a, b = (AttentionState(torch.from_numpy(s.out).to(dtype), torch.from_numpy(s.lse).to(dtype)) for s in (a, b))
+    a, b = _in_kind(kind, *invalid_pair(bad_lse))
     expected = rf"b\.lse: expected finite values or -inf \(the empty state\), got {shown} at index \(1,\)"
     with pytest.raises(ValueError, match=expected):
         relaycore.merge_states(a, b)
@@ -208,9 +214,7 @@ def test_merge_states_rejects_a_non_finite_out_on_the_host(kind, bad_out, shown)
     b.out[2] = 0.0
     b.out[1, 2] = bad_out
     b.out[2, 0] = bad_out
-    if kind != "numpy":
-        dtype = torch.float32 if kind == "torch float32" else torch.bfloat16
-        a, b = (AttentionState(torch.from_numpy(s.out).to(dtype), torch.from_numpy(s.lse).to(dtype)) for s in (a, b))
+    a, b = _in_kind(kind, a, b)
     expected = rf"b\.out: expected finite values, got {shown} at index \(1, 2\) \(1 more\)$"
     with pytest.raises(ValueError, match=expected):
         relaycore.merge_states(a, b)
