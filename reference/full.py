@@ -40,7 +40,8 @@ def full_attention(
         ``AttentionState(out float64 [total_q, Hq, D], lse float64 [total_q, Hq])``.
 
     Raises:
-        TypeError, ValueError: invalid input (``relaycore.validation``).
+        TypeError, ValueError: invalid input (``relaycore.validation``), or a non-finite value
+            a query attends, or a score that overflows float64 (``reference/problem.py``).
     """
     return full_from_problem(load(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale))
 

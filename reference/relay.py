@@ -41,7 +41,8 @@ def relay_attention(
         ``AttentionState(out float64 [total_q, Hq, D], lse float64 [total_q, Hq])``.
 
     Raises:
-        TypeError, ValueError: invalid input (``relaycore.validation``).
+        TypeError, ValueError: invalid input (``relaycore.validation``), or a non-finite value
+            a query attends, or a score that overflows float64 (``reference/problem.py``).
 
     Example:
         >>> import numpy as np

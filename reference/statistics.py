@@ -38,7 +38,8 @@ def context_statistics(
     """``N``, ``A`` and ``V_d`` of every query row (arguments as ``relaycore.relay_attention``).
 
     Raises:
-        TypeError, ValueError: invalid input (``relaycore.validation``).
+        TypeError, ValueError: invalid input (``relaycore.validation``), or a non-finite value
+            a query attends (``reference/problem.py``).
     """
     return statistics_from_problem(load(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale))
 
