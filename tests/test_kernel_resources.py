@@ -13,12 +13,15 @@ import pytest
 
 #: Programs per Hopper SM of each tile kind at the default fp16, D = 128 configuration, as
 #: measured (H200, 2026-11-27, ``fast/triton/NOTES.md``): 122-124 registers for the own decode
-#: tile, 182-183 and 112/128 KiB of shared memory for the prefix tiles.
+#: tile, 182-183 and 112/128 KiB of shared memory for the prefix tiles; with the fused merge
+#: (small batches) 128 and 220 registers, the same programs per SM.
 MEASURED = {
     "own decode tile, GQA 1": 4,
     "own decode tile, GQA 4": 4,
     "prefix tile of 64 rows": 2,
     "prefix tile of 128 rows": 1,
+    "own decode tile, GQA 1, fused merge": 4,
+    "prefix tile of 64 rows, fused merge": 2,
 }
 
 

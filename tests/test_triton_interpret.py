@@ -16,6 +16,7 @@ not at ``default_steps``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -59,10 +60,10 @@ SETTINGS = settings(max_examples=120, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-def _run(batch, config=None, relay=None, dtype=None):
+def _run(batch, config=None, relay=None, dtype=None, fused_merge=None):
     args, kwargs = batch.to_torch("cpu", dtype)
     meta = validate(*args, **kwargs)
-    return run_planned(plan(meta, config=config, relay=relay), args[0], args[2], args[3])
+    return run_planned(plan(meta, config=config, relay=relay, fused_merge=fused_merge), args[0], args[2], args[3])
 
 
 def _assert_close(result, batch, config=None):
@@ -131,6 +132,31 @@ def test_relay_and_single_pass_give_the_same_bits():
     relay, single = _run(batch, TINY, relay=True), _run(batch, TINY, relay=False)
     _assert_close(relay, batch, TINY)
     assert _same(relay, single)
+
+
+@in_process
+@settings(max_examples=25, deadline=None)
+@given(batch=batches(dtypes=("float16", "float32"), **SPACE))
+def test_the_fused_merge_and_the_merge_kernel_give_the_same_bits(batch):
+    args, kwargs = batch.to_torch("cpu")
+    planned = plan(validate(*args, **kwargs), config=TINY, fused_merge=True)
+    fused = run_planned(planned, args[0], args[2], args[3])
+    assert _same(fused, _run(batch, TINY, fused_merge=False))
+    assert not planned.arrivals.any(), "the arrival counters are left at zero for the next call"
+    assert _same(fused, run_planned(planned, args[0], args[2], args[3]))
+
+
+@in_process
+def test_the_fused_merge_is_planned_for_a_small_batch():
+    batch = _shared_prefix_batch()
+    args, kwargs = batch.to_torch("cpu")
+    meta = validate(*args, **kwargs)
+    assert plan(meta, config=TINY).fused_merge and not plan(meta, config=TINY, fused_merge=False).fused_merge
+    assert plan(meta, config=TINY).arrivals.shape == (meta.total_q, meta.num_q_heads)
+    few = dataclasses.replace(TINY, fused_merge_max_tokens=meta.total_q - 1)
+    assert not plan(meta, config=few).fused_merge and plan(meta, config=few).arrivals.numel() == 0
+    # every token has a slot (its own KV ends with it), so a program reaches every row
+    assert np.diff(plan(meta, config=TINY).slot_offsets.numpy()).min() >= 1
 
 
 @in_process

@@ -35,6 +35,8 @@ class Config:
         num_warps, num_stages: for the partial kernel's tiles of up to 64 rows; taller tiles
             take ``2 * num_warps``.
         block_h: query heads per program of the merge kernel.
+        fused_merge_max_tokens: the largest batch, in query tokens, whose partial programs
+            fold the states themselves (``plan.merge_in_partials``); 0 never.
     """
 
     block_m: int
@@ -46,6 +48,7 @@ class Config:
     num_warps: int
     num_stages: int
     block_h: int = 8
+    fused_merge_max_tokens: int = 1 << 30
 
     def __post_init__(self) -> None:
         for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk", "block_h"):
@@ -61,6 +64,8 @@ class Config:
             )
         if self.min_chunk < self.block_n:
             raise ValueError(f"Config.min_chunk: expected at least block_n={self.block_n}, got {self.min_chunk}")
+        if self.fused_merge_max_tokens < 0:
+            raise ValueError(f"Config.fused_merge_max_tokens: expected >= 0, got {self.fused_merge_max_tokens}")
         if self.target_chunks < 1:
             raise ValueError(f"Config.target_chunks: expected >= 1, got {self.target_chunks}")
 

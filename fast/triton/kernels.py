@@ -19,6 +19,12 @@ Notation (fla's habit): ``i_`` program ids, ``o_`` offsets, ``m_`` masks, ``b_``
     One program = one query token x a block of query heads. It folds every slot of the token
     (prefix levels in order, chunks in order, then the own chunks) in that fixed order,
     normalizes, and writes ``out`` in q's dtype and ``lse`` in natural log.
+``partial_kernel`` with ``FUSED_MERGE``
+    The merge without its launch: after writing its states, a program counts one arrival per
+    row (an atomic add on the row's counter, ordered after every store of the tile), and the
+    program that brings a row's count to its slot count folds that row's slots, exactly as the
+    merge kernel does (the same ``fold_slots``, so the same bits), then resets the counter.
+    Which program that is depends on timing; what it computes does not.
 """
 
 from __future__ import annotations
@@ -68,8 +74,59 @@ def finish_state(b_acc, b_m, b_l):
 
 
 @triton.jit
+def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
+               NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LN2: tl.constexpr):
+    """Fold rows' chunk states, in slot order, into their results.
+
+    Two passes over the slots: the max of the ``lse2`` (so no weight overflows), then
+    ``out = sum_i w_i out_i / sum_i w_i`` with ``w_i = exp2(lse2_i - max)``, summed in slot
+    order. Each row's arithmetic is its own (no reduction crosses rows), so a row's bits do not
+    depend on the rows folded beside it, nor on which kernel folds it.
+
+    Args:
+        part_out_ptr: fp32 ``[num_slots, Hq, D]``.
+        part_lse_ptr: fp32 ``[num_slots, Hq]`` (base 2).
+        o_first: int64 ``[R]``: each row's first slot.
+        b_count: int32 ``[R]``: each row's slot count (0 for a row not folded here).
+        o_head: ``[R]``: each row's query head.
+        LN2: ``ln 2``, to convert ``lse2`` at the boundary.
+
+    Returns:
+        ``(out fp32 [R, D], lse fp32 [R])``, natural log; ``(0, -inf)`` for a row with no slot
+        or whose slots saw no key. States are read past L1 (``.cg``): other programs wrote
+        them.
+    """
+    o_d = tl.arange(0, HEAD_DIM)
+    num_steps = tl.max(b_count, 0)
+    b_max = tl.full(b_count.shape, float("-inf"), dtype=tl.float32)
+    for i in range(0, num_steps):
+        m_step = i < b_count
+        o_state = (o_first + i) * NUM_Q_HEADS + o_head
+        b_max = tl.maximum(b_max, tl.load(part_lse_ptr + o_state, mask=m_step, other=float("-inf"), cache_modifier=".cg"))
+    m_safe = tl.where(b_max == float("-inf"), 0.0, b_max)
+
+    b_sum = tl.zeros(b_count.shape, dtype=tl.float32)
+    b_acc = tl.zeros([b_count.shape[0], HEAD_DIM], dtype=tl.float32)
+    for i in range(0, num_steps):
+        m_step = i < b_count
+        o_state = (o_first + i) * NUM_Q_HEADS + o_head
+        b_w = tl.exp2(tl.load(part_lse_ptr + o_state, mask=m_step, other=float("-inf"), cache_modifier=".cg") - m_safe)
+        b_o = tl.load(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], mask=m_step[:, None], other=0.0,
+                      cache_modifier=".cg")
+        b_sum += b_w
+        b_acc += b_w[:, None] * b_o
+
+    seen = b_sum > 0
+    b_sum_safe = tl.where(seen, b_sum, 1.0)
+    b_out = b_acc / b_sum_safe[:, None]
+    b_lse = tl.where(seen, (m_safe + tl.log2(b_sum_safe)) * LN2, float("-inf"))
+    return b_out, b_lse
+
+
+@triton.jit
 def partial_kernel(
     q_ptr, k_ptr, v_ptr, items_ptr, tok_ptr, slot_ptr, table_ptr, part_out_ptr, part_lse_ptr,
+    slot_offsets_ptr, arrivals_ptr, out_ptr, lse_ptr,
     qk_scale,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -85,6 +142,8 @@ def partial_kernel(
     CAUSAL: tl.constexpr,
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    FUSED_MERGE: tl.constexpr,
+    LN2: tl.constexpr,
 ):
     """Chunk states of one tile of rows over one chunk of keys, for one KV head.
 
@@ -104,10 +163,15 @@ def partial_kernel(
         table_ptr: int32 block table ``[B, max_blocks]`` (``PAGED`` only).
         part_out_ptr: fp32 ``[num_slots, Hq, D]`` scratch.
         part_lse_ptr: fp32 ``[num_slots, Hq]`` scratch, base 2.
+        slot_offsets_ptr, arrivals_ptr, out_ptr, lse_ptr: ``FUSED_MERGE`` only: the merge
+            kernel's ``slot_offsets``, int32 ``[total_q, Hq]`` arrival counters (zero before
+            the launches of a call, and again after them), and the results (contiguous
+            ``[total_q, Hq, D]`` in q's dtype, fp32 ``[total_q, Hq]``).
         qk_scale: ``softmax_scale * LOG2E``.
         CAUSAL: key ``t`` is seen by the row's token ``j`` (its index in the item's token list)
             only if ``t <= causal_shift + j``.
         UPCAST: compute in fp32 from loads of any dtype (the interpreter's bf16 is wrong).
+        FUSED_MERGE: fold the rows whose last chunk state this program wrote (module doc).
     """
     tl.static_assert(HEAD_DIM >= 16 and HEAD_DIM <= 256 and (HEAD_DIM & (HEAD_DIM - 1)) == 0)
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
@@ -175,58 +239,54 @@ def partial_kernel(
     tl.store(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], b_out, mask=m_row[:, None])
     tl.store(part_lse_ptr + o_state, b_lse2, mask=m_row)
 
+    if FUSED_MERGE:
+        tl.debug_barrier()  # every thread's stores of the tile come before any of its arrivals
+        o_result = o_tok * NUM_Q_HEADS + o_head
+        o_first = tl.load(slot_offsets_ptr + o_tok, mask=m_row, other=0)
+        b_count = tl.load(slot_offsets_ptr + o_tok + 1, mask=m_row, other=0) - o_first
+        b_before = tl.atomic_add(arrivals_ptr + o_result, 1, mask=m_row, sem="acq_rel", scope="gpu")
+        m_last = m_row & (b_before == b_count - 1)
+        if tl.sum(m_last.to(tl.int32), 0) > 0:
+            tl.store(arrivals_ptr + o_result, 0, mask=m_last)
+            tl.debug_barrier()  # the arrivals this program observed come before its threads' reads
+            b_res, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first.to(tl.int64), tl.where(m_last, b_count, 0),
+                                      o_head, NUM_Q_HEADS, HEAD_DIM, LN2)
+            tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_res.to(out_ptr.dtype.element_ty),
+                     mask=m_last[:, None])
+            tl.store(lse_ptr + o_result, b_lse, mask=m_last)
+
 
 @triton.jit
 def merge_kernel(
     part_out_ptr, part_lse_ptr, slot_offsets_ptr, out_ptr, lse_ptr,
-    stride_ot, stride_oh,
     NUM_Q_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_H: tl.constexpr,
     LN2: tl.constexpr,
 ):
-    """Fold every chunk state of a token, in slot order, into its result.
+    """Fold every chunk state of a token, in slot order, into its result (``fold_slots``).
 
-    Grid: ``(total_q, cdiv(Hq, BLOCK_H))``. Two passes over the token's slots: the max of the
-    ``lse2`` (so no weight overflows), then ``out = sum_i w_i out_i / sum_i w_i`` with
-    ``w_i = exp2(lse2_i - max)``. The order of the sums is the slot order, fixed by the plan.
+    Grid: ``(total_q, cdiv(Hq, BLOCK_H))``.
 
     Args:
         part_out_ptr: fp32 ``[num_slots, Hq, D]``.
         part_lse_ptr: fp32 ``[num_slots, Hq]`` (base 2).
         slot_offsets_ptr: int32 ``[total_q + 1]``: token ``t`` owns slots
             ``slot_offsets[t] : slot_offsets[t + 1]``.
-        out_ptr: ``[total_q, Hq, D]`` in q's dtype.
+        out_ptr: contiguous ``[total_q, Hq, D]`` in q's dtype.
         lse_ptr: fp32 ``[total_q, Hq]``, natural log.
         LN2: ``ln 2``, to convert ``lse2`` at the boundary.
     """
-    i_t = tl.program_id(0)
+    i_t = tl.program_id(0).to(tl.int64)
     i_hb = tl.program_id(1)
     o_h = i_hb * BLOCK_H + tl.arange(0, BLOCK_H)
     m_h = o_h < NUM_Q_HEADS
     o_d = tl.arange(0, HEAD_DIM)
-    first = tl.load(slot_offsets_ptr + i_t).to(tl.int64)
-    last = tl.load(slot_offsets_ptr + i_t + 1).to(tl.int64)
-
-    b_max = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-    for s in range(first, last):
-        o_state = s * NUM_Q_HEADS + o_h
-        b_max = tl.maximum(b_max, tl.load(part_lse_ptr + o_state, mask=m_h, other=float("-inf")))
-    m_safe = tl.where(b_max == float("-inf"), 0.0, b_max)
-
-    b_sum = tl.zeros([BLOCK_H], dtype=tl.float32)
-    b_acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
-    for s in range(first, last):
-        o_state = s * NUM_Q_HEADS + o_h
-        b_w = tl.exp2(tl.load(part_lse_ptr + o_state, mask=m_h, other=float("-inf")) - m_safe)
-        b_o = tl.load(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], mask=m_h[:, None], other=0.0)
-        b_sum += b_w
-        b_acc += b_w[:, None] * b_o
-
-    seen = b_sum > 0
-    b_sum_safe = tl.where(seen, b_sum, 1.0)
-    b_out = b_acc / b_sum_safe[:, None]
-    b_lse = tl.where(seen, (m_safe + tl.log2(b_sum_safe)) * LN2, float("-inf"))
-    o_out = i_t.to(tl.int64) * stride_ot + o_h[:, None] * stride_oh + o_d[None, :]
-    tl.store(out_ptr + o_out, b_out.to(out_ptr.dtype.element_ty), mask=m_h[:, None])
-    tl.store(lse_ptr + i_t.to(tl.int64) * NUM_Q_HEADS + o_h, b_lse, mask=m_h)
+    first = tl.load(slot_offsets_ptr + i_t)
+    count = tl.load(slot_offsets_ptr + i_t + 1) - first
+    o_first = tl.full([BLOCK_H], first, dtype=tl.int64)
+    b_count = tl.where(m_h, count, 0)
+    b_out, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_h, NUM_Q_HEADS, HEAD_DIM, LN2)
+    o_result = i_t * NUM_Q_HEADS + o_h
+    tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_out.to(out_ptr.dtype.element_ty), mask=m_h[:, None])
+    tl.store(lse_ptr + o_result, b_lse, mask=m_h)

@@ -85,8 +85,9 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     each level's ``k``/``v``: the plan holds every offset.
 
     The partial launches run on the caller's stream and, with ``CONCURRENT_PARTIALS``, on side
-    streams that fork from it before the first launch and join it before the merge; inside a
-    CUDA graph capture they become parallel branches of the graph."""
+    streams that fork from it before the first launch and join it before the merge (or, with
+    the plan's fused merge, before the call returns); inside a CUDA graph capture they become
+    parallel branches of the graph."""
     total_q, hq, d = plan.total_q, plan.num_q_heads, plan.head_dim
     out = torch.empty((total_q, hq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((total_q, hq), dtype=torch.float32, device=q.device)
@@ -102,30 +103,32 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
         fork.record(main)
         for side in sides:
             side.wait_event(fork)
-        _launch_partial(plan, plan.launches[0], q, kv, prefixes, part_out, part_lse, interpret, None)
+        _launch_partial(plan, plan.launches[0], q, kv, prefixes, part_out, part_lse, out, lse, interpret, None)
         for item_list, side in zip(plan.launches[1:], sides):
-            _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, interpret, side)
+            _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, out, lse, interpret, side)
         for side, join in zip(sides, joins):
             join.record(side)
             main.wait_event(join)
     else:
         for item_list in plan.launches:
-            _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, interpret, None)
-    block_h = min(plan.config.block_h, triton.next_power_of_2(hq))
-    launch(
-        merge_kernel, (total_q, triton.cdiv(hq, block_h)),
-        (part_out, part_lse, plan.slot_offsets, out, lse, out.stride(0), out.stride(1)),
-        dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_H=block_h, LN2=LN2),
-        num_warps=4, num_stages=1, device=q.device,
-    )
+            _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, out, lse, interpret, None)
+    if not plan.fused_merge:
+        block_h = min(plan.config.block_h, triton.next_power_of_2(hq))
+        launch(
+            merge_kernel, (total_q, triton.cdiv(hq, block_h)),
+            (part_out, part_lse, plan.slot_offsets, out, lse),
+            dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_H=block_h, LN2=LN2),
+            num_warps=4, num_stages=1, device=q.device,
+        )
     return AttentionState(out, lse)
 
 
 def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel],
-                    part_out: torch.Tensor, part_lse: torch.Tensor, interpret: bool,
-                    stream: Optional[torch.cuda.Stream]) -> None:
+                    part_out: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                    interpret: bool, stream: Optional[torch.cuda.Stream]) -> None:
     """One partial-kernel launch on ``stream`` (``None``: the current one): the items of
-    ``item_list`` over the KV source it names (a prefix level, or the requests' own KV)."""
+    ``item_list`` over the KV source it names (a prefix level, or the requests' own KV); with
+    the plan's fused merge, its programs also write the rows of ``out``/``lse`` they finish."""
     cfg = plan.config
     if item_list.level >= 0:
         level = prefixes[item_list.level]
@@ -141,6 +144,7 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
     launch(
         partial_kernel, (item_list.num_items, plan.num_kv_heads),
         (q, k, v, item_list.items, item_list.tokens, item_list.slots, table, part_out, part_lse,
+         plan.slot_offsets, plan.arrivals, out, lse,
          plan.softmax_scale * LOG2E,
          q.stride(0), q.stride(1),
          skb, sks, skh,
@@ -149,6 +153,6 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
          page_size),
         dict(NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
              BLOCK_N=cfg.block_n, PAGED=paged, CAUSAL=causal, UPCAST=interpret and q.dtype == torch.bfloat16,
-             DOT_PRECISION="ieee"),
+             DOT_PRECISION="ieee", FUSED_MERGE=plan.fused_merge, LN2=LN2),
         num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device, stream=stream,
     )

@@ -19,13 +19,13 @@ from relaycore.fast.triton.launch import run_eager
 from relaycore.fast.triton.plan import Launch, Plan
 
 _CONFIG_FIELDS = ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk", "target_chunks", "num_warps",
-                  "num_stages", "block_h")
+                  "num_stages", "block_h", "fused_merge_max_tokens")
 
 
 def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
-    tensors = [plan.slot_offsets]
+    tensors = [plan.slot_offsets, plan.arrivals]
     ints = [plan.total_q, plan.num_q_heads, plan.num_kv_heads, plan.head_dim, int(plan.paged), int(plan.causal),
-            plan.num_slots, plan.num_levels, int(plan.relay)]
+            plan.num_slots, plan.num_levels, int(plan.relay), int(plan.fused_merge)]
     ints += [getattr(plan.config, name) for name in _CONFIG_FIELDS]
     ints.append(len(plan.launches))
     for launch in plan.launches:
@@ -35,18 +35,18 @@ def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
 
 
 def _unpack(tensors: Sequence[torch.Tensor], ints: Sequence[int], q: torch.Tensor, softmax_scale: float) -> Plan:
-    total_q, hq, hkv, d, paged, causal, num_slots, num_levels, relay = ints[:9]
-    config = Config(**dict(zip(_CONFIG_FIELDS, ints[9 : 9 + len(_CONFIG_FIELDS)])))
-    at = 9 + len(_CONFIG_FIELDS)
+    total_q, hq, hkv, d, paged, causal, num_slots, num_levels, relay, fused_merge = ints[:10]
+    config = Config(**dict(zip(_CONFIG_FIELDS, ints[10 : 10 + len(_CONFIG_FIELDS)])))
+    at = 10 + len(_CONFIG_FIELDS)
     launches = tuple(
-        Launch(level=ints[at + 1 + 2 * i], block_m=ints[at + 2 + 2 * i], items=tensors[1 + 3 * i],
-               tokens=tensors[2 + 3 * i], slots=tensors[3 + 3 * i])
+        Launch(level=ints[at + 1 + 2 * i], block_m=ints[at + 2 + 2 * i], items=tensors[2 + 3 * i],
+               tokens=tensors[3 + 3 * i], slots=tensors[4 + 3 * i])
         for i in range(ints[at])
     )
     return Plan(total_q=total_q, num_q_heads=hq, num_kv_heads=hkv, head_dim=d, dtype=str(q.dtype).replace("torch.", ""),
                 paged=bool(paged), causal=bool(causal), softmax_scale=softmax_scale, config=config, num_slots=num_slots,
-                slot_offsets=tensors[0], launches=launches, relay=bool(relay), device=str(q.device),
-                num_levels=num_levels)
+                slot_offsets=tensors[0], launches=launches, fused_merge=bool(fused_merge), arrivals=tensors[1],
+                relay=bool(relay), device=str(q.device), num_levels=num_levels)
 
 
 @torch.library.custom_op("relaycore::relay_attention_planned", mutates_args=())

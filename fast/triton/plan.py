@@ -73,6 +73,12 @@ class Plan:
         num_slots: scratch slots in all.
         slot_offsets: int32 ``[total_q + 1]`` on the device.
         launches: one ``Launch`` per KV source that has work, levels first.
+        fused_merge: whether the partial programs fold the states themselves
+            (``merge_in_partials``) instead of a merge launch.
+        arrivals: int32 ``[total_q, Hq]`` zeros on the device, the arrival counters of the
+            fused merge (empty without it). The kernels count in them and leave them zero, so
+            the calls of one plan must be ordered (one stream, or streams joined by events,
+            as a model's layers are); two calls of one plan running at once would mix counts.
         relay: whether prefix rows are grouped across requests (``relay_grouping``).
         device: the device of the work lists.
         num_levels: prefix levels planned for.
@@ -93,6 +99,8 @@ class Plan:
     num_slots: int
     slot_offsets: torch.Tensor
     launches: Tuple[Launch, ...]
+    fused_merge: bool
+    arrivals: torch.Tensor
     relay: bool
     device: str
     num_levels: int
@@ -180,12 +188,30 @@ def relay_grouping(meta: BatchMeta) -> bool:
     return True
 
 
+def merge_in_partials(total_q: int, config: Config) -> bool:
+    """Whether the partial programs fold each token's states (the fused merge) instead of a
+    merge launch after them.
+
+    Both fold with ``kernels.fold_slots``, so a row's bits are the same either way, and this
+    choice may depend on the batch. The fused merge saves a dependent launch. It needs a program
+    to reach every row, i.e. every token to have a slot: validation guarantees it (a request's
+    own KV ends with its query tokens, so each token sees at least one own chunk).
+    ``config.fused_merge_max_tokens`` bounds the batches it is used for.
+
+    Args:
+        total_q: query tokens of the batch.
+        config: the launch configuration.
+    """
+    return 0 < total_q <= config.fused_merge_max_tokens
+
+
 def _chunk_sizes(lengths: np.ndarray, rows: np.ndarray, config: Config) -> np.ndarray:
     """``chunk_size`` elementwise over int64 ``[B]`` segment lengths and rows per request."""
     return np.array([chunk_size(n, r, config) for n, r in zip(lengths, rows)], dtype=np.int64)
 
 
-def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None) -> Plan:
+def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None,
+         fused_merge: Optional[bool] = None) -> Plan:
     """Plan a batch for the Triton kernels.
 
     Args:
@@ -193,6 +219,8 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         device: where the work lists go; default ``meta.device``.
         config: launch configuration; default ``default_config(head_dim, dtype)``.
         relay: group prefix rows across requests; default ``relay_grouping(meta)``.
+        fused_merge: fold the states in the partial programs; default
+            ``merge_in_partials``. The bits are the same either way.
 
     Returns:
         A ``Plan``, reusable for every call with the same metadata (every layer of a step).
@@ -223,6 +251,8 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     slots_per_token = per_request[token_request]
     slot_offsets = np.concatenate([[0], np.cumsum(slots_per_token)]).astype(np.int64)
     num_slots = int(slot_offsets[-1])
+    fused_merge = merge_in_partials(meta.total_q, config) if fused_merge is None else bool(fused_merge)
+    arrivals = torch.zeros((meta.total_q, meta.num_q_heads) if fused_merge else (0,), dtype=torch.int32, device=device)
 
     def to_device(a: np.ndarray) -> torch.Tensor:
         a = np.asarray(a, dtype=np.int64)
@@ -292,6 +322,8 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         num_slots=num_slots,
         slot_offsets=to_device(slot_offsets),
         launches=tuple(launches),
+        fused_merge=fused_merge,
+        arrivals=arrivals,
         relay=relay,
         device=str(device),
         num_levels=meta.num_levels,

@@ -24,6 +24,8 @@ from typing import List
 
 import triton
 
+from relaycore.constants import LN2
+
 from relaycore.fast.triton.config import Config, default_config
 from relaycore.fast.triton.kernels import partial_kernel
 
@@ -61,6 +63,7 @@ class TileKind:
         block_m: tile height.
         paged, causal: the KV source (the own KV is paged and causal in a serving step).
         group: query heads per KV head.
+        fused_merge: whether its programs fold the states they finish (a small batch's plan).
     """
 
     name: str
@@ -68,6 +71,7 @@ class TileKind:
     paged: bool
     causal: bool
     group: int
+    fused_merge: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,10 +101,14 @@ class Resources:
 
 def tile_kinds(config: Config) -> List[TileKind]:
     """The tile kinds a decode step with GQA 1 and 4 compiles: the own tile of a decode request
-    (``min_block_m`` rows, paged, causal) and the two prefix tile heights."""
+    (``min_block_m`` rows, paged, causal) and the two prefix tile heights, then the two tiles of
+    a small batch, which fold the states themselves (``plan.merge_in_partials``)."""
     kinds = [TileKind(f"own decode tile, GQA {g}", config.min_block_m, True, True, g) for g in (1, 4)]
     tall = sorted({config.prefix_block_m, config.block_m})
     kinds += [TileKind(f"prefix tile of {m} rows", m, False, False, 1) for m in tall]
+    kinds += [TileKind("own decode tile, GQA 1, fused merge", config.min_block_m, True, True, 1, True),
+              TileKind(f"prefix tile of {config.prefix_block_m} rows, fused merge", config.prefix_block_m, False,
+                       False, 1, True)]
     return kinds
 
 
@@ -138,10 +146,11 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
     fn = partial_kernel
     if not isinstance(fn, triton.runtime.JITFunction):
         raise RuntimeError("the kernels were imported under TRITON_INTERPRET=1: compile them in a process without it")
-    pointer_types = {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": dtype, "part_out_ptr": "fp32", "part_lse_ptr": "fp32"}
+    pointer_types = {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": dtype, "part_out_ptr": "fp32", "part_lse_ptr": "fp32",
+                     "out_ptr": dtype, "lse_ptr": "fp32"}
     constexprs = dict(NUM_Q_HEADS=32 * kind.group, GROUP=kind.group, HEAD_DIM=head_dim, BLOCK_M=kind.block_m,
                       BLOCK_N=config.block_n, PAGED=kind.paged, CAUSAL=kind.causal, UPCAST=False,
-                      DOT_PRECISION="ieee")
+                      DOT_PRECISION="ieee", FUSED_MERGE=kind.fused_merge, LN2=LN2)
     signature, aligned = {}, []
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
