@@ -64,10 +64,13 @@ def r32(x) -> mpmath.mpf:
 
 
 class Arithmetic:
-    """fp32 arithmetic, one rounding per operation.
+    """An fp32 accumulator's arithmetic, one rounding per operation.
+
+    Only the additions of accumulations (``add``, ``dot``, ``total``) take ``accumulate``: a
+    matrix unit's accumulator may truncate. Elementwise operations round to nearest: ``r32``.
 
     Args:
-        accumulate: rounding of additions (``"nearest"`` or ``"toward_zero"``); products,
+        accumulate: rounding of the additions (``"nearest"`` or ``"toward_zero"``); products,
             quotients round to nearest (the elementary functions are the adversary's, in
             ``relaycore.proofs.error_bound.Elementary``).
     """
