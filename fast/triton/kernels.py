@@ -75,13 +75,16 @@ def finish_state(b_acc, b_m, b_l):
 
 @triton.jit
 def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
-               NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LN2: tl.constexpr):
+               NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LN2: tl.constexpr, UNROLL: tl.constexpr):
     """Fold rows' chunk states, in slot order, into their results.
 
     Two passes over the slots: the max of the ``lse2`` (so no weight overflows), then
     ``out = sum_i w_i out_i / sum_i w_i`` with ``w_i = exp2(lse2_i - max)``, summed in slot
     order. Each row's arithmetic is its own (no reduction crosses rows), so a row's bits do not
-    depend on the rows folded beside it, nor on which kernel folds it.
+    depend on the rows folded beside it, nor on which kernel folds it. The passes are latency
+    bound (a few slots, each a read from L2): the first reads ``SLOTS`` slots' ``lse2`` at once,
+    the second is unrolled ``UNROLL`` slots deep so that their reads are in flight together;
+    the sums stay in slot order, so neither changes a bit.
 
     Args:
         part_out_ptr: fp32 ``[num_slots, Hq, D]``.
@@ -90,31 +93,36 @@ def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
         b_count: int32 ``[R]``: each row's slot count (0 for a row not folded here).
         o_head: ``[R]``: each row's query head.
         LN2: ``ln 2``, to convert ``lse2`` at the boundary.
+        UNROLL: slots read together in the second pass.
 
     Returns:
         ``(out fp32 [R, D], lse fp32 [R])``, natural log; ``(0, -inf)`` for a row with no slot
         or whose slots saw no key. States are read past L1 (``.cg``): other programs wrote
         them.
     """
+    SLOTS: tl.constexpr = 16
     o_d = tl.arange(0, HEAD_DIM)
+    o_s = tl.arange(0, SLOTS)
     num_steps = tl.max(b_count, 0)
     b_max = tl.full(b_count.shape, float("-inf"), dtype=tl.float32)
-    for i in range(0, num_steps):
-        m_step = i < b_count
-        o_state = (o_first + i) * NUM_Q_HEADS + o_head
-        b_max = tl.maximum(b_max, tl.load(part_lse_ptr + o_state, mask=m_step, other=float("-inf"), cache_modifier=".cg"))
+    for i in range(0, num_steps, SLOTS):
+        m_step = (i + o_s)[:, None] < b_count[None, :]
+        o_state = (o_first[None, :] + i + o_s[:, None]) * NUM_Q_HEADS + o_head[None, :]
+        b_lse2 = tl.load(part_lse_ptr + o_state, mask=m_step, other=float("-inf"), cache_modifier=".cg")
+        b_max = tl.maximum(b_max, tl.max(b_lse2, 0))
     m_safe = tl.where(b_max == float("-inf"), 0.0, b_max)
 
     b_sum = tl.zeros(b_count.shape, dtype=tl.float32)
     b_acc = tl.zeros([b_count.shape[0], HEAD_DIM], dtype=tl.float32)
-    for i in range(0, num_steps):
-        m_step = i < b_count
-        o_state = (o_first + i) * NUM_Q_HEADS + o_head
-        b_w = tl.exp2(tl.load(part_lse_ptr + o_state, mask=m_step, other=float("-inf"), cache_modifier=".cg") - m_safe)
-        b_o = tl.load(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], mask=m_step[:, None], other=0.0,
-                      cache_modifier=".cg")
-        b_sum += b_w
-        b_acc += b_w[:, None] * b_o
+    for i in range(0, num_steps, UNROLL):
+        for k in tl.static_range(UNROLL):
+            m_step = i + k < b_count
+            o_state = (o_first + i + k) * NUM_Q_HEADS + o_head
+            b_w = tl.exp2(tl.load(part_lse_ptr + o_state, mask=m_step, other=float("-inf"), cache_modifier=".cg") - m_safe)
+            b_o = tl.load(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], mask=m_step[:, None], other=0.0,
+                          cache_modifier=".cg")
+            b_sum += b_w
+            b_acc += b_w[:, None] * b_o
 
     seen = b_sum > 0
     b_sum_safe = tl.where(seen, b_sum, 1.0)
@@ -250,7 +258,7 @@ def partial_kernel(
             tl.store(arrivals_ptr + o_result, 0, mask=m_last)
             tl.debug_barrier()  # the arrivals this program observed come before its threads' reads
             b_res, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first.to(tl.int64), tl.where(m_last, b_count, 0),
-                                      o_head, NUM_Q_HEADS, HEAD_DIM, LN2)
+                                      o_head, NUM_Q_HEADS, HEAD_DIM, LN2, max(1, min(4, 64 // BLOCK_M)))
             tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_res.to(out_ptr.dtype.element_ty),
                      mask=m_last[:, None])
             tl.store(lse_ptr + o_result, b_lse, mask=m_last)
@@ -286,7 +294,7 @@ def merge_kernel(
     count = tl.load(slot_offsets_ptr + i_t + 1) - first
     o_first = tl.full([BLOCK_H], first, dtype=tl.int64)
     b_count = tl.where(m_h, count, 0)
-    b_out, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_h, NUM_Q_HEADS, HEAD_DIM, LN2)
+    b_out, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_h, NUM_Q_HEADS, HEAD_DIM, LN2, 4)
     o_result = i_t * NUM_Q_HEADS + o_h
     tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_out.to(out_ptr.dtype.element_ty), mask=m_h[:, None])
     tl.store(lse_ptr + o_result, b_lse, mask=m_h)
