@@ -39,7 +39,7 @@ import relaycore  # noqa: E402
 from relaycore import PagedKV, RaggedKV, bounds  # noqa: E402
 from relaycore.fast.triton import Config, default_config, plan, prepare, run_planned  # noqa: E402
 from relaycore.fast.triton import backend, kernels, op  # noqa: E402
-from relaycore.fast.triton.config import chunk_size, tile_height  # noqa: E402
+from relaycore.fast.triton.config import chunk_size, decode_chunks, tile_height  # noqa: E402
 from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
 from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
@@ -270,11 +270,14 @@ def test_a_block_table_with_strided_columns_reads_the_right_pages():
 
 @in_process
 def test_chunks_and_tiles_depend_on_the_request_alone():
-    cfg = default_config(128, "float16")
-    # decode: about target_chunks chunks, at least min_chunk keys, powers of two
-    assert [chunk_size(n, 1, cfg) for n in (1, 512, 2048, 8192, 16384)] == [256, 256, 256, 1024, 2048]
-    # more rows per request: fewer chunks; a full 8 tiles of rows: one chunk
-    assert chunk_size(8192, 32, cfg) == 2048 and chunk_size(8192, 128, cfg) == 8192
+    # decode: about 128 programs over the KV heads, at least min_chunk keys, powers of two
+    assert [decode_chunks(h) for h in (1, 4, 8, 16, 32, 64, 128, 256)] == [16, 16, 16, 8, 4, 2, 1, 1]
+    cfg = default_config(128, "float16", 32)
+    assert [chunk_size(n, 1, cfg) for n in (1, 512, 2048, 8192, 16384)] == [256, 256, 512, 2048, 4096]
+    cfg = default_config(128, "float16", 8)
+    assert [chunk_size(n, 4, cfg) for n in (1, 512, 2048, 8192, 16384)] == [256, 256, 256, 512, 1024]
+    # more rows per request: fewer chunks; 16 tiles of rows: one chunk
+    assert chunk_size(8192, 32, cfg) == 1024 and chunk_size(8192, 256, cfg) == 8192
     assert [tile_height(r, cfg, prefix=False) for r in (1, 16, 17, 64, 65, 1000)] == [16, 16, 32, 64, 128, 128]
     assert [tile_height(r, cfg, prefix=True) for r in (1, 64, 65)] == [64, 64, 128]
     with pytest.raises(ValueError, match="block_n"):
@@ -359,10 +362,10 @@ def test_counted_steps_by_hand():
     # 3 tokens x GQA 6 = 18 rows, two tiles: one chunk of 32 holds all 20 own keys; token 0
     # sees 18 of them (two steps), token 2 all 20
     assert _steps([3], [20], num_q_heads=6) == [2, 2, 2]
-    # the public configuration, fp16, D 128: decode over 16384 keys in chunks of 2048, steps
-    # of 64: 32 steps and the merge, where default_steps says 32768
+    # the public configuration, fp16, D 128, one KV head: decode over 16384 keys in 16 chunks
+    # of 1024, steps of 64: 16 steps and the merge, where default_steps says 32768
     long = dict(num_q_heads=1, head_dim=128, dtype="float16", config=None)
-    assert _steps([1], [16384], **long) == [32 + MERGE_STEPS]
+    assert _steps([1], [16384], **long) == [16 + MERGE_STEPS]
     # 40 appended tokens x GQA 4 = 160 rows: every segment is one chunk; the prefix's 700 keys
     # fill 11 steps, token j's 2061 + j own keys 33: two chunks, so the merge counts
     assert _steps([40], [2100], [[700]], [[0]], **dict(long, num_q_heads=4)) == [33 + MERGE_STEPS] * 40

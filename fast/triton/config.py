@@ -1,4 +1,4 @@
-"""Block sizes and chunk length: one fixed configuration per (head_dim, dtype).
+"""Block sizes and chunk length: one fixed configuration per (head_dim, dtype, KV heads).
 
 Nothing here depends on the batch. That is what makes the kernels batch-invariant: a row's
 bits depend on the kernel configuration (tile shapes, warps, the chunk boundaries of its
@@ -48,7 +48,7 @@ class Config:
     num_warps: int
     num_stages: int
     block_h: int = 8
-    fused_merge_max_tokens: int = 1 << 30
+    fused_merge_max_tokens: int = 16
 
     def __post_init__(self) -> None:
         for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk", "block_h"):
@@ -74,12 +74,34 @@ class Config:
         return self.num_warps if tile <= 64 else 2 * self.num_warps
 
 
-def default_config(head_dim: int, dtype: str) -> Config:
-    """The configuration for ``head_dim`` and q's ``dtype`` (canonical name).
+#: Programs a decode request's segment is cut into, over all KV heads: about one per SM of an
+#: H100 or H200 (``decode_chunks``).
+DECODE_PROGRAMS = 128
+#: The most chunks of a decode segment: each costs every row a state to write and fold.
+MAX_DECODE_CHUNKS = 16
+
+
+def decode_chunks(num_kv_heads: int) -> int:
+    """Chunks per decode segment (``Config.target_chunks``) for a model with ``num_kv_heads``.
+
+    A decode request alone must fill the GPU: its segment is cut into ``DECODE_PROGRAMS /
+    Hkv`` chunks (4 at Hkv = 32, 16 at Hkv = 8), at most ``MAX_DECODE_CHUNKS``. Measured on an
+    H200 (2026-11-27, ``fast/triton/NOTES.md``), batch 1: Hkv = 32, prefix 2048: 4 chunks
+    24.3 us, 8 chunks 31.1; Hkv = 8, prefix 16384: 16 chunks 39.2, 8 chunks 46.5, 32 chunks
+    46.7. Large batches pay for chunks in states (Hkv = 8, B = 128, prefix 16384: 118 / 130 /
+    148 us at 4 / 8 / 16): the number depends on the model alone, never on the batch, so it is
+    a trade and batch 1 is the side it takes.
+    """
+    return max(1, min(MAX_DECODE_CHUNKS, DECODE_PROGRAMS // max(1, int(num_kv_heads))))
+
+
+def default_config(head_dim: int, dtype: str, num_kv_heads: int) -> Config:
+    """The configuration for ``head_dim``, q's ``dtype`` (canonical name) and the model's
+    ``num_kv_heads``: properties of the model, never of the batch.
 
     Measured on an H200 (``fast/triton/NOTES.md``): own tiles of 16 rows for decode requests
-    (a 64-row tile there is 63 rows of padding), prefix tiles of 64 or 128; about 8 chunks
-    per segment of at least 256 keys at decode; a 3-stage load pipeline, which keeps a 64-row
+    (a 64-row tile there is 63 rows of padding), prefix tiles of 64 or 128; ``decode_chunks``
+    chunks per segment of at least 256 keys at decode; a 3-stage load pipeline, which keeps a 64-row
     tile at 112 KiB of shared memory, two programs per SM (4 stages take 144 KiB: one; read
     from the kernel compiled for sm_90, ``fast/triton/NOTES.md``). fp32 and ``head_dim`` 256
     halve ``block_n``, stay at 64-row tiles and 2 stages to keep the score and value tiles in
@@ -87,7 +109,7 @@ def default_config(head_dim: int, dtype: str) -> Config:
     """
     wide = head_dim >= 256 or dtype == "float32"
     return Config(block_m=64 if wide else 128, prefix_block_m=64, min_block_m=16, block_n=32 if wide else 64,
-                  min_chunk=256, target_chunks=8, num_warps=4, num_stages=2 if wide else 3)
+                  min_chunk=256, target_chunks=decode_chunks(num_kv_heads), num_warps=4, num_stages=2 if wide else 3)
 
 
 def chunk_size(length: int, rows: int, config: Config) -> int:

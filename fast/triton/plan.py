@@ -217,7 +217,7 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     Args:
         meta: from ``relaycore.validation.validate`` (host copies of every length and id).
         device: where the work lists go; default ``meta.device``.
-        config: launch configuration; default ``default_config(head_dim, dtype)``.
+        config: launch configuration; default ``default_config(head_dim, dtype, num_kv_heads)``.
         relay: group prefix rows across requests; default ``relay_grouping(meta)``.
         fused_merge: fold the states in the partial programs; default
             ``merge_in_partials``. The bits are the same either way.
@@ -226,7 +226,7 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         A ``Plan``, reusable for every call with the same metadata (every layer of a step).
     """
     device = torch.device(meta.device if device is None else device)
-    config = default_config(meta.head_dim, meta.dtype) if config is None else config
+    config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
     relay = relay_grouping(meta) if relay is None else bool(relay)
     g = meta.group_size
     batch = meta.batch

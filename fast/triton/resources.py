@@ -178,7 +178,7 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
 
 def main() -> int:
     """Print, as JSON lines, what every tile kind of the fp16, ``D = 128`` default takes."""
-    config = default_config(128, "float16")
+    config = default_config(128, "float16", 8)
     for kind in tile_kinds(config):
         r = resources(kind, config)
         print(json.dumps(dict(asdict(r), programs_per_sm=r.programs_per_sm())), flush=True)

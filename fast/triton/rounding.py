@@ -47,14 +47,15 @@ def steps_per_token(meta: BatchMeta, config: Optional[Config] = None) -> np.ndar
     Args:
         meta: from ``relaycore.validation.validate`` (host copies of the lengths and ids).
         config: the launch configuration the batch runs with; default
-            ``default_config(meta.head_dim, meta.dtype)``, the one ``relay_attention`` uses.
+            ``default_config(meta.head_dim, meta.dtype, meta.num_kv_heads)``, the one
+            ``relay_attention`` uses.
 
     Returns:
         int64 ``[total_q]``: ``steps`` for ``relaycore.bounds`` (the same for every query head of
         a token; ``[:, None]`` broadcasts it over heads). Never above ``default_steps`` of the
         keys the token sees, and at least 1 (every token sees its own first key).
     """
-    config = default_config(meta.head_dim, meta.dtype) if config is None else config
+    config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
     steps = np.zeros(meta.total_q, dtype=np.int64)
     for b in range(meta.batch):
         q_len, kv_len = int(meta.q_lens[b]), int(meta.kv_lens[b])
