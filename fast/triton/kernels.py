@@ -257,6 +257,7 @@ def partial_kernel(
         if tl.sum(m_last.to(tl.int32), 0) > 0:
             tl.store(arrivals_ptr + o_result, 0, mask=m_last)
             tl.debug_barrier()  # the arrivals this program observed come before its threads' reads
+            # slots in flight: 4 for a 16-row tile, 1 for a 64-row tile (each is BLOCK_M x D fp32 in registers)
             b_res, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first.to(tl.int64), tl.where(m_last, b_count, 0),
                                       o_head, NUM_Q_HEADS, HEAD_DIM, LN2, max(1, min(4, 64 // BLOCK_M)))
             tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_res.to(out_ptr.dtype.element_ty),
