@@ -47,12 +47,14 @@ from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
 from tolerances import triton_steps  # noqa: E402
 
-#: Tiles of 16 rows, 16-key chunks at decode (2 per segment), 16-key blocks.
+#: Tiles of 16 rows, 16-key chunks at decode (2 per segment), 16-key blocks; every tile walks
+#: its fully seen blocks unmasked.
 TINY = Config(block_m=16, prefix_block_m=16, min_block_m=16, block_n=16, min_chunk=16, target_chunks=2,
-              num_warps=4, num_stages=2)
-#: The same with taller tiles allowed, so that own tiles of 16 and 32 rows both occur.
+              num_warps=4, num_stages=2, unmasked_min_block_m=16)
+#: The same with taller tiles allowed, so that own tiles of 16 and 32 rows both occur; only the
+#: 32-row tiles split off their unmasked blocks.
 TALL = Config(block_m=32, prefix_block_m=16, min_block_m=16, block_n=16, min_chunk=16, target_chunks=4,
-              num_warps=4, num_stages=2)
+              num_warps=4, num_stages=2, unmasked_min_block_m=32)
 
 SPACE = dict(max_batch=3, max_q_len=4, max_kv_len=40, max_levels=2, max_prefixes=2, max_prefix_len=40,
              head_dims=(16, 32), kv_heads=(1, 2), group_sizes=(1, 2, 3))
@@ -144,6 +146,28 @@ def test_the_fused_merge_and_the_merge_kernel_give_the_same_bits(batch):
     assert _same(fused, _run(batch, TINY, fused_merge=False))
     assert not planned.arrivals.any(), "the arrival counters are left at zero for the next call"
     assert _same(fused, run_planned(planned, args[0], args[2], args[3]))
+
+
+@in_process
+@settings(max_examples=25, deadline=None)
+@given(batch=batches(dtypes=("float16", "float32"), **SPACE))
+def test_the_unmasked_blocks_change_no_bit(batch):
+    """Walking the fully seen blocks without masks is the masked walk with its identity selects
+    left out: the same bits, the causal diagonal and ragged chunk ends included."""
+    masked = dataclasses.replace(TALL, unmasked_min_block_m=2 * TALL.block_m)
+    assert _same(_run(batch, TALL), _run(batch, masked))
+    assert _same(_run(batch, dataclasses.replace(TALL, unmasked_min_block_m=16)), _run(batch, masked))
+
+
+@in_process
+@settings(max_examples=15, deadline=None)
+@given(batch=batches(dtypes=("float16",), **SPACE))
+def test_the_fused_merge_folds_tall_tiles_in_slices_with_the_same_bits(batch):
+    """A 32-row tile folds its finished rows 16 at a time: the bits of the merge kernel's fold."""
+    args, kwargs = batch.to_torch("cpu")
+    planned = plan(validate(*args, **kwargs), config=TALL, fused_merge=True)
+    assert _same(run_planned(planned, args[0], args[2], args[3]), _run(batch, TALL, fused_merge=False))
+    assert not planned.arrivals.any()
 
 
 @in_process

@@ -37,6 +37,12 @@ class Config:
         block_h: query heads per program of the merge kernel.
         fused_merge_max_tokens: the largest batch, in query tokens, whose partial programs
             fold the states themselves (``plan.merge_in_partials``); 0 never.
+        unmasked_min_block_m: the shortest tile that walks the key blocks all its rows see
+            in full without masks (the selects are arithmetic a tall tile pays on every score);
+            shorter tiles, bound by their loads, keep one masked loop and fewer registers.
+            The bits are the same either way. Measured on an H200 (``fast/triton/NOTES.md``,
+            session 4): splitting 128-row tiles made append 4-8% faster; splitting 64-row
+            tiles made batch-8 decode slower (Hkv = 8, prefix 2048: 17.0 -> 22.5 us).
     """
 
     block_m: int
@@ -49,9 +55,11 @@ class Config:
     num_stages: int
     block_h: int = 8
     fused_merge_max_tokens: int = 16
+    unmasked_min_block_m: int = 128
 
     def __post_init__(self) -> None:
-        for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk", "block_h"):
+        for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk", "block_h",
+                     "unmasked_min_block_m"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"Config.{name}: expected a power of two, got {value}")

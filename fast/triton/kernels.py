@@ -38,28 +38,36 @@ NUM_ITEM_FIELDS = len(ITEM_FIELDS)
 
 
 @triton.jit
-def online_softmax_step(b_acc, b_m, b_l, b_s, b_v, m_seen, P_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def online_softmax_step(b_acc, b_m, b_l, b_s, b_v, m_seen, qk_scale, P_DTYPE: tl.constexpr,
+                        DOT_PRECISION: tl.constexpr, MASKED: tl.constexpr):
     """One block of keys folded into a running state (base 2).
 
     Args:
         b_acc: fp32 ``[M, D]`` unnormalized output so far.
-        b_m: fp32 ``[M]`` running max of the scores (``-inf`` before any key is seen).
+        b_m: fp32 ``[M]`` running max of the base-2 scores (``-inf`` before any key is seen).
         b_l: fp32 ``[M]`` running sum of ``exp2(score - b_m)``.
-        b_s: fp32 ``[M, N]`` base-2 scores of this block.
+        b_s: fp32 ``[M, N]`` raw scores ``q . k`` of this block.
         b_v: ``[N, D]`` values of this block.
-        m_seen: bool ``[M, N]``: which scores are seen.
+        m_seen: bool ``[M, N]``: which scores are seen (``MASKED`` only).
+        qk_scale: ``softmax_scale * LOG2E`` (positive, so the max of the scaled scores is the
+            scaled max).
         P_DTYPE: the dtype the weights are rounded to before the ``P @ V`` product.
+        MASKED: whether some score of the block is unseen. Unmasked blocks skip the selects:
+            where every score is seen they are the identity, so both forms give the same bits.
 
     Returns:
         The updated ``(b_acc, b_m, b_l)``. Rows that have seen no key stay ``(0, -inf, 0)``.
     """
-    b_s = tl.where(m_seen, b_s, float("-inf"))
-    m_new = tl.maximum(b_m, tl.max(b_s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing seen yet: weights all 0
+    if MASKED:
+        b_s = tl.where(m_seen, b_s, float("-inf"))
+    m_new = tl.maximum(b_m, tl.max(b_s, 1) * qk_scale)
+    m_safe = m_new
+    if MASKED:
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing seen yet: weights all 0
     alpha = tl.exp2(b_m - m_safe)
-    b_p = tl.exp2(b_s - m_safe[:, None])
+    b_p = tl.exp2(b_s * qk_scale - m_safe[:, None])
     b_l = b_l * alpha + tl.sum(b_p, 1)
-    b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(P_DTYPE), b_v, input_precision=DOT_PRECISION)
+    b_acc = tl.dot(b_p.to(P_DTYPE), b_v, b_acc * alpha[:, None], input_precision=DOT_PRECISION)
     return b_acc, m_new, b_l
 
 
@@ -131,6 +139,69 @@ def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
     return b_out, b_lse
 
 
+#: Rows a program of the fused merge folds at once (``partial_kernel``), 4 slots deep.
+FOLD_M = tl.constexpr(16)
+
+
+@triton.jit
+def fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_head, o_result,
+              NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LN2: tl.constexpr):
+    """``fold_slots`` of rows (``b_count`` 0: not folded here), written to ``out`` and ``lse``
+    at ``o_result`` (token x Hq + head)."""
+    o_d = tl.arange(0, HEAD_DIM)
+    b_out, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first.to(tl.int64), b_count, o_head, NUM_Q_HEADS,
+                              HEAD_DIM, LN2, 4)
+    m_fold = b_count > 0
+    tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_out.to(out_ptr.dtype.element_ty),
+             mask=m_fold[:, None])
+    tl.store(lse_ptr + o_result, b_lse, mask=m_fold)
+
+
+@triton.jit
+def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
+                 qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, page_size,
+                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr,
+                 UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MASKED: tl.constexpr):
+    """Keys ``start : start + BLOCK_N`` of one KV head folded into a tile's running state.
+
+    ``MASKED``: keys from ``key_stop`` on are not loaded nor seen, and with ``CAUSAL`` the row
+    whose token is ``j`` sees key ``t`` only if ``t <= causal_shift + j``. Unmasked, every key
+    of the block is below ``key_stop`` and seen by every row. ``partial_kernel`` has the other
+    arguments.
+    """
+    o_d = tl.arange(0, HEAD_DIM)
+    o_key = start + tl.arange(0, BLOCK_N)
+    m_key = o_key < key_stop
+    if PAGED:
+        if MASKED:
+            o_page = tl.load(table_ptr + kv_base * stride_table + o_key // page_size, mask=m_key, other=0)
+        else:
+            o_page = tl.load(table_ptr + kv_base * stride_table + o_key // page_size)
+        o_slot = (o_key % page_size).to(tl.int64)
+        o_k = o_page.to(tl.int64) * stride_kb + o_slot * stride_ks
+        o_v = o_page.to(tl.int64) * stride_vb + o_slot * stride_vs
+    else:
+        o_rowk = (kv_base + o_key).to(tl.int64)
+        o_k = o_rowk * stride_ks
+        o_v = o_rowk * stride_vs
+    p_kt = k_ptr + o_k[None, :] + i_hk * stride_kh + o_d[:, None]
+    p_v = v_ptr + o_v[:, None] + i_hk * stride_vh + o_d[None, :]
+    if MASKED:
+        b_kt = tl.load(p_kt, mask=m_key[None, :], other=0.0)
+        b_v = tl.load(p_v, mask=m_key[:, None], other=0.0)
+    else:
+        b_kt = tl.load(p_kt)
+        b_v = tl.load(p_v)
+    if UPCAST:
+        b_kt = b_kt.to(tl.float32)
+        b_v = b_v.to(tl.float32)
+    b_s = tl.dot(b_q, b_kt, input_precision=DOT_PRECISION)
+    m_seen = m_key[None, :]
+    if CAUSAL:
+        m_seen = m_seen & (o_key[None, :] <= causal_shift + o_j[:, None])
+    return online_softmax_step(b_acc, b_m, b_l, b_s, b_v, m_seen, qk_scale, b_q.dtype, DOT_PRECISION, MASKED)
+
+
 @triton.jit
 def partial_kernel(
     q_ptr, k_ptr, v_ptr, items_ptr, tok_ptr, slot_ptr, table_ptr, part_out_ptr, part_lse_ptr,
@@ -151,6 +222,7 @@ def partial_kernel(
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     FUSED_MERGE: tl.constexpr,
+    SPLIT_UNMASKED: tl.constexpr,
     LN2: tl.constexpr,
 ):
     """Chunk states of one tile of rows over one chunk of keys, for one KV head.
@@ -180,6 +252,8 @@ def partial_kernel(
             only if ``t <= causal_shift + j``.
         UPCAST: compute in fp32 from loads of any dtype (the interpreter's bf16 is wrong).
         FUSED_MERGE: fold the rows whose last chunk state this program wrote (module doc).
+        SPLIT_UNMASKED: walk the blocks that every row sees in full without masks (tall tiles,
+            where the selects cost arithmetic; one loop keeps a short tile's registers).
     """
     tl.static_assert(HEAD_DIM >= 16 and HEAD_DIM <= 256 and (HEAD_DIM & (HEAD_DIM - 1)) == 0)
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
@@ -208,38 +282,33 @@ def partial_kernel(
     b_q = tl.load(p_q, mask=m_row[:, None], other=0.0)
     if UPCAST:
         b_q = b_q.to(tl.float32)
-    p_dtype = b_q.dtype
 
     b_acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
 
+    # With SPLIT_UNMASKED, the blocks every row of the tile sees in full come first and run
+    # unmasked, then the rest (the chunk's ragged end, the causal diagonal) masked; without, every
+    # block runs masked. Blocks start at key_start + k * BLOCK_N either way: the same bits.
     key_stop = key_end
+    full_stop = key_start
     if CAUSAL:
-        last_j = (row0 + num_rows - 1) // GROUP
-        key_stop = tl.minimum(key_end, causal_shift + last_j + 1)
-    for start in range(key_start, key_stop, BLOCK_N):
-        o_key = start + tl.arange(0, BLOCK_N)
-        m_key = o_key < key_stop
-        if PAGED:
-            o_page = tl.load(table_ptr + kv_base * stride_table + o_key // page_size, mask=m_key, other=0).to(tl.int64)
-            o_slot = (o_key % page_size).to(tl.int64)
-            o_k = o_page * stride_kb + o_slot * stride_ks
-            o_v = o_page * stride_vb + o_slot * stride_vs
-        else:
-            o_rowk = (kv_base + o_key).to(tl.int64)
-            o_k = o_rowk * stride_ks
-            o_v = o_rowk * stride_vs
-        b_kt = tl.load(k_ptr + o_k[None, :] + i_hk * stride_kh + o_d[:, None], mask=m_key[None, :], other=0.0)
-        b_v = tl.load(v_ptr + o_v[:, None] + i_hk * stride_vh + o_d[None, :], mask=m_key[:, None], other=0.0)
-        if UPCAST:
-            b_kt = b_kt.to(tl.float32)
-            b_v = b_v.to(tl.float32)
-        b_s = tl.dot(b_q, b_kt, input_precision=DOT_PRECISION) * qk_scale
-        m_seen = m_key[None, :]
+        key_stop = tl.minimum(key_end, causal_shift + (row0 + num_rows - 1) // GROUP + 1)
+    if SPLIT_UNMASKED:
+        full_stop = key_end
         if CAUSAL:
-            m_seen = m_seen & (o_key[None, :] <= causal_shift + o_j[:, None])
-        b_acc, b_m, b_l = online_softmax_step(b_acc, b_m, b_l, b_s, b_v, m_seen, p_dtype, DOT_PRECISION)
+            full_stop = tl.minimum(key_end, causal_shift + row0 // GROUP + 1)
+        full_stop = key_start + tl.maximum(full_stop - key_start, 0) // BLOCK_N * BLOCK_N
+        for start in range(key_start, full_stop, BLOCK_N):
+            b_acc, b_m, b_l = attend_block(
+                b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
+                qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, page_size,
+                HEAD_DIM, BLOCK_N, PAGED, False, UPCAST, DOT_PRECISION, False)
+    for start in range(full_stop, key_stop, BLOCK_N):
+        b_acc, b_m, b_l = attend_block(
+            b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j, qk_scale,
+            stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, page_size,
+            HEAD_DIM, BLOCK_N, PAGED, CAUSAL, UPCAST, DOT_PRECISION, True)
 
     b_out, b_lse2 = finish_state(b_acc, b_m, b_l)
     o_slot_out = (tl.load(slot_ptr + tok_base + o_j, mask=m_row, other=0) + chunk).to(tl.int64)
@@ -257,12 +326,27 @@ def partial_kernel(
         if tl.sum(m_last.to(tl.int32), 0) > 0:
             tl.store(arrivals_ptr + o_result, 0, mask=m_last)
             tl.debug_barrier()  # the arrivals this program observed come before its threads' reads
-            # slots in flight: 4 for a 16-row tile, 1 for a 64-row tile (each is BLOCK_M x D fp32 in registers)
-            b_res, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first.to(tl.int64), tl.where(m_last, b_count, 0),
-                                      o_head, NUM_Q_HEADS, HEAD_DIM, LN2, max(1, min(4, 64 // BLOCK_M)))
-            tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_res.to(out_ptr.dtype.element_ty),
-                     mask=m_last[:, None])
-            tl.store(lse_ptr + o_result, b_lse, mask=m_last)
+            b_count = tl.where(m_last, b_count, 0)
+            if BLOCK_M <= FOLD_M:
+                fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_head, o_result,
+                          NUM_Q_HEADS, HEAD_DIM, LN2)
+            else:
+                # FOLD_M rows at a time: a tall tile's rows at once would hold 4 x BLOCK_M x D
+                # fp32 in registers. Slice s of a row vector: its [BLOCK_M / FOLD_M, FOLD_M] view's
+                # row s, picked by a masked sum (exact on integers).
+                SUBS: tl.constexpr = BLOCK_M // FOLD_M
+                o_sub = tl.arange(0, SUBS)[:, None]
+                v_first = tl.reshape(o_first, [SUBS, FOLD_M])
+                v_count = tl.reshape(b_count, [SUBS, FOLD_M])
+                v_head = tl.reshape(o_head, [SUBS, FOLD_M])
+                v_result = tl.reshape(o_result, [SUBS, FOLD_M])
+                for sub in range(0, tl.cdiv(num_rows, FOLD_M)):
+                    s_count = tl.sum(tl.where(o_sub == sub, v_count, 0), 0)
+                    if tl.max(s_count, 0) > 0:
+                        fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr,
+                                  tl.sum(tl.where(o_sub == sub, v_first, 0), 0), s_count,
+                                  tl.sum(tl.where(o_sub == sub, v_head, 0), 0),
+                                  tl.sum(tl.where(o_sub == sub, v_result, 0), 0), NUM_Q_HEADS, HEAD_DIM, LN2)
 
 
 @triton.jit

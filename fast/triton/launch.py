@@ -153,6 +153,7 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
          page_size),
         dict(NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
              BLOCK_N=cfg.block_n, PAGED=paged, CAUSAL=causal, UPCAST=interpret and q.dtype == torch.bfloat16,
-             DOT_PRECISION="ieee", FUSED_MERGE=plan.fused_merge, LN2=LN2),
+             DOT_PRECISION="ieee", FUSED_MERGE=plan.fused_merge,
+             SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m, LN2=LN2),
         num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device, stream=stream,
     )

@@ -100,12 +100,14 @@ class Resources:
 
 
 def tile_kinds(config: Config) -> List[TileKind]:
-    """The tile kinds a decode step with GQA 1 and 4 compiles: the own tile of a decode request
-    (``min_block_m`` rows, paged, causal) and the two prefix tile heights, then the two tiles of
-    a small batch, which fold the states themselves (``plan.merge_in_partials``)."""
+    """The tile kinds a serving step with GQA 1 and 4 compiles: the own tile of a decode request
+    (``min_block_m`` rows, paged, causal), the two prefix tile heights, the own tile of an
+    append request (``block_m`` rows), then the two tiles of a small batch, which fold the
+    states themselves (``plan.merge_in_partials``)."""
     kinds = [TileKind(f"own decode tile, GQA {g}", config.min_block_m, True, True, g) for g in (1, 4)]
     tall = sorted({config.prefix_block_m, config.block_m})
     kinds += [TileKind(f"prefix tile of {m} rows", m, False, False, 1) for m in tall]
+    kinds += [TileKind(f"own append tile of {config.block_m} rows", config.block_m, True, True, 1)]
     kinds += [TileKind("own decode tile, GQA 1, fused merge", config.min_block_m, True, True, 1, True),
               TileKind(f"prefix tile of {config.prefix_block_m} rows, fused merge", config.prefix_block_m, False,
                        False, 1, True)]
@@ -150,7 +152,8 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
                      "out_ptr": dtype, "lse_ptr": "fp32"}
     constexprs = dict(NUM_Q_HEADS=32 * kind.group, GROUP=kind.group, HEAD_DIM=head_dim, BLOCK_M=kind.block_m,
                       BLOCK_N=config.block_n, PAGED=kind.paged, CAUSAL=kind.causal, UPCAST=False,
-                      DOT_PRECISION="ieee", FUSED_MERGE=kind.fused_merge, LN2=LN2)
+                      DOT_PRECISION="ieee", FUSED_MERGE=kind.fused_merge,
+                      SPLIT_UNMASKED=kind.block_m >= config.unmasked_min_block_m, LN2=LN2)
     signature, aligned = {}, []
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
