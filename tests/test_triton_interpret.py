@@ -396,6 +396,27 @@ def test_counted_steps_by_hand():
 
 
 @in_process
+def test_the_op_carries_every_field_of_a_plan():
+    """What crosses the op boundary rebuilds the plan: its configuration (every field, a
+    non-default one here), flags and work lists."""
+    args, kwargs = _shared_prefix_batch().to_torch("cpu")
+    planned = plan(validate(*args, **kwargs), config=TALL, fused_merge=True)
+    back = op._unpack(*op._pack(planned), args[0], planned.softmax_scale)
+    for field in dataclasses.fields(planned):
+        want, got = getattr(planned, field.name), getattr(back, field.name)
+        if field.name == "signature":
+            continue  # a check of the eager entry, not needed past the op
+        if isinstance(want, torch.Tensor):
+            assert torch.equal(want, got), field.name
+        elif field.name == "launches":
+            assert [(x.level, x.block_m) for x in want] == [(x.level, x.block_m) for x in got]
+            assert all(torch.equal(a.items, b.items) and torch.equal(a.tokens, b.tokens) and torch.equal(a.slots, b.slots)
+                       for a, b in zip(want, got))
+        else:
+            assert want == got, field.name
+
+
+@in_process
 def test_torch_compile_traces_the_planned_call_as_one_op():
     batch = _shared_prefix_batch(block_size=4)
     args, kwargs = batch.to_torch("cpu")

@@ -8,6 +8,7 @@ as a list of ints (``_pack``/``_unpack``).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Sequence, Tuple
 
 import torch
@@ -18,8 +19,8 @@ from relaycore.fast.triton.config import Config
 from relaycore.fast.triton.launch import run_eager
 from relaycore.fast.triton.plan import Launch, Plan
 
-_CONFIG_FIELDS = ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk", "target_chunks", "num_warps",
-                  "num_stages", "block_h", "fused_merge_max_tokens")
+#: Every field of the configuration (all ints), in declaration order.
+_CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(Config))
 
 
 def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
