@@ -319,11 +319,13 @@ def test_plan_slots_cover_every_chunk_of_every_segment():
     written = np.zeros(p.num_slots, dtype=np.int64)
     g = meta.group_size
     for launch in p.launches:
-        items, slots = launch.items.numpy(), launch.slots.numpy()
-        for tok_base, row0, rows, _, _, _, _, chunk in items:
+        items, slots, tokens = launch.items.numpy(), launch.slots.numpy(), launch.tokens.numpy()
+        for tok_base, row0, rows, _, _, _, _, chunk, tok_first in items:
             for r in range(row0, row0 + rows):
                 if r % g == 0:  # one row per token is enough to name its slot
                     written[slots[tok_base + r // g] + chunk] += 1
+                if tok_first >= 0:
+                    assert tokens[tok_base + r // g] == tok_first + r // g, "tok_first names consecutive tokens"
     assert np.all(written == 1), "each slot is written by exactly one item (per KV head)"
     assert offsets[-1] == p.num_slots
 

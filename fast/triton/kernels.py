@@ -33,8 +33,8 @@ import triton
 import triton.language as tl
 
 #: Fields of one work item (int32 each), in order. See ``relaycore.fast.triton.plan``.
-ITEM_FIELDS = ("tok_base", "row0", "num_rows", "kv_base", "key_start", "key_end", "causal_shift", "chunk")
-NUM_ITEM_FIELDS = len(ITEM_FIELDS)
+ITEM_FIELDS = ("tok_base", "row0", "num_rows", "kv_base", "key_start", "key_end", "causal_shift", "chunk", "tok_first")
+NUM_ITEM_FIELDS = tl.constexpr(len(ITEM_FIELDS))
 
 
 @triton.jit
@@ -203,6 +203,13 @@ def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr,
 
 
 @triton.jit
+def state_offsets(slot_ptr, tok_base, o_j, m_row, chunk, o_head, NUM_Q_HEADS: tl.constexpr):
+    """Each row's offset in the ``[num_slots, Hq]`` state scratch for chunk ``chunk``."""
+    o_slot = tl.load(slot_ptr + tok_base + o_j, mask=m_row, other=0) + chunk
+    return o_slot.to(tl.int64) * NUM_Q_HEADS + o_head
+
+
+@triton.jit
 def partial_kernel(
     q_ptr, k_ptr, v_ptr, items_ptr, tok_ptr, slot_ptr, table_ptr, part_out_ptr, part_lse_ptr,
     slot_offsets_ptr, arrivals_ptr, out_ptr, lse_ptr,
@@ -236,8 +243,9 @@ def partial_kernel(
             ``[num_blocks, page_size, Hkv, D]`` (``PAGED``: a key's page is
             ``table[kv_base, key // page_size]``, ``kv_base`` being the request).
         items_ptr: int32 ``[num_items, NUM_ITEM_FIELDS]`` (see ``ITEM_FIELDS``).
-        tok_ptr: int32 token list; row ``r`` of an item is token ``tok[tok_base + r // GROUP]``,
-            query head ``i_hk * GROUP + r % GROUP``.
+        tok_ptr: int32 token list; row ``r`` of an item is token ``tok[tok_base + r // GROUP]``
+            (``tok_first + r // GROUP`` where the item's ``tok_first >= 0``: its tokens are
+            consecutive), query head ``i_hk * GROUP + r % GROUP``.
         slot_ptr: int32, beside ``tok_ptr``: the scratch slot of that token's chunk 0 in this
             segment (chunk ``c`` is slot ``+ c``).
         table_ptr: int32 block table ``[B, max_blocks]`` (``PAGED`` only).
@@ -260,7 +268,7 @@ def partial_kernel(
     i_item = tl.program_id(0)
     i_hk = tl.program_id(1)
 
-    p_item = items_ptr + i_item * 8
+    p_item = items_ptr + i_item * NUM_ITEM_FIELDS
     tok_base = tl.load(p_item + 0)
     row0 = tl.load(p_item + 1)
     num_rows = tl.load(p_item + 2)
@@ -269,6 +277,7 @@ def partial_kernel(
     key_end = tl.load(p_item + 5)
     causal_shift = tl.load(p_item + 6)
     chunk = tl.load(p_item + 7)
+    tok_first = tl.load(p_item + 8)
 
     o_m = tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, HEAD_DIM)
@@ -276,7 +285,14 @@ def partial_kernel(
     o_row = row0 + o_m
     o_j = o_row // GROUP  # the row's token, as an index into this item's token list
     o_head = i_hk * GROUP + o_row % GROUP
-    o_tok = tl.load(tok_ptr + tok_base + o_j, mask=m_row, other=0).to(tl.int64)
+    if tok_first >= 0:  # the item's tokens are consecutive: q's rows without a read of the list
+        o_tok = (tok_first + o_j).to(tl.int64)
+    else:
+        o_tok = tl.load(tok_ptr + tok_base + o_j, mask=m_row, other=0).to(tl.int64)
+    if FUSED_MERGE:  # a small batch, bound by latency: read now what the epilogue needs, behind the key loop
+        o_state = state_offsets(slot_ptr, tok_base, o_j, m_row, chunk, o_head, NUM_Q_HEADS)
+        o_first = tl.load(slot_offsets_ptr + o_tok, mask=m_row, other=0)
+        b_count = tl.load(slot_offsets_ptr + o_tok + 1, mask=m_row, other=0) - o_first
 
     p_q = q_ptr + o_tok[:, None] * stride_qt + o_head[:, None] * stride_qh + o_d[None, :]
     b_q = tl.load(p_q, mask=m_row[:, None], other=0.0)
@@ -311,16 +327,14 @@ def partial_kernel(
             HEAD_DIM, BLOCK_N, PAGED, CAUSAL, UPCAST, DOT_PRECISION, True)
 
     b_out, b_lse2 = finish_state(b_acc, b_m, b_l)
-    o_slot_out = (tl.load(slot_ptr + tok_base + o_j, mask=m_row, other=0) + chunk).to(tl.int64)
-    o_state = o_slot_out * NUM_Q_HEADS + o_head
+    if not FUSED_MERGE:  # read after the loop: held across it, they cost the tall tiles 25-45 registers
+        o_state = state_offsets(slot_ptr, tok_base, o_j, m_row, chunk, o_head, NUM_Q_HEADS)
     tl.store(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], b_out, mask=m_row[:, None])
     tl.store(part_lse_ptr + o_state, b_lse2, mask=m_row)
 
     if FUSED_MERGE:
         tl.debug_barrier()  # every thread's stores of the tile come before any of its arrivals
         o_result = o_tok * NUM_Q_HEADS + o_head
-        o_first = tl.load(slot_offsets_ptr + o_tok, mask=m_row, other=0)
-        b_count = tl.load(slot_offsets_ptr + o_tok + 1, mask=m_row, other=0) - o_first
         b_before = tl.atomic_add(arrivals_ptr + o_result, 1, mask=m_row, sem="acq_rel", scope="gpu")
         m_last = m_row & (b_before == b_count - 1)
         if tl.sum(m_last.to(tl.int32), 0) > 0:

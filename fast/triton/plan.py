@@ -18,7 +18,9 @@ The work lists
     tokens (x query heads of a KV group) of the requests that share the prefix: that is the
     relay split, which reads each prefix chunk once per tile instead of once per request.
     Tiles of one chunk are adjacent in the list, so programs that run together share the
-    chunk in L2.
+    chunk in L2. An item whose tokens are consecutive (one request's; every request's, when
+    all share the prefix) names its first token, and the kernel computes its rows' tokens
+    instead of reading them from the list: one dependent read less before the first product.
 """
 
 from __future__ import annotations
@@ -276,10 +278,11 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             tokens, slots, items, n_listed = buckets.setdefault(tile, ([], [], [], [0]))
             tokens.append(toks)
             slots.append(slot_offsets[toks] + seg_base[s][token_request[toks]])
+            tok_first = int(toks[0]) if np.all(np.diff(toks) == 1) else -1  # consecutive: the kernel skips the list
             for c in range(-(-seg_len // chunk)):
                 for row0 in range(0, rows, tile):
                     items.append((n_listed[0], row0, min(tile, rows - row0), kv_base, c * chunk,
-                                  min(seg_len, (c + 1) * chunk), causal_shift, c))
+                                  min(seg_len, (c + 1) * chunk), causal_shift, c, tok_first))
             n_listed[0] += toks.size
 
         if level >= 0:
