@@ -219,11 +219,17 @@ $$
 S = \max_i \lceil n_i / b \rceil + \begin{cases} 2 & K' \ge 2 \\ 0 & K' = 1 \end{cases}
 $$
 
-steps, $K'$ the chunks holding a key it sees. `relaycore.fast.triton.rounding.steps_per_token`
+steps, $K'$ the chunks holding a key it sees. A single-pass request's token (its own tiles
+walk its prefix of $P$ keys and then its own KV in one running state, and write its result:
+`relaycore.fast.triton.plan.single_pass_requests`) is one part whose blocks are the prefix's
+$\lceil P / b \rceil$ and its own $\lceil n / b \rceil$ (the last block of each segment may be
+short; Lemma 2 takes blocks of any size), with no merge:
+$S = \lceil P / b \rceil + \lceil n / b \rceil \le P + n \le 2N$.
+`relaycore.fast.triton.rounding.steps_per_token`
 computes $S$ per token from the batch's lengths and the configuration. It is never above
 `default_steps`: with $K' \ge 2$ a chunk holds at most $N - 1$ keys, so
-$S \le N + 1 \le 2N$. For a decode token over 16384 keys in fp16 with head dimension 128
-(chunks of 2048, steps of 64) $S = 34$ where `default_steps` is 32768.
+$S \le N + 1 \le 2N$. For a decode token over 16384 keys in fp16 with head dimension 128 and
+one KV head (16 chunks of 1024, steps of 64) $S = 18$ where `default_steps` is 32768.
 
 ## The lse
 

@@ -20,7 +20,7 @@ MEASURED = {
     "own decode tile, GQA 4": 4,
     "prefix tile of 64 rows": 2,
     "prefix tile of 128 rows": 1,
-    "own append tile of 128 rows": 1,
+    "own append tile of 128 rows, single pass": 1,
     "own decode tile, GQA 1, fused merge": 4,
     "prefix tile of 64 rows, fused merge": 2,
 }

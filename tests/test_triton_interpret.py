@@ -40,6 +40,7 @@ from relaycore import PagedKV, RaggedKV, bounds  # noqa: E402
 from relaycore.fast.triton import Config, default_config, plan, prepare, run_planned  # noqa: E402
 from relaycore.fast.triton import backend, kernels, op  # noqa: E402
 from relaycore.fast.triton.config import chunk_size, decode_chunks, tile_height  # noqa: E402
+from relaycore.fast.triton.plan import single_pass_requests  # noqa: E402
 from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
 from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
@@ -114,6 +115,33 @@ def test_public_entry_matches_the_oracle(batch, poisoned_allocations):
     _assert_close(relaycore.relay_attention(*args, **kwargs, plan=prepare(*args, **kwargs)), batch)
 
 
+@in_process
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=batches(dtypes=("float16", "float32"), **{**SPACE, "max_q_len": 10, "max_levels": 1}))
+def test_single_pass_requests_match_the_oracle(batch, poisoned_allocations):
+    """Requests of up to 30 rows: under TINY those of 17 and more read their context in one pass."""
+    _assert_close(_run(batch, TINY), batch, TINY)
+
+
+def _append_batch(dtype="float16", block_size=None, seed=0):
+    # GQA 3; under TINY requests 0 and 2 (27 and 21 rows) are single-pass, 1 and 3 split; 3 has no prefix
+    return make_batch([9, 1, 7, 2], [20, 33, 7, 25], prefix_lens=[[7, 37]], prefix_ids=[[1, 0, 1, -1]], num_q_heads=6,
+                      num_kv_heads=2, head_dim=16, dtype=dtype, block_size=block_size, seed=seed)
+
+
+@in_process
+def test_single_pass_requests_own_no_slots_and_are_planned_from_the_request_alone():
+    args, kwargs = _append_batch().to_torch("cpu")
+    meta = validate(*args, **kwargs)
+    assert single_pass_requests(meta, TINY).tolist() == [True, False, True, False]
+    planned = plan(meta, config=TINY)
+    counts = np.diff(planned.slot_offsets.numpy())
+    assert counts[:9].sum() == 0 and counts[10:17].sum() == 0 and counts[9] > 0 and counts[17:].min() > 0
+    assert [x.single_pass for x in planned.launches if x.level < 0].count(True) == 1
+    two_levels = validate(*_shared_prefix_batch().to_torch("cpu")[0], **kwargs)
+    assert not single_pass_requests(two_levels, TINY).any(), "the single pass reads one prefix level"
+
+
 def _shared_prefix_batch(dtype="float16", block_size=None, seed=0):
     # 5 requests, 2 levels; requests 0, 2, 3 share level-0 prefix 1; a q_len 0 request; GQA 3
     return make_batch([2, 1, 3, 1, 0], [5, 33, 3, 20, 4], prefix_lens=[[7, 37], [19]],
@@ -184,15 +212,17 @@ def test_the_fused_merge_is_planned_for_a_small_batch():
 
 
 @in_process
-def test_paged_and_ragged_give_the_same_bits():
-    ragged = _run(_shared_prefix_batch(), TINY)
+@pytest.mark.parametrize("make", [_shared_prefix_batch, _append_batch], ids=["decode", "append"])
+def test_paged_and_ragged_give_the_same_bits(make):
+    ragged = _run(make(), TINY)
     for block_size in (1, 4, 5):
-        assert _same(_run(_shared_prefix_batch(block_size=block_size), TINY), ragged)
+        assert _same(_run(make(block_size=block_size), TINY), ragged)
 
 
 @in_process
-def test_a_request_alone_and_in_a_batch_gives_the_same_bits():
-    batch = _shared_prefix_batch()
+@pytest.mark.parametrize("make", [_shared_prefix_batch, _append_batch], ids=["decode", "append"])
+def test_a_request_alone_and_in_a_batch_gives_the_same_bits(make):
+    batch = make()
     whole = _run(batch, TINY)
     for b in range(len(batch.recipe["q_lens"])):
         lo, hi = int(batch.cu_seqlens_q[b]), int(batch.cu_seqlens_q[b + 1])
@@ -320,9 +350,9 @@ def test_plan_slots_cover_every_chunk_of_every_segment():
     g = meta.group_size
     for launch in p.launches:
         items, slots, tokens = launch.items.numpy(), launch.slots.numpy(), launch.tokens.numpy()
-        for tok_base, row0, rows, _, _, _, _, chunk, tok_first in items:
+        for tok_base, row0, rows, _, _, _, _, chunk, tok_first, _, _ in items:
             for r in range(row0, row0 + rows):
-                if r % g == 0:  # one row per token is enough to name its slot
+                if r % g == 0 and not launch.single_pass:  # one row per token is enough to name its slot
                     written[slots[tok_base + r // g] + chunk] += 1
                 if tok_first >= 0:
                     assert tokens[tok_base + r // g] == tok_first + r // g, "tok_first names consecutive tokens"
@@ -332,8 +362,8 @@ def test_plan_slots_cover_every_chunk_of_every_segment():
 
 def _steps_from_work_lists(meta, planned) -> np.ndarray:
     """Steps per token read off the plan's work items, as the kernels walk them: the most
-    ``block_n`` steps in which the token sees a key of one chunk, plus the merge's steps when
-    more than one chunk holds such a key."""
+    ``block_n`` steps in which the token sees a key of one chunk (a single-pass item's prefix
+    blocks included), plus the merge's steps when more than one chunk holds such a key."""
     blocks = np.zeros(meta.total_q, dtype=np.int64)
     held = [set() for _ in range(meta.total_q)]  # (level, chunk) holding a key the token sees
     g, step = meta.group_size, planned.config.block_n
@@ -347,7 +377,10 @@ def _steps_from_work_lists(meta, planned) -> np.ndarray:
                     stop = min(stop, f["causal_shift"] + j + 1)
                 if stop > f["key_start"]:
                     tok = tokens[f["tok_base"] + j]
-                    blocks[tok] = max(blocks[tok], -(-(stop - f["key_start"]) // step))
+                    walked = -(-(stop - f["key_start"]) // step)
+                    if launch.single_pass:  # the prefix's blocks come first in the same walk
+                        walked += -(-f["prefix_len"] // step)
+                    blocks[tok] = max(blocks[tok], walked)
                     held[tok].add((launch.level, f["chunk"]))
     return blocks + np.array([MERGE_STEPS if len(h) >= 2 else 0 for h in held], dtype=np.int64)
 
@@ -392,9 +425,12 @@ def test_counted_steps_by_hand():
     # of 1024, steps of 64: 16 steps and the merge, where default_steps says 32768
     long = dict(num_q_heads=1, head_dim=128, dtype="float16", config=None)
     assert _steps([1], [16384], **long) == [16 + MERGE_STEPS]
-    # 40 appended tokens x GQA 4 = 160 rows: every segment is one chunk; the prefix's 700 keys
-    # fill 11 steps, token j's 2061 + j own keys 33: two chunks, so the merge counts
-    assert _steps([40], [2100], [[700]], [[0]], **dict(long, num_q_heads=4)) == [33 + MERGE_STEPS] * 40
+    # 40 appended tokens x GQA 4 = 160 rows: a single-pass request (every segment one chunk,
+    # tiles of 128 full); one walk over the prefix's 700 keys (11 steps), then token j's
+    # 2061 + j own keys (33 steps); no merge
+    assert _steps([40], [2100], [[700]], [[0]], **dict(long, num_q_heads=4)) == [11 + 33] * 40
+    # two prefix levels: the split form; every segment is one chunk, the merge counts
+    assert _steps([40], [2100], [[700], [5]], [[0], [0]], **dict(long, num_q_heads=4)) == [33 + MERGE_STEPS] * 40
 
 
 @in_process

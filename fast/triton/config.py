@@ -132,13 +132,32 @@ def chunk_size(length: int, rows: int, config: Config) -> int:
     least ``min_chunk``. It is a function of the request alone, so its chunks, and their bits,
     are the same in any batch.
     """
-    tiles = -(-max(int(rows), 1) // config.min_block_m)
-    want_chunks = max(1, config.target_chunks // tiles)
-    want = -(-max(int(length), 1) // want_chunks)
+    want = -(-max(int(length), 1) // _wanted_chunks(rows, config))
     size = config.min_chunk
     while size < want:
         size *= 2
     return size
+
+
+def _wanted_chunks(rows: int, config: Config) -> int:
+    """``chunk_size``'s target chunk count for a request with ``rows`` rows per KV head."""
+    tiles = -(-max(int(rows), 1) // config.min_block_m)
+    return max(1, config.target_chunks // tiles)
+
+
+def single_pass(rows: int, config: Config) -> bool:
+    """Whether a request with ``rows`` rows per KV head (query tokens x the group's query
+    heads) reads its prefix and its own KV in one pass of its own tiles, which write its
+    result: no partial states, no merge.
+
+    That is the request whose rows fill the tallest tiles (``rows >= block_m``) and whose
+    segments are one chunk each (``chunk_size``): sharing prefix tiles with other requests
+    would not read the prefix fewer times per row (a prefix tile holds ``block_m`` rows at
+    most), while the split would cost its rows two states each and the merge. A function of the
+    request alone: its bits are the same in any batch. (An append request, measured on an H200:
+    ``fast/triton/NOTES.md``, session 4.)
+    """
+    return int(rows) >= config.block_m and _wanted_chunks(rows, config) == 1
 
 
 def tile_height(rows: int, config: Config, *, prefix: bool) -> int:

@@ -19,6 +19,10 @@ Notation (fla's habit): ``i_`` program ids, ``o_`` offsets, ``m_`` masks, ``b_``
     One program = one query token x a block of query heads. It folds every slot of the token
     (prefix levels in order, chunks in order, then the own chunks) in that fixed order,
     normalizes, and writes ``out`` in q's dtype and ``lse`` in natural log.
+``partial_kernel`` with ``SINGLE_PASS``
+    An own tile of a request that reads its whole context in one pass (``config.single_pass``):
+    the program walks the request's prefix, then its own chunk, in one running state and writes
+    the rows' results; those tokens have no slots and the merge leaves them alone.
 ``partial_kernel`` with ``FUSED_MERGE``
     The merge without its launch: after writing its states, a program counts one arrival per
     row (an atomic add on the row's counter, ordered after every store of the tile), and the
@@ -33,7 +37,8 @@ import triton
 import triton.language as tl
 
 #: Fields of one work item (int32 each), in order. See ``relaycore.fast.triton.plan``.
-ITEM_FIELDS = ("tok_base", "row0", "num_rows", "kv_base", "key_start", "key_end", "causal_shift", "chunk", "tok_first")
+ITEM_FIELDS = ("tok_base", "row0", "num_rows", "kv_base", "key_start", "key_end", "causal_shift", "chunk", "tok_first",
+               "prefix_start", "prefix_len")
 NUM_ITEM_FIELDS = tl.constexpr(len(ITEM_FIELDS))
 
 
@@ -203,6 +208,32 @@ def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr,
 
 
 @triton.jit
+def attend_keys(b_acc, b_m, b_l, b_q, key_start, full_stop, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk,
+                causal_shift, o_j, qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh,
+                stride_table, page_size, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
+                CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                SPLIT_UNMASKED: tl.constexpr):
+    """Keys ``key_start : key_stop`` folded into a tile's running state, ``BLOCK_N`` at a time
+    from ``key_start``: with ``SPLIT_UNMASKED`` the blocks up to ``full_stop`` (every row sees
+    them in full) unmasked, the rest masked; without, every block masked. The same bits either
+    way. ``partial_kernel`` has the other arguments."""
+    if SPLIT_UNMASKED:
+        for start in range(key_start, full_stop, BLOCK_N):
+            b_acc, b_m, b_l = attend_block(
+                b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
+                qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, page_size,
+                HEAD_DIM, BLOCK_N, PAGED, False, UPCAST, DOT_PRECISION, False)
+    else:
+        full_stop = key_start
+    for start in range(full_stop, key_stop, BLOCK_N):
+        b_acc, b_m, b_l = attend_block(
+            b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j, qk_scale,
+            stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, page_size,
+            HEAD_DIM, BLOCK_N, PAGED, CAUSAL, UPCAST, DOT_PRECISION, True)
+    return b_acc, b_m, b_l
+
+
+@triton.jit
 def state_offsets(slot_ptr, tok_base, o_j, m_row, chunk, o_head, NUM_Q_HEADS: tl.constexpr):
     """Each row's offset in the ``[num_slots, Hq]`` state scratch for chunk ``chunk``."""
     o_slot = tl.load(slot_ptr + tok_base + o_j, mask=m_row, other=0) + chunk
@@ -219,6 +250,8 @@ def partial_kernel(
     stride_vb, stride_vs, stride_vh,
     stride_table,
     page_size,
+    pre_k_ptr, pre_v_ptr,
+    stride_pks, stride_pkh, stride_pvs, stride_pvh,
     NUM_Q_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -230,9 +263,11 @@ def partial_kernel(
     DOT_PRECISION: tl.constexpr,
     FUSED_MERGE: tl.constexpr,
     SPLIT_UNMASKED: tl.constexpr,
+    SINGLE_PASS: tl.constexpr,
     LN2: tl.constexpr,
 ):
-    """Chunk states of one tile of rows over one chunk of keys, for one KV head.
+    """Chunk states of one tile of rows over one chunk of keys, for one KV head; with
+    ``SINGLE_PASS``, the results of one request's tile over its prefix and its own KV.
 
     Grid: ``(num_items, Hkv)``.
 
@@ -262,6 +297,12 @@ def partial_kernel(
         FUSED_MERGE: fold the rows whose last chunk state this program wrote (module doc).
         SPLIT_UNMASKED: walk the blocks that every row sees in full without masks (tall tiles,
             where the selects cost arithmetic; one loop keeps a short tile's registers).
+        pre_k_ptr, pre_v_ptr, stride_pks, ...: ``SINGLE_PASS`` only: prefix level 0's
+            contiguous rows ``[rows, Hkv, D]``.
+        SINGLE_PASS: walk the item's prefix (``prefix_len`` keys from row ``prefix_start``,
+            every one seen) and then its own chunk in one running state, and write the rows'
+            results to ``out`` and ``lse`` (natural log) instead of a state
+            (``config.single_pass``).
     """
     tl.static_assert(HEAD_DIM >= 16 and HEAD_DIM <= 256 and (HEAD_DIM & (HEAD_DIM - 1)) == 0)
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
@@ -303,36 +344,39 @@ def partial_kernel(
     b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
 
-    # With SPLIT_UNMASKED, the blocks every row of the tile sees in full come first and run
-    # unmasked, then the rest (the chunk's ragged end, the causal diagonal) masked; without, every
-    # block runs masked. Blocks start at key_start + k * BLOCK_N either way: the same bits.
+    if SINGLE_PASS:  # the request's prefix first, into the same running state
+        prefix_start = tl.load(p_item + 9)
+        prefix_len = tl.load(p_item + 10)
+        b_acc, b_m, b_l = attend_keys(
+            b_acc, b_m, b_l, b_q, 0, prefix_len // BLOCK_N * BLOCK_N, prefix_len, pre_k_ptr, pre_v_ptr, table_ptr,
+            prefix_start, i_hk, 0, o_j, qk_scale, stride_pks, 0, stride_pkh, stride_pvs, 0, stride_pvh, stride_table,
+            page_size, HEAD_DIM, BLOCK_N, False, False, UPCAST, DOT_PRECISION, SPLIT_UNMASKED)
+    # blocks every row of the tile sees in full end at full_stop: the chunk's ragged end and the
+    # causal diagonal come after
     key_stop = key_end
-    full_stop = key_start
+    full_stop = key_end
     if CAUSAL:
         key_stop = tl.minimum(key_end, causal_shift + (row0 + num_rows - 1) // GROUP + 1)
-    if SPLIT_UNMASKED:
-        full_stop = key_end
-        if CAUSAL:
-            full_stop = tl.minimum(key_end, causal_shift + row0 // GROUP + 1)
-        full_stop = key_start + tl.maximum(full_stop - key_start, 0) // BLOCK_N * BLOCK_N
-        for start in range(key_start, full_stop, BLOCK_N):
-            b_acc, b_m, b_l = attend_block(
-                b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
-                qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, page_size,
-                HEAD_DIM, BLOCK_N, PAGED, False, UPCAST, DOT_PRECISION, False)
-    for start in range(full_stop, key_stop, BLOCK_N):
-        b_acc, b_m, b_l = attend_block(
-            b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j, qk_scale,
-            stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, page_size,
-            HEAD_DIM, BLOCK_N, PAGED, CAUSAL, UPCAST, DOT_PRECISION, True)
+        full_stop = tl.minimum(key_end, causal_shift + row0 // GROUP + 1)
+    full_stop = key_start + tl.maximum(full_stop - key_start, 0) // BLOCK_N * BLOCK_N
+    b_acc, b_m, b_l = attend_keys(
+        b_acc, b_m, b_l, b_q, key_start, full_stop, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
+        qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, page_size, HEAD_DIM,
+        BLOCK_N, PAGED, CAUSAL, UPCAST, DOT_PRECISION, SPLIT_UNMASKED)
 
     b_out, b_lse2 = finish_state(b_acc, b_m, b_l)
-    if not FUSED_MERGE:  # read after the loop: held across it, they cost the tall tiles 25-45 registers
-        o_state = state_offsets(slot_ptr, tok_base, o_j, m_row, chunk, o_head, NUM_Q_HEADS)
-    tl.store(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], b_out, mask=m_row[:, None])
-    tl.store(part_lse_ptr + o_state, b_lse2, mask=m_row)
+    if SINGLE_PASS:
+        o_result = o_tok * NUM_Q_HEADS + o_head
+        tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_out.to(out_ptr.dtype.element_ty),
+                 mask=m_row[:, None])
+        tl.store(lse_ptr + o_result, b_lse2 * LN2, mask=m_row)
+    else:
+        if not FUSED_MERGE:  # read after the loop: held across it, they cost the tall tiles 25-45 registers
+            o_state = state_offsets(slot_ptr, tok_base, o_j, m_row, chunk, o_head, NUM_Q_HEADS)
+        tl.store(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], b_out, mask=m_row[:, None])
+        tl.store(part_lse_ptr + o_state, b_lse2, mask=m_row)
 
-    if FUSED_MERGE:
+    if FUSED_MERGE:  # never with SINGLE_PASS (its rows have no states)
         tl.debug_barrier()  # every thread's stores of the tile come before any of its arrivals
         o_result = o_tok * NUM_Q_HEADS + o_head
         b_before = tl.atomic_add(arrivals_ptr + o_result, 1, mask=m_row, sem="acq_rel", scope="gpu")
@@ -379,7 +423,8 @@ def merge_kernel(
         part_out_ptr: fp32 ``[num_slots, Hq, D]``.
         part_lse_ptr: fp32 ``[num_slots, Hq]`` (base 2).
         slot_offsets_ptr: int32 ``[total_q + 1]``: token ``t`` owns slots
-            ``slot_offsets[t] : slot_offsets[t + 1]``.
+            ``slot_offsets[t] : slot_offsets[t + 1]``; a token without slots (a single-pass
+            request's) is left alone.
         out_ptr: contiguous ``[total_q, Hq, D]`` in q's dtype.
         lse_ptr: fp32 ``[total_q, Hq]``, natural log.
         LN2: ``ln 2``, to convert ``lse2`` at the boundary.
@@ -395,5 +440,6 @@ def merge_kernel(
     b_count = tl.where(m_h, count, 0)
     b_out, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_h, NUM_Q_HEADS, HEAD_DIM, LN2, 4)
     o_result = i_t * NUM_Q_HEADS + o_h
+    m_h = m_h & (count > 0)  # a token without slots is a single-pass request's, written by its own tile
     tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_out.to(out_ptr.dtype.element_ty), mask=m_h[:, None])
     tl.store(lse_ptr + o_result, b_lse, mask=m_h)

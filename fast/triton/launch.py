@@ -112,7 +112,7 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     else:
         for item_list in plan.launches:
             _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, out, lse, interpret, None)
-    if not plan.fused_merge:
+    if not plan.fused_merge and plan.num_slots:  # no slots: every token was written by a single pass
         block_h = min(plan.config.block_h, triton.next_power_of_2(hq))
         launch(
             merge_kernel, (total_q, triton.cdiv(hq, block_h)),
@@ -130,6 +130,10 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
     ``item_list`` over the KV source it names (a prefix level, or the requests' own KV); with
     the plan's fused merge, its programs also write the rows of ``out``/``lse`` they finish."""
     cfg = plan.config
+    if item_list.single_pass and prefixes:  # what its items read first: level 0
+        pre_k, pre_v = _contiguous_last(prefixes[0].k), _contiguous_last(prefixes[0].v)
+    else:
+        pre_k, pre_v = q, q  # not read
     if item_list.level >= 0:
         level = prefixes[item_list.level]
         k, v, paged, causal, table = level.k, level.v, False, False, item_list.items
@@ -150,10 +154,13 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
          skb, sks, skh,
          svb, svs, svh,
          table.stride(0) if paged else 0,
-         page_size),
+         page_size,
+         pre_k, pre_v,
+         pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1)),
         dict(NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
              BLOCK_N=cfg.block_n, PAGED=paged, CAUSAL=causal, UPCAST=interpret and q.dtype == torch.bfloat16,
-             DOT_PRECISION="ieee", FUSED_MERGE=plan.fused_merge,
-             SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m, LN2=LN2),
+             DOT_PRECISION="ieee", FUSED_MERGE=plan.fused_merge and not item_list.single_pass,
+             SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m, SINGLE_PASS=item_list.single_pass,
+             LN2=LN2),
         num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device, stream=stream,
     )

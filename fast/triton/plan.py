@@ -21,6 +21,13 @@ The work lists
     chunk in L2. An item whose tokens are consecutive (one request's; every request's, when
     all share the prefix) names its first token, and the kernel computes its rows' tokens
     instead of reading them from the list: one dependent read less before the first product.
+
+Single-pass requests
+    A request whose rows fill the tallest tiles and whose segments are one chunk each
+    (``config.single_pass``: an append request) gains nothing from sharing prefix tiles, so in
+    a batch of at most one prefix level it owns no slots: its own tiles (their own launch)
+    walk its prefix, then its own KV, in one running state and write its result. The merge
+    kernel leaves its tokens alone.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import torch
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
 from relaycore.validation import BatchMeta, resolve_scale
 
-from relaycore.fast.triton.config import Config, chunk_size, default_config, tile_height
+from relaycore.fast.triton.config import Config, chunk_size, default_config, single_pass, tile_height
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
 
 
@@ -45,6 +52,8 @@ class Launch:
     Attributes:
         level: the prefix level it reads, or ``-1`` for the requests' own KV.
         block_m: the tile height of its items.
+        single_pass: its items are single-pass requests' own tiles (``config.single_pass``):
+            each walks the item's prefix (level 0) then the own KV, and writes the result.
         items: int32 ``[num_items, NUM_ITEM_FIELDS]`` on the device (see ``kernels.ITEM_FIELDS``).
         tokens: int32 ``[n]`` on the device: the token lists the items index.
         slots: int32 ``[n]`` on the device: each listed token's slot for chunk 0 of the segment.
@@ -52,6 +61,7 @@ class Launch:
 
     level: int
     block_m: int
+    single_pass: bool
     items: torch.Tensor
     tokens: torch.Tensor
     slots: torch.Tensor
@@ -207,6 +217,13 @@ def merge_in_partials(total_q: int, config: Config) -> bool:
     return 0 < total_q <= config.fused_merge_max_tokens
 
 
+def single_pass_requests(meta: BatchMeta, config: Config) -> np.ndarray:
+    """bool ``[B]``: the requests that read their context in one pass (``config.single_pass``),
+    in a batch of at most one prefix level (the single-pass tile reads level 0's prefix)."""
+    rows = meta.q_lens.astype(np.int64) * meta.group_size
+    return np.array([meta.num_levels <= 1 and single_pass(r, config) for r in rows], dtype=bool)
+
+
 def _chunk_sizes(lengths: np.ndarray, rows: np.ndarray, config: Config) -> np.ndarray:
     """``chunk_size`` elementwise over int64 ``[B]`` segment lengths and rows per request."""
     return np.array([chunk_size(n, r, config) for n, r in zip(lengths, rows)], dtype=np.int64)
@@ -235,16 +252,18 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     q_lens = meta.q_lens.astype(np.int64)
     cu_q = meta.cu_seqlens_q.astype(np.int64)
 
-    # chunk size and count of each segment, per request: [levels..., own]
+    # chunk size and count of each segment, per request: [levels..., own]; a single-pass
+    # request has no chunk states (its own tiles write its result)
     rows_per_request = q_lens * g
+    direct = single_pass_requests(meta, config)
     seg_sizes, seg_chunks = [], []
     for lens, ids in zip(meta.prefix_lens, meta.prefix_ids):
         plen = np.where(ids >= 0, lens[np.maximum(ids, 0)] if len(lens) else 0, 0).astype(np.int64)
         seg_sizes.append(_chunk_sizes(plen, rows_per_request, config))
-        seg_chunks.append(-(-plen // seg_sizes[-1]))
+        seg_chunks.append(np.where(direct, 0, -(-plen // seg_sizes[-1])))
     own_lens = meta.kv_lens.astype(np.int64)
     seg_sizes.append(_chunk_sizes(own_lens, rows_per_request, config))
-    seg_chunks.append(-(-own_lens // seg_sizes[-1]))
+    seg_chunks.append(np.where(direct, 0, -(-own_lens // seg_sizes[-1])))
     seg_chunks = np.stack(seg_chunks)  # [S, B]
     seg_base = np.cumsum(seg_chunks, axis=0) - seg_chunks  # [S, B] first slot of each segment
     per_request = seg_chunks.sum(axis=0)  # [B]
@@ -266,30 +285,32 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     launches = []
     sources = [(level, ids) for level, ids in enumerate(meta.prefix_ids)] + [(-1, None)]
     for s, (level, ids) in enumerate(sources):
-        buckets = {}  # tile height -> (token lists, slot lists, items, tokens listed)
+        buckets = {}  # (tile height, single pass) -> (token lists, slot lists, items, tokens listed)
 
-        def add_group(requests, kv_base, seg_len, causal_shift):
+        def add_group(requests, kv_base, seg_len, causal_shift, prefix=None):
             toks = np.concatenate([np.arange(cu_q[b], cu_q[b + 1]) for b in requests])
             if toks.size == 0 or seg_len == 0:
                 return
             rows = toks.size * g
             tile = tile_height(rows, config, prefix=level >= 0)
             chunk = int(seg_sizes[s][requests[0]])  # the same for every request of a group
-            tokens, slots, items, n_listed = buckets.setdefault(tile, ([], [], [], [0]))
+            prefix_start, prefix_len = (0, 0) if prefix is None else prefix
+            tokens, slots, items, n_listed = buckets.setdefault((tile, prefix is not None), ([], [], [], [0]))
             tokens.append(toks)
             slots.append(slot_offsets[toks] + seg_base[s][token_request[toks]])
             tok_first = int(toks[0]) if np.all(np.diff(toks) == 1) else -1  # consecutive: the kernel skips the list
             for c in range(-(-seg_len // chunk)):
                 for row0 in range(0, rows, tile):
                     items.append((n_listed[0], row0, min(tile, rows - row0), kv_base, c * chunk,
-                                  min(seg_len, (c + 1) * chunk), causal_shift, c, tok_first))
+                                  min(seg_len, (c + 1) * chunk), causal_shift, c, tok_first, prefix_start,
+                                  prefix_len))
             n_listed[0] += toks.size
 
         if level >= 0:
             lens = meta.prefix_lens[level]
             starts = np.concatenate([[0], np.cumsum(lens)])
             for p in np.unique(ids[ids >= 0]):
-                users = np.flatnonzero(ids == p)
+                users = np.flatnonzero((ids == p) & ~direct)
                 if relay:  # sharers with the same chunking read the prefix together
                     sizes = seg_sizes[s][users]
                     groups = [users[sizes == size] for size in np.unique(sizes)]
@@ -301,12 +322,19 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             kv_starts = np.concatenate([[0], np.cumsum(meta.kv_lens)])
             for b in range(batch):
                 base = b if meta.paged else int(kv_starts[b])
-                add_group([b], base, int(meta.kv_lens[b]), int(meta.kv_lens[b] - q_lens[b]))
-        for tile in sorted(buckets, reverse=True):
-            tokens, slots, items, _ = buckets[tile]
+                prefix = None
+                if direct[b]:  # the prefix it reads first, if any: (first row, length)
+                    prefix = (0, 0)
+                    if meta.num_levels and meta.prefix_ids[0][b] >= 0:
+                        lens, p = meta.prefix_lens[0], int(meta.prefix_ids[0][b])
+                        prefix = (int(lens[:p].sum()), int(lens[p]))
+                add_group([b], base, int(meta.kv_lens[b]), int(meta.kv_lens[b] - q_lens[b]), prefix)
+        for tile, single in sorted(buckets, reverse=True):
+            tokens, slots, items, _ = buckets[tile, single]
             launches.append(Launch(
                 level=level,
                 block_m=tile,
+                single_pass=single,
                 items=to_device(np.array(items, dtype=np.int64).reshape(-1, NUM_ITEM_FIELDS)),
                 tokens=to_device(np.concatenate(tokens)),
                 slots=to_device(np.concatenate(slots)),

@@ -64,6 +64,8 @@ class TileKind:
         paged, causal: the KV source (the own KV is paged and causal in a serving step).
         group: query heads per KV head.
         fused_merge: whether its programs fold the states they finish (a small batch's plan).
+        single_pass: whether it walks a request's prefix and own KV and writes the result
+            (an append request's own tile, ``config.single_pass``).
     """
 
     name: str
@@ -72,6 +74,7 @@ class TileKind:
     causal: bool
     group: int
     fused_merge: bool = False
+    single_pass: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,12 +105,13 @@ class Resources:
 def tile_kinds(config: Config) -> List[TileKind]:
     """The tile kinds a serving step with GQA 1 and 4 compiles: the own tile of a decode request
     (``min_block_m`` rows, paged, causal), the two prefix tile heights, the own tile of an
-    append request (``block_m`` rows), then the two tiles of a small batch, which fold the
+    append request (``block_m`` rows, single pass), then the two tiles of a small batch, which fold the
     states themselves (``plan.merge_in_partials``)."""
     kinds = [TileKind(f"own decode tile, GQA {g}", config.min_block_m, True, True, g) for g in (1, 4)]
     tall = sorted({config.prefix_block_m, config.block_m})
     kinds += [TileKind(f"prefix tile of {m} rows", m, False, False, 1) for m in tall]
-    kinds += [TileKind(f"own append tile of {config.block_m} rows", config.block_m, True, True, 1)]
+    kinds += [TileKind(f"own append tile of {config.block_m} rows, single pass", config.block_m, True, True, 1,
+                       single_pass=True)]
     kinds += [TileKind("own decode tile, GQA 1, fused merge", config.min_block_m, True, True, 1, True),
               TileKind(f"prefix tile of {config.prefix_block_m} rows, fused merge", config.prefix_block_m, False,
                        False, 1, True)]
@@ -148,12 +152,13 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
     fn = partial_kernel
     if not isinstance(fn, triton.runtime.JITFunction):
         raise RuntimeError("the kernels were imported under TRITON_INTERPRET=1: compile them in a process without it")
-    pointer_types = {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": dtype, "part_out_ptr": "fp32", "part_lse_ptr": "fp32",
-                     "out_ptr": dtype, "lse_ptr": "fp32"}
+    pointer_types = {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": dtype, "pre_k_ptr": dtype, "pre_v_ptr": dtype,
+                     "part_out_ptr": "fp32", "part_lse_ptr": "fp32", "out_ptr": dtype, "lse_ptr": "fp32"}
     constexprs = dict(NUM_Q_HEADS=32 * kind.group, GROUP=kind.group, HEAD_DIM=head_dim, BLOCK_M=kind.block_m,
                       BLOCK_N=config.block_n, PAGED=kind.paged, CAUSAL=kind.causal, UPCAST=False,
                       DOT_PRECISION="ieee", FUSED_MERGE=kind.fused_merge,
-                      SPLIT_UNMASKED=kind.block_m >= config.unmasked_min_block_m, LN2=LN2)
+                      SPLIT_UNMASKED=kind.block_m >= config.unmasked_min_block_m, SINGLE_PASS=kind.single_pass,
+                      LN2=LN2)
     signature, aligned = {}, []
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:

@@ -19,6 +19,10 @@ kernels' steps"):
 So a token whose chunks hold at most ``n`` of the keys it sees, in ``k`` non-empty chunks, has
 ``1 + (ceil(n / block_n) - 1) + (MERGE_STEPS if k >= 2 else 0)`` steps. The prefix chunks hold
 every key of the prefix; the own chunks hold the token's own keys up to its causal limit.
+
+A single-pass request's token (``plan.single_pass_requests``) is one walk, ``block_n`` keys per
+step, over its prefix of ``P`` keys and then the ``n`` own keys it sees, and no merge:
+``ceil(P / block_n) + ceil(n / block_n)`` steps.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 from relaycore.validation import BatchMeta
 
 from relaycore.fast.triton.config import Config, chunk_size, default_config
+from relaycore.fast.triton.plan import single_pass_requests
 
 #: Steps per key of the merge kernel's all-at-once fold of two or more non-empty states
 #: (``proofs/error_bound.py``, Lemma 4): one for the state's weight ``exp2(lse2_i - max)``
@@ -57,9 +62,17 @@ def steps_per_token(meta: BatchMeta, config: Optional[Config] = None) -> np.ndar
     """
     config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
     steps = np.zeros(meta.total_q, dtype=np.int64)
+    single = single_pass_requests(meta, config)
     for b in range(meta.batch):
         q_len, kv_len = int(meta.q_lens[b]), int(meta.kv_lens[b])
         if q_len == 0:
+            continue
+        j = np.arange(q_len, dtype=np.int64)
+        seen = kv_len - q_len + j + 1 if meta.causal else np.full(q_len, kv_len, dtype=np.int64)
+        lo = int(meta.cu_seqlens_q[b])
+        if single[b]:  # one walk: the prefix's blocks, then the own blocks with a key it sees
+            prefix = int(meta.prefix_lens[0][meta.prefix_ids[0][b]]) if meta.num_levels and meta.prefix_ids[0][b] >= 0 else 0
+            steps[lo : lo + q_len] = _cdiv(prefix, config.block_n) + _cdiv(seen, config.block_n)
             continue
         rows = q_len * meta.group_size
         most = 0  # the most keys one prefix chunk holds
@@ -71,11 +84,8 @@ def steps_per_token(meta: BatchMeta, config: Optional[Config] = None) -> np.ndar
                 most = max(most, min(size, length))
                 chunks += _cdiv(length, size)
         # own keys the token sees: causal token j of the request sees kv_len - q_len + j + 1
-        j = np.arange(q_len, dtype=np.int64)
-        seen = kv_len - q_len + j + 1 if meta.causal else np.full(q_len, kv_len, dtype=np.int64)
         size = chunk_size(kv_len, rows, config)
         most_own = np.maximum(np.minimum(seen, size), most)
         chunks_own = chunks + _cdiv(seen, size)
-        lo = int(meta.cu_seqlens_q[b])
         steps[lo : lo + q_len] = _cdiv(most_own, config.block_n) + np.where(chunks_own >= 2, MERGE_STEPS, 0)
     return steps

@@ -59,6 +59,19 @@ def test_float32_matches_the_oracle(poisoned_allocations):
     check()
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("hkv", [8, 32])
+def test_single_pass_requests_match_the_oracle(dtype, hkv, poisoned_allocations):
+    """Append requests whose rows fill the tallest tiles (``config.single_pass``) beside decode
+    rows: the first and third read their prefix and own KV in one pass."""
+    batch = make_batch([160, 1, 130, 3], [300, 500, 130, 40], prefix_lens=[[2048, 700]], prefix_ids=[[0, 0, 1, -1]],
+                       num_q_heads=32, num_kv_heads=hkv, head_dim=128, dtype=dtype, block_size=16, seed=hkv)
+    args, kwargs = batch.to_torch("cuda")
+    planned = plan(validate(*args, **kwargs))
+    assert any(x.single_pass for x in planned.launches)
+    _assert_close_to_oracle(batch)
+
+
 # ---------------------------------------------------------------------------------------------
 # batches built from a pool of requests, so that one request can run alone or among others
 
@@ -125,14 +138,14 @@ def _equal(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("q_len, own", [(1, 130), (37, 300)])
+@pytest.mark.parametrize("q_len, own", [(1, 130), (37, 300), (96, 400)])
 def test_a_request_has_the_same_bits_alone_and_in_any_batch(q_len, own):
     pool = Pool(seed=q_len)
     rng = np.random.default_rng(q_len)
     target = pool.request(q_len, own, prefix=0)
     alone = _rows(_run(pool.batch([target])), 0, q_len)
-    others = [pool.request(int(rng.choice([1, 1, 1, 5, 40])), int(rng.integers(60, 400)), int(rng.integers(-1, 3)))
-              for _ in range(255)]
+    others = [pool.request(q, int(rng.integers(q, q + 400)), int(rng.integers(-1, 3)))
+              for q in (int(rng.choice([1, 1, 1, 5, 40, 96])) for _ in range(255))]
     for size in (1, 2, 3, 8, 31, 64, 100, 256):
         at = int(rng.integers(0, size))
         requests = others[: size - 1]
