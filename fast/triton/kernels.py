@@ -86,9 +86,13 @@ def finish_state(b_acc, b_m, b_l):
     return b_out, b_lse2
 
 
+#: Slots whose states ``fold_slots`` reads together in its weighted pass.
+FOLD_DEPTH = tl.constexpr(4)
+
+
 @triton.jit
 def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
-               NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LN2: tl.constexpr, UNROLL: tl.constexpr):
+               NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LN2: tl.constexpr):
     """Fold rows' chunk states, in slot order, into their results.
 
     Two passes over the slots: the max of the ``lse2`` (so no weight overflows), then
@@ -96,7 +100,7 @@ def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
     order. Each row's arithmetic is its own (no reduction crosses rows), so a row's bits do not
     depend on the rows folded beside it, nor on which kernel folds it. The passes are latency
     bound (a few slots, each a read from L2): the first reads ``SLOTS`` slots' ``lse2`` at once,
-    the second is unrolled ``UNROLL`` slots deep so that their reads are in flight together;
+    the second is unrolled ``FOLD_DEPTH`` slots deep so that their reads are in flight together;
     the sums stay in slot order, so neither changes a bit.
 
     Args:
@@ -106,7 +110,6 @@ def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
         b_count: int32 ``[R]``: each row's slot count (0 for a row not folded here).
         o_head: ``[R]``: each row's query head.
         LN2: ``ln 2``, to convert ``lse2`` at the boundary.
-        UNROLL: slots read together in the second pass.
 
     Returns:
         ``(out fp32 [R, D], lse fp32 [R])``, natural log; ``(0, -inf)`` for a row with no slot
@@ -127,8 +130,8 @@ def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
 
     b_sum = tl.zeros(b_count.shape, dtype=tl.float32)
     b_acc = tl.zeros([b_count.shape[0], HEAD_DIM], dtype=tl.float32)
-    for i in range(0, num_steps, UNROLL):
-        for k in tl.static_range(UNROLL):
+    for i in range(0, num_steps, FOLD_DEPTH):
+        for k in tl.static_range(FOLD_DEPTH):
             m_step = i + k < b_count
             o_state = (o_first + i + k) * NUM_Q_HEADS + o_head
             b_w = tl.exp2(tl.load(part_lse_ptr + o_state, mask=m_step, other=float("-inf"), cache_modifier=".cg") - m_safe)
@@ -144,7 +147,7 @@ def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
     return b_out, b_lse
 
 
-#: Rows a program of the fused merge folds at once (``partial_kernel``), 4 slots deep.
+#: Rows a program of the fused merge folds at once (``partial_kernel``), ``FOLD_DEPTH`` slots deep.
 FOLD_M = tl.constexpr(16)
 
 
@@ -155,7 +158,7 @@ def fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_
     at ``o_result`` (token x Hq + head)."""
     o_d = tl.arange(0, HEAD_DIM)
     b_out, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first.to(tl.int64), b_count, o_head, NUM_Q_HEADS,
-                              HEAD_DIM, LN2, 4)
+                              HEAD_DIM, LN2)
     m_fold = b_count > 0
     tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_out.to(out_ptr.dtype.element_ty),
              mask=m_fold[:, None])
@@ -389,7 +392,7 @@ def partial_kernel(
                 fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_head, o_result,
                           NUM_Q_HEADS, HEAD_DIM, LN2)
             else:
-                # FOLD_M rows at a time: a tall tile's rows at once would hold 4 x BLOCK_M x D
+                # FOLD_M rows at a time: a tall tile's rows at once would hold FOLD_DEPTH x BLOCK_M x D
                 # fp32 in registers. Slice s of a row vector: its [BLOCK_M / FOLD_M, FOLD_M] view's
                 # row s, picked by a masked sum (exact on integers).
                 SUBS: tl.constexpr = BLOCK_M // FOLD_M
@@ -438,7 +441,7 @@ def merge_kernel(
     count = tl.load(slot_offsets_ptr + i_t + 1) - first
     o_first = tl.full([BLOCK_H], first, dtype=tl.int64)
     b_count = tl.where(m_h, count, 0)
-    b_out, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_h, NUM_Q_HEADS, HEAD_DIM, LN2, 4)
+    b_out, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_h, NUM_Q_HEADS, HEAD_DIM, LN2)
     o_result = i_t * NUM_Q_HEADS + o_h
     m_h = m_h & (count > 0)  # a token without slots is a single-pass request's, written by its own tile
     tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_out.to(out_ptr.dtype.element_ty), mask=m_h[:, None])

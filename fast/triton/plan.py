@@ -207,7 +207,8 @@ def merge_in_partials(total_q: int, config: Config) -> bool:
     Both fold with ``kernels.fold_slots``, so a row's bits are the same either way, and this
     choice may depend on the batch. The fused merge saves a dependent launch. It needs a program
     to reach every row, i.e. every token to have a slot: validation guarantees it (a request's
-    own KV ends with its query tokens, so each token sees at least one own chunk).
+    own KV ends with its query tokens, so each token sees at least one own chunk), except for
+    a single-pass request's tokens, which have none and are written by their own tiles.
     ``config.fused_merge_max_tokens`` bounds the batches it is used for.
 
     Args:
