@@ -259,7 +259,9 @@ lse is within `relaycore.bounds.out_bound` / `lse_bound` at `default_steps`.
 `check_triton_step_count` does the same for the form of the Triton kernels (scores scaled by
 $c \log_2 e$, `exp2`, `log2`, 1 to 8 parts, i.e. chunks, merged all at once, the lse times
 $\ln 2$ at the end) against the bound at the counted $S$ of the previous section, which is
-never above `default_steps`. `check_all_at_once_merge` checks Lemma 4's inequality itself at
+never above `default_steps`; `check_single_pass_step_count` does it for a single-pass walk (one
+part whose blocks restart at the own KV's first key, no merge) at
+$\lceil P / b \rceil + \lceil n / b \rceil$. `check_all_at_once_merge` checks Lemma 4's inequality itself at
 60 digits in the standard model of rounding ($\mathrm{fl}(x \circ y) = (x \circ y)(1 +
 \delta)$, $|\delta| \le u_{acc}/2$; every $\delta$ and every error of the exponential and the
 logarithm drawn by the adversary, at its extremes or anywhere between) over 1 to 8 states,
@@ -320,7 +322,8 @@ class Elementary:
         return fp.r32((mpmath.log(x) if base is None else mpmath.log(x, base)) + self._draw(LOG_WOBBLE))
 
 
-def simulate_part(q, keys, values, scale, dtype: str, block: int, exp, ar: fp.Arithmetic, base=None) -> tuple:
+def simulate_part(q, keys, values, scale, dtype: str, block: int, exp, ar: fp.Arithmetic, base=None,
+                  restart: int = 0) -> tuple:
     """One part (one query row over some keys) as a blocked online-softmax kernel computes it.
 
     The precision model of Lemma 2: the accumulations (the score's dot product, the sums of the
@@ -340,6 +343,9 @@ def simulate_part(q, keys, values, scale, dtype: str, block: int, exp, ar: fp.Ar
         ar: the fp32 accumulator's arithmetic (the rounding of the sums).
         base: ``None`` for natural exponentials, ``2`` for the ``exp2``/``log2`` form of the
             Triton kernels (scores and lse in base 2).
+        restart: where a second segment starts (``0``: none): blocks are cut from the first key
+            and again from ``restart``, as a single-pass tile walks a prefix of ``restart``
+            keys and then the own keys.
 
     Returns:
         ``(out [D] fp32 values, lse fp32)``, lse in ``base``; ``(0, -inf)`` for ``n == 0``.
@@ -349,8 +355,9 @@ def simulate_part(q, keys, values, scale, dtype: str, block: int, exp, ar: fp.Ar
         return exact.empty(dim)
     scale = fp.r32(scale if base is None else scale / mpmath.log(2))
     m, norm, acc = exact.NEG_INF, mpmath.mpf(0), [mpmath.mpf(0)] * dim
-    for start in range(0, n, block):
-        rows = range(start, min(n, start + block))
+    starts = list(range(0, restart, block)) + list(range(restart, n, block))
+    for start, stop in zip(starts, starts[1:] + [n]):
+        rows = range(start, stop)
         s = [fp.r32(ar.dot(q, keys[j]) * scale) for j in rows]
         m_new = max([m] + s)
         # Lemma 2 items 1 and 4 take these subtractions at u_acc / 2: to nearest, never truncated.
@@ -411,7 +418,7 @@ def simulate(problem: dict, exp) -> tuple:
     for part in range(problem["parts"]):
         idx = [j for j, label in enumerate(problem["labels"]) if label == part]
         states.append(simulate_part(q, [keys[j] for j in idx], [values[j] for j in idx], problem["scale"], dtype,
-                                    problem["block"], exp, ar, base))
+                                    problem["block"], exp, ar, base, problem.get("restart", 0)))
     if base == 2:
         out, lse = simulate_merge_all_base2(states, exp, ar)
     else:
@@ -678,6 +685,27 @@ def check_triton_step_count():
         for e, b in zip(out_err, out_b):
             assert e <= b, (problem["dtype"], steps, e, b)
         assert lse_err <= lse_b, (problem["dtype"], steps, lse_err, lse_b)
+
+    run()
+
+
+def check_single_pass_step_count():
+    """A single-pass walk (one part: blocks from the first key, and again from the own KV's
+    first key ``P``; no merge) stays within relaycore.bounds at ``ceil(P / b) + ceil((n - P) /
+    b)`` steps, the count of "Counting the Triton kernels' steps"."""
+
+    @checked(400)
+    @given(problems(max_parts=1, forms=("base2",)), st.data(), st.randoms(use_true_random=False), st.booleans())
+    def run(problem, data, rnd, extreme):
+        n, b = len(problem["keys"]), problem["block"]
+        prefix = data.draw(st.integers(0, n))
+        problem = dict(problem, restart=prefix)
+        steps = -(-prefix // b) + -(-(n - prefix) // b)
+        assert steps <= bounds.default_steps(n)
+        out_err, out_b, lse_err, lse_b = errors_and_bounds(problem, Elementary(rnd, extreme), steps)
+        for e, bound in zip(out_err, out_b):
+            assert e <= bound, (problem["dtype"], prefix, b, steps, e, bound)
+        assert lse_err <= lse_b, (problem["dtype"], prefix, b, steps, lse_err, lse_b)
 
     run()
 
