@@ -140,6 +140,10 @@ def test_single_pass_requests_own_no_slots_and_are_planned_from_the_request_alon
     assert [x.single_pass for x in planned.launches if x.level < 0].count(True) == 1
     two_levels = validate(*_shared_prefix_batch().to_torch("cpu")[0], **kwargs)
     assert not single_pass_requests(two_levels, TINY).any(), "the single pass reads one prefix level"
+    # beside a fused merge: the other tokens fold as the merge kernel would, the counters end at zero
+    fused = plan(meta, config=TINY, fused_merge=True)
+    assert _same(run_planned(fused, args[0], args[2], args[3]), run_planned(planned, args[0], args[2], args[3]))
+    assert not fused.arrivals.any()
 
 
 def _shared_prefix_batch(dtype="float16", block_size=None, seed=0):
