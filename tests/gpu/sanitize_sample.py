@@ -1,6 +1,7 @@
 """A sample of shapes for compute-sanitizer (``scripts/gpu_suite.sh`` runs it under memcheck):
-ragged and paged own KV, causal or not, zero to two prefix levels, GQA, odd lengths, fp16,
-bf16 and fp32, head_dim 64 and 128. Each result is also checked against the oracle."""
+ragged and paged own KV, causal or not, zero to two prefix levels, GQA, odd lengths, a
+single-pass append request, fp16, bf16 and fp32, head_dim 64 and 128. Each result is also
+checked against the oracle."""
 
 import itertools
 
@@ -12,6 +13,8 @@ SHAPES = [
     ([1, 1, 1], [130, 1, 77], [[300, 17]], [[0, 1, -1]]),
     ([5, 0, 33], [40, 9, 33], [[1000], [3, 64]], [[0, 0, 0], [1, -1, 0]]),
     ([1], [2049], [], []),
+    # 40 tokens x GQA 4 = 160 rows: a single-pass request (prefix then own KV, no states) beside a decode one
+    ([40, 1], [70, 200], [[300]], [[0, 0]]),
 ]
 
 for (q_lens, kv_lens, prefix_lens, prefix_ids), (dtype, d, block) in itertools.product(
