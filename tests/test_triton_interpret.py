@@ -441,8 +441,10 @@ def test_counted_steps_by_hand():
 def test_the_op_carries_every_field_of_a_plan():
     """What crosses the op boundary rebuilds the plan: its configuration (every field, a
     non-default one here), flags and work lists."""
-    args, kwargs = _shared_prefix_batch().to_torch("cpu")
-    planned = plan(validate(*args, **kwargs), config=TALL, fused_merge=True)
+    args, kwargs = _append_batch().to_torch("cpu")
+    planned = plan(validate(*args, **kwargs), config=dataclasses.replace(TINY, unmasked_min_block_m=32),
+                   fused_merge=True)
+    assert any(x.single_pass for x in planned.launches)
     back = op._unpack(*op._pack(planned), args[0], planned.softmax_scale)
     for field in dataclasses.fields(planned):
         want, got = getattr(planned, field.name), getattr(back, field.name)
@@ -451,7 +453,7 @@ def test_the_op_carries_every_field_of_a_plan():
         if isinstance(want, torch.Tensor):
             assert torch.equal(want, got), field.name
         elif field.name == "launches":
-            assert [(x.level, x.block_m) for x in want] == [(x.level, x.block_m) for x in got]
+            assert [(x.level, x.block_m, x.single_pass) for x in want] == [(x.level, x.block_m, x.single_pass) for x in got]
             assert all(torch.equal(a.items, b.items) and torch.equal(a.tokens, b.tokens) and torch.equal(a.slots, b.slots)
                        for a, b in zip(want, got))
         else:
