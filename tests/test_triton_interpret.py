@@ -161,11 +161,11 @@ def test_runs_are_bitwise_identical():
 
 
 @in_process
-def test_relay_and_single_pass_give_the_same_bits():
+def test_relay_and_per_request_grouping_give_the_same_bits():
     batch = _shared_prefix_batch()
-    relay, single = _run(batch, TINY, relay=True), _run(batch, TINY, relay=False)
+    relay, per_request = _run(batch, TINY, relay=True), _run(batch, TINY, relay=False)
     _assert_close(relay, batch, TINY)
-    assert _same(relay, single)
+    assert _same(relay, per_request)
 
 
 @in_process

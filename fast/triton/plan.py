@@ -186,14 +186,15 @@ def tensor_signature(q, cu_seqlens_q, kv, prefixes) -> Tuple[Tuple[str, tuple, s
 def relay_grouping(meta: BatchMeta) -> bool:
     """Whether the rows of a prefix tile mix the queries of every request that shares it.
 
-    The relay split and the single-pass form compute the same chunk states: a token's slots,
-    their chunk boundaries and the tile configuration are those of its own request in both, and
-    a row's bits do not depend on the other rows of its tile. They differ only in which rows
-    share a tile. Grouping the sharers reads each prefix chunk once per ``block_m`` rows instead
-    of once per request and launches no more programs, so it is never slower; where each prefix
-    has one user (batch 1 included) the two groupings are the same list, i.e. the relay plan
-    *is* the single-pass plan (one program per (tile, chunk, KV head) walking the request's
-    context chunk by chunk, its states folded by the merge kernel). So grouping is always on;
+    The relay split and the per-request grouping (each request's prefix rows in tiles of their
+    own) compute the same chunk states: a token's slots, their chunk boundaries and the tile
+    configuration are those of its own request in both, and a row's bits do not depend on the
+    other rows of its tile. They differ only in which rows share a tile. Grouping the sharers
+    reads each prefix chunk once per ``block_m`` rows instead of once per request and launches
+    no more programs, so it is never slower; where each prefix has one user (batch 1 included)
+    the two groupings are the same list, i.e. the relay plan *is* the per-request plan (one
+    program per (tile, chunk, KV head) walking the request's context chunk by chunk, its states
+    folded by the merge kernel). So grouping is always on;
     this function is the one place that says so, and tests flip it through ``plan(relay=False)``
     to check that both forms give the same bits.
     """
@@ -256,15 +257,15 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     # chunk size and count of each segment, per request: [levels..., own]; a single-pass
     # request has no chunk states (its own tiles write its result)
     rows_per_request = q_lens * g
-    direct = single_pass_requests(meta, config)
+    single = single_pass_requests(meta, config)
     seg_sizes, seg_chunks = [], []
     for lens, ids in zip(meta.prefix_lens, meta.prefix_ids):
         plen = np.where(ids >= 0, lens[np.maximum(ids, 0)] if len(lens) else 0, 0).astype(np.int64)
         seg_sizes.append(_chunk_sizes(plen, rows_per_request, config))
-        seg_chunks.append(np.where(direct, 0, -(-plen // seg_sizes[-1])))
+        seg_chunks.append(np.where(single, 0, -(-plen // seg_sizes[-1])))
     own_lens = meta.kv_lens.astype(np.int64)
     seg_sizes.append(_chunk_sizes(own_lens, rows_per_request, config))
-    seg_chunks.append(np.where(direct, 0, -(-own_lens // seg_sizes[-1])))
+    seg_chunks.append(np.where(single, 0, -(-own_lens // seg_sizes[-1])))
     seg_chunks = np.stack(seg_chunks)  # [S, B]
     seg_base = np.cumsum(seg_chunks, axis=0) - seg_chunks  # [S, B] first slot of each segment
     per_request = seg_chunks.sum(axis=0)  # [B]
@@ -311,7 +312,7 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             lens = meta.prefix_lens[level]
             starts = np.concatenate([[0], np.cumsum(lens)])
             for p in np.unique(ids[ids >= 0]):
-                users = np.flatnonzero((ids == p) & ~direct)
+                users = np.flatnonzero((ids == p) & ~single)
                 if relay:  # sharers with the same chunking read the prefix together
                     sizes = seg_sizes[s][users]
                     groups = [users[sizes == size] for size in np.unique(sizes)]
@@ -324,18 +325,18 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             for b in range(batch):
                 base = b if meta.paged else int(kv_starts[b])
                 prefix = None
-                if direct[b]:  # the prefix it reads first, if any: (first row, length)
+                if single[b]:  # the prefix it reads first, if any: (first row, length)
                     prefix = (0, 0)
                     if meta.num_levels and meta.prefix_ids[0][b] >= 0:
                         lens, p = meta.prefix_lens[0], int(meta.prefix_ids[0][b])
                         prefix = (int(lens[:p].sum()), int(lens[p]))
                 add_group([b], base, int(meta.kv_lens[b]), int(meta.kv_lens[b] - q_lens[b]), prefix)
-        for tile, single in sorted(buckets, reverse=True):
-            tokens, slots, items, _ = buckets[tile, single]
+        for tile, one_pass in sorted(buckets, reverse=True):
+            tokens, slots, items, _ = buckets[tile, one_pass]
             launches.append(Launch(
                 level=level,
                 block_m=tile,
-                single_pass=single,
+                single_pass=one_pass,
                 items=to_device(np.array(items, dtype=np.int64).reshape(-1, NUM_ITEM_FIELDS)),
                 tokens=to_device(np.concatenate(tokens)),
                 slots=to_device(np.concatenate(slots)),

@@ -174,14 +174,14 @@ def test_paged_and_ragged_give_the_same_bits():
         assert _equal(_run(pool.batch(requests, page_size=page_size)), ragged)
 
 
-def test_relay_grouping_and_single_pass_give_the_same_bits():
+def test_relay_and_per_request_grouping_give_the_same_bits():
     pool = Pool(seed=5)
     requests = [pool.request(1 + 20 * (b % 4 == 0), 300, b % 2) for b in range(20)]
     args = pool.batch(requests, page_size=16)
     meta = validate(*args)
     relay = run_planned(plan(meta, relay=True), args[0], args[2], args[3])
-    single = run_planned(plan(meta, relay=False), args[0], args[2], args[3])
-    assert _equal(relay, single)
+    per_request = run_planned(plan(meta, relay=False), args[0], args[2], args[3])
+    assert _equal(relay, per_request)
 
 
 def test_cuda_graph_replay_gives_the_eager_bits():
