@@ -146,6 +146,21 @@ def test_single_pass_requests_own_no_slots_and_are_planned_from_the_request_alon
     assert not fused.arrivals.any()
 
 
+@in_process
+def test_the_items_that_read_the_most_keys_launch_first_and_the_order_changes_no_bit():
+    args, kwargs = _append_batch().to_torch("cpu")
+    planned = plan(validate(*args, **kwargs), config=TINY)
+    (one_pass,) = [x for x in planned.launches if x.single_pass]
+    fields = one_pass.items.numpy()
+    # (first token, first row): request 0 (tokens 0-8) reads 37 + 20 and 37 + 17 keys, request 2
+    # (tokens 10-16) 37 + 7 and 37 + 6; each request's last rows see the most own keys
+    tok_first, row0 = kernels.ITEM_FIELDS.index("tok_first"), kernels.ITEM_FIELDS.index("row0")
+    assert fields[:, [tok_first, row0]].tolist() == [[0, 16], [0, 0], [10, 16], [10, 0]]
+    reversed_order = dataclasses.replace(planned, launches=tuple(
+        dataclasses.replace(x, items=x.items.flip(0).contiguous()) for x in planned.launches))
+    assert _same(run_planned(planned, args[0], args[2], args[3]), run_planned(reversed_order, args[0], args[2], args[3]))
+
+
 def _shared_prefix_batch(dtype="float16", block_size=None, seed=0):
     # 5 requests, 2 levels; requests 0, 2, 3 share level-0 prefix 1; a q_len 0 request; GQA 3
     return make_batch([2, 1, 3, 1, 0], [5, 33, 3, 20, 4], prefix_lens=[[7, 37], [19]],

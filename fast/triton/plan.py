@@ -42,7 +42,7 @@ from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
 from relaycore.validation import BatchMeta, resolve_scale
 
 from relaycore.fast.triton.config import Config, chunk_size, default_config, single_pass, tile_height
-from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
+from relaycore.fast.triton.kernels import ITEM_FIELDS, NUM_ITEM_FIELDS
 
 
 @dataclass(frozen=True)
@@ -231,6 +231,26 @@ def _chunk_sizes(lengths: np.ndarray, rows: np.ndarray, config: Config) -> np.nd
     return np.array([chunk_size(n, r, config) for n, r in zip(lengths, rows)], dtype=np.int64)
 
 
+def longest_first(items: np.ndarray, group: int, causal: bool) -> np.ndarray:
+    """A launch's items, those that read the most keys first (ties in plan order).
+
+    The GPU starts a launch's programs in grid order as SMs free up, so the programs started
+    last decide when the launch ends: the short ones go last. Which SM runs an item, and when,
+    changes none of its bits.
+
+    Args:
+        items: int64 ``[num_items, NUM_ITEM_FIELDS]`` (``kernels.ITEM_FIELDS``).
+        group: query heads per KV head (rows per token).
+        causal: the items read causal own KV (their last row's token bounds the keys read).
+    """
+    f = {name: items[:, i] for i, name in enumerate(ITEM_FIELDS)}
+    stop = f["key_end"]
+    if causal:
+        stop = np.minimum(stop, f["causal_shift"] + (f["row0"] + f["num_rows"] - 1) // group + 1)
+    keys = np.maximum(stop - f["key_start"], 0) + f["prefix_len"]
+    return items[np.argsort(-keys, kind="stable")]
+
+
 def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None,
          fused_merge: Optional[bool] = None) -> Plan:
     """Plan a batch for the Triton kernels.
@@ -333,11 +353,12 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
                 add_group([b], base, int(meta.kv_lens[b]), int(meta.kv_lens[b] - q_lens[b]), prefix)
         for tile, one_pass in sorted(buckets, reverse=True):
             tokens, slots, items, _ = buckets[tile, one_pass]
+            items = np.array(items, dtype=np.int64).reshape(-1, NUM_ITEM_FIELDS)
             launches.append(Launch(
                 level=level,
                 block_m=tile,
                 single_pass=one_pass,
-                items=to_device(np.array(items, dtype=np.int64).reshape(-1, NUM_ITEM_FIELDS)),
+                items=to_device(longest_first(items, g, meta.causal and level < 0)),
                 tokens=to_device(np.concatenate(tokens)),
                 slots=to_device(np.concatenate(slots)),
             ))
