@@ -11,10 +11,12 @@ import sys
 
 import pytest
 
-#: Programs per Hopper SM of each tile kind at the default fp16, D = 128 configuration, as
-#: measured (H200, 2026-11-27, ``fast/triton/NOTES.md``): 122-124 registers for the own decode
-#: tile, 182-183 and 112/128 KiB of shared memory for the prefix tiles; with the fused merge
-#: (small batches) 128 and 220 registers, the same programs per SM.
+#: Programs per Hopper SM of each tile kind at the default fp16, D = 128 configuration, at which
+#: the committed benchmarks ran (H200 and H100, 2026-11-27/28, ``fast/triton/NOTES.md``). Read
+#: from the sm_90 build with triton 3.7 (2026-11-28): the own decode tile 108 / 122 registers
+#: (GQA 1 / 4), the prefix tiles 178 and 183 with 112 and 128 KiB of shared memory, the
+#: single-pass append tile 212; with the fused merge (small batches) the own tile 128 / 167 and
+#: the 64-row prefix tile 202 / 255, none spilling.
 MEASURED = {
     "own decode tile, GQA 1": 4,
     "own decode tile, GQA 4": 4,
@@ -22,7 +24,9 @@ MEASURED = {
     "prefix tile of 128 rows": 1,
     "own append tile of 128 rows, single pass": 1,
     "own decode tile, GQA 1, fused merge": 4,
-    "prefix tile of 64 rows, fused merge": 2,
+    "prefix tile of 64 rows, GQA 1, fused merge": 2,
+    "own decode tile, GQA 4, fused merge": 3,
+    "prefix tile of 64 rows, GQA 4, fused merge": 2,
 }
 
 

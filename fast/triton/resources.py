@@ -105,16 +105,17 @@ class Resources:
 def tile_kinds(config: Config) -> List[TileKind]:
     """The tile kinds a serving step with GQA 1 and 4 compiles: the own tile of a decode request
     (``min_block_m`` rows, paged, causal), the two prefix tile heights, the own tile of an
-    append request (``block_m`` rows, single pass), then the two tiles of a small batch, which fold the
-    states themselves (``plan.merge_in_partials``)."""
+    append request (``block_m`` rows, single pass), then the own and prefix tiles of a small batch,
+    which fold the states themselves (``plan.merge_in_partials``), at GQA 1 and 4."""
     kinds = [TileKind(f"own decode tile, GQA {g}", config.min_block_m, True, True, g) for g in (1, 4)]
     tall = sorted({config.prefix_block_m, config.block_m})
     kinds += [TileKind(f"prefix tile of {m} rows", m, False, False, 1) for m in tall]
     kinds += [TileKind(f"own append tile of {config.block_m} rows, single pass", config.block_m, True, True, 1,
                        single_pass=True)]
-    kinds += [TileKind("own decode tile, GQA 1, fused merge", config.min_block_m, True, True, 1, True),
-              TileKind(f"prefix tile of {config.prefix_block_m} rows, fused merge", config.prefix_block_m, False,
-                       False, 1, True)]
+    for g in (1, 4):
+        kinds += [TileKind(f"own decode tile, GQA {g}, fused merge", config.min_block_m, True, True, g, True),
+                  TileKind(f"prefix tile of {config.prefix_block_m} rows, GQA {g}, fused merge",
+                           config.prefix_block_m, False, False, g, True)]
     return kinds
 
 
