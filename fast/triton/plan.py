@@ -17,10 +17,12 @@ The work lists
     tile of up to ``block_m`` rows over one chunk. The rows of a prefix tile are the query
     tokens (x query heads of a KV group) of the requests that share the prefix: that is the
     relay split, which reads each prefix chunk once per tile instead of once per request.
-    Tiles of one chunk are adjacent in the list, so programs that run together share the
+    Tiles of one prefix chunk are adjacent in the list, so programs that run together share the
     chunk in L2. An item whose tokens are consecutive (one request's; every request's, when
     all share the prefix) names its first token, and the kernel computes its rows' tokens
     instead of reading them from the list: one dependent read less before the first product.
+    A launch lists the items that read the most keys first (``longest_first``), so that the
+    programs the GPU starts last, which decide when the launch ends, are short.
 
 Single-pass requests
     A request whose rows fill the tallest tiles and whose segments are one chunk each
