@@ -117,6 +117,18 @@ def test_report_and_judgement_from_a_fake_results_file(tmp_path):
     assert "**not met**" in page and "The paper's model" in page
 
 
+def test_the_floor_target_also_reports_the_larger_of_the_two_floors():
+    doc = _fake_doc()
+    (hbm,) = [j for j in analysis.judge(doc) if "HBM floor" in j.target]
+    large = [e for e in doc["points"] if e["point"]["grid"] == "decode" and e["point"]["batch"] >= 32
+             and e["point"]["prefix_len"] >= 8192]
+    relay = [e["results"]["relaycore_triton"]["timing"]["median_s"] for e in large]
+    lowest = min(max(e["floor_s"].values()) / t for e, t in zip(large, relay))
+    by_matmul = sum(e["floor_s"]["matmul"] > e["floor_s"]["memory"] for e in large)
+    assert (f"against the larger of the memory and matmul floors, lowest {100 * lowest:.0f}%" in hbm.detail
+            and f"larger at {by_matmul} of {len(large)} points" in hbm.detail), hbm.detail
+
+
 def test_schema_requires_every_provider_at_every_point():
     doc = _fake_doc()
     del doc["points"][0]["results"]["sdpa"]

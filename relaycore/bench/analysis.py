@@ -92,6 +92,22 @@ def _no_worse_than(doc: dict, points: List[dict], factor: float, target: str) ->
     return Judgement(target, verdict, detail)
 
 
+def _larger_floor(points: List[dict]) -> str:
+    """What the HBM-floor target's points reach of the larger of their two floors (memory or
+    matmul): with grouped-query attention the matmul floor can be the larger, and then no
+    kernel reaches the memory floor's fraction the target asks for. Reported beside the
+    target, which stays as the issue states it."""
+    pairs = [(e["results"][RELAY].get("memory_floor_fraction"), e["results"][RELAY].get("matmul_floor_fraction"), e)
+             for e in points]
+    pairs = [(m, k, e) for m, k, e in pairs if m is not None and k is not None]
+    if not pairs:
+        return ""
+    f, e = min(((max(m, k), e) for m, k, e in pairs), key=lambda x: x[0])
+    by_matmul = sum(k > m for m, k, _ in pairs)
+    return (f"; against the larger of the memory and matmul floors, lowest {100 * f:.0f}% at {_where(e)} (the "
+            f"matmul floor is the larger at {by_matmul} of {len(pairs)} points)")
+
+
 def judge(doc: dict) -> List[Judgement]:
     """The issue-3 speed targets, judged from a results document."""
     decode, append = _grid(doc, "decode"), _grid(doc, "append")
@@ -118,9 +134,9 @@ def judge(doc: dict) -> List[Judgement]:
         out.append(Judgement(t3, "not judged", f"{len(fr)} of {len(pts)} points timed"))
     else:
         f, e = min(fr, key=lambda x: x[0])
-        out.append(Judgement(t3, "met" if f >= 0.5 else "not met",
-                             f"lowest {100 * f:.0f}% at {_where(e)}; mean {100 * sum(x for x, _ in fr) / len(fr):.0f}% "
-                             f"over {len(fr)} points"))
+        detail = (f"lowest {100 * f:.0f}% at {_where(e)}; mean {100 * sum(x for x, _ in fr) / len(fr):.0f}% "
+                  f"over {len(fr)} points")
+        out.append(Judgement(t3, "met" if f >= 0.5 else "not met", detail + _larger_floor(pts)))
 
     j = _no_worse_than(doc, append, 0.8, "append: >= 0.8x the best peer at every point") if append \
         else Judgement("append: >= 0.8x the best peer at every point", "not judged", "no append points")
