@@ -94,9 +94,9 @@ def _no_worse_than(doc: dict, points: List[dict], factor: float, target: str) ->
 
 def _larger_floor(points: List[dict]) -> str:
     """What the HBM-floor target's points reach of the larger of their two floors (memory or
-    matmul): with grouped-query attention the matmul floor can be the larger, and then no
-    kernel reaches the memory floor's fraction the target asks for. Reported beside the
-    target, which stays as the issue states it."""
+    matmul): with grouped-query attention the matmul floor can be the larger, and then even a
+    kernel at the matmul rate reaches only ``memory floor / matmul floor`` of the memory floor.
+    Reported beside the target, which stays as the issue states it."""
     pairs = [(e["results"][RELAY].get("memory_floor_fraction"), e["results"][RELAY].get("matmul_floor_fraction"), e)
              for e in points]
     pairs = [(m, k, e) for m, k, e in pairs if m is not None and k is not None]
