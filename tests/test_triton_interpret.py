@@ -17,9 +17,11 @@ not at ``default_steps``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 
@@ -47,6 +49,8 @@ from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
 from tolerances import triton_steps  # noqa: E402
+
+plan_module = importlib.import_module("relaycore.fast.triton.plan")  # the package's ``plan`` is the function
 
 #: Tiles of 16 rows, 16-key chunks at decode (2 per segment), 16-key blocks; every tile walks
 #: its fully seen blocks unmasked.
@@ -206,15 +210,28 @@ def test_the_unmasked_blocks_change_no_bit(batch):
     assert _same(_run(batch, dataclasses.replace(TALL, unmasked_min_block_m=16)), _run(batch, masked))
 
 
+def test_a_fused_fold_is_as_tall_as_the_rows_it_folds():
+    """16 rows at least (4 slots deep), then the power of two that holds the items' rows, up to
+    64 rows and the tile's height."""
+    fold_height = plan_module.fold_height
+    assert [fold_height(rows, 64) for rows in (1, 4, 16, 17, 32, 33, 64)] == [16, 16, 16, 32, 32, 64, 64]
+    assert fold_height(100, 128) == 64 and fold_height(20, 16) == 16
+
+
 @in_process
 @settings(max_examples=15, deadline=None)
 @given(batch=batches(dtypes=("float16",), **SPACE))
 def test_the_fused_merge_folds_tall_tiles_in_slices_with_the_same_bits(batch):
-    """A 32-row tile folds its finished rows 16 at a time: the bits of the merge kernel's fold."""
+    """A 32-row tile folds its finished rows all at once (2 slots deep) or 16 at a time (4 deep,
+    ``plan.fold_height`` capped at 16): the bits of the merge kernel's fold either way."""
     args, kwargs = batch.to_torch("cpu")
-    planned = plan(validate(*args, **kwargs), config=TALL, fused_merge=True)
-    assert _same(run_planned(planned, args[0], args[2], args[3]), _run(batch, TALL, fused_merge=False))
-    assert not planned.arrivals.any()
+    launched = _run(batch, TALL, fused_merge=False)
+    for tallest in (plan_module.MAX_FOLD_ROWS, 16):
+        with mock.patch.object(plan_module, "MAX_FOLD_ROWS", tallest):
+            planned = plan(validate(*args, **kwargs), config=TALL, fused_merge=True)
+        assert all(launch.fold_rows <= tallest for launch in planned.launches)
+        assert _same(run_planned(planned, args[0], args[2], args[3]), launched)
+        assert not planned.arrivals.any()
 
 
 @in_process

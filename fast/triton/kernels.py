@@ -86,8 +86,11 @@ def finish_state(b_acc, b_m, b_l):
     return b_out, b_lse2
 
 
-#: Slots whose states ``fold_slots`` reads together in its weighted pass.
+#: Slots whose states ``fold_slots`` reads together in its weighted pass, for up to
+#: ``FOLD_STATES // FOLD_DEPTH`` rows; taller folds read ``FOLD_STATES // rows`` (the states in
+#: flight are held in registers).
 FOLD_DEPTH = tl.constexpr(4)
+FOLD_STATES = tl.constexpr(64)
 
 
 @triton.jit
@@ -100,8 +103,8 @@ def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
     order. Each row's arithmetic is its own (no reduction crosses rows), so a row's bits do not
     depend on the rows folded beside it, nor on which kernel folds it. The passes are latency
     bound (a few slots, each a read from L2): the first reads ``SLOTS`` slots' ``lse2`` at once,
-    the second is unrolled ``FOLD_DEPTH`` slots deep so that their reads are in flight together;
-    the sums stay in slot order, so neither changes a bit.
+    the second is unrolled ``FOLD_DEPTH`` slots deep (fewer for more than 16 rows) so that their
+    reads are in flight together; the sums stay in slot order, so neither changes a bit.
 
     Args:
         part_out_ptr: fp32 ``[num_slots, Hq, D]``.
@@ -117,6 +120,7 @@ def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
         them.
     """
     SLOTS: tl.constexpr = 16
+    DEPTH: tl.constexpr = min(FOLD_DEPTH, max(1, FOLD_STATES // b_count.shape[0]))
     o_d = tl.arange(0, HEAD_DIM)
     o_s = tl.arange(0, SLOTS)
     num_steps = tl.max(b_count, 0)
@@ -130,8 +134,8 @@ def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
 
     b_sum = tl.zeros(b_count.shape, dtype=tl.float32)
     b_acc = tl.zeros([b_count.shape[0], HEAD_DIM], dtype=tl.float32)
-    for i in range(0, num_steps, FOLD_DEPTH):
-        for k in tl.static_range(FOLD_DEPTH):
+    for i in range(0, num_steps, DEPTH):
+        for k in tl.static_range(DEPTH):
             m_step = i + k < b_count
             o_state = (o_first + i + k) * NUM_Q_HEADS + o_head
             b_w = tl.exp2(tl.load(part_lse_ptr + o_state, mask=m_step, other=float("-inf"), cache_modifier=".cg") - m_safe)
@@ -145,10 +149,6 @@ def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
     b_out = b_acc / b_sum_safe[:, None]
     b_lse = tl.where(seen, (m_safe + tl.log2(b_sum_safe)) * LN2, float("-inf"))
     return b_out, b_lse
-
-
-#: Rows a program of the fused merge folds at once (``partial_kernel``), ``FOLD_DEPTH`` slots deep.
-FOLD_M = tl.constexpr(16)
 
 
 @triton.jit
@@ -167,8 +167,9 @@ def fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_
 
 @triton.jit
 def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
-                 qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, page_size,
-                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, CAUSAL: tl.constexpr,
+                 qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table,
+                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
+                 CAUSAL: tl.constexpr,
                  UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MASKED: tl.constexpr):
     """Keys ``start : start + BLOCK_N`` of one KV head folded into a tile's running state.
 
@@ -182,10 +183,10 @@ def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr,
     m_key = o_key < key_stop
     if PAGED:
         if MASKED:
-            o_page = tl.load(table_ptr + kv_base * stride_table + o_key // page_size, mask=m_key, other=0)
+            o_page = tl.load(table_ptr + kv_base * stride_table + o_key // PAGE_SIZE, mask=m_key, other=0)
         else:
-            o_page = tl.load(table_ptr + kv_base * stride_table + o_key // page_size)
-        o_slot = (o_key % page_size).to(tl.int64)
+            o_page = tl.load(table_ptr + kv_base * stride_table + o_key // PAGE_SIZE)
+        o_slot = (o_key % PAGE_SIZE).to(tl.int64)
         o_k = o_page.to(tl.int64) * stride_kb + o_slot * stride_ks
         o_v = o_page.to(tl.int64) * stride_vb + o_slot * stride_vs
     else:
@@ -213,8 +214,8 @@ def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr,
 @triton.jit
 def attend_keys(b_acc, b_m, b_l, b_q, key_start, full_stop, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk,
                 causal_shift, o_j, qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh,
-                stride_table, page_size, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
-                CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                stride_table, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
+                PAGE_SIZE: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
                 SPLIT_UNMASKED: tl.constexpr):
     """Keys ``key_start : key_stop`` folded into a tile's running state, ``BLOCK_N`` at a time
     from ``key_start``: with ``SPLIT_UNMASKED`` the blocks up to ``full_stop`` (every row sees
@@ -224,15 +225,15 @@ def attend_keys(b_acc, b_m, b_l, b_q, key_start, full_stop, key_stop, k_ptr, v_p
         for start in range(key_start, full_stop, BLOCK_N):
             b_acc, b_m, b_l = attend_block(
                 b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
-                qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, page_size,
-                HEAD_DIM, BLOCK_N, PAGED, False, UPCAST, DOT_PRECISION, False)
+                qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table,
+                HEAD_DIM, BLOCK_N, PAGED, PAGE_SIZE, False, UPCAST, DOT_PRECISION, False)
     else:
         full_stop = key_start
     for start in range(full_stop, key_stop, BLOCK_N):
         b_acc, b_m, b_l = attend_block(
             b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j, qk_scale,
-            stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, page_size,
-            HEAD_DIM, BLOCK_N, PAGED, CAUSAL, UPCAST, DOT_PRECISION, True)
+            stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table,
+            HEAD_DIM, BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, True)
     return b_acc, b_m, b_l
 
 
@@ -252,7 +253,6 @@ def partial_kernel(
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_table,
-    page_size,
     pre_k_ptr, pre_v_ptr,
     stride_pks, stride_pkh, stride_pvs, stride_pvh,
     NUM_Q_HEADS: tl.constexpr,
@@ -261,12 +261,14 @@ def partial_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PAGED: tl.constexpr,
+    PAGE_SIZE: tl.constexpr,
     CAUSAL: tl.constexpr,
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     FUSED_MERGE: tl.constexpr,
     SPLIT_UNMASKED: tl.constexpr,
     SINGLE_PASS: tl.constexpr,
+    FOLD_M: tl.constexpr,
     LN2: tl.constexpr,
 ):
     """Chunk states of one tile of rows over one chunk of keys, for one KV head; with
@@ -278,8 +280,8 @@ def partial_kernel(
         q_ptr: ``[total_q, Hq, D]`` (last axis contiguous).
         k_ptr, v_ptr: contiguous rows ``[rows, Hkv, D]`` (``PAGED`` false: ``stride_kb`` is
             unused and a key's row is ``kv_base + key``) or a paged cache
-            ``[num_blocks, page_size, Hkv, D]`` (``PAGED``: a key's page is
-            ``table[kv_base, key // page_size]``, ``kv_base`` being the request).
+            ``[num_blocks, PAGE_SIZE, Hkv, D]`` (``PAGED``: a key's page is
+            ``table[kv_base, key // PAGE_SIZE]``, ``kv_base`` being the request).
         items_ptr: int32 ``[num_items, NUM_ITEM_FIELDS]`` (see ``ITEM_FIELDS``).
         tok_ptr: int32 token list; row ``r`` of an item is token ``tok[tok_base + r // GROUP]``
             (``tok_first + r // GROUP`` where the item's ``tok_first >= 0``: its tokens are
@@ -287,6 +289,9 @@ def partial_kernel(
         slot_ptr: int32, beside ``tok_ptr``: the scratch slot of that token's chunk 0 in this
             segment (chunk ``c`` is slot ``+ c``).
         table_ptr: int32 block table ``[B, max_blocks]`` (``PAGED`` only).
+        PAGE_SIZE: tokens per page (``PAGED``; 1 otherwise). A constant of the compiled kernel:
+            a key's page and slot are then a shift and a mask (a power of two) or a multiply,
+            not an integer division per key of every block.
         part_out_ptr: fp32 ``[num_slots, Hq, D]`` scratch.
         part_lse_ptr: fp32 ``[num_slots, Hq]`` scratch, base 2.
         slot_offsets_ptr, arrivals_ptr, out_ptr, lse_ptr: ``FUSED_MERGE`` only: the merge
@@ -297,7 +302,8 @@ def partial_kernel(
         CAUSAL: key ``t`` is seen by the row's token ``j`` (its index in the item's token list)
             only if ``t <= causal_shift + j``.
         UPCAST: compute in fp32 from loads of any dtype (the interpreter's bf16 is wrong).
-        FUSED_MERGE: fold the rows whose last chunk state this program wrote (module doc).
+        FUSED_MERGE: fold the rows whose last chunk state this program wrote (module doc),
+            ``FOLD_M`` rows at a time (``plan.fold_height``).
         SPLIT_UNMASKED: walk the blocks that every row sees in full without masks (tall tiles,
             where the selects cost arithmetic; one loop keeps a short tile's registers).
         pre_k_ptr, pre_v_ptr, stride_pks, ...: ``SINGLE_PASS`` only: prefix level 0's
@@ -353,7 +359,7 @@ def partial_kernel(
         b_acc, b_m, b_l = attend_keys(
             b_acc, b_m, b_l, b_q, 0, prefix_len // BLOCK_N * BLOCK_N, prefix_len, pre_k_ptr, pre_v_ptr, table_ptr,
             prefix_start, i_hk, 0, o_j, qk_scale, stride_pks, 0, stride_pkh, stride_pvs, 0, stride_pvh, stride_table,
-            page_size, HEAD_DIM, BLOCK_N, False, False, UPCAST, DOT_PRECISION, SPLIT_UNMASKED)
+            HEAD_DIM, BLOCK_N, False, 1, False, UPCAST, DOT_PRECISION, SPLIT_UNMASKED)
     # blocks every row of the tile sees in full end at full_stop: the chunk's ragged end and the
     # causal diagonal come after
     key_stop = key_end
@@ -364,8 +370,8 @@ def partial_kernel(
     full_stop = key_start + tl.maximum(full_stop - key_start, 0) // BLOCK_N * BLOCK_N
     b_acc, b_m, b_l = attend_keys(
         b_acc, b_m, b_l, b_q, key_start, full_stop, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
-        qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, page_size, HEAD_DIM,
-        BLOCK_N, PAGED, CAUSAL, UPCAST, DOT_PRECISION, SPLIT_UNMASKED)
+        qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, HEAD_DIM,
+        BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, SPLIT_UNMASKED)
 
     b_out, b_lse2 = finish_state(b_acc, b_m, b_l)
     if SINGLE_PASS:
@@ -392,9 +398,9 @@ def partial_kernel(
                 fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_head, o_result,
                           NUM_Q_HEADS, HEAD_DIM, LN2)
             else:
-                # FOLD_M rows at a time: a tall tile's rows at once would hold FOLD_DEPTH x BLOCK_M x D
-                # fp32 in registers. Slice s of a row vector: its [BLOCK_M / FOLD_M, FOLD_M] view's
-                # row s, picked by a masked sum (exact on integers).
+                # FOLD_M rows at a time (plan.fold_height; the states in flight are a fixed budget of
+                # registers, FOLD_STATES). Slice s of a row vector: its [BLOCK_M / FOLD_M, FOLD_M]
+                # view's row s, picked by a masked sum (exact on integers).
                 SUBS: tl.constexpr = BLOCK_M // FOLD_M
                 o_sub = tl.arange(0, SUBS)[:, None]
                 v_first = tl.reshape(o_first, [SUBS, FOLD_M])

@@ -144,7 +144,6 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
     k, v = _contiguous_last(k), _contiguous_last(v)
     skb, sks, skh = _kv_strides(k, paged)
     svb, svs, svh = _kv_strides(v, paged)
-    page_size = k.shape[1] if paged else 1
     launch(
         partial_kernel, (item_list.num_items, plan.num_kv_heads),
         (q, k, v, item_list.items, item_list.tokens, item_list.slots, table, part_out, part_lse,
@@ -154,13 +153,13 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
          skb, sks, skh,
          svb, svs, svh,
          table.stride(0) if paged else 0,
-         page_size,
          pre_k, pre_v,
          pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1)),
         dict(NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
-             BLOCK_N=cfg.block_n, PAGED=paged, CAUSAL=causal, UPCAST=interpret and q.dtype == torch.bfloat16,
+             BLOCK_N=cfg.block_n, PAGED=paged, PAGE_SIZE=k.shape[1] if paged else 1, CAUSAL=causal,
+             UPCAST=interpret and q.dtype == torch.bfloat16,
              DOT_PRECISION="ieee", FUSED_MERGE=plan.fused_merge and not item_list.single_pass,
              SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m, SINGLE_PASS=item_list.single_pass,
-             LN2=LN2),
+             FOLD_M=item_list.fold_rows, LN2=LN2),
         num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device, stream=stream,
     )

@@ -31,7 +31,7 @@ def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
     ints.append(len(plan.launches))
     for launch in plan.launches:
         tensors += [launch.items, launch.tokens, launch.slots]
-        ints += [launch.level, launch.block_m, int(launch.single_pass)]
+        ints += [launch.level, launch.block_m, int(launch.single_pass), launch.fold_rows]
     return tensors, ints
 
 
@@ -40,8 +40,9 @@ def _unpack(tensors: Sequence[torch.Tensor], ints: Sequence[int], q: torch.Tenso
     config = Config(**dict(zip(_CONFIG_FIELDS, ints[10 : 10 + len(_CONFIG_FIELDS)])))
     at = 10 + len(_CONFIG_FIELDS)
     launches = tuple(
-        Launch(level=ints[at + 1 + 3 * i], block_m=ints[at + 2 + 3 * i], single_pass=bool(ints[at + 3 + 3 * i]),
-               items=tensors[2 + 3 * i], tokens=tensors[3 + 3 * i], slots=tensors[4 + 3 * i])
+        Launch(level=ints[at + 1 + 4 * i], block_m=ints[at + 2 + 4 * i], single_pass=bool(ints[at + 3 + 4 * i]),
+               fold_rows=ints[at + 4 + 4 * i], items=tensors[2 + 3 * i], tokens=tensors[3 + 3 * i],
+               slots=tensors[4 + 3 * i])
         for i in range(ints[at])
     )
     return Plan(total_q=total_q, num_q_heads=hq, num_kv_heads=hkv, head_dim=d, dtype=str(q.dtype).replace("torch.", ""),

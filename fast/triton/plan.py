@@ -56,6 +56,7 @@ class Launch:
         block_m: the tile height of its items.
         single_pass: its items are single-pass requests' own tiles (``config.single_pass``):
             each walks the item's prefix (level 0) then the own KV, and writes the result.
+        fold_rows: the rows a program of the fused merge folds at once (``fold_height``).
         items: int32 ``[num_items, NUM_ITEM_FIELDS]`` on the device (see ``kernels.ITEM_FIELDS``).
         tokens: int32 ``[n]`` on the device: the token lists the items index.
         slots: int32 ``[n]`` on the device: each listed token's slot for chunk 0 of the segment.
@@ -64,6 +65,7 @@ class Launch:
     level: int
     block_m: int
     single_pass: bool
+    fold_rows: int
     items: torch.Tensor
     tokens: torch.Tensor
     slots: torch.Tensor
@@ -233,6 +235,30 @@ def _chunk_sizes(lengths: np.ndarray, rows: np.ndarray, config: Config) -> np.nd
     return np.array([chunk_size(n, r, config) for n, r in zip(lengths, rows)], dtype=np.int64)
 
 
+#: The shortest and the tallest slice of rows a fused fold folds at once.
+MIN_FOLD_ROWS = 16
+MAX_FOLD_ROWS = 64
+
+
+def fold_height(rows: int, block_m: int) -> int:
+    """Rows a program of the fused merge folds at once, in a launch of ``block_m``-row tiles whose
+    items hold at most ``rows`` rows: the power of two from ``MIN_FOLD_ROWS`` that holds them, at
+    most ``MAX_FOLD_ROWS`` and ``block_m``.
+
+    A fold's slices run one after the other, and the states a slice has in flight are a fixed
+    budget (``kernels.FOLD_STATES``): 16 rows read 4 slots at once, 32 rows 2, 64 rows 1. A
+    decode request's rows (its group's query heads) fold in one 16-row slice, 4 slots deep; a
+    prefix tile whose rows came from 8 or 16 requests folds them in one slice, not 2 or 4
+    (measured on an H200, ``fast/triton/NOTES.md``, session 6: batch 16, Hkv 8, prefix 16384:
+    61.2 -> 49.3 us). Which rows fold together changes none of their bits
+    (``kernels.fold_slots``).
+    """
+    height = MIN_FOLD_ROWS
+    while height < rows and height < MAX_FOLD_ROWS:
+        height *= 2
+    return min(height, block_m)
+
+
 def longest_first(items: np.ndarray, group: int, causal: bool) -> np.ndarray:
     """A launch's items, those that read the most keys first (ties in plan order).
 
@@ -360,6 +386,7 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
                 level=level,
                 block_m=tile,
                 single_pass=one_pass,
+                fold_rows=fold_height(int(items[:, ITEM_FIELDS.index("num_rows")].max()), tile),
                 items=to_device(longest_first(items, g, meta.causal and level < 0)),
                 tokens=to_device(np.concatenate(tokens)),
                 slots=to_device(np.concatenate(slots)),

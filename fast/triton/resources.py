@@ -28,6 +28,7 @@ from relaycore.constants import LN2
 
 from relaycore.fast.triton.config import Config, default_config
 from relaycore.fast.triton.kernels import partial_kernel
+from relaycore.fast.triton.plan import MAX_FOLD_ROWS, MIN_FOLD_ROWS
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class SM:
 
 HOPPER = SM()
 
+#: Tokens per page of the paged tile kinds (vLLM's and the benchmarks' default).
+PAGE_SIZE = 16
+
 
 @dataclass(frozen=True)
 class TileKind:
@@ -61,11 +65,13 @@ class TileKind:
     Attributes:
         name: what it is for, e.g. ``"own decode tile"``.
         block_m: tile height.
-        paged, causal: the KV source (the own KV is paged and causal in a serving step).
+        paged, causal: the KV source (the own KV is paged, in pages of ``PAGE_SIZE`` tokens,
+            and causal in a serving step).
         group: query heads per KV head.
         fused_merge: whether its programs fold the states they finish (a small batch's plan).
         single_pass: whether it walks a request's prefix and own KV and writes the result
             (an append request's own tile, ``config.single_pass``).
+        fold_rows: with ``fused_merge``, the rows it folds at once (``plan.fold_height``).
     """
 
     name: str
@@ -75,6 +81,7 @@ class TileKind:
     group: int
     fused_merge: bool = False
     single_pass: bool = False
+    fold_rows: int = MIN_FOLD_ROWS
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,10 @@ def tile_kinds(config: Config) -> List[TileKind]:
     for g in (1, 4):
         kinds += [TileKind(f"own decode tile, GQA {g}, fused merge", config.min_block_m, True, True, g, True),
                   TileKind(f"prefix tile of {config.prefix_block_m} rows, GQA {g}, fused merge",
-                           config.prefix_block_m, False, False, g, True)]
+                           config.prefix_block_m, False, False, g, True),
+                  TileKind(f"prefix tile of {config.prefix_block_m} rows, GQA {g}, fused merge of "
+                           f"{MAX_FOLD_ROWS} rows", config.prefix_block_m, False, False, g, True,
+                           fold_rows=MAX_FOLD_ROWS)]
     return kinds
 
 
@@ -156,10 +166,11 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
     pointer_types = {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": dtype, "pre_k_ptr": dtype, "pre_v_ptr": dtype,
                      "part_out_ptr": "fp32", "part_lse_ptr": "fp32", "out_ptr": dtype, "lse_ptr": "fp32"}
     constexprs = dict(NUM_Q_HEADS=32 * kind.group, GROUP=kind.group, HEAD_DIM=head_dim, BLOCK_M=kind.block_m,
-                      BLOCK_N=config.block_n, PAGED=kind.paged, CAUSAL=kind.causal, UPCAST=False,
+                      BLOCK_N=config.block_n, PAGED=kind.paged, PAGE_SIZE=PAGE_SIZE if kind.paged else 1,
+                      CAUSAL=kind.causal, UPCAST=False,
                       DOT_PRECISION="ieee", FUSED_MERGE=kind.fused_merge,
                       SPLIT_UNMASKED=kind.block_m >= config.unmasked_min_block_m, SINGLE_PASS=kind.single_pass,
-                      LN2=LN2)
+                      FOLD_M=min(kind.fold_rows, kind.block_m), LN2=LN2)
     signature, aligned = {}, []
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -171,7 +182,7 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
-            if name.startswith("stride_") and name != "stride_table" or name == "page_size":
+            if name.startswith("stride_") and name != "stride_table":
                 aligned.append(i)
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs,
                                        attrs={(i,): [["tt.divisibility", 16]] for i in aligned})

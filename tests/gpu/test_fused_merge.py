@@ -32,8 +32,9 @@ def _mixed_batch():
                       num_q_heads=16, num_kv_heads=4, head_dim=128, dtype="bfloat16", block_size=16, seed=7)
 
 
-@pytest.mark.parametrize("make", [lambda: _decode_batch(1, 16384, 8), lambda: _decode_batch(8, 4096, 32), _mixed_batch],
-                         ids=["B1-p16384", "B8-p4096", "mixed"])
+@pytest.mark.parametrize("make", [lambda: _decode_batch(1, 16384, 8), lambda: _decode_batch(8, 4096, 32),
+                                  lambda: _decode_batch(8, 2048, 8), lambda: _decode_batch(16, 16384, 8), _mixed_batch],
+                         ids=["B1-p16384", "B8-p4096", "B8-Hkv8-fold32", "B16-Hkv8-fold64", "mixed"])
 def test_fused_and_launched_merge_give_the_same_bits_every_run(make, poisoned_allocations):
     batch = make()
     args, kwargs = batch.to_torch("cuda")
