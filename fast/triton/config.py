@@ -34,10 +34,6 @@ class Config:
         min_chunk, target_chunks: see ``chunk_size``.
         num_warps, num_stages: for the partial kernel's tiles of up to 64 rows; taller tiles
             take ``2 * num_warps``.
-        block_h: query heads per program of the merge kernel. One: a token's slots are folded
-            one after the other, each a read from L2, so the merge is bound by that latency and
-            more programs hide more of it (measured on an H200, ``fast/triton/NOTES.md``,
-            session 6: Hkv = 8, B = 32-64, prefix 8192-16384, 4-6% faster than 8 heads).
         fused_merge_max_tokens: the largest batch, in query tokens, whose partial programs
             fold the states themselves (``plan.merge_in_partials``); 0 never.
         unmasked_min_block_m: the shortest tile that walks the key blocks all its rows see
@@ -56,12 +52,11 @@ class Config:
     target_chunks: int
     num_warps: int
     num_stages: int
-    block_h: int = 1
     fused_merge_max_tokens: int = 16
     unmasked_min_block_m: int = 128
 
     def __post_init__(self) -> None:
-        for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk", "block_h",
+        for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk",
                      "unmasked_min_block_m"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):

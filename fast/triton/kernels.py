@@ -16,9 +16,10 @@ Notation (fla's habit): ``i_`` program ids, ``o_`` offsets, ``m_`` masks, ``b_``
     request. It runs the online softmax over the chunk with ``tl.dot`` and writes the chunk's
     state ``(out, lse2)`` in fp32 to the row's scratch slot.
 ``merge_kernel``
-    One program = one query token x a block of query heads. It folds every slot of the token
-    (prefix levels in order, chunks in order, then the own chunks) in that fixed order,
-    normalizes, and writes ``out`` in q's dtype and ``lse`` in natural log.
+    One program = one (query token, query head) row. It folds every slot of the token (prefix
+    levels in order, chunks in order, then the own chunks) in that fixed order, normalizes, and
+    writes ``out`` in q's dtype and ``lse`` in natural log: ``fold_slots``'s arithmetic for one
+    row, with the row's values as scalars.
 ``partial_kernel`` with ``SINGLE_PASS``
     An own tile of a request that reads its whole context in one pass (``config.single_pass``):
     the program walks the request's prefix, then its own chunk, in one running state and writes
@@ -27,7 +28,8 @@ Notation (fla's habit): ``i_`` program ids, ``o_`` offsets, ``m_`` masks, ``b_``
     The merge without its launch: after writing its states, a program counts one arrival per
     row (an atomic add on the row's counter, ordered after every store of the tile), and the
     program that brings a row's count to its slot count folds that row's slots, exactly as the
-    merge kernel does (the same ``fold_slots``, so the same bits), then resets the counter.
+    merge kernel does (``fold_slots``: the merge kernel's operations per row, so the same bits),
+    then resets the counter.
     Which program that is depends on timing; what it computes does not.
 """
 
@@ -421,12 +423,19 @@ def merge_kernel(
     part_out_ptr, part_lse_ptr, slot_offsets_ptr, out_ptr, lse_ptr,
     NUM_Q_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
-    BLOCK_H: tl.constexpr,
     LN2: tl.constexpr,
 ):
-    """Fold every chunk state of a token, in slot order, into its result (``fold_slots``).
+    """Fold every chunk state of one (token, query head) row, in slot order, into its result.
 
-    Grid: ``(total_q, cdiv(Hq, BLOCK_H))``.
+    Grid: ``(total_q, Hq)``.
+
+    ``fold_slots``'s arithmetic for one row, with the row's values as scalars: the weighted
+    pass reads each slot's ``lse2`` as one scalar that every thread holds, so no value changes
+    layout between a slot's reads and the next's, and ``FOLD_DEPTH`` slots' reads are in
+    flight at once (``fold_slots`` over a vector of rows waits an L2 round trip per slot,
+    ``fast/triton/NOTES.md``, session 6). The operations on each element, and their order, are
+    ``fold_slots``'s, so the fused merge and this kernel give the same bits
+    (``tests/gpu/test_fused_merge.py``; the interpreter tests in CI).
 
     Args:
         part_out_ptr: fp32 ``[num_slots, Hq, D]``.
@@ -438,17 +447,34 @@ def merge_kernel(
         lse_ptr: fp32 ``[total_q, Hq]``, natural log.
         LN2: ``ln 2``, to convert ``lse2`` at the boundary.
     """
+    SLOTS: tl.constexpr = 16
     i_t = tl.program_id(0).to(tl.int64)
-    i_hb = tl.program_id(1)
-    o_h = i_hb * BLOCK_H + tl.arange(0, BLOCK_H)
-    m_h = o_h < NUM_Q_HEADS
-    o_d = tl.arange(0, HEAD_DIM)
-    first = tl.load(slot_offsets_ptr + i_t)
+    i_h = tl.program_id(1)
+    first = tl.load(slot_offsets_ptr + i_t).to(tl.int64)
     count = tl.load(slot_offsets_ptr + i_t + 1) - first
-    o_first = tl.full([BLOCK_H], first, dtype=tl.int64)
-    b_count = tl.where(m_h, count, 0)
-    b_out, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_h, NUM_Q_HEADS, HEAD_DIM, LN2)
-    o_result = i_t * NUM_Q_HEADS + o_h
-    m_h = m_h & (count > 0)  # a token without slots is a single-pass request's, written by its own tile
-    tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_out.to(out_ptr.dtype.element_ty), mask=m_h[:, None])
-    tl.store(lse_ptr + o_result, b_lse, mask=m_h)
+    if count > 0:  # a token without slots is a single-pass request's, written by its own tile
+        o_d = tl.arange(0, HEAD_DIM)
+        o_s = tl.arange(0, SLOTS)
+        b_max = float("-inf")
+        for i in range(0, count, SLOTS):
+            b_lse2 = tl.load(part_lse_ptr + (first + i + o_s) * NUM_Q_HEADS + i_h, mask=i + o_s < count,
+                             other=float("-inf"), cache_modifier=".cg")
+            b_max = tl.maximum(b_max, tl.max(b_lse2, 0))
+        m_safe = tl.where(b_max == float("-inf"), 0.0, b_max)
+
+        b_sum = 0.0
+        b_acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        for i in range(0, count, FOLD_DEPTH):
+            for k in tl.static_range(FOLD_DEPTH):
+                m_step = i + k < count
+                o_state = (first + i + k) * NUM_Q_HEADS + i_h
+                b_w = tl.exp2(tl.load(part_lse_ptr + o_state, mask=m_step, other=float("-inf"), cache_modifier=".cg") - m_safe)
+                b_o = tl.load(part_out_ptr + o_state * HEAD_DIM + o_d, mask=m_step, other=0.0, cache_modifier=".cg")
+                b_sum += b_w
+                b_acc += b_w * b_o
+
+        seen = b_sum > 0
+        b_sum_safe = tl.where(seen, b_sum, 1.0)
+        o_result = i_t * NUM_Q_HEADS + i_h
+        tl.store(out_ptr + o_result * HEAD_DIM + o_d, (b_acc / b_sum_safe).to(out_ptr.dtype.element_ty))
+        tl.store(lse_ptr + o_result, tl.where(seen, (m_safe + tl.log2(b_sum_safe)) * LN2, float("-inf")))

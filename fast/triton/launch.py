@@ -6,7 +6,6 @@ import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import triton
 
 from relaycore.constants import LN2, LOG2E
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
@@ -113,12 +112,11 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
         for item_list in plan.launches:
             _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, out, lse, interpret, None)
     if not plan.fused_merge and plan.num_slots:  # no slots: every token was written by a single pass
-        block_h = min(plan.config.block_h, triton.next_power_of_2(hq))
         launch(
-            merge_kernel, (total_q, triton.cdiv(hq, block_h)),
+            merge_kernel, (total_q, hq),
             (part_out, part_lse, plan.slot_offsets, out, lse),
-            dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_H=block_h, LN2=LN2),
-            num_warps=4, num_stages=1, device=q.device,
+            dict(NUM_Q_HEADS=hq, HEAD_DIM=d, LN2=LN2),
+            num_warps=1, num_stages=1, device=q.device,
         )
     return AttentionState(out, lse)
 

@@ -209,8 +209,9 @@ def merge_in_partials(total_q: int, config: Config) -> bool:
     """Whether the partial programs fold each token's states (the fused merge) instead of a
     merge launch after them.
 
-    Both fold with ``kernels.fold_slots``, so a row's bits are the same either way, and this
-    choice may depend on the batch. The fused merge saves a dependent launch. It needs a program
+    Both fold a row with the same operations in the same order (``kernels.fold_slots`` over the
+    tile's rows, ``kernels.merge_kernel`` over one row), so a row's bits are the same either way,
+    and this choice may depend on the batch. The fused merge saves a dependent launch. It needs a program
     to reach every row, i.e. every token to have a slot: validation guarantees it (a request's
     own KV ends with its query tokens, so each token sees at least one own chunk), except for
     a single-pass request's tokens, which have none and are written by their own tiles.
