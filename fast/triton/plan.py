@@ -44,7 +44,7 @@ from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
 from relaycore.validation import BatchMeta, resolve_scale
 
 from relaycore.fast.triton.config import Config, chunk_size, default_config, single_pass, tile_height
-from relaycore.fast.triton.kernels import ITEM_FIELDS, NUM_ITEM_FIELDS
+from relaycore.fast.triton.kernels import FOLD_DEPTH, FOLD_STATES, ITEM_FIELDS, NUM_ITEM_FIELDS
 
 
 @dataclass(frozen=True)
@@ -236,9 +236,10 @@ def _chunk_sizes(lengths: np.ndarray, rows: np.ndarray, config: Config) -> np.nd
     return np.array([chunk_size(n, r, config) for n, r in zip(lengths, rows)], dtype=np.int64)
 
 
-#: The shortest and the tallest slice of rows a fused fold folds at once.
-MIN_FOLD_ROWS = 16
-MAX_FOLD_ROWS = 64
+#: The shortest and the tallest slice of rows a fused fold folds at once: ``FOLD_DEPTH`` slots
+#: deep, and one slot deep.
+MIN_FOLD_ROWS = FOLD_STATES.value // FOLD_DEPTH.value
+MAX_FOLD_ROWS = FOLD_STATES.value
 
 
 def fold_height(rows: int, block_m: int) -> int:
