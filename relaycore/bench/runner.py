@@ -133,7 +133,7 @@ def run_points(points: List[Point], providers: List[Provider], device: str, *, s
         "mode": "gpu" if cuda else "cpu",
         "environment": environment(device),
         "ceilings": ceil,
-        "timing": {"warmup": timing.WARMUP, "min_reps": timing.MIN_REPS, "max_reps": timing.MAX_REPS,
+        "timing": {"warmup": timing.WARMUP, "warmup_s": timing.WARMUP_S, "min_reps": timing.MIN_REPS, "max_reps": timing.MAX_REPS,
                    "budget_s": timing.BUDGET_S, "cold_l2": cuda, "flush_bytes": timer.flush_bytes if cuda else None},
         "providers": [{"name": p.name, "title": p.title, "peer": p.peer, "available": available[p.name] is None,
                        "reason": available[p.name]} for p in providers],

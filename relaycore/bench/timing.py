@@ -16,6 +16,11 @@ from typing import Callable, Optional, Tuple
 
 #: Warm-up calls before capture and timing (compilation, autotuning, caches).
 WARMUP = 3
+#: Then, before the timed replays, at least this many seconds (host clock) of replays, each
+#: after an L2 flush as when timed: the card idles while the oracle runs on the host, and the first
+#: calls after that ran slow (at batch 64, 102 against 97 us for one configuration timed twice
+#: in a row on an H200, ``fast/triton/NOTES.md``, session 6), which favoured later providers.
+WARMUP_S = 0.03
 #: Timed replays: at least ``MIN_REPS``, at most ``MAX_REPS``, aiming at ``BUDGET_S`` of work.
 MIN_REPS, MAX_REPS, BUDGET_S = 10, 200, 0.1
 #: The L2 flush buffer is this many times the L2 size, and at least ``MIN_FLUSH_BYTES``.
@@ -102,6 +107,12 @@ class CudaTimer:
         for _ in range(WARMUP):
             call()
         torch.cuda.synchronize(self.device)
+        started = time.perf_counter()
+        while time.perf_counter() - started < WARMUP_S:
+            for _ in range(8):
+                self._flush.zero_()
+                call()
+            torch.cuda.synchronize(self.device)
         estimate = self._events(call, 3)
         seconds = self._events(call, _reps(statistics.median(estimate)))
         return summarize(seconds, graphed, note)
