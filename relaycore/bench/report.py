@@ -316,9 +316,11 @@ def markdown(doc: dict, figures: List[str]) -> str:
         for j in analysis.judge(doc):
             lines.append(f"| {j.target} | **{j.verdict}** | {j.detail} |")
         lines.append("")
+    warm = doc.get("timing", {}).get("warmup_s")
+    warmed = f" Each provider runs {warm * 1e3:.0f} ms of such replays before its timed ones." if warm and doc["mode"] == "gpu" else ""
     lines += [
         "Every cell is the median of CUDA-event timings of the call (µs), replayed in a CUDA graph unless "
-        "marked `*`, with L2 flushed before each replay. `FAILED`: the output left the error bound of "
+        f"marked `*`, with L2 flushed before each replay.{warmed} `FAILED`: the output left the error bound of "
         "`relaycore.bounds` against the float64 oracle, so it was not timed; `n/a`: the provider cannot run "
         "that shape; `missing`: its library is not installed (reason below). Ratios and floor fractions "
         f"are {relay}'s: `x best peer` = best peer's time / relaycore's (above 1: relaycore faster); "
