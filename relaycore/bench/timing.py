@@ -17,9 +17,10 @@ from typing import Callable, Optional, Tuple
 #: Warm-up calls before capture and timing (compilation, autotuning, caches).
 WARMUP = 3
 #: Then, before the timed replays, at least this many seconds (host clock) of replays, each
-#: after an L2 flush as when timed: the card idles while the oracle runs on the host, and the first
-#: calls after that ran slow (at batch 64, 102 against 97 us for one configuration timed twice
-#: in a row on an H200, ``fast/triton/NOTES.md``, session 6), which favoured later providers.
+#: after an L2 flush as when timed. Without it the provider timed first at a point, right after
+#: the oracle's host work, ran slow: one configuration timed twice in a row read 131.6 then
+#: 118.0 us (H100, batch 64; with the warm-up 117.2 then 116.9; ``fast/triton/NOTES.md``,
+#: session 7), which favoured the providers timed later.
 WARMUP_S = 0.03
 #: Timed replays: at least ``MIN_REPS``, at most ``MAX_REPS``, aiming at ``BUDGET_S`` of work.
 MIN_REPS, MAX_REPS, BUDGET_S = 10, 200, 0.1
