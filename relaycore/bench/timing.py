@@ -110,7 +110,7 @@ class CudaTimer:
         torch.cuda.synchronize(self.device)
         started = time.perf_counter()
         while time.perf_counter() - started < WARMUP_S:
-            for _ in range(8):
+            for _ in range(8):  # replays queued between two reads of the host clock
                 self._flush.zero_()
                 call()
             torch.cuda.synchronize(self.device)
