@@ -53,13 +53,13 @@ from tolerances import triton_steps  # noqa: E402
 plan_module = importlib.import_module("relaycore.fast.triton.plan")  # the package's ``plan`` is the function
 
 #: Tiles of 16 rows, 16-key chunks at decode (2 per segment), 16-key blocks; every tile walks
-#: its fully seen blocks unmasked.
+#: its fully seen blocks unmasked and carries its next block's pages.
 TINY = Config(block_m=16, prefix_block_m=16, min_block_m=16, block_n=16, min_chunk=16, target_chunks=2,
-              num_warps=4, num_stages=2, unmasked_min_block_m=16)
+              num_warps=4, num_stages=2, unmasked_min_block_m=16, carry_pages_min_block_m=16)
 #: The same with taller tiles allowed, so that own tiles of 16 and 32 rows both occur; only the
-#: 32-row tiles split off their unmasked blocks.
+#: 32-row tiles split off their unmasked blocks and carry their pages.
 TALL = Config(block_m=32, prefix_block_m=16, min_block_m=16, block_n=16, min_chunk=16, target_chunks=4,
-              num_warps=4, num_stages=2, unmasked_min_block_m=32)
+              num_warps=4, num_stages=2, unmasked_min_block_m=32, carry_pages_min_block_m=32)
 
 SPACE = dict(max_batch=3, max_q_len=4, max_kv_len=40, max_levels=2, max_prefixes=2, max_prefix_len=40,
              head_dims=(16, 32), kv_heads=(1, 2), group_sizes=(1, 2, 3))
@@ -208,6 +208,16 @@ def test_the_unmasked_blocks_change_no_bit(batch):
     masked = dataclasses.replace(TALL, unmasked_min_block_m=2 * TALL.block_m)
     assert _same(_run(batch, TALL), _run(batch, masked))
     assert _same(_run(batch, dataclasses.replace(TALL, unmasked_min_block_m=16)), _run(batch, masked))
+
+
+@in_process
+@settings(max_examples=25, deadline=None)
+@given(batch=batches(dtypes=("float16",), layouts=("paged",), **SPACE))
+def test_carried_pages_change_no_bit(batch):
+    """Reading each next block's pages a step ahead reads the same pages: the same bits, ragged
+    chunk ends (a carried read past ``key_stop`` is masked) and odd page sizes included."""
+    carried, own_step = (dataclasses.replace(TINY, carry_pages_min_block_m=m) for m in (16, 2 * TINY.block_m))
+    assert _same(_run(batch, carried), _run(batch, own_step))
 
 
 def test_a_fused_fold_is_as_tall_as_the_rows_it_folds():

@@ -42,6 +42,14 @@ class Config:
             The bits are the same either way. Measured on an H200 (``fast/triton/NOTES.md``,
             session 4): splitting 128-row tiles made append 4-8% faster; splitting 64-row
             tiles made batch-8 decode slower (Hkv = 8, prefix 2048: 17.0 -> 22.5 us).
+        carry_pages_min_block_m: the shortest tile that reads each next block's pages of a
+            paged KV one step ahead (``kernels.attend_range``), so that its paged walk is
+            pipelined ``num_stages`` deep; shorter tiles read each block's pages in its own
+            step and keep one stage of keys in shared memory, so more of them fit on an SM.
+            The bits are the same either way. Measured on an H200 (``fast/triton/NOTES.md``,
+            session 8): append 4 x 512, prefix 2048, Hkv 32 229.5 -> 213.2 us with 128-row
+            tiles carrying; 16-row decode tiles carrying made batch-32 decode slower
+            (Hkv 8, prefix 512: 21.2 -> 22.9 us).
     """
 
     block_m: int
@@ -54,10 +62,11 @@ class Config:
     num_stages: int
     fused_merge_max_tokens: int = 16
     unmasked_min_block_m: int = 128
+    carry_pages_min_block_m: int = 128
 
     def __post_init__(self) -> None:
         for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk",
-                     "unmasked_min_block_m"):
+                     "unmasked_min_block_m", "carry_pages_min_block_m"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"Config.{name}: expected a power of two, got {value}")

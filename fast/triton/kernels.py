@@ -168,13 +168,29 @@ def fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_
 
 
 @triton.jit
-def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
-                 qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table,
+def key_pages(table_ptr, kv_base, stride_table, start, key_stop, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
+              MASKED: tl.constexpr):
+    """int32 ``[BLOCK_N]``: the page of each key ``start : start + BLOCK_N`` of request
+    ``kv_base`` (``table[kv_base, key // PAGE_SIZE]``); ``MASKED``: 0 for keys from ``key_stop``
+    on, which are not read."""
+    o_key = start + tl.arange(0, BLOCK_N)
+    p_page = table_ptr + kv_base * stride_table + o_key // PAGE_SIZE
+    if MASKED:
+        o_page = tl.load(p_page, mask=o_key < key_stop, other=0)
+    else:
+        o_page = tl.load(p_page)
+    return o_page
+
+
+@triton.jit
+def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, o_page, kv_base, i_hk, causal_shift, o_j,
+                 qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh,
                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
                  CAUSAL: tl.constexpr,
                  UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MASKED: tl.constexpr):
     """Keys ``start : start + BLOCK_N`` of one KV head folded into a tile's running state.
 
+    ``o_page``: the keys' pages (``key_pages``; ``PAGED`` only, ``None`` otherwise).
     ``MASKED``: keys from ``key_stop`` on are not loaded nor seen, and with ``CAUSAL`` the row
     whose token is ``j`` sees key ``t`` only if ``t <= causal_shift + j``. Unmasked, every key
     of the block is below ``key_stop`` and seen by every row. ``partial_kernel`` has the other
@@ -184,10 +200,6 @@ def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr,
     o_key = start + tl.arange(0, BLOCK_N)
     m_key = o_key < key_stop
     if PAGED:
-        if MASKED:
-            o_page = tl.load(table_ptr + kv_base * stride_table + o_key // PAGE_SIZE, mask=m_key, other=0)
-        else:
-            o_page = tl.load(table_ptr + kv_base * stride_table + o_key // PAGE_SIZE)
         o_slot = (o_key % PAGE_SIZE).to(tl.int64)
         o_k = o_page.to(tl.int64) * stride_kb + o_slot * stride_ks
         o_v = o_page.to(tl.int64) * stride_vb + o_slot * stride_vs
@@ -214,28 +226,66 @@ def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr,
 
 
 @triton.jit
+def attend_range(b_acc, b_m, b_l, b_q, lo, hi, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
+                 qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table,
+                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
+                 CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MASKED: tl.constexpr,
+                 CARRY_PAGES: tl.constexpr):
+    """The blocks from key ``lo`` (``BLOCK_N`` at a time, up to ``hi``) folded into a tile's
+    running state, each by ``attend_block``.
+
+    ``CARRY_PAGES`` (``PAGED`` only): each step reads the next block's pages and hands them on,
+    so that no key load waits on a page-table read of its own step. Triton's pipeliner issues
+    a page read and the key loads that use it as one asynchronous group each; read in the same
+    step, the key loads could only be issued once every group before them had landed, and the
+    paged walk ran one block ahead instead of ``num_stages - 1`` (sm_90 SASS:
+    ``DEPBAR.LE SB0, 0x0`` at the top of the paged loop). Without it each step reads its own
+    pages, which keeps a short tile's shared memory at one stage of keys. The same pages either
+    way, so the same bits.
+    """
+    if PAGED and CARRY_PAGES:
+        o_page = key_pages(table_ptr, kv_base, stride_table, lo, key_stop, BLOCK_N, PAGE_SIZE, True)
+        for start in range(lo, hi, BLOCK_N):
+            o_page_next = key_pages(table_ptr, kv_base, stride_table, start + BLOCK_N, key_stop, BLOCK_N, PAGE_SIZE,
+                                    True)
+            b_acc, b_m, b_l = attend_block(
+                b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, o_page, kv_base, i_hk, causal_shift, o_j,
+                qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh,
+                HEAD_DIM, BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, MASKED)
+            o_page = o_page_next
+    else:
+        for start in range(lo, hi, BLOCK_N):
+            o_page = None
+            if PAGED:
+                o_page = key_pages(table_ptr, kv_base, stride_table, start, key_stop, BLOCK_N, PAGE_SIZE, MASKED)
+            b_acc, b_m, b_l = attend_block(
+                b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, o_page, kv_base, i_hk, causal_shift, o_j,
+                qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh,
+                HEAD_DIM, BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, MASKED)
+    return b_acc, b_m, b_l
+
+
+@triton.jit
 def attend_keys(b_acc, b_m, b_l, b_q, key_start, full_stop, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk,
                 causal_shift, o_j, qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh,
                 stride_table, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
                 PAGE_SIZE: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                SPLIT_UNMASKED: tl.constexpr):
+                SPLIT_UNMASKED: tl.constexpr, CARRY_PAGES: tl.constexpr):
     """Keys ``key_start : key_stop`` folded into a tile's running state, ``BLOCK_N`` at a time
     from ``key_start``: with ``SPLIT_UNMASKED`` the blocks up to ``full_stop`` (every row sees
     them in full) unmasked, the rest masked; without, every block masked. The same bits either
-    way. ``partial_kernel`` has the other arguments."""
+    way. ``attend_range`` has ``CARRY_PAGES``, ``partial_kernel`` the other arguments."""
     if SPLIT_UNMASKED:
-        for start in range(key_start, full_stop, BLOCK_N):
-            b_acc, b_m, b_l = attend_block(
-                b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
-                qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table,
-                HEAD_DIM, BLOCK_N, PAGED, PAGE_SIZE, False, UPCAST, DOT_PRECISION, False)
+        b_acc, b_m, b_l = attend_range(
+            b_acc, b_m, b_l, b_q, key_start, full_stop, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift,
+            o_j, qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table,
+            HEAD_DIM, BLOCK_N, PAGED, PAGE_SIZE, False, UPCAST, DOT_PRECISION, False, CARRY_PAGES)
     else:
         full_stop = key_start
-    for start in range(full_stop, key_stop, BLOCK_N):
-        b_acc, b_m, b_l = attend_block(
-            b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j, qk_scale,
-            stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table,
-            HEAD_DIM, BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, True)
+    b_acc, b_m, b_l = attend_range(
+        b_acc, b_m, b_l, b_q, full_stop, key_stop, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
+        qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table,
+        HEAD_DIM, BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, True, CARRY_PAGES)
     return b_acc, b_m, b_l
 
 
@@ -269,6 +319,7 @@ def partial_kernel(
     DOT_PRECISION: tl.constexpr,
     FUSED_MERGE: tl.constexpr,
     SPLIT_UNMASKED: tl.constexpr,
+    CARRY_PAGES: tl.constexpr,
     SINGLE_PASS: tl.constexpr,
     FOLD_M: tl.constexpr,
     LN2: tl.constexpr,
@@ -308,6 +359,8 @@ def partial_kernel(
             ``FOLD_M`` rows at a time (``plan.fold_height``).
         SPLIT_UNMASKED: walk the blocks that every row sees in full without masks (tall tiles,
             where the selects cost arithmetic; one loop keeps a short tile's registers).
+        CARRY_PAGES: ``PAGED`` walks read each next block's pages one step ahead
+            (``attend_range``; tall tiles, ``Config.carry_pages_min_block_m``).
         pre_k_ptr, pre_v_ptr, stride_pks, ...: ``SINGLE_PASS`` only: prefix level 0's
             contiguous rows ``[rows, Hkv, D]``.
         SINGLE_PASS: walk the item's prefix (``prefix_len`` keys from row ``prefix_start``,
@@ -361,7 +414,7 @@ def partial_kernel(
         b_acc, b_m, b_l = attend_keys(
             b_acc, b_m, b_l, b_q, 0, prefix_len // BLOCK_N * BLOCK_N, prefix_len, pre_k_ptr, pre_v_ptr, table_ptr,
             prefix_start, i_hk, 0, o_j, qk_scale, stride_pks, 0, stride_pkh, stride_pvs, 0, stride_pvh, stride_table,
-            HEAD_DIM, BLOCK_N, False, 1, False, UPCAST, DOT_PRECISION, SPLIT_UNMASKED)
+            HEAD_DIM, BLOCK_N, False, 1, False, UPCAST, DOT_PRECISION, SPLIT_UNMASKED, False)
     # blocks every row of the tile sees in full end at full_stop: the chunk's ragged end and the
     # causal diagonal come after
     key_stop = key_end
@@ -373,7 +426,7 @@ def partial_kernel(
     b_acc, b_m, b_l = attend_keys(
         b_acc, b_m, b_l, b_q, key_start, full_stop, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
         qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, HEAD_DIM,
-        BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, SPLIT_UNMASKED)
+        BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, SPLIT_UNMASKED, CARRY_PAGES)
 
     b_out, b_lse2 = finish_state(b_acc, b_m, b_l)
     if SINGLE_PASS:

@@ -157,7 +157,8 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
              BLOCK_N=cfg.block_n, PAGED=paged, PAGE_SIZE=k.shape[1] if paged else 1, CAUSAL=causal,
              UPCAST=interpret and q.dtype == torch.bfloat16,
              DOT_PRECISION="ieee", FUSED_MERGE=plan.fused_merge and not item_list.single_pass,
-             SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m, SINGLE_PASS=item_list.single_pass,
+             SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m,
+             CARRY_PAGES=paged and item_list.block_m >= cfg.carry_pages_min_block_m, SINGLE_PASS=item_list.single_pass,
              FOLD_M=item_list.fold_rows, LN2=LN2),
         num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device, stream=stream,
     )

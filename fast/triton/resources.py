@@ -169,7 +169,9 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
                       BLOCK_N=config.block_n, PAGED=kind.paged, PAGE_SIZE=PAGE_SIZE if kind.paged else 1,
                       CAUSAL=kind.causal, UPCAST=False,
                       DOT_PRECISION="ieee", FUSED_MERGE=kind.fused_merge,
-                      SPLIT_UNMASKED=kind.block_m >= config.unmasked_min_block_m, SINGLE_PASS=kind.single_pass,
+                      SPLIT_UNMASKED=kind.block_m >= config.unmasked_min_block_m,
+                      CARRY_PAGES=kind.paged and kind.block_m >= config.carry_pages_min_block_m,
+                      SINGLE_PASS=kind.single_pass,
                       FOLD_M=min(kind.fold_rows, kind.block_m), LN2=LN2)
     signature, aligned = {}, []
     for i, name in enumerate(fn.arg_names):
