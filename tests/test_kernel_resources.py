@@ -15,7 +15,8 @@ import pytest
 #: the committed benchmarks ran (``fast/triton/NOTES.md``). Read from the sm_90 build with
 #: triton 3.7 (2026-11-28, pages of 16 tokens as a constant): the own decode tile 122 / 120
 #: registers (GQA 1 / 4), the prefix tiles 178 and 183 with 112 and 128 KiB of shared memory,
-#: the single-pass append tile 210; with the fused merge (small batches) the own tile 128 / 162
+#: the single-pass append tile 220 (it carries its pages, ``Config.carry_pages_min_block_m``,
+#: 2026-11-28 session 8); with the fused merge (small batches) the own tile 128 / 162
 #: and the 64-row prefix tile 202 / 255 (255 / 255 folding 64 rows at once), none spilling.
 MEASURED = {
     "own decode tile, GQA 1": 4,
