@@ -42,7 +42,7 @@ from relaycore import PagedKV, RaggedKV, bounds  # noqa: E402
 from relaycore.fast.triton import Config, default_config, plan, prepare, run_planned  # noqa: E402
 from relaycore.fast.triton import backend, kernels, op  # noqa: E402
 from relaycore.fast.triton.config import chunk_size, decode_chunks, tile_height  # noqa: E402
-from relaycore.fast.triton.plan import single_pass_requests  # noqa: E402
+from relaycore.fast.triton.plan import regular_items, single_pass_requests  # noqa: E402
 from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
 from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
@@ -67,10 +67,11 @@ SETTINGS = settings(max_examples=120, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-def _run(batch, config=None, relay=None, dtype=None, fused_merge=None):
+def _run(batch, config=None, relay=None, dtype=None, fused_merge=None, regular=True):
     args, kwargs = batch.to_torch("cpu", dtype)
     meta = validate(*args, **kwargs)
-    return run_planned(plan(meta, config=config, relay=relay, fused_merge=fused_merge), args[0], args[2], args[3])
+    planned = plan(meta, config=config, relay=relay, fused_merge=fused_merge, regular=regular)
+    return run_planned(planned, args[0], args[2], args[3])
 
 
 def _assert_close(result, batch, config=None):
@@ -218,6 +219,32 @@ def test_carried_pages_change_no_bit(batch):
     chunk ends (a carried read past ``key_stop`` is masked) and odd page sizes included."""
     carried, own_step = (dataclasses.replace(TINY, carry_pages_min_block_m=m) for m in (16, 2 * TINY.block_m))
     assert _same(_run(batch, carried), _run(batch, own_step))
+
+
+@in_process
+@settings(max_examples=25, deadline=None)
+@given(batch=batches(dtypes=("float16",), **SPACE), fused=st.booleans())
+def test_computed_items_change_no_bit(batch, fused):
+    """A launch whose items the kernel computes from its program id (``regular_items``) runs
+    the items of its list."""
+    assert _same(_run(batch, TALL, fused_merge=fused), _run(batch, TALL, fused_merge=fused, regular=False))
+
+
+@in_process
+def test_launches_of_one_group_in_chunk_major_order_are_computed():
+    """A prefix that every request shares, and a request alone, need no list; the own tiles of
+    several requests, and a list in any other order, read theirs."""
+    shared = make_batch([1, 1, 1, 1], [5, 9, 3, 20], prefix_lens=[[70]], prefix_ids=[[0, 0, 0, 0]], num_q_heads=4,
+                        num_kv_heads=2, head_dim=16, seed=2)
+    decode = plan(validate(*shared.to_torch("cpu")[0], **shared.to_torch("cpu")[1]), config=TINY)
+    assert [bool(x.regular) for x in decode.launches] == [x.level >= 0 for x in decode.launches]
+    prefix = decode.launches[0].items.numpy()
+    assert prefix.shape[0] > 1 and regular_items(prefix, TINY.block_m) == decode.launches[0].regular
+    assert regular_items(prefix[::-1].copy(), TINY.block_m) == ()
+    alone = make_batch([3], [40], prefix_lens=[[70]], prefix_ids=[[0]], num_q_heads=4, num_kv_heads=2, head_dim=16,
+                       seed=2)
+    assert all(x.regular for x in plan(validate(*alone.to_torch("cpu")[0], **alone.to_torch("cpu")[1]),
+                                       config=TINY).launches)
 
 
 def test_a_fused_fold_is_as_tall_as_the_rows_it_folds():
@@ -495,7 +522,9 @@ def test_the_op_carries_every_field_of_a_plan():
         if isinstance(want, torch.Tensor):
             assert torch.equal(want, got), field.name
         elif field.name == "launches":
-            assert [(x.level, x.block_m, x.single_pass) for x in want] == [(x.level, x.block_m, x.single_pass) for x in got]
+            fields = lambda x: (x.level, x.block_m, x.single_pass, x.fold_rows, x.regular)  # noqa: E731
+            assert [fields(x) for x in want] == [fields(x) for x in got]
+            assert any(x.regular for x in want) and not all(x.regular for x in want)
             assert all(torch.equal(a.items, b.items) and torch.equal(a.tokens, b.tokens) and torch.equal(a.slots, b.slots)
                        for a, b in zip(want, got))
         else:

@@ -307,6 +307,8 @@ def partial_kernel(
     stride_table,
     pre_k_ptr, pre_v_ptr,
     stride_pks, stride_pkh, stride_pvs, stride_pvh,
+    grid_rows, grid_tiles, grid_chunk, grid_len, grid_kv_base, grid_shift, grid_tok_first, grid_prefix_start,
+    grid_prefix_len,
     NUM_Q_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -321,6 +323,7 @@ def partial_kernel(
     SPLIT_UNMASKED: tl.constexpr,
     CARRY_PAGES: tl.constexpr,
     SINGLE_PASS: tl.constexpr,
+    ITEMS_LISTED: tl.constexpr,
     FOLD_M: tl.constexpr,
     LN2: tl.constexpr,
 ):
@@ -335,7 +338,15 @@ def partial_kernel(
             unused and a key's row is ``kv_base + key``) or a paged cache
             ``[num_blocks, PAGE_SIZE, Hkv, D]`` (``PAGED``: a key's page is
             ``table[kv_base, key // PAGE_SIZE]``, ``kv_base`` being the request).
-        items_ptr: int32 ``[num_items, NUM_ITEM_FIELDS]`` (see ``ITEM_FIELDS``).
+        items_ptr: int32 ``[num_items, NUM_ITEM_FIELDS]`` (see ``ITEM_FIELDS``; ``ITEMS_LISTED``
+            only).
+        grid_rows, grid_tiles, ...: without ``ITEMS_LISTED``, the one group whose items the
+            launch enumerates (``plan.Launch.regular``): its rows, tiles per chunk, chunk
+            length, segment length, ``kv_base``, ``causal_shift``, ``tok_first``,
+            ``prefix_start``, ``prefix_len``.
+        ITEMS_LISTED: read each item from ``items_ptr``; without, compute it from the program
+            id and the ``grid_*`` scalars: the same item without the read (a batch-1 launch
+            waits for it before its first key load).
         tok_ptr: int32 token list; row ``r`` of an item is token ``tok[tok_base + r // GROUP]``
             (``tok_first + r // GROUP`` where the item's ``tok_first >= 0``: its tokens are
             consecutive), query head ``i_hk * GROUP + r % GROUP``.
@@ -374,15 +385,26 @@ def partial_kernel(
     i_hk = tl.program_id(1)
 
     p_item = items_ptr + i_item * NUM_ITEM_FIELDS
-    tok_base = tl.load(p_item + 0)
-    row0 = tl.load(p_item + 1)
-    num_rows = tl.load(p_item + 2)
-    kv_base = tl.load(p_item + 3)
-    key_start = tl.load(p_item + 4)
-    key_end = tl.load(p_item + 5)
-    causal_shift = tl.load(p_item + 6)
-    chunk = tl.load(p_item + 7)
-    tok_first = tl.load(p_item + 8)
+    if ITEMS_LISTED:
+        tok_base = tl.load(p_item + 0)
+        row0 = tl.load(p_item + 1)
+        num_rows = tl.load(p_item + 2)
+        kv_base = tl.load(p_item + 3)
+        key_start = tl.load(p_item + 4)
+        key_end = tl.load(p_item + 5)
+        causal_shift = tl.load(p_item + 6)
+        chunk = tl.load(p_item + 7)
+        tok_first = tl.load(p_item + 8)
+    else:  # item i is tile i % tiles of chunk i // tiles of one group (plan.regular_items)
+        tok_base = 0
+        chunk = i_item // grid_tiles
+        row0 = (i_item % grid_tiles) * BLOCK_M
+        num_rows = tl.minimum(grid_rows - row0, BLOCK_M)
+        kv_base = grid_kv_base
+        key_start = chunk * grid_chunk
+        key_end = tl.minimum(key_start + grid_chunk, grid_len)
+        causal_shift = grid_shift
+        tok_first = grid_tok_first
 
     o_m = tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, HEAD_DIM)
@@ -409,8 +431,12 @@ def partial_kernel(
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
 
     if SINGLE_PASS:  # the request's prefix first, into the same running state
-        prefix_start = tl.load(p_item + 9)
-        prefix_len = tl.load(p_item + 10)
+        if ITEMS_LISTED:
+            prefix_start = tl.load(p_item + 9)
+            prefix_len = tl.load(p_item + 10)
+        else:
+            prefix_start = grid_prefix_start
+            prefix_len = grid_prefix_len
         b_acc, b_m, b_l = attend_keys(
             b_acc, b_m, b_l, b_q, 0, prefix_len // BLOCK_N * BLOCK_N, prefix_len, pre_k_ptr, pre_v_ptr, table_ptr,
             prefix_start, i_hk, 0, o_j, qk_scale, stride_pks, 0, stride_pkh, stride_pvs, 0, stride_pvh, stride_table,

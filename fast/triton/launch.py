@@ -12,7 +12,7 @@ from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
 
 from relaycore.fast.triton.kernels import merge_kernel, partial_kernel
 from relaycore.fast.triton.launcher import interpreting, launch
-from relaycore.fast.triton.plan import Launch, Plan
+from relaycore.fast.triton.plan import REGULAR_FIELDS, Launch, Plan
 
 
 def _kv_strides(x: torch.Tensor, paged: bool):
@@ -152,13 +152,15 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
          svb, svs, svh,
          table.stride(0) if paged else 0,
          pre_k, pre_v,
-         pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1)),
+         pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1),
+         *(item_list.regular or (0,) * len(REGULAR_FIELDS))),
         dict(NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
              BLOCK_N=cfg.block_n, PAGED=paged, PAGE_SIZE=k.shape[1] if paged else 1, CAUSAL=causal,
              UPCAST=interpret and q.dtype == torch.bfloat16,
              DOT_PRECISION="ieee", FUSED_MERGE=plan.fused_merge and not item_list.single_pass,
              SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m,
              CARRY_PAGES=paged and item_list.block_m >= cfg.carry_pages_min_block_m, SINGLE_PASS=item_list.single_pass,
+             ITEMS_LISTED=not item_list.regular,
              FOLD_M=item_list.fold_rows, LN2=LN2),
         num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device, stream=stream,
     )

@@ -17,7 +17,7 @@ from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV, Requ
 
 from relaycore.fast.triton.config import Config
 from relaycore.fast.triton.launch import run_eager
-from relaycore.fast.triton.plan import Launch, Plan
+from relaycore.fast.triton.plan import REGULAR_FIELDS, Launch, Plan
 
 #: Every field of the configuration (all ints), in declaration order.
 _CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(Config))
@@ -31,7 +31,8 @@ def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
     ints.append(len(plan.launches))
     for launch in plan.launches:
         tensors += [launch.items, launch.tokens, launch.slots]
-        ints += [launch.level, launch.block_m, int(launch.single_pass), launch.fold_rows]
+        ints += [launch.level, launch.block_m, int(launch.single_pass), launch.fold_rows, len(launch.regular)]
+        ints += list(launch.regular) or [0] * len(REGULAR_FIELDS)
     return tensors, ints
 
 
@@ -39,12 +40,14 @@ def _unpack(tensors: Sequence[torch.Tensor], ints: Sequence[int], q: torch.Tenso
     total_q, hq, hkv, d, paged, causal, num_slots, num_levels, relay, fused_merge = ints[:10]
     config = Config(**dict(zip(_CONFIG_FIELDS, ints[10 : 10 + len(_CONFIG_FIELDS)])))
     at = 10 + len(_CONFIG_FIELDS)
-    launches = tuple(
-        Launch(level=ints[at + 1 + 4 * i], block_m=ints[at + 2 + 4 * i], single_pass=bool(ints[at + 3 + 4 * i]),
-               fold_rows=ints[at + 4 + 4 * i], items=tensors[2 + 3 * i], tokens=tensors[3 + 3 * i],
-               slots=tensors[4 + 3 * i])
-        for i in range(ints[at])
-    )
+    width = 5 + len(REGULAR_FIELDS)  # ints per launch
+    launches = []
+    for i in range(ints[at]):
+        level, block_m, single_pass, fold_rows, regular = ints[at + 1 + width * i: at + 6 + width * i]
+        launches.append(Launch(level=level, block_m=block_m, single_pass=bool(single_pass), fold_rows=fold_rows,
+                               regular=tuple(ints[at + 6 + width * i: at + 6 + width * i + regular]),
+                               items=tensors[2 + 3 * i], tokens=tensors[3 + 3 * i], slots=tensors[4 + 3 * i]))
+    launches = tuple(launches)
     return Plan(total_q=total_q, num_q_heads=hq, num_kv_heads=hkv, head_dim=d, dtype=str(q.dtype).replace("torch.", ""),
                 paged=bool(paged), causal=bool(causal), softmax_scale=softmax_scale, config=config, num_slots=num_slots,
                 slot_offsets=tensors[0], launches=launches, fused_merge=bool(fused_merge), arrivals=tensors[1],

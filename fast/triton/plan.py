@@ -57,6 +57,8 @@ class Launch:
         single_pass: its items are single-pass requests' own tiles (``config.single_pass``):
             each walks the item's prefix (level 0) then the own KV, and writes the result.
         fold_rows: the rows a program of the fused merge folds at once (``fold_height``).
+        regular: ``regular_items`` of the items: the kernel computes each item from its
+            program id and these, instead of reading the list; ``()``: it reads the list.
         items: int32 ``[num_items, NUM_ITEM_FIELDS]`` on the device (see ``kernels.ITEM_FIELDS``).
         tokens: int32 ``[n]`` on the device: the token lists the items index.
         slots: int32 ``[n]`` on the device: each listed token's slot for chunk 0 of the segment.
@@ -66,6 +68,7 @@ class Launch:
     block_m: int
     single_pass: bool
     fold_rows: int
+    regular: Tuple[int, ...]
     items: torch.Tensor
     tokens: torch.Tensor
     slots: torch.Tensor
@@ -261,6 +264,43 @@ def fold_height(rows: int, block_m: int) -> int:
     return min(height, block_m)
 
 
+#: The fields ``regular_items`` gives, in order (the kernel's ``grid_*`` arguments).
+REGULAR_FIELDS = ("rows", "tiles", "chunk", "length", "kv_base", "causal_shift", "tok_first", "prefix_start",
+                  "prefix_len")
+
+
+def regular_items(items: np.ndarray, block_m: int) -> Tuple[int, ...]:
+    """``REGULAR_FIELDS`` of a launch whose items are those of one group of consecutive tokens
+    in chunk-major order (item ``i``: tile ``i % tiles`` of ``block_m`` rows over chunk
+    ``i // tiles``), or ``()`` for any other list.
+
+    Such a launch (a batch of one request, or of requests that share one prefix, as decode
+    batches do) needs no list: the kernel computes each item from its program id and these
+    numbers. A program then issues its first key loads without waiting for a read of the list
+    (an L2 miss when the batch starts cold). The items are checked against the list itself,
+    in the order it has (``longest_first``), so both give the same items, hence the same bits.
+
+    Args:
+        items: int64 ``[num_items, NUM_ITEM_FIELDS]``, in launch order.
+        block_m: the launch's tile height.
+    """
+    f = {name: items[:, i] for i, name in enumerate(ITEM_FIELDS)}
+    rows = int((f["row0"] + f["num_rows"]).max())
+    tiles = -(-rows // block_m)
+    if items.shape[0] % tiles or f["tok_first"][0] < 0:
+        return ()
+    length = int(f["key_end"].max())
+    chunk = int(f["key_end"][0] - f["key_start"][0]) if items.shape[0] == tiles else int(f["key_start"][tiles])
+    shared = [int(f[name][0]) for name in ("kv_base", "causal_shift", "tok_first", "prefix_start", "prefix_len")]
+    regular = (rows, tiles, max(chunk, 1), length, *shared)
+    i = np.arange(items.shape[0])
+    c, row0 = i // tiles, (i % tiles) * block_m
+    expected = np.stack([np.zeros_like(i), row0, np.minimum(block_m, rows - row0), np.full_like(i, shared[0]),
+                         c * chunk, np.minimum(c * chunk + chunk, length), np.full_like(i, shared[1]), c,
+                         *(np.full_like(i, v) for v in shared[2:])], axis=1)
+    return regular if np.array_equal(expected, items) else ()
+
+
 def longest_first(items: np.ndarray, group: int, causal: bool) -> np.ndarray:
     """A launch's items, those that read the most keys first (ties in plan order).
 
@@ -282,7 +322,7 @@ def longest_first(items: np.ndarray, group: int, causal: bool) -> np.ndarray:
 
 
 def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None,
-         fused_merge: Optional[bool] = None) -> Plan:
+         fused_merge: Optional[bool] = None, regular: bool = True) -> Plan:
     """Plan a batch for the Triton kernels.
 
     Args:
@@ -292,6 +332,8 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         relay: group prefix rows across requests; default ``relay_grouping(meta)``.
         fused_merge: fold the states in the partial programs; default
             ``merge_in_partials``. The bits are the same either way.
+        regular: let the kernel compute the items of a launch that ``regular_items`` describes
+            (the default); ``False`` reads every list. The bits are the same either way.
 
     Returns:
         A ``Plan``, reusable for every call with the same metadata (every layer of a step).
@@ -383,13 +425,15 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
                 add_group([b], base, int(meta.kv_lens[b]), int(meta.kv_lens[b] - q_lens[b]), prefix)
         for tile, one_pass in sorted(buckets, reverse=True):
             tokens, slots, items, _ = buckets[tile, one_pass]
-            items = np.array(items, dtype=np.int64).reshape(-1, NUM_ITEM_FIELDS)
+            items = longest_first(np.array(items, dtype=np.int64).reshape(-1, NUM_ITEM_FIELDS), g,
+                                  meta.causal and level < 0)
             launches.append(Launch(
                 level=level,
                 block_m=tile,
                 single_pass=one_pass,
                 fold_rows=fold_height(int(items[:, ITEM_FIELDS.index("num_rows")].max()), tile),
-                items=to_device(longest_first(items, g, meta.causal and level < 0)),
+                regular=regular_items(items, tile) if regular else (),
+                items=to_device(items),
                 tokens=to_device(np.concatenate(tokens)),
                 slots=to_device(np.concatenate(slots)),
             ))

@@ -171,7 +171,7 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
                       DOT_PRECISION="ieee", FUSED_MERGE=kind.fused_merge,
                       SPLIT_UNMASKED=kind.block_m >= config.unmasked_min_block_m,
                       CARRY_PAGES=kind.paged and kind.block_m >= config.carry_pages_min_block_m,
-                      SINGLE_PASS=kind.single_pass,
+                      SINGLE_PASS=kind.single_pass, ITEMS_LISTED=True,
                       FOLD_M=min(kind.fold_rows, kind.block_m), LN2=LN2)
     signature, aligned = {}, []
     for i, name in enumerate(fn.arg_names):
