@@ -57,9 +57,11 @@ plan_module = importlib.import_module("relaycore.fast.triton.plan")  # the packa
 TINY = Config(block_m=16, prefix_block_m=16, min_block_m=16, block_n=16, min_chunk=16, target_chunks=2,
               num_warps=4, num_stages=2, unmasked_min_block_m=16, carry_pages_min_block_m=16)
 #: The same with taller tiles allowed, so that own tiles of 16 and 32 rows both occur; only the
-#: 32-row tiles split off their unmasked blocks and carry their pages.
+#: 32-row tiles split off their unmasked blocks and carry their pages (every launch here is
+#: small, so none carries for that).
 TALL = Config(block_m=32, prefix_block_m=16, min_block_m=16, block_n=16, min_chunk=16, target_chunks=4,
-              num_warps=4, num_stages=2, unmasked_min_block_m=32, carry_pages_min_block_m=32)
+              num_warps=4, num_stages=2, unmasked_min_block_m=32, carry_pages_min_block_m=32,
+              carry_pages_max_programs=0)
 
 SPACE = dict(max_batch=3, max_q_len=4, max_kv_len=40, max_levels=2, max_prefixes=2, max_prefix_len=40,
              head_dims=(16, 32), kv_heads=(1, 2), group_sizes=(1, 2, 3))
@@ -217,7 +219,8 @@ def test_the_unmasked_blocks_change_no_bit(batch):
 def test_carried_pages_change_no_bit(batch):
     """Reading each next block's pages a step ahead reads the same pages: the same bits, ragged
     chunk ends (a carried read past ``key_stop`` is masked) and odd page sizes included."""
-    carried, own_step = (dataclasses.replace(TINY, carry_pages_min_block_m=m) for m in (16, 2 * TINY.block_m))
+    carried, own_step = (dataclasses.replace(TINY, carry_pages_min_block_m=m, carry_pages_max_programs=n)
+                         for m, n in ((16, 0), (2 * TINY.block_m, 0)))
     assert _same(_run(batch, carried), _run(batch, own_step))
 
 
@@ -410,6 +413,15 @@ def test_chunks_and_tiles_depend_on_the_request_alone():
     with pytest.raises(ValueError, match="block_n"):
         Config(block_m=64, prefix_block_m=64, min_block_m=16, block_n=8, min_chunk=64, target_chunks=8,
                num_warps=4, num_stages=2)
+
+
+def test_tall_tiles_and_small_launches_carry_their_pages():
+    cfg = default_config(128, "float16", 8)
+    # batch 1 at Hkv 8: 8 own programs; batch 8: 64; an append tile: 128 rows
+    assert [cfg.carries_pages(16, n) for n in (8, 16, 17, 64)] == [True, True, False, False]
+    assert cfg.carries_pages(128, 4096) and not cfg.carries_pages(64, 4096)
+    with pytest.raises(ValueError, match="carry_pages_max_programs"):
+        dataclasses.replace(cfg, carry_pages_max_programs=-1)
 
 
 @in_process

@@ -50,6 +50,13 @@ class Config:
             session 8): append 4 x 512, prefix 2048, Hkv 32 229.5 -> 213.2 us with 128-row
             tiles carrying; 16-row decode tiles carrying made batch-32 decode slower
             (Hkv 8, prefix 512: 21.2 -> 22.9 us).
+        carry_pages_max_programs: a paged launch of at most this many programs carries its
+            pages whatever its tile height (``carries_pages``): the own launch of a batch of one
+            or two requests at Hkv = 8, whose programs wait on their paged walk while most SMs
+            idle. The bits are the same either way. Measured on an H200
+            (``fast/triton/NOTES.md``, session 9), Hkv 8, prefix 512 / 2048: batch 1 14.2 ->
+            12.7 / 16.1 -> 15.2 us, batch 2 13.4 -> 12.5 / 15.6 -> 15.5; at 32 programs
+            (batch 4) prefix 2048 went 16.1 -> 16.5, at 64 (batch 8) 17.0 -> 18.7.
     """
 
     block_m: int
@@ -63,6 +70,7 @@ class Config:
     fused_merge_max_tokens: int = 16
     unmasked_min_block_m: int = 128
     carry_pages_min_block_m: int = 128
+    carry_pages_max_programs: int = 16
 
     def __post_init__(self) -> None:
         for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk",
@@ -81,8 +89,15 @@ class Config:
             raise ValueError(f"Config.min_chunk: expected at least block_n={self.block_n}, got {self.min_chunk}")
         if self.fused_merge_max_tokens < 0:
             raise ValueError(f"Config.fused_merge_max_tokens: expected >= 0, got {self.fused_merge_max_tokens}")
+        if self.carry_pages_max_programs < 0:
+            raise ValueError(f"Config.carry_pages_max_programs: expected >= 0, got {self.carry_pages_max_programs}")
         if self.target_chunks < 1:
             raise ValueError(f"Config.target_chunks: expected >= 1, got {self.target_chunks}")
+
+    def carries_pages(self, tile: int, programs: int) -> bool:
+        """Whether a launch of ``programs`` programs of ``tile`` rows over a paged KV reads each
+        next block's pages one step ahead (``kernels.attend_range``)."""
+        return tile >= self.carry_pages_min_block_m or programs <= self.carry_pages_max_programs
 
     def warps(self, tile: int) -> int:
         """``num_warps`` for a tile of ``tile`` rows."""

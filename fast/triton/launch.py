@@ -142,8 +142,9 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
     k, v = _contiguous_last(k), _contiguous_last(v)
     skb, sks, skh = _kv_strides(k, paged)
     svb, svs, svh = _kv_strides(v, paged)
+    grid = (item_list.num_items, plan.num_kv_heads)
     launch(
-        partial_kernel, (item_list.num_items, plan.num_kv_heads),
+        partial_kernel, grid,
         (q, k, v, item_list.items, item_list.tokens, item_list.slots, table, part_out, part_lse,
          plan.slot_offsets, plan.arrivals, out, lse,
          plan.softmax_scale * LOG2E,
@@ -159,7 +160,7 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
              UPCAST=interpret and q.dtype == torch.bfloat16,
              DOT_PRECISION="ieee", FUSED_MERGE=plan.fused_merge and not item_list.single_pass,
              SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m,
-             CARRY_PAGES=paged and item_list.block_m >= cfg.carry_pages_min_block_m, SINGLE_PASS=item_list.single_pass,
+             CARRY_PAGES=paged and cfg.carries_pages(item_list.block_m, grid[0] * grid[1]), SINGLE_PASS=item_list.single_pass,
              ITEMS_LISTED=not item_list.regular,
              FOLD_M=item_list.fold_rows, LN2=LN2),
         num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device, stream=stream,

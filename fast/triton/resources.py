@@ -72,6 +72,8 @@ class TileKind:
         single_pass: whether it walks a request's prefix and own KV and writes the result
             (an append request's own tile, ``config.single_pass``).
         fold_rows: with ``fused_merge``, the rows it folds at once (``plan.fold_height``).
+        programs: the programs of its launch (``Config.carries_pages``); the default is a
+            launch of a large batch.
     """
 
     name: str
@@ -82,6 +84,7 @@ class TileKind:
     fused_merge: bool = False
     single_pass: bool = False
     fold_rows: int = MIN_FOLD_ROWS
+    programs: int = 1024
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,8 @@ def tile_kinds(config: Config) -> List[TileKind]:
     """The tile kinds a serving step with GQA 1 and 4 compiles: the own tile of a decode request
     (``min_block_m`` rows, paged, causal), the two prefix tile heights, the own tile of an
     append request (``block_m`` rows, single pass), then the own and prefix tiles of a small batch,
-    which fold the states themselves (``plan.merge_in_partials``), at GQA 1 and 4."""
+    which fold the states themselves (``plan.merge_in_partials``), at GQA 1 and 4, and the own
+    tile of a batch of one, which carries its pages (``Config.carries_pages``)."""
     kinds = [TileKind(f"own decode tile, GQA {g}", config.min_block_m, True, True, g) for g in (1, 4)]
     tall = sorted({config.prefix_block_m, config.block_m})
     kinds += [TileKind(f"prefix tile of {m} rows", m, False, False, 1) for m in tall]
@@ -126,6 +130,8 @@ def tile_kinds(config: Config) -> List[TileKind]:
                   TileKind(f"prefix tile of {config.prefix_block_m} rows, GQA {g}, fused merge of "
                            f"{MAX_FOLD_ROWS} rows", config.prefix_block_m, False, False, g, True,
                            fold_rows=MAX_FOLD_ROWS)]
+    kinds += [TileKind("own decode tile, GQA 4, fused merge, batch 1 at Hkv 8", config.min_block_m, True, True, 4,
+                       True, programs=8)]
     return kinds
 
 
@@ -170,7 +176,7 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
                       CAUSAL=kind.causal, UPCAST=False,
                       DOT_PRECISION="ieee", FUSED_MERGE=kind.fused_merge,
                       SPLIT_UNMASKED=kind.block_m >= config.unmasked_min_block_m,
-                      CARRY_PAGES=kind.paged and kind.block_m >= config.carry_pages_min_block_m,
+                      CARRY_PAGES=kind.paged and config.carries_pages(kind.block_m, kind.programs),
                       SINGLE_PASS=kind.single_pass, ITEMS_LISTED=True,
                       FOLD_M=min(kind.fold_rows, kind.block_m), LN2=LN2)
     signature, aligned = {}, []
