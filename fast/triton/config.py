@@ -36,6 +36,12 @@ class Config:
             take ``2 * num_warps``.
         fused_merge_max_tokens: the largest batch, in query tokens, whose partial programs
             fold the states themselves (``plan.merge_in_partials``); 0 never.
+        fused_merge_max_rows: and the most query rows per KV head (tokens x GQA group) it
+            may have: the program that finishes a prefix tile last folds all of the tile's
+            rows, a serial tail that grows with them. Measured on an H200
+            (``fast/triton/NOTES.md``, session 9), batch 16 at Hkv 8 (64 rows) with the
+            merge launch instead: prefix 8192 41.4 -> 29.6 us, 16384 51.8 -> 38.9; at Hkv 32
+            (16 rows) the fused merge stays ahead (59.6 against 61.3 us at prefix 8192).
         unmasked_min_block_m: the shortest tile that walks the key blocks all its rows see
             in full without masks (the selects are arithmetic a tall tile pays on every score);
             shorter tiles, bound by their loads, keep one masked loop and fewer registers.
@@ -68,6 +74,7 @@ class Config:
     num_warps: int
     num_stages: int
     fused_merge_max_tokens: int = 16
+    fused_merge_max_rows: int = 32
     unmasked_min_block_m: int = 128
     carry_pages_min_block_m: int = 128
     carry_pages_max_programs: int = 16
@@ -87,8 +94,9 @@ class Config:
             )
         if self.min_chunk < self.block_n:
             raise ValueError(f"Config.min_chunk: expected at least block_n={self.block_n}, got {self.min_chunk}")
-        if self.fused_merge_max_tokens < 0:
-            raise ValueError(f"Config.fused_merge_max_tokens: expected >= 0, got {self.fused_merge_max_tokens}")
+        for name in ("fused_merge_max_tokens", "fused_merge_max_rows"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Config.{name}: expected >= 0, got {getattr(self, name)}")
         if self.carry_pages_max_programs < 0:
             raise ValueError(f"Config.carry_pages_max_programs: expected >= 0, got {self.carry_pages_max_programs}")
         if self.target_chunks < 1:

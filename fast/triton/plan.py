@@ -208,7 +208,7 @@ def relay_grouping(meta: BatchMeta) -> bool:
     return True
 
 
-def merge_in_partials(total_q: int, config: Config) -> bool:
+def merge_in_partials(total_q: int, group: int, config: Config) -> bool:
     """Whether the partial programs fold each token's states (the fused merge) instead of a
     merge launch after them.
 
@@ -218,13 +218,15 @@ def merge_in_partials(total_q: int, config: Config) -> bool:
     to reach every row, i.e. every token to have a slot: validation guarantees it (a request's
     own KV ends with its query tokens, so each token sees at least one own chunk), except for
     a single-pass request's tokens, which have none and are written by their own tiles.
-    ``config.fused_merge_max_tokens`` bounds the batches it is used for.
+    ``config.fused_merge_max_tokens`` and ``config.fused_merge_max_rows`` bound the batches it
+    is used for.
 
     Args:
         total_q: query tokens of the batch.
+        group: query heads per KV head.
         config: the launch configuration.
     """
-    return 0 < total_q <= config.fused_merge_max_tokens
+    return 0 < total_q <= config.fused_merge_max_tokens and total_q * group <= config.fused_merge_max_rows
 
 
 def single_pass_requests(meta: BatchMeta, config: Config) -> np.ndarray:
@@ -253,10 +255,11 @@ def fold_height(rows: int, block_m: int) -> int:
     A fold's slices run one after the other, and the states a slice has in flight are a fixed
     budget (``kernels.FOLD_STATES``): 16 rows read 4 slots at once, 32 rows 2, 64 rows 1. A
     decode request's rows (its group's query heads) fold in one 16-row slice, 4 slots deep; a
-    prefix tile whose rows came from 8 or 16 requests folds them in one slice, not 2 or 4
-    (measured on an H200, ``fast/triton/NOTES.md``, session 6: batch 16, Hkv 8, prefix 16384:
-    61.2 -> 49.3 us). Which rows fold together changes none of their bits
-    (``kernels.fold_slots``).
+    prefix tile whose rows came from 8 requests at GQA 4 folds them in one slice, not 2
+    (measured on an H200, ``fast/triton/NOTES.md``, session 6: 16 requests in one slice instead
+    of 4, batch 16, Hkv 8, prefix 16384: 61.2 -> 49.3 us; since session 9 that batch takes the
+    merge launch, 38.9 us, ``Config.fused_merge_max_rows``). Which rows fold together changes
+    none of their bits (``kernels.fold_slots``).
     """
     height = MIN_FOLD_ROWS
     while height < rows and height < MAX_FOLD_ROWS:
@@ -366,7 +369,7 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     slots_per_token = per_request[token_request]
     slot_offsets = np.concatenate([[0], np.cumsum(slots_per_token)]).astype(np.int64)
     num_slots = int(slot_offsets[-1])
-    fused_merge = merge_in_partials(meta.total_q, config) if fused_merge is None else bool(fused_merge)
+    fused_merge = merge_in_partials(meta.total_q, meta.group_size, config) if fused_merge is None else bool(fused_merge)
     arrivals = torch.zeros((meta.total_q, meta.num_q_heads) if fused_merge else (0,), dtype=torch.int32, device=device)
 
     def to_device(a: np.ndarray) -> torch.Tensor:
