@@ -17,8 +17,7 @@ import pytest
 #: registers (GQA 1 / 4), the prefix tiles 178 and 183 with 112 and 128 KiB of shared memory,
 #: the single-pass append tile 220 (it carries its pages, ``Config.carries_pages``,
 #: 2026-11-28 session 8); with the fused merge (small batches) the own tile 128 / 162
-#: and the 64-row prefix tile 202 / 255 (202 / 255 folding 32 rows at once, the most a fused
-#: merge has, ``Config.fused_merge_max_rows``), none spilling; the
+#: and the 64-row prefix tile 202 / 255 (255 / 255 folding 64 rows at once), none spilling; the
 #: own tile of a batch of one at Hkv 8, which carries its pages (``Config.carries_pages``), 158
 #: registers and 70 KiB of shared memory (2026-11-28, session 9).
 MEASURED = {
@@ -31,8 +30,8 @@ MEASURED = {
     "prefix tile of 64 rows, GQA 1, fused merge": 2,
     "own decode tile, GQA 4, fused merge": 3,
     "prefix tile of 64 rows, GQA 4, fused merge": 2,
-    "prefix tile of 64 rows, GQA 1, fused merge of 32 rows": 2,
-    "prefix tile of 64 rows, GQA 4, fused merge of 32 rows": 2,
+    "prefix tile of 64 rows, GQA 1, fused merge of 64 rows": 2,
+    "prefix tile of 64 rows, GQA 4, fused merge of 64 rows": 2,
     "own decode tile, GQA 4, fused merge, batch 1 at Hkv 8": 3,
 }
 

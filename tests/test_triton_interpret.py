@@ -283,9 +283,9 @@ def test_the_fused_merge_is_planned_for_a_small_batch():
     assert plan(meta, config=TINY).arrivals.shape == (meta.total_q, meta.num_q_heads)
     few = dataclasses.replace(TINY, fused_merge_max_tokens=meta.total_q - 1)
     assert not plan(meta, config=few).fused_merge and plan(meta, config=few).arrivals.numel() == 0
-    rows = meta.total_q * meta.group_size  # a prefix tile's rows: its last program folds them all
-    assert plan(meta, config=dataclasses.replace(TINY, fused_merge_max_rows=rows)).fused_merge
-    assert not plan(meta, config=dataclasses.replace(TINY, fused_merge_max_rows=rows - 1)).fused_merge
+    states = plan(meta, config=TINY).num_slots * meta.group_size  # what the folds read, per KV head
+    assert plan(meta, config=dataclasses.replace(TINY, fused_merge_max_states=states)).fused_merge
+    assert not plan(meta, config=dataclasses.replace(TINY, fused_merge_max_states=states - 1)).fused_merge
     # every token has a slot (its own KV ends with it), so a program reaches every row
     assert np.diff(plan(meta, config=TINY).slot_offsets.numpy()).min() >= 1
 

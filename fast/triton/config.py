@@ -36,12 +36,13 @@ class Config:
             take ``2 * num_warps``.
         fused_merge_max_tokens: the largest batch, in query tokens, whose partial programs
             fold the states themselves (``plan.merge_in_partials``); 0 never.
-        fused_merge_max_rows: and the most query rows per KV head (tokens x GQA group) it
-            may have: the program that finishes a prefix tile last folds all of the tile's
-            rows, a serial tail that grows with them. Measured on an H200
-            (``fast/triton/NOTES.md``, session 9), batch 16 at Hkv 8 (64 rows) with the
-            merge launch instead: prefix 8192 41.4 -> 29.6 us, 16384 51.8 -> 38.9; at Hkv 32
-            (16 rows) the fused merge stays ahead (59.6 against 61.3 us at prefix 8192).
+        fused_merge_max_states: and the most partial states per KV head (slots x GQA group,
+            over the batch's tokens) it may fold: the program that finishes a prefix tile last
+            folds the states of all of the tile's rows, a serial tail that grows with them.
+            Measured on an H200 (``fast/triton/NOTES.md``, session 9) at Hkv 8, fused against
+            the merge launch: batch 16, prefix 2048 (576 states) 19.5 against 22.2 us; batch 8,
+            prefix 8192 (544) 30.7 against 30.5; batch 12, prefix 8192 (816) 37.6 against
+            28.4; batch 16, prefix 16384 (1088) 51.6 against 38.9. The bound lies between.
         unmasked_min_block_m: the shortest tile that walks the key blocks all its rows see
             in full without masks (the selects are arithmetic a tall tile pays on every score);
             shorter tiles, bound by their loads, keep one masked loop and fewer registers.
@@ -74,7 +75,7 @@ class Config:
     num_warps: int
     num_stages: int
     fused_merge_max_tokens: int = 16
-    fused_merge_max_rows: int = 32
+    fused_merge_max_states: int = 640
     unmasked_min_block_m: int = 128
     carry_pages_min_block_m: int = 128
     carry_pages_max_programs: int = 16
@@ -94,7 +95,7 @@ class Config:
             )
         if self.min_chunk < self.block_n:
             raise ValueError(f"Config.min_chunk: expected at least block_n={self.block_n}, got {self.min_chunk}")
-        for name in ("fused_merge_max_tokens", "fused_merge_max_rows"):
+        for name in ("fused_merge_max_tokens", "fused_merge_max_states"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Config.{name}: expected >= 0, got {getattr(self, name)}")
         if self.carry_pages_max_programs < 0:

@@ -208,7 +208,7 @@ def relay_grouping(meta: BatchMeta) -> bool:
     return True
 
 
-def merge_in_partials(total_q: int, group: int, config: Config) -> bool:
+def merge_in_partials(total_q: int, states: int, config: Config) -> bool:
     """Whether the partial programs fold each token's states (the fused merge) instead of a
     merge launch after them.
 
@@ -218,15 +218,15 @@ def merge_in_partials(total_q: int, group: int, config: Config) -> bool:
     to reach every row, i.e. every token to have a slot: validation guarantees it (a request's
     own KV ends with its query tokens, so each token sees at least one own chunk), except for
     a single-pass request's tokens, which have none and are written by their own tiles.
-    ``config.fused_merge_max_tokens`` and ``config.fused_merge_max_rows`` bound the batches it
+    ``config.fused_merge_max_tokens`` and ``config.fused_merge_max_states`` bound the batches it
     is used for.
 
     Args:
         total_q: query tokens of the batch.
-        group: query heads per KV head.
+        states: partial states per KV head the batch folds (its slots times the GQA group).
         config: the launch configuration.
     """
-    return 0 < total_q <= config.fused_merge_max_tokens and total_q * group <= config.fused_merge_max_rows
+    return 0 < total_q <= config.fused_merge_max_tokens and states <= config.fused_merge_max_states
 
 
 def single_pass_requests(meta: BatchMeta, config: Config) -> np.ndarray:
@@ -258,7 +258,7 @@ def fold_height(rows: int, block_m: int) -> int:
     prefix tile whose rows came from 8 requests at GQA 4 folds them in one slice, not 2
     (measured on an H200, ``fast/triton/NOTES.md``, session 6: 16 requests in one slice instead
     of 4, batch 16, Hkv 8, prefix 16384: 61.2 -> 49.3 us; since session 9 that batch takes the
-    merge launch, 38.9 us, ``Config.fused_merge_max_rows``). Which rows fold together changes
+    merge launch, 38.9 us, ``Config.fused_merge_max_states``). Which rows fold together changes
     none of their bits (``kernels.fold_slots``).
     """
     height = MIN_FOLD_ROWS
@@ -369,7 +369,8 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     slots_per_token = per_request[token_request]
     slot_offsets = np.concatenate([[0], np.cumsum(slots_per_token)]).astype(np.int64)
     num_slots = int(slot_offsets[-1])
-    fused_merge = merge_in_partials(meta.total_q, meta.group_size, config) if fused_merge is None else bool(fused_merge)
+    fused_merge = (merge_in_partials(meta.total_q, num_slots * meta.group_size, config) if fused_merge is None
+                   else bool(fused_merge))
     arrivals = torch.zeros((meta.total_q, meta.num_q_heads) if fused_merge else (0,), dtype=torch.int32, device=device)
 
     def to_device(a: np.ndarray) -> torch.Tensor:

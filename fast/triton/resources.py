@@ -28,7 +28,7 @@ from relaycore.constants import LN2
 
 from relaycore.fast.triton.config import Config, default_config
 from relaycore.fast.triton.kernels import partial_kernel
-from relaycore.fast.triton.plan import MIN_FOLD_ROWS, fold_height
+from relaycore.fast.triton.plan import MAX_FOLD_ROWS, MIN_FOLD_ROWS
 
 
 @dataclass(frozen=True)
@@ -123,14 +123,13 @@ def tile_kinds(config: Config) -> List[TileKind]:
     kinds += [TileKind(f"prefix tile of {m} rows", m, False, False, 1) for m in tall]
     kinds += [TileKind(f"own append tile of {config.block_m} rows, single pass", config.block_m, True, True, 1,
                        single_pass=True)]
-    tallest_fold = fold_height(config.fused_merge_max_rows, config.prefix_block_m)
     for g in (1, 4):
         kinds += [TileKind(f"own decode tile, GQA {g}, fused merge", config.min_block_m, True, True, g, True),
                   TileKind(f"prefix tile of {config.prefix_block_m} rows, GQA {g}, fused merge",
                            config.prefix_block_m, False, False, g, True),
                   TileKind(f"prefix tile of {config.prefix_block_m} rows, GQA {g}, fused merge of "
-                           f"{tallest_fold} rows", config.prefix_block_m, False, False, g, True,
-                           fold_rows=tallest_fold)]
+                           f"{MAX_FOLD_ROWS} rows", config.prefix_block_m, False, False, g, True,
+                           fold_rows=MAX_FOLD_ROWS)]
     kinds += [TileKind("own decode tile, GQA 4, fused merge, batch 1 at Hkv 8", config.min_block_m, True, True, 4,
                        True, programs=8)]
     return kinds
