@@ -39,6 +39,7 @@ def test_cpu_mode_runs_and_writes_a_valid_report(tmp_path, fast_timer, capsys):
     assert "no CUDA GPU" in captured.err
     doc = results.load(out)
     assert doc["mode"] == "cpu" and len(doc["points"]) == len(grids.cpu_grid())
+    assert 0 < doc["ceilings"]["call_s"] < doc["ceilings"]["copy_timing"]["median_s"]
     for entry in doc["points"]:
         assert entry["results"]["relaycore_torch"]["status"] == "ok"
         assert entry["results"]["sdpa"]["status"] == "ok"
@@ -72,8 +73,8 @@ def _fake_doc() -> dict:
         "environment": {"card": "FakeCard 80GB", "driver": "1.0", "cuda": "13.0", "torch": "2.11", "triton": "3.6",
                         "flashinfer": "0.5.0", "relaycore": "0.1.0", "python": "3.12", "commit": "abc1234",
                         "date": "2026-11-27 00:00 UTC"},
-        "ceilings": {"copy_bytes_per_s": 3e12, "matmul_flops_per_s": 7e14, "copy_bytes": 1 << 30, "matmul_n": 8192,
-                     "matmul_dtype": "bfloat16"},
+        "ceilings": {"copy_bytes_per_s": 3e12, "matmul_flops_per_s": 7e14, "call_s": 5e-6, "copy_bytes": 1 << 30,
+                     "matmul_n": 8192, "matmul_dtype": "bfloat16"},
         "timing": {"warmup": 3, "min_reps": 10, "max_reps": 200, "budget_s": 0.2, "cold_l2": True, "flush_bytes": 1},
         "providers": [{"name": p.name, "title": p.title, "peer": p.peer, "available": p.name != "flex",
                        "reason": None if p.name != "flex" else "import failed"} for p in REGISTRY],
@@ -127,6 +128,24 @@ def test_the_floor_target_also_reports_the_larger_of_the_two_floors():
     by_matmul = sum(e["floor_s"]["matmul"] > e["floor_s"]["memory"] for e in large)
     assert (f"against the larger of the memory and matmul floors, lowest {100 * lowest:.0f}%" in hbm.detail
             and f"larger at {by_matmul} of {len(large)} points" in hbm.detail), hbm.detail
+
+
+def test_the_floor_target_reports_what_one_launch_could_reach_after_the_call_cost():
+    doc = _fake_doc()
+    large = [e for e in doc["points"] if e["point"]["grid"] == "decode" and e["point"]["batch"] >= 32
+             and e["point"]["prefix_len"] >= 8192]
+    # by hand: memory / (larger floor + call), the call cost measured with the ceilings
+    reach = [e["floor_s"]["memory"] / (max(e["floor_s"].values()) + 5e-6) for e in large]
+    assert all(0 < r < 1 for r in reach)
+    assert [analysis.attainable(e, 5e-6) for e in large] == reach
+    (hbm,) = [j for j in analysis.judge(doc) if "HBM floor" in j.target]
+    under = sum(r < 0.5 for r in reach)
+    assert (f"one call costs 5.0 µs here before it moves data, so one launch at the copy and matmul rates would "
+            f"reach at most {100 * min(reach):.0f}%" in hbm.detail
+            and f"under 50% at {under} of {len(large)} points" in hbm.detail), hbm.detail
+    del doc["ceilings"]["call_s"]  # a results file from before the call cost was measured
+    (hbm,) = [j for j in analysis.judge(doc) if "HBM floor" in j.target]
+    assert "one call costs" not in hbm.detail
 
 
 def test_schema_requires_every_provider_at_every_point():

@@ -295,7 +295,9 @@ def markdown(doc: dict, figures: List[str]) -> str:
         f"{env['relaycore']} at commit `{env['commit']}`, Python {env['python']}.", "",
         f"Ceilings measured in the same run: device-to-device copy **{analysis.rate(ceil['copy_bytes_per_s'], 'B')}** "
         f"(bytes read + written), {ceil['matmul_dtype']} {ceil['matmul_n']}³ matmul "
-        f"**{analysis.rate(ceil['matmul_flops_per_s'], 'FLOP')}**.", "",
+        f"**{analysis.rate(ceil['matmul_flops_per_s'], 'FLOP')}**"
+        + (f"; one call of one tiny kernel, timed as the providers are, **{ceil['call_s'] * 1e6:.1f} µs**"
+           if "call_s" in ceil else "") + ".", "",
         "Reproduce on a GPU machine with `bash scripts/bench_gpu.sh` (both grids, JSON, figures and this "
         "page), or `relaycore bench --report-dir docs/benchmarks`; rebuild the page and figures from a "
         "results file with `relaycore bench report docs/benchmarks/bench.json`.", "",

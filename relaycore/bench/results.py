@@ -5,7 +5,7 @@ One JSON document per run::
     {"schema": "relaycore-bench/1", "mode": "gpu" | "cpu",
      "environment": {"card", "driver", "cuda", "torch", "triton", "flashinfer", "relaycore",
                      "python", "commit", "date"},
-     "ceilings": {"copy_bytes_per_s", "matmul_flops_per_s", ...},
+     "ceilings": {"copy_bytes_per_s", "matmul_flops_per_s", "call_s" (absent before 2026-11-28), ...},
      "timing": {"warmup", "min_reps", "max_reps", "budget_s", "cold_l2", "flush_bytes"},
      "providers": [{"name", "title", "peer", "available", "reason"}],
      "points": [{"point": {Point fields}, "bytes", "flops", "floor_s": {"memory", "matmul"},

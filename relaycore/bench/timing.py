@@ -154,15 +154,18 @@ class CpuTimer:
 
 
 def ceilings(device, timer) -> dict:
-    """The card's two ceilings, measured now.
+    """The card's two ceilings, and the cost of one call, measured now.
 
     Copy: a device-to-device copy of a buffer far larger than any cache, counting the bytes
     read plus the bytes written. Matmul: a large square bf16 product (fp32 on the CPU), two
-    flops per multiply-add. Inputs are random (zeros can run faster than real data).
+    flops per multiply-add. Inputs are random (zeros can run faster than real data). Call: one
+    kernel that adds 1 to one element, captured and timed as every provider is (a CUDA-graph
+    replay after an L2 flush): what a call costs before it moves any data, which no provider
+    avoids.
 
     Returns:
-        ``{"copy_bytes_per_s", "matmul_flops_per_s", "copy_bytes", "matmul_n", "matmul_dtype",
-        "copy_timing", "matmul_timing"}``.
+        ``{"copy_bytes_per_s", "matmul_flops_per_s", "call_s", "copy_bytes", "matmul_n",
+        "matmul_dtype", "copy_timing", "matmul_timing", "call_timing"}``.
     """
     import torch
 
@@ -178,12 +181,17 @@ def ceilings(device, timer) -> dict:
     a = torch.randn(n, n, dtype=dtype, device=dev)
     b = torch.randn(n, n, dtype=dtype, device=dev)
     mm = timer.time(lambda: a @ b, graphed=False)
+    one = torch.zeros(1, device=dev)
+    replay, _, _ = timer.capture(lambda: one.add_(1))
+    call = timer.time(replay, graphed=True) if replay is not None else timer.time(lambda: one.add_(1), graphed=False)
     return {
         "copy_bytes_per_s": 2 * nbytes / copy.median_s,
         "matmul_flops_per_s": 2 * n**3 / mm.median_s,
+        "call_s": call.median_s,
         "copy_bytes": nbytes,
         "matmul_n": n,
         "matmul_dtype": str(dtype).replace("torch.", ""),
         "copy_timing": copy.to_dict(),
         "matmul_timing": mm.to_dict(),
+        "call_timing": call.to_dict(),
     }
