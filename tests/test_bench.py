@@ -143,6 +143,11 @@ def test_the_floor_target_reports_what_one_launch_could_reach_after_the_call_cos
     assert (f"one call costs 5.0 µs here before it moves data, so one launch at the copy and matmul rates would "
             f"reach at most {100 * min(reach):.0f}%" in hbm.detail
             and f"under 50% at {under} of {len(large)} points" in hbm.detail), hbm.detail
+    # half the memory floor, less the call, is the time left for the bytes and the FLOPs
+    mem = max(e["floor_s"]["memory"] / (2 * e["floor_s"]["memory"] - 5e-6) for e in large)
+    mma = max(e["floor_s"]["matmul"] / (2 * e["floor_s"]["memory"] - 5e-6) for e in large)
+    assert f"50% asks for up to {100 * mem:.0f}% of the copy rate" in hbm.detail, hbm.detail
+    assert f"and {100 * mma:.0f}% of the matmul rate" in hbm.detail, hbm.detail
     del doc["ceilings"]["call_s"]  # a results file from before the call cost was measured
     (hbm,) = [j for j in analysis.judge(doc) if "HBM floor" in j.target]
     assert "one call costs" not in hbm.detail

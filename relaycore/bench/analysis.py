@@ -117,17 +117,29 @@ def attainable(entry: dict, call_s: float) -> float:
     return fl["memory"] / (max(fl["memory"], fl["matmul"]) + call_s)
 
 
+def _share(entry: dict, kind: str, call_s: float) -> float:
+    """The share of the ``kind`` rate a call must reach to take half the memory floor's
+    fraction (``inf`` when the call's cost alone exceeds twice the memory floor)."""
+    budget = 2 * entry["floor_s"]["memory"] - call_s
+    return entry["floor_s"][kind] / budget if budget > 0 else math.inf
+
+
 def _within_reach(points: List[dict], call_s: Optional[float]) -> str:
-    """Beside the HBM-floor target: the call's cost, and at how many of the target's points even
-    ``attainable`` is under the target (older results documents carry no ``call_s``)."""
+    """Beside the HBM-floor target: the call's cost, what ``attainable`` is at worst, and the
+    rates 50% asks for: a call at half the memory floor that still pays ``call_s`` must move
+    its bytes at ``memory / (2 memory - call_s)`` of the copy rate and multiply at ``matmul /
+    (2 memory - call_s)`` of the matmul rate (older results documents carry no ``call_s``)."""
     if call_s is None or not points:
         return ""
     reach = [(attainable(e, call_s), e) for e in points]
     f, e = min(reach, key=lambda x: x[0])
     under = sum(r < 0.5 for r, _ in reach)
+    mem, at_mem = max(((_share(x, "memory", call_s), x) for x in points), key=lambda y: y[0])
+    mm, at_mm = max(((_share(x, "matmul", call_s), x) for x in points), key=lambda y: y[0])
     return (f"; one call costs {call_s * 1e6:.1f} µs here before it moves data, so one launch at the copy and "
             f"matmul rates would reach at most {100 * f:.0f}% at {_where(e)}, and under 50% at {under} of "
-            f"{len(reach)} points")
+            f"{len(reach)} points; 50% asks for up to {100 * mem:.0f}% of the copy rate (at {_where(at_mem)}) "
+            f"and {100 * mm:.0f}% of the matmul rate (at {_where(at_mm)})")
 
 
 def judge(doc: dict) -> List[Judgement]:
