@@ -118,8 +118,8 @@ def attainable(entry: dict, call_s: float) -> float:
 
 
 def _share(entry: dict, kind: str, call_s: float) -> float:
-    """The share of the ``kind`` rate a call must reach to take half the memory floor's
-    fraction (``inf`` when the call's cost alone exceeds twice the memory floor)."""
+    """The share of the ``kind`` rate (copy or matmul) a call needs to reach 50% of the memory
+    floor after paying ``call_s`` (``inf`` when the call's cost alone is twice the floor)."""
     budget = 2 * entry["floor_s"]["memory"] - call_s
     return entry["floor_s"][kind] / budget if budget > 0 else math.inf
 
