@@ -168,6 +168,20 @@ def fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_
 
 
 @triton.jit
+def arrive_and_fold(arrivals_ptr, part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_head, o_result,
+                    m_row, NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LN2: tl.constexpr):
+    """Count this program's arrival at each of its rows (``m_row``) and fold the rows it is the
+    last to reach (``fold_rows``), resetting their counters for the next call."""
+    b_before = tl.atomic_add(arrivals_ptr + o_result, 1, mask=m_row, sem="acq_rel", scope="gpu")
+    m_last = m_row & (b_before == b_count - 1)
+    if tl.sum(m_last.to(tl.int32), 0) > 0:
+        tl.store(arrivals_ptr + o_result, 0, mask=m_last)
+        tl.debug_barrier()  # the arrivals this program observed come before its threads' reads
+        fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, tl.where(m_last, b_count, 0), o_head,
+                  o_result, NUM_Q_HEADS, HEAD_DIM, LN2)
+
+
+@triton.jit
 def key_pages(table_ptr, kv_base, stride_table, start, key_stop, BLOCK_N: tl.constexpr, PAGE_SIZE: tl.constexpr,
               MASKED: tl.constexpr):
     """int32 ``[BLOCK_N]``: the page of each key ``start : start + BLOCK_N`` of request
@@ -418,8 +432,9 @@ def partial_kernel(
         o_tok = tl.load(tok_ptr + tok_base + o_j, mask=m_row, other=0).to(tl.int64)
     if FUSED_MERGE:  # a small batch, bound by latency: read now what the epilogue needs, behind the key loop
         o_state = state_offsets(slot_ptr, tok_base, o_j, m_row, chunk, o_head, NUM_Q_HEADS)
-        o_first = tl.load(slot_offsets_ptr + o_tok, mask=m_row, other=0)
-        b_count = tl.load(slot_offsets_ptr + o_tok + 1, mask=m_row, other=0) - o_first
+        if BLOCK_M <= FOLD_M:
+            o_first = tl.load(slot_offsets_ptr + o_tok, mask=m_row, other=0)
+            b_count = tl.load(slot_offsets_ptr + o_tok + 1, mask=m_row, other=0) - o_first
 
     p_q = q_ptr + o_tok[:, None] * stride_qt + o_head[:, None] * stride_qh + o_d[None, :]
     b_q = tl.load(p_q, mask=m_row[:, None], other=0.0)
@@ -468,33 +483,28 @@ def partial_kernel(
 
     if FUSED_MERGE:  # never with SINGLE_PASS (its rows have no states)
         tl.debug_barrier()  # every thread's stores of the tile come before any of its arrivals
-        o_result = o_tok * NUM_Q_HEADS + o_head
-        b_before = tl.atomic_add(arrivals_ptr + o_result, 1, mask=m_row, sem="acq_rel", scope="gpu")
-        m_last = m_row & (b_before == b_count - 1)
-        if tl.sum(m_last.to(tl.int32), 0) > 0:
-            tl.store(arrivals_ptr + o_result, 0, mask=m_last)
-            tl.debug_barrier()  # the arrivals this program observed come before its threads' reads
-            b_count = tl.where(m_last, b_count, 0)
-            if BLOCK_M <= FOLD_M:
-                fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_head, o_result,
-                          NUM_Q_HEADS, HEAD_DIM, LN2)
-            else:
-                # FOLD_M rows at a time (plan.fold_height; the states in flight are a fixed budget of
-                # registers, FOLD_STATES). Slice s of a row vector: its [BLOCK_M / FOLD_M, FOLD_M]
-                # view's row s, picked by a masked sum (exact on integers).
-                SUBS: tl.constexpr = BLOCK_M // FOLD_M
-                o_sub = tl.arange(0, SUBS)[:, None]
-                v_first = tl.reshape(o_first, [SUBS, FOLD_M])
-                v_count = tl.reshape(b_count, [SUBS, FOLD_M])
-                v_head = tl.reshape(o_head, [SUBS, FOLD_M])
-                v_result = tl.reshape(o_result, [SUBS, FOLD_M])
-                for sub in range(0, tl.cdiv(num_rows, FOLD_M)):
-                    s_count = tl.sum(tl.where(o_sub == sub, v_count, 0), 0)
-                    if tl.max(s_count, 0) > 0:
-                        fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr,
-                                  tl.sum(tl.where(o_sub == sub, v_first, 0), 0), s_count,
-                                  tl.sum(tl.where(o_sub == sub, v_head, 0), 0),
-                                  tl.sum(tl.where(o_sub == sub, v_result, 0), 0), NUM_Q_HEADS, HEAD_DIM, LN2)
+        if BLOCK_M <= FOLD_M:
+            arrive_and_fold(arrivals_ptr, part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_head,
+                            o_tok * NUM_Q_HEADS + o_head, m_row, NUM_Q_HEADS, HEAD_DIM, LN2)
+        else:
+            # FOLD_M rows at a time (plan.fold_height; the states in flight are a fixed budget of
+            # registers, FOLD_STATES), each slice's row vectors made anew from the item in a
+            # FOLD_M-row layout: taken out of the tile's BLOCK_M-row vectors they would change
+            # layout at every slot of the fold
+            for sub in range(0, tl.cdiv(num_rows, FOLD_M)):
+                o_fm = sub * FOLD_M + tl.arange(0, FOLD_M)
+                m_frow = o_fm < num_rows
+                f_row = row0 + o_fm
+                f_j = f_row // GROUP
+                f_head = i_hk * GROUP + f_row % GROUP
+                if tok_first >= 0:
+                    f_tok = (tok_first + f_j).to(tl.int64)
+                else:
+                    f_tok = tl.load(tok_ptr + tok_base + f_j, mask=m_frow, other=0).to(tl.int64)
+                f_first = tl.load(slot_offsets_ptr + f_tok, mask=m_frow, other=0)
+                f_count = tl.load(slot_offsets_ptr + f_tok + 1, mask=m_frow, other=0) - f_first
+                arrive_and_fold(arrivals_ptr, part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, f_first, f_count, f_head,
+                                f_tok * NUM_Q_HEADS + f_head, m_frow, NUM_Q_HEADS, HEAD_DIM, LN2)
 
 
 @triton.jit
