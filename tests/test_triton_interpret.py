@@ -42,7 +42,7 @@ from relaycore import PagedKV, RaggedKV, bounds  # noqa: E402
 from relaycore.fast.triton import Config, default_config, plan, prepare, run_planned  # noqa: E402
 from relaycore.fast.triton import backend, kernels, op  # noqa: E402
 from relaycore.fast.triton.config import chunk_size, decode_chunks, tile_height  # noqa: E402
-from relaycore.fast.triton.plan import regular_items, single_pass_requests  # noqa: E402
+from relaycore.fast.triton.plan import fold_steps, regular_items, single_pass_requests  # noqa: E402
 from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
 from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
@@ -274,6 +274,14 @@ def test_the_fused_merge_folds_tall_tiles_in_slices_with_the_same_bits(batch):
         assert not planned.arrivals.any()
 
 
+def test_fold_steps_count_slices_times_reads():
+    # 16 rows read 4 slots at once, 32 rows 2, 64 rows 1; slices run one after the other
+    assert fold_steps(4, 16, 17) == 5  # a decode request at GQA 4, 17 slots
+    assert fold_steps(32, 32, 17) == 9  # 8 such requests in one prefix tile
+    assert fold_steps(32, 32, 9) == 5
+    assert fold_steps(128, 64, 3) == 6  # two 64-row slices, 3 slots each
+
+
 @in_process
 def test_the_fused_merge_is_planned_for_a_small_batch():
     batch = _shared_prefix_batch()
@@ -283,9 +291,13 @@ def test_the_fused_merge_is_planned_for_a_small_batch():
     assert plan(meta, config=TINY).arrivals.shape == (meta.total_q, meta.num_q_heads)
     few = dataclasses.replace(TINY, fused_merge_max_tokens=meta.total_q - 1)
     assert not plan(meta, config=few).fused_merge and plan(meta, config=few).arrivals.numel() == 0
-    states = plan(meta, config=TINY).num_slots * meta.group_size  # what the folds read, per KV head
-    assert plan(meta, config=dataclasses.replace(TINY, fused_merge_max_states=states)).fused_merge
-    assert not plan(meta, config=dataclasses.replace(TINY, fused_merge_max_states=states - 1)).fused_merge
+    planned = plan(meta, config=TINY)
+    slots = int(np.diff(planned.slot_offsets.numpy()).max())
+    steps = max(fold_steps(int(launch.items[:, kernels.ITEM_FIELDS.index("num_rows")].max()), launch.fold_rows, slots)
+                for launch in planned.launches)  # the longest fold a program may run
+    assert steps > 1
+    assert plan(meta, config=dataclasses.replace(TINY, fused_merge_max_fold_steps=steps)).fused_merge
+    assert not plan(meta, config=dataclasses.replace(TINY, fused_merge_max_fold_steps=steps - 1)).fused_merge
     # every token has a slot (its own KV ends with it), so a program reaches every row
     assert np.diff(plan(meta, config=TINY).slot_offsets.numpy()).min() >= 1
 

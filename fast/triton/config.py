@@ -36,13 +36,15 @@ class Config:
             take ``2 * num_warps``.
         fused_merge_max_tokens: the largest batch, in query tokens, whose partial programs
             fold the states themselves (``plan.merge_in_partials``); 0 never.
-        fused_merge_max_states: and the most partial states per KV head (slots x GQA group,
-            over the batch's tokens) it may fold: the program that finishes a prefix tile last
-            folds the states of all of the tile's rows, a serial tail that grows with them.
-            Measured on an H200 (``fast/triton/NOTES.md``, session 9) at Hkv 8, fused against
-            the merge launch: batch 16, prefix 2048 (576 states) 19.5 against 22.2 us; batch 8,
-            prefix 8192 (544) 30.7 against 30.5; batch 12, prefix 8192 (816) 37.6 against
-            28.4; batch 16, prefix 16384 (1088) 51.6 against 38.9. The bound lies between.
+        fused_merge_max_fold_steps: and the most serial steps of the longest fold a program may
+            run (``plan.fold_steps``: its slices times the reads of a slice, each an L2 round
+            trip at the end of the call), else the merge launch. Measured on an H200
+            (``fast/triton/NOTES.md``, session 11), Hkv 8, fused against the merge launch, us:
+            17 slots a row (prefix 8192): batch 2 (5 steps) 23.2 / 26.3, batch 4 (5) 26.3 /
+            26.5, batch 6 (9) 30.5 / 27.5, batch 8 (9) 32.7 / 27.7; prefix 16384 the same within
+            0.5 us; 9 slots (prefix 2048): batch 8 (5) 18.7 / 20.1, batch 16 (9) 19.8 / 22.0.
+            Steps predict the fold's tail, not who folds: at prefix 2048 the 64-row prefix tile
+            is less often the last program, and the bound gives away 2 us at batch 12-16 there.
         unmasked_min_block_m: the shortest tile that walks the key blocks all its rows see
             in full without masks (the selects are arithmetic a tall tile pays on every score);
             shorter tiles, bound by their loads, keep one masked loop and fewer registers.
@@ -75,7 +77,7 @@ class Config:
     num_warps: int
     num_stages: int
     fused_merge_max_tokens: int = 16
-    fused_merge_max_states: int = 640
+    fused_merge_max_fold_steps: int = 5
     unmasked_min_block_m: int = 128
     carry_pages_min_block_m: int = 128
     carry_pages_max_programs: int = 16
@@ -95,7 +97,7 @@ class Config:
             )
         if self.min_chunk < self.block_n:
             raise ValueError(f"Config.min_chunk: expected at least block_n={self.block_n}, got {self.min_chunk}")
-        for name in ("fused_merge_max_tokens", "fused_merge_max_states"):
+        for name in ("fused_merge_max_tokens", "fused_merge_max_fold_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Config.{name}: expected >= 0, got {getattr(self, name)}")
         if self.carry_pages_max_programs < 0:

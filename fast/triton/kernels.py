@@ -168,6 +168,27 @@ def fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_
 
 
 @triton.jit
+def fold_slice(sub, row0, num_rows, i_hk, tok_base, tok_first, tok_ptr, slot_offsets_ptr,
+               GROUP: tl.constexpr, NUM_Q_HEADS: tl.constexpr, FOLD_M: tl.constexpr):
+    """Rows ``sub * FOLD_M :`` of a tile, made anew from its item in a ``FOLD_M``-row layout
+    (taken out of the tile's ``BLOCK_M``-row vectors they would change layout at every slot of
+    the fold): each row's mask, query head, result offset (token x Hq + head), first slot and
+    slot count."""
+    o_fm = sub * FOLD_M + tl.arange(0, FOLD_M)
+    m_frow = o_fm < num_rows
+    f_row = row0 + o_fm
+    f_j = f_row // GROUP
+    f_head = i_hk * GROUP + f_row % GROUP
+    if tok_first >= 0:
+        f_tok = (tok_first + f_j).to(tl.int64)
+    else:
+        f_tok = tl.load(tok_ptr + tok_base + f_j, mask=m_frow, other=0).to(tl.int64)
+    f_first = tl.load(slot_offsets_ptr + f_tok, mask=m_frow, other=0)
+    f_count = tl.load(slot_offsets_ptr + f_tok + 1, mask=m_frow, other=0) - f_first
+    return m_frow, f_head, f_tok * NUM_Q_HEADS + f_head, f_first, f_count
+
+
+@triton.jit
 def arrive_and_fold(arrivals_ptr, part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_head, o_result,
                     m_row, NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LN2: tl.constexpr):
     """Count this program's arrival at each of its rows (``m_row``) and fold the rows it is the
@@ -432,9 +453,8 @@ def partial_kernel(
         o_tok = tl.load(tok_ptr + tok_base + o_j, mask=m_row, other=0).to(tl.int64)
     if FUSED_MERGE:  # a small batch, bound by latency: read now what the epilogue needs, behind the key loop
         o_state = state_offsets(slot_ptr, tok_base, o_j, m_row, chunk, o_head, NUM_Q_HEADS)
-        if BLOCK_M <= FOLD_M:
-            o_first = tl.load(slot_offsets_ptr + o_tok, mask=m_row, other=0)
-            b_count = tl.load(slot_offsets_ptr + o_tok + 1, mask=m_row, other=0) - o_first
+        f_mask, f_head, f_result, f_first, f_count = fold_slice(0, row0, num_rows, i_hk, tok_base, tok_first, tok_ptr,
+                                                                slot_offsets_ptr, GROUP, NUM_Q_HEADS, FOLD_M)
 
     p_q = q_ptr + o_tok[:, None] * stride_qt + o_head[:, None] * stride_qh + o_d[None, :]
     b_q = tl.load(p_q, mask=m_row[:, None], other=0.0)
@@ -483,28 +503,17 @@ def partial_kernel(
 
     if FUSED_MERGE:  # never with SINGLE_PASS (its rows have no states)
         tl.debug_barrier()  # every thread's stores of the tile come before any of its arrivals
-        if BLOCK_M <= FOLD_M:
-            arrive_and_fold(arrivals_ptr, part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_head,
-                            o_tok * NUM_Q_HEADS + o_head, m_row, NUM_Q_HEADS, HEAD_DIM, LN2)
-        else:
-            # FOLD_M rows at a time (plan.fold_height; the states in flight are a fixed budget of
-            # registers, FOLD_STATES), each slice's row vectors made anew from the item in a
-            # FOLD_M-row layout: taken out of the tile's BLOCK_M-row vectors they would change
-            # layout at every slot of the fold
-            for sub in range(0, tl.cdiv(num_rows, FOLD_M)):
-                o_fm = sub * FOLD_M + tl.arange(0, FOLD_M)
-                m_frow = o_fm < num_rows
-                f_row = row0 + o_fm
-                f_j = f_row // GROUP
-                f_head = i_hk * GROUP + f_row % GROUP
-                if tok_first >= 0:
-                    f_tok = (tok_first + f_j).to(tl.int64)
-                else:
-                    f_tok = tl.load(tok_ptr + tok_base + f_j, mask=m_frow, other=0).to(tl.int64)
-                f_first = tl.load(slot_offsets_ptr + f_tok, mask=m_frow, other=0)
-                f_count = tl.load(slot_offsets_ptr + f_tok + 1, mask=m_frow, other=0) - f_first
-                arrive_and_fold(arrivals_ptr, part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, f_first, f_count, f_head,
-                                f_tok * NUM_Q_HEADS + f_head, m_frow, NUM_Q_HEADS, HEAD_DIM, LN2)
+        # FOLD_M rows at a time (plan.fold_height; the states in flight are a fixed budget of
+        # registers, FOLD_STATES); the first slice's rows were read before the key loop
+        num_slices = 1
+        if BLOCK_M > FOLD_M:
+            num_slices = tl.cdiv(num_rows, FOLD_M)
+        for sub in range(0, num_slices):
+            if sub > 0:
+                f_mask, f_head, f_result, f_first, f_count = fold_slice(
+                    sub, row0, num_rows, i_hk, tok_base, tok_first, tok_ptr, slot_offsets_ptr, GROUP, NUM_Q_HEADS, FOLD_M)
+            arrive_and_fold(arrivals_ptr, part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, f_first, f_count, f_head,
+                            f_result, f_mask, NUM_Q_HEADS, HEAD_DIM, LN2)
 
 
 @triton.jit

@@ -208,7 +208,7 @@ def relay_grouping(meta: BatchMeta) -> bool:
     return True
 
 
-def merge_in_partials(total_q: int, states: int, config: Config) -> bool:
+def merge_in_partials(total_q: int, fold_steps: int, config: Config) -> bool:
     """Whether the partial programs fold each token's states (the fused merge) instead of a
     merge launch after them.
 
@@ -218,15 +218,15 @@ def merge_in_partials(total_q: int, states: int, config: Config) -> bool:
     to reach every row, i.e. every token to have a slot: validation guarantees it (a request's
     own KV ends with its query tokens, so each token sees at least one own chunk), except for
     a single-pass request's tokens, which have none and are written by their own tiles.
-    ``config.fused_merge_max_tokens`` and ``config.fused_merge_max_states`` bound the batches it
-    is used for.
+    ``config.fused_merge_max_tokens`` and ``config.fused_merge_max_fold_steps`` bound the
+    batches it is used for.
 
     Args:
         total_q: query tokens of the batch.
-        states: partial states per KV head the batch folds (its slots times the GQA group).
+        fold_steps: the serial steps of the longest fold a program may run (``fold_steps``).
         config: the launch configuration.
     """
-    return 0 < total_q <= config.fused_merge_max_tokens and states <= config.fused_merge_max_states
+    return 0 < total_q <= config.fused_merge_max_tokens and fold_steps <= config.fused_merge_max_fold_steps
 
 
 def single_pass_requests(meta: BatchMeta, config: Config) -> np.ndarray:
@@ -258,13 +258,23 @@ def fold_height(rows: int, block_m: int) -> int:
     prefix tile whose rows came from 8 requests at GQA 4 folds them in one slice, not 2
     (measured on an H200, ``fast/triton/NOTES.md``, session 6: 16 requests in one slice instead
     of 4, batch 16, Hkv 8, prefix 16384: 61.2 -> 49.3 us; since session 9 that batch takes the
-    merge launch, 38.9 us, ``Config.fused_merge_max_states``). Which rows fold together changes
+    merge launch, 38.9 us, ``Config.fused_merge_max_fold_steps``). Which rows fold together changes
     none of their bits (``kernels.fold_slots``).
     """
     height = MIN_FOLD_ROWS
     while height < rows and height < MAX_FOLD_ROWS:
         height *= 2
     return min(height, block_m)
+
+
+def fold_steps(rows: int, fold_rows: int, slots: int) -> int:
+    """Serial steps of the fused fold of a tile of ``rows`` rows that folds ``fold_rows`` at a
+    time, its rows owning up to ``slots`` slots each: its slices, one after the other, times the
+    reads of a slice, ``FOLD_STATES // fold_rows`` slots at once (at most ``FOLD_DEPTH``). Each
+    step waits one L2 round trip, and the program that folds is the call's last to finish.
+    """
+    depth = max(1, min(FOLD_DEPTH.value, FOLD_STATES.value // fold_rows))
+    return -(-rows // fold_rows) * -(-slots // depth)
 
 
 #: The fields ``regular_items`` gives, in order (the kernel's ``grid_*`` arguments).
@@ -369,10 +379,6 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     slots_per_token = per_request[token_request]
     slot_offsets = np.concatenate([[0], np.cumsum(slots_per_token)]).astype(np.int64)
     num_slots = int(slot_offsets[-1])
-    fused_merge = (merge_in_partials(meta.total_q, num_slots * meta.group_size, config) if fused_merge is None
-                   else bool(fused_merge))
-    arrivals = torch.zeros((meta.total_q, meta.num_q_heads) if fused_merge else (0,), dtype=torch.int32, device=device)
-
     def to_device(a: np.ndarray) -> torch.Tensor:
         a = np.asarray(a, dtype=np.int64)
         if a.size and (a.max() >= 2**31 or a.min() < -(2**31)):
@@ -381,6 +387,7 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32)).to(device)
 
     launches = []
+    fold_tiles = []  # (tallest item's rows, fold height) of each launch that writes states
     sources = [(level, ids) for level, ids in enumerate(meta.prefix_ids)] + [(-1, None)]
     for s, (level, ids) in enumerate(sources):
         buckets = {}  # (tile height, single pass) -> (token lists, slot lists, items, tokens listed)
@@ -431,16 +438,26 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             tokens, slots, items, _ = buckets[tile, one_pass]
             items = longest_first(np.array(items, dtype=np.int64).reshape(-1, NUM_ITEM_FIELDS), g,
                                   meta.causal and level < 0)
+            rows = int(items[:, ITEM_FIELDS.index("num_rows")].max())
+            if not one_pass:
+                fold_tiles.append((rows, fold_height(rows, tile)))
             launches.append(Launch(
                 level=level,
                 block_m=tile,
                 single_pass=one_pass,
-                fold_rows=fold_height(int(items[:, ITEM_FIELDS.index("num_rows")].max()), tile),
+                fold_rows=fold_height(rows, tile),
                 regular=regular_items(items, tile) if regular else (),
                 items=to_device(items),
                 tokens=to_device(np.concatenate(tokens)),
                 slots=to_device(np.concatenate(slots)),
             ))
+
+    if fused_merge is None:
+        slots = int(slots_per_token.max()) if slots_per_token.size else 0
+        steps = max((fold_steps(rows, height, slots) for rows, height in fold_tiles), default=0)
+        fused_merge = merge_in_partials(meta.total_q, steps, config)
+    fused_merge = bool(fused_merge)
+    arrivals = torch.zeros((meta.total_q, meta.num_q_heads) if fused_merge else (0,), dtype=torch.int32, device=device)
 
     return Plan(
         total_q=meta.total_q,
