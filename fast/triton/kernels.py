@@ -416,6 +416,10 @@ def partial_kernel(
     """
     tl.static_assert(HEAD_DIM >= 16 and HEAD_DIM <= 256 and (HEAD_DIM & (HEAD_DIM - 1)) == 0)
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
+    # the first fold slice's rows are read before the key loop, behind it, where the slice is the
+    # tile's only one or the shortest; a taller one held across the loop slowed the 64-row prefix
+    # tile (H200, batch 8, Hkv 8, prefix 2048: 17.3 -> 18.4 us, fast/triton/NOTES.md, session 11)
+    EARLY_SLICE: tl.constexpr = BLOCK_M <= FOLD_M or FOLD_M * FOLD_DEPTH <= FOLD_STATES
     i_item = tl.program_id(0)
     i_hk = tl.program_id(1)
 
@@ -453,8 +457,9 @@ def partial_kernel(
         o_tok = tl.load(tok_ptr + tok_base + o_j, mask=m_row, other=0).to(tl.int64)
     if FUSED_MERGE:  # a small batch, bound by latency: read now what the epilogue needs, behind the key loop
         o_state = state_offsets(slot_ptr, tok_base, o_j, m_row, chunk, o_head, NUM_Q_HEADS)
-        f_mask, f_head, f_result, f_first, f_count = fold_slice(0, row0, num_rows, i_hk, tok_base, tok_first, tok_ptr,
-                                                                slot_offsets_ptr, GROUP, NUM_Q_HEADS, FOLD_M)
+        if EARLY_SLICE:
+            f_mask, f_head, f_result, f_first, f_count = fold_slice(
+                0, row0, num_rows, i_hk, tok_base, tok_first, tok_ptr, slot_offsets_ptr, GROUP, NUM_Q_HEADS, FOLD_M)
 
     p_q = q_ptr + o_tok[:, None] * stride_qt + o_head[:, None] * stride_qh + o_d[None, :]
     b_q = tl.load(p_q, mask=m_row[:, None], other=0.0)
@@ -504,12 +509,17 @@ def partial_kernel(
     if FUSED_MERGE:  # never with SINGLE_PASS (its rows have no states)
         tl.debug_barrier()  # every thread's stores of the tile come before any of its arrivals
         # FOLD_M rows at a time (plan.fold_height; the states in flight are a fixed budget of
-        # registers, FOLD_STATES); the first slice's rows were read before the key loop
+        # registers, FOLD_STATES)
         num_slices = 1
         if BLOCK_M > FOLD_M:
             num_slices = tl.cdiv(num_rows, FOLD_M)
         for sub in range(0, num_slices):
-            if sub > 0:
+            if EARLY_SLICE:
+                if sub > 0:
+                    f_mask, f_head, f_result, f_first, f_count = fold_slice(
+                        sub, row0, num_rows, i_hk, tok_base, tok_first, tok_ptr, slot_offsets_ptr, GROUP, NUM_Q_HEADS,
+                        FOLD_M)
+            else:
                 f_mask, f_head, f_result, f_first, f_count = fold_slice(
                     sub, row0, num_rows, i_hk, tok_base, tok_first, tok_ptr, slot_offsets_ptr, GROUP, NUM_Q_HEADS, FOLD_M)
             arrive_and_fold(arrivals_ptr, part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, f_first, f_count, f_head,
