@@ -43,8 +43,9 @@ class Config:
             17 slots a row (prefix 8192): batch 2 (5 steps) 23.2 / 26.3, batch 4 (5) 26.3 /
             26.5, batch 6 (9) 30.5 / 27.5, batch 8 (9) 32.7 / 27.7; prefix 16384 the same within
             0.5 us; 9 slots (prefix 2048): batch 8 (5) 18.7 / 20.1, batch 16 (9) 19.8 / 22.0.
-            Steps predict the fold's tail, not who folds: at prefix 2048 the 64-row prefix tile
-            is less often the last program, and the bound gives away 2 us at batch 12-16 there.
+            Steps predict the fold's tail, not who folds: where the prefix chunks are short
+            (256 keys, prefix 2048-4096) the 4-row own tiles fold last more often, and the bound
+            gives away 1.5-3.4 us (prefix 2048, batch 10-16; prefix 4096, batch 6-8).
         unmasked_min_block_m: the shortest tile that walks the key blocks all its rows see
             in full without masks (the selects are arithmetic a tall tile pays on every score);
             shorter tiles, bound by their loads, keep one masked loop and fewer registers.
