@@ -379,6 +379,7 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     slots_per_token = per_request[token_request]
     slot_offsets = np.concatenate([[0], np.cumsum(slots_per_token)]).astype(np.int64)
     num_slots = int(slot_offsets[-1])
+
     def to_device(a: np.ndarray) -> torch.Tensor:
         a = np.asarray(a, dtype=np.int64)
         if a.size and (a.max() >= 2**31 or a.min() < -(2**31)):
@@ -439,13 +440,14 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             items = longest_first(np.array(items, dtype=np.int64).reshape(-1, NUM_ITEM_FIELDS), g,
                                   meta.causal and level < 0)
             rows = int(items[:, ITEM_FIELDS.index("num_rows")].max())
+            height = fold_height(rows, tile)
             if not one_pass:
-                fold_tiles.append((rows, fold_height(rows, tile)))
+                fold_tiles.append((rows, height))
             launches.append(Launch(
                 level=level,
                 block_m=tile,
                 single_pass=one_pass,
-                fold_rows=fold_height(rows, tile),
+                fold_rows=height,
                 regular=regular_items(items, tile) if regular else (),
                 items=to_device(items),
                 tokens=to_device(np.concatenate(tokens)),
