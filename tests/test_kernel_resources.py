@@ -17,9 +17,10 @@ import pytest
 #: registers (GQA 1 / 4), the prefix tiles 178 and 183 with 112 and 128 KiB of shared memory,
 #: the single-pass append tile 220 (it carries its pages, ``Config.carries_pages``,
 #: 2026-11-28 session 8); with the fused merge (small batches) the own tile 128 / 162
-#: and the 64-row prefix tile 202 / 255 (255 / 255 folding 64 rows at once), none spilling; the
-#: own tile of a batch of one at Hkv 8, which carries its pages (``Config.carries_pages``), 158
-#: registers and 70 KiB of shared memory (2026-11-28, session 9).
+#: and the 64-row prefix tile 248 / 255 folding 16 rows at once, 204 / 255 folding 32 and
+#: 254 / 255 folding 64 (2026-11-28, session 11: fold slices built in their own layout), none
+#: spilling; the own tile of a batch of one at Hkv 8, which carries its pages
+#: (``Config.carries_pages``), 158 registers and 70 KiB of shared memory (session 9).
 MEASURED = {
     "own decode tile, GQA 1": 4,
     "own decode tile, GQA 4": 4,
@@ -30,6 +31,8 @@ MEASURED = {
     "prefix tile of 64 rows, GQA 1, fused merge": 2,
     "own decode tile, GQA 4, fused merge": 3,
     "prefix tile of 64 rows, GQA 4, fused merge": 2,
+    "prefix tile of 64 rows, GQA 1, fused merge of 32 rows": 2,
+    "prefix tile of 64 rows, GQA 4, fused merge of 32 rows": 2,
     "prefix tile of 64 rows, GQA 1, fused merge of 64 rows": 2,
     "prefix tile of 64 rows, GQA 4, fused merge of 64 rows": 2,
     "own decode tile, GQA 4, fused merge, batch 1 at Hkv 8": 3,

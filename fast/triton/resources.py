@@ -116,8 +116,9 @@ def tile_kinds(config: Config) -> List[TileKind]:
     """The tile kinds a serving step with GQA 1 and 4 compiles: the own tile of a decode request
     (``min_block_m`` rows, paged, causal), the two prefix tile heights, the own tile of an
     append request (``block_m`` rows, single pass), then the own and prefix tiles of a small batch,
-    which fold the states themselves (``plan.merge_in_partials``), at GQA 1 and 4, and the own
-    tile of a batch of one, which carries its pages (``Config.carries_pages``)."""
+    which fold the states themselves (``plan.merge_in_partials``), at GQA 1 and 4 (the prefix
+    tile at each fold height, ``plan.fold_height``: a 16-row fold reads its first slice's rows
+    before the key loop, taller ones after it), and the own tile of a batch of one, which carries its pages (``Config.carries_pages``)."""
     kinds = [TileKind(f"own decode tile, GQA {g}", config.min_block_m, True, True, g) for g in (1, 4)]
     tall = sorted({config.prefix_block_m, config.block_m})
     kinds += [TileKind(f"prefix tile of {m} rows", m, False, False, 1) for m in tall]
@@ -127,9 +128,9 @@ def tile_kinds(config: Config) -> List[TileKind]:
         kinds += [TileKind(f"own decode tile, GQA {g}, fused merge", config.min_block_m, True, True, g, True),
                   TileKind(f"prefix tile of {config.prefix_block_m} rows, GQA {g}, fused merge",
                            config.prefix_block_m, False, False, g, True),
-                  TileKind(f"prefix tile of {config.prefix_block_m} rows, GQA {g}, fused merge of "
-                           f"{MAX_FOLD_ROWS} rows", config.prefix_block_m, False, False, g, True,
-                           fold_rows=MAX_FOLD_ROWS)]
+                  *(TileKind(f"prefix tile of {config.prefix_block_m} rows, GQA {g}, fused merge of {rows} rows",
+                             config.prefix_block_m, False, False, g, True, fold_rows=rows)
+                    for rows in (2 * MIN_FOLD_ROWS, MAX_FOLD_ROWS))]
     kinds += [TileKind("own decode tile, GQA 4, fused merge, batch 1 at Hkv 8", config.min_block_m, True, True, 4,
                        True, programs=8)]
     return kinds
