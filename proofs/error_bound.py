@@ -205,31 +205,33 @@ A pairwise left-to-right fold of $K'$ states costs the first state's keys $2(K' 
 
 `relaycore.fast.triton` cuts every KV segment a token reads (the prefix of each level, its own
 KV) into chunks of `chunk_size(L, rows, config)` keys from the segment's first key, walks each
-chunk `config.block_n` keys per step from the chunk's first key, and merges all of a token's
-chunk states at once (Lemma 4). A token sees every key of a prefix chunk and the keys of an
-own chunk up to its causal limit: the keys it sees in a chunk are the chunk's first $n_i$,
-which fill $\lceil n_i / b \rceil$ steps ($b$ = `block_n`). A key of that chunk passes its
+chunk $b_i$ keys per step from the chunk's first key (`config.block_n_for`: `block_n` for the
+prefix tiles, `short_block_n` for the own tiles of `min_block_m` rows), and merges all of a
+token's chunk states at once (Lemma 4). A token sees every key of a prefix chunk and the keys
+of an own chunk up to its causal limit: the keys it sees in a chunk are the chunk's first
+$n_i$, which fill $\lceil n_i / b_i \rceil$ steps. A key of that chunk passes its
 exponential, at most one rescale per later step of the chunk in which the token sees a key
-($\lceil n_i / b \rceil - 1$ at most), and the merge. A step in which the token sees no key
+($\lceil n_i / b_i \rceil - 1$ at most), and the merge. A step in which the token sees no key
 changes nothing, bit for bit: the maximum stays, the rescale is by $2^{0} = 1$ exactly (the
 hardware `ex2.approx` returns 1 at 0), every weight is $2^{-\infty} = 0$, and the sums add
 exact zeros. So the token's keys pass at most
 
 $$
-S = \max_i \lceil n_i / b \rceil + \begin{cases} 2 & K' \ge 2 \\ 0 & K' = 1 \end{cases}
+S = \max_i \lceil n_i / b_i \rceil + \begin{cases} 2 & K' \ge 2 \\ 0 & K' = 1 \end{cases}
 $$
 
 steps, $K'$ the chunks holding a key it sees. A single-pass request's token (its own tiles
 walk its prefix of $P$ keys and then its own KV in one running state, and write its result:
-`relaycore.fast.triton.plan.single_pass_requests`) is one part whose blocks are the prefix's
-$\lceil P / b \rceil$ and its own $\lceil n / b \rceil$ (the last block of each segment may be
+`relaycore.fast.triton.plan.single_pass_requests`) is one part whose blocks ($b$ keys, its
+tile's step) are the prefix's $\lceil P / b \rceil$ and its own $\lceil n / b \rceil$ (the last block of each segment may be
 short; Lemma 2 takes blocks of any size), with no merge:
 $S = \lceil P / b \rceil + \lceil n / b \rceil \le P + n \le 2N$.
 `relaycore.fast.triton.rounding.steps_per_token`
 computes $S$ per token from the batch's lengths and the configuration. It is never above
 `default_steps`: with $K' \ge 2$ a chunk holds at most $N - 1$ keys, so
-$S \le N + 1 \le 2N$. For a decode token over 16384 keys in fp16 with head dimension 128 and
-one KV head (16 chunks of 1024, steps of 64) $S = 18$ where `default_steps` is 32768.
+$S \le N + 1 \le 2N$. For a decode token over a prefix of 16384 keys and 128 own keys in fp16
+with head dimension 128 and one KV head (prefix chunks of 1024 keys in steps of 64, own keys
+in one step of 128) $S = 18$ where `default_steps` is 33024.
 
 ## The lse
 
@@ -407,6 +409,12 @@ def simulate_merge_all_base2(states: list, exp, ar: fp.Arithmetic) -> tuple:
     return [fp.r32(x / total) for x in acc], fp.r32(fp.r32(m + exp.log(total, 2)) * fp.r32(mpmath.log(2)))
 
 
+def part_block(problem: dict, part: int) -> int:
+    """Keys per step of ``part``: its entry of ``problem["blocks"]`` where the parts walk
+    blocks of different sizes (the Triton kernels' short own tiles), else ``problem["block"]``."""
+    return problem["blocks"][part] if "blocks" in problem else problem["block"]
+
+
 def simulate(problem: dict, exp) -> tuple:
     """The relay computation of one query row: each part blocked, the parts merged (pairwise
     left to right in natural log, or all at once in base 2), the output rounded once to the
@@ -418,7 +426,7 @@ def simulate(problem: dict, exp) -> tuple:
     for part in range(problem["parts"]):
         idx = [j for j, label in enumerate(problem["labels"]) if label == part]
         states.append(simulate_part(q, [keys[j] for j in idx], [values[j] for j in idx], problem["scale"], dtype,
-                                    problem["block"], exp, ar, base, problem.get("restart", 0)))
+                                    part_block(problem, part), exp, ar, base, problem.get("restart", 0)))
     if base == 2:
         out, lse = simulate_merge_all_base2(states, exp, ar)
     else:
@@ -667,18 +675,22 @@ def check_one_step_per_merge_is_not_enough():
 def triton_steps(problem: dict) -> int:
     """``S`` of "Counting the Triton kernels' steps" for a simulated problem, its parts being the
     chunks: the most blocks one part fills, plus the merge's steps if two parts hold keys."""
-    held = [n for n in (problem["labels"].count(part) for part in range(problem["parts"])) if n]
+    held = [(n, part_block(problem, part)) for part, n in
+            ((part, problem["labels"].count(part)) for part in range(problem["parts"])) if n]
     merge = ALL_AT_ONCE_MERGE_STEPS if len(held) >= 2 else 0
-    return max(-(-n // problem["block"]) for n in held) + merge
+    return max(-(-n // b) for n, b in held) + merge
 
 
 def check_triton_step_count():
-    """The base-2, all-at-once form over up to 8 chunks stays within relaycore.bounds at the
-    counted steps ``triton_steps`` (never above ``default_steps``)."""
+    """The base-2, all-at-once form over up to 8 chunks, each walked in blocks of its own size
+    (the prefix tiles' and the short own tiles' steps differ), stays within relaycore.bounds at
+    the counted steps ``triton_steps`` (never above ``default_steps``)."""
 
     @checked(400)
-    @given(problems(max_parts=8, forms=("base2",)), st.randoms(use_true_random=False), st.booleans())
-    def run(problem, rnd, extreme):
+    @given(problems(max_parts=8, forms=("base2",)), st.randoms(use_true_random=False), st.booleans(),
+           st.lists(st.integers(1, 4), min_size=8, max_size=8))
+    def run(problem, rnd, extreme, blocks):
+        problem = dict(problem, blocks=blocks[: problem["parts"]])
         steps = triton_steps(problem)
         assert steps <= bounds.default_steps(len(problem["keys"]))
         out_err, out_b, lse_err, lse_b = errors_and_bounds(problem, Elementary(rnd, extreme), steps)

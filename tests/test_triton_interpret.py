@@ -54,14 +54,14 @@ plan_module = importlib.import_module("relaycore.fast.triton.plan")  # the packa
 
 #: Tiles of 16 rows, 16-key chunks at decode (2 per segment), 16-key blocks; every tile walks
 #: its fully seen blocks unmasked and carries its next block's pages.
-TINY = Config(block_m=16, prefix_block_m=16, min_block_m=16, block_n=16, min_chunk=16, target_chunks=2,
-              num_warps=4, num_stages=2, unmasked_min_block_m=16, carry_pages_min_block_m=16)
+TINY = Config(block_m=16, prefix_block_m=16, min_block_m=16, block_n=16, short_block_n=16, min_chunk=16,
+              target_chunks=2, num_warps=4, num_stages=2, unmasked_min_block_m=16, carry_pages_min_block_m=16)
 #: The same with taller tiles allowed, so that own tiles of 16 and 32 rows both occur; only the
 #: 32-row tiles split off their unmasked blocks and carry their pages (every launch here is
-#: small, so none carries for that).
-TALL = Config(block_m=32, prefix_block_m=16, min_block_m=16, block_n=16, min_chunk=16, target_chunks=4,
-              num_warps=4, num_stages=2, unmasked_min_block_m=32, carry_pages_min_block_m=32,
-              carry_pages_max_programs=0)
+#: small, so none carries for that); the 16-row own tiles walk 32 keys a step, every other
+#: tile 16.
+TALL = Config(block_m=32, prefix_block_m=16, min_block_m=16, block_n=16, short_block_n=32, min_chunk=16,
+              target_chunks=4, num_warps=4, num_stages=2, unmasked_min_block_m=32, carry_pages_min_block_m=32)
 
 SPACE = dict(max_batch=3, max_q_len=4, max_kv_len=40, max_levels=2, max_prefixes=2, max_prefix_len=40,
              head_dims=(16, 32), kv_heads=(1, 2), group_sizes=(1, 2, 3))
@@ -312,9 +312,10 @@ def test_paged_and_ragged_give_the_same_bits(make):
 
 @in_process
 @pytest.mark.parametrize("make", [_shared_prefix_batch, _append_batch], ids=["decode", "append"])
-def test_a_request_alone_and_in_a_batch_gives_the_same_bits(make):
+@pytest.mark.parametrize("config", [TINY, TALL], ids=["tiny", "tall"])
+def test_a_request_alone_and_in_a_batch_gives_the_same_bits(make, config):
     batch = make()
-    whole = _run(batch, TINY)
+    whole = _run(batch, config)
     for b in range(len(batch.recipe["q_lens"])):
         lo, hi = int(batch.cu_seqlens_q[b]), int(batch.cu_seqlens_q[b + 1])
         # request b alone: the same values, so slice them out of the batch's arrays
@@ -325,7 +326,7 @@ def test_a_request_alone_and_in_a_batch_gives_the_same_bits(make):
         alone_prefixes = [level._replace(prefix_ids=level.prefix_ids[b : b + 1]) for level in prefixes]
         alone_q = q[lo:hi]
         meta = validate(alone_q, torch.tensor([0, hi - lo], dtype=torch.int32), alone_kv, alone_prefixes, **kwargs)
-        alone = run_planned(plan(meta, config=TINY), alone_q, alone_kv, alone_prefixes)
+        alone = run_planned(plan(meta, config=config), alone_q, alone_kv, alone_prefixes)
         assert torch.equal(alone.out, whole.out[lo:hi]) and torch.equal(alone.lse, whole.lse[lo:hi]), f"request {b}"
 
 
@@ -426,15 +427,18 @@ def test_chunks_and_tiles_depend_on_the_request_alone():
     assert [tile_height(r, cfg, prefix=False) for r in (1, 16, 17, 64, 65, 1000)] == [16, 16, 32, 64, 128, 128]
     assert [tile_height(r, cfg, prefix=True) for r in (1, 64, 65)] == [64, 64, 128]
     with pytest.raises(ValueError, match="block_n"):
-        Config(block_m=64, prefix_block_m=64, min_block_m=16, block_n=8, min_chunk=64, target_chunks=8,
+        Config(block_m=64, prefix_block_m=64, min_block_m=16, block_n=8, short_block_n=16, min_chunk=64, target_chunks=8,
                num_warps=4, num_stages=2)
 
 
 def test_tall_tiles_and_small_launches_carry_their_pages():
     cfg = default_config(128, "float16", 8)
-    # batch 1 at Hkv 8: 8 own programs; batch 8: 64; an append tile: 128 rows
-    assert [cfg.carries_pages(16, n) for n in (8, 16, 17, 64)] == [True, True, False, False]
+    # an append tile: 128 rows; the short own tiles walk a decode request's own keys in one
+    # step and carry nothing, at batch 1 (8 own programs at Hkv 8) as at batch 8 (64)
     assert cfg.carries_pages(128, 4096) and not cfg.carries_pages(64, 4096)
+    assert not any(cfg.carries_pages(16, n) for n in (8, 64))
+    small = dataclasses.replace(cfg, carry_pages_max_programs=16)
+    assert [small.carries_pages(16, n) for n in (8, 16, 17, 64)] == [True, True, False, False]
     with pytest.raises(ValueError, match="carry_pages_max_programs"):
         dataclasses.replace(cfg, carry_pages_max_programs=-1)
 
@@ -462,12 +466,14 @@ def test_plan_slots_cover_every_chunk_of_every_segment():
 
 def _steps_from_work_lists(meta, planned) -> np.ndarray:
     """Steps per token read off the plan's work items, as the kernels walk them: the most
-    ``block_n`` steps in which the token sees a key of one chunk (a single-pass item's prefix
-    blocks included), plus the merge's steps when more than one chunk holds such a key."""
+    steps (of its launch's ``block_n_for``) in which the token sees a key of one chunk (a
+    single-pass item's prefix blocks included), plus the merge's steps when more than one chunk
+    holds such a key."""
     blocks = np.zeros(meta.total_q, dtype=np.int64)
     held = [set() for _ in range(meta.total_q)]  # (level, chunk) holding a key the token sees
-    g, step = meta.group_size, planned.config.block_n
+    g = meta.group_size
     for launch in planned.launches:
+        step = planned.config.block_n_for(launch.block_m, own=launch.level < 0)
         items, tokens = launch.items.numpy(), launch.tokens.numpy()
         for item in items:
             f = dict(zip(kernels.ITEM_FIELDS, item))
@@ -521,10 +527,13 @@ def test_counted_steps_by_hand():
     # 3 tokens x GQA 6 = 18 rows, two tiles: one chunk of 32 holds all 20 own keys; token 0
     # sees 18 of them (two steps), token 2 all 20
     assert _steps([3], [20], num_q_heads=6) == [2, 2, 2]
-    # the public configuration, fp16, D 128, one KV head: decode over 16384 keys in 16 chunks
-    # of 1024, steps of 64: 16 steps and the merge, where default_steps says 32768
+    # the public configuration, fp16, D 128, one KV head: decode over a prefix of 16384 keys
+    # in 16 chunks of 1024, steps of 64 (prefix tiles): 16 steps and the merge, where
+    # default_steps says 33024; its 128 own keys are one step of the 16-row own tile
     long = dict(num_q_heads=1, head_dim=128, dtype="float16", config=None)
-    assert _steps([1], [16384], **long) == [16 + MERGE_STEPS]
+    assert _steps([1], [128], [[16384]], [[0]], **long) == [16 + MERGE_STEPS]
+    # the same 16384 keys as the request's own: chunks of 1024 in the own tile's steps of 128
+    assert _steps([1], [16384], **long) == [8 + MERGE_STEPS]
     # 40 appended tokens x GQA 4 = 160 rows: a single-pass request (every segment one chunk,
     # tiles of 128 full); one walk over the prefix's 700 keys (11 steps), then token j's
     # 2061 + j own keys (33 steps); no merge

@@ -29,8 +29,20 @@ class Config:
             not (measured; ``tests/gpu`` checks it bit for bit, ``fast/triton/NOTES.md``).
         min_block_m: the shortest own tile. An own tile holds one request's rows, so its
             height may follow the request.
-        block_n: keys per inner-loop step (fixes where the running max is taken: the same
-            for every tile, or bits would change with the tile).
+        block_n: keys per inner-loop step of the prefix tiles and of the own tiles taller than
+            ``min_block_m`` (fixes where the running max is taken: the same for every prefix
+            tile, or a row's bits would change with the tile its batch puts it in).
+        short_block_n: keys per step of the own tiles of ``min_block_m`` rows (``block_n_for``).
+            An own tile holds one request's rows, and its height follows from them, so its
+            step may differ from the prefix tiles' without a row's bits depending on the
+            batch. These are the decode tiles, bound by the
+            latency of their walk: without carried pages (``carries_pages``) each step waits
+            for its page-table read and then for its keys, so fewer, longer steps wait less.
+            Measured on an H200 (``fast/triton/NOTES.md``, session 12), 128 against 64 keys,
+            us: Hkv 8, B 32, prefix 8192 40.3 -> 34.8; B 128, Hkv 32, prefix 2048 117.8 ->
+            110.7; B 1, Hkv 32, prefix 512 14.5 -> 13.2; slower where a small batch's fused
+            merge is then folded by the prefix tiles instead of the own tiles (Hkv 8, B 8,
+            prefix 2048 17.2 -> 20.4; B 16, prefix 512 16.8 -> 19.2).
         min_chunk, target_chunks: see ``chunk_size``.
         num_warps, num_stages: for the partial kernel's tiles of up to 64 rows; taller tiles
             take ``2 * num_warps``.
@@ -64,15 +76,21 @@ class Config:
             pages whatever its tile height (``carries_pages``): the own launch of a batch of one
             or two requests at Hkv = 8, whose programs wait on their paged walk while most SMs
             idle. The bits are the same either way. Measured on an H200
-            (``fast/triton/NOTES.md``, session 9), Hkv 8, prefix 512 / 2048: batch 1 14.2 ->
-            12.7 / 16.1 -> 15.2 us, batch 2 13.4 -> 12.5 / 15.6 -> 15.5; at 32 programs
-            (batch 4) prefix 2048 went 16.1 -> 16.5, at 64 (batch 8) 17.0 -> 18.7.
+            (``fast/triton/NOTES.md``, session 9), with 64-key steps, Hkv 8, prefix 512 / 2048:
+            batch 1 14.2 -> 12.7 / 16.1 -> 15.2 us, batch 2 13.4 -> 12.5 / 15.6 -> 15.5; at 32
+            programs (batch 4) prefix 2048 went 16.1 -> 16.5, at 64 (batch 8) 17.0 -> 18.7.
+            0 by default since the short own tiles walk 128 keys a step (``short_block_n``):
+            a decode request's 128 own keys are then one step, with nothing to carry, and the
+            carrying tile spills (255 registers, 136 KiB of shared memory, one program per
+            SM) for the same times (session 12, batch 1, Hkv 8, prefix 512 / 2048 / 16384:
+            12.7 / 14.3 / 32.9 us carried, 12.6 / 14.2 / 32.9 not).
     """
 
     block_m: int
     prefix_block_m: int
     min_block_m: int
     block_n: int
+    short_block_n: int
     min_chunk: int
     target_chunks: int
     num_warps: int
@@ -81,16 +99,17 @@ class Config:
     fused_merge_max_fold_steps: int = 5
     unmasked_min_block_m: int = 128
     carry_pages_min_block_m: int = 128
-    carry_pages_max_programs: int = 16
+    carry_pages_max_programs: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "min_chunk",
+        for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "short_block_n", "min_chunk",
                      "unmasked_min_block_m", "carry_pages_min_block_m"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"Config.{name}: expected a power of two, got {value}")
-        if self.block_n < 16 or self.min_block_m < 16:
-            raise ValueError(f"Config: expected block_n and min_block_m >= 16, got {self.block_n}, {self.min_block_m}")
+        if min(self.block_n, self.short_block_n, self.min_block_m) < 16:
+            raise ValueError(f"Config: expected block_n, short_block_n and min_block_m >= 16, got {self.block_n}, "
+                             f"{self.short_block_n}, {self.min_block_m}")
         if not self.min_block_m <= self.prefix_block_m <= self.block_m:
             raise ValueError(
                 f"Config: expected min_block_m <= prefix_block_m <= block_m, got "
@@ -110,6 +129,13 @@ class Config:
         """Whether a launch of ``programs`` programs of ``tile`` rows over a paged KV reads each
         next block's pages one step ahead (``kernels.attend_range``)."""
         return tile >= self.carry_pages_min_block_m or programs <= self.carry_pages_max_programs
+
+    def block_n_for(self, tile: int, *, own: bool) -> int:
+        """Keys per step of a tile of ``tile`` rows over the requests' own KV (``own``) or a
+        prefix: ``short_block_n`` for the own tiles of ``min_block_m`` rows, else ``block_n``."""
+        if own and tile <= self.min_block_m:
+            return self.short_block_n
+        return self.block_n
 
     def warps(self, tile: int) -> int:
         """``num_warps`` for a tile of ``tile`` rows."""
@@ -145,13 +171,15 @@ def default_config(head_dim: int, dtype: str, num_kv_heads: int) -> Config:
     (a 64-row tile there is 63 rows of padding), prefix tiles of 64 or 128; ``decode_chunks``
     chunks per segment of at least 256 keys at decode; a 3-stage load pipeline, which keeps a 64-row
     tile at 112 KiB of shared memory, two programs per SM (4 stages take 144 KiB: one; read
-    from the kernel compiled for sm_90, ``fast/triton/NOTES.md``). fp32 and ``head_dim`` 256
-    halve ``block_n``, stay at 64-row tiles and 2 stages to keep the score and value tiles in
-    registers and the stages in shared memory.
+    from the kernel compiled for sm_90, ``fast/triton/NOTES.md``); the 16-row own tiles walk 128
+    keys a step (``Config.short_block_n``). fp32 and ``head_dim`` 256 halve ``block_n``, keep
+    it for the short own tiles, and stay at 64-row tiles and 2 stages to keep the score and
+    value tiles in registers and the stages in shared memory.
     """
     wide = head_dim >= 256 or dtype == "float32"
     return Config(block_m=64 if wide else 128, prefix_block_m=64, min_block_m=16, block_n=32 if wide else 64,
-                  min_chunk=256, target_chunks=decode_chunks(num_kv_heads), num_warps=4, num_stages=2 if wide else 3)
+                  short_block_n=32 if wide else 128, min_chunk=256, target_chunks=decode_chunks(num_kv_heads),
+                  num_warps=4, num_stages=2 if wide else 3)
 
 
 def chunk_size(length: int, rows: int, config: Config) -> int:

@@ -66,7 +66,7 @@ class TileKind:
         name: what it is for, e.g. ``"own decode tile"``.
         block_m: tile height.
         paged, causal: the KV source (the own KV is paged, in pages of ``PAGE_SIZE`` tokens,
-            and causal in a serving step).
+            and causal in a serving step; a prefix's is neither).
         group: query heads per KV head.
         fused_merge: whether its programs fold the states they finish (a small batch's plan).
         single_pass: whether it walks a request's prefix and own KV and writes the result
@@ -118,7 +118,8 @@ def tile_kinds(config: Config) -> List[TileKind]:
     append request (``block_m`` rows, single pass), then the own and prefix tiles of a small batch,
     which fold the states themselves (``plan.merge_in_partials``), at GQA 1 and 4 (the prefix
     tile at each fold height, ``plan.fold_height``: a 16-row fold reads its first slice's rows
-    before the key loop, taller ones after it), and the own tile of a batch of one, which carries its pages (``Config.carries_pages``)."""
+    before the key loop, taller ones after it), and, where a launch that small carries its pages
+    (``Config.carries_pages``), the own tile of a batch of one."""
     kinds = [TileKind(f"own decode tile, GQA {g}", config.min_block_m, True, True, g) for g in (1, 4)]
     tall = sorted({config.prefix_block_m, config.block_m})
     kinds += [TileKind(f"prefix tile of {m} rows", m, False, False, 1) for m in tall]
@@ -131,8 +132,9 @@ def tile_kinds(config: Config) -> List[TileKind]:
                   *(TileKind(f"prefix tile of {config.prefix_block_m} rows, GQA {g}, fused merge of {rows} rows",
                              config.prefix_block_m, False, False, g, True, fold_rows=rows)
                     for rows in (2 * MIN_FOLD_ROWS, MAX_FOLD_ROWS))]
-    kinds += [TileKind("own decode tile, GQA 4, fused merge, batch 1 at Hkv 8", config.min_block_m, True, True, 4,
-                       True, programs=8)]
+    if config.carries_pages(config.min_block_m, 8):
+        kinds += [TileKind("own decode tile, GQA 4, fused merge, batch 1 at Hkv 8", config.min_block_m, True, True, 4,
+                           True, programs=8)]
     return kinds
 
 
@@ -173,7 +175,7 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
     pointer_types = {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": dtype, "pre_k_ptr": dtype, "pre_v_ptr": dtype,
                      "part_out_ptr": "fp32", "part_lse_ptr": "fp32", "out_ptr": dtype, "lse_ptr": "fp32"}
     constexprs = dict(NUM_Q_HEADS=32 * kind.group, GROUP=kind.group, HEAD_DIM=head_dim, BLOCK_M=kind.block_m,
-                      BLOCK_N=config.block_n, PAGED=kind.paged, PAGE_SIZE=PAGE_SIZE if kind.paged else 1,
+                      BLOCK_N=config.block_n_for(kind.block_m, own=kind.paged), PAGED=kind.paged, PAGE_SIZE=PAGE_SIZE if kind.paged else 1,
                       CAUSAL=kind.causal, UPCAST=False,
                       DOT_PRECISION="ieee", FUSED_MERGE=kind.fused_merge,
                       SPLIT_UNMASKED=kind.block_m >= config.unmasked_min_block_m,

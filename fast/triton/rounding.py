@@ -8,21 +8,24 @@ kernels' steps"):
 
 * every KV segment a token reads (the prefix of each level, then its own KV) is cut into chunks
   of ``chunk_size(L, rows, config)`` keys counted from the segment's first key;
-* the partial kernel walks a chunk ``config.block_n`` keys per step, from the chunk's first key,
-  so that a key is rescaled at most once per later step of its chunk in which the token sees a
-  key (a step in which it sees none leaves its state bit for bit: the max stays, the rescale
-  is by ``exp2(0) = 1``, the weights are ``exp2(-inf) = 0``);
+* the partial kernel walks a chunk ``b`` keys per step, from the chunk's first key
+  (``config.block_n_for``: ``block_n`` for prefix chunks and tall own tiles, ``short_block_n``
+  for the own tiles of ``min_block_m`` rows), so that a key is rescaled at most once per later
+  step of its chunk in which the token sees a key (a step in which it sees none leaves its
+  state bit for bit: the max stays, the rescale is by ``exp2(0) = 1``, the weights are
+  ``exp2(-inf) = 0``);
 * the merge kernel folds all of a token's chunk states at once, which costs every key
   ``MERGE_STEPS``, or nothing when only one chunk holds a key the token sees (its weight is
   ``exp2(0) = 1`` and the others' ``0``: the fold returns that state's output unchanged).
 
-So a token whose chunks hold at most ``n`` of the keys it sees, in ``k`` non-empty chunks, has
-``1 + (ceil(n / block_n) - 1) + (MERGE_STEPS if k >= 2 else 0)`` steps. The prefix chunks hold
-every key of the prefix; the own chunks hold the token's own keys up to its causal limit.
+So a token whose chunk ``i`` holds ``n_i`` of the keys it sees, walked ``b_i`` keys a step, in
+``k`` non-empty chunks, has ``max_i ceil(n_i / b_i) + (MERGE_STEPS if k >= 2 else 0)`` steps.
+The prefix chunks hold every key of the prefix; the own chunks hold the token's own keys up to
+its causal limit.
 
-A single-pass request's token (``plan.single_pass_requests``) is one walk, ``block_n`` keys per
-step, over its prefix of ``P`` keys and then the ``n`` own keys it sees, and no merge:
-``ceil(P / block_n) + ceil(n / block_n)`` steps.
+A single-pass request's token (``plan.single_pass_requests``) is one walk, ``b`` keys per step
+(its own tile's), over its prefix of ``P`` keys and then the ``n`` own keys it sees, and no
+merge: ``ceil(P / b) + ceil(n / b)`` steps.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 
 from relaycore.validation import BatchMeta
 
-from relaycore.fast.triton.config import Config, chunk_size, default_config
+from relaycore.fast.triton.config import Config, chunk_size, default_config, tile_height
 from relaycore.fast.triton.plan import single_pass_requests
 
 #: Steps per key of the merge kernel's all-at-once fold of two or more non-empty states
@@ -70,22 +73,23 @@ def steps_per_token(meta: BatchMeta, config: Optional[Config] = None) -> np.ndar
         j = np.arange(q_len, dtype=np.int64)
         seen = kv_len - q_len + j + 1 if meta.causal else np.full(q_len, kv_len, dtype=np.int64)
         lo = int(meta.cu_seqlens_q[b])
+        rows = q_len * meta.group_size
+        own_step = config.block_n_for(tile_height(rows, config, prefix=False), own=True)
         if single[b]:  # one walk: the prefix's blocks, then the own blocks with a key it sees
             prefix = int(meta.prefix_lens[0][meta.prefix_ids[0][b]]) if meta.num_levels and meta.prefix_ids[0][b] >= 0 else 0
-            steps[lo : lo + q_len] = _cdiv(prefix, config.block_n) + _cdiv(seen, config.block_n)
+            steps[lo : lo + q_len] = _cdiv(prefix, own_step) + _cdiv(seen, own_step)
             continue
-        rows = q_len * meta.group_size
-        most = 0  # the most keys one prefix chunk holds
+        most = 0  # the most steps one prefix chunk takes
         chunks = 0  # non-empty prefix chunks
         for lens, ids in zip(meta.prefix_lens, meta.prefix_ids):
             length = int(lens[ids[b]]) if ids[b] >= 0 else 0
             if length:
                 size = chunk_size(length, rows, config)
-                most = max(most, min(size, length))
+                most = max(most, _cdiv(min(size, length), config.block_n))
                 chunks += _cdiv(length, size)
         # own keys the token sees: causal token j of the request sees kv_len - q_len + j + 1
         size = chunk_size(kv_len, rows, config)
-        most_own = np.maximum(np.minimum(seen, size), most)
+        most_own = np.maximum(_cdiv(np.minimum(seen, size), own_step), most)
         chunks_own = chunks + _cdiv(seen, size)
-        steps[lo : lo + q_len] = _cdiv(most_own, config.block_n) + np.where(chunks_own >= 2, MERGE_STEPS, 0)
+        steps[lo : lo + q_len] = most_own + np.where(chunks_own >= 2, MERGE_STEPS, 0)
     return steps
