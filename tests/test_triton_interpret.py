@@ -57,9 +57,9 @@ plan_module = importlib.import_module("relaycore.fast.triton.plan")  # the packa
 TINY = Config(block_m=16, prefix_block_m=16, min_block_m=16, block_n=16, short_block_n=16, min_chunk=16,
               target_chunks=2, num_warps=4, num_stages=2, unmasked_min_block_m=16, carry_pages_min_block_m=16)
 #: The same with taller tiles allowed, so that own tiles of 16 and 32 rows both occur; only the
-#: 32-row tiles split off their unmasked blocks and carry their pages (every launch here is
-#: small, so none carries for that); the 16-row own tiles walk 32 keys a step, every other
-#: tile 16.
+#: 32-row tiles split off their unmasked blocks and carry their pages (no launch carries for
+#: its size, ``carry_pages_max_programs`` being 0); the 16-row own tiles walk 32 keys a step,
+#: every other tile 16.
 TALL = Config(block_m=32, prefix_block_m=16, min_block_m=16, block_n=16, short_block_n=32, min_chunk=16,
               target_chunks=4, num_warps=4, num_stages=2, unmasked_min_block_m=32, carry_pages_min_block_m=32)
 
