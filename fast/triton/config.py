@@ -51,13 +51,13 @@ class Config:
         fused_merge_max_fold_steps: and the most serial steps of the longest fold a program may
             run (``plan.fold_steps``: its slices times the reads of a slice, each an L2 round
             trip at the end of the call), else the merge launch. Measured on an H200
-            (``fast/triton/NOTES.md``, session 11), Hkv 8, fused against the merge launch, us:
-            17 slots a row (prefix 8192): batch 2 (5 steps) 23.2 / 26.3, batch 4 (5) 26.3 /
-            26.5, batch 6 (9) 30.5 / 27.5, batch 8 (9) 32.7 / 27.7; prefix 16384 the same within
-            0.5 us; 9 slots (prefix 2048): batch 8 (5) 18.7 / 20.1, batch 16 (9) 19.8 / 22.0.
-            Steps predict the fold's tail, not who folds: where the prefix chunks are short
-            (256 keys, prefix 2048-4096) the 4-row own tiles fold last more often, and the bound
-            gives away 1.5-3.4 us (prefix 2048, batch 10-16; prefix 4096, batch 6-8).
+            (``fast/triton/NOTES.md``, session 12, own tiles at 128 keys a step), Hkv 8, fused
+            against the merge launch, us: 17 slots a row (prefix 8192): batch 2 (5 steps) 22.7 /
+            25.5, batch 4 (5) 26.0 / 26.1, batch 8 (9) 31.7 / 26.8, batch 16 (9) 42.1 / 28.6;
+            9 slots (prefix 2048): batch 4 (5) 16.6 / 17.9, batch 8 (5) 19.9 / 19.0, batch 12
+            (9) 24.6 / 20.4; 3 slots (prefix 512): fused faster up to batch 16. Steps predict
+            the fold's tail, not who folds (a prefix tile folds at 0.5 us a slot, an own tile at
+            0.19); the bound gives away 1 us at batch 8, prefix 2048.
         unmasked_min_block_m: the shortest tile that walks the key blocks all its rows see
             in full without masks (the selects are arithmetic a tall tile pays on every score);
             shorter tiles, bound by their loads, keep one masked loop and fewer registers.
