@@ -35,9 +35,9 @@ class Config:
         short_block_n: keys per step of the own tiles of ``min_block_m`` rows (``block_n_for``).
             An own tile holds one request's rows, and its height follows from them, so its
             step may differ from the prefix tiles' without a row's bits depending on the
-            batch. These are the decode tiles, bound by the
-            latency of their walk: without carried pages (``carries_pages``) each step waits
-            for its page-table read and then for its keys, so fewer, longer steps wait less.
+            batch. These are the decode tiles, bound by the latency of their walk: without
+            carried pages (``carries_pages``) each step waits for its page-table read and
+            then for its keys, so fewer, longer steps wait less.
             Measured on an H200 (``fast/triton/NOTES.md``, session 12), 128 against 64 keys,
             us: Hkv 8, B 32, prefix 8192 40.3 -> 34.8; B 128, Hkv 32, prefix 2048 117.8 ->
             110.7; B 1, Hkv 32, prefix 512 14.5 -> 13.2; slower where a small batch's fused

@@ -143,6 +143,7 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
     skb, sks, skh = _kv_strides(k, paged)
     svb, svs, svh = _kv_strides(v, paged)
     grid = (item_list.num_items, plan.num_kv_heads)
+    block_n = cfg.block_n_for(item_list.block_m, own=item_list.level < 0)
     launch(
         partial_kernel, grid,
         (q, k, v, item_list.items, item_list.tokens, item_list.slots, table, part_out, part_lse,
@@ -156,7 +157,7 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
          pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1),
          *(item_list.regular or (0,) * len(REGULAR_FIELDS))),
         dict(NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
-             BLOCK_N=cfg.block_n_for(item_list.block_m, own=item_list.level < 0), PAGED=paged, PAGE_SIZE=k.shape[1] if paged else 1, CAUSAL=causal,
+             BLOCK_N=block_n, PAGED=paged, PAGE_SIZE=k.shape[1] if paged else 1, CAUSAL=causal,
              UPCAST=interpret and q.dtype == torch.bfloat16,
              DOT_PRECISION="ieee", FUSED_MERGE=plan.fused_merge and not item_list.single_pass,
              SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m,

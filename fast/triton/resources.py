@@ -175,7 +175,8 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
     pointer_types = {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": dtype, "pre_k_ptr": dtype, "pre_v_ptr": dtype,
                      "part_out_ptr": "fp32", "part_lse_ptr": "fp32", "out_ptr": dtype, "lse_ptr": "fp32"}
     constexprs = dict(NUM_Q_HEADS=32 * kind.group, GROUP=kind.group, HEAD_DIM=head_dim, BLOCK_M=kind.block_m,
-                      BLOCK_N=config.block_n_for(kind.block_m, own=kind.paged), PAGED=kind.paged, PAGE_SIZE=PAGE_SIZE if kind.paged else 1,
+                      BLOCK_N=config.block_n_for(kind.block_m, own=kind.paged), PAGED=kind.paged,
+                      PAGE_SIZE=PAGE_SIZE if kind.paged else 1,
                       CAUSAL=kind.causal, UPCAST=False,
                       DOT_PRECISION="ieee", FUSED_MERGE=kind.fused_merge,
                       SPLIT_UNMASKED=kind.block_m >= config.unmasked_min_block_m,
