@@ -57,9 +57,8 @@ plan_module = importlib.import_module("relaycore.fast.triton.plan")  # the packa
 TINY = Config(block_m=16, prefix_block_m=16, min_block_m=16, block_n=16, short_block_n=16, min_chunk=16,
               target_chunks=2, num_warps=4, num_stages=2, unmasked_min_block_m=16, carry_pages_min_block_m=16)
 #: The same with taller tiles allowed, so that own tiles of 16 and 32 rows both occur; only the
-#: 32-row tiles split off their unmasked blocks and carry their pages (no launch carries for
-#: its size, ``carry_pages_max_programs`` being 0); the 16-row own tiles walk 32 keys a step,
-#: every other tile 16.
+#: 32-row tiles split off their unmasked blocks and carry their pages; the 16-row own tiles
+#: walk 32 keys a step, every other tile 16.
 TALL = Config(block_m=32, prefix_block_m=16, min_block_m=16, block_n=16, short_block_n=32, min_chunk=16,
               target_chunks=4, num_warps=4, num_stages=2, unmasked_min_block_m=32, carry_pages_min_block_m=32)
 
@@ -219,8 +218,7 @@ def test_the_unmasked_blocks_change_no_bit(batch):
 def test_carried_pages_change_no_bit(batch):
     """Reading each next block's pages a step ahead reads the same pages: the same bits, ragged
     chunk ends (a carried read past ``key_stop`` is masked) and odd page sizes included."""
-    carried, own_step = (dataclasses.replace(TINY, carry_pages_min_block_m=m, carry_pages_max_programs=n)
-                         for m, n in ((16, 0), (2 * TINY.block_m, 0)))
+    carried, own_step = (dataclasses.replace(TINY, carry_pages_min_block_m=m) for m in (16, 2 * TINY.block_m))
     assert _same(_run(batch, carried), _run(batch, own_step))
 
 
@@ -431,16 +429,10 @@ def test_chunks_and_tiles_depend_on_the_request_alone():
                num_warps=4, num_stages=2)
 
 
-def test_tall_tiles_and_small_launches_carry_their_pages():
+def test_tall_tiles_carry_their_pages():
     cfg = default_config(128, "float16", 8)
-    # an append tile: 128 rows; the short own tiles walk a decode request's own keys in one
-    # step and carry nothing, at batch 1 (8 own programs at Hkv 8) as at batch 8 (64)
-    assert cfg.carries_pages(128, 4096) and not cfg.carries_pages(64, 4096)
-    assert not any(cfg.carries_pages(16, n) for n in (8, 64))
-    small = dataclasses.replace(cfg, carry_pages_max_programs=16)
-    assert [small.carries_pages(16, n) for n in (8, 16, 17, 64)] == [True, True, False, False]
-    with pytest.raises(ValueError, match="carry_pages_max_programs"):
-        dataclasses.replace(cfg, carry_pages_max_programs=-1)
+    # an append tile: 128 rows; the short own tiles walk a decode request's own keys in one step
+    assert cfg.carries_pages(128) and not cfg.carries_pages(64) and not cfg.carries_pages(16)
 
 
 @in_process

@@ -71,19 +71,10 @@ class Config:
             The bits are the same either way. Measured on an H200 (``fast/triton/NOTES.md``,
             session 8): append 4 x 512, prefix 2048, Hkv 32 229.5 -> 213.2 us with 128-row
             tiles carrying; 16-row decode tiles carrying made batch-32 decode slower
-            (Hkv 8, prefix 512: 21.2 -> 22.9 us).
-        carry_pages_max_programs: a paged launch of at most this many programs carries its
-            pages whatever its tile height (``carries_pages``): the own launch of a batch of one
-            or two requests at Hkv = 8, whose programs wait on their paged walk while most SMs
-            idle. The bits are the same either way. Measured on an H200
-            (``fast/triton/NOTES.md``, session 9), with 64-key steps, Hkv 8, prefix 512 / 2048:
-            batch 1 14.2 -> 12.7 / 16.1 -> 15.2 us, batch 2 13.4 -> 12.5 / 15.6 -> 15.5; at 32
-            programs (batch 4) prefix 2048 went 16.1 -> 16.5, at 64 (batch 8) 17.0 -> 18.7.
-            0 by default since the short own tiles walk 128 keys a step (``short_block_n``):
-            a decode request's 128 own keys are then one step, with nothing to carry, and the
-            carrying tile spills (255 registers, 136 KiB of shared memory, one program per
-            SM) for the same times (session 12, batch 1, Hkv 8, prefix 512 / 2048 / 16384:
-            12.7 / 14.3 / 32.9 us carried, 12.6 / 14.2 / 32.9 not).
+            (Hkv 8, prefix 512: 21.2 -> 22.9 us). Carrying at batch 1-2 whatever the height
+            helped while the own tiles walked 64 keys a step (session 9); at 128
+            (``short_block_n``) a decode request's own keys are one step and the carrying tile
+            spilled for the same times (session 12), so only tall tiles carry.
     """
 
     block_m: int
@@ -99,7 +90,6 @@ class Config:
     fused_merge_max_fold_steps: int = 5
     unmasked_min_block_m: int = 128
     carry_pages_min_block_m: int = 128
-    carry_pages_max_programs: int = 0
 
     def __post_init__(self) -> None:
         for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "short_block_n", "min_chunk",
@@ -120,15 +110,13 @@ class Config:
         for name in ("fused_merge_max_tokens", "fused_merge_max_fold_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Config.{name}: expected >= 0, got {getattr(self, name)}")
-        if self.carry_pages_max_programs < 0:
-            raise ValueError(f"Config.carry_pages_max_programs: expected >= 0, got {self.carry_pages_max_programs}")
         if self.target_chunks < 1:
             raise ValueError(f"Config.target_chunks: expected >= 1, got {self.target_chunks}")
 
-    def carries_pages(self, tile: int, programs: int) -> bool:
-        """Whether a launch of ``programs`` programs of ``tile`` rows over a paged KV reads each
-        next block's pages one step ahead (``kernels.attend_range``)."""
-        return tile >= self.carry_pages_min_block_m or programs <= self.carry_pages_max_programs
+    def carries_pages(self, tile: int) -> bool:
+        """Whether a tile of ``tile`` rows over a paged KV reads each next block's pages one step
+        ahead (``kernels.attend_range``)."""
+        return tile >= self.carry_pages_min_block_m
 
     def block_n_for(self, tile: int, *, own: bool) -> int:
         """Keys per step of a tile of ``tile`` rows over the requests' own KV (``own``) or a

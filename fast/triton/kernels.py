@@ -406,7 +406,7 @@ def partial_kernel(
         SPLIT_UNMASKED: walk the blocks that every row sees in full without masks (tall tiles,
             where the selects cost arithmetic; one loop keeps a short tile's registers).
         CARRY_PAGES: ``PAGED`` walks read each next block's pages one step ahead
-            (``attend_range``; tall tiles and small launches, ``Config.carries_pages``).
+            (``attend_range``; tall tiles, ``Config.carries_pages``).
         pre_k_ptr, pre_v_ptr, stride_pks, ...: ``SINGLE_PASS`` only: prefix level 0's
             contiguous rows ``[rows, Hkv, D]``.
         SINGLE_PASS: walk the item's prefix (``prefix_len`` keys from row ``prefix_start``,

@@ -161,7 +161,7 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
              UPCAST=interpret and q.dtype == torch.bfloat16,
              DOT_PRECISION="ieee", FUSED_MERGE=plan.fused_merge and not item_list.single_pass,
              SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m,
-             CARRY_PAGES=paged and cfg.carries_pages(item_list.block_m, grid[0] * grid[1]), SINGLE_PASS=item_list.single_pass,
+             CARRY_PAGES=paged and cfg.carries_pages(item_list.block_m), SINGLE_PASS=item_list.single_pass,
              ITEMS_LISTED=not item_list.regular,
              FOLD_M=item_list.fold_rows, LN2=LN2),
         num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device, stream=stream,

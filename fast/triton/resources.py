@@ -72,8 +72,6 @@ class TileKind:
         single_pass: whether it walks a request's prefix and own KV and writes the result
             (an append request's own tile, ``config.single_pass``).
         fold_rows: with ``fused_merge``, the rows it folds at once (``plan.fold_height``).
-        programs: the programs of its launch (``Config.carries_pages``); the default is a
-            launch of a large batch.
     """
 
     name: str
@@ -84,7 +82,6 @@ class TileKind:
     fused_merge: bool = False
     single_pass: bool = False
     fold_rows: int = MIN_FOLD_ROWS
-    programs: int = 1024
 
 
 @dataclass(frozen=True)
@@ -118,8 +115,7 @@ def tile_kinds(config: Config) -> List[TileKind]:
     append request (``block_m`` rows, single pass), then the own and prefix tiles of a small batch,
     which fold the states themselves (``plan.merge_in_partials``), at GQA 1 and 4 (the prefix
     tile at each fold height, ``plan.fold_height``: a 16-row fold reads its first slice's rows
-    before the key loop, taller ones after it), and, where a launch that small carries its pages
-    (``Config.carries_pages``), the own tile of a batch of one."""
+    before the key loop, taller ones after it)."""
     kinds = [TileKind(f"own decode tile, GQA {g}", config.min_block_m, True, True, g) for g in (1, 4)]
     tall = sorted({config.prefix_block_m, config.block_m})
     kinds += [TileKind(f"prefix tile of {m} rows", m, False, False, 1) for m in tall]
@@ -132,9 +128,6 @@ def tile_kinds(config: Config) -> List[TileKind]:
                   *(TileKind(f"prefix tile of {config.prefix_block_m} rows, GQA {g}, fused merge of {rows} rows",
                              config.prefix_block_m, False, False, g, True, fold_rows=rows)
                     for rows in (2 * MIN_FOLD_ROWS, MAX_FOLD_ROWS))]
-    if config.carries_pages(config.min_block_m, 8):
-        kinds += [TileKind("own decode tile, GQA 4, fused merge, batch 1 at Hkv 8", config.min_block_m, True, True, 4,
-                           True, programs=8)]
     return kinds
 
 
@@ -180,7 +173,7 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
                       CAUSAL=kind.causal, UPCAST=False,
                       DOT_PRECISION="ieee", FUSED_MERGE=kind.fused_merge,
                       SPLIT_UNMASKED=kind.block_m >= config.unmasked_min_block_m,
-                      CARRY_PAGES=kind.paged and config.carries_pages(kind.block_m, kind.programs),
+                      CARRY_PAGES=kind.paged and config.carries_pages(kind.block_m),
                       SINGLE_PASS=kind.single_pass, ITEMS_LISTED=True,
                       FOLD_M=min(kind.fold_rows, kind.block_m), LN2=LN2)
     signature, aligned = {}, []
