@@ -10,7 +10,8 @@ import torch
 from relaycore.constants import LN2, LOG2E
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
 
-from relaycore.fast.triton.kernels import merge_kernel, partial_kernel
+from relaycore.fast.triton import hopper
+from relaycore.fast.triton.kernels import ITEM_FIELDS, merge_kernel, partial_kernel
 from relaycore.fast.triton.launcher import interpreting, launch
 from relaycore.fast.triton.plan import REGULAR_FIELDS, Launch, Plan
 
@@ -55,6 +56,10 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
 #: with); at small batch each launch fills only part of the GPU and the overlap removes a whole
 #: kernel's latency from the call (``fast/triton/NOTES.md``).
 CONCURRENT_PARTIALS = True
+
+#: Run single-pass launches with ``hopper.single_pass_tile`` where ``hopper.usable`` (sm_90,
+#: fp16/bf16, head_dim 64/128), else ``partial_kernel``. ``tests/gpu`` runs both.
+HOPPER_SINGLE_PASS = True
 
 
 class _Lanes(threading.local):
@@ -143,6 +148,25 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
     skb, sks, skh = _kv_strides(k, paged)
     svb, svs, svh = _kv_strides(v, paged)
     grid = (item_list.num_items, plan.num_kv_heads)
+    regular = item_list.regular or (0,) * len(REGULAR_FIELDS)
+    if item_list.single_pass and HOPPER_SINGLE_PASS and not interpret and hopper.usable(q, plan.head_dim,
+                                                                                        item_list.block_m):
+        *descs, own_box = hopper.descriptors(pre_k, pre_v, k, v, paged)
+        launch(
+            hopper.single_pass_tile, grid,
+            (q, *descs, pre_k, pre_v, k, v, item_list.items, item_list.tokens, table, out, lse,
+             plan.softmax_scale * LOG2E, q.stride(0), q.stride(1),
+             pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1),
+             skb, sks, skh, svb, svs, svh, table.stride(0) if paged else 0, *regular),
+            dict(NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, D=plan.head_dim, PAGED=paged,
+                 PAGE_SIZE=k.shape[1] if paged else 1, CAUSAL=causal, ITEMS_LISTED=not item_list.regular,
+                 NUM_ITEM_FIELDS=len(ITEM_FIELDS), LN2=LN2, BLOCK_N=hopper.BLOCK_N, NUM_BUF=hopper.NUM_BUF,
+                 CONSUMER_M=hopper.CONSUMER_M, COPY_ROWS=hopper.COPY_ROWS, OWN_BOX=own_box,
+                 CONSUMER_REGS=hopper.CONSUMER_REGS,
+                 PRODUCER_REGS=hopper.PRODUCER_REGS),
+            num_warps=4, num_stages=1, device=q.device, stream=stream,
+        )
+        return
     block_n = cfg.block_n_for(item_list.block_m, own=item_list.level < 0)
     launch(
         partial_kernel, grid,
@@ -155,7 +179,7 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
          table.stride(0) if paged else 0,
          pre_k, pre_v,
          pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1),
-         *(item_list.regular or (0,) * len(REGULAR_FIELDS))),
+         *regular),
         dict(NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
              BLOCK_N=block_n, PAGED=paged, PAGE_SIZE=k.shape[1] if paged else 1, CAUSAL=causal,
              UPCAST=interpret and q.dtype == torch.bfloat16,

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 import relaycore  # noqa: E402
 from relaycore import PagedKV, PrefixLevel, RaggedKV  # noqa: E402
-from relaycore.fast.triton import plan, prepare, run_planned  # noqa: E402
+from relaycore.fast.triton import hopper, plan, prepare, run_planned  # noqa: E402
+from relaycore.fast.triton import launch as launch_module  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
@@ -59,9 +60,22 @@ def test_float32_matches_the_oracle(poisoned_allocations):
     check()
 
 
+@pytest.fixture(params=["hopper", "triton"])
+def single_pass_tile(request, monkeypatch):
+    """Each single-pass tile: the Gluon one where ``hopper.usable`` (an sm_90 GPU), then the
+    Triton one, which every other GPU runs."""
+    monkeypatch.setattr(launch_module, "HOPPER_SINGLE_PASS", request.param == "hopper")
+    return request.param
+
+
+def test_the_hopper_tile_runs_on_sm90():
+    q = torch.empty(1, 8, 128, dtype=torch.float16, device="cuda")
+    assert hopper.usable(q, 128, hopper.TILE_M) == (torch.cuda.get_device_capability() == (9, 0))
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 @pytest.mark.parametrize("hkv", [8, 32])
-def test_single_pass_requests_match_the_oracle(dtype, hkv, poisoned_allocations):
+def test_single_pass_requests_match_the_oracle(dtype, hkv, single_pass_tile, poisoned_allocations):
     """Append requests whose rows fill the tallest tiles (``config.single_pass``) beside decode
     rows: the first and third read their prefix and own KV in one pass."""
     batch = make_batch([160, 1, 130, 3], [300, 500, 130, 40], prefix_lens=[[2048, 700]], prefix_ids=[[0, 0, 1, -1]],
@@ -70,6 +84,29 @@ def test_single_pass_requests_match_the_oracle(dtype, hkv, poisoned_allocations)
     planned = plan(validate(*args, **kwargs))
     assert any(x.single_pass for x in planned.launches)
     _assert_close_to_oracle(batch)
+
+
+@pytest.mark.parametrize("head_dim, group, block_size, dtype", [
+    (128, 4, 24, "float16"), (64, 1, 16, "bfloat16"), (128, 8, 1, "bfloat16"), (64, 4, 256, "float16")])
+def test_single_pass_shapes_match_the_oracle(head_dim, group, block_size, dtype, single_pass_tile,
+                                             poisoned_allocations):
+    """Single-pass requests with prefixes that end inside a block (or are empty), own KV that
+    ends inside a block and a page, and pages the tensor-memory copy takes whole, in boxes, or
+    not at all (1, 24)."""
+    batch = make_batch([130, 257, 200, 1], [130, 700, 333, 50], prefix_lens=[[1000, 129, 1]],
+                       prefix_ids=[[0, 1, -1, 2]], num_q_heads=2 * group, num_kv_heads=2, head_dim=head_dim,
+                       dtype=dtype, block_size=block_size, seed=block_size)
+    args, kwargs = batch.to_torch("cuda")
+    assert any(x.single_pass for x in plan(validate(*args, **kwargs)).launches)
+    _assert_close_to_oracle(batch)
+
+
+def test_single_pass_paged_and_ragged_give_the_same_bits(single_pass_tile):
+    pool = Pool(seed=17)
+    requests = [pool.request(40 + 45 * (b % 3), 300 + 97 * b, b % 3 - 1) for b in range(6)]
+    ragged = _run(pool.batch(requests))
+    for page_size in (1, 8, 16, 24, 64, 256):
+        assert _equal(_run(pool.batch(requests, page_size=page_size)), ragged), page_size
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,401 @@
+"""The single-pass tile on Hopper (sm_90), warp-specialized in Gluon.
+
+The same work and results as ``partial_kernel`` with ``SINGLE_PASS`` (``kernels``): program
+(item, KV head) walks one tile of an append request's rows over the request's prefix (level 0)
+and then its own keys up to the tile's causal limit, in one running state, and writes the rows'
+results. Plain Triton runs this loop at about 470 TFLOP/s on an H200, the rate of a minimal
+Triton flash-attention forward; the loop is serial there (scores, softmax, ``P @ V``). Here it
+overlaps, as FlashAttention-3 does (``fast/triton/NOTES.md``, sessions 13-14):
+
+* one producer warp copies each block's keys and values into shared memory and arrives on the
+  block's ``ready`` barrier: a block whose keys are all before its part's end by tensor-memory
+  copies (TMA: one box of the level, or of ragged own KV, or a box per page of a paged cache),
+  any other block a row per key (``cp.async``, keys past the end zero-filled, never read). On
+  an H200 the row copies alone ran the tile 1.7x slower than the Triton tile, the boxes 1.0-1.3x
+  faster (``fast/triton/NOTES.md``, session 14);
+* two consumer warpgroups hold 64 rows each; each issues block ``j``'s scores and block
+  ``j - 1``'s ``P @ V`` together and runs block ``j``'s softmax while they run, and the two take
+  turns issuing (``turns``), so one's softmax runs beside the other's products;
+* a consumer releases a buffer (``empty``) once its products that read it are done.
+
+Numerics: the online softmax of ``kernels.online_softmax_step`` in base 2, ``BLOCK_N`` keys a
+step, with one difference of order: a block's ``P @ V`` is added to the accumulator before the
+next block's rescale instead of after its own (``acc = (acc + P_j V_j) * alpha_{j+1}``). A key's
+contribution is rescaled once per later step either way, so ``rounding.steps_per_token`` (which
+counts 64-key steps, at least as many) bounds it (``proofs/error_bound.py``). A row's bits depend
+on its request alone (the tile, its blocks and its steps follow from the request), not on the
+batch; they differ from the Triton tile's, and a GPU runs one or the other for every request
+(``usable``).
+
+Not run by the CPU interpreter: ``tests/gpu`` checks it against the oracle.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # Gluon (triton >= 3.5): Hopper's asynchronous copies, barriers and warpgroup products
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                                  warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+except ImportError:  # pragma: no cover - an older triton runs the Triton tile everywhere
+    gluon = None
+
+#: Keys per step.
+BLOCK_N = 128
+#: Key/value buffers in flight (3 x 64 KiB at head_dim 128, beside q's 32 KiB: 224 KiB of the 227).
+NUM_BUF = 3
+#: Rows per consumer warpgroup (the warpgroup product's height) and per tile (two consumers).
+CONSUMER_M = 64
+TILE_M = 2 * CONSUMER_M
+#: Rows per asynchronous copy of the producer warp (8 per thread at head_dim 128).
+COPY_ROWS = 16
+#: Registers per thread: each consumer warpgroup, the producer warp (its warpgroup's). The 12 warps
+#: start at 168 (64 KiB of registers over 384 threads); 2 x 128 x 224 + 128 x 56 is the same
+#: total, and the paged producer's page reads spill at 40 (ptxas, sm_90).
+CONSUMER_REGS, PRODUCER_REGS = 224, 56
+
+HEAD_DIMS = (64, 128)
+DTYPES = (torch.float16, torch.bfloat16)
+
+
+def usable(q: torch.Tensor, head_dim: int, block_m: int) -> bool:
+    """Whether the single-pass launches of a batch with q ``q`` run here: on an sm_90 GPU, for
+    fp16/bf16 and head_dim 64 or 128, tiles of ``TILE_M`` rows. Properties of the GPU and the
+    model only, so a request's bits do not depend on its batch."""
+    return (gluon is not None and q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0)
+            and q.dtype in DTYPES and head_dim in HEAD_DIMS and block_m == TILE_M)
+
+
+def _rows_descriptor(x: torch.Tensor, box_rows: int):
+    """A tensor descriptor of ``x`` (``[..., Hkv, D]``, its rows packed) as ``[rows, Hkv * D]``
+    with boxes of ``box_rows`` rows by one head, or ``None`` where the rows are not packed or
+    not 16-byte aligned (the tensor-memory copy's requirements)."""
+    hkv, d = x.shape[-2:]
+    packed = x.stride(-1) == 1 and x.stride(-2) == d and all(
+        x.stride(i) == x.stride(i + 1) * x.shape[i + 1] for i in range(x.dim() - 2))
+    if not packed or x.data_ptr() % 16 or (hkv * d * x.element_size()) % 16:
+        return None
+    layout = gl.NVMMASharedLayout.get_default_for([box_rows, d], _GL_DTYPES[x.dtype])
+    return TensorDescriptor(x, [x.numel() // (hkv * d), hkv * d], [hkv * d, 1], [box_rows, d], layout)
+
+
+def descriptors(pre_k: torch.Tensor, pre_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor, paged: bool):
+    """The tensor descriptors ``single_pass_tile`` copies by, and its ``OWN_BOX``.
+
+    Level 0's keys and values ``[rows, Hkv, D]``: boxes of ``BLOCK_N`` rows (a level whose rows
+    are not packed is copied first). The own KV, ragged ``[rows, Hkv, D]`` or a paged cache
+    ``[num_pages, page, Hkv, D]``: boxes of ``OWN_BOX`` rows, ``BLOCK_N`` (ragged, or pages of a
+    multiple of ``BLOCK_N``) or one page (a divisor of ``BLOCK_N`` and a multiple of 8, the shared
+    layout's swizzle period), or
+    ``OWN_BOX = 0`` where neither applies: those keys are copied a row at a time. Either copy
+    puts the same values in shared memory, so the choice changes no bit.
+
+    Returns:
+        ``(pre_k_desc, pre_v_desc, own_k_desc, own_v_desc, OWN_BOX)``; with ``OWN_BOX = 0`` the
+        own descriptors are level 0's (not read).
+    """
+    pre = [_rows_descriptor(x, BLOCK_N) or _rows_descriptor(x.contiguous(), BLOCK_N) for x in (pre_k, pre_v)]
+    box = BLOCK_N
+    if paged:  # a box within one page, whole pages per block, rows a multiple of the swizzle period
+        page = k.shape[1]
+        box = page if page % 8 == 0 and BLOCK_N % page == 0 else BLOCK_N if page % BLOCK_N == 0 else 0
+    own = [_rows_descriptor(x, box) for x in (k, v)] if box else [None, None]
+    if None in own:
+        return (*pre, *pre, 0)
+    return (*pre, *own, box)
+
+
+if gluon is not None:
+    _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
+    _thread_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # triton 3.6 / 3.7
+
+    @gluon.jit
+    def _producer(pre_k_desc, pre_v_desc, own_k_desc, own_v_desc, pre_k_ptr, pre_v_ptr, k_ptr, v_ptr, table_ptr,
+                  k_smem, v_smem, ready, empty, i_hk, kv_base, key_start, key_stop, prefix_start, prefix_len, n_pre,
+                  num_blocks,
+                  stride_pks, stride_pkh, stride_pvs, stride_pvh, stride_kb, stride_ks, stride_kh,
+                  stride_vb, stride_vs, stride_vh, stride_table,
+                  D: gl.constexpr, BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, COPY_ROWS: gl.constexpr,
+                  PAGED: gl.constexpr, PAGE_SIZE: gl.constexpr, OWN_BOX: gl.constexpr):
+        """Block ``j``: the prefix's keys ``j * BLOCK_N :`` for ``j < n_pre``, then the own keys
+        from ``key_start``. A full block (every key before the part's end) is copied by tensor
+        memory, ``BLOCK_N`` rows of the level or ``OWN_BOX``-row boxes of the own KV
+        (``descriptors``); the others a row per key, and keys past the part's end are
+        zero-filled, never read."""
+        layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // D, D // 8], [1, 1], [1, 0])
+        o_r = gl.arange(0, COPY_ROWS, layout=gl.SliceLayout(1, layout))
+        o_d = gl.expand_dims(gl.arange(0, D, layout=gl.SliceLayout(0, layout)), 0)
+        full_pre = prefix_len // BLOCK_N
+        for j in range(num_blocks):
+            buf = j % NUM_BUF
+            if j >= NUM_BUF:
+                mbarrier.wait(empty.index(buf), ((j // NUM_BUF) - 1) & 1)
+            own_key = key_start + (j - n_pre) * BLOCK_N
+            if j < full_pre:
+                _tma_block(pre_k_desc, pre_v_desc, k_smem.index(buf), v_smem.index(buf), ready.index(buf),
+                           prefix_start + j * BLOCK_N, i_hk * D)
+            elif OWN_BOX > 0 and j >= n_pre and own_key + BLOCK_N <= key_stop:
+                _tma_own_block(own_k_desc, own_v_desc, table_ptr, k_smem.index(buf), v_smem.index(buf),
+                               ready.index(buf), own_key, kv_base, stride_table, i_hk * D, BLOCK_N, OWN_BOX, PAGED,
+                               PAGE_SIZE)
+            else:
+                _copy_block(pre_k_ptr, pre_v_ptr, k_ptr, v_ptr, table_ptr, k_smem.index(buf), v_smem.index(buf),
+                            ready.index(buf), j, o_r, o_d, i_hk, kv_base, key_start, key_stop, prefix_start,
+                            prefix_len, n_pre, stride_pks, stride_pkh, stride_pvs, stride_pvh, stride_kb, stride_ks,
+                            stride_kh, stride_vb, stride_vs, stride_vh, stride_table, BLOCK_N, COPY_ROWS, PAGED,
+                            PAGE_SIZE)
+
+    @gluon.jit
+    def _tma_block(k_desc, v_desc, k_dst, v_dst, bar, row, col):
+        """Rows ``row :`` of a level's keys and values, columns ``col :`` (one KV head), into a
+        buffer: the barrier's one arrival, completed by the copies' bytes."""
+        mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [row, col], bar, k_dst)
+        tma.async_copy_global_to_shared(v_desc, [row, col], bar, v_dst)
+
+    @gluon.jit
+    def _tma_own_block(k_desc, v_desc, table_ptr, k_dst, v_dst, bar, key0, kv_base, stride_table, col,
+                       BLOCK_N: gl.constexpr, OWN_BOX: gl.constexpr, PAGED: gl.constexpr, PAGE_SIZE: gl.constexpr):
+        """Own keys ``key0 : key0 + BLOCK_N`` of request ``kv_base`` (paged: a page table row;
+        ragged: the first row), columns ``col :``, into a buffer in ``OWN_BOX``-row boxes: the
+        barrier's one arrival, completed by the copies' bytes."""
+        mbarrier.expect(bar, 2 * (BLOCK_N // OWN_BOX) * k_desc.block_type.nbytes)
+        for b in gl.static_range(BLOCK_N // OWN_BOX):
+            key = key0 + b * OWN_BOX
+            if PAGED:
+                row = gl.load(table_ptr + kv_base * stride_table + key // PAGE_SIZE) * PAGE_SIZE + key % PAGE_SIZE
+            else:
+                row = kv_base + key
+            tma.async_copy_global_to_shared(k_desc, [row, col], bar, k_dst.slice(b * OWN_BOX, OWN_BOX))
+            tma.async_copy_global_to_shared(v_desc, [row, col], bar, v_dst.slice(b * OWN_BOX, OWN_BOX))
+
+    @gluon.jit
+    def _copy_block(pre_k_ptr, pre_v_ptr, k_ptr, v_ptr, table_ptr, k_dst, v_dst, bar, j, o_r, o_d, i_hk, kv_base,
+                    key_start, key_stop, prefix_start, prefix_len, n_pre, stride_pks, stride_pkh, stride_pvs,
+                    stride_pvh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_table,
+                    BLOCK_N: gl.constexpr, COPY_ROWS: gl.constexpr, PAGED: gl.constexpr, PAGE_SIZE: gl.constexpr):
+        """Block ``j``'s keys and values a row per key (``_producer``), then the barrier's one
+        arrival, held open until every thread's copies have landed."""
+        for c in gl.static_range(BLOCK_N // COPY_ROWS):
+            if j < n_pre:
+                o_key = j * BLOCK_N + c * COPY_ROWS + o_r
+                m_key = o_key < prefix_len
+                o_row = (prefix_start + o_key).to(gl.int64)
+                p_k = pre_k_ptr + o_row * stride_pks + i_hk * stride_pkh
+                p_v = pre_v_ptr + o_row * stride_pvs + i_hk * stride_pvh
+            else:
+                o_key = key_start + (j - n_pre) * BLOCK_N + c * COPY_ROWS + o_r
+                m_key = o_key < key_stop
+                if PAGED:
+                    o_page = gl.load(table_ptr + kv_base * stride_table + o_key // PAGE_SIZE, mask=m_key,
+                                     other=0).to(gl.int64)
+                    o_slot = (o_key % PAGE_SIZE).to(gl.int64)
+                    p_k = k_ptr + o_page * stride_kb + o_slot * stride_ks + i_hk * stride_kh
+                    p_v = v_ptr + o_page * stride_vb + o_slot * stride_vs + i_hk * stride_vh
+                else:
+                    o_row = (kv_base + o_key).to(gl.int64)
+                    p_k = k_ptr + o_row * stride_ks + i_hk * stride_kh
+                    p_v = v_ptr + o_row * stride_vs + i_hk * stride_vh
+            m_copy = gl.expand_dims(m_key, 1)
+            async_copy.async_copy_global_to_shared(k_dst.slice(c * COPY_ROWS, COPY_ROWS),
+                                                   gl.expand_dims(p_k, 1) + o_d, mask=m_copy)
+            async_copy.async_copy_global_to_shared(v_dst.slice(c * COPY_ROWS, COPY_ROWS),
+                                                   gl.expand_dims(p_v, 1) + o_d, mask=m_copy)
+        async_copy.mbarrier_arrive(bar)  # each thread: a pending arrival, resolved when its copies land
+        _thread_barrier()
+        mbarrier.arrive(bar, count=1)
+
+    @gluon.jit
+    def _consumer(q_ptr, out_ptr, lse_ptr, q_smem, k_smem, v_smem, ready, empty, turns, me, row0, num_rows, tok_base,
+                  tok_first, tok_ptr, i_hk, key_start, key_stop, causal_shift, prefix_len, n_pre, num_blocks,
+                  qk_scale, stride_qt, stride_qh,
+                  GROUP: gl.constexpr, NUM_Q_HEADS: gl.constexpr, D: gl.constexpr, BLOCK_N: gl.constexpr,
+                  NUM_BUF: gl.constexpr, CONSUMER_M: gl.constexpr, CAUSAL: gl.constexpr, LN2: gl.constexpr):
+        """The tile's rows ``me * CONSUMER_M :`` over every block, then their results."""
+        dtype: gl.constexpr = q_ptr.dtype.element_ty
+        ld_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // D, D // 8], [4, 1], [1, 0])
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, BLOCK_N, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, D, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+        # q's rows (token, query head of the group) into this consumer's buffer
+        first = me * CONSUMER_M
+        o_m = gl.arange(0, CONSUMER_M, layout=gl.SliceLayout(1, ld_layout))
+        m_row = first + o_m < num_rows
+        o_row = row0 + first + o_m
+        if tok_first >= 0:
+            o_tok = (tok_first + o_row // GROUP).to(gl.int64)
+        else:
+            o_tok = gl.load(tok_ptr + tok_base + o_row // GROUP, mask=m_row, other=0).to(gl.int64)
+        o_head = i_hk * GROUP + o_row % GROUP
+        o_d = gl.arange(0, D, layout=gl.SliceLayout(0, ld_layout))
+        p_q = q_ptr + gl.expand_dims(o_tok * stride_qt + o_head * stride_qh, 1) + gl.expand_dims(o_d, 0)
+        q_smem.store(gl.load(p_q, mask=gl.expand_dims(m_row, 1), other=0.0))
+        fence_async_shared()
+        _thread_barrier()  # every warp's rows stored before the warpgroup's products read them
+
+        # the causal limit of each row: its token's index in the item, in the scores' layout
+        o_j = (row0 + first + gl.arange(0, CONSUMER_M, layout=row_s)) // GROUP
+        o_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        # blocks every row of the tile sees in full need no mask: the prefix's but a short last
+        # one, and the own blocks below the tile's first row's causal limit
+        full_pre = prefix_len // BLOCK_N
+        full_stop = key_stop
+        if CAUSAL:
+            full_stop = gl.minimum(key_stop, causal_shift + row0 // GROUP + 1)
+        full_own = gl.maximum(full_stop - key_start, 0) // BLOCK_N
+
+        m_i = gl.full([CONSUMER_M], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.zeros([CONSUMER_M], gl.float32, layout=row_s)
+        acc = gl.zeros([CONSUMER_M, D], gl.float32, layout=o_layout)
+        zero_s = gl.zeros([CONSUMER_M, BLOCK_N], gl.float32, layout=s_layout)
+        p = gl.zeros([CONSUMER_M, BLOCK_N], dtype, layout=p_layout)
+        for j in range(num_blocks):
+            buf = j % NUM_BUF
+            prev = (j + NUM_BUF - 1) % NUM_BUF
+            mbarrier.wait(ready.index(buf), (j // NUM_BUF) & 1)
+            mbarrier.wait(turns.index(me), j & 1)
+            s = warpgroup_mma(q_smem, k_smem.index(buf).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            # block j - 1's P V (at j = 0, P is zero over block 0's values, zero-filled or finite)
+            v_buf = prev + (buf - prev) * (j == 0).to(gl.int32)
+            acc = warpgroup_mma(p, v_smem.index(v_buf), acc, is_async=True)
+            mbarrier.arrive(turns.index(1 - me), count=1)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s, ))
+            if j < n_pre:
+                if j >= full_pre:  # the prefix's short last block
+                    s = gl.where(gl.expand_dims(j * BLOCK_N + o_n < prefix_len, 0), s, float("-inf"))
+            elif j - n_pre >= full_own:  # own keys past the end or the row's causal limit
+                o_key = gl.expand_dims(key_start + (j - n_pre) * BLOCK_N + o_n, 0)
+                seen = o_key < key_stop
+                if CAUSAL:
+                    seen = seen & (o_key <= causal_shift + gl.expand_dims(o_j, 1))
+                s = gl.where(seen, s, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # nothing seen yet: weights all 0
+            w = gl.exp2(s * qk_scale - gl.expand_dims(m_safe, 1))
+            alpha = gl.exp2(m_i - m_safe)
+            l_i = l_i * alpha + gl.sum(w, axis=1)
+            m_i = m_new
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+            if j > 0:
+                mbarrier.arrive(empty.index(prev), count=1)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            p = gl.convert_layout(w.to(dtype), p_layout)
+        last = (num_blocks - 1) % NUM_BUF
+        acc = warpgroup_mma(p, v_smem.index(last), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        mbarrier.arrive(empty.index(last), count=1)
+
+        # the results: out = acc / l in q's dtype, lse in natural log; (0, -inf) for a row that
+        # saw no key
+        l_o = gl.convert_layout(l_i, row_o)
+        seen_any = l_o > 0
+        l_safe = gl.where(seen_any, l_o, 1.0)
+        b_out = acc / gl.expand_dims(l_safe, 1)
+        b_lse = gl.where(seen_any, (gl.convert_layout(m_i, row_o) + gl.log2(l_safe)) * LN2, float("-inf"))
+        o_mo = gl.arange(0, CONSUMER_M, layout=row_o)
+        m_out = first + o_mo < num_rows
+        r_out = row0 + first + o_mo
+        if tok_first >= 0:
+            t_out = (tok_first + r_out // GROUP).to(gl.int64)
+        else:
+            t_out = gl.load(tok_ptr + tok_base + r_out // GROUP, mask=m_out, other=0).to(gl.int64)
+        o_result = t_out * NUM_Q_HEADS + i_hk * GROUP + r_out % GROUP
+        o_do = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+        gl.store(out_ptr + gl.expand_dims(o_result * D, 1) + gl.expand_dims(o_do, 0), b_out.to(dtype),
+                 mask=gl.expand_dims(m_out, 1))
+        gl.store(lse_ptr + o_result, b_lse, mask=m_out)
+
+    @gluon.jit
+    def single_pass_tile(
+        q_ptr, pre_k_desc, pre_v_desc, own_k_desc, own_v_desc, pre_k_ptr, pre_v_ptr, k_ptr, v_ptr, items_ptr, tok_ptr,
+        table_ptr, out_ptr, lse_ptr,
+        qk_scale, stride_qt, stride_qh, stride_pks, stride_pkh, stride_pvs, stride_pvh,
+        stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_table,
+        grid_rows, grid_tiles, grid_chunk, grid_len, grid_kv_base, grid_shift, grid_tok_first, grid_prefix_start,
+        grid_prefix_len,
+        NUM_Q_HEADS: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr, PAGED: gl.constexpr,
+        PAGE_SIZE: gl.constexpr, CAUSAL: gl.constexpr, ITEMS_LISTED: gl.constexpr, NUM_ITEM_FIELDS: gl.constexpr,
+        LN2: gl.constexpr, BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, CONSUMER_M: gl.constexpr,
+        COPY_ROWS: gl.constexpr, OWN_BOX: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+    ):
+        """A single-pass request's tile of ``2 * CONSUMER_M`` rows, one KV head: its results.
+
+        Grid ``(num_items, Hkv)``, 4 warps (the first consumer; the second and the producer
+        are workers). The arguments are ``partial_kernel``'s of a single-pass launch (``q``,
+        level 0's rows ``pre_k/pre_v``, the own KV ragged or paged, the items listed or
+        ``grid_*``), level 0's and the own KV's rows also as tensor descriptors
+        (``descriptors``, which gives ``OWN_BOX``), ``out`` contiguous ``[total_q, Hq, D]`` in q's dtype, ``lse`` fp32
+        ``[total_q, Hq]`` in natural log.
+        """
+        i_item = gl.program_id(0)
+        i_hk = gl.program_id(1)
+        if ITEMS_LISTED:
+            p_item = items_ptr + i_item * NUM_ITEM_FIELDS
+            tok_base = gl.load(p_item + 0)
+            row0 = gl.load(p_item + 1)
+            num_rows = gl.load(p_item + 2)
+            kv_base = gl.load(p_item + 3)
+            key_start = gl.load(p_item + 4)
+            key_end = gl.load(p_item + 5)
+            causal_shift = gl.load(p_item + 6)
+            tok_first = gl.load(p_item + 8)
+            prefix_start = gl.load(p_item + 9)
+            prefix_len = gl.load(p_item + 10)
+        else:  # item i is tile i % tiles of chunk i // tiles of one request (plan.regular_items)
+            tok_base = 0
+            chunk = i_item // grid_tiles
+            row0 = (i_item % grid_tiles) * (2 * CONSUMER_M)
+            num_rows = gl.minimum(grid_rows - row0, 2 * CONSUMER_M)
+            kv_base = grid_kv_base
+            key_start = chunk * grid_chunk
+            key_end = gl.minimum(key_start + grid_chunk, grid_len)
+            causal_shift = grid_shift
+            tok_first = grid_tok_first
+            prefix_start = grid_prefix_start
+            prefix_len = grid_prefix_len
+        key_stop = key_end
+        if CAUSAL:
+            key_stop = gl.minimum(key_end, causal_shift + (row0 + num_rows - 1) // GROUP + 1)
+        n_pre = gl.cdiv(prefix_len, BLOCK_N)
+        num_blocks = n_pre + gl.cdiv(gl.maximum(key_stop - key_start, 0), BLOCK_N)
+
+        dtype: gl.constexpr = q_ptr.dtype.element_ty
+        q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([CONSUMER_M, D], dtype)
+        kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], dtype)
+        q_smem = gl.allocate_shared_memory(dtype, [2, CONSUMER_M, D], q_layout)
+        k_smem = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, D], kv_layout)
+        v_smem = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, D], kv_layout)
+        ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+        turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(NUM_BUF):
+            mbarrier.init(ready.index(i), count=1)  # the producer's
+            mbarrier.init(empty.index(i), count=2)  # the consumers
+        mbarrier.init(turns.index(0), count=1)
+        mbarrier.init(turns.index(1), count=1)
+        mbarrier.arrive(turns.index(0), count=1)  # consumer 0 issues first
+        gl.warp_specialize([
+            (_consumer, (q_ptr, out_ptr, lse_ptr, q_smem.index(0), k_smem, v_smem, ready, empty, turns, 0, row0,
+                         num_rows, tok_base, tok_first, tok_ptr, i_hk, key_start, key_stop, causal_shift, prefix_len,
+                         n_pre, num_blocks, qk_scale, stride_qt, stride_qh, GROUP, NUM_Q_HEADS, D, BLOCK_N, NUM_BUF,
+                         CONSUMER_M, CAUSAL, LN2)),
+            (_consumer, (q_ptr, out_ptr, lse_ptr, q_smem.index(1), k_smem, v_smem, ready, empty, turns, 1, row0,
+                         num_rows, tok_base, tok_first, tok_ptr, i_hk, key_start, key_stop, causal_shift, prefix_len,
+                         n_pre, num_blocks, qk_scale, stride_qt, stride_qh, GROUP, NUM_Q_HEADS, D, BLOCK_N, NUM_BUF,
+                         CONSUMER_M, CAUSAL, LN2)),
+            (_producer, (pre_k_desc, pre_v_desc, own_k_desc, own_v_desc, pre_k_ptr, pre_v_ptr, k_ptr, v_ptr, table_ptr,
+                         k_smem, v_smem, ready, empty, i_hk, kv_base, key_start, key_stop, prefix_start, prefix_len,
+                         n_pre, num_blocks,
+                         stride_pks, stride_pkh, stride_pvs, stride_pvh, stride_kb, stride_ks, stride_kh,
+                         stride_vb, stride_vs, stride_vh, stride_table, D, BLOCK_N, NUM_BUF, COPY_ROWS, PAGED,
+                         PAGE_SIZE, OWN_BOX)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
