@@ -226,8 +226,14 @@ walk its prefix of $P$ keys and then its own KV in one running state, and write 
 tile's step) are the prefix's $\lceil P / b \rceil$ and its own $\lceil n / b \rceil$ (the last block of each segment may be
 short; Lemma 2 takes blocks of any size), with no merge:
 $S = \lceil P / b \rceil + \lceil n / b \rceil \le P + n \le 2N$.
+On an sm_90 GPU the single-pass tiles run `relaycore.fast.triton.hopper.single_pass_tile`,
+which walks $b = 128$ keys a step and adds a block's products $P_j V_j$ to the accumulator
+before the next block's rescale instead of after its own,
+$\mathrm{acc} \leftarrow \mathrm{fl}(\alpha_{j+1} \cdot \mathrm{fl}(\mathrm{acc} + P_j V_j))$:
+a key's product still enters the accumulator once and is rescaled once per later step, so its
+count is the formula's at $b = 128$, at most the count at the Triton tile's $b = 64$.
 `relaycore.fast.triton.rounding.steps_per_token`
-computes $S$ per token from the batch's lengths and the configuration. It is never above
+computes $S$ per token from the batch's lengths and the configuration (the Triton tiles' $b$). It is never above
 `default_steps`: with $K' \ge 2$ a chunk holds at most $N - 1$ keys, so
 $S \le N + 1 \le 2N$. For a decode token over a prefix of 16384 keys and 128 own keys in fp16
 with head dimension 128 and one KV head (prefix chunks of 1024 keys in steps of 64, own keys
