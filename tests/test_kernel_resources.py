@@ -1,5 +1,6 @@
 """The partial kernel's occupancy, read on the CPU: the default configuration must keep the
-programs per SM it was measured at (``relaycore.fast.triton.resources``). A change that adds
+programs per SM it was measured at (``relaycore.fast.triton.resources``), and the Gluon
+single-pass tile of sm_90 must compile, fit and spill no more than it ran with. A change that adds
 registers or shared memory fails here, in CI, before any GPU time is spent on it."""
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ MEASURED = {
 }
 
 
+#: The Gluon single-pass tile of sm_90 (``hopper.single_pass_tile``), which the interpreter
+#: cannot run: (dtype, head_dim, paged) -> spill-store bytes at which it ran on an H200
+#: (2026-11-28, session 14; read from the sm_90 build with triton 3.7.1: ptxas reports 20 bytes
+#: for the paged producer at D = 128, 12-16 with the GPU machine's 3.6.0; at 40 producer
+#: registers it spilled 1 KB). One program per SM: its shared memory must fit Hopper's 227 KiB.
+HOPPER_SPILLS = {(dtype, d, paged): 20 if (paged and d == 128) else 0
+                 for dtype in ("fp16", "bf16") for d in (64, 128) for paged in (False, True)}
+HOPPER_SHARED_LIMIT = 227 * 1024
+
+
 def _ptxas_available() -> bool:
     """Imports triton: call it inside a test, never at collection (the interpreter tests must
     set ``TRITON_INTERPRET`` before triton is first imported)."""
@@ -56,8 +67,14 @@ def test_default_tiles_keep_their_measured_occupancy(tmp_path):
     run = subprocess.run([sys.executable, "-m", "relaycore.fast.triton.resources"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    rows = {r["kind"]["name"]: r for r in map(json.loads, run.stdout.splitlines())}
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    rows = {r["kind"]["name"]: r for r in lines if "kind" in r}
+    hopper_rows = {(r["dtype"], r["head_dim"], r["paged"]): r for r in lines if "kind" not in r}
     assert set(rows) == set(MEASURED)
+    assert not hopper_rows or set(hopper_rows) == set(HOPPER_SPILLS)  # empty: a triton without Gluon
+    for key, r in hopper_rows.items():
+        assert r["shared_bytes"] <= HOPPER_SHARED_LIMIT, (key, r)
+        assert r["spill_bytes"] <= HOPPER_SPILLS[key], (key, r)
     for name, programs in MEASURED.items():
         r = rows[name]
         assert r["programs_per_sm"] >= programs, (

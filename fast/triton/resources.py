@@ -9,6 +9,10 @@ thread for the 16-row own tile, against 122, ran large-batch decode 20-50% slowe
 ``fast/triton/NOTES.md``). ``tests/test_kernel_resources.py`` holds the default configuration
 to the occupancy it was measured at, on the CPU, in CI.
 
+The Gluon single-pass tile of sm_90 (``hopper``) is compiled here too (``hopper_tile``): the
+CPU interpreter cannot run it, so CI checks that it compiles, fits in shared memory and does
+not spill more than it was measured at.
+
 Run ``python -m relaycore.fast.triton.resources`` for the table of every tile kind.
 """
 
@@ -20,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import List
+from typing import List, Tuple
 
 import triton
 
@@ -131,7 +135,8 @@ def tile_kinds(config: Config) -> List[TileKind]:
     return kinds
 
 
-def _ptxas_registers(ptx: str, arch: int) -> int:
+def _ptxas_info(ptx: str, arch: int) -> Tuple[int, int]:
+    """``(registers per thread, spill-store bytes)`` as ``ptxas -v`` reports them."""
     from triton import knobs
 
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
@@ -139,10 +144,12 @@ def _ptxas_registers(ptx: str, arch: int) -> int:
         f.flush()
         run = subprocess.run([knobs.nvidia.ptxas.path, "-v", f"--gpu-name=sm_{arch}a", f.name, "-o", "/dev/null"],
                              capture_output=True, text=True, check=True)
-    found = re.search(r"Used (\d+) registers", run.stdout + run.stderr)
+    report = run.stdout + run.stderr
+    found = re.search(r"Used (\d+) registers", report)
     if found is None:
         raise RuntimeError(f"ptxas -v reported no register count: {run.stderr[-400:]}")
-    return int(found.group(1))
+    spills = re.search(r"(\d+) bytes spill stores", report)
+    return int(found.group(1)), int(spills.group(1)) if spills else 0
 
 
 def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str = "fp16",
@@ -195,18 +202,100 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
     try:
         compiled = triton.compile(source, target=triton.backends.compiler.GPUTarget("cuda", arch, 32),
                                   options=dict(num_warps=warps, num_stages=config.num_stages))
-        registers = _ptxas_registers(compiled.asm["ptx"], arch)
+        registers, _ = _ptxas_info(compiled.asm["ptx"], arch)
     except (ImportError, OSError, subprocess.CalledProcessError) as exc:
         raise RuntimeError(f"cannot compile for sm_{arch} here: {type(exc).__name__}: {exc}") from exc
     return Resources(kind, warps, registers, int(compiled.metadata.shared))
 
 
+@dataclass(frozen=True)
+class HopperTile:
+    """What one program of ``hopper.single_pass_tile`` takes, as compiled for sm_90.
+
+    Attributes:
+        dtype, head_dim: q's Triton dtype name and ``D``.
+        paged: whether the own KV is a paged cache (pages of ``PAGE_SIZE``, one box each).
+        shared_bytes: dynamic shared memory per program (one program per SM).
+        spill_bytes: bytes of spill stores (ptxas), over all partitions.
+    """
+
+    dtype: str
+    head_dim: int
+    paged: bool
+    shared_bytes: int
+    spill_bytes: int
+
+
+def hopper_tile(dtype: str, head_dim: int, paged: bool, *, arch: int = 90) -> HopperTile:
+    """Compile the Gluon single-pass tile (``hopper.single_pass_tile``) for ``sm_<arch>`` with
+    the launch's constants: listed items, causal own KV, ragged (one box per block) or paged in
+    pages of ``PAGE_SIZE`` (one box per page). The CPU interpreter cannot run Gluon; this is
+    what CI can check of it.
+
+    Raises:
+        RuntimeError: this triton has no Gluon, or cannot compile for the target here.
+    """
+    from relaycore.fast.triton import hopper
+
+    if hopper.gluon is None:
+        raise RuntimeError("this triton has no Gluon (triton.experimental.gluon)")
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    gl = hopper.gl
+    gl_dtype = {"fp16": gl.float16, "bf16": gl.bfloat16}[dtype]
+    own_box = PAGE_SIZE if paged else hopper.BLOCK_N
+
+    def descriptor(rows: int) -> str:
+        layout = gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl_dtype)
+        return f"tensordesc<{dtype}[{rows}, {head_dim}],{layout!r}>"
+
+    constexprs = dict(NUM_Q_HEADS=32, GROUP=4, D=head_dim, PAGED=paged, PAGE_SIZE=PAGE_SIZE if paged else 1,
+                      CAUSAL=True, ITEMS_LISTED=True, NUM_ITEM_FIELDS=11, LN2=LN2, BLOCK_N=hopper.BLOCK_N,
+                      NUM_BUF=hopper.NUM_BUF, CONSUMER_M=hopper.CONSUMER_M, COPY_ROWS=hopper.COPY_ROWS,
+                      OWN_BOX=own_box, CONSUMER_REGS=hopper.CONSUMER_REGS, PRODUCER_REGS=hopper.PRODUCER_REGS)
+    fn = hopper.single_pass_tile
+    signature, aligned = {}, []
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_desc"):
+            signature[name] = descriptor(own_box if name.startswith("own") else hopper.BLOCK_N)
+        elif name.endswith("_ptr"):
+            signature[name] = ("*" + dtype if name in ("q_ptr", "pre_k_ptr", "pre_v_ptr", "k_ptr", "v_ptr", "out_ptr")
+                               else "*fp32" if name == "lse_ptr" else "*i32")
+            aligned.append(i)
+        elif name == "qk_scale":
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name.startswith("stride_") and name != "stride_table":
+                aligned.append(i)
+    source = GluonASTSource(fn=fn, signature=signature, constexprs=constexprs,
+                            attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+    try:
+        compiled = triton.compile(source, target=triton.backends.compiler.GPUTarget("cuda", arch, 32),
+                                  options=dict(num_warps=4))
+        _, spills = _ptxas_info(compiled.asm["ptx"], arch)
+    except (ImportError, OSError, subprocess.CalledProcessError) as exc:
+        raise RuntimeError(f"cannot compile for sm_{arch} here: {type(exc).__name__}: {exc}") from exc
+    return HopperTile(dtype, head_dim, paged, int(compiled.metadata.shared), spills)
+
+
 def main() -> int:
-    """Print, as JSON lines, what every tile kind of the fp16, ``D = 128`` default takes."""
+    """Print, as JSON lines, what every tile kind of the fp16, ``D = 128`` default takes, then
+    (where this triton has Gluon) the single-pass tile of sm_90 for fp16/bf16, ``D`` 64/128,
+    ragged and paged."""
     config = default_config(128, "float16", 8)
     for kind in tile_kinds(config):
         r = resources(kind, config)
         print(json.dumps(dict(asdict(r), programs_per_sm=r.programs_per_sm())), flush=True)
+    from relaycore.fast.triton import hopper
+
+    if hopper.gluon is not None:
+        for dtype in ("fp16", "bf16"):
+            for head_dim in (64, 128):
+                for paged in (False, True):
+                    print(json.dumps(asdict(hopper_tile(dtype, head_dim, paged))), flush=True)
     return 0
 
 
