@@ -7,9 +7,16 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-hopper = pytest.importorskip("relaycore.fast.triton.hopper")
-if hopper.gluon is None:
-    pytest.skip("this triton has no Gluon", allow_module_level=True)
+
+
+@pytest.fixture
+def hopper():
+    """The module, imported inside a test: triton must not be imported at collection, before the
+    interpreter tests set ``TRITON_INTERPRET`` (``tests/test_triton_interpret.py``)."""
+    module = pytest.importorskip("relaycore.fast.triton.hopper")
+    if module.gluon is None:
+        pytest.skip("this triton has no Gluon")
+    return module
 
 
 def _level(rows=300, hkv=2, d=128):
@@ -18,7 +25,7 @@ def _level(rows=300, hkv=2, d=128):
 
 @pytest.mark.parametrize("page, box", [(1, 0), (8, 8), (16, 16), (24, 0), (64, 64), (128, 128), (256, 128),
                                        (384, 128), (192, 0)])
-def test_a_paged_cache_is_copied_by_page_boxes_where_tma_can(page, box):
+def test_a_paged_cache_is_copied_by_page_boxes_where_tma_can(hopper, page, box):
     """A box per page where the page divides the 128-key block and is a multiple of 8 rows (the
     swizzle period), a box per block where pages hold whole blocks, else a row per key."""
     cache = torch.zeros(4, page, 2, 128, dtype=torch.float16)
@@ -26,7 +33,7 @@ def test_a_paged_cache_is_copied_by_page_boxes_where_tma_can(page, box):
     assert hopper.descriptors(level, level, cache, cache, True)[-1] == box
 
 
-def test_ragged_own_kv_is_copied_by_blocks_and_unpacked_rows_by_rows():
+def test_ragged_own_kv_is_copied_by_blocks_and_unpacked_rows_by_rows(hopper):
     level = _level()
     assert hopper.descriptors(level, level, level, level, False)[-1] == hopper.BLOCK_N
     strided = _level(hkv=4)[:, :2]  # two of four heads: rows not packed
@@ -36,6 +43,6 @@ def test_ragged_own_kv_is_copied_by_blocks_and_unpacked_rows_by_rows():
     assert box == 0 and own_k is pre_k and pre_k.base.is_contiguous()
 
 
-def test_the_tile_never_runs_off_a_gpu():
+def test_the_tile_never_runs_off_a_gpu(hopper):
     q = torch.zeros(4, 8, 128, dtype=torch.float16)
     assert not hopper.usable(q, 128, hopper.TILE_M)
