@@ -210,6 +210,16 @@ if gluon is not None:
         mbarrier.arrive(bar, count=1)
 
     @gluon.jit
+    def _row_tokens(o_row, m_row, tok_first, tok_ptr, tok_base, GROUP: gl.constexpr):
+        """int64: the token of each tile row ``o_row`` (``m_row``: real rows), consecutive from
+        ``tok_first`` or, where that is negative, read from the item's token list."""
+        if tok_first >= 0:
+            o_tok = (tok_first + o_row // GROUP).to(gl.int64)
+        else:
+            o_tok = gl.load(tok_ptr + tok_base + o_row // GROUP, mask=m_row, other=0).to(gl.int64)
+        return o_tok
+
+    @gluon.jit
     def _consumer(q_ptr, out_ptr, lse_ptr, q_smem, k_smem, v_smem, ready, empty, turns, me, row0, num_rows, tok_base,
                   tok_first, tok_ptr, i_hk, key_start, key_stop, causal_shift, prefix_len, n_pre, num_blocks,
                   qk_scale, stride_qt, stride_qh,
@@ -231,10 +241,7 @@ if gluon is not None:
         o_m = gl.arange(0, CONSUMER_M, layout=gl.SliceLayout(1, ld_layout))
         m_row = first + o_m < num_rows
         o_row = row0 + first + o_m
-        if tok_first >= 0:
-            o_tok = (tok_first + o_row // GROUP).to(gl.int64)
-        else:
-            o_tok = gl.load(tok_ptr + tok_base + o_row // GROUP, mask=m_row, other=0).to(gl.int64)
+        o_tok = _row_tokens(o_row, m_row, tok_first, tok_ptr, tok_base, GROUP)
         o_head = i_hk * GROUP + o_row % GROUP
         o_d = gl.arange(0, D, layout=gl.SliceLayout(0, ld_layout))
         p_q = q_ptr + gl.expand_dims(o_tok * stride_qt + o_head * stride_qh, 1) + gl.expand_dims(o_d, 0)
@@ -304,11 +311,7 @@ if gluon is not None:
         o_mo = gl.arange(0, CONSUMER_M, layout=row_o)
         m_out = first + o_mo < num_rows
         r_out = row0 + first + o_mo
-        if tok_first >= 0:
-            t_out = (tok_first + r_out // GROUP).to(gl.int64)
-        else:
-            t_out = gl.load(tok_ptr + tok_base + r_out // GROUP, mask=m_out, other=0).to(gl.int64)
-        o_result = t_out * NUM_Q_HEADS + i_hk * GROUP + r_out % GROUP
+        o_result = _row_tokens(r_out, m_out, tok_first, tok_ptr, tok_base, GROUP) * NUM_Q_HEADS + i_hk * GROUP + r_out % GROUP
         o_do = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
         gl.store(out_ptr + gl.expand_dims(o_result * D, 1) + gl.expand_dims(o_do, 0), b_out.to(dtype),
                  mask=gl.expand_dims(m_out, 1))

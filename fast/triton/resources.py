@@ -135,6 +135,29 @@ def tile_kinds(config: Config) -> List[TileKind]:
     return kinds
 
 
+def _signature(fn, constexprs: dict, pointer_type, descriptor=None):
+    """``fn``'s signature for ``triton.compile`` and the attributes that make its pointers and
+    strides 16-byte aligned, as in a serving call (they decide which loads are vectorized and
+    pipelined, and with it the shared memory): ``pointer_type(name)`` gives a pointer's element
+    type, ``descriptor(name)`` a tensor descriptor's type (Gluon)."""
+    signature, aligned = {}, []
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_desc"):
+            signature[name] = descriptor(name)
+        elif name.endswith("_ptr"):
+            signature[name] = "*" + pointer_type(name)
+            aligned.append(i)
+        elif name == "qk_scale":
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name.startswith("stride_") and name != "stride_table":
+                aligned.append(i)
+    return signature, {(i,): [["tt.divisibility", 16]] for i in aligned}
+
+
 def _ptxas_info(ptx: str, arch: int) -> Tuple[int, int]:
     """``(registers per thread, spill-store bytes)`` as ``ptxas -v`` reports them."""
     from triton import knobs
@@ -155,8 +178,7 @@ def _ptxas_info(ptx: str, arch: int) -> Tuple[int, int]:
 def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str = "fp16",
               arch: int = 90) -> Resources:
     """Compile the partial kernel for ``kind`` under ``config`` for ``sm_<arch>`` and read what
-    a program takes. Pointers and strides are taken as 16-byte aligned, as in a serving call
-    (they decide which loads Triton pipelines, and with it the shared memory).
+    a program takes. Pointers and strides are taken as 16-byte aligned (``_signature``).
 
     Args:
         kind: the tile kind.
@@ -183,21 +205,8 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
                       CARRY_PAGES=kind.paged and config.carries_pages(kind.block_m),
                       SINGLE_PASS=kind.single_pass, ITEMS_LISTED=True,
                       FOLD_M=min(kind.fold_rows, kind.block_m), LN2=LN2)
-    signature, aligned = {}, []
-    for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = "*" + pointer_types.get(name, "i32")
-            aligned.append(i)
-        elif name == "qk_scale":
-            signature[name] = "fp32"
-        else:
-            signature[name] = "i32"
-            if name.startswith("stride_") and name != "stride_table":
-                aligned.append(i)
-    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs,
-                                       attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+    signature, attrs = _signature(fn, constexprs, lambda name: pointer_types.get(name, "i32"))
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     warps = config.warps(kind.block_m)
     try:
         compiled = triton.compile(source, target=triton.backends.compiler.GPUTarget("cuda", arch, 32),
@@ -253,25 +262,11 @@ def hopper_tile(dtype: str, head_dim: int, paged: bool, *, arch: int = 90) -> Ho
                       CAUSAL=True, ITEMS_LISTED=True, NUM_ITEM_FIELDS=11, LN2=LN2, BLOCK_N=hopper.BLOCK_N,
                       NUM_BUF=hopper.NUM_BUF, CONSUMER_M=hopper.CONSUMER_M, COPY_ROWS=hopper.COPY_ROWS,
                       OWN_BOX=own_box, CONSUMER_REGS=hopper.CONSUMER_REGS, PRODUCER_REGS=hopper.PRODUCER_REGS)
-    fn = hopper.single_pass_tile
-    signature, aligned = {}, []
-    for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_desc"):
-            signature[name] = descriptor(own_box if name.startswith("own") else hopper.BLOCK_N)
-        elif name.endswith("_ptr"):
-            signature[name] = ("*" + dtype if name in ("q_ptr", "pre_k_ptr", "pre_v_ptr", "k_ptr", "v_ptr", "out_ptr")
-                               else "*fp32" if name == "lse_ptr" else "*i32")
-            aligned.append(i)
-        elif name == "qk_scale":
-            signature[name] = "fp32"
-        else:
-            signature[name] = "i32"
-            if name.startswith("stride_") and name != "stride_table":
-                aligned.append(i)
-    source = GluonASTSource(fn=fn, signature=signature, constexprs=constexprs,
-                            attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+    pointer_types = {"q_ptr": dtype, "pre_k_ptr": dtype, "pre_v_ptr": dtype, "k_ptr": dtype, "v_ptr": dtype,
+                     "out_ptr": dtype, "lse_ptr": "fp32"}
+    signature, attrs = _signature(hopper.single_pass_tile, constexprs, lambda name: pointer_types.get(name, "i32"),
+                                  lambda name: descriptor(own_box if name.startswith("own") else hopper.BLOCK_N))
+    source = GluonASTSource(fn=hopper.single_pass_tile, signature=signature, constexprs=constexprs, attrs=attrs)
     try:
         compiled = triton.compile(source, target=triton.backends.compiler.GPUTarget("cuda", arch, 32),
                                   options=dict(num_warps=4))
