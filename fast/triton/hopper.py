@@ -33,8 +33,15 @@ Not run by the CPU interpreter: ``tests/gpu`` checks it against the oracle.
 from __future__ import annotations
 
 import torch
+import triton
 
-try:  # Gluon (triton >= 3.5): Hopper's asynchronous copies, barriers and warpgroup products
+#: Triton releases whose Gluon API this module is written against: the GPU machine's 3.6.0 ran
+#: it, CI compiles it with 3.7.1. Gluon is experimental and its API moves between releases
+#: (3.6 names the warpgroup barrier ``thread_barrier``, 3.7 ``barrier``), so any other release
+#: runs the Triton tile.
+GLUON_RELEASES = ("3.6.", "3.7.")
+
+try:  # Gluon: Hopper's asynchronous copies, barriers and warpgroup products
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy
@@ -42,6 +49,8 @@ try:  # Gluon (triton >= 3.5): Hopper's asynchronous copies, barriers and warpgr
                                                                   warpgroup_mma_wait)
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 except ImportError:  # pragma: no cover - an older triton runs the Triton tile everywhere
+    gluon = None
+if not triton.__version__.startswith(GLUON_RELEASES):  # pragma: no cover - see GLUON_RELEASES
     gluon = None
 
 #: Keys per step.
@@ -63,9 +72,10 @@ DTYPES = (torch.float16, torch.bfloat16)
 
 
 def usable(q: torch.Tensor, head_dim: int, block_m: int) -> bool:
-    """Whether the single-pass launches of a batch with q ``q`` run here: on an sm_90 GPU, for
-    fp16/bf16 and head_dim 64 or 128, tiles of ``TILE_M`` rows. Properties of the GPU and the
-    model only, so a request's bits do not depend on its batch."""
+    """Whether the single-pass launches of a batch with q ``q`` run here: on an sm_90 GPU with a
+    triton of ``GLUON_RELEASES``, for fp16/bf16 and head_dim 64 or 128, tiles of ``TILE_M``
+    rows. Properties of the machine and the model only, so a request's bits do not depend on
+    its batch."""
     return (gluon is not None and q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0)
             and q.dtype in DTYPES and head_dim in HEAD_DIMS and block_m == TILE_M)
 
