@@ -27,7 +27,8 @@ on its request alone (the tile, its blocks and its steps follow from the request
 batch; they differ from the Triton tile's, and a GPU runs one or the other for every request
 (``usable``).
 
-Not run by the CPU interpreter: ``tests/gpu`` checks it against the oracle.
+Not run by the CPU interpreter: ``tests/gpu`` checks it against the oracle, and CI compiles it
+for sm_90 (``resources.hopper_tile``, ``tests/test_kernel_resources.py``).
 """
 
 from __future__ import annotations
