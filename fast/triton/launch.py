@@ -109,7 +109,8 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
             side.wait_event(fork)
         _launch_partial(plan, plan.launches[0], q, kv, prefixes, part_out, part_lse, out, lse, interpret, None)
         for item_list, side in zip(plan.launches[1:], sides):
-            _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, out, lse, interpret, side)
+            with torch.cuda.stream(side):  # any copy of an input is made, ordered and freed on the side that reads it
+                _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, out, lse, interpret, side)
         for side, join in zip(sides, joins):
             join.record(side)
             main.wait_event(join)
@@ -129,9 +130,13 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
 def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel],
                     part_out: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                     interpret: bool, stream: Optional[torch.cuda.Stream]) -> None:
-    """One partial-kernel launch on ``stream`` (``None``: the current one): the items of
-    ``item_list`` over the KV source it names (a prefix level, or the requests' own KV); with
-    the plan's fused merge, its programs also write the rows of ``out``/``lse`` they finish."""
+    """One partial-kernel launch on ``stream`` (``None``: the current one), which must be the
+    current stream: the copies it makes of inputs the kernels cannot read in place (a last axis
+    that is not contiguous; for ``hopper``, a prefix level whose rows are not packed) are made
+    on the current stream, so that they are ordered before the launch that reads them and
+    freed with respect to its stream. The items of ``item_list`` over the KV source it names
+    (a prefix level, or the requests' own KV); with the plan's fused merge, its programs also
+    write the rows of ``out``/``lse`` they finish."""
     cfg = plan.config
     if item_list.single_pass and prefixes:  # what its items read first: level 0
         pre_k, pre_v = _contiguous_last(prefixes[0].k), _contiguous_last(prefixes[0].v)

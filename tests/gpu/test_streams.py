@@ -11,6 +11,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 import relaycore  # noqa: E402
+from relaycore import PrefixLevel  # noqa: E402
 from relaycore.fast.triton import launch, prepare  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 
@@ -51,3 +52,30 @@ def test_a_call_on_a_side_stream_is_ordered_with_that_stream(poisoned_allocation
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
     assert torch.equal(copied[0], expected.out) and torch.equal(copied[1], expected.lse)
+
+
+@pytest.mark.parametrize("layout", ["heads apart", "last axis strided"])
+def test_copies_of_a_strided_level_are_made_on_the_side_that_reads_them(layout, poisoned_allocations):
+    """A prefix level the kernels cannot read in place is copied by the launch that reads it
+    (the last axis strided: every tile; heads not packed: the Gluon single-pass tile of sm_90).
+    That launch may run on a side stream: the copy must be ordered before it there, so the
+    results are those of the same values packed, bit for bit, call after call."""
+    batch = make_batch(q_lens=[1, 1, 40, 1], kv_lens=[300, 129, 400, 200], prefix_lens=[[2048, 700]],
+                       prefix_ids=[[0, 1, 0, 0]], num_q_heads=16, num_kv_heads=4, head_dim=128, dtype="float16",
+                       block_size=16, seed=9)
+    (q, cu, kv, (level,)), kwargs = batch.to_torch("cuda")
+    planned = prepare(q, cu, kv, [level], **kwargs)
+    assert planned.launches[0].level == 0 and any(x.single_pass for x in planned.launches[1:])
+    expected = relaycore.relay_attention(q, cu, kv, [level], **kwargs, plan=planned)
+
+    def strided(x):
+        wide = torch.zeros(*x.shape, 2, dtype=x.dtype, device=x.device) if layout == "last axis strided" else \
+            torch.zeros(x.shape[0], x.shape[1], 2, x.shape[2], dtype=x.dtype, device=x.device)
+        view = wide[..., 0] if layout == "last axis strided" else wide[:, :, 0]
+        view.copy_(x)
+        return view
+
+    apart = PrefixLevel(strided(level.k), strided(level.v), level.cu_seqlens, level.prefix_ids)
+    for _ in range(10):
+        got = relaycore.relay_attention(q, cu, kv, [apart], **kwargs, plan=planned)
+        assert torch.equal(got.out, expected.out) and torch.equal(got.lse, expected.lse)
