@@ -221,9 +221,12 @@ def test_relay_and_per_request_grouping_give_the_same_bits():
     assert _equal(relay, per_request)
 
 
-def test_cuda_graph_replay_gives_the_eager_bits():
+@pytest.mark.parametrize("append", [0, 2], ids=["decode", "with single-pass requests"])
+def test_cuda_graph_replay_gives_the_eager_bits(append):
+    """Decode requests, and with append requests beside them (the single-pass tile: on sm_90
+    the Gluon one, whose tensor descriptors the capture holds)."""
     pool = Pool(seed=11)
-    requests = [pool.request(1, 128, 0) for _ in range(32)]
+    requests = [pool.request(1, 128, 0) for _ in range(32)] + [pool.request(160, 900, 1) for _ in range(append)]
     args = pool.batch(requests, page_size=16)
     planned = prepare(*args)
     eager = relaycore.relay_attention(*args, plan=planned)
