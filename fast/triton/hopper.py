@@ -322,7 +322,8 @@ if gluon is not None:
         o_mo = gl.arange(0, CONSUMER_M, layout=row_o)
         m_out = first + o_mo < num_rows
         r_out = row0 + first + o_mo
-        o_result = _row_tokens(r_out, m_out, tok_first, tok_ptr, tok_base, GROUP) * NUM_Q_HEADS + i_hk * GROUP + r_out % GROUP
+        t_out = _row_tokens(r_out, m_out, tok_first, tok_ptr, tok_base, GROUP)
+        o_result = t_out * NUM_Q_HEADS + i_hk * GROUP + r_out % GROUP
         o_do = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
         gl.store(out_ptr + gl.expand_dims(o_result * D, 1) + gl.expand_dims(o_do, 0), b_out.to(dtype),
                  mask=gl.expand_dims(m_out, 1))
