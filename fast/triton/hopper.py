@@ -36,6 +36,10 @@ from __future__ import annotations
 import torch
 import triton
 
+from relaycore.constants import LN2
+
+from relaycore.fast.triton.kernels import ITEM_FIELDS
+
 #: Triton releases whose Gluon API this module is written against: the GPU machine's 3.6.0 ran
 #: it, CI compiles it with 3.7.1. Gluon is experimental and its API moves between releases
 #: (3.6 names the warpgroup barrier ``thread_barrier``, 3.7 ``barrier``), so any other release
@@ -79,6 +83,16 @@ def usable(q: torch.Tensor, head_dim: int, block_m: int) -> bool:
     its batch."""
     return (gluon is not None and q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0)
             and q.dtype in DTYPES and head_dim in HEAD_DIMS and block_m == TILE_M)
+
+
+def constexprs(num_q_heads: int, group: int, head_dim: int, paged: bool, page_size: int, causal: bool,
+               items_listed: bool, own_box: int) -> dict:
+    """``single_pass_tile``'s compile-time arguments, in signature order: the launch's (a paged
+    own KV's ``page_size``, 1 for ragged; ``own_box`` from ``descriptors``) and this module's."""
+    return dict(NUM_Q_HEADS=num_q_heads, GROUP=group, D=head_dim, PAGED=paged, PAGE_SIZE=page_size, CAUSAL=causal,
+                ITEMS_LISTED=items_listed, NUM_ITEM_FIELDS=len(ITEM_FIELDS), LN2=LN2, BLOCK_N=BLOCK_N,
+                NUM_BUF=NUM_BUF, CONSUMER_M=CONSUMER_M, COPY_ROWS=COPY_ROWS, OWN_BOX=own_box,
+                CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS)
 
 
 def _rows_descriptor(x: torch.Tensor, box_rows: int):

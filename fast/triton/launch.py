@@ -11,7 +11,7 @@ from relaycore.constants import LN2, LOG2E
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
 
 from relaycore.fast.triton import hopper
-from relaycore.fast.triton.kernels import ITEM_FIELDS, merge_kernel, partial_kernel
+from relaycore.fast.triton.kernels import merge_kernel, partial_kernel
 from relaycore.fast.triton.launcher import interpreting, launch
 from relaycore.fast.triton.plan import REGULAR_FIELDS, Launch, Plan
 
@@ -57,8 +57,8 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
 #: kernel's latency from the call (``fast/triton/NOTES.md``).
 CONCURRENT_PARTIALS = True
 
-#: Run single-pass launches with ``hopper.single_pass_tile`` where ``hopper.usable`` (sm_90,
-#: fp16/bf16, head_dim 64/128), else ``partial_kernel``. ``tests/gpu`` runs both.
+#: Run single-pass launches with ``hopper.single_pass_tile`` where ``hopper.usable``, else
+#: ``partial_kernel``. ``tests/gpu`` runs both.
 HOPPER_SINGLE_PASS = True
 
 
@@ -163,12 +163,8 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
              plan.softmax_scale * LOG2E, q.stride(0), q.stride(1),
              pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1),
              skb, sks, skh, svb, svs, svh, table.stride(0) if paged else 0, *regular),
-            dict(NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, D=plan.head_dim, PAGED=paged,
-                 PAGE_SIZE=k.shape[1] if paged else 1, CAUSAL=causal, ITEMS_LISTED=not item_list.regular,
-                 NUM_ITEM_FIELDS=len(ITEM_FIELDS), LN2=LN2, BLOCK_N=hopper.BLOCK_N, NUM_BUF=hopper.NUM_BUF,
-                 CONSUMER_M=hopper.CONSUMER_M, COPY_ROWS=hopper.COPY_ROWS, OWN_BOX=own_box,
-                 CONSUMER_REGS=hopper.CONSUMER_REGS,
-                 PRODUCER_REGS=hopper.PRODUCER_REGS),
+            hopper.constexprs(plan.num_q_heads, plan.group_size, plan.head_dim, paged, k.shape[1] if paged else 1,
+                              causal, not item_list.regular, own_box),
             num_warps=4, num_stages=1, device=q.device, stream=stream,
         )
         return

@@ -258,10 +258,7 @@ def hopper_tile(dtype: str, head_dim: int, paged: bool, *, arch: int = 90) -> Ho
         layout = gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl_dtype)
         return f"tensordesc<{dtype}[{rows}, {head_dim}],{layout!r}>"
 
-    constexprs = dict(NUM_Q_HEADS=32, GROUP=4, D=head_dim, PAGED=paged, PAGE_SIZE=PAGE_SIZE if paged else 1,
-                      CAUSAL=True, ITEMS_LISTED=True, NUM_ITEM_FIELDS=11, LN2=LN2, BLOCK_N=hopper.BLOCK_N,
-                      NUM_BUF=hopper.NUM_BUF, CONSUMER_M=hopper.CONSUMER_M, COPY_ROWS=hopper.COPY_ROWS,
-                      OWN_BOX=own_box, CONSUMER_REGS=hopper.CONSUMER_REGS, PRODUCER_REGS=hopper.PRODUCER_REGS)
+    constexprs = hopper.constexprs(32, 4, head_dim, paged, PAGE_SIZE if paged else 1, True, True, own_box)
     pointer_types = {"q_ptr": dtype, "pre_k_ptr": dtype, "pre_v_ptr": dtype, "k_ptr": dtype, "v_ptr": dtype,
                      "out_ptr": dtype, "lse_ptr": "fp32"}
     signature, attrs = _signature(hopper.single_pass_tile, constexprs, lambda name: pointer_types.get(name, "i32"),
