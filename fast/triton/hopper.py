@@ -9,10 +9,12 @@ overlaps, as FlashAttention-3 does (``fast/triton/NOTES.md``, sessions 13-14):
 
 * one producer warp copies each block's keys and values into shared memory and arrives on the
   block's ``ready`` barrier: a block whose keys are all before its part's end by tensor-memory
-  copies (TMA: one box of the level, or of ragged own KV, or a box per page of a paged cache),
-  any other block a row per key (``cp.async``, keys past the end zero-filled, never read). On
-  an H200 the row copies alone ran the tile 1.7x slower than the Triton tile, the boxes 1.0-1.3x
-  faster (``fast/triton/NOTES.md``, session 14);
+  copies (TMA: one box of the level, or of ragged own KV, or a box per page of a paged cache);
+  the own block that crosses the part's end takes its whole boxes by TMA and the rest a row per
+  key (``cp.async``, keys past the end zero-filled, never read), as does any other block (a
+  prefix's short last block, pages TMA cannot take). On an H200 the row copies alone ran the
+  tile 1.7x slower than the Triton tile, the boxes 1.0-1.3x faster, and the crossing block's
+  boxes 3-16% more at Hkv 8 (``fast/triton/NOTES.md``, sessions 14-15);
 * two consumer warpgroups hold 64 rows each; each issues block ``j``'s scores and block
   ``j - 1``'s ``P @ V`` together and runs block ``j``'s softmax while they run, and the two take
   turns issuing (``turns``), so one's softmax runs beside the other's products;
@@ -92,6 +94,7 @@ def constexprs(num_q_heads: int, group: int, head_dim: int, paged: bool, page_si
     return dict(NUM_Q_HEADS=num_q_heads, GROUP=group, D=head_dim, PAGED=paged, PAGE_SIZE=page_size, CAUSAL=causal,
                 ITEMS_LISTED=items_listed, NUM_ITEM_FIELDS=len(ITEM_FIELDS), LN2=LN2, BLOCK_N=BLOCK_N,
                 NUM_BUF=NUM_BUF, CONSUMER_M=CONSUMER_M, COPY_ROWS=COPY_ROWS, OWN_BOX=own_box,
+                BOX_ROWS=min(COPY_ROWS, own_box),
                 CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS)
 
 
@@ -145,12 +148,13 @@ if gluon is not None:
                   stride_pks, stride_pkh, stride_pvs, stride_pvh, stride_kb, stride_ks, stride_kh,
                   stride_vb, stride_vs, stride_vh, stride_table,
                   D: gl.constexpr, BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, COPY_ROWS: gl.constexpr,
-                  PAGED: gl.constexpr, PAGE_SIZE: gl.constexpr, OWN_BOX: gl.constexpr):
+                  PAGED: gl.constexpr, PAGE_SIZE: gl.constexpr, OWN_BOX: gl.constexpr, BOX_ROWS: gl.constexpr):
         """Block ``j``: the prefix's keys ``j * BLOCK_N :`` for ``j < n_pre``, then the own keys
         from ``key_start``. A full block (every key before the part's end) is copied by tensor
         memory, ``BLOCK_N`` rows of the level or ``OWN_BOX``-row boxes of the own KV
-        (``descriptors``); the others a row per key, and keys past the part's end are
-        zero-filled, never read."""
+        (``descriptors``); the own block that crosses the part's end takes its whole boxes by
+        tensor memory and the rest a row per key; the others go a row per key. Keys past the
+        part's end are zero-filled, never read."""
         layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // D, D // 8], [1, 1], [1, 0])
         o_r = gl.arange(0, COPY_ROWS, layout=gl.SliceLayout(1, layout))
         o_d = gl.expand_dims(gl.arange(0, D, layout=gl.SliceLayout(0, layout)), 0)
@@ -167,6 +171,11 @@ if gluon is not None:
                 _tma_own_block(own_k_desc, own_v_desc, table_ptr, k_smem.index(buf), v_smem.index(buf),
                                ready.index(buf), own_key, kv_base, stride_table, i_hk * D, BLOCK_N, OWN_BOX, PAGED,
                                PAGE_SIZE)
+            elif OWN_BOX > 0 and j >= n_pre:
+                _crossing_own_block(own_k_desc, own_v_desc, k_ptr, v_ptr, table_ptr, k_smem.index(buf),
+                                    v_smem.index(buf), ready.index(buf), own_key, key_stop, kv_base, i_hk,
+                                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_table,
+                                    D, BLOCK_N, OWN_BOX, BOX_ROWS, PAGED, PAGE_SIZE)
             else:
                 _copy_block(pre_k_ptr, pre_v_ptr, k_ptr, v_ptr, table_ptr, k_smem.index(buf), v_smem.index(buf),
                             ready.index(buf), j, o_r, o_d, i_hk, kv_base, key_start, key_stop, prefix_start,
@@ -197,6 +206,54 @@ if gluon is not None:
                 row = kv_base + key
             tma.async_copy_global_to_shared(k_desc, [row, col], bar, k_dst.slice(b * OWN_BOX, OWN_BOX))
             tma.async_copy_global_to_shared(v_desc, [row, col], bar, v_dst.slice(b * OWN_BOX, OWN_BOX))
+
+    @gluon.jit
+    def _crossing_own_block(k_desc, v_desc, k_ptr, v_ptr, table_ptr, k_dst, v_dst, bar, key0, key_stop, kv_base, i_hk,
+                            stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_table,
+                            D: gl.constexpr, BLOCK_N: gl.constexpr, OWN_BOX: gl.constexpr, BOX_ROWS: gl.constexpr,
+                            PAGED: gl.constexpr, PAGE_SIZE: gl.constexpr):
+        """Own keys ``key0 : key0 + BLOCK_N`` of request ``kv_base`` where ``key_stop`` falls inside
+        them: the ``OWN_BOX``-row boxes wholly before ``key_stop`` by tensor memory, the other rows
+        ``BOX_ROWS`` at a time by ``cp.async``, zero-filled from ``key_stop``. One barrier: the
+        rows' pending arrivals, then one arrival that expects the boxes' bytes."""
+        layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // D, D // 8], [1, 1], [1, 0])
+        o_r = gl.arange(0, BOX_ROWS, layout=gl.SliceLayout(1, layout))
+        o_d = gl.expand_dims(gl.arange(0, D, layout=gl.SliceLayout(0, layout)), 0)
+        n_boxes = (key_stop - key0) // OWN_BOX  # whole boxes, then the rows from box_end
+        box_end = key0 + n_boxes * OWN_BOX
+        for c in gl.static_range(BLOCK_N // BOX_ROWS):
+            chunk = key0 + c * BOX_ROWS  # BOX_ROWS divides OWN_BOX: a chunk lies in one box, one page
+            if chunk >= box_end:
+                o_key = chunk + o_r
+                m_key = o_key < key_stop
+                if PAGED:
+                    page = gl.load(table_ptr + kv_base * stride_table + chunk // PAGE_SIZE, mask=chunk < key_stop,
+                                   other=0).to(gl.int64)
+                    o_slot = (o_key % PAGE_SIZE).to(gl.int64)
+                    p_k = k_ptr + page * stride_kb + o_slot * stride_ks + i_hk * stride_kh
+                    p_v = v_ptr + page * stride_vb + o_slot * stride_vs + i_hk * stride_vh
+                else:
+                    o_row = (kv_base + o_key).to(gl.int64)
+                    p_k = k_ptr + o_row * stride_ks + i_hk * stride_kh
+                    p_v = v_ptr + o_row * stride_vs + i_hk * stride_vh
+                m_copy = gl.expand_dims(m_key, 1)
+                async_copy.async_copy_global_to_shared(k_dst.slice(c * BOX_ROWS, BOX_ROWS),
+                                                       gl.expand_dims(p_k, 1) + o_d, mask=m_copy)
+                async_copy.async_copy_global_to_shared(v_dst.slice(c * BOX_ROWS, BOX_ROWS),
+                                                       gl.expand_dims(p_v, 1) + o_d, mask=m_copy)
+        async_copy.mbarrier_arrive(bar)  # each thread: a pending arrival, resolved when its copies land
+        _thread_barrier()
+        for b in gl.static_range(BLOCK_N // OWN_BOX):  # the one arrival: exactly one of these runs
+            mbarrier.expect(bar, 2 * b * k_desc.block_type.nbytes, pred=n_boxes == b)
+        for b in gl.static_range(BLOCK_N // OWN_BOX):
+            if b < n_boxes:
+                key = key0 + b * OWN_BOX
+                if PAGED:
+                    row = gl.load(table_ptr + kv_base * stride_table + key // PAGE_SIZE) * PAGE_SIZE + key % PAGE_SIZE
+                else:
+                    row = kv_base + key
+                tma.async_copy_global_to_shared(k_desc, [row, i_hk * D], bar, k_dst.slice(b * OWN_BOX, OWN_BOX))
+                tma.async_copy_global_to_shared(v_desc, [row, i_hk * D], bar, v_dst.slice(b * OWN_BOX, OWN_BOX))
 
     @gluon.jit
     def _copy_block(pre_k_ptr, pre_v_ptr, k_ptr, v_ptr, table_ptr, k_dst, v_dst, bar, j, o_r, o_d, i_hk, kv_base,
@@ -354,7 +411,7 @@ if gluon is not None:
         NUM_Q_HEADS: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr, PAGED: gl.constexpr,
         PAGE_SIZE: gl.constexpr, CAUSAL: gl.constexpr, ITEMS_LISTED: gl.constexpr, NUM_ITEM_FIELDS: gl.constexpr,
         LN2: gl.constexpr, BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, CONSUMER_M: gl.constexpr,
-        COPY_ROWS: gl.constexpr, OWN_BOX: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+        COPY_ROWS: gl.constexpr, OWN_BOX: gl.constexpr, BOX_ROWS: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     ):
         """A single-pass request's tile of ``2 * CONSUMER_M`` rows, one KV head: its results.
 
@@ -426,5 +483,5 @@ if gluon is not None:
                          n_pre, num_blocks,
                          stride_pks, stride_pkh, stride_pvs, stride_pvh, stride_kb, stride_ks, stride_kh,
                          stride_vb, stride_vs, stride_vh, stride_table, D, BLOCK_N, NUM_BUF, COPY_ROWS, PAGED,
-                         PAGE_SIZE, OWN_BOX)),
+                         PAGE_SIZE, OWN_BOX, BOX_ROWS)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
