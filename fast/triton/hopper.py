@@ -225,22 +225,14 @@ if gluon is not None:
             chunk = key0 + c * BOX_ROWS  # BOX_ROWS divides OWN_BOX: a chunk lies in one box, one page
             if chunk >= box_end:
                 o_key = chunk + o_r
-                m_key = o_key < key_stop
-                if PAGED:
+                page = 0
+                if PAGED:  # one page table entry for the chunk
                     page = gl.load(table_ptr + kv_base * stride_table + chunk // PAGE_SIZE, mask=chunk < key_stop,
                                    other=0).to(gl.int64)
-                    o_slot = (o_key % PAGE_SIZE).to(gl.int64)
-                    p_k = k_ptr + page * stride_kb + o_slot * stride_ks + i_hk * stride_kh
-                    p_v = v_ptr + page * stride_vb + o_slot * stride_vs + i_hk * stride_vh
-                else:
-                    o_row = (kv_base + o_key).to(gl.int64)
-                    p_k = k_ptr + o_row * stride_ks + i_hk * stride_kh
-                    p_v = v_ptr + o_row * stride_vs + i_hk * stride_vh
-                m_copy = gl.expand_dims(m_key, 1)
-                async_copy.async_copy_global_to_shared(k_dst.slice(c * BOX_ROWS, BOX_ROWS),
-                                                       gl.expand_dims(p_k, 1) + o_d, mask=m_copy)
-                async_copy.async_copy_global_to_shared(v_dst.slice(c * BOX_ROWS, BOX_ROWS),
-                                                       gl.expand_dims(p_v, 1) + o_d, mask=m_copy)
+                p_k, p_v = _own_rows(k_ptr, v_ptr, page, o_key, kv_base, i_hk, stride_kb, stride_ks, stride_kh,
+                                     stride_vb, stride_vs, stride_vh, PAGED, PAGE_SIZE)
+                _copy_rows(k_dst.slice(c * BOX_ROWS, BOX_ROWS), v_dst.slice(c * BOX_ROWS, BOX_ROWS), p_k, p_v,
+                           o_key < key_stop, o_d)
         async_copy.mbarrier_arrive(bar)  # each thread: a pending arrival, resolved when its copies land
         _thread_barrier()
         for b in gl.static_range(BLOCK_N // OWN_BOX):  # the one arrival: exactly one of these runs
@@ -272,24 +264,40 @@ if gluon is not None:
             else:
                 o_key = key_start + (j - n_pre) * BLOCK_N + c * COPY_ROWS + o_r
                 m_key = o_key < key_stop
-                if PAGED:
+                o_page = 0
+                if PAGED:  # a page table entry per row
                     o_page = gl.load(table_ptr + kv_base * stride_table + o_key // PAGE_SIZE, mask=m_key,
                                      other=0).to(gl.int64)
-                    o_slot = (o_key % PAGE_SIZE).to(gl.int64)
-                    p_k = k_ptr + o_page * stride_kb + o_slot * stride_ks + i_hk * stride_kh
-                    p_v = v_ptr + o_page * stride_vb + o_slot * stride_vs + i_hk * stride_vh
-                else:
-                    o_row = (kv_base + o_key).to(gl.int64)
-                    p_k = k_ptr + o_row * stride_ks + i_hk * stride_kh
-                    p_v = v_ptr + o_row * stride_vs + i_hk * stride_vh
-            m_copy = gl.expand_dims(m_key, 1)
-            async_copy.async_copy_global_to_shared(k_dst.slice(c * COPY_ROWS, COPY_ROWS),
-                                                   gl.expand_dims(p_k, 1) + o_d, mask=m_copy)
-            async_copy.async_copy_global_to_shared(v_dst.slice(c * COPY_ROWS, COPY_ROWS),
-                                                   gl.expand_dims(p_v, 1) + o_d, mask=m_copy)
+                p_k, p_v = _own_rows(k_ptr, v_ptr, o_page, o_key, kv_base, i_hk, stride_kb, stride_ks, stride_kh,
+                                     stride_vb, stride_vs, stride_vh, PAGED, PAGE_SIZE)
+            _copy_rows(k_dst.slice(c * COPY_ROWS, COPY_ROWS), v_dst.slice(c * COPY_ROWS, COPY_ROWS), p_k, p_v, m_key,
+                       o_d)
         async_copy.mbarrier_arrive(bar)  # each thread: a pending arrival, resolved when its copies land
         _thread_barrier()
         mbarrier.arrive(bar, count=1)
+
+    @gluon.jit
+    def _own_rows(k_ptr, v_ptr, page, o_key, kv_base, i_hk, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs,
+                  stride_vh, PAGED: gl.constexpr, PAGE_SIZE: gl.constexpr):
+        """Pointers to own keys ``o_key`` of request ``kv_base``, one KV head: in ``page`` (int64,
+        one per key or one for all; paged) or at rows ``kv_base + o_key`` (ragged)."""
+        if PAGED:
+            o_slot = (o_key % PAGE_SIZE).to(gl.int64)
+            p_k = k_ptr + page * stride_kb + o_slot * stride_ks + i_hk * stride_kh
+            p_v = v_ptr + page * stride_vb + o_slot * stride_vs + i_hk * stride_vh
+        else:
+            o_row = (kv_base + o_key).to(gl.int64)
+            p_k = k_ptr + o_row * stride_ks + i_hk * stride_kh
+            p_v = v_ptr + o_row * stride_vs + i_hk * stride_vh
+        return p_k, p_v
+
+    @gluon.jit
+    def _copy_rows(k_dst, v_dst, p_k, p_v, m_key, o_d):
+        """``cp.async`` of the key and value rows at ``p_k``, ``p_v`` (columns ``o_d``) into
+        ``k_dst``, ``v_dst``; rows where ``m_key`` is false are zero-filled, not read."""
+        m_copy = gl.expand_dims(m_key, 1)
+        async_copy.async_copy_global_to_shared(k_dst, gl.expand_dims(p_k, 1) + o_d, mask=m_copy)
+        async_copy.async_copy_global_to_shared(v_dst, gl.expand_dims(p_v, 1) + o_d, mask=m_copy)
 
     @gluon.jit
     def _row_tokens(o_row, m_row, tok_first, tok_ptr, tok_base, GROUP: gl.constexpr):
