@@ -199,13 +199,21 @@ if gluon is not None:
         barrier's one arrival, completed by the copies' bytes."""
         mbarrier.expect(bar, 2 * (BLOCK_N // OWN_BOX) * k_desc.block_type.nbytes)
         for b in gl.static_range(BLOCK_N // OWN_BOX):
-            key = key0 + b * OWN_BOX
-            if PAGED:
-                row = gl.load(table_ptr + kv_base * stride_table + key // PAGE_SIZE) * PAGE_SIZE + key % PAGE_SIZE
-            else:
-                row = kv_base + key
-            tma.async_copy_global_to_shared(k_desc, [row, col], bar, k_dst.slice(b * OWN_BOX, OWN_BOX))
-            tma.async_copy_global_to_shared(v_desc, [row, col], bar, v_dst.slice(b * OWN_BOX, OWN_BOX))
+            _tma_own_box(k_desc, v_desc, table_ptr, k_dst.slice(b * OWN_BOX, OWN_BOX),
+                         v_dst.slice(b * OWN_BOX, OWN_BOX), bar, key0 + b * OWN_BOX, kv_base, stride_table, col,
+                         PAGED, PAGE_SIZE)
+
+    @gluon.jit
+    def _tma_own_box(k_desc, v_desc, table_ptr, k_dst, v_dst, bar, key, kv_base, stride_table, col,
+                     PAGED: gl.constexpr, PAGE_SIZE: gl.constexpr):
+        """One box of own keys from ``key`` (within one page where paged), columns ``col :``, into
+        ``k_dst``, ``v_dst``; the barrier expects its bytes already."""
+        if PAGED:
+            row = gl.load(table_ptr + kv_base * stride_table + key // PAGE_SIZE) * PAGE_SIZE + key % PAGE_SIZE
+        else:
+            row = kv_base + key
+        tma.async_copy_global_to_shared(k_desc, [row, col], bar, k_dst)
+        tma.async_copy_global_to_shared(v_desc, [row, col], bar, v_dst)
 
     @gluon.jit
     def _crossing_own_block(k_desc, v_desc, k_ptr, v_ptr, table_ptr, k_dst, v_dst, bar, key0, key_stop, kv_base, i_hk,
@@ -239,13 +247,9 @@ if gluon is not None:
             mbarrier.expect(bar, 2 * b * k_desc.block_type.nbytes, pred=n_boxes == b)
         for b in gl.static_range(BLOCK_N // OWN_BOX):
             if b < n_boxes:
-                key = key0 + b * OWN_BOX
-                if PAGED:
-                    row = gl.load(table_ptr + kv_base * stride_table + key // PAGE_SIZE) * PAGE_SIZE + key % PAGE_SIZE
-                else:
-                    row = kv_base + key
-                tma.async_copy_global_to_shared(k_desc, [row, i_hk * D], bar, k_dst.slice(b * OWN_BOX, OWN_BOX))
-                tma.async_copy_global_to_shared(v_desc, [row, i_hk * D], bar, v_dst.slice(b * OWN_BOX, OWN_BOX))
+                _tma_own_box(k_desc, v_desc, table_ptr, k_dst.slice(b * OWN_BOX, OWN_BOX),
+                             v_dst.slice(b * OWN_BOX, OWN_BOX), bar, key0 + b * OWN_BOX, kv_base, stride_table,
+                             i_hk * D, PAGED, PAGE_SIZE)
 
     @gluon.jit
     def _copy_block(pre_k_ptr, pre_v_ptr, k_ptr, v_ptr, table_ptr, k_dst, v_dst, bar, j, o_r, o_d, i_hk, kv_base,
@@ -419,7 +423,8 @@ if gluon is not None:
         NUM_Q_HEADS: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr, PAGED: gl.constexpr,
         PAGE_SIZE: gl.constexpr, CAUSAL: gl.constexpr, ITEMS_LISTED: gl.constexpr, NUM_ITEM_FIELDS: gl.constexpr,
         LN2: gl.constexpr, BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, CONSUMER_M: gl.constexpr,
-        COPY_ROWS: gl.constexpr, OWN_BOX: gl.constexpr, BOX_ROWS: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+        COPY_ROWS: gl.constexpr, OWN_BOX: gl.constexpr, BOX_ROWS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+        PRODUCER_REGS: gl.constexpr,
     ):
         """A single-pass request's tile of ``2 * CONSUMER_M`` rows, one KV head: its results.
 
