@@ -27,10 +27,15 @@ def _level(rows=300, hkv=2, d=128):
                                        (384, 128), (192, 0)])
 def test_a_paged_cache_is_copied_by_page_boxes_where_tma_can(hopper, page, box):
     """A box per page where the page divides the 128-key block and is a multiple of 8 rows (the
-    swizzle period), a box per block where pages hold whole blocks, else a row per key."""
+    swizzle period), a box per block where pages hold whole blocks, else a row per key. The block
+    that crosses the causal limit copies its other rows in chunks that each lie in one box and
+    one page (one page-table read a chunk)."""
     cache = torch.zeros(4, page, 2, 128, dtype=torch.float16)
     level = _level()
     assert hopper.descriptors(level, level, cache, cache, True)[-1] == box
+    if box:
+        rows = hopper.constexprs(4, 2, 128, True, page, True, True, box)["BOX_ROWS"]
+        assert rows >= 8 and box % rows == 0 and page % rows == 0
 
 
 def test_ragged_own_kv_is_copied_by_blocks_and_unpacked_rows_by_rows(hopper):
