@@ -101,6 +101,37 @@ def test_single_pass_shapes_match_the_oracle(head_dim, group, block_size, dtype,
     _assert_close_to_oracle(batch)
 
 
+#: Drawn batches with requests tall enough to read their context in one pass: up to 80 tokens x
+#: GQA 4 or 5 (rows >= 128 from 32 tokens), one prefix level (the single pass reads one), pages
+#: that the tensor-memory copy takes a box per page (8, 16) or not at all (1, 17), or ragged KV.
+#: About 3 in 4 drawn batches hold a single-pass request (counted on the CPU).
+SINGLE_PASS_SPACE = dict(SPACE, max_batch=3, max_q_len=80, max_levels=1, group_sizes=(4, 5),
+                         block_sizes=(1, 8, 16, 17))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_drawn_single_pass_requests_match_the_oracle(dtype, single_pass_tile, poisoned_allocations):
+    @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(batch=batches(dtypes=(dtype,), **SINGLE_PASS_SPACE))
+    def check(batch):
+        _assert_close_to_oracle(batch)
+
+    check()
+
+
+@pytest.mark.parametrize("block_size", [16, None])
+def test_single_pass_requests_without_the_causal_mask_match_the_oracle(block_size, single_pass_tile,
+                                                                       poisoned_allocations):
+    """``causal=False``: every tile walks its request's whole own KV, so its last block ends at
+    ``kv_len`` (333 and 700 keys: whole pages, then a page cut short, then keys past the end)."""
+    batch = make_batch([130, 257, 1], [333, 700, 50], prefix_lens=[[1000, 129]], prefix_ids=[[0, 1, -1]],
+                       num_q_heads=8, num_kv_heads=2, head_dim=128, dtype="float16", block_size=block_size,
+                       causal=False, seed=3)
+    args, kwargs = batch.to_torch("cuda")
+    assert any(x.single_pass for x in plan(validate(*args, **kwargs)).launches)
+    _assert_close_to_oracle(batch)
+
+
 def test_single_pass_paged_and_ragged_give_the_same_bits(single_pass_tile):
     pool = Pool(seed=17)
     requests = [pool.request(40 + 45 * (b % 3), 300 + 97 * b, b % 3 - 1) for b in range(6)]
