@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 #: head_dim values the kernels compile for (tl.dot and tl.arange need powers of two).
 HEAD_DIMS = (16, 32, 64, 128, 256)
 #: q dtypes the kernels run (fp32 with IEEE dot products, not TF32, so the error bound holds).
@@ -170,9 +172,9 @@ def default_config(head_dim: int, dtype: str, num_kv_heads: int) -> Config:
                   num_warps=4, num_stages=2 if wide else 3)
 
 
-def chunk_size(length: int, rows: int, config: Config) -> int:
+def chunk_size(length, rows, config: Config):
     """Keys per chunk of a segment of ``length`` keys read by a request with ``rows`` rows per
-    KV head (its query tokens x the group's query heads).
+    KV head (its query tokens x the group's query heads); elementwise over int arrays.
 
     Decode (``rows`` up to ``min_block_m``) cuts the segment into about ``target_chunks``
     chunks, so that few requests still fill the GPU; each doubling of ``rows`` halves the
@@ -182,23 +184,31 @@ def chunk_size(length: int, rows: int, config: Config) -> int:
     least ``min_chunk``. It is a function of the request alone, so its chunks, and their bits,
     are the same in any batch.
     """
-    want = -(-max(int(length), 1) // _wanted_chunks(rows, config))
-    size = config.min_chunk
-    while size < want:
-        size *= 2
-    return size
+    want = -(-np.maximum(length, 1) // _wanted_chunks(rows, config))
+    return _doubled_from(config.min_chunk, want, lambda size: size < want)
 
 
-def _wanted_chunks(rows: int, config: Config) -> int:
+def _wanted_chunks(rows, config: Config):
     """``chunk_size``'s target chunk count for a request with ``rows`` rows per KV head."""
-    tiles = -(-max(int(rows), 1) // config.min_block_m)
-    return max(1, config.target_chunks // tiles)
+    tiles = -(-np.maximum(rows, 1) // config.min_block_m)
+    return np.maximum(1, config.target_chunks // tiles)
 
 
-def single_pass(rows: int, config: Config) -> bool:
+def _doubled_from(start: int, like, short):
+    """``start`` doubled while ``short(size)``, elementwise over the shape of ``like``: an int
+    for a scalar ``like``, else an int64 array."""
+    size = np.full(np.shape(like), start, dtype=np.int64)
+    grow = short(size)
+    while np.any(grow):
+        size = np.where(grow, size * 2, size)
+        grow = short(size)
+    return int(size) if size.ndim == 0 else size
+
+
+def single_pass(rows, config: Config):
     """Whether a request with ``rows`` rows per KV head (query tokens x the group's query
     heads) reads its prefix and its own KV in one pass of its own tiles, which write its
-    result: no partial states, no merge.
+    result: no partial states, no merge; elementwise over int arrays.
 
     That is the request whose rows fill the tallest tiles (``rows >= block_m``) and whose
     segments are one chunk each (``chunk_size``): sharing prefix tiles with other requests
@@ -207,14 +217,13 @@ def single_pass(rows: int, config: Config) -> bool:
     request alone: its bits are the same in any batch. (An append request, measured on an H200:
     ``fast/triton/NOTES.md``, session 4.)
     """
-    return int(rows) >= config.block_m and _wanted_chunks(rows, config) == 1
+    one = (np.asarray(rows) >= config.block_m) & (_wanted_chunks(rows, config) == 1)
+    return bool(one) if one.ndim == 0 else one
 
 
-def tile_height(rows: int, config: Config, *, prefix: bool) -> int:
+def tile_height(rows, config: Config, *, prefix: bool):
     """The tile height for a group of ``rows`` rows: the smallest power of two from
     ``prefix_block_m`` (prefix tiles) or ``min_block_m`` (own tiles) to ``block_m`` that holds
-    them, ``block_m`` beyond."""
-    tile = config.prefix_block_m if prefix else config.min_block_m
-    while tile < rows and tile < config.block_m:
-        tile *= 2
-    return tile
+    them, ``block_m`` beyond; elementwise over int arrays."""
+    start = config.prefix_block_m if prefix else config.min_block_m
+    return _doubled_from(start, rows, lambda tile: (tile < rows) & (tile < config.block_m))

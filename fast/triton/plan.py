@@ -35,7 +35,7 @@ Single-pass requests
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -233,12 +233,7 @@ def single_pass_requests(meta: BatchMeta, config: Config) -> np.ndarray:
     """bool ``[B]``: the requests that read their context in one pass (``config.single_pass``),
     in a batch of at most one prefix level (the single-pass tile reads level 0's prefix)."""
     rows = meta.q_lens.astype(np.int64) * meta.group_size
-    return np.array([meta.num_levels <= 1 and single_pass(r, config) for r in rows], dtype=bool)
-
-
-def _chunk_sizes(lengths: np.ndarray, rows: np.ndarray, config: Config) -> np.ndarray:
-    """``chunk_size`` elementwise over int64 ``[B]`` segment lengths and rows per request."""
-    return np.array([chunk_size(n, r, config) for n, r in zip(lengths, rows)], dtype=np.int64)
+    return single_pass(rows, config) & (meta.num_levels <= 1)
 
 
 #: The shortest and the tallest slice of rows a fused fold folds at once: ``FOLD_DEPTH`` slots
@@ -334,6 +329,80 @@ def longest_first(items: np.ndarray, group: int, causal: bool) -> np.ndarray:
     return items[np.argsort(-keys, kind="stable")]
 
 
+class _Groups(NamedTuple):
+    """The row groups of one KV source, in plan order, one entry per group (int64 ``[G]``, bool
+    for ``one_pass``): what its items read (``kernels.ITEM_FIELDS``)."""
+
+    kv_base: np.ndarray  # the segment's first row (a prefix's, ragged own KV's) or its request (paged)
+    seg_len: np.ndarray  # keys of the segment
+    causal_shift: np.ndarray  # own KV: keys before the request's first query token
+    prefix_start: np.ndarray  # single pass: the first row of the level-0 prefix it reads first
+    prefix_len: np.ndarray  # single pass: that prefix's length (0: none)
+    one_pass: np.ndarray  # single-pass requests' own tiles
+
+    def take(self, index: np.ndarray) -> "_Groups":
+        return _Groups(*(x[index] for x in self))
+
+
+def _groups(meta: BatchMeta, level: int, single: np.ndarray, sizes: np.ndarray, relay: bool):
+    """The row groups of KV source ``level`` (a prefix level, or -1: the own KV).
+
+    A prefix's users (single-pass requests aside) form one group per chunk size with ``relay``
+    (sharers with the same chunking read the prefix together), else one each; every request
+    is a group of its own KV.
+
+    Returns:
+        ``(group_of, groups)``: int64 ``[B]``, each request's group (-1: none), and ``_Groups``.
+    """
+    batch = meta.batch
+    group_of = np.full(batch, -1, dtype=np.int64)
+    if level >= 0:
+        ids, lens = meta.prefix_ids[level], meta.prefix_lens[level].astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        prefixes = []
+        for p in np.unique(ids[ids >= 0]):
+            users = np.flatnonzero((ids == p) & ~single)
+            if relay:
+                members = [users[sizes[users] == size] for size in np.unique(sizes[users])]
+            else:
+                members = [users[i : i + 1] for i in range(users.size)]
+            for m in members:
+                group_of[m] = len(prefixes)
+                prefixes.append(p)
+        prefixes = np.array(prefixes, dtype=np.int64)
+        zeros = np.zeros_like(prefixes)
+        return group_of, _Groups(starts[prefixes], lens[prefixes], zeros, zeros, zeros, zeros.astype(bool))
+    kv_lens = meta.kv_lens.astype(np.int64)
+    group_of[:] = np.arange(batch)
+    kv_base = np.arange(batch, dtype=np.int64) if meta.paged else np.cumsum(kv_lens) - kv_lens
+    prefix_start, prefix_len = np.zeros(batch, dtype=np.int64), np.zeros(batch, dtype=np.int64)
+    if meta.num_levels:  # a single-pass request reads its level-0 prefix first
+        ids, lens = meta.prefix_ids[0], meta.prefix_lens[0].astype(np.int64)
+        reads = single & (ids >= 0)
+        prefix_start[reads] = (np.cumsum(lens) - lens)[ids[reads]]
+        prefix_len[reads] = lens[ids[reads]]
+    return group_of, _Groups(kv_base, kv_lens, kv_lens - meta.q_lens.astype(np.int64), prefix_start, prefix_len,
+                             single)
+
+
+def _tile_items(groups: _Groups, first_listed: np.ndarray, rows: np.ndarray, tile: int, chunk: np.ndarray,
+                tok_first: np.ndarray) -> np.ndarray:
+    """int64 ``[num_items, NUM_ITEM_FIELDS]``: the items of ``groups`` (``kernels.ITEM_FIELDS``),
+    group by group, each group's chunks in order and each chunk's tiles of ``tile`` rows in
+    order. Per group: the index of its first token in the launch's token list, its rows, its
+    chunk size and its first token where its tokens are consecutive (else -1)."""
+    tiles = -(-rows // tile)
+    count = tiles * -(-groups.seg_len // chunk)
+    of = np.repeat(np.arange(rows.size), count)  # each item's group
+    local = np.arange(of.size) - np.repeat(np.cumsum(count) - count, count)
+    c = local // tiles[of]
+    row0 = local % tiles[of] * tile
+    key_start = c * chunk[of]
+    return np.stack([first_listed[of], row0, np.minimum(tile, rows[of] - row0), groups.kv_base[of], key_start,
+                     np.minimum(groups.seg_len[of], key_start + chunk[of]), groups.causal_shift[of], c, tok_first[of],
+                     groups.prefix_start[of], groups.prefix_len[of]], axis=1)
+
+
 def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None,
          fused_merge: Optional[bool] = None, regular: bool = True) -> Plan:
     """Plan a batch for the Triton kernels.
@@ -357,7 +426,6 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     g = meta.group_size
     batch = meta.batch
     q_lens = meta.q_lens.astype(np.int64)
-    cu_q = meta.cu_seqlens_q.astype(np.int64)
 
     # chunk size and count of each segment, per request: [levels..., own]; a single-pass
     # request has no chunk states (its own tiles write its result)
@@ -366,10 +434,10 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     seg_sizes, seg_chunks = [], []
     for lens, ids in zip(meta.prefix_lens, meta.prefix_ids):
         plen = np.where(ids >= 0, lens[np.maximum(ids, 0)] if len(lens) else 0, 0).astype(np.int64)
-        seg_sizes.append(_chunk_sizes(plen, rows_per_request, config))
+        seg_sizes.append(chunk_size(plen, rows_per_request, config))
         seg_chunks.append(np.where(single, 0, -(-plen // seg_sizes[-1])))
     own_lens = meta.kv_lens.astype(np.int64)
-    seg_sizes.append(_chunk_sizes(own_lens, rows_per_request, config))
+    seg_sizes.append(chunk_size(own_lens, rows_per_request, config))
     seg_chunks.append(np.where(single, 0, -(-own_lens // seg_sizes[-1])))
     seg_chunks = np.stack(seg_chunks)  # [S, B]
     seg_base = np.cumsum(seg_chunks, axis=0) - seg_chunks  # [S, B] first slot of each segment
@@ -389,69 +457,43 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
 
     launches = []
     fold_tiles = []  # (tallest item's rows, fold height) of each launch that writes states
-    sources = [(level, ids) for level, ids in enumerate(meta.prefix_ids)] + [(-1, None)]
-    for s, (level, ids) in enumerate(sources):
-        buckets = {}  # (tile height, single pass) -> (token lists, slot lists, items, tokens listed)
-
-        def add_group(requests, kv_base, seg_len, causal_shift, prefix=None):
-            toks = np.concatenate([np.arange(cu_q[b], cu_q[b + 1]) for b in requests])
-            if toks.size == 0 or seg_len == 0:
-                return
-            rows = toks.size * g
-            tile = tile_height(rows, config, prefix=level >= 0)
-            chunk = int(seg_sizes[s][requests[0]])  # the same for every request of a group
-            prefix_start, prefix_len = (0, 0) if prefix is None else prefix
-            tokens, slots, items, n_listed = buckets.setdefault((tile, prefix is not None), ([], [], [], [0]))
-            tokens.append(toks)
-            slots.append(slot_offsets[toks] + seg_base[s][token_request[toks]])
-            tok_first = int(toks[0]) if np.all(np.diff(toks) == 1) else -1  # consecutive: the kernel skips the list
-            for c in range(-(-seg_len // chunk)):
-                for row0 in range(0, rows, tile):
-                    items.append((n_listed[0], row0, min(tile, rows - row0), kv_base, c * chunk,
-                                  min(seg_len, (c + 1) * chunk), causal_shift, c, tok_first, prefix_start,
-                                  prefix_len))
-            n_listed[0] += toks.size
-
-        if level >= 0:
-            lens = meta.prefix_lens[level]
-            starts = np.concatenate([[0], np.cumsum(lens)])
-            for p in np.unique(ids[ids >= 0]):
-                users = np.flatnonzero((ids == p) & ~single)
-                if relay:  # sharers with the same chunking read the prefix together
-                    sizes = seg_sizes[s][users]
-                    groups = [users[sizes == size] for size in np.unique(sizes)]
-                else:
-                    groups = [users[i : i + 1] for i in range(users.size)]
-                for group in groups:
-                    add_group(group, int(starts[p]), int(lens[p]), 0)
-        else:
-            kv_starts = np.concatenate([[0], np.cumsum(meta.kv_lens)])
-            for b in range(batch):
-                base = b if meta.paged else int(kv_starts[b])
-                prefix = None
-                if single[b]:  # the prefix it reads first, if any: (first row, length)
-                    prefix = (0, 0)
-                    if meta.num_levels and meta.prefix_ids[0][b] >= 0:
-                        lens, p = meta.prefix_lens[0], int(meta.prefix_ids[0][b])
-                        prefix = (int(lens[:p].sum()), int(lens[p]))
-                add_group([b], base, int(meta.kv_lens[b]), int(meta.kv_lens[b] - q_lens[b]), prefix)
-        for tile, one_pass in sorted(buckets, reverse=True):
-            tokens, slots, items, _ = buckets[tile, one_pass]
-            items = longest_first(np.array(items, dtype=np.int64).reshape(-1, NUM_ITEM_FIELDS), g,
-                                  meta.causal and level < 0)
-            rows = int(items[:, ITEM_FIELDS.index("num_rows")].max())
-            height = fold_height(rows, tile)
+    for s, level in enumerate([*range(meta.num_levels), -1]):
+        group_of, groups = _groups(meta, level, single, seg_sizes[s], relay)
+        # each group's tokens, in group order: the token lists its items index
+        tok_group = group_of[token_request]
+        toks = np.flatnonzero(tok_group >= 0)
+        if not toks.size:
+            continue
+        toks = toks[np.argsort(tok_group[toks], kind="stable")]
+        counts = np.bincount(tok_group[toks], minlength=len(groups.seg_len))
+        ends = np.cumsum(counts)  # a group without tokens gets some token below: it has no work
+        first, last = toks[np.minimum(ends - counts, toks.size - 1)], toks[np.maximum(ends - 1, 0)]
+        tok_first = np.where(last - first + 1 == counts, first, -1)  # consecutive: the kernel skips the list
+        rows = counts * g
+        tile = tile_height(rows, config, prefix=level >= 0)
+        chunk = seg_sizes[s][token_request[first]]  # the same for every request of a group
+        has_work = (counts > 0) & (groups.seg_len > 0)
+        launch_of = np.where(has_work, 2 * tile + groups.one_pass, -1)  # (tile height, single pass)
+        for key in np.unique(launch_of[has_work])[::-1]:  # the tallest tiles first
+            height, one_pass = int(key) // 2, bool(key % 2)
+            members = np.flatnonzero(launch_of == key)
+            listed = toks[launch_of[tok_group[toks]] == key]
+            items = _tile_items(groups.take(members), np.cumsum(counts[members]) - counts[members], rows[members],
+                                height, chunk[members], tok_first[members])
+            items = longest_first(items, g, meta.causal and level < 0)
+            tallest = int(items[:, ITEM_FIELDS.index("num_rows")].max())
+            fold_rows = fold_height(tallest, height)
             if not one_pass:
-                fold_tiles.append((rows, height))
+                fold_tiles.append((tallest, fold_rows))
             launches.append(Launch(
                 level=level,
-                block_m=tile,
+                block_m=height,
                 single_pass=one_pass,
-                fold_rows=height,
-                regular=regular_items(items, tile) if regular else (),
+                fold_rows=fold_rows,
+                regular=regular_items(items, height) if regular else (),
                 items=to_device(items),
-                tokens=to_device(np.concatenate(tokens)),
-                slots=to_device(np.concatenate(slots)),
+                tokens=to_device(listed),
+                slots=to_device(slot_offsets[listed] + seg_base[s][token_request[listed]]),
             ))
 
     if fused_merge is None:
