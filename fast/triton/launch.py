@@ -138,10 +138,10 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
     (a prefix level, or the requests' own KV); with the plan's fused merge, its programs also
     write the rows of ``out``/``lse`` they finish."""
     cfg = plan.config
-    if item_list.single_pass and prefixes:  # what its items read first: level 0
+    if item_list.single_pass and prefixes and prefixes[0].k.shape[0]:  # what its items read first: level 0
         pre_k, pre_v = _contiguous_last(prefixes[0].k), _contiguous_last(prefixes[0].v)
-    else:
-        pre_k, pre_v = q, q  # not read
+    else:  # not read (a level of no rows has no tensor descriptor: its strides may be anything)
+        pre_k, pre_v = q, q
     if item_list.level >= 0:
         level = prefixes[item_list.level]
         k, v, paged, causal, table = level.k, level.v, False, False, item_list.items

@@ -101,6 +101,17 @@ def test_single_pass_shapes_match_the_oracle(head_dim, group, block_size, dtype,
     _assert_close_to_oracle(batch)
 
 
+def test_single_pass_requests_beside_an_empty_prefix_level_match_the_oracle(single_pass_tile,
+                                                                          poisoned_allocations):
+    """A prefix level that no request uses has no rows (from NumPy, strides of 0): the single
+    pass must not read it, nor build a tensor descriptor of it (Hypothesis found this)."""
+    batch = make_batch([33, 130], [33, 200], prefix_lens=[[]], prefix_ids=[[-1, -1]], num_q_heads=4,
+                       num_kv_heads=1, head_dim=64, dtype="bfloat16", seed=0)
+    args, kwargs = batch.to_torch("cuda")
+    assert any(x.single_pass for x in plan(validate(*args, **kwargs)).launches)
+    _assert_close_to_oracle(batch)
+
+
 #: Drawn batches with requests tall enough to read their context in one pass: up to 80 tokens x
 #: GQA 4 or 5 (rows >= 128 from 32 tokens), one prefix level (the single pass reads one), pages
 #: that the tensor-memory copy takes a box per page (8, 16) or not at all (1, 17), or ragged KV.
