@@ -14,7 +14,7 @@ import numpy as np
 
 from relaycore.types import AttentionState, PrefixLevel, RequestKV
 from relaycore.reference.problem import Problem, load
-from relaycore.reference.softmax import attention_state
+from relaycore.reference.softmax import grouped_attention
 
 
 def full_attention(
@@ -50,7 +50,6 @@ def full_from_problem(problem: Problem) -> AttentionState:
     """``full_attention`` on a loaded ``Problem``."""
     meta = problem.meta
     total_q, hq, d = problem.q.shape
-    hkv, g = meta.num_kv_heads, meta.group_size
     out = np.zeros((total_q, hq, d))
     lse = np.full((total_q, hq), -np.inf)
     for b in range(meta.batch):
@@ -60,9 +59,6 @@ def full_from_problem(problem: Problem) -> AttentionState:
         k, v = problem.context(b)  # [L, Hkv, D]
         # query j sees the first keys_seen[j] context tokens
         seen = np.arange(k.shape[0])[None, :] < problem.keys_seen(b)[:, None]  # [q_len, L]
-        qb = problem.q[lo:hi].reshape(hi - lo, hkv, g, d).transpose(1, 2, 0, 3)  # [Hkv, G, q_len, D]
-        scores = np.matmul(qb, k.transpose(1, 2, 0)[:, None]) * meta.softmax_scale  # [Hkv, G, q_len, L]
-        state = attention_state(scores, v.transpose(1, 0, 2)[:, None], seen)
-        out[lo:hi] = state.out.transpose(2, 0, 1, 3).reshape(hi - lo, hq, d)
-        lse[lo:hi] = state.lse.transpose(2, 0, 1).reshape(hi - lo, hq)
+        state = grouped_attention(problem.q[lo:hi], k, v, meta.softmax_scale, seen)
+        out[lo:hi], lse[lo:hi] = state.out, state.lse
     return AttentionState(out, lse)

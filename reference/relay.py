@@ -15,7 +15,7 @@ import numpy as np
 from relaycore import state
 from relaycore.types import AttentionState, PrefixLevel, RequestKV
 from relaycore.reference.problem import Problem, load
-from relaycore.reference.softmax import attention_state
+from relaycore.reference.softmax import grouped_attention
 
 
 def relay_attention(
@@ -91,22 +91,18 @@ def parts_from_problem(problem: Problem) -> List[AttentionState]:
 
 
 def _prefix_part(problem: Problem, level: int) -> AttentionState:
-    """One level: per prefix, all its users' query rows times its KV as one matrix product."""
+    """One level: per prefix, all its users' query rows times its KV as one matrix product per
+    KV head (``grouped_attention``, in chunks of rows that bound its memory)."""
     meta = problem.meta
     total_q, hq, d = problem.q.shape
-    hkv, g = meta.num_kv_heads, meta.group_size
     out = np.zeros((total_q, hq, d))
     lse = np.full((total_q, hq), -np.inf)
     row_ids = np.repeat(meta.prefix_ids[level], meta.q_lens)  # [total_q]: each row's prefix id
     for p in np.unique(row_ids[row_ids >= 0]):
         rows = np.flatnonzero(row_ids == p)
-        k, v = problem.prefix_k[level][p], problem.prefix_v[level][p]  # [len_p, Hkv, D]
-        # one matrix per KV head: rows are (query token, query head of the group)
-        qp = problem.q[rows].reshape(rows.size, hkv, g, d).transpose(1, 0, 2, 3).reshape(hkv, rows.size * g, d)
-        scores = np.matmul(qp, k.transpose(1, 2, 0)) * meta.softmax_scale  # [Hkv, rows*G, len_p]
-        part = attention_state(scores, v.transpose(1, 0, 2))
-        out[rows] = part.out.reshape(hkv, rows.size, g, d).transpose(1, 0, 2, 3).reshape(rows.size, hq, d)
-        lse[rows] = part.lse.reshape(hkv, rows.size, g).transpose(1, 0, 2).reshape(rows.size, hq)
+        part = grouped_attention(problem.q[rows], problem.prefix_k[level][p], problem.prefix_v[level][p],
+                                 meta.softmax_scale)
+        out[rows], lse[rows] = part.out, part.lse
     return AttentionState(out, lse)
 
 
@@ -115,7 +111,6 @@ def _own_part(problem: Problem) -> AttentionState:
     q_len + j``."""
     meta = problem.meta
     total_q, hq, d = problem.q.shape
-    hkv, g = meta.num_kv_heads, meta.group_size
     out = np.zeros((total_q, hq, d))
     lse = np.full((total_q, hq), -np.inf)
     for b in range(meta.batch):
@@ -127,10 +122,6 @@ def _own_part(problem: Problem) -> AttentionState:
         seen = None
         if meta.causal:
             seen = np.arange(kv_len)[None, :] <= (kv_len - q_len + np.arange(q_len))[:, None]  # [q_len, kv_len]
-            seen = np.repeat(seen, g, axis=0)  # rows are (token, group head)
-        qb = problem.q[lo:hi].reshape(q_len, hkv, g, d).transpose(1, 0, 2, 3).reshape(hkv, q_len * g, d)
-        scores = np.matmul(qb, k.transpose(1, 2, 0)) * meta.softmax_scale  # [Hkv, q_len*G, kv_len]
-        part = attention_state(scores, v.transpose(1, 0, 2), seen)
-        out[lo:hi] = part.out.reshape(hkv, q_len, g, d).transpose(1, 0, 2, 3).reshape(q_len, hq, d)
-        lse[lo:hi] = part.lse.reshape(hkv, q_len, g).transpose(1, 0, 2).reshape(q_len, hq)
+        part = grouped_attention(problem.q[lo:hi], k, v, meta.softmax_scale, seen)
+        out[lo:hi], lse[lo:hi] = part.out, part.lse
     return AttentionState(out, lse)

@@ -8,6 +8,7 @@ import numpy as np
 
 from relaycore.types import PrefixLevel, RequestKV
 from relaycore.reference.problem import Problem, load
+from relaycore.reference.softmax import row_chunks
 
 
 class ContextStatistics(NamedTuple):
@@ -62,11 +63,15 @@ def statistics_from_problem(problem: Problem) -> ContextStatistics:
         if k.shape[0] == 0:
             continue
         last = np.maximum(n - 1, 0)
-        qb = np.abs(problem.q[lo:hi]).reshape(hi - lo, hkv, g, d).transpose(1, 2, 0, 3)  # [Hkv, G, q_len, D]
-        products = np.matmul(qb, np.abs(k).transpose(1, 2, 0)[:, None])  # [Hkv, G, q_len, L]
-        running = np.maximum.accumulate(products, axis=-1)
-        a = np.take_along_axis(running, last[None, None, :, None], axis=-1)[..., 0]  # [Hkv, G, q_len]
-        score_abs[lo:hi] = np.where(n[:, None] > 0, a.transpose(2, 0, 1).reshape(hi - lo, hq) * meta.softmax_scale, 0.0)
+        k_abs = np.abs(k).transpose(1, 2, 0)[:, None]  # [Hkv, 1, D, L]
+        for rows in row_chunks(lo, hi, hq * k.shape[0] * 8):
+            m = rows.stop - rows.start
+            qb = np.abs(problem.q[rows]).reshape(m, hkv, g, d).transpose(1, 2, 0, 3)  # [Hkv, G, m, D]
+            running = np.maximum.accumulate(np.matmul(qb, k_abs), axis=-1)  # [Hkv, G, m, L]
+            last_rows = last[rows.start - lo:rows.stop - lo]
+            a = np.take_along_axis(running, last_rows[None, None, :, None], axis=-1)[..., 0]  # [Hkv, G, m]
+            score_abs[rows] = a.transpose(2, 0, 1).reshape(m, hq) * meta.softmax_scale
+        score_abs[lo:hi] = np.where(n[:, None] > 0, score_abs[lo:hi], 0.0)
         v_running = np.maximum.accumulate(np.abs(v), axis=0)[last]  # [q_len, Hkv, D]
         value_abs[lo:hi] = np.where(n[:, None, None] > 0, np.repeat(v_running, g, axis=1), 0.0)
     return ContextStatistics(num_keys, score_abs, value_abs)

@@ -15,6 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from relaycore.reference import context_statistics, full_attention, relay_attention, relay_parts
+from relaycore.reference import softmax
 from relaycore.reference.softmax import attention_state
 from relaycore.testing import Batch, make_batch
 from relaycore.testing.strategies import batches
@@ -278,6 +279,25 @@ def test_context_statistics_match_a_key_by_key_walk(batch):
     assert np.array_equal(stats.num_keys, n)
     assert np.all(np.abs(stats.score_abs - a) <= sum_tolerance(batch.head_dim, "float64") * a)
     assert np.array_equal(stats.value_abs, v)
+
+
+@given(batches(**F64), st.sampled_from([1, 2**12, 2**15]))
+@settings(max_examples=30)
+def test_taking_rows_in_chunks_changes_no_result(batch, score_bytes):
+    """``SCORE_BYTES`` only bounds the oracle's memory: with chunks of one query token and up,
+    every form and the statistics agree with one chunk per product."""
+    args, kwargs = batch.arguments()
+    whole = (relay_attention(*args, **kwargs), full_attention(*args, **kwargs), context_statistics(*args, **kwargs))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(softmax, "SCORE_BYTES", score_bytes)
+        chunked = (relay_attention(*args, **kwargs), full_attention(*args, **kwargs),
+                   context_statistics(*args, **kwargs))
+    for got, expected in zip(chunked[:2], whole[:2]):
+        assert_agree(got, expected, float64_agreement(batch), batch.describe())
+    assert np.array_equal(chunked[2].num_keys, whole[2].num_keys)
+    assert np.all(np.abs(chunked[2].score_abs - whole[2].score_abs)
+                  <= 2 * sum_tolerance(batch.head_dim, "float64") * whole[2].score_abs)
+    assert np.array_equal(chunked[2].value_abs, whole[2].value_abs)
 
 
 # ---- inputs -------------------------------------------------------------------------------------
