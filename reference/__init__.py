@@ -14,7 +14,7 @@ query attends is refused with a ``ValueError`` naming the argument and the index
 finite values, got inf at index (3, 0, 5)``), and so is a score ``softmax_scale * q . k`` that
 overflows float64. Needs NumPy alone. Its memory does not grow with the batch: scores are
 taken in chunks of query rows of at most ``softmax.SCORE_BYTES`` (64 MiB), so 8 requests of 128
-tokens, 32 query heads, over a shared 2048-token prefix take about 1 s and 0.3 GB on one CPU core.
+tokens, 32 query heads, over a shared 2048-token prefix take about 1 s and 0.3 GB on two CPU cores.
 """
 
 from relaycore.reference.full import full_attention
