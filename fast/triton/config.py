@@ -59,7 +59,11 @@ class Config:
             9 slots (prefix 2048): batch 4 (5) 16.6 / 17.9, batch 8 (5) 19.9 / 19.0, batch 12
             (9) 24.6 / 20.4; 3 slots (prefix 512): fused faster up to batch 16. Steps predict
             the fold's tail, not who folds (a prefix tile folds at 0.5 us a slot, an own tile at
-            0.19); the bound gives away 1 us at batch 8, prefix 2048.
+            0.19); the bound gives away 1 us at batch 8, prefix 2048. Over 48 decode points
+            (session 16: Hkv 8, batch 4-16, prefix 1024-8192; Hkv 32 at GQA 4) it picks within
+            0.6% of the faster way on geometric mean, 8% at worst (batch 8, prefix 2048:
+            20.4 against 18.9 us); counting only prefix launches whose chunks are longer than
+            twice the own chunk's picked the fused fold where it was up to 1.56x slower.
         unmasked_min_block_m: the shortest tile that walks the key blocks all its rows see
             in full without masks (the selects are arithmetic a tall tile pays on every score);
             shorter tiles, bound by their loads, keep one masked loop and fewer registers.
