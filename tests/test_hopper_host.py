@@ -5,6 +5,7 @@ kernel runs only on a GPU (``tests/gpu``); ``tests/test_kernel_resources.py`` co
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 torch = pytest.importorskip("torch")
 
@@ -51,3 +52,48 @@ def test_ragged_own_kv_is_copied_by_blocks_and_unpacked_rows_by_rows(hopper):
 def test_the_tile_never_runs_off_a_gpu(hopper):
     q = torch.zeros(4, 8, 128, dtype=torch.float16)
     assert not hopper.usable(q, 128, hopper.TILE_M)
+
+
+#: Drawn batches whose tall requests read their context in one pass (``tests/gpu``'s space for
+#: them, at the CPU's sizes): one prefix level, often one that no request uses (no rows).
+SINGLE_PASS_SPACE = dict(max_batch=3, max_q_len=40, max_kv_len=200, max_levels=1, max_prefixes=2,
+                         max_prefix_len=300, head_dims=(64, 128), kv_heads=(1, 2), group_sizes=(4, 5),
+                         block_sizes=(1, 8, 16, 17), dtypes=("float16", "bfloat16"))
+
+
+def test_every_single_pass_launch_gets_a_descriptor_of_each_source(hopper, monkeypatch):
+    """The tile compiles against four tensor descriptors (level 0's keys and values, the own
+    ones): the launch must build all four, of the batch's dtype and ``[box, D]`` boxes, for any
+    batch, whatever it reads. A GPU drew a batch whose level 0 had no rows (strides of 0 from
+    NumPy) and the tile got ``None``; here the launches are recorded, not run."""
+    from relaycore.fast.triton import launch as launch_module
+    from relaycore.fast.triton import plan
+    from relaycore.testing.strategies import batches
+    from relaycore.validation import validate
+
+    launches, tiles = [], []
+    monkeypatch.setattr(launch_module, "interpreting", lambda: False)
+    monkeypatch.setattr(launch_module, "CONCURRENT_PARTIALS", False)
+    monkeypatch.setattr(hopper, "usable", lambda q, head_dim, block_m: block_m == hopper.TILE_M)
+    monkeypatch.setattr(launch_module, "launch", lambda kernel, grid, args, constexprs, **_: launches.append(
+        (kernel, args, constexprs)))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(batch=batches(**SINGLE_PASS_SPACE))
+    def check(batch):
+        launches.clear()
+        args, kwargs = batch.to_torch("cpu")
+        q, _, kv, prefixes = args
+        launch_module.run_planned(plan(validate(*args, **kwargs)), q, kv, prefixes)
+        for kernel, kernel_args, constexprs in launches:
+            if kernel is not hopper.single_pass_tile:
+                continue
+            tiles.append(batch)
+            descs = kernel_args[1:5]
+            assert all(isinstance(x, hopper.TensorDescriptor) for x in descs), (descs, batch.describe())
+            box = constexprs["OWN_BOX"] or hopper.BLOCK_N
+            for x, rows in zip(descs, (hopper.BLOCK_N, hopper.BLOCK_N, box, box)):
+                assert x.base.dtype == q.dtype and list(x.block_shape) == [rows, batch.head_dim], batch.describe()
+
+    check()
+    assert len(tiles) >= 5  # about one drawn batch in four launches the tile (17 of 60 in CI's profile)
