@@ -12,9 +12,10 @@ All accept anything ``np.asarray`` takes (torch tensors included), validate with
 key is ``(0, -inf)``. Unlike the fast paths they read the values: a non-finite value that a
 query attends is refused with a ``ValueError`` naming the argument and the index (``q: expected
 finite values, got inf at index (3, 0, 5)``), and so is a score ``softmax_scale * q . k`` that
-overflows float64. Needs NumPy alone. Its memory does not grow with the batch: scores are
-taken in chunks of query rows of at most ``softmax.SCORE_BYTES`` (64 MiB), so 8 requests of 128
-tokens, 32 query heads, over a shared 2048-token prefix take about 1 s and 0.3 GB on two CPU cores.
+overflows float64. Needs NumPy alone. Beyond float64 copies of its inputs and outputs, its
+memory does not grow with the batch: scores are taken in chunks of query rows of at most
+``softmax.SCORE_BYTES`` (64 MiB), so 8 requests of 128 tokens, 32 query heads, over a shared
+2048-token prefix take about 1 s and 0.3 GB on two CPU cores.
 """
 
 from relaycore.reference.full import full_attention
