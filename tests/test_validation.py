@@ -96,6 +96,13 @@ def test_the_valid_call_is_valid(paged):
     assert out.shape == (3, 4, 8) and lse.shape == (3, 4)
 
 
+def test_context_lens_counts_every_level_a_request_names_and_its_own_tokens():
+    batch = make_batch([1, 2, 1], [3, 2, 5], [[2, 4], [7]], [[0, 1, -1], [-1, 0, 0]], num_q_heads=4,
+                       num_kv_heads=2, head_dim=8, dtype="float64")
+    args, kwargs = batch.arguments()
+    assert relaycore.validation.validate(*args, **kwargs).context_lens().tolist() == [3 + 2, 2 + 4 + 7, 5 + 7]
+
+
 def test_the_public_api_takes_arrays_only():
     c = call()
     c["q"] = c["q"].tolist()
