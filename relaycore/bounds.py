@@ -94,7 +94,7 @@ class Precision:
 def precision(dtype: str) -> Precision:
     """The precision policy for inputs of ``dtype`` (a canonical name, see ``FLOAT_DTYPES``)."""
     if dtype not in UNIT_ROUNDOFF:
-        raise ValueError(f"precision: dtype must be one of {sorted(UNIT_ROUNDOFF)}, got {dtype!r}")
+        raise ValueError(f"dtype: expected one of {sorted(UNIT_ROUNDOFF)}, got {dtype!r}")
     if dtype == "float64":
         u = UNIT_ROUNDOFF["float64"]
         return Precision(dtype, u_acc=2 * u, u_exp=EXP_REL_FP64, u_p=u, u_out=u, tau=UNDERFLOW_ABS["float64"])
@@ -109,7 +109,7 @@ def gamma(n, u: float):
     n = np.asarray(n, dtype=np.float64)
     nu = n * u
     if np.any(nu >= 1):
-        raise ValueError(f"gamma: n * u must be below 1, got max {float(np.max(nu))}")
+        raise ValueError(f"n: expected n * u below 1 (no bound past it), got n * u up to {float(np.max(nu))}")
     return nu / (1 - nu)
 
 
@@ -168,7 +168,8 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
     u_o = (1 + prec.u_out) * (1 + prec.u_acc) - 1
     eps = n * prec.tau * np.exp(rho)
     if np.any(eps >= 1):
-        raise ValueError(f"out_bound: N * tau * exp(rho) must be below 1, got max {float(np.max(eps))}")
+        raise ValueError(f"num_keys: expected N * tau * exp(rho) below 1 (no bound past it), "
+                         f"got up to {float(np.max(eps))}")
     weights = (np.expm1(2 * rho) + 2 * eps) / (1 - eps) * v
     bound = weights * (1 + u_o) + u_o * np.abs(np.asarray(ref_out, dtype=np.float64)) + 2 * prec.tau
     return np.where(n > 0, bound, 0.0)

@@ -141,6 +141,12 @@ def test_merge_states_api_matches_state_merge_and_rejects_mismatches():
         relaycore.merge_states(a, AttentionState(b.out, [0.0, 0.0]))
     with pytest.raises(TypeError, match="expected all arrays of one kind"):
         relaycore.merge_states(a, as_torch(b))
+    with pytest.raises(TypeError, match=r"a: expected an AttentionState \(out, lse\), got ndarray"):
+        relaycore.merge_states(a.out, b)
+    with pytest.raises(ValueError, match=r"b.lse: expected the shape of a.lse \(2,\), got \(3,\)"):
+        relaycore.merge_states(a, AttentionState(b.out, np.zeros(3)))
+    with pytest.raises(ValueError, match=r"a.lse: expected shape \(2,\) \(a.out without its last axis\), got \(3,\)"):
+        relaycore.merge_states(AttentionState(np.zeros((2, 3)), np.zeros(3)), AttentionState(np.zeros((2, 3)), np.zeros(3)))
 
 
 def test_merge_all_needs_a_state_and_folds_left():

@@ -54,6 +54,9 @@ CASES = [
     ("prefix KV heads", False, lambda c: dict(prefixes=level(c, k=np.zeros((6, 1, 8)), v=np.zeros((6, 1, 8)))), ValueError, "prefixes[0].k", "got shape (6, 1, 8)"),
     ("prefix cu_seqlens", False, lambda c: dict(prefixes=level(c, cu_seqlens=I32(0, 2, 5))), ValueError, "prefixes[0].cu_seqlens", "got 5"),
     ("prefix dtype", False, lambda c: dict(prefixes=level(c, v=c["prefixes"][0].v.astype(np.float32))), TypeError, "prefixes[0].v", "float32"),
+    ("prefix dtype not q's", False, lambda c: dict(prefixes=level(c, k=c["prefixes"][0].k.astype(np.float32), v=c["prefixes"][0].v.astype(np.float32))),
+     TypeError, "prefixes[0].k", "got float32"),
+    ("prefix cu_seqlens empty", False, lambda c: dict(prefixes=level(c, cu_seqlens=I32())), ValueError, "prefixes[0].cu_seqlens", "got shape (0,)"),
     ("prefixes not a list", False, lambda c: dict(prefixes=c["prefixes"][0]), TypeError, "prefixes", "got PrefixLevel"),
     ("prefix not a PrefixLevel", False, lambda c: dict(prefixes=[tuple(c["prefixes"][0])]), TypeError, "prefixes[0]", "got tuple"),
     ("kv not a KV type", False, lambda c: dict(kv=tuple(c["kv"])), TypeError, "kv", "got tuple"),
@@ -69,6 +72,8 @@ CASES = [
     ("kv_lens negative", True, lambda c: dict(kv=c["kv"]._replace(kv_lens=I32(-1, 2))), ValueError, "kv.kv_lens", "kv_lens[0] = -1"),
     ("kv_lens shape", True, lambda c: dict(kv=c["kv"]._replace(kv_lens=I32(3))), ValueError, "kv.kv_lens", "got (1,)"),
     ("k_cache dtype", True, lambda c: dict(kv=c["kv"]._replace(k_cache=c["kv"].k_cache.astype(np.float16))), TypeError, "kv.k_cache", "got float16"),
+    ("k_cache without slots", True, lambda c: dict(kv=c["kv"]._replace(k_cache=c["kv"].k_cache[:, :0], v_cache=c["kv"].v_cache[:, :0])),
+     ValueError, "kv.k_cache", "block_size >= 1, got shape (5, 0, 2, 8)"),
     ("v_cache shape", True, lambda c: dict(kv=c["kv"]._replace(v_cache=c["kv"].v_cache[:, :1])), ValueError, "kv.v_cache", "got (")
 ]
 
