@@ -262,6 +262,27 @@ def test_space_rejects_nonsense():
         random_batch(np.random.default_rng(0), max_q_len=8, max_kv_len=4)
     with pytest.raises(ValueError, match="dtypes: expected a non-empty subset"):
         random_batch(np.random.default_rng(0), dtypes=("float8",))
+    with pytest.raises(ValueError, match=r"min_batch: expected 0 <= min_batch <= max_batch = 2, got 3"):
+        random_batch(np.random.default_rng(0), min_batch=3, max_batch=2)
+    with pytest.raises(ValueError, match=r"layouts: expected a non-empty subset of \['ragged', 'paged'\], got \['tiled'\]"):
+        random_batch(np.random.default_rng(0), layouts=("tiled",))
+    with pytest.raises(ValueError, match="head_dims: expected at least one choice, got none"):
+        random_batch(np.random.default_rng(0), head_dims=())
+    with pytest.raises(ValueError, match=r"block_sizes: expected positive sizes, got \[0\]"):
+        random_batch(np.random.default_rng(0), layouts=("paged",), block_sizes=(0,))
+
+
+def test_make_batch_rejects_lists_that_do_not_line_up():
+    with pytest.raises(ValueError, match="kv_lens: expected 2 entries, got 1"):
+        make_batch([1, 1], [3])
+    with pytest.raises(ValueError, match=r"prefix_ids: expected one list per level \(1 levels\), got 2"):
+        make_batch([1, 1], [3, 3], [[4]], [[0, 0], [0, 0]])
+    with pytest.raises(ValueError, match=r"prefix_ids\[0\]: expected 2 entries, got 3"):
+        make_batch([1, 1], [3, 3], [[4]], [[0, 0, 0]])
+    with pytest.raises(ValueError, match="dtype: expected one of .*, got 'float8'"):
+        make_batch([1], [3], dtype="float8")
+    with pytest.raises(ValueError, match="dtype: expected one of .*, got 'int8'"):
+        round_to(np.zeros(2), "int8")
 
 
 # ---- rounding --------------------------------------------------------------------------------

@@ -68,6 +68,12 @@ def test_setup_problems_exit_with_status_two(capsys):
     assert status == 2 and "expected MODULE:FUNCTION, got 'missing-colon'" in capsys.readouterr().err
     status = cli.main(["verify", "--backend", "torch", "--dtype", "float64"])
     assert status == 2 and "only the reference backend takes" in capsys.readouterr().err
+    status = cli.main(["verify", "--function", "os:sep"])
+    assert status == 2 and "--function: 'os:sep' is not callable" in capsys.readouterr().err
+    status = cli.main(["verify", "--cases", "0"])
+    assert status == 2 and "--cases: expected at least 1, got 0" in capsys.readouterr().err
+    status = cli.main(["verify", "--dtype", "float64", "--device", "cuda"])
+    assert status == 2 and "NumPy arrays, which live on the CPU" in capsys.readouterr().err
     import torch
 
     if not torch.cuda.is_available():
