@@ -97,3 +97,35 @@ def test_every_single_pass_launch_gets_a_descriptor_of_each_source(hopper, monke
 
     check()
     assert len(tiles) >= 5  # about one drawn batch in four launches the tile (17 of 60 in CI's profile)
+
+
+def test_an_append_request_after_one_token_gives_the_tile_its_first_token_as_a_value(hopper, monkeypatch):
+    """One decode token, then one append request: the append request's launch computes its
+    items from the program id (``plan.regular_items``), and its first token is 1. Triton
+    specializes an integer argument equal to 1 into a constant, and with that constant triton
+    3.6.0 cannot compile the tile (an LLVM assertion in its lowering, at head_dim 64 and 128;
+    reproduced by compiling the tile for sm_90 on the CPU, ``fast/triton/NOTES.md``, session
+    17): the launch must pass it, and the tile take it as a value."""
+    from relaycore.fast.triton import launch as launch_module
+    from relaycore.fast.triton import plan
+    from relaycore.testing import make_batch
+    from relaycore.validation import validate
+
+    launches = []
+    monkeypatch.setattr(launch_module, "interpreting", lambda: False)
+    monkeypatch.setattr(launch_module, "CONCURRENT_PARTIALS", False)
+    monkeypatch.setattr(hopper, "usable", lambda q, head_dim, block_m: block_m == hopper.TILE_M)
+    monkeypatch.setattr(launch_module, "launch", lambda kernel, grid, args, constexprs, **_: launches.append(
+        (kernel, args)))
+    # 32 appended tokens x GQA 4: one 128-row tile, every segment one chunk (Hkv 32: 4 chunks
+    # a decode segment), so the launch's one item is computed
+    batch = make_batch([1, 32], [300, 300], [[200]], [[0, 0]], num_q_heads=128, num_kv_heads=32, head_dim=128,
+                       dtype="float16")
+    args, kwargs = batch.to_torch("cpu")
+    launch_module.run_planned(plan(validate(*args, **kwargs)), args[0], args[2], args[3])
+    tiles = [a for kernel, a in launches if kernel is hopper.single_pass_tile]
+    assert len(tiles) == 1
+    names = [p.name for p in hopper.single_pass_tile.params if not p.is_constexpr]
+    assert len(names) == len(tiles[0]) and tiles[0][names.index("grid_tok_first")] == 1
+    param = next(p for p in hopper.single_pass_tile.params if p.name == "grid_tok_first")
+    assert param.do_not_specialize, "a first token of 1 would be compiled in as a constant"

@@ -413,7 +413,12 @@ if gluon is not None:
                  mask=gl.expand_dims(m_out, 1))
         gl.store(lse_ptr + o_result, b_lse, mask=m_out)
 
-    @gluon.jit
+    # An item's first token as a constant (Triton specializes an integer argument equal to 1)
+    # does not compile with triton 3.6.0: its LLVM lowering fails an assertion (`idx < size()`
+    # in ConvertTritonGPUToLLVM) at head_dim 64 and 128. A batch of one decode token, then one
+    # append request, passes 1 (the request's tokens start at 1 and its launch's items are
+    # computed, not listed), so the tile takes it as a value, as it takes any other.
+    @gluon.jit(do_not_specialize=["grid_tok_first"])
     def single_pass_tile(
         q_ptr, pre_k_desc, pre_v_desc, own_k_desc, own_v_desc, pre_k_ptr, pre_v_ptr, k_ptr, v_ptr, items_ptr, tok_ptr,
         table_ptr, out_ptr, lse_ptr,

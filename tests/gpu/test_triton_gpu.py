@@ -112,6 +112,20 @@ def test_single_pass_requests_beside_an_empty_prefix_level_match_the_oracle(sing
     _assert_close_to_oracle(batch)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_an_append_request_after_one_decode_token_matches_the_oracle(head_dim, single_pass_tile,
+                                                                   poisoned_allocations):
+    """The append request's launch computes its one item, whose first token is 1: with that 1
+    as a constant, triton 3.6.0 could not compile the Gluon tile (``hopper.single_pass_tile``
+    takes it as a value; ``tests/test_hopper_host.py``)."""
+    batch = make_batch([1, 32], [300, 300], [[200]], [[0, 0]], num_q_heads=128, num_kv_heads=32, head_dim=head_dim,
+                       dtype="float16", block_size=16)
+    args, kwargs = batch.to_torch("cuda")
+    planned = plan(validate(*args, **kwargs))
+    assert [x.regular[6] for x in planned.launches if x.single_pass] == [1]  # REGULAR_FIELDS: tok_first
+    _assert_close_to_oracle(batch)
+
+
 #: Drawn batches with requests tall enough to read their context in one pass: up to 80 tokens x
 #: GQA 4 or 5 (rows >= 128 from 32 tokens), one prefix level (the single pass reads one), pages
 #: that the tensor-memory copy takes a box per page (8, 16) or not at all (1, 17), or ragged KV.
