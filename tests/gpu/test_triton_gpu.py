@@ -18,6 +18,7 @@ import relaycore  # noqa: E402
 from relaycore import PagedKV, PrefixLevel, RaggedKV  # noqa: E402
 from relaycore.fast.triton import hopper, plan, prepare, run_planned  # noqa: E402
 from relaycore.fast.triton import launch as launch_module  # noqa: E402
+from relaycore.fast.triton.plan import REGULAR_FIELDS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
@@ -122,7 +123,8 @@ def test_an_append_request_after_one_decode_token_matches_the_oracle(head_dim, s
                        dtype="float16", block_size=16)
     args, kwargs = batch.to_torch("cuda")
     planned = plan(validate(*args, **kwargs))
-    assert [x.regular[6] for x in planned.launches if x.single_pass] == [1]  # REGULAR_FIELDS: tok_first
+    tok_first = REGULAR_FIELDS.index("tok_first")
+    assert [x.regular[tok_first] for x in planned.launches if x.single_pass] == [1]
     _assert_close_to_oracle(batch)
 
 
