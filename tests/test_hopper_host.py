@@ -61,30 +61,45 @@ SINGLE_PASS_SPACE = dict(max_batch=3, max_q_len=40, max_kv_len=200, max_levels=1
                          block_sizes=(1, 8, 16, 17), dtypes=("float16", "bfloat16"))
 
 
-def test_every_single_pass_launch_gets_a_descriptor_of_each_source(hopper, monkeypatch):
-    """The tile compiles against four tensor descriptors (level 0's keys and values, the own
-    ones): the launch must build all four, of the batch's dtype and ``[box, D]`` boxes, for any
-    batch, whatever it reads. A GPU drew a batch whose level 0 had no rows (strides of 0 from
-    NumPy) and the tile got ``None``; here the launches are recorded, not run."""
+@pytest.fixture
+def recorded(hopper, monkeypatch):
+    """``(launches, run)``: ``run(batch)`` plans and calls a batch (returning its q) on the CPU as on
+    an sm_90 GPU, recording each launch as ``(kernel, args, constexprs)`` instead of running it
+    (the Gluon tile cannot run here)."""
     from relaycore.fast.triton import launch as launch_module
     from relaycore.fast.triton import plan
-    from relaycore.testing.strategies import batches
     from relaycore.validation import validate
 
-    launches, tiles = [], []
+    launches = []
     monkeypatch.setattr(launch_module, "interpreting", lambda: False)
     monkeypatch.setattr(launch_module, "CONCURRENT_PARTIALS", False)
     monkeypatch.setattr(hopper, "usable", lambda q, head_dim, block_m: block_m == hopper.TILE_M)
     monkeypatch.setattr(launch_module, "launch", lambda kernel, grid, args, constexprs, **_: launches.append(
         (kernel, args, constexprs)))
 
+    def run(batch):
+        launches.clear()
+        args, kwargs = batch.to_torch("cpu")
+        launch_module.run_planned(plan(validate(*args, **kwargs)), args[0], args[2], args[3])
+        return args[0]
+
+    return launches, run
+
+
+def test_every_single_pass_launch_gets_a_descriptor_of_each_source(hopper, recorded):
+    """The tile compiles against four tensor descriptors (level 0's keys and values, the own
+    ones): the launch must build all four, of the batch's dtype and ``[box, D]`` boxes, for any
+    batch, whatever it reads. A GPU drew a batch whose level 0 had no rows (strides of 0 from
+    NumPy) and the tile got ``None``; here the launches are recorded, not run."""
+    from relaycore.testing.strategies import batches
+
+    launches, run = recorded
+    tiles = []
+
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
     @given(batch=batches(**SINGLE_PASS_SPACE))
     def check(batch):
-        launches.clear()
-        args, kwargs = batch.to_torch("cpu")
-        q, _, kv, prefixes = args
-        launch_module.run_planned(plan(validate(*args, **kwargs)), q, kv, prefixes)
+        q = run(batch)
         for kernel, kernel_args, constexprs in launches:
             if kernel is not hopper.single_pass_tile:
                 continue
@@ -99,31 +114,22 @@ def test_every_single_pass_launch_gets_a_descriptor_of_each_source(hopper, monke
     assert len(tiles) >= 5  # about one drawn batch in four launches the tile (17 of 60 in CI's profile)
 
 
-def test_an_append_request_after_one_token_gives_the_tile_its_first_token_as_a_value(hopper, monkeypatch):
+def test_an_append_request_after_one_token_gives_the_tile_its_first_token_as_a_value(hopper, recorded):
     """One decode token, then one append request: the append request's launch computes its
     items from the program id (``plan.regular_items``), and its first token is 1. Triton
     specializes an integer argument equal to 1 into a constant, and with that constant triton
     3.6.0 cannot compile the tile (an LLVM assertion in its lowering, at head_dim 64 and 128;
     reproduced by compiling the tile for sm_90 on the CPU, ``fast/triton/NOTES.md``, session
     17): the launch must pass it, and the tile take it as a value."""
-    from relaycore.fast.triton import launch as launch_module
-    from relaycore.fast.triton import plan
     from relaycore.testing import make_batch
-    from relaycore.validation import validate
 
-    launches = []
-    monkeypatch.setattr(launch_module, "interpreting", lambda: False)
-    monkeypatch.setattr(launch_module, "CONCURRENT_PARTIALS", False)
-    monkeypatch.setattr(hopper, "usable", lambda q, head_dim, block_m: block_m == hopper.TILE_M)
-    monkeypatch.setattr(launch_module, "launch", lambda kernel, grid, args, constexprs, **_: launches.append(
-        (kernel, args)))
+    launches, run = recorded
     # 32 appended tokens x GQA 4: one 128-row tile, every segment one chunk (Hkv 32: 4 chunks
     # a decode segment), so the launch's one item is computed
     batch = make_batch([1, 32], [300, 300], [[200]], [[0, 0]], num_q_heads=128, num_kv_heads=32, head_dim=128,
                        dtype="float16")
-    args, kwargs = batch.to_torch("cpu")
-    launch_module.run_planned(plan(validate(*args, **kwargs)), args[0], args[2], args[3])
-    tiles = [a for kernel, a in launches if kernel is hopper.single_pass_tile]
+    run(batch)
+    tiles = [args for kernel, args, _ in launches if kernel is hopper.single_pass_tile]
     assert len(tiles) == 1
     names = [p.name for p in hopper.single_pass_tile.params if not p.is_constexpr]
     assert len(names) == len(tiles[0]) and tiles[0][names.index("grid_tok_first")] == 1
