@@ -16,7 +16,8 @@ import pytest
 #: the committed benchmarks ran (``fast/triton/NOTES.md``). Read from the sm_90 build with
 #: triton 3.7 (2026-11-28, pages of 16 tokens as a constant): the own decode tile 142
 #: registers and 72.5 KiB of shared memory at GQA 1 and 4 (steps of 128 keys,
-#: ``Config.short_block_n``, session 12), the prefix tiles 178 and 183 with 112 and 128 KiB of
+#: ``Config.short_block_n``, session 12; 150 as the single pass of a request without a prefix,
+#: which compiles no prefix walk: with it, 168 / 182 registers and 136 KiB, one per SM), the prefix tiles 178 and 183 with 112 and 128 KiB of
 #: shared memory, the single-pass append tile 220 (it carries its pages,
 #: ``Config.carries_pages``, 2026-11-28 session 8); with the fused merge (small batches) the
 #: own tile 186 / 185 and the 64-row prefix tile 248 / 255 folding 16 rows at once, 204 / 255
@@ -25,6 +26,8 @@ import pytest
 MEASURED = {
     "own decode tile, GQA 1": 3,
     "own decode tile, GQA 4": 3,
+    "own decode tile, GQA 1, single pass without a prefix": 3,
+    "own decode tile, GQA 4, single pass without a prefix": 3,
     "prefix tile of 64 rows": 2,
     "prefix tile of 128 rows": 1,
     "own append tile of 128 rows, single pass": 1,

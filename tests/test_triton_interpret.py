@@ -153,6 +153,38 @@ def test_single_pass_requests_own_no_slots_and_are_planned_from_the_request_alon
 
 
 @in_process
+@pytest.mark.parametrize("block_size", [None, 4])
+def test_requests_without_a_prefix_in_one_chunk_write_their_result_with_the_merge_bits(block_size):
+    # under TALL: requests 0 and 3 see no prefix (no id; an empty prefix), their own KV is one
+    # chunk of 16 and their rows a 16-row tile, shorter than the tallest; 1 reads a prefix, 2's
+    # 40 own keys are three chunks of 16
+    batch = make_batch([1, 1, 1, 2], [5, 9, 40, 3], prefix_lens=[[0, 7]], prefix_ids=[[-1, 1, -1, 0]], num_q_heads=4,
+                       num_kv_heads=2, head_dim=16, dtype="float16", block_size=block_size)
+    args, kwargs = batch.to_torch("cpu")
+    meta = validate(*args, **kwargs)
+    assert single_pass_requests(meta, TALL).tolist() == [True, False, False, True]
+    tall_rows = validate(*make_batch([9], [9], num_q_heads=4, num_kv_heads=2, head_dim=16).to_torch("cpu")[0])
+    assert not single_pass_requests(tall_rows, TALL).any(), "18 rows take the tallest tile: they keep the merge"
+    assert not single_pass_requests(meta, TALL, unshared=False).any()
+    direct = plan(meta, config=TALL)
+    counts = np.diff(direct.slot_offsets.numpy())
+    assert counts[[0, 3, 4]].tolist() == [0, 0, 0] and counts[[1, 2]].min() > 0
+    passes = [x for x in direct.launches if x.single_pass]
+    assert len(passes) == 1 and not passes[0].reads_prefix, "no prefix walk is compiled for them"
+    merged = plan(meta, config=TALL, unshared_single_pass=False)
+    assert _same(run_planned(direct, args[0], args[2], args[3]), run_planned(merged, args[0], args[2], args[3]))
+    _assert_close(run_planned(direct, args[0], args[2], args[3]), batch, TALL)
+    # a batch of such requests alone has no states and no merge launch
+    alone = make_batch([1, 1], [5, 16], num_q_heads=4, num_kv_heads=2, head_dim=16, dtype="float16",
+                       block_size=block_size)
+    args, kwargs = alone.to_torch("cpu")
+    meta = validate(*args, **kwargs)
+    assert plan(meta, config=TALL).num_slots == 0
+    assert _same(run_planned(plan(meta, config=TALL), args[0], args[2], args[3]),
+                 run_planned(plan(meta, config=TALL, unshared_single_pass=False), args[0], args[2], args[3]))
+
+
+@in_process
 def test_the_items_that_read_the_most_keys_launch_first_and_the_order_changes_no_bit():
     args, kwargs = _append_batch().to_torch("cpu")
     planned = plan(validate(*args, **kwargs), config=TINY)

@@ -21,9 +21,10 @@ Notation (fla's habit): ``i_`` program ids, ``o_`` offsets, ``m_`` masks, ``b_``
     writes ``out`` in q's dtype and ``lse`` in natural log: ``fold_slots``'s arithmetic for one
     row, with the row's values as scalars.
 ``partial_kernel`` with ``SINGLE_PASS``
-    An own tile of a request that reads its whole context in one pass (``config.single_pass``):
-    the program walks the request's prefix, then its own chunk, in one running state and writes
-    the rows' results; those tokens have no slots and the merge leaves them alone.
+    An own tile of a request that reads its whole context in one pass
+    (``plan.single_pass_requests``): the program walks the request's prefix, if any, then its
+    own chunk, in one running state and writes the rows' results; those tokens have no slots
+    and the merge leaves them alone.
 ``partial_kernel`` with ``FUSED_MERGE``
     The merge without its launch: after writing its states, a program counts one arrival per
     row (an atomic add on the row's counter, ordered after every store of the tile), and the
@@ -358,6 +359,7 @@ def partial_kernel(
     SPLIT_UNMASKED: tl.constexpr,
     CARRY_PAGES: tl.constexpr,
     SINGLE_PASS: tl.constexpr,
+    PREFIX: tl.constexpr,
     ITEMS_LISTED: tl.constexpr,
     FOLD_M: tl.constexpr,
     LN2: tl.constexpr,
@@ -412,7 +414,11 @@ def partial_kernel(
         SINGLE_PASS: walk the item's prefix (``prefix_len`` keys from row ``prefix_start``,
             every one seen) and then its own chunk in one running state, and write the rows'
             results to ``out`` and ``lse`` (natural log) instead of a state
-            (``config.single_pass``).
+            (``plan.single_pass_requests``).
+        PREFIX: with ``SINGLE_PASS``, whether some item of the launch has a prefix; without,
+            the prefix walk is not compiled (``prefix_len`` is 0 for every item: the walk
+            would take no step and leave the running state as it starts, so the bits are the
+            same).
     """
     tl.static_assert(HEAD_DIM >= 16 and HEAD_DIM <= 256 and (HEAD_DIM & (HEAD_DIM - 1)) == 0)
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
@@ -470,7 +476,7 @@ def partial_kernel(
     b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
 
-    if SINGLE_PASS:  # the request's prefix first, into the same running state
+    if SINGLE_PASS and PREFIX:  # the request's prefix first, into the same running state
         if ITEMS_LISTED:
             prefix_start = tl.load(p_item + 9)
             prefix_len = tl.load(p_item + 10)

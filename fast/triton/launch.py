@@ -138,7 +138,7 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
     (a prefix level, or the requests' own KV); with the plan's fused merge, its programs also
     write the rows of ``out``/``lse`` they finish."""
     cfg = plan.config
-    if item_list.single_pass and prefixes and prefixes[0].k.shape[0]:  # what its items read first: level 0
+    if item_list.reads_prefix and prefixes[0].k.shape[0]:  # what its items read first: level 0
         pre_k, pre_v = _contiguous_last(prefixes[0].k), _contiguous_last(prefixes[0].v)
     else:  # not read (a level of no rows has no tensor descriptor: its strides may be anything)
         pre_k, pre_v = q, q
@@ -187,7 +187,7 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
              DOT_PRECISION="ieee", FUSED_MERGE=plan.fused_merge and not item_list.single_pass,
              SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m,
              CARRY_PAGES=paged and cfg.carries_pages(item_list.block_m), SINGLE_PASS=item_list.single_pass,
-             ITEMS_LISTED=not item_list.regular,
+             PREFIX=item_list.reads_prefix, ITEMS_LISTED=not item_list.regular,
              FOLD_M=item_list.fold_rows, LN2=LN2),
         num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device, stream=stream,
     )

@@ -31,7 +31,8 @@ def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
     ints.append(len(plan.launches))
     for launch in plan.launches:
         tensors += [launch.items, launch.tokens, launch.slots]
-        ints += [launch.level, launch.block_m, int(launch.single_pass), launch.fold_rows, len(launch.regular)]
+        ints += [launch.level, launch.block_m, int(launch.single_pass), int(launch.reads_prefix), launch.fold_rows,
+                 len(launch.regular)]
         ints += list(launch.regular) or [0] * len(REGULAR_FIELDS)
     return tensors, ints
 
@@ -40,12 +41,13 @@ def _unpack(tensors: Sequence[torch.Tensor], ints: Sequence[int], q: torch.Tenso
     total_q, hq, hkv, d, paged, causal, num_slots, num_levels, relay, fused_merge = ints[:10]
     config = Config(**dict(zip(_CONFIG_FIELDS, ints[10 : 10 + len(_CONFIG_FIELDS)])))
     at = 10 + len(_CONFIG_FIELDS)
-    width = 5 + len(REGULAR_FIELDS)  # ints per launch
+    width = 6 + len(REGULAR_FIELDS)  # ints per launch
     launches = []
     for i in range(ints[at]):
-        level, block_m, single_pass, fold_rows, regular = ints[at + 1 + width * i: at + 6 + width * i]
-        launches.append(Launch(level=level, block_m=block_m, single_pass=bool(single_pass), fold_rows=fold_rows,
-                               regular=tuple(ints[at + 6 + width * i: at + 6 + width * i + regular]),
+        level, block_m, single_pass, reads_prefix, fold_rows, regular = ints[at + 1 + width * i: at + 7 + width * i]
+        launches.append(Launch(level=level, block_m=block_m, single_pass=bool(single_pass),
+                               reads_prefix=bool(reads_prefix), fold_rows=fold_rows,
+                               regular=tuple(ints[at + 7 + width * i: at + 7 + width * i + regular]),
                                items=tensors[2 + 3 * i], tokens=tensors[3 + 3 * i], slots=tensors[4 + 3 * i]))
     launches = tuple(launches)
     return Plan(total_q=total_q, num_q_heads=hq, num_kv_heads=hkv, head_dim=d, dtype=str(q.dtype).replace("torch.", ""),

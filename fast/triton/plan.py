@@ -29,7 +29,9 @@ Single-pass requests
     (``config.single_pass``: an append request) gains nothing from sharing prefix tiles, so in
     a batch of at most one prefix level it owns no slots: its own tiles (their own launch)
     walk its prefix, then its own KV, in one running state and write its result. The merge
-    kernel leaves its tokens alone.
+    kernel leaves its tokens alone. So does a decode request that sees no prefix and whose own
+    KV is one chunk (a short context without a shared prefix): the merge would return its one
+    state unchanged, so its own tiles write the result at once.
 """
 
 from __future__ import annotations
@@ -54,8 +56,10 @@ class Launch:
     Attributes:
         level: the prefix level it reads, or ``-1`` for the requests' own KV.
         block_m: the tile height of its items.
-        single_pass: its items are single-pass requests' own tiles (``config.single_pass``):
+        single_pass: its items are single-pass requests' own tiles (``single_pass_requests``):
             each walks the item's prefix (level 0) then the own KV, and writes the result.
+        reads_prefix: some single-pass item has a prefix to walk (a launch whose items have
+            none compiles no prefix walk, which holds registers and shared memory).
         fold_rows: the rows a program of the fused merge folds at once (``fold_height``).
         regular: ``regular_items`` of the items: the kernel computes each item from its
             program id and these, instead of reading the list; ``()``: it reads the list.
@@ -67,6 +71,7 @@ class Launch:
     level: int
     block_m: int
     single_pass: bool
+    reads_prefix: bool
     fold_rows: int
     regular: Tuple[int, ...]
     items: torch.Tensor
@@ -229,11 +234,32 @@ def merge_in_partials(total_q: int, fold_steps: int, config: Config) -> bool:
     return 0 < total_q <= config.fused_merge_max_tokens and fold_steps <= config.fused_merge_max_fold_steps
 
 
-def single_pass_requests(meta: BatchMeta, config: Config) -> np.ndarray:
-    """bool ``[B]``: the requests that read their context in one pass (``config.single_pass``),
-    in a batch of at most one prefix level (the single-pass tile reads level 0's prefix)."""
+def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = True) -> np.ndarray:
+    """bool ``[B]``: the requests whose own tiles read their whole context in one pass and
+    write their result, with no states and no merge. Functions of the request alone:
+
+    * those whose rows fill the tallest tiles and whose segments are one chunk each
+      (``config.single_pass``: append requests), in a batch of at most one prefix level (the
+      single-pass tile reads level 0's prefix);
+    * those that see no prefix, whose own KV is one chunk (``chunk_size``) and whose rows fit a
+      tile shorter than ``block_m`` (``tile_height``: decode requests). Their one state would leave the merge
+      unchanged (its weight is ``exp2(0) = 1``, the sum it is divided by 1), so writing it at
+      once gives the same bits, without the state's round trip or the merge launch (H200,
+      128 own keys, no prefix, batch 8-128: 2.4-7.2 us less, ``fast/triton/NOTES.md``, session
+      17). Taller ones keep the state and the merge: on sm_90 they would run the Gluon tile,
+      which triton 3.6 failed to compile for one such batch (head_dim 64, GQA 4, no prefix
+      level; not investigated). ``unshared=False`` leaves every such request the state and the
+      merge (tests compare).
+    """
     rows = meta.q_lens.astype(np.int64) * meta.group_size
-    return single_pass(rows, config) & (meta.num_levels <= 1)
+    tall = single_pass(rows, config) & (meta.num_levels <= 1)
+    no_prefix = np.ones(meta.batch, dtype=bool)
+    for lens, ids in zip(meta.prefix_lens, meta.prefix_ids):
+        plen = np.where(ids >= 0, lens[np.maximum(ids, 0)] if len(lens) else 0, 0)
+        no_prefix &= plen == 0
+    own = meta.kv_lens.astype(np.int64)
+    short = tile_height(rows, config, prefix=False) < config.block_m
+    return tall | (unshared & no_prefix & short & (own <= chunk_size(own, rows, config)))
 
 
 #: The shortest and the tallest slice of rows a fused fold folds at once: ``FOLD_DEPTH`` slots
@@ -404,7 +430,7 @@ def _tile_items(groups: _Groups, first_listed: np.ndarray, rows: np.ndarray, til
 
 
 def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None,
-         fused_merge: Optional[bool] = None, regular: bool = True) -> Plan:
+         fused_merge: Optional[bool] = None, regular: bool = True, unshared_single_pass: bool = True) -> Plan:
     """Plan a batch for the Triton kernels.
 
     Args:
@@ -416,6 +442,9 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             ``merge_in_partials``. The bits are the same either way.
         regular: let the kernel compute the items of a launch that ``regular_items`` describes
             (the default); ``False`` reads every list. The bits are the same either way.
+        unshared_single_pass: a request that sees no prefix and whose own KV is one chunk
+            writes its result from its own tiles (the default); ``False`` gives it a state and
+            the merge (``single_pass_requests``). The bits are the same either way.
 
     Returns:
         A ``Plan``, reusable for every call with the same metadata (every layer of a step).
@@ -430,7 +459,7 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     # chunk size and count of each segment, per request: [levels..., own]; a single-pass
     # request has no chunk states (its own tiles write its result)
     rows_per_request = q_lens * g
-    single = single_pass_requests(meta, config)
+    single = single_pass_requests(meta, config, unshared=unshared_single_pass)
     seg_sizes, seg_chunks = [], []
     for lens, ids in zip(meta.prefix_lens, meta.prefix_ids):
         plen = np.where(ids >= 0, lens[np.maximum(ids, 0)] if len(lens) else 0, 0).astype(np.int64)
@@ -489,6 +518,7 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
                 level=level,
                 block_m=height,
                 single_pass=one_pass,
+                reads_prefix=one_pass and bool(items[:, ITEM_FIELDS.index("prefix_len")].any()),
                 fold_rows=fold_rows,
                 regular=regular_items(items, height) if regular else (),
                 items=to_device(items),

@@ -73,8 +73,10 @@ class TileKind:
             and causal in a serving step; a prefix's is neither).
         group: query heads per KV head.
         fused_merge: whether its programs fold the states they finish (a small batch's plan).
-        single_pass: whether it walks a request's prefix and own KV and writes the result
-            (an append request's own tile, ``config.single_pass``).
+        single_pass: whether it walks a request's context in one pass and writes the result
+            (``plan.single_pass_requests``).
+        prefix: with ``single_pass``, whether it walks a prefix first (an append request's own
+            tile; a decode request's without a prefix does not, ``Launch.reads_prefix``).
         fold_rows: with ``fused_merge``, the rows it folds at once (``plan.fold_height``).
     """
 
@@ -85,6 +87,7 @@ class TileKind:
     group: int
     fused_merge: bool = False
     single_pass: bool = False
+    prefix: bool = True
     fold_rows: int = MIN_FOLD_ROWS
 
 
@@ -115,12 +118,15 @@ class Resources:
 
 def tile_kinds(config: Config) -> List[TileKind]:
     """The tile kinds a serving step with GQA 1 and 4 compiles: the own tile of a decode request
-    (``min_block_m`` rows, paged, causal), the two prefix tile heights, the own tile of an
+    (``min_block_m`` rows, paged, causal), and of one that sees no prefix and reads its own KV in
+    one chunk (single pass, no prefix walk), the two prefix tile heights, the own tile of an
     append request (``block_m`` rows, single pass), then the own and prefix tiles of a small batch,
     which fold the states themselves (``plan.merge_in_partials``), at GQA 1 and 4 (the prefix
     tile at each fold height, ``plan.fold_height``: a 16-row fold reads its first slice's rows
     before the key loop, taller ones after it)."""
     kinds = [TileKind(f"own decode tile, GQA {g}", config.min_block_m, True, True, g) for g in (1, 4)]
+    kinds += [TileKind(f"own decode tile, GQA {g}, single pass without a prefix", config.min_block_m, True, True, g,
+                       single_pass=True, prefix=False) for g in (1, 4)]
     tall = sorted({config.prefix_block_m, config.block_m})
     kinds += [TileKind(f"prefix tile of {m} rows", m, False, False, 1) for m in tall]
     kinds += [TileKind(f"own append tile of {config.block_m} rows, single pass", config.block_m, True, True, 1,
@@ -203,7 +209,7 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
                       DOT_PRECISION="ieee", FUSED_MERGE=kind.fused_merge,
                       SPLIT_UNMASKED=kind.block_m >= config.unmasked_min_block_m,
                       CARRY_PAGES=kind.paged and config.carries_pages(kind.block_m),
-                      SINGLE_PASS=kind.single_pass, ITEMS_LISTED=True,
+                      SINGLE_PASS=kind.single_pass, PREFIX=kind.single_pass and kind.prefix, ITEMS_LISTED=True,
                       FOLD_M=min(kind.fold_rows, kind.block_m), LN2=LN2)
     signature, attrs = _signature(fn, constexprs, lambda name: pointer_types.get(name, "i32"))
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)

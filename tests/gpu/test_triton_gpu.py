@@ -279,6 +279,26 @@ def test_relay_and_per_request_grouping_give_the_same_bits():
     assert _equal(relay, per_request)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_requests_without_a_prefix_write_their_result_with_the_merge_bits(dtype):
+    """Decode requests that see no prefix and whose own KV is one chunk write their result from
+    their own tiles, with no state and no merge (``plan.single_pass_requests``): the merge of
+    one state returns it unchanged, which rests on this GPU's ``exp2(0) = 1`` and ``log2(1) =
+    0``. Beside requests that read a prefix, and alone (no merge launch at all)."""
+    pool = Pool(seed=13, dtype=dtype)
+    rng = np.random.default_rng(13)
+    requests = [pool.request(1 + 4 * (b % 5 == 0), int(rng.integers(8, 257)), -1 if b % 3 else b % 2)
+                for b in range(40)]
+    for chosen in (requests, [r for r in requests if r["prefix"] < 0]):
+        for page_size in (16, None):
+            args = pool.batch(chosen, page_size=page_size)
+            meta = validate(*args)
+            direct = plan(meta)
+            assert any(x.single_pass and not x.reads_prefix for x in direct.launches)
+            merged = run_planned(plan(meta, unshared_single_pass=False), args[0], args[2], args[3])
+            assert _equal(run_planned(direct, args[0], args[2], args[3]), merged)
+
+
 @pytest.mark.parametrize("append", [0, 2], ids=["decode", "with single-pass requests"])
 def test_cuda_graph_replay_gives_the_eager_bits(append):
     """Decode requests, and with append requests beside them (the single-pass tile: on sm_90
