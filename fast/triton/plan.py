@@ -242,13 +242,12 @@ def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = Tr
       (``config.single_pass``: append requests), in a batch of at most one prefix level (the
       single-pass tile reads level 0's prefix);
     * those that see no prefix, whose own KV is one chunk (``chunk_size``) and whose rows fit a
-      tile shorter than ``block_m`` (``tile_height``: decode requests). Their one state would leave the merge
-      unchanged (its weight is ``exp2(0) = 1``, the sum it is divided by 1), so writing it at
+      tile shorter than ``block_m`` (``tile_height``: decode and short append requests). Their
+      one state would leave the merge unchanged (its weight is ``exp2(0) = 1``, the sum it is divided by 1), so writing it at
       once gives the same bits, without the state's round trip or the merge launch (H200,
       128 own keys, no prefix, batch 8-128: 2.4-7.2 us less, ``fast/triton/NOTES.md``, session
       17). Taller ones keep the state and the merge: on sm_90 they would run the Gluon tile,
-      which triton 3.6 failed to compile for one such batch (head_dim 64, GQA 4, no prefix
-      level; not investigated). ``unshared=False`` leaves every such request the state and the
+      not measured there yet. ``unshared=False`` leaves every such request the state and the
       merge (tests compare).
     """
     rows = meta.q_lens.astype(np.int64) * meta.group_size
