@@ -76,7 +76,7 @@ The weight of key $j$, in the units of the final running maximum, is perturbed b
    every merge (next lemma) it passes. One exponential of an argument $x$ with
    $|x| \le 2(A + \log N + 1)$, the rounding of $x$, and up to three products and sums
    perturb the weight by at most $u_{exp} + 3u_{acc} + u_{acc}(A + \log N + 1)$.
-5. *the output*: $\mathrm{fl}(\mathrm{acc}/\ell)$ then rounding to the input format is a
+5. *the output*: $\mathrm{fl}(\mathrm{acc}/l)$ ($l$ the normaliser) then rounding to the input format is a
    relative error at most $u_o = (1 + u_{acc})(1 + u_{out}) - 1$, plus, where the result
    underflows (an fp16 output below $2^{-14}$ is subnormal), an absolute error of at most
    $\tau$ in each of the two roundings.
@@ -221,8 +221,8 @@ S = \max_i \lceil n_i / b_i \rceil + \begin{cases} 2 & K' \ge 2 \\ 0 & K' = 1 \e
 $$
 
 steps, $K'$ the chunks holding a key it sees. A single-pass request's token (its own tiles
-walk its prefix of $P$ keys and then its own KV in one running state, and write its result:
-`relaycore.fast.triton.plan.single_pass_requests`) is one part whose blocks ($b$ keys, its
+walk its prefix of $P$ keys, none for a request that sees no prefix, and then its own KV in one
+running state, and write its result: `single_pass_requests` in `fast/triton/plan.py`) is one part whose blocks ($b$ keys, its
 tile's step) are the prefix's $\lceil P / b \rceil$ and its own $\lceil n / b \rceil$ (the last block of each segment may be
 short; Lemma 2 takes blocks of any size), with no merge:
 $S = \lceil P / b \rceil + \lceil n / b \rceil \le P + n \le 2N$.
@@ -738,7 +738,7 @@ def typical_ratios(cases: int = 6, keys: int = 48, dim: int = 16, seed: int = 0)
         this blocking really takes (``*_counted``: 1 exponential + 1 rescale + 2 for the merge).
     """
     rng = np.random.default_rng(seed)
-    counted = 1 + (keys // 2 // 16 - 1) + 2
+    counted = 1 + (-(-(keys // 2) // 16) - 1) + 2  # blocks of 16 over a part of keys / 2: ceil
     result = {}
     for dtype in ("float16", "bfloat16", "float32"):
         worst = dict(out=0.0, lse=0.0, out_counted=0.0, lse_counted=0.0)

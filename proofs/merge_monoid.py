@@ -27,15 +27,15 @@ point it never overflows and never produces a NaN.
 
 ## Proof
 
-Map a state to the pair $(W, N) = (e^{\ell}, e^{\ell} o)$: total weight and
+Map a state to the pair $(W, U) = (e^{\ell}, e^{\ell} o)$: total weight and
 weighted sum of values. The map is a bijection from normalised states onto
-$\{(W, N) : W > 0\} \cup \{(0, 0)\}$, with inverse $\ell = \log W$, $o = N / W$ ($o = 0$ when
+$\{(W, U) : W > 0\} \cup \{(0, 0)\}$, with inverse $\ell = \log W$, $o = U / W$ ($o = 0$ when
 $W = 0$). Under it the merge becomes plain addition:
 
 $$
 e^{\operatorname{logaddexp}(\ell_a, \ell_b)} = W_a + W_b, \qquad
 e^{\ell}\, o = (W_a + W_b)\Bigl(\tfrac{W_a}{W_a + W_b} o_a + \tfrac{W_b}{W_a + W_b} o_b\Bigr)
-= N_a + N_b ,
+= U_a + U_b ,
 $$
 
 using $\sigma(\ell_a - \ell_b) = W_a / (W_a + W_b)$ (proved in the relay identity). Addition of

@@ -1,7 +1,7 @@
 """A-priori error bounds for attention computed under relaycore's precision policy.
 
 Every tolerance in relaycore comes from here; ``proofs/error_bound.py`` states and proves the
-bound and checks it in 50-digit arithmetic. The precision policy it covers is the one every
+bound and checks it in 60-digit arithmetic. The precision policy it covers is the one every
 backend follows:
 
 * the inputs ``q, k, v`` are exact (they *are* the low-precision values; the oracle reads the same
