@@ -180,6 +180,20 @@ def test_wrong_shapes_fail_with_a_sentence():
     assert report.problems == (f"out: expected shape {out.shape}, got {out[:-1].shape}",)
 
 
+@pytest.mark.parametrize("make, got", [
+    (lambda out, lse: out, r"one ndarray of shape \(\d+, \d+, \d+\)"),
+    (lambda out, lse: (out,), "a tuple of 1: ndarray"),
+    (lambda out, lse: {"out": out, "lse": lse}, "dict"),
+    (lambda out, lse: (out, lse, lse), "a tuple of 3: ndarray, ndarray, ndarray"),
+    (lambda out, lse: [1.0, 2.0], "a list of 2: float, float"),
+])
+def test_a_result_that_is_not_a_pair_is_refused_with_what_it_was(make, got):
+    batch = a_batch()
+    out, lse = batch.oracle().state
+    with pytest.raises(TypeError, match=r"result: expected a pair \(out, lse\) of arrays or tensors, got " + got):
+        check(make(out, lse), batch)
+
+
 def test_oracle_and_kit_need_numpy_alone():
     code = (
         "import sys; sys.modules['torch'] = sys.modules['hypothesis'] = sys.modules['triton'] = None\n"
@@ -283,6 +297,15 @@ def test_make_batch_rejects_lists_that_do_not_line_up():
         make_batch([1], [3], dtype="float8")
     with pytest.raises(ValueError, match="dtype: expected one of .*, got 'int8'"):
         round_to(np.zeros(2), "int8")
+
+
+@pytest.mark.parametrize("block_size", [0, -2, 1.5, True])
+def test_make_batch_refuses_what_no_call_could_take_when_it_builds(block_size):
+    with pytest.raises(ValueError, match="q_lens: expected q_len <= kv_len for every request .*, "
+                                         "got request 1 with q_len 3 > kv_len 2"):
+        make_batch([1, 3], [1, 2])
+    with pytest.raises(ValueError, match=r"block_size: expected None \(ragged\) or a positive int, got "):
+        make_batch([1], [3], block_size=block_size)
 
 
 # ---- rounding --------------------------------------------------------------------------------

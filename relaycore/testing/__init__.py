@@ -7,6 +7,8 @@
 * ``check`` / ``assert_close`` / ``compare`` — compare any implementation's ``(out, lse)`` with
   the float64 oracle under the error bounds of ``relaycore.bounds``; a failure names the
   request, token, head and dimension, the error and the bound.
+* ``blocked_steps`` — the steps per key of a kernel whose blocking you know, for a tighter bound
+  than the default's (which assumes any blocking).
 
 Needs NumPy alone (torch only for ``Batch.to_torch`` and for checking torch results).
 
@@ -22,6 +24,7 @@ from relaycore.testing.batch import CARRIERS, Batch, Oracle, make_batch
 from relaycore.testing.check import Location, Report, Tolerance, assert_close, bounds_for, check, compare
 from relaycore.testing.rounding import DTYPES, round_to, round_to_bfloat16
 from relaycore.testing.space import BLOCK_SIZES, BatchSpace, random_batch
+from relaycore.testing.steps import MERGES, blocked_steps
 
 __all__ = [
     "BLOCK_SIZES",
@@ -30,10 +33,12 @@ __all__ = [
     "CARRIERS",
     "DTYPES",
     "Location",
+    "MERGES",
     "Oracle",
     "Report",
     "Tolerance",
     "assert_close",
+    "blocked_steps",
     "bounds_for",
     "check",
     "compare",

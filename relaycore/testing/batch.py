@@ -248,6 +248,14 @@ def make_batch(
     prefix_ids = [_as_list(f"prefix_ids[{i}]", ids, batch) for i, ids in enumerate(prefix_ids)]
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+    longer = [b for b in range(batch) if q_lens[b] > kv_lens[b]]
+    if longer:
+        b = longer[0]
+        raise ValueError(f"q_lens: expected q_len <= kv_len for every request (queries are the last own tokens), "
+                         f"got request {b} with q_len {q_lens[b]} > kv_len {kv_lens[b]}")
+    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
+                                   or block_size < 1):
+        raise ValueError(f"block_size: expected None (ragged) or a positive int, got {block_size!r}")
     recipe = dict(
         q_lens=q_lens, kv_lens=kv_lens, prefix_lens=prefix_lens, prefix_ids=prefix_ids, num_q_heads=num_q_heads,
         num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, causal=causal, softmax_scale=softmax_scale,

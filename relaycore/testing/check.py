@@ -205,6 +205,15 @@ def _dtype_problems(out: Any, lse: Any, batch: Batch, q_dtype: Any) -> list:
     return problems
 
 
+def _kind_of(result: Any) -> str:
+    """What ``result`` is, in a few words, for the refusal of a result that is not a pair."""
+    if hasattr(result, "shape"):
+        return f"one {type(result).__name__} of shape {tuple(result.shape)}"
+    if isinstance(result, (tuple, list)):
+        return f"a {type(result).__name__} of {len(result)}: " + ", ".join(type(x).__name__ for x in result[:4])
+    return type(result).__name__
+
+
 def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Report:
     """Compare an implementation's result with the oracle under the bounds of ``batch.dtype``.
 
@@ -225,9 +234,13 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Repo
         ``Report``: pass/fail, the worst errors in units of the bound and where they are.
 
     Raises:
+        TypeError: ``result`` is not a pair of arrays or tensors.
         ValueError: ``q_dtype`` is not a float format of ``DTYPES``; the bound does not exist for
             the batch (see ``bounds_for``).
     """
+    if (hasattr(result, "shape") or isinstance(result, (str, bytes, dict)) or not hasattr(result, "__len__")
+            or len(result) != 2 or not all(hasattr(x, "shape") for x in result)):
+        raise TypeError(f"result: expected a pair (out, lse) of arrays or tensors, got {_kind_of(result)}")
     out, lse = result
     ref = batch.oracle().state
     problems = []
