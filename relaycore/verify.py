@@ -14,12 +14,21 @@ signature ``fn(q, cu_seqlens_q, kv, prefixes, *, causal, softmax_scale)`` and re
 ``(out, lse)`` with ``lse`` in natural log; it is imported as ``module:function`` with the current
 directory on the import path.
 
+Narrower batches: ``--space FIELD=VALUE`` (repeatable) sets a field of
+``relaycore.testing.BatchSpace`` over the device's defaults (``SPACES``), the value a Python
+literal: ``--space head_dims=(128,) --space layouts=('paged',) --space block_sizes=(16,)
+--space min_q_len=1 --space max_q_len=1`` draws decode batches of a paged cache with pages of 16
+at D = 128. A tighter bound: ``--block-n N`` (with ``--chunk C``, ``--merge pairwise`` or
+``--single-pass``) checks every case with the steps of that blocking
+(``relaycore.testing.blocked_steps``) instead of the default count for any blocking.
+
 Exit status: 0 when every case passes, 1 when one fails, 2 when the run cannot start.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import os
 import sys
@@ -30,7 +39,7 @@ import numpy as np
 
 import relaycore
 from relaycore import dispatch
-from relaycore.testing import BatchSpace, check, random_batch
+from relaycore.testing import MERGES, BatchSpace, blocked_steps, check, random_batch
 
 #: Dtypes a case without ``--dtype`` takes, by ``seed % 3``.
 CYCLE = ("float32", "float16", "bfloat16")
@@ -68,6 +77,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "float64 passes NumPy arrays")
     parser.add_argument("--device", choices=["cpu", "cuda"],
                         help="where torch inputs live (default: cuda when available, else cpu)")
+    parser.add_argument("--space", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a relaycore.testing.BatchSpace field over the device's defaults, the value a Python "
+                             "literal, e.g. --space head_dims=(128,) --space max_q_len=1 (repeatable)")
+    parser.add_argument("--block-n", type=int, metavar="N",
+                        help="check with the steps of a kernel that walks N keys a block "
+                             "(relaycore.testing.blocked_steps) instead of the default count for any blocking")
+    parser.add_argument("--chunk", type=int, metavar="C", help="with --block-n: segments cut into parts of C keys")
+    parser.add_argument("--merge", choices=list(MERGES), default="fold",
+                        help="with --block-n: how the parts' states are merged (default: fold, all at once)")
+    parser.add_argument("--single-pass", action="store_true",
+                        help="with --block-n: one running state over the whole context, no merge")
 
 
 def _load_function(spec: str) -> Callable[..., Any]:
@@ -98,6 +118,13 @@ def _default_device(dtype: Optional[str]) -> str:
 def _check_setup(args: argparse.Namespace, device: str) -> None:
     if args.cases < 1:
         raise UsageError(f"--cases: expected at least 1, got {args.cases}")
+    if args.block_n is None and (args.chunk is not None or args.merge != "fold" or args.single_pass):
+        raise UsageError("--chunk, --merge and --single-pass describe the blocking of --block-n: give --block-n too")
+    for name, value in (("--block-n", args.block_n), ("--chunk", args.chunk)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name}: expected a positive number of keys, got {value}")
+    if args.single_pass and (args.chunk is not None or args.merge != "fold"):
+        raise UsageError("--single-pass has no parts to cut or merge: drop --chunk and --merge")
     if args.dtype == "float64":
         if args.device == "cuda":
             raise UsageError("--dtype float64 passes NumPy arrays, which live on the CPU; drop --device cuda")
@@ -121,19 +148,59 @@ def _check_setup(args: argparse.Namespace, device: str) -> None:
 
 
 def _space(args: argparse.Namespace, device: str) -> dict:
-    """The batches to draw: ``SPACES[device]``, with only the head dims a named backend runs."""
+    """The batches to draw: ``SPACES[device]``, with only the head dims a named backend runs,
+    then the ``--space`` fields.
+
+    Raises:
+        UsageError: a ``--space`` that is not ``FIELD=LITERAL`` of a ``BatchSpace`` field, or
+            values ``BatchSpace`` refuses.
+    """
     space = dict(SPACES[device])
     if args.function is None and args.backend == "triton":
         from relaycore.fast.triton.config import HEAD_DIMS
 
         space["head_dims"] = tuple(d for d in space["head_dims"] if d in HEAD_DIMS)
+    fields = BatchSpace.__dataclass_fields__
+    for item in args.space:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if name == "dtypes":
+            raise UsageError("--space dtypes: the dtype of each case is --dtype's (or its seed's): use --dtype")
+        if not sep or name not in fields:
+            raise UsageError(f"--space: expected FIELD=VALUE with FIELD one of {sorted(set(fields) - {'dtypes'})}, "
+                             f"got {item!r}")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError) as exc:
+            raise UsageError(f"--space {name}: expected a Python literal, got {text!r}") from exc
+        choices = isinstance(fields[name].default, tuple)
+        if choices != isinstance(value, (tuple, list)) or (not choices and (isinstance(value, bool) or not isinstance(value, int))):
+            want = "a tuple of choices, e.g. (128,)" if choices else "an int"
+            raise UsageError(f"--space {name}: expected {want}, got {text!r}")
+        space[name] = tuple(value) if choices else value
+    try:
+        BatchSpace(**space)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--space: {exc}") from exc
     return space
+
+
+def _steps(args: argparse.Namespace, batch) -> Optional[np.ndarray]:
+    """The ``steps`` of ``--block-n`` for ``batch``, or ``None`` (the default count)."""
+    if args.block_n is None:
+        return None
+    return blocked_steps(batch, args.block_n, split=not args.single_pass, chunk=args.chunk, merge=args.merge)
 
 
 def _reproduce(args: argparse.Namespace, seed: int, dtype: str, device: str) -> str:
     what = f"--function {args.function}" if args.function else f"--backend {args.backend}"
     where = "" if dtype == "float64" else f" --device {device}"
-    return f"relaycore verify {what} --seed {seed} --cases 1 --dtype {dtype}{where}"
+    space = "".join(f' --space "{item}"' for item in args.space)
+    steps = ""
+    if args.block_n is not None:
+        steps = f" --block-n {args.block_n}" + (f" --chunk {args.chunk}" if args.chunk is not None else "")
+        steps += (" --single-pass" if args.single_pass else "") + (f" --merge {args.merge}" if args.merge != "fold" else "")
+    return f"relaycore verify {what} --seed {seed} --cases 1 --dtype {dtype}{where}{space}{steps}"
 
 
 def _run_case(args: argparse.Namespace, fn: Optional[Callable[..., Any]], batch, device: str) -> Tuple[Any, str]:
@@ -150,19 +217,24 @@ def main(args: argparse.Namespace) -> int:
     device = args.device or _default_device(args.dtype)
     try:
         _check_setup(args, device)
+        space = _space(args, device)
         fn = _load_function(args.function) if args.function else None
     except UsageError as exc:
         print(f"relaycore verify: {exc}", file=sys.stderr)
         return 2
-    space = _space(args, device)
     subject = f"function {args.function}" if fn else f"backend {args.backend}"
     dtypes = args.dtype or "/".join(CYCLE) + " by seed"
     last = args.seed + args.cases - 1
     print(f"relaycore verify: {subject}, {args.cases} cases (seeds {args.seed}..{last}), dtype {dtypes}, device {device}")
     box = BatchSpace(**space)
-    print(f"  batches: B <= {box.max_batch}, q_len <= {box.max_q_len}, kv_len <= {box.max_kv_len}, "
+    print(f"  batches: B <= {box.max_batch}, q_len {box.min_q_len}..{box.max_q_len}, kv_len <= {box.max_kv_len}, "
           f"{box.max_levels} prefix levels of {box.max_prefixes} prefixes of length <= {box.max_prefix_len} at most, "
-          f"D in {box.head_dims}, |scores| up to ~{max(m or 1 for m in box.score_magnitudes):g}, ragged and paged")
+          f"D in {box.head_dims}, "
+          f"|scores| up to ~{max(m or 1 for m in box.score_magnitudes):g}, {' and '.join(box.layouts)}")
+    if args.block_n is not None:
+        form = "one pass" if args.single_pass else (f"parts of {args.chunk} keys" if args.chunk else "a part per segment")
+        print(f"  bound: the steps of blocks of {args.block_n} keys, {form}"
+              + ("" if args.single_pass else f", merged {'all at once' if args.merge == 'fold' else 'pairwise'}"))
 
     ran_on: Dict[str, int] = {}
     failures: List[int] = []
@@ -172,7 +244,7 @@ def main(args: argparse.Namespace) -> int:
         batch = random_batch(np.random.default_rng(seed), dtypes=(dtype,), **space)
         try:
             result, name = _run_case(args, fn, batch, device)
-            report = check(result, batch)
+            report = check(result, batch, steps=_steps(args, batch))
             ran_on[name] = ran_on.get(name, 0) + 1
             text = str(report)
         except Exception as exc:  # a crashing implementation is a failing case, reported as such

@@ -284,6 +284,20 @@ def test_space_rejects_nonsense():
         random_batch(np.random.default_rng(0), head_dims=())
     with pytest.raises(ValueError, match=r"block_sizes: expected positive sizes, got \[0\]"):
         random_batch(np.random.default_rng(0), layouts=("paged",), block_sizes=(0,))
+    with pytest.raises(ValueError, match=r"min_q_len: expected 0 <= min_q_len <= max_q_len = 2, got 3"):
+        random_batch(np.random.default_rng(0), min_q_len=3, max_q_len=2)
+
+
+def test_min_q_len_draws_decode_batches_and_leaves_the_default_draws_alone():
+    for seed in range(40):
+        batch = random_batch(np.random.default_rng(seed), min_q_len=1, max_q_len=1)
+        assert batch.q_lens.tolist() == [1] * batch.batch_size
+        longer = random_batch(np.random.default_rng(seed), min_q_len=2)
+        assert longer.q_lens.min() >= 2
+    # the default (min_q_len 0) draws what it drew before min_q_len existed: seeds stay reproducible
+    drawn = [random_batch(np.random.default_rng(seed)).recipe for seed in range(3)]
+    assert [r["q_lens"] for r in drawn] == [[0, 0, 0, 4], [0, 1], [0, 3, 0, 5]]
+    assert [r["seed"] for r in drawn] == [266896304, 1799343698, 715083808]
 
 
 def test_make_batch_rejects_lists_that_do_not_line_up():

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import relaycore
 from relaycore import cli
 
 pytest.importorskip("torch")
@@ -94,3 +95,58 @@ def test_a_crashing_function_is_a_failing_case(capsys):
     assert "raised RuntimeError: kernel launch failed" in out
     assert "reproduce: relaycore verify --function wrong_attention:crash --seed 0 --cases 1" in out
     assert "ran on: nothing (every case raised)" in out
+
+
+def decode_on_pages_of_16_at_d16(q, cu_seqlens_q, kv, prefixes, *, causal=True, softmax_scale=None):
+    """A kernel that takes only what ``--space`` narrows the batches to below: it refuses the rest."""
+    if not (isinstance(kv, relaycore.PagedKV) and kv.k_cache.shape[1] == 16 and q.shape[-1] == 16):
+        raise NotImplementedError(f"not a paged cache of pages of 16 at head_dim 16: {type(kv).__name__}, {q.shape}")
+    if not bool((cu_seqlens_q.diff() == 1).all()):
+        raise NotImplementedError(f"not a decode batch: q_lens {cu_seqlens_q.diff().tolist()}")
+    return relaycore.relay_attention(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale,
+                                     backend="torch")
+
+
+NARROW = ["--space", "head_dims=(16,)", "--space", "layouts=('paged',)", "--space", "block_sizes=[16]",
+          "--space", "min_q_len=1", "--space", "max_q_len=1"]
+
+
+def test_space_narrows_the_batches_to_what_a_kernel_takes(capsys):
+    status, out = verify(capsys, "--function", "test_verify:decode_on_pages_of_16_at_d16", "--cases", "30")
+    assert status == 1 and "raised NotImplementedError" in out, out  # the default batches: refused
+    status, out = verify(capsys, "--function", "test_verify:decode_on_pages_of_16_at_d16", "--cases", "30", *NARROW)
+    assert status == 0, out
+    assert "q_len 1..1" in out and "D in (16,)" in out and out.rstrip().endswith("PASS: 30 of 30 cases within the "
+                                                                                 "bounds of relaycore.bounds")
+
+
+def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys):
+    status, out = verify(capsys, "--function", "wrong_attention:ignore_prefix", "--cases", "12", "--seed", "7",
+                         "--block-n", "16", "--chunk", "8", "--merge", "pairwise", *NARROW)
+    assert status == 1, out
+    assert "bound: the steps of blocks of 16 keys, parts of 8 keys, merged pairwise" in out
+    command = shlex.split(REPRODUCE.findall(out)[0])
+    assert command[command.index("--block-n"):] == ["--block-n", "16", "--chunk", "8", "--merge", "pairwise"]
+    assert [command[i + 1] for i, x in enumerate(command) if x == "--space"] == NARROW[1::2]
+    seed = command[command.index("--seed") + 1]
+    first_report = out[out.index(f"case seed {seed} ("):].split("reproduce:")[0]
+    status, again = verify(capsys, *command[2:])
+    assert status == 1 and again[again.index(f"case seed {seed} ("):].split("reproduce:")[0] == first_report, again
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--space", "foo=1"], "--space: expected FIELD=VALUE with FIELD one of "),
+    (["--space", "max_q_len"], "--space: expected FIELD=VALUE with FIELD one of "),
+    (["--space", "max_q_len=("], "--space max_q_len: expected a Python literal, got '('"),
+    (["--space", "head_dims=128"], r"--space head_dims: expected a tuple of choices, e.g. (128,), got '128'"),
+    (["--space", "max_q_len=(1,)"], "--space max_q_len: expected an int, got '(1,)'"),
+    (["--space", "dtypes=('float16',)"], "--space dtypes: the dtype of each case is --dtype's"),
+    (["--space", "min_q_len=5", "--space", "max_q_len=1"], "--space: min_q_len: expected 0 <= min_q_len <= max_q_len"),
+    (["--chunk", "4"], "--chunk, --merge and --single-pass describe the blocking of --block-n: give --block-n too"),
+    (["--block-n", "0"], "--block-n: expected a positive number of keys, got 0"),
+    (["--block-n", "16", "--chunk", "-1"], "--chunk: expected a positive number of keys, got -1"),
+    (["--block-n", "16", "--single-pass", "--merge", "pairwise"], "--single-pass has no parts to cut or merge"),
+])
+def test_narrowing_and_blocking_options_that_cannot_run_exit_with_status_two(capsys, args, message):
+    status = cli.main(["verify", "--cases", "1", *args])
+    assert status == 2 and message in capsys.readouterr().err

@@ -36,6 +36,8 @@ class BatchSpace:
         min_batch: fewest requests (0 draws empty batches too; rare cases, so they are left to
             explicit tests by default).
         max_q_len: most query tokens per request.
+        min_q_len: fewest query tokens per request (0 draws requests without a query, an edge
+            case, often; 1 with ``max_q_len=1`` draws decode batches).
         max_kv_len: most own KV tokens per request (at least ``max_q_len``).
         max_levels: most prefix levels (0 to 3 by default).
         max_prefixes: most prefixes per level.
@@ -57,6 +59,7 @@ class BatchSpace:
     max_batch: int = 4
     min_batch: int = 1
     max_q_len: int = 6
+    min_q_len: int = 0
     max_kv_len: int = 12
     max_levels: int = 3
     max_prefixes: int = 3
@@ -74,6 +77,8 @@ class BatchSpace:
     def __post_init__(self) -> None:
         if not 0 <= self.min_batch <= self.max_batch:
             raise ValueError(f"min_batch: expected 0 <= min_batch <= max_batch = {self.max_batch}, got {self.min_batch}")
+        if not 0 <= self.min_q_len <= self.max_q_len:
+            raise ValueError(f"min_q_len: expected 0 <= min_q_len <= max_q_len = {self.max_q_len}, got {self.min_q_len}")
         if self.max_kv_len < self.max_q_len:
             raise ValueError(f"max_kv_len: expected at least max_q_len = {self.max_q_len}, got {self.max_kv_len}")
         unknown = [d for d in self.dtypes if d not in DTYPES]
@@ -90,13 +95,14 @@ class BatchSpace:
     def recipe(self, pick: Pick) -> Dict[str, Any]:
         """Draw the ``make_batch`` arguments of one batch."""
 
-        def length(hi: int) -> int:
-            # lengths 0 and 1 are the edge cases; draw them often
-            return pick.choice((0, 1)) if hi >= 1 and pick.integer(0, 2) == 0 else pick.integer(0, hi)
+        def length(hi: int, lo: int = 0) -> int:
+            # the shortest two lengths (0 and 1 unless ``lo`` says otherwise) are the edge cases;
+            # draw them often
+            return pick.choice((lo, lo + 1)) if hi >= lo + 1 and pick.integer(0, 2) == 0 else pick.integer(lo, hi)
 
         batch = pick.integer(self.min_batch, self.max_batch)
         hkv, group = pick.choice(self.kv_heads), pick.choice(self.group_sizes)
-        q_lens = [length(self.max_q_len) for _ in range(batch)]
+        q_lens = [length(self.max_q_len, self.min_q_len) for _ in range(batch)]
         kv_lens = [q + length(self.max_kv_len - q) for q in q_lens]
         prefix_lens, prefix_ids = [], []
         for _ in range(pick.integer(0, self.max_levels)):
