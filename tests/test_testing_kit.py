@@ -180,6 +180,23 @@ def test_wrong_shapes_fail_with_a_sentence():
     assert report.problems == (f"out: expected shape {out.shape}, got {out[:-1].shape}",)
 
 
+def test_a_failure_report_leads_with_its_reason_and_hints_at_the_usual_lse_mistakes():
+    batch = a_batch()
+    out, lse = batch.oracle().state
+    wrong_dtype = str(check((out.astype(np.float32), lse.astype(np.float32)), batch, q_dtype="float16"))
+    assert wrong_dtype.startswith("FAIL: out: expected dtype float16 (q's dtype), got float32\n  worst error ")
+    transposed = str(check((out, lse.T), batch))
+    assert transposed.startswith(f"FAIL: lse: expected shape {lse.shape}, got {lse.T.shape} (its transpose: "
+                                 "relaycore's lse is [total_q, Hq])")
+    for factor, form in ((LOG2E, "in base 2 (log2 of the sum of exp)"), (1 / LOG2E, "in base 2 read as natural log")):
+        report = check((out, lse * factor), batch)
+        assert not report.passed and report.hints == (
+            f"lse looks to be {form}: relaycore's lse is natural log; convert with ln 2 = 0.693147",)
+        assert "\n  hint: lse looks to be" in str(report)
+    shifted = check((out, lse + 1.0), batch)  # wrong, but not by a change of base: no hint
+    assert not shifted.passed and shifted.hints == ()
+
+
 @pytest.mark.parametrize("make, got", [
     (lambda out, lse: out, r"one ndarray of shape \(\d+, \d+, \d+\)"),
     (lambda out, lse: (out,), "a tuple of 1: ndarray"),
@@ -286,6 +303,12 @@ def test_space_rejects_nonsense():
         random_batch(np.random.default_rng(0), layouts=("paged",), block_sizes=(0,))
     with pytest.raises(ValueError, match=r"min_q_len: expected 0 <= min_q_len <= max_q_len = 2, got 3"):
         random_batch(np.random.default_rng(0), min_q_len=3, max_q_len=2)
+    with pytest.raises(TypeError, match=r"rng: expected a numpy.random.Generator or an int seed, got float"):
+        random_batch(0.5)
+
+
+def test_random_batch_takes_a_seed_for_its_generator():
+    assert random_batch(11).recipe == random_batch(np.random.default_rng(11)).recipe
 
 
 def test_min_q_len_draws_decode_batches_and_leaves_the_default_draws_alone():
@@ -298,6 +321,15 @@ def test_min_q_len_draws_decode_batches_and_leaves_the_default_draws_alone():
     drawn = [random_batch(np.random.default_rng(seed)).recipe for seed in range(3)]
     assert [r["q_lens"] for r in drawn] == [[0, 0, 0, 4], [0, 1], [0, 3, 0, 5]]
     assert [r["seed"] for r in drawn] == [266896304, 1799343698, 715083808]
+
+
+def test_a_batch_prints_as_the_call_that_rebuilds_it():
+    batch = make_batch([2, 1], [5, 1], [[3]], [[0, -1]], num_q_heads=4, num_kv_heads=2, head_dim=16, dtype="float16",
+                       block_size=2, seed=3)
+    text = repr(batch)
+    assert text.startswith("make_batch(q_lens=[2, 1], kv_lens=[5, 1], prefix_lens=[[3]], prefix_ids=[[0, -1]], ")
+    rebuilt = eval(text, {"make_batch": make_batch})
+    assert all(np.array_equal(a, b) for a, b in zip(rebuilt.kv, batch.kv)) and np.array_equal(rebuilt.q, batch.q)
 
 
 def test_make_batch_rejects_lists_that_do_not_line_up():

@@ -162,6 +162,15 @@ class Batch:
 
     # ---- reports ---------------------------------------------------------------------------
 
+    def __repr__(self) -> str:
+        """The ``make_batch`` call that rebuilds the batch, where there is one (what Hypothesis
+        prints for a falsifying example); else its sizes."""
+        if self.recipe is not None:
+            return "make_batch(" + ", ".join(f"{k}={v!r}" for k, v in self.recipe.items()) + ")"
+        return (f"Batch(B={self.batch_size}, q_lens={self.q_lens.tolist()}, kv_lens={self.kv_lens.tolist()}, "
+                f"levels={len(self.prefixes)}, Hq={self.num_q_heads}, Hkv={self.num_kv_heads}, D={self.head_dim}, "
+                f"dtype={self.dtype!r}, {'paged' if self.paged else 'ragged'})")
+
     def describe(self) -> str:
         """A readable summary (sizes, lengths, levels, layout, dtype), and the ``make_batch``
         call that rebuilds the batch when there is one."""

@@ -15,6 +15,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 import numpy as np
 
 from relaycore import bounds
+from relaycore.constants import LOG2E
 from relaycore.testing.batch import Batch
 from relaycore.testing.rounding import DTYPES
 from relaycore.validation import array_kind, dtype_name
@@ -108,8 +109,9 @@ class Report:
         lse_ratio: the same for ``lse``.
         out_worst: where ``out_ratio`` is reached (``None`` for an empty batch).
         lse_worst: where ``lse_ratio`` is reached.
-        problems: structural failures (shape, NaN counts), one sentence each.
+        problems: structural failures (shape, dtype, NaN counts), one sentence each.
         description: ``batch.describe()``.
+        hints: likely causes read off a failing result (an lse in base 2), one sentence each.
     """
 
     passed: bool
@@ -119,15 +121,23 @@ class Report:
     lse_worst: Optional[Location]
     problems: Tuple[str, ...]
     description: str
+    hints: Tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        verdict = "PASS" if self.passed else "FAIL"
-        lines = [f"{verdict}: worst error {self.out_ratio:.3g} of the bound in out, {self.lse_ratio:.3g} in lse"]
+        errors = f"worst error {self.out_ratio:.3g} of the bound in out, {self.lse_ratio:.3g} in lse"
+        if self.passed:
+            lines = [f"PASS: {errors}"]
+        elif self.problems:  # the reason first: the errors may be within the bounds
+            more = f" (and {len(self.problems) - 1} more problems below)" if len(self.problems) > 1 else ""
+            lines = [f"FAIL: {self.problems[0]}{more}", f"  {errors}"]
+        else:
+            lines = [f"FAIL: {errors}"]
+        lines.extend(f"  hint: {h}" for h in self.hints)
         if self.out_worst is not None:
             lines.append(f"  worst out: {self.out_worst}")
         if self.lse_worst is not None:
             lines.append(f"  worst lse: {self.lse_worst}")
-        lines.extend(f"  problem: {p}" for p in self.problems)
+        lines.extend(f"  problem: {p}" for p in self.problems[0 if self.passed else 1:])
         lines.append(self.description)
         return "\n".join(lines)
 
@@ -247,7 +257,9 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Repo
     shapes = {"out": (tuple(out.shape), ref.out.shape), "lse": (tuple(lse.shape), ref.lse.shape)}
     for name, (got_shape, want_shape) in shapes.items():
         if got_shape != want_shape:
-            problems.append(f"{name}: expected shape {want_shape}, got {got_shape}")
+            transposed = " (its transpose: relaycore's lse is [total_q, Hq])" if (
+                name == "lse" and got_shape == want_shape[::-1]) else ""
+            problems.append(f"{name}: expected shape {want_shape}, got {got_shape}{transposed}")
     if problems:
         return Report(False, np.inf, np.inf, None, None, tuple(problems), batch.describe())
     problems = _dtype_problems(out, lse, batch, q_dtype)
@@ -262,7 +274,20 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Repo
             request, token = _request_token(batch, int(first[0]))
             problems.append(f"{name}: {int(nan.sum())} NaN, the first at request {request}, token {token}, head {int(first[1])}")
     passed = not problems and out_ratio <= 1.0 and lse_ratio <= 1.0
-    return Report(passed, out_ratio, lse_ratio, out_worst, lse_worst, tuple(problems), batch.describe())
+    hints = () if lse_ratio <= 1.0 else _lse_hints(lse, ref.lse)
+    return Report(passed, out_ratio, lse_ratio, out_worst, lse_worst, tuple(problems), batch.describe(), hints)
+
+
+def _lse_hints(lse: np.ndarray, ref_lse: np.ndarray) -> Tuple[str, ...]:
+    """A sentence when a failing lse matches the reference's in base 2 (or its base-2 form read as
+    natural log): the usual reason an lse is off everywhere."""
+    seen = np.isfinite(ref_lse) & np.isfinite(lse)
+    if not seen.any() or np.allclose(lse[seen], ref_lse[seen], rtol=1e-2, atol=1e-2):
+        return ()
+    for factor, form in ((LOG2E, "in base 2 (log2 of the sum of exp)"), (1 / LOG2E, "in base 2 read as natural log")):
+        if np.allclose(lse[seen], ref_lse[seen] * factor, rtol=1e-2, atol=1e-2):
+            return (f"lse looks to be {form}: relaycore's lse is natural log; convert with ln 2 = {1 / LOG2E:.6f}",)
+    return ()
 
 
 def assert_close(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Report:

@@ -6,7 +6,7 @@ sources of randomness.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -138,15 +138,19 @@ class _GeneratorPick:
         return options[int(self.rng.integers(len(options)))]
 
 
-def random_batch(rng: np.random.Generator, **space: Any) -> Batch:
+def random_batch(rng: Union[np.random.Generator, int], **space: Any) -> Batch:
     """Draw one batch with a NumPy generator.
 
     Args:
-        rng: ``np.random.default_rng(seed)``; the same seed gives the same batch.
+        rng: ``np.random.default_rng(seed)``, or the seed itself; the same seed gives the same
+            batch.
         **space: ``BatchSpace`` fields (bounds and choices).
 
     Returns:
         ``Batch`` (with its ``make_batch`` recipe).
+
+    Raises:
+        TypeError: ``rng`` is neither a ``numpy.random.Generator`` nor an int.
 
     Example:
         >>> import numpy as np
@@ -155,4 +159,8 @@ def random_batch(rng: np.random.Generator, **space: Any) -> Batch:
         >>> batch.dtype
         'bfloat16'
     """
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        rng = np.random.default_rng(rng)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng: expected a numpy.random.Generator or an int seed, got {type(rng).__name__}")
     return make_batch(**BatchSpace(**space).recipe(_GeneratorPick(rng)))
