@@ -3,17 +3,17 @@ r"""Causal masking splits cleanly across prefixes and the request's own tokens.
 ## Setting
 
 A request's context is its prefixes level by level, $P_1, \dots, P_L$ (lengths
-$n_1, \dots, n_L$, any of them 0), then its own $\kappa$ tokens (`kv_len`); its $q \le \kappa$
-queries (`q_len`) are the last $q$ own tokens. Number the context $0, 1, \dots$: the prefixes
+$n_1, \dots, n_L$, any of them 0), then its own $\kappa$ tokens (`kv_len`); its $n_q \le \kappa$
+queries (`q_len`) are the last $n_q$ own tokens. Number the context $0, 1, \dots$: the prefixes
 fill positions $0 \dots T - 1$ with $T = \sum_l n_l$, own token $t$ sits at $T + t$, and query
-$j \in \{0, \dots, q - 1\}$ sits at $T + \kappa - q + j$. Causal attention over the whole
+$j \in \{0, \dots, n_q - 1\}$ sits at $T + \kappa - n_q + j$. Causal attention over the whole
 context lets a query see the positions up to its own.
 
 ## Statement
 
 (i) Query $j$ sees *every* prefix token, and own token $t$ exactly when
-$t \le \kappa - q + j$: the mask of the request part is the causal mask offset by
-$\kappa - q$ (`kv_len - q_len`), and the prefix parts need no mask at all. (ii) Hence, by the
+$t \le \kappa - n_q + j$: the mask of the request part is the causal mask offset by
+$\kappa - n_q$ (`kv_len - q_len`), and the prefix parts need no mask at all. (ii) Hence, by the
 relay identity, causal attention over the concatenation equals
 $\bigoplus_{l=1}^{L} \mathrm{att}(P_l) \oplus \mathrm{att}_{\text{offset causal}}(R)$, and
 non-causal attention equals the same with no mask on $R$. (iii) The levels may be merged in
@@ -21,23 +21,23 @@ any order: the order is irrelevant mathematically (it fixes only the rounding).
 
 ## Proof
 
-(i) A prefix position $p \le T - 1 < T \le T + \kappa - q + j$ because
-$\kappa \ge q$ and $j \ge 0$, so every prefix token is visible. Own token $t$ is visible iff
-$T + t \le T + \kappa - q + j$, i.e. $t \le \kappa - q + j$. (ii) The visible set of query
+(i) A prefix position $p \le T - 1 < T \le T + \kappa - n_q + j$ because
+$\kappa \ge n_q$ and $j \ge 0$, so every prefix token is visible. Own token $t$ is visible iff
+$T + t \le T + \kappa - n_q + j$, i.e. $t \le \kappa - n_q + j$. (ii) The visible set of query
 $j$ is therefore the disjoint union $P_1 \sqcup \dots \sqcup P_L \sqcup R_j$ with
-$R_j = \{t : t \le \kappa - q + j\}$ (all of $R$ when non-causal); the relay identity turns
+$R_j = \{t : t \le \kappa - n_q + j\}$ (all of $R$ when non-causal); the relay identity turns
 attention over a disjoint union into the merge of the parts' states. (iii) The merge is
 commutative and associative (the merge monoid), so any order and bracketing of the $L + 1$
 states gives the same state. $\blacksquare$
 
-Two consequences the kernels rely on: a query never sees an empty context when $q \ge 1$
-(own token $0$ satisfies $0 \le \kappa - q + j$), so $(0, -\infty)$ arises only from an empty
+Two consequences the kernels rely on: a query never sees an empty context when $n_q \ge 1$
+(own token $0$ satisfies $0 \le \kappa - n_q + j$), so $(0, -\infty)$ arises only from an empty
 prefix part or a request with no query; and a prefix part is the same for every query of
 every request that shares the prefix, so it is one unmasked matrix product.
 
 ## Machine check
 
-(i) exhaustively over all $T \le 7$, $\kappa \le 7$, $q \le \kappa$; (ii)
+(i) exhaustively over all $T \le 7$, $\kappa \le 7$, $n_q \le \kappa$; (ii)
 and (iii) at 60 digits over Hypothesis-drawn requests (0 to 3 levels of 0 to 4 tokens, 0 to 5
 own tokens, causal or not, several scales), merging the levels in a drawn order.
 """

@@ -221,11 +221,11 @@ S = \max_i \lceil n_i / b_i \rceil + \begin{cases} 2 & K' \ge 2 \\ 0 & K' = 1 \e
 $$
 
 steps, $K'$ the chunks holding a key it sees. A single-pass request's token (its own tiles
-walk its prefix of $P$ keys, none for a request that sees no prefix, and then its own KV in one
+walk its prefix of $T$ keys, none for a request that sees no prefix, and then its own KV in one
 running state, and write its result: `single_pass_requests` in `fast/triton/plan.py`) is one part whose blocks ($b$ keys, its
-tile's step) are the prefix's $\lceil P / b \rceil$ and its own $\lceil n / b \rceil$ (the last block of each segment may be
+tile's step) are the prefix's $\lceil T / b \rceil$ and its own $\lceil n / b \rceil$ (the last block of each segment may be
 short; Lemma 2 takes blocks of any size), with no merge:
-$S = \lceil P / b \rceil + \lceil n / b \rceil \le P + n \le 2N$.
+$S = \lceil T / b \rceil + \lceil n / b \rceil \le T + n \le 2N$.
 On an sm_90 GPU the single-pass tiles run `relaycore.fast.triton.hopper.single_pass_tile`,
 which walks $b = 128$ keys a step and adds a block's products $P_j V_j$ to the accumulator
 before the next block's rescale instead of after its own,
@@ -269,7 +269,7 @@ $c \log_2 e$, `exp2`, `log2`, 1 to 8 parts, i.e. chunks, merged all at once, the
 $\ln 2$ at the end) against the bound at the counted $S$ of the previous section, which is
 never above `default_steps`; `check_single_pass_step_count` does it for a single-pass walk (one
 part whose blocks restart at the own KV's first key, no merge) at
-$\lceil P / b \rceil + \lceil n / b \rceil$. `check_all_at_once_merge` checks Lemma 4's inequality itself at
+$\lceil T / b \rceil + \lceil n / b \rceil$. `check_all_at_once_merge` checks Lemma 4's inequality itself at
 60 digits in the standard model of rounding ($\mathrm{fl}(x \circ y) = (x \circ y)(1 +
 \delta)$, $|\delta| \le u_{acc}/2$; every $\delta$ and every error of the exponential and the
 logarithm drawn by the adversary, at its extremes or anywhere between) over 1 to 8 states,
@@ -709,7 +709,7 @@ def check_triton_step_count():
 
 def check_single_pass_step_count():
     """A single-pass walk (one part: blocks from the first key, and again from the own KV's
-    first key ``P``; no merge) stays within relaycore.bounds at ``ceil(P / b) + ceil((n - P) /
+    first key ``T``; no merge) stays within relaycore.bounds at ``ceil(T / b) + ceil((n - T) /
     b)`` steps, the count of "Counting the Triton kernels' steps"."""
 
     @checked(400)
