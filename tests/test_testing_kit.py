@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import relaycore
 from relaycore.constants import LOG2E
 from relaycore.reference import relay_attention as reference_relay
-from relaycore.testing import assert_close, check, compare, make_batch, random_batch, round_to
+from relaycore.testing import assert_close, blocked_steps, check, compare, make_batch, random_batch, round_to
 from relaycore.testing.strategies import batches
 from relaycore.validation import validate
 from tolerances import bounds_for
@@ -42,6 +42,21 @@ def test_torch_backend_passes(dtype, batch, poisoned_allocations):
     assert report.passed, str(report)
     out, lse = torch_backend(*batch.to_torch("cpu")[0], **batch.to_torch("cpu")[1])
     assert out.dtype == TORCH_DTYPES[dtype] and lse.dtype == torch.float32
+
+
+#: The torch backend's blocking: every part (each prefix level, the own KV) in one softmax (one
+#: block however long), merged into the running total one level at a time (fast/torch_backend.py).
+WHOLE_PART = 1 << 30
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@given(batch=st.data())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_torch_backend_passes_at_its_own_step_count(dtype, batch, poisoned_allocations):
+    batch = batch.draw(batches(dtypes=(dtype,), score_magnitudes=(None, 100.0), head_dims=(8, 16, 64)))
+    steps = blocked_steps(batch, WHOLE_PART, merge="pairwise")
+    report = compare(torch_backend, batch, device="cpu", steps=steps)
+    assert report.passed, str(report)
 
 
 @pytest.mark.gpu
