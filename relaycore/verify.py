@@ -16,7 +16,7 @@ directory on the import path.
 
 Narrower batches: ``--space FIELD=VALUE`` (repeatable) sets a field of
 ``relaycore.testing.BatchSpace`` over the device's defaults (``SPACES``), the value a Python
-literal: ``--space head_dims=(128,) --space layouts=('paged',) --space block_sizes=(16,)
+literal: ``--space "head_dims=(128,)" --space "layouts=('paged',)" --space "block_sizes=(16,)"
 --space min_q_len=1 --space max_q_len=1`` draws decode batches of a paged cache with pages of 16
 at D = 128. A tighter bound: ``--block-n N`` (with ``--chunk C``, ``--merge pairwise`` or
 ``--single-pass``) checks every case with the steps of that blocking
@@ -31,6 +31,7 @@ import argparse
 import ast
 import importlib
 import os
+import shlex
 import sys
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -79,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where torch inputs live (default: cuda when available, else cpu)")
     parser.add_argument("--space", action="append", default=[], metavar="FIELD=VALUE",
                         help="a relaycore.testing.BatchSpace field over the device's defaults, the value a Python "
-                             "literal, e.g. --space head_dims=(128,) --space max_q_len=1 (repeatable)")
+                             "literal, e.g. --space \"head_dims=(128,)\" --space max_q_len=1 (repeatable)")
     parser.add_argument("--block-n", type=int, metavar="N",
                         help="check with the steps of a kernel that walks N keys a block "
                              "(relaycore.testing.blocked_steps) instead of the default count for any blocking")
@@ -119,12 +120,18 @@ def _check_setup(args: argparse.Namespace, device: str) -> None:
     if args.cases < 1:
         raise UsageError(f"--cases: expected at least 1, got {args.cases}")
     if args.block_n is None and (args.chunk is not None or args.merge != "fold" or args.single_pass):
-        raise UsageError("--chunk, --merge and --single-pass describe the blocking of --block-n: give --block-n too")
+        raise UsageError("--chunk, --merge, --single-pass: expected with --block-n (they describe its blocking), "
+                         "got them without it")
+    if args.block_n is not None and args.function is None:
+        raise UsageError(f"--block-n: expected with --function (a blocking you know), got it with --backend "
+                         f"{args.backend}, whose blocking varies per request: its tests count it "
+                         f"(relaycore.fast.triton.rounding.steps_per_token)")
     for name, value in (("--block-n", args.block_n), ("--chunk", args.chunk)):
         if value is not None and value < 1:
             raise UsageError(f"{name}: expected a positive number of keys, got {value}")
     if args.single_pass and (args.chunk is not None or args.merge != "fold"):
-        raise UsageError("--single-pass has no parts to cut or merge: drop --chunk and --merge")
+        raise UsageError("--single-pass: expected without --chunk and --merge (one running state has no parts to "
+                         "cut or merge), got them together")
     if args.dtype == "float64":
         if args.device == "cuda":
             raise UsageError("--dtype float64 passes NumPy arrays, which live on the CPU; drop --device cuda")
@@ -193,9 +200,9 @@ def _steps(args: argparse.Namespace, batch) -> Optional[np.ndarray]:
 
 
 def _reproduce(args: argparse.Namespace, seed: int, dtype: str, device: str) -> str:
-    what = f"--function {args.function}" if args.function else f"--backend {args.backend}"
+    what = f"--function {shlex.quote(args.function)}" if args.function else f"--backend {args.backend}"
     where = "" if dtype == "float64" else f" --device {device}"
-    space = "".join(f' --space "{item}"' for item in args.space)
+    space = "".join(f" --space {shlex.quote(item)}" for item in args.space)
     steps = ""
     if args.block_n is not None:
         steps = f" --block-n {args.block_n}" + (f" --chunk {args.chunk}" if args.chunk is not None else "")

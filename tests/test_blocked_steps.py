@@ -43,7 +43,7 @@ def test_hand_counts():
     for merge in MERGES:
         assert blocked_steps(alone, 16, merge=merge)[:, 0].tolist() == [5, 5, 5]
     assert blocked_steps(alone, 64, chunk=64)[:, 0].tolist() == [1 + 2, 1 + 2, 1 + 2]
-    # a row that sees no key takes no step
+    # an empty prefix is no part: one key of its own, one step, no merge
     empty = make_batch([1, 1], [1, 1], prefix_lens=[[0]], prefix_ids=[[0, -1]], causal=False)
     assert blocked_steps(empty, 16)[:, 0].tolist() == [1, 1]
 
@@ -57,8 +57,12 @@ def test_refuses_a_block_that_is_not_a_positive_int(bad):
         blocked_steps(batch, 16, chunk=bad)
 
 
-def test_refuses_an_unknown_merge_and_a_non_batch():
+def test_refuses_an_unknown_merge_a_non_batch_and_parts_without_a_split():
     batch = make_batch([1], [4])
+    with pytest.raises(ValueError, match=r"chunk, merge: expected None and 'fold' with split=False .*, got 8 and 'fold'"):
+        blocked_steps(batch, 16, split=False, chunk=8)
+    with pytest.raises(ValueError, match=r"chunk, merge: expected None and 'fold' with split=False .*, got None and "):
+        blocked_steps(batch, 16, split=False, merge="pairwise")
     with pytest.raises(ValueError, match=r"merge: expected one of \('fold', 'pairwise'\), got 'tree'"):
         blocked_steps(batch, 16, merge="tree")
     with pytest.raises(TypeError, match=r"batch: expected a relaycore.testing.Batch, got tuple"):
@@ -66,106 +70,131 @@ def test_refuses_an_unknown_merge_and_a_non_batch():
 
 
 @settings(max_examples=60, deadline=None)
-@given(batch=batches(), block_n=st.sampled_from([1, 16, 64]), split=st.booleans(),
-       chunk=st.sampled_from([None, 8, 64]), merge=st.sampled_from(MERGES))
-def test_never_above_the_default_count(batch, block_n, split, chunk, merge):
-    steps = blocked_steps(batch, block_n, split=split, chunk=chunk, merge=merge)[:, 0]
+@given(batch=batches(), block_n=st.sampled_from([1, 16, 64]), chunk=st.sampled_from([None, 8, 64]),
+       merge=st.sampled_from(MERGES))
+def test_never_above_the_default_count(batch, block_n, chunk, merge):
     keys = batch.oracle().stats.num_keys[:, 0]
-    assert steps.shape == keys.shape
-    assert np.all((steps == 0) == (keys == 0))
-    assert np.all(steps <= default_steps(keys))
+    for steps in (blocked_steps(batch, block_n, chunk=chunk, merge=merge), blocked_steps(batch, block_n, split=False)):
+        assert steps.shape == (keys.shape[0], 1)
+        assert np.all(steps[:, 0] >= 1) and np.all(steps[:, 0] <= default_steps(keys))
 
 
 # ---- a kernel of that blocking ------------------------------------------------------------------
 
 
-def _state(q, k, v, dtype, block_n):
-    """One part's running state over blocks of ``block_n`` keys: ``(o, lse)`` in fp32, rows of
-    ``q [R, D]`` over ``k, v [n, D]`` (``q`` already scaled); ``(0, -inf)`` for no key."""
-    rows, dim = q.shape
-    m = torch.full((rows,), -math.inf)
-    l = torch.zeros(rows)
-    acc = torch.zeros(rows, dim)
-    for lo in range(0, k.shape[0], block_n):
-        s = q @ k[lo : lo + block_n].T
-        m_new = torch.maximum(m, s.max(dim=1).values)
-        alpha = torch.exp(m - m_new)
-        p = torch.exp(s - m_new[:, None])
-        l = l * alpha + p.sum(dim=1)
-        acc = acc * alpha[:, None] + p.to(TORCH[dtype]).float() @ v[lo : lo + block_n]
-        m = m_new
-    if k.shape[0] == 0:
-        return acc, m
-    return acc / l[:, None], m + torch.log(l)
+class Walked:
+    """A state ``(o, lse)`` in fp32 and the most steps any of its keys has passed: its
+    exponential, each later block of its running state, 2 for each merge with keys on both sides
+    (Lemmas 2-4 of ``proofs/error_bound.py``), counted as the kernel below runs."""
+
+    def __init__(self, o, lse, steps):
+        self.o, self.lse, self.steps = o, lse, steps
 
 
-def _fold(states, merge):
-    states = [(o, lse) for o, lse in states if torch.isfinite(lse).all()]
-    if not states:
+def _walk(q, segments, dtype, block_n):
+    """One running state over ``segments`` (``[(k, v)]``, ``[n, D]`` each) walked one after the
+    other, blocks of ``block_n`` keys restarting at each segment's first key; ``q [1, D]``
+    already scaled. A key pays 1 for the block it arrives in and 1 for each later one."""
+    dim = q.shape[1]
+    m, l, acc = torch.full((1,), -math.inf), torch.zeros(1), torch.zeros(1, dim)
+    blocks = 0
+    for k, v in segments:
+        for lo in range(0, k.shape[0], block_n):
+            s = q @ k[lo : lo + block_n].T
+            m_new = torch.maximum(m, s.max(dim=1).values)
+            alpha = torch.exp(m - m_new)
+            p = torch.exp(s - m_new[:, None])
+            l = l * alpha + p.sum(dim=1)
+            acc = acc * alpha[:, None] + p.to(TORCH[dtype]).float() @ v[lo : lo + block_n]
+            m = m_new
+            blocks += 1
+    if blocks == 0:
         return None
+    return Walked(acc / l[:, None], m + torch.log(l), blocks)
+
+
+def _merge(states, merge):
+    """Fold the states all at once (the largest lse, one weighted sum, one division) or merge
+    them two at a time, in the order that costs a key the most steps (``blocked_steps`` counts
+    any order): the state whose keys have passed the most steps first, then the rest."""
+    states = [x for x in states if x is not None]
+    if len(states) <= 1:
+        return states[0] if states else None
     if merge == "pairwise":
-        out, lse = states[0]
-        for o, l2 in states[1:]:
-            top = torch.maximum(lse, l2)
-            wa, wb = torch.exp(lse - top), torch.exp(l2 - top)
-            out, lse = (wa[:, None] * out + wb[:, None] * o) / (wa + wb)[:, None], top + torch.log(wa + wb)
-        return out, lse
-    top = torch.stack([lse for _, lse in states]).max(dim=0).values
-    w = [torch.exp(lse - top) for _, lse in states]
+        states = sorted(states, key=lambda x: -x.steps)
+        total = states[0]
+        for x in states[1:]:
+            top = torch.maximum(total.lse, x.lse)
+            wa, wb = torch.exp(total.lse - top), torch.exp(x.lse - top)
+            total = Walked((wa[:, None] * total.o + wb[:, None] * x.o) / (wa + wb)[:, None], top + torch.log(wa + wb),
+                           max(total.steps, x.steps) + 2)
+        return total
+    top = torch.stack([x.lse for x in states]).max(dim=0).values
+    w = [torch.exp(x.lse - top) for x in states]
     total = sum(w)
-    return sum(wi[:, None] * o for wi, (o, _) in zip(w, states)) / total[:, None], top + torch.log(total)
+    return Walked(sum(wi[:, None] * x.o for wi, x in zip(w, states)) / total[:, None], top + torch.log(total),
+                  max(x.steps for x in states) + 2)
 
 
-def blocked_kernel(batch, block_n, *, split=True, chunk=None, merge="fold", drop_last_key=False):
-    """``(out, lse)`` of ``batch`` computed with ``blocked_steps``'s blocking (module doc).
+def blocked_kernel(batch, block_n, *, split=True, chunk=None, merge="fold", across=False, drop_last_key=False):
+    """``(out, lse)`` of ``batch`` computed with ``blocked_steps``'s blocking (module doc), and
+    int64 ``[total_q]``: the most steps a key of each row passed, as counted while computing.
+    ``across``: without ``split``, blocks run across segments instead of restarting at each.
     ``drop_last_key``: a bug, each row ignores the last key it should see."""
     dtype = batch.dtype
     problem = load(*batch.arguments()[0], **batch.arguments()[1])
     meta = problem.meta
-    scale = meta.softmax_scale
     group = meta.num_q_heads // meta.num_kv_heads
     q_all = torch.from_numpy(problem.q).float()
     out = torch.zeros(q_all.shape)
     lse = torch.full(q_all.shape[:2], -math.inf)
+    steps = np.zeros(q_all.shape[0], dtype=np.int64)
     for b in range(meta.batch):
         lo = int(batch.cu_seqlens_q[b])
-        seen = problem.keys_seen(b)
         k, v = (torch.from_numpy(x).float() for x in problem.context(b))
-        own = problem.own_k[b].shape[0]
         # where each segment of the context starts and ends: the prefixes read, then the own KV
         lengths = [int(lens[ids[b]]) for lens, ids in zip(meta.prefix_lens, meta.prefix_ids) if ids[b] >= 0]
-        bounds = np.cumsum([0] + lengths + [own])
-        for j, n in enumerate(seen):
-            n = int(n) - int(drop_last_key and n > 0)
+        ends = np.cumsum([0] + lengths + [problem.own_k[b].shape[0]])
+        for j, n in enumerate(problem.keys_seen(b)):
+            n = int(n) - int(drop_last_key)
+            # the parts: [start, stop) ranges of the context this row sees
+            segments = [(int(s0), min(int(s1), n)) for s0, s1 in zip(ends[:-1], ends[1:]) if s0 < n]
+            if split and chunk:
+                parts = [(c, min(c + chunk, s1)) for s0, s1 in segments for c in range(s0, s1, chunk)]
+            else:
+                parts = segments
             for h in range(meta.num_q_heads):
-                q = (q_all[lo + j, h] * scale)[None]
-                kh, vh = k[:n, h // group], v[:n, h // group]
-                if not split:
-                    o, l2 = _state(q, kh, vh, dtype, block_n)
-                    result = (o, l2) if n else None
+                q = (q_all[lo + j, h] * meta.softmax_scale)[None]
+                kh, vh = k[:, h // group], v[:, h // group]
+                if split:
+                    result = _merge([_walk(q, [(kh[a:z], vh[a:z])], dtype, block_n) for a, z in parts], merge)
+                elif across:
+                    result = _walk(q, [(kh[:n], vh[:n])], dtype, block_n)
                 else:
-                    parts = []
-                    for s0, s1 in zip(bounds[:-1], bounds[1:]):
-                        s1 = min(int(s1), n)
-                        step = chunk or max(s1 - int(s0), 1)
-                        parts += [_state(q, kh[c:min(c + step, s1)], vh[c:min(c + step, s1)], dtype, block_n)
-                                  for c in range(int(s0), s1, step)]
-                    result = _fold(parts, merge)
-                if result is not None:
-                    out[lo + j, h], lse[lo + j, h] = result[0][0], result[1][0]
-    return out.to(TORCH[dtype]), lse
+                    result = _walk(q, [(kh[a:z], vh[a:z]) for a, z in segments], dtype, block_n)
+                out[lo + j, h], lse[lo + j, h] = result.o[0], result.lse[0]
+                steps[lo + j] = result.steps
+    return (out.to(TORCH[dtype]), lse), steps
+
+
+BLOCKINGS = st.sampled_from([dict(split=True), dict(split=True, merge="pairwise"), dict(split=True, chunk=5),
+                             dict(split=True, chunk=5, merge="pairwise"), dict(split=False)])
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 @settings(max_examples=25, deadline=None)
-@given(data=st.data(), block_n=st.sampled_from([2, 16]), split=st.booleans(), chunk=st.sampled_from([None, 5]),
-       merge=st.sampled_from(MERGES))
-def test_a_kernel_of_that_blocking_stays_within_its_bound(dtype, data, block_n, split, chunk, merge):
+@given(data=st.data(), block_n=st.sampled_from([2, 16]), blocking=BLOCKINGS)
+def test_the_count_is_the_steps_a_kernel_of_that_blocking_takes_and_it_stays_within_its_bound(dtype, data, block_n,
+                                                                                              blocking):
     batch = data.draw(batches(dtypes=(dtype,), max_batch=3, max_q_len=3, max_kv_len=24, max_prefix_len=24,
                               head_dims=(8,), score_magnitudes=(None, 30.0)))
-    result = blocked_kernel(batch, block_n, split=split, chunk=chunk, merge=merge)
-    report = check(result, batch, steps=blocked_steps(batch, block_n, split=split, chunk=chunk, merge=merge))
+    result, taken = blocked_kernel(batch, block_n, **blocking)
+    steps = blocked_steps(batch, block_n, **blocking)
+    assert steps[:, 0].tolist() == taken.tolist()
+    report = check(result, batch, steps=steps)
     assert report.passed, str(report)
+    if not blocking["split"]:  # blocks running across segments take no more
+        assert np.all(blocked_kernel(batch, block_n, split=False, across=True)[1] <= steps[:, 0])
 
 
 @pytest.mark.parametrize("split", [True, False])
@@ -174,8 +203,9 @@ def test_the_counted_bound_catches_a_dropped_key_that_the_default_bound_misses(s
     batch = make_batch([1], [1024], prefix_lens=[[512]], prefix_ids=[[0]], num_q_heads=1, num_kv_heads=1,
                        head_dim=32, dtype="float32", seed=5)
     steps = blocked_steps(batch, 64, split=split)
-    assert check(blocked_kernel(batch, 64, split=split), batch, steps=steps).passed
-    buggy = blocked_kernel(batch, 64, split=split, drop_last_key=True)
+    result, taken = blocked_kernel(batch, 64, split=split)
+    assert steps[:, 0].tolist() == taken.tolist() and check(result, batch, steps=steps).passed
+    buggy, _ = blocked_kernel(batch, 64, split=split, drop_last_key=True)
     loose = check(buggy, batch)
     tight = check(buggy, batch, steps=steps)
     assert loose.passed, "the default count, for any blocking, leaves room for this bug"

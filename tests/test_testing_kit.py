@@ -3,6 +3,7 @@ fails wrong results at the right place, the rounding helpers match torch's casts
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -203,6 +204,12 @@ def test_a_failure_report_leads_with_its_reason_and_hints_at_the_usual_lse_mista
         assert "\n  hint: lse looks to be" in str(report)
     shifted = check((out, lse + 1.0), batch)  # wrong, but not by a change of base: no hint
     assert not shifted.passed and shifted.hints == ()
+    # every key counted twice adds ln 2 to one decode row's lse: an offset, not a base, even
+    # where one row cannot tell them apart
+    one = make_batch([1], [6], [[4]], [[0]], num_q_heads=1, num_kv_heads=1, head_dim=16, seed=4)
+    out1, lse1 = one.oracle().state
+    doubled = check((out1, lse1 + np.log(2.0)), one)
+    assert not doubled.passed and doubled.hints == ()
 
 
 @pytest.mark.parametrize("make, got", [
@@ -307,8 +314,20 @@ def test_space_rejects_nonsense():
         random_batch(np.random.default_rng(0), layouts=("tiled",))
     with pytest.raises(ValueError, match="head_dims: expected at least one choice, got none"):
         random_batch(np.random.default_rng(0), head_dims=())
-    with pytest.raises(ValueError, match=r"block_sizes: expected positive sizes, got \[0\]"):
+    with pytest.raises(ValueError, match=r"block_sizes: expected positive ints, got \[0\]"):
         random_batch(np.random.default_rng(0), layouts=("paged",), block_sizes=(0,))
+    for field, value, message in (
+            ("max_levels", -1, r"max_levels: expected an int >= 0, got -1"),
+            ("max_prefix_len", 2.5, r"max_prefix_len: expected an int >= 0, got 2.5"),
+            ("head_dims", (0, 8), r"head_dims: expected positive ints, got \[0, 8\]"),
+            ("block_sizes", (16.5,), r"block_sizes: expected positive ints, got \[16.5\]"),
+            ("score_magnitudes", (None, -1.0), r"score_magnitudes: expected None or finite positive numbers"),
+            ("softmax_scales", ("a",), r"softmax_scales: expected None or finite positive numbers, got \['a'\]"),
+            ("causal", (1,), r"causal: expected bools, got \[1\]")):
+        with pytest.raises(ValueError, match=message):
+            random_batch(0, **{field: value})
+    with pytest.raises(ValueError, match=r"rng: expected a seed >= 0, got -1"):
+        random_batch(-1)
     with pytest.raises(ValueError, match=r"min_q_len: expected 0 <= min_q_len <= max_q_len = 2, got 3"):
         random_batch(np.random.default_rng(0), min_q_len=3, max_q_len=2)
     with pytest.raises(TypeError, match=r"rng: expected a numpy.random.Generator or an int seed, got float"):
@@ -338,6 +357,11 @@ def test_a_batch_prints_as_the_call_that_rebuilds_it():
     assert text.startswith("make_batch(q_lens=[2, 1], kv_lens=[5, 1], prefix_lens=[[3]], prefix_ids=[[0, -1]], ")
     rebuilt = eval(text, {"make_batch": make_batch})
     assert all(np.array_equal(a, b) for a, b in zip(rebuilt.kv, batch.kv)) and np.array_equal(rebuilt.q, batch.q)
+    # NumPy scalars in the call print as plain numbers; a batch changed since prints its sizes instead
+    assert "np." not in repr(make_batch([1], [2], num_q_heads=np.int64(2), softmax_scale=np.float64(0.5)))
+    changed = dataclasses.replace(batch, causal=False)
+    assert repr(changed).startswith("Batch(B=2, q_lens=[2, 1], kv_lens=[5, 1], levels=1, ")
+    assert "rebuild:" not in changed.describe()
 
 
 def test_make_batch_rejects_lists_that_do_not_line_up():

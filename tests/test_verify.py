@@ -107,7 +107,7 @@ def decode_on_pages_of_16_at_d16(q, cu_seqlens_q, kv, prefixes, *, causal=True, 
                                      backend="torch")
 
 
-NARROW = ["--space", "head_dims=(16,)", "--space", "layouts=('paged',)", "--space", "block_sizes=[16]",
+NARROW = ["--space", "head_dims=(16,)", "--space", 'layouts=("paged",)', "--space", "block_sizes=[16]",
           "--space", "min_q_len=1", "--space", "max_q_len=1"]
 
 
@@ -142,10 +142,14 @@ def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys):
     (["--space", "max_q_len=(1,)"], "--space max_q_len: expected an int, got '(1,)'"),
     (["--space", "dtypes=('float16',)"], "--space dtypes: the dtype of each case is --dtype's"),
     (["--space", "min_q_len=5", "--space", "max_q_len=1"], "--space: min_q_len: expected 0 <= min_q_len <= max_q_len"),
-    (["--chunk", "4"], "--chunk, --merge and --single-pass describe the blocking of --block-n: give --block-n too"),
-    (["--block-n", "0"], "--block-n: expected a positive number of keys, got 0"),
-    (["--block-n", "16", "--chunk", "-1"], "--chunk: expected a positive number of keys, got -1"),
-    (["--block-n", "16", "--single-pass", "--merge", "pairwise"], "--single-pass has no parts to cut or merge"),
+    (["--chunk", "4"], "--chunk, --merge, --single-pass: expected with --block-n (they describe its blocking)"),
+    (["--block-n", "0", "--function", "wrong_attention:crash"], "--block-n: expected a positive number of keys, got 0"),
+    (["--block-n", "16", "--chunk", "-1", "--function", "wrong_attention:crash"],
+     "--chunk: expected a positive number of keys, got -1"),
+    (["--block-n", "16", "--single-pass", "--merge", "pairwise", "--function", "wrong_attention:crash"],
+     "--single-pass: expected without --chunk and --merge"),
+    (["--block-n", "64", "--backend", "torch"], "--block-n: expected with --function (a blocking you know), got it "
+                                                "with --backend torch"),
 ])
 def test_narrowing_and_blocking_options_that_cannot_run_exit_with_status_two(capsys, args, message):
     status = cli.main(["verify", "--cases", "1", *args])

@@ -58,7 +58,8 @@ class Batch:
         dtype: the format the implementation under test computes in (``"float16"``,
             ``"bfloat16"``, ``"float32"`` or ``"float64"``); it selects the error bound.
         recipe: the ``make_batch`` keyword arguments that rebuild this batch, when it was built
-            by ``make_batch`` (``describe`` prints them).
+            by ``make_batch`` (``describe`` and ``repr`` print them while they still describe
+            it; a batch changed with ``dataclasses.replace`` should set ``recipe=None``).
     """
 
     q: np.ndarray
@@ -162,10 +163,25 @@ class Batch:
 
     # ---- reports ---------------------------------------------------------------------------
 
+    def _rebuilds(self) -> bool:
+        """Whether ``recipe`` still describes the batch (``dataclasses.replace`` keeps it while
+        changing a field): the sizes, lengths, flags and layout it names are the batch's."""
+        r = self.recipe
+        if r is None:
+            return False
+        block = int(self.kv.k_cache.shape[1]) if self.paged else None
+        return (r["q_lens"] == self.q_lens.tolist() and r["kv_lens"] == self.kv_lens.tolist()
+                and (r["num_q_heads"], r["num_kv_heads"], r["head_dim"]) == (self.num_q_heads, self.num_kv_heads,
+                                                                             self.head_dim)
+                and (r["dtype"], r["causal"], r["softmax_scale"], r["block_size"]) == (self.dtype, self.causal,
+                                                                                       self.softmax_scale, block)
+                and len(r["prefix_lens"]) == len(self.prefixes)
+                and all(list(ids) == level.prefix_ids.tolist() for ids, level in zip(r["prefix_ids"], self.prefixes)))
+
     def __repr__(self) -> str:
-        """The ``make_batch`` call that rebuilds the batch, where there is one (what Hypothesis
-        prints for a falsifying example); else its sizes."""
-        if self.recipe is not None:
+        """The ``make_batch`` call that rebuilds the batch, where its recipe still describes it
+        (what Hypothesis prints for a falsifying example); else its sizes."""
+        if self._rebuilds():
             return "make_batch(" + ", ".join(f"{k}={v!r}" for k, v in self.recipe.items()) + ")"
         return (f"Batch(B={self.batch_size}, q_lens={self.q_lens.tolist()}, kv_lens={self.kv_lens.tolist()}, "
                 f"levels={len(self.prefixes)}, Hq={self.num_q_heads}, Hkv={self.num_kv_heads}, D={self.head_dim}, "
@@ -193,7 +209,7 @@ class Batch:
             lines.append(f"  prefix level {i}: {len(lens)} prefixes of lengths {lens}; ids per request {level.prefix_ids.tolist()}")
         if not self.prefixes:
             lines.append("  no prefix levels")
-        if self.recipe is not None:
+        if self._rebuilds():
             call = ", ".join(f"{k}={v!r}" for k, v in self.recipe.items())
             lines.append(f"  rebuild: relaycore.testing.make_batch({call})")
         return "\n".join(lines)
@@ -265,10 +281,12 @@ def make_batch(
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
                                    or block_size < 1):
         raise ValueError(f"block_size: expected None (ragged) or a positive int, got {block_size!r}")
+    as_float = lambda x: None if x is None else float(x)  # noqa: E731  (NumPy scalars print as np.float64(...))
     recipe = dict(
-        q_lens=q_lens, kv_lens=kv_lens, prefix_lens=prefix_lens, prefix_ids=prefix_ids, num_q_heads=num_q_heads,
-        num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, causal=causal, softmax_scale=softmax_scale,
-        block_size=block_size, score_magnitude=score_magnitude, seed=seed,
+        q_lens=q_lens, kv_lens=kv_lens, prefix_lens=prefix_lens, prefix_ids=prefix_ids, num_q_heads=int(num_q_heads),
+        num_kv_heads=int(num_kv_heads), head_dim=int(head_dim), dtype=dtype, causal=bool(causal),
+        softmax_scale=as_float(softmax_scale), block_size=None if block_size is None else int(block_size),
+        score_magnitude=as_float(score_magnitude), seed=int(seed),
     )
     rng = np.random.default_rng(seed)
     hq, hkv, d = num_q_heads, num_kv_heads, head_dim

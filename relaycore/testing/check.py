@@ -128,7 +128,8 @@ class Report:
         if self.passed:
             lines = [f"PASS: {errors}"]
         elif self.problems:  # the reason first: the errors may be within the bounds
-            more = f" (and {len(self.problems) - 1} more problems below)" if len(self.problems) > 1 else ""
+            others = len(self.problems) - 1
+            more = f" (and {others} more problem{'s' if others > 1 else ''} below)" if others else ""
             lines = [f"FAIL: {self.problems[0]}{more}", f"  {errors}"]
         else:
             lines = [f"FAIL: {errors}"]
@@ -278,14 +279,22 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Repo
     return Report(passed, out_ratio, lse_ratio, out_worst, lse_worst, tuple(problems), batch.describe(), hints)
 
 
+#: Rows whose reference lse is at least this far from 0 tell a change of base (a ratio) from an
+#: offset; ``_lse_hints`` needs two of them, with distinct values.
+HINT_MIN_ABS_LSE = 0.5
+
+
 def _lse_hints(lse: np.ndarray, ref_lse: np.ndarray) -> Tuple[str, ...]:
-    """A sentence when a failing lse matches the reference's in base 2 (or its base-2 form read as
-    natural log): the usual reason an lse is off everywhere."""
-    seen = np.isfinite(ref_lse) & np.isfinite(lse)
-    if not seen.any() or np.allclose(lse[seen], ref_lse[seen], rtol=1e-2, atol=1e-2):
+    """A sentence when a failing lse is the reference's times ``log2 e`` (an lse in base 2) or
+    times ``ln 2``, row by row: the usual reason an lse is off everywhere. Only rows far from 0
+    count, and at least two of different values, so that a constant offset (a key counted
+    twice adds ``ln 2``) is not mistaken for a change of base."""
+    rows = np.isfinite(ref_lse) & np.isfinite(lse) & (np.abs(ref_lse) >= HINT_MIN_ABS_LSE)
+    ref, got = ref_lse[rows], lse[rows]
+    if ref.size < 2 or np.ptp(ref) < 0.1 * np.abs(ref).max():
         return ()
     for factor, form in ((LOG2E, "in base 2 (log2 of the sum of exp)"), (1 / LOG2E, "in base 2 read as natural log")):
-        if np.allclose(lse[seen], ref_lse[seen] * factor, rtol=1e-2, atol=1e-2):
+        if np.allclose(got / ref, factor, rtol=1e-3, atol=0):
             return (f"lse looks to be {form}: relaycore's lse is natural log; convert with ln 2 = {1 / LOG2E:.6f}",)
     return ()
 

@@ -75,6 +75,22 @@ class BatchSpace:
     score_magnitudes: Tuple[Optional[float], ...] = (None,)
 
     def __post_init__(self) -> None:
+        for name in ("max_batch", "min_batch", "max_q_len", "min_q_len", "max_kv_len", "max_levels", "max_prefixes",
+                     "max_prefix_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+        for name in ("head_dims", "kv_heads", "group_sizes", "block_sizes"):
+            bad = [x for x in getattr(self, name) if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1]
+            if bad:
+                raise ValueError(f"{name}: expected positive ints, got {list(getattr(self, name))}")
+        for name in ("softmax_scales", "score_magnitudes"):
+            bad = [x for x in getattr(self, name) if x is not None and (isinstance(x, bool) or not isinstance(
+                x, (int, float, np.integer, np.floating)) or not np.isfinite(x) or x <= 0)]
+            if bad:
+                raise ValueError(f"{name}: expected None or finite positive numbers, got {list(getattr(self, name))}")
+        if any(not isinstance(x, (bool, np.bool_)) for x in self.causal):
+            raise ValueError(f"causal: expected bools, got {list(self.causal)}")
         if not 0 <= self.min_batch <= self.max_batch:
             raise ValueError(f"min_batch: expected 0 <= min_batch <= max_batch = {self.max_batch}, got {self.min_batch}")
         if not 0 <= self.min_q_len <= self.max_q_len:
@@ -89,7 +105,7 @@ class BatchSpace:
         for name in ("head_dims", "kv_heads", "group_sizes", "causal", "softmax_scales", "score_magnitudes"):
             if not getattr(self, name):
                 raise ValueError(f"{name}: expected at least one choice, got none")
-        if "paged" in self.layouts and (not self.block_sizes or min(self.block_sizes) < 1):
+        if "paged" in self.layouts and not self.block_sizes:
             raise ValueError(f"block_sizes: expected positive sizes, got {list(self.block_sizes)}")
 
     def recipe(self, pick: Pick) -> Dict[str, Any]:
@@ -151,6 +167,7 @@ def random_batch(rng: Union[np.random.Generator, int], **space: Any) -> Batch:
 
     Raises:
         TypeError: ``rng`` is neither a ``numpy.random.Generator`` nor an int.
+        ValueError: a negative seed; a ``BatchSpace`` field out of its domain.
 
     Example:
         >>> import numpy as np
@@ -160,6 +177,8 @@ def random_batch(rng: Union[np.random.Generator, int], **space: Any) -> Batch:
         'bfloat16'
     """
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        if rng < 0:
+            raise ValueError(f"rng: expected a seed >= 0, got {rng}")
         rng = np.random.default_rng(rng)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng: expected a numpy.random.Generator or an int seed, got {type(rng).__name__}")

@@ -5,8 +5,8 @@ an accumulator that holds it, and two for each merge it passes with keys on both
 (``docs/math/errors.md``, Lemmas 2-4 of the proof). Without a count it assumes
 the worst blocking, ``default_steps``: about two steps per key the row sees. A kernel that walks
 blocks of ``b`` keys takes about ``N / b``, and the step term of the bound shrinks with it; on
-rows of a thousand keys and more, that is what lets a check see a dropped key or a slightly
-wrong scale (``docs/guide/testing.md``).
+long rows that is what lets a check see a dropped key (``docs/guide/testing.md``: one fp32 row
+of 1536 keys).
 
 A count that is too small is a claim the proof does not back: pass the blocking your kernel
 really has.
@@ -62,18 +62,24 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             single-pass kernel; its blocks may restart at each segment or run across them:
             the count covers both).
         chunk: with ``split``, cut every segment into chunks of this many keys from its first
-            key (split-KV), each chunk a part of its own; ``None``: one part per segment.
+            key (split-KV), each chunk a part of its own; ``None``: one part per segment. Chunks
+            that run across segments (a split-KV over the concatenated context) are another
+            blocking, which this count does not describe.
         merge: with ``split``, one of ``MERGES``.
+
+    A kernel whose parts walk blocks of different sizes is described by its smallest block
+    (more blocks, so more steps: the count stays an upper bound).
 
     Returns:
         int64 ``[total_q, 1]`` (it broadcasts over heads): for a row that sees ``n_i`` keys in
         part ``i`` and keys in ``K`` parts, ``max_i ceil(n_i / block_n)`` plus 2 (``"fold"``,
         ``K >= 2``) or ``2 (K - 1)`` (``"pairwise"``); without ``split``, the sum of
-        ``ceil(n_s / block_n)`` over its segments. 0 for a row that sees no key, else at least
-        1 and never above ``relaycore.bounds.default_steps`` of the keys it sees.
+        ``ceil(n_s / block_n)`` over its segments. At least 1 (every query sees its own first
+        key) and never above ``relaycore.bounds.default_steps`` of the keys it sees.
 
     Raises:
-        ValueError: ``block_n`` or ``chunk`` not a positive int; ``merge`` not in ``MERGES``.
+        ValueError: ``block_n`` or ``chunk`` not a positive int; ``merge`` not in ``MERGES``;
+            ``chunk`` or a ``merge`` other than ``"fold"`` without ``split``.
         TypeError: ``batch`` is not a ``Batch``.
 
     Example:
@@ -93,7 +99,10 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
     if merge not in MERGES:
         raise ValueError(f"merge: expected one of {MERGES}, got {merge!r}")
-    steps = np.zeros((int(batch.cu_seqlens_q[-1]), 1), dtype=np.int64)
+    if not split and (chunk is not None or merge != "fold"):
+        raise ValueError(f"chunk, merge: expected None and 'fold' with split=False (one running state has no parts), "
+                         f"got {chunk!r} and {merge!r}")
+    steps = np.ones((int(batch.cu_seqlens_q[-1]), 1), dtype=np.int64)
     q_lens = batch.q_lens
     for b, (prefix, kv_len) in enumerate(_segments(batch)):
         q_len = int(q_lens[b])
@@ -114,5 +123,5 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             merges = np.where(nonempty >= 2, 2, 0) if merge == "fold" else 2 * np.maximum(nonempty - 1, 0)
             count = blocks.max(axis=1, initial=0) + merges
         lo = int(batch.cu_seqlens_q[b])
-        steps[lo : lo + q_len, 0] = np.where(held.sum(axis=1) > 0, np.maximum(count, 1), 0)
+        steps[lo : lo + q_len, 0] = count
     return steps
