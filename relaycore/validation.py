@@ -39,6 +39,8 @@ class BatchMeta:
         cu_seqlens_q: int64 ``[B + 1]``.
         prefix_lens: per level, int64 ``[P_l]``.
         prefix_ids: per level, int64 ``[B]`` (-1 = none).
+        needs_grad: torch's grad mode is on and q, k or v (of the own KV or a prefix level)
+            requires grad: the call is to be differentiated.
     """
 
     batch: int
@@ -57,6 +59,7 @@ class BatchMeta:
     cu_seqlens_q: np.ndarray
     prefix_lens: Tuple[np.ndarray, ...]
     prefix_ids: Tuple[np.ndarray, ...]
+    needs_grad: bool = False
 
     @property
     def group_size(self) -> int:
@@ -350,4 +353,14 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         cu_seqlens_q=cu_q,
         prefix_lens=tuple(prefix_lens),
         prefix_ids=tuple(prefix_ids),
+        needs_grad=c.kind == "torch" and needs_grad(q, kv, prefixes),
     )
+
+
+def needs_grad(q, kv, prefixes) -> bool:
+    """Whether a torch call is to be differentiated: grad mode is on and q, k or v (of the own
+    KV or a prefix level) requires grad."""
+    import torch
+
+    values = [q, kv[0], kv[1], *(x for level in prefixes for x in (level.k, level.v))]
+    return torch.is_grad_enabled() and any(getattr(x, "requires_grad", False) for x in values)

@@ -42,7 +42,7 @@ from relaycore import PagedKV, RaggedKV, bounds  # noqa: E402
 from relaycore.fast.triton import Config, default_config, plan, prepare, run_planned  # noqa: E402
 from relaycore.fast.triton import backend, kernels, op  # noqa: E402
 from relaycore.fast.triton.config import chunk_size, decode_chunks, tile_height  # noqa: E402
-from relaycore.fast.triton.plan import fold_steps, regular_items, single_pass_requests  # noqa: E402
+from relaycore.fast.triton.plan import check_metadata, fold_steps, regular_items, single_pass_requests, stamp_metadata  # noqa: E402
 from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
 from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
@@ -433,6 +433,61 @@ def test_a_plan_refuses_other_inputs():
     scaled = prepare(*args, **{**kwargs, "softmax_scale": 0.9})
     with pytest.raises(ValueError, match="softmax_scale"):
         relaycore.relay_attention(q, cu, kv, prefixes, causal=kwargs["causal"], plan=scaled)
+
+
+@in_process
+def test_a_plan_refuses_lengths_and_ids_that_changed_since_it_was_prepared():
+    batch = _shared_prefix_batch(block_size=4)
+    (q, cu, kv, prefixes), kwargs = batch.to_torch("cpu")
+    planned = prepare(q, cu, kv, prefixes, **kwargs)
+    _assert_close(relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=planned), batch)
+    # the next decode step's lengths in a new tensor: on the CPU the values are compared
+    longer = kv.kv_lens + 1
+    with pytest.raises(ValueError, match=r"kv\.kv_lens: expected the values the plan was prepared with, got "
+                                         r"kv\.kv_lens\[0\] = \d+ where the plan has \d+; prepare a new plan"):
+        relaycore.relay_attention(q, cu, kv._replace(kv_lens=longer), prefixes, **kwargs, plan=planned)
+    ids = prefixes[0].prefix_ids.clone()
+    ids[0] = -1 if ids[0] >= 0 else 0  # another request's prefix, or none
+    with pytest.raises(ValueError, match=r"prefixes\[0\]\.prefix_ids: expected the values the plan was prepared"):
+        relaycore.relay_attention(q, cu, kv, [prefixes[0]._replace(prefix_ids=ids), *prefixes[1:]], **kwargs,
+                                  plan=planned)
+    # equal values in other tensors are the planned call
+    same = kv._replace(kv_lens=kv.kv_lens.clone())
+    _assert_close(relaycore.relay_attention(q, cu, same, prefixes, **kwargs, plan=planned), batch)
+
+
+@in_process
+def test_a_call_to_be_differentiated_is_refused_by_the_kernels_without_a_backward():
+    batch = _shared_prefix_batch(dtype="float32")
+    (q, cu, kv, prefixes), kwargs = batch.to_torch("cpu")
+    planned = prepare(q, cu, kv, prefixes, **kwargs)
+    q.requires_grad_()
+    assert validate(q, cu, kv, prefixes, **kwargs).needs_grad
+    with pytest.raises(ValueError, match=r"backend 'triton' cannot run this batch: has no backward, and an input "
+                                         r"requires grad \(use backend='torch', or torch.no_grad\(\)\)"):
+        relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, backend="triton")
+    with pytest.raises(ValueError, match=r"plan: expected a call without gradients .*, got an input that requires grad"):
+        relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=planned)
+    with torch.no_grad():  # inference: the kernels run
+        assert not validate(q, cu, kv, prefixes, **kwargs).needs_grad
+        _assert_close(relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=planned), batch)
+    out, _ = relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, backend="torch")
+    out.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+def test_on_a_gpu_a_plan_refuses_the_planned_tensors_written_in_place_and_trusts_others():
+    # a GPU tensor's values are not read (that would synchronize): its stamp holds no values,
+    # and only an in-place write to the very tensor planned with is seen, by its version counter
+    cu = torch.tensor([0, 1, 2], dtype=torch.int32)
+    kv = RaggedKV(torch.zeros(5, 1, 16), torch.zeros(5, 1, 16), torch.tensor([0, 2, 5], dtype=torch.int32))
+    stamps = tuple(stamp._replace(values=None) for stamp in stamp_metadata(cu, kv, ()))
+    check_metadata(stamps, cu, kv, ())
+    check_metadata(stamps, cu, kv._replace(cu_seqlens=torch.tensor([0, 3, 5], dtype=torch.int32)), ())  # trusted
+    kv.cu_seqlens[1] = 3
+    with pytest.raises(ValueError, match=r"kv\.cu_seqlens: expected the values the plan was prepared with, got the "
+                                         r"same tensor written in place since \(its version counter 0 -> 1\)"):
+        check_metadata(stamps, cu, kv, ())
 
 
 @in_process

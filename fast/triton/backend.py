@@ -11,7 +11,7 @@ from relaycore.validation import BatchMeta, validate
 from relaycore.fast.triton.config import DTYPES, HEAD_DIMS
 from relaycore.fast.triton.launch import run_planned
 from relaycore.fast.triton.launcher import interpreting
-from relaycore.fast.triton.plan import Plan, plan, tensor_signature
+from relaycore.fast.triton.plan import Plan, plan, stamp_metadata, tensor_signature
 
 
 def supports(meta: BatchMeta) -> str | None:
@@ -19,7 +19,8 @@ def supports(meta: BatchMeta) -> str | None:
 
     They need torch tensors on a CUDA device (or on the CPU under ``TRITON_INTERPRET=1``,
     Triton's interpreter, which is how CI runs them), q in fp16, bf16 or fp32, and a head_dim
-    that is a power of two from 16 to 256.
+    that is a power of two from 16 to 256. They have no backward: a call to be differentiated
+    (``BatchMeta.needs_grad``) goes to another backend.
     """
     if meta.array_kind != "torch":
         return "needs torch tensors, got NumPy arrays"
@@ -29,6 +30,8 @@ def supports(meta: BatchMeta) -> str | None:
         return f"needs q in {list(DTYPES)}, got {meta.dtype}"
     if meta.head_dim not in HEAD_DIMS:
         return f"needs head_dim in {list(HEAD_DIMS)}, got {meta.head_dim}"
+    if meta.needs_grad:
+        return "has no backward, and an input requires grad (use backend='torch', or torch.no_grad())"
     return None
 
 
@@ -56,4 +59,6 @@ def prepare(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_sc
     reason = supports(meta)
     if reason is not None:
         raise ValueError(f"backend 'triton' cannot run this batch: {reason}")
-    return dataclasses.replace(plan(meta), signature=tensor_signature(q, cu_seqlens_q, kv, tuple(prefixes)))
+    prefixes = tuple(prefixes)
+    return dataclasses.replace(plan(meta), signature=tensor_signature(q, cu_seqlens_q, kv, prefixes),
+                               stamps=stamp_metadata(cu_seqlens_q, kv, prefixes))

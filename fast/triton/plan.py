@@ -36,14 +36,15 @@ Single-pass requests
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple, Optional, Tuple
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
 
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
-from relaycore.validation import BatchMeta, resolve_scale
+from relaycore.validation import BatchMeta, needs_grad, resolve_scale
 
 from relaycore.fast.triton.config import Config, chunk_size, default_config, single_pass, tile_height
 from relaycore.fast.triton.kernels import FOLD_DEPTH, FOLD_STATES, ITEM_FIELDS, NUM_ITEM_FIELDS
@@ -109,6 +110,8 @@ class Plan:
         signature: ``(argument name, shape, dtype, device)`` of every tensor of the call the
             plan was prepared for (``tensor_signature``); empty for a plan made from metadata
             alone, whose ``run`` then checks q only.
+        stamps: what ``run`` can check of the metadata values without a synchronization
+            (``stamp_metadata``); empty for a plan made from metadata alone.
     """
 
     total_q: int
@@ -129,6 +132,7 @@ class Plan:
     device: str
     num_levels: int
     signature: Tuple[Tuple[str, tuple, str, str], ...] = ()
+    stamps: Tuple["Stamp", ...] = field(default=(), compare=False, repr=False)
 
     @property
     def group_size(self) -> int:
@@ -139,8 +143,11 @@ class Plan:
         ``relay_attention(..., plan=)`` calls): every tensor must have the shape, dtype and
         device it had when the plan was prepared (layers of a model share them), and
         ``causal`` and ``softmax_scale`` (``None`` meaning ``1/sqrt(D)``) must be the plan's.
-        The values of the metadata (lengths, ids, block table) are trusted to be the planned
-        ones: reading them would synchronize.
+        The metadata whose values the plan holds (``metadata_tensors``: the lengths and ids)
+        must hold the planned values: a tensor the plan was prepared with that was written in
+        place since is refused (its version counter moved), and on the CPU the values are
+        compared; another tensor on a GPU is trusted, since reading it would synchronize
+        (``docs/guide/serving.md``). Under ``torch.compile`` the metadata is not checked.
 
         Raises:
             TypeError, ValueError: an input that differs from what was planned, naming it.
@@ -176,7 +183,69 @@ class Plan:
                         f"{name}: expected shape {shape}, dtype {dtype} on {device} (the plan's), "
                         f"got shape {got_shape}, dtype {got_dtype} on {got_device}"
                     )
+        if needs_grad(q, kv, prefixes):
+            raise ValueError("plan: expected a call without gradients (the Triton kernels have no backward), got an "
+                             "input that requires grad in grad mode; use backend='torch', or torch.no_grad()")
+        if self.stamps and not torch.compiler.is_compiling():
+            check_metadata(self.stamps, cu_seqlens_q, kv, prefixes)
         return run_planned(self, q, kv, tuple(prefixes))
+
+
+class Stamp(NamedTuple):
+    """What ``Plan.run`` checks of one metadata tensor of the call a plan was prepared for.
+
+    Attributes:
+        name: the argument, as ``relay_attention`` names it.
+        ref: a weak reference to the tensor.
+        version: its version counter then (torch counts every in-place write).
+        values: a CPU tensor's values then; ``None`` on a GPU (reading them would synchronize).
+    """
+
+    name: str
+    ref: Any
+    version: int
+    values: Optional[np.ndarray]
+
+
+def metadata_tensors(cu_seqlens_q, kv, prefixes) -> List[Tuple[str, Any]]:
+    """``(name, tensor)`` of the metadata whose values a plan holds: the lengths and the prefix
+    ids (a paged cache's block table is read by the kernels at run time, so only its shape is
+    planned)."""
+    named = [("cu_seqlens_q", cu_seqlens_q)]
+    named.append(("kv.kv_lens", kv.kv_lens) if isinstance(kv, PagedKV) else ("kv.cu_seqlens", kv.cu_seqlens))
+    for i, level in enumerate(prefixes):
+        named += [(f"prefixes[{i}].cu_seqlens", level.cu_seqlens), (f"prefixes[{i}].prefix_ids", level.prefix_ids)]
+    return named
+
+
+def stamp_metadata(cu_seqlens_q, kv, prefixes) -> Tuple[Stamp, ...]:
+    """The ``Stamp`` of every metadata tensor of a call (``metadata_tensors``), taken when its
+    plan is prepared."""
+    return tuple(
+        Stamp(name, weakref.ref(x), x._version, x.numpy().copy() if x.device.type == "cpu" else None)
+        for name, x in metadata_tensors(cu_seqlens_q, kv, prefixes)
+    )
+
+
+def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> None:
+    """Refuse metadata that no longer holds what its plan was prepared with, where that can be
+    seen without a synchronization (``Plan.run``).
+
+    Raises:
+        ValueError: naming the argument: a CPU tensor whose values differ from the planned ones,
+            or the planned tensor itself, written in place since.
+    """
+    advice = "prepare a new plan when the lengths or ids change"
+    for stamp, (name, x) in zip(stamps, metadata_tensors(cu_seqlens_q, kv, prefixes)):
+        if stamp.values is not None and x.device.type == "cpu":
+            got = x.numpy()
+            if not np.array_equal(got, stamp.values):
+                i = int(np.argmax(got != stamp.values))
+                raise ValueError(f"{name}: expected the values the plan was prepared with, got {name}[{i}] = "
+                                 f"{got[i]} where the plan has {stamp.values[i]}; {advice}")
+        elif stamp.ref() is x and x._version != stamp.version:
+            raise ValueError(f"{name}: expected the values the plan was prepared with, got the same tensor written in "
+                             f"place since (its version counter {stamp.version} -> {x._version}); {advice}")
 
 
 def tensor_signature(q, cu_seqlens_q, kv, prefixes) -> Tuple[Tuple[str, tuple, str, str], ...]:
