@@ -18,9 +18,10 @@ from relaycore import state
 from relaycore.types import AttentionState, PagedKV
 from relaycore.validation import BatchMeta
 
-#: Upper bound on the elements of one materialised score matrix; larger problems are cut into
-#: row blocks (prefix part) or request groups (own part) so that memory stays bounded
-#: (256 Mi float32 = 1 GiB); a single request whose own part is larger still runs in one piece.
+#: Upper bound on the elements of one materialised array (a score matrix; the own part's gathered
+#: keys and values); larger problems are cut into row blocks (prefix part) or request groups
+#: (own part) so that memory stays bounded (256 Mi float32 = 1 GiB); a single request whose own
+#: part is larger still runs in one piece.
 MAX_SCORE_ELEMENTS = 1 << 28
 
 
@@ -104,13 +105,21 @@ def _prefix_part(q, level, lens: np.ndarray, ids: np.ndarray, meta: BatchMeta, a
     return AttentionState(out, lse)
 
 
+def group_elements(requests: int, max_q: int, max_kv: int, meta: BatchMeta) -> int:
+    """The most elements one padded own-part array of a group of requests holds: its scores
+    ``[requests, Hq, max q_len, max kv_len]`` or its gathered keys and values
+    ``2 x [requests, Hkv, max kv_len, D]`` (the larger at decode with GQA)."""
+    keys = 2 * meta.num_kv_heads * meta.head_dim
+    return requests * max_kv * max(meta.num_q_heads * max_q, keys)
+
+
 def _request_groups(meta: BatchMeta):
-    """Consecutive request ranges whose padded own-part score matrices
-    (``[requests, Hq, max q_len, max kv_len]``) stay under ``MAX_SCORE_ELEMENTS``."""
+    """Consecutive request ranges whose padded own-part arrays (``group_elements``) stay under
+    ``MAX_SCORE_ELEMENTS``; a request over it alone is a group of its own."""
     groups, lo, max_q, max_kv = [], 0, 0, 0
     for b in range(meta.batch):
         q_b, kv_b = max(max_q, int(meta.q_lens[b])), max(max_kv, int(meta.kv_lens[b]))
-        if b > lo and (b - lo + 1) * meta.num_q_heads * q_b * kv_b > MAX_SCORE_ELEMENTS:
+        if b > lo and group_elements(b - lo + 1, q_b, kv_b, meta) > MAX_SCORE_ELEMENTS:
             groups.append((lo, b))
             lo, q_b, kv_b = b, int(meta.q_lens[b]), int(meta.kv_lens[b])
         max_q, max_kv = q_b, kv_b

@@ -64,6 +64,22 @@ def test_the_torch_backend_cuts_large_batches_into_request_groups(monkeypatch, b
     assert_close(relaycore.relay_attention(*args, **kwargs, backend="torch"), batch)
 
 
+def test_the_torch_backends_groups_bound_the_gathered_keys_too(monkeypatch):
+    # decode with GQA: the padded keys and values (2 x Hkv x D a key) outgrow the scores (Hq a
+    # key); one long request must not pad the gather of the short ones
+    import relaycore.fast.torch_backend as torch_backend
+    from relaycore.validation import validate
+
+    batch = make_batch([1] * 6, [4] * 5 + [64], num_q_heads=8, num_kv_heads=2, head_dim=16)
+    meta = validate(*batch.arguments()[0], **batch.arguments()[1])
+    monkeypatch.setattr(torch_backend, "MAX_SCORE_ELEMENTS", 5 * 4 * 2 * 2 * 16)  # the short ones' gather, exactly
+    groups = torch_backend._request_groups(meta)
+    assert groups == [(0, 5), (5, 6)]
+    for lo, hi in groups:
+        size = torch_backend.group_elements(hi - lo, 1, int(meta.kv_lens[lo:hi].max()), meta)
+        assert size <= torch_backend.MAX_SCORE_ELEMENTS or hi - lo == 1
+
+
 @pytest.mark.parametrize("error", [
     OSError("libcuda.so.1: cannot open shared object file"),
     RuntimeError("0 active drivers ([]). There should only be one."),
