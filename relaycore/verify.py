@@ -172,7 +172,8 @@ def _space(args: argparse.Namespace, device: str) -> dict:
         name, sep, text = item.partition("=")
         name = name.strip()
         if name == "dtypes":
-            raise UsageError("--space dtypes: the dtype of each case is --dtype's (or its seed's): use --dtype")
+            raise UsageError("--space: expected a field other than dtypes (a case's dtype is --dtype's, or its "
+                             "seed's), got dtypes")
         if not sep or name not in fields:
             raise UsageError(f"--space: expected FIELD=VALUE with FIELD one of {sorted(set(fields) - {'dtypes'})}, "
                              f"got {item!r}")
@@ -181,7 +182,8 @@ def _space(args: argparse.Namespace, device: str) -> dict:
         except (ValueError, SyntaxError) as exc:
             raise UsageError(f"--space {name}: expected a Python literal, got {text!r}") from exc
         choices = isinstance(fields[name].default, tuple)
-        if choices != isinstance(value, (tuple, list)) or (not choices and (isinstance(value, bool) or not isinstance(value, int))):
+        bound = not choices and isinstance(value, int) and not isinstance(value, bool)
+        if choices != isinstance(value, (tuple, list)) or not (choices or bound):
             want = "a tuple of choices, e.g. (128,)" if choices else "an int"
             raise UsageError(f"--space {name}: expected {want}, got {text!r}")
         space[name] = tuple(value) if choices else value

@@ -113,8 +113,8 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         # the keys each part holds for each row: [rows, parts]
         parts = [np.full(q_len, n, dtype=np.int64) for n in prefix] + [own]
         if split and chunk is not None:
-            parts = [np.clip(seen - start, 0, chunk) for seen in parts for start in range(0, int(seen.max(initial=0)), chunk)]
-        held = np.stack(parts, axis=1) if parts else np.zeros((q_len, 0), dtype=np.int64)
+            parts = [np.clip(seen - start, 0, chunk) for seen in parts for start in range(0, int(seen.max()), chunk)]
+        held = np.stack(parts, axis=1)
         blocks = _cdiv(held, block_n)
         if not split:
             count = blocks.sum(axis=1)
