@@ -312,8 +312,9 @@ def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = Tr
       single-pass tile reads level 0's prefix);
     * those that see no prefix, whose own KV is one chunk (``chunk_size``) and whose rows fit a
       tile shorter than ``block_m`` (``tile_height``: decode and short append requests). Their
-      one state would leave the merge unchanged (its weight is ``exp2(0) = 1``, the sum it is divided by 1), so writing it at
-      once gives the same bits, without the state's round trip or the merge launch (H200,
+      one state would leave the merge unchanged (its weight is ``exp2(0) = 1``, the sum it is
+      divided by 1), so writing it at once gives the same bits, without the state's round trip
+      or the merge launch (H200,
       128 own keys, no prefix, batch 8-128: 2.4-7.2 us less, ``fast/triton/NOTES.md``, session
       17). Taller ones keep the state and the merge: on sm_90 they would run the Gluon tile,
       not measured there yet. ``unshared=False`` leaves every such request the state and the
@@ -321,11 +322,8 @@ def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = Tr
     """
     rows = meta.q_lens.astype(np.int64) * meta.group_size
     tall = single_pass(rows, config) & (meta.num_levels <= 1)
-    no_prefix = np.ones(meta.batch, dtype=bool)
-    for lens, ids in zip(meta.prefix_lens, meta.prefix_ids):
-        plen = np.where(ids >= 0, lens[np.maximum(ids, 0)] if len(lens) else 0, 0)
-        no_prefix &= plen == 0
     own = meta.kv_lens.astype(np.int64)
+    no_prefix = meta.context_lens() == own
     short = tile_height(rows, config, prefix=False) < config.block_m
     return tall | (unshared & no_prefix & short & (own <= chunk_size(own, rows, config)))
 

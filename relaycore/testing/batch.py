@@ -210,8 +210,7 @@ class Batch:
         if not self.prefixes:
             lines.append("  no prefix levels")
         if self._rebuilds():
-            call = ", ".join(f"{k}={v!r}" for k, v in self.recipe.items())
-            lines.append(f"  rebuild: relaycore.testing.make_batch({call})")
+            lines.append(f"  rebuild: relaycore.testing.{self!r}")
         return "\n".join(lines)
 
 
