@@ -41,13 +41,15 @@ import relaycore  # noqa: E402
 from relaycore import PagedKV, RaggedKV, bounds  # noqa: E402
 from relaycore.fast.triton import Config, default_config, plan, prepare, run_planned  # noqa: E402
 from relaycore.fast.triton import backend, kernels, op  # noqa: E402
-from relaycore.fast.triton.config import chunk_size, decode_chunks, tile_height  # noqa: E402
+from relaycore.fast.triton.config import chunk_size, decode_chunks, max_chunks, tile_height  # noqa: E402
+from relaycore.fast.triton.graph import Bounds, graph_launches, prepare_graph, slot_capacity  # noqa: E402
 from relaycore.fast.triton.plan import check_metadata, fold_steps, regular_items, single_pass_requests, stamp_metadata  # noqa: E402
 from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
 from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
+from graph_steps import EngineTensors  # noqa: E402
 from tolerances import triton_steps  # noqa: E402
 
 plan_module = importlib.import_module("relaycore.fast.triton.plan")  # the package's ``plan`` is the function
@@ -669,3 +671,118 @@ def test_torch_compile_traces_the_planned_call_as_one_op():
     assert set(checks.values()) == {"SUCCESS"}
     with pytest.raises(TypeError, match="plan"):
         relaycore.relay_attention(*args, **kwargs, plan="not a plan")
+
+
+# Graph plans (``relaycore.fast.triton.graph``): one set of launches and buffers for every step
+
+
+@pytest.mark.parametrize("config", [TINY, TALL, default_config(128, "float16", 8)], ids=["tiny", "tall", "default"])
+def test_max_chunks_is_the_most_chunks_of_any_shorter_segment(config):
+    for rows in (1, 4, 16, 17, 40, 64, 200):
+        lengths = np.arange(0, 40 * config.min_chunk)
+        chunks = -(-lengths // chunk_size(lengths, rows, config))
+        assert np.array_equal(np.maximum.accumulate(chunks), max_chunks(lengths, rows, config)), rows
+
+
+def test_a_decode_graph_plan_holds_what_a_batch_sharing_one_prefix_needs():
+    """B 128, Hq 32 / Hkv 8 (GQA 4), one prefix slot of 16384 rows, 64 pages of 16 per request:
+    the prefix launches hold the 4 x 16 items of every request on one prefix (128-row tiles) or
+    the 16 of one 64-row tile; no request is ever single-pass (each sees a prefix or has a long
+    own KV only sometimes: both own launches)."""
+    config = default_config(128, "float16", 8)
+    args, kwargs = make_batch([1] * 128, [1024] * 128, prefix_lens=[[16384]], prefix_ids=[[0] * 128], num_q_heads=32,
+                              num_kv_heads=8, head_dim=128, dtype="float16", block_size=16).to_torch("cpu")
+    meta = validate(*args, **kwargs)
+    bounds = Bounds.of(meta, args[2], args[3])
+    capacities = {(x.level, x.block_m, x.single_pass): x.capacity for x in graph_launches(meta, bounds, config)}
+    assert capacities == {(0, 64, False): 16, (0, 128, False): 64, (-1, 16, False): 128 * 4, (-1, 16, True): 128}
+    assert slot_capacity(meta, bounds, config) == 128 * (16 + 4)
+    full = plan(meta, config=config)
+    assert [x.num_items for x in full.launches] == [64, 128 * 4] and full.num_slots == 128 * (16 + 4)
+
+
+GRAPH_SHAPES = st.fixed_dictionaries(dict(
+    q_lens=st.lists(st.integers(0, 6), min_size=1, max_size=4),
+    group=st.sampled_from([1, 2, 3]), num_kv_heads=st.sampled_from([1, 2]),
+    page_size=st.sampled_from([0, 4, 8]), max_blocks=st.integers(2, 5), spare_rows=st.integers(0, 40),
+    levels=st.lists(st.tuples(st.integers(0, 40), st.integers(1, 3)), max_size=2),
+    causal=st.booleans(), config=st.sampled_from([TINY, TALL]), dtype=st.sampled_from(["float16", "float32"]),
+    seed=st.integers(0, 2**16)))
+
+
+def _engine(shape, device="cpu") -> EngineTensors:
+    q_lens = shape["q_lens"]
+    if shape["page_size"] and max(q_lens) > shape["page_size"] * shape["max_blocks"]:
+        shape = dict(shape, page_size=0)
+    return EngineTensors(q_lens, num_q_heads=shape["group"] * shape["num_kv_heads"],
+                         num_kv_heads=shape["num_kv_heads"], head_dim=16, dtype=getattr(torch, shape["dtype"]),
+                         device=device, page_size=shape["page_size"], max_blocks=shape["max_blocks"],
+                         own_rows=sum(q_lens) + shape["spare_rows"], level_rows=[r for r, _ in shape["levels"]],
+                         level_prefixes=[p for _, p in shape["levels"]], causal=shape["causal"], seed=shape["seed"])
+
+
+@in_process
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=GRAPH_SHAPES)
+def test_a_graph_plan_gives_each_step_the_bits_of_its_own_plan(shape, poisoned_allocations):
+    """One graph plan, refilled for each of four steps drawn within its shapes, runs them as the
+    plan made for each step alone does, bit for bit: its padding items write nothing, and every
+    launch a step needs is one of its launches, with room for the step's items and slots."""
+    engine, config, rng = _engine(shape), shape["config"], np.random.default_rng(shape["seed"])
+    engine.step(rng)
+    graph = prepare_graph(*engine.args(), causal=engine.causal, config=config)
+    for step in range(4):
+        if step:
+            engine.step(rng)
+            graph.update(*engine.args(), causal=engine.causal)
+        q, cu, kv, prefixes = engine.args()
+        alone = run_planned(plan(validate(q, cu, kv, prefixes, causal=engine.causal), config=config), q, kv, prefixes)
+        replayed = relaycore.relay_attention(q, cu, kv, prefixes, causal=engine.causal, plan=graph)
+        assert _same(replayed, alone), step
+
+
+@in_process
+def test_a_graph_plan_refuses_a_batch_of_other_shapes_or_query_counts():
+    engine = EngineTensors([1, 1, 3], num_q_heads=4, num_kv_heads=2, head_dim=16, dtype=torch.float16, device="cpu",
+                           page_size=4, max_blocks=4, level_rows=[20], level_prefixes=[2])
+    engine.step(np.random.default_rng(0))
+    q, cu, kv, prefixes = engine.args()
+    graph = prepare_graph(q, cu, kv, prefixes)
+    with pytest.raises(ValueError, match=r"cu_seqlens_q: expected the graph plan's query counts, got q_len 2 for "
+                                         r"request 1 where the plan has 1"):
+        graph.update(q, torch.tensor([0, 1, 3, 5], dtype=torch.int32), kv, prefixes)
+    wider = kv._replace(block_table=torch.zeros(3, 5, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"kv\.block_table: expected shape \(3, 4\), dtype int32 on cpu \(the graph "
+                                         r"plan's\), got shape \(3, 5\)"):
+        graph.update(q, cu, wider, prefixes)
+    with pytest.raises(ValueError, match="prefixes: expected 1 levels"):
+        graph.update(q, cu, kv, [])
+    with pytest.raises(ValueError, match="causal: expected True"):
+        graph.update(q, cu, kv, prefixes, causal=False)
+    with pytest.raises(ValueError, match="softmax_scale"):
+        graph.update(q, cu, kv, prefixes, softmax_scale=0.5)
+    # a call with lengths written since the last update is refused, as with any plan
+    kv.kv_lens[0] += 1
+    with pytest.raises(ValueError, match=r"kv\.kv_lens: expected the values the plan was prepared with"):
+        relaycore.relay_attention(q, cu, kv, prefixes, plan=graph)
+    graph.update(q, cu, kv, prefixes)
+    relaycore.relay_attention(q, cu, kv, prefixes, plan=graph)
+
+
+@settings(max_examples=300, deadline=None)
+@given(shape=GRAPH_SHAPES, many=st.booleans(), wide=st.booleans(), scale=st.sampled_from([1, 8, 64]),
+       config=st.sampled_from([TINY, TALL, default_config(128, "float16", 8), default_config(128, "float16", 32)]))
+def test_the_launches_of_a_graph_plan_hold_every_step_within_its_shapes(shape, many, wide, scale, config):
+    """The capacities against the work lists alone (no kernel runs), at serving sizes too: up to
+    128 requests, of up to 192 queries, levels of up to 2560 rows and 27 prefixes, own KV of up
+    to 1280 keys a request."""
+    q_lens = [q * (32 if wide else 1) for q in shape["q_lens"] * (32 if many else 1)]
+    shape = dict(shape, q_lens=q_lens, max_blocks=shape["max_blocks"] * scale, spare_rows=shape["spare_rows"] * scale,
+                 levels=[(rows * scale, count * (scale // 8 + 1)) for rows, count in shape["levels"]])
+    engine, rng = _engine(shape), np.random.default_rng(shape["seed"])
+    engine.step(rng)
+    graph = prepare_graph(*engine.args(), causal=engine.causal, config=config)
+    for _ in range(6):
+        engine.step(rng)
+        q, cu, kv, prefixes = engine.args()
+        graph.fill(plan_module.plan_work(validate(q, cu, kv, prefixes, causal=engine.causal), config, relay=True))

@@ -55,10 +55,20 @@ def prepare(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_sc
     Raises:
         TypeError, ValueError: bad input, or a batch these kernels cannot run (the reason).
     """
+    meta = validate_for_triton(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+    prefixes = tuple(prefixes)
+    return dataclasses.replace(plan(meta), signature=tensor_signature(q, cu_seqlens_q, kv, prefixes),
+                               stamps=stamp_metadata(cu_seqlens_q, kv, prefixes))
+
+
+def validate_for_triton(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> BatchMeta:
+    """``validate``, and a batch the Triton kernels can run (``supports``).
+
+    Raises:
+        TypeError, ValueError: bad input, or a batch these kernels cannot run (the reason).
+    """
     meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     reason = supports(meta)
     if reason is not None:
         raise ValueError(f"backend 'triton' cannot run this batch: {reason}")
-    prefixes = tuple(prefixes)
-    return dataclasses.replace(plan(meta), signature=tensor_signature(q, cu_seqlens_q, kv, prefixes),
-                               stamps=stamp_metadata(cu_seqlens_q, kv, prefixes))
+    return meta

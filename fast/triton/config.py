@@ -188,14 +188,27 @@ def chunk_size(length, rows, config: Config):
     least ``min_chunk``. It is a function of the request alone, so its chunks, and their bits,
     are the same in any batch.
     """
-    want = -(-np.maximum(length, 1) // _wanted_chunks(rows, config))
+    want = -(-np.maximum(length, 1) // wanted_chunks(rows, config))
     return _doubled_from(config.min_chunk, want, lambda size: size < want)
 
 
-def _wanted_chunks(rows, config: Config):
-    """``chunk_size``'s target chunk count for a request with ``rows`` rows per KV head."""
+def wanted_chunks(rows, config: Config):
+    """``chunk_size``'s target chunk count for a request with ``rows`` rows per KV head; a
+    segment is cut into at most that many chunks."""
     tiles = -(-np.maximum(rows, 1) // config.min_block_m)
     return np.maximum(1, config.target_chunks // tiles)
+
+
+def max_chunks(length, rows, config: Config):
+    """The most chunks ``chunk_size`` cuts a segment of at most ``length`` keys into, for a
+    request with ``rows`` rows per KV head; elementwise over int arrays.
+
+    A segment of ``L`` keys has ``ceil(L / size)`` chunks with ``size >= min_chunk`` and
+    ``size >= L / wanted_chunks``: at most ``ceil(length / min_chunk)`` and at most
+    ``wanted_chunks``, and a segment of ``min(length, min_chunk * wanted_chunks)`` keys has
+    that many (``tests`` check it against every length).
+    """
+    return np.minimum(wanted_chunks(rows, config), -(-np.maximum(length, 0) // config.min_chunk))
 
 
 def _doubled_from(start: int, like, short):
@@ -221,7 +234,7 @@ def single_pass(rows, config: Config):
     request alone: its bits are the same in any batch. (An append request, measured on an H200:
     ``fast/triton/NOTES.md``, session 4.)
     """
-    one = (np.asarray(rows) >= config.block_m) & (_wanted_chunks(rows, config) == 1)
+    one = (np.asarray(rows) >= config.block_m) & (wanted_chunks(rows, config) == 1)
     return bool(one) if one.ndim == 0 else one
 
 

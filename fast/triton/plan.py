@@ -495,29 +495,56 @@ def _tile_items(groups: _Groups, first_listed: np.ndarray, rows: np.ndarray, til
                      groups.prefix_start[of], groups.prefix_len[of]], axis=1)
 
 
-def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None,
-         fused_merge: Optional[bool] = None, regular: bool = True, unshared_single_pass: bool = True) -> Plan:
-    """Plan a batch for the Triton kernels.
+class LaunchWork(NamedTuple):
+    """One launch of a planned batch on the host (``plan_work``): a ``Launch`` before its lists
+    go to the device and before ``regular_items`` is asked of them.
+
+    Attributes:
+        level, block_m, single_pass, reads_prefix, fold_rows: as ``Launch``.
+        items: int64 ``[num_items, NUM_ITEM_FIELDS]`` in launch order (``longest_first``).
+        tokens: int64 ``[n]``: the token lists the items index.
+        slots: int64 ``[n]``: each listed token's slot for chunk 0 of the segment.
+    """
+
+    level: int
+    block_m: int
+    single_pass: bool
+    reads_prefix: bool
+    fold_rows: int
+    items: np.ndarray
+    tokens: np.ndarray
+    slots: np.ndarray
+
+
+class Work(NamedTuple):
+    """A batch's work on the host (``plan_work``).
+
+    Attributes:
+        slot_offsets: int64 ``[total_q + 1]``: token ``t`` owns slots
+            ``slot_offsets[t] : slot_offsets[t + 1]``.
+        launches: one ``LaunchWork`` per KV source and tile kind that has work, levels first.
+        fold_steps: the serial steps of the longest fold a fused merge would run (``fold_steps``).
+    """
+
+    slot_offsets: np.ndarray
+    launches: Tuple[LaunchWork, ...]
+    fold_steps: int
+
+    @property
+    def num_slots(self) -> int:
+        return int(self.slot_offsets[-1])
+
+
+def plan_work(meta: BatchMeta, config: Config, *, relay: bool, unshared_single_pass: bool = True) -> Work:
+    """The work lists of a batch, on the host: what ``plan`` sends to the device, and what a
+    ``GraphPlan`` copies into its fixed buffers (``relaycore.fast.triton.graph``).
 
     Args:
-        meta: from ``relaycore.validation.validate`` (host copies of every length and id).
-        device: where the work lists go; default ``meta.device``.
-        config: launch configuration; default ``default_config(head_dim, dtype, num_kv_heads)``.
-        relay: group prefix rows across requests; default ``relay_grouping(meta)``.
-        fused_merge: fold the states in the partial programs; default
-            ``merge_in_partials``. The bits are the same either way.
-        regular: let the kernel compute the items of a launch that ``regular_items`` describes
-            (the default); ``False`` reads every list. The bits are the same either way.
-        unshared_single_pass: a request that sees no prefix and whose own KV is one chunk
-            writes its result from its own tiles (the default); ``False`` gives it a state and
-            the merge (``single_pass_requests``). The bits are the same either way.
-
-    Returns:
-        A ``Plan``, reusable for every call with the same metadata (every layer of a step).
+        meta: from ``relaycore.validation.validate``.
+        config: the launch configuration.
+        relay: group prefix rows across requests (``relay_grouping``).
+        unshared_single_pass: see ``plan``.
     """
-    device = torch.device(meta.device if device is None else device)
-    config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
-    relay = relay_grouping(meta) if relay is None else bool(relay)
     g = meta.group_size
     batch = meta.batch
     q_lens = meta.q_lens.astype(np.int64)
@@ -541,14 +568,6 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     token_request = np.repeat(np.arange(batch), q_lens)  # [total_q]
     slots_per_token = per_request[token_request]
     slot_offsets = np.concatenate([[0], np.cumsum(slots_per_token)]).astype(np.int64)
-    num_slots = int(slot_offsets[-1])
-
-    def to_device(a: np.ndarray) -> torch.Tensor:
-        a = np.asarray(a, dtype=np.int64)
-        if a.size and (a.max() >= 2**31 or a.min() < -(2**31)):
-            raise ValueError(f"q, kv, prefixes: the batch needs offsets up to {int(a.max())}, past the int32 "
-                             f"work lists of the Triton kernels (at most {2**31 - 1}); split the batch")
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32)).to(device)
 
     launches = []
     fold_tiles = []  # (tallest item's rows, fold height) of each launch that writes states
@@ -580,22 +599,71 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             fold_rows = fold_height(tallest, height)
             if not one_pass:
                 fold_tiles.append((tallest, fold_rows))
-            launches.append(Launch(
+            launches.append(LaunchWork(
                 level=level,
                 block_m=height,
                 single_pass=one_pass,
                 reads_prefix=one_pass and bool(items[:, ITEM_FIELDS.index("prefix_len")].any()),
                 fold_rows=fold_rows,
-                regular=regular_items(items, height) if regular else (),
-                items=to_device(items),
-                tokens=to_device(listed),
-                slots=to_device(slot_offsets[listed] + seg_base[s][token_request[listed]]),
+                items=items,
+                tokens=listed,
+                slots=slot_offsets[listed] + seg_base[s][token_request[listed]],
             ))
 
+    slots = int(slots_per_token.max()) if slots_per_token.size else 0
+    steps = max((fold_steps(rows, height, slots) for rows, height in fold_tiles), default=0)
+    return Work(slot_offsets=slot_offsets, launches=tuple(launches), fold_steps=steps)
+
+
+def int32_list(a: np.ndarray) -> np.ndarray:
+    """``a`` as the kernels' int32 work lists.
+
+    Raises:
+        ValueError: an offset past int32.
+    """
+    a = np.asarray(a, dtype=np.int64)
+    if a.size and (a.max() >= 2**31 or a.min() < -(2**31)):
+        raise ValueError(f"q, kv, prefixes: the batch needs offsets up to {int(a.max())}, past the int32 "
+                         f"work lists of the Triton kernels (at most {2**31 - 1}); split the batch")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None,
+         fused_merge: Optional[bool] = None, regular: bool = True, unshared_single_pass: bool = True) -> Plan:
+    """Plan a batch for the Triton kernels.
+
+    Args:
+        meta: from ``relaycore.validation.validate`` (host copies of every length and id).
+        device: where the work lists go; default ``meta.device``.
+        config: launch configuration; default ``default_config(head_dim, dtype, num_kv_heads)``.
+        relay: group prefix rows across requests; default ``relay_grouping(meta)``.
+        fused_merge: fold the states in the partial programs; default
+            ``merge_in_partials``. The bits are the same either way.
+        regular: let the kernel compute the items of a launch that ``regular_items`` describes
+            (the default); ``False`` reads every list. The bits are the same either way.
+        unshared_single_pass: a request that sees no prefix and whose own KV is one chunk
+            writes its result from its own tiles (the default); ``False`` gives it a state and
+            the merge (``single_pass_requests``). The bits are the same either way.
+
+    Returns:
+        A ``Plan``, reusable for every call with the same metadata (every layer of a step).
+    """
+    device = torch.device(meta.device if device is None else device)
+    config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
+    relay = relay_grouping(meta) if relay is None else bool(relay)
+    work = plan_work(meta, config, relay=relay, unshared_single_pass=unshared_single_pass)
+
+    def to_device(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(int32_list(a)).to(device)
+
+    launches = tuple(
+        Launch(level=w.level, block_m=w.block_m, single_pass=w.single_pass, reads_prefix=w.reads_prefix,
+               fold_rows=w.fold_rows, regular=regular_items(w.items, w.block_m) if regular else (),
+               items=to_device(w.items), tokens=to_device(w.tokens), slots=to_device(w.slots))
+        for w in work.launches
+    )
     if fused_merge is None:
-        slots = int(slots_per_token.max()) if slots_per_token.size else 0
-        steps = max((fold_steps(rows, height, slots) for rows, height in fold_tiles), default=0)
-        fused_merge = merge_in_partials(meta.total_q, steps, config)
+        fused_merge = merge_in_partials(meta.total_q, work.fold_steps, config)
     fused_merge = bool(fused_merge)
     arrivals = torch.zeros((meta.total_q, meta.num_q_heads) if fused_merge else (0,), dtype=torch.int32, device=device)
 
@@ -609,9 +677,9 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         causal=meta.causal,
         softmax_scale=meta.softmax_scale,
         config=config,
-        num_slots=num_slots,
-        slot_offsets=to_device(slot_offsets),
-        launches=tuple(launches),
+        num_slots=work.num_slots,
+        slot_offsets=to_device(work.slot_offsets),
+        launches=launches,
         fused_merge=fused_merge,
         arrivals=arrivals,
         relay=relay,

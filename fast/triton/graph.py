@@ -1,0 +1,313 @@
+"""Plans for CUDA graph replay: launches, grids and buffers fixed by the tensors' shapes.
+
+A ``Plan`` holds one step's work lists, and its launches' grids are that step's: a CUDA graph
+captured around a call with it replays that step only. A serving engine captures its decode
+step once per batch size and replays it every step, with new lengths and prefix ids in the
+same tensors; every step must then make the same launches (kernels, compile-time constants,
+grids) over the same memory. A ``GraphPlan`` does:
+
+* its launches are every launch a batch of its shapes can need (``graph_launches``): per prefix
+  level, the prefix tiles of each height its requests' rows can fill; per own-tile height, the
+  tiles that write states and, where a request can be single-pass, the single-pass tiles;
+* each launch's grid is the most items it can have (``GraphLaunch.capacity``), its token and
+  slot lists are ``total_q`` long, and the scratch holds the most slots (``slot_capacity``). A
+  program whose item is padding (``PAD_ITEM``: no rows, no keys) loads and stores nothing;
+* ``GraphPlan.update`` plans a step as ``plan`` does (``plan_work``: the same items in the same
+  order), pads each launch's lists and copies them into the same device memory, on the current
+  stream, so that a graph replayed after it reads them.
+
+A row's bits are those of ``prepare``'s plan for the same batch: the lists hold the same items;
+what differs changes no bit (every list is read, never computed: ``regular_items``; the states
+are folded by the merge launch, not in the partial programs: ``merge_in_partials``; a
+single-pass launch of the tallest tiles compiles the prefix walk, which an item without a
+prefix does not enter). ``tests`` compare both bit for bit.
+
+Fixed by the first batch: every tensor's shape, dtype and device, ``cu_seqlens_q``'s values
+(each request's query count: 1 at decode), ``causal`` and ``softmax_scale``. Free from step to
+step, within those shapes: the own KV lengths (a paged request's up to its block table's
+columns), the prefix lengths and the prefix ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Tuple
+
+import numpy as np
+import torch
+
+from relaycore.types import AttentionState, PagedKV
+from relaycore.validation import BatchMeta
+
+from relaycore.fast.triton.backend import validate_for_triton
+from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
+from relaycore.fast.triton.kernels import ITEM_FIELDS, NUM_ITEM_FIELDS
+from relaycore.fast.triton.plan import (Launch, Plan, Work, fold_height, int32_list, plan_work, relay_grouping,
+                                        stamp_metadata, tensor_signature)
+
+#: A padding item: no rows (every load and store of its program is masked off), no keys, its
+#: tokens read from the list (none), no prefix.
+PAD_ITEM = np.array([-1 if name == "tok_first" else 0 for name in ITEM_FIELDS], dtype=np.int64)
+
+
+class Bounds(NamedTuple):
+    """What the tensors' shapes bound in every batch a ``GraphPlan`` runs.
+
+    Attributes:
+        own_len: int64 ``[B]``: each request's most own keys (paged: its block table's columns
+            times the page size; ragged: the own rows less the other requests' queries, each
+            request's keys ending with its queries).
+        level_rows: per prefix level, its rows (``k.shape[0]``: every prefix's keys together).
+        level_prefixes: per prefix level, its prefixes (``cu_seqlens.shape[0] - 1``).
+    """
+
+    own_len: np.ndarray
+    level_rows: Tuple[int, ...]
+    level_prefixes: Tuple[int, ...]
+
+    @staticmethod
+    def of(meta: BatchMeta, kv, prefixes) -> "Bounds":
+        if isinstance(kv, PagedKV):
+            own = np.full(meta.batch, int(kv.block_table.shape[1]) * meta.block_size, dtype=np.int64)
+        else:
+            q_lens = meta.q_lens.astype(np.int64)
+            own = int(kv.k.shape[0]) - (meta.total_q - q_lens)
+        return Bounds(own, tuple(int(level.k.shape[0]) for level in prefixes),
+                      tuple(int(level.cu_seqlens.shape[0]) - 1 for level in prefixes))
+
+
+class GraphLaunch(NamedTuple):
+    """One launch of a ``GraphPlan``: the ``Launch`` fields that fix its compiled kernel, and the
+    most items its grid holds."""
+
+    level: int
+    block_m: int
+    single_pass: bool
+    reads_prefix: bool
+    capacity: int
+
+
+def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[GraphLaunch, ...]:
+    """Every launch ``plan_work`` can make for a batch with ``meta``'s query counts within
+    ``bounds``, with the most items each can have; launches that can have none are left out.
+
+    Own tiles: a request's rows fix its tile height; it is single-pass always (``single_pass``:
+    rows that fill the tallest tile, one chunk per segment, at most one level), never, or, with
+    a shorter tile, whenever it sees no prefix and its own KV is one chunk
+    (``plan.single_pass_requests``). Its items: its tiles times its most own chunks
+    (``max_chunks``), or its tiles alone single-pass (one chunk).
+
+    Prefix tiles of level ``l``: the sharers of a prefix with the same chunk size are one group
+    (``plan._groups``), whose rows ``r_g`` fix the tile height ``h`` (``tile_height``); its
+    items are ``ceil(r_g / h)`` tiles times its chunks. With ``R`` rows in all (requests that
+    are never single-pass), ``G`` groups at most (requests, and prefixes times chunk sizes) and
+    ``C`` the most chunks of one prefix, the items of height ``h`` are at most both
+
+    * ``sum_g ceil(r_g / h) * C``, where ``sum_g ceil(r_g / h) <= (R + G_h (h - 1)) // h``,
+      ``G_h <= R // (h // 2 + 1)`` above the shortest height (a group of height ``h`` has more
+      than ``h / 2`` rows) and a group has one tile below ``block_m``, and
+    * the most tiles of one group (``ceil(R / h)`` at ``block_m``, else 1) times
+      ``sum_g chunks_g``, which is at most the chunk sizes times ``level_rows // min_chunk + G``
+      (``ceil(len_p / min_chunk)`` summed over prefixes).
+    """
+    g = meta.group_size
+    rows = meta.q_lens.astype(np.int64) * g
+    active = rows > 0
+    tall = np.asarray(single_pass(rows, config), dtype=bool) & (meta.num_levels <= 1) & active
+    split = active & ~tall
+    launches = []
+
+    for level, (level_rows, num_prefixes) in enumerate(zip(bounds.level_rows, bounds.level_prefixes)):
+        total = int(rows[split].sum())
+        if not total or not level_rows or not num_prefixes:
+            continue
+        wanted = np.unique(wanted_chunks(rows[split], config))  # a prefix's chunk sizes among its sharers
+        most_chunks = int(max_chunks(level_rows, rows[split], config).max())
+        groups = min(int(split.sum()), num_prefixes * wanted.size)
+        chunk_sum = wanted.size * (level_rows // config.min_chunk + groups)
+        height, tallest = config.prefix_block_m, int(tile_height(total, config, prefix=True))
+        while height <= tallest:
+            groups_h = groups if height == config.prefix_block_m else min(groups, total // (height // 2 + 1))
+            most_tiles = -(-total // height) if height == config.block_m else 1  # of one group
+            tiles = min(groups_h * most_tiles, (total + groups_h * (height - 1)) // height)
+            capacity = min(tiles * most_chunks, most_tiles * chunk_sum)
+            if capacity:
+                launches.append(GraphLaunch(level, height, False, False, capacity))
+            height *= 2
+
+    own_height = tile_height(rows, config, prefix=False)
+    tiles = -(-rows // own_height)
+    own_chunks = max_chunks(bounds.own_len, rows, config)
+    may_single = tall | (active & (own_height < config.block_m))
+    for height in np.unique(own_height[active])[::-1]:
+        height = int(height)
+        at = active & (own_height == height)
+        capacity = int((tiles * own_chunks)[at & split].sum())
+        if capacity:
+            launches.append(GraphLaunch(-1, height, False, False, capacity))
+        capacity = int(tiles[at & may_single].sum())
+        if capacity:
+            reads_prefix = height == config.block_m and meta.num_levels == 1
+            launches.append(GraphLaunch(-1, height, True, reads_prefix, capacity))
+    return tuple(launches)
+
+
+def slot_capacity(meta: BatchMeta, bounds: Bounds, config: Config) -> int:
+    """The most scratch slots a batch within ``bounds`` has: each query token of a request that
+    is not always single-pass owns at most ``max_chunks`` slots per segment it sees."""
+    rows = meta.q_lens.astype(np.int64) * meta.group_size
+    tall = np.asarray(single_pass(rows, config), dtype=bool) & (meta.num_levels <= 1)
+    per_token = max_chunks(bounds.own_len, rows, config)
+    for level_rows, num_prefixes in zip(bounds.level_rows, bounds.level_prefixes):
+        if num_prefixes:
+            per_token = per_token + max_chunks(level_rows, rows, config)
+    return int((meta.q_lens.astype(np.int64) * np.where(tall, 0, per_token)).sum())
+
+
+class GraphPlan:
+    """A plan whose launches, grids and device memory are the same at every step, so that a
+    CUDA graph captured around calls with it replays any later step after ``update``
+    (module doc; ``docs/guide/serving.md``).
+
+    Made by ``relaycore.fast.triton.prepare_graph`` from a first batch. Pass it as
+    ``relay_attention(..., plan=)`` like a ``Plan``; ``plan`` is the ``Plan`` it runs, whose
+    lists are views of one device buffer that ``update`` refills.
+
+    Attributes:
+        plan: the ``Plan`` of the last ``update``'s batch, over the fixed buffers.
+        launches: the ``GraphLaunch`` of each of ``plan.launches``.
+        bounds: the ``Bounds`` of its shapes.
+    """
+
+    def __init__(self, meta: BatchMeta, bounds: Bounds, config: Config, signature, device: torch.device):
+        """Launches and buffers for batches like ``meta``'s within ``bounds``; its lists hold no
+        batch until ``update``."""
+        self.bounds = bounds
+        self.launches = graph_launches(meta, bounds, config)
+        self._meta = meta
+        self._config = config
+        total_q = meta.total_q
+        # one int32 buffer: slot_offsets, then per launch its items, tokens and slots
+        sizes = [total_q + 1]
+        for launch in self.launches:
+            sizes += [launch.capacity * NUM_ITEM_FIELDS.value, total_q, total_q]
+        self._ends = np.cumsum(sizes)
+        self._device = torch.zeros(int(self._ends[-1]), dtype=torch.int32, device=device)
+        views = torch.split(self._device, sizes)
+        self.plan = Plan(
+            total_q=total_q, num_q_heads=meta.num_q_heads, num_kv_heads=meta.num_kv_heads, head_dim=meta.head_dim,
+            dtype=meta.dtype, paged=meta.paged, causal=meta.causal, softmax_scale=meta.softmax_scale, config=config,
+            num_slots=slot_capacity(meta, bounds, config), slot_offsets=views[0],
+            launches=tuple(
+                Launch(level=launch.level, block_m=launch.block_m, single_pass=launch.single_pass,
+                       reads_prefix=launch.reads_prefix, fold_rows=fold_height(launch.block_m, launch.block_m),
+                       regular=(), items=views[1 + 3 * i].view(launch.capacity, NUM_ITEM_FIELDS.value),
+                       tokens=views[2 + 3 * i], slots=views[3 + 3 * i])
+                for i, launch in enumerate(self.launches)),
+            fused_merge=False, arrivals=torch.zeros((0,), dtype=torch.int32, device=device), relay=True,
+            device=str(device), num_levels=meta.num_levels, signature=signature)
+
+    def update(self, q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> None:
+        """Plan a step's batch into the fixed buffers, for the calls (and graph replays) after it.
+
+        Validates the batch (one synchronization, as ``prepare``), plans it and copies its work
+        lists to the device on the current stream: a graph replayed on that stream after this
+        call reads them, one replayed before does not. Every layer of the step then runs with
+        this plan, as with ``prepare``'s.
+
+        Args:
+            q, cu_seqlens_q, kv, prefixes, causal, softmax_scale: as ``relaycore.relay_attention``,
+                in tensors of the shapes, dtypes and devices of the first batch, with its query
+                counts.
+
+        Raises:
+            TypeError, ValueError: bad input, or a batch these buffers were not made for
+                (another shape, dtype or device, other query counts, ``causal`` or
+                ``softmax_scale``), naming the argument.
+        """
+        meta = validate_for_triton(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+        prefixes = tuple(prefixes)
+        self._refill(meta, tensor_signature(q, cu_seqlens_q, kv, prefixes), stamp_metadata(cu_seqlens_q, kv, prefixes))
+
+    def _refill(self, meta: BatchMeta, signature, stamps) -> None:
+        plan = self.plan
+        if len(signature) != len(plan.signature):
+            raise ValueError(f"prefixes: expected {plan.num_levels} levels (the graph plan's), got {meta.num_levels}")
+        for want, got in zip(plan.signature, signature):
+            if want != got:
+                raise ValueError(f"{want[0]}: expected shape {want[1]}, dtype {want[2]} on {want[3]} (the graph "
+                                 f"plan's), got shape {got[1]}, dtype {got[2]} on {got[3]}")
+        if not np.array_equal(meta.cu_seqlens_q, self._meta.cu_seqlens_q):
+            b = int(np.argmax(meta.q_lens != self._meta.q_lens))
+            raise ValueError(f"cu_seqlens_q: expected the graph plan's query counts, got q_len {int(meta.q_lens[b])} "
+                             f"for request {b} where the plan has {int(self._meta.q_lens[b])}; a graph replays "
+                             f"one batch shape: prepare a graph plan per query count")
+        if meta.causal != plan.causal:
+            raise ValueError(f"causal: expected {plan.causal} (the graph plan's), got {meta.causal}")
+        if meta.softmax_scale != plan.softmax_scale:
+            raise ValueError(f"softmax_scale: expected the graph plan's {plan.softmax_scale}, got {meta.softmax_scale}")
+        host = self.fill(plan_work(meta, self._config, relay=relay_grouping(meta)))
+        self._device.copy_(torch.from_numpy(host), non_blocking=True)  # pageable: staged, so host may be reused
+        self.plan = dataclasses.replace(plan, stamps=stamps)
+
+    def fill(self, work: Work) -> np.ndarray:
+        """int32: the contents of the device buffer for ``work``: each launch's items padded
+        with ``PAD_ITEM`` to its capacity, its lists with zeros.
+
+        Raises:
+            ValueError: work past a capacity (a bound of ``graph_launches`` or ``slot_capacity``
+                that does not hold: a bug, never the caller's input).
+        """
+        host = np.zeros(int(self._ends[-1]), dtype=np.int64)
+        if work.num_slots > self.plan.num_slots:
+            raise ValueError(f"graph plan: {work.num_slots} slots, past the capacity {self.plan.num_slots}")
+        host[: self._ends[0]] = work.slot_offsets
+        where = {(launch.level, launch.block_m, launch.single_pass): i for i, launch in enumerate(self.launches)}
+        for i in range(len(self.launches)):
+            start = self._ends[3 * i]
+            host[start : self._ends[3 * i + 1]] = np.tile(PAD_ITEM, self.launches[i].capacity)
+        for w in work.launches:
+            i = where.get((w.level, w.block_m, w.single_pass))
+            if i is None or w.items.shape[0] > self.launches[i].capacity or (w.reads_prefix and
+                                                                                not self.launches[i].reads_prefix):
+                raise ValueError(f"graph plan: a launch (level {w.level}, tiles of {w.block_m} rows, single pass "
+                                 f"{w.single_pass}, {w.items.shape[0]} items) past its launches {self.launches}")
+            start = self._ends[3 * i]
+            host[start : start + w.items.size] = w.items.reshape(-1)
+            host[self._ends[3 * i + 1] : self._ends[3 * i + 1] + w.tokens.size] = w.tokens
+            host[self._ends[3 * i + 2] : self._ends[3 * i + 2] + w.slots.size] = w.slots
+        return int32_list(host)
+
+    def run(self, q, cu_seqlens_q, kv, prefixes, *, causal: bool, softmax_scale) -> AttentionState:
+        """``Plan.run`` of ``plan`` (what ``relay_attention(..., plan=)`` calls)."""
+        return self.plan.run(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{launch.capacity} x {launch.block_m}-row tiles of "
+                          f"{'the own KV' if launch.level < 0 else f'level {launch.level}'}"
+                          f"{' single-pass' if launch.single_pass else ''}" for launch in self.launches)
+        return (f"GraphPlan(total_q={self.plan.total_q}, launches=[{items}], slots={self.plan.num_slots}, "
+                f"{self._device.numel() * 4} bytes of lists)")
+
+
+def prepare_graph(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None,
+                  config: Config | None = None) -> GraphPlan:
+    """A ``GraphPlan`` for batches with the shapes and query counts of this one, planned for
+    this one (``GraphPlan.update`` plans the next).
+
+    Args:
+        q, cu_seqlens_q, kv, prefixes, causal, softmax_scale: as ``relaycore.relay_attention``.
+            Their shapes fix the capacities: a paged request's block table columns bound its
+            own KV, each level's rows and ``cu_seqlens`` its prefixes.
+        config: launch configuration; default ``default_config(head_dim, dtype, num_kv_heads)``.
+
+    Raises:
+        TypeError, ValueError: bad input, or a batch these kernels cannot run (the reason).
+    """
+    meta = validate_for_triton(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+    prefixes = tuple(prefixes)
+    config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
+    signature = tensor_signature(q, cu_seqlens_q, kv, prefixes)
+    graph = GraphPlan(meta, Bounds.of(meta, kv, prefixes), config, signature, torch.device(meta.device))
+    graph._refill(meta, signature, stamp_metadata(cu_seqlens_q, kv, prefixes))
+    return graph

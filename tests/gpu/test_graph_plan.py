@@ -1,0 +1,55 @@
+"""A graph plan's CUDA graph, captured once, replays every later step (``relaycore.fast.triton.graph``):
+each step's bits are those of the plan made for that step alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+import relaycore  # noqa: E402
+from relaycore.fast.triton import prepare, prepare_graph  # noqa: E402
+from graph_steps import EngineTensors  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+#: (query counts, page size): decode; decode beside speculative (4 queries) and append requests
+#: (160 queries at GQA 4: the tallest tiles, single-pass on the first level, the Gluon tile on
+#: sm_90); ragged decode.
+SHAPES = {
+    "decode": ([1] * 24, 16),
+    "mixed": ([1] * 6 + [4, 4, 160], 16),
+    "ragged": ([1] * 12, 0),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("levels", [1, 2], ids=["one level", "two levels"])
+@pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
+def test_one_captured_graph_replays_every_step_with_the_bits_of_its_own_plan(shape, levels, dtype,
+                                                                             poisoned_allocations):
+    q_lens, page_size = SHAPES[shape]
+    engine = EngineTensors(q_lens, num_q_heads=32, num_kv_heads=8, head_dim=128, dtype=dtype, device="cuda",
+                           page_size=page_size, max_blocks=64, own_rows=sum(q_lens) + 700 * len(q_lens),
+                           level_rows=[6000, 900][:levels], level_prefixes=[3, 2][:levels], seed=len(q_lens))
+    rng = np.random.default_rng(levels)
+    engine.step(rng)
+    graph_plan = prepare_graph(*engine.args())
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        relaycore.relay_attention(*engine.args(), plan=graph_plan)  # compiles outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = relaycore.relay_attention(*engine.args(), plan=graph_plan)
+    for step in range(12):
+        engine.step(rng)
+        graph_plan.update(*engine.args())
+        graph.replay()
+        alone = relaycore.relay_attention(*engine.args(), plan=prepare(*engine.args()))
+        torch.cuda.synchronize()
+        assert torch.equal(captured.out, alone.out) and torch.equal(captured.lse, alone.lse), step
