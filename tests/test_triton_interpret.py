@@ -42,7 +42,7 @@ from relaycore import PagedKV, RaggedKV, bounds  # noqa: E402
 from relaycore.fast.triton import Config, default_config, plan, prepare, run_planned  # noqa: E402
 from relaycore.fast.triton import backend, kernels, op  # noqa: E402
 from relaycore.fast.triton.config import chunk_size, decode_chunks, max_chunks, tile_height  # noqa: E402
-from relaycore.fast.triton.graph import Bounds, graph_launches, prepare_graph, slot_capacity  # noqa: E402
+from relaycore.fast.triton.graph import Bounds, graph_launches, launch_programs, prepare_graph, slot_capacity  # noqa: E402
 from relaycore.fast.triton.plan import check_metadata, fold_steps, regular_items, single_pass_requests, stamp_metadata  # noqa: E402
 from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
 from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
@@ -687,15 +687,17 @@ def test_max_chunks_is_the_most_chunks_of_any_shorter_segment(config):
 def test_a_decode_graph_plan_holds_what_a_batch_sharing_one_prefix_needs():
     """B 128, Hq 32 / Hkv 8 (GQA 4), one prefix slot of 16384 rows, 64 pages of 16 per request:
     the prefix launches hold the 4 x 16 items of every request on one prefix (128-row tiles) or
-    the 16 of one 64-row tile; no request is ever single-pass (each sees a prefix or has a long
-    own KV only sometimes: both own launches)."""
+    the 16 of one 64-row tile, the own launch every request's 4 chunks; no request is
+    single-pass. The 128-row prefix tiles and the own tiles are more than a wave of an H200 (132
+    SMs): a wave of programs shares them out."""
     config = default_config(128, "float16", 8)
     args, kwargs = make_batch([1] * 128, [1024] * 128, prefix_lens=[[16384]], prefix_ids=[[0] * 128], num_q_heads=32,
                               num_kv_heads=8, head_dim=128, dtype="float16", block_size=16).to_torch("cpu")
     meta = validate(*args, **kwargs)
     bounds = Bounds.of(meta, args[2], args[3])
     capacities = {(x.level, x.block_m, x.single_pass): x.capacity for x in graph_launches(meta, bounds, config)}
-    assert capacities == {(0, 64, False): 16, (0, 128, False): 64, (-1, 16, False): 128 * 4, (-1, 16, True): 128}
+    assert capacities == {(0, 64, False): 16, (0, 128, False): 64, (-1, 16, False): 128 * 4}
+    assert [launch_programs(x, 8, 132) for x in graph_launches(meta, bounds, config)] == [0, 132, 132 * 3]
     assert slot_capacity(meta, bounds, config) == 128 * (16 + 4)
     full = plan(meta, config=config)
     assert [x.num_items for x in full.launches] == [64, 128 * 4] and full.num_slots == 128 * (16 + 4)
@@ -785,4 +787,5 @@ def test_the_launches_of_a_graph_plan_hold_every_step_within_its_shapes(shape, m
     for _ in range(6):
         engine.step(rng)
         q, cu, kv, prefixes = engine.args()
-        graph.fill(plan_module.plan_work(validate(q, cu, kv, prefixes, causal=engine.causal), config, relay=True))
+        meta = validate(q, cu, kv, prefixes, causal=engine.causal)
+        graph.fill(plan_module.plan_work(meta, config, relay=True, unshared_single_pass=False))

@@ -8,19 +8,23 @@ grids) over the same memory. A ``GraphPlan`` does:
 
 * its launches are every launch a batch of its shapes can need (``graph_launches``): per prefix
   level, the prefix tiles of each height its requests' rows can fill; per own-tile height, the
-  tiles that write states and, where a request can be single-pass, the single-pass tiles;
-* each launch's grid is the most items it can have (``GraphLaunch.capacity``), its token and
-  slot lists are ``total_q`` long, and the scratch holds the most slots (``slot_capacity``). A
-  program whose item is padding (``PAD_ITEM``: no rows, no keys) loads and stores nothing;
+  tiles that write states and those of the single-pass requests;
+* each launch holds the most items it can have (``GraphLaunch.capacity``), its token and slot
+  lists are ``total_q`` long, and the scratch holds the most slots (``slot_capacity``). A launch
+  whose capacity fills at most one wave of the GPU runs a program per item, and a padding
+  item's program (``PAD_ITEM``: no rows, no keys) loads and stores nothing; a larger one runs
+  one wave of programs that share out the step's items, whose count it reads from the device
+  (``launch_programs``);
 * ``GraphPlan.update`` plans a step as ``plan`` does (``plan_work``: the same items in the same
-  order), pads each launch's lists and copies them into the same device memory, on the current
-  stream, so that a graph replayed after it reads them.
+  order), pads each launch's lists and copies them, with the counts, into the same device
+  memory on the current stream, so that a graph replayed after it reads them.
 
 A row's bits are those of ``prepare``'s plan for the same batch: the lists hold the same items;
 what differs changes no bit (every list is read, never computed: ``regular_items``; the states
-are folded by the merge launch, not in the partial programs: ``merge_in_partials``; a
-single-pass launch of the tallest tiles compiles the prefix walk, which an item without a
-prefix does not enter). ``tests`` compare both bit for bit.
+are folded by the merge launch, not in the partial programs: ``merge_in_partials``; a request
+that sees no prefix keeps its state and the merge: ``single_pass_requests``; which program runs
+an item: ``launch_programs``; a single-pass launch of the tallest tiles compiles the prefix
+walk, which an item without a prefix does not enter). ``tests`` compare both bit for bit.
 
 Fixed by the first batch: every tensor's shape, dtype and device, ``cu_seqlens_q``'s values
 (each request's query count: 1 at decode), ``causal`` and ``softmax_scale``. Free from step to
@@ -78,7 +82,7 @@ class Bounds(NamedTuple):
 
 class GraphLaunch(NamedTuple):
     """One launch of a ``GraphPlan``: the ``Launch`` fields that fix its compiled kernel, and the
-    most items its grid holds."""
+    most items it can have."""
 
     level: int
     block_m: int
@@ -87,15 +91,40 @@ class GraphLaunch(NamedTuple):
     capacity: int
 
 
+def resident_programs(block_m: int) -> int:
+    """Programs of a ``partial_kernel`` launch of ``block_m``-row tiles that an SM of an H100 or
+    H200 holds at once (registers and shared memory, ``python -m relaycore.fast.triton.resources``):
+    3 of the 16-row own tiles, 2 of the 64-row tiles, 1 of the 128-row ones."""
+    return 3 if block_m <= 16 else 2 if block_m <= 64 else 1
+
+
+def launch_programs(launch: GraphLaunch, num_kv_heads: int, num_sms: int) -> int:
+    """The programs a graph plan's launch runs (``Launch.programs``): ``0`` (one per item and KV
+    head, padding items included) where its capacity fills at most one wave of the GPU, else a
+    wave that shares out the call's items (``kernels.partial_kernel``'s ``PERSISTENT``).
+
+    A padding item's program reads its item and exits, but a grid of them costs: on an H200
+    (``fast/triton/NOTES.md``, session 19), decode B 128, Hkv 8, prefix 8192, own KV of 128 keys
+    in a block table of 4096: 97.5 us with a grid of the step's items, 206.5 with one of 16 times
+    as many (the own KV's most chunks). A single-pass launch is never padded (its requests are
+    fixed by their query counts), so it keeps one program per item.
+    """
+    wave = num_sms * resident_programs(launch.block_m)
+    if launch.single_pass or launch.capacity * num_kv_heads <= wave:
+        return 0
+    return wave
+
+
 def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[GraphLaunch, ...]:
     """Every launch ``plan_work`` can make for a batch with ``meta``'s query counts within
     ``bounds``, with the most items each can have; launches that can have none are left out.
 
-    Own tiles: a request's rows fix its tile height; it is single-pass always (``single_pass``:
-    rows that fill the tallest tile, one chunk per segment, at most one level), never, or, with
-    a shorter tile, whenever it sees no prefix and its own KV is one chunk
-    (``plan.single_pass_requests``). Its items: its tiles times its most own chunks
-    (``max_chunks``), or its tiles alone single-pass (one chunk).
+    Own tiles: a request's rows fix its tile height, and whether it is single-pass
+    (``single_pass``: rows that fill the tallest tile, one chunk per segment, at most one
+    level; a graph plan gives the requests that see no prefix the state and the merge,
+    ``plan.single_pass_requests(unshared=False)``, so that no request moves between launches).
+    Its items: its tiles times its most own chunks (``max_chunks``), or its tiles alone
+    single-pass (one chunk).
 
     Prefix tiles of level ``l``: the sharers of a prefix with the same chunk size are one group
     (``plan._groups``), whose rows ``r_g`` fix the tile height ``h`` (``tile_height``); its
@@ -138,17 +167,15 @@ def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[Gra
     own_height = tile_height(rows, config, prefix=False)
     tiles = -(-rows // own_height)
     own_chunks = max_chunks(bounds.own_len, rows, config)
-    may_single = tall | (active & (own_height < config.block_m))
     for height in np.unique(own_height[active])[::-1]:
         height = int(height)
         at = active & (own_height == height)
         capacity = int((tiles * own_chunks)[at & split].sum())
         if capacity:
             launches.append(GraphLaunch(-1, height, False, False, capacity))
-        capacity = int(tiles[at & may_single].sum())
+        capacity = int(tiles[at & tall].sum())
         if capacity:
-            reads_prefix = height == config.block_m and meta.num_levels == 1
-            launches.append(GraphLaunch(-1, height, True, reads_prefix, capacity))
+            launches.append(GraphLaunch(-1, height, True, meta.num_levels == 1, capacity))
     return tuple(launches)
 
 
@@ -187,12 +214,14 @@ class GraphPlan:
         self._meta = meta
         self._config = config
         total_q = meta.total_q
-        # one int32 buffer: slot_offsets, then per launch its items, tokens and slots
-        sizes = [total_q + 1]
+        num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        # one int32 buffer of regions: slot_offsets, each launch's item count, then per launch
+        # its items, tokens and slots (regions 2 + 3 i, 3 + 3 i, 4 + 3 i)
+        sizes = [total_q + 1, len(self.launches)]
         for launch in self.launches:
             sizes += [launch.capacity * NUM_ITEM_FIELDS.value, total_q, total_q]
-        self._ends = np.cumsum(sizes)
-        self._device = torch.zeros(int(self._ends[-1]), dtype=torch.int32, device=device)
+        self._starts = np.concatenate([[0], np.cumsum(sizes)])
+        self._device = torch.zeros(int(self._starts[-1]), dtype=torch.int32, device=device)
         views = torch.split(self._device, sizes)
         self.plan = Plan(
             total_q=total_q, num_q_heads=meta.num_q_heads, num_kv_heads=meta.num_kv_heads, head_dim=meta.head_dim,
@@ -201,11 +230,15 @@ class GraphPlan:
             launches=tuple(
                 Launch(level=launch.level, block_m=launch.block_m, single_pass=launch.single_pass,
                        reads_prefix=launch.reads_prefix, fold_rows=fold_height(launch.block_m, launch.block_m),
-                       regular=(), items=views[1 + 3 * i].view(launch.capacity, NUM_ITEM_FIELDS.value),
-                       tokens=views[2 + 3 * i], slots=views[3 + 3 * i])
+                       regular=(), items=views[2 + 3 * i].view(launch.capacity, NUM_ITEM_FIELDS.value),
+                       tokens=views[3 + 3 * i], slots=views[4 + 3 * i],
+                       programs=launch_programs(launch, meta.num_kv_heads, num_sms), count=views[1][i : i + 1])
                 for i, launch in enumerate(self.launches)),
             fused_merge=False, arrivals=torch.zeros((0,), dtype=torch.int32, device=device), relay=True,
             device=str(device), num_levels=meta.num_levels, signature=signature)
+
+    def _region(self, r: int) -> slice:
+        return slice(int(self._starts[r]), int(self._starts[r + 1]))
 
     def update(self, q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> None:
         """Plan a step's batch into the fixed buffers, for the calls (and graph replays) after it.
@@ -246,36 +279,35 @@ class GraphPlan:
             raise ValueError(f"causal: expected {plan.causal} (the graph plan's), got {meta.causal}")
         if meta.softmax_scale != plan.softmax_scale:
             raise ValueError(f"softmax_scale: expected the graph plan's {plan.softmax_scale}, got {meta.softmax_scale}")
-        host = self.fill(plan_work(meta, self._config, relay=relay_grouping(meta)))
+        host = self.fill(plan_work(meta, self._config, relay=relay_grouping(meta), unshared_single_pass=False))
         self._device.copy_(torch.from_numpy(host), non_blocking=True)  # pageable: staged, so host may be reused
         self.plan = dataclasses.replace(plan, stamps=stamps)
 
     def fill(self, work: Work) -> np.ndarray:
-        """int32: the contents of the device buffer for ``work``: each launch's items padded
-        with ``PAD_ITEM`` to its capacity, its lists with zeros.
+        """int32: the contents of the device buffer for ``work``: each launch's item count, its
+        items padded with ``PAD_ITEM`` to its capacity, its lists with zeros.
 
         Raises:
             ValueError: work past a capacity (a bound of ``graph_launches`` or ``slot_capacity``
                 that does not hold: a bug, never the caller's input).
         """
-        host = np.zeros(int(self._ends[-1]), dtype=np.int64)
+        host = np.zeros(int(self._starts[-1]), dtype=np.int64)
         if work.num_slots > self.plan.num_slots:
             raise ValueError(f"graph plan: {work.num_slots} slots, past the capacity {self.plan.num_slots}")
-        host[: self._ends[0]] = work.slot_offsets
+        host[self._region(0)] = work.slot_offsets
+        for i, launch in enumerate(self.launches):
+            host[self._region(2 + 3 * i)] = np.tile(PAD_ITEM, launch.capacity)
         where = {(launch.level, launch.block_m, launch.single_pass): i for i, launch in enumerate(self.launches)}
-        for i in range(len(self.launches)):
-            start = self._ends[3 * i]
-            host[start : self._ends[3 * i + 1]] = np.tile(PAD_ITEM, self.launches[i].capacity)
         for w in work.launches:
             i = where.get((w.level, w.block_m, w.single_pass))
             if i is None or w.items.shape[0] > self.launches[i].capacity or (w.reads_prefix and
                                                                                 not self.launches[i].reads_prefix):
                 raise ValueError(f"graph plan: a launch (level {w.level}, tiles of {w.block_m} rows, single pass "
                                  f"{w.single_pass}, {w.items.shape[0]} items) past its launches {self.launches}")
-            start = self._ends[3 * i]
-            host[start : start + w.items.size] = w.items.reshape(-1)
-            host[self._ends[3 * i + 1] : self._ends[3 * i + 1] + w.tokens.size] = w.tokens
-            host[self._ends[3 * i + 2] : self._ends[3 * i + 2] + w.slots.size] = w.slots
+            host[self._starts[1] + i] = w.items.shape[0]
+            for r, values in zip((2, 3, 4), (w.items.reshape(-1), w.tokens, w.slots)):
+                start = int(self._starts[r + 3 * i])
+                host[start : start + values.size] = values
         return int32_list(host)
 
     def run(self, q, cu_seqlens_q, kv, prefixes, *, causal: bool, softmax_scale) -> AttentionState:
