@@ -91,6 +91,10 @@ class GraphLaunch(NamedTuple):
     capacity: int
 
 
+#: The most waves of programs a graph plan's launch runs padded (``launch_programs``).
+PADDED_WAVES = 2
+
+
 def resident_programs(block_m: int) -> int:
     """Programs of a ``partial_kernel`` launch of ``block_m``-row tiles that an SM of an H100 or
     H200 holds at once (registers and shared memory, ``python -m relaycore.fast.triton.resources``):
@@ -100,17 +104,23 @@ def resident_programs(block_m: int) -> int:
 
 def launch_programs(launch: GraphLaunch, num_kv_heads: int, num_sms: int) -> int:
     """The programs a graph plan's launch runs (``Launch.programs``): ``0`` (one per item and KV
-    head, padding items included) where its capacity fills at most one wave of the GPU, else a
-    wave that shares out the call's items (``kernels.partial_kernel``'s ``PERSISTENT``).
+    head, padding items included) where its capacity fills at most ``PADDED_WAVES`` waves of the
+    GPU, else one wave that shares out the call's items (``kernels.partial_kernel``'s
+    ``PERSISTENT``). A single-pass launch is never padded (its requests are fixed by their
+    query counts): it keeps one program per item.
 
-    A padding item's program reads its item and exits, but a grid of them costs: on an H200
-    (``fast/triton/NOTES.md``, session 19), decode B 128, Hkv 8, prefix 8192, own KV of 128 keys
-    in a block table of 4096: 97.5 us with a grid of the step's items, 206.5 with one of 16 times
-    as many (the own KV's most chunks). A single-pass launch is never padded (its requests are
-    fixed by their query counts), so it keeps one program per item.
+    A padding item's program reads its item and exits, about 2.6 us of an SM's program slot
+    each; a persistent program's loop costs the own tile 26 registers (168, still 3 per SM)
+    and its items run 10-30% slower. Measured on an H200 (``fast/triton/NOTES.md``, session
+    19), decode, one prefix of 8192, 128 own keys a request, graph replay against the step's own
+    plan, us (padded / persistent): Hkv 8, B 8, block tables of 4096 keys (the own launch 16
+    times the step's items, 2.6 waves) 31.8 / 26.3 against 22.2; B 128, 4096 keys (41 waves)
+    200.0 / 116.1 against 98.0; B 128, 512 keys (5.2 waves) 111.6 / 113.2 against 100.2; Hkv 32,
+    B 32, 512 keys (5.2 waves) 68.4 / 70.2 against 64.3. Persistent from 2 waves on loses at
+    most 3% there and wins up to 42%.
     """
     wave = num_sms * resident_programs(launch.block_m)
-    if launch.single_pass or launch.capacity * num_kv_heads <= wave:
+    if launch.single_pass or launch.capacity * num_kv_heads <= PADDED_WAVES * wave:
         return 0
     return wave
 

@@ -25,3 +25,25 @@ for (q_lens, kv_lens, prefix_lens, prefix_ids), (dtype, d, block) in itertools.p
     args, kwargs = batch.to_torch("cuda")
     assert_close(relaycore.relay_attention(*args, **kwargs, backend="triton"), batch)
     print("ok", dtype, d, "paged" if block else "ragged", q_lens, kv_lens, prefix_lens, flush=True)
+
+# a graph plan over steps of new lengths and ids: padded launches and persistent ones (a wave of
+# programs sharing out the step's items), each step the bits of its own plan
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from graph_steps import EngineTensors  # noqa: E402
+from relaycore.fast.triton import prepare, prepare_graph  # noqa: E402
+
+engine = EngineTensors([1] * 40 + [4], num_q_heads=8, num_kv_heads=2, head_dim=128, dtype=torch.float16,
+                       device="cuda", page_size=16, max_blocks=256, level_rows=[3000], level_prefixes=[3])
+rng = np.random.default_rng(0)
+engine.step(rng)
+graph_plan = prepare_graph(*engine.args())
+assert any(launch.programs for launch in graph_plan.plan.launches), graph_plan
+for step in range(3):
+    engine.step(rng)
+    graph_plan.update(*engine.args())
+    replayed = relaycore.relay_attention(*engine.args(), plan=graph_plan)
+    alone = relaycore.relay_attention(*engine.args(), plan=prepare(*engine.args()))
+    assert torch.equal(replayed.out, alone.out) and torch.equal(replayed.lse, alone.lse), step
+print("ok graph plan", graph_plan, flush=True)
