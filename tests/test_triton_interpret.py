@@ -789,3 +789,27 @@ def test_the_launches_of_a_graph_plan_hold_every_step_within_its_shapes(shape, m
         q, cu, kv, prefixes = engine.args()
         meta = validate(q, cu, kv, prefixes, causal=engine.causal)
         graph.fill(plan_module.plan_work(meta, config, relay=True, unshared_single_pass=False))
+
+
+@in_process
+def test_a_graph_plan_runs_under_torch_compile_with_its_persistent_launches():
+    engine = EngineTensors([1] * 6, num_q_heads=4, num_kv_heads=2, head_dim=16, dtype=torch.float16, device="cpu",
+                           page_size=4, max_blocks=16, level_rows=[40], level_prefixes=[2])
+    rng = np.random.default_rng(3)
+    engine.step(rng)
+    graph = prepare_graph(*engine.args(), config=TINY)
+    assert any(launch.programs for launch in graph.plan.launches)
+    back = op._unpack(*op._pack(graph.plan), engine.q, graph.plan.softmax_scale)
+    assert [(x.programs, x.count is None) for x in back.launches] == [(x.programs, x.count is None)
+                                                                        for x in graph.plan.launches]
+
+    def step(q, kv, prefixes):
+        return relaycore.relay_attention(q, engine.cu_seqlens_q, kv, prefixes, plan=graph)
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    for _ in range(2):  # the same compiled call for every step: the plan's fields do not change
+        engine.step(rng)
+        graph.update(*engine.args())
+        q, cu, kv, prefixes = engine.args()
+        alone = run_planned(plan(validate(q, cu, kv, prefixes), config=TINY), q, kv, prefixes)
+        assert _same(compiled(q, kv, prefixes), alone)

@@ -111,13 +111,13 @@ def launch_programs(launch: GraphLaunch, num_kv_heads: int, num_sms: int) -> int
 
     A padding item's program reads its item and exits, about 2.6 us of an SM's program slot
     each; a persistent program's loop costs the own tile 26 registers (168, still 3 per SM)
-    and its items run 10-30% slower. Measured on an H200 (``fast/triton/NOTES.md``, session
-    19), decode, one prefix of 8192, 128 own keys a request, graph replay against the step's own
-    plan, us (padded / persistent): Hkv 8, B 8, block tables of 4096 keys (the own launch 16
-    times the step's items, 2.6 waves) 31.8 / 26.3 against 22.2; B 128, 4096 keys (41 waves)
-    200.0 / 116.1 against 98.0; B 128, 512 keys (5.2 waves) 111.6 / 113.2 against 100.2; Hkv 32,
-    B 32, 512 keys (5.2 waves) 68.4 / 70.2 against 64.3. Persistent from 2 waves on loses at
-    most 3% there and wins up to 42%.
+    and its items run slower. Measured on an H200 (``fast/triton/NOTES.md``, session 19),
+    decode, one prefix of 8192, 128 own keys a request, graph replay, us (step's own plan /
+    this rule / every launch padded): Hkv 8, B 8, block tables of 4096 keys (the own launch 16
+    times the step's items, 2.6 waves) 22.2 / 24.2 / 31.8; B 128, 4096 keys (41 waves) 98.0 /
+    115.7 / 200.0; B 128, 512 keys (5.2 waves) 100.2 / 115.6 / 111.6; Hkv 32, B 8, 4096 keys
+    (2.6 waves) 49.9 / 52.2 / 51.0. Over twelve such points the rule was within 4% of the
+    faster of padded and persistent launches, and up to 42% faster than padding.
     """
     wave = num_sms * resident_programs(launch.block_m)
     if launch.single_pass or launch.capacity * num_kv_heads <= PADDED_WAVES * wave:
