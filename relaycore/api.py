@@ -46,7 +46,8 @@ def relay_attention(
         backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"``. ``"auto"`` picks the
             reference for NumPy inputs, Triton for CUDA tensors it supports, PyTorch otherwise
             (``select_backend`` says which and why). A named backend is never swapped.
-        plan: a plan from ``relaycore.fast.triton.prepare`` for this batch's metadata: skips
+        plan: a plan from ``relaycore.fast.triton.prepare`` for this batch's metadata, or a
+            ``GraphPlan`` from ``relaycore.fast.triton.prepare_graph`` updated for it: skips
             validation and planning (no host synchronization; plan once per step, reuse it for
             every layer). Runs the Triton backend, so ``backend`` must be "auto" or "triton".
 
@@ -81,7 +82,8 @@ def relay_attention(
         if backend not in ("auto", "triton"):
             raise ValueError(f"backend: a plan runs the 'triton' backend, got backend={backend!r}")
         if not callable(getattr(plan, "run", None)):
-            raise TypeError(f"plan: expected a plan from relaycore.fast.triton.prepare, got {type(plan).__name__}")
+            raise TypeError(f"plan: expected a plan from relaycore.fast.triton.prepare or prepare_graph, got "
+                            f"{type(plan).__name__}")
         return plan.run(q, cu_seqlens_q, kv, tuple(prefixes) if isinstance(prefixes, (list, tuple)) else prefixes,
                         causal=causal, softmax_scale=softmax_scale)
     meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)

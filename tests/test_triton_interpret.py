@@ -759,6 +759,10 @@ def test_a_graph_plan_refuses_a_batch_of_other_shapes_or_query_counts():
         graph.update(q, cu, wider, prefixes)
     with pytest.raises(ValueError, match="prefixes: expected 1 levels"):
         graph.update(q, cu, kv, [])
+    ragged = RaggedKV(torch.zeros(5, 2, 16, dtype=torch.float16), torch.zeros(5, 2, 16, dtype=torch.float16),
+                      torch.tensor([0, 1, 2, 5], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"kv: expected PagedKV \(the graph plan's\), got RaggedKV"):
+        graph.update(q, cu, ragged, prefixes)
     with pytest.raises(ValueError, match="causal: expected True"):
         graph.update(q, cu, kv, prefixes, causal=False)
     with pytest.raises(ValueError, match="softmax_scale"):

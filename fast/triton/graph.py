@@ -11,13 +11,14 @@ grids) over the same memory. A ``GraphPlan`` does:
   tiles that write states and those of the single-pass requests;
 * each launch holds the most items it can have (``GraphLaunch.capacity``), its token and slot
   lists are ``total_q`` long, and the scratch holds the most slots (``slot_capacity``). A launch
-  whose capacity fills at most one wave of the GPU runs a program per item, and a padding
-  item's program (``PAD_ITEM``: no rows, no keys) loads and stores nothing; a larger one runs
-  one wave of programs that share out the step's items, whose count it reads from the device
-  (``launch_programs``);
-* ``GraphPlan.update`` plans a step as ``plan`` does (``plan_work``: the same items in the same
-  order), pads each launch's lists and copies them, with the counts, into the same device
-  memory on the current stream, so that a graph replayed after it reads them.
+  whose capacity fills at most ``PADDED_WAVES`` waves of the GPU runs a program per item, and a
+  padding item's program (``PAD_ITEM``: no rows, no keys) reads its item and nothing else; a
+  larger one runs one wave of programs that share out the step's items, whose count it reads
+  from the device (``launch_programs``);
+* ``GraphPlan.update`` plans a step with ``plan_work``, as ``plan`` does but with every request
+  that sees no prefix keeping its state and the merge (below), pads each launch's lists and
+  copies them, with the counts, into the same device memory on the current stream, so that a
+  graph replayed after it reads them.
 
 A row's bits are those of ``prepare``'s plan for the same batch: the lists hold the same items;
 what differs changes no bit (every list is read, never computed: ``regular_items``; the states
@@ -46,8 +47,8 @@ from relaycore.validation import BatchMeta
 from relaycore.fast.triton.backend import validate_for_triton
 from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
 from relaycore.fast.triton.kernels import ITEM_FIELDS, NUM_ITEM_FIELDS
-from relaycore.fast.triton.plan import (Launch, Plan, Work, fold_height, int32_list, plan_work, relay_grouping,
-                                        stamp_metadata, tensor_signature)
+from relaycore.fast.triton.plan import (Launch, Plan, Work, fold_height, int32_list, plan_work, stamp_metadata,
+                                        tensor_signature)
 
 #: A padding item: no rows (every load and store of its program is masked off), no keys, its
 #: tokens read from the list (none), no prefix.
@@ -110,8 +111,8 @@ def launch_programs(launch: GraphLaunch, num_kv_heads: int, num_sms: int) -> int
     query counts): it keeps one program per item.
 
     A padding item's program reads its item and exits, about 2.6 us of an SM's program slot
-    each; a persistent program's loop costs the own tile 26 registers (168, still 3 per SM)
-    and its items run slower. Measured on an H200 (``fast/triton/NOTES.md``, session 19),
+    each; a persistent program's loop costs registers (own tile 142 -> 168, still 3 per SM;
+    prefix tiles 178 / 183 -> 238, still 2 / 1) and its items run slower. Measured on an H200 (``fast/triton/NOTES.md``, session 19),
     decode, one prefix of 8192, 128 own keys a request, graph replay, us (step's own plan /
     this rule / every launch padded): Hkv 8, B 8, block tables of 4096 keys (the own launch 16
     times the step's items, 2.6 waves) 22.2 / 24.2 / 31.8; B 128, 4096 keys (41 waves) 98.0 /
@@ -253,7 +254,7 @@ class GraphPlan:
     def update(self, q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> None:
         """Plan a step's batch into the fixed buffers, for the calls (and graph replays) after it.
 
-        Validates the batch (one synchronization, as ``prepare``), plans it and copies its work
+        Validates the batch (reading its metadata to the host, as ``prepare``), plans it and copies its work
         lists to the device on the current stream: a graph replayed on that stream after this
         call reads them, one replayed before does not. Every layer of the step then runs with
         this plan, as with ``prepare``'s.
@@ -274,6 +275,9 @@ class GraphPlan:
 
     def _refill(self, meta: BatchMeta, signature, stamps) -> None:
         plan = self.plan
+        if meta.paged != plan.paged:
+            raise ValueError(f"kv: expected {'PagedKV' if plan.paged else 'RaggedKV'} (the graph plan's), got "
+                             f"{'PagedKV' if meta.paged else 'RaggedKV'}")
         if len(signature) != len(plan.signature):
             raise ValueError(f"prefixes: expected {plan.num_levels} levels (the graph plan's), got {meta.num_levels}")
         for want, got in zip(plan.signature, signature):
@@ -289,7 +293,8 @@ class GraphPlan:
             raise ValueError(f"causal: expected {plan.causal} (the graph plan's), got {meta.causal}")
         if meta.softmax_scale != plan.softmax_scale:
             raise ValueError(f"softmax_scale: expected the graph plan's {plan.softmax_scale}, got {meta.softmax_scale}")
-        host = self.fill(plan_work(meta, self._config, relay=relay_grouping(meta), unshared_single_pass=False))
+        # relay grouping is what bounds a level's groups by its prefixes (``graph_launches``)
+        host = self.fill(plan_work(meta, self._config, relay=True, unshared_single_pass=False))
         self._device.copy_(torch.from_numpy(host), non_blocking=True)  # pageable: staged, so host may be reused
         self.plan = dataclasses.replace(plan, stamps=stamps)
 

@@ -16,13 +16,16 @@ from graph_steps import EngineTensors  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
-#: (query counts, page size): decode; decode beside speculative (4 queries) and append requests
-#: (160 queries at GQA 4: the tallest tiles, single-pass on the first level, the Gluon tile on
-#: sm_90); ragged decode.
+#: (query counts, page size, prefixes per level): decode; decode beside speculative (4 queries)
+#: and append requests (160 queries at GQA 4: the tallest tiles, single-pass on the first level,
+#: the Gluon tile on sm_90); ragged decode (its own launch persistent); 128 decode requests
+#: (persistent launches of the own tiles, of 128-row prefix tiles over 2 prefixes and, on a
+#: second level, of 64-row ones over 16).
 SHAPES = {
-    "decode": ([1] * 24, 16),
-    "mixed": ([1] * 6 + [4, 4, 160], 16),
-    "ragged": ([1] * 12, 0),
+    "decode": ([1] * 24, 16, [3, 2]),
+    "mixed": ([1] * 6 + [4, 4, 160], 16, [3, 2]),
+    "ragged": ([1] * 12, 0, [3, 2]),
+    "wide": ([1] * 128, 16, [2, 16]),
 }
 
 
@@ -31,13 +34,17 @@ SHAPES = {
 @pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
 def test_one_captured_graph_replays_every_step_with_the_bits_of_its_own_plan(shape, levels, dtype,
                                                                              poisoned_allocations):
-    q_lens, page_size = SHAPES[shape]
+    q_lens, page_size, prefixes = SHAPES[shape]
     engine = EngineTensors(q_lens, num_q_heads=32, num_kv_heads=8, head_dim=128, dtype=dtype, device="cuda",
                            page_size=page_size, max_blocks=64, own_rows=sum(q_lens) + 700 * len(q_lens),
-                           level_rows=[6000, 900][:levels], level_prefixes=[3, 2][:levels], seed=len(q_lens))
+                           level_rows=[16384, 16384 if shape == "wide" else 900][:levels],
+                           level_prefixes=prefixes[:levels], seed=len(q_lens))
     rng = np.random.default_rng(levels)
     engine.step(rng)
     graph_plan = prepare_graph(*engine.args())
+    if shape == "wide":  # the persistent prefix tiles of both heights run, and the own tiles
+        persistent = {(x.level, x.block_m) for x in graph_plan.plan.launches if x.programs}
+        assert {(0, 128), (-1, 16)} <= persistent and (levels == 1 or (1, 64) in persistent), graph_plan
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
