@@ -112,8 +112,8 @@ def launch_programs(launch: GraphLaunch, num_kv_heads: int, num_sms: int) -> int
 
     A padding item's program reads its item and exits, about 2.6 us of an SM's program slot
     each; a persistent program's loop costs registers (own tile 142 -> 168, still 3 per SM;
-    prefix tiles 178 / 183 -> 238, still 2 / 1) and its items run slower. Measured on an H200 (``fast/triton/NOTES.md``, session 19),
-    decode, one prefix of 8192, 128 own keys a request, graph replay, us (step's own plan /
+    prefix tiles 178 / 183 -> 238, still 2 / 1) and its items run slower. Measured on an H200
+    (``fast/triton/NOTES.md``, session 19), decode, one prefix of 8192, 128 own keys a request, graph replay, us (step's own plan /
     this rule / every launch padded): Hkv 8, B 8, block tables of 4096 keys (the own launch 16
     times the step's items, 2.6 waves) 22.2 / 24.2 / 31.8; B 128, 4096 keys (41 waves) 98.0 /
     115.7 / 200.0; B 128, 512 keys (5.2 waves) 100.2 / 115.6 / 111.6; Hkv 32, B 8, 4096 keys
