@@ -699,6 +699,9 @@ def test_a_decode_graph_plan_holds_what_a_batch_sharing_one_prefix_needs():
     assert capacities == {(0, 64, False): 16, (0, 128, False): 64, (-1, 16, False): 128 * 4}
     assert [launch_programs(x, 8, 132) for x in graph_launches(meta, bounds, config)] == [0, 132, 132 * 3]
     assert slot_capacity(meta, bounds, config) == 128 * (16 + 4)
+    graph = prepare_graph(*args, **kwargs, config=config)
+    assert graph.scratch_bytes == 128 * 20 * 32 * 129 * 4  # 42 MB: serving.md
+    assert "slots=2560 (42270720 bytes a call)" in repr(graph)
     full = plan(meta, config=config)
     assert [x.num_items for x in full.launches] == [64, 128 * 4] and full.num_slots == 128 * (16 + 4)
 

@@ -325,6 +325,13 @@ class GraphPlan:
                 host[start : start + values.size] = values
         return int32_list(host)
 
+    @property
+    def scratch_bytes(self) -> int:
+        """Device memory a call allocates for the states at this capacity (fp32 ``out [slots,
+        Hq, D]`` and ``lse2 [slots, Hq]``), besides its result."""
+        plan = self.plan
+        return plan.num_slots * plan.num_q_heads * (plan.head_dim + 1) * 4
+
     def run(self, q, cu_seqlens_q, kv, prefixes, *, causal: bool, softmax_scale) -> AttentionState:
         """``Plan.run`` of ``plan`` (what ``relay_attention(..., plan=)`` calls)."""
         return self.plan.run(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
@@ -333,8 +340,8 @@ class GraphPlan:
         items = ", ".join(f"{launch.capacity} x {launch.block_m}-row tiles of "
                           f"{'the own KV' if launch.level < 0 else f'level {launch.level}'}"
                           f"{' single-pass' if launch.single_pass else ''}" for launch in self.launches)
-        return (f"GraphPlan(total_q={self.plan.total_q}, launches=[{items}], slots={self.plan.num_slots}, "
-                f"{self._device.numel() * 4} bytes of lists)")
+        return (f"GraphPlan(total_q={self.plan.total_q}, launches=[{items}], slots={self.plan.num_slots} "
+                f"({self.scratch_bytes} bytes a call), {self._device.numel() * 4} bytes of lists)")
 
 
 def prepare_graph(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None,

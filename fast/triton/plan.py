@@ -241,7 +241,7 @@ def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> Non
         ValueError: naming the argument: a CPU tensor whose values differ from the planned ones,
             or the planned tensor itself, written in place since.
     """
-    advice = "prepare a new plan when the lengths or ids change"
+    advice = "prepare a new plan (or update a graph plan) when the lengths or ids change"
     for stamp, (name, x) in zip(stamps, metadata_tensors(cu_seqlens_q, kv, prefixes)):
         if stamp.values is not None and x.device.type == "cpu":
             got = x.numpy()
