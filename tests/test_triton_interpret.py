@@ -688,7 +688,7 @@ def test_a_decode_graph_plan_holds_what_a_batch_sharing_one_prefix_needs():
     """B 128, Hq 32 / Hkv 8 (GQA 4), one prefix slot of 16384 rows, 64 pages of 16 per request:
     the prefix launches hold the 4 x 16 items of every request on one prefix (128-row tiles) or
     the 16 of one 64-row tile, the own launch every request's 4 chunks; no request is
-    single-pass. The 128-row prefix tiles and the own tiles are more than a wave of an H200 (132
+    single-pass. The 128-row prefix tiles and the own tiles are more than two waves of an H200 (132
     SMs): a wave of programs shares them out."""
     config = default_config(128, "float16", 8)
     args, kwargs = make_batch([1] * 128, [1024] * 128, prefix_lens=[[16384]], prefix_ids=[[0] * 128], num_q_heads=32,

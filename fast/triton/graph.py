@@ -47,8 +47,8 @@ from relaycore.validation import BatchMeta
 from relaycore.fast.triton.backend import validate_for_triton
 from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
 from relaycore.fast.triton.kernels import ITEM_FIELDS, NUM_ITEM_FIELDS
-from relaycore.fast.triton.plan import (Launch, Plan, Work, fold_height, int32_list, plan_work, stamp_metadata,
-                                        tensor_signature)
+from relaycore.fast.triton.plan import (Launch, Plan, Work, check_signature, fold_height, int32_list, plan_work,
+                                        stamp_metadata, tensor_signature)
 
 #: A padding item: no rows (every load and store of its program is masked off), no keys, its
 #: tokens read from the list (none), no prefix.
@@ -222,7 +222,7 @@ class GraphPlan:
         batch until ``update``."""
         self.bounds = bounds
         self.launches = graph_launches(meta, bounds, config)
-        self._meta = meta
+        self._q_lens = meta.q_lens
         self._config = config
         total_q = meta.total_q
         num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
@@ -254,9 +254,9 @@ class GraphPlan:
     def update(self, q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> None:
         """Plan a step's batch into the fixed buffers, for the calls (and graph replays) after it.
 
-        Validates the batch (reading its metadata to the host, as ``prepare``), plans it and copies its work
-        lists to the device on the current stream: a graph replayed on that stream after this
-        call reads them, one replayed before does not. Every layer of the step then runs with
+        Validates the batch (reading its metadata to the host, as ``prepare``), plans it and
+        copies its work lists to the device on the current stream: a graph replayed on that
+        stream after this call reads them, one replayed before does not. Every layer of the step then runs with
         this plan, as with ``prepare``'s.
 
         Args:
@@ -280,14 +280,11 @@ class GraphPlan:
                              f"{'PagedKV' if meta.paged else 'RaggedKV'}")
         if len(signature) != len(plan.signature):
             raise ValueError(f"prefixes: expected {plan.num_levels} levels (the graph plan's), got {meta.num_levels}")
-        for want, got in zip(plan.signature, signature):
-            if want != got:
-                raise ValueError(f"{want[0]}: expected shape {want[1]}, dtype {want[2]} on {want[3]} (the graph "
-                                 f"plan's), got shape {got[1]}, dtype {got[2]} on {got[3]}")
-        if not np.array_equal(meta.cu_seqlens_q, self._meta.cu_seqlens_q):
-            b = int(np.argmax(meta.q_lens != self._meta.q_lens))
+        check_signature(plan.signature, signature, "the graph plan's")
+        if not np.array_equal(meta.q_lens, self._q_lens):  # the shapes fix the batch size
+            b = int(np.argmax(meta.q_lens != self._q_lens))
             raise ValueError(f"cu_seqlens_q: expected the graph plan's query counts, got q_len {int(meta.q_lens[b])} "
-                             f"for request {b} where the plan has {int(self._meta.q_lens[b])}; a graph replays "
+                             f"for request {b} where the plan has {int(self._q_lens[b])}; a graph replays "
                              f"one batch shape: prepare a graph plan per query count")
         if meta.causal != plan.causal:
             raise ValueError(f"causal: expected {plan.causal} (the graph plan's), got {meta.causal}")

@@ -181,14 +181,7 @@ class Plan:
         if len(prefixes) != self.num_levels:
             raise ValueError(f"prefixes: expected {self.num_levels} levels (the plan's), got {len(prefixes)}")
         if self.signature:
-            for want_arg, got_arg in zip(self.signature, tensor_signature(q, cu_seqlens_q, kv, prefixes)):
-                if want_arg != got_arg:
-                    name, shape, dtype, device = want_arg
-                    _, got_shape, got_dtype, got_device = got_arg
-                    raise ValueError(
-                        f"{name}: expected shape {shape}, dtype {dtype} on {device} (the plan's), "
-                        f"got shape {got_shape}, dtype {got_dtype} on {got_device}"
-                    )
+            check_signature(self.signature, tensor_signature(q, cu_seqlens_q, kv, prefixes), "the plan's")
         if needs_grad(q, kv, prefixes):
             raise ValueError("plan: expected a call without gradients (the Triton kernels have no backward), got an "
                              "input that requires grad in grad mode; use backend='torch', or torch.no_grad()")
@@ -252,6 +245,18 @@ def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> Non
         elif stamp.ref() is x and x._version != stamp.version:
             raise ValueError(f"{name}: expected the values the plan was prepared with, got the same tensor written in "
                              f"place since (its version counter {stamp.version} -> {x._version}); {advice}")
+
+
+def check_signature(planned, signature, whose: str) -> None:
+    """Refuse a call whose ``tensor_signature`` differs from the ``planned`` one.
+
+    Raises:
+        ValueError: naming the first tensor whose shape, dtype or device differs.
+    """
+    for (name, shape, dtype, device), (_, got_shape, got_dtype, got_device) in zip(planned, signature):
+        if (shape, dtype, device) != (got_shape, got_dtype, got_device):
+            raise ValueError(f"{name}: expected shape {shape}, dtype {dtype} on {device} ({whose}), "
+                             f"got shape {got_shape}, dtype {got_dtype} on {got_device}")
 
 
 def tensor_signature(q, cu_seqlens_q, kv, prefixes) -> Tuple[Tuple[str, tuple, str, str], ...]:
