@@ -42,7 +42,7 @@ from relaycore import PagedKV, RaggedKV, bounds  # noqa: E402
 from relaycore.fast.triton import Config, default_config, plan, prepare, run_planned  # noqa: E402
 from relaycore.fast.triton import backend, kernels, op  # noqa: E402
 from relaycore.fast.triton.config import chunk_size, decode_chunks, max_chunks, tile_height  # noqa: E402
-from relaycore.fast.triton.graph import Bounds, graph_launches, launch_programs, prepare_graph, slot_capacity  # noqa: E402
+from relaycore.fast.triton.graph import Bounds, graph_launches, prepare_graph, slot_capacity  # noqa: E402
 from relaycore.fast.triton.plan import check_metadata, fold_steps, regular_items, single_pass_requests, stamp_metadata  # noqa: E402
 from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
 from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
@@ -688,8 +688,7 @@ def test_a_decode_graph_plan_holds_what_a_batch_sharing_one_prefix_needs():
     """B 128, Hq 32 / Hkv 8 (GQA 4), one prefix slot of 16384 rows, 64 pages of 16 per request:
     the prefix launches hold the 4 x 16 items of every request on one prefix (128-row tiles) or
     the 16 of one 64-row tile, the own launch every request's 4 chunks; no request is
-    single-pass. The 128-row prefix tiles and the own tiles are more than two waves of an H200 (132
-    SMs): a wave of programs shares them out."""
+    single-pass, so every launch is padded."""
     config = default_config(128, "float16", 8)
     args, kwargs = make_batch([1] * 128, [1024] * 128, prefix_lens=[[16384]], prefix_ids=[[0] * 128], num_q_heads=32,
                               num_kv_heads=8, head_dim=128, dtype="float16", block_size=16).to_torch("cpu")
@@ -697,11 +696,11 @@ def test_a_decode_graph_plan_holds_what_a_batch_sharing_one_prefix_needs():
     bounds = Bounds.of(meta, args[2], args[3])
     capacities = {(x.level, x.block_m, x.single_pass): x.capacity for x in graph_launches(meta, bounds, config)}
     assert capacities == {(0, 64, False): 16, (0, 128, False): 64, (-1, 16, False): 128 * 4}
-    assert [launch_programs(x, 8, 132) for x in graph_launches(meta, bounds, config)] == [0, 132, 132 * 3]
     assert slot_capacity(meta, bounds, config) == 128 * (16 + 4)
     graph = prepare_graph(*args, **kwargs, config=config)
     assert graph.scratch_bytes == 128 * 20 * 32 * 129 * 4  # 42 MB: serving.md
     assert "slots=2560 (42270720 bytes a call)" in repr(graph)
+    assert all(launch.padded for launch in graph.plan.launches)
     full = plan(meta, config=config)
     assert [x.num_items for x in full.launches] == [64, 128 * 4] and full.num_slots == 128 * (16 + 4)
 
@@ -799,16 +798,16 @@ def test_the_launches_of_a_graph_plan_hold_every_step_within_its_shapes(shape, m
 
 
 @in_process
-def test_a_graph_plan_runs_under_torch_compile_with_its_persistent_launches():
+def test_a_graph_plan_runs_under_torch_compile_with_its_padded_launches():
     engine = EngineTensors([1] * 6, num_q_heads=4, num_kv_heads=2, head_dim=16, dtype=torch.float16, device="cpu",
                            page_size=4, max_blocks=16, level_rows=[40], level_prefixes=[2])
     rng = np.random.default_rng(3)
     engine.step(rng)
     graph = prepare_graph(*engine.args(), config=TINY)
-    assert any(launch.programs for launch in graph.plan.launches)
+    assert any(launch.padded for launch in graph.plan.launches)
     back = op._unpack(*op._pack(graph.plan), engine.q, graph.plan.softmax_scale)
-    assert [(x.programs, x.count is None) for x in back.launches] == [(x.programs, x.count is None)
-                                                                        for x in graph.plan.launches]
+    assert [(x.level, x.block_m, x.single_pass, x.padded, x.items.data_ptr()) for x in back.launches] == [
+        (x.level, x.block_m, x.single_pass, x.padded, x.items.data_ptr()) for x in graph.plan.launches]
 
     def step(q, kv, prefixes):
         return relaycore.relay_attention(q, engine.cu_seqlens_q, kv, prefixes, plan=graph)

@@ -9,23 +9,28 @@ grids) over the same memory. A ``GraphPlan`` does:
 * its launches are every launch a batch of its shapes can need (``graph_launches``): per prefix
   level, the prefix tiles of each height its requests' rows can fill; per own-tile height, the
   tiles that write states and those of the single-pass requests;
-* each launch holds the most items it can have (``GraphLaunch.capacity``), its token and slot
-  lists are ``total_q`` long, and the scratch holds the most slots (``slot_capacity``). A launch
-  whose capacity fills at most ``PADDED_WAVES`` waves of the GPU runs a program per item, and a
-  padding item's program (``PAD_ITEM``: no rows, no keys) reads its item and nothing else; a
-  larger one runs one wave of programs that share out the step's items, whose count it reads
-  from the device (``launch_programs``);
+* each launch runs a program per item of the most it can have (``GraphLaunch.capacity``), its
+  token and slot lists are ``total_q`` long, and the scratch holds the most slots
+  (``slot_capacity``). Past the step's items its list holds padding items (``PAD_ITEM``: no
+  rows), whose programs read their item and exit (``partial_kernel``'s ``PADDED``);
 * ``GraphPlan.update`` plans a step with ``plan_work``, as ``plan`` does but with every request
   that sees no prefix keeping its state and the merge (below), pads each launch's lists and
-  copies them, with the counts, into the same device memory on the current stream, so that a
+  copies them into the same device memory on the current stream, so that a
   graph replayed after it reads them.
 
 A row's bits are those of ``prepare``'s plan for the same batch: the lists hold the same items;
 what differs changes no bit (every list is read, never computed: ``regular_items``; the states
 are folded by the merge launch, not in the partial programs: ``merge_in_partials``; a request
-that sees no prefix keeps its state and the merge: ``single_pass_requests``; which program runs
-an item: ``launch_programs``; a single-pass launch of the tallest tiles compiles the prefix
-walk, which an item without a prefix does not enter). ``tests`` compare both bit for bit.
+that sees no prefix keeps its state and the merge: ``single_pass_requests``; a single-pass
+launch of the tallest tiles compiles the prefix walk, which an item without a prefix does not
+enter). ``tests`` compare both bit for bit.
+
+Measured on an H200 (``fast/triton/NOTES.md``, sessions 19-20), decode, one prefix of 8192,
+128 own keys a request, graph replay: 1.02-1.17x the time of a graph of each step's own plan.
+Padding programs that exit at once cost about 0.3 us of an SM's program slot each (one that
+ran its tile masked off, about 2.6); a persistent launch (one wave of programs looping over
+the step's items, its count read from the device) was 2-10% slower at batch 128 (the own tile
+in a loop), and one that fetched its items from an atomic counter slower still.
 
 Fixed by the first batch: every tensor's shape, dtype and device, ``cu_seqlens_q``'s values
 (each request's query count: 1 at decode), ``causal`` and ``softmax_scale``. Free from step to
@@ -90,40 +95,6 @@ class GraphLaunch(NamedTuple):
     single_pass: bool
     reads_prefix: bool
     capacity: int
-
-
-#: The most waves of programs a graph plan's launch runs padded (``launch_programs``).
-PADDED_WAVES = 2
-
-
-def resident_programs(block_m: int) -> int:
-    """Programs of a ``partial_kernel`` launch of ``block_m``-row tiles that an SM of an H100 or
-    H200 holds at once (registers and shared memory, ``python -m relaycore.fast.triton.resources``):
-    3 of the 16-row own tiles, 2 of the 64-row tiles, 1 of the 128-row ones."""
-    return 3 if block_m <= 16 else 2 if block_m <= 64 else 1
-
-
-def launch_programs(launch: GraphLaunch, num_kv_heads: int, num_sms: int) -> int:
-    """The programs a graph plan's launch runs (``Launch.programs``): ``0`` (one per item and KV
-    head, padding items included) where its capacity fills at most ``PADDED_WAVES`` waves of the
-    GPU, else one wave that shares out the call's items (``kernels.partial_kernel``'s
-    ``PERSISTENT``). A single-pass launch is never padded (its requests are fixed by their
-    query counts): it keeps one program per item.
-
-    A padding item's program reads its item and exits, about 2.6 us of an SM's program slot
-    each; a persistent program's loop costs registers (own tile 142 -> 168, still 3 per SM;
-    prefix tiles 178 / 183 -> 238, still 2 / 1) and its items run slower. Measured on an H200
-    (``fast/triton/NOTES.md``, session 19), decode, one prefix of 8192, 128 own keys a request, graph replay, us (step's own plan /
-    this rule / every launch padded): Hkv 8, B 8, block tables of 4096 keys (the own launch 16
-    times the step's items, 2.6 waves) 22.2 / 24.2 / 31.8; B 128, 4096 keys (41 waves) 98.0 /
-    115.7 / 200.0; B 128, 512 keys (5.2 waves) 100.2 / 115.6 / 111.6; Hkv 32, B 8, 4096 keys
-    (2.6 waves) 49.9 / 52.2 / 51.0. Over twelve such points the rule was within 4% of the
-    faster of padded and persistent launches, and up to 42% faster than padding.
-    """
-    wave = num_sms * resident_programs(launch.block_m)
-    if launch.single_pass or launch.capacity * num_kv_heads <= PADDED_WAVES * wave:
-        return 0
-    return wave
 
 
 def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[GraphLaunch, ...]:
@@ -225,10 +196,9 @@ class GraphPlan:
         self._q_lens = meta.q_lens
         self._config = config
         total_q = meta.total_q
-        num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-        # one int32 buffer of regions: slot_offsets, each launch's item count, then per launch
-        # its items, tokens and slots (regions 2 + 3 i, 3 + 3 i, 4 + 3 i)
-        sizes = [total_q + 1, len(self.launches)]
+        # one int32 buffer of regions: slot_offsets, then per launch its items, tokens and slots
+        # (regions 1 + 3 i, 2 + 3 i, 3 + 3 i)
+        sizes = [total_q + 1]
         for launch in self.launches:
             sizes += [launch.capacity * NUM_ITEM_FIELDS.value, total_q, total_q]
         self._starts = np.concatenate([[0], np.cumsum(sizes)])
@@ -241,9 +211,8 @@ class GraphPlan:
             launches=tuple(
                 Launch(level=launch.level, block_m=launch.block_m, single_pass=launch.single_pass,
                        reads_prefix=launch.reads_prefix, fold_rows=fold_height(launch.block_m, launch.block_m),
-                       regular=(), items=views[2 + 3 * i].view(launch.capacity, NUM_ITEM_FIELDS.value),
-                       tokens=views[3 + 3 * i], slots=views[4 + 3 * i],
-                       programs=launch_programs(launch, meta.num_kv_heads, num_sms), count=views[1][i : i + 1])
+                       regular=(), items=views[1 + 3 * i].view(launch.capacity, NUM_ITEM_FIELDS.value),
+                       tokens=views[2 + 3 * i], slots=views[3 + 3 * i], padded=not launch.single_pass)
                 for i, launch in enumerate(self.launches)),
             fused_merge=False, arrivals=torch.zeros((0,), dtype=torch.int32, device=device), relay=True,
             device=str(device), num_levels=meta.num_levels, signature=signature)
@@ -296,8 +265,8 @@ class GraphPlan:
         self.plan = dataclasses.replace(plan, stamps=stamps)
 
     def fill(self, work: Work) -> np.ndarray:
-        """int32: the contents of the device buffer for ``work``: each launch's item count, its
-        items padded with ``PAD_ITEM`` to its capacity, its lists with zeros.
+        """int32: the contents of the device buffer for ``work``: each launch's items padded with
+        ``PAD_ITEM`` to its capacity, its lists with zeros.
 
         Raises:
             ValueError: work past a capacity (a bound of ``graph_launches`` or ``slot_capacity``
@@ -308,7 +277,7 @@ class GraphPlan:
             raise ValueError(f"graph plan: {work.num_slots} slots, past the capacity {self.plan.num_slots}")
         host[self._region(0)] = work.slot_offsets
         for i, launch in enumerate(self.launches):
-            host[self._region(2 + 3 * i)] = np.tile(PAD_ITEM, launch.capacity)
+            host[self._region(1 + 3 * i)] = np.tile(PAD_ITEM, launch.capacity)
         where = {(launch.level, launch.block_m, launch.single_pass): i for i, launch in enumerate(self.launches)}
         for w in work.launches:
             i = where.get((w.level, w.block_m, w.single_pass))
@@ -316,8 +285,7 @@ class GraphPlan:
                                                                                 not self.launches[i].reads_prefix):
                 raise ValueError(f"graph plan: a launch (level {w.level}, tiles of {w.block_m} rows, single pass "
                                  f"{w.single_pass}, {w.items.shape[0]} items) past its launches {self.launches}")
-            host[self._starts[1] + i] = w.items.shape[0]
-            for r, values in zip((2, 3, 4), (w.items.reshape(-1), w.tokens, w.slots)):
+            for r, values in zip((1, 2, 3), (w.items.reshape(-1), w.tokens, w.slots)):
                 start = int(self._starts[r + 3 * i])
                 host[start : start + values.size] = values
         return int32_list(host)

@@ -25,10 +25,10 @@ Notation (fla's habit): ``i_`` program ids, ``o_`` offsets, ``m_`` masks, ``b_``
     (``plan.single_pass_requests``): the program walks the request's prefix, if any, then its
     own chunk, in one running state and writes the rows' results; those tokens have no slots
     and the merge leaves them alone.
-``partial_kernel`` with ``PERSISTENT``
-    A graph plan's launch (``relaycore.fast.triton.graph``): a fixed wave of programs loops over
-    the (item, KV head) pairs of as many items as the launch's count, read from the device, says;
-    each pair is computed as one program of the plain grid computes it (``partial_tile``).
+``partial_kernel`` with ``PADDED``
+    A graph plan's launch (``relaycore.fast.triton.graph``): its grid is fixed, and past the
+    step's items its list holds padding items of no rows, whose programs read their item and
+    exit.
 ``partial_kernel`` with ``FUSED_MERGE``
     The merge without its launch: after writing its states, a program counts one arrival per
     row (an atomic add on the row's counter, ordered after every store of the tile), and the
@@ -348,7 +348,7 @@ def partial_kernel(
     pre_k_ptr, pre_v_ptr,
     stride_pks, stride_pkh, stride_pvs, stride_pvh,
     grid_rows, grid_tiles, grid_chunk, grid_len, grid_kv_base, grid_shift, grid_tok_first, grid_prefix_start,
-    grid_prefix_len, count_ptr,
+    grid_prefix_len,
     NUM_Q_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -367,14 +367,12 @@ def partial_kernel(
     ITEMS_LISTED: tl.constexpr,
     FOLD_M: tl.constexpr,
     LN2: tl.constexpr,
-    PERSISTENT: tl.constexpr,
+    PADDED: tl.constexpr,
 ):
     """Chunk states of one tile of rows over one chunk of keys, for one KV head; with
     ``SINGLE_PASS``, the results of one request's tile over its prefix and its own KV.
 
-    Grid: ``(num_items, Hkv)``; with ``PERSISTENT``, ``(programs,)``: the programs share out
-    the (item, KV head) pairs of the first ``count_ptr[0]`` items, item fastest, each pair as
-    one program of the plain grid computes it (``partial_tile``).
+    Grid: ``(num_items, Hkv)``.
 
     Args:
         q_ptr: ``[total_q, Hq, D]`` (last axis contiguous).
@@ -422,9 +420,8 @@ def partial_kernel(
             every one seen) and then its own chunk in one running state, and write the rows'
             results to ``out`` and ``lse`` (natural log) instead of a state
             (``plan.single_pass_requests``).
-        count_ptr: int32 ``[1]``, the launch's item count (``PERSISTENT`` only: a graph plan's
-            launch, whose grid is fixed and whose items are not, ``plan.Launch.programs``).
-        PERSISTENT: loop over the items instead of one program per item.
+        PADDED: the list is a graph plan's, padded to its fixed grid with items of no rows
+            (``graph.PAD_ITEM``): a program whose item has none exits once it has read it.
         PREFIX: with ``SINGLE_PASS``, whether some item of the launch has a prefix; without,
             the prefix walk is not compiled (``prefix_len`` is 0 for every item: the walk
             would take no step and leave the running state as it starts, so the bits are the
@@ -432,68 +429,12 @@ def partial_kernel(
     """
     tl.static_assert(HEAD_DIM >= 16 and HEAD_DIM <= 256 and (HEAD_DIM & (HEAD_DIM - 1)) == 0)
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
-    if PERSISTENT:  # a graph plan's launch: the programs share out this call's items, however many
-        num_items = tl.load(count_ptr)
-        for i_work in range(tl.program_id(0), num_items * (NUM_Q_HEADS // GROUP), tl.num_programs(0)):
-            partial_tile(
-                i_work % num_items, i_work // num_items,
-                q_ptr, k_ptr, v_ptr, items_ptr, tok_ptr, slot_ptr, table_ptr, part_out_ptr, part_lse_ptr,
-                slot_offsets_ptr, arrivals_ptr, out_ptr, lse_ptr, qk_scale, stride_qt, stride_qh, stride_kb,
-                stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_table, pre_k_ptr, pre_v_ptr,
-                stride_pks, stride_pkh, stride_pvs, stride_pvh, grid_rows, grid_tiles, grid_chunk, grid_len,
-                grid_kv_base, grid_shift, grid_tok_first, grid_prefix_start, grid_prefix_len, NUM_Q_HEADS, GROUP,
-                HEAD_DIM, BLOCK_M, BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, FUSED_MERGE,
-                SPLIT_UNMASKED, CARRY_PAGES, SINGLE_PASS, PREFIX, ITEMS_LISTED, FOLD_M, LN2)
-    else:
-        partial_tile(
-            tl.program_id(0), tl.program_id(1),
-            q_ptr, k_ptr, v_ptr, items_ptr, tok_ptr, slot_ptr, table_ptr, part_out_ptr, part_lse_ptr,
-            slot_offsets_ptr, arrivals_ptr, out_ptr, lse_ptr, qk_scale, stride_qt, stride_qh, stride_kb, stride_ks,
-            stride_kh, stride_vb, stride_vs, stride_vh, stride_table, pre_k_ptr, pre_v_ptr, stride_pks, stride_pkh,
-            stride_pvs, stride_pvh, grid_rows, grid_tiles, grid_chunk, grid_len, grid_kv_base, grid_shift,
-            grid_tok_first, grid_prefix_start, grid_prefix_len, NUM_Q_HEADS, GROUP, HEAD_DIM, BLOCK_M, BLOCK_N,
-            PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, FUSED_MERGE, SPLIT_UNMASKED, CARRY_PAGES, SINGLE_PASS,
-            PREFIX, ITEMS_LISTED, FOLD_M, LN2)
-
-
-@triton.jit
-def partial_tile(
-    i_item, i_hk,
-    q_ptr, k_ptr, v_ptr, items_ptr, tok_ptr, slot_ptr, table_ptr, part_out_ptr, part_lse_ptr,
-    slot_offsets_ptr, arrivals_ptr, out_ptr, lse_ptr,
-    qk_scale,
-    stride_qt, stride_qh,
-    stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh,
-    stride_table,
-    pre_k_ptr, pre_v_ptr,
-    stride_pks, stride_pkh, stride_pvs, stride_pvh,
-    grid_rows, grid_tiles, grid_chunk, grid_len, grid_kv_base, grid_shift, grid_tok_first, grid_prefix_start,
-    grid_prefix_len,
-    NUM_Q_HEADS: tl.constexpr,
-    GROUP: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    PAGED: tl.constexpr,
-    PAGE_SIZE: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    UPCAST: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    FUSED_MERGE: tl.constexpr,
-    SPLIT_UNMASKED: tl.constexpr,
-    CARRY_PAGES: tl.constexpr,
-    SINGLE_PASS: tl.constexpr,
-    PREFIX: tl.constexpr,
-    ITEMS_LISTED: tl.constexpr,
-    FOLD_M: tl.constexpr,
-    LN2: tl.constexpr,
-):
-    """One work item of ``partial_kernel`` for KV head ``i_hk``."""
     # the first fold slice's rows are read before the key loop, behind it, where the slice is the
     # tile's only one or the shortest; a taller one held across the loop slowed the 64-row prefix
     # tile (H200, batch 8, Hkv 8, prefix 2048: 17.3 -> 18.4 us, fast/triton/NOTES.md, session 11)
     EARLY_SLICE: tl.constexpr = BLOCK_M <= FOLD_M or FOLD_M * FOLD_DEPTH <= FOLD_STATES
+    i_item = tl.program_id(0)
+    i_hk = tl.program_id(1)
 
     p_item = items_ptr + i_item * NUM_ITEM_FIELDS
     if ITEMS_LISTED:
@@ -516,6 +457,9 @@ def partial_tile(
         key_end = tl.minimum(key_start + grid_chunk, grid_len)
         causal_shift = grid_shift
         tok_first = grid_tok_first
+    if PADDED:
+        if num_rows == 0:  # a padding item: no rows, no keys
+            return
 
     o_m = tl.arange(0, BLOCK_M)
     o_d = tl.arange(0, HEAD_DIM)

@@ -67,10 +67,9 @@ class Launch:
         items: int32 ``[num_items, NUM_ITEM_FIELDS]`` on the device (see ``kernels.ITEM_FIELDS``).
         tokens: int32 ``[n]`` on the device: the token lists the items index.
         slots: int32 ``[n]`` on the device: each listed token's slot for chunk 0 of the segment.
-        programs: ``0``: one program per item and KV head; else that many programs share out
-            the (item, KV head) pairs, the first ``count[0]`` items of ``items`` (a graph plan's
-            launch, ``relaycore.fast.triton.graph``, whose grid is fixed and whose items are not).
-        count: int32 ``[1]`` on the device with ``programs``; ``None`` without.
+        padded: ``items`` holds padding items of no rows past the step's (a graph plan's
+            launch, ``relaycore.fast.triton.graph``, whose grid is fixed and whose items are
+            not): their programs exit once they have read them.
     """
 
     level: int
@@ -82,8 +81,7 @@ class Launch:
     items: torch.Tensor
     tokens: torch.Tensor
     slots: torch.Tensor
-    programs: int = 0
-    count: Optional[torch.Tensor] = None
+    padded: bool = False
 
     @property
     def num_items(self) -> int:

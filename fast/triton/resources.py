@@ -78,8 +78,8 @@ class TileKind:
         prefix: with ``single_pass``, whether it walks a prefix first (an append request's own
             tile; a decode request's without a prefix does not, ``Launch.reads_prefix``).
         fold_rows: with ``fused_merge``, the rows it folds at once (``plan.fold_height``).
-        persistent: a wave of programs shares out the items (a graph plan's launch,
-            ``graph.launch_programs``).
+        padded: its list is padded past the step's items, whose programs exit (a graph plan's
+            launch, ``plan.Launch.padded``).
     """
 
     name: str
@@ -91,7 +91,7 @@ class TileKind:
     single_pass: bool = False
     prefix: bool = True
     fold_rows: int = MIN_FOLD_ROWS
-    persistent: bool = False
+    padded: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def tile_kinds(config: Config) -> List[TileKind]:
     which fold the states themselves (``plan.merge_in_partials``), at GQA 1 and 4 (the prefix
     tile at each fold height, ``plan.fold_height``: a 16-row fold reads its first slice's rows
     before the key loop, taller ones after it), and the own and prefix tiles of a graph plan's
-    launches larger than a wave (``graph.launch_programs``)."""
+    padded launches (``plan.Launch.padded``)."""
     kinds = [TileKind(f"own decode tile, GQA {g}", config.min_block_m, True, True, g) for g in (1, 4)]
     kinds += [TileKind(f"own decode tile, GQA {g}, single pass without a prefix", config.min_block_m, True, True, g,
                        single_pass=True, prefix=False) for g in (1, 4)]
@@ -142,9 +142,9 @@ def tile_kinds(config: Config) -> List[TileKind]:
                   *(TileKind(f"prefix tile of {config.prefix_block_m} rows, GQA {g}, fused merge of {rows} rows",
                              config.prefix_block_m, False, False, g, True, fold_rows=rows)
                     for rows in (2 * MIN_FOLD_ROWS, MAX_FOLD_ROWS))]
-    kinds += [TileKind(f"own decode tile, GQA {g}, persistent", config.min_block_m, True, True, g, persistent=True)
+    kinds += [TileKind(f"own decode tile, GQA {g}, padded", config.min_block_m, True, True, g, padded=True)
               for g in (1, 4)]
-    kinds += [TileKind(f"prefix tile of {m} rows, persistent", m, False, False, 1, persistent=True) for m in tall]
+    kinds += [TileKind(f"prefix tile of {m} rows, padded", m, False, False, 1, padded=True) for m in tall]
     return kinds
 
 
@@ -217,7 +217,7 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
                       SPLIT_UNMASKED=kind.block_m >= config.unmasked_min_block_m,
                       CARRY_PAGES=kind.paged and config.carries_pages(kind.block_m),
                       SINGLE_PASS=kind.single_pass, PREFIX=kind.single_pass and kind.prefix, ITEMS_LISTED=True,
-                      FOLD_M=min(kind.fold_rows, kind.block_m), LN2=LN2, PERSISTENT=kind.persistent)
+                      FOLD_M=min(kind.fold_rows, kind.block_m), LN2=LN2, PADDED=kind.padded)
     signature, attrs = _signature(fn, constexprs, lambda name: pointer_types.get(name, "i32"))
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     warps = config.warps(kind.block_m)

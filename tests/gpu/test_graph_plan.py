@@ -18,9 +18,9 @@ pytestmark = pytest.mark.gpu
 
 #: (query counts, page size, prefixes per level): decode; decode beside speculative (4 queries)
 #: and append requests (160 queries at GQA 4: the tallest tiles, single-pass on the first level,
-#: the Gluon tile on sm_90); ragged decode (its own launch persistent); 128 decode requests
-#: (persistent launches of the own tiles, of 128-row prefix tiles over 2 prefixes and, on a
-#: second level, of 64-row ones over 16).
+#: the Gluon tile on sm_90); ragged decode; 128 decode requests (padded launches of the own
+#: tiles, of 128-row prefix tiles over 2 prefixes and, on a second level, of 64-row ones over
+#: 16, each far past its step's items).
 SHAPES = {
     "decode": ([1] * 24, 16, [3, 2]),
     "mixed": ([1] * 6 + [4, 4, 160], 16, [3, 2]),
@@ -42,9 +42,9 @@ def test_one_captured_graph_replays_every_step_with_the_bits_of_its_own_plan(sha
     rng = np.random.default_rng(levels)
     engine.step(rng)
     graph_plan = prepare_graph(*engine.args())
-    if shape == "wide":  # the persistent prefix tiles of both heights run, and the own tiles
-        persistent = {(x.level, x.block_m) for x in graph_plan.plan.launches if x.programs}
-        assert {(0, 128), (-1, 16)} <= persistent and (levels == 1 or (1, 64) in persistent), graph_plan
+    if shape == "wide":  # the padded prefix tiles of both heights run, and the own tiles
+        padded = {(x.level, x.block_m) for x in graph_plan.plan.launches if x.padded}
+        assert {(0, 128), (-1, 16)} <= padded and (levels == 1 or (1, 64) in padded), graph_plan
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
