@@ -22,9 +22,9 @@ import pytest
 #: ``Config.carries_pages``, 2026-11-28 session 8); with the fused merge (small batches) the
 #: own tile 186 / 185 and the 64-row prefix tile 248 / 255 folding 16 rows at once, 204 / 255
 #: folding 32 and 254 / 255 folding 64 (2026-11-28, session 11: fold slices built in their own
-#: layout), none spilling; a graph plan's padded tiles, whose padding programs exit
-#: (2026-11-28, session 20), 140 / 168 (own, GQA 1 / 4, 72.5 KiB) and 178 / 188 (prefix, 112 /
-#: 128 KiB).
+#: layout), none spilling; a graph plan's padded tiles, whose programs past the step's items
+#: exit (2026-11-28, session 20), 140 / 168 (own, GQA 1 / 4, 72.5 KiB) and 178 / 188
+#: (prefix, 112 / 128 KiB).
 MEASURED = {
     "own decode tile, GQA 1": 3,
     "own decode tile, GQA 4": 3,

@@ -49,10 +49,34 @@ from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
+from triton.runtime import interpreter  # noqa: E402
 from graph_steps import EngineTensors  # noqa: E402
 from tolerances import triton_steps  # noqa: E402
 
 plan_module = importlib.import_module("relaycore.fast.triton.plan")  # the package's ``plan`` is the function
+
+
+def _dot_summed_in_order(self, a, b, d, input_precision, max_num_imprecise_acc):
+    """The interpreter's ``tl.dot``, each output summed in one order, its products' index
+    ascending, whatever the tile's shape.
+
+    The interpreter's own calls numpy's ``matmul``, i.e. the CPU's BLAS, whose kernels for some
+    CPUs (OpenBLAS's for Zen and Haswell, not SkylakeX) sum a row's products in an order that
+    depends on the tile's height: a row's bits would then change with the rows beside it, which
+    the GPU's matrix instructions do not do for the tiles that mix requests (``Config``). The
+    error bound holds for any order of the sums."""
+    acc = d.data.copy()
+    x, y = a.data.astype(acc.dtype), b.data.astype(acc.dtype)
+    for k in range(x.shape[-1]):
+        acc += x[..., k : k + 1] * y[..., k : k + 1, :]
+    return interpreter.TensorHandle(acc, d.dtype.scalar)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _dots_summed_in_order():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(interpreter.InterpreterBuilder, "create_dot", _dot_summed_in_order)
+        yield
 
 #: Tiles of 16 rows, 16-key chunks at decode (2 per segment), 16-key blocks; every tile walks
 #: its fully seen blocks unmasked and carries its next block's pages.
@@ -700,7 +724,7 @@ def test_a_decode_graph_plan_holds_what_a_batch_sharing_one_prefix_needs():
     graph = prepare_graph(*args, **kwargs, config=config)
     assert graph.scratch_bytes == 128 * 20 * 32 * 129 * 4  # 42 MB: serving.md
     assert "slots=2560 (42270720 bytes a call)" in repr(graph)
-    assert all(launch.padded for launch in graph.plan.launches)
+    assert all(launch.count is not None for launch in graph.plan.launches)
     full = plan(meta, config=config)
     assert [x.num_items for x in full.launches] == [64, 128 * 4] and full.num_slots == 128 * (16 + 4)
 
@@ -804,10 +828,10 @@ def test_a_graph_plan_runs_under_torch_compile_with_its_padded_launches():
     rng = np.random.default_rng(3)
     engine.step(rng)
     graph = prepare_graph(*engine.args(), config=TINY)
-    assert any(launch.padded for launch in graph.plan.launches)
+    assert any(launch.count is not None for launch in graph.plan.launches)
     back = op._unpack(*op._pack(graph.plan), engine.q, graph.plan.softmax_scale)
-    assert [(x.level, x.block_m, x.single_pass, x.padded, x.items.data_ptr()) for x in back.launches] == [
-        (x.level, x.block_m, x.single_pass, x.padded, x.items.data_ptr()) for x in graph.plan.launches]
+    assert [(x.level, x.block_m, x.single_pass, x.count is not None, x.items.data_ptr()) for x in back.launches] == [
+        (x.level, x.block_m, x.single_pass, x.count is not None, x.items.data_ptr()) for x in graph.plan.launches]
 
     def step(q, kv, prefixes):
         return relaycore.relay_attention(q, engine.cu_seqlens_q, kv, prefixes, plan=graph)

@@ -11,12 +11,13 @@ grids) over the same memory. A ``GraphPlan`` does:
   tiles that write states and those of the single-pass requests;
 * each launch runs a program per item of the most it can have (``GraphLaunch.capacity``), its
   token and slot lists are ``total_q`` long, and the scratch holds the most slots
-  (``slot_capacity``). Past the step's items its list holds padding items (``PAD_ITEM``: no
-  rows), whose programs read their item and exit (``partial_kernel``'s ``PADDED``);
+  (``slot_capacity``). The programs past the step's items, whose count they read from the
+  device, exit (``partial_kernel``'s ``PADDED``, ``Launch.count``); a single-pass launch, whose
+  items the query counts fix, has none;
 * ``GraphPlan.update`` plans a step with ``plan_work``, as ``plan`` does but with every request
-  that sees no prefix keeping its state and the merge (below), pads each launch's lists and
-  copies them into the same device memory on the current stream, so that a
-  graph replayed after it reads them.
+  that sees no prefix keeping its state and the merge (below), and copies each launch's count
+  and lists into the same device memory on the current stream, so that a graph replayed after
+  it reads them.
 
 A row's bits are those of ``prepare``'s plan for the same batch: the lists hold the same items;
 what differs changes no bit (every list is read, never computed: ``regular_items``; the states
@@ -51,14 +52,9 @@ from relaycore.validation import BatchMeta
 
 from relaycore.fast.triton.backend import validate_for_triton
 from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
-from relaycore.fast.triton.kernels import ITEM_FIELDS, NUM_ITEM_FIELDS
+from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
 from relaycore.fast.triton.plan import (Launch, Plan, Work, check_signature, fold_height, int32_list, plan_work,
                                         stamp_metadata, tensor_signature)
-
-#: A padding item: no rows (every load and store of its program is masked off), no keys, its
-#: tokens read from the list (none), no prefix.
-PAD_ITEM = np.array([-1 if name == "tok_first" else 0 for name in ITEM_FIELDS], dtype=np.int64)
-
 
 class Bounds(NamedTuple):
     """What the tensors' shapes bound in every batch a ``GraphPlan`` runs.
@@ -196,9 +192,9 @@ class GraphPlan:
         self._q_lens = meta.q_lens
         self._config = config
         total_q = meta.total_q
-        # one int32 buffer of regions: slot_offsets, then per launch its items, tokens and slots
-        # (regions 1 + 3 i, 2 + 3 i, 3 + 3 i)
-        sizes = [total_q + 1]
+        # one int32 buffer of regions: slot_offsets, each launch's item count, then per launch
+        # its items, tokens and slots (regions 2 + 3 i, 3 + 3 i, 4 + 3 i)
+        sizes = [total_q + 1, len(self.launches)]
         for launch in self.launches:
             sizes += [launch.capacity * NUM_ITEM_FIELDS.value, total_q, total_q]
         self._starts = np.concatenate([[0], np.cumsum(sizes)])
@@ -211,8 +207,9 @@ class GraphPlan:
             launches=tuple(
                 Launch(level=launch.level, block_m=launch.block_m, single_pass=launch.single_pass,
                        reads_prefix=launch.reads_prefix, fold_rows=fold_height(launch.block_m, launch.block_m),
-                       regular=(), items=views[1 + 3 * i].view(launch.capacity, NUM_ITEM_FIELDS.value),
-                       tokens=views[2 + 3 * i], slots=views[3 + 3 * i], padded=not launch.single_pass)
+                       regular=(), items=views[2 + 3 * i].view(launch.capacity, NUM_ITEM_FIELDS.value),
+                       tokens=views[3 + 3 * i], slots=views[4 + 3 * i],
+                       count=None if launch.single_pass else views[1][i : i + 1])
                 for i, launch in enumerate(self.launches)),
             fused_merge=False, arrivals=torch.zeros((0,), dtype=torch.int32, device=device), relay=True,
             device=str(device), num_levels=meta.num_levels, signature=signature)
@@ -265,27 +262,28 @@ class GraphPlan:
         self.plan = dataclasses.replace(plan, stamps=stamps)
 
     def fill(self, work: Work) -> np.ndarray:
-        """int32: the contents of the device buffer for ``work``: each launch's items padded with
-        ``PAD_ITEM`` to its capacity, its lists with zeros.
+        """int32: the contents of the device buffer for ``work``: each launch's item count, and
+        its items and lists followed by zeros up to their capacity.
 
         Raises:
             ValueError: work past a capacity (a bound of ``graph_launches`` or ``slot_capacity``
-                that does not hold: a bug, never the caller's input).
+                that does not hold), or a single-pass launch short of its items: a bug, never
+                the caller's input.
         """
         host = np.zeros(int(self._starts[-1]), dtype=np.int64)
         if work.num_slots > self.plan.num_slots:
             raise ValueError(f"graph plan: {work.num_slots} slots, past the capacity {self.plan.num_slots}")
         host[self._region(0)] = work.slot_offsets
-        for i, launch in enumerate(self.launches):
-            host[self._region(1 + 3 * i)] = np.tile(PAD_ITEM, launch.capacity)
         where = {(launch.level, launch.block_m, launch.single_pass): i for i, launch in enumerate(self.launches)}
         for w in work.launches:
             i = where.get((w.level, w.block_m, w.single_pass))
             if i is None or w.items.shape[0] > self.launches[i].capacity or (w.reads_prefix and
-                                                                                not self.launches[i].reads_prefix):
+                                                                                not self.launches[i].reads_prefix) or (
+                    w.single_pass and w.items.shape[0] < self.launches[i].capacity):  # no count: all its items run
                 raise ValueError(f"graph plan: a launch (level {w.level}, tiles of {w.block_m} rows, single pass "
                                  f"{w.single_pass}, {w.items.shape[0]} items) past its launches {self.launches}")
-            for r, values in zip((1, 2, 3), (w.items.reshape(-1), w.tokens, w.slots)):
+            host[self._starts[1] + i] = w.items.shape[0]
+            for r, values in zip((2, 3, 4), (w.items.reshape(-1), w.tokens, w.slots)):
                 start = int(self._starts[r + 3 * i])
                 host[start : start + values.size] = values
         return int32_list(host)

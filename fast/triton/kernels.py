@@ -26,9 +26,8 @@ Notation (fla's habit): ``i_`` program ids, ``o_`` offsets, ``m_`` masks, ``b_``
     own chunk, in one running state and writes the rows' results; those tokens have no slots
     and the merge leaves them alone.
 ``partial_kernel`` with ``PADDED``
-    A graph plan's launch (``relaycore.fast.triton.graph``): its grid is fixed, and past the
-    step's items its list holds padding items of no rows, whose programs read their item and
-    exit.
+    A graph plan's launch (``relaycore.fast.triton.graph``): its grid is fixed, and the programs
+    past the step's item count, which they read from the device, exit.
 ``partial_kernel`` with ``FUSED_MERGE``
     The merge without its launch: after writing its states, a program counts one arrival per
     row (an atomic add on the row's counter, ordered after every store of the tile), and the
@@ -348,7 +347,7 @@ def partial_kernel(
     pre_k_ptr, pre_v_ptr,
     stride_pks, stride_pkh, stride_pvs, stride_pvh,
     grid_rows, grid_tiles, grid_chunk, grid_len, grid_kv_base, grid_shift, grid_tok_first, grid_prefix_start,
-    grid_prefix_len,
+    grid_prefix_len, count_ptr,
     NUM_Q_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -420,8 +419,9 @@ def partial_kernel(
             every one seen) and then its own chunk in one running state, and write the rows'
             results to ``out`` and ``lse`` (natural log) instead of a state
             (``plan.single_pass_requests``).
-        PADDED: the list is a graph plan's, padded to its fixed grid with items of no rows
-            (``graph.PAD_ITEM``): a program whose item has none exits once it has read it.
+        count_ptr: int32 ``[1]``: the step's items (``PADDED`` only).
+        PADDED: a graph plan's launch, whose grid is its capacity: a program past the first
+            ``count_ptr[0]`` items exits (``plan.Launch.count``).
         PREFIX: with ``SINGLE_PASS``, whether some item of the launch has a prefix; without,
             the prefix walk is not compiled (``prefix_len`` is 0 for every item: the walk
             would take no step and leave the running state as it starts, so the bits are the
@@ -436,6 +436,8 @@ def partial_kernel(
     i_item = tl.program_id(0)
     i_hk = tl.program_id(1)
 
+    if PADDED:  # read beside the item's fields, not before them: a real item waits for one read
+        num_items = tl.load(count_ptr)
     p_item = items_ptr + i_item * NUM_ITEM_FIELDS
     if ITEMS_LISTED:
         tok_base = tl.load(p_item + 0)
@@ -458,7 +460,7 @@ def partial_kernel(
         causal_shift = grid_shift
         tok_first = grid_tok_first
     if PADDED:
-        if num_rows == 0:  # a padding item: no rows, no keys
+        if i_item >= num_items:  # past the step's items
             return
 
     o_m = tl.arange(0, BLOCK_M)

@@ -180,7 +180,7 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
          table.stride(0) if paged else 0,
          pre_k, pre_v,
          pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1),
-         *regular),
+         *regular, item_list.items if item_list.count is None else item_list.count),
         dict(NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
              BLOCK_N=block_n, PAGED=paged, PAGE_SIZE=k.shape[1] if paged else 1, CAUSAL=causal,
              UPCAST=interpret and q.dtype == torch.bfloat16,
@@ -188,6 +188,6 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
              SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m,
              CARRY_PAGES=paged and cfg.carries_pages(item_list.block_m), SINGLE_PASS=item_list.single_pass,
              PREFIX=item_list.reads_prefix, ITEMS_LISTED=not item_list.regular,
-             FOLD_M=item_list.fold_rows, LN2=LN2, PADDED=item_list.padded),
+             FOLD_M=item_list.fold_rows, LN2=LN2, PADDED=item_list.count is not None),
         num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device, stream=stream,
     )

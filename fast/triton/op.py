@@ -30,9 +30,9 @@ def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
     ints += [getattr(plan.config, name) for name in _CONFIG_FIELDS]
     ints.append(len(plan.launches))
     for launch in plan.launches:
-        tensors += [launch.items, launch.tokens, launch.slots]
+        tensors += [launch.items, launch.tokens, launch.slots] + ([] if launch.count is None else [launch.count])
         ints += [launch.level, launch.block_m, int(launch.single_pass), int(launch.reads_prefix), launch.fold_rows,
-                 int(launch.padded), len(launch.regular)]
+                 int(launch.count is not None), len(launch.regular)]
         ints += list(launch.regular) or [0] * len(REGULAR_FIELDS)
     return tensors, ints
 
@@ -42,14 +42,16 @@ def _unpack(tensors: Sequence[torch.Tensor], ints: Sequence[int], q: torch.Tenso
     config = Config(**dict(zip(_CONFIG_FIELDS, ints[10 : 10 + len(_CONFIG_FIELDS)])))
     at = 10 + len(_CONFIG_FIELDS)
     width = 7 + len(REGULAR_FIELDS)  # ints per launch
-    launches = []
+    launches, t = [], 2  # the next launch's first tensor
     for i in range(ints[at]):
-        first, t = at + 1 + width * i, 2 + 3 * i  # its ints, its first tensor
-        level, block_m, single_pass, reads_prefix, fold_rows, padded, regular = ints[first : first + 7]
+        first = at + 1 + width * i
+        level, block_m, single_pass, reads_prefix, fold_rows, counted, regular = ints[first : first + 7]
         launches.append(Launch(level=level, block_m=block_m, single_pass=bool(single_pass),
                                reads_prefix=bool(reads_prefix), fold_rows=fold_rows,
                                regular=tuple(ints[first + 7 : first + 7 + regular]),
-                               items=tensors[t], tokens=tensors[t + 1], slots=tensors[t + 2], padded=bool(padded)))
+                               items=tensors[t], tokens=tensors[t + 1], slots=tensors[t + 2],
+                               count=tensors[t + 3] if counted else None))
+        t += 4 if counted else 3
     launches = tuple(launches)
     return Plan(total_q=total_q, num_q_heads=hq, num_kv_heads=hkv, head_dim=d, dtype=str(q.dtype).replace("torch.", ""),
                 paged=bool(paged), causal=bool(causal), softmax_scale=softmax_scale, config=config, num_slots=num_slots,

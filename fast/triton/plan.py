@@ -67,9 +67,10 @@ class Launch:
         items: int32 ``[num_items, NUM_ITEM_FIELDS]`` on the device (see ``kernels.ITEM_FIELDS``).
         tokens: int32 ``[n]`` on the device: the token lists the items index.
         slots: int32 ``[n]`` on the device: each listed token's slot for chunk 0 of the segment.
-        padded: ``items`` holds padding items of no rows past the step's (a graph plan's
-            launch, ``relaycore.fast.triton.graph``, whose grid is fixed and whose items are
-            not): their programs exit once they have read them.
+        count: int32 ``[1]`` on the device: the step's items, the first of ``items`` (a graph
+            plan's launch, ``relaycore.fast.triton.graph``, whose grid is fixed at its capacity
+            and whose items are not: the programs past them exit); ``None``: every item of
+            ``items`` is the step's.
     """
 
     level: int
@@ -81,7 +82,7 @@ class Launch:
     items: torch.Tensor
     tokens: torch.Tensor
     slots: torch.Tensor
-    padded: bool = False
+    count: Optional[torch.Tensor] = None
 
     @property
     def num_items(self) -> int:

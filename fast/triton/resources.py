@@ -78,8 +78,8 @@ class TileKind:
         prefix: with ``single_pass``, whether it walks a prefix first (an append request's own
             tile; a decode request's without a prefix does not, ``Launch.reads_prefix``).
         fold_rows: with ``fused_merge``, the rows it folds at once (``plan.fold_height``).
-        padded: its list is padded past the step's items, whose programs exit (a graph plan's
-            launch, ``plan.Launch.padded``).
+        padded: its grid is a graph plan's capacity, and the programs past the step's item
+            count exit (``plan.Launch.count``).
     """
 
     name: str
@@ -127,7 +127,7 @@ def tile_kinds(config: Config) -> List[TileKind]:
     which fold the states themselves (``plan.merge_in_partials``), at GQA 1 and 4 (the prefix
     tile at each fold height, ``plan.fold_height``: a 16-row fold reads its first slice's rows
     before the key loop, taller ones after it), and the own and prefix tiles of a graph plan's
-    padded launches (``plan.Launch.padded``)."""
+    padded launches (``plan.Launch.count``)."""
     kinds = [TileKind(f"own decode tile, GQA {g}", config.min_block_m, True, True, g) for g in (1, 4)]
     kinds += [TileKind(f"own decode tile, GQA {g}, single pass without a prefix", config.min_block_m, True, True, g,
                        single_pass=True, prefix=False) for g in (1, 4)]

@@ -26,8 +26,8 @@ for (q_lens, kv_lens, prefix_lens, prefix_ids), (dtype, d, block) in itertools.p
     assert_close(relaycore.relay_attention(*args, **kwargs, backend="triton"), batch)
     print("ok", dtype, d, "paged" if block else "ragged", q_lens, kv_lens, prefix_lens, flush=True)
 
-# a graph plan over steps of new lengths and ids: padded launches, whose padding programs read
-# their item and exit, each step the bits of its own plan
+# a graph plan over steps of new lengths and ids: padded launches, whose programs past the
+# step's item count exit, each step the bits of its own plan
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -39,7 +39,7 @@ engine = EngineTensors([1] * 40 + [4], num_q_heads=8, num_kv_heads=2, head_dim=1
 rng = np.random.default_rng(0)
 engine.step(rng)
 graph_plan = prepare_graph(*engine.args())
-assert any(launch.padded for launch in graph_plan.plan.launches), graph_plan
+assert any(launch.count is not None for launch in graph_plan.plan.launches), graph_plan
 for step in range(3):
     engine.step(rng)
     graph_plan.update(*engine.args())
