@@ -27,11 +27,13 @@ launch of the tallest tiles compiles the prefix walk, which an item without a pr
 enter). ``tests`` compare both bit for bit.
 
 Measured on an H200 (``fast/triton/NOTES.md``, sessions 19-20), decode, one prefix of 8192,
-128 own keys a request, graph replay: 1.02-1.17x the time of a graph of each step's own plan.
-Padding programs that exit at once cost about 0.3 us of an SM's program slot each (one that
-ran its tile masked off, about 2.6); a persistent launch (one wave of programs looping over
-the step's items, its count read from the device) was 2-10% slower at batch 128 (the own tile
-in a loop), and one that fetched its items from an atomic counter slower still.
+128 own keys a request, graph replay: 1.01-1.19x the time of a graph of each step's own plan,
+most of it the lists read instead of computed. A program past the count costs about 0.3 us of
+an SM's program slot (one that ran a padding item's tile masked off, about 2.6; one that exited
+on an item of no rows, an L2 read of its own item, 8-9 us more at batch 128 with 4096-key
+tables). Persistent launches (one wave of programs looping over the step's items) were up to
+12% slower at batch 32-128 (the own tile in a loop), and ones that fetched their items from an
+atomic counter slower still; a fused merge saved nothing measurable at the batches it fits.
 
 Fixed by the first batch: every tensor's shape, dtype and device, ``cu_seqlens_q``'s values
 (each request's query count: 1 at decode), ``causal`` and ``softmax_scale``. Free from step to
