@@ -821,6 +821,20 @@ def test_the_launches_of_a_graph_plan_hold_every_step_within_its_shapes(shape, m
         graph.fill(plan_module.plan_work(meta, config, relay=True, unshared_single_pass=False))
 
 
+def test_a_graph_plan_refuses_work_that_leaves_a_single_pass_launch_short():
+    """A single-pass launch has no count (its query counts fix its items): every program of its
+    grid runs, so a step must fill it; one that does not is a bug, refused, not run."""
+    engine = EngineTensors([1, 32], num_q_heads=4, num_kv_heads=2, head_dim=16, dtype=torch.float16, device="cpu",
+                           page_size=8, max_blocks=8, level_rows=[40], level_prefixes=[2])
+    engine.step(np.random.default_rng(1))
+    graph = prepare_graph(*engine.args(), config=TALL)
+    assert any(x.single_pass and x.count is None for x in graph.plan.launches), graph
+    work = plan_module.plan_work(validate(*engine.args()), TALL, relay=True, unshared_single_pass=False)
+    graph.fill(work)
+    with pytest.raises(ValueError, match="single-pass launches short of their items"):
+        graph.fill(work._replace(launches=tuple(w for w in work.launches if not w.single_pass)))
+
+
 @in_process
 def test_a_graph_plan_runs_under_torch_compile_with_its_padded_launches():
     engine = EngineTensors([1] * 6, num_q_heads=4, num_kv_heads=2, head_dim=16, dtype=torch.float16, device="cpu",

@@ -277,17 +277,21 @@ class GraphPlan:
             raise ValueError(f"graph plan: {work.num_slots} slots, past the capacity {self.plan.num_slots}")
         host[self._region(0)] = work.slot_offsets
         where = {(launch.level, launch.block_m, launch.single_pass): i for i, launch in enumerate(self.launches)}
+        counts = np.zeros(len(self.launches), dtype=np.int64)
         for w in work.launches:
             i = where.get((w.level, w.block_m, w.single_pass))
             if i is None or w.items.shape[0] > self.launches[i].capacity or (w.reads_prefix and
-                                                                                not self.launches[i].reads_prefix) or (
-                    w.single_pass and w.items.shape[0] < self.launches[i].capacity):  # no count: all its items run
+                                                                                not self.launches[i].reads_prefix):
                 raise ValueError(f"graph plan: a launch (level {w.level}, tiles of {w.block_m} rows, single pass "
                                  f"{w.single_pass}, {w.items.shape[0]} items) past its launches {self.launches}")
+            counts[i] = w.items.shape[0]
             host[self._starts[1] + i] = w.items.shape[0]
             for r, values in zip((2, 3, 4), (w.items.reshape(-1), w.tokens, w.slots)):
                 start = int(self._starts[r + 3 * i])
                 host[start : start + values.size] = values
+        short = [x for x, count in zip(self.launches, counts) if x.single_pass and count < x.capacity]
+        if short:  # a single-pass launch has no count: every item of its grid runs
+            raise ValueError(f"graph plan: single-pass launches short of their items, {short}: {counts.tolist()} items")
         return int32_list(host)
 
     @property
