@@ -64,7 +64,10 @@ def _dot_summed_in_order(self, a, b, d, input_precision, max_num_imprecise_acc):
     CPUs (OpenBLAS's for Zen and Haswell, not SkylakeX) sum a row's products in an order that
     depends on the tile's height: a row's bits would then change with the rows beside it, which
     the GPU's matrix instructions do not do for the tiles that mix requests (``Config``). The
-    error bound holds for any order of the sums."""
+    error bound holds for any order of the sums. Operands the interpreter holds as raw bits (fp8,
+    bf16) are not converted here: no test multiplies them (bf16 is upcast first)."""
+    if not all(x.data.dtype in (np.float16, np.float32, np.float64) for x in (a, b)):
+        raise NotImplementedError(f"tl.dot of {a.data.dtype} x {b.data.dtype} under the interpreter tests")
     acc = d.data.copy()
     x, y = a.data.astype(acc.dtype), b.data.astype(acc.dtype)
     for k in range(x.shape[-1]):
@@ -819,6 +822,28 @@ def test_the_launches_of_a_graph_plan_hold_every_step_within_its_shapes(shape, m
         q, cu, kv, prefixes = engine.args()
         meta = validate(q, cu, kv, prefixes, causal=engine.causal)
         graph.fill(plan_module.plan_work(meta, config, relay=True, unshared_single_pass=False))
+
+
+@in_process
+def test_the_programs_past_a_graph_plans_count_read_nothing_of_their_items(poisoned_allocations):
+    """Past the step's items, a padded launch's rows hold anything: its programs exit on the
+    count before they use a field (here every such row names whole tiles of keys far out of
+    bounds), so the step's bits are its own plan's."""
+    engine = EngineTensors([1, 1, 1, 4], num_q_heads=4, num_kv_heads=2, head_dim=16, dtype=torch.float16,
+                           device="cpu", page_size=4, max_blocks=8, level_rows=[40], level_prefixes=[2])
+    rng = np.random.default_rng(5)
+    engine.step(rng)
+    graph = prepare_graph(*engine.args(), config=TINY)
+    engine.step(rng)
+    graph.update(*engine.args())
+    padded = [x for x in graph.plan.launches if x.count is not None and int(x.count) < x.num_items]
+    assert padded, graph
+    for launch in padded:
+        launch.items[int(launch.count):] = 10**6
+        launch.items[int(launch.count):, kernels.ITEM_FIELDS.index("num_rows")] = launch.block_m
+    q, cu, kv, prefixes = engine.args()
+    alone = run_planned(plan(validate(q, cu, kv, prefixes), config=TINY), q, kv, prefixes)
+    assert _same(relaycore.relay_attention(q, cu, kv, prefixes, plan=graph), alone)
 
 
 def test_a_graph_plan_refuses_work_that_leaves_a_single_pass_launch_short():

@@ -27,10 +27,11 @@ launch of the tallest tiles compiles the prefix walk, which an item without a pr
 enter). ``tests`` compare both bit for bit.
 
 Measured on an H200 (``fast/triton/NOTES.md``, sessions 19-20), decode, one prefix of 8192,
-128 own keys a request, graph replay: 1.01-1.19x the time of a graph of each step's own plan,
-most of it the lists read instead of computed. A program past the count costs about 0.3 us of
+128 own keys a request, graph replay: 1.01-1.19x the time of a graph of each step's own plan:
+the lists read instead of computed, and at batch 128 with 4096-key tables mostly the programs
+past the count. A program past the count costs about 0.3 us of
 an SM's program slot (one that ran a padding item's tile masked off, about 2.6; one that exited
-on an item of no rows, an L2 read of its own item, 8-9 us more at batch 128 with 4096-key
+on an item of no rows, an L2 read of its own item, 7-9 us more at batch 128 with 4096-key
 tables). Persistent launches (one wave of programs looping over the step's items) were up to
 12% slower at batch 32-128 (the own tile in a loop), and ones that fetched their items from an
 atomic counter slower still; a fused merge saved nothing measurable at the batches it fits.
@@ -287,8 +288,10 @@ class GraphPlan:
             counts[i] = w.items.shape[0]
             host[self._starts[1] + i] = w.items.shape[0]
             for r, values in zip((2, 3, 4), (w.items.reshape(-1), w.tokens, w.slots)):
-                start = int(self._starts[r + 3 * i])
-                host[start : start + values.size] = values
+                region = self._region(r + 3 * i)
+                if values.size > region.stop - region.start:  # a launch lists a token at most once
+                    raise ValueError(f"graph plan: {values.size} list entries past {region.stop - region.start}")
+                host[region.start : region.start + values.size] = values
         short = [x for x, count in zip(self.launches, counts) if x.single_pass and count < x.capacity]
         if short:  # a single-pass launch has no count: every item of its grid runs
             raise ValueError(f"graph plan: single-pass launches short of their items, {short}: {counts.tolist()} items")
