@@ -29,10 +29,9 @@ enter). ``tests`` compare both bit for bit.
 Measured on an H200 (``fast/triton/NOTES.md``, sessions 19-20), decode, one prefix of 8192,
 128 own keys a request, graph replay: 1.01-1.19x the time of a graph of each step's own plan:
 the lists read instead of computed, and at batch 128 with 4096-key tables mostly the programs
-past the count. A program past the count costs about 0.3 us of
-an SM's program slot (one that ran a padding item's tile masked off, about 2.6; one that exited
-on an item of no rows, an L2 read of its own item, 7-9 us more at batch 128 with 4096-key
-tables). Persistent launches (one wave of programs looping over the step's items) were up to
+past the count. A program past the count costs about 0.3 us of an SM's program slot (one that
+ran a padding item's tile masked off, about 2.6; one that exited on an item of no rows, an L2
+read of its own item, 7-9 us more at batch 128 with 4096-key tables). Persistent launches (one wave of programs looping over the step's items) were up to
 12% slower at batch 32-128 (the own tile in a loop), and ones that fetched their items from an
 atomic counter slower still; a fused merge saved nothing measurable at the batches it fits.
 
@@ -278,7 +277,7 @@ class GraphPlan:
             raise ValueError(f"graph plan: {work.num_slots} slots, past the capacity {self.plan.num_slots}")
         host[self._region(0)] = work.slot_offsets
         where = {(launch.level, launch.block_m, launch.single_pass): i for i, launch in enumerate(self.launches)}
-        counts = np.zeros(len(self.launches), dtype=np.int64)
+        counts = host[self._region(1)]  # a view: each launch's item count
         for w in work.launches:
             i = where.get((w.level, w.block_m, w.single_pass))
             if i is None or w.items.shape[0] > self.launches[i].capacity or (w.reads_prefix and
@@ -286,7 +285,6 @@ class GraphPlan:
                 raise ValueError(f"graph plan: a launch (level {w.level}, tiles of {w.block_m} rows, single pass "
                                  f"{w.single_pass}, {w.items.shape[0]} items) past its launches {self.launches}")
             counts[i] = w.items.shape[0]
-            host[self._starts[1] + i] = w.items.shape[0]
             for r, values in zip((2, 3, 4), (w.items.reshape(-1), w.tokens, w.slots)):
                 region = self._region(r + 3 * i)
                 if values.size > region.stop - region.start:  # a launch lists a token at most once
