@@ -16,7 +16,7 @@ import torch
 
 from relaycore import state
 from relaycore.types import AttentionState, PagedKV
-from relaycore.validation import BatchMeta
+from relaycore.validation import BatchMeta, to_host_ints
 
 #: Upper bound on the elements of one materialised array (a score matrix; the own part's gathered
 #: keys and values); larger problems are cut into row blocks (prefix part) or request groups
@@ -155,7 +155,7 @@ def _own_part(q, kv, meta: BatchMeta, acc) -> AttentionState:
         return AttentionState(out, lse)
     if isinstance(kv, PagedKV):
         k_flat, v_flat = (c.reshape(-1, meta.num_kv_heads, d) for c in (kv.k_cache, kv.v_cache))
-        table = kv.block_table.detach().cpu().numpy().astype(np.int64)
+        table = to_host_ints(kv.block_table) if meta.host_block_table is None else meta.host_block_table
     else:
         k_flat, v_flat, table = kv.k, kv.v, None
     kv_starts = np.concatenate([[0], np.cumsum(meta.kv_lens)])[:-1]

@@ -33,6 +33,11 @@ def relay_attention(
     Precision policy: fp16/bf16/fp32 inputs; products and sums in fp32; ``lse`` float32 in
     natural log; ``out`` in q's dtype. The reference computes in float64.
 
+    The metadata (``cu_seqlens_q``, the KV's offsets, lengths and block table, each level's
+    ``cu_seqlens`` and ``prefix_ids``) is on q's device or, with torch tensors, on the host:
+    NumPy arrays, or CPU tensors beside tensors on a GPU. On the host it is read without a
+    synchronization (``docs/guide/serving.md``).
+
     Args:
         q: ``[total_q, Hq, D]`` float16, bfloat16, float32 (float64 for reference/torch).
         cu_seqlens_q: int32 ``[B + 1]``: request ``b``'s queries are rows

@@ -4,6 +4,12 @@ what was expected and what was received, before any backend runs.
 ``validate`` checks shapes, dtypes and devices, then reads the integer metadata (sequence
 offsets, block tables, prefix ids) to the host and checks its values. It returns a ``BatchMeta``
 with what it learned, so that backends never re-derive it.
+
+Metadata on the host
+    Beside torch q and KV, every metadata array (the offsets and lengths, the block table, the
+    prefix ids) may be *on the host*: a NumPy array, or a CPU tensor beside tensors on a GPU.
+    Its values are then read without a synchronization, so a batch whose metadata is all on the
+    host is validated and planned without waiting for the GPU (``on_host``).
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ class BatchMeta:
         prefix_ids: per level, int64 ``[B]`` (-1 = none).
         needs_grad: torch's grad mode is on and q, k or v (of the own KV or a prefix level)
             requires grad: the call is to be differentiated.
+        host_block_table: int64 ``[B, max_blocks]``, the block table's values where it is not a
+            tensor on q's device (``on_host``): a backend that reads it on the device copies
+            it there; ``None`` otherwise.
     """
 
     batch: int
@@ -60,6 +69,7 @@ class BatchMeta:
     prefix_lens: Tuple[np.ndarray, ...]
     prefix_ids: Tuple[np.ndarray, ...]
     needs_grad: bool = False
+    host_block_table: Optional[np.ndarray] = None
 
     @property
     def group_size(self) -> int:
@@ -105,6 +115,13 @@ def device_name(x: Any) -> str:
     return "cpu" if isinstance(x, np.ndarray) else str(x.device)
 
 
+def on_host(x: Any, device: str) -> bool:
+    """Whether metadata ``x`` of a call whose q is a tensor on ``device`` is on the host: a NumPy
+    array, or a CPU tensor beside tensors on another device. Its values are read without a
+    synchronization; a backend that needs them on ``device`` copies them there."""
+    return isinstance(x, np.ndarray) or (device != "cpu" and str(x.device) == "cpu")
+
+
 def to_host_ints(x: Any) -> np.ndarray:
     """Copy an integer array to a host int64 NumPy array (a device sync for GPU tensors)."""
     if isinstance(x, np.ndarray):
@@ -141,6 +158,24 @@ class _Checker:
             raise TypeError(f"{name}: expected a {self.kind} array like {self.first}, got a {kind} array")
         elif device_name(x) != self.device:
             raise ValueError(f"{name}: expected device {self.device} (the device of {self.first}), got {device_name(x)}")
+        self._shape(name, x, rank, dtypes)
+
+    def metadata(self, name: str, x: Any, *, rank: int) -> None:
+        """An integer metadata array: on the first array's device, or beside torch tensors on
+        the host (a NumPy array or a CPU tensor: ``on_host``)."""
+        kind = array_kind(x)
+        if kind is None:
+            raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {_describe(x)}")
+        host = self.kind == "torch" and (kind == "numpy" or device_name(x) == "cpu")
+        if not host and kind != self.kind:
+            raise TypeError(f"{name}: expected a {self.kind} array like {self.first}, got a {kind} array")
+        if not host and device_name(x) != self.device:
+            raise ValueError(f"{name}: expected device {self.device} (the device of {self.first}) or the host (a NumPy "
+                             f"array or a CPU tensor), got {device_name(x)}")
+        self._shape(name, x, rank, INT_DTYPES)
+
+    @staticmethod
+    def _shape(name: str, x: Any, rank: int, dtypes: Sequence[str]) -> None:
         if x.ndim != rank:
             raise ValueError(f"{name}: expected rank {rank}, got shape {tuple(x.shape)} (rank {x.ndim})")
         if dtype_name(x) not in dtypes:
@@ -206,6 +241,10 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         causal: bool.
         softmax_scale: float or None.
 
+    The metadata (``cu_seqlens_q``, the KV's offsets, lengths and block table, each level's
+    ``cu_seqlens`` and ``prefix_ids``) is on q's device, or with torch q on the host (module
+    doc); the floating arrays are on q's device.
+
     Returns:
         ``BatchMeta``.
 
@@ -219,7 +258,7 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
     if hq == 0 or d == 0:
         raise ValueError(f"q: expected at least one head and head_dim >= 1, got shape {tuple(q.shape)}")
     dtype = dtype_name(q)
-    c.array("cu_seqlens_q", cu_seqlens_q, rank=1, dtypes=INT_DTYPES)
+    c.metadata("cu_seqlens_q", cu_seqlens_q, rank=1)
     if int(cu_seqlens_q.shape[0]) < 1:
         raise ValueError("cu_seqlens_q: expected shape (B + 1,) with B >= 0, got shape (0,)")
     batch = int(cu_seqlens_q.shape[0]) - 1
@@ -234,7 +273,7 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         c.array("kv.v", kv.v, rank=3, dtypes=FLOAT_DTYPES)
         _check_same("kv.v", kv.v, "kv.k", kv.k)
         hkv = _check_heads("kv.k", kv.k, hq, d, head_axis=1)
-        c.array("kv.cu_seqlens", kv.cu_seqlens, rank=1, dtypes=INT_DTYPES)
+        c.metadata("kv.cu_seqlens", kv.cu_seqlens, rank=1)
         block_size = 0
     elif isinstance(kv, PagedKV):
         c.array("kv.k_cache", kv.k_cache, rank=4, dtypes=FLOAT_DTYPES)
@@ -246,12 +285,12 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         block_size = int(kv.k_cache.shape[1])
         if block_size == 0:
             raise ValueError(f"kv.k_cache: expected block_size >= 1, got shape {tuple(kv.k_cache.shape)}")
-        c.array("kv.block_table", kv.block_table, rank=2, dtypes=INT_DTYPES)
+        c.metadata("kv.block_table", kv.block_table, rank=2)
         if int(kv.block_table.shape[0]) != batch:
             raise ValueError(
                 f"kv.block_table: expected {batch} rows (B from cu_seqlens_q), got shape {tuple(kv.block_table.shape)}"
             )
-        c.array("kv.kv_lens", kv.kv_lens, rank=1, dtypes=INT_DTYPES)
+        c.metadata("kv.kv_lens", kv.kv_lens, rank=1)
         if tuple(kv.kv_lens.shape) != (batch,):
             raise ValueError(f"kv.kv_lens: expected shape ({batch},), got {tuple(kv.kv_lens.shape)}")
     else:
@@ -271,14 +310,15 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         h = _check_heads(f"{name}.k", level.k, hq, d, head_axis=1)
         if h != hkv:
             raise ValueError(f"{name}.k: expected {hkv} KV heads (as the request KV), got shape {tuple(level.k.shape)}")
-        c.array(f"{name}.cu_seqlens", level.cu_seqlens, rank=1, dtypes=INT_DTYPES)
+        c.metadata(f"{name}.cu_seqlens", level.cu_seqlens, rank=1)
         if int(level.cu_seqlens.shape[0]) < 1:
             raise ValueError(f"{name}.cu_seqlens: expected shape (P + 1,) with P >= 0, got shape (0,)")
-        c.array(f"{name}.prefix_ids", level.prefix_ids, rank=1, dtypes=INT_DTYPES)
+        c.metadata(f"{name}.prefix_ids", level.prefix_ids, rank=1)
         if tuple(level.prefix_ids.shape) != (batch,):
             raise ValueError(f"{name}.prefix_ids: expected shape ({batch},), got {tuple(level.prefix_ids.shape)}")
 
     # ---- values (read to the host) ----
+    host_block_table = None
     if c.device == "meta":
         raise ValueError(f"{c.first}: expected tensors that hold values, got tensors on the meta device")
     cu_q = to_host_ints(cu_seqlens_q)
@@ -302,6 +342,8 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
                 f"kv_lens {int(kv_lens[b])} at block_size {block_size}), got {max_blocks} columns"
             )
         table = to_host_ints(kv.block_table)
+        if c.kind == "torch" and on_host(kv.block_table, c.device):
+            host_block_table = table.copy()  # the caller may write into its array after this call
         num_blocks = int(kv.k_cache.shape[0])
         used = np.arange(max_blocks)[None, :] < blocks_needed[:, None]
         bad = used & ((table < 0) | (table >= num_blocks))
@@ -354,6 +396,7 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         prefix_lens=tuple(prefix_lens),
         prefix_ids=tuple(prefix_ids),
         needs_grad=c.kind == "torch" and needs_grad(q, kv, prefixes),
+        host_block_table=host_block_table,
     )
 
 

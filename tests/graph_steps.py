@@ -20,11 +20,14 @@ class EngineTensors:
         page_size: tokens per page of a paged own KV of ``max_blocks`` columns per request, or
             0 for a ragged own KV of ``own_rows`` rows in all.
         level_rows, level_prefixes: per prefix level, its rows and its number of prefixes.
+        host_metadata: the lengths, ids and block table as NumPy arrays (metadata on the host,
+            ``relaycore.validation.on_host``), written in place as the tensors are.
     """
 
     def __init__(self, q_lens: Sequence[int], *, num_q_heads: int, num_kv_heads: int, head_dim: int, dtype,
                  device: str, page_size: int = 0, max_blocks: int = 0, own_rows: int = 0,
-                 level_rows: Sequence[int] = (), level_prefixes: Sequence[int] = (), causal: bool = True, seed: int = 0):
+                 level_rows: Sequence[int] = (), level_prefixes: Sequence[int] = (), causal: bool = True, seed: int = 0,
+                 host_metadata: bool = False):
         self.q_lens = np.asarray(q_lens, dtype=np.int64)
         self.causal = causal
         self.page_size, self.max_blocks = page_size, max_blocks
@@ -35,14 +38,16 @@ class EngineTensors:
             return torch.randn(*shape, generator=gen).to(dtype=dtype, device=device)
 
         def ints(n):
-            return torch.zeros(n, dtype=torch.int32, device=device)
+            return np.zeros(n, dtype=np.int32) if host_metadata else torch.zeros(n, dtype=torch.int32, device=device)
 
         batch, hkv, d = len(q_lens), num_kv_heads, head_dim
         self.q = rand(int(self.q_lens.sum()), num_q_heads, d)
-        self.cu_seqlens_q = torch.tensor(np.concatenate([[0], np.cumsum(self.q_lens)]), dtype=torch.int32, device=device)
+        self.cu_seqlens_q = ints(batch + 1)
+        _write(self.cu_seqlens_q, np.concatenate([[0], np.cumsum(self.q_lens)]))
         if page_size:
             blocks = batch * max_blocks
-            table = torch.randperm(blocks, generator=gen).to(torch.int32).view(batch, max_blocks).to(device)
+            table = ints(blocks).reshape(batch, max_blocks)
+            _write(table, torch.randperm(blocks, generator=gen).view(batch, max_blocks).numpy())
             self.kv = PagedKV(rand(blocks, page_size, hkv, d), rand(blocks, page_size, hkv, d), table, ints(batch))
         else:
             self.kv = RaggedKV(rand(own_rows, hkv, d), rand(own_rows, hkv, d), ints(batch + 1))
@@ -59,14 +64,22 @@ class EngineTensors:
         self.q.copy_(torch.randn(self.q.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31)))))
         if isinstance(self.kv, PagedKV):
             most = self.max_blocks * self.page_size
-            self.kv.kv_lens.copy_(torch.tensor([rng.integers(q, most + 1) for q in self.q_lens]))
+            _write(self.kv.kv_lens, [rng.integers(q, most + 1) for q in self.q_lens])
         else:  # the own rows are fixed: share the spare ones out
             spare = self.own_rows - int(self.q_lens.sum())
             cuts = np.sort(rng.integers(0, spare + 1, size=len(self.q_lens) - 1))
             extra = np.diff(np.concatenate([[0], cuts, [spare]]))
-            self.kv.cu_seqlens.copy_(torch.tensor(np.concatenate([[0], np.cumsum(self.q_lens + extra)])))
+            _write(self.kv.cu_seqlens, np.concatenate([[0], np.cumsum(self.q_lens + extra)]))
         for level in self.levels:
             rows, count = int(level.k.shape[0]), int(level.cu_seqlens.shape[0]) - 1
             cuts = np.sort(rng.integers(0, rows + 1, size=count - 1))
-            level.cu_seqlens.copy_(torch.tensor(np.concatenate([[0], cuts, [rows]])))
-            level.prefix_ids.copy_(torch.tensor(rng.integers(-1, count, size=len(self.q_lens))))
+            _write(level.cu_seqlens, np.concatenate([[0], cuts, [rows]]))
+            _write(level.prefix_ids, rng.integers(-1, count, size=len(self.q_lens)))
+
+
+def _write(x, values) -> None:
+    """Write ``values`` into the metadata array ``x`` in place (a tensor, or a NumPy array)."""
+    if isinstance(x, np.ndarray):
+        x[...] = values
+    else:
+        x.copy_(torch.as_tensor(np.asarray(values)))

@@ -486,6 +486,41 @@ def test_a_plan_refuses_lengths_and_ids_that_changed_since_it_was_prepared():
 
 
 @in_process
+@pytest.mark.parametrize("block_size", [None, 4], ids=["ragged", "paged"])
+def test_metadata_on_the_host_gives_the_bits_of_metadata_on_the_device(block_size):
+    """Metadata given as NumPy arrays is on the host (``validation.on_host``): it is read
+    without a synchronization, and a plan holds a copy of a host block table that the kernels
+    read in its place. The bits are those of the same metadata on q's device."""
+    batch = _shared_prefix_batch(block_size=block_size)
+    args, kwargs = batch.to_torch("cpu")
+    host_args, _ = batch.to_torch("cpu", host_metadata=True)
+    q, cu, kv, prefixes = host_args
+    offsets = kv._fields[2]  # the block table, or the ragged KV's cu_seqlens
+    assert isinstance(cu, np.ndarray) and isinstance(getattr(kv, offsets), np.ndarray)
+    device = relaycore.relay_attention(*args, **kwargs, plan=prepare(*args, **kwargs))
+    planned = prepare(*host_args, **kwargs)
+    assert (planned.block_table is not None) == (block_size is not None)
+    if block_size:
+        assert torch.equal(planned.block_table, torch.from_numpy(kv.block_table))
+    assert _same(relaycore.relay_attention(*host_args, **kwargs, plan=planned), device)
+    assert _same(relaycore.relay_attention(*host_args, **kwargs, backend="triton"), device)
+    graph = prepare_graph(*host_args, **kwargs, config=TINY)
+    alone = run_planned(plan(validate(*args, **kwargs), config=TINY), args[0], args[2], args[3])
+    assert _same(relaycore.relay_attention(*host_args, **kwargs, plan=graph), alone)
+    # a plan holds the host values: equal values in other arrays are the planned call, changed ones are refused
+    copies = kv._replace(**{offsets: getattr(kv, offsets).copy()})
+    assert _same(relaycore.relay_attention(q, cu.copy(), copies, prefixes, **kwargs, plan=planned), device)
+    if block_size:
+        kv.block_table[0, 0] += 1
+        with pytest.raises(ValueError, match=r"kv\.block_table: expected the values the plan was prepared with, got "
+                                             r"kv\.block_table\[0, 0\] = \d+ where the plan has \d+"):
+            relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=planned)
+    prefixes[0].prefix_ids[0] = -1
+    with pytest.raises(ValueError, match=r"prefixes\[0\]\.prefix_ids: expected the values the plan was prepared"):
+        relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=graph)
+
+
+@in_process
 def test_a_call_to_be_differentiated_is_refused_by_the_kernels_without_a_backward():
     batch = _shared_prefix_batch(dtype="float32")
     (q, cu, kv, prefixes), kwargs = batch.to_torch("cpu")
@@ -510,7 +545,7 @@ def test_on_a_gpu_a_plan_refuses_the_planned_tensors_written_in_place_and_trusts
     # and only an in-place write to the very tensor planned with is seen, by its version counter
     cu = torch.tensor([0, 1, 2], dtype=torch.int32)
     kv = RaggedKV(torch.zeros(5, 1, 16), torch.zeros(5, 1, 16), torch.tensor([0, 2, 5], dtype=torch.int32))
-    stamps = tuple(stamp._replace(values=None) for stamp in stamp_metadata(cu, kv, ()))
+    stamps = tuple(stamp._replace(values=None) for stamp in stamp_metadata(cu, kv, (), block_table=False))
     check_metadata(stamps, cu, kv, ())
     check_metadata(stamps, cu, kv._replace(cu_seqlens=torch.tensor([0, 3, 5], dtype=torch.int32)), ())  # trusted
     kv.cu_seqlens[1] = 3
@@ -698,6 +733,11 @@ def test_torch_compile_traces_the_planned_call_as_one_op():
     assert set(checks.values()) == {"SUCCESS"}
     with pytest.raises(TypeError, match="plan"):
         relaycore.relay_attention(*args, **kwargs, plan="not a plan")
+    # metadata on the host: the op reads the plan's copy of the block table
+    (q, cu, kv, prefixes), _ = batch.to_torch("cpu", host_metadata=True)
+    planned = prepare(q, cu, kv, prefixes, **kwargs)  # ``step`` reads these ``cu`` and ``planned``
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)(q, kv, prefixes)
+    assert _same(compiled, eager)
 
 
 # Graph plans (``relaycore.fast.triton.graph``): one set of launches and buffers for every step
@@ -738,7 +778,7 @@ GRAPH_SHAPES = st.fixed_dictionaries(dict(
     page_size=st.sampled_from([0, 4, 8]), max_blocks=st.integers(2, 5), spare_rows=st.integers(0, 40),
     levels=st.lists(st.tuples(st.integers(0, 40), st.integers(1, 3)), max_size=2),
     causal=st.booleans(), config=st.sampled_from([TINY, TALL]), dtype=st.sampled_from(["float16", "float32"]),
-    seed=st.integers(0, 2**16)))
+    host_metadata=st.booleans(), seed=st.integers(0, 2**16)))
 
 
 def _engine(shape, device="cpu") -> EngineTensors:
@@ -749,7 +789,8 @@ def _engine(shape, device="cpu") -> EngineTensors:
                          num_kv_heads=shape["num_kv_heads"], head_dim=16, dtype=getattr(torch, shape["dtype"]),
                          device=device, page_size=shape["page_size"], max_blocks=shape["max_blocks"],
                          own_rows=sum(q_lens) + shape["spare_rows"], level_rows=[r for r, _ in shape["levels"]],
-                         level_prefixes=[p for _, p in shape["levels"]], causal=shape["causal"], seed=shape["seed"])
+                         level_prefixes=[p for _, p in shape["levels"]], causal=shape["causal"], seed=shape["seed"],
+                         host_metadata=shape["host_metadata"])
 
 
 @in_process

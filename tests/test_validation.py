@@ -119,18 +119,40 @@ def test_the_public_api_takes_arrays_only():
 torch = pytest.importorskip("torch")
 
 
-def torch_call(device_of_q: str = "cpu", dtype=torch.float32) -> dict:
+def torch_call(device_of_q: str = "cpu", dtype=torch.float32, paged: bool = False) -> dict:
     batch = make_batch([1, 2], [3, 2], [[2, 4]], [[0, 1]], num_q_heads=4, num_kv_heads=2, head_dim=8,
-                       dtype=str(dtype).replace("torch.", ""))
+                       dtype=str(dtype).replace("torch.", ""), block_size=2 if paged else None)
     (q, cu, kv, prefixes), kwargs = batch.to_torch("cpu", dtype)
     return dict(q=q.to(device_of_q), cu_seqlens_q=cu, kv=kv, prefixes=list(prefixes), **kwargs)
 
 
 def test_tensors_on_two_devices():
+    c = torch_call("meta")  # the metadata on the CPU is on the host: the first float tensor is named
     with pytest.raises(ValueError) as info:
-        relaycore.relay_attention(**torch_call("meta"))
-    assert_names(info.value, "cu_seqlens_q", "got cpu")
+        relaycore.relay_attention(**c)
+    assert_names(info.value, "kv.k", "got cpu")
     assert "expected device meta" in str(info.value)
+    c = torch_call()
+    c["cu_seqlens_q"] = c["cu_seqlens_q"].to("meta")  # metadata neither on q's device nor on the host
+    with pytest.raises(ValueError) as info:
+        relaycore.relay_attention(**c)
+    assert_names(info.value, "cu_seqlens_q", "got meta")
+    assert "expected device cpu (the device of q) or the host (a NumPy array or a CPU tensor)" in str(info.value)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_metadata_on_the_host_beside_torch_tensors_gives_the_same_result(paged):
+    c = torch_call(paged=paged)
+    expected = relaycore.relay_attention(**c, backend="torch")
+    host = dict(c, cu_seqlens_q=c["cu_seqlens_q"].numpy(), kv=c["kv"]._replace(**{
+        name: getattr(c["kv"], name).numpy() for name in ("block_table", "kv_lens", "cu_seqlens")
+        if name in c["kv"]._fields}), prefixes=[p._replace(cu_seqlens=p.cu_seqlens.numpy(), prefix_ids=p.prefix_ids.numpy())
+                                               for p in c["prefixes"]])
+    meta = relaycore.validation.validate(**host)
+    assert (meta.host_block_table is not None) == paged  # a NumPy block table is on the host: a backend copies it
+    for got, want in zip(relaycore.relay_attention(**host, backend="torch"), expected):
+        assert torch.equal(got, want)
+    assert relaycore.validation.validate(**c).host_block_table is None  # a CPU tensor beside CPU q is on q's device
 
 
 def test_tensors_without_values():
@@ -144,11 +166,16 @@ def test_tensors_without_values():
 
 
 def test_mixed_array_libraries_and_dtypes():
-    c = torch_call()
-    c["cu_seqlens_q"] = c["cu_seqlens_q"].numpy()
+    c = call()  # NumPy q: its metadata must be NumPy too
+    c["cu_seqlens_q"] = torch.from_numpy(c["cu_seqlens_q"])
     with pytest.raises(TypeError) as info:
         relaycore.relay_attention(**c)
-    assert_names(info.value, "cu_seqlens_q", "got a numpy array")
+    assert_names(info.value, "cu_seqlens_q", "got a torch array")
+    c = torch_call()
+    c["kv"] = c["kv"]._replace(k=c["kv"].k.numpy())
+    with pytest.raises(TypeError) as info:
+        relaycore.relay_attention(**c)
+    assert_names(info.value, "kv.k", "got a numpy array")
     c = torch_call(dtype=torch.bfloat16)
     c["kv"] = c["kv"]._replace(k=c["kv"].k.float(), v=c["kv"].v.float())
     with pytest.raises(TypeError) as info:

@@ -43,8 +43,9 @@ def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta) -> AttentionState:
 def prepare(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> Plan:
     """Validate a batch once and plan it for ``relay_attention(..., plan=)``.
 
-    Reads the metadata to the host (one synchronization), so call it once per step and reuse
-    the plan for every layer whose lengths, ids, ``causal`` and ``softmax_scale`` are the same.
+    Reads the metadata to the host (a synchronization, unless it is all on the host already:
+    ``relaycore.validation.on_host``), so call it once per step and reuse the plan for every
+    layer whose lengths, ids, ``causal`` and ``softmax_scale`` are the same.
 
     Args:
         q, cu_seqlens_q, kv, prefixes, causal, softmax_scale: as ``relaycore.relay_attention``.
@@ -58,7 +59,8 @@ def prepare(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_sc
     meta = validate_for_triton(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     prefixes = tuple(prefixes)
     return dataclasses.replace(plan(meta), signature=tensor_signature(q, cu_seqlens_q, kv, prefixes),
-                               stamps=stamp_metadata(cu_seqlens_q, kv, prefixes))
+                               stamps=stamp_metadata(cu_seqlens_q, kv, prefixes,
+                                                     block_table=meta.host_block_table is not None))
 
 
 def validate_for_triton(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> BatchMeta:

@@ -55,8 +55,8 @@ from relaycore.validation import BatchMeta
 from relaycore.fast.triton.backend import validate_for_triton
 from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
-from relaycore.fast.triton.plan import (Launch, Plan, Work, check_signature, fold_height, int32_list, plan_work,
-                                        stamp_metadata, tensor_signature)
+from relaycore.fast.triton.plan import (Launch, Plan, Work, check_signature, fold_height, int32_list, list_starts,
+                                        plan_work, stamp_metadata, staged, tensor_signature)
 
 class Bounds(NamedTuple):
     """What the tensors' shapes bound in every batch a ``GraphPlan`` runs.
@@ -194,14 +194,18 @@ class GraphPlan:
         self._q_lens = meta.q_lens
         self._config = config
         total_q = meta.total_q
-        # one int32 buffer of regions: slot_offsets, each launch's item count, then per launch
-        # its items, tokens and slots (regions 2 + 3 i, 3 + 3 i, 4 + 3 i)
+        # one int32 buffer of regions (``list_starts``): slot_offsets, each launch's item count,
+        # per launch its items, tokens and slots (regions 2 + 3 i, 3 + 3 i, 4 + 3 i), and last
+        # the copy of a block table given on the host
         sizes = [total_q + 1, len(self.launches)]
         for launch in self.launches:
             sizes += [launch.capacity * NUM_ITEM_FIELDS.value, total_q, total_q]
-        self._starts = np.concatenate([[0], np.cumsum(sizes)])
+        table = meta.host_block_table
+        if table is not None:
+            sizes.append(table.size)
+        self._starts, self._sizes = list_starts(sizes), sizes
         self._device = torch.zeros(int(self._starts[-1]), dtype=torch.int32, device=device)
-        views = torch.split(self._device, sizes)
+        views = [self._device[self._region(r)] for r in range(len(sizes))]
         self.plan = Plan(
             total_q=total_q, num_q_heads=meta.num_q_heads, num_kv_heads=meta.num_kv_heads, head_dim=meta.head_dim,
             dtype=meta.dtype, paged=meta.paged, causal=meta.causal, softmax_scale=meta.softmax_scale, config=config,
@@ -214,17 +218,21 @@ class GraphPlan:
                        count=None if launch.single_pass else views[1][i : i + 1])
                 for i, launch in enumerate(self.launches)),
             fused_merge=False, arrivals=torch.zeros((0,), dtype=torch.int32, device=device), relay=True,
-            device=str(device), num_levels=meta.num_levels, signature=signature)
+            device=str(device), num_levels=meta.num_levels,
+            block_table=None if table is None else views[-1].view(table.shape), signature=signature)
 
     def _region(self, r: int) -> slice:
-        return slice(int(self._starts[r]), int(self._starts[r + 1]))
+        """Region ``r`` of the buffer, without its alignment padding."""
+        return slice(int(self._starts[r]), int(self._starts[r]) + self._sizes[r])
 
     def update(self, q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> None:
         """Plan a step's batch into the fixed buffers, for the calls (and graph replays) after it.
 
-        Validates the batch (reading its metadata to the host, as ``prepare``), plans it and
-        copies its work lists to the device on the current stream: a graph replayed on that
-        stream after this call reads them, one replayed before does not. Every layer of the step then runs with
+        Validates the batch (reading its metadata to the host, as ``prepare``: a synchronization
+        unless it is on the host already), plans it and copies its work lists (and a block
+        table given on the host) to the device in one copy on the current stream that does not
+        synchronize: a graph replayed on that stream after this call reads them, one replayed
+        before does not. Every layer of the step then runs with
         this plan, as with ``prepare``'s.
 
         Args:
@@ -239,7 +247,8 @@ class GraphPlan:
         """
         meta = validate_for_triton(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
         prefixes = tuple(prefixes)
-        self._refill(meta, tensor_signature(q, cu_seqlens_q, kv, prefixes), stamp_metadata(cu_seqlens_q, kv, prefixes))
+        self._refill(meta, tensor_signature(q, cu_seqlens_q, kv, prefixes),
+                     stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=meta.host_block_table is not None))
 
     def _refill(self, meta: BatchMeta, signature, stamps) -> None:
         plan = self.plan
@@ -259,13 +268,14 @@ class GraphPlan:
         if meta.softmax_scale != plan.softmax_scale:
             raise ValueError(f"softmax_scale: expected the graph plan's {plan.softmax_scale}, got {meta.softmax_scale}")
         # relay grouping is what bounds a level's groups by its prefixes (``graph_launches``)
-        host = self.fill(plan_work(meta, self._config, relay=True, unshared_single_pass=False))
-        self._device.copy_(torch.from_numpy(host), non_blocking=True)  # pageable: staged, so host may be reused
+        host = self.fill(plan_work(meta, self._config, relay=True, unshared_single_pass=False), meta.host_block_table)
+        self._device.copy_(staged(host, self._device.device), non_blocking=True)
         self.plan = dataclasses.replace(plan, stamps=stamps)
 
-    def fill(self, work: Work) -> np.ndarray:
+    def fill(self, work: Work, block_table: np.ndarray | None = None) -> np.ndarray:
         """int32: the contents of the device buffer for ``work``: each launch's item count, and
-        its items and lists followed by zeros up to their capacity.
+        its items and lists followed by zeros up to their capacity; and ``block_table``, the
+        values of a block table given on the host, where the plan holds its copy.
 
         Raises:
             ValueError: work past a capacity (a bound of ``graph_launches`` or ``slot_capacity``
@@ -293,6 +303,8 @@ class GraphPlan:
         short = [x for x, count in zip(self.launches, counts) if x.single_pass and count < x.capacity]
         if short:  # a single-pass launch has no count: every item of its grid runs
             raise ValueError(f"graph plan: single-pass launches short of their items, {short}: {counts.tolist()} items")
+        if block_table is not None:
+            host[self._region(len(self._sizes) - 1)] = block_table.reshape(-1)
         return int32_list(host)
 
     @property
@@ -333,5 +345,6 @@ def prepare_graph(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, soft
     config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
     signature = tensor_signature(q, cu_seqlens_q, kv, prefixes)
     graph = GraphPlan(meta, Bounds.of(meta, kv, prefixes), config, signature, torch.device(meta.device))
-    graph._refill(meta, signature, stamp_metadata(cu_seqlens_q, kv, prefixes))
+    graph._refill(meta, signature, stamp_metadata(cu_seqlens_q, kv, prefixes,
+                                                  block_table=meta.host_block_table is not None))
     return graph

@@ -85,8 +85,9 @@ _LANES = _Lanes()
 
 def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel]) -> AttentionState:
     """``run_planned`` outside ``torch.compile``: the kernel launches themselves. Reads only
-    ``kv.k``/``kv.v`` (ragged) or ``kv.k_cache``/``kv.v_cache``/``kv.block_table`` (paged) and
-    each level's ``k``/``v``: the plan holds every offset.
+    ``kv.k``/``kv.v`` (ragged) or ``kv.k_cache``/``kv.v_cache`` and ``kv.block_table`` (paged;
+    the plan's copy where it holds one, ``Plan.block_table``) and each level's ``k``/``v``: the
+    plan holds every offset.
 
     The partial launches run on the caller's stream and, with ``CONCURRENT_PARTIALS``, on side
     streams that fork from it before the first launch and join it before the merge (or, with
@@ -146,7 +147,8 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
         level = prefixes[item_list.level]
         k, v, paged, causal, table = level.k, level.v, False, False, item_list.items
     elif isinstance(kv, PagedKV):
-        k, v, paged, causal, table = kv.k_cache, kv.v_cache, True, plan.causal, _contiguous_last(kv.block_table)
+        table = kv.block_table if plan.block_table is None else plan.block_table
+        k, v, paged, causal, table = kv.k_cache, kv.v_cache, True, plan.causal, _contiguous_last(table)
     else:
         k, v, paged, causal, table = kv.k, kv.v, False, plan.causal, item_list.items
     k, v = _contiguous_last(k), _contiguous_last(v)

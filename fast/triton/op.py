@@ -79,7 +79,10 @@ def _(q, own, prefix_kv, plan_tensors, plan_ints, softmax_scale):
 
 def call_op(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel]) -> AttentionState:
     """``run_planned`` through the op (what ``torch.compile`` sees)."""
-    own = [kv.k_cache, kv.v_cache, kv.block_table] if isinstance(kv, PagedKV) else [kv.k, kv.v]
+    if isinstance(kv, PagedKV):  # the op's plan holds no block table: it gets the one the kernels read
+        own = [kv.k_cache, kv.v_cache, kv.block_table if plan.block_table is None else plan.block_table]
+    else:
+        own = [kv.k, kv.v]
     prefix_kv = [t for level in prefixes for t in (level.k, level.v)]
     tensors, ints = _pack(plan)
     out, lse = torch.ops.relaycore.relay_attention_planned(q, own, prefix_kv, tensors, ints, plan.softmax_scale)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, List, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -112,6 +112,9 @@ class Plan:
         relay: whether prefix rows are grouped across requests (``relay_grouping``).
         device: the device of the work lists.
         num_levels: prefix levels planned for.
+        block_table: int32 ``[B, max_blocks]`` on the device: the plan's copy of a block table
+            given on the host (``relaycore.validation.on_host``), which the kernels read in its
+            place; ``None``: they read the call's ``kv.block_table``.
         signature: ``(argument name, shape, dtype, device)`` of every tensor of the call the
             plan was prepared for (``tensor_signature``); empty for a plan made from metadata
             alone, whose ``run`` then checks q only.
@@ -136,6 +139,7 @@ class Plan:
     relay: bool
     device: str
     num_levels: int
+    block_table: Optional[torch.Tensor] = None
     signature: Tuple[Tuple[str, tuple, str, str], ...] = ()
     stamps: Tuple["Stamp", ...] = field(default=(), compare=False, repr=False)
 
@@ -148,11 +152,12 @@ class Plan:
         ``relay_attention(..., plan=)`` calls): every tensor must have the shape, dtype and
         device it had when the plan was prepared (layers of a model share them), and
         ``causal`` and ``softmax_scale`` (``None`` meaning ``1/sqrt(D)``) must be the plan's.
-        The metadata whose values the plan holds (``metadata_tensors``: the lengths and ids)
-        must hold the planned values: a tensor the plan was prepared with that was written in
-        place since is refused (its version counter moved), and on the CPU the values are
-        compared; another tensor on a GPU is trusted, since reading it would synchronize
-        (``docs/guide/serving.md``). Under ``torch.compile`` the metadata is not checked.
+        The metadata whose values the plan holds (``stamp_metadata``: the lengths and ids, and a
+        block table given on the host) must hold the planned values: on the host (a NumPy
+        array or a CPU tensor) they are compared; a tensor on a GPU that the plan was prepared
+        with and that was written in place since is refused (its version counter moved), and
+        another one is trusted, since reading it would synchronize (``docs/guide/serving.md``).
+        Under ``torch.compile`` the metadata is not checked.
 
         Raises:
             TypeError, ValueError: an input that differs from what was planned, naming it.
@@ -190,39 +195,53 @@ class Plan:
 
 
 class Stamp(NamedTuple):
-    """What ``Plan.run`` checks of one metadata tensor of the call a plan was prepared for.
+    """What ``Plan.run`` checks of one metadata array of the call a plan was prepared for.
 
     Attributes:
         name: the argument, as ``relay_attention`` names it.
-        ref: a weak reference to the tensor.
-        version: its version counter then (torch counts every in-place write).
-        values: a CPU tensor's values then; ``None`` on a GPU (reading them would synchronize).
+        ref: a weak reference to the array.
+        version: a tensor's version counter then (torch counts every in-place write); ``None``
+            for a NumPy array.
+        values: the values then where reading them costs no synchronization (a NumPy array, a
+            CPU tensor); ``None`` on a GPU.
     """
 
     name: str
     ref: Any
-    version: int
+    version: Optional[int]
     values: Optional[np.ndarray]
 
 
-def metadata_tensors(cu_seqlens_q, kv, prefixes) -> List[Tuple[str, Any]]:
-    """``(name, tensor)`` of the metadata whose values a plan holds: the lengths and the prefix
-    ids (a paged cache's block table is read by the kernels at run time, so only its shape is
-    planned)."""
+def host_values(x) -> Optional[np.ndarray]:
+    """The values of a NumPy array or CPU tensor (a view); ``None`` for a tensor on a GPU."""
+    if isinstance(x, np.ndarray):
+        return x
+    return x.numpy() if x.device.type == "cpu" else None
+
+
+def metadata_tensors(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> List[Tuple[str, Any]]:
+    """``(name, array)`` of the metadata whose values a plan holds: the lengths and the prefix
+    ids, and with ``block_table`` a paged cache's block table (a plan holds it where it was
+    given on the host, ``Plan.block_table``; else the kernels read it at run time, so only its
+    shape is planned)."""
     named = [("cu_seqlens_q", cu_seqlens_q)]
     named.append(("kv.kv_lens", kv.kv_lens) if isinstance(kv, PagedKV) else ("kv.cu_seqlens", kv.cu_seqlens))
     for i, level in enumerate(prefixes):
         named += [(f"prefixes[{i}].cu_seqlens", level.cu_seqlens), (f"prefixes[{i}].prefix_ids", level.prefix_ids)]
+    if block_table and isinstance(kv, PagedKV):
+        named.append(("kv.block_table", kv.block_table))
     return named
 
 
-def stamp_metadata(cu_seqlens_q, kv, prefixes) -> Tuple[Stamp, ...]:
-    """The ``Stamp`` of every metadata tensor of a call (``metadata_tensors``), taken when its
-    plan is prepared."""
-    return tuple(
-        Stamp(name, weakref.ref(x), x._version, x.numpy().copy() if x.device.type == "cpu" else None)
-        for name, x in metadata_tensors(cu_seqlens_q, kv, prefixes)
-    )
+def stamp_metadata(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> Tuple[Stamp, ...]:
+    """The ``Stamp`` of every metadata array of a call (``metadata_tensors``), taken when its
+    plan is prepared; ``block_table``: the plan holds a copy of the block table."""
+    def stamp(name, x):
+        values = host_values(x)
+        version = None if isinstance(x, np.ndarray) else x._version
+        return Stamp(name, weakref.ref(x), version, None if values is None else values.copy())
+
+    return tuple(stamp(name, x) for name, x in metadata_tensors(cu_seqlens_q, kv, prefixes, block_table=block_table))
 
 
 def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> None:
@@ -230,16 +249,19 @@ def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> Non
     seen without a synchronization (``Plan.run``).
 
     Raises:
-        ValueError: naming the argument: a CPU tensor whose values differ from the planned ones,
-            or the planned tensor itself, written in place since.
+        ValueError: naming the argument: an array on the host whose values differ from the
+            planned ones, or the planned tensor on a GPU itself, written in place since.
     """
     advice = "prepare a new plan (or update a graph plan) when the lengths or ids change"
-    for stamp, (name, x) in zip(stamps, metadata_tensors(cu_seqlens_q, kv, prefixes)):
-        if stamp.values is not None and x.device.type == "cpu":
-            got = x.numpy()
+    named = dict(metadata_tensors(cu_seqlens_q, kv, prefixes, block_table=True))
+    for stamp in stamps:
+        name, x = stamp.name, named[stamp.name]
+        got = host_values(x)
+        if stamp.values is not None and got is not None:
             if not np.array_equal(got, stamp.values):
-                i = int(np.argmax(got != stamp.values))
-                raise ValueError(f"{name}: expected the values the plan was prepared with, got {name}[{i}] = "
+                i = tuple(int(j) for j in np.argwhere(got != stamp.values)[0])  # the shapes are the plan's
+                at = ", ".join(map(str, i))
+                raise ValueError(f"{name}: expected the values the plan was prepared with, got {name}[{at}] = "
                                  f"{got[i]} where the plan has {stamp.values[i]}; {advice}")
         elif stamp.ref() is x and x._version != stamp.version:
             raise ValueError(f"{name}: expected the values the plan was prepared with, got the same tensor written in "
@@ -259,8 +281,9 @@ def check_signature(planned, signature, whose: str) -> None:
 
 
 def tensor_signature(q, cu_seqlens_q, kv, prefixes) -> Tuple[Tuple[str, tuple, str, str], ...]:
-    """``(name, shape, dtype, device)`` of every tensor of a call, in a fixed order; anything
-    that is not a tensor gets the shape ``()`` and its type's name as dtype."""
+    """``(name, shape, dtype, device)`` of every tensor of a call, in a fixed order; a NumPy
+    array gets its shape, ``"ndarray"`` and ``"numpy"`` (``torch.compile`` cannot read its dtype),
+    anything else the shape ``()`` and its type's name as dtype."""
     named = [("q", q), ("cu_seqlens_q", cu_seqlens_q)]
     named += [(f"kv.{field}", x) for field, x in zip(kv._fields, kv)]
     for i, level in enumerate(prefixes):
@@ -269,6 +292,8 @@ def tensor_signature(q, cu_seqlens_q, kv, prefixes) -> Tuple[Tuple[str, tuple, s
     def describe(x):
         if isinstance(x, torch.Tensor):
             return tuple(x.shape), str(x.dtype).replace("torch.", ""), str(x.device)
+        if isinstance(x, np.ndarray):  # host metadata, whose values the plan holds: its dtype is not the kernels'
+            return tuple(x.shape), "ndarray", "numpy"
         return (), type(x).__name__, ""
 
     return tuple((name, *describe(x)) for name, x in named)
@@ -638,6 +663,40 @@ def int32_list(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int32)
 
 
+def staged(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """int32 ``values`` (``int32_list``) in a host tensor to copy to ``device`` with
+    ``non_blocking=True``: pinned where ``device`` is a GPU, so that the copy is queued on the
+    stream without a synchronization (torch keeps the pinned memory until the copy is done)."""
+    values = int32_list(values)
+    host = torch.empty(values.shape, dtype=torch.int32, pin_memory=device.type == "cuda")
+    host.numpy()[...] = values
+    return host
+
+
+#: Where each list of a shared buffer starts, in int32s: 128 bytes, so that every list is as
+#: aligned as a tensor of its own (Triton compiles a kernel per alignment of its pointers).
+LIST_ALIGN = 32
+
+
+def list_starts(sizes: Sequence[int]) -> np.ndarray:
+    """int64 ``[len(sizes) + 1]``: where lists of these sizes start in one buffer, each at a
+    multiple of ``LIST_ALIGN``, and (last) the buffer's size."""
+    padded = -(-np.asarray(sizes, dtype=np.int64) // LIST_ALIGN) * LIST_ALIGN
+    return np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
+
+
+def upload(arrays: Sequence[np.ndarray], device: torch.device) -> List[torch.Tensor]:
+    """int32 copies of ``arrays`` on ``device``, made by one copy on the current stream that
+    does not synchronize (``staged``): views of one buffer (``list_starts``), in the arrays'
+    shapes."""
+    starts = list_starts([a.size for a in arrays])
+    flat = np.zeros(int(starts[-1]), dtype=np.int64)
+    for start, a in zip(starts, arrays):
+        flat[start : start + a.size] = np.reshape(a, -1)
+    buffer = staged(flat, device).to(device, non_blocking=True)
+    return [buffer[start : start + a.size].view(a.shape) for start, a in zip(starts, arrays)]
+
+
 def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None,
          fused_merge: Optional[bool] = None, regular: bool = True, unshared_single_pass: bool = True) -> Plan:
     """Plan a batch for the Triton kernels.
@@ -656,21 +715,22 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
             the merge (``single_pass_requests``). The bits are the same either way.
 
     Returns:
-        A ``Plan``, reusable for every call with the same metadata (every layer of a step).
+        A ``Plan``, reusable for every call with the same metadata (every layer of a step). Its
+        lists (and its copy of a block table on the host, ``meta.host_block_table``) reach the
+        device in one copy on the current stream that does not synchronize.
     """
     device = torch.device(meta.device if device is None else device)
     config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
     relay = relay_grouping(meta) if relay is None else bool(relay)
     work = plan_work(meta, config, relay=relay, unshared_single_pass=unshared_single_pass)
-
-    def to_device(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(int32_list(a)).to(device)
-
+    lists = [work.slot_offsets] + [a for w in work.launches for a in (w.items, w.tokens, w.slots)]
+    table = meta.host_block_table
+    slot_offsets, *lists = upload(lists + ([] if table is None else [table]), device)
     launches = tuple(
         Launch(level=w.level, block_m=w.block_m, single_pass=w.single_pass, reads_prefix=w.reads_prefix,
                fold_rows=w.fold_rows, regular=regular_items(w.items, w.block_m) if regular else (),
-               items=to_device(w.items), tokens=to_device(w.tokens), slots=to_device(w.slots))
-        for w in work.launches
+               items=lists[3 * i], tokens=lists[3 * i + 1], slots=lists[3 * i + 2])
+        for i, w in enumerate(work.launches)
     )
     if fused_merge is None:
         fused_merge = merge_in_partials(meta.total_q, work.fold_steps, config)
@@ -688,11 +748,12 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         softmax_scale=meta.softmax_scale,
         config=config,
         num_slots=work.num_slots,
-        slot_offsets=to_device(work.slot_offsets),
+        slot_offsets=slot_offsets,
         launches=launches,
         fused_merge=fused_merge,
         arrivals=arrivals,
         relay=relay,
         device=str(device),
         num_levels=meta.num_levels,
+        block_table=None if table is None else lists[-1],
     )

@@ -111,11 +111,13 @@ class Batch:
         (float64 values, int32 metadata) and ``causal``, ``softmax_scale``."""
         return (self.q, self.cu_seqlens_q, self.kv, self.prefixes), {"causal": self.causal, "softmax_scale": self.softmax_scale}
 
-    def to_torch(self, device: Any = "cpu", dtype: Any = None) -> Arguments:
+    def to_torch(self, device: Any = "cpu", dtype: Any = None, *, host_metadata: bool = False) -> Arguments:
         """``(args, kwargs)`` as ``arguments()``, with torch tensors on ``device``.
 
         Args:
             device: a torch device or its name.
+            host_metadata: give the metadata (offsets, lengths, block table, prefix ids) as
+                int32 NumPy arrays, on the host (``relaycore.validation.on_host``), not on ``device``.
             dtype: a torch dtype or its name; default the batch's ``dtype``. The values are
                 exact in the batch's dtype, so it and any format that holds all its values
                 (``CARRIERS[batch.dtype]``: float32 and float64 for float16 and bfloat16,
@@ -123,7 +125,8 @@ class Batch:
                 implementation would not see the numbers the oracle saw.
 
         Returns:
-            float tensors in ``dtype``, int32 metadata tensors, all on ``device``.
+            float tensors in ``dtype`` on ``device``, int32 metadata tensors on ``device`` (or
+            NumPy arrays).
 
         Raises:
             ValueError: ``dtype`` is not one of ``CARRIERS[batch.dtype]``.
@@ -144,7 +147,8 @@ class Batch:
             return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
 
         def ints(x):
-            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int32)).to(device=device)
+            x = np.array(x, dtype=np.int32)  # a copy: the caller may write into it
+            return x if host_metadata else torch.from_numpy(x).to(device=device)
 
         if isinstance(self.kv, PagedKV):
             kv = PagedKV(floats(self.kv.k_cache), floats(self.kv.v_cache), ints(self.kv.block_table), ints(self.kv.kv_lens))
