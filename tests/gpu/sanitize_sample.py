@@ -27,7 +27,8 @@ for (q_lens, kv_lens, prefix_lens, prefix_ids), (dtype, d, block) in itertools.p
     print("ok", dtype, d, "paged" if block else "ragged", q_lens, kv_lens, prefix_lens, flush=True)
 
 # a graph plan over steps of new lengths and ids: padded launches, whose programs past the
-# step's item count exit, each step the bits of its own plan
+# step's item count exit, each step the bits of its own plan; the metadata on the host, so that
+# the kernels read the plans' copies of the block table
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -35,11 +36,13 @@ from graph_steps import EngineTensors  # noqa: E402
 from relaycore.fast.triton import prepare, prepare_graph  # noqa: E402
 
 engine = EngineTensors([1] * 40 + [4], num_q_heads=8, num_kv_heads=2, head_dim=128, dtype=torch.float16,
-                       device="cuda", page_size=16, max_blocks=256, level_rows=[3000], level_prefixes=[3])
+                       device="cuda", page_size=16, max_blocks=256, level_rows=[3000], level_prefixes=[3],
+                       host_metadata=True)
 rng = np.random.default_rng(0)
 engine.step(rng)
 graph_plan = prepare_graph(*engine.args())
 assert any(launch.count is not None for launch in graph_plan.plan.launches), graph_plan
+assert graph_plan.plan.block_table is not None, graph_plan
 for step in range(3):
     engine.step(rng)
     graph_plan.update(*engine.args())
