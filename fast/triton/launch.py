@@ -156,8 +156,8 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
     svb, svs, svh = _kv_strides(v, paged)
     grid = (item_list.num_items, plan.num_kv_heads)
     regular = item_list.regular or (0,) * len(REGULAR_FIELDS)
-    if item_list.single_pass and HOPPER_SINGLE_PASS and not interpret and hopper.usable(q, plan.head_dim,
-                                                                                        item_list.block_m):
+    hopper_tile = item_list.single_pass and item_list.count is None  # the Gluon tile has no count to exit on
+    if hopper_tile and HOPPER_SINGLE_PASS and not interpret and hopper.usable(q, plan.head_dim, item_list.block_m):
         *descs, own_box = hopper.descriptors(pre_k, pre_v, k, v, paged)
         launch(
             hopper.single_pass_tile, grid,
