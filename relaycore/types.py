@@ -2,7 +2,10 @@
 
 All are ``NamedTuple`` s of arrays, neutral to the array library: NumPy arrays for the
 reference, torch tensors for the fast paths. Shapes use ``B`` requests, ``Hq`` query heads,
-``Hkv`` KV heads (``Hq % Hkv == 0``) and head dimension ``D``.
+``Hkv`` KV heads (``Hq % Hkv == 0``) and head dimension ``D``. Beside torch tensors, the
+integer metadata (offsets, lengths, block tables, prefix ids) may be on the host, as NumPy
+arrays or CPU tensors: it is then read without a synchronization
+(``relaycore.validation.on_host``).
 """
 
 from __future__ import annotations
