@@ -48,8 +48,8 @@ class BatchMeta:
         needs_grad: torch's grad mode is on and q, k or v (of the own KV or a prefix level)
             requires grad: the call is to be differentiated.
         host_block_table: int64 ``[B, max_blocks]``, the block table's values where it is not a
-            tensor on q's device (``on_host``): a backend that reads it on the device copies
-            it there; ``None`` otherwise.
+            tensor on q's device (``on_host``), 0 past each request's last block (entries never
+            read): a backend that reads it on the device copies it there; ``None`` otherwise.
     """
 
     batch: int
@@ -342,8 +342,6 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
                 f"kv_lens {int(kv_lens[b])} at block_size {block_size}), got {max_blocks} columns"
             )
         table = to_host_ints(kv.block_table)
-        if c.kind == "torch" and on_host(kv.block_table, c.device):
-            host_block_table = table.copy()  # the caller may write into its array after this call
         num_blocks = int(kv.k_cache.shape[0])
         used = np.arange(max_blocks)[None, :] < blocks_needed[:, None]
         bad = used & ((table < 0) | (table >= num_blocks))
@@ -353,6 +351,8 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
                 f"kv.block_table: expected block ids in [0, {num_blocks}) (num_blocks of kv.k_cache), "
                 f"got block_table[{b}, {j}] = {int(table[b, j])}"
             )
+        if c.kind == "torch" and on_host(kv.block_table, c.device):  # a new array: the caller may write into its own
+            host_block_table = np.where(used, table, 0)  # entries past a request's last block are never read
     short = q_lens > kv_lens
     if np.any(short):
         b = int(np.argmax(short))

@@ -60,11 +60,14 @@ class EngineTensors:
 
     def step(self, rng: np.random.Generator) -> None:
         """Write a random step into the tensors: new queries, own KV lengths from each request's
-        query count to its most, prefix boundaries anywhere in each level's rows, and ids."""
+        query count to its most, the pages shuffled among the requests, prefix boundaries
+        anywhere in each level's rows, and ids."""
         self.q.copy_(torch.randn(self.q.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31)))))
         if isinstance(self.kv, PagedKV):
             most = self.max_blocks * self.page_size
             _write(self.kv.kv_lens, [rng.integers(q, most + 1) for q in self.q_lens])
+            table = self.kv.block_table
+            _write(table, rng.permutation(int(np.prod(table.shape))).reshape(tuple(table.shape)))
         else:  # the own rows are fixed: share the spare ones out
             spare = self.own_rows - int(self.q_lens.sum())
             cuts = np.sort(rng.integers(0, spare + 1, size=len(self.q_lens) - 1))

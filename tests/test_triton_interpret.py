@@ -500,8 +500,9 @@ def test_metadata_on_the_host_gives_the_bits_of_metadata_on_the_device(block_siz
     device = relaycore.relay_attention(*args, **kwargs, plan=prepare(*args, **kwargs))
     planned = prepare(*host_args, **kwargs)
     assert (planned.block_table is not None) == (block_size is not None)
-    if block_size:
-        assert torch.equal(planned.block_table, torch.from_numpy(kv.block_table))
+    if block_size:  # the planned entries, 0 past each request's last block (never read)
+        used = np.arange(kv.block_table.shape[1])[None, :] < -(-kv.kv_lens[:, None] // block_size)
+        assert torch.equal(planned.block_table, torch.from_numpy(np.where(used, kv.block_table, 0)))
     assert _same(relaycore.relay_attention(*host_args, **kwargs, plan=planned), device)
     assert _same(relaycore.relay_attention(*host_args, **kwargs, backend="triton"), device)
     graph = prepare_graph(*host_args, **kwargs, config=TINY)
@@ -518,6 +519,28 @@ def test_metadata_on_the_host_gives_the_bits_of_metadata_on_the_device(block_siz
     prefixes[0].prefix_ids[0] = -1
     with pytest.raises(ValueError, match=r"prefixes\[0\]\.prefix_ids: expected the values the plan was prepared"):
         relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=graph)
+
+
+@in_process
+def test_host_metadata_of_any_int_dtype_and_layout_gives_the_same_bits():
+    """int64 NumPy metadata, a block table in column-major order, and entries past each
+    request's last block that no int32 holds (never read): the bits of int32 tensors."""
+    batch = _shared_prefix_batch(block_size=4)
+    args, kwargs = batch.to_torch("cpu")
+    expected = relaycore.relay_attention(*args, **kwargs, backend="triton")
+    (q, cu, kv, prefixes), _ = batch.to_torch("cpu", host_metadata=True)
+    table = np.asfortranarray(kv.block_table.astype(np.int64))
+    used = np.arange(table.shape[1])[None, :] < -(-kv.kv_lens[:, None] // 4)
+    assert not used.all()
+    table[~used] = 2**40
+    wide = (cu.astype(np.int64), PagedKV(kv.k_cache, kv.v_cache, table, kv.kv_lens.astype(np.int64)),
+            [p._replace(cu_seqlens=p.cu_seqlens.astype(np.int64), prefix_ids=p.prefix_ids.astype(np.int64))
+             for p in prefixes])
+    planned = prepare(q, *wide, **kwargs)
+    assert planned.block_table.is_contiguous() and int(planned.block_table.max()) < kv.k_cache.shape[0]
+    for got in (relaycore.relay_attention(q, *wide, **kwargs, plan=planned),
+                relaycore.relay_attention(q, *wide, **kwargs, backend="triton")):
+        assert _same(got, expected)
 
 
 @in_process

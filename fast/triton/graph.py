@@ -56,7 +56,7 @@ from relaycore.fast.triton.backend import validate_for_triton
 from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
 from relaycore.fast.triton.plan import (Launch, Plan, Work, check_signature, fold_height, int32_list, list_starts,
-                                        plan_work, stamp_metadata, staged, tensor_signature)
+                                        plan_work, stamp_metadata, staged, tensor_signature, uploaded)
 
 class Bounds(NamedTuple):
     """What the tensors' shapes bound in every batch a ``GraphPlan`` runs.
@@ -270,12 +270,13 @@ class GraphPlan:
         # relay grouping is what bounds a level's groups by its prefixes (``graph_launches``)
         host = self.fill(plan_work(meta, self._config, relay=True, unshared_single_pass=False), meta.host_block_table)
         self._device.copy_(staged(host, self._device.device), non_blocking=True)
-        self.plan = dataclasses.replace(plan, stamps=stamps)
+        self.plan = dataclasses.replace(plan, stamps=stamps, ready=uploaded(self._device.device))
 
     def fill(self, work: Work, block_table: np.ndarray | None = None) -> np.ndarray:
         """int32: the contents of the device buffer for ``work``: each launch's item count, and
-        its items and lists followed by zeros up to their capacity; and ``block_table``, the
-        values of a block table given on the host, where the plan holds its copy.
+        its items and lists followed by zeros up to their capacity; and ``block_table``, int64
+        ``[B, max_blocks]``, the values of a block table given on the host
+        (``BatchMeta.host_block_table``), where the plan holds its copy.
 
         Raises:
             ValueError: work past a capacity (a bound of ``graph_launches`` or ``slot_capacity``

@@ -89,11 +89,16 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     the plan's copy where it holds one, ``Plan.block_table``) and each level's ``k``/``v``: the
     plan holds every offset.
 
-    The partial launches run on the caller's stream and, with ``CONCURRENT_PARTIALS``, on side
-    streams that fork from it before the first launch and join it before the merge (or, with
-    the plan's fused merge, before the call returns); inside a CUDA graph capture they become
-    parallel branches of the graph."""
+    The caller's stream first waits for the copy of the plan's lists (``Plan.ready``), which
+    may have been queued on another stream; inside a CUDA graph capture it does not wait (the
+    lists must be on the device before the capture starts: ``torch.cuda.graph`` synchronizes
+    the device first). The partial launches run on the caller's stream and, with
+    ``CONCURRENT_PARTIALS``, on side streams that fork from it before the first launch and
+    join it before the merge (or, with the plan's fused merge, before the call returns);
+    inside a CUDA graph capture they become parallel branches of the graph."""
     total_q, hq, d = plan.total_q, plan.num_q_heads, plan.head_dim
+    if plan.ready is not None and not torch.cuda.is_current_stream_capturing():
+        torch.cuda.current_stream(q.device).wait_event(plan.ready)  # lists copied on another stream
     out = torch.empty((total_q, hq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((total_q, hq), dtype=torch.float32, device=q.device)
     if total_q == 0:
@@ -156,8 +161,8 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
     svb, svs, svh = _kv_strides(v, paged)
     grid = (item_list.num_items, plan.num_kv_heads)
     regular = item_list.regular or (0,) * len(REGULAR_FIELDS)
-    hopper_tile = item_list.single_pass and item_list.count is None  # the Gluon tile has no count to exit on
-    if hopper_tile and HOPPER_SINGLE_PASS and not interpret and hopper.usable(q, plan.head_dim, item_list.block_m):
+    if item_list.single_pass and HOPPER_SINGLE_PASS and not interpret and hopper.usable(q, plan.head_dim,
+                                                                                        item_list.block_m):
         *descs, own_box = hopper.descriptors(pre_k, pre_v, k, v, paged)
         launch(
             hopper.single_pass_tile, grid,

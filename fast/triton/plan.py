@@ -115,6 +115,10 @@ class Plan:
         block_table: int32 ``[B, max_blocks]`` on the device: the plan's copy of a block table
             given on the host (``relaycore.validation.on_host``), which the kernels read in its
             place; ``None``: they read the call's ``kv.block_table``.
+        ready: a ``torch.cuda.Event`` recorded after the copy of the lists to a GPU, on the
+            stream current when they were made (``uploaded``): a call on another stream waits
+            for it (``launch.run_eager``); ``None`` off a GPU, or past the op boundary of
+            ``torch.compile``.
         signature: ``(argument name, shape, dtype, device)`` of every tensor of the call the
             plan was prepared for (``tensor_signature``); empty for a plan made from metadata
             alone, whose ``run`` then checks q only.
@@ -140,6 +144,7 @@ class Plan:
     device: str
     num_levels: int
     block_table: Optional[torch.Tensor] = None
+    ready: Optional[Any] = field(default=None, compare=False, repr=False)
     signature: Tuple[Tuple[str, tuple, str, str], ...] = ()
     stamps: Tuple["Stamp", ...] = field(default=(), compare=False, repr=False)
 
@@ -219,11 +224,12 @@ def host_values(x) -> Optional[np.ndarray]:
     return x.numpy() if x.device.type == "cpu" else None
 
 
-def metadata_tensors(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> List[Tuple[str, Any]]:
+def metadata_arrays(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> List[Tuple[str, Any]]:
     """``(name, array)`` of the metadata whose values a plan holds: the lengths and the prefix
     ids, and with ``block_table`` a paged cache's block table (a plan holds it where it was
-    given on the host, ``Plan.block_table``; else the kernels read it at run time, so only its
-    shape is planned)."""
+    given on the host, ``Plan.block_table``, and its stamp is of the whole array, entries past
+    a request's last block included; else the kernels read it at run time, so only its shape
+    is planned)."""
     named = [("cu_seqlens_q", cu_seqlens_q)]
     named.append(("kv.kv_lens", kv.kv_lens) if isinstance(kv, PagedKV) else ("kv.cu_seqlens", kv.cu_seqlens))
     for i, level in enumerate(prefixes):
@@ -234,14 +240,14 @@ def metadata_tensors(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> List[T
 
 
 def stamp_metadata(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> Tuple[Stamp, ...]:
-    """The ``Stamp`` of every metadata array of a call (``metadata_tensors``), taken when its
+    """The ``Stamp`` of every metadata array of a call (``metadata_arrays``), taken when its
     plan is prepared; ``block_table``: the plan holds a copy of the block table."""
     def stamp(name, x):
         values = host_values(x)
         version = None if isinstance(x, np.ndarray) else x._version
         return Stamp(name, weakref.ref(x), version, None if values is None else values.copy())
 
-    return tuple(stamp(name, x) for name, x in metadata_tensors(cu_seqlens_q, kv, prefixes, block_table=block_table))
+    return tuple(stamp(name, x) for name, x in metadata_arrays(cu_seqlens_q, kv, prefixes, block_table=block_table))
 
 
 def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> None:
@@ -253,7 +259,7 @@ def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> Non
             planned ones, or the planned tensor on a GPU itself, written in place since.
     """
     advice = "prepare a new plan (or update a graph plan) when the lengths or ids change"
-    named = dict(metadata_tensors(cu_seqlens_q, kv, prefixes, block_table=True))
+    named = dict(metadata_arrays(cu_seqlens_q, kv, prefixes, block_table=True))
     for stamp in stamps:
         name, x = stamp.name, named[stamp.name]
         got = host_values(x)
@@ -685,10 +691,20 @@ def list_starts(sizes: Sequence[int]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
 
 
+def uploaded(device: torch.device) -> Optional[torch.cuda.Event]:
+    """An event recorded on ``device``'s current stream after the copies queued there (a GPU's;
+    ``None`` elsewhere): ``Plan.ready``."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))
+    return event
+
+
 def upload(arrays: Sequence[np.ndarray], device: torch.device) -> List[torch.Tensor]:
     """int32 copies of ``arrays`` on ``device``, made by one copy on the current stream that
-    does not synchronize (``staged``): views of one buffer (``list_starts``), in the arrays'
-    shapes."""
+    does not synchronize (``staged``; ``uploaded`` marks its end): views of one buffer
+    (``list_starts``), in the arrays' shapes."""
     starts = list_starts([a.size for a in arrays])
     flat = np.zeros(int(starts[-1]), dtype=np.int64)
     for start, a in zip(starts, arrays):
@@ -717,7 +733,10 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
     Returns:
         A ``Plan``, reusable for every call with the same metadata (every layer of a step). Its
         lists (and its copy of a block table on the host, ``meta.host_block_table``) reach the
-        device in one copy on the current stream that does not synchronize.
+        device in one copy on the current stream that does not synchronize. The kernels read
+        that copy in place of the call's ``kv.block_table``: a plan made here, from metadata
+        alone, trusts the call to hold the planned block table as it trusts its lengths
+        (``prepare``'s plans compare them at every call).
     """
     device = torch.device(meta.device if device is None else device)
     config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
@@ -756,4 +775,5 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         device=str(device),
         num_levels=meta.num_levels,
         block_table=None if table is None else lists[-1],
+        ready=uploaded(device),
     )

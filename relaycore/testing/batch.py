@@ -116,13 +116,14 @@ class Batch:
 
         Args:
             device: a torch device or its name.
-            host_metadata: give the metadata (offsets, lengths, block table, prefix ids) as
-                int32 NumPy arrays, on the host (``relaycore.validation.on_host``), not on ``device``.
             dtype: a torch dtype or its name; default the batch's ``dtype``. The values are
                 exact in the batch's dtype, so it and any format that holds all its values
                 (``CARRIERS[batch.dtype]``: float32 and float64 for float16 and bfloat16,
                 float64 for float32) carry them unchanged; any other would round them, and the
                 implementation would not see the numbers the oracle saw.
+            host_metadata: give the metadata (offsets, lengths, block table, prefix ids) as
+                int32 NumPy arrays, on the host (``relaycore.validation.on_host``), not on
+                ``device``.
 
         Returns:
             float tensors in ``dtype`` on ``device``, int32 metadata tensors on ``device`` (or

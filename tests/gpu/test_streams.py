@@ -79,3 +79,28 @@ def test_copies_of_a_strided_level_are_made_on_the_side_that_reads_them(layout, 
     for _ in range(10):
         got = relaycore.relay_attention(q, cu, kv, [apart], **kwargs, plan=planned)
         assert torch.equal(got.out, expected.out) and torch.equal(got.lse, expected.lse)
+
+
+@pytest.mark.parametrize("host_metadata", [False, True], ids=["metadata on the GPU", "metadata on the host"])
+def test_a_plan_made_on_one_stream_runs_on_another(host_metadata, poisoned_allocations):
+    """A plan's lists (and its copy of a host block table) are copied on the stream current
+    when it is made, without a synchronization; a call on another stream waits for that copy
+    (``Plan.ready``), here queued behind 50 ms of other work."""
+    from relaycore.fast.triton import prepare_graph
+
+    batch = _batch()
+    args, kwargs = batch.to_torch("cuda", host_metadata=host_metadata)
+    expected = relaycore.relay_attention(*args, **kwargs, plan=prepare(*args, **kwargs))
+    graph_plan = prepare_graph(*args, **kwargs)
+    graph_plan._device.zero_()  # what a call reads unless it waits for the update below
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(100_000_000)  # about 50 ms at the H200's clock
+        planned = prepare(*args, **kwargs)
+        torch.cuda._sleep(100_000_000)
+        graph_plan.update(*args, **kwargs)
+    for plan in (planned, graph_plan):
+        got = relaycore.relay_attention(*args, **kwargs, plan=plan)  # on the default stream
+        torch.cuda.synchronize()
+        assert torch.equal(got.out, expected.out) and torch.equal(got.lse, expected.lse)
