@@ -672,7 +672,15 @@ def int32_list(a: np.ndarray) -> np.ndarray:
 def staged(values: np.ndarray, device: torch.device) -> torch.Tensor:
     """int32 ``values`` (``int32_list``) in a host tensor to copy to ``device`` with
     ``non_blocking=True``: pinned where ``device`` is a GPU, so that the copy is queued on the
-    stream without a synchronization (torch keeps the pinned memory until the copy is done)."""
+    stream without a synchronization (torch keeps the pinned memory until the copy is done).
+
+    Raises:
+        ValueError: inside a CUDA graph capture, which would record the copy and repeat it at
+            every replay from host memory that is no longer the plan's.
+    """
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise ValueError("plan: expected a plan made before the CUDA graph capture (prepare, or a graph plan's "
+                         "update, then pass plan=), got a call that plans inside it")
     values = int32_list(values)
     host = torch.empty(values.shape, dtype=torch.int32, pin_memory=device.type == "cuda")
     host.numpy()[...] = values

@@ -104,3 +104,21 @@ def test_a_plan_made_on_one_stream_runs_on_another(host_metadata, poisoned_alloc
         got = relaycore.relay_attention(*args, **kwargs, plan=plan)  # on the default stream
         torch.cuda.synchronize()
         assert torch.equal(got.out, expected.out) and torch.equal(got.lse, expected.lse)
+
+
+def test_planning_inside_a_graph_capture_is_refused():
+    """A capture would record the copy of the lists and repeat it at every replay, from pinned
+    host memory that is no longer the plan's: a call without a plan, ``prepare`` and
+    ``GraphPlan.update`` are refused there (before, the synchronization of reading metadata on
+    the GPU failed the capture; metadata on the host reads without one)."""
+    from relaycore.fast.triton import prepare_graph
+
+    batch = _batch()
+    args, kwargs = batch.to_torch("cuda", host_metadata=True)
+    graph_plan = prepare_graph(*args, **kwargs)
+    torch.cuda.synchronize()
+    for plan_inside in (lambda: relaycore.relay_attention(*args, **kwargs), lambda: prepare(*args, **kwargs),
+                        lambda: graph_plan.update(*args, **kwargs)):
+        with pytest.raises(ValueError, match="plan: expected a plan made before the CUDA graph capture"):
+            with torch.cuda.graph(torch.cuda.CUDAGraph()):
+                plan_inside()
