@@ -140,6 +140,14 @@ def test_tensors_on_two_devices():
     assert "expected device cpu (the device of q) or the host (a NumPy array or a CPU tensor)" in str(info.value)
 
 
+def test_on_host_is_numpy_or_a_cpu_tensor_beside_another_device():
+    on_host = relaycore.validation.on_host
+    cpu = torch.zeros(2, dtype=torch.int32)
+    assert on_host(np.zeros(2), "cuda:0") and on_host(np.zeros(2), "cpu")
+    assert on_host(cpu, "cuda:0") and not on_host(cpu, "cpu")  # beside CPU q it is on q's device
+    assert not on_host(cpu.to("meta"), "cuda:0")
+
+
 @pytest.mark.parametrize("paged", [False, True])
 def test_metadata_on_the_host_beside_torch_tensors_gives_the_same_result(paged):
     c = torch_call(paged=paged)
