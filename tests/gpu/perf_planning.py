@@ -7,8 +7,9 @@ Hq 32, Hkv 8, D 128, fp16. Times ``prepare`` and ``GraphPlan.update`` (host wall
 
 * **idle**: the GPU has nothing queued (a ``torch.cuda.synchronize()`` before each call);
 * **busy**: the stream has ``QUEUED_MS`` of work queued ahead of the call (a spinning kernel,
-  ``torch.cuda._sleep``), as when an engine plans step ``n + 1`` while step ``n`` runs (a decode
-  step of a 32-layer model at batch 32-128 takes 1-4 ms on an H200). A call that reads metadata
+  ``torch.cuda._sleep``), as when an engine plans step ``n + 1`` while step ``n`` runs (the
+  attention alone of a 32-layer model's decode step at batch 128 and these shapes takes about
+  32 x 99 us on an H200, ``docs/benchmarks``). A call that reads metadata
   from the GPU waits for that work; one with the metadata on the host does not.
 
 Prints one line per point and writes them as JSON lines to ``OUT_DIR/perf_planning.jsonl``.
