@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -12,7 +12,7 @@ from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
 
 from relaycore.fast.triton import hopper
 from relaycore.fast.triton.kernels import merge_kernel, partial_kernel
-from relaycore.fast.triton.launcher import interpreting, launch
+from relaycore.fast.triton.launcher import interpreting, launch, run_compiled
 from relaycore.fast.triton.plan import REGULAR_FIELDS, Launch, Plan
 
 
@@ -113,37 +113,75 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
         fork.record(main)
         for side in sides:
             side.wait_event(fork)
-        _launch_partial(plan, plan.launches[0], q, kv, prefixes, part_out, part_lse, out, lse, interpret, None)
-        for item_list, side in zip(plan.launches[1:], sides):
+        _launch_partial(plan, 0, q, kv, prefixes, part_out, part_lse, out, lse, interpret, None)
+        for index, side in enumerate(sides, start=1):
             with torch.cuda.stream(side):  # any copy of an input is made, ordered and freed on the side that reads it
-                _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, out, lse, interpret, side)
+                _launch_partial(plan, index, q, kv, prefixes, part_out, part_lse, out, lse, interpret, side)
         for side, join in zip(sides, joins):
             join.record(side)
             main.wait_event(join)
     else:
-        for item_list in plan.launches:
-            _launch_partial(plan, item_list, q, kv, prefixes, part_out, part_lse, out, lse, interpret, None)
+        for index in range(len(plan.launches)):
+            _launch_partial(plan, index, q, kv, prefixes, part_out, part_lse, out, lse, interpret, None)
     if not plan.fused_merge and plan.num_slots:  # no slots: every token was written by a single pass
-        launch(
-            merge_kernel, (total_q, hq),
-            (part_out, part_lse, plan.slot_offsets, out, lse),
-            dict(NUM_Q_HEADS=hq, HEAD_DIM=d, LN2=LN2),
-            num_warps=1, num_stages=1, device=q.device,
-        )
+        args = (part_out, part_lse, plan.slot_offsets, out, lse)
+        layout = _layout(args, ())
+        binding = plan.bindings.get(MERGE)
+        if binding is not None and binding.layout == layout:
+            run_compiled(binding.compiled, (total_q, hq), (*args, *binding.constexprs), device=q.device)
+        else:
+            constexprs = dict(NUM_Q_HEADS=hq, HEAD_DIM=d, LN2=LN2)
+            _bind(plan, MERGE, layout, constexprs,
+                  launch(merge_kernel, (total_q, hq), args, constexprs, num_warps=1, num_stages=1, device=q.device))
     return AttentionState(out, lse)
 
 
-def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel],
+class Binding(NamedTuple):
+    """A launch of a plan as its last call made it (``Plan.bindings``): the next call whose
+    arguments have the same ``layout`` runs ``compiled`` with these ``constexprs`` directly,
+    without building them or looking the kernel up (``launcher.run_compiled``).
+
+    Attributes:
+        layout: what Triton specializes of the call's own arguments (``_layout``); the plan's
+            own (its lists, counts and regular fields) and the constexprs are the plan's for
+            all its calls.
+        compiled: the compiled kernel.
+        constexprs: the constexpr values, in signature order.
+    """
+
+    layout: Tuple
+    compiled: Any
+    constexprs: Tuple
+
+
+#: ``Plan.bindings`` key of the merge launch (the partial launches use their index).
+MERGE = -1
+
+
+def _layout(tensors: Sequence[torch.Tensor], ints: Tuple[int, ...]) -> Tuple:
+    """What Triton specializes of a call's tensors (dtype, 16-byte alignment) and integers
+    (their values: a change rebinds, and ``launch`` then looks up or compiles the kernel)."""
+    return (ints, *[(t.dtype, t.data_ptr() % 16 == 0) for t in tensors])
+
+
+def _bind(plan: Plan, key: int, layout: Tuple, constexprs: Dict[str, Any], compiled) -> None:
+    """Keep ``compiled`` as the plan's launch ``key`` for calls of this ``layout`` (one binding
+    per launch: a call of another layout replaces it); nothing when interpreting."""
+    if compiled is not None:
+        plan.bindings[key] = Binding(layout, compiled, tuple(constexprs.values()))
+
+
+def _launch_partial(plan: Plan, index: int, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel],
                     part_out: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                     interpret: bool, stream: Optional[torch.cuda.Stream]) -> None:
-    """One partial-kernel launch on ``stream`` (``None``: the current one), which must be the
-    current stream: the copies it makes of inputs the kernels cannot read in place (a last axis
-    that is not contiguous; for ``hopper``, a prefix level whose rows are not packed) are made
-    on the current stream, so that they are ordered before the launch that reads them and
-    freed with respect to its stream. The items of ``item_list`` over the KV source it names
-    (a prefix level, or the requests' own KV); with the plan's fused merge, its programs also
-    write the rows of ``out``/``lse`` they finish."""
-    cfg = plan.config
+    """The partial-kernel launch of ``plan.launches[index]`` on ``stream`` (``None``: the
+    current one), which must be the current stream: the copies it makes of inputs the kernels
+    cannot read in place (a last axis that is not contiguous; for ``hopper``, a prefix level
+    whose rows are not packed) are made on the current stream, so that they are ordered before
+    the launch that reads them and freed with respect to its stream. The launch's items over
+    the KV source it names (a prefix level, or the requests' own KV); with the plan's fused
+    merge, its programs also write the rows of ``out``/``lse`` they finish."""
+    item_list = plan.launches[index]
     if item_list.reads_prefix and prefixes[0].k.shape[0]:  # what its items read first: level 0
         pre_k, pre_v = _contiguous_last(prefixes[0].k), _contiguous_last(prefixes[0].v)
     else:  # not read (a level of no rows has no tensor descriptor: its strides may be anything)
@@ -157,44 +195,57 @@ def _launch_partial(plan: Plan, item_list: Launch, q: torch.Tensor, kv: RequestK
     else:
         k, v, paged, causal, table = kv.k, kv.v, False, plan.causal, item_list.items
     k, v = _contiguous_last(k), _contiguous_last(v)
-    skb, sks, skh = _kv_strides(k, paged)
-    svb, svs, svh = _kv_strides(v, paged)
     grid = (item_list.num_items, plan.num_kv_heads)
     regular = item_list.regular or (0,) * len(REGULAR_FIELDS)
     if item_list.single_pass and HOPPER_SINGLE_PASS and not interpret and hopper.usable(q, plan.head_dim,
                                                                                         item_list.block_m):
-        *descs, own_box = hopper.descriptors(pre_k, pre_v, k, v, paged)
-        launch(
-            hopper.single_pass_tile, grid,
-            (q, *descs, pre_k, pre_v, k, v, item_list.items, item_list.tokens, table, out, lse,
-             plan.softmax_scale * LOG2E, q.stride(0), q.stride(1),
-             pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1),
-             skb, sks, skh, svb, svs, svh, table.stride(0) if paged else 0, *regular),
-            hopper.constexprs(plan.num_q_heads, plan.group_size, plan.head_dim, paged, k.shape[1] if paged else 1,
-                              causal, not item_list.regular, own_box),
-            num_warps=4, num_stages=1, device=q.device, stream=stream,
-        )
+        _launch_hopper(plan, item_list, grid, regular, q, pre_k, pre_v, k, v, paged, causal, table, out, lse, stream)
         return
-    block_n = cfg.block_n_for(item_list.block_m, own=item_list.level < 0)
+    page_size = k.shape[1] if paged else 1
+    strides = (q.stride(0), q.stride(1), *_kv_strides(k, paged), *_kv_strides(v, paged),
+               table.stride(0) if paged else 0)
+    pre_strides = (pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1))
+    args = (q, k, v, item_list.items, item_list.tokens, item_list.slots, table, part_out, part_lse,
+            plan.slot_offsets, plan.arrivals, out, lse, plan.softmax_scale * LOG2E, *strides, pre_k, pre_v,
+            *pre_strides, *regular, item_list.items if item_list.count is None else item_list.count)
+    # the plan's lists, counts and regular fields are the same at every call: the rest says
+    # whether this call's arguments specialize as the last call's did
+    layout = _layout((q, k, v, table, part_out, part_lse, out, lse, pre_k, pre_v), (page_size, *strides, *pre_strides))
+    binding = plan.bindings.get(index)
+    if binding is not None and binding.layout == layout:
+        run_compiled(binding.compiled, grid, (*args, *binding.constexprs), device=q.device, stream=stream)
+        return
+    cfg = plan.config
+    constexprs = dict(
+        NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
+        BLOCK_N=cfg.block_n_for(item_list.block_m, own=item_list.level < 0), PAGED=paged, PAGE_SIZE=page_size,
+        CAUSAL=causal, UPCAST=interpret and q.dtype == torch.bfloat16, DOT_PRECISION="ieee",
+        FUSED_MERGE=plan.fused_merge and not item_list.single_pass,
+        SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m,
+        CARRY_PAGES=paged and cfg.carries_pages(item_list.block_m), SINGLE_PASS=item_list.single_pass,
+        PREFIX=item_list.reads_prefix, ITEMS_LISTED=not item_list.regular, FOLD_M=item_list.fold_rows, LN2=LN2,
+        PADDED=item_list.count is not None)
+    _bind(plan, index, layout, constexprs,
+          launch(partial_kernel, grid, args, constexprs, num_warps=cfg.warps(item_list.block_m),
+                 num_stages=cfg.num_stages, device=q.device, stream=stream))
+
+
+def _launch_hopper(plan: Plan, item_list: Launch, grid: Tuple[int, int], regular: Tuple[int, ...], q: torch.Tensor,
+                   pre_k: torch.Tensor, pre_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor, paged: bool,
+                   causal: bool, table: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                   stream: Optional[torch.cuda.Stream]) -> None:
+    """A single-pass launch of ``hopper.single_pass_tile`` (its tensor descriptors are the
+    call's: it is looked up by ``launch`` at every call)."""
+    skb, sks, skh = _kv_strides(k, paged)
+    svb, svs, svh = _kv_strides(v, paged)
+    *descs, own_box = hopper.descriptors(pre_k, pre_v, k, v, paged)
     launch(
-        partial_kernel, grid,
-        (q, k, v, item_list.items, item_list.tokens, item_list.slots, table, part_out, part_lse,
-         plan.slot_offsets, plan.arrivals, out, lse,
-         plan.softmax_scale * LOG2E,
-         q.stride(0), q.stride(1),
-         skb, sks, skh,
-         svb, svs, svh,
-         table.stride(0) if paged else 0,
-         pre_k, pre_v,
+        hopper.single_pass_tile, grid,
+        (q, *descs, pre_k, pre_v, k, v, item_list.items, item_list.tokens, table, out, lse,
+         plan.softmax_scale * LOG2E, q.stride(0), q.stride(1),
          pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1),
-         *regular, item_list.items if item_list.count is None else item_list.count),
-        dict(NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
-             BLOCK_N=block_n, PAGED=paged, PAGE_SIZE=k.shape[1] if paged else 1, CAUSAL=causal,
-             UPCAST=interpret and q.dtype == torch.bfloat16,
-             DOT_PRECISION="ieee", FUSED_MERGE=plan.fused_merge and not item_list.single_pass,
-             SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m,
-             CARRY_PAGES=paged and cfg.carries_pages(item_list.block_m), SINGLE_PASS=item_list.single_pass,
-             PREFIX=item_list.reads_prefix, ITEMS_LISTED=not item_list.regular,
-             FOLD_M=item_list.fold_rows, LN2=LN2, PADDED=item_list.count is not None),
-        num_warps=cfg.warps(item_list.block_m), num_stages=cfg.num_stages, device=q.device, stream=stream,
+         skb, sks, skh, svb, svs, svh, table.stride(0) if paged else 0, *regular),
+        hopper.constexprs(plan.num_q_heads, plan.group_size, plan.head_dim, paged, k.shape[1] if paged else 1,
+                          causal, not item_list.regular, own_box),
+        num_warps=4, num_stages=1, device=q.device, stream=stream,
     )

@@ -3,9 +3,10 @@
 ``kernel[grid](...)`` binds and specializes every argument on every call: measured at about
 38 us per launch of the partial kernel on an H200 with triton 3.6 (``fast/triton/NOTES.md``),
 more than the kernels themselves at small batch. ``launch`` does that once per
-specialization and then calls the compiled kernel directly. Its cache key is Triton's
-specialization: each pointer's dtype and 16-byte alignment, each integer's being 1, a
-multiple of 16 and in int32's range, and the constexpr values.
+specialization and then calls the compiled kernel directly (``run_compiled``). Its cache key is
+Triton's specialization: each pointer's dtype and 16-byte alignment, each integer's being 1, a
+multiple of 16 and in int32's range, and the constexpr values. A plan's calls skip even that
+key for arguments that specialize as its last call's did (``launch.Binding``).
 """
 
 from __future__ import annotations
@@ -33,16 +34,24 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _key(arg):
-    """The part of the cache key for one runtime argument, as Triton specializes it: a tensor's
-    dtype and 16-byte alignment, an integer's being 1, a multiple of 16, and in int32's range
-    (a finite key space: a server whose strides and table widths change from step to step
-    reuses the same compiled kernels), any other scalar's type."""
-    if isinstance(arg, torch.Tensor):
-        return arg.dtype, arg.data_ptr() % 16 == 0
-    if isinstance(arg, int) and not isinstance(arg, bool):
-        return arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31
-    return type(arg), arg if isinstance(arg, bool) else None
+def _spec(args: Sequence) -> Tuple:
+    """The part of the cache key for the runtime arguments, as Triton specializes them: a
+    tensor's dtype and 16-byte alignment, an integer's being 1, a multiple of 16, and in int32's
+    range (a finite key space: a server whose strides and table widths change from step to step
+    reuses the same compiled kernels), any other scalar's type (and a bool's value). Flat, and
+    still one key per specialization: a dtype starts a tensor's entry, a type another scalar's,
+    a bool an integer's."""
+    spec = []
+    for arg in args:
+        if type(arg) is int:  # the common case first: strides and work-list fields
+            spec += (arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31)
+        elif isinstance(arg, torch.Tensor):
+            spec += (arg.dtype, arg.data_ptr() % 16 == 0)
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            spec += (int(arg) == 1, int(arg) % 16 == 0, -(2**31) <= int(arg) < 2**31)
+        else:
+            spec += (type(arg), arg if isinstance(arg, bool) else None)
+    return tuple(spec)
 
 
 def _hooks():
@@ -52,7 +61,7 @@ def _hooks():
 
 
 def launch(kernel, grid: Tuple[int, int], args: Sequence, constexprs: Dict[str, Any], *, num_warps: int,
-           num_stages: int, device: torch.device, stream: Optional[torch.cuda.Stream] = None) -> None:
+           num_stages: int, device: torch.device, stream: Optional[torch.cuda.Stream] = None) -> Optional[Any]:
     """Launch ``kernel[grid](*args, **constexprs)`` on ``stream`` (default: ``device``'s
     current stream).
 
@@ -64,18 +73,32 @@ def launch(kernel, grid: Tuple[int, int], args: Sequence, constexprs: Dict[str, 
         constexprs: the compile-time arguments, in signature order.
         device: the device of the tensors.
         stream: a stream of ``device``, or ``None``.
+
+    Returns:
+        The compiled kernel, which ``run_compiled`` launches again for arguments that Triton
+        specializes the same way (``_spec``) with the same ``constexprs``; ``None`` when
+        interpreting.
     """
     if interpreting():
         kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
-        return
-    key = (kernel, device.index, num_warps, num_stages, *constexprs.values(), *map(_key, args))
+        return None
+    key = (kernel, device.index, num_warps, num_stages, *constexprs.values(), *_spec(args))
     compiled = _COMPILED.get(key)
     if compiled is None:
         with contextlib.nullcontext() if stream is None else torch.cuda.stream(stream):
-            _COMPILED[key] = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
-        return
+            compiled = _COMPILED[key] = kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+        return compiled
+    run_compiled(compiled, grid, (*args, *constexprs.values()), device=device, stream=stream)
+    return compiled
+
+
+def run_compiled(compiled, grid: Tuple[int, int], every: Sequence, *, device: torch.device,
+                 stream: Optional[torch.cuda.Stream] = None) -> None:
+    """Launch a kernel that ``launch`` compiled, on ``stream`` (default: ``device``'s current
+    stream), without looking it up: the caller knows that ``every`` (the runtime arguments,
+    then the constexpr values) specializes as the arguments it was compiled for did."""
     raw = _current_raw_stream(device.index) if stream is None else stream.cuda_stream
-    every = (*args, *constexprs.values())
     enter, exit_ = _hooks()
-    compiled.run(grid[0], grid[1], 1, raw, compiled.function, compiled.packed_metadata,
-                 compiled.launch_metadata((grid[0], grid[1], 1), raw, *every), enter, exit_, *every)
+    metadata = None if enter is None else compiled.launch_metadata((grid[0], grid[1], 1), raw, *every)
+    compiled.run(grid[0], grid[1], 1, raw, compiled.function, compiled.packed_metadata, metadata, enter, exit_,
+                 *every)

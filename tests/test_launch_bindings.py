@@ -1,0 +1,131 @@
+"""A plan's launches as its last call ran them (``Plan.bindings``), on the CPU: the launches are
+recorded instead of run, as on a GPU, so that what the second call of a plan (a model's next
+layer) hands the kernels can be compared with what the first one did. The kernels themselves
+run in ``tests/gpu``, every call after a plan's first through these bindings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """``(looked_up, rerun)``: the launches that built their arguments and looked their kernel up
+    (``launcher.launch``: ``(kernel, args, constexprs)``) and those run from a binding
+    (``launcher.run_compiled``: ``(compiled, grid, every)``), of calls on the CPU as on a GPU
+    without the Gluon tile (no kernel runs, so triton need not interpret)."""
+    pytest.importorskip("triton")
+    from relaycore.fast.triton import hopper
+    from relaycore.fast.triton import launch as launch_module
+
+    looked_up, rerun = [], []
+
+    def launch(kernel, grid, args, constexprs, **_):
+        looked_up.append((kernel, args, constexprs))
+        return ("compiled", kernel, grid, len(looked_up))  # what run_compiled must get back
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # planning takes CPU tensors, as under the interpreter
+    monkeypatch.setattr(launch_module, "interpreting", lambda: False)  # launching does not
+    monkeypatch.setattr(launch_module, "CONCURRENT_PARTIALS", False)
+    monkeypatch.setattr(hopper, "usable", lambda *_: False)
+    monkeypatch.setattr(launch_module, "launch", launch)
+    monkeypatch.setattr(launch_module, "run_compiled", lambda compiled, grid, every, **_: rerun.append(
+        (compiled, grid, every)))
+    return looked_up, rerun
+
+
+def _decode_batch(**kwargs):
+    from relaycore.testing import make_batch
+
+    return make_batch([1, 1, 1], [40, 7, 23], [[100]], [[0, 0, -1]], num_q_heads=8, num_kv_heads=2, head_dim=64,
+                      block_size=8, dtype="float16", **kwargs)
+
+
+def _same_argument(a, b) -> bool:
+    """The same value, or tensors that Triton specializes alike (the buffers of each call are
+    its own)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and a.stride() == b.stride())
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("fused_merge", [False, True])
+def test_the_next_call_reruns_each_launch_with_the_arguments_it_would_build(recorded, fused_merge):
+    import relaycore
+    from relaycore.fast.triton import prepare
+
+    looked_up, rerun = recorded
+    args, kwargs = _decode_batch().to_torch("cpu")
+    planned = prepare(*args, **kwargs)
+    planned = dataclasses.replace(planned, fused_merge=fused_merge)  # copies hold no bindings
+    assert planned.bindings == {}
+    state = relaycore.relay_attention(*args, **kwargs, backend="triton", plan=planned)
+    first = list(looked_up)
+    assert len(first) == len(planned.launches) + (not fused_merge) and not rerun
+    assert sorted(planned.bindings) == sorted([*range(len(planned.launches))] + ([] if fused_merge else [-1]))
+
+    layer = [x.clone() if isinstance(x, torch.Tensor) else x for x in args]  # the next layer's tensors
+    layer[2] = type(args[2])(*(x.clone() for x in args[2]))
+    layer[3] = tuple(type(level)(*(x.clone() for x in level)) for level in args[3])
+    relaycore.relay_attention(*layer, **kwargs, backend="triton", plan=planned)
+    assert len(looked_up) == len(first) and len(rerun) == len(first)
+    for (kernel, args_then, constexprs), (compiled, grid, every) in zip(first, rerun):
+        assert compiled[1] is kernel
+        then = (*args_then, *constexprs.values())
+        assert len(every) == len(then) and all(_same_argument(a, b) for a, b in zip(every, then))
+    # the call's own tensors are the new layer's, not the first call's
+    assert rerun[0][2][0] is layer[0]
+    kv, levels = args[2], args[3]
+    then = {id(x) for x in (args[0], *kv, *(x for level in levels for x in level), *state)}
+    assert not [x for _, _, every in rerun for x in every if isinstance(x, torch.Tensor) and id(x) in then]
+
+
+def test_arguments_that_specialize_otherwise_look_the_kernel_up_again(recorded):
+    import relaycore
+    from relaycore import PagedKV
+    from relaycore.fast.triton import prepare
+
+    looked_up, rerun = recorded
+    args, kwargs = _decode_batch().to_torch("cpu")
+    planned = prepare(*args, **kwargs)
+    relaycore.relay_attention(*args, **kwargs, backend="triton", plan=planned)
+    bound = len(looked_up)
+
+    # q one element off a 16-byte boundary: Triton compiles another kernel for it
+    storage = torch.empty(args[0].numel() + 1, dtype=args[0].dtype)
+    shifted = storage[1:].view(args[0].shape).copy_(args[0])
+    relaycore.relay_attention(shifted, *args[1:], **kwargs, backend="triton", plan=planned)
+    assert len(looked_up) == 2 * bound and not rerun
+    assert all(args[0] is shifted for _, args, _ in looked_up[bound:])
+
+    # a cache of the same shape with other strides (every other page of a larger one)
+    kv = args[2]
+    wide = [torch.zeros((2 * x.shape[0], *x.shape[1:]), dtype=x.dtype)[::2] for x in (kv.k_cache, kv.v_cache)]
+    for x, src in zip(wide, (kv.k_cache, kv.v_cache)):
+        x.copy_(src)
+    relaycore.relay_attention(shifted, args[1], PagedKV(*wide, kv.block_table, kv.kv_lens), args[3], **kwargs,
+                              backend="triton", plan=planned)
+    own = [i for i, launch in enumerate(planned.launches) if launch.level < 0]
+    assert own and len(looked_up) == 2 * bound + len(own) and len(rerun) == bound - len(own)
+
+
+def test_a_graph_plan_rebinds_after_each_update(recorded):
+    """``GraphPlan.update`` makes a new plan (``dataclasses.replace``): its launches start unbound."""
+    import relaycore
+    from relaycore.fast.triton import prepare_graph
+
+    looked_up, rerun = recorded
+    args, kwargs = _decode_batch().to_torch("cpu")
+    graph = prepare_graph(*args, **kwargs)
+    relaycore.relay_attention(*args, **kwargs, backend="triton", plan=graph)
+    first = len(looked_up)
+    assert graph.plan.bindings and first and not rerun
+    graph.update(*args, **kwargs)
+    assert graph.plan.bindings == {}
+    relaycore.relay_attention(*args, **kwargs, backend="triton", plan=graph)
+    assert len(looked_up) == 2 * first and not rerun
