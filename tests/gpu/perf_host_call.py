@@ -19,6 +19,7 @@ from __future__ import annotations
 import cProfile
 import io
 import json
+import os
 import pstats
 import sys
 import time
@@ -56,6 +57,7 @@ def host_us(fn, calls: int) -> float:
 
 
 def main(out_dir: str, providers) -> None:
+    os.makedirs(out_dir, exist_ok=True)
     rows = []
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     relay_calls = None
