@@ -45,6 +45,17 @@ def _decode_batch(**kwargs):
                       block_size=8, dtype="float16", **kwargs)
 
 
+def _called(make_plan):
+    """``(args, kwargs, plan)``: a decode batch's arguments and ``make_plan``'s plan of them,
+    called once (which binds its launches)."""
+    import relaycore
+
+    args, kwargs = _decode_batch().to_torch("cpu")
+    planned = make_plan(*args, **kwargs)
+    relaycore.relay_attention(*args, **kwargs, backend="triton", plan=planned)
+    return args, kwargs, planned
+
+
 def _same_argument(a, b) -> bool:
     """The same value, or tensors that Triton specializes alike (the buffers of each call are
     its own)."""
@@ -91,9 +102,7 @@ def test_arguments_that_specialize_otherwise_look_the_kernel_up_again(recorded):
     from relaycore.fast.triton import prepare
 
     looked_up, rerun = recorded
-    args, kwargs = _decode_batch().to_torch("cpu")
-    planned = prepare(*args, **kwargs)
-    relaycore.relay_attention(*args, **kwargs, backend="triton", plan=planned)
+    args, kwargs, planned = _called(prepare)
     bound = len(looked_up)
 
     # q one element off a 16-byte boundary: Triton compiles another kernel for it
@@ -101,7 +110,7 @@ def test_arguments_that_specialize_otherwise_look_the_kernel_up_again(recorded):
     shifted = storage[1:].view(args[0].shape).copy_(args[0])
     relaycore.relay_attention(shifted, *args[1:], **kwargs, backend="triton", plan=planned)
     assert len(looked_up) == 2 * bound and not rerun
-    assert all(args[0] is shifted for _, args, _ in looked_up[bound:])
+    assert all(launched[0] is shifted for _, launched, _ in looked_up[bound:])
 
     # a cache of the same shape with other strides (every other page of a larger one)
     kv = args[2]
@@ -120,9 +129,7 @@ def test_a_graph_plan_rebinds_after_each_update(recorded):
     from relaycore.fast.triton import prepare_graph
 
     looked_up, rerun = recorded
-    args, kwargs = _decode_batch().to_torch("cpu")
-    graph = prepare_graph(*args, **kwargs)
-    relaycore.relay_attention(*args, **kwargs, backend="triton", plan=graph)
+    args, kwargs, graph = _called(prepare_graph)
     first = len(looked_up)
     assert graph.plan.bindings and first and not rerun
     graph.update(*args, **kwargs)
