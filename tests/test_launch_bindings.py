@@ -136,3 +136,57 @@ def test_a_graph_plan_rebinds_after_each_update(recorded):
     assert graph.plan.bindings == {}
     relaycore.relay_attention(*args, **kwargs, backend="triton", plan=graph)
     assert len(looked_up) == 2 * first and not rerun
+
+
+@pytest.mark.parametrize("which", ["kv.k_cache", "kv.v_cache", "kv.block_table", "prefixes[0].k", "prefixes[0].v"])
+def test_exactly_the_launches_that_read_a_tensor_off_its_alignment_look_their_kernel_up(recorded, which):
+    """One of the call's tensors 2 bytes past a 16-byte boundary (the same values): the launches
+    that read it compile for it, the others rerun their bindings."""
+    import relaycore
+    from relaycore.fast.triton import prepare
+
+    looked_up, rerun = recorded
+    args, kwargs, planned = _called(prepare)
+    bound = len(looked_up)
+    q, cu, kv, levels = args
+    fields = dict(kv._asdict(), **{f"prefixes[0].{name}": x for name, x in levels[0]._asdict().items()})
+    x = fields[which[3:] if which.startswith("kv.") else which]
+    storage = torch.empty(x.numel() + 1, dtype=x.dtype)
+    shifted = storage[1:].view(x.shape).copy_(x)
+    if which.startswith("kv."):
+        kv = kv._replace(**{which[3:]: shifted})
+    else:
+        levels = (levels[0]._replace(**{which.split(".")[1]: shifted}),)
+    relaycore.relay_attention(q, cu, kv, levels, **kwargs, backend="triton", plan=planned)
+
+    def reads(launched):
+        return any(a is shifted for a in launched)
+
+    again = looked_up[bound:]
+    readers = [launch for launch in planned.launches if (launch.level < 0) == which.startswith("kv.")]
+    assert again and len(again) == len(readers) and all(reads(launched) for _, launched, _ in again)
+    assert len(rerun) == bound - len(again) and not any(reads(every) for _, _, every in rerun)
+
+
+def test_launches_pass_no_hook_where_none_is_set():
+    """triton >= 3.5 keeps each launch hook as a chain, never ``None``: an empty one is passed as
+    ``None`` (its launcher then calls nothing and builds no metadata), one with calls as it is."""
+    pytest.importorskip("triton")
+    from relaycore.fast.triton import launcher
+
+    runtime = getattr(launcher._knobs, "runtime", None)
+    if not isinstance(getattr(getattr(runtime, "launch_enter_hook", None), "calls", None), list):
+        pytest.skip("this triton's launch hooks are not chains")
+    if runtime.launch_enter_hook.calls or runtime.launch_exit_hook.calls:
+        pytest.skip("a launch hook is set in this process")
+    assert launcher._hooks() == (None, None)
+
+    def profiler(metadata):
+        return None
+
+    runtime.launch_enter_hook.add(profiler)
+    try:
+        assert launcher._hooks() == (runtime.launch_enter_hook, None)
+    finally:
+        runtime.launch_enter_hook.remove(profiler)
+    assert launcher._hooks() == (None, None)

@@ -55,9 +55,13 @@ def _spec(args: Sequence) -> Tuple:
 
 
 def _hooks():
+    """The launch hooks Triton's own launcher would call (a profiler's), each ``None`` where
+    none is set: triton >= 3.5 keeps each as a chain of hooks, never ``None``, and its launcher
+    calls an empty chain (and builds its metadata) at every launch, where it skips ``None``."""
     if _knobs is None:
         return None, None
-    return _knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook
+    hooks = (_knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook)
+    return tuple(hook if hook is not None and getattr(hook, "calls", True) else None for hook in hooks)
 
 
 def launch(kernel, grid: Tuple[int, int], args: Sequence, constexprs: Dict[str, Any], *, num_warps: int,

@@ -149,7 +149,7 @@ class Plan:
     num_levels: int
     block_table: Optional[torch.Tensor] = None
     ready: Optional[Any] = field(default=None, compare=False, repr=False)
-    signature: Tuple[Tuple[str, tuple, str, str], ...] = ()
+    signature: Tuple[Tuple[str, tuple, Any, Any], ...] = ()
     stamps: Tuple["Stamp", ...] = field(default=(), compare=False, repr=False)
     bindings: Dict[int, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
