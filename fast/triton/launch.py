@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -125,14 +125,8 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
             _launch_partial(plan, index, q, kv, prefixes, part_out, part_lse, out, lse, interpret, None)
     if not plan.fused_merge and plan.num_slots:  # no slots: every token was written by a single pass
         args = (part_out, part_lse, plan.slot_offsets, out, lse)
-        layout = _layout(args, ())
-        binding = plan.bindings.get(MERGE)
-        if binding is not None and binding.layout == layout:
-            run_compiled(binding.compiled, (total_q, hq), (*args, *binding.constexprs), device=q.device)
-        else:
-            constexprs = dict(NUM_Q_HEADS=hq, HEAD_DIM=d, LN2=LN2)
-            _bind(plan, MERGE, layout, constexprs,
-                  launch(merge_kernel, (total_q, hq), args, constexprs, num_warps=1, num_stages=1, device=q.device))
+        _launch_bound(plan, MERGE, merge_kernel, (total_q, hq), args, _layout(args, ()),
+                      lambda: (dict(NUM_Q_HEADS=hq, HEAD_DIM=d, LN2=LN2), 1, 1), q.device, None)
     return AttentionState(out, lse)
 
 
@@ -164,9 +158,20 @@ def _layout(tensors: Sequence[torch.Tensor], ints: Tuple[int, ...]) -> Tuple:
     return (ints, *[(t.dtype, t.data_ptr() % 16 == 0) for t in tensors])
 
 
-def _bind(plan: Plan, key: int, layout: Tuple, constexprs: Dict[str, Any], compiled) -> None:
-    """Keep ``compiled`` as the plan's launch ``key`` for calls of this ``layout`` (one binding
-    per launch: a call of another layout replaces it); nothing when interpreting."""
+def _launch_bound(plan: Plan, key: int, kernel, grid: Tuple[int, int], args: Tuple, layout: Tuple,
+                  configure: Callable[[], Tuple[Dict[str, Any], int, int]], device: torch.device,
+                  stream: Optional[torch.cuda.Stream]) -> None:
+    """Launch ``kernel`` over ``args``: by the plan's binding ``key`` where its layout is
+    ``layout``, else through ``launch`` with ``configure()`` (the constexprs, warps and stages),
+    keeping the compiled kernel as the binding (one per launch: a call of another layout
+    replaces it; none when interpreting)."""
+    binding = plan.bindings.get(key)
+    if binding is not None and binding.layout == layout:
+        run_compiled(binding.compiled, grid, (*args, *binding.constexprs), device=device, stream=stream)
+        return
+    constexprs, num_warps, num_stages = configure()
+    compiled = launch(kernel, grid, args, constexprs, num_warps=num_warps, num_stages=num_stages, device=device,
+                      stream=stream)
     if compiled is not None:
         plan.bindings[key] = Binding(layout, compiled, tuple(constexprs.values()))
 
@@ -211,23 +216,21 @@ def _launch_partial(plan: Plan, index: int, q: torch.Tensor, kv: RequestKV, pref
     # the plan's lists, counts and regular fields are the same at every call: the rest says
     # whether this call's arguments specialize as the last call's did
     layout = _layout((q, k, v, table, part_out, part_lse, out, lse, pre_k, pre_v), (page_size, *strides, *pre_strides))
-    binding = plan.bindings.get(index)
-    if binding is not None and binding.layout == layout:
-        run_compiled(binding.compiled, grid, (*args, *binding.constexprs), device=q.device, stream=stream)
-        return
-    cfg = plan.config
-    constexprs = dict(
-        NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
-        BLOCK_N=cfg.block_n_for(item_list.block_m, own=item_list.level < 0), PAGED=paged, PAGE_SIZE=page_size,
-        CAUSAL=causal, UPCAST=interpret and q.dtype == torch.bfloat16, DOT_PRECISION="ieee",
-        FUSED_MERGE=plan.fused_merge and not item_list.single_pass,
-        SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m,
-        CARRY_PAGES=paged and cfg.carries_pages(item_list.block_m), SINGLE_PASS=item_list.single_pass,
-        PREFIX=item_list.reads_prefix, ITEMS_LISTED=not item_list.regular, FOLD_M=item_list.fold_rows, LN2=LN2,
-        PADDED=item_list.count is not None)
-    _bind(plan, index, layout, constexprs,
-          launch(partial_kernel, grid, args, constexprs, num_warps=cfg.warps(item_list.block_m),
-                 num_stages=cfg.num_stages, device=q.device, stream=stream))
+
+    def configure():
+        cfg = plan.config
+        constexprs = dict(
+            NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
+            BLOCK_N=cfg.block_n_for(item_list.block_m, own=item_list.level < 0), PAGED=paged, PAGE_SIZE=page_size,
+            CAUSAL=causal, UPCAST=interpret and q.dtype == torch.bfloat16, DOT_PRECISION="ieee",
+            FUSED_MERGE=plan.fused_merge and not item_list.single_pass,
+            SPLIT_UNMASKED=item_list.block_m >= cfg.unmasked_min_block_m,
+            CARRY_PAGES=paged and cfg.carries_pages(item_list.block_m), SINGLE_PASS=item_list.single_pass,
+            PREFIX=item_list.reads_prefix, ITEMS_LISTED=not item_list.regular, FOLD_M=item_list.fold_rows, LN2=LN2,
+            PADDED=item_list.count is not None)
+        return constexprs, cfg.warps(item_list.block_m), cfg.num_stages
+
+    _launch_bound(plan, index, partial_kernel, grid, args, layout, configure, q.device, stream)
 
 
 def _launch_hopper(plan: Plan, item_list: Launch, grid: Tuple[int, int], regular: Tuple[int, ...], q: torch.Tensor,
