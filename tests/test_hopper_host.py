@@ -1,6 +1,7 @@
 """The host side of the Gluon single-pass tile of sm_90 (``relaycore.fast.triton.hopper``), on the
-CPU: which copies a launch takes (``descriptors``) and where the tile runs (``usable``). Its
-kernel runs only on a GPU (``tests/gpu``); ``tests/test_kernel_resources.py`` compiles it."""
+CPU: which copies a launch takes (``descriptors``), which copies of its inputs a call makes
+for it, and where the tile runs (``usable``). Its kernel runs only on a GPU (``tests/gpu``);
+``tests/test_kernel_resources.py`` compiles it."""
 
 from __future__ import annotations
 
@@ -44,9 +45,41 @@ def test_ragged_own_kv_is_copied_by_blocks_and_unpacked_rows_by_rows(hopper):
     assert hopper.descriptors(level, level, level, level, False)[-1] == hopper.BLOCK_N
     strided = _level(hkv=4)[:, :2]  # two of four heads: rows not packed
     assert hopper.descriptors(level, level, strided, strided, False)[-1] == 0
-    # a level whose rows are not packed is copied, so that its full blocks still go by boxes
-    pre_k, pre_v, own_k, _, box = hopper.descriptors(strided, strided, strided, strided, False)
-    assert box == 0 and own_k is pre_k and pre_k.base.is_contiguous()
+
+
+@pytest.mark.parametrize("tile", [True, False], ids=["the tile reads level 0", "no tile"])
+def test_a_level_the_tile_cannot_read_in_place_is_copied_before_the_launches_fork(hopper, monkeypatch, tile):
+    """Level 0 with its heads apart (its rows not contiguous, so no tensor descriptor reads it):
+    where a launch of the call runs the tile over it, the call's sources hold one contiguous copy,
+    which every launch reads (it is made on the caller's stream before the launches fork from
+    it); else the level itself, and never a copy of what the kernels read in place."""
+    from relaycore import PrefixLevel
+    from relaycore.fast.triton import launch, prepare
+    from relaycore.testing import make_batch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # planning takes CPU tensors, as under the interpreter
+    batch = make_batch(q_lens=[1, 1, 40, 1], kv_lens=[300, 129, 400, 200], prefix_lens=[[2048, 700]],
+                       prefix_ids=[[0, 1, 0, 0]], num_q_heads=16, num_kv_heads=4, head_dim=128, dtype="float16",
+                       block_size=16, seed=9)
+    (q, cu, kv, (level,)), kwargs = batch.to_torch("cpu")
+    planned = prepare(q, cu, kv, [level], **kwargs)
+    assert any(x.single_pass and x.reads_prefix for x in planned.launches)
+
+    def heads_apart(x):
+        wide = torch.zeros(x.shape[0], x.shape[1], 2, x.shape[2], dtype=x.dtype)
+        wide[:, :, 0] = x
+        return wide[:, :, 0]
+
+    apart = PrefixLevel(heads_apart(level.k), heads_apart(level.v), level.cu_seqlens, level.prefix_ids)
+    monkeypatch.setattr(hopper, "usable", lambda *_: tile)
+    sources = launch._sources(planned, q, kv, [apart], interpret=False)
+    (k, v), = sources.levels
+    if tile:
+        assert k.is_contiguous() and v.is_contiguous()
+        assert torch.equal(k, level.k) and torch.equal(v, level.v)
+    else:
+        assert k is apart.k and v is apart.v
+    assert sources.q is q and sources.own[0] is kv.k_cache and sources.own[1] is kv.v_cache
 
 
 def test_the_tile_never_runs_off_a_gpu(hopper):

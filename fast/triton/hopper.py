@@ -35,6 +35,9 @@ for sm_90 (``resources.hopper_tile``, ``tests/test_kernel_resources.py``).
 
 from __future__ import annotations
 
+import functools
+from typing import Tuple
+
 import torch
 import triton
 
@@ -84,8 +87,14 @@ def usable(q: torch.Tensor, head_dim: int, block_m: int) -> bool:
     triton of ``GLUON_RELEASES``, for fp16/bf16 and head_dim 64 or 128, tiles of ``TILE_M``
     rows. Properties of the machine and the model only, so a request's bits do not depend on
     its batch."""
-    return (gluon is not None and q.is_cuda and torch.cuda.get_device_capability(q.device) == (9, 0)
-            and q.dtype in DTYPES and head_dim in HEAD_DIMS and block_m == TILE_M)
+    return (gluon is not None and q.is_cuda and q.dtype in DTYPES and head_dim in HEAD_DIMS and block_m == TILE_M
+            and _capability(q.device.index) == (9, 0))
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> Tuple[int, int]:
+    """A device's compute capability (asked once: every launch asks)."""
+    return torch.cuda.get_device_capability(index)
 
 
 def constexprs(num_q_heads: int, group: int, head_dim: int, paged: bool, page_size: int, causal: bool,
@@ -100,23 +109,27 @@ def constexprs(num_q_heads: int, group: int, head_dim: int, paged: bool, page_si
 
 
 def _rows_descriptor(x: torch.Tensor, box_rows: int):
-    """A tensor descriptor of ``x`` (``[..., Hkv, D]``, its rows packed) as ``[rows, Hkv * D]``
-    with boxes of ``box_rows`` rows by one head, or ``None`` where the rows are not packed or
-    not 16-byte aligned (the tensor-memory copy's requirements)."""
+    """A tensor descriptor of ``x`` (``[..., Hkv, D]``, its rows packed: contiguous) as
+    ``[rows, Hkv * D]`` with boxes of ``box_rows`` rows by one head, or ``None`` where the rows
+    are not packed or not 16-byte aligned (the tensor-memory copy's requirements)."""
     hkv, d = x.shape[-2:]
-    packed = x.stride(-1) == 1 and x.stride(-2) == d and all(
-        x.stride(i) == x.stride(i + 1) * x.shape[i + 1] for i in range(x.dim() - 2))
-    if not packed or x.data_ptr() % 16 or (hkv * d * x.element_size()) % 16:
+    if not x.is_contiguous() or x.data_ptr() % 16 or (hkv * d * x.element_size()) % 16:
         return None
-    layout = gl.NVMMASharedLayout.get_default_for([box_rows, d], _GL_DTYPES[x.dtype])
-    return TensorDescriptor(x, [x.numel() // (hkv * d), hkv * d], [hkv * d, 1], [box_rows, d], layout)
+    return TensorDescriptor(x, [x.numel() // (hkv * d), hkv * d], [hkv * d, 1], [box_rows, d],
+                            _box_layout(box_rows, d, x.dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _box_layout(box_rows: int, d: int, dtype: torch.dtype):
+    """The shared-memory layout of a ``[box_rows, d]`` box (built once: every launch asks)."""
+    return gl.NVMMASharedLayout.get_default_for([box_rows, d], _GL_DTYPES[dtype])
 
 
 def descriptors(pre_k: torch.Tensor, pre_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor, paged: bool):
     """The tensor descriptors ``single_pass_tile`` copies by, and its ``OWN_BOX``.
 
-    Level 0's keys and values ``[rows, Hkv, D]``: boxes of ``BLOCK_N`` rows (a level whose rows
-    are not packed is copied first). The own KV, ragged ``[rows, Hkv, D]`` or a paged cache
+    Level 0's keys and values ``[rows, Hkv, D]``, contiguous (the launches copy a level that
+    is not, before they fork): boxes of ``BLOCK_N`` rows. The own KV, ragged ``[rows, Hkv, D]`` or a paged cache
     ``[num_pages, page, Hkv, D]``: boxes of ``OWN_BOX`` rows, ``BLOCK_N`` (ragged, or pages of a
     multiple of ``BLOCK_N``) or one page (a divisor of ``BLOCK_N`` and a multiple of 8, the shared
     layout's swizzle period), or
@@ -127,7 +140,7 @@ def descriptors(pre_k: torch.Tensor, pre_v: torch.Tensor, k: torch.Tensor, v: to
         ``(pre_k_desc, pre_v_desc, own_k_desc, own_v_desc, OWN_BOX)``; with ``OWN_BOX = 0`` the
         own descriptors are level 0's (not read).
     """
-    pre = [_rows_descriptor(x, BLOCK_N) or _rows_descriptor(x.contiguous(), BLOCK_N) for x in (pre_k, pre_v)]
+    pre = [_rows_descriptor(x, BLOCK_N) for x in (pre_k, pre_v)]
     box = BLOCK_N
     if paged:  # a box within one page, whole pages per block, rows a multiple of the swizzle period
         page = k.shape[1]

@@ -83,6 +83,47 @@ class _Lanes(threading.local):
 _LANES = _Lanes()
 
 
+class _Sources(NamedTuple):
+    """The tensors a call's launches read, each in a layout the kernels read in place: the
+    call's own where it is, else a copy (a last axis that is not contiguous; for ``hopper``, a
+    level 0 that is not contiguous). ``run_eager`` makes them on the caller's stream before
+    the launches fork from it, so that every copy is ordered before the launches that read it,
+    on any stream, and freed after them (the caller's stream joins every side stream).
+
+    Attributes:
+        q: ``[total_q, Hq, D]``.
+        levels: each prefix level's ``(k, v)``, ``[rows, Hkv, D]``.
+        own: the requests' own ``(k, v)``: ragged ``[rows, Hkv, D]`` or paged caches
+            ``[num_pages, page, Hkv, D]``.
+        table: a paged cache's block table ``[B, max_pages]`` int32 (the plan's copy where it
+            holds one); ``None`` for ragged KV.
+    """
+
+    q: torch.Tensor
+    levels: Tuple[Tuple[torch.Tensor, torch.Tensor], ...]
+    own: Tuple[torch.Tensor, torch.Tensor]
+    table: Optional[torch.Tensor]
+
+
+def _sources(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel], interpret: bool) -> _Sources:
+    """The ``_Sources`` of a call (copies made on the current stream)."""
+    levels = [(_contiguous_last(level.k), _contiguous_last(level.v)) for level in prefixes]
+    if levels and levels[0][0].shape[0] and not all(x.is_contiguous() for x in levels[0]) and any(
+            _runs_hopper(plan, item_list, q, interpret) for item_list in plan.launches if item_list.reads_prefix):
+        levels[0] = (levels[0][0].contiguous(), levels[0][1].contiguous())  # the tile's descriptors read it packed
+    if isinstance(kv, PagedKV):
+        table = kv.block_table if plan.block_table is None else plan.block_table
+        return _Sources(q, tuple(levels), (_contiguous_last(kv.k_cache), _contiguous_last(kv.v_cache)),
+                        _contiguous_last(table))
+    return _Sources(q, tuple(levels), (_contiguous_last(kv.k), _contiguous_last(kv.v)), None)
+
+
+def _runs_hopper(plan: Plan, item_list: Launch, q: torch.Tensor, interpret: bool) -> bool:
+    """Whether a launch runs ``hopper.single_pass_tile`` (else ``partial_kernel``)."""
+    return (item_list.single_pass and HOPPER_SINGLE_PASS and not interpret
+            and hopper.usable(q, plan.head_dim, item_list.block_m))
+
+
 def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel]) -> AttentionState:
     """``run_planned`` outside ``torch.compile``: the kernel launches themselves. Reads only
     ``kv.k``/``kv.v`` (ragged) or ``kv.k_cache``/``kv.v_cache`` and ``kv.block_table`` (paged;
@@ -92,37 +133,37 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     The caller's stream first waits for the copy of the plan's lists (``Plan.ready``), which
     may have been queued on another stream; inside a CUDA graph capture it does not wait (the
     lists must be on the device before the capture starts: ``torch.cuda.graph`` synchronizes
-    the device first). The partial launches run on the caller's stream and, with
-    ``CONCURRENT_PARTIALS``, on side streams that fork from it before the first launch and
+    the device first). Any copy of an input the kernels cannot read in place is made next, on
+    the caller's stream (``_Sources``). The partial launches run on the caller's stream and,
+    with ``CONCURRENT_PARTIALS``, on side streams that fork from it before the first launch and
     join it before the merge (or, with the plan's fused merge, before the call returns);
     inside a CUDA graph capture they become parallel branches of the graph."""
     total_q, hq, d = plan.total_q, plan.num_q_heads, plan.head_dim
+    interpret = interpreting()
+    main = torch.cuda.current_stream(q.device) if q.is_cuda else None
     if plan.ready is not None and not torch.cuda.is_current_stream_capturing():
-        torch.cuda.current_stream(q.device).wait_event(plan.ready)  # lists copied on another stream
+        main.wait_event(plan.ready)  # lists copied on another stream
     out = torch.empty((total_q, hq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((total_q, hq), dtype=torch.float32, device=q.device)
     if total_q == 0:
         return AttentionState(out, lse)
-    q = _contiguous_last(q)
+    sources = _sources(plan, _contiguous_last(q), kv, prefixes, interpret)
     part_out = torch.empty((plan.num_slots, hq, d), dtype=torch.float32, device=q.device)
     part_lse = torch.empty((plan.num_slots, hq), dtype=torch.float32, device=q.device)
-    interpret = interpreting()
     if CONCURRENT_PARTIALS and not interpret and len(plan.launches) > 1:
-        main = torch.cuda.current_stream(q.device)
         fork, sides, joins = _LANES.get(q.device, len(plan.launches) - 1)
         fork.record(main)
         for side in sides:
             side.wait_event(fork)
-        _launch_partial(plan, 0, q, kv, prefixes, part_out, part_lse, out, lse, interpret, None)
+        _launch_partial(plan, 0, sources, part_out, part_lse, out, lse, interpret, None)
         for index, side in enumerate(sides, start=1):
-            with torch.cuda.stream(side):  # any copy of an input is made, ordered and freed on the side that reads it
-                _launch_partial(plan, index, q, kv, prefixes, part_out, part_lse, out, lse, interpret, side)
+            _launch_partial(plan, index, sources, part_out, part_lse, out, lse, interpret, side)
         for side, join in zip(sides, joins):
             join.record(side)
             main.wait_event(join)
     else:
         for index in range(len(plan.launches)):
-            _launch_partial(plan, index, q, kv, prefixes, part_out, part_lse, out, lse, interpret, None)
+            _launch_partial(plan, index, sources, part_out, part_lse, out, lse, interpret, None)
     if not plan.fused_merge and plan.num_slots:  # no slots: every token was written by a single pass
         args = (part_out, part_lse, plan.slot_offsets, out, lse)
         _launch_bound(plan, MERGE, merge_kernel, (total_q, hq), args, _layout(args, ()),
@@ -176,34 +217,27 @@ def _launch_bound(plan: Plan, key: int, kernel, grid: Tuple[int, int], args: Tup
         plan.bindings[key] = Binding(layout, compiled, tuple(constexprs.values()))
 
 
-def _launch_partial(plan: Plan, index: int, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel],
-                    part_out: torch.Tensor, part_lse: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                    interpret: bool, stream: Optional[torch.cuda.Stream]) -> None:
+def _launch_partial(plan: Plan, index: int, sources: _Sources, part_out: torch.Tensor, part_lse: torch.Tensor,
+                    out: torch.Tensor, lse: torch.Tensor, interpret: bool, stream: Optional[torch.cuda.Stream]) -> None:
     """The partial-kernel launch of ``plan.launches[index]`` on ``stream`` (``None``: the
-    current one), which must be the current stream: the copies it makes of inputs the kernels
-    cannot read in place (a last axis that is not contiguous; for ``hopper``, a prefix level
-    whose rows are not packed) are made on the current stream, so that they are ordered before
-    the launch that reads them and freed with respect to its stream. The launch's items over
-    the KV source it names (a prefix level, or the requests' own KV); with the plan's fused
-    merge, its programs also write the rows of ``out``/``lse`` they finish."""
+    current one): the launch's items over the KV source it names (a prefix level, or the
+    requests' own KV); with the plan's fused merge, its programs also write the rows of
+    ``out``/``lse`` they finish."""
     item_list = plan.launches[index]
-    if item_list.reads_prefix and prefixes[0].k.shape[0]:  # what its items read first: level 0
-        pre_k, pre_v = _contiguous_last(prefixes[0].k), _contiguous_last(prefixes[0].v)
+    q = sources.q
+    if item_list.reads_prefix and sources.levels[0][0].shape[0]:  # what its items read first: level 0
+        pre_k, pre_v = sources.levels[0]
     else:  # not read (a level of no rows has no tensor descriptor: its strides may be anything)
         pre_k, pre_v = q, q
     if item_list.level >= 0:
-        level = prefixes[item_list.level]
-        k, v, paged, causal, table = level.k, level.v, False, False, item_list.items
-    elif isinstance(kv, PagedKV):
-        table = kv.block_table if plan.block_table is None else plan.block_table
-        k, v, paged, causal, table = kv.k_cache, kv.v_cache, True, plan.causal, _contiguous_last(table)
+        (k, v), paged, causal, table = sources.levels[item_list.level], False, False, item_list.items
+    elif sources.table is not None:
+        (k, v), paged, causal, table = sources.own, True, plan.causal, sources.table
     else:
-        k, v, paged, causal, table = kv.k, kv.v, False, plan.causal, item_list.items
-    k, v = _contiguous_last(k), _contiguous_last(v)
+        (k, v), paged, causal, table = sources.own, False, plan.causal, item_list.items
     grid = (item_list.num_items, plan.num_kv_heads)
     regular = item_list.regular or (0,) * len(REGULAR_FIELDS)
-    if item_list.single_pass and HOPPER_SINGLE_PASS and not interpret and hopper.usable(q, plan.head_dim,
-                                                                                        item_list.block_m):
+    if _runs_hopper(plan, item_list, q, interpret):
         _launch_hopper(plan, item_list, grid, regular, q, pre_k, pre_v, k, v, paged, causal, table, out, lse, stream)
         return
     page_size = k.shape[1] if paged else 1

@@ -55,11 +55,12 @@ def test_a_call_on_a_side_stream_is_ordered_with_that_stream(poisoned_allocation
 
 
 @pytest.mark.parametrize("layout", ["heads apart", "last axis strided"])
-def test_copies_of_a_strided_level_are_made_on_the_side_that_reads_them(layout, poisoned_allocations):
-    """A prefix level the kernels cannot read in place is copied by the launch that reads it
-    (the last axis strided: every tile; heads not packed: the Gluon single-pass tile of sm_90).
-    That launch may run on a side stream: the copy must be ordered before it there, so the
-    results are those of the same values packed, bit for bit, call after call."""
+def test_copies_of_a_strided_level_are_ordered_before_every_launch_that_reads_them(layout, poisoned_allocations):
+    """A prefix level the kernels cannot read in place is copied (the last axis strided: for
+    every tile; heads not packed: for the Gluon single-pass tile of sm_90) once, on the caller's
+    stream before the launches fork from it. The launches that read it may run on side streams:
+    the copy must be ordered before them there and freed after them, so the results are those of
+    the same values packed, bit for bit, call after call."""
     batch = make_batch(q_lens=[1, 1, 40, 1], kv_lens=[300, 129, 400, 200], prefix_lens=[[2048, 700]],
                        prefix_ids=[[0, 1, 0, 0]], num_q_heads=16, num_kv_heads=4, head_dim=128, dtype="float16",
                        block_size=16, seed=9)
