@@ -428,6 +428,14 @@ def test_supports_names_what_it_cannot_run(monkeypatch):
                                   RaggedKV(k, k, torch.tensor([0, 1], dtype=torch.int32)), backend="triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert "CUDA" in backend.supports(meta_of())
+    from relaycore.dispatch import choose
+
+    on_a_gpu = dataclasses.replace(meta_of(), device="cuda:0")
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert backend.supports(on_a_gpu) is None
+    monkeypatch.setattr(torch.version, "hip", "6.2.41133")
+    assert "ROCm" in backend.supports(on_a_gpu)
+    assert choose(on_a_gpu).name == "torch" and "ROCm" in choose(on_a_gpu).reason
 
 
 @in_process

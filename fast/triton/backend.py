@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from relaycore.types import AttentionState
 from relaycore.validation import BatchMeta, validate
 
@@ -17,8 +19,10 @@ from relaycore.fast.triton.plan import Plan, plan, stamp_metadata, tensor_signat
 def supports(meta: BatchMeta) -> str | None:
     """``None`` when the Triton kernels can run the batch, else the reason they cannot.
 
-    They need torch tensors on a CUDA device (or on the CPU under ``TRITON_INTERPRET=1``,
-    Triton's interpreter, which is how CI runs them), q in fp16, bf16 or fp32, and a head_dim
+    They need torch tensors on an NVIDIA GPU (or on the CPU under ``TRITON_INTERPRET=1``,
+    Triton's interpreter, which is how CI runs them; a ROCm build of torch is refused: the
+    kernels have never run on one, and ``launcher`` caches compiled kernels by NVIDIA's
+    specialization, not by AMD's, which also keys a pointer on its storage being within 2 GB), q in fp16, bf16 or fp32, and a head_dim
     that is a power of two from 16 to 256. They have no backward: a call to be differentiated
     (``BatchMeta.needs_grad``) goes to another backend.
     """
@@ -26,6 +30,9 @@ def supports(meta: BatchMeta) -> str | None:
         return "needs torch tensors, got NumPy arrays"
     if not meta.device.startswith("cuda") and not (interpreting() and meta.device == "cpu"):
         return f"needs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got device {meta.device}"
+    if meta.device.startswith("cuda") and torch.version.hip is not None:
+        return (f"needs an NVIDIA GPU, got a ROCm build of torch (HIP {torch.version.hip}): the kernels have never "
+                "run there, and their launcher does not key on Triton's AMD pointer specialization")
     if meta.dtype not in DTYPES:
         return f"needs q in {list(DTYPES)}, got {meta.dtype}"
     if meta.head_dim not in HEAD_DIMS:
