@@ -110,11 +110,18 @@ def recorded(hopper, monkeypatch):
     monkeypatch.setattr(launch_module, "launch", lambda kernel, grid, args, constexprs, **_: launches.append(
         (kernel, args, constexprs)))
 
-    def run(batch):
+    def run(batch, fused_qkv=False):
+        """``fused_qkv``: q a view of a wider tensor (its rows not packed), as a fused QKV
+        projection's output is."""
         launches.clear()
         args, kwargs = batch.to_torch("cpu")
-        launch_module.run_planned(plan(validate(*args, **kwargs)), args[0], args[2], args[3])
-        return args[0]
+        q = args[0]
+        if fused_qkv:
+            wide = torch.zeros(q.shape[0], 2 * q.shape[1], q.shape[2], dtype=q.dtype)
+            wide[:, :q.shape[1]] = q
+            q = wide[:, :q.shape[1]]
+        launch_module.run_planned(plan(validate(*args, **kwargs)), q, args[2], args[3])
+        return q
 
     return launches, run
 
@@ -122,17 +129,21 @@ def recorded(hopper, monkeypatch):
 def test_every_single_pass_launch_gets_a_descriptor_of_each_source(hopper, recorded):
     """The tile compiles against four tensor descriptors (level 0's keys and values, the own
     ones): the launch must build all four, of the batch's dtype and ``[box, D]`` boxes, for any
-    batch, whatever it reads. A GPU drew a batch whose level 0 had no rows (strides of 0 from
-    NumPy) and the tile got ``None``; here the launches are recorded, not run."""
+    batch and any q, whatever it reads. A GPU drew a batch whose level 0 had no rows (strides of
+    0 from NumPy) and the tile got ``None``; a review found that a q whose rows are not packed,
+    standing in for a level the launch does not read, would have too. Here the launches are
+    recorded, not run."""
+    from hypothesis import strategies as st
+
     from relaycore.testing.strategies import batches
 
     launches, run = recorded
     tiles = []
 
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(batch=batches(**SINGLE_PASS_SPACE))
-    def check(batch):
-        q = run(batch)
+    @given(batch=batches(**SINGLE_PASS_SPACE), fused_qkv=st.booleans())
+    def check(batch, fused_qkv):
+        q = run(batch, fused_qkv)
         for kernel, kernel_args, constexprs in launches:
             if kernel is not hopper.single_pass_tile:
                 continue
@@ -145,6 +156,20 @@ def test_every_single_pass_launch_gets_a_descriptor_of_each_source(hopper, recor
 
     check()
     assert len(tiles) >= 5  # about one drawn batch in four launches the tile (17 of 60 in CI's profile)
+
+
+@pytest.mark.parametrize("levels", [0, 1], ids=["no prefix", "a level no request uses"])
+def test_a_tile_that_reads_no_prefix_gets_descriptors_beside_a_strided_q(hopper, recorded, levels):
+    """A launch that does not read level 0 passes a stand-in for it: not q, whose rows need not
+    be packed (a view of a fused QKV projection's output has no tensor descriptor)."""
+    from relaycore.testing import make_batch
+
+    launches, run = recorded
+    batch = make_batch([1, 32], [300, 300], [[200]] * levels, [[-1, -1]] * levels, num_q_heads=128,
+                       num_kv_heads=32, head_dim=128, dtype="float16")
+    run(batch, fused_qkv=True)
+    tiles = [args for kernel, args, _ in launches if kernel is hopper.single_pass_tile]
+    assert tiles and all(isinstance(x, hopper.TensorDescriptor) for args in tiles for x in args[1:5])
 
 
 def test_an_append_request_after_one_token_gives_the_tile_its_first_token_as_a_value(hopper, recorded):

@@ -129,7 +129,8 @@ def descriptors(pre_k: torch.Tensor, pre_v: torch.Tensor, k: torch.Tensor, v: to
     """The tensor descriptors ``single_pass_tile`` copies by, and its ``OWN_BOX``.
 
     Level 0's keys and values ``[rows, Hkv, D]``, contiguous (the launches copy a level that
-    is not, before they fork): boxes of ``BLOCK_N`` rows. The own KV, ragged ``[rows, Hkv, D]`` or a paged cache
+    is not, before they fork; a launch that does not read level 0 passes a contiguous stand-in):
+    boxes of ``BLOCK_N`` rows. The own KV, ragged ``[rows, Hkv, D]`` or a paged cache
     ``[num_pages, page, Hkv, D]``: boxes of ``OWN_BOX`` rows, ``BLOCK_N`` (ragged, or pages of a
     multiple of ``BLOCK_N``) or one page (a divisor of ``BLOCK_N`` and a multiple of 8, the shared
     layout's swizzle period), or

@@ -155,12 +155,14 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
         fork.record(main)
         for side in sides:
             side.wait_event(fork)
-        _launch_partial(plan, 0, sources, part_out, part_lse, out, lse, interpret, None)
-        for index, side in enumerate(sides, start=1):
-            _launch_partial(plan, index, sources, part_out, part_lse, out, lse, interpret, side)
-        for side, join in zip(sides, joins):
-            join.record(side)
-            main.wait_event(join)
+        try:
+            _launch_partial(plan, 0, sources, part_out, part_lse, out, lse, interpret, None)
+            for index, side in enumerate(sides, start=1):
+                _launch_partial(plan, index, sources, part_out, part_lse, out, lse, interpret, side)
+        finally:  # also when a launch fails: what is queued on a side reads memory the caller's stream frees
+            for side, join in zip(sides, joins):
+                join.record(side)
+                main.wait_event(join)
     else:
         for index in range(len(plan.launches)):
             _launch_partial(plan, index, sources, part_out, part_lse, out, lse, interpret, None)
@@ -227,8 +229,8 @@ def _launch_partial(plan: Plan, index: int, sources: _Sources, part_out: torch.T
     q = sources.q
     if item_list.reads_prefix and sources.levels[0][0].shape[0]:  # what its items read first: level 0
         pre_k, pre_v = sources.levels[0]
-    else:  # not read (a level of no rows has no tensor descriptor: its strides may be anything)
-        pre_k, pre_v = q, q
+    else:  # not read; ``out`` stands in, contiguous in q's dtype (a level of no rows, or a strided q, has no
+        pre_k, pre_v = out, out  # tensor descriptor, and the Gluon tile compiles against one)
     if item_list.level >= 0:
         (k, v), paged, causal, table = sources.levels[item_list.level], False, False, item_list.items
     elif sources.table is not None:

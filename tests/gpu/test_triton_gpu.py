@@ -128,6 +128,24 @@ def test_an_append_request_after_one_decode_token_matches_the_oracle(head_dim, s
     _assert_close_to_oracle(batch)
 
 
+@pytest.mark.parametrize("levels", [0, 1], ids=["no prefix", "a level no request uses"])
+def test_single_pass_requests_of_a_strided_q_give_the_bits_of_a_packed_one(levels, single_pass_tile):
+    """q a view of a fused QKV projection's output (its rows not packed): the kernels read it in
+    place, and a launch that reads no prefix gets a stand-in for level 0 that has a tensor
+    descriptor (q, strided, has none; ``tests/test_hopper_host.py``)."""
+    batch = make_batch([1, 32], [300, 300], [[200]] * levels, [[-1, -1]] * levels, num_q_heads=128,
+                       num_kv_heads=32, head_dim=128, dtype="float16", block_size=16)
+    (q, cu, kv, prefixes), kwargs = batch.to_torch("cuda")
+    planned = prepare(q, cu, kv, prefixes, **kwargs)
+    assert any(x.single_pass for x in planned.launches)
+    packed = relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=planned)
+    qkv = torch.zeros(q.shape[0], 3 * q.shape[1], q.shape[2], dtype=q.dtype, device=q.device)
+    qkv[:, :q.shape[1]] = q
+    strided = relaycore.relay_attention(qkv[:, :q.shape[1]], cu, kv, prefixes, **kwargs, plan=planned)
+    assert torch.equal(strided.out, packed.out) and torch.equal(strided.lse, packed.lse)
+    assert_close(packed, batch, steps=triton_steps(validate(q, cu, kv, prefixes, **kwargs)))
+
+
 #: Drawn batches with requests tall enough to read their context in one pass: up to 80 tokens x
 #: GQA 4 or 5 (rows >= 128 from 32 tokens), one prefix level (the single pass reads one), pages
 #: that the tensor-memory copy takes a box per page (8, 16) or not at all (1, 17), or ragged KV.
