@@ -20,11 +20,11 @@ def supports(meta: BatchMeta) -> str | None:
     """``None`` when the Triton kernels can run the batch, else the reason they cannot.
 
     They need torch tensors on an NVIDIA GPU (or on the CPU under ``TRITON_INTERPRET=1``,
-    Triton's interpreter, which is how CI runs them; a ROCm build of torch is refused: the
-    kernels have never run on one, and ``launcher`` caches compiled kernels by NVIDIA's
-    specialization, not by AMD's, which also keys a pointer on its storage being within 2 GB), q in fp16, bf16 or fp32, and a head_dim
+    Triton's interpreter, which is how CI runs them), q in fp16, bf16 or fp32, and a head_dim
     that is a power of two from 16 to 256. They have no backward: a call to be differentiated
-    (``BatchMeta.needs_grad``) goes to another backend.
+    (``BatchMeta.needs_grad``) goes to another backend. A ROCm build of torch is refused: the
+    kernels have never run on one, and ``launcher`` caches compiled kernels by NVIDIA's
+    specialization, not by AMD's (which also keys a pointer on its storage being within 2 GB).
     """
     if meta.array_kind != "torch":
         return "needs torch tensors, got NumPy arrays"
