@@ -126,6 +126,18 @@ def recorded(hopper, monkeypatch):
     return launches, run
 
 
+def _assert_copies_can_read(args):
+    """What the tile's copies need of a launch's arguments (``hopper.readable``; without it the
+    tile does not compile): level 0's and the own KV's pointers 16-byte aligned and their
+    strides multiples of 16 elements, an int32 block table. The arguments, in the order
+    ``launch._launch_hopper`` passes them: q, four descriptors, level 0's k and v, the own k and
+    v, items, tokens, the table, out, lse, the scale, q's two strides, level 0's four, the own
+    KV's six, the table's."""
+    assert all(x.data_ptr() % 16 == 0 for x in args[5:9])
+    assert all(stride % 16 == 0 for stride in args[17:27]), args[17:27]
+    assert args[11].dtype == torch.int32
+
+
 def test_every_single_pass_launch_gets_a_descriptor_of_each_source(hopper, recorded):
     """The tile compiles against four tensor descriptors (level 0's keys and values, the own
     ones): the launch must build all four, of the batch's dtype and ``[box, D]`` boxes, for any
@@ -150,6 +162,7 @@ def test_every_single_pass_launch_gets_a_descriptor_of_each_source(hopper, recor
             tiles.append(batch)
             descs = kernel_args[1:5]
             assert all(isinstance(x, hopper.TensorDescriptor) for x in descs), (descs, batch.describe())
+            _assert_copies_can_read(kernel_args)
             box = constexprs["OWN_BOX"] or hopper.BLOCK_N
             for x, rows in zip(descs, (hopper.BLOCK_N, hopper.BLOCK_N, box, box)):
                 assert x.base.dtype == q.dtype and list(x.block_shape) == [rows, batch.head_dim], batch.describe()
@@ -170,6 +183,58 @@ def test_a_tile_that_reads_no_prefix_gets_descriptors_beside_a_strided_q(hopper,
     run(batch, fused_qkv=True)
     tiles = [args for kernel, args, _ in launches if kernel is hopper.single_pass_tile]
     assert tiles and all(isinstance(x, hopper.TensorDescriptor) for args in tiles for x in args[1:5])
+
+
+def _misaligned(x):
+    """``x``'s values in a tensor that starts 2 bytes past a 16-byte boundary."""
+    flat = torch.zeros(x.numel() + 8, dtype=x.dtype)
+    view = flat[1:1 + x.numel()].view(x.shape)
+    view.copy_(x)
+    return view
+
+
+def _head_stride_one(x):
+    """``x`` (``[rows, 1, D]``) with a stride of 1 on its axis of size 1: contiguous to torch."""
+    y = torch.empty(x.shape[0], x.shape[2], 1, dtype=x.dtype).transpose(1, 2)
+    y.copy_(x)
+    return y
+
+
+@pytest.mark.parametrize("layout", ["int64 block table", "level 0 misaligned", "level 0 head stride 1",
+                                    "own KV misaligned"])
+def test_the_tile_gets_inputs_its_copies_can_read_or_does_not_run(hopper, recorded, layout):
+    """Layouts that validation takes and the tile's copies cannot read in place (it would not
+    compile: TMA coordinates must be 32-bit, ``cp.async`` needs rows aligned to 4 bytes): a
+    level 0 or a block table is copied for the tile before the launches fork; the own KV (a
+    paged cache is the whole pool) is not, and the launch runs ``partial_kernel`` instead."""
+    from relaycore import PagedKV, PrefixLevel
+    from relaycore.fast.triton import launch as launch_module
+    from relaycore.fast.triton import kernels, plan
+    from relaycore.testing import make_batch
+    from relaycore.validation import validate
+
+    launches, _ = recorded
+    hkv = 1 if layout == "level 0 head stride 1" else 2
+    batch = make_batch([200], [300], [[256]], [[0]], num_q_heads=4 * hkv, num_kv_heads=hkv, head_dim=128,
+                       dtype="float16", block_size=16, seed=1)
+    (q, cu, kv, (level,)), kwargs = batch.to_torch("cpu")
+    if layout == "int64 block table":
+        kv = PagedKV(kv.k_cache, kv.v_cache, kv.block_table.to(torch.int64), kv.kv_lens)
+    elif layout == "own KV misaligned":
+        kv = PagedKV(_misaligned(kv.k_cache), _misaligned(kv.v_cache), kv.block_table, kv.kv_lens)
+    else:
+        odd = _misaligned if layout == "level 0 misaligned" else _head_stride_one
+        level = PrefixLevel(odd(level.k), odd(level.v), level.cu_seqlens, level.prefix_ids)
+    launch_module.run_planned(plan(validate(q, cu, kv, [level], **kwargs)), q, kv, [level])
+    tiles = [args for kernel, args, _ in launches if kernel is hopper.single_pass_tile]
+    if layout == "own KV misaligned":
+        assert not tiles
+        assert any(kernel is kernels.partial_kernel and constexprs["SINGLE_PASS"]
+                   for kernel, _, constexprs in launches)
+    else:
+        assert len(tiles) == 1
+        _assert_copies_can_read(tiles[0])
+        assert all(isinstance(x, hopper.TensorDescriptor) for x in tiles[0][1:5])
 
 
 def test_an_append_request_after_one_token_gives_the_tile_its_first_token_as_a_value(hopper, recorded):

@@ -85,10 +85,20 @@ DTYPES = (torch.float16, torch.bfloat16)
 def usable(q: torch.Tensor, head_dim: int, block_m: int) -> bool:
     """Whether the single-pass launches of a batch with q ``q`` run here: on an sm_90 GPU with a
     triton of ``GLUON_RELEASES``, for fp16/bf16 and head_dim 64 or 128, tiles of ``TILE_M``
-    rows. Properties of the machine and the model only, so a request's bits do not depend on
-    its batch."""
+    rows. Properties of the machine and the model only (and, in ``launch._sources``, of the own
+    KV's layout: ``readable``), so a request's bits do not depend on its batch."""
     return (gluon is not None and q.is_cuda and q.dtype in DTYPES and head_dim in HEAD_DIMS and block_m == TILE_M
             and _capability(q.device.index) == (9, 0))
+
+
+def readable(x: torch.Tensor) -> bool:
+    """Whether the tile's copies read ``x`` (keys or values ``[..., Hkv, D]``) in place: its base
+    16-byte aligned, its last axis contiguous and every other stride a multiple of 16 elements.
+    Triton knows a pointer's alignment only from that specialization (16-byte pointers, integers
+    divisible by 16; a stride of 1, even on an axis of size 1, is the constant 1), and the row
+    copies (``cp.async``) need to know that each row is aligned to 4 bytes at least."""
+    strides = x.stride()
+    return x.data_ptr() % 16 == 0 and strides[-1] == 1 and all(s % 16 == 0 for s in strides[:-1])
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,9 +138,9 @@ def _box_layout(box_rows: int, d: int, dtype: torch.dtype):
 def descriptors(pre_k: torch.Tensor, pre_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor, paged: bool):
     """The tensor descriptors ``single_pass_tile`` copies by, and its ``OWN_BOX``.
 
-    Level 0's keys and values ``[rows, Hkv, D]``, contiguous (the launches copy a level that
-    is not, before they fork; a launch that does not read level 0 passes a contiguous stand-in):
-    boxes of ``BLOCK_N`` rows. The own KV, ragged ``[rows, Hkv, D]`` or a paged cache
+    Level 0's keys and values ``[rows, Hkv, D]``, contiguous and ``readable`` (the launches
+    copy a level that is not, before they fork; a launch that does not read level 0 passes a
+    stand-in that is): boxes of ``BLOCK_N`` rows. The own KV, ragged ``[rows, Hkv, D]`` or a paged cache
     ``[num_pages, page, Hkv, D]``: boxes of ``OWN_BOX`` rows, ``BLOCK_N`` (ragged, or pages of a
     multiple of ``BLOCK_N``) or one page (a divisor of ``BLOCK_N`` and a multiple of 8, the shared
     layout's swizzle period), or

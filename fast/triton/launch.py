@@ -85,43 +85,54 @@ _LANES = _Lanes()
 
 class _Sources(NamedTuple):
     """The tensors a call's launches read, each in a layout the kernels read in place: the
-    call's own where it is, else a copy (a last axis that is not contiguous; for ``hopper``, a
-    level 0 that is not contiguous). ``run_eager`` makes them on the caller's stream before
-    the launches fork from it, so that every copy is ordered before the launches that read it,
-    on any stream, and freed after them (the caller's stream joins every side stream).
+    call's own where it is, else a copy (a last axis that is not contiguous; for the Gluon tile,
+    a level 0 it cannot read in place, or a block table that is not int32). ``run_eager`` makes
+    them on the caller's stream before the launches fork from it, so that every copy is ordered
+    before the launches that read it, on any stream, and freed after them (the caller's stream
+    joins every side stream).
 
     Attributes:
         q: ``[total_q, Hq, D]``.
         levels: each prefix level's ``(k, v)``, ``[rows, Hkv, D]``.
         own: the requests' own ``(k, v)``: ragged ``[rows, Hkv, D]`` or paged caches
             ``[num_pages, page, Hkv, D]``.
-        table: a paged cache's block table ``[B, max_pages]`` int32 (the plan's copy where it
-            holds one); ``None`` for ragged KV.
+        table: a paged cache's block table ``[B, max_pages]`` (the plan's copy where it holds
+            one); ``None`` for ragged KV.
+        tiles: whether each of the plan's launches runs ``hopper.single_pass_tile`` (else
+            ``partial_kernel``).
     """
 
     q: torch.Tensor
     levels: Tuple[Tuple[torch.Tensor, torch.Tensor], ...]
     own: Tuple[torch.Tensor, torch.Tensor]
     table: Optional[torch.Tensor]
+    tiles: Tuple[bool, ...]
 
 
 def _sources(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel], interpret: bool) -> _Sources:
-    """The ``_Sources`` of a call (copies made on the current stream)."""
+    """The ``_Sources`` of a call (copies made on the current stream).
+
+    A single-pass launch runs the Gluon tile where ``hopper.usable`` (the machine and the
+    model) and where the tile's copies can read the own KV in place (``hopper.readable``); the
+    own KV is not copied (a paged cache is the whole pool), so another layout runs
+    ``partial_kernel``. For a tile, level 0 is copied unless it is packed and readable, and the
+    block table is read as int32 (its entries are block ids, below ``num_blocks``)."""
     levels = [(_contiguous_last(level.k), _contiguous_last(level.v)) for level in prefixes]
-    if levels and levels[0][0].shape[0] and not all(x.is_contiguous() for x in levels[0]) and any(
-            _runs_hopper(plan, item_list, q, interpret) for item_list in plan.launches if item_list.reads_prefix):
-        levels[0] = (levels[0][0].contiguous(), levels[0][1].contiguous())  # the tile's descriptors read it packed
     if isinstance(kv, PagedKV):
         table = kv.block_table if plan.block_table is None else plan.block_table
-        return _Sources(q, tuple(levels), (_contiguous_last(kv.k_cache), _contiguous_last(kv.v_cache)),
-                        _contiguous_last(table))
-    return _Sources(q, tuple(levels), (_contiguous_last(kv.k), _contiguous_last(kv.v)), None)
-
-
-def _runs_hopper(plan: Plan, item_list: Launch, q: torch.Tensor, interpret: bool) -> bool:
-    """Whether a launch runs ``hopper.single_pass_tile`` (else ``partial_kernel``)."""
-    return (item_list.single_pass and HOPPER_SINGLE_PASS and not interpret
-            and hopper.usable(q, plan.head_dim, item_list.block_m))
+        own, table = (_contiguous_last(kv.k_cache), _contiguous_last(kv.v_cache)), _contiguous_last(table)
+    else:
+        own, table = (_contiguous_last(kv.k), _contiguous_last(kv.v)), None
+    tile_kv = (HOPPER_SINGLE_PASS and not interpret and any(item_list.single_pass for item_list in plan.launches)
+               and hopper.readable(own[0]) and hopper.readable(own[1]))
+    tiles = tuple(tile_kv and item_list.single_pass and hopper.usable(q, plan.head_dim, item_list.block_m)
+                  for item_list in plan.launches)
+    reads_level0 = any(tile and item_list.reads_prefix for tile, item_list in zip(tiles, plan.launches))
+    if reads_level0 and levels[0][0].shape[0] and not all(x.is_contiguous() and hopper.readable(x) for x in levels[0]):
+        levels[0] = tuple(x.clone(memory_format=torch.contiguous_format) for x in levels[0])  # a fresh, packed copy
+    if any(tiles) and table is not None and table.dtype != torch.int32:
+        table = table.to(torch.int32)
+    return _Sources(q, tuple(levels), own, table, tiles)
 
 
 def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel]) -> AttentionState:
@@ -239,7 +250,7 @@ def _launch_partial(plan: Plan, index: int, sources: _Sources, part_out: torch.T
         (k, v), paged, causal, table = sources.own, False, plan.causal, item_list.items
     grid = (item_list.num_items, plan.num_kv_heads)
     regular = item_list.regular or (0,) * len(REGULAR_FIELDS)
-    if _runs_hopper(plan, item_list, q, interpret):
+    if sources.tiles[index]:
         _launch_hopper(plan, item_list, grid, regular, q, pre_k, pre_v, k, v, paged, causal, table, out, lse, stream)
         return
     page_size = k.shape[1] if paged else 1
