@@ -27,7 +27,7 @@ contribution is rescaled once per later step either way, so ``rounding.steps_per
 counts 64-key steps, at least as many) bounds it (``proofs/error_bound.py``). A row's bits depend
 on its request alone (the tile, its blocks and its steps follow from the request), not on the
 batch; they differ from the Triton tile's, and a GPU runs one or the other for every request
-(``usable``).
+(``usable``, and the own KV's layout: ``readable``).
 
 Not run by the CPU interpreter: ``tests/gpu`` checks it against the oracle, and CI compiles it
 for sm_90 (``resources.hopper_tile``, ``tests/test_kernel_resources.py``).
@@ -86,7 +86,8 @@ def usable(q: torch.Tensor, head_dim: int, block_m: int) -> bool:
     """Whether the single-pass launches of a batch with q ``q`` run here: on an sm_90 GPU with a
     triton of ``GLUON_RELEASES``, for fp16/bf16 and head_dim 64 or 128, tiles of ``TILE_M``
     rows. Properties of the machine and the model only (and, in ``launch._sources``, of the own
-    KV's layout: ``readable``), so a request's bits do not depend on its batch."""
+    KV's layout: ``readable``, the same in every batch for a paged pool or ragged KV cut by
+    rows), so a request's bits do not depend on its batch."""
     return (gluon is not None and q.is_cuda and q.dtype in DTYPES and head_dim in HEAD_DIMS and block_m == TILE_M
             and _capability(q.device.index) == (9, 0))
 

@@ -393,7 +393,7 @@ def partial_kernel(
             consecutive), query head ``i_hk * GROUP + r % GROUP``.
         slot_ptr: int32, beside ``tok_ptr``: the scratch slot of that token's chunk 0 in this
             segment (chunk ``c`` is slot ``+ c``).
-        table_ptr: int32 block table ``[B, max_blocks]`` (``PAGED`` only).
+        table_ptr: int32 or int64 block table ``[B, max_blocks]`` (``PAGED`` only).
         PAGE_SIZE: tokens per page (``PAGED``; 1 otherwise). A constant of the compiled kernel:
             a key's page and slot are then a shift and a mask (a power of two) or a multiply,
             not an integer division per key of every block.

@@ -57,7 +57,8 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
 #: kernel's latency from the call (``fast/triton/NOTES.md``).
 CONCURRENT_PARTIALS = True
 
-#: Run single-pass launches with ``hopper.single_pass_tile`` where ``hopper.usable``, else
+#: Run single-pass launches with ``hopper.single_pass_tile`` where ``hopper.usable`` and the
+#: tile's copies can read the own KV in place (``hopper.readable``, ``_sources``), else
 #: ``partial_kernel``. ``tests/gpu`` runs both.
 HOPPER_SINGLE_PASS = True
 
