@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from layouts import TILE_LAYOUTS
 
 torch = pytest.importorskip("torch")
 
@@ -185,46 +186,21 @@ def test_a_tile_that_reads_no_prefix_gets_descriptors_beside_a_strided_q(hopper,
     assert tiles and all(isinstance(x, hopper.TensorDescriptor) for args in tiles for x in args[1:5])
 
 
-def _misaligned(x):
-    """``x``'s values in a tensor that starts 2 bytes past a 16-byte boundary."""
-    flat = torch.zeros(x.numel() + 8, dtype=x.dtype)
-    view = flat[1:1 + x.numel()].view(x.shape)
-    view.copy_(x)
-    return view
-
-
-def _head_stride_one(x):
-    """``x`` (``[rows, 1, D]``) with a stride of 1 on its axis of size 1: contiguous to torch."""
-    y = torch.empty(x.shape[0], x.shape[2], 1, dtype=x.dtype).transpose(1, 2)
-    y.copy_(x)
-    return y
-
-
-@pytest.mark.parametrize("layout", ["int64 block table", "level 0 misaligned", "level 0 head stride 1",
-                                    "own KV misaligned"])
+@pytest.mark.parametrize("layout", TILE_LAYOUTS)
 def test_the_tile_gets_inputs_its_copies_can_read_or_does_not_run(hopper, recorded, layout):
     """Layouts that validation takes and the tile's copies cannot read in place (it would not
     compile: TMA coordinates must be 32-bit, ``cp.async`` needs rows aligned to 4 bytes): a
     level 0 or a block table is copied for the tile before the launches fork; the own KV (a
     paged cache is the whole pool) is not, and the launch runs ``partial_kernel`` instead."""
-    from relaycore import PagedKV, PrefixLevel
+    from layouts import tile_batch, with_layout
+
     from relaycore.fast.triton import launch as launch_module
     from relaycore.fast.triton import kernels, plan
-    from relaycore.testing import make_batch
     from relaycore.validation import validate
 
     launches, _ = recorded
-    hkv = 1 if layout == "level 0 head stride 1" else 2
-    batch = make_batch([200], [300], [[256]], [[0]], num_q_heads=4 * hkv, num_kv_heads=hkv, head_dim=128,
-                       dtype="float16", block_size=16, seed=1)
-    (q, cu, kv, (level,)), kwargs = batch.to_torch("cpu")
-    if layout == "int64 block table":
-        kv = PagedKV(kv.k_cache, kv.v_cache, kv.block_table.to(torch.int64), kv.kv_lens)
-    elif layout == "own KV misaligned":
-        kv = PagedKV(_misaligned(kv.k_cache), _misaligned(kv.v_cache), kv.block_table, kv.kv_lens)
-    else:
-        odd = _misaligned if layout == "level 0 misaligned" else _head_stride_one
-        level = PrefixLevel(odd(level.k), odd(level.v), level.cu_seqlens, level.prefix_ids)
+    (q, cu, kv, (level,)), kwargs = tile_batch(layout).to_torch("cpu")
+    kv, level = with_layout(layout, kv, level)
     launch_module.run_planned(plan(validate(q, cu, kv, [level], **kwargs)), q, kv, [level])
     tiles = [args for kernel, args, _ in launches if kernel is hopper.single_pass_tile]
     if layout == "own KV misaligned":

@@ -22,6 +22,7 @@ from relaycore.fast.triton.plan import REGULAR_FIELDS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
+from layouts import TILE_LAYOUTS, tile_batch, with_layout  # noqa: E402
 from tolerances import triton_steps  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -146,39 +147,15 @@ def test_single_pass_requests_of_a_strided_q_give_the_bits_of_a_packed_one(level
     assert_close(packed, batch, steps=triton_steps(validate(q, cu, kv, prefixes, **kwargs)))
 
 
-def _misaligned(x):
-    """``x``'s values in a tensor that starts 2 bytes past a 16-byte boundary."""
-    flat = torch.zeros(x.numel() + 8, dtype=x.dtype, device=x.device)
-    view = flat[1:1 + x.numel()].view(x.shape)
-    view.copy_(x)
-    return view
-
-
-def _head_stride_one(x):
-    """``x`` (``[rows, 1, D]``) with a stride of 1 on its axis of size 1: contiguous to torch."""
-    y = torch.empty(x.shape[0], x.shape[2], 1, dtype=x.dtype, device=x.device).transpose(1, 2)
-    y.copy_(x)
-    return y
-
-
-@pytest.mark.parametrize("layout", ["int64 block table", "level 0 misaligned", "level 0 head stride 1",
-                                    "own KV misaligned"])
+@pytest.mark.parametrize("layout", TILE_LAYOUTS)
 def test_single_pass_requests_over_layouts_the_tile_cannot_copy_match_the_oracle(layout, single_pass_tile,
                                                                                   poisoned_allocations):
     """Layouts that validation takes and the Gluon tile's copies cannot read in place: level 0
     and the block table are copied for it, the own KV runs ``partial_kernel``
     (``tests/test_hopper_host.py``; on the GPU none of them may fail to compile)."""
-    hkv = 1 if layout == "level 0 head stride 1" else 2
-    batch = make_batch([200], [300], [[256]], [[0]], num_q_heads=4 * hkv, num_kv_heads=hkv, head_dim=128,
-                       dtype="float16", block_size=16, seed=1)
+    batch = tile_batch(layout)
     (q, cu, kv, (level,)), kwargs = batch.to_torch("cuda")
-    if layout == "int64 block table":
-        kv = PagedKV(kv.k_cache, kv.v_cache, kv.block_table.to(torch.int64), kv.kv_lens)
-    elif layout == "own KV misaligned":
-        kv = PagedKV(_misaligned(kv.k_cache), _misaligned(kv.v_cache), kv.block_table, kv.kv_lens)
-    else:
-        odd = _misaligned if layout == "level 0 misaligned" else _head_stride_one
-        level = PrefixLevel(odd(level.k), odd(level.v), level.cu_seqlens, level.prefix_ids)
+    kv, level = with_layout(layout, kv, level)
     assert any(x.single_pass for x in plan(validate(q, cu, kv, [level], **kwargs)).launches)
     result = relaycore.relay_attention(q, cu, kv, [level], **kwargs, backend="triton")
     assert_close(result, batch, steps=triton_steps(validate(q, cu, kv, [level], **kwargs)))

@@ -1,0 +1,46 @@
+"""Input layouts that validation takes and that the Gluon tile's copies cannot read in place,
+for the tests of what the tile gets (``tests/test_hopper_host.py``, on the CPU) and of its
+results (``tests/gpu/test_triton_gpu.py``)."""
+
+from __future__ import annotations
+
+import torch
+
+from relaycore import PagedKV, PrefixLevel
+from relaycore.testing import Batch, make_batch
+
+#: Each layout's name; ``with_layout`` makes it.
+TILE_LAYOUTS = ("int64 block table", "level 0 misaligned", "level 0 head stride 1", "own KV misaligned")
+
+
+def misaligned(x: torch.Tensor) -> torch.Tensor:
+    """``x``'s values in a tensor that starts 2 bytes past a 16-byte boundary."""
+    flat = torch.zeros(x.numel() + 8, dtype=x.dtype, device=x.device)
+    view = flat[1:1 + x.numel()].view(x.shape)
+    view.copy_(x)
+    return view
+
+
+def head_stride_one(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (``[rows, 1, D]``) with a stride of 1 on its axis of size 1: contiguous to torch."""
+    y = torch.empty(x.shape[0], x.shape[2], 1, dtype=x.dtype, device=x.device).transpose(1, 2)
+    y.copy_(x)
+    return y
+
+
+def tile_batch(layout: str) -> Batch:
+    """One append request of 200 tokens over a 256-token prefix, pages of 16, GQA 4, D 128: its
+    launch is a single pass that reads the prefix (a 128-row tile). Hkv 1 for a head stride of 1."""
+    hkv = 1 if layout == "level 0 head stride 1" else 2
+    return make_batch([200], [300], [[256]], [[0]], num_q_heads=4 * hkv, num_kv_heads=hkv, head_dim=128,
+                      dtype="float16", block_size=16, seed=1)
+
+
+def with_layout(layout: str, kv: PagedKV, level: PrefixLevel):
+    """``(kv, level)`` holding the same values, ``layout`` applied."""
+    if layout == "int64 block table":
+        return PagedKV(kv.k_cache, kv.v_cache, kv.block_table.to(torch.int64), kv.kv_lens), level
+    if layout == "own KV misaligned":
+        return PagedKV(misaligned(kv.k_cache), misaligned(kv.v_cache), kv.block_table, kv.kv_lens), level
+    odd = misaligned if layout == "level 0 misaligned" else head_stride_one
+    return kv, PrefixLevel(odd(level.k), odd(level.v), level.cu_seqlens, level.prefix_ids)
