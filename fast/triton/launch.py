@@ -241,8 +241,9 @@ def _launch_partial(plan: Plan, index: int, sources: _Sources, part_out: torch.T
     q = sources.q
     if item_list.reads_prefix and sources.levels[0][0].shape[0]:  # what its items read first: level 0
         pre_k, pre_v = sources.levels[0]
-    else:  # not read; ``out`` stands in, contiguous in q's dtype (a level of no rows, or a strided q, has no
-        pre_k, pre_v = out, out  # tensor descriptor, and the Gluon tile compiles against one)
+    else:  # not read: ``out`` stands in, contiguous in q's dtype (a level of no rows, or a strided q,
+        # has no tensor descriptor, and the Gluon tile compiles against one)
+        pre_k, pre_v = out, out
     if item_list.level >= 0:
         (k, v), paged, causal, table = sources.levels[item_list.level], False, False, item_list.items
     elif sources.table is not None:
