@@ -405,5 +405,7 @@ def needs_grad(q, kv, prefixes) -> bool:
     KV or a prefix level) requires grad."""
     import torch
 
+    if not torch.is_grad_enabled():
+        return False
     values = [q, kv[0], kv[1], *(x for level in prefixes for x in (level.k, level.v))]
-    return torch.is_grad_enabled() and any(getattr(x, "requires_grad", False) for x in values)
+    return any(getattr(x, "requires_grad", False) for x in values)

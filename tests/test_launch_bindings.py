@@ -190,3 +190,23 @@ def test_launches_pass_no_hook_where_none_is_set():
     finally:
         runtime.launch_enter_hook.remove(profiler)
     assert launcher._hooks() == (None, None)
+
+
+def test_the_calls_of_a_plan_on_one_stream_share_its_scratch(recorded):
+    """The states' scratch is the plan's (``Plan.scratch``, a pair per stream; off a GPU, the
+    key ``None``): the next layer's call hands every launch the buffers the first call
+    allocated; a copy of the plan allocates its own."""
+    import relaycore
+    from relaycore.fast.triton import prepare
+
+    looked_up, rerun = recorded
+    args, kwargs, planned = _called(prepare)
+    assert list(planned.scratch) == [None]
+    part_out, part_lse = planned.scratch[None]
+    assert part_out.dtype == part_lse.dtype == torch.float32
+    assert part_out.shape == (planned.num_slots, planned.num_q_heads, planned.head_dim)
+    assert part_lse.shape == (planned.num_slots, planned.num_q_heads)
+    relaycore.relay_attention(*args, **kwargs, backend="triton", plan=planned)
+    for every in [launched for _, launched, _ in looked_up] + [every for _, _, every in rerun]:
+        assert [x for x in every if x is part_out] and [x for x in every if x is part_lse]
+    assert dataclasses.replace(planned).scratch == {}

@@ -55,8 +55,8 @@ from relaycore.validation import BatchMeta
 from relaycore.fast.triton.backend import validate_for_triton
 from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
-from relaycore.fast.triton.plan import (Launch, Plan, Work, check_signature, fold_height, int32_list, list_starts,
-                                        plan_work, stamp_metadata, staged, tensor_signature, uploaded)
+from relaycore.fast.triton.plan import (Launch, Plan, Work, call_tensors, check_signature, fold_height, int32_list,
+                                        list_starts, plan_work, stamp_metadata, staged, tensor_signature, uploaded)
 
 class Bounds(NamedTuple):
     """What the tensors' shapes bound in every batch a ``GraphPlan`` runs.
@@ -247,17 +247,17 @@ class GraphPlan:
         """
         meta = validate_for_triton(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
         prefixes = tuple(prefixes)
-        self._refill(meta, tensor_signature(q, cu_seqlens_q, kv, prefixes),
+        self._refill(meta, call_tensors(q, cu_seqlens_q, kv, prefixes),
                      stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=meta.host_block_table is not None))
 
-    def _refill(self, meta: BatchMeta, signature, stamps) -> None:
+    def _refill(self, meta: BatchMeta, tensors, stamps) -> None:
         plan = self.plan
         if meta.paged != plan.paged:
             raise ValueError(f"kv: expected {'PagedKV' if plan.paged else 'RaggedKV'} (the graph plan's), got "
                              f"{'PagedKV' if meta.paged else 'RaggedKV'}")
-        if len(signature) != len(plan.signature):
+        if len(tensors) != len(plan.signature):
             raise ValueError(f"prefixes: expected {plan.num_levels} levels (the graph plan's), got {meta.num_levels}")
-        check_signature(plan.signature, signature, "the graph plan's")
+        check_signature(plan.signature, tensors, "the graph plan's")
         if not np.array_equal(meta.q_lens, self._q_lens):  # the shapes fix the batch size
             b = int(np.argmax(meta.q_lens != self._q_lens))
             raise ValueError(f"cu_seqlens_q: expected the graph plan's query counts, got q_len {int(meta.q_lens[b])} "
@@ -346,6 +346,6 @@ def prepare_graph(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, soft
     config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
     signature = tensor_signature(q, cu_seqlens_q, kv, prefixes)
     graph = GraphPlan(meta, Bounds.of(meta, kv, prefixes), config, signature, torch.device(meta.device))
-    graph._refill(meta, signature, stamp_metadata(cu_seqlens_q, kv, prefixes,
-                                                  block_table=meta.host_block_table is not None))
+    graph._refill(meta, call_tensors(q, cu_seqlens_q, kv, prefixes),
+                  stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=meta.host_block_table is not None))
     return graph

@@ -16,11 +16,10 @@ from relaycore.fast.triton.launcher import interpreting, launch, run_compiled
 from relaycore.fast.triton.plan import REGULAR_FIELDS, Launch, Plan
 
 
-def _kv_strides(x: torch.Tensor, paged: bool):
+def _kv_strides(x: torch.Tensor, paged: bool) -> Tuple[int, int, int]:
     """(block, slot, head) strides: a contiguous-rows tensor ``[rows, Hkv, D]`` has no block axis."""
-    if paged:
-        return x.stride(0), x.stride(1), x.stride(2)
-    return 0, x.stride(0), x.stride(1)
+    strides = x.stride()
+    return strides[:3] if paged else (0, strides[0], strides[1])
 
 
 def _contiguous_last(x: torch.Tensor) -> torch.Tensor:
@@ -153,15 +152,15 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     total_q, hq, d = plan.total_q, plan.num_q_heads, plan.head_dim
     interpret = interpreting()
     main = torch.cuda.current_stream(q.device) if q.is_cuda else None
-    if plan.ready is not None and not torch.cuda.is_current_stream_capturing():
+    capturing = main is not None and torch.cuda.is_current_stream_capturing()
+    if plan.ready is not None and not capturing:
         main.wait_event(plan.ready)  # lists copied on another stream
     out = torch.empty((total_q, hq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((total_q, hq), dtype=torch.float32, device=q.device)
     if total_q == 0:
         return AttentionState(out, lse)
     sources = _sources(plan, _contiguous_last(q), kv, prefixes, interpret)
-    part_out = torch.empty((plan.num_slots, hq, d), dtype=torch.float32, device=q.device)
-    part_lse = torch.empty((plan.num_slots, hq), dtype=torch.float32, device=q.device)
+    part_out, part_lse = _scratch(plan, q.device, main, capturing)
     if CONCURRENT_PARTIALS and not interpret and len(plan.launches) > 1:
         fork, sides, joins = _LANES.get(q.device, len(plan.launches) - 1)
         fork.record(main)
@@ -183,6 +182,27 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
         _launch_bound(plan, MERGE, merge_kernel, (total_q, hq), args, _layout(args, ()),
                       lambda: (dict(NUM_Q_HEADS=hq, HEAD_DIM=d, LN2=LN2), 1, 1), q.device, None)
     return AttentionState(out, lse)
+
+
+def _scratch(plan: Plan, device: torch.device, stream: Optional[torch.cuda.Stream],
+             capturing: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The states of a call: fp32 ``out [num_slots, Hq, D]`` and ``lse2 [num_slots, Hq]``.
+
+    The plan keeps the pair its first call on a stream allocated there (``Plan.scratch``, by
+    the stream's handle), and its next calls on that stream reuse it: each is ordered after the
+    last one's merge (its side launches fork from the stream after it), as a plan's calls must
+    be (``Plan.arrivals``). A call being captured in a CUDA graph takes a pair of its own from
+    the graph's pool, which lives as long as the graph: a graph may outlive the plan it was
+    captured with (``GraphPlan.update`` replaces its plan every step)."""
+    key = None if stream is None else stream.cuda_stream
+    pair = None if capturing else plan.scratch.get(key)
+    if pair is None:
+        hq, d = plan.num_q_heads, plan.head_dim
+        pair = (torch.empty((plan.num_slots, hq, d), dtype=torch.float32, device=device),
+                torch.empty((plan.num_slots, hq), dtype=torch.float32, device=device))
+        if not capturing:
+            plan.scratch[key] = pair
+    return pair
 
 
 class Binding(NamedTuple):
@@ -256,9 +276,8 @@ def _launch_partial(plan: Plan, index: int, sources: _Sources, part_out: torch.T
         _launch_hopper(plan, item_list, grid, regular, q, pre_k, pre_v, k, v, paged, causal, table, out, lse, stream)
         return
     page_size = k.shape[1] if paged else 1
-    strides = (q.stride(0), q.stride(1), *_kv_strides(k, paged), *_kv_strides(v, paged),
-               table.stride(0) if paged else 0)
-    pre_strides = (pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1))
+    strides = (*q.stride()[:2], *_kv_strides(k, paged), *_kv_strides(v, paged), table.stride(0) if paged else 0)
+    pre_strides = (*pre_k.stride()[:2], *pre_v.stride()[:2])
     args = (q, k, v, item_list.items, item_list.tokens, item_list.slots, table, part_out, part_lse,
             plan.slot_offsets, plan.arrivals, out, lse, plan.softmax_scale * LOG2E, *strides, pre_k, pre_v,
             *pre_strides, *regular, item_list.items if item_list.count is None else item_list.count)

@@ -36,6 +36,7 @@ Single-pass requests
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -128,6 +129,10 @@ class Plan:
             which the next call with arguments of the same layout (the next layer's) reruns
             without building its constexprs or looking its kernel up; empty until a call on a
             GPU, and in every copy (``dataclasses.replace``).
+        scratch: the states' scratch of the calls on each stream (``launch._scratch``, by the
+            stream's handle): fp32 ``out [num_slots, Hq, D]`` and ``lse2 [num_slots, Hq]``,
+            ``num_slots * Hq * (D + 1) * 4`` bytes of device memory per stream, held as long as
+            the plan; empty until a call, and in every copy.
     """
 
     total_q: int
@@ -152,6 +157,8 @@ class Plan:
     signature: Tuple[Tuple[str, tuple, Any, Any], ...] = ()
     stamps: Tuple["Stamp", ...] = field(default=(), compare=False, repr=False)
     bindings: Dict[int, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    scratch: Dict[Optional[int], Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False,
+                                                                          compare=False, repr=False)
 
     @property
     def group_size(self) -> int:
@@ -195,7 +202,7 @@ class Plan:
         if len(prefixes) != self.num_levels:
             raise ValueError(f"prefixes: expected {self.num_levels} levels (the plan's), got {len(prefixes)}")
         if self.signature:
-            check_signature(self.signature, tensor_signature(q, cu_seqlens_q, kv, prefixes), "the plan's")
+            check_signature(self.signature, call_tensors(q, cu_seqlens_q, kv, prefixes), "the plan's")
         if needs_grad(q, kv, prefixes):
             raise ValueError("plan: expected a call without gradients (the Triton kernels have no backward), got an "
                              "input that requires grad in grad mode; use backend='torch', or torch.no_grad()")
@@ -226,22 +233,30 @@ def host_values(x) -> Optional[np.ndarray]:
     """The values of a NumPy array or CPU tensor (a view); ``None`` for a tensor on a GPU."""
     if isinstance(x, np.ndarray):
         return x
-    return x.numpy() if x.device.type == "cpu" else None
+    return x.numpy() if x.is_cpu else None
 
 
-def metadata_arrays(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> List[Tuple[str, Any]]:
-    """``(name, array)`` of the metadata whose values a plan holds: the lengths and the prefix
-    ids, and with ``block_table`` a paged cache's block table (a plan holds it where it was
-    given on the host, ``Plan.block_table``, and its stamp is of the whole array, entries past
-    a request's last block included; else the kernels read it at run time, so only its shape
-    is planned)."""
-    named = [("cu_seqlens_q", cu_seqlens_q)]
-    named.append(("kv.kv_lens", kv.kv_lens) if isinstance(kv, PagedKV) else ("kv.cu_seqlens", kv.cu_seqlens))
-    for i, level in enumerate(prefixes):
-        named += [(f"prefixes[{i}].cu_seqlens", level.cu_seqlens), (f"prefixes[{i}].prefix_ids", level.prefix_ids)]
+def metadata_arrays(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> List[Any]:
+    """The metadata whose values a plan holds, in the order of ``metadata_names``: the lengths
+    and the prefix ids, and with ``block_table`` a paged cache's block table (a plan holds it
+    where it was given on the host, ``Plan.block_table``, and its stamp is of the whole array,
+    entries past a request's last block included; else the kernels read it at run time, so
+    only its shape is planned)."""
+    arrays = [cu_seqlens_q, kv.kv_lens if isinstance(kv, PagedKV) else kv.cu_seqlens]
+    for level in prefixes:
+        arrays += (level.cu_seqlens, level.prefix_ids)
     if block_table and isinstance(kv, PagedKV):
-        named.append(("kv.block_table", kv.block_table))
-    return named
+        arrays.append(kv.block_table)
+    return arrays
+
+
+@functools.lru_cache(maxsize=None)
+def metadata_names(paged: bool, num_levels: int, block_table: bool) -> Tuple[str, ...]:
+    """The argument names of ``metadata_arrays``, as ``relay_attention`` names them."""
+    names = ["cu_seqlens_q", "kv.kv_lens" if paged else "kv.cu_seqlens"]
+    for i in range(num_levels):
+        names += (f"prefixes[{i}].cu_seqlens", f"prefixes[{i}].prefix_ids")
+    return tuple(names + ["kv.block_table"] * (block_table and paged))
 
 
 def stamp_metadata(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> Tuple[Stamp, ...]:
@@ -252,7 +267,9 @@ def stamp_metadata(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> Tuple[St
         version = None if isinstance(x, np.ndarray) else x._version
         return Stamp(name, weakref.ref(x), version, None if values is None else values.copy())
 
-    return tuple(stamp(name, x) for name, x in metadata_arrays(cu_seqlens_q, kv, prefixes, block_table=block_table))
+    names = metadata_names(isinstance(kv, PagedKV), len(prefixes), block_table)
+    return tuple(stamp(name, x) for name, x in zip(names, metadata_arrays(cu_seqlens_q, kv, prefixes,
+                                                                          block_table=block_table)))
 
 
 def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> None:
@@ -264,9 +281,9 @@ def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> Non
             planned ones, or the planned tensor on a GPU itself, written in place since.
     """
     advice = "prepare a new plan (or update a graph plan) when the lengths or ids change"
-    named = dict(metadata_arrays(cu_seqlens_q, kv, prefixes, block_table=True))
-    for stamp in stamps:
-        name, x = stamp.name, named[stamp.name]
+    # the stamps are of the same arrays in the same order, the block table last where stamped
+    for stamp, x in zip(stamps, metadata_arrays(cu_seqlens_q, kv, prefixes, block_table=True)):
+        name = stamp.name
         got = host_values(x)
         if stamp.values is not None and got is not None:
             if not _same_values(got, stamp.values):
@@ -287,34 +304,55 @@ def _same_values(got: np.ndarray, want: np.ndarray) -> bool:
     return bool(np.array_equal(got, want))
 
 
-def check_signature(planned, signature, whose: str) -> None:
-    """Refuse a call whose ``tensor_signature`` differs from the ``planned`` one.
+def check_signature(planned, tensors: Sequence[Any], whose: str) -> None:
+    """Refuse a call whose tensors (``call_tensors``) differ from the ``planned``
+    ``tensor_signature``.
 
     Raises:
         ValueError: naming the first tensor whose shape, dtype or device differs.
     """
-    for want, got in zip(planned, signature):
-        if want[1:] != got[1:]:
-            (name, *want), got = want, got[1:]
-            raise ValueError(f"{name}: expected {_described(*want)} ({whose}), got {_described(*got)}")
+    for entry, x in zip(planned, tensors):
+        if isinstance(x, torch.Tensor) and x.shape == entry[1] and x.dtype == entry[2] and x.device == entry[3]:
+            continue  # the common case, without building the entry
+        got = _entry(x)
+        if entry[1:] != got:
+            raise ValueError(f"{entry[0]}: expected {_described(*entry[1:])} ({whose}), got {_described(*got)}")
 
 
 def _described(shape, dtype, device) -> str:
     return f"shape {tuple(shape)}, dtype {str(dtype).replace('torch.', '')} on {device}"
 
 
+def call_tensors(q, cu_seqlens_q, kv, prefixes) -> Tuple[Any, ...]:
+    """Every tensor of a call, in the order of ``tensor_signature``: q, ``cu_seqlens_q``, the
+    fields of ``kv``, then those of each prefix level."""
+    return (q, cu_seqlens_q, *kv, *(x for level in prefixes for x in level))
+
+
 def tensor_signature(q, cu_seqlens_q, kv, prefixes) -> Tuple[Tuple[str, tuple, Any, Any], ...]:
-    """``(name, shape, dtype, device)`` of every tensor of a call, in a fixed order (torch's
+    """``(name, shape, dtype, device)`` of every tensor of a call (``call_tensors``; torch's
     objects: comparing them costs a call less than comparing their names); a NumPy array gets
     its shape, ``"ndarray"`` and ``"numpy"`` (``torch.compile`` cannot read its dtype), anything
     else the shape ``()``, its type's name and ``""``."""
-    named = [("q", q), ("cu_seqlens_q", cu_seqlens_q)]
-    named += [(f"kv.{field}", x) for field, x in zip(kv._fields, kv)]
-    for i, level in enumerate(prefixes):
-        named += [(f"prefixes[{i}].{field}", x) for field, x in zip(PrefixLevel._fields, level)]
-    return tuple([(name, x.shape, x.dtype, x.device) if isinstance(x, torch.Tensor)
-                  else (name, x.shape, "ndarray", "numpy") if isinstance(x, np.ndarray)
-                  else (name, (), type(x).__name__, "") for name, x in named])
+    names = _signature_names(type(kv)._fields, len(prefixes))
+    return tuple((name, *_entry(x)) for name, x in zip(names, call_tensors(q, cu_seqlens_q, kv, prefixes)))
+
+
+@functools.lru_cache(maxsize=None)
+def _signature_names(kv_fields: Tuple[str, ...], num_levels: int) -> Tuple[str, ...]:
+    names = ["q", "cu_seqlens_q", *(f"kv.{field}" for field in kv_fields)]
+    for i in range(num_levels):
+        names += (f"prefixes[{i}].{field}" for field in PrefixLevel._fields)
+    return tuple(names)
+
+
+def _entry(x) -> Tuple[Any, Any, Any]:
+    """``(shape, dtype, device)`` of one argument in ``tensor_signature``."""
+    if isinstance(x, torch.Tensor):
+        return x.shape, x.dtype, x.device
+    if isinstance(x, np.ndarray):
+        return x.shape, "ndarray", "numpy"
+    return (), type(x).__name__, ""
 
 
 def relay_grouping(meta: BatchMeta) -> bool:

@@ -123,3 +123,36 @@ def test_planning_inside_a_graph_capture_is_refused():
         with pytest.raises(ValueError, match="plan: expected a plan made before the CUDA graph capture"):
             with torch.cuda.graph(torch.cuda.CUDAGraph()):
                 plan_inside()
+
+
+def test_a_plan_keeps_a_scratch_per_stream_and_a_capture_its_own(poisoned_allocations):
+    """The states' scratch is the plan's, a pair per stream (``launch._scratch``): a call on
+    that stream writes every slot it reads (here over NaN left in it), on another stream it
+    takes a pair of its own, and a call captured in a CUDA graph takes one from the graph's
+    pool (the graph may outlive the plan), which replays read back."""
+    batch = _batch()
+    args, kwargs = batch.to_torch("cuda")
+    planned = prepare(*args, **kwargs)
+    expected = relaycore.relay_attention(*args, **kwargs, plan=planned)
+    assert planned.num_slots and list(planned.scratch) == [torch.cuda.current_stream().cuda_stream]
+    for x in planned.scratch[torch.cuda.current_stream().cuda_stream]:
+        x.fill_(float("nan"))
+    again = relaycore.relay_attention(*args, **kwargs, plan=planned)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        other = relaycore.relay_attention(*args, **kwargs, plan=planned)
+    torch.cuda.current_stream().wait_stream(side)
+    assert len(planned.scratch) == 2
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = relaycore.relay_attention(*args, **kwargs, plan=planned)
+    assert len(planned.scratch) == 2
+    for pair in planned.scratch.values():
+        for x in pair:
+            x.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    for got in (again, other, captured):
+        assert torch.equal(got.out, expected.out) and torch.equal(got.lse, expected.lse)
+    assert_close(expected, batch)
