@@ -71,8 +71,9 @@ def _ratio_table(module) -> list:
         "",
         "Measured when this site was built (`typical_ratios()`: 6 problems per format, 48 keys of "
         "head dimension 16 in two relay parts, blocks of 16). A ratio of 1 would mean the bound is "
-        "attained; *default steps* is the bound the tests use, *counted steps* the one with this "
-        "blocking's real step count.",
+        "attained; *default steps* is the bound for any blocking (what `relaycore.testing` uses unless "
+        "it is given the steps), *counted steps* the one with this blocking's real step count (what "
+        "the Triton tests use).",
         "",
         "| format | out, default steps | out, counted steps | lse, default steps | lse, counted steps |",
         "| --- | --- | --- | --- | --- |",
