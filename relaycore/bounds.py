@@ -103,13 +103,18 @@ def precision(dtype: str) -> Precision:
     return Precision(dtype, u_acc=u_acc, u_exp=EXP_REL_FP32, u_p=UNIT_ROUNDOFF[dtype], u_out=UNIT_ROUNDOFF[dtype], tau=tau)
 
 
+class NoBound(ValueError):
+    """The bound does not exist for these sizes: ``n u >= 1`` in a ``gamma``, or
+    ``N tau exp(rho) >= 1`` (scores far too large for the precision)."""
+
+
 def gamma(n, u: float):
     """Higham's ``gamma_n = n u / (1 - n u)``: the relative error of an ``n``-term sum or dot
     product in a format of unit roundoff ``u``, in any summation order."""
     n = np.asarray(n, dtype=np.float64)
     nu = n * u
     if np.any(nu >= 1):
-        raise ValueError(f"n: expected n * u below 1 (no bound past it), got n * u up to {float(np.max(nu))}")
+        raise NoBound(f"n: expected n * u below 1 (no bound past it), got n * u up to {float(np.max(nu))}")
     return nu / (1 - nu)
 
 
@@ -129,15 +134,21 @@ def weight_perturbation(num_keys, score_abs, head_dim: int, prec: Precision, ste
         score_abs: ``A`` per row, ``max_j scale * sum_d |q_d k_jd|`` (same shape).
         head_dim: ``D``.
         prec: the precision policy.
-        steps: steps per key (same shape or scalar): its exponential, each rescale that holds
-            it, two per merge; default ``default_steps``.
+        steps: steps per key: its exponential, each rescale that holds it, two per merge; a
+            number, or an array with as many axes as ``num_keys`` that broadcasts to it (so
+            that a count per row is never taken for a count per head); at least 1 on every
+            row that sees a key, and finite. Default ``default_steps``.
 
     Returns:
         float64 array of ``rho`` (0 where ``N == 0``).
+
+    Raises:
+        TypeError, ValueError: ``steps`` that is not such a count (naming it).
+        NoBound: no bound exists for these sizes (``gamma``).
     """
     n = np.asarray(num_keys, dtype=np.float64)
     a = np.asarray(score_abs, dtype=np.float64)
-    steps = default_steps(n) if steps is None else np.broadcast_to(np.asarray(steps, dtype=np.float64), n.shape)
+    steps = default_steps(n) if steps is None else _steps(steps, n)
     log_n = np.log(np.maximum(n, 1.0))
     rho = (
         gamma(head_dim + 6, prec.u_acc) * a
@@ -146,6 +157,27 @@ def weight_perturbation(num_keys, score_abs, head_dim: int, prec: Precision, ste
         + steps * (prec.u_exp + 3 * prec.u_acc + prec.u_acc * (a + log_n + 1))
     )
     return np.where(n > 0, rho, 0.0)
+
+
+def _steps(steps, n: np.ndarray) -> np.ndarray:
+    """``steps`` (see ``weight_perturbation``) as float64 of ``n``'s shape."""
+    try:
+        s = np.asarray(steps, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"steps: expected a number or an array of numbers, got {type(steps).__name__}") from None
+    want = f"a number, or an array of {n.ndim} axes that broadcasts to the rows' shape {n.shape}"
+    if s.ndim not in (0, n.ndim):
+        raise ValueError(f"steps: expected {want} (one count per query token is a column [total_q, 1]), got shape "
+                         f"{s.shape}")
+    try:
+        s = np.broadcast_to(s, n.shape)
+    except ValueError:
+        raise ValueError(f"steps: expected {want}, got shape {s.shape}") from None
+    bad = (n > 0) & ~(np.isfinite(s) & (s >= 1))
+    if bad.any():
+        raise ValueError(f"steps: expected a finite count of at least 1 (each key's own exponential) on every row "
+                         f"that sees a key, got {float(s[bad].flat[0])}")
+    return s
 
 
 def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps=None):
@@ -161,6 +193,9 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
 
     Returns:
         float64 ``[..., D]``; exactly 0 on rows that see no key.
+
+    Raises:
+        NoBound: ``N tau exp(rho) >= 1``, or see ``weight_perturbation``.
     """
     rho = weight_perturbation(num_keys, score_abs, head_dim, prec, steps)[..., None]
     n = np.asarray(num_keys, dtype=np.float64)[..., None]
@@ -168,7 +203,7 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
     u_o = (1 + prec.u_out) * (1 + prec.u_acc) - 1
     eps = n * prec.tau * np.exp(rho)
     if np.any(eps >= 1):
-        raise ValueError(f"num_keys: expected N * tau * exp(rho) below 1 (no bound past it), "
+        raise NoBound(f"num_keys: expected N * tau * exp(rho) below 1 (no bound past it), "
                          f"got up to {float(np.max(eps))}")
     weights = (np.expm1(2 * rho) + 2 * eps) / (1 - eps) * v
     bound = weights * (1 + u_o) + u_o * np.abs(np.asarray(ref_out, dtype=np.float64)) + 2 * prec.tau

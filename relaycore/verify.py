@@ -1,8 +1,10 @@
 """``relaycore verify``: check a backend, or any function, against the float64 oracle.
 
-Case ``i`` of a run is the batch ``relaycore.testing.random_batch(np.random.default_rng(S + i))``
-for ``--seed S``, so every case is reproducible on its own with ``--seed S+i --cases 1``; the
-report prints that command for each failure. Each result is checked with
+Case ``i`` of a run with ``--seed S`` is the batch ``relaycore.testing.random_batch(
+np.random.default_rng(S + i), dtypes=(dtype,), **space)``, ``space`` being ``SPACES[device]``
+with the ``--space`` fields (below) and ``dtype`` the case's, so every case is reproducible on
+its own with ``--seed S+i --cases 1``; the report prints that command for each failure, and the
+``make_batch(...)`` call that rebuilds its batch in Python (``rebuild:``). Each result is checked with
 ``relaycore.testing.check``: every element within the a-priori bound of ``relaycore.bounds`` for
 the case's dtype, rows that see no key exactly ``(0, -inf)``, no NaN.
 

@@ -16,7 +16,7 @@ def test_an_unknown_dtype_has_no_precision_policy():
 
 def test_gamma_is_refused_where_n_u_reaches_one():
     assert bounds.gamma(2**23, 2.0**-24) == pytest.approx(1.0)  # n u = 1/2: 1/2 / (1 - 1/2)
-    with pytest.raises(ValueError, match=r"n: expected n \* u below 1 \(no bound past it\), got n \* u up to 1\.0"):
+    with pytest.raises(bounds.NoBound, match=r"n: expected n \* u below 1 \(no bound past it\), got n \* u up to 1\.0"):
         bounds.gamma(np.array([1, 2**24]), 2.0**-24)
 
 
@@ -24,5 +24,30 @@ def test_out_bound_is_refused_where_the_perturbed_weights_may_all_underflow():
     prec = bounds.precision("float16")
     score_abs = np.array([1e8])  # scores this large perturb a weight by exp(rho), rho > 100
     assert bounds.weight_perturbation(np.ones(1), score_abs, 4, prec, steps=1)[0] > 100
-    with pytest.raises(ValueError, match=r"num_keys: expected N \* tau \* exp\(rho\) below 1 \(no bound past it\)"):
+    with pytest.raises(bounds.NoBound, match=r"num_keys: expected N \* tau \* exp\(rho\) below 1 \(no bound past it\)"):
         bounds.out_bound(np.zeros((1, 4)), np.ones((1, 4)), np.ones(1), score_abs, 4, prec, steps=1)
+
+
+@pytest.mark.parametrize("steps, message", [
+    (-1e5, r"steps: expected a finite count of at least 1 .*, got -100000\.0"),
+    (0, r"steps: expected a finite count of at least 1 .*, got 0\.0"),
+    (np.inf, r"steps: expected a finite count of at least 1 .*, got inf"),
+    (np.array([[3.0], [np.nan]]), r"steps: expected a finite count of at least 1 .*, got nan"),
+    (np.ones(2), r"steps: expected a number, or an array of 2 axes that broadcasts to the rows' shape \(2, 2\) "
+                 r"\(one count per query token is a column \[total_q, 1\]\), got shape \(2,\)"),
+    (np.ones((3, 1)), r"steps: expected a number, or an array of 2 axes .*, got shape \(3, 1\)"),
+])
+def test_steps_that_are_not_a_count_per_row_are_refused(steps, message):
+    """A negative, zero or infinite count would loosen the bound without limit (a negative one
+    passes anything), and a 1-D array would broadcast over the heads of ``[rows, heads]``."""
+    num_keys = np.array([[4, 4], [9, 9]])
+    with pytest.raises(ValueError, match=message):
+        bounds.weight_perturbation(num_keys, np.ones((2, 2)), 8, bounds.precision("float16"), steps)
+    with pytest.raises(TypeError, match="steps: expected a number or an array of numbers, got str"):
+        bounds.weight_perturbation(num_keys, np.ones((2, 2)), 8, bounds.precision("float16"), "x")
+
+
+def test_steps_on_rows_that_see_no_key_are_not_read():
+    rho = bounds.weight_perturbation(np.array([[0], [3]]), np.ones((2, 1)), 8, bounds.precision("float16"),
+                                     np.array([[0], [3]]))
+    assert rho[0, 0] == 0 and rho[1, 0] > 0

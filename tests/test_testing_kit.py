@@ -308,8 +308,10 @@ def test_space_rejects_nonsense():
         random_batch(np.random.default_rng(0), max_q_len=8, max_kv_len=4)
     with pytest.raises(ValueError, match="dtypes: expected a non-empty subset"):
         random_batch(np.random.default_rng(0), dtypes=("float8",))
-    with pytest.raises(ValueError, match=r"min_batch: expected 0 <= min_batch <= max_batch = 2, got 3"):
+    with pytest.raises(ValueError, match=r"min_batch, max_batch: expected min_batch <= max_batch, got 3 > 2"):
         random_batch(np.random.default_rng(0), min_batch=3, max_batch=2)
+    with pytest.raises(ValueError, match=r"min_batch, max_batch: expected min_batch <= max_batch, got 1 > 0"):
+        random_batch(np.random.default_rng(0), max_batch=0)
     with pytest.raises(ValueError, match=r"layouts: expected a non-empty subset of \['ragged', 'paged'\], got \['tiled'\]"):
         random_batch(np.random.default_rng(0), layouts=("tiled",))
     with pytest.raises(ValueError, match="head_dims: expected at least one choice, got none"):
@@ -328,8 +330,11 @@ def test_space_rejects_nonsense():
             random_batch(0, **{field: value})
     with pytest.raises(ValueError, match=r"rng: expected a seed >= 0, got -1"):
         random_batch(-1)
-    with pytest.raises(ValueError, match=r"min_q_len: expected 0 <= min_q_len <= max_q_len = 2, got 3"):
+    with pytest.raises(ValueError, match=r"min_q_len, max_q_len: expected min_q_len <= max_q_len, got 3 > 2"):
         random_batch(np.random.default_rng(0), min_q_len=3, max_q_len=2)
+    for field, value in (("head_dims", 8), ("dtypes", "float16"), ("causal", True)):
+        with pytest.raises(TypeError, match=rf"{field}: expected a tuple of choices, e\.g\. .*, got {value!r}"):
+            random_batch(0, **{field: value})
     with pytest.raises(TypeError, match=r"rng: expected a numpy.random.Generator or an int seed, got float"):
         random_batch(0.5)
 
@@ -362,6 +367,57 @@ def test_a_batch_prints_as_the_call_that_rebuilds_it():
     changed = dataclasses.replace(batch, causal=False)
     assert repr(changed).startswith("Batch(B=2, q_lens=[2, 1], kv_lens=[5, 1], levels=1, ")
     assert "rebuild:" not in changed.describe()
+
+
+def test_hypothesis_prints_a_batch_as_the_call_that_rebuilds_it():
+    from hypothesis.vendor.pretty import pretty
+
+    batch = make_batch([2, 1], [5, 1], [[3]], [[0, -1]], num_q_heads=4, num_kv_heads=2, head_dim=16)
+    assert pretty(batch) == repr(batch) and pretty(batch).startswith("make_batch(q_lens=[2, 1], ")
+
+
+def test_a_negative_or_misshaped_steps_is_refused_not_passed():
+    """``steps`` loosens the bound: a negative count made every result pass, and another
+    batch's counts were blamed on the scores."""
+    batch = make_batch([2, 1], [5, 1], [[3]], [[0, -1]], num_q_heads=4, num_kv_heads=2, head_dim=16, dtype="float16")
+    junk = (np.full((3, 4, 16), 7, np.float16), np.full((3, 4), -5, np.float32))
+    assert not check(junk, batch).passed
+    with pytest.raises(ValueError, match=r"steps: expected a finite count of at least 1"):
+        check(junk, batch, steps=-1e5)
+    with pytest.raises(ValueError, match=r"steps: expected a number, or an array of 2 axes that broadcasts to the "
+                                         r"rows' shape \(3, 4\), got shape \(2, 1\)"):
+        check(junk, batch, steps=blocked_steps(make_batch([2], [5]), 16))
+    with pytest.raises(TypeError, match="batch: expected a relaycore.testing.Batch, got str"):
+        check(junk, "batch")
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    (dict(q_lens=[-1], kv_lens=[1]), ValueError, r"q_lens: expected ints >= 0, got -1"),
+    (dict(q_lens=3, kv_lens=[3]), TypeError, r"q_lens: expected a sequence of ints, got int"),
+    (dict(q_lens=[1.5], kv_lens=[2]), ValueError, r"q_lens: expected ints >= 0, got 1\.5"),
+    (dict(num_q_heads=3, num_kv_heads=2), ValueError, r"num_q_heads: expected a multiple of num_kv_heads \(2\), got 3"),
+    (dict(prefix_lens=[[3]], prefix_ids=[[1]]), ValueError,
+     r"prefix_ids\[0\]: expected ids in \[-1, 1\) \(level 0 has 1 prefixes\), got 1"),
+    (dict(prefix_lens=[[3]], prefix_ids=[[-2]]), ValueError, r"prefix_ids\[0\]: expected ints >= -1, got -2"),
+    (dict(head_dim=0), ValueError, r"head_dim: expected an int >= 1, got 0"),
+    (dict(num_kv_heads=0), ValueError, r"num_kv_heads: expected an int >= 1, got 0"),
+    (dict(score_magnitude=-1), ValueError, r"score_magnitude: expected None or a finite positive float, got -1"),
+    (dict(softmax_scale="x"), TypeError, r"softmax_scale: expected a float or None, got str"),
+    (dict(seed=-1), ValueError, r"seed: expected an int >= 0, got -1"),
+    (dict(causal="yes"), TypeError, r"causal: expected a bool, got str"),
+])
+def test_make_batch_names_the_argument_it_refuses(arguments, error, message):
+    with pytest.raises(error, match=message):
+        make_batch(**{"q_lens": [1], "kv_lens": [2], **arguments})
+
+
+def test_to_torch_refuses_a_device_it_cannot_reach():
+    batch = make_batch([1], [2])
+    with pytest.raises(ValueError, match=r"device: expected a torch device or its name .*, got 'nodevice'"):
+        batch.to_torch("nodevice")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device: expected a device this torch has, got 'cuda'"):
+            compare(lambda *a, **k: None, batch, device="cuda")
 
 
 def test_make_batch_rejects_lists_that_do_not_line_up():

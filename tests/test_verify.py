@@ -141,7 +141,7 @@ def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys):
     (["--space", "head_dims=128"], r"--space head_dims: expected a tuple of choices, e.g. (128,), got '128'"),
     (["--space", "max_q_len=(1,)"], "--space max_q_len: expected an int, got '(1,)'"),
     (["--space", "dtypes=('float16',)"], "--space: expected a field other than dtypes"),
-    (["--space", "min_q_len=5", "--space", "max_q_len=1"], "--space: min_q_len: expected 0 <= min_q_len <= max_q_len"),
+    (["--space", "min_q_len=5", "--space", "max_q_len=1"], "--space: min_q_len, max_q_len: expected min_q_len <= max_q_len"),
     (["--chunk", "4"], "--chunk, --merge, --single-pass: expected with --block-n (they describe its blocking)"),
     (["--block-n", "0", "--function", "wrong_attention:crash"], "--block-n: expected a positive number of keys, got 0"),
     (["--block-n", "16", "--chunk", "-1", "--function", "wrong_attention:crash"],

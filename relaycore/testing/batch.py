@@ -18,6 +18,7 @@ from relaycore.reference.relay import relay_from_problem
 from relaycore.reference.statistics import ContextStatistics, statistics_from_problem
 from relaycore.testing.rounding import DTYPES, round_to
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
+from relaycore.validation import resolve_scale
 
 Arguments = Tuple[Tuple[Any, ...], Dict[str, Any]]
 
@@ -130,10 +131,19 @@ class Batch:
             NumPy arrays).
 
         Raises:
-            ValueError: ``dtype`` is not one of ``CARRIERS[batch.dtype]``.
+            ValueError: ``dtype`` is not one of ``CARRIERS[batch.dtype]``; ``device`` is not a
+                device name, or a CUDA device where torch has none.
         """
         import torch
 
+        try:
+            where = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device: expected a torch device or its name ('cpu', 'cuda', 'cuda:1'), "
+                             f"got {device!r}") from None
+        if where.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: expected a device this torch has, got {device!r} (torch.cuda.is_available() "
+                             f"is False)")
         name = self.dtype if dtype is None else dtype if isinstance(dtype, str) else str(dtype).replace("torch.", "")
         carriers = CARRIERS[self.dtype]
         if name not in carriers:
@@ -183,9 +193,14 @@ class Batch:
                 and len(r["prefix_lens"]) == len(self.prefixes)
                 and all(list(ids) == level.prefix_ids.tolist() for ids, level in zip(r["prefix_ids"], self.prefixes)))
 
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        """What Hypothesis (and IPython) print for a batch: ``repr``, not the fields' arrays."""
+        printer.text(repr(self))
+
     def __repr__(self) -> str:
         """The ``make_batch`` call that rebuilds the batch, where its recipe still describes it
-        (what Hypothesis prints for a falsifying example); else its sizes."""
+        (what Hypothesis prints for a falsifying example, through ``_repr_pretty_``); else its
+        sizes."""
         if self._rebuilds():
             return "make_batch(" + ", ".join(f"{k}={v!r}" for k, v in self.recipe.items()) + ")"
         return (f"Batch(B={self.batch_size}, q_lens={self.q_lens.tolist()}, kv_lens={self.kv_lens.tolist()}, "
@@ -219,11 +234,27 @@ class Batch:
         return "\n".join(lines)
 
 
-def _as_list(name: str, values: Sequence[int], length: Optional[int] = None) -> list:
-    values = [int(v) for v in values]
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _count(name: str, value, minimum: int) -> int:
+    """``value`` as an int of at least ``minimum``, else an error naming ``name``."""
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _as_list(name: str, values: Sequence[int], length: Optional[int] = None, minimum: int = 0) -> list:
+    """``values`` as a list of ints of at least ``minimum`` (of ``length`` entries when given)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise TypeError(f"{name}: expected a sequence of ints, got {type(values).__name__}")
+    bad = [v for v in values if not _is_int(v) or v < minimum]
+    if bad:
+        raise ValueError(f"{name}: expected ints >= {minimum}, got {bad[0]!r}")
     if length is not None and len(values) != length:
         raise ValueError(f"{name}: expected {length} entries, got {len(values)}")
-    return values
+    return [int(v) for v in values]
 
 
 def make_batch(
@@ -271,10 +302,30 @@ def make_batch(
     q_lens = _as_list("q_lens", q_lens)
     batch = len(q_lens)
     kv_lens = _as_list("kv_lens", kv_lens, batch)
+    for name, levels in (("prefix_lens", prefix_lens), ("prefix_ids", prefix_ids)):
+        if isinstance(levels, (str, bytes)) or not hasattr(levels, "__len__"):
+            raise TypeError(f"{name}: expected one list per prefix level, got {type(levels).__name__}")
     if len(prefix_lens) != len(prefix_ids):
         raise ValueError(f"prefix_ids: expected one list per level ({len(prefix_lens)} levels), got {len(prefix_ids)}")
     prefix_lens = [_as_list(f"prefix_lens[{i}]", lens) for i, lens in enumerate(prefix_lens)]
-    prefix_ids = [_as_list(f"prefix_ids[{i}]", ids, batch) for i, ids in enumerate(prefix_ids)]
+    prefix_ids = [_as_list(f"prefix_ids[{i}]", ids, batch, minimum=-1) for i, ids in enumerate(prefix_ids)]
+    for i, (lens, ids) in enumerate(zip(prefix_lens, prefix_ids)):
+        past = [p for p in ids if p >= len(lens)]
+        if past:
+            raise ValueError(f"prefix_ids[{i}]: expected ids in [-1, {len(lens)}) (level {i} has {len(lens)} "
+                             f"prefixes), got {past[0]}")
+    num_q_heads, num_kv_heads = _count("num_q_heads", num_q_heads, 1), _count("num_kv_heads", num_kv_heads, 1)
+    if num_q_heads % num_kv_heads:
+        raise ValueError(f"num_q_heads: expected a multiple of num_kv_heads ({num_kv_heads}), got {num_q_heads}")
+    head_dim, seed = _count("head_dim", head_dim, 1), _count("seed", seed, 0)
+    if not isinstance(causal, (bool, np.bool_)):
+        raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
+    if softmax_scale is not None:
+        resolve_scale(softmax_scale, head_dim)  # a finite positive float, else an error naming it
+    if score_magnitude is not None and (isinstance(score_magnitude, (bool, np.bool_))
+                                        or not isinstance(score_magnitude, (int, float, np.integer, np.floating))
+                                        or not 0 < score_magnitude < math.inf):
+        raise ValueError(f"score_magnitude: expected None or a finite positive float, got {score_magnitude!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
     longer = [b for b in range(batch) if q_lens[b] > kv_lens[b]]

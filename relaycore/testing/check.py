@@ -39,21 +39,27 @@ def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None) -> Tole
     Args:
         batch: the problem.
         dtype: the precision policy; default the batch's ``dtype``.
-        steps: rescale/merge steps per key (see ``relaycore.bounds``); default: any blocking.
+        steps: rescale/merge steps per key (see ``relaycore.bounds``): a number, or an array
+            of 2 axes that broadcasts to the rows ``[total_q, Hq]`` (``blocked_steps`` gives a
+            column ``[total_q, 1]``), at least 1; default: any blocking.
 
     Returns:
         ``Tolerance``; 0 on rows that see no key.
 
     Raises:
         ValueError: the bound does not exist for this batch (scores far too large for the
-            precision: ``relaycore.bounds.out_bound`` needs ``N tau exp(rho) < 1``).
+            precision: ``relaycore.bounds.out_bound`` needs ``N tau exp(rho) < 1``), or
+            ``steps`` that is not a count per row (``relaycore.bounds.weight_perturbation``).
+        TypeError: ``batch`` is not a ``Batch``.
     """
+    if not isinstance(batch, Batch):
+        raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
     oracle = batch.oracle()
     prec = bounds.precision(batch.dtype if dtype is None else dtype)
     stats, ref = oracle.stats, oracle.state
     try:
         out = bounds.out_bound(ref.out, stats.value_abs, stats.num_keys, stats.score_abs, batch.head_dim, prec, steps)
-    except ValueError as exc:
+    except bounds.NoBound as exc:
         raise ValueError(
             f"batch: expected scores small enough for the {prec.dtype} error bound to exist, got a batch where "
             f"it does not ({exc}); draw a smaller score magnitude or pass the implementation's steps"
@@ -239,16 +245,19 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Repo
             ``batch.arguments()``), else ``batch.dtype`` (a kernel computing in the batch's
             format). Pass it when the implementation received another dtype, such as a wider
             one from ``batch.to_torch(device, dtype)``.
-        steps: rescale/merge steps per key assumed by the bound (default: any blocking).
+        steps: rescale/merge steps per key assumed by the bound (see ``bounds_for``; default:
+            any blocking).
 
     Returns:
         ``Report``: pass/fail, the worst errors in units of the bound and where they are.
 
     Raises:
-        TypeError: ``result`` is not a pair of arrays or tensors.
+        TypeError: ``result`` is not a pair of arrays or tensors; ``batch`` is not a ``Batch``.
         ValueError: ``q_dtype`` is not a float format of ``DTYPES``; the bound does not exist for
-            the batch (see ``bounds_for``).
+            the batch, or ``steps`` is not a count per row (see ``bounds_for``).
     """
+    if not isinstance(batch, Batch):
+        raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
     if (hasattr(result, "shape") or isinstance(result, (str, bytes, dict)) or not hasattr(result, "__len__")
             or len(result) != 2 or not all(hasattr(x, "shape") for x in result)):
         raise TypeError(f"result: expected a pair (out, lse) of arrays or tensors, got {_kind_of(result)}")

@@ -75,6 +75,12 @@ class BatchSpace:
     score_magnitudes: Tuple[Optional[float], ...] = (None,)
 
     def __post_init__(self) -> None:
+        for name in ("head_dims", "kv_heads", "group_sizes", "dtypes", "layouts", "block_sizes", "causal",
+                     "softmax_scales", "score_magnitudes"):
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)):
+                raise TypeError(f"{name}: expected a tuple of choices, e.g. {getattr(BatchSpace, name)!r}, got "
+                                f"{value!r}")
         for name in ("max_batch", "min_batch", "max_q_len", "min_q_len", "max_kv_len", "max_levels", "max_prefixes",
                      "max_prefix_len"):
             value = getattr(self, name)
@@ -91,10 +97,12 @@ class BatchSpace:
                 raise ValueError(f"{name}: expected None or finite positive numbers, got {list(getattr(self, name))}")
         if any(not isinstance(x, (bool, np.bool_)) for x in self.causal):
             raise ValueError(f"causal: expected bools, got {list(self.causal)}")
-        if not 0 <= self.min_batch <= self.max_batch:
-            raise ValueError(f"min_batch: expected 0 <= min_batch <= max_batch = {self.max_batch}, got {self.min_batch}")
-        if not 0 <= self.min_q_len <= self.max_q_len:
-            raise ValueError(f"min_q_len: expected 0 <= min_q_len <= max_q_len = {self.max_q_len}, got {self.min_q_len}")
+        if self.min_batch > self.max_batch:
+            raise ValueError(f"min_batch, max_batch: expected min_batch <= max_batch, got {self.min_batch} > "
+                             f"{self.max_batch}")
+        if self.min_q_len > self.max_q_len:
+            raise ValueError(f"min_q_len, max_q_len: expected min_q_len <= max_q_len, got {self.min_q_len} > "
+                             f"{self.max_q_len}")
         if self.max_kv_len < self.max_q_len:
             raise ValueError(f"max_kv_len: expected at least max_q_len = {self.max_q_len}, got {self.max_kv_len}")
         unknown = [d for d in self.dtypes if d not in DTYPES]
