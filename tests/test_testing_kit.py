@@ -411,6 +411,25 @@ def test_make_batch_names_the_argument_it_refuses(arguments, error, message):
         make_batch(**{"q_lens": [1], "kv_lens": [2], **arguments})
 
 
+def test_int64_metadata_is_drawn_on_request_and_leaves_every_other_draw_alone():
+    for seed in range(20):
+        narrow = random_batch(seed, layouts=("paged",))
+        either = random_batch(seed, layouts=("paged",), metadata_dtypes=("int32", "int64"))
+        assert repr(either).replace(", metadata_dtype='int64'", "") == repr(narrow)
+    wide = random_batch(0, layouts=("paged",), metadata_dtypes=("int64",))
+    assert repr(wide).endswith("metadata_dtype='int64')") and eval(repr(wide), {"make_batch": make_batch}).recipe == wide.recipe
+    metadata = [wide.cu_seqlens_q, wide.kv.block_table, wide.kv.kv_lens, *(x for p in wide.prefixes for x in p[2:])]
+    assert all(x.dtype == np.int64 for x in metadata)
+    (_, cu, kv, _), _ = wide.to_torch("cpu")
+    assert cu.dtype == kv.block_table.dtype == kv.kv_lens.dtype == torch.int64
+    assert compare(relaycore.relay_attention, wide).passed
+    with pytest.raises(ValueError, match=r"metadata_dtypes: expected a non-empty subset of \['int32', 'int64'\], "
+                                         r"got \['int16'\]"):
+        random_batch(0, metadata_dtypes=("int16",))
+    with pytest.raises(ValueError, match=r"metadata_dtype: expected 'int32' or 'int64', got 'int8'"):
+        make_batch([1], [2], metadata_dtype="int8")
+
+
 def test_to_torch_refuses_a_device_it_cannot_reach():
     batch = make_batch([1], [2])
     with pytest.raises(ValueError, match=r"device: expected a torch device or its name .*, got 'nodevice'"):

@@ -554,6 +554,26 @@ def test_host_metadata_of_any_int_dtype_and_layout_gives_the_same_bits():
 
 
 @in_process
+@pytest.mark.parametrize("block_size", [None, 4])
+def test_int64_metadata_tensors_give_the_bits_of_int32_ones(block_size):
+    """``make_batch(metadata_dtype="int64")``: the same values with every offset, length, id and
+    block table entry an int64 tensor (the contract takes both)."""
+    from relaycore.testing import make_batch
+
+    def batch(metadata_dtype):
+        return make_batch([1, 3, 0], [9, 5, 2], [[6, 3]], [[0, 1, -1]], num_q_heads=4, num_kv_heads=2, head_dim=16,
+                          dtype="float16", block_size=block_size, seed=4, metadata_dtype=metadata_dtype)
+
+    narrow, wide = batch("int32"), batch("int64")
+    (q, cu, kv, prefixes), kwargs = wide.to_torch("cpu")
+    assert cu.dtype == torch.int64 and all(x.dtype == torch.int64 for x in kv[2:])
+    expected = relaycore.relay_attention(*narrow.to_torch("cpu")[0], **kwargs, backend="triton")
+    got = relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, backend="triton")
+    assert _same(got, expected)
+    _assert_close(got, wide)
+
+
+@in_process
 def test_a_call_to_be_differentiated_is_refused_by_the_kernels_without_a_backward():
     batch = _shared_prefix_batch(dtype="float32")
     (q, cu, kv, prefixes), kwargs = batch.to_torch("cpu")

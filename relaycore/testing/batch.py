@@ -51,9 +51,10 @@ class Batch:
 
     Attributes:
         q: float64 ``[total_q, Hq, D]``, values exact in ``dtype``.
-        cu_seqlens_q: int32 ``[B + 1]``.
-        kv: ``RaggedKV`` or ``PagedKV`` of float64 values (exact in ``dtype``) and int32 metadata.
-        prefixes: tuple of ``PrefixLevel`` (float64 values, int32 metadata).
+        cu_seqlens_q: int32 or int64 ``[B + 1]`` (``make_batch``'s ``metadata_dtype``, as all
+            the metadata).
+        kv: ``RaggedKV`` or ``PagedKV`` of float64 values (exact in ``dtype``) and the metadata.
+        prefixes: tuple of ``PrefixLevel`` (float64 values, the metadata).
         causal: causal masking of own tokens.
         softmax_scale: the scale, or ``None`` for ``1/sqrt(D)``.
         dtype: the format the implementation under test computes in (``"float16"``,
@@ -109,7 +110,7 @@ class Batch:
 
     def arguments(self) -> Arguments:
         """``(args, kwargs)`` for ``relay_attention(*args, **kwargs)``: the NumPy arrays
-        (float64 values, int32 metadata) and ``causal``, ``softmax_scale``."""
+        (float64 values, the batch's metadata) and ``causal``, ``softmax_scale``."""
         return (self.q, self.cu_seqlens_q, self.kv, self.prefixes), {"causal": self.causal, "softmax_scale": self.softmax_scale}
 
     def to_torch(self, device: Any = "cpu", dtype: Any = None, *, host_metadata: bool = False) -> Arguments:
@@ -123,12 +124,13 @@ class Batch:
                 float64 for float32) carry them unchanged; any other would round them, and the
                 implementation would not see the numbers the oracle saw.
             host_metadata: give the metadata (offsets, lengths, block table, prefix ids) as
-                int32 NumPy arrays, on the host (``relaycore.validation.on_host``), not on
+                NumPy arrays, on the host (``relaycore.validation.on_host``), not on
                 ``device``.
 
         Returns:
-            float tensors in ``dtype`` on ``device``, int32 metadata tensors on ``device`` (or
-            NumPy arrays).
+            float tensors in ``dtype`` on ``device``, metadata tensors on ``device`` (or NumPy
+            arrays) in the batch's metadata dtype (int32 unless ``make_batch`` was given
+            ``metadata_dtype="int64"``).
 
         Raises:
             ValueError: ``dtype`` is not one of ``CARRIERS[batch.dtype]``; ``device`` is not a
@@ -158,7 +160,7 @@ class Batch:
             return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
 
         def ints(x):
-            x = np.array(x, dtype=np.int32)  # a copy: the caller may write into it
+            x = np.array(x)  # a copy, in the batch's metadata dtype: the caller may write into it
             return x if host_metadata else torch.from_numpy(x).to(device=device)
 
         if isinstance(self.kv, PagedKV):
@@ -190,6 +192,7 @@ class Batch:
                                                                              self.head_dim)
                 and (r["dtype"], r["causal"], r["softmax_scale"], r["block_size"]) == (self.dtype, self.causal,
                                                                                        self.softmax_scale, block)
+                and r.get("metadata_dtype", "int32") == self.cu_seqlens_q.dtype.name
                 and len(r["prefix_lens"]) == len(self.prefixes)
                 and all(list(ids) == level.prefix_ids.tolist() for ids, level in zip(r["prefix_ids"], self.prefixes)))
 
@@ -272,6 +275,7 @@ def make_batch(
     block_size: Optional[int] = None,
     score_magnitude: Optional[float] = None,
     seed: int = 0,
+    metadata_dtype: str = "int32",
 ) -> Batch:
     """Build a batch from explicit lengths, with seeded random values exact in ``dtype``.
 
@@ -289,9 +293,12 @@ def make_batch(
         score_magnitude: typical ``|score|``; ``None`` gives standard normal ``q``, ``k`` (scores
             of order 1). ``1e4`` reaches scores of ``|1e4|`` and beyond.
         seed: seeds the values (and the paged layout).
+        metadata_dtype: ``"int32"`` or ``"int64"``, the dtype of every offset, length, id and
+            block table entry (the contract takes both).
 
     Returns:
-        ``Batch``; its ``recipe`` holds these arguments.
+        ``Batch``; its ``recipe`` holds these arguments (``metadata_dtype`` where it is not
+        the default).
 
     Example:
         >>> from relaycore.testing import make_batch
@@ -328,6 +335,8 @@ def make_batch(
         raise ValueError(f"score_magnitude: expected None or a finite positive float, got {score_magnitude!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+    if metadata_dtype not in ("int32", "int64"):
+        raise ValueError(f"metadata_dtype: expected 'int32' or 'int64', got {metadata_dtype!r}")
     longer = [b for b in range(batch) if q_lens[b] > kv_lens[b]]
     if longer:
         b = longer[0]
@@ -343,6 +352,8 @@ def make_batch(
         softmax_scale=as_float(softmax_scale), block_size=None if block_size is None else int(block_size),
         score_magnitude=as_float(score_magnitude), seed=int(seed),
     )
+    if metadata_dtype != "int32":
+        recipe["metadata_dtype"] = metadata_dtype
     rng = np.random.default_rng(seed)
     hq, hkv, d = num_q_heads, num_kv_heads, head_dim
     spread = 1.0 if score_magnitude is None else math.sqrt(score_magnitude)
@@ -351,22 +362,23 @@ def make_batch(
         return round_to(rng.standard_normal((n, heads, d)) * std, dtype)
 
     q = values(sum(q_lens), hq, spread)
-    cu_q = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    cu_q = np.concatenate([[0], np.cumsum(q_lens)]).astype(metadata_dtype)
     k, v = values(sum(kv_lens), hkv, spread), values(sum(kv_lens), hkv, 1.0)
     prefixes = []
     for lens, ids in zip(prefix_lens, prefix_ids):
         pk, pv = values(sum(lens), hkv, spread), values(sum(lens), hkv, 1.0)
-        cu_p = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
-        prefixes.append(PrefixLevel(pk, pv, cu_p, np.asarray(ids, dtype=np.int32)))
+        cu_p = np.concatenate([[0], np.cumsum(lens)]).astype(metadata_dtype)
+        prefixes.append(PrefixLevel(pk, pv, cu_p, np.asarray(ids, dtype=metadata_dtype)))
     # the layout comes last: the same recipe with another block_size holds the same values
     if block_size is None:
-        kv = RaggedKV(k, v, np.concatenate([[0], np.cumsum(kv_lens)]).astype(np.int32))
+        kv = RaggedKV(k, v, np.concatenate([[0], np.cumsum(kv_lens)]).astype(metadata_dtype))
     else:
-        kv = _paged(k, v, np.asarray(kv_lens, dtype=np.int64), block_size, rng, dtype)
+        kv = _paged(k, v, np.asarray(kv_lens, dtype=np.int64), block_size, rng, dtype, metadata_dtype)
     return Batch(q, cu_q, kv, tuple(prefixes), bool(causal), softmax_scale, dtype, recipe)
 
 
-def _paged(k: np.ndarray, v: np.ndarray, kv_lens: np.ndarray, block_size: int, rng, dtype: str) -> PagedKV:
+def _paged(k: np.ndarray, v: np.ndarray, kv_lens: np.ndarray, block_size: int, rng, dtype: str,
+           metadata_dtype: str) -> PagedKV:
     """Scatter packed request KV into a shuffled paged cache with one or two spare blocks."""
     hkv, d = k.shape[1:]
     blocks = -(-kv_lens // block_size)
@@ -386,4 +398,4 @@ def _paged(k: np.ndarray, v: np.ndarray, kv_lens: np.ndarray, block_size: int, r
             lo, hi = starts[b] + j * block_size, min(starts[b] + (j + 1) * block_size, starts[b + 1])
             k_cache[block, : hi - lo] = k[lo:hi]
             v_cache[block, : hi - lo] = v[lo:hi]
-    return PagedKV(k_cache, v_cache, table.astype(np.int32), kv_lens.astype(np.int32))
+    return PagedKV(k_cache, v_cache, table.astype(metadata_dtype), kv_lens.astype(metadata_dtype))

@@ -54,6 +54,8 @@ class BatchSpace:
             the float64 bound is still tight, but the fp16/bf16/fp32 bound with the default
             ``steps`` allows errors of the size of the values themselves (or does not exist for
             long contexts), so keep large magnitudes for overflow and NaN tests.
+        metadata_dtypes: choices of the metadata's dtype, ``"int32"`` and/or ``"int64"``
+            (drawn last, so that adding ``"int64"`` leaves every other draw of a seed as it was).
     """
 
     max_batch: int = 4
@@ -73,10 +75,11 @@ class BatchSpace:
     causal: Tuple[bool, ...] = (True, False)
     softmax_scales: Tuple[Optional[float], ...] = (None, 0.5)
     score_magnitudes: Tuple[Optional[float], ...] = (None,)
+    metadata_dtypes: Tuple[str, ...] = ("int32",)
 
     def __post_init__(self) -> None:
         for name in ("head_dims", "kv_heads", "group_sizes", "dtypes", "layouts", "block_sizes", "causal",
-                     "softmax_scales", "score_magnitudes"):
+                     "softmax_scales", "score_magnitudes", "metadata_dtypes"):
             value = getattr(self, name)
             if not isinstance(value, (tuple, list)):
                 raise TypeError(f"{name}: expected a tuple of choices, e.g. {getattr(BatchSpace, name)!r}, got "
@@ -108,6 +111,9 @@ class BatchSpace:
         unknown = [d for d in self.dtypes if d not in DTYPES]
         if unknown or not self.dtypes:
             raise ValueError(f"dtypes: expected a non-empty subset of {list(DTYPES)}, got {list(self.dtypes)}")
+        if not self.metadata_dtypes or any(x not in ("int32", "int64") for x in self.metadata_dtypes):
+            raise ValueError(f"metadata_dtypes: expected a non-empty subset of ['int32', 'int64'], got "
+                             f"{list(self.metadata_dtypes)}")
         if not self.layouts or any(x not in ("ragged", "paged") for x in self.layouts):
             raise ValueError(f"layouts: expected a non-empty subset of ['ragged', 'paged'], got {list(self.layouts)}")
         for name in ("head_dims", "kv_heads", "group_sizes", "causal", "softmax_scales", "score_magnitudes"):
@@ -148,6 +154,7 @@ class BatchSpace:
             block_size=pick.choice(self.block_sizes) if paged else None,
             score_magnitude=pick.choice(self.score_magnitudes),
             seed=pick.integer(0, 2**31 - 1),
+            metadata_dtype=pick.choice(self.metadata_dtypes),  # last: see ``metadata_dtypes``
         )
 
 
