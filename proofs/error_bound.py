@@ -57,6 +57,11 @@ $\hat o = e^{2\rho} v$. Without the underflow terms it is $(e^{2\rho} - 1) V_d \
 errors of the *weights* become an absolute error of the output on the scale of the values,
 not of the output (which may be near 0 through cancellation).
 
+The proof uses the $t$-terms only through $\sum_j |t_j| \le \varepsilon B$ and
+$\sum_j |t'_j| \le \varepsilon B$; $|t_j|, |t'_j| \le \tau$ with $B \ge e^{-\rho}$ is one way to
+have them. Lemmas 3 and 4 use the sums: a state's $t$-terms reach a merge's result multiplied by
+a factor slightly above 1, and the merged normaliser's margin over $e^{-\rho}$ absorbs it.
+
 ## Lemma 2: one part computed in low precision has that form
 
 The weight of key $j$, in the units of the final running maximum, is perturbed by:
@@ -96,21 +101,116 @@ $$
 + u_o\, |o_d| + 2\tau .
 $$
 
-## Lemma 3: a merge keeps the form, one step further
+*Room left in $\rho$.* Two parts of $\rho$ go unused on the normaliser side. $u_p$ is the
+numerator's alone (the normaliser sums the fp32 weights). And the key's own exponential is a
+step of its own in every count $S$, but it uses only the exponential's error, a factor within
+$e^{\pm u'_{exp}}$, $u'_{exp} = -\log(1 - u_{exp})$; the rounding of its argument is item 1's and
+its products and sums are items 2-3's. So
+$\sigma_0 = 3u_{acc} + u_{acc}(A + \log N + 1) - (u'_{exp} - u_{exp}) \ge 4u_{acc} - 2^{-40}$ of
+that step is unused on both sides. The lse section and Lemma 4's underflow draw on it.
 
-Let two states over disjoint key sets be of the form of Lemma 1 with $\rho_a, \rho_b$, and
-$\hat\ell_a = \mathrm{fl}(m_a + \mathrm{fl}(\log B_a))$ (same for $b$). Then
-$e^{\hat\ell_a} = e^{m_a} B_a e^{\eta_a}$ with $|\eta_a| \le u_{acc}(A + \log N + 1)$ (the
-rounding of the logarithm and of the addition, each at most half of that), and the merge's coefficient
-$\hat c_a = \mathrm{fl}(w_a/(w_a + w_b))$, times its product and sum, equals
-$e^{\hat\ell_a}/(e^{\hat\ell_a} + e^{\hat\ell_b})$ within $e^{\pm\rho_1}$,
-$\rho_1 = u_{exp} + 3u_{acc} + u_{acc}(A + \log N + 1)$ (the merge monoid's rounding). So
-$\hat o = \hat c_a \hat o_a + \hat c_b \hat o_b$ is the Lemma-1 form over $S_a \sqcup S_b$
-with shift $m$, numerator weights $e^{m_a - m} a_j e^{\eta_a \pm \rho_1}$ and normaliser
-weights $e^{m_a - m} b_j e^{\eta_a}$: $\rho$ grows by $\rho_1 + |\eta|$, which is at most
-**two steps**. A merge therefore counts as two steps (one for the exponential and the
-coefficient, one for the rounding of the incoming $\ell$). A merge with an empty state is
-exact ($e^{0} = 1$, $e^{-\infty} = 0$) and costs nothing.
+*Accumulation model.* Items 1 and 3 need only this of an fp32 accumulation: each term of the
+computed sum is the exact term times a factor within $e^{\pm\gamma_n}$, $n$ the roundings the
+item allows it ($D$ for a dot product, $N$ for a sum over keys). A chain of additions, each
+rounded to nearest or truncated ($|\delta| \le u_{acc}$), gives it with $n$ the additions the term
+passes, since $-\log(1 - u_{acc}) \le u_{acc}/(1 - n u_{acc})$. NVIDIA's matrix units instead add
+$k$ exact products and the accumulator in one operation (fp16/bf16 products, fp32 accumulation):
+the addends are aligned to the one of largest exponent $e$ ($2^e \le |x_{max}| < 2^{e+1}$), the
+bits of each below a fixed width of $24 + g$ bits at that exponent are dropped ($g \ge 0$), and
+the kept sum $\tilde s$ is normalised to 24 bits by truncation. Fasi, Higham, Mikaitis and
+Pranesh measured this on V100, T4 and A100 (*Numerical behavior of NVIDIA tensor cores*, PeerJ
+Comput. Sci. 7:e330, 2021). Such an addition of $r \ge 2$ non-zero addends errs by less than
+$(r - 1)\,u_{acc} \sum_i |x_i|$, the bound of a chain of $r - 1$ truncated additions: each of the
+$r - 1$ addends other than the largest loses less than $2^{e - 23 - g}$ and the normalisation
+less than $2^{e_s - 23}$ ($2^{e_s} \le |\tilde s| < 2^{e_s + 1}$), while
+$\sum_i |x_i| \ge \max(2^{e}, 2^{e_s})$. For $g \ge 1$ and $r \ge 3$ that is below
+$\bigl(\tfrac{r-1}{2} + 1\bigr)u_{acc}\sum_i|x_i|$. For $g = 0$ the normalisation loses nothing
+unless $e_s > e$, and then the two losses together stay below
+$\bigl((r - 2)2^{e - e_s} + 1\bigr)u_{acc}\sum_i|x_i|$. For $r = 2$, either the two truncations act as one
+truncation of the exact sum, or they err in opposite directions. In backward form, an addition
+whose error is below $c\sum_i|x_i|$ is exact on the addends $x_i(1 + \theta_i)$ with
+$\theta_i = \mathrm{sign}(x_i)(\hat s - s)/\sum_i|x_i|$, $|\theta_i| < c$. The accumulator is one
+addend, so a term carries one such factor from its own operation and one from each later one.
+The $r_b - 1$ of those operations add up to at most the number of terms of the sum: each later
+operation's $r_b - 1$ counts its new products. That is within $e^{\pm\gamma_n}$, $n \le D$ or
+$n \le N$, as items 1 and 3 take it. This is an assumption about the hardware, resting on those
+measurements and not on a specification: NVIDIA does not document how its matrix units add. We
+assume every matrix unit relaycore runs on (sm_90's `wgmma` included) aligns, drops bits and
+normalises no worse than that. `check_fused_accumulation` checks the inequality for the model
+above, not the hardware. The normaliser's sums (`tl.sum`, NumPy, PyTorch) are plain fp32
+additions.
+
+## Lemma 3: a merge keeps the form, two steps further
+
+Let two states over disjoint key sets $S_a, S_b$ be of the Lemma-1 form, with shifts $m_a, m_b$,
+normalisers $\hat B_a, \hat B_b$, perturbations within $\rho' \le 2$ and outputs $\hat o_a$:
+$\mathrm{fl}(\mathrm{acc}_a / \hat B_a)$ for a part (Lemma 2), or a merge's result. Their lses
+are $\hat\ell_a = \mathrm{fl}(m_a + \mathrm{fl}(\widehat{\log}\,\hat B_a))$, with
+$\widehat{\log}$ the hardware's logarithm. Here $1 \le \hat B_a$, because the weight at a running
+maximum is $e^{0} = 1$ exactly and a sum of non-negative terms, rounded to nearest or truncated,
+is not below its largest term. Also $\log \hat B_a \le \log N + \rho'$, because the computed
+weights are exponentials of non-positive numbers, at most $1 + u_{exp}$, and the factors that
+rescales and sums put on them lie within $\rho'$. `relaycore.state.merge` computes
+$M = \max(\hat\ell_a, \hat\ell_b)$, $w_a = \widehat{\exp}(\mathrm{fl}(\hat\ell_a - M))$,
+$\hat T = \mathrm{fl}(w_a + w_b)$, $\hat c_a = \mathrm{fl}(w_a / \hat T)$ (and so for $b$),
+$\hat o = \mathrm{fl}(\mathrm{fl}(\hat c_a \hat o_a) + \mathrm{fl}(\hat c_b \hat o_b))$ and
+$\hat\ell = \mathrm{fl}(M + \mathrm{fl}(\widehat{\log}\,\hat T))$. To first order:
+
+(a) *The incoming lse.* $e^{\hat\ell_a} = e^{m_a} \hat B_a e^{\eta_a}$ with
+$|\eta_a| \le u_{exp} + \tfrac{u_{acc}}{2}(\log \hat B_a + |\hat\ell_a|)$. These are the
+logarithm's own error, the rounding of its result and the rounding of the addition.
+
+(b) *The weight.* $w_a = e^{\hat\ell_a - M} e^{\theta_a}$ with
+$|\theta_a| \le u_{exp} + \tfrac{u_{acc}}{2}|\hat\ell_a - M|$ ($\theta = 0$ on the side at $M$).
+
+(c) *The roundings after the weights.* On the numerator there are four: the part's own
+division $\mathrm{fl}(\mathrm{acc}_a / \hat B_a)$ (none for a merged state), the coefficient's
+division, its product ($u_{acc}/2$ each) and the final sum ($u_{acc}$, since it may truncate).
+Together they make a factor $1 + \delta_a$, $|\log(1 + \delta_a)| \le \tfrac52 u_{acc}$. On the
+normaliser there is one: $\hat T$'s sum, a factor $1 + \delta_T$ within $e^{\pm u_{acc}}$.
+
+Write $\mathrm{acc}_a = \sum_{j \in S_a} (a_j + t_j) v_j$ and
+$\hat B_a = \sum_{j \in S_a} (b_j + t'_j)$. Since $\hat c_x \hat o_x = w_x \hat o_x (1 + \cdot)/\hat T$,
+the $\hat B_x$ cancels:
+
+$$
+\hat o = \frac{\sum_{x \in \{a, b\}} e^{m_x - M} e^{\eta_x + \theta_x} (1 + \delta_x)\, \mathrm{acc}_x}{\hat T},
+\qquad
+\hat T = \sum_{x \in \{a, b\}} e^{m_x - M} e^{\eta_x + \theta_x} (1 + \delta_T)\, \hat B_x .
+$$
+
+This is the Lemma-1 form over $S_a \sqcup S_b$ with shift $M$ and normaliser $\hat T$. The
+numerator weights are perturbed by $\eta_x + \theta_x + \log(1 + \delta_x)$ more, and the
+normaliser weights by $\eta_x + \theta_x + \log(1 + \delta_T)$. The merged state is again of the
+kind this lemma takes, with $\hat B = \hat T \in [1, 2(1 + u_{exp})(1 + u_{acc})]$ and
+$\hat\ell = \mathrm{fl}(M + \mathrm{fl}(\widehat{\log}\,\hat T))$, so a chain of merges repeats
+(a)-(c). The $t$-terms come out multiplied by $e^{m_x - M} e^{\eta_x + \theta_x}(1 + \cdot)$.
+That factor is at most $e^{|\theta_x|}(1 + \cdot)$, because
+$e^{m_x - M} e^{\eta_x} = e^{\hat\ell_x - M} / \hat B_x \le 1$. Lemma 1 takes them through its
+sums. They reach at most $N\tau e^{\kappa}$, $\kappa$ the sum of the growths (below) of the
+merges they passed, so $\kappa \le \rho - u_{exp}$. The new normaliser without its $t'$ is at
+least $1 - N 2^{-126} e^{\rho}$, since the $t'$ are fp32 underflows. So $\sum_j |t_j| \le
+\varepsilon B$ holds. A weight that underflows is handled as in Lemma 4. The growth is
+at most
+
+$$
+|\eta_a| + |\theta_a| + \tfrac52 u_{acc} \le 2u_{exp} + \tfrac52 u_{acc}
++ \tfrac{u_{acc}}{2}\bigl(\log \hat B_a + 2|\hat\ell_a| + |\hat\ell_b|\bigr).
+$$
+
+The exact lse of a state lies in $[-A, A + \log N]$, and its computed one lies within
+$\rho' + 3u_{acc}(A + \log N + 1)$ of it (the lse section). With
+$\log \hat B_a \le \log N + \rho'$ the bracket is at most $3A + 4\log N + 4\rho'$, up to terms
+of order $u_{acc}$. The growth is then at most
+$2u_{exp} + \tfrac52 u_{acc} + u_{acc}(\tfrac32 A + 2\log N + 2\rho')$, against two steps,
+$2u_{exp} + 8u_{acc} + 2u_{acc}(A + \log N)$. With $\rho' \le 2$ that leaves
+$\tfrac32 u_{acc} + \tfrac12 u_{acc} A$ for the second-order terms: **two steps**. A merge
+therefore counts as two steps, one for the exponential and the coefficient and one for the
+incoming lse. A larger $\rho'$ puts the out bound above $(e^{4} - 1)V_d$, which it meets anyway
+(Lemma 4); the lse section needs $\rho \le 2$ too. The merge monoid's $\rho_1$ bounds (b) and
+the coefficient's roundings of (c) for one coefficient (`check_merge_coefficients`);
+`check_pairwise_merge` checks the growth above in the standard model of rounding. A merge with
+an empty state is exact ($e^{0} = 1$, $e^{-\infty} = 0$) and costs nothing.
 
 *Counting steps.* In a part of $N_i$ keys cut in blocks of at least one key, a key is
 rescaled at most $N_i - 1$ times; with $P$ non-empty parts, $N_i \le N - P + 1$, so a key
@@ -149,8 +249,10 @@ the rounding of its result $\log_2 l_i$ and of the addition.
 $\tfrac{u_{acc}}{2}|\hat\lambda_i - M|$, so $w_i = 2^{\hat\lambda_i - M} e^{\theta_i}$ with
 $|\theta_i| \le u_{exp} + \tfrac{u_{acc}}{2}(|\hat\ell_i| + |\hat\ell_{max}|)$.
 
-(c) *The product and the division* $\mathrm{fl}(w_i \hat o_{id})$ and $\mathrm{fl}(\cdot /
-\sum_i w_i)$: a factor within $e^{\pm u_{acc}}$ on the numerator.
+(c) *The state's division and the product* $\mathrm{fl}(\mathrm{acc}_{id} / l_i)$ and
+$\mathrm{fl}(w_i \hat o_{id})$: a factor within $e^{\pm u_{acc}}$ on the numerator. The final
+division $\mathrm{fl}(\cdot / \sum_i w_i)$ is Lemma 2's item 5 (the output's
+$\mathrm{fl}(\mathrm{acc}/l)$, a relative error of the output), not a weight's.
 
 (d) *The sums* over the states: a state's term passes at most $K' - 1$ additions (adding an
 empty state's weight $2^{-\infty} = 0$ is exact, and so is the first addition to 0). A key of a
@@ -170,11 +272,35 @@ $$
 
 $|\delta_{id}| \le u_{acc}$ (item (c)). That is the Lemma-1 form over all keys with shift
 $M \ln 2$: numerator weights perturbed by $\eta_i + \theta_i + \delta_{id}$ more, normaliser
-weights by $\eta_i + \theta_i$; the underflow terms come out multiplied by $w_i / l_i$, which
-is at most 1 up to the rounding of one score ($w_i$ is the exponential of an argument
-$\le 0$, and the key at the chunk's maximum contributes about $2^0 = 1$ to $l_i$). A weight
-$w_i$ that underflows belongs to a state whose exact weight is of the order of $\tau$ too:
-an absolute error of that order on the whole state, Lemma 1's $t$-terms. The growth is at most
+weights by $\eta_i + \theta_i$. The chunk's $t$-terms come out multiplied by
+$2^{m_i - M} e^{\eta_i + \theta_i}(1 + \cdot)$. That factor is at most
+$e^{|\theta_i| + u_{acc}}$, because $2^{m_i - M} e^{\eta_i} = 2^{\hat\lambda_i - M}/l_i \le 1$ with
+$l_i \ge 1$: slightly above 1. Lemma 1 takes them through its sums. They reach at most
+$N\tau e^{\kappa}$, $\kappa$ the growth below, while the merged normaliser without its $t'$ is
+at least $1 - N 2^{-126} e^{\rho}$: $\sum_i w_i \ge 1$ (the top state's $w = 2^0 = 1$), and the
+$t'$ are fp32 underflows. So $\sum_j |t_j| \le \varepsilon B$ holds, because
+$\rho \ge \kappa + u_{exp}$ (the key's own exponential is a step too).
+
+*Underflow.* A weight $w_i$ below fp32's smallest normal number $2^{-126}$ is flushed to 0
+(`ex2.approx.ftz`) or returned subnormal. Either way it is off by some $e_i$, $|e_i| < 2^{-126}$,
+from the value $2^{m_i - M} e^{\eta_i + \theta_i} l_i$ the form gives it. That error is not of
+Lemma 1's per-key form and is not charged to $\varepsilon$. It falls on all of the state's keys
+at once, a state of one key may already use its $\tau$, and $2^{-126}$ is not below $\tau$ for
+fp32 and bf16. On the normaliser, where $\sum_i w_i \ge 1$, it is a relative error below
+$2^{-126}$ per state. On the numerator it is an absolute error
+$|e_i \hat o_{id}| < 2^{-126} \cdot 3e^{2\rho}V_d$, since Lemma 1 for the chunk gives
+$|\hat o_{id}| \le (e^{2\rho} + \varepsilon)V_d/(1 - \varepsilon) \le 3e^{2\rho}V_d$ for
+$\varepsilon \le \tfrac12$. At most $N - 1 < 2^{23}$ states underflow. With $\rho \le 3$ the
+normaliser's total is a relative error below $2^{-103}$ and the numerator's below
+$2^{23} \cdot 2^{-126} \cdot 3e^{6}V_d < 2^{-92}V_d$. Both are charged to $\sigma_0$, the part of
+the key's own exponential step that no weight uses (Lemma 2, at least $4u_{acc} - 2^{-40}$ on
+both sides). The weights' perturbations then lie within $\rho - \sigma_0 + 2^{-103}$, which
+lowers Lemma 1's first term by at least $(e^{2\rho} - e^{2(\rho - \sigma_0 + 2^{-103})})V_d \ge
+2^{-20.1}V_d$. The numerator's error adds at most $2^{-92}V_d\, e^{\rho}/(1 - \varepsilon) <
+2^{-86}V_d$ to the output. `check_all_at_once_merge` checks these numbers on the states it
+draws.
+
+The growth is at most
 
 $$
 |\eta_i| + |\theta_i| + u_{acc} \le 2u_{exp} + u_{acc}
@@ -241,11 +367,72 @@ in one step of 128) $S = 18$ where `default_steps` is 33024.
 
 ## The lse
 
-$\hat\ell = \mathrm{fl}(m + \mathrm{fl}(\log \hat B))$ with $\hat B$ the computed normaliser,
-within $e^{\pm\rho}$ of $\sum_j e^{s_j - m}$ (Lemma 2, normaliser side), so
-$|\log \hat B - (\ell - m)| \le \rho$; the logarithm and the addition add at most
-$u_{acc}(|\ell| + |m| + \log N + 1)$, covered by the spare $\gamma$-terms. `lse_bound` is
-$\rho + 3u_{acc}(|\ell| + 1)$.
+`lse_bound` is $\rho + 3u_{acc}(|\ell| + 1)$. The lse leaves a kernel in one of three ways:
+
+* $\hat\ell = \mathrm{fl}(\mu + \mathrm{fl}(\widehat{\log}\,\hat B))$ in natural log: one part
+  ($\mu = m$, its running maximum; $\hat B$ its normaliser), or a pairwise merge ($\mu = M$,
+  $\hat B = \hat T$, Lemma 3);
+* $\hat\ell = \mathrm{fl}\bigl(\mathrm{fl}(M + \mathrm{fl}(\widehat{\log_2}\hat B)) \cdot
+  \mathrm{fl}(\ln 2)\bigr)$ in the base-2 form: Lemma 4's fold with $K' \ge 2$
+  ($\hat B = \sum_i w_i$), or a single-pass tile ($M = m$);
+* Lemma 4's fold with $K' = 1$: the same, with $M = \hat\lambda_i$, which went through the
+  chunk's own logarithm and addition (Lemma 4 (a)), and $\hat B = w_i = 1$. This case takes
+  two logarithms and charges no merge step.
+
+In each, $\hat B$ is the normaliser of the final state's Lemma-1 form with shift $\mu$ (natural
+units, $\mu = M \ln 2$ in base 2). So $|\log \hat B - (\ell - \mu)| \le r$, where $r$ is the
+normaliser's perturbation plus $-\log(1 - N 2^{-125} e^{\rho})$ for its fp32 underflows (the
+$t'_j < 2^{-126}$ and Lemma 4's flushed weights). Also $0 \le \log \hat B \le \log N + \rho$
+(Lemma 3). The normaliser side leaves part of $\rho$ unused: $u_p$ and $\sigma_0$ (Lemma 2),
+and $\sigma_1 = \gamma_N - \gamma_{N-1} \ge u_{acc}$, since the normaliser's sums are plain
+fp32 additions and a key passes at most $N - 1$ of them (Lemma 4 (d); in Lemma 3 $\hat T$'s sum
+is the merge's). So $r \le \rho - u_p - \sigma_0 - \sigma_1 + {}$ the underflow term. The
+roundings after the weights, in natural-log units and to first order, are covered as follows:
+
+1. The logarithm's own error is at most $u_{exp}$ (for $\widehat{\log_2}$, after the factor
+   $\ln 2$). It is covered by $\sigma_0$: $3u_{acc} + u_{acc}(A + \log N + 1) \ge 4u_{acc} \ge u_{exp}$
+   ($u_{exp} = 2^{-21} = 4u_{acc}$ with fp32 accumulation, $2^{-52} = u_{acc}$ for float64).
+   The $K' = 1$ fold has a second logarithm, of $w_i = 1$. That one is covered by $\sigma_1$,
+   $u_p$ and the rest from the constant $3u_{acc}$. Its first logarithm, with the rounding of
+   its result and of the addition, is Lemma 4's $\eta_i$,
+   $u_{exp} + \tfrac{u_{acc}}{2}(\log l_i + |\hat\ell_i|)$, and is covered like 1-3 here.
+2. The rounding of the logarithm's result is at most
+   $\tfrac{u_{acc}}{2}(\log N + \rho + u_{exp})$. Its $\tfrac{u_{acc}}{2}\log N$ comes from
+   the $u_{acc}\log N$ of $\sigma_0$.
+3. The addition of the shift ($M$ in base 2) rounds a result within $|\ell| + r + u_{exp}$,
+   so it costs at most $\tfrac{u_{acc}}{2}(|\ell| + r + u_{exp})$. Its
+   $\tfrac{u_{acc}}{2}|\ell|$ comes from $3u_{acc}|\ell|$.
+4. In base 2 only, the rounded constant $\mathrm{fl}(\ln 2)$ and the product are two more
+   roundings of that result, at most $u_{acc}(|\ell| + r + u_{exp})$. Their $u_{acc}|\ell|$
+   comes from $3u_{acc}|\ell|$.
+
+What is left of 2-4, at most $\tfrac{u_{acc}}{2}\rho + \tfrac{u_{acc}}{2}r + u_{acc}r \le 2u_{acc}\rho$
+(half of that in natural log), is covered by the constant $3u_{acc}$ and the
+$u_{acc}(A + \tfrac12\log N)$ left of $\sigma_0$. $u_p$ and $\sigma_1$ help where the $K' = 1$
+fold's second logarithm leaves them. This is where $\rho$ must be bounded: the covering is a
+numeric inequality, checked below.
+
+With $A = 0$ and $N = 1$ ($\ell = 0$) there is no spare $\gamma$-term: $\gamma_{D+6}A = 0$ and
+$\gamma_1$ is $\sigma_1$. The logarithm's $u_{exp} = 4u_{acc}$ takes all of
+$\sigma_0 = 4u_{acc}$ (less $2^{-40}$). The $K' = 1$ fold's second $u_{exp}$ takes $\sigma_1$,
+$u_p$ and $3u_{acc}$ of the constant: $u_{acc}(1 + \tfrac12 + 3) = 4.5u_{acc}$ for fp32, leaving
+$\tfrac12 u_{acc}$ for the roundings of results within $2u_{exp}$ of 0. The room comes from
+the unused part of the step term and of the sums, not from spare $\gamma$-terms.
+
+Exactly, not to first order: put $h = u_{acc}/2$,
+$X = r + u_{exp} + h(\log N + \rho + u_{exp})$ and $E = X + h(|\ell| + X)$ (natural log). For the
+$K' = 1$ fold, $E$ becomes $E + u_{exp} + hu_{exp}$ and then that value plus $h(|\ell| + \cdot)$
+of itself. In base 2, $E$ becomes $E + (2h + h^2)(|\ell| + E)$. Then
+$|\hat\ell - \ell| \le E$, and `check_lse_accounting` checks $E \le \rho + 3u_{acc}(|\ell| + 1)$
+at 60 digits, with $r$ at its largest. It does so for every policy, $A$ from 0 to $10^6$, $N$
+from 1 to $2^{22}$, $D$ up to 256, $S$ from 1 to $2N$ and $\rho \le 2$. The slack is least,
+$\tfrac12 u_{acc}$, at fp32, $A = 0$, $N = 1$ in the $K' = 1$ fold. The terms in $h\rho$ and $hr$
+are where $\rho$ must be bounded. For fp32 the inequality first fails near $\rho = 5.6$
+($N = 2^{20}$, $A = 0$, `default_steps`). For fp16 and bf16, $u_p$ leaves room far beyond. Lemma 3
+needs the states' $\rho \le 2$ and Lemma 4 needs $\rho \le 3$, so the lse bound is proved for $\rho \le 2$
+evaluated at the steps the kernel really takes. A larger $S$ only raises the bound.
+`default_steps` ($S = 2N$) reaches $\rho = 2$ near $N = 2 \cdot 10^5$ keys at $A = 20$; the
+Triton kernels' counted $S$ stays far below it.
 
 ## Machine check
 
@@ -274,7 +461,14 @@ $\lceil T / b \rceil + \lceil n / b \rceil$. `check_all_at_once_merge` checks Le
 \delta)$, $|\delta| \le u_{acc}/2$; every $\delta$ and every error of the exponential and the
 logarithm drawn by the adversary, at its extremes or anywhere between) over 1 to 8 states,
 some empty, with scores up to $10^4$: it reaches the sharper sum of the proof (to second
-order) and stays within two steps. `check_one_step_per_merge_is_not_enough` exhibits two
+order) and stays within two steps, and it checks the underflow's numbers against $\sigma_0$.
+`check_pairwise_merge` does the same for Lemma 3's growth, on two part states with maxima up to
+$\pm 10^4$ (opposite ones included), and reaches that growth.
+`check_lse_accounting` checks the lse section's inequality over its grid, and that it fails
+beyond $\rho = 2$ where the section says so. `check_fused_accumulation` checks the fused
+addition's error bound of Lemma 2's accumulation model on drawn fp32 addends, with the adversarial
+one (the largest at a power of two, the others just below its last place) always tried. It
+checks the model, not the hardware. `check_one_step_per_merge_is_not_enough` exhibits two
 states whose merge moves a weight by 1.4 steps. `check_not_absurdly_loose` measures
 observed error / bound on typical inputs (normal $q, k, v$, $c = 1/\sqrt{D}$, 48 keys in two
 relay parts, blocks of 16) and requires the ratio to stay above `LOOSENESS_FLOOR`: within a
@@ -591,7 +785,8 @@ def merge_all_at_once(chunks: list, draw) -> list:
     Returns:
         Per chunk, ``None`` if it is empty, else ``(w_i, alpha_i, beta_i)``: its computed weight
         and the logs of the factors by which the merge multiplies its keys' numerator weights
-        (``w_i`` times the product's and the division's roundings) and normaliser weights
+        (``w_i`` times the roundings of the state's division ``acc_i / l_i`` and of the product
+        ``w_i o_i``; the final division is the output's, Lemma 2 item 5) and normaliser weights
         (``w_i``) against the exact ``2^(m_i - M) l_i``, ``M`` the merge's maximum.
     """
     prec = bounds.precision("float32")
@@ -639,9 +834,13 @@ def _adversary(rng: random.Random, extreme: bool):
 def check_all_at_once_merge():
     """Lemma 4: with two or more non-empty states the merge moves every weight by at most
     ``ALL_AT_ONCE_MERGE_STEPS`` steps (and by at most the proof's sharper sum); with one it
-    passes that state on unchanged; a weight that underflows belongs to a negligible state."""
+    passes that state on unchanged. A weight below fp32's smallest normal (flushed to 0 or
+    subnormal, an absolute error below it) moves the normaliser by a relative ``2^-103`` and the
+    numerator by ``2^-92 V_d`` at most over all such states (``rho <= 3``), and those fit in the
+    own exponential's unused ``sigma_0`` with a factor ``2^60`` to spare."""
     prec = bounds.precision("float32")
-    u_acc, u_exp, tau = mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp), mpmath.mpf(prec.tau)
+    u_acc, u_exp = mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
+    smallest_normal = mpmath.mpf(2) ** -126
     second_order = 1 + mpmath.mpf(2) ** -20
 
     @checked(400)
@@ -658,12 +857,178 @@ def check_all_at_once_merge():
         steps = ALL_AT_ONCE_MERGE_STEPS * one_step(score_abs, num_keys, prec)
         lse = [mpmath.log(2) * m + mpmath.log(l) for m, l in (c for c, _ in held)]
         top = max(lse)
+        sigma0 = own_step_room(score_abs, num_keys, prec)
+        flushed = [w for _, (w, _, _) in held if w < smallest_normal]  # each errs by < 2^-126
+        normaliser = len(flushed) * smallest_normal  # relative to sum_i w_i >= 1
+        numerator = len(flushed) * smallest_normal * 3 * mpmath.exp(6)  # times V_d, rho <= 3
+        assert num_keys < 2**23 and normaliser <= num_keys * smallest_normal < mpmath.mpf(2) ** -103
+        assert numerator < mpmath.mpf(2) ** -92
+        rho = mpmath.mpf(3)  # Lemma 1's first term lowered by sigma0 on both sides, against the error
+        assert numerator * mpmath.exp(rho) * 2 <= 2.0**-60 * (mpmath.exp(2 * rho) - mpmath.exp(2 * (rho - sigma0 + normaliser)))
         for ((m, l), (w, alpha, beta)), ell in zip(held, lse):
-            if w < tau:  # underflow: the state's exact weight is below 2 tau, Lemma 1's t-terms
-                assert mpmath.power(2, m) * l / mpmath.exp(top) <= 2 * tau
+            if w < smallest_normal:  # flushed: charged to sigma0 above, not to Lemma 1's t-terms
                 continue
             sharper = 2 * u_exp + u_acc + u_acc / 2 * (mpmath.log(l) + 2 * abs(ell) + abs(top))
             assert max(abs(alpha), abs(beta)) <= sharper * second_order <= steps, (alpha, beta, sharper, steps)
+
+    run()
+
+
+def own_step_room(score_abs, num_keys, prec: bounds.Precision):
+    """``sigma_0`` of Lemma 2: the part of a key's own exponential step that no weight uses,
+    ``3 u_acc + u_acc (A + log N + 1) - (-log(1 - u_exp) - u_exp)``."""
+    u_acc, u_exp = mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
+    return 3 * u_acc + u_acc * (mpmath.mpf(score_abs) + mpmath.log(num_keys) + 1) - (-mpmath.log(1 - u_exp) - u_exp)
+
+
+def merge_pairwise(a: tuple, b: tuple, draw) -> list:
+    """Lemma 3's merge of two part states in the standard model of rounding, at 60 digits.
+
+    Each state is ``(m, l)``: its running maximum (natural log) and normaliser ``l >= 1``. Every
+    elementwise fp32 operation multiplies its exact result by ``1 + draw(u_acc / 2)``, the two
+    sums (``w_a + w_b`` and the final one) by ``1 + draw(u_acc)`` (they may truncate), the
+    exponential (exact at 0) by ``1 + draw(u_exp)``; the logarithm is off by ``draw(u_exp)``.
+
+    Returns:
+        Per state ``(alpha, beta)``: the logs of the factors by which the merge multiplies its
+        keys' numerator weights (the part's division ``acc / l``, the coefficient's division
+        and product, the final sum) and normaliser weights (``w`` and the sum ``T``), against
+        the exact ``e^(m - M) l`` over the merged normaliser, ``M`` the merge's maximum.
+    """
+    prec = bounds.precision("float32")
+    half, full, u_exp = mpmath.mpf(prec.u_acc) / 2, mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
+
+    def fl(x):
+        return x * (1 + draw(half))
+
+    lse = [fl(m + fl(mpmath.log(l) + draw(u_exp))) for m, l in (a, b)]
+    top = max(lse)
+    w = []
+    for x in lse:
+        arg = fl(x - top)
+        w.append(mpmath.mpf(1) if arg == 0 else mpmath.exp(arg) * (1 + draw(u_exp)))
+    total_factor = 1 + draw(full)  # T = (w_a + w_b)(1 + delta_T)
+    result = []
+    for (m, l), wx in zip((a, b), w):
+        beta = mpmath.log(wx * total_factor / (mpmath.exp(m - top) * l))
+        # o = fl(sum_x fl(fl(w_x / T) fl(acc_x / l_x))) = sum_x w_x (four roundings) acc_x / l_x / T
+        numer = wx * (1 + draw(half)) * (1 + draw(half)) * (1 + draw(half)) * (1 + draw(full))
+        result.append((mpmath.log(numer / (mpmath.exp(m - top) * l)), beta))
+    return result
+
+
+@st.composite
+def pairwise_states(draw):
+    """Two part states ``(m, l)`` of one row and the bound's ``(A, N)``: each of ``n`` keys, its
+    maximum score up to ``A`` in magnitude and ``1 <= l <= n``; opposite maxima included."""
+    magnitude = draw(st.sampled_from([1.0, 40.0, 1e3, 1e4]))
+    ma = fp.r32(draw(st.floats(-magnitude, magnitude)))
+    mb = -ma if draw(st.booleans()) else fp.r32(draw(st.floats(-magnitude, magnitude)))
+    na, nb = draw(st.sampled_from([1, 2, 64, 4096])), draw(st.sampled_from([1, 2, 64, 4096]))
+    states = ((ma, fp.r32(draw(st.floats(1, na)))), (mb, fp.r32(draw(st.floats(1, nb)))))
+    return states, max(abs(float(ma)), abs(float(mb))), na + nb
+
+
+def check_pairwise_merge():
+    """Lemma 3: a pairwise merge of two part states moves every numerator and normaliser weight
+    by at most its growth ``2 u_exp + 5/2 u_acc + u_acc / 2 (log l_a + 2 |l_a| + |l_b|)`` (to
+    second order), and that is within ``MERGE_STEPS`` = 2 steps."""
+    prec = bounds.precision("float32")
+    u_acc, u_exp = mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
+    second_order = 1 + mpmath.mpf(2) ** -20
+
+    @checked(400)
+    @given(pairwise_states(), st.randoms(use_true_random=False), st.booleans())
+    def run(drawn, rnd, extreme):
+        states, score_abs, num_keys = drawn
+        merged = merge_pairwise(*states, _adversary(rnd, extreme))
+        steps = 2 * one_step(score_abs, num_keys, prec)
+        lse = [m + mpmath.log(l) for m, l in states]
+        for (m, l), (alpha, beta), ell, other in zip(states, merged, lse, lse[::-1]):
+            growth = 2 * u_exp + 5 * u_acc / 2 + u_acc / 2 * (mpmath.log(l) + 2 * abs(ell) + abs(other))
+            assert max(abs(alpha), abs(beta)) <= growth * second_order <= steps, (alpha, beta, growth, steps)
+
+    run()
+
+
+def lse_error_bound(score_abs, num_keys, head_dim: int, prec: bounds.Precision, steps, lse_abs, form: str):
+    """``E`` of "The lse": the most the roundings after the weights leave ``|lse - ref|``, with the
+    normaliser's perturbation ``r`` at its largest, ``rho - u_p - sigma_0 - sigma_1`` plus the
+    underflow term. ``form``: ``"natural"``, ``"base2"`` or ``"base2_single"`` (Lemma 4's fold
+    with ``K' = 1``: a second logarithm and addition)."""
+    u_acc, u_exp, u_p = mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp), mpmath.mpf(prec.u_p)
+    h, log_n, ell = u_acc / 2, mpmath.log(num_keys), mpmath.mpf(lse_abs)
+    rho = mpmath.mpf(float(bounds.weight_perturbation(num_keys, score_abs, head_dim, prec, steps)))
+    sigma1 = mpmath.mpf(float(bounds.gamma(num_keys, prec.u_acc) - bounds.gamma(num_keys - 1, prec.u_acc)))
+    underflow = -mpmath.log(1 - num_keys * mpmath.mpf(2) ** -125 * mpmath.exp(rho))
+    r = rho - u_p - own_step_room(score_abs, num_keys, prec) - sigma1 + underflow
+    x = r + u_exp + h * (log_n + rho + u_exp)  # the logarithm, its rounding
+    e = x + h * (ell + x)  # the addition of the shift
+    if form == "base2_single":
+        e = e + u_exp + h * u_exp  # log2 of w = 1, and its rounding
+        e = e + h * (ell + e)  # the addition of M
+    if form != "natural":
+        e = e + (2 * h + h * h) * (ell + e)  # fl(ln 2) and the product
+    return e, rho
+
+
+def check_lse_accounting():
+    """"The lse": the roundings after the weights fit ``lse_bound`` for every policy, the three
+    forms, ``A`` from 0 to 1e6, ``N`` from 1 to 2^22, ``D`` up to 256, ``S`` from 1 to ``2N`` and
+    ``rho <= 2`` (the logarithm's ``u_exp`` within ``sigma_0`` on its own); and the inequality
+    fails beyond, first near ``rho = 5.6`` for fp32, where the proof says it stops."""
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
+        prec = bounds.precision(dtype)
+        assert prec.u_exp <= 4 * prec.u_acc  # item 1: u_exp within sigma_0 >= 4 u_acc - 2^-40
+        for score_abs in (0.0, 1.0, 20.0, 1e3, 1e4, 1e6):
+            for num_keys in (1, 2, 3, 16, 4096, 2**16, 2**20, 2**22):
+                for head_dim in (1, 128, 256):
+                    for steps in sorted({1, 2, 3, -(-num_keys // 64) + 2, num_keys, 2 * num_keys}):
+                        for lse_abs in (0.0, score_abs + np.log(num_keys)):
+                            for form in ("natural", "base2", "base2_single"):
+                                e, rho = lse_error_bound(score_abs, num_keys, head_dim, prec, steps, lse_abs, form)
+                                if rho > 2:
+                                    continue
+                                bound = rho + 3 * mpmath.mpf(prec.u_acc) * (lse_abs + 1)
+                                assert e <= bound, (dtype, score_abs, num_keys, head_dim, steps, lse_abs, form)
+    prec = bounds.precision("float32")
+    e, rho = lse_error_bound(0.0, 2**20, 128, prec, 2**21, 0.0, "base2_single")
+    assert 5 < rho < 6 and e > rho + 3 * mpmath.mpf(prec.u_acc)
+
+
+def fused_sum(addends, guard: int):
+    """A matrix unit's fused addition (Lemma 2's accumulation model): the fp32 addends aligned to
+    the largest one's exponent ``e``, every bit below ``2^(e - 23 - guard)`` dropped (toward
+    zero), the kept sum normalised to fp32 toward zero."""
+    addends = [mpmath.mpf(x) for x in addends if x != 0]
+    if not addends:
+        return mpmath.mpf(0)
+    top = max(int(mpmath.frexp(x)[1]) - 1 for x in addends)  # 2^top <= |x_max| < 2^(top + 1)
+    quantum = mpmath.ldexp(1, top - 23 - guard)
+    kept = [(mpmath.floor if x > 0 else mpmath.ceil)(x / quantum) * quantum for x in addends]
+    return fp.round_to(mpmath.fsum(kept), "float32", "toward_zero")
+
+
+def check_fused_accumulation():
+    """Lemma 2's accumulation model: a fused addition of ``r`` non-zero fp32 addends, aligned to
+    the largest and truncated, with 0 to 3 extra alignment bits, errs by less than
+    ``(r - 1) u_acc sum |x_i|``, the bound of a chain of ``r - 1`` truncated additions. The
+    adversarial case (the largest at a power of two, the others just below its last place) is
+    always tried."""
+    u_acc = mpmath.mpf(bounds.precision("float32").u_acc)
+    addend = st.builds(lambda s, m, e: fp.r32(s * m * 2.0**e), st.sampled_from([-1, 1]), st.floats(0.5, 1), st.integers(-40, 5))
+
+    @checked(400)
+    @given(st.lists(addend, min_size=2, max_size=17), st.integers(0, 3), st.booleans())
+    @example([1.0] + [2.0**-23 * (1 - 2.0**-20)] * 16, 0, False)
+    @example([2.0 - 2.0**-23] + [2.0**-23 * (1 - 2.0**-20)] * 16, 1, False)
+    def run(addends, guard, cancel):
+        if cancel:  # the first two nearly cancel
+            addends = [addends[0], fp.r32(-addends[0] * (1 - 2.0**-12))] + addends[2:]
+        nonzero = [x for x in addends if x != 0]
+        exact_sum = mpmath.fsum(nonzero)
+        err = abs(fused_sum(nonzero, guard) - exact_sum)
+        assert err < (len(nonzero) - 1) * u_acc * mpmath.fsum(abs(x) for x in nonzero) or err == 0, (addends, guard)
 
     run()
 
