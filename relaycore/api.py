@@ -8,7 +8,7 @@ import numpy as np
 
 from relaycore import dispatch, state
 from relaycore.types import AttentionState, PrefixLevel, RequestKV
-from relaycore.validation import array_kind, dtype_name, validate
+from relaycore.validation import array_kind, check_prefix_levels, dtype_name, validate
 
 
 def relay_attention(
@@ -40,7 +40,7 @@ def relay_attention(
 
     Args:
         q: ``[total_q, Hq, D]`` float16, bfloat16, float32 (float64 for reference/torch).
-        cu_seqlens_q: int32 ``[B + 1]``: request ``b``'s queries are rows
+        cu_seqlens_q: int32 or int64 ``[B + 1]``: request ``b``'s queries are rows
             ``cu_seqlens_q[b]:cu_seqlens_q[b+1]`` of ``q``.
         kv: the requests' own KV, ``RaggedKV`` ``[total_kv, Hkv, D]`` or ``PagedKV``
             ``[num_blocks, block_size, Hkv, D]``; ``Hq`` a multiple of ``Hkv``.
@@ -51,8 +51,9 @@ def relay_attention(
         backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"``. ``"auto"`` picks the
             reference for NumPy inputs, Triton for CUDA tensors it supports, PyTorch otherwise
             (``select_backend`` says which and why). A named backend is never swapped.
-        plan: a plan from ``relaycore.fast.triton.prepare`` for this batch's metadata, or a
-            ``GraphPlan`` from ``relaycore.fast.triton.prepare_graph`` updated for it: skips
+        plan: a plan from ``relaycore.fast.triton.prepare`` (``import relaycore.fast.triton``)
+            for this batch's metadata, or a ``GraphPlan`` from
+            ``relaycore.fast.triton.prepare_graph`` updated for it: skips
             validation and planning (no host synchronization; plan once per step, reuse it for
             every layer). Runs the Triton backend, so ``backend`` must be "auto" or "triton".
 
@@ -89,8 +90,8 @@ def relay_attention(
         if not callable(getattr(plan, "run", None)):
             raise TypeError(f"plan: expected a plan from relaycore.fast.triton.prepare or prepare_graph, got "
                             f"{type(plan).__name__}")
-        return plan.run(q, cu_seqlens_q, kv, tuple(prefixes) if isinstance(prefixes, (list, tuple)) else prefixes,
-                        causal=causal, softmax_scale=softmax_scale)
+        check_prefix_levels(prefixes)
+        return plan.run(q, cu_seqlens_q, kv, tuple(prefixes), causal=causal, softmax_scale=softmax_scale)
     meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     choice = dispatch.choose(meta, backend)
     return dispatch.load(choice.name).run(q, cu_seqlens_q, kv, tuple(prefixes), meta)

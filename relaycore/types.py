@@ -34,7 +34,7 @@ class RaggedKV(NamedTuple):
     Attributes:
         k: ``[total_kv, Hkv, D]``.
         v: ``[total_kv, Hkv, D]``.
-        cu_seqlens: int32 ``[B + 1]``; request ``b`` owns rows
+        cu_seqlens: int32 or int64 ``[B + 1]``; request ``b`` owns rows
             ``cu_seqlens[b] : cu_seqlens[b + 1]``.
     """
 
@@ -49,10 +49,10 @@ class PagedKV(NamedTuple):
     Attributes:
         k_cache: ``[num_blocks, block_size, Hkv, D]``.
         v_cache: ``[num_blocks, block_size, Hkv, D]``.
-        block_table: int32 ``[B, max_blocks]``; token ``t`` of request ``b`` lives in block
+        block_table: int32 or int64 ``[B, max_blocks]``; token ``t`` of request ``b`` lives in block
             ``block_table[b, t // block_size]`` at slot ``t % block_size``. Entries past a
             request's last block are never read.
-        kv_lens: int32 ``[B]``, own KV tokens per request.
+        kv_lens: int32 or int64 ``[B]``, own KV tokens per request.
     """
 
     k_cache: Array
@@ -67,8 +67,8 @@ class PrefixLevel(NamedTuple):
     Attributes:
         k: ``[total_prefix, Hkv, D]``.
         v: ``[total_prefix, Hkv, D]``.
-        cu_seqlens: int32 ``[P + 1]``; prefix ``p`` is rows ``cu_seqlens[p] : cu_seqlens[p + 1]``.
-        prefix_ids: int32 ``[B]``; the prefix request ``b`` reads at this level, ``-1`` for none.
+        cu_seqlens: int32 or int64 ``[P + 1]``; prefix ``p`` is rows ``cu_seqlens[p] : cu_seqlens[p + 1]``.
+        prefix_ids: int32 or int64 ``[B]``; the prefix request ``b`` reads at this level, ``-1`` for none.
     """
 
     k: Array

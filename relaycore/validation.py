@@ -296,12 +296,9 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
     else:
         raise TypeError(f"kv: expected relaycore.RaggedKV or relaycore.PagedKV, got {type(kv).__name__}")
 
-    if isinstance(prefixes, PrefixLevel) or not isinstance(prefixes, (list, tuple)):
-        raise TypeError(f"prefixes: expected a list or tuple of relaycore.PrefixLevel, got {type(prefixes).__name__}")
+    check_prefix_levels(prefixes)
     for i, level in enumerate(prefixes):
         name = f"prefixes[{i}]"
-        if not isinstance(level, PrefixLevel):
-            raise TypeError(f"{name}: expected relaycore.PrefixLevel, got {type(level).__name__}")
         c.array(f"{name}.k", level.k, rank=3, dtypes=FLOAT_DTYPES)
         if dtype_name(level.k) != dtype:
             raise TypeError(f"{name}.k: expected q's dtype {dtype}, got {dtype_name(level.k)}")
@@ -398,6 +395,20 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         needs_grad=c.kind == "torch" and needs_grad(q, kv, prefixes),
         host_block_table=host_block_table,
     )
+
+
+def check_prefix_levels(prefixes) -> None:
+    """Refuse ``prefixes`` that is not a list or tuple of ``PrefixLevel`` (a single level is
+    one: a ``NamedTuple``).
+
+    Raises:
+        TypeError: naming ``prefixes`` or the level that is not a ``PrefixLevel``.
+    """
+    if isinstance(prefixes, PrefixLevel) or not isinstance(prefixes, (list, tuple)):
+        raise TypeError(f"prefixes: expected a list or tuple of relaycore.PrefixLevel, got {type(prefixes).__name__}")
+    for i, level in enumerate(prefixes):
+        if not isinstance(level, PrefixLevel):
+            raise TypeError(f"prefixes[{i}]: expected relaycore.PrefixLevel, got {type(level).__name__}")
 
 
 def needs_grad(q, kv, prefixes) -> bool:

@@ -574,6 +574,23 @@ def test_int64_metadata_tensors_give_the_bits_of_int32_ones(block_size):
 
 
 @in_process
+def test_a_call_with_a_plan_refuses_prefixes_that_are_not_a_list_of_levels():
+    """As a call without a plan does: a single ``PrefixLevel`` (a ``NamedTuple``) was taken
+    apart into its four fields, and a level given as a plain tuple failed with an
+    ``AttributeError``."""
+    batch = _shared_prefix_batch()
+    (q, cu, kv, prefixes), kwargs = batch.to_torch("cpu")
+    planned = prepare(q, cu, kv, prefixes, **kwargs)
+    for plan_or_none in (planned, None):
+        with pytest.raises(TypeError, match="prefixes: expected a list or tuple of relaycore.PrefixLevel, got "
+                                            "PrefixLevel"):
+            relaycore.relay_attention(q, cu, kv, prefixes[0], **kwargs, backend="triton", plan=plan_or_none)
+        with pytest.raises(TypeError, match=r"prefixes\[1\]: expected relaycore.PrefixLevel, got tuple"):
+            relaycore.relay_attention(q, cu, kv, [prefixes[0], tuple(prefixes[1])], **kwargs, backend="triton",
+                                      plan=plan_or_none)
+
+
+@in_process
 def test_a_call_to_be_differentiated_is_refused_by_the_kernels_without_a_backward():
     batch = _shared_prefix_batch(dtype="float32")
     (q, cu, kv, prefixes), kwargs = batch.to_torch("cpu")
