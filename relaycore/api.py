@@ -8,7 +8,7 @@ import numpy as np
 
 from relaycore import dispatch, state
 from relaycore.types import AttentionState, PrefixLevel, RequestKV
-from relaycore.validation import array_kind, check_prefix_levels, dtype_name, validate
+from relaycore.validation import array_kind, dtype_name, validate
 
 
 def relay_attention(
@@ -90,8 +90,7 @@ def relay_attention(
         if not callable(getattr(plan, "run", None)):
             raise TypeError(f"plan: expected a plan from relaycore.fast.triton.prepare or prepare_graph, got "
                             f"{type(plan).__name__}")
-        check_prefix_levels(prefixes)
-        return plan.run(q, cu_seqlens_q, kv, tuple(prefixes), causal=causal, softmax_scale=softmax_scale)
+        return plan.run(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     choice = dispatch.choose(meta, backend)
     return dispatch.load(choice.name).run(q, cu_seqlens_q, kv, tuple(prefixes), meta)

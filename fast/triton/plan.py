@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
-from relaycore.validation import BatchMeta, needs_grad, resolve_scale
+from relaycore.validation import BatchMeta, check_prefix_levels, needs_grad, resolve_scale
 
 from relaycore.fast.triton.config import Config, chunk_size, default_config, single_pass, tile_height
 from relaycore.fast.triton.kernels import FOLD_DEPTH, FOLD_STATES, ITEM_FIELDS, NUM_ITEM_FIELDS
@@ -183,8 +183,7 @@ class Plan:
 
         if not isinstance(kv, (RaggedKV, PagedKV)):
             raise TypeError(f"kv: expected relaycore.RaggedKV or relaycore.PagedKV, got {type(kv).__name__}")
-        if isinstance(prefixes, PrefixLevel) or not isinstance(prefixes, (list, tuple)):
-            raise TypeError(f"prefixes: expected a list or tuple of relaycore.PrefixLevel, got {type(prefixes).__name__}")
+        check_prefix_levels(prefixes)
         if not isinstance(causal, (bool, np.bool_)):
             raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
         if bool(causal) != self.causal:
