@@ -472,6 +472,9 @@ def test_a_plan_refuses_other_inputs():
     scaled = prepare(*args, **{**kwargs, "softmax_scale": 0.9})
     with pytest.raises(ValueError, match="softmax_scale"):
         relaycore.relay_attention(q, cu, kv, prefixes, causal=kwargs["causal"], plan=scaled)
+    # Plan.run's defaults are relay_attention's: causal, 1/sqrt(D)
+    assert kwargs["causal"] and kwargs.get("softmax_scale") is None
+    assert _same(planned.run(q, cu, kv, prefixes), relaycore.relay_attention(q, cu, kv, prefixes, plan=planned))
 
 
 @in_process
@@ -529,6 +532,16 @@ def test_metadata_on_the_host_gives_the_bits_of_metadata_on_the_device(block_siz
     prefixes[0].prefix_ids[0] = -1
     with pytest.raises(ValueError, match=r"prefixes\[0\]\.prefix_ids: expected the values the plan was prepared"):
         relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=graph)
+    # equal values in another dtype are refused as another tensor dtype is (the call without a plan refuses floats)
+    for name, planned_call in (("prepare", planned), ("prepare_graph", graph)):
+        with pytest.raises(ValueError, match=r"cu_seqlens_q: expected dtype int32 \(the plan's\), got float64"):
+            relaycore.relay_attention(q, cu.astype(np.float64), kv, prefixes, **kwargs, plan=planned_call)
+    with pytest.raises(ValueError, match=r"cu_seqlens_q: expected a NumPy array of shape \(\d+,\) \(the plan's\), "
+                                         r"got shape \(\d+,\), dtype int32 on cpu"):
+        relaycore.relay_attention(q, torch.from_numpy(cu), kv, prefixes, **kwargs, plan=planned)
+    with pytest.raises(ValueError, match=r"cu_seqlens_q: expected shape \(\d+,\), dtype int32 on cpu \(the plan's\), "
+                                         r"got a list"):
+        relaycore.relay_attention(*args[:1], cu.tolist(), *args[2:], **kwargs, plan=prepare(*args, **kwargs))
 
 
 @in_process

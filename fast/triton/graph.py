@@ -315,7 +315,7 @@ class GraphPlan:
         plan = self.plan
         return plan.num_slots * plan.num_q_heads * (plan.head_dim + 1) * 4
 
-    def run(self, q, cu_seqlens_q, kv, prefixes, *, causal: bool, softmax_scale) -> AttentionState:
+    def run(self, q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> AttentionState:
         """``Plan.run`` of ``plan`` (what ``relay_attention(..., plan=)`` calls)."""
         return self.plan.run(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
 

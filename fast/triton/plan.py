@@ -164,14 +164,16 @@ class Plan:
     def group_size(self) -> int:
         return self.num_q_heads // self.num_kv_heads
 
-    def run(self, q, cu_seqlens_q, kv, prefixes, *, causal: bool, softmax_scale) -> AttentionState:
+    def run(self, q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> AttentionState:
         """``run_planned`` after the checks that need no host synchronization (what
         ``relay_attention(..., plan=)`` calls): every tensor must have the shape, dtype and
         device it had when the plan was prepared (layers of a model share them), and
-        ``causal`` and ``softmax_scale`` (``None`` meaning ``1/sqrt(D)``) must be the plan's.
+        ``causal`` and ``softmax_scale`` (``None`` meaning ``1/sqrt(D)``) must be the plan's;
+        the defaults are ``relay_attention``'s.
         The metadata whose values the plan holds (``stamp_metadata``: the lengths and ids, and a
         block table given on the host) must hold the planned values: on the host (a NumPy
-        array or a CPU tensor) they are compared; a tensor on a GPU that the plan was prepared
+        array or a CPU tensor) they are compared, and so is a NumPy array's dtype (the
+        signature holds a tensor's); a tensor on a GPU that the plan was prepared
         with and that was written in place since is refused (its version counter moved), and
         another one is trusted, since reading it would synchronize (``docs/guide/serving.md``).
         Under ``torch.compile`` the metadata is not checked.
@@ -276,8 +278,8 @@ def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> Non
     seen without a synchronization (``Plan.run``).
 
     Raises:
-        ValueError: naming the argument: an array on the host whose values differ from the
-            planned ones, or the planned tensor on a GPU itself, written in place since.
+        ValueError: naming the argument: an array on the host whose dtype or values differ from
+            the planned ones, or the planned tensor on a GPU itself, written in place since.
     """
     advice = "prepare a new plan (or update a graph plan) when the lengths or ids change"
     # the stamps are of the same arrays in the same order, the block table last where stamped
@@ -285,6 +287,8 @@ def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> Non
         name = stamp.name
         got = host_values(x)
         if stamp.values is not None and got is not None:
+            if got.dtype != stamp.values.dtype:
+                raise ValueError(f"{name}: expected dtype {stamp.values.dtype} (the plan's), got {got.dtype}")
             if not _same_values(got, stamp.values):
                 i = tuple(int(j) for j in np.argwhere(got != stamp.values)[0])  # the shapes are the plan's
                 at = ", ".join(map(str, i))
@@ -296,9 +300,9 @@ def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> Non
 
 
 def _same_values(got: np.ndarray, want: np.ndarray) -> bool:
-    """``np.array_equal`` of two integer arrays, by their bytes where that is the same and
-    cheaper (the same dtype and shape, and short: a batch's lengths and ids)."""
-    if got.dtype == want.dtype and got.shape == want.shape and got.size <= 4096:
+    """``np.array_equal`` of two integer arrays of one dtype, by their bytes where that is the
+    same and cheaper (the same shape, and short: a batch's lengths and ids)."""
+    if got.shape == want.shape and got.size <= 4096:
         return got.tobytes() == want.tobytes()
     return bool(np.array_equal(got, want))
 
@@ -319,6 +323,10 @@ def check_signature(planned, tensors: Sequence[Any], whose: str) -> None:
 
 
 def _described(shape, dtype, device) -> str:
+    if dtype == "ndarray":
+        return f"a NumPy array of shape {tuple(shape)}"
+    if not device:
+        return f"a {dtype}"
     return f"shape {tuple(shape)}, dtype {str(dtype).replace('torch.', '')} on {device}"
 
 
