@@ -32,8 +32,9 @@ def supports(meta: BatchMeta) -> str | None:
     return None
 
 
-def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta) -> AttentionState:
-    """Relay attention on validated torch inputs (see ``relaycore.relay_attention``).
+def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta, *, out=None, lse=None) -> AttentionState:
+    """Relay attention on validated torch inputs (see ``relaycore.relay_attention``), written
+    into ``out``/``lse`` where given (``relaycore.state.store``).
 
     Returns:
         ``out [total_q, Hq, D]`` in q's dtype, ``lse [total_q, Hq]`` float32 (float64 for
@@ -43,7 +44,7 @@ def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta) -> AttentionState:
     total = _own_part(q, kv, meta, acc)
     for level, lens, ids in zip(prefixes, meta.prefix_lens, meta.prefix_ids):
         total = state.merge(_prefix_part(q, level, lens, ids, meta, acc), total)
-    return AttentionState(total.out.to(q.dtype), total.lse)
+    return state.store(AttentionState(total.out.to(q.dtype), total.lse), out, lse)
 
 
 def attend(q, k, v, scale: float, mask=None) -> AttentionState:

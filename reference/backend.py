@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from relaycore.state import store
 from relaycore.types import AttentionState
 from relaycore.validation import BatchMeta
 from relaycore.reference.problem import from_validated
@@ -21,8 +22,9 @@ def supports(meta: BatchMeta) -> Optional[str]:
     return None
 
 
-def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta) -> AttentionState:
-    """Relay attention in float64 on validated inputs (see ``relaycore.relay_attention``).
+def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta, *, out=None, lse=None) -> AttentionState:
+    """Relay attention in float64 on validated inputs (see ``relaycore.relay_attention``),
+    written into ``out``/``lse`` where given (``relaycore.state.store``).
 
     Returns:
         NumPy inputs: ``out`` float64 ``[total_q, Hq, D]``, ``lse`` float64 ``[total_q, Hq]``.
@@ -34,7 +36,7 @@ def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta) -> AttentionState:
     """
     result = relay_from_problem(from_validated(q, kv, prefixes, meta))
     if meta.array_kind == "numpy":
-        return result
+        return store(result, out, lse)
     # lse in float32, or float64 for float64 q; made with q's own methods, on q's device
     lse_template = q.new_empty(0) if str(q.dtype) == "torch.float64" else q.new_empty(0).float()
-    return AttentionState(q.new_tensor(result.out), lse_template.new_tensor(result.lse))
+    return store(AttentionState(q.new_tensor(result.out), lse_template.new_tensor(result.lse)), out, lse)

@@ -8,7 +8,7 @@ import numpy as np
 
 from relaycore import dispatch, state
 from relaycore.types import AttentionState, PrefixLevel, RequestKV
-from relaycore.validation import array_kind, dtype_name, validate
+from relaycore.validation import array_kind, check_result_buffers, dtype_name, validate
 
 
 def relay_attention(
@@ -21,6 +21,8 @@ def relay_attention(
     softmax_scale: Optional[float] = None,
     backend: str = "auto",
     plan=None,
+    out=None,
+    lse=None,
 ) -> AttentionState:
     """Attention of every query over its prefixes (level by level) then its own KV.
 
@@ -56,10 +58,17 @@ def relay_attention(
             ``relaycore.fast.triton.prepare_graph`` updated for it: skips
             validation and planning (no host synchronization; plan once per step, reuse it for
             every layer). Runs the Triton backend, so ``backend`` must be "auto" or "triton".
+        out: ``None``, or a buffer for the result's ``out`` (as a serving engine passes its
+            layer's output): q's kind and device, the result's shape and dtype, contiguous
+            (NumPy: C-contiguous and writeable), not requiring grad, and in memory apart from
+            q, the keys, the values and ``lse``. The Triton kernels write into it; the other
+            backends copy their result in.
+        lse: ``None``, or a buffer for the result's ``lse``, on the same terms.
 
     Returns:
         ``AttentionState(out [total_q, Hq, D] in q's dtype, lse [total_q, Hq] float32)``;
         ``lse`` is float64 when q is float64 (NumPy inputs are always float64). A query that sees no key gets out 0 and lse -inf.
+        Each is the buffer given for it, where one was.
 
     Raises:
         TypeError, ValueError: bad input, naming the argument, the expected and the received.
@@ -90,10 +99,13 @@ def relay_attention(
         if not callable(getattr(plan, "run", None)):
             raise TypeError(f"plan: expected a plan from relaycore.fast.triton.prepare or prepare_graph, got "
                             f"{type(plan).__name__}")
-        return plan.run(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+        return plan.run(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale, out=out, lse=lse)
     meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+    if out is not None or lse is not None:
+        check_result_buffers(out, lse, q, kv, prefixes, num_q_heads=meta.num_q_heads, head_dim=meta.head_dim,
+                             dtype=meta.dtype)
     choice = dispatch.choose(meta, backend)
-    return dispatch.load(choice.name).run(q, cu_seqlens_q, kv, tuple(prefixes), meta)
+    return dispatch.load(choice.name).run(q, cu_seqlens_q, kv, tuple(prefixes), meta, out=out, lse=lse)
 
 
 def select_backend(q, cu_seqlens_q, kv: RequestKV, prefixes: Sequence[PrefixLevel] = (), *, causal: bool = True,

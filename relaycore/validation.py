@@ -25,6 +25,9 @@ from relaycore.types import PagedKV, PrefixLevel, RaggedKV
 
 INT_DTYPES = ("int32", "int64")
 
+#: A NumPy array's ``(first byte, last byte + 1)`` (``np.byte_bounds`` before NumPy 2).
+_byte_bounds = getattr(getattr(np.lib, "array_utils", np), "byte_bounds")
+
 
 @dataclass(frozen=True)
 class BatchMeta:
@@ -409,6 +412,92 @@ def check_prefix_levels(prefixes) -> None:
     for i, level in enumerate(prefixes):
         if not isinstance(level, PrefixLevel):
             raise TypeError(f"prefixes[{i}]: expected relaycore.PrefixLevel, got {type(level).__name__}")
+
+
+def result_dtypes(kind: str, dtype: str) -> Tuple[str, str]:
+    """The dtypes of a call's ``(out, lse)``: float64 for NumPy inputs (the reference computes
+    in float64); for torch, ``out`` in q's ``dtype`` and ``lse`` float32 (float64 for float64 q)."""
+    if kind == "numpy":
+        return "float64", "float64"
+    return dtype, "float64" if dtype == "float64" else "float32"
+
+
+def check_result_buffers(out, lse, q, kv, prefixes, *, num_q_heads: int, head_dim: int, dtype: str,
+                         apart: bool = True) -> None:
+    """Refuse ``out``/``lse`` buffers (``relay_attention(..., out=, lse=)``; ``None``: none given)
+    that a call cannot write its result into: each must be an array of q's kind on q's device,
+    of the result's shape (``out [total_q, Hq, D]``, ``lse [total_q, Hq]``) and dtype
+    (``result_dtypes``), contiguous (NumPy: C-contiguous and writeable), not requiring grad,
+    and, with ``apart``, in memory apart from the inputs' (q, the keys and values) and from each
+    other (``torch.compile`` cannot trace the addresses: ``Plan.run`` passes ``False`` there).
+
+    Raises:
+        TypeError: naming the buffer: another kind of array, or another dtype.
+        ValueError: naming the buffer: another device or shape, a layout that is not
+            contiguous, a tensor that requires grad, or memory shared with an input or the other
+            buffer (naming it).
+    """
+    total_q = int(q.shape[0])
+    shapes = ((total_q, num_q_heads, head_dim), (total_q, num_q_heads))
+    given = [(name, x) for name, x in (("out", out), ("lse", lse)) if x is not None]
+    if isinstance(q, np.ndarray):
+        fast = (None, None)
+    else:  # torch: the common case in one expression (a call's host time), the messages below
+        import torch
+
+        fast = (q.dtype, torch.float64 if q.dtype == torch.float64 else torch.float32)
+    for (name, x), shape, want, index in zip((("out", out), ("lse", lse)), shapes, fast, (0, 1)):
+        if x is None:
+            continue
+        if not (want is not None and isinstance(x, torch.Tensor) and x.dtype == want and x.device == q.device
+                and x.shape == shape and x.is_contiguous() and not x.requires_grad):
+            _check_buffer(name, x, shape, result_dtypes(array_kind(q), dtype)[index], q)
+    if not given or not apart:
+        return
+    inputs = [("q", q), *((f"kv.{field}", x) for field, x in zip(type(kv)._fields[:2], kv[:2]))]
+    for i, level in enumerate(prefixes):
+        inputs += ((f"prefixes[{i}].k", level.k), (f"prefixes[{i}].v", level.v))
+    spans = [(name, _extent(x)) for name, x in given]
+    others = [(name, _extent(x)) for name, x in inputs]
+    for index, (name, (a, b)) in enumerate(spans):
+        for other, (c, d) in others + spans[index + 1:]:
+            if a < b and c < d and a < d and c < b:
+                raise ValueError(f"{name}: expected memory apart from the inputs' and the other buffer's, got a "
+                                 f"buffer that overlaps {other}")
+
+
+def _check_buffer(name: str, x, shape: Tuple[int, ...], want: str, q) -> None:
+    """``check_result_buffers`` of one buffer, with the messages."""
+    kind, device = array_kind(q), device_name(q)
+    if array_kind(x) != kind:
+        raise TypeError(f"{name}: expected a {kind} array like q, got {_describe(x)}")
+    if device_name(x) != device:
+        raise ValueError(f"{name}: expected device {device} (q's), got {device_name(x)}")
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape} (the result's), got {tuple(x.shape)}")
+    if dtype_name(x) != want:
+        raise TypeError(f"{name}: expected dtype {want} (the result's), got {dtype_name(x)}")
+    if kind == "numpy" and not (x.flags.c_contiguous and x.flags.writeable):
+        raise ValueError(f"{name}: expected a C-contiguous, writeable array, got one with strides {x.strides} "
+                         f"{'' if x.flags.writeable else '(read-only)'}".rstrip())
+    if kind == "torch" and not x.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor, got strides {tuple(x.stride())}")
+    if kind == "torch" and x.requires_grad:
+        raise ValueError(f"{name}: expected a tensor that does not require grad (the call writes into it), "
+                         f"got one that does")
+
+
+def _extent(x) -> Tuple[int, int]:
+    """The bytes ``[first, last + 1)`` a NumPy array or torch tensor spans (empty if it has no
+    elements; for a strided array, a bound: arrays that interleave are reported as overlapping)."""
+    if isinstance(x, np.ndarray):
+        return (0, 0) if x.size == 0 else _byte_bounds(x)
+    low = x.data_ptr()
+    if x.is_contiguous():
+        return low, low + x.numel() * x.element_size()
+    if x.numel() == 0:
+        return low, low
+    return low, low + x.element_size() * (sum(s * (n - 1) for s, n in zip(x.stride(), x.shape)) + 1)  # strides >= 0
 
 
 def needs_grad(q, kv, prefixes) -> bool:

@@ -101,3 +101,86 @@ def test_a_triton_import_that_fails_any_way_leaves_auto_on_torch_and_says_why(tm
     with pytest.raises(RuntimeError, match=re.escape(f"backend 'triton' is not available here: {why}")) as info:
         dispatch.choose(meta, "triton")
     assert type(info.value.__cause__) is type(error)
+
+
+# Result buffers: ``relay_attention(..., out=, lse=)``
+
+
+def _buffers_batch(dtype="float16"):
+    return make_batch([2, 1, 3, 0], [5, 9, 4, 2], prefix_lens=[[7, 3]], prefix_ids=[[0, 1, -1, 0]], num_q_heads=4,
+                      num_kv_heads=2, head_dim=16, dtype=dtype, seed=3)
+
+
+@pytest.mark.parametrize("backend, kind", [("reference", "numpy"), ("reference", "torch"), ("torch", "torch")])
+@pytest.mark.parametrize("given", ["out", "lse", "both"])
+def test_a_call_writes_its_result_into_the_buffers_given(backend, kind, given):
+    """Buffers poisoned with NaN hold the bits of the call without them, and are what it returns."""
+    batch = _buffers_batch("float64" if kind == "numpy" else "float16")
+    args, kwargs = batch.arguments() if kind == "numpy" else batch.to_torch("cpu")
+    want = relaycore.relay_attention(*args, **kwargs, backend=backend)
+    full = np.full_like if kind == "numpy" else torch.full_like
+    buffers = {name: full(x, np.nan) for name, x in zip(("out", "lse"), want) if given in (name, "both")}
+    got = relaycore.relay_attention(*args, **kwargs, backend=backend, **buffers)
+    for name, x, y in zip(("out", "lse"), got, want):
+        assert (x is buffers[name]) if name in buffers else (x is not None)
+        assert (np.array_equal(x, y) if kind == "numpy" else torch.equal(x, y)), name
+
+
+def test_result_buffers_of_another_kind_device_shape_dtype_or_layout_are_refused():
+    args, kwargs = _buffers_batch().to_torch("cpu")
+    q = args[0]
+    total_q, hq, d = q.shape
+    out, lse = torch.empty_like(q), torch.empty(total_q, hq)
+    cases = [
+        (dict(out=out.numpy()), TypeError, r"out: expected a torch array like q, got numpy array of shape"),
+        (dict(lse=[0.0] * total_q), TypeError, r"lse: expected a torch array like q, got list"),
+        (dict(out=out.to("meta")), ValueError, r"out: expected device cpu \(q's\), got meta"),
+        (dict(out=out[1:]), ValueError, rf"out: expected shape \({total_q}, {hq}, {d}\) \(the result's\), got \({total_q - 1}, "),
+        (dict(lse=lse[:, None]), ValueError, rf"lse: expected shape \({total_q}, {hq}\) \(the result's\), got \({total_q}, 1, {hq}\)"),
+        (dict(out=out.float()), TypeError, r"out: expected dtype float16 \(the result's\), got float32"),
+        (dict(lse=lse.double()), TypeError, r"lse: expected dtype float32 \(the result's\), got float64"),
+        (dict(out=torch.empty(hq, total_q, d, dtype=q.dtype).transpose(0, 1)), ValueError,
+         r"out: expected a contiguous tensor, got strides"),
+        (dict(lse=torch.empty(total_q, hq, requires_grad=True)), ValueError, r"lse: expected a tensor that does not "
+                                                                            r"require grad"),
+    ]
+    for buffers, error, message in cases:
+        for backend in ("reference", "torch"):
+            with pytest.raises(error, match=message):
+                relaycore.relay_attention(*args, **kwargs, backend=backend, **buffers)
+    # NumPy: C-contiguous and writeable
+    nargs, nkwargs = _buffers_batch("float64").arguments()
+    want = relaycore.relay_attention(*nargs, **nkwargs)
+    read_only = np.empty_like(want.out)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match=r"out: expected a C-contiguous, writeable array, got .*\(read-only\)"):
+        relaycore.relay_attention(*nargs, **nkwargs, out=read_only)
+    with pytest.raises(ValueError, match=r"lse: expected a C-contiguous, writeable array, got one with strides"):
+        relaycore.relay_attention(*nargs, **nkwargs, lse=np.empty(want.lse.shape[::-1]).T)
+    with pytest.raises(TypeError, match=r"out: expected dtype float64 \(the result's\), got float32"):
+        relaycore.relay_attention(*nargs, **nkwargs, out=want.out.astype(np.float32))
+
+
+def test_result_buffers_that_share_memory_with_an_input_or_each_other_are_refused():
+    """An in-place call (``out=q``) would read q where the result has been written: refused,
+    as are buffers over the keys, the values, or each other; adjacent memory is not shared."""
+    args, kwargs = _buffers_batch().to_torch("cpu")
+    q, cu, kv, (level,) = args
+    total_q, hq, d = q.shape
+    with pytest.raises(ValueError, match=r"out: expected memory apart from the inputs' and the other buffer's, got a "
+                                         r"buffer that overlaps q"):
+        relaycore.relay_attention(*args, **kwargs, out=q)
+    with pytest.raises(ValueError, match=r"out: .*overlaps kv\.k"):
+        relaycore.relay_attention(*args, **kwargs, out=kv.k.reshape(-1)[: q.numel()].view(q.shape))
+    values = level.v.view(torch.float32).reshape(-1)  # the prefix values' bytes as fp32
+    with pytest.raises(ValueError, match=r"lse: .*overlaps prefixes\[0\]\.v"):
+        relaycore.relay_attention(*args, **kwargs, lse=values[: total_q * hq].view(total_q, hq))
+    # one fp32 pool: out's fp16 elements take its first total_q * hq * d / 2 entries
+    pool = torch.empty(total_q * hq * d // 2 + total_q * hq)
+    out = pool.view(torch.float16)[: total_q * hq * d].view(q.shape)
+    start = total_q * hq * d // 2
+    with pytest.raises(ValueError, match=r"out: .*overlaps lse"):
+        relaycore.relay_attention(*args, **kwargs, out=out, lse=pool[start - 1 : start - 1 + total_q * hq].view(total_q, hq))
+    want = relaycore.relay_attention(*args, **kwargs, backend="torch")
+    got = relaycore.relay_attention(*args, **kwargs, backend="torch", out=out, lse=pool[start:].view(total_q, hq))
+    assert torch.equal(got.out, want.out) and torch.equal(got.lse, want.lse)

@@ -73,7 +73,8 @@ def test_a_level_the_tile_cannot_read_in_place_is_copied_before_the_launches_for
 
     apart = PrefixLevel(heads_apart(level.k), heads_apart(level.v), level.cu_seqlens, level.prefix_ids)
     monkeypatch.setattr(hopper, "usable", lambda *_: tile)
-    sources = launch._sources(planned, q, kv, [apart], interpret=False)
+    out = torch.empty(q.shape, dtype=q.dtype)
+    sources = launch._sources(planned, q, kv, [apart], out, interpret=False)
     (k, v), = sources.levels
     if tile:
         assert k.is_contiguous() and v.is_contiguous()
@@ -81,6 +82,13 @@ def test_a_level_the_tile_cannot_read_in_place_is_copied_before_the_launches_for
     else:
         assert k is apart.k and v is apart.v
     assert sources.q is q and sources.own[0] is kv.k_cache and sources.own[1] is kv.v_cache
+    # a launch that does not read level 0 passes ``out`` in its place, or, where the tile runs
+    # and a caller's ``out`` has no tensor descriptor (not 16-byte aligned), a tensor like it
+    assert sources.stand_in is out
+    shifted = torch.empty(out.numel() + 1, dtype=out.dtype)[1:].view(out.shape)
+    stand_in = launch._sources(planned, q, kv, [apart], shifted, interpret=False).stand_in
+    assert (stand_in is not shifted) == tile
+    assert stand_in.shape == out.shape and stand_in.dtype == out.dtype and hopper.readable(stand_in) == tile
 
 
 def test_the_tile_never_runs_off_a_gpu(hopper):

@@ -823,6 +823,48 @@ def test_torch_compile_traces_the_planned_call_as_one_op():
     assert _same(compiled, eager)
 
 
+@in_process
+@pytest.mark.parametrize("block_size", [None, 4], ids=["ragged", "paged"])
+def test_the_kernels_write_into_the_buffers_given(block_size):
+    """``out=``/``lse=`` poisoned with NaN: every route to the kernels (a call, a plan, a graph
+    plan, ``torch.compile``) writes the bits of the call without them into the buffers and
+    returns them; a plan checks them as a call does. A buffer that is not 16-byte aligned is
+    written as well (the kernels specialize on alignment)."""
+    batch = _shared_prefix_batch(block_size=block_size)
+    args, kwargs = batch.to_torch("cpu")
+    want = relaycore.relay_attention(*args, **kwargs, backend="triton")
+    planned, graph = prepare(*args, **kwargs), prepare_graph(*args, **kwargs, config=TINY)
+    graph_want = relaycore.relay_attention(*args, **kwargs, plan=graph)
+
+    def poisoned(offset=0):
+        pool = torch.full((want.out.numel() + offset,), float("nan"), dtype=want.out.dtype)
+        return pool[offset:].view(want.out.shape), torch.full_like(want.lse, float("nan"))
+
+    routes = [("call", want, lambda **b: relaycore.relay_attention(*args, **kwargs, backend="triton", **b)),
+              ("plan", want, lambda **b: relaycore.relay_attention(*args, **kwargs, plan=planned, **b)),
+              ("graph plan", graph_want, lambda **b: relaycore.relay_attention(*args, **kwargs, plan=graph, **b))]
+    for name, expected, route in routes:
+        for offset in (0, 1):
+            out, lse = poisoned(offset)
+            got = route(out=out, lse=lse)
+            assert got.out is out and got.lse is lse and _same(got, expected), (name, offset)
+        out, _ = poisoned()
+        got = route(out=out)
+        assert got.out is out and _same(got, expected), name
+        with pytest.raises(ValueError, match="out: .*overlaps q"):
+            route(out=args[0])
+        with pytest.raises(TypeError, match=r"lse: expected dtype float32 \(the result's\), got float16"):
+            route(lse=want.lse.half())
+    q, cu, kv, prefixes = args
+
+    def step(q, kv, prefixes, out, lse):
+        return relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=planned, out=out, lse=lse)
+
+    out, lse = poisoned()
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)(q, kv, prefixes, out, lse)
+    assert _same(compiled, want) and torch.equal(out, want.out) and torch.equal(lse, want.lse)
+
+
 # Graph plans (``relaycore.fast.triton.graph``): one set of launches and buffers for every step
 
 

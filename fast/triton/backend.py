@@ -42,9 +42,10 @@ def supports(meta: BatchMeta) -> str | None:
     return None
 
 
-def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta) -> AttentionState:
-    """Relay attention on validated inputs: plan the batch, then launch (see ``run_planned``)."""
-    return run_planned(plan(meta), q, kv, prefixes)
+def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta, *, out=None, lse=None) -> AttentionState:
+    """Relay attention on validated inputs: plan the batch, then launch (see ``run_planned``),
+    writing into ``out``/``lse`` where given."""
+    return run_planned(plan(meta), q, kv, prefixes, out=out, lse=lse)
 
 
 def prepare(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> Plan:

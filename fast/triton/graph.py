@@ -315,9 +315,11 @@ class GraphPlan:
         plan = self.plan
         return plan.num_slots * plan.num_q_heads * (plan.head_dim + 1) * 4
 
-    def run(self, q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> AttentionState:
+    def run(self, q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None, out=None,
+            lse=None) -> AttentionState:
         """``Plan.run`` of ``plan`` (what ``relay_attention(..., plan=)`` calls)."""
-        return self.plan.run(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+        return self.plan.run(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale, out=out,
+                             lse=lse)
 
     def __repr__(self) -> str:
         items = ", ".join(f"{launch.capacity} x {launch.block_m}-row tiles of "

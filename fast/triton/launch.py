@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import torch
 
 from relaycore.constants import LN2, LOG2E
+from relaycore.state import store
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
 
 from relaycore.fast.triton import hopper
@@ -26,7 +27,8 @@ def _contiguous_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel] = ()) -> AttentionState:
+def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel] = (), *,
+                out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None) -> AttentionState:
     """Relay attention of a planned batch.
 
     Launches only: no host synchronization, so it may be captured in a CUDA graph. Under
@@ -38,15 +40,19 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
         q: ``[total_q, Hq, D]`` fp16/bf16/fp32 on the plan's device.
         kv: the requests' own KV (``RaggedKV`` or ``PagedKV``, as planned).
         prefixes: the ``PrefixLevel`` s, as planned.
+        out, lse: buffers for the result (``validation.check_result_buffers``: contiguous, of
+            the result's shape and dtype, apart from the inputs), or ``None``: new ones. The
+            kernels write into them; under ``torch.compile`` the op's result is copied in.
 
     Returns:
-        ``AttentionState(out [total_q, Hq, D] in q's dtype, lse [total_q, Hq] float32)``.
+        ``AttentionState(out [total_q, Hq, D] in q's dtype, lse [total_q, Hq] float32)``: the
+        given buffers, where given.
     """
     if torch.compiler.is_compiling():
         from relaycore.fast.triton.op import call_op
 
-        return call_op(plan, q, kv, prefixes)
-    return run_eager(plan, q, kv, prefixes)
+        return store(call_op(plan, q, kv, prefixes), out, lse)
+    return run_eager(plan, q, kv, prefixes, out, lse)
 
 
 #: Run the partial launches of a call (one per KV source and tile height) side by side on
@@ -100,6 +106,10 @@ class _Sources(NamedTuple):
             one); ``None`` for ragged KV.
         tiles: whether each of the plan's launches runs ``hopper.single_pass_tile`` (else
             ``partial_kernel``).
+        stand_in: what a launch passes for a level 0 it does not read: the call's ``out``
+            (contiguous, in q's dtype), or a tensor like it where the Gluon tile runs and
+            ``out`` (a caller's buffer) is not ``hopper.readable``: the tile compiles against
+            a tensor descriptor of it.
     """
 
     q: torch.Tensor
@@ -107,9 +117,11 @@ class _Sources(NamedTuple):
     own: Tuple[torch.Tensor, torch.Tensor]
     table: Optional[torch.Tensor]
     tiles: Tuple[bool, ...]
+    stand_in: torch.Tensor
 
 
-def _sources(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel], interpret: bool) -> _Sources:
+def _sources(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel], out: torch.Tensor,
+             interpret: bool) -> _Sources:
     """The ``_Sources`` of a call (copies made on the current stream).
 
     A single-pass launch runs the Gluon tile where ``hopper.usable`` (the machine and the
@@ -132,11 +144,14 @@ def _sources(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pref
         levels[0] = tuple(x.clone(memory_format=torch.contiguous_format) for x in levels[0])  # a fresh, packed copy
     if any(tiles) and table is not None and table.dtype != torch.int32:
         table = table.to(torch.int32)
-    return _Sources(q, tuple(levels), own, table, tiles)
+    stand_in = out if not any(tiles) or hopper.readable(out) else torch.empty_like(out)
+    return _Sources(q, tuple(levels), own, table, tiles, stand_in)
 
 
-def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel]) -> AttentionState:
-    """``run_planned`` outside ``torch.compile``: the kernel launches themselves. Reads only
+def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel],
+              out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None) -> AttentionState:
+    """``run_planned`` outside ``torch.compile``: the kernel launches themselves, writing into
+    ``out``/``lse`` where given (else new tensors). Reads only
     ``kv.k``/``kv.v`` (ragged) or ``kv.k_cache``/``kv.v_cache`` and ``kv.block_table`` (paged;
     the plan's copy where it holds one, ``Plan.block_table``) and each level's ``k``/``v``: the
     plan holds every offset.
@@ -155,11 +170,13 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     capturing = main is not None and torch.cuda.is_current_stream_capturing()
     if plan.ready is not None and not capturing:
         main.wait_event(plan.ready)  # lists copied on another stream
-    out = torch.empty((total_q, hq, d), dtype=q.dtype, device=q.device)
-    lse = torch.empty((total_q, hq), dtype=torch.float32, device=q.device)
+    if out is None:
+        out = torch.empty((total_q, hq, d), dtype=q.dtype, device=q.device)
+    if lse is None:
+        lse = torch.empty((total_q, hq), dtype=torch.float32, device=q.device)
     if total_q == 0:
         return AttentionState(out, lse)
-    sources = _sources(plan, _contiguous_last(q), kv, prefixes, interpret)
+    sources = _sources(plan, _contiguous_last(q), kv, prefixes, out, interpret)
     part_out, part_lse = _scratch(plan, q.device, main, capturing)
     if CONCURRENT_PARTIALS and not interpret and len(plan.launches) > 1:
         fork, sides, joins = _LANES.get(q.device, len(plan.launches) - 1)
@@ -261,9 +278,8 @@ def _launch_partial(plan: Plan, index: int, sources: _Sources, part_out: torch.T
     q = sources.q
     if item_list.reads_prefix and sources.levels[0][0].shape[0]:  # what its items read first: level 0
         pre_k, pre_v = sources.levels[0]
-    else:  # not read: ``out`` stands in, contiguous in q's dtype (a level of no rows, or a strided q,
-        # has no tensor descriptor, and the Gluon tile compiles against one)
-        pre_k, pre_v = out, out
+    else:  # not read: a level of no rows, or a strided q, has no tensor descriptor (``_Sources.stand_in``)
+        pre_k, pre_v = sources.stand_in, sources.stand_in
     if item_list.level >= 0:
         (k, v), paged, causal, table = sources.levels[item_list.level], False, False, item_list.items
     elif sources.table is not None:

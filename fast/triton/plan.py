@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
-from relaycore.validation import BatchMeta, check_prefix_levels, needs_grad, resolve_scale
+from relaycore.validation import BatchMeta, check_prefix_levels, check_result_buffers, needs_grad, resolve_scale
 
 from relaycore.fast.triton.config import Config, chunk_size, default_config, single_pass, tile_height
 from relaycore.fast.triton.kernels import FOLD_DEPTH, FOLD_STATES, ITEM_FIELDS, NUM_ITEM_FIELDS
@@ -164,19 +164,22 @@ class Plan:
     def group_size(self) -> int:
         return self.num_q_heads // self.num_kv_heads
 
-    def run(self, q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> AttentionState:
+    def run(self, q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None, out=None,
+            lse=None) -> AttentionState:
         """``run_planned`` after the checks that need no host synchronization (what
         ``relay_attention(..., plan=)`` calls): every tensor must have the shape, dtype and
         device it had when the plan was prepared (layers of a model share them), and
         ``causal`` and ``softmax_scale`` (``None`` meaning ``1/sqrt(D)``) must be the plan's;
-        the defaults are ``relay_attention``'s.
+        the defaults are ``relay_attention``'s. ``out``/``lse``: buffers for the result, as
+        ``relay_attention``'s (``validation.check_result_buffers``).
         The metadata whose values the plan holds (``stamp_metadata``: the lengths and ids, and a
         block table given on the host) must hold the planned values: on the host (a NumPy
         array or a CPU tensor) they are compared, and so is a NumPy array's dtype (the
         signature holds a tensor's); a tensor on a GPU that the plan was prepared
         with and that was written in place since is refused (its version counter moved), and
         another one is trusted, since reading it would synchronize (``docs/guide/serving.md``).
-        Under ``torch.compile`` the metadata is not checked.
+        Under ``torch.compile`` the metadata, and where ``out``/``lse`` lie in memory, are not
+        checked.
 
         Raises:
             TypeError, ValueError: an input that differs from what was planned, naming it.
@@ -207,9 +210,13 @@ class Plan:
         if needs_grad(q, kv, prefixes):
             raise ValueError("plan: expected a call without gradients (the Triton kernels have no backward), got an "
                              "input that requires grad in grad mode; use backend='torch', or torch.no_grad()")
-        if self.stamps and not torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if self.stamps and not compiling:
             check_metadata(self.stamps, cu_seqlens_q, kv, prefixes)
-        return run_planned(self, q, kv, tuple(prefixes))
+        if out is not None or lse is not None:
+            check_result_buffers(out, lse, q, kv, prefixes, num_q_heads=self.num_q_heads, head_dim=self.head_dim,
+                                 dtype=self.dtype, apart=not compiling)
+        return run_planned(self, q, kv, tuple(prefixes), out=out, lse=lse)
 
 
 class Stamp(NamedTuple):

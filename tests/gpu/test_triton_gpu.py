@@ -354,6 +354,46 @@ def test_cuda_graph_replay_gives_the_eager_bits(append):
     assert _equal(captured, eager)
 
 
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "one element off 16 bytes"])
+@pytest.mark.parametrize("append_prefix", [1, -1], ids=["append on a prefix", "append alone"])
+def test_buffers_given_hold_the_bits_of_a_call_without_them(offset, append_prefix, single_pass_tile):
+    """``out=``/``lse=`` poisoned with NaN: decode requests beside append requests (the
+    single-pass tile; on sm_90 the Gluon one, which, where its launch reads no prefix, compiles
+    against a stand-in for level 0: ``out``, or a tensor like it where ``out`` has no tensor
+    descriptor), eager and replayed from a CUDA graph captured with them."""
+    pool = Pool(seed=17)
+    requests = ([pool.request(1, 128, 0) for _ in range(24)] + [pool.request(1, 200, -1) for _ in range(4)]
+                + [pool.request(130, 600, append_prefix) for _ in range(2)])
+    args = pool.batch(requests, page_size=16)
+    planned = prepare(*args)
+    assert any(x.single_pass and x.block_m == hopper.TILE_M and x.reads_prefix == (append_prefix >= 0)
+               for x in planned.launches)
+    want = relaycore.relay_attention(*args, plan=planned)
+
+    def poisoned():
+        pool_out = torch.full((want.out.numel() + offset,), float("nan"), dtype=want.out.dtype, device="cuda")
+        return pool_out[offset:].view(want.out.shape), torch.full_like(want.lse, float("nan"))
+
+    out, lse = poisoned()
+    got = relaycore.relay_attention(*args, plan=planned, out=out, lse=lse)
+    assert got.out is out and got.lse is lse and _equal(got, want)
+    assert _equal(_run(args, out=poisoned()[0]), want)  # without a plan, out alone
+    out, lse = poisoned()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        relaycore.relay_attention(*args, plan=planned, out=out, lse=lse)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        relaycore.relay_attention(*args, plan=planned, out=out, lse=lse)
+    out.fill_(float("nan"))
+    lse.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, want.out) and torch.equal(lse, want.lse)
+
+
 def test_torch_compile_gives_the_eager_bits():
     pool = Pool(seed=13)
     requests = [pool.request(1 + 8 * (b % 5 == 0), 128 + b, b % 2) for b in range(16)]
