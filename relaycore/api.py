@@ -60,9 +60,11 @@ def relay_attention(
             every layer). Runs the Triton backend, so ``backend`` must be "auto" or "triton".
         out: ``None``, or a buffer for the result's ``out`` (as a serving engine passes its
             layer's output): q's kind and device, the result's shape and dtype, contiguous
-            (NumPy: C-contiguous and writeable), not requiring grad, and in memory apart from
-            q, the keys, the values and ``lse``. The Triton kernels write into it; the other
-            backends copy their result in.
+            (NumPy: C-contiguous and writeable), a plain tensor (no grad, no negative view, no
+            inference tensor outside inference mode), in memory apart from every array of the
+            call and from ``lse``; refused by a call to be differentiated. The Triton kernels
+            write into it; the other backends, and the op under ``torch.compile``, copy their
+            result in (``docs/guide/api.md``).
         lse: ``None``, or a buffer for the result's ``lse``, on the same terms.
 
     Returns:
@@ -102,8 +104,12 @@ def relay_attention(
         return plan.run(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale, out=out, lse=lse)
     meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     if out is not None or lse is not None:
-        check_result_buffers(out, lse, q, kv, prefixes, num_q_heads=meta.num_q_heads, head_dim=meta.head_dim,
-                             dtype=meta.dtype)
+        if meta.needs_grad:
+            raise ValueError(f"{'out' if out is not None else 'lse'}: expected no buffer for a call to be "
+                             f"differentiated (grad mode on and q, k or v requiring grad: its result is new "
+                             f"tensors, as torch's out= ops refuse autograd), got one")
+        check_result_buffers(out, lse, q, cu_seqlens_q, kv, prefixes, num_q_heads=meta.num_q_heads,
+                             head_dim=meta.head_dim, dtype=meta.dtype)
     choice = dispatch.choose(meta, backend)
     return dispatch.load(choice.name).run(q, cu_seqlens_q, kv, tuple(prefixes), meta, out=out, lse=lse)
 

@@ -422,69 +422,97 @@ def result_dtypes(kind: str, dtype: str) -> Tuple[str, str]:
     return dtype, "float64" if dtype == "float64" else "float32"
 
 
-def check_result_buffers(out, lse, q, kv, prefixes, *, num_q_heads: int, head_dim: int, dtype: str,
-                         apart: bool = True) -> None:
+def check_result_buffers(out, lse, q, cu_seqlens_q, kv, prefixes, *, num_q_heads: int, head_dim: int, dtype: str,
+                         eager: bool = True) -> None:
     """Refuse ``out``/``lse`` buffers (``relay_attention(..., out=, lse=)``; ``None``: none given)
     that a call cannot write its result into: each must be an array of q's kind on q's device,
     of the result's shape (``out [total_q, Hq, D]``, ``lse [total_q, Hq]``) and dtype
-    (``result_dtypes``), contiguous (NumPy: C-contiguous and writeable), not requiring grad,
-    and, with ``apart``, in memory apart from the inputs' (q, the keys and values) and from each
-    other (``torch.compile`` cannot trace the addresses: ``Plan.run`` passes ``False`` there).
+    (``result_dtypes``), contiguous (NumPy: C-contiguous and writeable), a tensor that does not
+    require grad, and, with ``eager``, is not a negative view, is writeable here (no inference
+    tensor outside ``torch.inference_mode``) and lies in memory apart from every array of the
+    call (q, the metadata, the keys and values) and from the other buffer. ``torch.compile``
+    traces none of these last checks (``run_planned`` passes ``eager=False`` there), and needs
+    none but the last: there the result is copied in with ``copy_``.
 
     Raises:
         TypeError: naming the buffer: another kind of array, or another dtype.
-        ValueError: naming the buffer: another device or shape, a layout that is not
-            contiguous, a tensor that requires grad, or memory shared with an input or the other
-            buffer (naming it).
+        ValueError: naming the buffer: another device or shape, or a tensor that cannot be
+            written in place as a plain array (above), or memory shared with an argument or the
+            other buffer (naming it).
     """
     total_q = int(q.shape[0])
     shapes = ((total_q, num_q_heads, head_dim), (total_q, num_q_heads))
-    given = [(name, x) for name, x in (("out", out), ("lse", lse)) if x is not None]
     if isinstance(q, np.ndarray):
         fast = (None, None)
     else:  # torch: the common case in one expression (a call's host time), the messages below
         import torch
 
         fast = (q.dtype, torch.float64 if q.dtype == torch.float64 else torch.float32)
-    for (name, x), shape, want, index in zip((("out", out), ("lse", lse)), shapes, fast, (0, 1)):
+    for name, x, shape, want, index in (("out", out, shapes[0], fast[0], 0), ("lse", lse, shapes[1], fast[1], 1)):
         if x is None:
             continue
-        if not (want is not None and isinstance(x, torch.Tensor) and x.dtype == want and x.device == q.device
-                and x.shape == shape and x.is_contiguous() and not x.requires_grad):
-            _check_buffer(name, x, shape, result_dtypes(array_kind(q), dtype)[index], q)
-    if not given or not apart:
+        fine = (want is not None and type(x) is torch.Tensor and x.dtype == want and x.device == q.device
+                and x.shape == shape and x.is_contiguous() and not x.requires_grad)
+        if fine and eager:
+            fine = not x.is_neg() and (not x.is_inference() or torch.is_inference_mode_enabled())
+        if not fine:
+            _check_buffer(name, x, shape, result_dtypes(array_kind(q), dtype)[index], q, eager)
+    if not eager:
         return
-    inputs = [("q", q), *((f"kv.{field}", x) for field, x in zip(type(kv)._fields[:2], kv[:2]))]
-    for i, level in enumerate(prefixes):
-        inputs += ((f"prefixes[{i}].k", level.k), (f"prefixes[{i}].v", level.v))
-    spans = [(name, _extent(x)) for name, x in given]
-    others = [(name, _extent(x)) for name, x in inputs]
-    for index, (name, (a, b)) in enumerate(spans):
-        for other, (c, d) in others + spans[index + 1:]:
-            if a < b and c < d and a < d and c < b:
-                raise ValueError(f"{name}: expected memory apart from the inputs' and the other buffer's, got a "
-                                 f"buffer that overlaps {other}")
+    arrays = (q, cu_seqlens_q, *kv, *(x for level in prefixes for x in level))
+    buffers = [x for x in (out, lse) if x is not None]
+    taken = [_extent(x) for x in arrays if x is not None]
+    for x in buffers:  # out against the arrays, then lse against them and out
+        a, b = _extent(x)
+        if a < b and any(c < d and a < d and c < b for c, d in taken):
+            names = ("q", "cu_seqlens_q", *(f"kv.{field}" for field in type(kv)._fields),
+                     *(f"prefixes[{i}].{field}" for i in range(len(prefixes)) for field in PrefixLevel._fields))
+            other = next((n for n, y in zip(names, arrays) if y is not None and _overlaps(x, y)), "out")
+            raise ValueError(f"{'out' if x is out else 'lse'}: expected memory apart from the call's arrays and the "
+                             f"other buffer, got a buffer that overlaps {other}")
+        taken.append((a, b))
 
 
-def _check_buffer(name: str, x, shape: Tuple[int, ...], want: str, q) -> None:
+def _overlaps(x, y) -> bool:
+    """Whether the byte extents (``_extent``) of two arrays intersect."""
+    (a, b), (c, d) = _extent(x), _extent(y)
+    return a < b and c < d and a < d and c < b
+
+
+def _check_buffer(name: str, x, shape: Tuple[int, ...], want: str, q, eager: bool) -> None:
     """``check_result_buffers`` of one buffer, with the messages."""
     kind, device = array_kind(q), device_name(q)
     if array_kind(x) != kind:
         raise TypeError(f"{name}: expected a {kind} array like q, got {_describe(x)}")
+    if type(x) is not type(q):
+        raise TypeError(f"{name}: expected a {type(q).__name__} like q, got a {type(x).__name__}")
     if device_name(x) != device:
         raise ValueError(f"{name}: expected device {device} (q's), got {device_name(x)}")
     if tuple(x.shape) != shape:
         raise ValueError(f"{name}: expected shape {shape} (the result's), got {tuple(x.shape)}")
     if dtype_name(x) != want:
-        raise TypeError(f"{name}: expected dtype {want} (the result's), got {dtype_name(x)}")
-    if kind == "numpy" and not (x.flags.c_contiguous and x.flags.writeable):
-        raise ValueError(f"{name}: expected a C-contiguous, writeable array, got one with strides {x.strides} "
-                         f"{'' if x.flags.writeable else '(read-only)'}".rstrip())
-    if kind == "torch" and not x.is_contiguous():
+        numpy = "; NumPy inputs give float64 results" if kind == "numpy" else ""
+        raise TypeError(f"{name}: expected dtype {want} (the result's{numpy}), got {dtype_name(x)}")
+    if kind == "numpy":
+        if not (x.flags.c_contiguous and x.flags.writeable):
+            raise ValueError(f"{name}: expected a C-contiguous, writeable array, got one with strides {x.strides} "
+                             f"{'' if x.flags.writeable else '(read-only)'}".rstrip())
+        return
+    import torch
+
+    if not x.is_contiguous():
         raise ValueError(f"{name}: expected a contiguous tensor, got strides {tuple(x.stride())}")
-    if kind == "torch" and x.requires_grad:
+    if x.requires_grad:
         raise ValueError(f"{name}: expected a tensor that does not require grad (the call writes into it), "
                          f"got one that does")
+    if not eager:
+        return
+    if x.is_neg():
+        raise ValueError(f"{name}: expected a plain tensor, got a negative view (torch._neg_view): resolve it with "
+                         f".resolve_neg()")
+    if x.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError(f"{name}: expected a tensor writable here, got an inference tensor outside "
+                         f"torch.inference_mode()")
 
 
 def _extent(x) -> Tuple[int, int]:
@@ -494,7 +522,7 @@ def _extent(x) -> Tuple[int, int]:
         return (0, 0) if x.size == 0 else _byte_bounds(x)
     low = x.data_ptr()
     if x.is_contiguous():
-        return low, low + x.numel() * x.element_size()
+        return low, low + x.nbytes
     if x.numel() == 0:
         return low, low
     return low, low + x.element_size() * (sum(s * (n - 1) for s, n in zip(x.stride(), x.shape)) + 1)  # strides >= 0

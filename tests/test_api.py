@@ -157,18 +157,19 @@ def test_result_buffers_of_another_kind_device_shape_dtype_or_layout_are_refused
         relaycore.relay_attention(*nargs, **nkwargs, out=read_only)
     with pytest.raises(ValueError, match=r"lse: expected a C-contiguous, writeable array, got one with strides"):
         relaycore.relay_attention(*nargs, **nkwargs, lse=np.empty(want.lse.shape[::-1]).T)
-    with pytest.raises(TypeError, match=r"out: expected dtype float64 \(the result's\), got float32"):
+    with pytest.raises(TypeError, match=r"out: expected dtype float64 \(the result's; NumPy inputs give"):
         relaycore.relay_attention(*nargs, **nkwargs, out=want.out.astype(np.float32))
 
 
 def test_result_buffers_that_share_memory_with_an_input_or_each_other_are_refused():
     """An in-place call (``out=q``) would read q where the result has been written: refused,
-    as are buffers over the keys, the values, or each other; adjacent memory is not shared."""
+    as are buffers over the metadata, the keys, the values, or each other; adjacent memory is
+    not shared."""
     args, kwargs = _buffers_batch().to_torch("cpu")
     q, cu, kv, (level,) = args
     total_q, hq, d = q.shape
-    with pytest.raises(ValueError, match=r"out: expected memory apart from the inputs' and the other buffer's, got a "
-                                         r"buffer that overlaps q"):
+    with pytest.raises(ValueError, match=r"out: expected memory apart from the call's arrays and the other buffer, "
+                                         r"got a buffer that overlaps q"):
         relaycore.relay_attention(*args, **kwargs, out=q)
     with pytest.raises(ValueError, match=r"out: .*overlaps kv\.k"):
         relaycore.relay_attention(*args, **kwargs, out=kv.k.reshape(-1)[: q.numel()].view(q.shape))
@@ -179,8 +180,55 @@ def test_result_buffers_that_share_memory_with_an_input_or_each_other_are_refuse
     pool = torch.empty(total_q * hq * d // 2 + total_q * hq)
     out = pool.view(torch.float16)[: total_q * hq * d].view(q.shape)
     start = total_q * hq * d // 2
-    with pytest.raises(ValueError, match=r"out: .*overlaps lse"):
+    with pytest.raises(ValueError, match=r"lse: .*overlaps out"):
         relaycore.relay_attention(*args, **kwargs, out=out, lse=pool[start - 1 : start - 1 + total_q * hq].view(total_q, hq))
     want = relaycore.relay_attention(*args, **kwargs, backend="torch")
     got = relaycore.relay_attention(*args, **kwargs, backend="torch", out=out, lse=pool[start:].view(total_q, hq))
     assert torch.equal(got.out, want.out) and torch.equal(got.lse, want.lse)
+    # the metadata: a paged cache's block table under lse (the kernels would read page ids we overwrite)
+    (q, cu, paged, levels), paged_kwargs = make_batch([1, 1], [40, 40], num_q_heads=4, num_kv_heads=2, head_dim=16,
+                                                      block_size=4, seed=1).to_torch("cpu")
+    table = torch.zeros(q.shape[0] * q.shape[1] + paged.block_table.numel(), dtype=torch.int32)
+    table[: paged.block_table.numel()] = paged.block_table.reshape(-1)
+    paged = paged._replace(block_table=table[: paged.block_table.numel()].view(paged.block_table.shape))
+    with pytest.raises(ValueError, match=r"lse: .*overlaps kv\.block_table"):
+        relaycore.relay_attention(q, cu, paged, levels, **paged_kwargs, lse=table.view(torch.float32)[: q.shape[0] * q.shape[1]]
+                                  .view(q.shape[0], q.shape[1]))
+    memory = torch.zeros(q.numel() + cu.numel(), dtype=cu.dtype)
+    memory[: cu.numel()] = cu
+    with pytest.raises(ValueError, match=r"out: .*overlaps cu_seqlens_q"):
+        relaycore.relay_attention(q, memory[: cu.numel()], paged, levels, **paged_kwargs,
+                                  out=memory.view(q.dtype)[: q.numel()].view(q.shape))
+
+
+def test_buffers_that_cannot_be_written_as_plain_arrays_are_refused():
+    """A call to be differentiated returns new tensors (as torch's out= ops refuse autograd); a
+    negative view, an inference tensor outside inference mode and a tensor subclass are not
+    plain arrays to write into."""
+    args, kwargs = _buffers_batch().to_torch("cpu")
+    q = args[0]
+    want = relaycore.relay_attention(*args, **kwargs, backend="torch")
+    graded = (q.clone().requires_grad_(), *args[1:])
+    with pytest.raises(ValueError, match=r"out: expected no buffer for a call to be differentiated"):
+        relaycore.relay_attention(*graded, **kwargs, out=torch.empty_like(q))
+    with torch.no_grad():  # not differentiated: written
+        got = relaycore.relay_attention(*graded, **kwargs, backend="torch", out=torch.empty_like(q))
+    assert torch.equal(got.out, want.out)
+    with pytest.raises(ValueError, match=r"out: expected a plain tensor, got a negative view"):
+        relaycore.relay_attention(*args, **kwargs, out=torch._neg_view(torch.empty_like(q)))
+    with torch.inference_mode():
+        frozen = torch.empty_like(want.lse)
+        got = relaycore.relay_attention(*args, **kwargs, backend="torch", lse=frozen)  # inside the mode: written
+    assert got.lse is frozen and torch.equal(frozen, want.lse)
+    with pytest.raises(ValueError, match=r"lse: expected a tensor writable here, got an inference tensor outside"):
+        relaycore.relay_attention(*args, **kwargs, lse=frozen)
+
+    class Tagged(torch.Tensor):
+        pass
+
+    with pytest.raises(TypeError, match=r"out: expected a torch array like q, got Tagged"):
+        relaycore.relay_attention(*args, **kwargs, out=torch.empty_like(q).as_subclass(Tagged))
+    with pytest.raises(TypeError, match=r"out: expected dtype float64 \(the result's; NumPy inputs give float64 "
+                                        r"results\), got float32"):
+        nargs, nkwargs = _buffers_batch("float32").arguments()
+        relaycore.relay_attention(*nargs, **nkwargs, out=np.empty(nargs[0].shape, np.float32))

@@ -856,6 +856,17 @@ def test_the_kernels_write_into_the_buffers_given(block_size):
         with pytest.raises(TypeError, match=r"lse: expected dtype float32 \(the result's\), got float16"):
             route(lse=want.lse.half())
     q, cu, kv, prefixes = args
+    # run_planned checks the buffers itself (it is public): a layout the kernels cannot write is refused
+    strided = torch.empty(want.out.shape[1], want.out.shape[0], want.out.shape[2], dtype=q.dtype).transpose(0, 1)
+    with pytest.raises(ValueError, match="out: expected a contiguous tensor"):
+        run_planned(planned, q, kv, prefixes, out=strided)
+    # the kernels' writes count as in-place writes: a buffer autograd saved is not silently overwritten
+    weight = torch.ones(want.lse.shape, requires_grad=True)
+    saved = torch.zeros_like(want.lse)
+    product = (weight * saved).sum()  # saves ``saved`` for the backward pass
+    relaycore.relay_attention(*args, **kwargs, plan=planned, lse=saved)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        product.backward()
 
     def step(q, kv, prefixes, out, lse):
         return relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=planned, out=out, lse=lse)

@@ -9,6 +9,7 @@ import torch
 
 from relaycore.constants import LN2, LOG2E
 from relaycore.state import store
+from relaycore.validation import check_result_buffers
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
 
 from relaycore.fast.triton import hopper
@@ -28,7 +29,8 @@ def _contiguous_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel] = (), *,
-                out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None) -> AttentionState:
+                out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
+                cu_seqlens_q=None) -> AttentionState:
     """Relay attention of a planned batch.
 
     Launches only: no host synchronization, so it may be captured in a CUDA graph. Under
@@ -40,15 +42,25 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
         q: ``[total_q, Hq, D]`` fp16/bf16/fp32 on the plan's device.
         kv: the requests' own KV (``RaggedKV`` or ``PagedKV``, as planned).
         prefixes: the ``PrefixLevel`` s, as planned.
-        out, lse: buffers for the result (``validation.check_result_buffers``: contiguous, of
-            the result's shape and dtype, apart from the inputs), or ``None``: new ones. The
-            kernels write into them; under ``torch.compile`` the op's result is copied in.
+        out, lse: buffers for the result, or ``None``: new ones. Checked here
+            (``validation.check_result_buffers``: the result's shape and dtype, contiguous, apart
+            from the call's arrays, ``cu_seqlens_q`` among them where given; under
+            ``torch.compile`` where they lie is not checked). The kernels write into them; under
+            ``torch.compile`` the op's result is copied in.
+        cu_seqlens_q: the call's, for the buffers' check alone (the plan holds its values).
 
     Returns:
         ``AttentionState(out [total_q, Hq, D] in q's dtype, lse [total_q, Hq] float32)``: the
         given buffers, where given.
+
+    Raises:
+        TypeError, ValueError: a buffer that the result cannot be written into, naming it.
     """
-    if torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    if out is not None or lse is not None:
+        check_result_buffers(out, lse, q, cu_seqlens_q, kv, prefixes, num_q_heads=plan.num_q_heads,
+                             head_dim=plan.head_dim, dtype=plan.dtype, eager=not compiling)
+    if compiling:
         from relaycore.fast.triton.op import call_op
 
         return store(call_op(plan, q, kv, prefixes), out, lse)
@@ -170,6 +182,7 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     capturing = main is not None and torch.cuda.is_current_stream_capturing()
     if plan.ready is not None and not capturing:
         main.wait_event(plan.ready)  # lists copied on another stream
+    given = [x for x in (out, lse) if x is not None]
     if out is None:
         out = torch.empty((total_q, hq, d), dtype=q.dtype, device=q.device)
     if lse is None:
@@ -198,6 +211,9 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
         args = (part_out, part_lse, plan.slot_offsets, out, lse)
         _launch_bound(plan, MERGE, merge_kernel, (total_q, hq), args, _layout(args, ()),
                       lambda: (dict(NUM_Q_HEADS=hq, HEAD_DIM=d, LN2=LN2), 1, 1), q.device, None)
+    for x in given:  # written in place, counted as torch's own ops count it: autograd refuses a saved buffer
+        if not x.is_inference():  # (inference tensors keep no count)
+            torch.autograd.graph.increment_version(x)
     return AttentionState(out, lse)
 
 

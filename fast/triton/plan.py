@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
-from relaycore.validation import BatchMeta, check_prefix_levels, check_result_buffers, needs_grad, resolve_scale
+from relaycore.validation import BatchMeta, check_prefix_levels, needs_grad, resolve_scale
 
 from relaycore.fast.triton.config import Config, chunk_size, default_config, single_pass, tile_height
 from relaycore.fast.triton.kernels import FOLD_DEPTH, FOLD_STATES, ITEM_FIELDS, NUM_ITEM_FIELDS
@@ -171,7 +171,7 @@ class Plan:
         device it had when the plan was prepared (layers of a model share them), and
         ``causal`` and ``softmax_scale`` (``None`` meaning ``1/sqrt(D)``) must be the plan's;
         the defaults are ``relay_attention``'s. ``out``/``lse``: buffers for the result, as
-        ``relay_attention``'s (``validation.check_result_buffers``).
+        ``relay_attention``'s (``run_planned`` checks them).
         The metadata whose values the plan holds (``stamp_metadata``: the lengths and ids, and a
         block table given on the host) must hold the planned values: on the host (a NumPy
         array or a CPU tensor) they are compared, and so is a NumPy array's dtype (the
@@ -210,13 +210,9 @@ class Plan:
         if needs_grad(q, kv, prefixes):
             raise ValueError("plan: expected a call without gradients (the Triton kernels have no backward), got an "
                              "input that requires grad in grad mode; use backend='torch', or torch.no_grad()")
-        compiling = torch.compiler.is_compiling()
-        if self.stamps and not compiling:
+        if self.stamps and not torch.compiler.is_compiling():
             check_metadata(self.stamps, cu_seqlens_q, kv, prefixes)
-        if out is not None or lse is not None:
-            check_result_buffers(out, lse, q, kv, prefixes, num_q_heads=self.num_q_heads, head_dim=self.head_dim,
-                                 dtype=self.dtype, apart=not compiling)
-        return run_planned(self, q, kv, tuple(prefixes), out=out, lse=lse)
+        return run_planned(self, q, kv, tuple(prefixes), out=out, lse=lse, cu_seqlens_q=cu_seqlens_q)
 
 
 class Stamp(NamedTuple):
