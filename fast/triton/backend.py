@@ -11,7 +11,7 @@ from relaycore.types import AttentionState
 from relaycore.validation import BatchMeta, validate
 
 from relaycore.fast.triton.config import DTYPES, HEAD_DIMS
-from relaycore.fast.triton.launch import run_planned
+from relaycore.fast.triton.launch import run_into
 from relaycore.fast.triton.launcher import interpreting
 from relaycore.fast.triton.plan import Plan, plan, stamp_metadata, tensor_signature
 
@@ -44,8 +44,8 @@ def supports(meta: BatchMeta) -> str | None:
 
 def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta, *, out=None, lse=None) -> AttentionState:
     """Relay attention on validated inputs: plan the batch, then launch (see ``run_planned``),
-    writing into ``out``/``lse`` where given."""
-    return run_planned(plan(meta), q, kv, prefixes, out=out, lse=lse)
+    writing into ``out``/``lse`` where given (checked by the caller, as ``dispatch`` says)."""
+    return run_into(plan(meta), q, kv, prefixes, out, lse)
 
 
 def prepare(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> Plan:

@@ -56,11 +56,17 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
     Raises:
         TypeError, ValueError: a buffer that the result cannot be written into, naming it.
     """
-    compiling = torch.compiler.is_compiling()
     if out is not None or lse is not None:
         check_result_buffers(out, lse, q, cu_seqlens_q, kv, prefixes, num_q_heads=plan.num_q_heads,
-                             head_dim=plan.head_dim, dtype=plan.dtype, eager=not compiling)
-    if compiling:
+                             head_dim=plan.head_dim, dtype=plan.dtype, eager=not torch.compiler.is_compiling())
+    return run_into(plan, q, kv, prefixes, out, lse)
+
+
+def run_into(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel],
+                out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None) -> AttentionState:
+    """``run_planned`` of buffers checked already (``relay_attention`` without a plan checks
+    them before it picks a backend): the op under ``torch.compile``, else ``run_eager``."""
+    if torch.compiler.is_compiling():
         from relaycore.fast.triton.op import call_op
 
         return store(call_op(plan, q, kv, prefixes), out, lse)
