@@ -207,7 +207,10 @@ $2u_{exp} + 8u_{acc} + 2u_{acc}(A + \log N)$. With $\rho' \le 2$ that leaves
 $\tfrac32 u_{acc} + \tfrac12 u_{acc} A$ for the second-order terms: **two steps**. A merge
 therefore counts as two steps, one for the exponential and the coefficient and one for the
 incoming lse. A larger $\rho'$ puts the out bound above $(e^{4} - 1)V_d$, which it meets anyway
-(Lemma 4); the lse section needs $\rho \le 2$ too. The merge monoid's $\rho_1$ bounds (b) and
+(Lemma 4); the lse section needs $\rho \le 2$ too. The room is
+$u_{acc}(\tfrac{11}{2} + \tfrac12 A - 2\rho')$ to first order, so at $A = 0$ the argument stops
+near $\rho' = 2.75$
+(`check_merge_growth_needs_bounded_rho`). The merge monoid's $\rho_1$ bounds (b) and
 the coefficient's roundings of (c) for one coefficient (`check_merge_coefficients`);
 `check_pairwise_merge` checks the growth above in the standard model of rounding. A merge with
 an empty state is exact ($e^{0} = 1$, $e^{-\infty} = 0$) and costs nothing.
@@ -434,6 +437,14 @@ evaluated at the steps the kernel really takes. A larger $S$ only raises the bou
 `default_steps` ($S = 2N$) reaches $\rho = 2$ near $N = 2 \cdot 10^5$ keys at $A = 20$; the
 Triton kernels' counted $S$ stays far below it.
 
+Beyond $\rho = 2$ not even the accounting $E$ is proved to be a bound. It takes the final
+state to be of the Lemma-1 form with perturbation $\rho$. For one part, Lemma 2 puts no
+condition on $\rho$. For a merged state the form rests on Lemma 3, which needs its states'
+$\rho' \le 2$, and on Lemma 4, which needs $\rho \le 3$. `lse_bound` cannot tell a merged
+state from a part, so it raises `NoBound` on a row whose $\rho$ exceeds 2 (`LSE_RHO_MAX`),
+naming its $N$, $A$ and $S$.
+A caller that meets it passes the kernel's counted steps.
+
 ## Machine check
 
 `check_perturbed_weights_lemma` draws weights, values and extreme perturbations ($\pm\rho$
@@ -464,8 +475,11 @@ some empty, with scores up to $10^4$: it reaches the sharper sum of the proof (t
 order) and stays within two steps, and it checks the underflow's numbers against $\sigma_0$.
 `check_pairwise_merge` does the same for Lemma 3's growth, on two part states with maxima up to
 $\pm 10^4$ (opposite ones included), and reaches that growth.
-`check_lse_accounting` checks the lse section's inequality over its grid, and that it fails
-beyond $\rho = 2$ where the section says so. `check_fused_accumulation` checks the fused
+`check_lse_accounting` checks the lse section's inequality over its grid against the float64
+value `lse_bound` returns, checks that `lse_bound` refuses every point of the grid beyond
+$\rho = 2$, and checks that the inequality fails beyond $\rho = 2$ where the section says so.
+`check_merge_growth_needs_bounded_rho` checks Lemma 3's room at $\rho' = 2$ and where it runs
+out. `check_fused_accumulation` checks the fused
 addition's error bound of Lemma 2's accumulation model on drawn fp32 addends, with the adversarial
 one (the largest at a power of two, the others just below its last place) always tried. It
 checks the model, not the hardware. `check_one_step_per_merge_is_not_enough` exhibits two
@@ -973,10 +987,13 @@ def lse_error_bound(score_abs, num_keys, head_dim: int, prec: bounds.Precision, 
 
 
 def check_lse_accounting():
-    """"The lse": the roundings after the weights fit ``lse_bound`` for every policy, the three
-    forms, ``A`` from 0 to 1e6, ``N`` from 1 to 2^22, ``D`` up to 256, ``S`` from 1 to ``2N`` and
-    ``rho <= 2`` (the logarithm's ``u_exp`` within ``sigma_0`` on its own); and the inequality
-    fails beyond, first near ``rho = 5.6`` for fp32, where the proof says it stops."""
+    """"The lse": the roundings after the weights fit ``bounds.lse_bound`` itself (its float64
+    value) for every policy, the three forms, ``A`` from 0 to 1e6, ``N`` from 1 to 2^22, ``D`` up
+    to 256, ``S`` from 1 to ``2N`` and ``rho <= 2`` (the logarithm's ``u_exp`` within ``sigma_0``
+    on its own); ``lse_bound`` refuses every point of the grid beyond ``rho = 2`` with
+    ``NoBound``; and the inequality fails beyond, first near ``rho = 5.6`` for fp32, where the
+    proof says it stops."""
+    refused = 0
     for dtype in ("float16", "bfloat16", "float32", "float64"):
         prec = bounds.precision(dtype)
         assert prec.u_exp <= 4 * prec.u_acc  # item 1: u_exp within sigma_0 >= 4 u_acc - 2^-40
@@ -985,15 +1002,54 @@ def check_lse_accounting():
                 for head_dim in (1, 128, 256):
                     for steps in sorted({1, 2, 3, -(-num_keys // 64) + 2, num_keys, 2 * num_keys}):
                         for lse_abs in (0.0, score_abs + np.log(num_keys)):
-                            for form in ("natural", "base2", "base2_single"):
-                                e, rho = lse_error_bound(score_abs, num_keys, head_dim, prec, steps, lse_abs, form)
-                                if rho > 2:
+                            rho = float(bounds.weight_perturbation(num_keys, score_abs, head_dim, prec, steps))
+                            if rho > bounds.LSE_RHO_MAX:
+                                try:
+                                    bounds.lse_bound(lse_abs, num_keys, score_abs, head_dim, prec, steps)
+                                except bounds.NoBound:
+                                    refused += 1
                                     continue
-                                bound = rho + 3 * mpmath.mpf(prec.u_acc) * (lse_abs + 1)
-                                assert e <= bound, (dtype, score_abs, num_keys, head_dim, steps, lse_abs, form)
+                                raise AssertionError(("not refused", dtype, score_abs, num_keys, head_dim, steps))
+                            implemented = mpmath.mpf(float(bounds.lse_bound(lse_abs, num_keys, score_abs, head_dim,
+                                                                            prec, steps)))
+                            closed = mpmath.mpf(rho) + 3 * mpmath.mpf(prec.u_acc) * (mpmath.mpf(lse_abs) + 1)
+                            assert abs(implemented - closed) <= closed * 2.0**-50  # the closed form, in float64
+                            for form in ("natural", "base2", "base2_single"):
+                                e, _ = lse_error_bound(score_abs, num_keys, head_dim, prec, steps, lse_abs, form)
+                                assert e <= min(closed, implemented), (dtype, score_abs, num_keys, head_dim, steps, lse_abs, form)
+    assert refused > 0  # the grid does reach past rho = 2
     prec = bounds.precision("float32")
     e, rho = lse_error_bound(0.0, 2**20, 128, prec, 2**21, 0.0, "base2_single")
     assert 5 < rho < 6 and e > rho + 3 * mpmath.mpf(prec.u_acc)
+
+
+def merge_growth(score_abs, num_keys, rho_in, prec: bounds.Precision):
+    """Lemma 3's bound on a pairwise merge's growth, its states' perturbations within ``rho_in``
+    and their exact lses at the edge ``A + log N``: ``2 u_exp + 5/2 u_acc + u_acc / 2 (log B_a
+    + 2 |l_a| + |l_b|)`` with ``log B_a <= log N + rho_in`` and each computed lse within
+    ``rho_in + 3 u_acc (A + log N + 1)`` of its exact one (the states' lse bound)."""
+    u_acc, u_exp = mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
+    a, log_n, rho_in = mpmath.mpf(score_abs), mpmath.log(num_keys), mpmath.mpf(rho_in)
+    lse = a + log_n + rho_in + 3 * u_acc * (a + log_n + 1)
+    return 2 * u_exp + 5 * u_acc / 2 + u_acc / 2 * (log_n + rho_in + 3 * lse)
+
+
+def check_merge_growth_needs_bounded_rho():
+    """Lemma 3's "two steps" holds, to first order, while the merged states' ``rho <= 2`` (the
+    lse section's bound on their lses included), with at least ``u_acc (3/2 + A/2)`` (less a
+    relative 2^-16) left for second-order terms; at ``A = 0`` it stops near ``rho = 2.75``.
+    Beyond it the merge lemma, and with it the lse accounting on a merged state, is not proved:
+    that is why ``lse_bound`` refuses ``rho > 2``."""
+    prec = bounds.precision("float32")
+    u_acc = mpmath.mpf(prec.u_acc)
+    for score_abs in (0.0, 1.0, 20.0, 1e3, 1e4, 1e6):
+        for num_keys in (2, 3, 16, 4096, 2**16, 2**20, 2**22):
+            two_steps = 2 * one_step(score_abs, num_keys, prec)
+            room = two_steps - merge_growth(score_abs, num_keys, 2, prec)
+            assert room >= u_acc * (mpmath.mpf(3) / 2 + mpmath.mpf(score_abs) / 2) * (1 - mpmath.mpf(2) ** -16), \
+                (score_abs, num_keys, room / u_acc)
+    two_steps = 2 * one_step(0.0, 2**20, prec)
+    assert merge_growth(0.0, 2**20, 2.7, prec) < two_steps < merge_growth(0.0, 2**20, 2.8, prec)
 
 
 def fused_sum(addends, guard: int):

@@ -26,13 +26,14 @@ For one query row that sees ``N >= 1`` keys, with ``A = max_j scale * sum_d |q_d
 and ``gamma(n, u) = n u / (1 - n u)``. From that (``proofs/error_bound.py``)::
 
     |out_d - ref_d| <= ((exp(2 rho) - 1) + 2 eps) / (1 - eps) * V_d (1 + u_o) + u_o |ref_d| + 2 tau
-    |lse - ref|     <= rho + 3 u_acc (|ref| + 1)
+    |lse - ref|     <= rho + 3 u_acc (|ref| + 1)            # proved for rho <= 2 only
 
 with ``eps = N tau exp(rho)``, ``tau`` the absolute rounding of a weight near underflow (in the
 numerator's rounded weights and in the normaliser's fp32 ones), and ``u_o = (1 + u_out)(1 +
 u_acc) - 1``; the last ``2 tau`` covers an output that underflows (fp32 division, then the
 rounding to the input dtype, e.g. an fp16 subnormal). ``steps`` counts, per key, its own exponential, each rescale that holds it and two
-per merge. A row that sees no key must give out 0 and lse -inf exactly: its bound is 0.
+per merge. A row that sees no key must give out 0 and lse -inf exactly: its bound is 0. The lse
+bound is proved for ``rho <= 2`` only; ``lse_bound`` raises ``NoBound`` on a row beyond it.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def precision(dtype: str) -> Precision:
 
 class NoBound(ValueError):
     """The bound does not exist for these sizes: ``n u >= 1`` in a ``gamma``, or
-    ``N tau exp(rho) >= 1`` (scores far too large for the precision)."""
+    ``N tau exp(rho) >= 1`` (scores far too large for the precision), or, for the lse only,
+    ``rho > LSE_RHO_MAX`` (no lse bound is proved there)."""
 
 
 def gamma(n, u: float):
@@ -210,10 +212,44 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
     return np.where(n > 0, bound, 0.0)
 
 
+#: The largest ``rho`` for which the lse bound is proved (``proofs/error_bound.py``, "The lse":
+#: Lemma 3's merge and the lse's accounting hold only up to it).
+LSE_RHO_MAX = 2.0
+
+
 def lse_bound(ref_lse, num_keys, score_abs, head_dim: int, prec: Precision, steps=None):
-    """Bound on ``|lse - ref_lse|`` per row (natural log); 0 on rows that see no key."""
+    """Bound on ``|lse - ref_lse|`` per row (natural log): ``rho + 3 u_acc (|ref_lse| + 1)``.
+
+    Args:
+        ref_lse: ``[...]`` the exact lse (float64 oracle).
+        num_keys, score_abs: ``[...]`` per row, see ``weight_perturbation``.
+        head_dim: ``D``.
+        prec: the precision policy.
+        steps: see ``weight_perturbation``.
+
+    Returns:
+        float64 ``[...]``; exactly 0 on rows that see no key.
+
+    Raises:
+        NoBound: a row's ``rho`` exceeds ``LSE_RHO_MAX`` = 2, where no lse bound is proved (at
+            ``default_steps`` that is from about 2e5 keys with ``|q . k|`` up to 20; a kernel's
+            counted ``steps`` keep ``rho`` far lower), or see ``weight_perturbation``.
+    """
     rho = weight_perturbation(num_keys, score_abs, head_dim, prec, steps)
     ref = np.asarray(ref_lse, dtype=np.float64)
     n = np.asarray(num_keys)
+    over = rho > LSE_RHO_MAX
+    if np.any(over):
+        i = int(np.argmax(over))  # the first such row, in the rows' (broadcast) order
+        n64 = np.asarray(num_keys, dtype=np.float64)
+        counted = np.broadcast_to(default_steps(n64) if steps is None else _steps(steps, n64), rho.shape)
+        n64 = np.broadcast_to(n64, rho.shape)
+        raise NoBound(
+            f"num_keys, steps: expected rho <= {LSE_RHO_MAX:g} for the lse bound (it is proved only there), got "
+            f"rho = {float(rho.flat[i]):.4g} on a row of num_keys = {float(n64.flat[i]):g}, score_abs = "
+            f"{float(np.broadcast_to(np.asarray(score_abs, dtype=np.float64), rho.shape).flat[i]):g}, steps = "
+            f"{float(counted.flat[i]):g}{' (default_steps)' if steps is None else ''}; "
+            f"pass the kernel's counted steps (steps=), which keep rho far lower"
+        )
     finite_ref = np.where(n > 0, np.abs(ref), 0.0)
     return np.where(n > 0, rho + 3 * prec.u_acc * (finite_ref + 1), 0.0)

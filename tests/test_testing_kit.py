@@ -179,6 +179,12 @@ def test_a_batch_without_a_bound_is_refused_with_a_reason():
     batch = make_batch([64], [400], [[800]], [[0]], head_dim=64, dtype="float16", score_magnitude=1e4)
     with pytest.raises(ValueError, match="batch: expected scores small enough for the float16 error bound to exist"):
         check(batch.oracle().state, batch)
+    # an out bound, but rho past 2 at any blocking (default steps): the lse bound is not proved there
+    batch = make_batch([1], [5000], head_dim=16, dtype="bfloat16", score_magnitude=2000)
+    with pytest.raises(ValueError, match=r"batch: expected scores small enough .* got rho = .* \(default_steps\); "
+                                         r"pass the kernel's counted steps"):
+        bounds_for(batch)
+    assert np.all(np.isfinite(bounds_for(batch, steps=3).lse))
 
 
 def test_wrong_shapes_fail_with_a_sentence():

@@ -48,7 +48,8 @@ def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None) -> Tole
 
     Raises:
         ValueError: the bound does not exist for this batch (scores far too large for the
-            precision: ``relaycore.bounds.out_bound`` needs ``N tau exp(rho) < 1``), or
+            precision: ``relaycore.bounds.out_bound`` needs ``N tau exp(rho) < 1``, and the
+            lse bound is proved for ``rho <= 2``: ``relaycore.bounds.lse_bound``), or
             ``steps`` that is not a count per row (``relaycore.bounds.weight_perturbation``).
         TypeError: ``batch`` is not a ``Batch``.
     """
@@ -59,12 +60,13 @@ def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None) -> Tole
     stats, ref = oracle.stats, oracle.state
     try:
         out = bounds.out_bound(ref.out, stats.value_abs, stats.num_keys, stats.score_abs, batch.head_dim, prec, steps)
+        lse = bounds.lse_bound(ref.lse, stats.num_keys, stats.score_abs, batch.head_dim, prec, steps)
     except bounds.NoBound as exc:
         raise ValueError(
             f"batch: expected scores small enough for the {prec.dtype} error bound to exist, got a batch where "
             f"it does not ({exc}); draw a smaller score magnitude or pass the implementation's steps"
         ) from exc
-    return Tolerance(out, bounds.lse_bound(ref.lse, stats.num_keys, stats.score_abs, batch.head_dim, prec, steps))
+    return Tolerance(out, lse)
 
 
 @dataclass(frozen=True)
