@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from relaycore import state
+from relaycore.buffers import store
 from relaycore.types import AttentionState, PagedKV
 from relaycore.validation import BatchMeta, to_host_ints
 
@@ -34,7 +35,7 @@ def supports(meta: BatchMeta) -> str | None:
 
 def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta, *, out=None, lse=None) -> AttentionState:
     """Relay attention on validated torch inputs (see ``relaycore.relay_attention``), written
-    into ``out``/``lse`` where given (``relaycore.state.store``).
+    into ``out``/``lse`` where given (``relaycore.buffers.store``).
 
     Returns:
         ``out [total_q, Hq, D]`` in q's dtype, ``lse [total_q, Hq]`` float32 (float64 for
@@ -44,7 +45,7 @@ def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta, *, out=None, lse=None) -
     total = _own_part(q, kv, meta, acc)
     for level, lens, ids in zip(prefixes, meta.prefix_lens, meta.prefix_ids):
         total = state.merge(_prefix_part(q, level, lens, ids, meta, acc), total)
-    return state.store(AttentionState(total.out.to(q.dtype), total.lse), out, lse)
+    return store(AttentionState(total.out.to(q.dtype), total.lse), out, lse)
 
 
 def attend(q, k, v, scale: float, mask=None) -> AttentionState:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from relaycore.state import store
+from relaycore.buffers import store
 from relaycore.types import AttentionState
 from relaycore.validation import BatchMeta
 from relaycore.reference.problem import from_validated
@@ -24,7 +24,7 @@ def supports(meta: BatchMeta) -> Optional[str]:
 
 def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta, *, out=None, lse=None) -> AttentionState:
     """Relay attention in float64 on validated inputs (see ``relaycore.relay_attention``),
-    written into ``out``/``lse`` where given (``relaycore.state.store``).
+    written into ``out``/``lse`` where given (``relaycore.buffers.store``).
 
     Returns:
         NumPy inputs: ``out`` float64 ``[total_q, Hq, D]``, ``lse`` float64 ``[total_q, Hq]``.

@@ -8,7 +8,8 @@ import numpy as np
 
 from relaycore import dispatch, state
 from relaycore.types import AttentionState, PrefixLevel, RequestKV
-from relaycore.validation import array_kind, check_result_buffers, dtype_name, validate
+from relaycore.buffers import check_result_buffers
+from relaycore.validation import array_kind, dtype_name, validate
 
 
 def relay_attention(

@@ -6,7 +6,7 @@ A backend is a module with two functions:
     ``None`` if it can run the batch, else the reason it cannot.
 ``run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta, *, out=None, lse=None) -> AttentionState``
     the computation, on inputs that ``relaycore.validation.validate`` accepted, written into
-    the buffers ``out``/``lse`` where given (``validation.check_result_buffers`` accepted them).
+    the buffers ``out``/``lse`` where given (``buffers.check_result_buffers`` accepted them).
 
 A backend the user names is used or refused with its reason, never swapped for another.
 """

@@ -186,22 +186,3 @@ def _merge_torch(a: AttentionState, b: AttentionState) -> AttentionState:
     out = (wa / total_safe).unsqueeze(-1) * a.out.to(acc) + (wb / total_safe).unsqueeze(-1) * b.out.to(acc)
     return AttentionState(out.to(a.out.dtype), lse.to(a.lse.dtype))
 
-
-def store(s: AttentionState, out=None, lse=None) -> AttentionState:
-    """``s`` written into the buffers a caller gave (``relay_attention(..., out=, lse=)``, checked
-    by ``validation.check_result_buffers``): NumPy arrays by assignment, torch tensors by
-    ``copy_``; ``None`` keeps ``s``'s own array.
-
-    Returns:
-        ``AttentionState(out, lse)``: the given buffers, where given, holding ``s``'s values.
-    """
-    pair = []
-    for buffer, x in ((out, s.out), (lse, s.lse)):
-        if buffer is None:
-            pair.append(x)
-        elif isinstance(buffer, np.ndarray):
-            buffer[...] = x
-            pair.append(buffer)
-        else:
-            pair.append(buffer.copy_(x))
-    return AttentionState(*pair)

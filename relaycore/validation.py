@@ -14,6 +14,7 @@ Metadata on the host
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple
@@ -25,8 +26,6 @@ from relaycore.types import PagedKV, PrefixLevel, RaggedKV
 
 INT_DTYPES = ("int32", "int64")
 
-#: A NumPy array's ``(first byte, last byte + 1)`` (``np.byte_bounds`` before NumPy 2).
-_byte_bounds = getattr(getattr(np.lib, "array_utils", np), "byte_bounds")
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ def to_host_ints(x: Any) -> np.ndarray:
     return x.detach().to("cpu").numpy().astype(np.int64, copy=False)
 
 
-def _describe(x: Any) -> str:
+def describe(x: Any) -> str:
     kind = array_kind(x)
     if kind is None:
         return f"{type(x).__name__}"
@@ -154,7 +153,7 @@ class _Checker:
     def array(self, name: str, x: Any, *, rank: int, dtypes: Sequence[str]) -> None:
         kind = array_kind(x)
         if kind is None:
-            raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {_describe(x)}")
+            raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {describe(x)}")
         if self.kind is None:
             self.kind, self.device, self.first = kind, device_name(x), name
         elif kind != self.kind:
@@ -168,7 +167,7 @@ class _Checker:
         the host (a NumPy array or a CPU tensor: ``on_host``)."""
         kind = array_kind(x)
         if kind is None:
-            raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {_describe(x)}")
+            raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {describe(x)}")
         host = self.kind == "torch" and (kind == "numpy" or device_name(x) == "cpu")
         if not host and kind != self.kind:
             raise TypeError(f"{name}: expected a {self.kind} array like {self.first}, got a {kind} array")
@@ -414,118 +413,20 @@ def check_prefix_levels(prefixes) -> None:
             raise TypeError(f"prefixes[{i}]: expected relaycore.PrefixLevel, got {type(level).__name__}")
 
 
-def result_dtypes(kind: str, dtype: str) -> Tuple[str, str]:
-    """The dtypes of a call's ``(out, lse)``: float64 for NumPy inputs (the reference computes
-    in float64); for torch, ``out`` in q's ``dtype`` and ``lse`` float32 (float64 for float64 q)."""
-    if kind == "numpy":
-        return "float64", "float64"
-    return dtype, "float64" if dtype == "float64" else "float32"
+def call_arrays(q, cu_seqlens_q, kv, prefixes) -> Tuple[Any, ...]:
+    """Every array of a call, in one order (``call_array_names``): q, ``cu_seqlens_q``, the
+    fields of ``kv``, then those of each prefix level."""
+    return (q, cu_seqlens_q, *kv, *(x for level in prefixes for x in level))
 
 
-def check_result_buffers(out, lse, q, cu_seqlens_q, kv, prefixes, *, num_q_heads: int, head_dim: int, dtype: str,
-                         eager: bool = True) -> None:
-    """Refuse ``out``/``lse`` buffers (``relay_attention(..., out=, lse=)``; ``None``: none given)
-    that a call cannot write its result into: each must be an array of q's kind on q's device,
-    of the result's shape (``out [total_q, Hq, D]``, ``lse [total_q, Hq]``) and dtype
-    (``result_dtypes``), contiguous (NumPy: C-contiguous and writeable), a tensor that does not
-    require grad, and, with ``eager``, is not a negative view, is writeable here (no inference
-    tensor outside ``torch.inference_mode``) and lies in memory apart from every array of the
-    call (q, the metadata, the keys and values) and from the other buffer. ``torch.compile``
-    traces none of these last checks (``run_planned`` passes ``eager=False`` there), and needs
-    none but the last: there the result is copied in with ``copy_``.
-
-    Raises:
-        TypeError: naming the buffer: another kind of array, or another dtype.
-        ValueError: naming the buffer: another device or shape, or a tensor that cannot be
-            written in place as a plain array (above), or memory shared with an argument or the
-            other buffer (naming it).
-    """
-    total_q = int(q.shape[0])
-    shapes = ((total_q, num_q_heads, head_dim), (total_q, num_q_heads))
-    if isinstance(q, np.ndarray):
-        fast = (None, None)
-    else:  # torch: the common case in one expression (a call's host time), the messages below
-        import torch
-
-        fast = (q.dtype, torch.float64 if q.dtype == torch.float64 else torch.float32)
-    for name, x, shape, want, index in (("out", out, shapes[0], fast[0], 0), ("lse", lse, shapes[1], fast[1], 1)):
-        if x is None:
-            continue
-        fine = (want is not None and type(x) is torch.Tensor and x.dtype == want and x.device == q.device
-                and x.shape == shape and x.is_contiguous() and not x.requires_grad)
-        if fine and eager:
-            fine = not x.is_neg() and (not x.is_inference() or torch.is_inference_mode_enabled())
-        if not fine:
-            _check_buffer(name, x, shape, result_dtypes(array_kind(q), dtype)[index], q, eager)
-    if not eager:
-        return
-    arrays = (q, cu_seqlens_q, *kv, *(x for level in prefixes for x in level))
-    buffers = [x for x in (out, lse) if x is not None]
-    taken = [_extent(x) for x in arrays if x is not None]
-    for x in buffers:  # out against the arrays, then lse against them and out
-        a, b = _extent(x)
-        if a < b and any(c < d and a < d and c < b for c, d in taken):
-            names = ("q", "cu_seqlens_q", *(f"kv.{field}" for field in type(kv)._fields),
-                     *(f"prefixes[{i}].{field}" for i in range(len(prefixes)) for field in PrefixLevel._fields))
-            other = next((n for n, y in zip(names, arrays) if y is not None and _overlaps(x, y)), "out")
-            raise ValueError(f"{'out' if x is out else 'lse'}: expected memory apart from the call's arrays and the "
-                             f"other buffer, got a buffer that overlaps {other}")
-        taken.append((a, b))
-
-
-def _overlaps(x, y) -> bool:
-    """Whether the byte extents (``_extent``) of two arrays intersect."""
-    (a, b), (c, d) = _extent(x), _extent(y)
-    return a < b and c < d and a < d and c < b
-
-
-def _check_buffer(name: str, x, shape: Tuple[int, ...], want: str, q, eager: bool) -> None:
-    """``check_result_buffers`` of one buffer, with the messages."""
-    kind, device = array_kind(q), device_name(q)
-    if array_kind(x) != kind:
-        raise TypeError(f"{name}: expected a {kind} array like q, got {_describe(x)}")
-    if type(x) is not type(q):
-        raise TypeError(f"{name}: expected a {type(q).__name__} like q, got a {type(x).__name__}")
-    if device_name(x) != device:
-        raise ValueError(f"{name}: expected device {device} (q's), got {device_name(x)}")
-    if tuple(x.shape) != shape:
-        raise ValueError(f"{name}: expected shape {shape} (the result's), got {tuple(x.shape)}")
-    if dtype_name(x) != want:
-        numpy = "; NumPy inputs give float64 results" if kind == "numpy" else ""
-        raise TypeError(f"{name}: expected dtype {want} (the result's{numpy}), got {dtype_name(x)}")
-    if kind == "numpy":
-        if not (x.flags.c_contiguous and x.flags.writeable):
-            raise ValueError(f"{name}: expected a C-contiguous, writeable array, got one with strides {x.strides} "
-                             f"{'' if x.flags.writeable else '(read-only)'}".rstrip())
-        return
-    import torch
-
-    if not x.is_contiguous():
-        raise ValueError(f"{name}: expected a contiguous tensor, got strides {tuple(x.stride())}")
-    if x.requires_grad:
-        raise ValueError(f"{name}: expected a tensor that does not require grad (the call writes into it), "
-                         f"got one that does")
-    if not eager:
-        return
-    if x.is_neg():
-        raise ValueError(f"{name}: expected a plain tensor, got a negative view (torch._neg_view): resolve it with "
-                         f".resolve_neg()")
-    if x.is_inference() and not torch.is_inference_mode_enabled():
-        raise ValueError(f"{name}: expected a tensor writable here, got an inference tensor outside "
-                         f"torch.inference_mode()")
-
-
-def _extent(x) -> Tuple[int, int]:
-    """The bytes ``[first, last + 1)`` a NumPy array or torch tensor spans (empty if it has no
-    elements; for a strided array, a bound: arrays that interleave are reported as overlapping)."""
-    if isinstance(x, np.ndarray):
-        return (0, 0) if x.size == 0 else _byte_bounds(x)
-    low = x.data_ptr()
-    if x.is_contiguous():
-        return low, low + x.nbytes
-    if x.numel() == 0:
-        return low, low
-    return low, low + x.element_size() * (sum(s * (n - 1) for s, n in zip(x.stride(), x.shape)) + 1)  # strides >= 0
+@functools.lru_cache(maxsize=None)
+def call_array_names(kv_fields: Tuple[str, ...], num_levels: int) -> Tuple[str, ...]:
+    """The names of ``call_arrays`` as ``relay_attention`` names them (``kv_fields``: the KV
+    type's ``_fields``)."""
+    names = ["q", "cu_seqlens_q", *(f"kv.{field}" for field in kv_fields)]
+    for i in range(num_levels):
+        names += (f"prefixes[{i}].{field}" for field in PrefixLevel._fields)
+    return tuple(names)
 
 
 def needs_grad(q, kv, prefixes) -> bool:

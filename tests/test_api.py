@@ -228,6 +228,8 @@ def test_buffers_that_cannot_be_written_as_plain_arrays_are_refused():
 
     with pytest.raises(TypeError, match=r"out: expected a torch array like q, got Tagged"):
         relaycore.relay_attention(*args, **kwargs, out=torch.empty_like(q).as_subclass(Tagged))
+    with pytest.raises(TypeError, match=r"out: expected a torch\.Tensor, got a Parameter"):
+        relaycore.relay_attention(*args, **kwargs, out=torch.nn.Parameter(torch.empty_like(q), requires_grad=False))
     with pytest.raises(TypeError, match=r"out: expected dtype float64 \(the result's; NumPy inputs give float64 "
                                         r"results\), got float32"):
         nargs, nkwargs = _buffers_batch("float32").arguments()

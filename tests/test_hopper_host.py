@@ -82,11 +82,15 @@ def test_a_level_the_tile_cannot_read_in_place_is_copied_before_the_launches_for
     else:
         assert k is apart.k and v is apart.v
     assert sources.q is q and sources.own[0] is kv.k_cache and sources.own[1] is kv.v_cache
-    # a launch that does not read level 0 passes ``out`` in its place, or, where the tile runs
+    # a launch that does not read level 0 passes ``out`` in its place, or, where it runs the tile
     # and a caller's ``out`` has no tensor descriptor (not 16-byte aligned), a tensor like it
     assert sources.stand_in is out
     shifted = torch.empty(out.numel() + 1, dtype=out.dtype)[1:].view(out.shape)
-    stand_in = launch._sources(planned, q, kv, [apart], shifted, interpret=False).stand_in
+    assert launch._sources(planned, q, kv, [apart], shifted, interpret=False).stand_in is shifted  # all read it
+    alone = level._replace(prefix_ids=torch.full_like(level.prefix_ids, -1))
+    unshared = prepare(q, cu, kv, [alone], **kwargs)
+    assert any(x.single_pass and not x.reads_prefix for x in unshared.launches)
+    stand_in = launch._sources(unshared, q, kv, [alone], shifted, interpret=False).stand_in
     assert (stand_in is not shifted) == tile
     assert stand_in.shape == out.shape and stand_in.dtype == out.dtype and hopper.readable(stand_in) == tile
 

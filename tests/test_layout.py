@@ -8,7 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The contract modules reference/ and fast/ may import (besides their own package).
-NEUTRAL = {"relaycore", "relaycore.types", "relaycore.state", "relaycore.constants", "relaycore.validation"}
+NEUTRAL = {"relaycore", "relaycore.types", "relaycore.state", "relaycore.constants", "relaycore.validation",
+           "relaycore.buffers"}
 
 
 def _imports(path: Path):

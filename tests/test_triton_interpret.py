@@ -860,6 +860,8 @@ def test_the_kernels_write_into_the_buffers_given(block_size):
     strided = torch.empty(want.out.shape[1], want.out.shape[0], want.out.shape[2], dtype=q.dtype).transpose(0, 1)
     with pytest.raises(ValueError, match="out: expected a contiguous tensor"):
         run_planned(planned, q, kv, prefixes, out=strided)
+    out, lse = poisoned()  # metadata that is not an array has no memory to share
+    assert _same(run_planned(planned, q, kv, prefixes, out=out, lse=lse, cu_seqlens_q=cu.tolist()), want)
     # the kernels' writes count as in-place writes: a buffer autograd saved is not silently overwritten
     weight = torch.ones(want.lse.shape, requires_grad=True)
     saved = torch.zeros_like(want.lse)

@@ -50,12 +50,12 @@ import numpy as np
 import torch
 
 from relaycore.types import AttentionState, PagedKV
-from relaycore.validation import BatchMeta
+from relaycore.validation import BatchMeta, call_arrays
 
 from relaycore.fast.triton.backend import validate_for_triton
 from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
-from relaycore.fast.triton.plan import (Launch, Plan, Work, call_tensors, check_signature, fold_height, int32_list,
+from relaycore.fast.triton.plan import (Launch, Plan, Work, check_signature, fold_height, int32_list,
                                         list_starts, plan_work, stamp_metadata, staged, tensor_signature, uploaded)
 
 class Bounds(NamedTuple):
@@ -247,7 +247,7 @@ class GraphPlan:
         """
         meta = validate_for_triton(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
         prefixes = tuple(prefixes)
-        self._refill(meta, call_tensors(q, cu_seqlens_q, kv, prefixes),
+        self._refill(meta, call_arrays(q, cu_seqlens_q, kv, prefixes),
                      stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=meta.host_block_table is not None))
 
     def _refill(self, meta: BatchMeta, tensors, stamps) -> None:
@@ -348,6 +348,6 @@ def prepare_graph(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, soft
     config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
     signature = tensor_signature(q, cu_seqlens_q, kv, prefixes)
     graph = GraphPlan(meta, Bounds.of(meta, kv, prefixes), config, signature, torch.device(meta.device))
-    graph._refill(meta, call_tensors(q, cu_seqlens_q, kv, prefixes),
+    graph._refill(meta, call_arrays(q, cu_seqlens_q, kv, prefixes),
                   stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=meta.host_block_table is not None))
     return graph

@@ -8,8 +8,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import torch
 
 from relaycore.constants import LN2, LOG2E
-from relaycore.state import store
-from relaycore.validation import check_result_buffers
+from relaycore.buffers import check_result_buffers, store
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
 
 from relaycore.fast.triton import hopper
@@ -33,7 +32,8 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
                 cu_seqlens_q=None) -> AttentionState:
     """Relay attention of a planned batch.
 
-    Launches only: no host synchronization, so it may be captured in a CUDA graph. Under
+    The launches, and the check of ``out``/``lse`` where given: no host synchronization, so it
+    may be captured in a CUDA graph. Under
     ``torch.compile`` it is the single op ``relaycore::relay_attention_planned``
     (``relaycore.fast.triton.op``), which the compiler traces with its shapes and calls as is.
 
@@ -43,7 +43,7 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
         kv: the requests' own KV (``RaggedKV`` or ``PagedKV``, as planned).
         prefixes: the ``PrefixLevel`` s, as planned.
         out, lse: buffers for the result, or ``None``: new ones. Checked here
-            (``validation.check_result_buffers``: the result's shape and dtype, contiguous, apart
+            (``buffers.check_result_buffers``: the result's shape and dtype, contiguous, apart
             from the call's arrays, ``cu_seqlens_q`` among them where given; under
             ``torch.compile`` where they lie is not checked). The kernels write into them; under
             ``torch.compile`` the op's result is copied in.
@@ -124,10 +124,11 @@ class _Sources(NamedTuple):
             one); ``None`` for ragged KV.
         tiles: whether each of the plan's launches runs ``hopper.single_pass_tile`` (else
             ``partial_kernel``).
-        stand_in: what a launch passes for a level 0 it does not read: the call's ``out``
-            (contiguous, in q's dtype), or a tensor like it where the Gluon tile runs and
-            ``out`` (a caller's buffer) is not ``hopper.readable``: the tile compiles against
-            a tensor descriptor of it.
+        stand_in: what a launch passes for a level 0 it does not read (a level of no rows,
+            or a launch of requests without a prefix): the call's ``out`` (contiguous, in q's
+            dtype), or a tensor like it where such a launch runs the Gluon tile, which compiles
+            against a tensor descriptor of it, and ``out`` (a caller's buffer) is not
+            ``hopper.readable``.
     """
 
     q: torch.Tensor
@@ -162,7 +163,9 @@ def _sources(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pref
         levels[0] = tuple(x.clone(memory_format=torch.contiguous_format) for x in levels[0])  # a fresh, packed copy
     if any(tiles) and table is not None and table.dtype != torch.int32:
         table = table.to(torch.int32)
-    stand_in = out if not any(tiles) or hopper.readable(out) else torch.empty_like(out)
+    stands_in = any(tile and not (item_list.reads_prefix and levels[0][0].shape[0])
+                    for tile, item_list in zip(tiles, plan.launches))  # a tile that reads no level 0
+    stand_in = torch.empty_like(out) if stands_in and not hopper.readable(out) else out
     return _Sources(q, tuple(levels), own, table, tiles, stand_in)
 
 
@@ -300,7 +303,7 @@ def _launch_partial(plan: Plan, index: int, sources: _Sources, part_out: torch.T
     q = sources.q
     if item_list.reads_prefix and sources.levels[0][0].shape[0]:  # what its items read first: level 0
         pre_k, pre_v = sources.levels[0]
-    else:  # not read: a level of no rows, or a strided q, has no tensor descriptor (``_Sources.stand_in``)
+    else:  # not read, but the Gluon tile compiles against a descriptor of it: ``_Sources.stand_in``
         pre_k, pre_v = sources.stand_in, sources.stand_in
     if item_list.level >= 0:
         (k, v), paged, causal, table = sources.levels[item_list.level], False, False, item_list.items

@@ -2,7 +2,8 @@
 
 A plan depends only on the lengths and ids of a batch (``relaycore.validation.BatchMeta``),
 not on any value of q or KV, so a serving engine plans once per step and runs every layer
-with it: ``run_planned`` does no host synchronization and no host-side work beyond launches.
+with it: ``run_planned`` does no host synchronization and no planning (its host work is the
+launches and, where the caller gives result buffers, their check).
 
 The scratch layout
     Every query token owns a run of *slots*, one per chunk of each KV segment it sees, in a
@@ -45,7 +46,8 @@ import numpy as np
 import torch
 
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
-from relaycore.validation import BatchMeta, check_prefix_levels, needs_grad, resolve_scale
+from relaycore.validation import (BatchMeta, call_array_names, call_arrays, check_prefix_levels, needs_grad,
+                                  resolve_scale)
 
 from relaycore.fast.triton.config import Config, chunk_size, default_config, single_pass, tile_height
 from relaycore.fast.triton.kernels import FOLD_DEPTH, FOLD_STATES, ITEM_FIELDS, NUM_ITEM_FIELDS
@@ -206,7 +208,7 @@ class Plan:
         if len(prefixes) != self.num_levels:
             raise ValueError(f"prefixes: expected {self.num_levels} levels (the plan's), got {len(prefixes)}")
         if self.signature:
-            check_signature(self.signature, call_tensors(q, cu_seqlens_q, kv, prefixes), "the plan's")
+            check_signature(self.signature, call_arrays(q, cu_seqlens_q, kv, prefixes), "the plan's")
         if needs_grad(q, kv, prefixes):
             raise ValueError("plan: expected a call without gradients (the Triton kernels have no backward), got an "
                              "input that requires grad in grad mode; use backend='torch', or torch.no_grad()")
@@ -311,7 +313,7 @@ def _same_values(got: np.ndarray, want: np.ndarray) -> bool:
 
 
 def check_signature(planned, tensors: Sequence[Any], whose: str) -> None:
-    """Refuse a call whose tensors (``call_tensors``) differ from the ``planned``
+    """Refuse a call whose tensors (``validation.call_arrays``) differ from the ``planned``
     ``tensor_signature``.
 
     Raises:
@@ -333,27 +335,13 @@ def _described(shape, dtype, device) -> str:
     return f"shape {tuple(shape)}, dtype {str(dtype).replace('torch.', '')} on {device}"
 
 
-def call_tensors(q, cu_seqlens_q, kv, prefixes) -> Tuple[Any, ...]:
-    """Every tensor of a call, in the order of ``tensor_signature``: q, ``cu_seqlens_q``, the
-    fields of ``kv``, then those of each prefix level."""
-    return (q, cu_seqlens_q, *kv, *(x for level in prefixes for x in level))
-
-
 def tensor_signature(q, cu_seqlens_q, kv, prefixes) -> Tuple[Tuple[str, tuple, Any, Any], ...]:
-    """``(name, shape, dtype, device)`` of every tensor of a call (``call_tensors``; torch's
+    """``(name, shape, dtype, device)`` of every tensor of a call (``validation.call_arrays``; torch's
     objects: comparing them costs a call less than comparing their names); a NumPy array gets
     its shape, ``"ndarray"`` and ``"numpy"`` (``torch.compile`` cannot read its dtype), anything
     else the shape ``()``, its type's name and ``""``."""
-    names = _signature_names(type(kv)._fields, len(prefixes))
-    return tuple((name, *_entry(x)) for name, x in zip(names, call_tensors(q, cu_seqlens_q, kv, prefixes)))
-
-
-@functools.lru_cache(maxsize=None)
-def _signature_names(kv_fields: Tuple[str, ...], num_levels: int) -> Tuple[str, ...]:
-    names = ["q", "cu_seqlens_q", *(f"kv.{field}" for field in kv_fields)]
-    for i in range(num_levels):
-        names += (f"prefixes[{i}].{field}" for field in PrefixLevel._fields)
-    return tuple(names)
+    names = call_array_names(type(kv)._fields, len(prefixes))
+    return tuple((name, *_entry(x)) for name, x in zip(names, call_arrays(q, cu_seqlens_q, kv, prefixes)))
 
 
 def _entry(x) -> Tuple[Any, Any, Any]:
