@@ -222,6 +222,30 @@ def test_gate_passes_the_torch_backend_and_catches_wrong_outputs(point):
     assert not check(oracle, got.out, (oracle.lse + 2 * oracle.lse_bound).float()).passed
 
 
+def test_a_point_without_a_proved_lse_bound_is_checked_on_its_outputs(monkeypatch):
+    """Past ``rho = 2`` (about 2e5 keys at ``default_steps``) ``bounds.lse_bound`` refuses: the
+    oracle then has no lse bound, and the gate compares the outputs alone."""
+    import relaycore
+    from relaycore import bounds
+
+    real = bounds.lse_bound
+
+    def refused_past_float64(ref_lse, num_keys, score_abs, head_dim, prec, steps=None):
+        if prec.dtype != "float64":  # the point's precision; the cross-check runs in float64
+            raise bounds.NoBound("num_keys, steps: expected rho <= 2 for the lse bound")
+        return real(ref_lse, num_keys, score_abs, head_dim, prec, steps)
+
+    problem = make_problem(TINY, "cpu", seed=3)
+    got = relaycore.relay_attention(*problem.relay_arguments(), softmax_scale=problem.scale, backend="torch")
+    monkeypatch.setattr(bounds, "lse_bound", refused_past_float64)
+    oracle = compute_oracle(problem)
+    assert oracle.lse_bound is None and oracle.crosscheck.startswith("passed")
+    assert check(oracle, got.out, got.lse + 1.0).passed  # the lse is not compared
+    off = got.out.clone()
+    off[0, 0, 0] += 1.0
+    assert not check(oracle, off, got.lse).passed
+
+
 def test_floor_counts_bytes_and_flops_by_hand():
     p = Point("append", 2, 4, 2, 8, 10, 5, 3)  # 2 requests, 10-token prefix, 5 own tokens, 3 queries
     e = 2
