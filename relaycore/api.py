@@ -64,8 +64,8 @@ def relay_attention(
             (NumPy: C-contiguous and writeable), a plain tensor (no grad, no negative view, no
             inference tensor outside inference mode), in memory apart from every array of the
             call and from ``lse``; refused by a call to be differentiated. The Triton kernels
-            write into it; the other backends, and the op under ``torch.compile``, copy their
-            result in (``docs/guide/api.md``).
+            write into it (under ``torch.compile`` too); the other backends copy their result
+            in (``docs/guide/api.md``).
         lse: ``None``, or a buffer for the result's ``lse``, on the same terms.
 
     Returns:

@@ -3,7 +3,8 @@ they must be (``check_result_buffers``) and how a backend that computes its resu
 delivers it into them (``store``).
 
 A serving engine hands each attention layer its output buffer; the Triton kernels write into
-it directly, the other backends copy their result in. A buffer must be an array the call can
+it directly (under ``torch.compile`` through the op ``relaycore::relay_attention_planned_into``),
+the other backends copy their result in. A buffer must be an array the call can
 write as it would write its own result, and must not share memory with what the call reads:
 ``out=q`` would have the kernels read queries where results were already written.
 """
@@ -39,7 +40,7 @@ def check_result_buffers(out, lse, q, cu_seqlens_q, kv, prefixes, *, num_q_heads
     ``torch.inference_mode``), and in memory apart from every array of the call
     (``validation.call_arrays``: q, the metadata, the keys and values) and from the other
     buffer. Under ``torch.compile`` (``eager=False``, from ``run_planned``) only the checks the
-    compiler can trace run: there the op's result is copied in with ``copy_``.
+    compiler can trace run.
 
     Raises:
         TypeError: naming the buffer: another kind or type of array, or another dtype.

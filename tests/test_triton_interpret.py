@@ -878,6 +878,35 @@ def test_the_kernels_write_into_the_buffers_given(block_size):
     assert _same(compiled, want) and torch.equal(out, want.out) and torch.equal(lse, want.lse)
 
 
+@in_process
+def test_torch_compile_writes_into_the_buffers_in_place():
+    """Under ``torch.compile`` a call with buffers is the op ``relay_attention_planned_into``,
+    which mutates them: Inductor passes the caller's buffers to it (no allocation, no copy), and
+    the bits are the eager call's. Its schema and fake implementation pass ``opcheck``."""
+    from torch._inductor.utils import run_and_get_code
+
+    batch = _shared_prefix_batch(block_size=4)
+    (q, cu, kv, prefixes), kwargs = batch.to_torch("cpu")
+    planned = prepare(q, cu, kv, prefixes, **kwargs)
+    want = relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=planned)
+
+    def step(q, kv, prefixes, out, lse):
+        return relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=planned, out=out, lse=lse)
+
+    out, lse = torch.full_like(want.out, float("nan")), torch.full_like(want.lse, float("nan"))
+    got, code = run_and_get_code(torch.compile(step, fullgraph=True), q, kv, prefixes, out, lse)
+    assert got.out is out and got.lse is lse and _same(got, want)
+    source = "\n".join(code)
+    assert "relay_attention_planned_into" in source and "copy_" not in source
+    tensors, ints = op._pack(planned)
+    own = [kv.k_cache, kv.v_cache, kv.block_table]
+    prefix_kv = [t for level in prefixes for t in (level.k, level.v)]
+    checks = torch.library.opcheck(torch.ops.relaycore.relay_attention_planned_into,
+                                   (q, own, prefix_kv, tensors, ints, planned.softmax_scale, torch.empty_like(out),
+                                    torch.empty_like(lse)), test_utils=("test_schema", "test_faketensor"))
+    assert set(checks.values()) == {"SUCCESS"}
+
+
 # Graph plans (``relaycore.fast.triton.graph``): one set of launches and buffers for every step
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import torch
 
 from relaycore.constants import LN2, LOG2E
-from relaycore.buffers import check_result_buffers, store
+from relaycore.buffers import check_result_buffers
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
 
 from relaycore.fast.triton import hopper
@@ -45,8 +45,8 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
         out, lse: buffers for the result, or ``None``: new ones. Checked here
             (``buffers.check_result_buffers``: the result's shape and dtype, contiguous, apart
             from the call's arrays, ``cu_seqlens_q`` among them where given; under
-            ``torch.compile`` where they lie is not checked). The kernels write into them; under
-            ``torch.compile`` the op's result is copied in.
+            ``torch.compile`` where they lie is not checked). The kernels write into them (under
+            ``torch.compile`` through the op ``relaycore::relay_attention_planned_into``).
         cu_seqlens_q: the call's, for the buffers' check alone (the plan holds its values).
 
     Returns:
@@ -69,7 +69,7 @@ def run_into(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pref
     if torch.compiler.is_compiling():
         from relaycore.fast.triton.op import call_op
 
-        return store(call_op(plan, q, kv, prefixes), out, lse)
+        return call_op(plan, q, kv, prefixes, out, lse)
     return run_eager(plan, q, kv, prefixes, out, lse)
 
 

@@ -1,6 +1,8 @@
 """``relaycore::relay_attention_planned``: the planned call as a ``torch.library`` custom op, so
 that ``torch.compile`` traces a model that calls ``relay_attention(..., plan=)`` (or
-``run_planned``) as one opaque op with known output shapes, and calls the kernels as they are.
+``run_planned``) as one opaque op with known output shapes, and calls the kernels as they are;
+``relaycore::relay_attention_planned_into``, the same call writing into result buffers
+(``out=``, ``lse=``), which the compiler keeps in place.
 
 A plan crosses the op boundary flattened: its device tensors as a tensor list, everything else
 as a list of ints (``_pack``/``_unpack``).
@@ -77,13 +79,37 @@ def _(q, own, prefix_kv, plan_tensors, plan_ints, softmax_scale):
     return q.new_empty(q.shape), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 
-def call_op(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel]) -> AttentionState:
-    """``run_planned`` through the op (what ``torch.compile`` sees)."""
+@torch.library.custom_op("relaycore::relay_attention_planned_into", mutates_args=("out", "lse"))
+def relay_attention_planned_into(q: torch.Tensor, own: List[torch.Tensor], prefix_kv: List[torch.Tensor],
+                                 plan_tensors: List[torch.Tensor], plan_ints: List[int], softmax_scale: float,
+                                 out: torch.Tensor, lse: torch.Tensor) -> None:
+    """``relay_attention_planned`` writing into ``out`` ``[total_q, Hq, D]`` and ``lse``
+    ``[total_q, Hq]`` (a call with result buffers: the compiler keeps the writes in place)."""
+    plan = _unpack(plan_tensors, plan_ints, q, softmax_scale)
+    kv = PagedKV(own[0], own[1], own[2], None) if plan.paged else RaggedKV(own[0], own[1], None)
+    prefixes = [PrefixLevel(prefix_kv[2 * i], prefix_kv[2 * i + 1], None, None) for i in range(len(prefix_kv) // 2)]
+    run_eager(plan, q, kv, prefixes, out, lse)
+
+
+@relay_attention_planned_into.register_fake
+def _(q, own, prefix_kv, plan_tensors, plan_ints, softmax_scale, out, lse):
+    return None
+
+
+def call_op(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel], out=None,
+            lse=None) -> AttentionState:
+    """``run_planned`` through the op (what ``torch.compile`` sees): ``relay_attention_planned``,
+    or with result buffers ``relay_attention_planned_into`` (a buffer not given is allocated)."""
     if isinstance(kv, PagedKV):  # the op's plan holds no block table: it gets the one the kernels read
         own = [kv.k_cache, kv.v_cache, kv.block_table if plan.block_table is None else plan.block_table]
     else:
         own = [kv.k, kv.v]
     prefix_kv = [t for level in prefixes for t in (level.k, level.v)]
     tensors, ints = _pack(plan)
-    out, lse = torch.ops.relaycore.relay_attention_planned(q, own, prefix_kv, tensors, ints, plan.softmax_scale)
+    if out is None and lse is None:
+        out, lse = torch.ops.relaycore.relay_attention_planned(q, own, prefix_kv, tensors, ints, plan.softmax_scale)
+        return AttentionState(out, lse)
+    out = q.new_empty(q.shape) if out is None else out
+    lse = q.new_empty(q.shape[:2], dtype=torch.float32) if lse is None else lse
+    torch.ops.relaycore.relay_attention_planned_into(q, own, prefix_kv, tensors, ints, plan.softmax_scale, out, lse)
     return AttentionState(out, lse)

@@ -408,6 +408,13 @@ def test_torch_compile_gives_the_eager_bits():
     compiled = torch.compile(step, fullgraph=True)(q, kv, prefixes)
     assert _equal(compiled, eager)
 
+    def into(q, kv, prefixes, out, lse):  # the op that writes into result buffers
+        return relaycore.relay_attention(q, cu, kv, prefixes, plan=planned, out=out, lse=lse)
+
+    out, lse = torch.full_like(eager.out, float("nan")), torch.full_like(eager.lse, float("nan"))
+    written = torch.compile(into, fullgraph=True)(q, kv, prefixes, out, lse)
+    assert written.out is out and written.lse is lse and _equal(written, eager)
+
 
 @pytest.mark.parametrize("head_dim", [16, 32, 64, 128, 256])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
