@@ -63,7 +63,7 @@ def run_planned(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[P
 
 
 def run_into(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[PrefixLevel],
-                out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None) -> AttentionState:
+             out: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None) -> AttentionState:
     """``run_planned`` of buffers checked already (``relay_attention`` without a plan checks
     them before it picks a backend): the op under ``torch.compile``, else ``run_eager``."""
     if torch.compiler.is_compiling():

@@ -61,16 +61,21 @@ def _unpack(tensors: Sequence[torch.Tensor], ints: Sequence[int], q: torch.Tenso
                 relay=bool(relay), device=str(q.device), num_levels=num_levels)
 
 
+def _run(q, own, prefix_kv, plan_tensors, plan_ints, softmax_scale, out, lse) -> AttentionState:
+    """``run_eager`` of the ops' flattened arguments, into ``out``/``lse`` (``None``: new ones)."""
+    plan = _unpack(plan_tensors, plan_ints, q, softmax_scale)
+    kv = PagedKV(own[0], own[1], own[2], None) if plan.paged else RaggedKV(own[0], own[1], None)
+    prefixes = [PrefixLevel(prefix_kv[2 * i], prefix_kv[2 * i + 1], None, None) for i in range(len(prefix_kv) // 2)]
+    return run_eager(plan, q, kv, prefixes, out, lse)
+
+
 @torch.library.custom_op("relaycore::relay_attention_planned", mutates_args=())
 def relay_attention_planned(q: torch.Tensor, own: List[torch.Tensor], prefix_kv: List[torch.Tensor],
                             plan_tensors: List[torch.Tensor], plan_ints: List[int],
                             softmax_scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """The op: ``own`` is ``[k, v]`` (ragged) or ``[k_cache, v_cache, block_table]`` (paged),
     ``prefix_kv`` is ``[k_0, v_0, k_1, v_1, ...]``; returns ``(out, lse)``."""
-    plan = _unpack(plan_tensors, plan_ints, q, softmax_scale)
-    kv = PagedKV(own[0], own[1], own[2], None) if plan.paged else RaggedKV(own[0], own[1], None)
-    prefixes = [PrefixLevel(prefix_kv[2 * i], prefix_kv[2 * i + 1], None, None) for i in range(len(prefix_kv) // 2)]
-    out, lse = run_eager(plan, q, kv, prefixes)
+    out, lse = _run(q, own, prefix_kv, plan_tensors, plan_ints, softmax_scale, None, None)
     return out, lse
 
 
@@ -85,10 +90,7 @@ def relay_attention_planned_into(q: torch.Tensor, own: List[torch.Tensor], prefi
                                  out: torch.Tensor, lse: torch.Tensor) -> None:
     """``relay_attention_planned`` writing into ``out`` ``[total_q, Hq, D]`` and ``lse``
     ``[total_q, Hq]`` (a call with result buffers: the compiler keeps the writes in place)."""
-    plan = _unpack(plan_tensors, plan_ints, q, softmax_scale)
-    kv = PagedKV(own[0], own[1], own[2], None) if plan.paged else RaggedKV(own[0], own[1], None)
-    prefixes = [PrefixLevel(prefix_kv[2 * i], prefix_kv[2 * i + 1], None, None) for i in range(len(prefix_kv) // 2)]
-    run_eager(plan, q, kv, prefixes, out, lse)
+    _run(q, own, prefix_kv, plan_tensors, plan_ints, softmax_scale, out, lse)
 
 
 @relay_attention_planned_into.register_fake
