@@ -69,7 +69,10 @@ The weight of key $j$, in the units of the final running maximum, is perturbed b
 1. *the score*: the fp32 dot product errs by at most $\gamma_D \cdot c\sum_d|q_d k_{jd}|$, the
    scale's rounding and the product by $u_{acc} |s_j|$, the subtraction of the running
    maximum by $u_{acc} |\hat s_j - m|/2 \le u_{acc} A$: together at most $\gamma_{D+6} A$ in
-   the exponent. The maximum itself is a shift common to all keys and cancels.
+   the exponent. The maximum itself is a shift common to all keys and cancels. A kernel whose
+   head axis is wider than $D$ (the Triton tiles' power of two) sums exact zeros beside the
+   $D$ products: a zero addend leaves a rounded addition exact and a fused one's alignment
+   unchanged (`fused_sum` drops it), so the bound keeps $D$.
 2. *the weight's rounding* to the input format (numerator only): $|\log(\hat p/p)| \le
    \log(1 + u_p) \le u_p$ for a normal result (round to nearest), else an absolute error
    $\le \tau$ (the $t_j$; the normaliser's own fp32 underflow is the $t'_j$).

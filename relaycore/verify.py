@@ -166,9 +166,9 @@ def _space(args: argparse.Namespace, device: str) -> dict:
     """
     space = dict(SPACES[device])
     if args.function is None and args.backend == "triton":
-        from relaycore.fast.triton.config import HEAD_DIMS
+        from relaycore.fast.triton.config import MAX_HEAD_DIM
 
-        space["head_dims"] = tuple(d for d in space["head_dims"] if d in HEAD_DIMS)
+        space["head_dims"] = tuple(d for d in space["head_dims"] if d <= MAX_HEAD_DIM)
     fields = BatchSpace.__dataclass_fields__
     for item in args.space:
         name, sep, text = item.partition("=")

@@ -1,6 +1,7 @@
 """Input layouts that validation takes and that the Gluon tile's copies cannot read in place,
 for the tests of what the tile gets (``tests/test_hopper_host.py``, on the CPU) and of its
-results (``tests/gpu/test_triton_gpu.py``)."""
+results (``tests/gpu/test_triton_gpu.py``); rows whose columns past ``D`` are NaN, for the tests
+of a head_dim that is not a power of two."""
 
 from __future__ import annotations
 
@@ -44,3 +45,21 @@ def with_layout(layout: str, kv: PagedKV, level: PrefixLevel):
         return PagedKV(misaligned(kv.k_cache), misaligned(kv.v_cache), kv.block_table, kv.kv_lens), level
     odd = misaligned if layout == "level 0 misaligned" else head_stride_one
     return kv, PrefixLevel(odd(level.k), odd(level.v), level.cu_seqlens, level.prefix_ids)
+
+
+def in_nan_padded_rows(args):
+    """The arguments ``(q, cu_seqlens_q, kv, prefixes)`` of ``Batch.to_torch`` with q, every key
+    and every value a view of the first ``D`` columns of rows 16 columns wider, whose other
+    columns are NaN: a kernel that reads a column past ``D`` makes its result NaN."""
+
+    def widened(x: torch.Tensor) -> torch.Tensor:
+        rows = torch.full((*x.shape[:-1], x.shape[-1] + 16), float("nan"), dtype=x.dtype, device=x.device)
+        rows[..., :x.shape[-1]] = x
+        return rows[..., :x.shape[-1]]
+
+    q, cu_seqlens_q, kv, prefixes = args
+    if isinstance(kv, PagedKV):
+        kv = kv._replace(k_cache=widened(kv.k_cache), v_cache=widened(kv.v_cache))
+    else:
+        kv = kv._replace(k=widened(kv.k), v=widened(kv.v))
+    return widened(q), cu_seqlens_q, kv, [level._replace(k=widened(level.k), v=widened(level.v)) for level in prefixes]

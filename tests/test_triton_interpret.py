@@ -48,6 +48,7 @@ from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa:
 from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
+from layouts import in_nan_padded_rows  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
 from triton.runtime import interpreter  # noqa: E402
 from graph_steps import EngineTensors  # noqa: E402
@@ -148,6 +149,22 @@ def test_public_entry_matches_the_oracle(batch, poisoned_allocations):
     args, kwargs = batch.to_torch("cpu")
     _assert_close(relaycore.relay_attention(*args, **kwargs, backend="triton"), batch)
     _assert_close(relaycore.relay_attention(*args, **kwargs, plan=prepare(*args, **kwargs)), batch)
+
+
+@in_process
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=batches(dtypes=("float16", "float32"), **{**SPACE, "head_dims": (1, 5, 24, 40)}),
+       config=st.sampled_from([TINY, TALL]), fused=st.booleans())
+def test_a_head_dim_that_is_not_a_power_of_two_matches_the_oracle(batch, config, fused, poisoned_allocations):
+    """A tile's head axis is the power of two from 16 that holds ``D`` (16 for 1 and 5, 32 for
+    24, 64 for 40); the columns past ``D`` are not read: q and the keys and values are views of
+    rows whose columns past ``D`` are NaN, and a read of one would make the result NaN."""
+    args, kwargs = batch.to_torch("cpu")
+    q, cu_seqlens_q, kv, prefixes = in_nan_padded_rows(args)
+    meta = validate(q, cu_seqlens_q, kv, prefixes, **kwargs)
+    result = run_planned(plan(meta, config=config, fused_merge=fused), q, kv, prefixes)
+    _assert_close(result, batch, config)
+
 
 
 @in_process
@@ -421,11 +438,12 @@ def test_supports_names_what_it_cannot_run(monkeypatch):
         return validate(q, torch.tensor([0, 1], dtype=torch.int32), RaggedKV(k, k, torch.tensor([0, 1], dtype=torch.int32)))
 
     assert backend.supports(meta_of()) is None
-    assert "head_dim" in backend.supports(meta_of(head_dim=48))
+    assert all(backend.supports(meta_of(head_dim=d)) is None for d in (1, 48, 200, 256))
+    assert backend.supports(meta_of(head_dim=257)) == "needs head_dim <= 256, got 257"
     assert "float64" in backend.supports(meta_of(dtype=torch.float64))
-    with pytest.raises(ValueError, match="head_dim"):
-        q = torch.zeros(1, 2, 48, dtype=torch.float16)
-        k = torch.zeros(1, 1, 48, dtype=torch.float16)
+    with pytest.raises(ValueError, match="head_dim <= 256, got 320"):
+        q = torch.zeros(1, 2, 320, dtype=torch.float16)
+        k = torch.zeros(1, 1, 320, dtype=torch.float16)
         relaycore.relay_attention(q, torch.tensor([0, 1], dtype=torch.int32),
                                   RaggedKV(k, k, torch.tensor([0, 1], dtype=torch.int32)), backend="triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")

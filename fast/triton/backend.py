@@ -10,7 +10,7 @@ import torch
 from relaycore.types import AttentionState
 from relaycore.validation import BatchMeta, validate
 
-from relaycore.fast.triton.config import DTYPES, HEAD_DIMS
+from relaycore.fast.triton.config import DTYPES, MAX_HEAD_DIM
 from relaycore.fast.triton.launch import run_into
 from relaycore.fast.triton.launcher import interpreting
 from relaycore.fast.triton.plan import Plan, plan, stamp_metadata, tensor_signature
@@ -21,7 +21,8 @@ def supports(meta: BatchMeta) -> str | None:
 
     They need torch tensors on an NVIDIA GPU (or on the CPU under ``TRITON_INTERPRET=1``,
     Triton's interpreter, which is how CI runs them), q in fp16, bf16 or fp32, and a head_dim
-    that is a power of two from 16 to 256. They have no backward: a call to be differentiated
+    of at most 256 (any size: a tile's head axis is the power of two that holds it,
+    ``config.block_d``). They have no backward: a call to be differentiated
     (``BatchMeta.needs_grad``) goes to another backend. A ROCm build of torch is refused: the
     kernels have never run on one, and ``launcher`` caches compiled kernels by NVIDIA's
     specialization, not by AMD's (which also keys a pointer on its storage being within 2 GB).
@@ -35,8 +36,8 @@ def supports(meta: BatchMeta) -> str | None:
                 "run there, and their launcher does not key on Triton's AMD pointer specialization")
     if meta.dtype not in DTYPES:
         return f"needs q in {list(DTYPES)}, got {meta.dtype}"
-    if meta.head_dim not in HEAD_DIMS:
-        return f"needs head_dim in {list(HEAD_DIMS)}, got {meta.head_dim}"
+    if meta.head_dim > MAX_HEAD_DIM:
+        return f"needs head_dim <= {MAX_HEAD_DIM}, got {meta.head_dim}"
     if meta.needs_grad:
         return "has no backward, and an input requires grad (use backend='torch', or torch.no_grad())"
     return None

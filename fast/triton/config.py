@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: head_dim values the kernels compile for (tl.dot and tl.arange need powers of two).
-HEAD_DIMS = (16, 32, 64, 128, 256)
+#: The largest head_dim the kernels run (a tile's head axis is at most 256 wide).
+MAX_HEAD_DIM = 256
 #: q dtypes the kernels run (fp32 with IEEE dot products, not TF32, so the error bound holds).
 DTYPES = ("float16", "bfloat16", "float32")
 
@@ -157,6 +157,14 @@ def decode_chunks(num_kv_heads: int) -> int:
     return max(1, min(MAX_DECODE_CHUNKS, DECODE_PROGRAMS // max(1, int(num_kv_heads))))
 
 
+def block_d(head_dim: int) -> int:
+    """The width of the kernels' head axis for ``head_dim`` (``D``, 1 to ``MAX_HEAD_DIM``): the
+    smallest power of two from 16 that holds it (``tl.dot`` needs an inner size of at least 16,
+    ``tl.arange`` a power of two). The columns from ``D`` on are masked: loaded as 0, never
+    stored."""
+    return max(16, 1 << (int(head_dim) - 1).bit_length())
+
+
 def default_config(head_dim: int, dtype: str, num_kv_heads: int) -> Config:
     """The configuration for ``head_dim``, q's ``dtype`` (canonical name) and the model's
     ``num_kv_heads``: properties of the model, never of the batch.
@@ -166,11 +174,12 @@ def default_config(head_dim: int, dtype: str, num_kv_heads: int) -> Config:
     chunks per segment of at least 256 keys at decode; a 3-stage load pipeline, which keeps a 64-row
     tile at 112 KiB of shared memory, two programs per SM (4 stages take 144 KiB: one; read
     from the kernel compiled for sm_90, ``fast/triton/NOTES.md``); the 16-row own tiles walk 128
-    keys a step (``Config.short_block_n``). fp32 and ``head_dim`` 256 halve ``block_n``, keep
-    it for the short own tiles, and stay at 64-row tiles and 2 stages to keep the score and
-    value tiles in registers and the stages in shared memory.
+    keys a step (``Config.short_block_n``). fp32 and a head axis 256 wide (``block_d``: a
+    ``head_dim`` above 128) halve ``block_n``, keep it for the short own tiles, and stay at
+    64-row tiles and 2 stages to keep the score and value tiles in registers and the stages in
+    shared memory.
     """
-    wide = head_dim >= 256 or dtype == "float32"
+    wide = block_d(head_dim) >= 256 or dtype == "float32"
     return Config(block_m=64 if wide else 128, prefix_block_m=64, min_block_m=16, block_n=32 if wide else 64,
                   short_block_n=32 if wide else 128, min_chunk=256, target_chunks=decode_chunks(num_kv_heads),
                   num_warps=4, num_stages=2 if wide else 3)

@@ -101,7 +101,7 @@ FOLD_STATES = tl.constexpr(64)
 
 @triton.jit
 def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
-               NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LN2: tl.constexpr):
+               NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, LN2: tl.constexpr):
     """Fold rows' chunk states, in slot order, into their results.
 
     Two passes over the slots: the max of the ``lse2`` (so no weight overflows), then
@@ -121,13 +121,15 @@ def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
         LN2: ``ln 2``, to convert ``lse2`` at the boundary.
 
     Returns:
-        ``(out fp32 [R, D], lse fp32 [R])``, natural log; ``(0, -inf)`` for a row with no slot
+        ``(out fp32 [R, BLOCK_D], lse fp32 [R])`` (columns from ``D`` on are 0), natural log;
+        ``(0, -inf)`` for a row with no slot
         or whose slots saw no key. States are read past L1 (``.cg``): other programs wrote
         them.
     """
     SLOTS: tl.constexpr = 16
     DEPTH: tl.constexpr = min(FOLD_DEPTH, max(1, FOLD_STATES // b_count.shape[0]))
-    o_d = tl.arange(0, HEAD_DIM)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
     o_s = tl.arange(0, SLOTS)
     num_steps = tl.max(b_count, 0)
     b_max = tl.full(b_count.shape, float("-inf"), dtype=tl.float32)
@@ -139,14 +141,14 @@ def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
     m_safe = tl.where(b_max == float("-inf"), 0.0, b_max)
 
     b_sum = tl.zeros(b_count.shape, dtype=tl.float32)
-    b_acc = tl.zeros([b_count.shape[0], HEAD_DIM], dtype=tl.float32)
+    b_acc = tl.zeros([b_count.shape[0], BLOCK_D], dtype=tl.float32)
     for i in range(0, num_steps, DEPTH):
         for k in tl.static_range(DEPTH):
             m_step = i + k < b_count
             o_state = (o_first + i + k) * NUM_Q_HEADS + o_head
             b_w = tl.exp2(tl.load(part_lse_ptr + o_state, mask=m_step, other=float("-inf"), cache_modifier=".cg") - m_safe)
-            b_o = tl.load(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], mask=m_step[:, None], other=0.0,
-                          cache_modifier=".cg")
+            b_o = tl.load(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :],
+                          mask=m_step[:, None] & m_d[None, :], other=0.0, cache_modifier=".cg")
             b_sum += b_w
             b_acc += b_w[:, None] * b_o
 
@@ -159,15 +161,16 @@ def fold_slots(part_out_ptr, part_lse_ptr, o_first, b_count, o_head,
 
 @triton.jit
 def fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_head, o_result,
-              NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LN2: tl.constexpr):
+              NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, LN2: tl.constexpr):
     """``fold_slots`` of rows (``b_count`` 0: not folded here), written to ``out`` and ``lse``
     at ``o_result`` (token x Hq + head)."""
-    o_d = tl.arange(0, HEAD_DIM)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
     b_out, b_lse = fold_slots(part_out_ptr, part_lse_ptr, o_first.to(tl.int64), b_count, o_head, NUM_Q_HEADS,
-                              HEAD_DIM, LN2)
+                              HEAD_DIM, BLOCK_D, LN2)
     m_fold = b_count > 0
     tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_out.to(out_ptr.dtype.element_ty),
-             mask=m_fold[:, None])
+             mask=m_fold[:, None] & m_d[None, :])
     tl.store(lse_ptr + o_result, b_lse, mask=m_fold)
 
 
@@ -194,7 +197,8 @@ def fold_slice(sub, row0, num_rows, i_hk, tok_base, tok_first, tok_ptr, slot_off
 
 @triton.jit
 def arrive_and_fold(arrivals_ptr, part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, b_count, o_head, o_result,
-                    m_row, NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, LN2: tl.constexpr):
+                    m_row, NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                    LN2: tl.constexpr):
     """Count this program's arrival at each of its rows (``m_row``) and fold the rows it is the
     last to reach (``fold_rows``), resetting their counters for the next call."""
     b_before = tl.atomic_add(arrivals_ptr + o_result, 1, mask=m_row, sem="acq_rel", scope="gpu")
@@ -203,7 +207,7 @@ def arrive_and_fold(arrivals_ptr, part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, 
         tl.store(arrivals_ptr + o_result, 0, mask=m_last)
         tl.debug_barrier()  # the arrivals this program observed come before its threads' reads
         fold_rows(part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, o_first, tl.where(m_last, b_count, 0), o_head,
-                  o_result, NUM_Q_HEADS, HEAD_DIM, LN2)
+                  o_result, NUM_Q_HEADS, HEAD_DIM, BLOCK_D, LN2)
 
 
 @triton.jit
@@ -224,9 +228,9 @@ def key_pages(table_ptr, kv_base, stride_table, start, key_stop, BLOCK_N: tl.con
 @triton.jit
 def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, o_page, kv_base, i_hk, causal_shift, o_j,
                  qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh,
-                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                 CAUSAL: tl.constexpr,
-                 UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MASKED: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
+                 PAGE_SIZE: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 MASKED: tl.constexpr):
     """Keys ``start : start + BLOCK_N`` of one KV head folded into a tile's running state.
 
     ``o_page``: the keys' pages (``key_pages``; ``PAGED`` only, ``None`` otherwise).
@@ -235,7 +239,8 @@ def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, o_page, kv
     of the block is below ``key_stop`` and seen by every row. ``partial_kernel`` has the other
     arguments.
     """
-    o_d = tl.arange(0, HEAD_DIM)
+    o_d = tl.arange(0, BLOCK_D)
+    m_d = o_d < HEAD_DIM
     o_key = start + tl.arange(0, BLOCK_N)
     m_key = o_key < key_stop
     if PAGED:
@@ -249,11 +254,11 @@ def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, o_page, kv
     p_kt = k_ptr + o_k[None, :] + i_hk * stride_kh + o_d[:, None]
     p_v = v_ptr + o_v[:, None] + i_hk * stride_vh + o_d[None, :]
     if MASKED:
-        b_kt = tl.load(p_kt, mask=m_key[None, :], other=0.0)
-        b_v = tl.load(p_v, mask=m_key[:, None], other=0.0)
+        b_kt = tl.load(p_kt, mask=m_d[:, None] & m_key[None, :], other=0.0)
+        b_v = tl.load(p_v, mask=m_key[:, None] & m_d[None, :], other=0.0)
     else:
-        b_kt = tl.load(p_kt)
-        b_v = tl.load(p_v)
+        b_kt = tl.load(p_kt, mask=m_d[:, None], other=0.0)
+        b_v = tl.load(p_v, mask=m_d[None, :], other=0.0)
     if UPCAST:
         b_kt = b_kt.to(tl.float32)
         b_v = b_v.to(tl.float32)
@@ -267,9 +272,9 @@ def attend_block(b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, o_page, kv
 @triton.jit
 def attend_range(b_acc, b_m, b_l, b_q, lo, hi, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
                  qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table,
-                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                 CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, MASKED: tl.constexpr,
-                 CARRY_PAGES: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
+                 PAGE_SIZE: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 MASKED: tl.constexpr, CARRY_PAGES: tl.constexpr):
     """The blocks from key ``lo`` (``BLOCK_N`` at a time, up to ``hi``) folded into a tile's
     running state, each by ``attend_block``.
 
@@ -290,7 +295,7 @@ def attend_range(b_acc, b_m, b_l, b_q, lo, hi, key_stop, k_ptr, v_ptr, table_ptr
             b_acc, b_m, b_l = attend_block(
                 b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, o_page, kv_base, i_hk, causal_shift, o_j,
                 qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh,
-                HEAD_DIM, BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, MASKED)
+                HEAD_DIM, BLOCK_D, BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, MASKED)
             o_page = o_page_next
     else:
         for start in range(lo, hi, BLOCK_N):
@@ -300,14 +305,14 @@ def attend_range(b_acc, b_m, b_l, b_q, lo, hi, key_stop, k_ptr, v_ptr, table_ptr
             b_acc, b_m, b_l = attend_block(
                 b_acc, b_m, b_l, b_q, start, key_stop, k_ptr, v_ptr, o_page, kv_base, i_hk, causal_shift, o_j,
                 qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh,
-                HEAD_DIM, BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, MASKED)
+                HEAD_DIM, BLOCK_D, BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, MASKED)
     return b_acc, b_m, b_l
 
 
 @triton.jit
 def attend_keys(b_acc, b_m, b_l, b_q, key_start, full_stop, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk,
                 causal_shift, o_j, qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh,
-                stride_table, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
+                stride_table, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
                 PAGE_SIZE: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
                 SPLIT_UNMASKED: tl.constexpr, CARRY_PAGES: tl.constexpr):
     """Keys ``key_start : key_stop`` folded into a tile's running state, ``BLOCK_N`` at a time
@@ -318,13 +323,13 @@ def attend_keys(b_acc, b_m, b_l, b_q, key_start, full_stop, key_stop, k_ptr, v_p
         b_acc, b_m, b_l = attend_range(
             b_acc, b_m, b_l, b_q, key_start, full_stop, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift,
             o_j, qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table,
-            HEAD_DIM, BLOCK_N, PAGED, PAGE_SIZE, False, UPCAST, DOT_PRECISION, False, CARRY_PAGES)
+            HEAD_DIM, BLOCK_D, BLOCK_N, PAGED, PAGE_SIZE, False, UPCAST, DOT_PRECISION, False, CARRY_PAGES)
     else:
         full_stop = key_start
     b_acc, b_m, b_l = attend_range(
         b_acc, b_m, b_l, b_q, full_stop, key_stop, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
         qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table,
-        HEAD_DIM, BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, True, CARRY_PAGES)
+        HEAD_DIM, BLOCK_D, BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, True, CARRY_PAGES)
     return b_acc, b_m, b_l
 
 
@@ -351,6 +356,7 @@ def partial_kernel(
     NUM_Q_HEADS: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PAGED: tl.constexpr,
@@ -375,6 +381,11 @@ def partial_kernel(
 
     Args:
         q_ptr: ``[total_q, Hq, D]`` (last axis contiguous).
+        HEAD_DIM, BLOCK_D: ``D``, and the width of every tile's head axis
+            (``config.block_d``: the power of two from 16 that holds ``D``). The columns from
+            ``D`` on are loaded as 0 and never stored: in a dot product over the head axis they
+            add exact zeros, so the rounded sums are those over ``D`` columns. At ``D ==
+            BLOCK_D`` the compiler folds the column masks away.
         k_ptr, v_ptr: contiguous rows ``[rows, Hkv, D]`` (``PAGED`` false: ``stride_kb`` is
             unused and a key's row is ``kv_base + key``) or a paged cache
             ``[num_blocks, PAGE_SIZE, Hkv, D]`` (``PAGED``: a key's page is
@@ -427,7 +438,8 @@ def partial_kernel(
             would take no step and leave the running state as it starts, so the bits are the
             same).
     """
-    tl.static_assert(HEAD_DIM >= 16 and HEAD_DIM <= 256 and (HEAD_DIM & (HEAD_DIM - 1)) == 0)
+    tl.static_assert(BLOCK_D >= 16 and BLOCK_D <= 256 and (BLOCK_D & (BLOCK_D - 1)) == 0)
+    tl.static_assert(HEAD_DIM >= 1 and HEAD_DIM <= BLOCK_D)
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16)
     # the first fold slice's rows are read before the key loop, behind it, where the slice is the
     # tile's only one or the shortest; a taller one held across the loop slowed the 64-row prefix
@@ -464,8 +476,9 @@ def partial_kernel(
             return
 
     o_m = tl.arange(0, BLOCK_M)
-    o_d = tl.arange(0, HEAD_DIM)
+    o_d = tl.arange(0, BLOCK_D)
     m_row = o_m < num_rows
+    m_d = o_d < HEAD_DIM
     o_row = row0 + o_m
     o_j = o_row // GROUP  # the row's token, as an index into this item's token list
     o_head = i_hk * GROUP + o_row % GROUP
@@ -480,11 +493,11 @@ def partial_kernel(
                 0, row0, num_rows, i_hk, tok_base, tok_first, tok_ptr, slot_offsets_ptr, GROUP, NUM_Q_HEADS, FOLD_M)
 
     p_q = q_ptr + o_tok[:, None] * stride_qt + o_head[:, None] * stride_qh + o_d[None, :]
-    b_q = tl.load(p_q, mask=m_row[:, None], other=0.0)
+    b_q = tl.load(p_q, mask=m_row[:, None] & m_d[None, :], other=0.0)
     if UPCAST:
         b_q = b_q.to(tl.float32)
 
-    b_acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    b_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     b_m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     b_l = tl.zeros([BLOCK_M], dtype=tl.float32)
 
@@ -498,7 +511,7 @@ def partial_kernel(
         b_acc, b_m, b_l = attend_keys(
             b_acc, b_m, b_l, b_q, 0, prefix_len // BLOCK_N * BLOCK_N, prefix_len, pre_k_ptr, pre_v_ptr, table_ptr,
             prefix_start, i_hk, 0, o_j, qk_scale, stride_pks, 0, stride_pkh, stride_pvs, 0, stride_pvh, stride_table,
-            HEAD_DIM, BLOCK_N, False, 1, False, UPCAST, DOT_PRECISION, SPLIT_UNMASKED, False)
+            HEAD_DIM, BLOCK_D, BLOCK_N, False, 1, False, UPCAST, DOT_PRECISION, SPLIT_UNMASKED, False)
     # blocks every row of the tile sees in full end at full_stop: the chunk's ragged end and the
     # causal diagonal come after
     key_stop = key_end
@@ -510,18 +523,18 @@ def partial_kernel(
     b_acc, b_m, b_l = attend_keys(
         b_acc, b_m, b_l, b_q, key_start, full_stop, key_stop, k_ptr, v_ptr, table_ptr, kv_base, i_hk, causal_shift, o_j,
         qk_scale, stride_ks, stride_kb, stride_kh, stride_vs, stride_vb, stride_vh, stride_table, HEAD_DIM,
-        BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, SPLIT_UNMASKED, CARRY_PAGES)
+        BLOCK_D, BLOCK_N, PAGED, PAGE_SIZE, CAUSAL, UPCAST, DOT_PRECISION, SPLIT_UNMASKED, CARRY_PAGES)
 
     b_out, b_lse2 = finish_state(b_acc, b_m, b_l)
     if SINGLE_PASS:
         o_result = o_tok * NUM_Q_HEADS + o_head
         tl.store(out_ptr + o_result[:, None] * HEAD_DIM + o_d[None, :], b_out.to(out_ptr.dtype.element_ty),
-                 mask=m_row[:, None])
+                 mask=m_row[:, None] & m_d[None, :])
         tl.store(lse_ptr + o_result, b_lse2 * LN2, mask=m_row)
     else:
         if not FUSED_MERGE:  # read after the loop: held across it, they cost the tall tiles 25-45 registers
             o_state = state_offsets(slot_ptr, tok_base, o_j, m_row, chunk, o_head, NUM_Q_HEADS)
-        tl.store(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], b_out, mask=m_row[:, None])
+        tl.store(part_out_ptr + o_state[:, None] * HEAD_DIM + o_d[None, :], b_out, mask=m_row[:, None] & m_d[None, :])
         tl.store(part_lse_ptr + o_state, b_lse2, mask=m_row)
 
     if FUSED_MERGE:  # never with SINGLE_PASS (its rows have no states)
@@ -541,7 +554,7 @@ def partial_kernel(
                 f_mask, f_head, f_result, f_first, f_count = fold_slice(
                     sub, row0, num_rows, i_hk, tok_base, tok_first, tok_ptr, slot_offsets_ptr, GROUP, NUM_Q_HEADS, FOLD_M)
             arrive_and_fold(arrivals_ptr, part_out_ptr, part_lse_ptr, out_ptr, lse_ptr, f_first, f_count, f_head,
-                            f_result, f_mask, NUM_Q_HEADS, HEAD_DIM, LN2)
+                            f_result, f_mask, NUM_Q_HEADS, HEAD_DIM, BLOCK_D, LN2)
 
 
 @triton.jit
@@ -549,6 +562,7 @@ def merge_kernel(
     part_out_ptr, part_lse_ptr, slot_offsets_ptr, out_ptr, lse_ptr,
     NUM_Q_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     LN2: tl.constexpr,
 ):
     """Fold every chunk state of one (token, query head) row, in slot order, into its result.
@@ -566,6 +580,7 @@ def merge_kernel(
     Args:
         part_out_ptr: fp32 ``[num_slots, Hq, D]``.
         part_lse_ptr: fp32 ``[num_slots, Hq]`` (base 2).
+        HEAD_DIM, BLOCK_D: ``D`` and the head axis's width (``partial_kernel``).
         slot_offsets_ptr: int32 ``[total_q + 1]``: token ``t`` owns slots
             ``slot_offsets[t] : slot_offsets[t + 1]``; a token without slots (a single-pass
             request's) is left alone.
@@ -579,7 +594,8 @@ def merge_kernel(
     first = tl.load(slot_offsets_ptr + i_t).to(tl.int64)
     count = tl.load(slot_offsets_ptr + i_t + 1) - first
     if count > 0:  # a token without slots is a single-pass request's, written by its own tile
-        o_d = tl.arange(0, HEAD_DIM)
+        o_d = tl.arange(0, BLOCK_D)
+        m_d = o_d < HEAD_DIM
         o_s = tl.arange(0, SLOTS)
         b_max = float("-inf")
         for i in range(0, count, SLOTS):
@@ -589,18 +605,19 @@ def merge_kernel(
         m_safe = tl.where(b_max == float("-inf"), 0.0, b_max)
 
         b_sum = 0.0
-        b_acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        b_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         for i in range(0, count, FOLD_DEPTH):
             for k in tl.static_range(FOLD_DEPTH):
                 m_step = i + k < count
                 o_state = (first + i + k) * NUM_Q_HEADS + i_h
                 b_w = tl.exp2(tl.load(part_lse_ptr + o_state, mask=m_step, other=float("-inf"), cache_modifier=".cg") - m_safe)
-                b_o = tl.load(part_out_ptr + o_state * HEAD_DIM + o_d, mask=m_step, other=0.0, cache_modifier=".cg")
+                b_o = tl.load(part_out_ptr + o_state * HEAD_DIM + o_d, mask=m_step & m_d, other=0.0,
+                              cache_modifier=".cg")
                 b_sum += b_w
                 b_acc += b_w * b_o
 
         seen = b_sum > 0
         b_sum_safe = tl.where(seen, b_sum, 1.0)
         o_result = i_t * NUM_Q_HEADS + i_h
-        tl.store(out_ptr + o_result * HEAD_DIM + o_d, (b_acc / b_sum_safe).to(out_ptr.dtype.element_ty))
+        tl.store(out_ptr + o_result * HEAD_DIM + o_d, (b_acc / b_sum_safe).to(out_ptr.dtype.element_ty), mask=m_d)
         tl.store(lse_ptr + o_result, tl.where(seen, (m_safe + tl.log2(b_sum_safe)) * LN2, float("-inf")))

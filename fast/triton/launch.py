@@ -12,6 +12,7 @@ from relaycore.buffers import check_result_buffers
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
 
 from relaycore.fast.triton import hopper
+from relaycore.fast.triton.config import block_d
 from relaycore.fast.triton.kernels import merge_kernel, partial_kernel
 from relaycore.fast.triton.launcher import interpreting, launch, run_compiled
 from relaycore.fast.triton.plan import REGULAR_FIELDS, Launch, Plan
@@ -219,7 +220,7 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     if not plan.fused_merge and plan.num_slots:  # no slots: every token was written by a single pass
         args = (part_out, part_lse, plan.slot_offsets, out, lse)
         _launch_bound(plan, MERGE, merge_kernel, (total_q, hq), args, _layout(args, ()),
-                      lambda: (dict(NUM_Q_HEADS=hq, HEAD_DIM=d, LN2=LN2), 1, 1), q.device, None)
+                      lambda: (dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_D=block_d(d), LN2=LN2), 1, 1), q.device, None)
     for x in given:  # written in place, counted as torch's own ops count it: autograd refuses a saved buffer
         if not x.is_inference():  # (inference tensors keep no count)
             torch.autograd.graph.increment_version(x)
@@ -329,7 +330,8 @@ def _launch_partial(plan: Plan, index: int, sources: _Sources, part_out: torch.T
     def configure():
         cfg = plan.config
         constexprs = dict(
-            NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim, BLOCK_M=item_list.block_m,
+            NUM_Q_HEADS=plan.num_q_heads, GROUP=plan.group_size, HEAD_DIM=plan.head_dim,
+            BLOCK_D=block_d(plan.head_dim), BLOCK_M=item_list.block_m,
             BLOCK_N=cfg.block_n_for(item_list.block_m, own=item_list.level < 0), PAGED=paged, PAGE_SIZE=page_size,
             CAUSAL=causal, UPCAST=interpret and q.dtype == torch.bfloat16, DOT_PRECISION="ieee",
             FUSED_MERGE=plan.fused_merge and not item_list.single_pass,

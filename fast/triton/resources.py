@@ -30,7 +30,7 @@ import triton
 
 from relaycore.constants import LN2
 
-from relaycore.fast.triton.config import Config, default_config
+from relaycore.fast.triton.config import Config, block_d, default_config
 from relaycore.fast.triton.kernels import partial_kernel
 from relaycore.fast.triton.plan import MAX_FOLD_ROWS, MIN_FOLD_ROWS
 
@@ -209,7 +209,8 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
         raise RuntimeError("the kernels were imported under TRITON_INTERPRET=1: compile them in a process without it")
     pointer_types = {"q_ptr": dtype, "k_ptr": dtype, "v_ptr": dtype, "pre_k_ptr": dtype, "pre_v_ptr": dtype,
                      "part_out_ptr": "fp32", "part_lse_ptr": "fp32", "out_ptr": dtype, "lse_ptr": "fp32"}
-    constexprs = dict(NUM_Q_HEADS=32 * kind.group, GROUP=kind.group, HEAD_DIM=head_dim, BLOCK_M=kind.block_m,
+    constexprs = dict(NUM_Q_HEADS=32 * kind.group, GROUP=kind.group, HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim),
+                      BLOCK_M=kind.block_m,
                       BLOCK_N=config.block_n_for(kind.block_m, own=kind.paged), PAGED=kind.paged,
                       PAGE_SIZE=PAGE_SIZE if kind.paged else 1,
                       CAUSAL=kind.causal, UPCAST=False,

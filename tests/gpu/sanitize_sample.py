@@ -1,7 +1,8 @@
 """A sample of shapes for compute-sanitizer (``scripts/gpu_suite.sh`` runs it under memcheck):
 ragged and paged own KV, causal or not, zero to two prefix levels, GQA, odd lengths, a
-single-pass append request, fp16, bf16 and fp32, head_dim 64 and 128. Each result is also
-checked against the oracle."""
+single-pass append request, fp16, bf16 and fp32, head_dim 64 and 128, and 80 and 200, which
+are not powers of two (the kernels mask the columns of their head axis past ``D``: the last
+row's would be past the end of its tensor). Each result is also checked against the oracle."""
 
 import itertools
 
@@ -18,7 +19,8 @@ SHAPES = [
 ]
 
 for (q_lens, kv_lens, prefix_lens, prefix_ids), (dtype, d, block) in itertools.product(
-    SHAPES, [("float16", 128, None), ("bfloat16", 64, 16), ("float32", 64, 5)]
+    SHAPES, [("float16", 128, None), ("bfloat16", 64, 16), ("float32", 64, 5), ("float16", 80, 16),
+             ("bfloat16", 200, None)]
 ):
     batch = make_batch(q_lens, kv_lens, prefix_lens, prefix_ids, num_q_heads=8, num_kv_heads=2, head_dim=d,
                        dtype=dtype, block_size=block, causal=len(q_lens) != 1, seed=len(q_lens))
