@@ -52,9 +52,9 @@ CYCLE = ("float32", "float16", "bfloat16")
 #: at |scores| ~ 1e4 the a-priori bound of fp16/bf16/fp32 is vacuous (it allows any convex
 #: combination of the values), so such cases would check nothing but the absence of NaN.
 SPACES = {
-    "cpu": dict(max_batch=4, max_q_len=8, max_kv_len=24, max_prefix_len=24, head_dims=(8, 16, 32, 64),
+    "cpu": dict(max_batch=4, max_q_len=8, max_kv_len=24, max_prefix_len=24, head_dims=(8, 16, 24, 32, 64),
                 score_magnitudes=(None, None, 100.0)),
-    "cuda": dict(max_batch=8, max_q_len=64, max_kv_len=300, max_prefix_len=300, head_dims=(16, 32, 64, 128),
+    "cuda": dict(max_batch=8, max_q_len=64, max_kv_len=300, max_prefix_len=300, head_dims=(16, 32, 64, 96, 128),
                  score_magnitudes=(None, None, 100.0)),
 }
 

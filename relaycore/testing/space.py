@@ -42,7 +42,8 @@ class BatchSpace:
         max_levels: most prefix levels (0 to 3 by default).
         max_prefixes: most prefixes per level.
         max_prefix_len: longest prefix.
-        head_dims: choices of ``D``.
+        head_dims: choices of ``D`` (by default powers of two and 24, which is not one: a
+            kernel that pads its head axis must not read or write past ``D``).
         kv_heads: choices of ``Hkv``.
         group_sizes: choices of ``Hq // Hkv`` (1 is MHA; ``Hkv = 1`` is MQA).
         dtypes: choices of the format under test.
@@ -66,7 +67,7 @@ class BatchSpace:
     max_levels: int = 3
     max_prefixes: int = 3
     max_prefix_len: int = 12
-    head_dims: Tuple[int, ...] = (8, 16, 32)
+    head_dims: Tuple[int, ...] = (8, 16, 24, 32)
     kv_heads: Tuple[int, ...] = (1, 2)
     group_sizes: Tuple[int, ...] = (1, 2, 3)
     dtypes: Tuple[str, ...] = ("float32",)
