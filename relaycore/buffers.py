@@ -22,12 +22,18 @@ from relaycore.validation import array_kind, call_array_names, call_arrays, desc
 _byte_bounds = getattr(getattr(np.lib, "array_utils", np), "byte_bounds")
 
 
+def lse_dtype(dtype: str) -> str:
+    """The dtype of ``lse`` for torch q of ``dtype`` (a canonical name): float32, or float64
+    for float64 q."""
+    return "float64" if dtype == "float64" else "float32"
+
+
 def result_dtypes(kind: str, dtype: str) -> Tuple[str, str]:
     """The dtypes of a call's ``(out, lse)``: float64 for NumPy inputs (the reference computes
-    in float64); for torch, ``out`` in q's ``dtype`` and ``lse`` float32 (float64 for float64 q)."""
+    in float64); for torch, ``out`` in q's ``dtype`` and ``lse`` in ``lse_dtype(dtype)``."""
     if kind == "numpy":
         return "float64", "float64"
-    return dtype, "float64" if dtype == "float64" else "float32"
+    return dtype, lse_dtype(dtype)
 
 
 def check_result_buffers(out, lse, q, cu_seqlens_q, kv, prefixes, *, num_q_heads: int, head_dim: int, dtype: str,
@@ -52,8 +58,8 @@ def check_result_buffers(out, lse, q, cu_seqlens_q, kv, prefixes, *, num_q_heads
     shapes = ((total_q, num_q_heads, head_dim), (total_q, num_q_heads))
     if isinstance(q, np.ndarray):
         fast = (None, None)
-    else:  # torch: the common case in one expression (a call's host time), the messages below
-        import torch
+    else:  # torch: the common case in one expression (a call's host time), the messages below;
+        import torch  # the dtypes are ``result_dtypes``' as torch dtypes
 
         fast = (q.dtype, torch.float64 if q.dtype == torch.float64 else torch.float32)
     for name, x, shape, want, index in (("out", out, shapes[0], fast[0], 0), ("lse", lse, shapes[1], fast[1], 1)):

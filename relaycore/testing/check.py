@@ -15,6 +15,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 import numpy as np
 
 from relaycore import bounds
+from relaycore.buffers import lse_dtype
 from relaycore.constants import LOG2E
 from relaycore.testing.batch import Batch
 from relaycore.testing.rounding import DTYPES
@@ -215,7 +216,7 @@ def _dtype_problems(out: Any, lse: Any, batch: Batch, q_dtype: Any) -> list:
         q_name = "float64"  # the float64 arguments of batch.arguments()
     else:
         q_name = batch.dtype
-    lse_name = "float64" if q_name == "float64" else "float32"
+    lse_name = lse_dtype(q_name)
     problems = []
     if dtype_name(out) != q_name:
         problems.append(f"out: expected dtype {q_name} (q's dtype), got {dtype_name(out)}")
