@@ -71,8 +71,9 @@ The weight of key $j$, in the units of the final running maximum, is perturbed b
    maximum by $u_{acc} |\hat s_j - m|/2 \le u_{acc} A$: together at most $\gamma_{D+6} A$ in
    the exponent. The maximum itself is a shift common to all keys and cancels. A kernel whose
    head axis is wider than $D$ (the Triton tiles' power of two) sums exact zeros beside the
-   $D$ products: a zero addend leaves a rounded addition exact and a fused one's alignment
-   unchanged (`fused_sum` drops it), so the bound keeps $D$.
+   $D$ products: a zero addend leaves a rounded addition exact (up to the sign of a zero), and
+   a fused one aligns to its largest addend, which a zero is not, so the model drops it
+   (`fused_sum`; an assumption about the hardware, as the model is): the bound keeps $D$.
 2. *the weight's rounding* to the input format (numerator only): $|\log(\hat p/p)| \le
    \log(1 + u_p) \le u_p$ for a normal result (round to nearest), else an absolute error
    $\le \tau$ (the $t_j$; the normaliser's own fp32 underflow is the $t'_j$).

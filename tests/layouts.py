@@ -63,3 +63,15 @@ def in_nan_padded_rows(args):
     else:
         kv = kv._replace(k=widened(kv.k), v=widened(kv.v))
     return widened(q), cu_seqlens_q, kv, [level._replace(k=widened(level.k), v=widened(level.v)) for level in prefixes]
+
+
+def with_guarded_tail(shape, dtype, device="cpu") -> tuple:
+    """``(out, tail_intact)``: a NaN-filled contiguous tensor of ``shape`` followed in memory by
+    64 elements of a sentinel, and a function that says whether they still hold it."""
+    count = 1
+    for size in shape:
+        count *= size
+    room = torch.full((count + 64,), float("nan"), dtype=dtype, device=device)
+    room[count:] = 7.0
+    tail = room[count:]
+    return room[:count].view(shape), lambda: bool((tail == 7.0).all())

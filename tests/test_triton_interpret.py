@@ -41,17 +41,17 @@ import relaycore  # noqa: E402
 from relaycore import PagedKV, RaggedKV, bounds  # noqa: E402
 from relaycore.fast.triton import Config, default_config, plan, prepare, run_planned  # noqa: E402
 from relaycore.fast.triton import backend, kernels, op  # noqa: E402
-from relaycore.fast.triton.config import chunk_size, decode_chunks, max_chunks, tile_height  # noqa: E402
+from relaycore.fast.triton.config import block_d, chunk_size, decode_chunks, max_chunks, tile_height  # noqa: E402
 from relaycore.fast.triton.graph import Bounds, graph_launches, prepare_graph, slot_capacity  # noqa: E402
 from relaycore.fast.triton.plan import check_metadata, fold_steps, regular_items, single_pass_requests, stamp_metadata  # noqa: E402
 from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
 from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
-from layouts import in_nan_padded_rows  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
 from triton.runtime import interpreter  # noqa: E402
 from graph_steps import EngineTensors  # noqa: E402
+from layouts import in_nan_padded_rows, with_guarded_tail  # noqa: E402
 from tolerances import triton_steps  # noqa: E402
 
 plan_module = importlib.import_module("relaycore.fast.triton.plan")  # the package's ``plan`` is the function
@@ -158,13 +158,17 @@ def test_public_entry_matches_the_oracle(batch, poisoned_allocations):
 def test_a_head_dim_that_is_not_a_power_of_two_matches_the_oracle(batch, config, fused, poisoned_allocations):
     """A tile's head axis is the power of two from 16 that holds ``D`` (16 for 1 and 5, 32 for
     24, 64 for 40); the columns past ``D`` are not read: q and the keys and values are views of
-    rows whose columns past ``D`` are NaN, and a read of one would make the result NaN."""
+    rows whose columns past ``D`` are NaN, and a read of one would make the result NaN. Nor
+    written: ``out`` is followed by a guarded tail, which a column stored past the last row's
+    ``D`` would reach (a row's overflow into the next row is written over by that row, in the
+    interpreter's order)."""
     args, kwargs = batch.to_torch("cpu")
     q, cu_seqlens_q, kv, prefixes = in_nan_padded_rows(args)
     meta = validate(q, cu_seqlens_q, kv, prefixes, **kwargs)
-    result = run_planned(plan(meta, config=config, fused_merge=fused), q, kv, prefixes)
+    out, tail_intact = with_guarded_tail((meta.total_q, meta.num_q_heads, meta.head_dim), q.dtype)
+    result = run_planned(plan(meta, config=config, fused_merge=fused), q, kv, prefixes, out=out)
+    assert tail_intact(), "a store past the last row's head_dim columns"
     _assert_close(result, batch, config)
-
 
 
 @in_process
@@ -324,6 +328,15 @@ def test_launches_of_one_group_in_chunk_major_order_are_computed():
                        seed=2)
     assert all(x.regular for x in plan(validate(*alone.to_torch("cpu")[0], **alone.to_torch("cpu")[1]),
                                        config=TINY).launches)
+
+
+def test_a_tile_head_axis_is_the_power_of_two_from_16_that_holds_head_dim():
+    widths = {d: block_d(d) for d in (1, 15, 16, 17, 24, 40, 80, 96, 128, 129, 192, 255, 256)}
+    assert widths == {1: 16, 15: 16, 16: 16, 17: 32, 24: 32, 40: 64, 80: 128, 96: 128, 128: 128, 129: 256, 192: 256,
+                      255: 256, 256: 256}
+    # a head axis of 256 columns takes the wide configuration, whatever head_dim needs it
+    assert default_config(192, "float16", 8) == default_config(256, "float16", 8) != default_config(128, "float16", 8)
+    assert default_config(96, "float16", 8) == default_config(128, "float16", 8)
 
 
 def test_a_fused_fold_is_as_tall_as_the_rows_it_folds():

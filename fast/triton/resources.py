@@ -152,7 +152,8 @@ def _signature(fn, constexprs: dict, pointer_type, descriptor=None):
     """``fn``'s signature for ``triton.compile`` and the attributes that make its pointers and
     strides 16-byte aligned, as in a serving call (they decide which loads are vectorized and
     pipelined, and with it the shared memory): ``pointer_type(name)`` gives a pointer's element
-    type, ``descriptor(name)`` a tensor descriptor's type (Gluon)."""
+    type, ``descriptor(name)`` a tensor descriptor's type (Gluon). Strides divisible by 16 are
+    those of a head_dim that is a multiple of 16; for another, this is a kernel no call runs."""
     signature, aligned = {}, []
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:

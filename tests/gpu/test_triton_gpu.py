@@ -22,7 +22,7 @@ from relaycore.fast.triton.plan import REGULAR_FIELDS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
-from layouts import TILE_LAYOUTS, in_nan_padded_rows, tile_batch, with_layout  # noqa: E402
+from layouts import TILE_LAYOUTS, in_nan_padded_rows, tile_batch, with_guarded_tail, with_layout  # noqa: E402
 from tolerances import triton_steps  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -66,12 +66,16 @@ def test_float32_matches_the_oracle(poisoned_allocations):
 def test_a_head_dim_that_is_not_a_power_of_two_matches_the_oracle(dtype, poisoned_allocations):
     """``D`` of 40, 80, 96 and 192 (head axes of 64, 128, 128 and 256 columns) over q, keys and
     values whose columns past ``D`` are NaN (``in_nan_padded_rows``): the result matches the
-    oracle, so no column past ``D`` was read; and it has the bits of the packed inputs."""
+    oracle, so no column past ``D`` was read, and has the bits of the packed inputs; ``out`` is
+    followed by a guarded tail that no store reaches (``with_guarded_tail``)."""
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
     @given(batch=batches(dtypes=(dtype,), **{**SPACE, "head_dims": (40, 80, 96, 192)}))
     def check(batch):
         args, kwargs = batch.to_torch("cuda")
-        padded = relaycore.relay_attention(*in_nan_padded_rows(args), **kwargs, backend="triton")
+        q = args[0]
+        out, tail_intact = with_guarded_tail(q.shape, q.dtype, q.device)
+        padded = relaycore.relay_attention(*in_nan_padded_rows(args), **kwargs, backend="triton", out=out)
+        assert tail_intact(), "a store past the last row's head_dim columns"
         assert_close(padded, batch, steps=triton_steps(validate(*args, **kwargs)))
         packed = relaycore.relay_attention(*args, **kwargs, backend="triton")
         assert torch.equal(padded.out, packed.out) and torch.equal(padded.lse, packed.lse)
