@@ -157,7 +157,7 @@ def _check_setup(args: argparse.Namespace, device: str) -> None:
 
 
 def _space(args: argparse.Namespace, device: str) -> dict:
-    """The batches to draw: ``SPACES[device]``, with only the head dims a named backend runs,
+    """The batches to draw: ``SPACES[device]`` (every head dim in them runs on every backend),
     then the ``--space`` fields.
 
     Raises:
@@ -165,10 +165,6 @@ def _space(args: argparse.Namespace, device: str) -> dict:
             values ``BatchSpace`` refuses.
     """
     space = dict(SPACES[device])
-    if args.function is None and args.backend == "triton":
-        from relaycore.fast.triton.config import MAX_HEAD_DIM
-
-        space["head_dims"] = tuple(d for d in space["head_dims"] if d <= MAX_HEAD_DIM)
     fields = BatchSpace.__dataclass_fields__
     for item in args.space:
         name, sep, text = item.partition("=")

@@ -31,6 +31,13 @@ def test_torch_backend_passes(capsys):
     assert re.search(r"worst out error: [0-9.e-]+ of the bound \(seed \d+, \w+\)", out)
 
 
+def test_every_drawn_head_dim_runs_on_every_backend():
+    from relaycore.fast.triton.config import MAX_HEAD_DIM
+    from relaycore.verify import SPACES
+
+    assert all(d <= MAX_HEAD_DIM for space in SPACES.values() for d in space["head_dims"])
+
+
 def test_auto_and_float64_reference_pass(capsys):
     status, out = verify(capsys, "--cases", "10", "--dtype", "float64")
     assert status == 0 and "ran on: reference (10 cases)" in out, out
