@@ -384,8 +384,8 @@ def partial_kernel(
         HEAD_DIM, BLOCK_D: ``D``, and the width of every tile's head axis
             (``config.block_d``: the power of two from 16 that holds ``D``). The columns from
             ``D`` on are loaded as 0 and never stored: in a dot product over the head axis they
-            add exact zeros, so the rounded sums are those over ``D`` columns. At ``D ==
-            BLOCK_D`` the compiler folds the column masks away.
+            add exact zeros, so it is a sum of the ``D`` products in some order (the error
+            bound keeps ``D``). At ``D == BLOCK_D`` the compiler folds the column masks away.
         k_ptr, v_ptr: contiguous rows ``[rows, Hkv, D]`` (``PAGED`` false: ``stride_kb`` is
             unused and a key's row is ``kv_base + key``) or a paged cache
             ``[num_blocks, PAGE_SIZE, Hkv, D]`` (``PAGED``: a key's page is
