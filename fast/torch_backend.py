@@ -130,7 +130,8 @@ def _request_groups(meta: BatchMeta):
 
 def _own_token_index(table, kv_starts: np.ndarray, kv_lens: np.ndarray, block_size: int, max_kv: int) -> np.ndarray:
     """int64 ``[n, max_kv]``: row of each request's own token ``t`` in the flat KV storage
-    (``[total_kv]`` ragged, ``[num_blocks * block_size]`` paged); 0 past ``kv_len``.
+    (``[total_kv]`` ragged, ``[num_blocks * block_size]`` paged); 0 past ``kv_len`` (a row that
+    may hold anything: the caller masks what it gathers there).
 
     Args:
         table: int64 ``[n, max_blocks]`` block-table rows of the requests (paged), or ``None``.
@@ -176,8 +177,11 @@ def _own_group(q, k_flat, v_flat, table, kv_starts, meta: BatchMeta, lo: int, hi
     q_lens, kv_lens = meta.q_lens[lo:hi], meta.kv_lens[lo:hi]
     max_q, max_kv = int(q_lens.max()), int(kv_lens.max())
     index = torch.from_numpy(_own_token_index(table, kv_starts, kv_lens, meta.block_size, max_kv)).to(q.device)
+    padding = torch.from_numpy(np.arange(max_kv)[None, :] >= kv_lens[:, None]).to(q.device)[:, None, :, None]
     k = k_flat[index].to(acc).permute(0, 2, 1, 3)  # [n, Hkv, max_kv, D]
-    v = v_flat[index].to(acc).permute(0, 2, 1, 3)
+    # the padding gathered row 0, which may hold anything (a NaN in a free block): its weight is
+    # 0, but 0 * NaN is not, so its values are zeroed (its scores are masked below)
+    v = v_flat[index].to(acc).permute(0, 2, 1, 3).masked_fill(padding, 0)
 
     j = np.arange(max_q)[None, :]
     q_valid = j < q_lens[:, None]

@@ -252,7 +252,7 @@ def test_drawn_batches_are_valid_and_exact_in_their_dtype(batch):
     args, kwargs = batch.arguments()
     validate(*args, **kwargs)
     for x in (batch.q, batch.kv.k_cache, batch.kv.v_cache, *(p.k for p in batch.prefixes)):
-        assert np.array_equal(round_to(x, batch.dtype), x)
+        assert np.array_equal(round_to(x, batch.dtype), x, equal_nan=True)  # a paged cache's unread slots are NaN
     targs, _ = batch.to_torch("cpu")
     assert targs[0].dtype == TORCH_DTYPES[batch.dtype]
     assert np.array_equal(targs[0].double().numpy(), batch.q)  # the dtype carries the values unchanged
@@ -286,7 +286,7 @@ def test_to_torch_takes_only_dtypes_that_carry_the_values_unchanged(batch_dtype,
 def test_make_batch_recipe_rebuilds_the_same_batch_and_describe_shows_it():
     batch = a_batch("bfloat16")
     again = make_batch(**batch.recipe)
-    assert np.array_equal(again.q, batch.q) and np.array_equal(again.kv.k_cache, batch.kv.k_cache)
+    assert np.array_equal(again.q, batch.q) and np.array_equal(again.kv.k_cache, batch.kv.k_cache, equal_nan=True)
     assert np.array_equal(again.kv.block_table, batch.kv.block_table)
     text = batch.describe()
     for fragment in ("B=3", "Hq=4, Hkv=2 (GQA, 2 query heads per KV head)", "D=16", "bfloat16", "block_size 3",
@@ -367,7 +367,7 @@ def test_a_batch_prints_as_the_call_that_rebuilds_it():
     text = repr(batch)
     assert text.startswith("make_batch(q_lens=[2, 1], kv_lens=[5, 1], prefix_lens=[[3]], prefix_ids=[[0, -1]], ")
     rebuilt = eval(text, {"make_batch": make_batch})
-    assert all(np.array_equal(a, b) for a, b in zip(rebuilt.kv, batch.kv)) and np.array_equal(rebuilt.q, batch.q)
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(rebuilt.kv, batch.kv)) and np.array_equal(rebuilt.q, batch.q)
     # NumPy scalars in the call print as plain numbers; a batch changed since prints its sizes instead
     assert "np." not in repr(make_batch([1], [2], num_q_heads=np.int64(2), softmax_scale=np.float64(0.5)))
     changed = dataclasses.replace(batch, causal=False)

@@ -957,6 +957,8 @@ def test_a_decode_graph_plan_holds_what_a_batch_sharing_one_prefix_needs():
     config = default_config(128, "float16", 8)
     args, kwargs = make_batch([1] * 128, [1024] * 128, prefix_lens=[[16384]], prefix_ids=[[0] * 128], num_q_heads=32,
                               num_kv_heads=8, head_dim=128, dtype="float16", block_size=16).to_torch("cpu")
+    kv = args[2]
+    args = (*args[:2], kv._replace(block_table=kv.block_table[:, :64]), *args[3:])  # no spare column: 64 pages
     meta = validate(*args, **kwargs)
     bounds = Bounds.of(meta, args[2], args[3])
     capacities = {(x.level, x.block_m, x.single_pass): x.capacity for x in graph_launches(meta, bounds, config)}

@@ -289,7 +289,8 @@ def make_batch(
         causal, softmax_scale: as ``relay_attention``.
         block_size: ``None`` for ragged KV, else a paged cache of this block size (blocks in
             shuffled order, at least one spare block, unused table entries pointing at random
-            blocks, so an implementation that reads past ``kv_len`` reads wrong values).
+            blocks); every slot no request reads is NaN, so an implementation that reads past
+            ``kv_len`` and lets what it read into a result, even times a weight of 0, fails.
         score_magnitude: typical ``|score|``; ``None`` gives standard normal ``q``, ``k`` (scores
             of order 1). ``1e4`` reaches scores of ``|1e4|`` and beyond.
         seed: seeds the values (and the paged layout).
@@ -379,13 +380,15 @@ def make_batch(
 
 def _paged(k: np.ndarray, v: np.ndarray, kv_lens: np.ndarray, block_size: int, rng, dtype: str,
            metadata_dtype: str) -> PagedKV:
-    """Scatter packed request KV into a shuffled paged cache with one or two spare blocks."""
+    """Scatter packed request KV into a shuffled paged cache with one or two spare blocks; every
+    slot that no request reads (the spare blocks, the slots past ``kv_len`` in a request's last
+    block) holds NaN, as an engine's free memory may."""
     hkv, d = k.shape[1:]
     blocks = -(-kv_lens // block_size)
     num_blocks = int(blocks.sum()) + int(rng.integers(1, 3))
     order = rng.permutation(num_blocks)
-    k_cache = round_to(rng.standard_normal((num_blocks, block_size, hkv, d)), dtype)
-    v_cache = round_to(rng.standard_normal((num_blocks, block_size, hkv, d)), dtype)
+    k_cache = np.full((num_blocks, block_size, hkv, d), np.nan, dtype=k.dtype)
+    v_cache = np.full((num_blocks, block_size, hkv, d), np.nan, dtype=v.dtype)
     width = int(blocks.max(initial=0)) + int(rng.integers(0, 2))
     table = rng.integers(0, num_blocks, size=(len(kv_lens), width))
     starts = np.concatenate([[0], np.cumsum(kv_lens)])
