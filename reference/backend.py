@@ -37,6 +37,8 @@ def run(q, cu_seqlens_q, kv, prefixes, meta: BatchMeta, *, out=None, lse=None) -
     result = relay_from_problem(from_validated(q, kv, prefixes, meta))
     if meta.array_kind == "numpy":
         return store(result, out, lse)
-    # lse in float32, or float64 for float64 q; made with q's own methods, on q's device
-    lse_template = q.new_empty(0) if str(q.dtype) == "torch.float64" else q.new_empty(0).float()
-    return store(AttentionState(q.new_tensor(result.out), lse_template.new_tensor(result.lse)), out, lse)
+    # lse in float32, or float64 for float64 q; made with q's own methods, on q's device (from a
+    # fresh tensor: q may be a view that a new tensor must not take after, one with the negative bit)
+    out_template = q.new_empty(0)
+    lse_template = out_template if str(q.dtype) == "torch.float64" else out_template.float()
+    return store(AttentionState(out_template.new_tensor(result.out), lse_template.new_tensor(result.lse)), out, lse)

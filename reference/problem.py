@@ -26,14 +26,15 @@ from relaycore.validation import BatchMeta, array_kind, validate
 def host_array(x: Any) -> np.ndarray:
     """A NumPy view or copy of ``x`` on the host, keeping its dtype where NumPy has it.
 
-    torch tensors are detached and copied to the CPU (``bfloat16``, which NumPy lacks, becomes
-    ``float32``, exactly); anything else goes through ``np.asarray``.
+    torch tensors are detached and copied to the CPU, with their values (``resolve_neg``;
+    ``bfloat16``, which NumPy lacks, becomes ``float32``, exactly); anything else goes through
+    ``np.asarray``.
     """
     kind = array_kind(x)
     if kind == "numpy":
         return x
     if kind == "torch":
-        x = x.detach().to("cpu")
+        x = x.detach().resolve_neg().to("cpu")
         if str(x.dtype) == "torch.bfloat16":
             x = x.float()
         return x.numpy()

@@ -79,8 +79,9 @@ def relay_attention(
     The values of q, k and v are not read on the host (that would synchronize a GPU): they must
     be finite, and the scores ``softmax_scale * q . k`` finite in the accumulation format
     (fp32; float64 for float64 inputs). Scores that overflow it have no meaningful result.
-    The reference backend alone reads them (on the host, in float64) and refuses both with a
-    ``ValueError``.
+    The reference backend alone reads them (on the host) and refuses, with a ``ValueError``, a
+    value that is not finite and a score that overflows float64, the format it computes in: a
+    score that overflows fp32 alone gets its exact answer there.
 
     Example:
         >>> import numpy as np, relaycore
@@ -165,6 +166,8 @@ def merge_states(a: AttentionState, b: AttentionState) -> AttentionState:
     kinds = {array_kind(x) for x in (a.out, a.lse, b.out, b.lse)}
     if len(kinds) != 1:
         raise TypeError(f"merge_states: expected all arrays of one kind, got {sorted(kinds)}")
+    if a.out.ndim == 0:
+        raise ValueError("a.out: expected shape [..., D] (at least one axis), got shape ()")
     if tuple(a.out.shape) != tuple(b.out.shape):
         raise ValueError(f"b.out: expected the shape of a.out {tuple(a.out.shape)}, got {tuple(b.out.shape)}")
     if tuple(a.lse.shape) != tuple(b.lse.shape):

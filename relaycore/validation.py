@@ -128,7 +128,7 @@ def to_host_ints(x: Any) -> np.ndarray:
     """Copy an integer array to a host int64 NumPy array (a device sync for GPU tensors)."""
     if isinstance(x, np.ndarray):
         return x.astype(np.int64, copy=False)
-    return x.detach().to("cpu").numpy().astype(np.int64, copy=False)
+    return x.detach().resolve_neg().to("cpu").numpy().astype(np.int64, copy=False)
 
 
 def describe(x: Any) -> str:
@@ -154,6 +154,7 @@ class _Checker:
         kind = array_kind(x)
         if kind is None:
             raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {describe(x)}")
+        _check_dense(name, x)
         if self.kind is None:
             self.kind, self.device, self.first = kind, device_name(x), name
         elif kind != self.kind:
@@ -168,6 +169,7 @@ class _Checker:
         kind = array_kind(x)
         if kind is None:
             raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {describe(x)}")
+        _check_dense(name, x)
         host = self.kind == "torch" and (kind == "numpy" or device_name(x) == "cpu")
         if not host and kind != self.kind:
             raise TypeError(f"{name}: expected a {self.kind} array like {self.first}, got a {kind} array")
@@ -182,6 +184,16 @@ class _Checker:
             raise ValueError(f"{name}: expected rank {rank}, got shape {tuple(x.shape)} (rank {x.ndim})")
         if dtype_name(x) not in dtypes:
             raise TypeError(f"{name}: expected dtype in {list(dtypes)}, got {dtype_name(x)}")
+
+
+def _check_dense(name: str, x: Any) -> None:
+    """Refuse arrays whose elements are not all their values: a NumPy masked array (its mask
+    would be ignored), a sparse or otherwise non-strided torch tensor."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name}: expected a plain NumPy array, got a masked array (np.ma.MaskedArray); pass "
+                        f"its .filled() values")
+    if array_kind(x) == "torch" and str(x.layout) != "torch.strided":
+        raise TypeError(f"{name}: expected a dense (torch.strided) tensor, got layout {x.layout}; pass .to_dense()")
 
 
 def _check_same(name: str, x: Any, ref_name: str, ref: Any) -> None:

@@ -30,6 +30,9 @@ def test_merge_states_keeps_dtypes_and_refuses_mixed_or_integer_ones():
     assert (merged.out.dtype, merged.lse.dtype) == (np.float32, np.float32)
     with pytest.raises(TypeError, match=r"b\.out: expected the dtype of a\.out \(float32\), got float64"):
         relaycore.merge_states(a, AttentionState(np.ones((2, 3)), np.zeros(2, np.float32)))
+    scalar = AttentionState(np.array(1.0), np.array(0.0))  # out needs its head axis
+    with pytest.raises(ValueError, match=r"a\.out: expected shape \[\.\.\., D\] \(at least one axis\), got shape \(\)"):
+        relaycore.merge_states(scalar, scalar)
     ints = AttentionState(torch.ones(2, 3, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
     with pytest.raises(TypeError, match="a.out: expected a floating-point dtype, got int64"):
         relaycore.merge_states(ints, ints)

@@ -472,6 +472,23 @@ def test_supports_names_what_it_cannot_run(monkeypatch):
 
 
 @in_process
+@pytest.mark.parametrize("block_size", [None, 4])
+def test_views_with_the_negative_bit_give_the_bits_of_the_values_they_show(block_size):
+    """``torch._neg_view(-x)`` equals ``x`` but holds ``-x`` in memory: the kernels read values,
+    with a plan or without."""
+    args, kwargs = _shared_prefix_batch(block_size=block_size).to_torch("cpu")
+    q, cu, kv, prefixes = args
+    negated = (torch._neg_view(-q), torch._neg_view(-cu),
+               kv._replace(**{f: torch._neg_view(-getattr(kv, f)) for f in kv._fields}),
+               [p._replace(k=torch._neg_view(-p.k), v=torch._neg_view(-p.v)) for p in prefixes])
+    want = relaycore.relay_attention(*args, **kwargs, backend="triton")
+    planned = prepare(*args, **kwargs)
+    for got in (relaycore.relay_attention(*negated, **kwargs, backend="triton"),
+                relaycore.relay_attention(negated[0], cu, negated[2], negated[3], **kwargs, plan=planned)):
+        assert torch.equal(got.out, want.out) and torch.equal(got.lse, want.lse)
+
+
+@in_process
 def test_a_plan_refuses_other_inputs():
     batch = _shared_prefix_batch()
     args, kwargs = batch.to_torch("cpu")
@@ -481,6 +498,12 @@ def test_a_plan_refuses_other_inputs():
         relaycore.relay_attention(q, cu, kv, prefixes, causal=not kwargs["causal"], plan=planned)
     with pytest.raises(ValueError, match="q: expected shape"):
         relaycore.relay_attention(q[1:], cu, kv, prefixes, plan=planned)
+    with pytest.raises(TypeError, match=r"q: expected dtype float16 \(the plan's\), got float32"):
+        relaycore.relay_attention(q.float(), cu, kv, prefixes, plan=planned)
+    with pytest.raises(TypeError, match=r"q: expected a torch tensor \(the plan's\), got list"):
+        relaycore.relay_attention(q.tolist(), cu, kv, prefixes, plan=planned)
+    with pytest.raises(TypeError, match=r"kv\.k: expected shape .* dtype float16 on cpu \(the plan's\), got .* dtype float32"):
+        relaycore.relay_attention(q, cu, kv._replace(k=kv.k.float()), prefixes, plan=planned)
     with pytest.raises(ValueError, match="prefixes"):
         relaycore.relay_attention(q, cu, kv, prefixes[:1], plan=planned)
     with pytest.raises(ValueError, match="backend"):
@@ -565,12 +588,12 @@ def test_metadata_on_the_host_gives_the_bits_of_metadata_on_the_device(block_siz
         relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=graph)
     # equal values in another dtype are refused as another tensor dtype is (the call without a plan refuses floats)
     for name, planned_call in (("prepare", planned), ("prepare_graph", graph)):
-        with pytest.raises(ValueError, match=r"cu_seqlens_q: expected dtype int32 \(the plan's\), got float64"):
+        with pytest.raises(TypeError, match=r"cu_seqlens_q: expected dtype int32 \(the plan's\), got float64"):
             relaycore.relay_attention(q, cu.astype(np.float64), kv, prefixes, **kwargs, plan=planned_call)
-    with pytest.raises(ValueError, match=r"cu_seqlens_q: expected a NumPy array of shape \(\d+,\) \(the plan's\), "
+    with pytest.raises(TypeError, match=r"cu_seqlens_q: expected a NumPy array of shape \(\d+,\) \(the plan's\), "
                                          r"got shape \(\d+,\), dtype int32 on cpu"):
         relaycore.relay_attention(q, torch.from_numpy(cu), kv, prefixes, **kwargs, plan=planned)
-    with pytest.raises(ValueError, match=r"cu_seqlens_q: expected shape \(\d+,\), dtype int32 on cpu \(the plan's\), "
+    with pytest.raises(TypeError, match=r"cu_seqlens_q: expected shape \(\d+,\), dtype int32 on cpu \(the plan's\), "
                                          r"got a list"):
         relaycore.relay_attention(*args[:1], cu.tolist(), *args[2:], **kwargs, plan=prepare(*args, **kwargs))
 

@@ -200,3 +200,37 @@ def test_backend_choices_are_checked_and_never_swapped():
     assert_names(info.value, "backend", "got NoneType")
     with pytest.raises(ValueError, match=re.escape("backend 'torch' cannot run this batch: needs torch tensors")):
         relaycore.relay_attention(**call(), backend="torch")
+
+
+def test_arrays_whose_elements_are_not_their_values_are_refused():
+    c = call()
+    c["q"] = np.ma.masked_array(c["q"], mask=np.zeros(c["q"].shape, dtype=bool))
+    for fn in (relaycore.relay_attention, full_attention, relay_attention):
+        with pytest.raises(TypeError) as info:
+            fn(**c)
+        assert_names(info.value, "q", "masked array")
+    for name in ("q", "cu_seqlens_q"):
+        c = torch_call()
+        c[name] = c[name].to_sparse()
+        for fn in (relaycore.relay_attention, full_attention):
+            with pytest.raises(TypeError) as info:
+                fn(**c)
+            assert_names(info.value, name, "got layout torch.sparse_coo")
+    c = torch_call(paged=True)
+    c["kv"] = c["kv"]._replace(block_table=c["kv"].block_table.to_sparse())
+    with pytest.raises(TypeError) as info:
+        relaycore.relay_attention(**c)
+    assert_names(info.value, "kv.block_table", "got layout torch.sparse_coo")
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_views_with_the_negative_bit_give_the_values_they_show(paged):
+    # torch._neg_view(-x) equals x but holds -x in memory (as .imag of a conjugated complex tensor does)
+    c = torch_call(paged=paged)
+    negated = dict(c, q=torch._neg_view(-c["q"]), cu_seqlens_q=torch._neg_view(-c["cu_seqlens_q"]),
+                   kv=c["kv"]._replace(**{f: torch._neg_view(-getattr(c["kv"], f)) for f in c["kv"]._fields}),
+                   prefixes=[p._replace(k=torch._neg_view(-p.k), v=torch._neg_view(-p.v)) for p in c["prefixes"]])
+    assert negated["q"].is_neg() and torch.equal(negated["q"], c["q"])
+    for backend in ("torch", "reference"):
+        for got, want in zip(relaycore.relay_attention(**negated, backend=backend), relaycore.relay_attention(**c, backend=backend)):
+            assert torch.equal(got, want), backend

@@ -25,6 +25,10 @@ def _kv_strides(x: torch.Tensor, paged: bool) -> Tuple[int, int, int]:
 
 
 def _contiguous_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the kernels read it: a unit stride along the last axis, and its values in
+    memory (a view with torch's negative bit holds ``-x``; ``resolve_neg`` copies)."""
+    if x.is_neg():
+        x = x.resolve_neg()
     return x if x.stride(-1) == 1 else x.contiguous()
 
 

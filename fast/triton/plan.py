@@ -199,10 +199,14 @@ class Plan:
         if scale != self.softmax_scale:
             raise ValueError(f"softmax_scale: expected the plan's {self.softmax_scale}, got {softmax_scale} (resolved to {scale})")
         want = (self.total_q, self.num_q_heads, self.head_dim)
-        if getattr(q, "shape", None) is None or tuple(q.shape) != want:
-            raise ValueError(f"q: expected shape {want} (the plan's), got {tuple(getattr(q, 'shape', ()))}")
-        if str(q.dtype).replace("torch.", "") != self.dtype or str(q.device) != self.device:
-            raise ValueError(f"q: expected dtype {self.dtype} on {self.device} (the plan's), got {q.dtype} on {q.device}")
+        if not isinstance(q, torch.Tensor):
+            raise TypeError(f"q: expected a torch tensor (the plan's), got {type(q).__name__}")
+        if tuple(q.shape) != want:
+            raise ValueError(f"q: expected shape {want} (the plan's), got {tuple(q.shape)}")
+        if str(q.dtype).replace("torch.", "") != self.dtype:
+            raise TypeError(f"q: expected dtype {self.dtype} (the plan's), got {str(q.dtype).replace('torch.', '')}")
+        if str(q.device) != self.device:
+            raise ValueError(f"q: expected device {self.device} (the plan's), got {q.device}")
         if isinstance(kv, PagedKV) != self.paged:
             raise ValueError(f"kv: expected {'PagedKV' if self.paged else 'RaggedKV'} (the plan's), got {type(kv).__name__}")
         if len(prefixes) != self.num_levels:
@@ -239,7 +243,7 @@ def host_values(x) -> Optional[np.ndarray]:
     """The values of a NumPy array or CPU tensor (a view); ``None`` for a tensor on a GPU."""
     if isinstance(x, np.ndarray):
         return x
-    return x.numpy() if x.is_cpu else None
+    return x.resolve_neg().numpy() if x.is_cpu else None
 
 
 def metadata_arrays(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> List[Any]:
@@ -283,8 +287,10 @@ def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> Non
     seen without a synchronization (``Plan.run``).
 
     Raises:
-        ValueError: naming the argument: an array on the host whose dtype or values differ from
-            the planned ones, or the planned tensor on a GPU itself, written in place since.
+        TypeError: naming the argument: an array on the host whose dtype differs from the
+            planned one.
+        ValueError: naming the argument: an array on the host whose values differ from the
+            planned ones, or the planned tensor on a GPU itself, written in place since.
     """
     advice = "prepare a new plan (or update a graph plan) when the lengths or ids change"
     # the stamps are of the same arrays in the same order, the block table last where stamped
@@ -293,7 +299,7 @@ def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> Non
         got = host_values(x)
         if stamp.values is not None and got is not None:
             if got.dtype != stamp.values.dtype:
-                raise ValueError(f"{name}: expected dtype {stamp.values.dtype} (the plan's), got {got.dtype}")
+                raise TypeError(f"{name}: expected dtype {stamp.values.dtype} (the plan's), got {got.dtype}")
             if not _same_values(got, stamp.values):
                 i = tuple(int(j) for j in np.argwhere(got != stamp.values)[0])  # the shapes are the plan's
                 at = ", ".join(map(str, i))
@@ -317,14 +323,16 @@ def check_signature(planned, tensors: Sequence[Any], whose: str) -> None:
     ``tensor_signature``.
 
     Raises:
-        ValueError: naming the first tensor whose shape, dtype or device differs.
+        TypeError: naming the first tensor whose dtype (or kind: tensor, NumPy array) differs.
+        ValueError: naming the first tensor whose shape or device differs.
     """
     for entry, x in zip(planned, tensors):
         if isinstance(x, torch.Tensor) and x.shape == entry[1] and x.dtype == entry[2] and x.device == entry[3]:
             continue  # the common case, without building the entry
         got = _entry(x)
         if entry[1:] != got:
-            raise ValueError(f"{entry[0]}: expected {_described(*entry[1:])} ({whose}), got {_described(*got)}")
+            error = TypeError if got[1] != entry[2] else ValueError  # a dtype or kind, as validation's
+            raise error(f"{entry[0]}: expected {_described(*entry[1:])} ({whose}), got {_described(*got)}")
 
 
 def _described(shape, dtype, device) -> str:
