@@ -4,7 +4,8 @@ r"""The relay identity: attention over a concatenation is the merge of the parts
 
 Let a query see keys $S = S_1 \sqcup \dots \sqcup S_k$ (disjoint, any of them
 possibly empty), with scores $s_j$ and values $v_j$. Write $(o_i, \ell_i)$ for the attention
-state over $S_i$ (the state of an empty part is $(0, -\infty)$). Then the state over $S$ is
+state over $S_i$ (the state of an empty part is $(0, -\infty)$). Then, unless every part is
+empty (the state over $S$ is then $(0, -\infty)$ too), the state over $S$ is
 
 $$
 \ell = \log \sum_{i=1}^{k} e^{\ell_i}, \qquad
@@ -15,11 +16,14 @@ and for two parts this is the merge relaycore computes, in either of its two for
 
 $$
 o = \sigma(\ell_1 - \ell_2)\, o_1 + \sigma(\ell_2 - \ell_1)\, o_2 ,\qquad
-\ell = \operatorname{logaddexp}(\ell_1, \ell_2) = \ell_1 + \log\bigl(1 + e^{\ell_2 - \ell_1}\bigr),
+\ell = \operatorname{logaddexp}(\ell_1, \ell_2) = \log\bigl(e^{\ell_1} + e^{\ell_2}\bigr),
 $$
 
-with $\sigma(x) = 1/(1 + e^{-x})$. For $k$ parts, merging them two at a time in any order
-gives the state over $S$.
+with $\sigma(x) = 1/(1 + e^{-x})$, $e^{-\infty} = 0$, $\log 0 = -\infty$, and, where one part is
+empty, $\sigma(+\infty) = 1$, $\sigma(-\infty) = 0$ (when both are, the state is $(0, -\infty)$).
+Where $\ell_1 > -\infty$, $\operatorname{logaddexp}(\ell_1, \ell_2) = \ell_1 + \log\bigl(1 +
+e^{\ell_2 - \ell_1}\bigr)$; that shifted form is undefined at $\ell_1 = -\infty$, an empty first
+part. For $k$ parts, merging them two at a time in any order gives the state over $S$.
 
 ## Proof
 
@@ -37,8 +41,9 @@ $$
 since $\sum_{j \in S_i} e^{s_j} v_j = W_i o_i$ by the definition of $o_i$ (both sides are 0
 for an empty part). For two parts, $e^{\ell_1 - \ell} = W_1/(W_1 + W_2) =
 1/(1 + e^{\ell_2 - \ell_1}) = \sigma(\ell_1 - \ell_2)$, which is the sigmoid form, and
-$\log(W_1 + W_2) = \operatorname{logaddexp}(\ell_1, \ell_2)$. An empty part has
-$W_i = 0$: it contributes nothing, which is $\sigma(-\infty) = 0$.
+$\log(W_1 + W_2) = \operatorname{logaddexp}(\ell_1, \ell_2)$; where $W_1 > 0$, dividing by
+$W_1$ gives the shifted form. An empty part has $W_i = 0$: it contributes nothing, which is
+$\sigma(-\infty) = 0$ and $\log(0 + W_2) = \ell_2$.
 
 For $k$ parts, induct on $k$: merging two parts $S_a$, $S_b$ gives, by the case $k = 2$, the
 state over $S_a \sqcup S_b$; the partition now has $k - 1$ parts, and the induction hypothesis
@@ -94,7 +99,7 @@ def check_two_parts_symbolic():
         assert sp.simplify(sigmoid_out - o) == 0, (a, b, "sigmoid form")
         assert sp.simplify(logaddexp_out - o) == 0, (a, b, "logaddexp form")
         assert sp.simplify(sp.exp(lse) - sp.exp(l)) == 0, (a, b, "lse")
-        assert sp.simplify(l1 + sp.log(1 + sp.exp(l2 - l1)) - lse) == 0, (a, b, "lse shifted")
+        assert sp.simplify(l1 + sp.log(1 + sp.exp(l2 - l1)) - lse) == 0, (a, b, "lse shifted")  # l1 finite here
 
 
 def check_any_number_of_parts():

@@ -2,9 +2,11 @@
 
 The error-bound proof is checked by running the kernel's arithmetic in mpmath with every
 rounding written out: ``round_to(x, "float16")`` is the value IEEE round-to-nearest-even gives
-when ``x`` is stored in that format (subnormals included; overflow is not modelled because the
-computations it checks never reach it), to nearest or toward zero. ``Arithmetic`` rounds the
-exact result of each fp32 operation once, as hardware does.
+when ``x`` is stored in that format, to nearest or toward zero: subnormals included, and
+overflow too (to nearest, a result beyond the largest finite value ``largest(fmt)`` becomes
+``±inf``, as IEEE's default does; toward zero, it becomes ``±largest(fmt)``), so that a check
+whose computation overflows sees the infinity a kernel would. ``Arithmetic`` rounds the exact
+result of each fp32 operation once, as hardware does.
 """
 
 from __future__ import annotations
@@ -17,18 +19,25 @@ from relaycore.proofs import exact  # noqa: F401  (sets the working precision)
 
 
 class Format(NamedTuple):
-    """A binary floating-point format: ``precision`` significand bits (hidden bit included) and
-    the exponent of its smallest normal number."""
+    """A binary floating-point format: ``precision`` significand bits (hidden bit included), the
+    exponent of its smallest normal number and that of its largest finite one."""
 
     precision: int
     min_exponent: int
+    max_exponent: int
 
 
 FORMATS = {
-    "float16": Format(11, -14),
-    "bfloat16": Format(8, -126),
-    "float32": Format(24, -126),
+    "float16": Format(11, -14, 15),
+    "bfloat16": Format(8, -126, 127),
+    "float32": Format(24, -126, 127),
 }
+
+
+def largest(fmt: str) -> mpmath.mpf:
+    """The largest finite value of ``fmt``: ``(2 - 2^(1 - p)) 2^emax``."""
+    p, _, emax = FORMATS[fmt]
+    return mpmath.ldexp(2 - mpmath.ldexp(1, 1 - p), emax)
 
 
 def round_to(x, fmt: str, mode: str = "nearest") -> mpmath.mpf:
@@ -43,19 +52,21 @@ def round_to(x, fmt: str, mode: str = "nearest") -> mpmath.mpf:
     x = mpmath.mpf(x)
     if x == 0 or mpmath.isinf(x):
         return x
-    p, emin = FORMATS[fmt]
+    p, emin, _ = FORMATS[fmt]
     _, e = mpmath.frexp(x)  # |x| = m 2^e with 1/2 <= m < 1: the leading bit has exponent e - 1
     quantum = max(int(e) - 1, emin) - (p - 1)
     scaled = mpmath.ldexp(x, -quantum)
     if mode == "toward_zero":
-        return mpmath.ldexp(mpmath.floor(scaled) if x > 0 else mpmath.ceil(scaled), quantum)
+        result = mpmath.ldexp(mpmath.floor(scaled) if x > 0 else mpmath.ceil(scaled), quantum)
+        return result if abs(result) <= largest(fmt) else mpmath.sign(x) * largest(fmt)
     if mode != "nearest":
         raise ValueError(f"round_to: mode must be 'nearest' or 'toward_zero', got {mode!r}")
     low = mpmath.floor(scaled)
     frac = scaled - low
     if frac > 0.5 or (frac == 0.5 and int(low) % 2 == 1):
         low += 1
-    return mpmath.ldexp(low, quantum)
+    result = mpmath.ldexp(low, quantum)  # rounded with an unbounded exponent, then overflow
+    return result if abs(result) <= largest(fmt) else mpmath.sign(x) * mpmath.inf
 
 
 def r32(x) -> mpmath.mpf:

@@ -1,20 +1,31 @@
 """A-priori error bounds for attention computed under relaycore's precision policy.
 
 Every tolerance in relaycore comes from here; ``proofs/error_bound.py`` states and proves the
-bound and checks it in 60-digit arithmetic. The precision policy it covers is the one every
-backend follows:
+bound and checks it in 60-digit arithmetic. The precision policy it covers:
 
 * the inputs ``q, k, v`` are exact (they *are* the low-precision values; the oracle reads the same
   values in float64);
 * scores ``q . k`` are accumulated in the accumulation format (fp32 for fp16/bf16/fp32 inputs,
-  with unit roundoff ``u_acc``), scaled, and exponentiated (relative error ``u_exp``) after
-  subtracting a running maximum;
-* the unnormalised softmax weights are rounded once to the input dtype (``u_p``) before the
+  with unit roundoff ``u_acc``; never TF32), scaled, and exponentiated (relative error ``u_exp``
+  at every argument) after subtracting a running maximum;
+* the unnormalised softmax weights are rounded at most once, by at most ``u_p``, before the
   ``P @ V`` product, whose sums run in the accumulation format;
-* partial states may be rescaled and merged any number of times, up to ``steps`` per key;
+* partial states may be rescaled and merged any number of times, up to ``steps`` per key; the
+  merges are pairwise in ``relaycore.state.merge``'s order of operations (Lemma 3) or all at once
+  in Lemma 4's (one maximum of the lses before any weight, one division at the end);
+* elementwise operations (subtracting maxima, the merges' weights) round to nearest;
 * the output is divided by the normaliser in fp32 and rounded once to the input dtype (``u_out``).
 
-For one query row that sees ``N >= 1`` keys, with ``A = max_j scale * sum_d |q_d k_jd|`` and
+The backends follow it in two ways (``docs/math/errors.md``, "The precision policy"). The Triton
+kernels (and the Gluon tile on sm_90) round ``P`` to the input dtype, walk blocks of keys, and
+fold chunk states all at once in base 2. The PyTorch backend keeps ``P`` in fp32 (its products
+``p v`` round in fp32 instead, by ``u_acc / 2 <= u_p``), takes each part in one block, and merges
+the parts pairwise with ``relaycore.state.merge``: fewer steps than ``default_steps`` counts. On
+CUDA it holds only while TF32 is off for fp32 matrix products (PyTorch's default; not after
+``torch.backends.cuda.matmul.allow_tf32 = True`` or ``set_float32_matmul_precision("high")``).
+
+For one query row that sees ``N >= 1`` keys, with ``A = max_j scale * sum_d |q_d k_jd|`` (not
+``max_j |s_j|``: the sum of the absolute products bounds the dot product's rounding) and
 ``V_d = max_j |v_jd|``, the computed state is exactly the attention of *perturbed weights*
 ``exp(s_j + alpha_j)`` (numerator) and ``exp(s_j + beta_j)`` (normaliser) with
 ``|alpha_j|, |beta_j| <= rho``, where::
@@ -31,14 +42,24 @@ and ``gamma(n, u) = n u / (1 - n u)``. From that (``proofs/error_bound.py``)::
 with ``eps = N tau exp(rho)``, ``tau`` the absolute rounding of a weight near underflow (in the
 numerator's rounded weights and in the normaliser's fp32 ones), and ``u_o = (1 + u_out)(1 +
 u_acc) - 1``; the last ``2 tau`` covers an output that underflows (fp32 division, then the
-rounding to the input dtype, e.g. an fp16 subnormal). ``steps`` counts, per key, its own exponential, each rescale that holds it and two
-per merge. A row that sees no key must give out 0 and lse -inf exactly: its bound is 0. The lse
-bound is proved for ``rho <= 2`` only; ``lse_bound`` raises ``NoBound`` on a row beyond it.
+rounding to the input dtype, e.g. an fp16 subnormal). ``steps`` counts, per key, its own
+exponential, each rescale that holds it and two per merge. A row that sees no key must give out
+0 and lse -inf exactly: its bound is 0.
+
+Where a bound does not exist the functions raise ``NoBound`` (a ``ValueError``) naming the
+argument: ``n u >= 1`` in a ``gamma`` (``N >= 2^23`` keys with fp32 sums); ``eps >= 1``;
+a value so large that a computed output or accumulator may overflow (Lemma 5 of the proof:
+``exp(rho_Delta) (1 + eps) V_d + 2 eps rho`` must not pass the input format's largest finite
+value, nor ``N exp(rho + rho_Delta) (1 + eps) V_d + 2 eps rho`` the accumulation format's, with
+``rho_Delta = output_growth(...)``); scores whose dot products may overflow the accumulation
+format (checked where the softmax ``scale`` is given, see ``MIN_SCALE``); for the out bound,
+``rho`` past ``out_rho_limit`` (where the merge lemmas are not proved); and, for the lse only,
+``rho > LSE_RHO_MAX`` = 2. ``out_bound_refused`` names the rows ``out_bound`` refuses.
 """
 
 from __future__ import annotations
 
-import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +71,26 @@ UNIT_ROUNDOFF = {
     "float32": 2.0**-24,
     "float64": 2.0**-53,
 }
+
+#: Largest finite value of each format: ``(2 - 2^(1 - p)) 2^emax``. Rounded to nearest, a result
+#: beyond it becomes infinite, and the bound does not model that (``out_bound`` refuses it).
+LARGEST_FINITE = {
+    "float16": 65504.0,
+    "bfloat16": (2 - 2.0**-7) * 2.0**127,
+    "float32": (2 - 2.0**-23) * 2.0**127,
+    "float64": sys.float_info.max,
+}
+
+#: The accumulation format of each policy (scores, sums, states).
+ACCUMULATION = {"float16": "float32", "bfloat16": "float32", "float32": "float32", "float64": "float64"}
+
+#: The least softmax scale for which the scores' dot products cannot overflow the accumulation
+#: format once ``eps < 1`` (``proofs/error_bound.py``, Lemma 5: ``eps < 1`` keeps ``A`` below
+#: ``2^27`` with fp32 accumulation, ``2^59`` with float64, so ``sum_d |q_d k_jd| = A / scale``
+#: stays below the largest finite value). ``out_bound`` and ``lse_bound`` check the dot products
+#: themselves where they are given the ``scale``; without it they assume at least this scale,
+#: except for fp16 inputs, whose products cannot overflow fp32 at any scale.
+MIN_SCALE = {"float32": 2.0**-100, "float64": 2.0**-964}
 
 #: Largest absolute error of rounding a value in [0, 1] to the format near underflow: half the
 #: smallest subnormal, or the smallest normal where hardware flushes subnormals to zero.
@@ -78,10 +119,15 @@ class Precision:
             (subtracting maxima, the merge's weights) are assumed to round to nearest, error
             ``u_acc / 2``: the proofs rely on it (``proofs/error_bound.py`` Lemmas 2-4,
             ``proofs/merge_monoid.py``); truncating ones would double their per-step term.
-        u_exp: relative error of ``exp``/``exp2`` in the accumulation format.
+        u_exp: relative error of ``exp``/``exp2`` in the accumulation format, at every argument
+            the kernel passes it (an ``exp(x)`` computed as ``exp2(fl(x * log2 e))``, as
+            Triton's ``tl.exp`` and CUDA's ``__expf`` do, errs by up to about ``0.6 u_acc |x|`` more and
+            is not covered; relaycore's kernels fold ``log2 e`` into the softmax scale once).
         u_p: rounding of the softmax weights before ``P @ V``.
         u_out: rounding of the output to the input dtype.
         tau: absolute rounding of a weight near underflow.
+        largest: the input (and output) format's largest finite value.
+        largest_acc: the accumulation format's largest finite value.
     """
 
     dtype: str
@@ -90,24 +136,30 @@ class Precision:
     u_p: float
     u_out: float
     tau: float
+    largest: float
+    largest_acc: float
 
 
 def precision(dtype: str) -> Precision:
     """The precision policy for inputs of ``dtype`` (a canonical name, see ``FLOAT_DTYPES``)."""
     if dtype not in UNIT_ROUNDOFF:
         raise ValueError(f"dtype: expected one of {sorted(UNIT_ROUNDOFF)}, got {dtype!r}")
+    largest = dict(largest=LARGEST_FINITE[dtype], largest_acc=LARGEST_FINITE[ACCUMULATION[dtype]])
     if dtype == "float64":
         u = UNIT_ROUNDOFF["float64"]
-        return Precision(dtype, u_acc=2 * u, u_exp=EXP_REL_FP64, u_p=u, u_out=u, tau=UNDERFLOW_ABS["float64"])
+        return Precision(dtype, u_acc=2 * u, u_exp=EXP_REL_FP64, u_p=u, u_out=u, tau=UNDERFLOW_ABS["float64"], **largest)
     u_acc = 2 * UNIT_ROUNDOFF["float32"]
     tau = max(UNDERFLOW_ABS[dtype], UNDERFLOW_ABS["float32"])
-    return Precision(dtype, u_acc=u_acc, u_exp=EXP_REL_FP32, u_p=UNIT_ROUNDOFF[dtype], u_out=UNIT_ROUNDOFF[dtype], tau=tau)
+    return Precision(dtype, u_acc=u_acc, u_exp=EXP_REL_FP32, u_p=UNIT_ROUNDOFF[dtype], u_out=UNIT_ROUNDOFF[dtype], tau=tau,
+                     **largest)
 
 
 class NoBound(ValueError):
-    """The bound does not exist for these sizes: ``n u >= 1`` in a ``gamma``, or
-    ``N tau exp(rho) >= 1`` (scores far too large for the precision), or, for the lse only,
-    ``rho > LSE_RHO_MAX`` (no lse bound is proved there)."""
+    """The bound does not exist for these sizes: ``n u >= 1`` in a ``gamma``; ``N tau exp(rho)
+    >= 1`` (scores far too large for the precision); for the out bound, ``rho`` past
+    ``out_rho_limit`` (the merge lemmas are not proved there); values so large that a computed
+    output or accumulator may overflow; dot products that may overflow (where the scale is
+    given); or, for the lse only, ``rho > LSE_RHO_MAX`` (no lse bound is proved there)."""
 
 
 def gamma(n, u: float):
@@ -121,10 +173,14 @@ def gamma(n, u: float):
 
 
 def default_steps(num_keys):
-    """A safe count of steps per key for any blocking and relay split: a key's own exponential
-    (1), the rescales of its part's accumulators (at most ``N_i - 1`` in a part of ``N_i`` keys)
-    and two per merge; with ``P`` non-empty parts ``N_i <= N - P + 1``, so at most
-    ``1 + (N - P) + 2 (P - 1) <= 2N - 1`` steps (merging an empty part is exact and free)."""
+    """A safe count of steps per key for any blocking and any relay split whose merges are
+    pairwise in ``relaycore.state.merge``'s order of operations (Lemma 3) or all at once in
+    Lemma 4's: a key's own exponential (1), the rescales of its part's accumulators (at most
+    ``N_i - 1`` in a part of ``N_i`` keys) and two per merge; with ``K'`` non-empty parts
+    ``N_i <= N - K' + 1``, so at most ``1 + (N - K') + 2 (K' - 1) <= 2N - 1`` steps (merging an
+    empty part is exact and free). A merge in another order (e.g. a fold that keeps a running
+    maximum and rescales its sums as it grows, as FlashInfer's ``merge_states`` does) is not
+    covered by the proof, at this count or any other."""
     return 2 * np.asarray(num_keys, dtype=np.float64)
 
 
@@ -182,31 +238,161 @@ def _steps(steps, n: np.ndarray) -> np.ndarray:
     return s
 
 
-def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps=None):
+def output_growth(num_keys, prec: Precision, steps=None):
+    """``rho_Delta`` per row (``proofs/error_bound.py``, Lemma 5): the most by which the computed
+    numerator weights of a key can outgrow its computed normaliser weights, as a log,
+    ``u_p + 2 gamma(N, u_acc) + 2 steps u_acc``. The roundings the two sides share (the score,
+    the exponential, the rescale factor, a merge's weight) cancel in it, so it is far below
+    ``2 rho``; it bounds how large a computed output can be (``out_bound``'s overflow check).
+
+    Args:
+        num_keys, steps: see ``weight_perturbation``.
+        prec: the precision policy.
+
+    Returns:
+        float64 array of ``rho_Delta`` (0 where ``N == 0``).
+    """
+    n = np.asarray(num_keys, dtype=np.float64)
+    steps = default_steps(n) if steps is None else _steps(steps, n)
+    return np.where(n > 0, prec.u_p + 2 * gamma(n, prec.u_acc) + 2 * steps * prec.u_acc, 0.0)
+
+
+#: Relative margin on the float64 evaluation of Lemma 5's magnitudes (a few roundings and an
+#: ``exp``), so that what ``out_bound`` computes is never below what the lemma states.
+_EVALUATION_MARGIN = 1 + 2.0**-45
+
+
+#: The out bound is proved for ``rho <= OUT_RHO_MAX + min(A, OUT_RHO_SCORE_CAP) / 4``
+#: (``proofs/error_bound.py``, Lemma 3: a pairwise merge costs two steps while its states'
+#: ``rho`` stays there, with room left for the terms of the next order; Lemma 4 has more room).
+OUT_RHO_MAX = 2.5
+OUT_RHO_SCORE_CAP = 256.0
+
+
+def out_rho_limit(score_abs):
+    """The largest ``rho`` for which ``out_bound`` is proved, per row:
+    ``OUT_RHO_MAX + min(A, OUT_RHO_SCORE_CAP) / 4`` (2.5 at ``A = 0``, 66.5 from ``A = 256``)."""
+    return OUT_RHO_MAX + np.minimum(np.asarray(score_abs, dtype=np.float64), OUT_RHO_SCORE_CAP) / 4
+
+
+def _scale(scale):
+    if scale is None:
+        return None
+    c = np.asarray(scale, dtype=np.float64)
+    if not np.all(np.isfinite(c) & (c > 0)):
+        raise ValueError(f"scale: expected the finite positive softmax scale, got {scale!r}")
+    return c
+
+
+def _dot_products(score_abs, n: np.ndarray, head_dim: int, prec: Precision, scale) -> np.ndarray:
+    """Lemma 5's (R1): the largest partial sum of the dot products ``sum_d q_d k_jd``,
+    ``(1 + gamma_D) A / scale`` per row (0 without a scale: assumed within range)."""
+    c = _scale(scale)
+    if c is None:
+        return np.zeros(n.shape)
+    with np.errstate(over="ignore"):
+        return np.where(n > 0, (1 + gamma(head_dim, prec.u_acc)) * np.asarray(score_abs, dtype=np.float64) / c, 0.0) \
+            * _EVALUATION_MARGIN
+
+
+def _out_conditions(value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps, scale) -> dict:
+    """Everything ``out_bound`` checks, per row or element: ``rho``, ``eps`` and, for each
+    condition (``"eps"``, ``"rho"``, ``"output"``, ``"accumulator"``, ``"scores"``), the quantity
+    it compares and its limit."""
+    rho = weight_perturbation(num_keys, score_abs, head_dim, prec, steps)[..., None]
+    n = np.asarray(num_keys, dtype=np.float64)[..., None]
+    v = np.asarray(value_abs, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        eps = n * prec.tau * np.exp(rho)
+        growth = output_growth(num_keys, prec, steps)[..., None]
+        seen = (n > 0) & (v > 0)
+        underflows = np.where(n > 0, 2 * eps * rho, 0.0)  # the roundings' underflows, absolute (Lemma 5)
+        out_peak = (np.where(seen, np.exp(growth) * (1 + eps) * v, 0.0) + underflows) * _EVALUATION_MARGIN
+        acc_peak = (np.where(seen, n * np.exp(rho + growth) * (1 + eps) * v, 0.0) + underflows) * _EVALUATION_MARGIN
+    return dict(
+        rho=rho, n=n, v=v, eps=eps,
+        eps_check=(eps, 1.0),
+        rho_check=(np.where(n > 0, rho, 0.0), out_rho_limit(score_abs)[..., None]),
+        output=(out_peak, prec.largest),
+        accumulator=(acc_peak, prec.largest_acc),
+        scores=(_dot_products(score_abs, n[..., 0], head_dim, prec, scale)[..., None], prec.largest_acc),
+    )
+
+
+def out_bound_refused(value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps=None, *, scale=None):
+    """The rows on which ``out_bound`` raises ``NoBound`` (``eps >= 1``, ``rho`` past
+    ``out_rho_limit``, a value or a dot product that may overflow), so that a caller can check
+    the other rows: bool ``[...]``, the shape of ``num_keys`` broadcast with ``value_abs[..., 0]``.
+
+    Raises:
+        NoBound: ``gamma`` (the sizes of every row); and see ``weight_perturbation``.
+    """
+    c = _out_conditions(value_abs, num_keys, score_abs, head_dim, prec, steps, scale)
+    refused = c["eps_check"][0] >= 1
+    for name in ("rho_check", "output", "accumulator", "scores"):
+        got, limit = c[name]
+        refused = refused | (got > limit)
+    return np.any(np.broadcast_to(refused, np.broadcast_shapes(refused.shape, c["v"].shape)), axis=-1)
+
+
+def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps=None, *, scale=None):
     """Elementwise bound on ``|out - ref_out|``.
 
     Args:
         ref_out: ``[..., D]`` the exact output (float64 oracle).
         value_abs: ``[..., D]`` ``V_d = max_j |v_jd|`` over the keys the row sees.
-        num_keys, score_abs: ``[...]`` per row, see ``weight_perturbation``.
+        num_keys, score_abs: ``[...]`` per row, see ``weight_perturbation`` (``score_abs`` is
+            ``A = max_j scale * sum_d |q_d k_jd|``, not the largest ``|score|``).
         head_dim: ``D``.
         prec: the precision policy.
         steps: see ``weight_perturbation``.
+        scale: the softmax scale (a number, or an array that broadcasts to ``num_keys``):
+            where given, the scores' dot products are checked not to overflow; where not, the
+            bound assumes a scale of at least ``MIN_SCALE`` (any scale for fp16 inputs).
 
     Returns:
         float64 ``[..., D]``; exactly 0 on rows that see no key.
 
     Raises:
-        NoBound: ``N tau exp(rho) >= 1``, or see ``weight_perturbation``.
+        NoBound: ``N tau exp(rho) >= 1``; ``rho`` past ``out_rho_limit(A)``, where the merge
+            lemmas are not proved (at ``default_steps`` and ``A = 20``: bf16 and fp32 rows of
+            about 7e5 keys, where the bound is above 10^6 V_d; fp16 meets ``eps >= 1`` first);
+            a value so large that a computed output
+            (``exp(rho_Delta) (1 + eps) V_d + 2 eps rho`` past ``prec.largest``) or accumulator
+            (``N exp(rho + rho_Delta) (1 + eps) V_d + 2 eps rho`` past ``prec.largest_acc``) may
+            overflow, ``rho_Delta = output_growth(...)``; dot products that may overflow (with
+            ``scale``); or see ``weight_perturbation``. ``out_bound_refused`` names the rows.
+        ValueError: ``scale`` that is not finite and positive.
     """
-    rho = weight_perturbation(num_keys, score_abs, head_dim, prec, steps)[..., None]
-    n = np.asarray(num_keys, dtype=np.float64)[..., None]
-    v = np.asarray(value_abs, dtype=np.float64)
-    u_o = (1 + prec.u_out) * (1 + prec.u_acc) - 1
-    eps = n * prec.tau * np.exp(rho)
+    c = _out_conditions(value_abs, num_keys, score_abs, head_dim, prec, steps, scale)
+    rho, n, v, eps = c["rho"], c["n"], c["v"], c["eps"]
     if np.any(eps >= 1):
         raise NoBound(f"num_keys: expected N * tau * exp(rho) below 1 (no bound past it), "
-                         f"got up to {float(np.max(eps))}")
+                      f"got up to {float(np.max(eps))}")
+    got, limit = c["rho_check"]
+    over = np.broadcast_to(got > limit, np.broadcast_shapes(got.shape, np.shape(limit)))
+    if np.any(over):
+        i = int(np.argmax(over))
+        raise NoBound(f"num_keys, steps: expected rho <= 2.5 + min(A, 256) / 4 for the out bound (the merge lemmas are "
+                      f"proved only there), got rho = {float(np.broadcast_to(got, over.shape).flat[i]):.4g} where the "
+                      f"limit is {float(np.broadcast_to(limit, over.shape).flat[i]):.4g}; pass the kernel's counted steps "
+                      f"(steps=), which keep rho far lower")
+    acc_name = ACCUMULATION.get(prec.dtype, "the accumulation format")
+    got, limit = c["output"]
+    if np.any(got > limit):
+        raise NoBound(f"value_abs: expected exp(rho_Delta) (1 + eps) V_d + 2 eps rho <= {limit:.8g}, the largest "
+                      f"finite {prec.dtype} (a computed output up to that size could round to inf: no bound), got up to "
+                      f"{float(np.max(got)):.8g}")
+    got, limit = c["accumulator"]
+    if np.any(got > limit):
+        raise NoBound(f"value_abs: expected N exp(rho + rho_Delta) (1 + eps) V_d + 2 eps rho <= {limit:.8g}, "
+                      f"the largest finite {acc_name} (an accumulator up to that size could overflow: no bound), got up to "
+                      f"{float(np.max(got)):.8g}")
+    got, limit = c["scores"]
+    if np.any(got > limit):
+        raise NoBound(f"score_abs, scale: expected (1 + gamma_D) A / scale <= {limit:.8g}, the largest finite "
+                      f"{acc_name} (the dot products q . k must not overflow), got up to {float(np.max(got)):.8g}")
+    u_o = (1 + prec.u_out) * (1 + prec.u_acc) - 1
     weights = (np.expm1(2 * rho) + 2 * eps) / (1 - eps) * v
     bound = weights * (1 + u_o) + u_o * np.abs(np.asarray(ref_out, dtype=np.float64)) + 2 * prec.tau
     return np.where(n > 0, bound, 0.0)
@@ -217,7 +403,7 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
 LSE_RHO_MAX = 2.0
 
 
-def lse_bound(ref_lse, num_keys, score_abs, head_dim: int, prec: Precision, steps=None):
+def lse_bound(ref_lse, num_keys, score_abs, head_dim: int, prec: Precision, steps=None, *, scale=None):
     """Bound on ``|lse - ref_lse|`` per row (natural log): ``rho + 3 u_acc (|ref_lse| + 1)``.
 
     Args:
@@ -226,14 +412,17 @@ def lse_bound(ref_lse, num_keys, score_abs, head_dim: int, prec: Precision, step
         head_dim: ``D``.
         prec: the precision policy.
         steps: see ``weight_perturbation``.
+        scale: see ``out_bound``.
 
     Returns:
         float64 ``[...]``; exactly 0 on rows that see no key.
 
     Raises:
         NoBound: a row's ``rho`` exceeds ``LSE_RHO_MAX`` = 2, where no lse bound is proved (at
-            ``default_steps`` that is from about 2e5 keys with ``|q . k|`` up to 20; a kernel's
-            counted ``steps`` keep ``rho`` far lower), or see ``weight_perturbation``.
+            ``default_steps`` that is from about 2e5 keys with ``A = max_j scale * sum_d
+            |q_d k_jd|`` up to 20; a kernel's counted ``steps`` keep ``rho`` far lower); dot
+            products that may overflow (with ``scale``); or see ``weight_perturbation``.
+        ValueError: ``scale`` that is not finite and positive.
     """
     rho = weight_perturbation(num_keys, score_abs, head_dim, prec, steps)
     ref = np.asarray(ref_lse, dtype=np.float64)
@@ -251,5 +440,11 @@ def lse_bound(ref_lse, num_keys, score_abs, head_dim: int, prec: Precision, step
             f"{float(counted.flat[i]):g}{' (default_steps)' if steps is None else ''}; "
             f"pass the kernel's counted steps (steps=), which keep rho far lower"
         )
+    n64 = np.asarray(num_keys, dtype=np.float64)
+    dots = _dot_products(score_abs, n64, head_dim, prec, scale)
+    if np.any(dots > prec.largest_acc):
+        raise NoBound(f"score_abs, scale: expected (1 + gamma_D) A / scale <= {prec.largest_acc:.8g}, the largest finite "
+                      f"{ACCUMULATION.get(prec.dtype, 'the accumulation format')} (the dot products q . k must not "
+                      f"overflow), got up to {float(np.max(dots)):.8g}")
     finite_ref = np.where(n > 0, np.abs(ref), 0.0)
     return np.where(n > 0, rho + 3 * prec.u_acc * (finite_ref + 1), 0.0)

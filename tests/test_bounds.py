@@ -54,7 +54,7 @@ def test_steps_on_rows_that_see_no_key_are_not_read():
 
 
 def test_lse_bound_is_refused_beyond_rho_2_where_it_is_not_proved():
-    """At ``default_steps`` a row of 2.1e5 keys with ``|q . k|`` up to 20 has ``rho`` just above
+    """At ``default_steps`` a row of 2.1e5 keys with ``A = max_j scale * sum_d |q_d k_jd|`` up to 20 has ``rho`` just above
     2: no lse bound is proved there (``proofs/error_bound.py``, "The lse"), so ``lse_bound``
     names the row's sizes and asks for the kernel's counted steps; the out bound still exists."""
     prec = bounds.precision("float16")
@@ -86,3 +86,104 @@ def test_lse_bound_up_to_rho_2_is_the_closed_form_bit_for_bit(dtype):
     want = np.where(num_keys > 0, rho + 3 * prec.u_acc * (np.where(num_keys > 0, np.abs(ref), 0.0) + 1), 0.0)
     got = bounds.lse_bound(ref, num_keys, score_abs, 128, prec, steps)
     assert got.tobytes() == want.tobytes() and got[0] == 0
+
+
+def test_the_largest_finite_values_are_the_formats():
+    for dtype in ("float16", "float32", "float64"):
+        assert bounds.LARGEST_FINITE[dtype] == float(np.finfo(dtype).max)
+        assert bounds.precision(dtype).largest == float(np.finfo(dtype).max)
+    assert bounds.LARGEST_FINITE["bfloat16"] == float.fromhex("0x1.fep127")  # 0x7f7f: 8 significand bits
+    for dtype in ("float16", "bfloat16", "float32"):
+        assert bounds.precision(dtype).largest_acc == float(np.finfo(np.float32).max)
+    assert bounds.precision("float64").largest_acc == float(np.finfo(np.float64).max)
+
+
+def test_out_bound_is_refused_where_the_output_may_round_to_inf():
+    """fp16, 12 keys of value 65504, scores 0 and eleven times -0.6724: the weights rounded to
+    fp16 are above the fp32 ones the normaliser sums, the fp32 output is 65536, and fp16 rounds
+    it to inf (``proofs/error_bound.py``, Lemma 5, which simulates it). Without the overflow
+    condition ``out_bound`` said 100.5."""
+    prec = bounds.precision("float16")
+    a = float(np.float16(0.6724))
+    with pytest.raises(bounds.NoBound, match=r"value_abs: expected exp\(rho_Delta\) \(1 \+ eps\) V_d \+ 2 eps rho <= 65504, "
+                                             r"the largest finite float16 \(a computed output up to that size could round "
+                                             r"to inf: no bound\), got up to 6553\d\.\d+"):
+        bounds.out_bound(np.array([65504.0]), np.array([65504.0]), 12, a, 1, prec)
+    # where exp(rho_Delta) V_d stays below 65504 there is a bound, and it is the closed form
+    growth = float(bounds.output_growth(12, prec))
+    v = 65504.0 * np.exp(-growth) * (1 - 2.0**-20)
+    rho = float(bounds.weight_perturbation(12, a, 1, prec))
+    eps = 12 * prec.tau * np.exp(rho)
+    u_o = (1 + prec.u_out) * (1 + prec.u_acc) - 1
+    want = (np.expm1(2 * rho) + 2 * eps) / (1 - eps) * v * (1 + u_o) + u_o * v + 2 * prec.tau
+    assert bounds.out_bound(np.array([v]), np.array([v]), 12, a, 1, prec)[0] == pytest.approx(want, rel=1e-15)
+    assert growth == pytest.approx(prec.u_p + 2 * float(bounds.gamma(12, prec.u_acc)) + 2 * 24 * prec.u_acc, rel=1e-15)
+
+
+def test_out_bound_is_refused_where_an_fp32_accumulator_may_overflow():
+    """bf16 values of a quarter of the largest bf16: one key's output is fine, but 12 such keys
+    sum past fp32's largest value in the accumulator."""
+    prec = bounds.precision("bfloat16")
+    v = np.full((2, 1), float.fromhex("0x1.fep125"))  # a quarter of bf16's largest finite value
+    assert np.all(np.isfinite(bounds.out_bound(v, v, np.array([1, 2]), np.ones(2), 1, prec)))
+    with pytest.raises(bounds.NoBound, match=r"value_abs: expected N exp\(rho \+ rho_Delta\) \(1 \+ eps\) V_d \+ 2 eps rho "
+                                             r"<= 3\.4028235e\+38, the largest finite float32 \(an accumulator up to that "
+                                             r"size could overflow: no bound\)"):
+        bounds.out_bound(v, v, np.array([1, 12]), np.ones(2), 1, prec)
+
+
+def test_the_dot_products_are_checked_where_the_scale_is_given():
+    """``A = scale * sum_d |q_d k_jd|``: a tiny scale can hide dot products past fp32's range."""
+    prec = bounds.precision("bfloat16")
+    args = (np.zeros((1, 1)), np.ones((1, 1)), np.ones(1), np.array([10.0]), 1, prec)
+    assert np.isfinite(bounds.out_bound(*args)[0, 0]) and np.isfinite(bounds.out_bound(*args, scale=1.0)[0, 0])
+    with pytest.raises(bounds.NoBound, match=r"score_abs, scale: expected \(1 \+ gamma_D\) A / scale <= 3\.4028235e\+38, "
+                                             r"the largest finite float32 \(the dot products q \. k must not overflow\), "
+                                             r"got up to 1\.0000001e\+39"):
+        bounds.out_bound(*args, scale=1e-38)
+    with pytest.raises(bounds.NoBound, match=r"score_abs, scale: expected"):
+        bounds.lse_bound(np.zeros(1), np.ones(1), np.array([10.0]), 1, prec, scale=1e-38)
+    for bad in (0.0, -1.0, np.inf, np.nan):
+        with pytest.raises(ValueError, match=r"scale: expected the finite positive softmax scale"):
+            bounds.out_bound(*args, scale=bad)
+    assert bounds.MIN_SCALE["float32"] * 2.0**27 < bounds.LARGEST_FINITE["float32"]
+
+
+def test_out_bound_is_refused_where_the_merge_lemmas_are_not_proved():
+    """Lemma 3 (pairwise merge, two steps) is proved while ``rho <= 2.5 + min(A, 256) / 4``: an
+    fp32 row of 8e5 keys at ``default_steps`` and ``A = 20`` is past it (``eps`` is tiny there,
+    so that check does not catch it); the kernel's counted steps give a bound."""
+    prec = bounds.precision("float32")
+    n, a = np.array([8e5]), np.array([20.0])
+    assert bounds.weight_perturbation(n, a, 128, prec)[0] > 7.5
+    with pytest.raises(bounds.NoBound, match=r"num_keys, steps: expected rho <= 2\.5 \+ min\(A, 256\) / 4 for the out bound "
+                                             r"\(the merge lemmas are proved only there\), got rho = 8\.\d+ where the limit is "
+                                             r"7\.5; pass the kernel's counted steps"):
+        bounds.out_bound(np.zeros((1, 4)), np.ones((1, 4)), n, a, 128, prec)
+    assert np.all(np.isfinite(bounds.out_bound(np.zeros((1, 4)), np.ones((1, 4)), n, a, 128, prec, -(-n // 64) + 2)))
+    assert float(bounds.out_rho_limit(a)[0]) == 7.5 and float(bounds.out_rho_limit(1e4)) == 66.5
+
+
+def test_out_bound_refused_names_the_rows_out_bound_refuses():
+    """``out_bound_refused`` marks exactly the rows on which ``out_bound`` raises, whatever the
+    reason, so that a checker can hold the other rows to their bound."""
+    prec = bounds.precision("float16")
+    a16 = float(np.float16(0.6724))
+    rows = [  # (value, N, A, steps): a bound; an output that may overflow; eps >= 1; fine again
+        (3.0, 12, a16, 24), (65504.0, 12, a16, 24), (3.0, 1, 1e8, 1), (1.0, 4096, 20.0, 66)]
+    v = np.array([[r[0], 0.5 * r[0]] for r in rows])
+    n, a, steps = (np.array([r[i] for r in rows], dtype=np.float64) for i in (1, 2, 3))
+    refused = bounds.out_bound_refused(v, n, a, 1, prec, steps)
+    assert refused.tolist() == [False, True, True, False]
+    for i in range(len(rows)):
+        one = (v[i:i + 1], n[i:i + 1], a[i:i + 1], 1, prec, steps[i:i + 1])
+        if refused[i]:
+            with pytest.raises(bounds.NoBound):
+                bounds.out_bound(v[i:i + 1], *one)
+        else:
+            assert np.all(np.isfinite(bounds.out_bound(v[i:i + 1], *one)))
+    fp32 = bounds.precision("float32")  # rho past the merge lemmas' limit
+    assert bounds.out_bound_refused(np.ones((2, 4)), np.array([8e5, 100]), np.array([20.0, 20.0]), 128, fp32).tolist() \
+        == [True, False]
+    assert bounds.out_bound_refused(np.ones((1, 1)), np.ones(1), np.array([10.0]), 1, bounds.precision("bfloat16"),
+                                    scale=1e-38).tolist() == [True]
