@@ -4,17 +4,19 @@ Case ``i`` of a run with ``--seed S`` is the batch ``relaycore.testing.random_ba
 np.random.default_rng(S + i), dtypes=(dtype,), **space)``, ``space`` being ``SPACES[device]``
 with the ``--space`` fields (below) and ``dtype`` the case's, so every case is reproducible on
 its own with ``--seed S+i --cases 1``; the report prints that command for each failure, and the
-``make_batch(...)`` call that rebuilds its batch in Python (``rebuild:``). Each result is checked with
-``relaycore.testing.check``: every element within the a-priori bound of ``relaycore.bounds`` for
-the case's dtype, rows that see no key exactly ``(0, -inf)``, no NaN.
+``make_batch(...)`` call that rebuilds its batch in Python (``rebuild:``). Each case is run and
+checked with ``relaycore.testing.compare``: every element within the a-priori bound of
+``relaycore.bounds`` for the case's dtype, rows that see no key exactly ``(0, -inf)``, no NaN,
+and the inputs left as they were (the implementation receives copies of the batch's arrays).
 
 Inputs: for ``--dtype float16|bfloat16|float32`` the backend or function receives torch tensors
 in that dtype on ``--device`` (int32 metadata); for ``--dtype float64`` it receives NumPy float64
-arrays (int32 metadata), which needs no torch. Without ``--dtype`` each case's dtype is float32,
-float16 or bfloat16 by its seed (``seed % 3``). A ``--function`` has ``relay_attention``'s
-signature ``fn(q, cu_seqlens_q, kv, prefixes, *, causal, softmax_scale)`` and returns
-``(out, lse)`` with ``lse`` in natural log; it is imported as ``module:function`` with the current
-directory on the import path.
+arrays (int32 metadata), which needs no torch. ``--dtype`` takes several formats (not float64
+among others): case ``S + i`` takes the ``(S + i) % n``-th of the ``n`` given; without it, float32,
+float16 or bfloat16 (``CYCLE``). A ``--function`` has ``relay_attention``'s signature
+``fn(q, cu_seqlens_q, kv, prefixes, *, causal, softmax_scale)`` and returns ``(out, lse)`` with
+``lse`` in natural log; it is imported as ``module:function`` with the current directory on the
+import path.
 
 Narrower batches: ``--space FIELD=VALUE`` (repeatable) sets a field of
 ``relaycore.testing.BatchSpace`` over the device's defaults (``SPACES``), the value a Python
@@ -24,7 +26,15 @@ at D = 128. A tighter bound: ``--block-n N`` (with ``--chunk C``, ``--merge pair
 ``--single-pass``) checks every case with the steps of that blocking
 (``relaycore.testing.blocked_steps``) instead of the default count for any blocking.
 
-Exit status: 0 when every case passes, 1 when one fails, 2 when the run cannot start.
+Rows without a bound: where ``relaycore.bounds`` gives no bound for a row (scores too large for
+the dtype, or an lse whose ``rho`` passes 2 on long rows), the row is held to none, and the case
+is counted apart ("no bound"), neither failed nor passed; the summary lists those seeds.
+
+Exit status: 0 when no case fails, 1 when one fails, 2 when the run cannot start (or a drawn
+batch is one the oracle refuses: a ``--space`` beyond what the dtype holds).
+
+From Python: ``relaycore.verify.run(fn_or_spec, cases=..., dtypes=..., space={...})`` runs the
+same check, prints the same report and returns an ``Outcome``.
 """
 
 from __future__ import annotations
@@ -36,21 +46,21 @@ import os
 import shlex
 import sys
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 import relaycore
 from relaycore import dispatch
-from relaycore.testing import MERGES, BatchSpace, blocked_steps, check, random_batch
+from relaycore.testing import DTYPES, MERGES, BatchSpace, Report, blocked_steps, compare, random_batch
 
 #: Dtypes a case without ``--dtype`` takes, by ``seed % 3``.
 CYCLE = ("float32", "float16", "bfloat16")
 
 #: The batches drawn on each device: small on the CPU (the default run stays well under a
-#: minute), longer sequences and realistic head sizes on a GPU. Scores stay of order 1 to 100:
-#: at |scores| ~ 1e4 the a-priori bound of fp16/bf16/fp32 is vacuous (it allows any convex
-#: combination of the values), so such cases would check nothing but the absence of NaN.
+#: minute), longer sequences and realistic head sizes on a GPU. Scores of standard deviation up
+#: to 100 (``BatchSpace.score_magnitudes``): every row has a bound in every dtype. Values are
+#: offset in one case in three (``BatchSpace.value_offsets``).
 SPACES = {
     "cpu": dict(max_batch=4, max_q_len=8, max_kv_len=24, max_prefix_len=24, head_dims=(8, 16, 24, 32, 64),
                 score_magnitudes=(None, None, 100.0)),
@@ -58,12 +68,58 @@ SPACES = {
                  score_magnitudes=(None, None, 100.0)),
 }
 
-#: Full failure reports printed before the rest are only counted.
+#: Full reports printed for the first failing cases (and for the first cases without a bound on
+#: some rows); the rest are listed by seed in the summary.
 MAX_REPORTS = 3
 
 
-class UsageError(Exception):
-    """The run cannot start (missing torch, no CUDA, a function that does not import)."""
+class UsageError(ValueError):
+    """The run cannot start (missing torch, no CUDA, a function that does not import, an option
+    out of its domain), or a drawn batch is one the oracle refuses."""
+
+
+class Outcome(NamedTuple):
+    """What a run found (``run``'s result; the command prints it).
+
+    Attributes:
+        cases: the number of cases run.
+        failed: the seeds of the failing cases (a check failed, or the implementation raised).
+        no_bound: the seeds of the cases with rows where no error bound exists, which passed on
+            every other row (neither failed nor passed).
+        ran_on: per backend or function name, the cases it computed.
+        worst_out: ``(ratio, "seed S, dtype")``, the worst ``out`` error in units of the bound
+            (``(0.0, None)`` when nothing ran).
+        worst_lse: the same for ``lse``.
+    """
+
+    cases: int
+    failed: Tuple[int, ...]
+    no_bound: Tuple[int, ...]
+    ran_on: Dict[str, int]
+    worst_out: Tuple[float, Optional[str]]
+    worst_lse: Tuple[float, Optional[str]]
+
+    @property
+    def passed(self) -> bool:
+        """No case failed (the exit status is 0)."""
+        return not self.failed
+
+
+class _Options(NamedTuple):
+    """A run's options, as ``run`` takes them; ``space_text`` is ``space`` as ``--space`` items."""
+
+    function: Union[None, str, Callable[..., Any]]
+    backend: str
+    cases: int
+    seed: int
+    dtypes: Optional[Tuple[str, ...]]
+    device: Optional[str]
+    space: Dict[str, Any]
+    space_text: Tuple[str, ...]
+    block_n: Optional[int]
+    chunk: Optional[int]
+    merge: str
+    single_pass: bool
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,10 +130,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--function", metavar="MODULE:FUNCTION",
                       help="check a function with relay_attention's signature instead of a backend")
     parser.add_argument("--cases", type=int, default=200, help="number of drawn batches (default: 200)")
-    parser.add_argument("--seed", type=int, default=0, help="case i uses seed SEED + i (default: 0)")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "float64"],
-                        help="input dtype (default: float32/float16/bfloat16 by case seed); "
-                             "float64 passes NumPy arrays")
+    parser.add_argument("--seed", type=int, default=0, help="case i uses seed SEED + i, SEED >= 0 (default: 0)")
+    parser.add_argument("--dtype", nargs="+", action="extend", choices=list(DTYPES), metavar="DTYPE",
+                        help="input dtype, or several (case seed S takes the (S %% n)-th of n): float16, bfloat16, "
+                             "float32, or float64 alone (NumPy inputs) (default: float32 float16 bfloat16)")
     parser.add_argument("--device", choices=["cpu", "cuda"],
                         help="where torch inputs live (default: cuda when available, else cpu)")
     parser.add_argument("--space", action="append", default=[], metavar="FIELD=VALUE",
@@ -108,8 +164,8 @@ def _load_function(spec: str) -> Callable[..., Any]:
     return fn
 
 
-def _default_device(dtype: Optional[str]) -> str:
-    if dtype == "float64":
+def _default_device(dtypes: Optional[Tuple[str, ...]]) -> str:
+    if dtypes == ("float64",):
         return "cpu"
     try:
         import torch
@@ -118,27 +174,43 @@ def _default_device(dtype: Optional[str]) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _check_setup(args: argparse.Namespace, device: str) -> None:
-    if args.cases < 1:
-        raise UsageError(f"--cases: expected at least 1, got {args.cases}")
-    if args.block_n is None and (args.chunk is not None or args.merge != "fold" or args.single_pass):
+def _check_setup(options: _Options, device: str) -> None:
+    for name, value in (("--cases", options.cases), ("--seed", options.seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise UsageError(f"{name}: expected an int, got {value!r}")
+    if options.cases < 1:
+        raise UsageError(f"--cases: expected at least 1, got {options.cases}")
+    if options.seed < 0:
+        raise UsageError(f"--seed: expected an int >= 0 (NumPy seeds are non-negative), got {options.seed}")
+    if options.function is None and options.backend not in ("auto", "reference", "torch", "triton"):
+        raise UsageError(f"--backend: expected one of auto, reference, torch, triton, got {options.backend!r}")
+    if options.merge not in MERGES:
+        raise UsageError(f"--merge: expected one of {list(MERGES)}, got {options.merge!r}")
+    dtypes = options.dtypes
+    if dtypes is not None and (not dtypes or any(d not in DTYPES for d in dtypes)):
+        raise UsageError(f"--dtype: expected one or more of {list(DTYPES)}, got {list(dtypes)}")
+    if dtypes is not None and "float64" in dtypes and len(dtypes) > 1:
+        raise UsageError(f"--dtype: expected float64 alone (it passes NumPy arrays, the others torch tensors), got "
+                         f"{' '.join(dtypes)}")
+    if options.block_n is None and (options.chunk is not None or options.merge != "fold" or options.single_pass):
         raise UsageError("--chunk, --merge, --single-pass: expected with --block-n (they describe its blocking), "
                          "got them without it")
-    if args.block_n is not None and args.function is None:
+    if options.block_n is not None and options.function is None:
         raise UsageError(f"--block-n: expected with --function (a blocking you know), got it with --backend "
-                         f"{args.backend}, whose blocking varies per request: its tests count it "
+                         f"{options.backend}, whose blocking varies per request: its tests count it "
                          f"(relaycore.fast.triton.rounding.steps_per_token)")
-    for name, value in (("--block-n", args.block_n), ("--chunk", args.chunk)):
+    for name, value in (("--block-n", options.block_n), ("--chunk", options.chunk)):
         if value is not None and value < 1:
             raise UsageError(f"{name}: expected a positive number of keys, got {value}")
-    if args.single_pass and (args.chunk is not None or args.merge != "fold"):
+    if options.single_pass and (options.chunk is not None or options.merge != "fold"):
         raise UsageError("--single-pass: expected without --chunk and --merge (one running state has no parts to "
                          "cut or merge), got them together")
-    if args.dtype == "float64":
-        if args.device == "cuda":
+    if dtypes == ("float64",):
+        if device == "cuda":
             raise UsageError("--dtype float64 passes NumPy arrays, which live on the CPU; drop --device cuda")
-        if args.backend not in ("auto", "reference") and args.function is None:
-            raise UsageError(f"--dtype float64 passes NumPy arrays, which only the reference backend takes, not {args.backend!r}")
+        if options.backend not in ("auto", "reference") and options.function is None:
+            raise UsageError(f"--dtype float64 passes NumPy arrays, which only the reference backend takes, not "
+                             f"{options.backend!r}")
         return
     try:
         import torch
@@ -146,7 +218,7 @@ def _check_setup(args: argparse.Namespace, device: str) -> None:
         raise UsageError("torch is not installed: use --dtype float64 (NumPy inputs) or install torch") from exc
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: torch sees no CUDA device here")
-    if args.function is None and args.backend == "triton":
+    if options.function is None and options.backend == "triton":
         try:
             triton_backend = dispatch.load("triton")
         except RuntimeError as exc:
@@ -156,22 +228,21 @@ def _check_setup(args: argparse.Namespace, device: str) -> None:
                              "or use --device cuda on a GPU")
 
 
-def _space(args: argparse.Namespace, device: str) -> dict:
-    """The batches to draw: ``SPACES[device]`` (every head dim in them runs on every backend),
-    then the ``--space`` fields.
+def _parse_space(items: Sequence[str]) -> Dict[str, Any]:
+    """``--space FIELD=VALUE`` items as ``BatchSpace`` fields.
 
     Raises:
-        UsageError: a ``--space`` that is not ``FIELD=LITERAL`` of a ``BatchSpace`` field, or
-            values ``BatchSpace`` refuses.
+        UsageError: an item that is not ``FIELD=LITERAL`` of a ``BatchSpace`` field, or whose
+            literal is not of the field's kind (a tuple of choices, or an int).
     """
-    space = dict(SPACES[device])
     fields = BatchSpace.__dataclass_fields__
-    for item in args.space:
+    space = {}
+    for item in items:
         name, sep, text = item.partition("=")
         name = name.strip()
         if name == "dtypes":
-            raise UsageError("--space: expected a field other than dtypes (a case's dtype is --dtype's, or its "
-                             "seed's), got dtypes")
+            raise UsageError("--space: expected a field other than dtypes (a case's dtype is --dtype's, which takes "
+                             "several: --dtype float16 bfloat16), got dtypes")
         if not sep or name not in fields:
             raise UsageError(f"--space: expected FIELD=VALUE with FIELD one of {sorted(set(fields) - {'dtypes'})}, "
                              f"got {item!r}")
@@ -185,6 +256,22 @@ def _space(args: argparse.Namespace, device: str) -> dict:
             want = "a tuple of choices, e.g. (128,)" if choices else "an int"
             raise UsageError(f"--space {name}: expected {want}, got {text!r}")
         space[name] = tuple(value) if choices else value
+    return space
+
+
+def _space(options: _Options, device: str) -> dict:
+    """The batches to draw: ``SPACES[device]`` (every head dim in them runs on every backend),
+    then the run's own fields.
+
+    Raises:
+        UsageError: a field other than ``BatchSpace``'s (or ``dtypes``), or values
+            ``BatchSpace`` refuses.
+    """
+    fields = set(BatchSpace.__dataclass_fields__) - {"dtypes"}
+    unknown = sorted(set(options.space) - fields)
+    if unknown:
+        raise UsageError(f"--space: expected fields among {sorted(fields)}, got {unknown[0]!r}")
+    space = {**SPACES[device], **options.space}
     try:
         BatchSpace(**space)
     except (TypeError, ValueError) as exc:
@@ -192,88 +279,203 @@ def _space(args: argparse.Namespace, device: str) -> dict:
     return space
 
 
-def _steps(args: argparse.Namespace, batch) -> Optional[np.ndarray]:
+def _steps(options: _Options, batch) -> Optional[np.ndarray]:
     """The ``steps`` of ``--block-n`` for ``batch``, or ``None`` (the default count)."""
-    if args.block_n is None:
+    if options.block_n is None:
         return None
-    return blocked_steps(batch, args.block_n, split=not args.single_pass, chunk=args.chunk, merge=args.merge)
+    return blocked_steps(batch, options.block_n, split=not options.single_pass, chunk=options.chunk,
+                         merge=options.merge)
 
 
-def _reproduce(args: argparse.Namespace, seed: int, dtype: str, device: str) -> str:
-    what = f"--function {shlex.quote(args.function)}" if args.function else f"--backend {args.backend}"
-    where = "" if dtype == "float64" else f" --device {device}"
-    space = "".join(f" --space {shlex.quote(item)}" for item in args.space)
+def _function_name(function: Union[str, Callable[..., Any]]) -> str:
+    """A function as the report names it: its ``module:function``, or its qualified name."""
+    return function if isinstance(function, str) else getattr(function, "__qualname__", repr(function))
+
+
+def _name(options: _Options) -> str:
+    """What the run checks, as its report names it."""
+    if options.function is None:
+        return f"backend {options.backend}"
+    return f"function {_function_name(options.function)}"
+
+
+def _reproduce(options: _Options, seed: int, dtype: str, device: str) -> str:
+    """The command (or, for a function given as an object, the ``run`` call) that reruns one
+    case alone."""
+    where = "" if dtype == "float64" else device
+    if callable(options.function):
+        name = _function_name(options.function)
+        steps = "" if options.block_n is None else (
+            f", block_n={options.block_n}, chunk={options.chunk!r}, merge={options.merge!r}, "
+            f"single_pass={options.single_pass}")
+        space = f", space={options.space!r}" if options.space else ""
+        return (f"relaycore.verify.run({name}, seed={seed}, cases=1, dtypes=({dtype!r},)"
+                f"{f', device={where!r}' if where else ''}{space}{steps})")
+    what = f"--function {shlex.quote(options.function)}" if options.function else f"--backend {options.backend}"
+    space = "".join(f" --space {shlex.quote(item)}" for item in options.space_text)
     steps = ""
-    if args.block_n is not None:
-        steps = f" --block-n {args.block_n}" + (f" --chunk {args.chunk}" if args.chunk is not None else "")
-        steps += (" --single-pass" if args.single_pass else "") + (f" --merge {args.merge}" if args.merge != "fold" else "")
-    return f"relaycore verify {what} --seed {seed} --cases 1 --dtype {dtype}{where}{space}{steps}"
+    if options.block_n is not None:
+        steps = f" --block-n {options.block_n}" + (f" --chunk {options.chunk}" if options.chunk is not None else "")
+        steps += (" --single-pass" if options.single_pass else "") + (
+            f" --merge {options.merge}" if options.merge != "fold" else "")
+    return f"relaycore verify {what} --seed {seed} --cases 1 --dtype {dtype}{f' --device {where}' if where else ''}" \
+           f"{space}{steps}"
 
 
-def _run_case(args: argparse.Namespace, fn: Optional[Callable[..., Any]], batch, device: str) -> Tuple[Any, str]:
-    """The result of one case and the name of what computed it."""
-    call_args, kwargs = batch.arguments() if batch.dtype == "float64" else batch.to_torch(device)
+def _run_case(options: _Options, fn: Optional[Callable[..., Any]], batch, device: str) -> Tuple[Report, str]:
+    """The report of one case and the name of what computed it."""
+    where = None if batch.dtype == "float64" else device  # float64: NumPy arrays
     if fn is not None:
-        return fn(*call_args, **kwargs), args.function
-    chosen = relaycore.select_backend(*call_args, **kwargs, backend=args.backend).name
-    return relaycore.relay_attention(*call_args, **kwargs, backend=args.backend), chosen
+        return compare(fn, batch, device=where, steps=_steps(options, batch)), _function_name(options.function)
+    chosen = []
+
+    def backend(*args, **kwargs):
+        chosen.append(relaycore.select_backend(*args, **kwargs, backend=options.backend).name)
+        return relaycore.relay_attention(*args, **kwargs, backend=options.backend)
+
+    report = compare(backend, batch, device=where)
+    return report, chosen[0]
+
+
+def _header(options: _Options, space: dict, device: str) -> None:
+    dtypes = " ".join(options.dtypes) if options.dtypes else "/".join(CYCLE) + " by seed"
+    last = options.seed + options.cases - 1
+    print(f"relaycore verify: {_name(options)}, {options.cases} cases (seeds {options.seed}..{last}), dtype {dtypes}, "
+          f"device {device}")
+    box = BatchSpace(**space)
+    offsets = " or ".join(f"{x:g}" for x in sorted(set(box.value_offsets)))
+    print(f"  batches: B <= {box.max_batch}, q_len {box.min_q_len}..{box.max_q_len}, kv_len <= {box.max_kv_len}, "
+          f"{box.max_levels} prefix levels of {box.max_prefixes} prefixes of length <= {box.max_prefix_len} at most, "
+          f"D in {box.head_dims}, |scores| up to ~{max(m or 1 for m in box.score_magnitudes):g}, values offset by "
+          f"{offsets}, {' and '.join(box.layouts)}")
+    if options.block_n is not None:
+        form = "one pass" if options.single_pass else (
+            f"parts of {options.chunk} keys" if options.chunk else "a part per segment")
+        print(f"  bound: the steps of blocks of {options.block_n} keys, {form}"
+              + ("" if options.single_pass else f", merged {'all at once' if options.merge == 'fold' else 'pairwise'}"))
+
+
+def _print_case(options: _Options, seed: int, dtype: str, device: str, text: str) -> None:
+    print(f"\ncase seed {seed} ({dtype}):")
+    print("  " + text.replace("\n", "\n  "))
+    print(f"  reproduce: {_reproduce(options, seed, dtype, device)}\n")
+
+
+def _execute(options: _Options) -> Outcome:
+    """Run the cases, print the report, return what was found.
+
+    Raises:
+        UsageError: the run cannot start, or a drawn batch is one the oracle refuses.
+    """
+    device = options.device or _default_device(options.dtypes)
+    _check_setup(options, device)
+    space = _space(options, device)
+    fn = _load_function(options.function) if isinstance(options.function, str) else options.function
+    _header(options, space, device)
+    dtypes = options.dtypes or CYCLE
+    ran_on: Dict[str, int] = {}
+    failed: List[int] = []
+    no_bound: List[int] = []
+    worst = {"out": (0.0, None), "lse": (0.0, None)}
+    for seed in range(options.seed, options.seed + options.cases):
+        dtype = dtypes[seed % len(dtypes)]
+        batch = random_batch(np.random.default_rng(seed), dtypes=(dtype,), **space)
+        try:
+            batch.oracle()  # before the implementation runs: a batch the oracle refuses is no case of it
+        except ValueError as exc:
+            raise UsageError(f"case seed {seed} ({dtype}): the oracle refuses the drawn batch ({exc}); narrow --space"
+                             f"\n{batch.describe()}") from exc
+        try:
+            report, name = _run_case(options, fn, batch, device)
+        except Exception as exc:  # a crashing implementation is a failing case, reported as such
+            failed.append(seed)
+            if len(failed) <= MAX_REPORTS:
+                _print_case(options, seed, dtype, device, f"FAIL: raised {type(exc).__name__}: {exc}\n"
+                                                          f"{traceback.format_exc(limit=-3)}{batch.describe()}")
+            continue
+        ran_on[name] = ran_on.get(name, 0) + 1
+        for part, ratio in (("out", report.out_ratio), ("lse", report.lse_ratio)):
+            if ratio > worst[part][0] or worst[part][1] is None:
+                worst[part] = (ratio, f"seed {seed}, {dtype}")
+        kind = failed if not report.passed else no_bound if report.unchecked else None
+        if kind is not None:
+            kind.append(seed)
+            if len(kind) <= MAX_REPORTS:
+                _print_case(options, seed, dtype, device, str(report))
+    outcome = Outcome(options.cases, tuple(failed), tuple(no_bound), ran_on, worst["out"], worst["lse"])
+    _summary(outcome)
+    return outcome
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    return ", ".join(str(s) for s in seeds)
+
+
+def _summary(outcome: Outcome) -> None:
+    ran = ", ".join(f"{k} ({v} cases)" for k, v in sorted(outcome.ran_on.items()))
+    print(f"  ran on: {ran or 'nothing (every case raised)'}")
+    for part, (ratio, where) in (("out", outcome.worst_out), ("lse", outcome.worst_lse)):
+        print(f"  worst {part} error: {ratio:.3g} of the bound" + (f" ({where})" if where else ""))
+    if outcome.no_bound:
+        print(f"  no bound: {len(outcome.no_bound)} cases have rows where no error bound exists for their dtype, held "
+              f"there to none and counted neither failed nor passed (seeds {_seeds(outcome.no_bound)})")
+    if outcome.failed:
+        print(f"FAIL: {len(outcome.failed)} of {outcome.cases} cases failed (seeds {_seeds(outcome.failed)})")
+        return
+    passed = outcome.cases - len(outcome.no_bound)
+    print(f"PASS: {passed} of {outcome.cases} cases within the bounds of relaycore.bounds"
+          + (f", {len(outcome.no_bound)} with no bound on some rows" if outcome.no_bound else ""))
+
+
+def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str = "auto", cases: int = 200,
+        seed: int = 0, dtypes: Optional[Sequence[str]] = None, device: Optional[str] = None,
+        space: Optional[Dict[str, Any]] = None, block_n: Optional[int] = None, chunk: Optional[int] = None,
+        merge: str = "fold", single_pass: bool = False) -> Outcome:
+    """``relaycore verify`` from Python: the same cases and checks, the same printed report.
+
+    Args:
+        function: the implementation, a callable with ``relay_attention``'s signature or its
+            ``"module:function"``; ``None`` checks ``backend``.
+        backend: with no ``function``: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"``.
+        cases, seed: cases ``seed .. seed + cases - 1`` (``seed >= 0``).
+        dtypes: the formats the cases cycle through (by seed), or ``("float64",)`` alone (NumPy
+            inputs); default ``CYCLE``.
+        device: ``"cpu"`` or ``"cuda"`` for the torch inputs; default cuda when available.
+        space: ``relaycore.testing.BatchSpace`` fields over ``SPACES[device]`` (not ``dtypes``).
+        block_n, chunk, merge, single_pass: the blocking whose steps the bound counts, as
+            ``--block-n``, ``--chunk``, ``--merge``, ``--single-pass``.
+
+    Returns:
+        ``Outcome``: ``outcome.passed`` is the command's exit status 0; the failing seeds, the
+        seeds without a bound on some rows, the worst errors.
+
+    Raises:
+        UsageError: (a ``ValueError``) the run cannot start, as the command's exit status 2.
+
+    Example:
+        >>> import relaycore, relaycore.verify
+        >>> def mine(q, cu_seqlens_q, kv, prefixes, *, causal, softmax_scale):
+        ...     return relaycore.relay_attention(q, cu_seqlens_q, kv, prefixes, causal=causal,
+        ...                                      softmax_scale=softmax_scale, backend="torch")
+        >>> outcome = relaycore.verify.run(mine, cases=6, dtypes=("float16", "bfloat16"),
+        ...                                device="cpu", space={"max_q_len": 1})  # prints the report
+        >>> outcome.passed, outcome.failed
+        (True, ())
+    """
+    space = dict(space or {})
+    options = _Options(function, backend, cases, seed, None if dtypes is None else tuple(dtypes), device, space,
+                       tuple(f"{k}={v!r}" for k, v in space.items()), block_n, chunk, merge, single_pass)
+    return _execute(options)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``relaycore verify``; returns the exit status."""
-    device = args.device or _default_device(args.dtype)
     try:
-        _check_setup(args, device)
-        space = _space(args, device)
-        fn = _load_function(args.function) if args.function else None
+        options = _Options(args.function, args.backend, args.cases, args.seed,
+                           None if args.dtype is None else tuple(args.dtype), args.device, _parse_space(args.space),
+                           tuple(args.space), args.block_n, args.chunk, args.merge, args.single_pass)
+        outcome = _execute(options)
     except UsageError as exc:
         print(f"relaycore verify: {exc}", file=sys.stderr)
         return 2
-    subject = f"function {args.function}" if fn else f"backend {args.backend}"
-    dtypes = args.dtype or "/".join(CYCLE) + " by seed"
-    last = args.seed + args.cases - 1
-    print(f"relaycore verify: {subject}, {args.cases} cases (seeds {args.seed}..{last}), dtype {dtypes}, device {device}")
-    box = BatchSpace(**space)
-    print(f"  batches: B <= {box.max_batch}, q_len {box.min_q_len}..{box.max_q_len}, kv_len <= {box.max_kv_len}, "
-          f"{box.max_levels} prefix levels of {box.max_prefixes} prefixes of length <= {box.max_prefix_len} at most, "
-          f"D in {box.head_dims}, "
-          f"|scores| up to ~{max(m or 1 for m in box.score_magnitudes):g}, {' and '.join(box.layouts)}")
-    if args.block_n is not None:
-        form = "one pass" if args.single_pass else (f"parts of {args.chunk} keys" if args.chunk else "a part per segment")
-        print(f"  bound: the steps of blocks of {args.block_n} keys, {form}"
-              + ("" if args.single_pass else f", merged {'all at once' if args.merge == 'fold' else 'pairwise'}"))
-
-    ran_on: Dict[str, int] = {}
-    failures: List[int] = []
-    worst = {"out": (0.0, None), "lse": (0.0, None)}
-    for seed in range(args.seed, args.seed + args.cases):
-        dtype = args.dtype or CYCLE[seed % len(CYCLE)]
-        batch = random_batch(np.random.default_rng(seed), dtypes=(dtype,), **space)
-        try:
-            result, name = _run_case(args, fn, batch, device)
-            report = check(result, batch, steps=_steps(args, batch))
-            ran_on[name] = ran_on.get(name, 0) + 1
-            text = str(report)
-        except Exception as exc:  # a crashing implementation is a failing case, reported as such
-            report = None
-            text = f"FAIL: raised {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}{batch.describe()}"
-        if report is not None:
-            for part, ratio in (("out", report.out_ratio), ("lse", report.lse_ratio)):
-                if ratio > worst[part][0] or worst[part][1] is None:
-                    worst[part] = (ratio, f"seed {seed}, {dtype}")
-        if report is None or not report.passed:
-            failures.append(seed)
-            if len(failures) <= MAX_REPORTS:
-                print(f"\ncase seed {seed} ({dtype}):")
-                print("  " + text.replace("\n", "\n  "))
-                print(f"  reproduce: {_reproduce(args, seed, dtype, device)}\n")
-
-    print(f"  ran on: {', '.join(f'{k} ({v} cases)' for k, v in sorted(ran_on.items())) or 'nothing (every case raised)'}")
-    for part, (ratio, where) in worst.items():
-        print(f"  worst {part} error: {ratio:.3g} of the bound" + (f" ({where})" if where else ""))
-    if failures:
-        shown = ", ".join(str(s) for s in failures[:10]) + (", ..." if len(failures) > 10 else "")
-        print(f"FAIL: {len(failures)} of {args.cases} cases failed (seeds {shown})")
-        return 1
-    print(f"PASS: {args.cases} of {args.cases} cases within the bounds of relaycore.bounds")
-    return 0
+    return 0 if outcome.passed else 1

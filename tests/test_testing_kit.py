@@ -21,6 +21,8 @@ from relaycore.testing.strategies import batches
 from relaycore.validation import validate
 from tolerances import bounds_for
 
+import flawed_kernels
+
 torch = pytest.importorskip("torch")
 
 LOW = ("float32", "float16", "bfloat16")
@@ -175,16 +177,193 @@ def test_result_dtypes_follow_the_q_the_implementation_received():
     assert "lse: expected dtype float64 (for float64 q), got float32" in report.problems
 
 
-def test_a_batch_without_a_bound_is_refused_with_a_reason():
-    batch = make_batch([64], [400], [[800]], [[0]], head_dim=64, dtype="float16", score_magnitude=1e4)
-    with pytest.raises(ValueError, match="batch: expected scores small enough for the float16 error bound to exist"):
-        check(batch.oracle().state, batch)
-    # an out bound, but rho past 2 at any blocking (default steps): the lse bound is not proved there
-    batch = make_batch([1], [5000], head_dim=16, dtype="bfloat16", score_magnitude=2000)
-    with pytest.raises(ValueError, match=r"batch: expected scores small enough .* got rho = .* \(default_steps\); "
-                                         r"pass the kernel's counted steps"):
+# ---- rows without a bound ------------------------------------------------------------------------
+
+
+def test_rows_without_an_out_bound_are_not_checked_and_the_report_says_why_and_what_would_help():
+    # 16 keys, scores of std 1e6 at D = 128: the scores term gamma_{D+6} A alone puts rho past
+    # the out bound's limit, so no count of steps gives one
+    batch = make_batch([1], [16], head_dim=128, dtype="float16", score_magnitude=1e6)
+    out, lse = (x.copy() for x in batch.oracle().state)
+    report = check((out.astype(np.float16), lse.astype(np.float32)), batch)
+    assert report.passed and len(report.unchecked) == 2, str(report)  # neither failed nor passed in silence
+    first = report.unchecked[0]
+    assert first.startswith("out: no float16 error bound on 2 of 2 (query row, head) pairs (it needs N tau exp(rho) "
+                            "< 1); the worst: request 0, token 0, head ")
+    assert "N = 16 keys" in first and "32 steps per key (default_steps)" in first
+    assert "no count of steps gives one (rho = " in first and first.endswith("smaller scores or shorter rows would")
+    assert str(report).startswith("PASS where a bound exists: ") and "\n  unchecked: out: no float16" in str(report)
+    # what no bound can hide is still caught: NaN and infinities
+    out[0, 1, 3] = np.nan
+    assert not check((out.astype(np.float16), lse.astype(np.float32)), batch).passed
+    # assert_close asserts every row: it refuses to call such a batch passed, and it is no failure
+    with pytest.raises(relaycore.bounds.NoBound, match=r"batch: expected an error bound on every row, got rows "
+                                                       r"without one \(the rest passed\):\nPASS where a bound exists"):
+        assert_close(batch.oracle().state, batch)
+    with pytest.raises(ValueError, match=r"batch: expected an error bound on every row, got rows without one: out: "):
         bounds_for(batch)
-    assert np.all(np.isfinite(bounds_for(batch, steps=3).lse))
+
+
+def test_where_only_the_lse_bound_is_missing_out_is_still_checked():
+    # rho past 2 at the default count of steps: an out bound, no lse bound; the kernel's count
+    # of steps would give one, and the report says so
+    batch = make_batch([1, 1], [5000, 8], num_q_heads=1, head_dim=16, dtype="bfloat16", score_magnitude=2000)
+    out, lse = (torch.from_numpy(x.copy()) for x in batch.oracle().state)
+    result = (out.to(torch.bfloat16), lse.float())
+    report = check(result, batch)
+    assert report.passed and len(report.unchecked) == 1, str(report)
+    assert re.match(r"lse: no bfloat16 error bound on 1 of 2 \(query row, head\) pairs \(it is proved for rho <= 2 "
+                    r"only\); the worst: request 0, token 0, head 0: N = 5000 keys, A = \S+, 10000 steps per key "
+                    r"\(default_steps\), rho = \S+ > 2; the kernel's counted steps \(steps=, blocked_steps\) would: "
+                    r"on that row a bound exists up to \d+ steps per key$", report.unchecked[0]), report.unchecked
+    # out is held to its bound on every row (on the long row a loose one: rho is past 2), the lse
+    # on the row that has one
+    for row, error in ((0, 1e30), (1, 10 * bounds_for(batch, steps=3).out[1, 0, 5])):
+        wrong = out.clone()
+        wrong[row, 0, 5] += error
+        failed = check((wrong.to(torch.bfloat16), lse.float()), batch)
+        assert not failed.passed and failed.out_worst.request == row
+    shifted = lse.clone()
+    shifted[1, 0] += 0.1
+    failed = check((out.to(torch.bfloat16), shifted.float()), batch)
+    assert not failed.passed and failed.lse_worst.request == 1 and failed.unchecked == report.unchecked
+    # the counted steps of a kernel give every row a bound
+    assert check(result, batch, steps=3).unchecked == ()
+    # given steps that still leave a row without one, the remedy is fewer of them, as many as
+    # the default count's remedy said
+    most = re.search(r"up to (\d+) steps per key", report.unchecked[0]).group(1)
+    fewer = check(result, batch, steps=5000).unchecked[0]
+    assert "5000 steps per key, rho = " in fewer and fewer.endswith(f"; fewer steps per key would: on that row a bound "
+                                                                    f"exists up to {most} steps per key")
+    assert check(result, batch, steps=int(most)).unchecked == ()
+    assert check(result, batch, steps=int(most) + 1).unchecked != ()
+
+
+def test_which_rows_have_a_bound_is_relaycore_bounds_own_answer(monkeypatch):
+    """A refusal ``relaycore.bounds`` gives for some rows only, for whatever reason, leaves the
+    other rows checked against their bounds, and the report quotes it."""
+    batch = a_batch()
+    keys = batch.oracle().stats.num_keys
+    refused = keys == np.unique(keys[keys > 0])[1]  # the rows of one length: some rows, not all
+    true_bound = relaycore.bounds.out_bound
+
+    def out_bound(ref_out, value_abs, num_keys, *args, **kwargs):
+        if np.any(np.asarray(num_keys) == keys[refused][0]):
+            raise relaycore.bounds.NoBound("value_abs: expected values that cannot overflow, got some")
+        return true_bound(ref_out, value_abs, num_keys, *args, **kwargs)
+
+    expected = bounds_for(batch).out
+    monkeypatch.setattr(relaycore.bounds, "out_bound", out_bound)
+    out, lse = batch.oracle().state
+    report = check((out.astype(np.float32), lse.astype(np.float32)), batch)
+    assert report.passed and len(report.unchecked) == 1, str(report)
+    assert report.unchecked[0].startswith(f"out: no float32 error bound on {int(refused.sum())} of {keys.size} (query "
+                                          f"row, head) pairs (relaycore.bounds: value_abs: expected values that "
+                                          f"cannot overflow, got some); the worst: ")
+    assert report.unchecked[0].endswith("; no count of steps gives one (at 1 step per key, relaycore.bounds: "
+                                        "value_abs: expected values that cannot overflow, got some)")
+    wrong = out.astype(np.float32)
+    wrong[~refused] += 10 * expected[~refused]  # every row with a bound is held to it
+    failed = check((wrong, lse.astype(np.float32)), batch)
+    assert not failed.passed and 9 < failed.out_ratio < 11
+
+
+def test_scores_of_a_given_magnitude_whatever_the_scale():
+    # score_magnitude is the standard deviation of softmax_scale * q . k, for any scale and D
+    for scale, d in ((None, 128), (0.5, 128), (0.05, 16), (2.0, 8)):
+        batch = make_batch([64], [256], num_q_heads=1, head_dim=d, dtype="float64", softmax_scale=scale,
+                           score_magnitude=100.0)
+        effective = 1 / np.sqrt(d) if scale is None else scale
+        scores = effective * np.einsum("qd,kd->qk", batch.q[:, 0], batch.kv.k[:, 0])
+        assert 90 < scores.std() < 110, (scale, d, scores.std())
+
+
+@pytest.mark.parametrize("space", ["default", "cpu", "cuda"])
+def test_the_default_spaces_draw_no_row_without_a_bound(space):
+    """The largest row each space draws (every prefix level at its longest, the longest own KV,
+    D and scores at their largest) keeps rho under half the lse bound's limit in every dtype:
+    verify's and the strategies' draws are all checked."""
+    from relaycore.verify import SPACES
+
+    box = relaycore.testing.BatchSpace(**({} if space == "default" else SPACES[space]))
+    magnitude = max((m for m in box.score_magnitudes if m is not None), default=None)
+    for dtype in LOW:
+        for scale in box.softmax_scales:
+            batch = make_batch([1], [box.max_kv_len], [[box.max_prefix_len]] * box.max_levels, [[0]] * box.max_levels,
+                               num_q_heads=max(box.kv_heads) * max(box.group_sizes), num_kv_heads=max(box.kv_heads),
+                               head_dim=max(box.head_dims), dtype=dtype, softmax_scale=scale,
+                               score_magnitude=magnitude, seed=1)
+            stats = batch.oracle().stats
+            rho = relaycore.bounds.weight_perturbation(stats.num_keys, stats.score_abs, batch.head_dim,
+                                                       relaycore.bounds.precision(dtype))
+            assert rho.max() < relaycore.bounds.LSE_RHO_MAX / 2, (space, dtype, scale, rho.max())
+            assert check(batch.oracle().state, batch, q_dtype="float64").unchecked == ()
+
+
+# ---- what the implementation receives --------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+@pytest.mark.parametrize("kernel, argument", [
+    (flawed_kernels.doubles_q_in_place, "q"),
+    (flawed_kernels.zeroes_values_in_place, "kv.v_cache"),
+    (flawed_kernels.writes_a_prefix_id, "prefixes[0].prefix_ids"),
+])
+def test_a_kernel_that_writes_into_its_inputs_fails_naming_the_argument(kernel, argument, dtype, device):
+    batch = a_batch(dtype)  # paged: kv.v_cache
+    oracle = compare(relaycore.relay_attention, batch, device=device)
+    assert oracle.passed and oracle.problems == ()
+    report = compare(kernel, batch, device=device)
+    assert not report.passed, str(report)
+    assert report.problems[0].startswith(f"{argument}: expected unchanged by the call (attention must not write into "
+                                         f"its inputs), got "), report.problems
+    assert str(report).startswith(f"FAIL: {argument}: expected unchanged by the call")
+    # the oracle saw the batch's own values: what the kernel computed from the ones it wrote is wrong
+    if argument != "prefixes[0].prefix_ids":
+        assert report.out_ratio > 1
+    # and the batch is as it was: the next implementation gets the same problem
+    assert compare(relaycore.relay_attention, batch, device=device).out_ratio == oracle.out_ratio
+
+
+def test_a_kernel_that_resizes_an_input_fails_naming_it():
+    def shrinks_q(q, cu_seqlens_q, kv, prefixes, **kwargs):
+        result = relaycore.relay_attention(q, cu_seqlens_q, kv, prefixes, **kwargs)
+        q.resize((1,) + q.shape[1:], refcheck=False)
+        return result
+
+    batch = a_batch("float64")
+    report = compare(shrinks_q, batch)
+    assert not report.passed and report.problems == (
+        f"q: expected unchanged by the call (attention must not write into its inputs), got its shape changed from "
+        f"{batch.q.shape} to {(1,) + batch.q.shape[1:]}",)
+
+
+def test_arguments_and_tensors_are_copies_of_the_batch():
+    batch = a_batch("float64")
+    before = batch.q.copy()
+    (q, cu, kv, prefixes), _ = batch.arguments()
+    (tq, tcu, tkv, tprefixes), _ = batch.to_torch("cpu")  # float64 on the CPU: .to() would share memory
+    for given in (q, kv.k_cache, prefixes[0].v, cu, kv.block_table):
+        given[...] = 0
+    for given in (tq, tkv.v_cache, tprefixes[1].k, tcu):
+        given.zero_()
+    assert np.array_equal(batch.q, before) and np.array_equal(batch.arguments()[0][0], before)
+    assert not any(np.shares_memory(a, b) for a, b in zip(batch.arguments()[0][2], batch.kv))
+
+
+def test_a_torch_kernel_on_the_numpy_arguments_may_answer_in_float64():
+    # compare(fn, batch) hands fn float64 arrays: a result in float64 (torch or NumPy) is in
+    # its inputs' format; one in the batch's dtype is that of a kernel computing in it
+    batch = a_batch("float16")
+    report = compare(flawed_kernels.torch_on_numpy, batch)
+    assert report.passed, str(report)
+
+    def in_float32(*args, **kwargs):
+        out, lse = flawed_kernels.torch_on_numpy(*args, **kwargs)
+        return out.float(), lse.float()
+
+    assert "out: expected dtype float16 (q's dtype), got float32" in compare(in_float32, batch).problems
 
 
 def test_wrong_shapes_fail_with_a_sentence():
@@ -293,6 +472,54 @@ def test_make_batch_recipe_rebuilds_the_same_batch_and_describe_shows_it():
                      "q_lens  [2, 3, 1]", "kv_lens [4, 3, 5]", "prefix level 1: 1 prefixes of lengths [2]; ids per request [0, -1, 0]",
                      "rebuild: relaycore.testing.make_batch(q_lens=[2, 3, 1]"):
         assert fragment in text, text
+
+
+def test_a_value_offset_moves_the_values_alone_and_prints_in_the_call_that_rebuilds_the_batch():
+    plain = make_batch([2, 1], [5, 3], [[4]], [[0, 0]], dtype="bfloat16", block_size=2, seed=3)
+    assert "value_offset" not in plain.recipe  # the default: the batches and calls printed before it existed
+    shifted = make_batch([2, 1], [5, 3], [[4]], [[0, 0]], dtype="bfloat16", block_size=2, seed=3, value_offset=8)
+    assert np.array_equal(shifted.q, plain.q) and np.array_equal(shifted.kv.k_cache, plain.kv.k_cache, equal_nan=True)
+    read = ~np.isnan(plain.kv.v_cache)
+    assert np.allclose(shifted.kv.v_cache[read] - 8, plain.kv.v_cache[read], atol=2.0**-4)  # one bf16 ulp at 8
+    assert np.all(round_to(shifted.prefixes[0].v, "bfloat16") == shifted.prefixes[0].v)
+    assert repr(shifted).endswith("score_magnitude=None, seed=3, value_offset=8.0)")
+    rebuilt = eval(repr(shifted), {"make_batch": make_batch})
+    assert np.array_equal(rebuilt.kv.v_cache, shifted.kv.v_cache, equal_nan=True)
+    with pytest.raises(ValueError, match=r"value_offset: expected a finite float, got inf"):
+        make_batch([1], [2], value_offset=float("inf"))
+    with pytest.raises(ValueError, match=r"value_offsets: expected finite numbers, got \['8'\]"):
+        random_batch(0, value_offsets=("8",))
+
+
+def test_drawn_batches_offset_their_values_in_a_share_of_cases_and_draw_the_rest_as_before():
+    from hypothesis import find
+
+    offsets = []
+    for seed in range(60):
+        recipe = dict(random_batch(seed).recipe)
+        offsets.append(recipe.pop("value_offset", 0.0))
+        assert recipe == random_batch(seed, value_offsets=(0.0,)).recipe
+    assert set(offsets) == {0.0, 8.0} and 10 <= offsets.count(8.0) <= 30
+    assert find(batches(), lambda batch: batch.recipe.get("value_offset") == 8.0).kv_lens.size >= 1
+
+
+def test_an_accumulator_kept_in_low_precision_fails_on_values_away_from_zero():
+    """FlashAttention's loop with its output accumulator rounded to bf16 after every block of 16
+    keys: on long rows its error is a share of the output, which zero-mean values keep near 0
+    and values offset by 8 do not. Its correct twin, the torch backend and the reference pass
+    on both."""
+    for offset in (0.0, 8.0):
+        batch = make_batch([1, 1], [2000, 1500], num_q_heads=2, head_dim=64, dtype="bfloat16", value_offset=offset)
+        steps = blocked_steps(batch, flawed_kernels.BLOCK_N, split=False)
+        flawed = compare(flawed_kernels.accumulator_rounded, batch, device="cpu", steps=steps)
+        assert flawed.passed == (offset == 0), str(flawed)
+        twin = compare(flawed_kernels.online_softmax, batch, device="cpu", steps=steps)
+        assert twin.passed and twin.out_ratio < 0.5, str(twin)
+        backend = compare(torch_backend, batch, device="cpu", steps=blocked_steps(batch, WHOLE_PART, merge="pairwise"))
+        assert backend.passed and backend.unchecked == (), str(backend)
+        reference = compare(relaycore.relay_attention, batch)
+        assert reference.out_ratio == 0 and reference.lse_ratio == 0
+    assert flawed.out_ratio > 1.2
 
 
 def test_random_batch_is_a_function_of_its_seed():

@@ -82,6 +82,16 @@ def test_setup_problems_exit_with_status_two(capsys):
     assert status == 2 and "--cases: expected at least 1, got 0" in capsys.readouterr().err
     status = cli.main(["verify", "--dtype", "float64", "--device", "cuda"])
     assert status == 2 and "NumPy arrays, which live on the CPU" in capsys.readouterr().err
+    status = cli.main(["verify", "--seed", "-5"])  # NumPy refuses it: no traceback, exit 2
+    err = capsys.readouterr().err
+    assert status == 2 and "--seed: expected an int >= 0 (NumPy seeds are non-negative), got -5" in err
+    status = cli.main(["verify", "--dtype", "float64", "float16"])
+    assert status == 2 and "--dtype: expected float64 alone" in capsys.readouterr().err
+    # values beyond float16's range: the oracle refuses the batch, which is no fault of the backend
+    status = cli.main(["verify", "--backend", "torch", "--dtype", "float16", "--cases", "1", "--space",
+                       "score_magnitudes=(1e30,)"])
+    err = capsys.readouterr().err
+    assert status == 2 and "case seed 0 (float16): the oracle refuses the drawn batch (q: expected finite values" in err
     import torch
 
     if not torch.cuda.is_available():
@@ -147,7 +157,8 @@ def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys):
     (["--space", "max_q_len=("], "--space max_q_len: expected a Python literal, got '('"),
     (["--space", "head_dims=128"], r"--space head_dims: expected a tuple of choices, e.g. (128,), got '128'"),
     (["--space", "max_q_len=(1,)"], "--space max_q_len: expected an int, got '(1,)'"),
-    (["--space", "dtypes=('float16',)"], "--space: expected a field other than dtypes"),
+    (["--space", "dtypes=('float16',)"], "--space: expected a field other than dtypes (a case's dtype is --dtype's, "
+                                          "which takes several: --dtype float16 bfloat16)"),
     (["--space", "min_q_len=5", "--space", "max_q_len=1"], "--space: min_q_len, max_q_len: expected min_q_len <= max_q_len"),
     (["--chunk", "4"], "--chunk, --merge, --single-pass: expected with --block-n (they describe its blocking)"),
     (["--block-n", "0", "--function", "wrong_attention:crash"], "--block-n: expected a positive number of keys, got 0"),
@@ -161,3 +172,107 @@ def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys):
 def test_narrowing_and_blocking_options_that_cannot_run_exit_with_status_two(capsys, args, message):
     status = cli.main(["verify", "--cases", "1", *args])
     assert status == 2 and message in capsys.readouterr().err
+
+
+# ---- rows without a bound, inputs written, low-precision accumulators (a user review) --------
+
+
+def test_cases_without_a_bound_are_counted_apart_and_do_not_fail_the_run(capsys):
+    status, out = verify(capsys, "--backend", "torch", "--cases", "6", "--space", "score_magnitudes=(1e5,)")
+    assert status == 0, out
+    assert "ran on: torch (6 cases)" in out  # the backend ran every case
+    summary = re.search(r"no bound: (\d) cases have rows where no error bound exists for their dtype, held there to "
+                        r"none and counted neither failed nor passed \(seeds ([\d, ]+)\)", out)
+    assert summary, out
+    unbounded = int(summary.group(1))
+    assert out.rstrip().endswith(f"PASS: {6 - unbounded} of 6 cases within the bounds of relaycore.bounds, "
+                                 f"{unbounded} with no bound on some rows")
+    first = summary.group(2).split(", ")[0]
+    assert f"case seed {first} (" in out and re.search(r"\n    unchecked: (out|lse): no \w+ error bound on ", out)
+
+
+def test_a_function_that_writes_into_its_inputs_fails(capsys):
+    status, out = verify(capsys, "--function", "flawed_kernels:doubles_q_in_place", "--cases", "3")
+    assert status == 1, out
+    assert "FAIL: q: expected unchanged by the call (attention must not write into its inputs), got " in out
+    assert "FAIL: 3 of 3 cases failed" in out
+
+
+def test_an_accumulator_kept_in_low_precision_fails_on_long_rows_with_its_blocking(capsys):
+    long_rows = ["--dtype", "bfloat16", "--device", "cpu", "--block-n", "16", "--single-pass", "--cases", "4",
+                 "--space", "max_levels=0",
+                 "--space", "min_q_len=1", "--space", "max_q_len=1", "--space", "max_batch=1",
+                 "--space", "max_kv_len=2000", "--space", "head_dims=(64,)"]
+    status, out = verify(capsys, "--function", "flawed_kernels:accumulator_rounded", *long_rows)
+    assert status == 1 and "value_offset=8.0" in out.split("reproduce:")[0], out  # caught where values are offset
+    status, out = verify(capsys, "--function", "flawed_kernels:accumulator_rounded", *long_rows,
+                         "--space", "value_offsets=(0.0,)")
+    assert status == 0, out  # zero-mean values alone hide it
+    status, out = verify(capsys, "--function", "flawed_kernels:online_softmax", *long_rows)
+    assert status == 0, out
+
+
+def test_every_failing_seed_is_listed(capsys):
+    status, out = verify(capsys, "--function", "wrong_attention:crash", "--cases", "14", "--seed", "3")
+    assert status == 1 and out.count("\ncase seed ") == 3  # MAX_REPORTS full reports
+    assert f"FAIL: 14 of 14 cases failed (seeds {', '.join(str(s) for s in range(3, 17))})" in out
+
+
+def test_dtype_takes_several_formats_and_a_case_reproduces_alone(capsys):
+    status, out = verify(capsys, "--function", "wrong_attention:ignore_prefix", "--dtype", "float16", "bfloat16",
+                         "--cases", "8", "--seed", "4")
+    assert status == 1 and "dtype float16 bfloat16" in out, out
+    cases = re.findall(r"case seed (\d+) \((\w+)\)", out)
+    assert cases and all(dtype == ("float16", "bfloat16")[int(seed) % 2] for seed, dtype in cases), cases
+    command = shlex.split(REPRODUCE.findall(out)[0])
+    seed = command[command.index("--seed") + 1]
+    first_report = out[out.index(f"case seed {seed} ("):].split("reproduce:")[0]
+    status, again = verify(capsys, *command[2:])
+    assert status == 1 and again[again.index(f"case seed {seed} ("):].split("reproduce:")[0] == first_report
+    status, repeated = verify(capsys, "--function", "wrong_attention:ignore_prefix", "--dtype", "float16", "--dtype",
+                              "bfloat16", "--cases", "8", "--seed", "4")
+    assert repeated == out
+
+
+def test_run_is_verify_from_python(capsys):
+    from relaycore.verify import UsageError, run
+
+    outcome = run(relaycore.relay_attention, cases=6, seed=2, dtypes=("float16", "bfloat16"), device="cpu",
+                  space={"max_q_len": 2})
+    out = capsys.readouterr().out
+    assert outcome.passed and outcome.failed == () and outcome.ran_on == {"relay_attention": 6}, out
+    assert out.startswith("relaycore verify: function relay_attention, 6 cases (seeds 2..7), dtype float16 bfloat16")
+    assert 0 < outcome.worst_out[0] <= 1 and outcome.worst_out[1].startswith("seed ")
+    outcome = run("wrong_attention:ignore_prefix", cases=4, dtypes=("float32",), device="cpu")
+    assert not outcome.passed and "reproduce: relaycore verify --function wrong_attention:ignore_prefix" in \
+        capsys.readouterr().out
+    from wrong_attention import ignore_prefix
+
+    outcome = run(ignore_prefix, cases=4, dtypes=("float32",), device="cpu", space={"max_q_len": 2})
+    seed = outcome.failed[0]
+    assert (f"reproduce: relaycore.verify.run(ignore_prefix, seed={seed}, cases=1, dtypes=('float32',), "
+            f"device='cpu', space={{'max_q_len': 2}})") in capsys.readouterr().out
+    with pytest.raises(UsageError, match=r"--seed: expected an int >= 0"):
+        run(seed=-1)
+    with pytest.raises(ValueError, match=r"--space: expected fields among .*, got 'dtypes'"):
+        run(space={"dtypes": ("float16",)})
+    with pytest.raises(UsageError, match=r"--backend: expected one of auto, reference, torch, triton, got 'gpu'"):
+        run(backend="gpu")
+
+
+def test_the_guide_shows_what_verify_prints(capsys):
+    """The sample runs of docs/guide/testing.md, numbers aside (they follow the platform's
+    rounding): the lines a passing run ends with, and the failing seeds of one that forgets the
+    prefixes (mykernel:ignores_prefix there, wrong_attention:ignore_prefix here)."""
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "testing.md").read_text()
+    blocks = re.findall(r"```text\n(.*?)```", guide, re.S)
+    number = re.compile(r"\d+(\.\d+)?(e[+-]\d+)?( \(seed \d+, \w+\))?")
+    status, out = verify(capsys, "--backend", "torch", "--device", "cpu", "--cases", "20")
+    passing = next(b for b in blocks if b.startswith("  ran on: torch (20 cases)"))
+    assert status == 0 and number.sub("N", out).endswith(number.sub("N", passing)), out
+    status, out = verify(capsys, "--function", "wrong_attention:ignore_prefix", "--device", "cpu", "--cases", "20")
+    failing = next(b for b in blocks if b.startswith("case seed "))
+    assert status == 1 and out.rstrip().endswith(failing.rstrip().splitlines()[-1]), out
+    assert failing.splitlines()[0] in out

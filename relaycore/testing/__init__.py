@@ -6,7 +6,9 @@
   Hypothesis).
 * ``check`` / ``assert_close`` / ``compare`` — compare any implementation's ``(out, lse)`` with
   the float64 oracle under the error bounds of ``relaycore.bounds``; a failure names the
-  request, token, head and dimension, the error and the bound.
+  request, token, head and dimension, the error and the bound. ``compare`` runs the
+  implementation on copies of the batch's arrays and fails it if it writes into them. Rows
+  where the analysis gives no bound are held to none and named (``Report.unchecked``).
 * ``blocked_steps`` — the steps per key of a kernel whose blocking you know, for a tighter bound
   than the default's (which assumes any blocking).
 

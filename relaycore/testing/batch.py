@@ -109,8 +109,18 @@ class Batch:
     # ---- what implementations receive ------------------------------------------------------
 
     def arguments(self) -> Arguments:
-        """``(args, kwargs)`` for ``relay_attention(*args, **kwargs)``: the NumPy arrays
-        (float64 values, the batch's metadata) and ``causal``, ``softmax_scale``."""
+        """``(args, kwargs)`` for ``relay_attention(*args, **kwargs)``: NumPy arrays (float64
+        values, the batch's metadata) and ``causal``, ``softmax_scale``.
+
+        The arrays are fresh copies at every call: what an implementation writes into them
+        changes neither the batch nor its oracle (``relaycore.testing.compare`` fails an
+        implementation that writes into its inputs)."""
+        (q, cu, kv, prefixes), kwargs = self._own_arguments()
+        return (np.array(q), np.array(cu), _copied(kv), tuple(_copied(level) for level in prefixes)), kwargs
+
+    def _own_arguments(self) -> Arguments:
+        """``arguments()`` without the copies: the batch's own arrays, for the oracle and for
+        ``relaycore.testing.compare`` to see what an implementation changed."""
         return (self.q, self.cu_seqlens_q, self.kv, self.prefixes), {"causal": self.causal, "softmax_scale": self.softmax_scale}
 
     def to_torch(self, device: Any = "cpu", dtype: Any = None, *, host_metadata: bool = False) -> Arguments:
@@ -130,7 +140,8 @@ class Batch:
         Returns:
             float tensors in ``dtype`` on ``device``, metadata tensors on ``device`` (or NumPy
             arrays) in the batch's metadata dtype (int32 unless ``make_batch`` was given
-            ``metadata_dtype="int64"``).
+            ``metadata_dtype="int64"``); every one a fresh copy, which shares no memory with
+            the batch (as ``arguments()``).
 
         Raises:
             ValueError: ``dtype`` is not one of ``CARRIERS[batch.dtype]``; ``device`` is not a
@@ -157,7 +168,8 @@ class Batch:
         dtype = getattr(torch, name)
 
         def floats(x):
-            return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
+            # np.array copies: .to() would hand out the batch's own memory for float64 on the CPU
+            return torch.from_numpy(np.array(x)).to(device=device, dtype=dtype)
 
         def ints(x):
             x = np.array(x)  # a copy, in the batch's metadata dtype: the caller may write into it
@@ -173,7 +185,7 @@ class Batch:
     def oracle(self) -> Oracle:
         """The float64 reference result and the context statistics (computed once, cached)."""
         if self._oracle is None:
-            args, kwargs = self.arguments()
+            args, kwargs = self._own_arguments()
             problem = load(*args, **kwargs)
             self._oracle = Oracle(relay_from_problem(problem), statistics_from_problem(problem))
         return self._oracle
@@ -237,6 +249,11 @@ class Batch:
         return "\n".join(lines)
 
 
+def _copied(arrays: Union[RaggedKV, PagedKV, PrefixLevel]) -> Union[RaggedKV, PagedKV, PrefixLevel]:
+    """The same NamedTuple of arrays, each array copied."""
+    return type(arrays)(*(np.array(x) for x in arrays))
+
+
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
@@ -274,6 +291,7 @@ def make_batch(
     softmax_scale: Optional[float] = None,
     block_size: Optional[int] = None,
     score_magnitude: Optional[float] = None,
+    value_offset: float = 0.0,
     seed: int = 0,
     metadata_dtype: str = "int32",
 ) -> Batch:
@@ -291,15 +309,23 @@ def make_batch(
             shuffled order, at least one spare block, unused table entries pointing at random
             blocks); every slot no request reads is NaN, so an implementation that reads past
             ``kv_len`` and lets what it read into a result, even times a weight of 0, fails.
-        score_magnitude: typical ``|score|``; ``None`` gives standard normal ``q``, ``k`` (scores
-            of order 1). ``1e4`` reaches scores of ``|1e4|`` and beyond.
+        score_magnitude: the standard deviation of the scores ``softmax_scale * q . k`` (whatever
+            the scale and ``D``: ``q`` and ``k`` are normal with standard deviation
+            ``sqrt(score_magnitude / (scale sqrt(D)))``); a row of ``N`` keys then reaches
+            ``|score|`` of about ``score_magnitude * sqrt(2 ln N)``. ``None``: standard normal
+            ``q`` and ``k``, scores of standard deviation ``scale * sqrt(D)`` (1 at the default
+            scale).
+        value_offset: added to every value ``v`` (standard normal without it). Outputs are then
+            near ``value_offset``, not near 0, so errors relative to the output (a normaliser
+            off by a key, an accumulator rounded to a low precision) stand out against the
+            bound, which scales with ``max |v|``.
         seed: seeds the values (and the paged layout).
         metadata_dtype: ``"int32"`` or ``"int64"``, the dtype of every offset, length, id and
             block table entry (the contract takes both).
 
     Returns:
-        ``Batch``; its ``recipe`` holds these arguments (``metadata_dtype`` where it is not
-        the default).
+        ``Batch``; its ``recipe`` holds these arguments (``value_offset`` and
+        ``metadata_dtype`` where they are not the default).
 
     Example:
         >>> from relaycore.testing import make_batch
@@ -334,6 +360,9 @@ def make_batch(
                                         or not isinstance(score_magnitude, (int, float, np.integer, np.floating))
                                         or not 0 < score_magnitude < math.inf):
         raise ValueError(f"score_magnitude: expected None or a finite positive float, got {score_magnitude!r}")
+    if (isinstance(value_offset, (bool, np.bool_))
+            or not isinstance(value_offset, (int, float, np.integer, np.floating)) or not math.isfinite(value_offset)):
+        raise ValueError(f"value_offset: expected a finite float, got {value_offset!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
     if metadata_dtype not in ("int32", "int64"):
@@ -353,21 +382,25 @@ def make_batch(
         softmax_scale=as_float(softmax_scale), block_size=None if block_size is None else int(block_size),
         score_magnitude=as_float(score_magnitude), seed=int(seed),
     )
+    if value_offset != 0:
+        recipe["value_offset"] = float(value_offset)
     if metadata_dtype != "int32":
         recipe["metadata_dtype"] = metadata_dtype
     rng = np.random.default_rng(seed)
     hq, hkv, d = num_q_heads, num_kv_heads, head_dim
-    spread = 1.0 if score_magnitude is None else math.sqrt(score_magnitude)
+    # q . k of two normal vectors of standard deviation s has standard deviation s^2 sqrt(D)
+    spread = 1.0 if score_magnitude is None else math.sqrt(score_magnitude / (resolve_scale(softmax_scale, d)
+                                                                              * math.sqrt(d)))
 
-    def values(n: int, heads: int, std: float) -> np.ndarray:
-        return round_to(rng.standard_normal((n, heads, d)) * std, dtype)
+    def values(n: int, heads: int, std: float, offset: float = 0.0) -> np.ndarray:
+        return round_to(rng.standard_normal((n, heads, d)) * std + offset, dtype)
 
     q = values(sum(q_lens), hq, spread)
     cu_q = np.concatenate([[0], np.cumsum(q_lens)]).astype(metadata_dtype)
-    k, v = values(sum(kv_lens), hkv, spread), values(sum(kv_lens), hkv, 1.0)
+    k, v = values(sum(kv_lens), hkv, spread), values(sum(kv_lens), hkv, 1.0, value_offset)
     prefixes = []
     for lens, ids in zip(prefix_lens, prefix_ids):
-        pk, pv = values(sum(lens), hkv, spread), values(sum(lens), hkv, 1.0)
+        pk, pv = values(sum(lens), hkv, spread), values(sum(lens), hkv, 1.0, value_offset)
         cu_p = np.concatenate([[0], np.cumsum(lens)]).astype(metadata_dtype)
         prefixes.append(PrefixLevel(pk, pv, cu_p, np.asarray(ids, dtype=metadata_dtype)))
     # the layout comes last: the same recipe with another block_size holds the same values

@@ -4,13 +4,18 @@ The tolerance of every element is the a-priori error bound of the precision poli
 batch's dtype (``relaycore.bounds.out_bound``/``lse_bound``), evaluated on the oracle's value
 and the row's context statistics; nothing is hand-picked. A row that sees no key has bound 0:
 it must be exactly ``(0, -inf)``. Any NaN fails, and so do result dtypes outside the contract
-(``out`` in q's dtype, ``lse`` float32, float64 for float64 q).
+(``out`` in q's dtype, ``lse`` float32, float64 for float64 q). A row for which the analysis
+gives no bound (scores too large for the precision) is held to none, and the report says so
+(``Report.unchecked``): it is neither failed nor passed in silence. ``compare`` also fails an
+implementation that writes into its inputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -19,7 +24,7 @@ from relaycore.buffers import lse_dtype
 from relaycore.constants import LOG2E
 from relaycore.testing.batch import Batch
 from relaycore.testing.rounding import DTYPES
-from relaycore.validation import array_kind, dtype_name
+from relaycore.validation import array_kind, dtype_name, resolve_scale
 
 
 class Tolerance(NamedTuple):
@@ -48,26 +53,130 @@ def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None) -> Tole
         ``Tolerance``; 0 on rows that see no key.
 
     Raises:
-        ValueError: the bound does not exist for this batch (scores far too large for the
-            precision: ``relaycore.bounds.out_bound`` needs ``N tau exp(rho) < 1``, and the
-            lse bound is proved for ``rho <= 2``: ``relaycore.bounds.lse_bound``), or
-            ``steps`` that is not a count per row (``relaycore.bounds.weight_perturbation``).
+        relaycore.bounds.NoBound: (a ``ValueError``) the bound does not exist on some row: its
+            scores are too large for the precision (``relaycore.bounds.out_bound`` needs
+            ``N tau exp(rho) < 1``), or its ``rho`` passes 2, where no lse bound is proved
+            (``relaycore.bounds.lse_bound``); the message says which rows, why, and whether
+            the kernel's counted ``steps`` would give one. ``check`` checks the other rows.
+        ValueError: ``steps`` that is not a count per row
+            (``relaycore.bounds.weight_perturbation``).
         TypeError: ``batch`` is not a ``Batch``.
     """
     if not isinstance(batch, Batch):
         raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
+    tol, unchecked = _bounds(batch, dtype, steps)
+    if unchecked:
+        raise bounds.NoBound(f"batch: expected an error bound on every row, got rows without one: "
+                             f"{'; '.join(unchecked)}")
+    return tol
+
+
+def _bounds(batch: Batch, dtype: Optional[str], steps) -> Tuple[Tolerance, Tuple[str, ...]]:
+    """The bounds of ``bounds_for``, ``inf`` on the rows where ``relaycore.bounds`` gives none,
+    and a sentence for ``out`` and for ``lse`` where some row has none.
+
+    Which rows have a bound is ``relaycore.bounds``' own answer: its functions run on the rows,
+    split in halves wherever they raise ``NoBound``, down to the rows that have none (the rows
+    past the limits its ``NoBound`` documents, ``N tau exp(rho) < 1`` and, for the lse, ``rho <=
+    LSE_RHO_MAX``, are set aside first, so that a batch of them costs one call, not two a row).
+
+    Raises:
+        TypeError, ValueError: ``steps`` that is not a count per row.
+        relaycore.bounds.NoBound: a row of ``2^23`` keys or more (its sums have no bound).
+    """
     oracle = batch.oracle()
     prec = bounds.precision(batch.dtype if dtype is None else dtype)
     stats, ref = oracle.stats, oracle.state
+    n, a, d = stats.num_keys.ravel(), stats.score_abs.ravel(), batch.head_dim
+    scale = resolve_scale(batch.softmax_scale, d)  # the scores' dot products are checked for overflow
+    rows = stats.num_keys.shape
+    rho = bounds.weight_perturbation(stats.num_keys, stats.score_abs, d, prec, steps).ravel()  # checks ``steps``
+    counted = np.broadcast_to(bounds.default_steps(stats.num_keys) if steps is None
+                              else np.asarray(steps, dtype=np.float64), rows).ravel()
+    flat_out, flat_value = ref.out.reshape(n.size, d), stats.value_abs.reshape(n.size, d)
+    flat_lse = ref.lse.ravel()
+    with np.errstate(over="ignore"):
+        refused = {  # rows past the documented limits (``NoBound``): no need to ask
+            "out": (n > 0) & (n * prec.tau * np.exp(rho) >= 1),
+            "lse": (n > 0) & (rho > bounds.LSE_RHO_MAX),
+        }
+    parts = {
+        "out": lambda i, s: bounds.out_bound(flat_out[i], flat_value[i], n[i], a[i], d, prec, s, scale=scale),
+        "lse": lambda i, s: bounds.lse_bound(flat_lse[i], n[i], a[i], d, prec, s, scale=scale),
+    }
+    tolerance, unchecked = {}, []
+    for name, bound in parts.items():
+        values = np.full((n.size,) + ((d,) if name == "out" else ()), np.inf)
+        missing: List[int] = np.flatnonzero(refused[name]).tolist()
+        asked = np.flatnonzero(~refused[name])
+        for index, part in _bounded(lambda i: bound(i, None if steps is None else counted[i]), asked, missing):
+            values[index] = part
+        tolerance[name] = values.reshape(rows + values.shape[1:])
+        if missing:
+            worst = max(missing, key=lambda i: rho[i])
+            unchecked.append(_no_bound(batch, name, len(missing), worst, lambda s, w=worst, f=bound: f([w], s), rho,
+                                       counted, steps is None, prec))
+    return Tolerance(tolerance["out"], tolerance["lse"]), tuple(unchecked)
+
+
+def _bounded(bound: Callable[[np.ndarray], np.ndarray], index: np.ndarray,
+             missing: List[int]) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """``bound`` of the flat rows ``index``, as ``(rows, values)`` pieces: on all of them at once,
+    else on each half, and so on; a single row it raises ``NoBound`` for goes to ``missing``."""
     try:
-        out = bounds.out_bound(ref.out, stats.value_abs, stats.num_keys, stats.score_abs, batch.head_dim, prec, steps)
-        lse = bounds.lse_bound(ref.lse, stats.num_keys, stats.score_abs, batch.head_dim, prec, steps)
-    except bounds.NoBound as exc:
-        raise ValueError(
-            f"batch: expected scores small enough for the {prec.dtype} error bound to exist, got a batch where "
-            f"it does not ({exc}); draw a smaller score magnitude or pass the implementation's steps"
-        ) from exc
-    return Tolerance(out, lse)
+        return [(index, bound(index))]
+    except bounds.NoBound:
+        if index.size == 1:
+            missing.append(int(index[0]))
+            return []
+        half = index.size // 2
+        return _bounded(bound, index[:half], missing) + _bounded(bound, index[half:], missing)
+
+
+def _no_bound(batch: Batch, name: str, count: int, row: int, bound: Callable[[float], Any], rho: np.ndarray,
+              counted: np.ndarray, default: bool, prec: bounds.Precision) -> str:
+    """A sentence for the ``count`` rows where ``name``'s bound does not exist: why, on the one
+    of them with the largest ``rho`` (flat index ``row``), and what would give one there. For
+    that row ``bound(steps)`` raises ``NoBound`` where no bound exists at ``steps`` per key:
+    where fewer steps give one, the kernel's counted steps would help, and the sentence says up
+    to how many; else no count would (only smaller scores or shorter rows, where ``rho`` at 1
+    step is past the limit)."""
+    stats = batch.oracle().stats
+    token_row, head = divmod(row, batch.num_q_heads)
+    request, token = _request_token(batch, token_row)
+    n, a, r = float(stats.num_keys.flat[row]), float(stats.score_abs.flat[row]), float(rho[row])
+    limit = -math.log(n * prec.tau) if name == "out" else bounds.LSE_RHO_MAX
+
+    def refusal(steps: float) -> Optional[str]:
+        """Why ``relaycore.bounds`` gives that row no bound at ``steps`` (``None``: it gives one)."""
+        try:
+            bound(steps)
+        except bounds.NoBound as exc:
+            return str(exc)
+        return None
+
+    if r >= limit:
+        why = "it needs N tau exp(rho) < 1" if name == "out" else f"it is proved for rho <= {bounds.LSE_RHO_MAX:g} only"
+        past = f", rho = {r:.3g} > {limit:.3g}"
+    else:  # another of relaycore.bounds' conditions: in its words
+        why, past = f"relaycore.bounds: {refusal(float(counted[row]))}", f", rho = {r:.3g}"
+    one, at_one = float(bounds.weight_perturbation(n, a, batch.head_dim, prec, 1)), refusal(1.0)
+    if at_one is not None and one >= limit:
+        remedy = (f"no count of steps gives one (rho = {one:.3g} at 1 step per key, "
+                  f"{float(bounds.gamma(batch.head_dim + 6, prec.u_acc)) * a:.3g} of it from the scores alone): "
+                  f"smaller scores or shorter rows would")
+    elif at_one is not None:
+        remedy = f"no count of steps gives one (at 1 step per key, relaycore.bounds: {at_one})"
+    else:
+        low, high = 1, int(counted[row])  # a bound at low steps per key, none at high
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if refusal(float(mid)) is None else (low, mid)
+        fewer = "the kernel's counted steps (steps=, blocked_steps)" if default else "fewer steps per key"
+        remedy = f"{fewer} would: on that row a bound exists up to {low} steps per key"
+    return (f"{name}: no {prec.dtype} error bound on {count} of {rho.size} (query row, head) pairs ({why}); the "
+            f"worst: request {request}, token {token}, head {head}: N = {n:g} keys, A = {a:.3g}, "
+            f"{float(counted[row]):g} steps per key{' (default_steps)' if default else ''}{past}; {remedy}")
 
 
 @dataclass(frozen=True)
@@ -109,18 +218,25 @@ class Location:
 
 @dataclass(frozen=True)
 class Report:
-    """The outcome of ``check``.
+    """The outcome of ``check`` (and ``compare``).
 
     Attributes:
-        passed: every element within its bound, no NaN, shapes right.
+        passed: every element that has a bound within it, no NaN, shapes and dtypes right (and,
+            from ``compare``, the inputs unchanged).
         out_ratio: worst ``|out - ref| / bound`` (0 for an empty batch; inf for a NaN or an
             error where the bound is 0).
         lse_ratio: the same for ``lse``.
         out_worst: where ``out_ratio`` is reached (``None`` for an empty batch).
         lse_worst: where ``lse_ratio`` is reached.
-        problems: structural failures (shape, dtype, NaN counts), one sentence each.
+        problems: structural failures (shape, dtype, NaN counts, inputs written), one sentence
+            each.
         description: ``batch.describe()``.
         hints: likely causes read off a failing result (an lse in base 2), one sentence each.
+        unchecked: for ``out`` and for ``lse``, a sentence where some rows have no error bound
+            (``relaycore.bounds`` gives none: scores too large for the precision, or, for the
+            lse, a ``rho`` past 2), so that only NaN and infinities are caught there: which
+            rows, why, and what would give a bound. Empty when every row was checked; a
+            ``passed`` report with rows unchecked is a pass of the other rows only.
     """
 
     passed: bool
@@ -131,17 +247,19 @@ class Report:
     problems: Tuple[str, ...]
     description: str
     hints: Tuple[str, ...] = ()
+    unchecked: Tuple[str, ...] = ()
 
     def __str__(self) -> str:
         errors = f"worst error {self.out_ratio:.3g} of the bound in out, {self.lse_ratio:.3g} in lse"
         if self.passed:
-            lines = [f"PASS: {errors}"]
+            lines = [f"PASS{' where a bound exists' if self.unchecked else ''}: {errors}"]
         elif self.problems:  # the reason first: the errors may be within the bounds
             others = len(self.problems) - 1
             more = f" (and {others} more problem{'s' if others > 1 else ''} below)" if others else ""
             lines = [f"FAIL: {self.problems[0]}{more}", f"  {errors}"]
         else:
             lines = [f"FAIL: {errors}"]
+        lines.extend(f"  unchecked: {u}" for u in self.unchecked)
         lines.extend(f"  hint: {h}" for h in self.hints)
         if self.out_worst is not None:
             lines.append(f"  worst out: {self.out_worst}")
@@ -225,6 +343,12 @@ def _dtype_problems(out: Any, lse: Any, batch: Batch, q_dtype: Any) -> list:
     return problems
 
 
+def _is_pair(result: Any) -> bool:
+    """Whether ``result`` is a pair of arrays or tensors (an ``(out, lse)``)."""
+    return not (hasattr(result, "shape") or isinstance(result, (str, bytes, dict)) or not hasattr(result, "__len__")
+                or len(result) != 2 or not all(hasattr(x, "shape") for x in result))
+
+
 def _kind_of(result: Any) -> str:
     """What ``result`` is, in a few words, for the refusal of a result that is not a pair."""
     if hasattr(result, "shape"):
@@ -252,17 +376,18 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Repo
             any blocking).
 
     Returns:
-        ``Report``: pass/fail, the worst errors in units of the bound and where they are.
+        ``Report``: pass/fail, the worst errors in units of the bound and where they are. Rows
+        where the bound does not exist are not held to one; ``Report.unchecked`` says which and
+        why (NaN and infinities fail there too).
 
     Raises:
         TypeError: ``result`` is not a pair of arrays or tensors; ``batch`` is not a ``Batch``.
-        ValueError: ``q_dtype`` is not a float format of ``DTYPES``; the bound does not exist for
-            the batch, or ``steps`` is not a count per row (see ``bounds_for``).
+        ValueError: ``q_dtype`` is not a float format of ``DTYPES``; ``steps`` is not a count
+            per row (see ``bounds_for``).
     """
     if not isinstance(batch, Batch):
         raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
-    if (hasattr(result, "shape") or isinstance(result, (str, bytes, dict)) or not hasattr(result, "__len__")
-            or len(result) != 2 or not all(hasattr(x, "shape") for x in result)):
+    if not _is_pair(result):
         raise TypeError(f"result: expected a pair (out, lse) of arrays or tensors, got {_kind_of(result)}")
     out, lse = result
     ref = batch.oracle().state
@@ -277,7 +402,7 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Repo
         return Report(False, np.inf, np.inf, None, None, tuple(problems), batch.describe())
     problems = _dtype_problems(out, lse, batch, q_dtype)
     out, lse = _host64(out), _host64(lse)
-    tol = bounds_for(batch, steps=steps)
+    tol, unchecked = _bounds(batch, None, steps)
     out_ratio, out_worst = _worst(batch, out, ref.out, tol.out)
     lse_ratio, lse_worst = _worst(batch, lse, ref.lse, tol.lse)
     for name, x in (("out", out), ("lse", lse)):
@@ -288,7 +413,8 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Repo
             problems.append(f"{name}: {int(nan.sum())} NaN, the first at request {request}, token {token}, head {int(first[1])}")
     passed = not problems and out_ratio <= 1.0 and lse_ratio <= 1.0
     hints = () if lse_ratio <= 1.0 else _lse_hints(lse, ref.lse)
-    return Report(passed, out_ratio, lse_ratio, out_worst, lse_worst, tuple(problems), batch.describe(), hints)
+    return Report(passed, out_ratio, lse_ratio, out_worst, lse_worst, tuple(problems), batch.describe(), hints,
+                  unchecked)
 
 
 #: Rows whose reference lse is at least this far from 0 tell a change of base (a ratio) from an
@@ -314,6 +440,14 @@ def _lse_hints(lse: np.ndarray, ref_lse: np.ndarray) -> Tuple[str, ...]:
 def assert_close(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Report:
     """``check``, raising ``AssertionError`` with the report when it fails.
 
+    Raises:
+        AssertionError: the check fails.
+        relaycore.bounds.NoBound: (a ``ValueError``) the result passed on every row that has
+            a bound, but some rows have none (``Report.unchecked``): this batch cannot be
+            checked as a whole at this precision; the message says why and what would help
+            (``check`` accepts such a partial check, and says so in its report).
+        TypeError, ValueError: see ``check``.
+
     Example:
         >>> import relaycore
         >>> from relaycore.testing import assert_close, make_batch
@@ -325,23 +459,81 @@ def assert_close(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) 
     report = check(result, batch, q_dtype=q_dtype, steps=steps)
     if not report.passed:
         raise AssertionError(str(report))
+    if report.unchecked:
+        raise bounds.NoBound(f"batch: expected an error bound on every row, got rows without one (the rest passed):\n"
+                             f"{report}")
     return report
 
 
 def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=None) -> Report:
-    """Run ``fn(*args, **kwargs)`` on the batch and ``check`` its result.
+    """Run ``fn(*args, **kwargs)`` on the batch and ``check`` its result and its inputs.
+
+    ``fn`` receives fresh copies of the batch's arrays, so the oracle never sees what it does
+    to them; an ``fn`` that writes into any of its inputs fails, the report naming the argument
+    (``kv.v``, ``prefixes[0].k``, ...): attention must leave its inputs as they were.
 
     Args:
         fn: any function with ``relaycore.relay_attention``'s signature returning ``(out, lse)``.
         batch: the problem.
-        device: ``None`` passes NumPy float64 arrays (``batch.arguments()``; the result may be in
-            float64 or in the batch's dtype, see ``check``); a torch device passes tensors in
-            the batch's dtype there (``batch.to_torch(device)``; the result must be in the
-            contract's dtypes for q in the batch's dtype).
+        device: ``None`` passes NumPy float64 arrays (``batch.arguments()``); the result, NumPy
+            arrays or torch tensors, may then be in float64 (``out`` float64, ``lse`` float64) or
+            in the batch's dtype (``out`` in it, ``lse`` float32; float64 for float64 batches). A
+            torch device passes tensors in the batch's dtype there (``batch.to_torch(device)``;
+            the result must be in the contract's dtypes for q in the batch's dtype).
         steps: see ``check``.
+
+    Returns:
+        ``Report`` (see ``check``).
+
+    Raises:
+        TypeError: ``fn``'s result is not a pair; ``batch`` is not a ``Batch``.
+        ValueError: a batch the oracle refuses (raised before ``fn`` runs); see ``check`` and
+            ``Batch.to_torch``.
+        Exception: whatever ``fn`` raises.
     """
-    if device is None:
-        args, kwargs = batch.arguments()
-        return check(fn(*args, **kwargs), batch, steps=steps)
-    args, kwargs = batch.to_torch(device)
-    return check(fn(*args, **kwargs), batch, q_dtype=batch.dtype, steps=steps)
+    if not isinstance(batch, Batch):
+        raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
+    batch.oracle()  # first: a batch the oracle refuses raises before fn runs, not as fn's fault
+    args, kwargs = batch.arguments() if device is None else batch.to_torch(device)
+    result = fn(*args, **kwargs)
+    q_dtype = batch.dtype
+    if device is None and _is_pair(result) and dtype_name(result[0]) == "float64":
+        q_dtype = "float64"  # a result in the format of the arguments fn received
+    report = check(result, batch, q_dtype=q_dtype, steps=steps)
+    written = _written_inputs(args, batch)
+    if not written:
+        return report
+    return dataclasses.replace(report, passed=False, problems=tuple(written) + report.problems)
+
+
+def _named_inputs(args: Tuple[Any, ...]) -> List[Tuple[str, Any]]:
+    """The arrays of ``(q, cu_seqlens_q, kv, prefixes)`` with the names a caller writes them by."""
+    q, cu_seqlens_q, kv, prefixes = args
+    named = [("q", q), ("cu_seqlens_q", cu_seqlens_q)]
+    named.extend((f"kv.{field}", x) for field, x in zip(kv._fields, kv))
+    for i, level in enumerate(prefixes):
+        named.extend((f"prefixes[{i}].{field}", x) for field, x in zip(level._fields, level))
+    return named
+
+
+def _written_inputs(args: Tuple[Any, ...], batch: Batch) -> List[str]:
+    """A sentence for each argument handed to an implementation (``args``, copies of the
+    batch's arrays) that no longer equals the batch's own (NaN equal to NaN: a paged cache's
+    unread slots)."""
+    problems = []
+    own, _ = batch._own_arguments()
+    for (name, given), (_, original) in zip(_named_inputs(args), _named_inputs(own)):
+        now = _host64(given)
+        if now.shape != original.shape:
+            problems.append(f"{name}: expected unchanged by the call (attention must not write into its inputs), got "
+                            f"its shape changed from {original.shape} to {now.shape}")
+            continue
+        with np.errstate(invalid="ignore"):
+            changed = ~((now == original) | (np.isnan(now) & np.isnan(original)))
+        if changed.any():
+            first = np.unravel_index(int(np.argmax(changed)), changed.shape)
+            problems.append(
+                f"{name}: expected unchanged by the call (attention must not write into its inputs), got "
+                f"{int(changed.sum())} of {changed.size} elements changed, the first at index "
+                f"{tuple(int(i) for i in first)}: {float(original[first])!r} became {float(now[first])!r}")
+    return problems

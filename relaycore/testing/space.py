@@ -51,10 +51,20 @@ class BatchSpace:
         block_sizes: choices of the paged block size.
         causal: choices of causal masking.
         softmax_scales: choices of the scale (``None``: ``1/sqrt(D)``).
-        score_magnitudes: choices of the typical ``|score|`` (``None``: of order 1). At ``1e4``
-            the float64 bound is still tight, but the fp16/bf16/fp32 bound with the default
-            ``steps`` allows errors of the size of the values themselves (or does not exist for
-            long contexts), so keep large magnitudes for overflow and NaN tests.
+        score_magnitudes: choices of ``make_batch``'s ``score_magnitude``, the standard
+            deviation of the scores ``softmax_scale * q . k`` whatever the scale and ``D``
+            (``None``: standard normal ``q`` and ``k``, scores of standard deviation
+            ``scale * sqrt(D)``). Up to about 100 the fp16/bf16/fp32 bounds exist on every row
+            the default spaces draw. At ``1e4`` the float64 bound is still tight, but the
+            fp16/bf16/fp32 bound with the default ``steps`` allows errors of the size of the
+            values themselves, or does not exist: ``check`` then holds those rows to no bound
+            (``Report.unchecked``; ``assert_close`` raises ``relaycore.bounds.NoBound``), so
+            draw such magnitudes for float64, or to look for NaN and infinities with ``check``.
+        value_offsets: choices of ``make_batch``'s ``value_offset``, added to every value. The
+            default draws values offset by 8 in one case in three: outputs far from 0 show
+            errors relative to the output (a normaliser off by a key, an accumulator kept in a
+            low precision) that zero-mean values hide, while zero-mean values keep the bound
+            (which scales with ``max |v|``) tightest for errors in the weights.
         metadata_dtypes: choices of the metadata's dtype, ``"int32"`` and/or ``"int64"``
             (drawn last, so that adding ``"int64"`` leaves every other draw of a seed as it was).
     """
@@ -76,11 +86,12 @@ class BatchSpace:
     causal: Tuple[bool, ...] = (True, False)
     softmax_scales: Tuple[Optional[float], ...] = (None, 0.5)
     score_magnitudes: Tuple[Optional[float], ...] = (None,)
+    value_offsets: Tuple[float, ...] = (0.0, 0.0, 8.0)
     metadata_dtypes: Tuple[str, ...] = ("int32",)
 
     def __post_init__(self) -> None:
         for name in ("head_dims", "kv_heads", "group_sizes", "dtypes", "layouts", "block_sizes", "causal",
-                     "softmax_scales", "score_magnitudes", "metadata_dtypes"):
+                     "softmax_scales", "score_magnitudes", "value_offsets", "metadata_dtypes"):
             value = getattr(self, name)
             if not isinstance(value, (tuple, list)):
                 raise TypeError(f"{name}: expected a tuple of choices, e.g. {getattr(BatchSpace, name)!r}, got "
@@ -99,6 +110,10 @@ class BatchSpace:
                 x, (int, float, np.integer, np.floating)) or not np.isfinite(x) or x <= 0)]
             if bad:
                 raise ValueError(f"{name}: expected None or finite positive numbers, got {list(getattr(self, name))}")
+        bad = [x for x in self.value_offsets if isinstance(x, bool) or not isinstance(
+            x, (int, float, np.integer, np.floating)) or not np.isfinite(x)]
+        if bad:
+            raise ValueError(f"value_offsets: expected finite numbers, got {list(self.value_offsets)}")
         if any(not isinstance(x, (bool, np.bool_)) for x in self.causal):
             raise ValueError(f"causal: expected bools, got {list(self.causal)}")
         if self.min_batch > self.max_batch:
@@ -117,7 +132,8 @@ class BatchSpace:
                              f"{list(self.metadata_dtypes)}")
         if not self.layouts or any(x not in ("ragged", "paged") for x in self.layouts):
             raise ValueError(f"layouts: expected a non-empty subset of ['ragged', 'paged'], got {list(self.layouts)}")
-        for name in ("head_dims", "kv_heads", "group_sizes", "causal", "softmax_scales", "score_magnitudes"):
+        for name in ("head_dims", "kv_heads", "group_sizes", "causal", "softmax_scales", "score_magnitudes",
+                     "value_offsets"):
             if not getattr(self, name):
                 raise ValueError(f"{name}: expected at least one choice, got none")
         if "paged" in self.layouts and not self.block_sizes:
@@ -155,6 +171,7 @@ class BatchSpace:
             block_size=pick.choice(self.block_sizes) if paged else None,
             score_magnitude=pick.choice(self.score_magnitudes),
             seed=pick.integer(0, 2**31 - 1),
+            value_offset=pick.choice(self.value_offsets),  # after the others, which draw as before it existed
             metadata_dtype=pick.choice(self.metadata_dtypes),  # last: see ``metadata_dtypes``
         )
 

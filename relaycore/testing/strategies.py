@@ -30,21 +30,23 @@ def _batches(draw, space: BatchSpace) -> Batch:
 def batches(**space: Any) -> st.SearchStrategy[Batch]:
     """A strategy of valid batches: ragged or paged KV (block sizes 1 and around powers of two),
     MHA/GQA/MQA, zero to three prefix levels with several prefixes each and ids -1, lengths 0
-    and 1 often, causal or not. Shapes shrink towards the smallest batch.
+    and 1 often, causal or not, values offset by 8 in one case in three. Shapes shrink towards
+    the smallest batch.
 
     Args:
         **space: ``relaycore.testing.BatchSpace`` fields: ``max_batch``, ``max_q_len``,
             ``max_kv_len``, ``max_levels``, ``max_prefixes``, ``max_prefix_len``, ``head_dims``,
-            ``dtypes``, ``layouts``, ``block_sizes``, ``score_magnitudes``, ... (small shapes
-            for the CPU, large ones on a GPU).
+            ``dtypes`` (float32 alone unless given: name every format the kernel takes),
+            ``layouts``, ``block_sizes``, ``score_magnitudes``, ``value_offsets``, ... (small
+            shapes for the CPU, large ones on a GPU).
 
     Example:
         >>> from hypothesis import given
-        >>> from relaycore.testing import assert_close
+        >>> from relaycore.testing import compare
         >>> from relaycore.testing.strategies import batches
         >>> @given(batches(dtypes=("float16", "bfloat16"), max_kv_len=64))
         ... def test_my_kernel(batch):
-        ...     args, kwargs = batch.to_torch("cuda")
-        ...     assert_close(my_kernel(*args, **kwargs), batch)
+        ...     report = compare(my_kernel, batch, device="cuda")  # its result and its inputs
+        ...     assert report.passed, report
     """
     return _batches(BatchSpace(**space))
