@@ -335,6 +335,19 @@ def out_bound_refused(value_abs, num_keys, score_abs, head_dim: int, prec: Preci
     return np.any(np.broadcast_to(refused, np.broadcast_shapes(refused.shape, c["v"].shape)), axis=-1)
 
 
+def _remedy(num_keys, score_abs, head_dim: int, prec: Precision, shape, i: int, limit: float) -> str:
+    """What would give a bound on the row ``i`` (flat, of ``shape``) whose ``rho`` passes
+    ``limit``: fewer steps per key where ``rho`` at one step stays within it, else nothing but
+    smaller scores or a shorter row."""
+    n = float(np.broadcast_to(np.asarray(num_keys, dtype=np.float64), shape).flat[i])
+    a = float(np.broadcast_to(np.asarray(score_abs, dtype=np.float64), shape).flat[i])
+    one = float(weight_perturbation(n, a, head_dim, prec, 1))
+    if one > limit:
+        return (f"no count of steps gives one (rho = {one:.4g} at 1 step per key): smaller scores or a shorter row "
+                f"would")
+    return "pass the kernel's counted steps (steps=), which keep rho far lower"
+
+
 def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps=None, *, scale=None):
     """Elementwise bound on ``|out - ref_out|``.
 
@@ -375,8 +388,8 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
         i = int(np.argmax(over))
         raise NoBound(f"num_keys, steps: expected rho <= 2.5 + min(A, 256) / 4 for the out bound (the merge lemmas are "
                       f"proved only there), got rho = {float(np.broadcast_to(got, over.shape).flat[i]):.4g} where the "
-                      f"limit is {float(np.broadcast_to(limit, over.shape).flat[i]):.4g}; pass the kernel's counted steps "
-                      f"(steps=), which keep rho far lower")
+                      f"limit is {float(np.broadcast_to(limit, over.shape).flat[i]):.4g}; "
+                      f"{_remedy(num_keys, score_abs, head_dim, prec, over.shape, i, np.broadcast_to(limit, over.shape).flat[i])}")
     acc_name = ACCUMULATION.get(prec.dtype, "the accumulation format")
     got, limit = c["output"]
     if np.any(got > limit):
@@ -438,7 +451,7 @@ def lse_bound(ref_lse, num_keys, score_abs, head_dim: int, prec: Precision, step
             f"rho = {float(rho.flat[i]):.4g} on a row of num_keys = {float(n64.flat[i]):g}, score_abs = "
             f"{float(np.broadcast_to(np.asarray(score_abs, dtype=np.float64), rho.shape).flat[i]):g}, steps = "
             f"{float(counted.flat[i]):g}{' (default_steps)' if steps is None else ''}; "
-            f"pass the kernel's counted steps (steps=), which keep rho far lower"
+            f"{_remedy(num_keys, score_abs, head_dim, prec, rho.shape, i, LSE_RHO_MAX)}"
         )
     n64 = np.asarray(num_keys, dtype=np.float64)
     dots = _dot_products(score_abs, n64, head_dim, prec, scale)

@@ -187,3 +187,11 @@ def test_out_bound_refused_names_the_rows_out_bound_refuses():
         == [True, False]
     assert bounds.out_bound_refused(np.ones((1, 1)), np.ones(1), np.array([10.0]), 1, bounds.precision("bfloat16"),
                                     scale=1e-38).tolist() == [True]
+
+
+def test_a_refusal_suggests_counted_steps_only_where_fewer_steps_would_give_a_bound():
+    fp16 = bounds.precision("float16")
+    with pytest.raises(bounds.NoBound, match=r"pass the kernel's counted steps"):
+        bounds.lse_bound(0.0, 3e5, 20.0, 64, fp16)  # default_steps' 6e5 steps per key: 1 step keeps rho small
+    with pytest.raises(bounds.NoBound, match=r"no count of steps gives one \(rho = 4\.2\d+ at 1 step per key\)"):
+        bounds.lse_bound(0.0, 4, 5e5, 64, fp16)  # the scores' rounding alone passes the limit

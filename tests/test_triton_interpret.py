@@ -437,7 +437,7 @@ def test_lse_is_natural_log():
     kv = RaggedKV(k, k, torch.tensor([0, 1], dtype=torch.int32))
     cu = torch.tensor([0, 1], dtype=torch.int32)
     out, lse = relaycore.relay_attention(q, cu, kv, softmax_scale=1.0, backend="triton")
-    # one key, |q . k| = 4, head dim 16, in fp32: the derived bound (1.5e-5); base 2 would be 1.77 off
+    # one key, A = scale * sum_d |q_d k_d| = 4, head dim 16, in fp32: the derived bound (1.5e-5); base 2 would be 1.77 off
     tolerance = bounds.lse_bound(4.0, 1, 4.0, 16, bounds.precision("float32"))
     assert abs(float(lse) - 4.0) <= tolerance
     assert torch.equal(out, k)
