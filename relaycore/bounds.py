@@ -335,16 +335,16 @@ def out_bound_refused(value_abs, num_keys, score_abs, head_dim: int, prec: Preci
     return np.any(np.broadcast_to(refused, np.broadcast_shapes(refused.shape, c["v"].shape)), axis=-1)
 
 
-def _remedy(num_keys, score_abs, head_dim: int, prec: Precision, shape, i: int, limit: float) -> str:
-    """What would give a bound on the row ``i`` (flat, of ``shape``) whose ``rho`` passes
+def _remedy(n: float, a: float, head_dim: int, prec: Precision, limit: float, steps_given: bool) -> str:
+    """What would give a bound on a row of ``n`` keys and score sum ``a`` whose ``rho`` passes
     ``limit``: fewer steps per key where ``rho`` at one step stays within it, else nothing but
     smaller scores or a shorter row."""
-    n = float(np.broadcast_to(np.asarray(num_keys, dtype=np.float64), shape).flat[i])
-    a = float(np.broadcast_to(np.asarray(score_abs, dtype=np.float64), shape).flat[i])
     one = float(weight_perturbation(n, a, head_dim, prec, 1))
     if one > limit:
         return (f"no count of steps gives one (rho = {one:.4g} at 1 step per key): smaller scores or a shorter row "
                 f"would")
+    if steps_given:
+        return f"fewer steps per key would (rho = {one:.4g} at 1 step per key)"
     return "pass the kernel's counted steps (steps=), which keep rho far lower"
 
 
@@ -385,11 +385,15 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
     got, limit = c["rho_check"]
     over = np.broadcast_to(got > limit, np.broadcast_shapes(got.shape, np.shape(limit)))
     if np.any(over):
-        i = int(np.argmax(over))
+        i = int(np.argmax(over))  # flat, over the rows with a head axis of length 1
+
+        def at(x) -> float:
+            return float(np.broadcast_to(x, over.shape).flat[i])
+
+        row_a, row_limit = at(np.asarray(score_abs, dtype=np.float64)[..., None]), at(limit)
         raise NoBound(f"num_keys, steps: expected rho <= 2.5 + min(A, 256) / 4 for the out bound (the merge lemmas are "
-                      f"proved only there), got rho = {float(np.broadcast_to(got, over.shape).flat[i]):.4g} where the "
-                      f"limit is {float(np.broadcast_to(limit, over.shape).flat[i]):.4g}; "
-                      f"{_remedy(num_keys, score_abs, head_dim, prec, over.shape, i, np.broadcast_to(limit, over.shape).flat[i])}")
+                      f"proved only there), got rho = {at(got):.4g} where the limit is {row_limit:.4g}; "
+                      f"{_remedy(at(n), row_a, head_dim, prec, row_limit, steps is not None)}")
     acc_name = ACCUMULATION.get(prec.dtype, "the accumulation format")
     got, limit = c["output"]
     if np.any(got > limit):
@@ -443,15 +447,18 @@ def lse_bound(ref_lse, num_keys, score_abs, head_dim: int, prec: Precision, step
     over = rho > LSE_RHO_MAX
     if np.any(over):
         i = int(np.argmax(over))  # the first such row, in the rows' (broadcast) order
+
+        def at(x) -> float:
+            return float(np.broadcast_to(x, rho.shape).flat[i])
+
         n64 = np.asarray(num_keys, dtype=np.float64)
-        counted = np.broadcast_to(default_steps(n64) if steps is None else _steps(steps, n64), rho.shape)
-        n64 = np.broadcast_to(n64, rho.shape)
+        counted = default_steps(n64) if steps is None else _steps(steps, n64)
+        row_n, row_a = at(n64), at(np.asarray(score_abs, dtype=np.float64))
         raise NoBound(
             f"num_keys, steps: expected rho <= {LSE_RHO_MAX:g} for the lse bound (it is proved only there), got "
-            f"rho = {float(rho.flat[i]):.4g} on a row of num_keys = {float(n64.flat[i]):g}, score_abs = "
-            f"{float(np.broadcast_to(np.asarray(score_abs, dtype=np.float64), rho.shape).flat[i]):g}, steps = "
-            f"{float(counted.flat[i]):g}{' (default_steps)' if steps is None else ''}; "
-            f"{_remedy(num_keys, score_abs, head_dim, prec, rho.shape, i, LSE_RHO_MAX)}"
+            f"rho = {at(rho):.4g} on a row of num_keys = {row_n:g}, score_abs = {row_a:g}, steps = "
+            f"{at(counted):g}{' (default_steps)' if steps is None else ''}; "
+            f"{_remedy(row_n, row_a, head_dim, prec, LSE_RHO_MAX, steps is not None)}"
         )
     n64 = np.asarray(num_keys, dtype=np.float64)
     dots = _dot_products(score_abs, n64, head_dim, prec, scale)

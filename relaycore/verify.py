@@ -101,8 +101,9 @@ class Outcome(NamedTuple):
 
     @property
     def passed(self) -> bool:
-        """No case failed (the exit status is 0)."""
-        return not self.failed
+        """No case failed, and some case was checked on every row (the exit status is 0): a run
+        whose every case has rows without a bound checked too little to pass."""
+        return not self.failed and (self.cases == 0 or len(self.no_bound) < self.cases)
 
 
 class _Options(NamedTuple):
@@ -322,18 +323,37 @@ def _reproduce(options: _Options, seed: int, dtype: str, device: str) -> str:
            f"{space}{steps}"
 
 
+class _Raised(Exception):
+    """What the implementation under test raised (``__cause__``), told apart from the check's
+    own errors."""
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            raise _Raised() from exc
+
+    return call
+
+
 def _run_case(options: _Options, fn: Optional[Callable[..., Any]], batch, device: str) -> Tuple[Report, str]:
-    """The report of one case and the name of what computed it."""
+    """The report of one case and the name of what computed it.
+
+    Raises:
+        _Raised: the implementation raised (its exception is the cause).
+    """
     where = None if batch.dtype == "float64" else device  # float64: NumPy arrays
     if fn is not None:
-        return compare(fn, batch, device=where, steps=_steps(options, batch)), _function_name(options.function)
+        return compare(_guarded(fn), batch, device=where, steps=_steps(options, batch)), _function_name(options.function)
     chosen = []
 
     def backend(*args, **kwargs):
         chosen.append(relaycore.select_backend(*args, **kwargs, backend=options.backend).name)
         return relaycore.relay_attention(*args, **kwargs, backend=options.backend)
 
-    report = compare(backend, batch, device=where)
+    report = compare(_guarded(backend), batch, device=where)
     return report, chosen[0]
 
 
@@ -346,8 +366,8 @@ def _header(options: _Options, space: dict, device: str) -> None:
     offsets = " or ".join(f"{x:g}" for x in sorted(set(box.value_offsets)))
     print(f"  batches: B <= {box.max_batch}, q_len {box.min_q_len}..{box.max_q_len}, kv_len <= {box.max_kv_len}, "
           f"{box.max_levels} prefix levels of {box.max_prefixes} prefixes of length <= {box.max_prefix_len} at most, "
-          f"D in {box.head_dims}, |scores| up to ~{max(m or 1 for m in box.score_magnitudes):g}, values offset by "
-          f"{offsets}, {' and '.join(box.layouts)}")
+          f"D in {box.head_dims}, scores of standard deviation up to {max(m or 1 for m in box.score_magnitudes):g}, "
+          f"values offset by {offsets}, {' and '.join(box.layouts)}")
     if options.block_n is not None:
         form = "one pass" if options.single_pass else (
             f"parts of {options.chunk} keys" if options.chunk else "a part per segment")
@@ -387,11 +407,15 @@ def _execute(options: _Options) -> Outcome:
                              f"\n{batch.describe()}") from exc
         try:
             report, name = _run_case(options, fn, batch, device)
-        except Exception as exc:  # a crashing implementation is a failing case, reported as such
+        except (_Raised, TypeError) as raised:  # the implementation raised, or returned no (out, lse) pair
+            if isinstance(raised, TypeError) and not str(raised).startswith("result:"):
+                raise
+            exc = raised.__cause__ if isinstance(raised, _Raised) else raised
             failed.append(seed)
             if len(failed) <= MAX_REPORTS:
+                trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3))
                 _print_case(options, seed, dtype, device, f"FAIL: raised {type(exc).__name__}: {exc}\n"
-                                                          f"{traceback.format_exc(limit=-3)}{batch.describe()}")
+                                                          f"{trace}{batch.describe()}")
             continue
         ran_on[name] = ran_on.get(name, 0) + 1
         for part, ratio in (("out", report.out_ratio), ("lse", report.lse_ratio)):
@@ -421,6 +445,10 @@ def _summary(outcome: Outcome) -> None:
               f"there to none and counted neither failed nor passed (seeds {_seeds(outcome.no_bound)})")
     if outcome.failed:
         print(f"FAIL: {len(outcome.failed)} of {outcome.cases} cases failed (seeds {_seeds(outcome.failed)})")
+        return
+    if not outcome.passed:
+        print(f"FAIL: every one of the {outcome.cases} cases has rows without a bound, held there to none: narrow "
+              f"--space (smaller score magnitudes, shorter rows)")
         return
     passed = outcome.cases - len(outcome.no_bound)
     print(f"PASS: {passed} of {outcome.cases} cases within the bounds of relaycore.bounds"

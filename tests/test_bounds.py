@@ -66,7 +66,7 @@ def test_lse_bound_is_refused_beyond_rho_2_where_it_is_not_proved():
                                              r"score_abs = 20, steps = 420000 \(default_steps\); pass the kernel's "
                                              r"counted steps \(steps=\)"):
         bounds.lse_bound(np.full((2, 2), 30.0), num_keys, score_abs, 128, prec)
-    with pytest.raises(bounds.NoBound, match=r"num_keys = 210000, score_abs = 20, steps = 500000; pass"):
+    with pytest.raises(bounds.NoBound, match=r"num_keys = 210000, score_abs = 20, steps = 500000; fewer steps per key would"):
         bounds.lse_bound(np.full((2, 2), 30.0), num_keys, score_abs, 128, prec, steps=np.array([[1.0], [5e5]]))
     assert issubclass(bounds.NoBound, ValueError)
     assert np.all(np.isfinite(bounds.out_bound(np.zeros((2, 2, 4)), np.ones((2, 2, 4)), num_keys, score_abs, 128, prec)))
@@ -195,3 +195,13 @@ def test_a_refusal_suggests_counted_steps_only_where_fewer_steps_would_give_a_bo
         bounds.lse_bound(0.0, 3e5, 20.0, 64, fp16)  # default_steps' 6e5 steps per key: 1 step keeps rho small
     with pytest.raises(bounds.NoBound, match=r"no count of steps gives one \(rho = 4\.2\d+ at 1 step per key\)"):
         bounds.lse_bound(0.0, 4, 5e5, 64, fp16)  # the scores' rounding alone passes the limit
+
+
+def test_a_refusal_past_the_rho_limit_names_its_row_among_several():
+    # two rows of 8e5 keys at A = 20 in fp32: rho passes out_rho_limit on both (a NoBound, not a
+    # broadcasting error while the message is written)
+    with pytest.raises(bounds.NoBound, match=r"expected rho <= 2\.5 \+ min\(A, 256\) / 4 .* got rho = 8\.039"):
+        bounds.out_bound(np.zeros((2, 4)), np.ones((2, 4)), np.full(2, 8e5), np.full(2, 20.0), 128,
+                         bounds.precision("float32"))
+    with pytest.raises(bounds.NoBound, match=r"fewer steps per key would \(rho = 0\.03\d+ at 1 step per key\)"):
+        bounds.lse_bound(0.0, 3e5, 20.0, 64, bounds.precision("float16"), steps=6e5)  # the steps were passed

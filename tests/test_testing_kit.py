@@ -716,3 +716,9 @@ def test_rounding_matches_torch_casts(dtype, source, rng):
     assert np.array_equal(got, expected, equal_nan=True)
     number = ~np.isnan(expected)
     assert np.array_equal(np.signbit(got[number]), np.signbit(expected[number]))  # -0 stays -0
+
+
+def test_check_reads_a_result_with_the_negative_bit_as_its_values():
+    batch = make_batch([1, 2], [3, 4], [[2]], [[0, 0]], head_dim=16, dtype="float64")
+    out, lse = (torch.from_numpy(x) for x in batch.oracle().state)
+    assert check((torch._neg_view(-out), torch._neg_view(-lse)), batch).passed

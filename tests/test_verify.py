@@ -276,3 +276,27 @@ def test_the_guide_shows_what_verify_prints(capsys):
     failing = next(b for b in blocks if b.startswith("case seed "))
     assert status == 1 and out.rstrip().endswith(failing.rstrip().splitlines()[-1]), out
     assert failing.splitlines()[0] in out
+
+
+def test_a_run_whose_every_case_has_rows_without_a_bound_does_not_pass(capsys):
+    # scores of standard deviation 1e7: no row of any dtype has a bound; the seeds include a
+    # multi-row case past out_bound's rho limit, which once raised a plain ValueError in check
+    status, out = verify(capsys, "--backend", "torch", "--device", "cpu", "--cases", "6", "--space",
+                         "score_magnitudes=(1e7,)")
+    assert status == 1, out
+    assert "ran on: torch (6 cases)" in out and "raised" not in out, out
+    assert out.rstrip().endswith("FAIL: every one of the 6 cases has rows without a bound, held there to none: "
+                                 "narrow --space (smaller score magnitudes, shorter rows)")
+
+
+def test_an_error_of_the_check_itself_is_not_blamed_on_the_implementation(capsys, monkeypatch):
+    import importlib
+
+    check_module = importlib.import_module("relaycore.testing.check")  # the package's ``check`` is the function
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in the check")
+
+    monkeypatch.setattr(check_module, "_bounds", broken)
+    with pytest.raises(ValueError, match="a bug in the check"):
+        cli.main(["verify", "--backend", "torch", "--device", "cpu", "--cases", "1"])

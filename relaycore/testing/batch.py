@@ -407,12 +407,11 @@ def make_batch(
     if block_size is None:
         kv = RaggedKV(k, v, np.concatenate([[0], np.cumsum(kv_lens)]).astype(metadata_dtype))
     else:
-        kv = _paged(k, v, np.asarray(kv_lens, dtype=np.int64), block_size, rng, dtype, metadata_dtype)
+        kv = _paged(k, v, np.asarray(kv_lens, dtype=np.int64), block_size, rng, metadata_dtype)
     return Batch(q, cu_q, kv, tuple(prefixes), bool(causal), softmax_scale, dtype, recipe)
 
 
-def _paged(k: np.ndarray, v: np.ndarray, kv_lens: np.ndarray, block_size: int, rng, dtype: str,
-           metadata_dtype: str) -> PagedKV:
+def _paged(k: np.ndarray, v: np.ndarray, kv_lens: np.ndarray, block_size: int, rng, metadata_dtype: str) -> PagedKV:
     """Scatter packed request KV into a shuffled paged cache with one or two spare blocks; every
     slot that no request reads (the spare blocks, the slots past ``kv_len`` in a request's last
     block) holds NaN, as an engine's free memory may."""

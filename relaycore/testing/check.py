@@ -75,10 +75,11 @@ def _bounds(batch: Batch, dtype: Optional[str], steps) -> Tuple[Tolerance, Tuple
     """The bounds of ``bounds_for``, ``inf`` on the rows where ``relaycore.bounds`` gives none,
     and a sentence for ``out`` and for ``lse`` where some row has none.
 
-    Which rows have a bound is ``relaycore.bounds``' own answer: its functions run on the rows,
-    split in halves wherever they raise ``NoBound``, down to the rows that have none (the rows
-    past the limits its ``NoBound`` documents, ``N tau exp(rho) < 1`` and, for the lse, ``rho <=
-    LSE_RHO_MAX``, are set aside first, so that a batch of them costs one call, not two a row).
+    Which rows have a bound is ``relaycore.bounds``' own answer: the rows it names as refused
+    (``out_bound_refused``; for the lse, ``rho > LSE_RHO_MAX``) are set aside in one call, and
+    its functions run on the others, split in halves wherever they still raise ``NoBound``
+    (a refusal those do not name, such as the lse's dot products), down to the rows that have
+    none.
 
     Raises:
         TypeError, ValueError: ``steps`` that is not a count per row.
@@ -95,11 +96,11 @@ def _bounds(batch: Batch, dtype: Optional[str], steps) -> Tuple[Tolerance, Tuple
                               else np.asarray(steps, dtype=np.float64), rows).ravel()
     flat_out, flat_value = ref.out.reshape(n.size, d), stats.value_abs.reshape(n.size, d)
     flat_lse = ref.lse.ravel()
-    with np.errstate(over="ignore"):
-        refused = {  # rows past the documented limits (``NoBound``): no need to ask
-            "out": (n > 0) & (n * prec.tau * np.exp(rho) >= 1),
-            "lse": (n > 0) & (rho > bounds.LSE_RHO_MAX),
-        }
+    refused = {  # the rows relaycore.bounds names as refused: no need to ask them one by one
+        "out": (n > 0) & np.broadcast_to(bounds.out_bound_refused(stats.value_abs, stats.num_keys, stats.score_abs, d,
+                                                                  prec, steps, scale=scale), rows).ravel(),
+        "lse": (n > 0) & (rho > bounds.LSE_RHO_MAX),
+    }
     parts = {
         "out": lambda i, s: bounds.out_bound(flat_out[i], flat_value[i], n[i], a[i], d, prec, s, scale=scale),
         "lse": lambda i, s: bounds.lse_bound(flat_lse[i], n[i], a[i], d, prec, s, scale=scale),
@@ -273,7 +274,7 @@ class Report:
 def _host64(x: Any) -> np.ndarray:
     """float64 NumPy copy of an array or torch tensor (any device, any float dtype)."""
     if array_kind(x) == "torch":
-        return x.detach().to("cpu").double().numpy()
+        return x.detach().resolve_neg().to("cpu").double().numpy()
     return np.asarray(x, dtype=np.float64)
 
 
