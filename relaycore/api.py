@@ -9,7 +9,7 @@ import numpy as np
 from relaycore import dispatch, state
 from relaycore.types import AttentionState, PrefixLevel, RequestKV
 from relaycore.buffers import check_result_buffers
-from relaycore.validation import array_kind, dtype_name, validate
+from relaycore.validation import array_kind, check_dense, dtype_name, validate
 
 
 def relay_attention(
@@ -162,6 +162,7 @@ def merge_states(a: AttentionState, b: AttentionState) -> AttentionState:
         for field, x in (("out", s[0]), ("lse", s[1])):
             if array_kind(x) is None:
                 raise TypeError(f"{name}.{field}: expected a NumPy array or torch tensor, got {type(x).__name__}")
+            check_dense(f"{name}.{field}", x)
     a, b = AttentionState(*a), AttentionState(*b)
     kinds = {array_kind(x) for x in (a.out, a.lse, b.out, b.lse)}
     if len(kinds) != 1:

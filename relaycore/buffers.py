@@ -16,7 +16,7 @@ from typing import Tuple
 import numpy as np
 
 from relaycore.types import AttentionState
-from relaycore.validation import array_kind, call_array_names, call_arrays, describe, device_name, dtype_name
+from relaycore.validation import array_kind, call_array_names, call_arrays, check_dense, describe, device_name, dtype_name
 
 #: A NumPy array's ``(first byte, last byte + 1)`` (``np.byte_bounds`` before NumPy 2).
 _byte_bounds = getattr(getattr(np.lib, "array_utils", np), "byte_bounds")
@@ -93,6 +93,7 @@ def _check_buffer(name: str, x, shape: Tuple[int, ...], want: str, q, eager: boo
     kind, device = array_kind(q), device_name(q)
     if array_kind(x) != kind:
         raise TypeError(f"{name}: expected a {kind} array like q, got {describe(x)}")
+    check_dense(name, x)
     if kind == "torch":
         import torch
 

@@ -154,7 +154,7 @@ class _Checker:
         kind = array_kind(x)
         if kind is None:
             raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {describe(x)}")
-        _check_dense(name, x)
+        check_dense(name, x)
         if self.kind is None:
             self.kind, self.device, self.first = kind, device_name(x), name
         elif kind != self.kind:
@@ -169,7 +169,7 @@ class _Checker:
         kind = array_kind(x)
         if kind is None:
             raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {describe(x)}")
-        _check_dense(name, x)
+        check_dense(name, x)
         host = self.kind == "torch" and (kind == "numpy" or device_name(x) == "cpu")
         if not host and kind != self.kind:
             raise TypeError(f"{name}: expected a {self.kind} array like {self.first}, got a {kind} array")
@@ -186,7 +186,7 @@ class _Checker:
             raise TypeError(f"{name}: expected dtype in {list(dtypes)}, got {dtype_name(x)}")
 
 
-def _check_dense(name: str, x: Any) -> None:
+def check_dense(name: str, x: Any) -> None:
     """Refuse arrays whose elements are not all their values: a NumPy masked array (its mask
     would be ignored), a sparse or otherwise non-strided torch tensor."""
     if isinstance(x, np.ma.MaskedArray):

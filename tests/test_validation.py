@@ -234,3 +234,19 @@ def test_views_with_the_negative_bit_give_the_values_they_show(paged):
     for backend in ("torch", "reference"):
         for got, want in zip(relaycore.relay_attention(**negated, backend=backend), relaycore.relay_attention(**c, backend=backend)):
             assert torch.equal(got, want), backend
+
+
+def test_result_buffers_and_states_whose_elements_are_not_their_values_are_refused():
+    c = call()
+    out = np.ma.masked_array(np.zeros(c["q"].shape), mask=np.zeros(c["q"].shape, dtype=bool))
+    with pytest.raises(TypeError) as info:
+        relaycore.relay_attention(**c, out=out)
+    assert_names(info.value, "out", "masked array")
+    state = relaycore.AttentionState(np.ma.masked_array(np.ones((2, 3))), np.zeros(2))
+    with pytest.raises(TypeError) as info:
+        relaycore.merge_states(state, state)
+    assert_names(info.value, "a.out", "masked array")
+    t = torch_call()
+    with pytest.raises(TypeError) as info:
+        relaycore.relay_attention(**t, out=torch.zeros(t["q"].shape).to_sparse())
+    assert_names(info.value, "out", "got layout torch.sparse_coo")
