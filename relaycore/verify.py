@@ -30,8 +30,9 @@ Rows without a bound: where ``relaycore.bounds`` gives no bound for a row (score
 the dtype, or an lse whose ``rho`` passes 2 on long rows), the row is held to none, and the case
 is counted apart ("no bound"), neither failed nor passed; the summary lists those seeds.
 
-Exit status: 0 when no case fails, 1 when one fails, 2 when the run cannot start (or a drawn
-batch is one the oracle refuses: a ``--space`` beyond what the dtype holds).
+Exit status: 0 when no case fails, 1 when one fails or when every case has rows without a bound,
+2 when the run cannot start (or a drawn batch is one the oracle refuses: a ``--space`` beyond
+what the dtype holds).
 
 From Python: ``relaycore.verify.run(fn_or_spec, cases=..., dtypes=..., space={...})`` runs the
 same check, prints the same report and returns an ``Outcome``.
