@@ -502,6 +502,10 @@ def test_a_plan_refuses_other_inputs():
         relaycore.relay_attention(q.float(), cu, kv, prefixes, plan=planned)
     with pytest.raises(TypeError, match=r"q: expected a torch tensor \(the plan's\), got list"):
         relaycore.relay_attention(q.tolist(), cu, kv, prefixes, plan=planned)
+    with pytest.raises(TypeError, match=r"q: expected a dense \(torch.strided\) tensor, got layout torch.sparse_coo"):
+        relaycore.relay_attention(q.to_sparse(), cu, kv, prefixes, plan=planned)
+    with pytest.raises(TypeError, match=r"kv\.v: expected a dense \(torch.strided\) tensor, got layout torch.sparse_coo"):
+        relaycore.relay_attention(q, cu, kv._replace(v=kv.v.to_sparse()), prefixes, plan=planned)
     with pytest.raises(TypeError, match=r"kv\.k: expected shape .* dtype float16 on cpu \(the plan's\), got .* dtype float32"):
         relaycore.relay_attention(q, cu, kv._replace(k=kv.k.float()), prefixes, plan=planned)
     with pytest.raises(ValueError, match="prefixes"):

@@ -46,8 +46,8 @@ import numpy as np
 import torch
 
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
-from relaycore.validation import (BatchMeta, call_array_names, call_arrays, check_prefix_levels, needs_grad,
-                                  resolve_scale)
+from relaycore.validation import (BatchMeta, call_array_names, call_arrays, check_dense, check_prefix_levels,
+                                  needs_grad, resolve_scale)
 
 from relaycore.fast.triton.config import Config, chunk_size, default_config, single_pass, tile_height
 from relaycore.fast.triton.kernels import FOLD_DEPTH, FOLD_STATES, ITEM_FIELDS, NUM_ITEM_FIELDS
@@ -201,6 +201,7 @@ class Plan:
         want = (self.total_q, self.num_q_heads, self.head_dim)
         if not isinstance(q, torch.Tensor):
             raise TypeError(f"q: expected a torch tensor (the plan's), got {type(q).__name__}")
+        check_dense("q", q)
         if tuple(q.shape) != want:
             raise ValueError(f"q: expected shape {want} (the plan's), got {tuple(q.shape)}")
         if str(q.dtype).replace("torch.", "") != self.dtype:
@@ -323,12 +324,15 @@ def check_signature(planned, tensors: Sequence[Any], whose: str) -> None:
     ``tensor_signature``.
 
     Raises:
-        TypeError: naming the first tensor whose dtype (or kind: tensor, NumPy array) differs.
+        TypeError: naming the first tensor whose dtype (or kind: tensor, NumPy array) differs, or
+            whose elements are not its values (``validation.check_dense``: sparse, masked).
         ValueError: naming the first tensor whose shape or device differs.
     """
     for entry, x in zip(planned, tensors):
-        if isinstance(x, torch.Tensor) and x.shape == entry[1] and x.dtype == entry[2] and x.device == entry[3]:
+        if (isinstance(x, torch.Tensor) and x.layout is torch.strided and x.shape == entry[1] and x.dtype == entry[2]
+                and x.device == entry[3]):
             continue  # the common case, without building the entry
+        check_dense(entry[0], x)
         got = _entry(x)
         if entry[1:] != got:
             error = TypeError if got[1] != entry[2] else ValueError  # a dtype or kind, as validation's
