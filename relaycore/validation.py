@@ -219,9 +219,9 @@ def _check_offsets(name: str, offsets: np.ndarray, length: int, total: int, tota
         raise ValueError(f"{name}: expected shape ({length},), got {offsets.shape}")
     if offsets[0] != 0:
         raise ValueError(f"{name}: expected {name}[0] == 0, got {int(offsets[0])}")
-    steps = np.diff(offsets)
-    if np.any(steps < 0):
-        i = int(np.argmax(steps < 0))
+    falls = offsets[1:] < offsets[:-1]  # not np.diff(offsets) < 0: a difference of int64s can wrap around
+    if np.any(falls):
+        i = int(np.argmax(falls))
         raise ValueError(
             f"{name}: expected non-decreasing offsets, got {name}[{i}] = {int(offsets[i])} > {name}[{i + 1}] = {int(offsets[i + 1])}"
         )

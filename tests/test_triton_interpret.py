@@ -603,6 +603,26 @@ def test_metadata_on_the_host_gives_the_bits_of_metadata_on_the_device(block_siz
 
 
 @in_process
+@pytest.mark.parametrize("block_size", [None, 4], ids=["ragged", "paged"])
+def test_plans_of_inference_tensors_give_the_bits_of_the_call(block_size):
+    """A serving loop under ``torch.inference_mode``: its tensors keep no version counter, so a
+    plan stamps their values where reading them is free (here, on the CPU) and nothing else."""
+    batch = _shared_prefix_batch(block_size=block_size)
+    want = relaycore.relay_attention(*batch.to_torch("cpu")[0], **batch.to_torch("cpu")[1], backend="triton")
+    with torch.inference_mode():
+        args, kwargs = batch.to_torch("cpu")
+        assert args[1].is_inference()
+        planned, graph = prepare(*args, **kwargs), prepare_graph(*args, **kwargs, config=TINY)
+        assert _same(relaycore.relay_attention(*args, **kwargs, plan=planned), want)
+        alone = run_planned(plan(validate(*args, **kwargs), config=TINY), *args[:1], *args[2:])
+        assert _same(relaycore.relay_attention(*args, **kwargs, plan=graph), alone)
+        args[1][1] += 1
+        for planned_call in (planned, graph):
+            with pytest.raises(ValueError, match=r"cu_seqlens_q: expected the values the plan was prepared with"):
+                relaycore.relay_attention(*args, **kwargs, plan=planned_call)
+
+
+@in_process
 def test_host_metadata_of_any_int_dtype_and_layout_gives_the_same_bits():
     """int64 NumPy metadata, a block table in column-major order, and entries past each
     request's last block that no int32 holds (never read): the bits of int32 tensors."""

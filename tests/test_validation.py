@@ -126,6 +126,25 @@ def torch_call(device_of_q: str = "cpu", dtype=torch.float32, paged: bool = Fals
     return dict(q=q.to(device_of_q), cu_seqlens_q=cu, kv=kv, prefixes=list(prefixes), **kwargs)
 
 
+def test_offsets_whose_differences_wrap_around_are_refused():
+    """np.diff of these int64 offsets wraps around to steps that all look non-negative; taken
+    as lengths they would ask for ~6e18 rows."""
+    a = 6148914691236517206  # about 2**64 / 3
+    wrapping, plain = np.array([0, a, 2 * a - 2**64, 3], dtype=np.int64), np.array([0, 1, 2, 3], dtype=np.int64)
+    z = np.zeros((3, 1, 8))
+    cases = {
+        "cu_seqlens_q": dict(cu_seqlens_q=wrapping, kv=RaggedKV(z, z, plain)),
+        "kv.cu_seqlens": dict(cu_seqlens_q=plain, kv=RaggedKV(z, z, wrapping)),
+        "prefixes[0].cu_seqlens": dict(cu_seqlens_q=plain, kv=RaggedKV(z, z, plain),
+                                       prefixes=[PrefixLevel(z, z, wrapping, np.zeros(3, dtype=np.int64))]),
+    }
+    for name, c in cases.items():
+        for fn in (relaycore.relay_attention, full_attention, relay_attention):
+            with pytest.raises(ValueError) as info:
+                fn(z, **c)
+            assert_names(info.value, name, f"{name}[1] = {a} > {name}[2] = {2 * a - 2**64}")
+
+
 def test_tensors_on_two_devices():
     c = torch_call("meta")  # the metadata on the CPU is on the host: the first float tensor is named
     with pytest.raises(ValueError) as info:

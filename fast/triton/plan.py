@@ -229,7 +229,8 @@ class Stamp(NamedTuple):
         name: the argument, as ``relay_attention`` names it.
         ref: a weak reference to the array.
         version: a tensor's version counter then (torch counts every in-place write); ``None``
-            for a NumPy array.
+            for a NumPy array and an inference tensor (``torch.inference_mode`` keeps no count:
+            one on a GPU is trusted, as another tensor is).
         values: the values then where reading them costs no synchronization (a NumPy array, a
             CPU tensor); ``None`` on a GPU.
     """
@@ -275,7 +276,7 @@ def stamp_metadata(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> Tuple[St
     plan is prepared; ``block_table``: the plan holds a copy of the block table."""
     def stamp(name, x):
         values = host_values(x)
-        version = None if isinstance(x, np.ndarray) else x._version
+        version = None if isinstance(x, np.ndarray) or x.is_inference() else x._version
         return Stamp(name, weakref.ref(x), version, None if values is None else values.copy())
 
     names = metadata_names(isinstance(kv, PagedKV), len(prefixes), block_table)
@@ -306,7 +307,7 @@ def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> Non
                 at = ", ".join(map(str, i))
                 raise ValueError(f"{name}: expected the values the plan was prepared with, got {name}[{at}] = "
                                  f"{got[i]} where the plan has {stamp.values[i]}; {advice}")
-        elif stamp.ref() is x and x._version != stamp.version:
+        elif stamp.version is not None and stamp.ref() is x and x._version != stamp.version:
             raise ValueError(f"{name}: expected the values the plan was prepared with, got the same tensor written in "
                              f"place since (its version counter {stamp.version} -> {x._version}); {advice}")
 
