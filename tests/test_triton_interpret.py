@@ -489,6 +489,53 @@ def test_views_with_the_negative_bit_give_the_bits_of_the_values_they_show(block
 
 
 @in_process
+@pytest.mark.parametrize("block_size", [None, 4], ids=["ragged", "paged"])
+def test_a_plan_made_from_metadata_alone_refuses_kv_it_was_not_made_for(block_size):
+    """``plan(meta)`` holds no signature of the call, but the metadata fix the KV tensors' heads,
+    head_dim and (ragged, levels) rows, and the block table's rows and least columns: another
+    shape would be read past its end or in the wrong place."""
+    args, kwargs = _shared_prefix_batch(block_size=block_size).to_torch("cpu")
+    q, cu, kv, prefixes = args
+    planned = plan(validate(*args, **kwargs))
+    assert _same(relaycore.relay_attention(*args, **kwargs, plan=planned),
+                 relaycore.relay_attention(*args, **kwargs, backend="triton"))
+    first, second = kv._fields[:2]
+    rows = (slice(None), slice(0, 1)) if block_size else slice(0, 3)  # a page of 1 slot; 3 rows
+    bad = [(first, kv._replace(**{first: getattr(kv, first)[rows]}), ValueError, "expected shape"),
+           (second, kv._replace(**{second: getattr(kv, second)[..., :1, :]}), ValueError, "expected shape"),
+           (first, kv._replace(**{first: getattr(kv, first).float()}), TypeError, "expected dtype float16"),
+           (second, kv._replace(**{second: getattr(kv, second).numpy()}), TypeError, "expected a torch tensor")]
+    if block_size:
+        bad.append(("block_table", kv._replace(block_table=kv.block_table[:, :1]), ValueError, r"expected shape \(5, >= "))
+    for field, other, error, message in bad:
+        with pytest.raises(error, match=rf"^kv\.{field}: {message}"):
+            relaycore.relay_attention(q, cu, other, prefixes, **kwargs, plan=planned)
+    short = [prefixes[0]._replace(k=prefixes[0].k[:-1]), prefixes[1]]
+    with pytest.raises(ValueError, match=r"^prefixes\[0\]\.k: expected shape \(44, 2, 16\) \(the plan's\), got \(43, 2, 16\)"):
+        relaycore.relay_attention(q, cu, kv, short, **kwargs, plan=planned)
+
+
+@in_process
+def test_a_plan_on_the_cpu_refuses_a_block_table_changed_since():
+    """On the CPU a plan compares the call's block table with the planned one, as it compares a
+    table given on the host beside a GPU: the interpreter would read an id past the cache."""
+    args, kwargs = _shared_prefix_batch(block_size=4).to_torch("cpu")
+    q, cu, kv, prefixes = args
+    plans = (prepare(*args, **kwargs), prepare_graph(*args, **kwargs, config=TINY))
+    past = kv.k_cache.shape[0] + 100_000
+    refused = r"kv\.block_table: expected the values the plan was prepared with, got kv\.block_table\[0, 0\] = 100\d+"
+    another = kv.block_table.clone()
+    another[0, 0] = past
+    for planned in plans:
+        with pytest.raises(ValueError, match=refused):
+            relaycore.relay_attention(q, cu, kv._replace(block_table=another), prefixes, **kwargs, plan=planned)
+    kv.block_table[0, 0] = past  # the planned tensor itself, written in place
+    for planned in plans:
+        with pytest.raises(ValueError, match=refused):
+            relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=planned)
+
+
+@in_process
 def test_a_plan_refuses_other_inputs():
     batch = _shared_prefix_batch()
     args, kwargs = batch.to_torch("cpu")
@@ -857,8 +904,8 @@ def test_the_op_carries_every_field_of_a_plan():
     back = op._unpack(*op._pack(planned), args[0], planned.softmax_scale)
     for field in dataclasses.fields(planned):
         want, got = getattr(planned, field.name), getattr(back, field.name)
-        if field.name == "signature":
-            continue  # a check of the eager entry, not needed past the op
+        if field.name in ("signature", "known_shapes"):
+            continue  # checks of the eager entry, not needed past the op
         if isinstance(want, torch.Tensor):
             assert torch.equal(want, got), field.name
         elif field.name == "launches":

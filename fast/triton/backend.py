@@ -13,7 +13,7 @@ from relaycore.validation import BatchMeta, validate
 from relaycore.fast.triton.config import DTYPES, MAX_HEAD_DIM
 from relaycore.fast.triton.launch import run_into
 from relaycore.fast.triton.launcher import interpreting
-from relaycore.fast.triton.plan import Plan, plan, stamp_metadata, tensor_signature
+from relaycore.fast.triton.plan import Plan, plan, stamp_metadata, stamps_block_table, tensor_signature
 
 
 def supports(meta: BatchMeta) -> str | None:
@@ -68,8 +68,7 @@ def prepare(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_sc
     meta = validate_for_triton(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     prefixes = tuple(prefixes)
     return dataclasses.replace(plan(meta), signature=tensor_signature(q, cu_seqlens_q, kv, prefixes),
-                               stamps=stamp_metadata(cu_seqlens_q, kv, prefixes,
-                                                     block_table=meta.host_block_table is not None))
+                               stamps=stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=stamps_block_table(meta)))
 
 
 def validate_for_triton(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> BatchMeta:

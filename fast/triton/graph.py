@@ -56,7 +56,9 @@ from relaycore.fast.triton.backend import validate_for_triton
 from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
 from relaycore.fast.triton.plan import (Launch, Plan, Work, check_signature, fold_height, int32_list,
-                                        list_starts, plan_work, stamp_metadata, staged, tensor_signature, uploaded)
+                                        list_starts, plan_work, stamp_metadata, stamps_block_table, staged,
+                                        tensor_signature, uploaded)
+
 
 class Bounds(NamedTuple):
     """What the tensors' shapes bound in every batch a ``GraphPlan`` runs.
@@ -248,7 +250,7 @@ class GraphPlan:
         meta = validate_for_triton(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
         prefixes = tuple(prefixes)
         self._refill(meta, call_arrays(q, cu_seqlens_q, kv, prefixes),
-                     stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=meta.host_block_table is not None))
+                     stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=stamps_block_table(meta)))
 
     def _refill(self, meta: BatchMeta, tensors, stamps) -> None:
         plan = self.plan
@@ -349,5 +351,5 @@ def prepare_graph(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, soft
     signature = tensor_signature(q, cu_seqlens_q, kv, prefixes)
     graph = GraphPlan(meta, Bounds.of(meta, kv, prefixes), config, signature, torch.device(meta.device))
     graph._refill(meta, call_arrays(q, cu_seqlens_q, kv, prefixes),
-                  stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=meta.host_block_table is not None))
+                  stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=stamps_block_table(meta)))
     return graph

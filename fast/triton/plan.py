@@ -124,9 +124,12 @@ class Plan:
             ``torch.compile``.
         signature: ``(argument name, shape, dtype, device)`` of every tensor of the call the
             plan was prepared for (``tensor_signature``); empty for a plan made from metadata
-            alone, whose ``run`` then checks q only.
+            alone, whose ``run`` then checks what the metadata fix (``known_shapes``).
         stamps: what ``run`` can check of the metadata values without a synchronization
             (``stamp_metadata``); empty for a plan made from metadata alone.
+        known_shapes: ``(argument name, shape)`` of each tensor the kernels read, as the
+            metadata fix it (``known_shapes``): what ``run`` checks of a plan without a
+            ``signature``.
         bindings: each launch as the last call ran it (``launch.Binding``, by launch index),
             which the next call with arguments of the same layout (the next layer's) reruns
             without building its constexprs or looking its kernel up; empty until a call on a
@@ -158,6 +161,7 @@ class Plan:
     ready: Optional[Any] = field(default=None, compare=False, repr=False)
     signature: Tuple[Tuple[str, tuple, Any, Any], ...] = ()
     stamps: Tuple["Stamp", ...] = field(default=(), compare=False, repr=False)
+    known_shapes: Tuple[Tuple[str, Tuple[Any, ...]], ...] = field(default=(), compare=False, repr=False)
     bindings: Dict[int, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
     scratch: Dict[Optional[int], Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False,
                                                                           compare=False, repr=False)
@@ -170,7 +174,8 @@ class Plan:
             lse=None) -> AttentionState:
         """``run_planned`` after the checks that need no host synchronization (what
         ``relay_attention(..., plan=)`` calls): every tensor must have the shape, dtype and
-        device it had when the plan was prepared (layers of a model share them), and
+        device it had when the plan was prepared (layers of a model share them; of a plan made
+        from metadata alone, the KV tensors must have the shapes the metadata fix), and
         ``causal`` and ``softmax_scale`` (``None`` meaning ``1/sqrt(D)``) must be the plan's;
         the defaults are ``relay_attention``'s. ``out``/``lse``: buffers for the result, as
         ``relay_attention``'s (``run_planned`` checks them).
@@ -214,6 +219,8 @@ class Plan:
             raise ValueError(f"prefixes: expected {self.num_levels} levels (the plan's), got {len(prefixes)}")
         if self.signature:
             check_signature(self.signature, call_arrays(q, cu_seqlens_q, kv, prefixes), "the plan's")
+        else:
+            check_known_shapes(self.known_shapes, q, kv, prefixes, block_table=self.block_table is None)
         if needs_grad(q, kv, prefixes):
             raise ValueError("plan: expected a call without gradients (the Triton kernels have no backward), got an "
                              "input that requires grad in grad mode; use backend='torch', or torch.no_grad()")
@@ -250,10 +257,9 @@ def host_values(x) -> Optional[np.ndarray]:
 
 def metadata_arrays(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> List[Any]:
     """The metadata whose values a plan holds, in the order of ``metadata_names``: the lengths
-    and the prefix ids, and with ``block_table`` a paged cache's block table (a plan holds it
-    where it was given on the host, ``Plan.block_table``, and its stamp is of the whole array,
-    entries past a request's last block included; else the kernels read it at run time, so
-    only its shape is planned)."""
+    and the prefix ids, and with ``block_table`` a paged cache's block table (stamped where
+    ``stamps_block_table``: its stamp is of the whole array, entries past a request's last
+    block included; else the kernels read it at run time, so only its shape is planned)."""
     arrays = [cu_seqlens_q, kv.kv_lens if isinstance(kv, PagedKV) else kv.cu_seqlens]
     for level in prefixes:
         arrays += (level.cu_seqlens, level.prefix_ids)
@@ -269,6 +275,14 @@ def metadata_names(paged: bool, num_levels: int, block_table: bool) -> Tuple[str
     for i in range(num_levels):
         names += (f"prefixes[{i}].cu_seqlens", f"prefixes[{i}].prefix_ids")
     return tuple(names + ["kv.block_table"] * (block_table and paged))
+
+
+def stamps_block_table(meta: BatchMeta) -> bool:
+    """Whether a plan stamps a paged call's block table (``stamp_metadata``): where it holds a
+    copy of it (a table on the host, ``Plan.block_table``), and on the CPU, where reading the
+    call's costs nothing, so that a table changed since (an id past the cache among them) is
+    refused instead of read. A table on a GPU is read by the kernels as the call holds it."""
+    return meta.paged and (meta.host_block_table is not None or meta.device == "cpu")
 
 
 def stamp_metadata(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> Tuple[Stamp, ...]:
@@ -364,6 +378,59 @@ def _entry(x) -> Tuple[Any, Any, Any]:
     if isinstance(x, np.ndarray):
         return x.shape, "ndarray", "numpy"
     return (), type(x).__name__, ""
+
+
+class AtLeast(NamedTuple):
+    """An axis of ``known_shapes`` that holds at least ``n``."""
+
+    n: int
+
+
+def known_shapes(meta: BatchMeta) -> Tuple[Tuple[str, Tuple[Any, ...]], ...]:
+    """``Plan.known_shapes``: the shapes of the KV tensors (own, then each level's ``k``/``v``)
+    and of a paged cache's block table that ``meta`` fixes: each axis an ``int``, an
+    ``AtLeast`` (a block table's columns: those its longest request needs, or more) or
+    ``None`` (a paged cache's block count: the block ids are read on the device)."""
+    hkv, d = meta.num_kv_heads, meta.head_dim
+    if meta.paged:
+        cache = (None, meta.block_size, hkv, d)
+        needed = int((-(-meta.kv_lens // meta.block_size)).max()) if meta.batch else 0
+        shapes = [("kv.k_cache", cache), ("kv.v_cache", cache), ("kv.block_table", (meta.batch, AtLeast(needed)))]
+    else:
+        rows = int(meta.kv_lens.sum())
+        shapes = [("kv.k", (rows, hkv, d)), ("kv.v", (rows, hkv, d))]
+    for i, lens in enumerate(meta.prefix_lens):
+        rows = int(lens.sum())
+        shapes += [(f"prefixes[{i}].k", (rows, hkv, d)), (f"prefixes[{i}].v", (rows, hkv, d))]
+    return tuple(shapes)
+
+
+def check_known_shapes(known, q, kv, prefixes, *, block_table: bool) -> None:
+    """Refuse KV tensors that are not what a plan made from metadata alone reads
+    (``known_shapes``): torch tensors, dense, on q's device, of q's dtype (a block table: of an
+    integer dtype) and of the known shape. ``block_table``: the kernels read the call's.
+
+    Raises:
+        TypeError: naming the tensor whose type, layout or dtype differs.
+        ValueError: naming the tensor whose shape or device differs.
+    """
+    tensors = [*kv[:2], *([kv.block_table] if isinstance(kv, PagedKV) else []), *(x for p in prefixes for x in p[:2])]
+    for (name, shape), x in zip(known, tensors):
+        if name == "kv.block_table" and not block_table:
+            continue
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch tensor (the plan's), got {type(x).__name__}")
+        check_dense(name, x)
+        integer = name == "kv.block_table"
+        if integer and x.dtype not in (torch.int32, torch.int64) or not integer and x.dtype != q.dtype:
+            want = "int32 or int64" if integer else str(q.dtype).replace("torch.", "")
+            raise TypeError(f"{name}: expected dtype {want} (the plan's), got {str(x.dtype).replace('torch.', '')}")
+        if x.device != q.device:
+            raise ValueError(f"{name}: expected device {q.device} (the plan's), got {x.device}")
+        if len(x.shape) != len(shape) or any(n is not None and (m < n.n if isinstance(n, AtLeast) else m != n)
+                                             for m, n in zip(x.shape, shape)):
+            want = ", ".join("any" if n is None else f">= {n.n}" if isinstance(n, AtLeast) else str(n) for n in shape)
+            raise ValueError(f"{name}: expected shape ({want}) (the plan's), got {tuple(x.shape)}")
 
 
 def relay_grouping(meta: BatchMeta) -> bool:
@@ -845,4 +912,5 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         num_levels=meta.num_levels,
         block_table=None if table is None else lists[-1],
         ready=uploaded(device),
+        known_shapes=known_shapes(meta),
     )
