@@ -18,7 +18,11 @@ from relaycore.reference.relay import relay_from_problem
 
 
 def supports(meta: BatchMeta) -> Optional[str]:
-    """``None``: the reference runs every validated batch (NumPy, or torch on any device)."""
+    """``None``: the reference runs every validated batch (NumPy, or torch on any device) but
+    one to be differentiated (``BatchMeta.needs_grad``): it computes in NumPy, which autograd
+    does not see, so its result would carry no gradient."""
+    if meta.needs_grad:
+        return "has no backward (it computes in NumPy), and an input requires grad (use backend='torch', or torch.no_grad())"
     return None
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import numpy as np
-
 from relaycore import dispatch, state
+from relaycore.constants import FLOAT_DTYPES
 from relaycore.types import AttentionState, PrefixLevel, RequestKV
 from relaycore.buffers import check_result_buffers
 from relaycore.validation import array_kind, check_dense, dtype_name, validate
@@ -50,7 +49,9 @@ def relay_attention(
         prefixes: zero or more ``PrefixLevel``; level ``l`` holds ``P_l`` prefixes
             ``[total_prefix_l, Hkv, D]`` and each request's prefix id at that level (-1: none).
         causal: mask own tokens after each query's position.
-        softmax_scale: score scale; default ``1/sqrt(D)``.
+        softmax_scale: score scale; default ``1/sqrt(D)``. Within
+            ``relaycore.validation.SCALE_RANGE`` (about 8e-39 to 2e38: ``softmax_scale *
+            log2(e)`` a normal float32, as the Triton kernels take it), whatever the backend.
         backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"``. ``"auto"`` picks the
             reference for NumPy inputs, Triton for CUDA tensors it supports, PyTorch otherwise
             (``select_backend`` says which and why). A named backend is never swapped.
@@ -79,6 +80,10 @@ def relay_attention(
     The values of q, k and v are not read on the host (that would synchronize a GPU): they must
     be finite, and the scores ``softmax_scale * q . k`` finite in the accumulation format
     (fp32; float64 for float64 inputs). Scores that overflow it have no meaningful result.
+    Likewise the sums of values: where a query's values, weighted and summed, may pass the
+    accumulation format's largest number (about 3.4e38 in fp32), the result may be inf or NaN
+    though the exact one is finite (``relaycore.bounds.out_bound`` gives no bound there:
+    Lemma 5 of ``docs/math/errors.md``).
     The reference backend alone reads them (on the host) and refuses, with a ``ValueError``, a
     value that is not finite and a score that overflows float64, the format it computes in: a
     score that overflows fp32 alone gets its exact answer there.
@@ -180,9 +185,8 @@ def merge_states(a: AttentionState, b: AttentionState) -> AttentionState:
         if len(devices) != 1:
             raise ValueError(f"merge_states: expected all tensors on one device, got {sorted(devices)}")
     for name, x in (("a.out", a.out), ("a.lse", a.lse), ("b.out", b.out), ("b.lse", b.lse)):
-        floating = x.is_floating_point() if kinds == {"torch"} else np.issubdtype(x.dtype, np.floating)
-        if not floating:
-            raise TypeError(f"{name}: expected a floating-point dtype, got {dtype_name(x)}")
+        if dtype_name(x) not in FLOAT_DTYPES:
+            raise TypeError(f"{name}: expected a dtype in {list(FLOAT_DTYPES)}, got {dtype_name(x)}")
     for field, x, y in (("out", a.out, b.out), ("lse", a.lse, b.lse)):
         if dtype_name(x) != dtype_name(y):
             raise TypeError(f"b.{field}: expected the dtype of a.{field} ({dtype_name(x)}), got {dtype_name(y)}")

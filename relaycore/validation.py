@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-from relaycore.constants import FLOAT_DTYPES
+from relaycore.constants import FLOAT_DTYPES, LOG2E
 from relaycore.types import PagedKV, PrefixLevel, RaggedKV
 
 INT_DTYPES = ("int32", "int64")
@@ -187,11 +187,14 @@ class _Checker:
 
 
 def check_dense(name: str, x: Any) -> None:
-    """Refuse arrays whose elements are not all their values: a NumPy masked array (its mask
-    would be ignored), a sparse or otherwise non-strided torch tensor."""
+    """Refuse arrays whose elements are not all their values, or whose arithmetic is not an
+    array's: a NumPy masked array (its mask would be ignored), an ``np.matrix`` (``*`` is its
+    matrix product), a sparse or otherwise non-strided torch tensor."""
     if isinstance(x, np.ma.MaskedArray):
         raise TypeError(f"{name}: expected a plain NumPy array, got a masked array (np.ma.MaskedArray); pass "
                         f"its .filled() values")
+    if isinstance(x, np.matrix):
+        raise TypeError(f"{name}: expected a plain NumPy array, got an np.matrix; pass np.asarray({name})")
     if array_kind(x) == "torch" and str(x.layout) != "torch.strided":
         raise TypeError(f"{name}: expected a dense (torch.strided) tensor, got layout {x.layout}; pass .to_dense()")
 
@@ -229,8 +232,15 @@ def _check_offsets(name: str, offsets: np.ndarray, length: int, total: int, tota
         raise ValueError(f"{name}: expected the last offset to equal {total_name} = {total}, got {int(offsets[-1])}")
 
 
+#: The range of ``softmax_scale``: ``softmax_scale * log2(e)``, which the Triton kernels take
+#: as a float32, must be a normal float32 (a scale below it rounds to 0 or loses precision,
+#: one above it to inf). One contract for every backend.
+SCALE_RANGE = (float(np.finfo(np.float32).tiny) / LOG2E, float(np.finfo(np.float32).max) / LOG2E)
+
+
 def resolve_scale(softmax_scale: Optional[float], head_dim: int) -> float:
-    """``softmax_scale``, or ``1/sqrt(head_dim)`` when ``None``; must be finite and positive."""
+    """``softmax_scale``, or ``1/sqrt(head_dim)`` when ``None``; must be finite, positive and
+    within ``SCALE_RANGE``."""
     if softmax_scale is None:
         return 1.0 / math.sqrt(head_dim)
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float, np.floating, np.integer)):
@@ -241,6 +251,9 @@ def resolve_scale(softmax_scale: Optional[float], head_dim: int) -> float:
         raise ValueError("softmax_scale: expected a finite positive float, got an integer too large for a float") from None
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"softmax_scale: expected a finite positive float, got {scale}")
+    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+        raise ValueError(f"softmax_scale: expected a scale in [{SCALE_RANGE[0]:.3g}, {SCALE_RANGE[1]:.3g}], where "
+                         f"softmax_scale * log2(e) is a normal float32, got {scale}")
     return scale
 
 

@@ -34,7 +34,7 @@ def test_merge_states_keeps_dtypes_and_refuses_mixed_or_integer_ones():
     with pytest.raises(ValueError, match=r"a\.out: expected shape \[\.\.\., D\] \(at least one axis\), got shape \(\)"):
         relaycore.merge_states(scalar, scalar)
     ints = AttentionState(torch.ones(2, 3, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
-    with pytest.raises(TypeError, match="a.out: expected a floating-point dtype, got int64"):
+    with pytest.raises(TypeError, match=r"a\.out: expected a dtype in \[.float16., .bfloat16., .float32., .float64.\], got int64"):
         relaycore.merge_states(ints, ints)
 
 
@@ -202,6 +202,19 @@ def test_result_buffers_that_share_memory_with_an_input_or_each_other_are_refuse
     with pytest.raises(ValueError, match=r"out: .*overlaps cu_seqlens_q"):
         relaycore.relay_attention(q, memory[: cu.numel()], paged, levels, **paged_kwargs,
                                   out=memory.view(q.dtype)[: q.numel()].view(q.shape))
+
+
+def test_the_reference_refuses_a_call_to_be_differentiated():
+    """It computes in NumPy, out of autograd's sight: its result would carry no gradient."""
+    args, kwargs = _buffers_batch().to_torch("cpu")
+    graded = (args[0].clone().requires_grad_(), *args[1:])
+    with pytest.raises(ValueError, match=r"backend 'reference' cannot run this batch: has no backward \(it computes "
+                                         r"in NumPy\), and an input requires grad"):
+        relaycore.relay_attention(*graded, **kwargs, backend="reference")
+    with torch.no_grad():
+        got = relaycore.relay_attention(*graded, **kwargs, backend="reference")
+    assert torch.equal(got.out, relaycore.relay_attention(*args, **kwargs, backend="reference").out)
+    assert relaycore.relay_attention(*graded, **kwargs).out.grad_fn is not None  # auto: the PyTorch backend
 
 
 def test_buffers_that_cannot_be_written_as_plain_arrays_are_refused():

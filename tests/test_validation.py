@@ -64,6 +64,8 @@ CASES = [
     ("softmax_scale negative", False, lambda c: dict(softmax_scale=-1.0), ValueError, "softmax_scale", "got -1.0"),
     ("softmax_scale NaN", False, lambda c: dict(softmax_scale=float("nan")), ValueError, "softmax_scale", "got nan"),
     ("softmax_scale text", False, lambda c: dict(softmax_scale="0.1"), TypeError, "softmax_scale", "got str"),
+    ("softmax_scale below float32", False, lambda c: dict(softmax_scale=1e-320), ValueError, "softmax_scale", "got 1e-320"),
+    ("softmax_scale past float32", False, lambda c: dict(softmax_scale=1e300), ValueError, "softmax_scale", "got 1e+300"),
     ("block id past the cache", True, lambda c: dict(kv=c["kv"]._replace(block_table=np.where(np.arange(c["kv"].block_table.shape[1]) == 0, c["kv"].k_cache.shape[0], c["kv"].block_table).astype(np.int32))),
      ValueError, "kv.block_table", "block_table[0, 0] ="),
     ("negative block id", True, lambda c: dict(kv=c["kv"]._replace(block_table=np.full_like(c["kv"].block_table, -1))), ValueError, "kv.block_table", "= -1"),
@@ -253,6 +255,19 @@ def test_views_with_the_negative_bit_give_the_values_they_show(paged):
     for backend in ("torch", "reference"):
         for got, want in zip(relaycore.relay_attention(**negated, backend=backend), relaycore.relay_attention(**c, backend=backend)):
             assert torch.equal(got, want), backend
+
+
+def test_states_of_other_formats_are_refused():
+    """An np.matrix multiplies as matrices; float8 and longdouble are formats no state is in."""
+    ones = np.ones((2, 3))
+    cases = [(relaycore.AttentionState(np.matrix(ones), np.zeros(2)), "a.out", "got an np.matrix"),
+             (relaycore.AttentionState(ones.astype(np.longdouble), np.zeros(2)), "a.out", f"got {np.dtype(np.longdouble).name}"),
+             (relaycore.AttentionState(torch.ones(2, 3).to(torch.float8_e4m3fn), torch.zeros(2)), "a.out",
+              "got float8_e4m3fn")]
+    for state, name, received in cases:
+        with pytest.raises(TypeError) as info:
+            relaycore.merge_states(state, state)
+        assert_names(info.value, name, received)
 
 
 def test_result_buffers_and_states_whose_elements_are_not_their_values_are_refused():
