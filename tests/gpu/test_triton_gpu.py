@@ -315,6 +315,22 @@ def test_reruns_are_bitwise_identical():
         assert _equal(again, first)
 
 
+@pytest.mark.parametrize("page_size", [None, 16], ids=["ragged", "paged"])
+def test_a_plan_of_inference_tensors_gives_the_bits_of_the_call(page_size):
+    """A serving loop under ``torch.inference_mode``: its GPU metadata keep no version counter,
+    and a plan (or a graph plan) of them runs as one of ordinary tensors does."""
+    from relaycore.fast.triton import prepare_graph
+
+    pool = Pool(seed=11)
+    requests = [pool.request(1 + 15 * (b % 5 == 0), 120 + 9 * b, b % 3 - 1) for b in range(10)]
+    want = _run(pool.batch(requests, page_size=page_size))
+    with torch.inference_mode():
+        args = pool.batch(requests, page_size=page_size)
+        assert args[1].is_inference()
+        for planned in (prepare(*args), prepare_graph(*args)):
+            assert _equal(relaycore.relay_attention(*args, plan=planned), want)
+
+
 def test_paged_and_ragged_give_the_same_bits():
     pool = Pool(seed=3)
     requests = [pool.request(1 + 9 * (b % 2), 150 + 37 * b, b % 3 - 1) for b in range(12)]
