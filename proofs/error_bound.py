@@ -12,7 +12,8 @@ $e^{m_{old} - m_{new}}$), and partial states may be merged (the relay form). The
 divided by the normaliser in fp32 and rounded once to the input format. $u_{acc}$ is twice
 fp32's unit roundoff (so that an accumulator that truncates is covered), $u_{exp}$ bounds the
 relative error of the hardware exponential (and the absolute error of its logarithm), $u_p = u_{out}$ is the input format's unit
-roundoff, and $\tau$ bounds the absolute error of rounding a weight in $[0, 1]$ near underflow.
+roundoff, $\tau$ bounds the absolute error of rounding a weight in $[0, 1]$ near underflow, and
+$\tau_{acc}$ that of any rounding in the accumulation format below its normal range (Lemma 6).
 
 Every lemma below also rests on these assumptions about the arithmetic:
 
@@ -38,6 +39,10 @@ Every lemma below also rests on these assumptions about the arithmetic:
   (Lemma 3), or all at once as the Triton merge kernel (Lemma 4). Another order (a fold that
   keeps a running maximum and rescales its sums as it grows, as FlashInfer's `merge_states`)
   is not covered, at any count of steps.
+* *Subnormals are kept or flushed to zero*, results and operands alike, from the weights on
+  (Lemma 6 bounds what it costs in the $P V$ step and after it). The scores are assumed free of
+  them: a subnormal $q_d$, $k_{jd}$ or product $q_d k_{jd}$, flushed or rounded, moves a score
+  by an absolute amount that no term of $\rho$ is proportional to.
 
 And on the sizes: *no computed value overflows.* Lemma 5 gives conditions under which none
 does; `out_bound` refuses (`NoBound`) a row that fails them.
@@ -113,9 +118,10 @@ The weight of key $j$, in the units of the final running maximum, is perturbed b
    $\le \tau$ (the $t_j$; the normaliser's own fp32 underflow is the $t'_j$).
 3. *the sums*: an $N$-term fp32 sum in any order multiplies each term by $\prod (1 +
    \delta)^{\pm 1}$ over at most $N$ roundings, a factor within $e^{\pm \gamma_N}$.
-   (fp16 and bf16 products $\hat p_j v_{jd}$ are exact in fp32; for fp32 inputs, and where the
-   weights are not rounded at all, as in the PyTorch backend, the product's fp32 rounding,
-   $\tfrac{u_{acc}}{2} \le u_p$, takes the slot of item 2.)
+   (fp16 and bf16 products $\hat p_j v_{jd}$ are exact in fp32 unless they underflow; for fp32
+   inputs, and where the weights are not rounded at all, as in the PyTorch backend, the
+   product's fp32 rounding, $\tfrac{u_{acc}}{2} \le u_p$, takes the slot of item 2. A product
+   or any other rounding of the accumulation format that underflows is Lemma 6's.)
 4. *steps*: the key's own exponential, every rescale of the accumulators that holds it, and
    every merge (next lemma) it passes. One exponential of an argument $x$ with
    $|x| \le 2(A + \log N + 1)$, the rounding of $x$, and up to three products and sums
@@ -132,12 +138,13 @@ $$
 $$
 
 $\nu$ the number of steps a key passes; the key that attains the final maximum has weight
-$e^{0} = 1$ before its perturbation, so $Z \ge e^{-\rho}$. Lemma 1 and item 5 give
-`out_bound`:
+$e^{0} = 1$ before its perturbation, so $Z \ge e^{-\rho}$. Lemma 1, item 5 and Lemma 6 (the
+roundings of the accumulation format that underflow, with
+$\varepsilon_{acc} = N\tau_{acc}e^{\rho}$) give `out_bound`:
 
 $$
-|\hat o_d - o_d| \le \frac{(e^{2\rho} - 1) + 2\varepsilon}{1 - \varepsilon}\, V_d\,(1 + u_o)
-+ u_o\, |o_d| + 2\tau .
+|\hat o_d - o_d| \le \Bigl(\frac{(e^{2\rho} - 1) + 2\varepsilon}{1 - \varepsilon}\, V_d
++ 5\varepsilon_{acc}\Bigr)(1 + u_o) + u_o\, |o_d| + 2\tau .
 $$
 
 *Room left in $\rho$.* Two parts of $\rho$ go unused on the normaliser side. $u_p$ is the
@@ -495,6 +502,71 @@ counter-example above (the simulated kernel returns $\infty$, and `out_bound` re
 draws values up to each format's $\Omega$: wherever `out_bound` gives a bound, the simulated
 kernel stays finite and within it, and $|x_d|$ within the claim.
 
+## Lemma 6: the accumulator's underflow
+
+Lemmas 2-4 take every rounding of the accumulation format as relative,
+$\mathrm{fl}(x) = x(1 + \delta)$. Below the normal range it is not: there a result errs
+absolutely, by up to half the smallest subnormal ($2^{-150}$ in fp32, $2^{-1075}$ in float64)
+where subnormals are kept, and by less than the smallest normal number ($2^{-126}$, $2^{-1022}$)
+where the hardware flushes them to zero
+(NVIDIA's `.ftz` instructions, x86's FTZ and DAZ modes). So each rounding is
+$\mathrm{fl}(x) = x(1 + \delta) + \eta$ with $|\eta| \le \tau_{acc}$, the accumulation format's
+`relaycore.bounds.UNDERFLOW_ABS` ($2^{-126}$ for fp32, $2^{-1022}$ for float64). Lemma 2 puts a
+weight's underflow in its $t_j$. A product $\tilde p_j v_{jd}$ that underflows does not fit there:
+its $\eta$ is $t_j v_{jd}$ with $|t_j| \le \tau$ only where $|v_{jd}| \ge |\eta| / \tau$, that is
+for fp32 values above about $2^{-24}$ with subnormals kept and above 1 with them flushed. Nor do
+the sums, rescales and divisions of an accumulator that has become that small. In
+`underflow_example`, one key of score 0 and eleven of score $-8$, all of value $2^{-115}$, the
+eleven products $e^{-8}2^{-115}$ are flushed to 0: the output errs by about $2^{-123}$, 3.7 times
+what the bound allows without this lemma.
+
+*Claim. Before item 5's roundings the output is $x_d = y_d + h_d$, with $y_d$ of the Lemma-1 form
+that Lemmas 2-4 give and $|h_d| < 5N\tau_{acc}e^{\rho} = 5\varepsilon_{acc}$. So*
+
+$$
+|\hat o_d - o_d| \le \Bigl(\frac{(e^{2\rho} - 1) + 2\varepsilon}{1 - \varepsilon}\, V_d
++ 5\varepsilon_{acc}\Bigr)(1 + u_o) + u_o\, |o_d| + 2\tau .
+$$
+
+*Proof.* The numerator's roundings feed nothing but the numerator: the weights, the rescale
+factors, the normalisers and the merges' coefficients are computed from the scores and the
+normaliser's side. So the numerator is linear in its $\eta$'s: it is $y_d$, the value with every
+$\eta = 0$, plus each $\eta$ times the factors it meets after its rounding. Those are the
+roundings of the later operations, the later rescale factors (exponentials of non-positive
+numbers, at most $1 + u_{exp}$), the merges' coefficients ($\hat c_a = \mathrm{fl}(w_a / \hat T)
+\le 1$ in Lemma 3, since a sum of non-negative terms, rounded to nearest or truncated, is not
+below its largest; in Lemma 4, $w_i \le 1 + u_{exp}$ and the division by $\sum_i w_i \ge 1$), and
+the divisions by normalisers $\hat l \ge 1$ (Lemma 3). Their product is within $e^{\rho}$: the
+$\eta$ passes at most $N - 1$ additions (Lemma 4 (d)), within $e^{\gamma_N}$; a rescale's factor
+and product, $u_{exp} + \tfrac{u_{acc}}{2}$, fit in its step; a merge's $u_{exp}$ and three
+roundings in its two; a part's division, $\tfrac{u_{acc}}{2}$, in $\sigma_0$ of the key's own
+step (Lemma 2). So each $\eta$ reaches $x_d$ as at most $\tau_{acc}e^{\rho}$.
+
+Now count the roundings that may carry one. A part of $n$ keys walked in $k \le n$ blocks rounds
+$n$ products $\tilde p_j v_{jd}$, $n - 1$ additions (the first addition to the empty accumulator
+is exact), $k - 1$ rescales and, where it is merged, its division $\mathrm{fl}(\mathrm{acc} /
+\hat l)$: at most $3n - 1$. Each of Lemma 3's $K' - 1$ pairwise merges rounds two products and a
+sum; Lemma 4's fold rounds $K'$ products and $K' - 1$ additions (its division is item 5's). With
+$K' \le N$ parts that is at most $3N + 2K' - 3 < 5N$. A value that the hardware flushes as an
+operand ($|v_{jd}| < 2^{-126}$ read as 0) makes its product 0, in error by
+$\tilde p_j |v_{jd}| < (1 + u_{exp})(1 + u_p)\tau_{acc}$ in place of the product's rounding: the
+same once the key's own $u_{exp}$ and $u_p$, which no factor after its product uses, are spent on
+it. Item 5 multiplies $h_d$, as the rest of $x_d - o_d$, by at most
+$1 + u_o$. $\blacksquare$
+
+The term is absolute, and beside Lemma 1's first term it is small wherever the values are not:
+since $\rho \ge \gamma_N \ge N u_{acc}$ and $e^{\rho} / (e^{2\rho} - 1) \le 1 / (2\rho)$,
+
+$$
+\frac{5\varepsilon_{acc}}{(e^{2\rho} - 1)\, V_d} \le \frac{5}{2}\, \frac{\tau_{acc}}{u_{acc} V_d},
+$$
+
+that is $2.5 \cdot 2^{-103} / V_d$ in fp32: below $2^{-101}$ at $V_d = 1$, comparable only for
+values near $2^{-100}$ and below. `check_accumulator_underflow` checks that inequality over
+$N$, $A$ and $\nu$, runs `underflow_example` (beyond the bound without the term, within it with
+the term) and draws bf16 and fp32 problems whose values go down to $2^{-149}$, computed with
+subnormals flushed or kept.
+
 ## Counting the Triton kernels' steps
 
 `relaycore.fast.triton` cuts every KV segment a token reads (the prefix of each level, its own
@@ -622,7 +694,7 @@ explicitly to fp32, fp16 or bf16 (`relaycore.proofs.rounding`), an adversarial e
 (relative error up to $2^{-22}$ with drawn signs) and logarithm (absolute error up to
 $2^{-22}$), fp32 accumulations (dot products, sums of weights and of products, the merges'
 sums) rounded to nearest or truncated and every elementwise operation rounded to nearest, as
-Lemmas 2-4 assume, blocks of 1 to 4 keys and 1 to 4
+Lemmas 2-4 assume, subnormals flushed to zero or kept (Lemma 6), blocks of 1 to 4 keys and 1 to 4
 relay parts merged pairwise in natural log (`relaycore.state.merge`, the PyTorch backend),
 over Hypothesis-drawn problems including scores up to $10^4$ and weights down to the
 underflow of fp16 and fp32, and asserts that the error of every output element and of the
@@ -652,7 +724,8 @@ $\pm 10^4$ (opposite ones included), and reaches that growth.
 `check_overflow_is_refused` checks Lemma 5: the counter-example overflows in the simulated
 kernel and `out_bound` refuses it; on drawn values up to each format's largest finite value
 the fp32 output stays within the lemma's magnitude, and every bound `out_bound` gives holds,
-finite. `check_exp_from_a_natural_argument_is_not_covered` shows that
+finite. `check_accumulator_underflow` checks Lemma 6, as its last paragraph says.
+`check_exp_from_a_natural_argument_is_not_covered` shows that
 $2^{\mathrm{fl}(x\,\mathrm{fl}(\log_2 e))}$ errs by up to $31u_{acc}$ at the arguments of a
 merge of lses near $\pm 40$, where a step leaves the exponential $u_{exp} + 3u_{acc} = 7u_{acc}$,
 while `exp2` of a base-2 argument errs only by its own rounding.
@@ -675,6 +748,7 @@ table.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import mpmath
@@ -698,8 +772,6 @@ LOG_WOBBLE = 2.0**-22
 #: Steps per key of the all-at-once merge of two or more non-empty states (Lemma 4); the
 #: Triton backend's count, ``relaycore.fast.triton.rounding.MERGE_STEPS``, must equal it.
 ALL_AT_ONCE_MERGE_STEPS = 2
-#: fp32's smallest normal number.
-SMALLEST_NORMAL = mpmath.mpf(2) ** -126
 
 
 class Elementary:
@@ -719,7 +791,7 @@ class Elementary:
         if x == 0 or x == exact.NEG_INF:
             return mpmath.mpf(1) if x == 0 else mpmath.mpf(0)
         y = fp.exp(x, self._draw(EXP_WOBBLE), base)
-        return mpmath.mpf(0) if self.ftz and y < SMALLEST_NORMAL else y
+        return mpmath.mpf(0) if self.ftz and y < fp.SMALLEST_NORMAL else y
 
     def log(self, x, base=None):
         """fp32 ``log(x)`` (or ``log2``) with an absolute error up to ``LOG_WOBBLE``, then rounded."""
@@ -732,9 +804,10 @@ def simulate_part(q, keys, values, scale, dtype: str, block: int, exp, ar: fp.Ar
 
     The precision model of Lemma 2: the accumulations (the score's dot product, the sums of the
     weights and of the products ``p v``, added to the rescaled accumulators) round as ``ar``
-    does, possibly toward zero; every elementwise operation (the scale's product, the
-    subtractions of the running maximum, the rescales, the division, the lse's addition) rounds
-    to nearest, ``fp.r32``.
+    does, possibly toward zero; every other operation rounds to nearest: the products (the
+    scale's, ``p v``, the rescales) and the division as ``ar`` does, subnormals flushed to zero
+    where ``ar.flush`` (Lemma 6), the subtractions of the running maximum and the lse's addition
+    with ``fp.r32``.
 
     Args:
         q: ``[D]`` query, exact in ``dtype``.
@@ -745,7 +818,7 @@ def simulate_part(q, keys, values, scale, dtype: str, block: int, exp, ar: fp.Ar
         dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"``.
         block: keys per block.
         exp: the fp32 exponential and logarithm (``Elementary``).
-        ar: the fp32 accumulator's arithmetic (the rounding of the sums).
+        ar: the fp32 arithmetic: the rounding of the sums, and whether subnormals are flushed.
         base: ``None`` for natural exponentials, ``2`` for the ``exp2``/``log2`` form of the
             Triton kernels (scores and lse in base 2).
         restart: where a second segment starts (``0``: none): blocks are cut from the first key
@@ -763,25 +836,26 @@ def simulate_part(q, keys, values, scale, dtype: str, block: int, exp, ar: fp.Ar
     starts = list(range(0, restart, block)) + list(range(restart, n, block))
     for start, stop in zip(starts, starts[1:] + [n]):
         rows = range(start, stop)
-        s = [fp.r32(ar.dot(q, keys[j]) * scale) for j in rows]
+        s = [ar.mul(ar.dot(q, keys[j]), scale) for j in rows]
         m_new = max([m] + s)
         # Lemma 2 items 1 and 4 take these subtractions at u_acc / 2: to nearest, never truncated.
         alpha = exp(fp.r32(m - m_new), base) if m != exact.NEG_INF else mpmath.mpf(0)
         p = [exp(fp.r32(x - m_new), base) for x in s]
-        norm = ar.add(fp.r32(norm * alpha), ar.total(p))
+        norm = ar.add(ar.mul(norm, alpha), ar.total(p))
         p_low = [fp.round_to(x, dtype) for x in p]
         for d in range(dim):
-            products = [fp.r32(p_low[i] * values[j][d]) for i, j in enumerate(rows)]
-            acc[d] = ar.add(fp.r32(acc[d] * alpha), ar.total(products))
+            products = [ar.mul(p_low[i], values[j][d]) for i, j in enumerate(rows)]
+            acc[d] = ar.add(ar.mul(acc[d], alpha), ar.total(products))
         m = m_new
-    return [fp.r32(a / norm) for a in acc], fp.r32(m + exp.log(norm, base))
+    return [ar.div(a, norm) for a in acc], fp.r32(m + exp.log(norm, base))
 
 
 def simulate_merge(a: tuple, b: tuple, exp, ar: fp.Arithmetic) -> tuple:
     """``relaycore.state.merge`` (torch path, fp32) with every operation rounded to fp32: the
-    subtractions, the division, the products and the lse's addition to nearest (``fp.r32``),
-    the two sums ``w_a + w_b`` and ``c_a o_a + c_b o_b`` as ``ar`` rounds (the merge monoid's
-    rounding leaves them room to truncate; torch rounds them to nearest)."""
+    subtractions and the lse's addition to nearest (``fp.r32``), the divisions and the products
+    to nearest as ``ar`` does (subnormals flushed where ``ar.flush``), the two sums
+    ``w_a + w_b`` and ``c_a o_a + c_b o_b`` as ``ar`` rounds (the merge monoid's rounding leaves
+    them room to truncate; torch rounds them to nearest)."""
     (oa, la), (ob, lb) = a, b
     m = max(la, lb)
     m = m if mpmath.isfinite(m) else mpmath.mpf(0)
@@ -789,8 +863,8 @@ def simulate_merge(a: tuple, b: tuple, exp, ar: fp.Arithmetic) -> tuple:
     total = ar.add(wa, wb)
     if total == 0:
         return [mpmath.mpf(0)] * len(oa), exact.NEG_INF
-    ca, cb = fp.r32(wa / total), fp.r32(wb / total)
-    return [ar.add(fp.r32(ca * x), fp.r32(cb * y)) for x, y in zip(oa, ob)], fp.r32(m + exp.log(total))
+    ca, cb = ar.div(wa, total), ar.div(wb, total)
+    return [ar.add(ar.mul(ca, x), ar.mul(cb, y)) for x, y in zip(oa, ob)], fp.r32(m + exp.log(total))
 
 
 def simulate_merge_all_base2(states: list, exp, ar: fp.Arithmetic) -> tuple:
@@ -798,7 +872,8 @@ def simulate_merge_all_base2(states: list, exp, ar: fp.Arithmetic) -> tuple:
     the lse converted to natural log (times ``ln 2``) at the end. As in Lemma 4, the sums over
     the states round as ``ar`` does (possibly toward zero, item (d)); the subtractions
     ``lse_i - M`` (item (b)), the products, the division (item (c)) and the lse's addition and
-    product (item (a)) round to nearest."""
+    product (item (a)) round to nearest, the products and the division as ``ar`` does
+    (subnormals flushed where ``ar.flush``)."""
     dim = len(states[0][0])
     m = max(lse for _, lse in states)
     m = m if mpmath.isfinite(m) else mpmath.mpf(0)
@@ -806,10 +881,10 @@ def simulate_merge_all_base2(states: list, exp, ar: fp.Arithmetic) -> tuple:
     for out, lse in states:
         w = exp(fp.r32(lse - m), 2)
         total = ar.add(total, w)
-        acc = [ar.add(x, fp.r32(w * o)) for x, o in zip(acc, out)]
+        acc = [ar.add(x, ar.mul(w, o)) for x, o in zip(acc, out)]
     if total == 0:
         return [mpmath.mpf(0)] * dim, exact.NEG_INF
-    return [fp.r32(x / total) for x in acc], fp.r32(fp.r32(m + exp.log(total, 2)) * fp.r32(mpmath.log(2)))
+    return [ar.div(x, total) for x in acc], fp.r32(fp.r32(m + exp.log(total, 2)) * fp.r32(mpmath.log(2)))
 
 
 def part_block(problem: dict, part: int) -> int:
@@ -829,7 +904,7 @@ def simulate(problem: dict, exp) -> tuple:
 def simulate_fp32(problem: dict, exp) -> tuple:
     """``simulate`` before the output's rounding to the input format: ``(out [D] fp32, lse)``."""
     q, keys, values, dtype = problem["q"], problem["keys"], problem["values"], problem["dtype"]
-    ar = fp.Arithmetic(problem.get("accumulate", "nearest"))
+    ar = fp.Arithmetic(problem.get("accumulate", "nearest"), problem.get("flush", False))
     base = 2 if problem.get("form") == "base2" else None
     states = []
     for part in range(problem["parts"]):
@@ -871,11 +946,14 @@ def _exact_in(dtype: str, x: float) -> float:
 
 
 @st.composite
-def problems(draw, max_parts: int = 4, forms=("natural", "base2")):
+def problems(draw, max_parts: int = 4, forms=("natural", "base2"), dtypes=("float16", "bfloat16", "float32"),
+             value_exponents=(0,)):
     """A small adversarial problem: one query row, 1-12 keys, 1 to ``max_parts`` relay parts
     (some may be empty), blocks of 1-4, one of ``forms`` (natural-log pairwise merges, or the
-    base-2 all-at-once form), fp32 sums rounded to nearest or truncated."""
-    dtype = draw(st.sampled_from(["float16", "bfloat16", "float32"]))
+    base-2 all-at-once form), one of ``dtypes``, values in ``[-4, 4]`` times ``2^e`` (``e`` one
+    of ``value_exponents``), fp32 sums rounded to nearest or truncated, subnormals flushed to
+    zero or kept (``flush``, Lemma 6)."""
+    dtype = draw(st.sampled_from(dtypes))
     dim = draw(st.integers(1, 6))
     n = draw(st.integers(1, 12))
     kind = draw(st.sampled_from(["typical", "large", "underflow"]))
@@ -893,17 +971,22 @@ def problems(draw, max_parts: int = 4, forms=("natural", "base2")):
     form = draw(st.sampled_from(forms))
     accumulate = draw(st.sampled_from(["nearest", "toward_zero"]))
     exact_vec = lambda vs: [mpmath.mpf(_exact_in(dtype, x)) for x in vs]  # noqa: E731
+    labels = draw(st.lists(st.integers(0, parts - 1), min_size=n, max_size=n))
+    block = draw(st.integers(1, 4))
+    flush = draw(st.booleans())
+    value_scale = 2.0 ** draw(st.sampled_from(value_exponents))
     return dict(
         dtype=dtype,
         scale=scale,
         q=exact_vec(q),
         keys=[exact_vec(k) for k in keys],
-        values=[exact_vec(v) for v in values],
+        values=[exact_vec([x * value_scale for x in v]) for v in values],
         parts=parts,
-        labels=draw(st.lists(st.integers(0, parts - 1), min_size=n, max_size=n)),
-        block=draw(st.integers(1, 4)),
+        labels=labels,
+        block=block,
         form=form,
         accumulate=accumulate,
+        flush=flush,
     )
 
 
@@ -1091,7 +1174,7 @@ def check_all_at_once_merge():
         lse = [mpmath.log(2) * m + mpmath.log(l) for m, l in (c for c, _ in held)]
         top = max(lse)
         for ((m, l), (w, alpha, beta)), ell in zip(held, lse):
-            if w < SMALLEST_NORMAL:  # flushed or subnormal: charged to sigma_0 (above), not to the steps
+            if w < fp.SMALLEST_NORMAL:  # flushed or subnormal: charged to sigma_0 (above), not to the steps
                 reached.append(w)
                 continue
             sharper = 2 * u_exp + u_acc + u_acc / 2 * (mpmath.log(l) + 2 * abs(ell) + abs(top))
@@ -1504,6 +1587,64 @@ def check_overflow_is_refused():
 
     run()
     assert counts["refused"] and counts["bounded"], counts
+
+
+def underflow_example() -> dict:
+    """Lemma 6's example: fp32, one key of score 0 and eleven of score -8, all of value
+    ``2^-115`` (normal), computed with subnormals flushed to zero. The eleven products
+    ``e^-8 2^-115 < 2^-126`` become 0, so the output is about ``2^-115 / (1 + 11 e^-8)`` where the exact
+    one is ``2^-115``: an error near ``2^-123``, about 3.7 times the bound without ``5 eps_acc``."""
+    value = [mpmath.ldexp(1, -115)]
+    return dict(dtype="float32", scale=1.0, q=[mpmath.mpf(1)], keys=[[mpmath.mpf(0)]] + [[mpmath.mpf(-8)]] * 11,
+                values=[value] * 12, parts=1, labels=[0] * 12, block=4, form="natural", accumulate="nearest",
+                flush=True)
+
+
+def underflow_errors(problem: dict, exp) -> tuple:
+    """``(errors, bounds, bounds without 5 eps_acc)`` of the simulated output, per element, as
+    floats: ``out_bound`` at the counted steps of the problem's form, and the same at
+    ``tau_acc = 0``."""
+    steps = triton_steps(problem) if problem["form"] == "base2" else pairwise_steps(problem)
+    (ref_out, _), value_abs, score_abs = reference(problem)
+    out, _ = simulate(problem, exp)
+    prec = bounds.precision(problem["dtype"])
+    args = (np.array([float(x) for x in ref_out]), np.array([float(v) for v in value_abs]), len(problem["keys"]),
+            float(score_abs), len(problem["q"]))
+    scale = float(problem["scale"])
+    bound = bounds.out_bound(*args, prec, steps, scale=scale)
+    without = bounds.out_bound(*args, dataclasses.replace(prec, tau_acc=0.0), steps, scale=scale)
+    return [float(abs(o - r)) for o, r in zip(out, ref_out)], [float(b) for b in bound], [float(w) for w in without]
+
+
+def check_accumulator_underflow():
+    """Lemma 6. The term is at most ``5/2 tau_acc / (u_acc V_d)`` of Lemma 1's first term, for
+    every policy, ``N`` up to ``2^22``, ``A`` up to ``1e4`` and ``nu`` from 1 to ``2N``.
+    ``underflow_example``'s error is beyond the bound without its ``5 eps_acc`` (at
+    ``tau_acc = 0``), and within the bound. On drawn bf16 and fp32 problems with values down to
+    ``2^-149``, computed with subnormals flushed to zero or kept, in both forms at their counted
+    steps, every output is within ``out_bound``."""
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
+        prec = bounds.precision(dtype)
+        tau_acc, u_acc = mpmath.mpf(prec.tau_acc), mpmath.mpf(prec.u_acc)
+        for num_keys in (1, 2, 4096, 2**22):
+            for score_abs in (0.0, 20.0, 1e4):
+                for steps in (1, 2 * num_keys):
+                    rho = mpmath.mpf(float(bounds.weight_perturbation(num_keys, score_abs, 128, prec, steps)))
+                    term = bounds.UNDERFLOW_ROUNDINGS * num_keys * tau_acc * mpmath.exp(rho)
+                    assert term <= bounds.UNDERFLOW_ROUNDINGS / 2 * tau_acc / u_acc * mpmath.expm1(2 * rho), \
+                        (dtype, num_keys, steps)
+    (err,), (bound,), (without,) = underflow_errors(underflow_example(), Elementary(random.Random(0), extreme=False))
+    assert without < err <= bound, (without, err, bound)
+
+    @checked(300)
+    @given(problems(dtypes=("bfloat16", "float32"), value_exponents=(-100, -115, -122, -126, -135, -149)),
+           st.randoms(use_true_random=False), st.booleans())
+    def run(problem, rnd, extreme):
+        errors, limits, _ = underflow_errors(problem, Elementary(rnd, extreme))
+        for e, b in zip(errors, limits):
+            assert e <= b, (problem["dtype"], problem["flush"], e, b)
+
+    run()
 
 
 def fast_exp(x):

@@ -34,6 +34,10 @@ FORMATS = {
 }
 
 
+#: fp32's smallest normal number.
+SMALLEST_NORMAL = mpmath.ldexp(1, FORMATS["float32"].min_exponent)
+
+
 def largest(fmt: str) -> mpmath.mpf:
     """The largest finite value of ``fmt``: ``(2 - 2^(1 - p)) 2^emax``."""
     p, _, emax = FORMATS[fmt]
@@ -84,22 +88,29 @@ class Arithmetic:
         accumulate: rounding of the additions (``"nearest"`` or ``"toward_zero"``); products,
             quotients round to nearest (the elementary functions are the adversary's, in
             ``relaycore.proofs.error_bound.Elementary``).
+        flush: flush subnormals to zero, as the ``.ftz`` instructions of NVIDIA GPUs and x86's
+            FTZ and DAZ modes do: an operand or a rounded result below fp32's smallest normal
+            number counts as 0. Without it, subnormals are kept (gradual underflow, IEEE's
+            default).
     """
 
-    def __init__(self, accumulate: str = "nearest"):
-        self.accumulate = accumulate
+    def __init__(self, accumulate: str = "nearest", flush: bool = False):
+        self.accumulate, self.flush = accumulate, flush
+
+    def _flushed(self, x):
+        return mpmath.mpf(0) if self.flush and abs(x) < SMALLEST_NORMAL else x
 
     def add(self, a, b):
         """fp32 ``a + b``."""
-        return round_to(a + b, "float32", self.accumulate)
+        return self._flushed(round_to(self._flushed(a) + self._flushed(b), "float32", self.accumulate))
 
     def mul(self, a, b):
         """fp32 ``a * b``."""
-        return r32(a * b)
+        return self._flushed(r32(self._flushed(a) * self._flushed(b)))
 
     def div(self, a, b):
         """fp32 ``a / b``."""
-        return r32(a / b)
+        return self._flushed(r32(self._flushed(a) / self._flushed(b)))
 
     def dot(self, x: Sequence, y: Sequence):
         """fp32 dot product, left to right, a rounding after every product and every sum."""

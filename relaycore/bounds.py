@@ -36,15 +36,20 @@ For one query row that sees ``N >= 1`` keys, with ``A = max_j scale * sum_d |q_d
 
 and ``gamma(n, u) = n u / (1 - n u)``. From that (``proofs/error_bound.py``)::
 
-    |out_d - ref_d| <= ((exp(2 rho) - 1) + 2 eps) / (1 - eps) * V_d (1 + u_o) + u_o |ref_d| + 2 tau
+    |out_d - ref_d| <= (((exp(2 rho) - 1) + 2 eps) / (1 - eps) * V_d + 5 eps_acc) (1 + u_o)
+                       + u_o |ref_d| + 2 tau
     |lse - ref|     <= rho + 3 u_acc (|ref| + 1)            # proved for rho <= 2 only
 
 with ``eps = N tau exp(rho)``, ``tau`` the absolute rounding of a weight near underflow (in the
-numerator's rounded weights and in the normaliser's fp32 ones), and ``u_o = (1 + u_out)(1 +
-u_acc) - 1``; the last ``2 tau`` covers an output that underflows (fp32 division, then the
-rounding to the input dtype, e.g. an fp16 subnormal). ``steps`` counts, per key, its own
-exponential, each rescale that holds it and two per merge. A row that sees no key must give out
-0 and lse -inf exactly: its bound is 0.
+numerator's rounded weights and in the normaliser's fp32 ones), ``eps_acc = N tau_acc
+exp(rho)``, ``tau_acc`` the absolute error of any rounding in the accumulation format below its
+normal range, and ``u_o = (1 + u_out)(1 + u_acc) - 1``. ``5 eps_acc`` covers the fewer than
+``5 N`` roundings on a numerator's way to the output (products ``p v``, sums, rescales, a part's
+division, a merge's products and sum) where they underflow: their errors are absolute, not on
+the scale of ``V_d`` (Lemma 6). The last ``2 tau`` covers an output that underflows (fp32
+division, then the rounding to the input dtype, e.g. an fp16 subnormal). ``steps`` counts, per
+key, its own exponential, each rescale that holds it and two per merge. A row that sees no key
+must give out 0 and lse -inf exactly: its bound is 0.
 
 Where a bound does not exist the functions raise ``NoBound`` (a ``ValueError``) naming the
 argument: ``n u >= 1`` in a ``gamma`` (``N >= 2^23`` keys with fp32 sums); ``eps >= 1``;
@@ -92,14 +97,21 @@ ACCUMULATION = {"float16": "float32", "bfloat16": "float32", "float32": "float32
 #: except for fp16 inputs, whose products cannot overflow fp32 at any scale.
 MIN_SCALE = {"float32": 2.0**-100, "float64": 2.0**-964}
 
-#: Largest absolute error of rounding a value in [0, 1] to the format near underflow: half the
-#: smallest subnormal, or the smallest normal where hardware flushes subnormals to zero.
+#: Largest absolute error of a rounding to the format below its normal range (a weight in
+#: [0, 1] rounded to the input format; any product, sum or quotient of the accumulation format):
+#: half the smallest subnormal, or the smallest normal where hardware flushes subnormals to zero.
 UNDERFLOW_ABS = {
     "float16": 2.0**-25,
     "bfloat16": 2.0**-126,  # bf16 shares fp32's exponent range; FTZ flushes below 2^-126
     "float32": 2.0**-126,
     "float64": 2.0**-1022,
 }
+
+#: The roundings in the accumulation format that an output's numerator passes, and that may
+#: underflow, per key of the row (``proofs/error_bound.py``, Lemma 6): the products ``p v``, the
+#: additions, the rescales, the parts' divisions and the merges' products and sums are fewer
+#: than ``5 N`` for ``N`` keys.
+UNDERFLOW_ROUNDINGS = 5
 
 #: Relative error of the hardware exponential: ``ex2.approx.ftz.f32`` on NVIDIA GPUs is
 #: documented at 2 ulp for fp32; 2^-21 leaves margin and also covers libm's float32 ``expf``.
@@ -126,6 +138,8 @@ class Precision:
         u_p: rounding of the softmax weights before ``P @ V``.
         u_out: rounding of the output to the input dtype.
         tau: absolute rounding of a weight near underflow.
+        tau_acc: absolute error of a rounding in the accumulation format below its normal
+            range (``UNDERFLOW_ABS`` of that format).
         largest: the input (and output) format's largest finite value.
         largest_acc: the accumulation format's largest finite value.
     """
@@ -136,6 +150,7 @@ class Precision:
     u_p: float
     u_out: float
     tau: float
+    tau_acc: float
     largest: float
     largest_acc: float
 
@@ -144,14 +159,16 @@ def precision(dtype: str) -> Precision:
     """The precision policy for inputs of ``dtype`` (a canonical name, see ``FLOAT_DTYPES``)."""
     if dtype not in UNIT_ROUNDOFF:
         raise ValueError(f"dtype: expected one of {sorted(UNIT_ROUNDOFF)}, got {dtype!r}")
-    largest = dict(largest=LARGEST_FINITE[dtype], largest_acc=LARGEST_FINITE[ACCUMULATION[dtype]])
+    acc = ACCUMULATION[dtype]
+    formats = dict(tau_acc=UNDERFLOW_ABS[acc], largest=LARGEST_FINITE[dtype], largest_acc=LARGEST_FINITE[acc])
     if dtype == "float64":
         u = UNIT_ROUNDOFF["float64"]
-        return Precision(dtype, u_acc=2 * u, u_exp=EXP_REL_FP64, u_p=u, u_out=u, tau=UNDERFLOW_ABS["float64"], **largest)
+        return Precision(dtype, u_acc=2 * u, u_exp=EXP_REL_FP64, u_p=u, u_out=u, tau=UNDERFLOW_ABS["float64"],
+                         **formats)
     u_acc = 2 * UNIT_ROUNDOFF["float32"]
     tau = max(UNDERFLOW_ABS[dtype], UNDERFLOW_ABS["float32"])
     return Precision(dtype, u_acc=u_acc, u_exp=EXP_REL_FP32, u_p=UNIT_ROUNDOFF[dtype], u_out=UNIT_ROUNDOFF[dtype], tau=tau,
-                     **largest)
+                     **formats)
 
 
 class NoBound(ValueError):
@@ -411,7 +428,9 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
                       f"{acc_name} (the dot products q . k must not overflow), got up to {float(np.max(got)):.8g}")
     u_o = (1 + prec.u_out) * (1 + prec.u_acc) - 1
     weights = (np.expm1(2 * rho) + 2 * eps) / (1 - eps) * v
-    bound = weights * (1 + u_o) + u_o * np.abs(np.asarray(ref_out, dtype=np.float64)) + 2 * prec.tau
+    eps_acc = n * prec.tau_acc * np.exp(rho)  # the accumulator's underflows, absolute (Lemma 6)
+    ref = np.abs(np.asarray(ref_out, dtype=np.float64))
+    bound = (weights + UNDERFLOW_ROUNDINGS * eps_acc) * (1 + u_o) + u_o * ref + 2 * prec.tau
     return np.where(n > 0, bound, 0.0)
 
 

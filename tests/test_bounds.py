@@ -113,11 +113,26 @@ def test_out_bound_is_refused_where_the_output_may_round_to_inf():
     growth = float(bounds.output_growth(12, prec))
     v = 65504.0 * np.exp(-growth) * (1 - 2.0**-20)
     rho = float(bounds.weight_perturbation(12, a, 1, prec))
-    eps = 12 * prec.tau * np.exp(rho)
+    eps, eps_acc = (12 * tau * np.exp(rho) for tau in (prec.tau, prec.tau_acc))
     u_o = (1 + prec.u_out) * (1 + prec.u_acc) - 1
-    want = (np.expm1(2 * rho) + 2 * eps) / (1 - eps) * v * (1 + u_o) + u_o * v + 2 * prec.tau
+    want = ((np.expm1(2 * rho) + 2 * eps) / (1 - eps) * v + 5 * eps_acc) * (1 + u_o) + u_o * v + 2 * prec.tau
     assert bounds.out_bound(np.array([v]), np.array([v]), 12, a, 1, prec)[0] == pytest.approx(want, rel=1e-15)
     assert growth == pytest.approx(prec.u_p + 2 * float(bounds.gamma(12, prec.u_acc)) + 2 * 24 * prec.u_acc, rel=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_the_accumulators_underflow_is_an_absolute_term_in_its_own_format(dtype):
+    """Lemma 6: products ``p v``, sums, rescales and merges that underflow the accumulation
+    format err absolutely, on no value's scale. On values 0 the bound is that term,
+    ``5 N tau_acc exp(rho) (1 + u_o)``, and the output's own ``2 tau``; ``tau_acc`` is the
+    accumulation format's (fp32's 2^-126 for fp16 inputs too, not fp16's 2^-25)."""
+    prec = bounds.precision(dtype)
+    assert prec.tau_acc == bounds.UNDERFLOW_ABS[bounds.ACCUMULATION[dtype]] <= prec.tau
+    n, a = np.array([1.0, 4096.0]), np.array([0.0, 20.0])
+    rho = bounds.weight_perturbation(n, a, 128, prec)
+    u_o = (1 + prec.u_out) * (1 + prec.u_acc) - 1
+    want = 5 * (n * prec.tau_acc * np.exp(rho)) * (1 + u_o) + 2 * prec.tau
+    assert bounds.out_bound(np.zeros((2, 1)), np.zeros((2, 1)), n, a, 128, prec)[:, 0].tobytes() == want.tobytes()
 
 
 def test_out_bound_is_refused_where_an_fp32_accumulator_may_overflow():

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import relaycore
+from relaycore import bounds
 from relaycore.constants import LOG2E
 from relaycore.reference import relay_attention as reference_relay
 from relaycore.testing import assert_close, blocked_steps, check, compare, make_batch, random_batch, round_to
@@ -53,6 +54,35 @@ def test_torch_backend_passes(dtype, batch, poisoned_allocations):
     assert report.passed, str(report)
     out, lse = torch_backend(*batch.to_torch("cpu")[0], **batch.to_torch("cpu")[1])
     assert out.dtype == TORCH_DTYPES[dtype] and lse.dtype == torch.float32
+
+
+def test_products_flushed_to_zero_stay_within_the_bound():
+    """fp32 values near 2^-118 (normal) with scores spread, under flush-to-zero arithmetic (x86's
+    FTZ and DAZ, which ``torch.set_flush_denormal`` sets; a GPU's ``.ftz`` instructions): a
+    product ``p v`` or partial sum below 2^-126 becomes 0, an absolute error up to 2^-126 however
+    small ``V_d``. Summed over the keys, it passes the bound's terms on the scale of ``V_d`` and
+    its ``2 tau``: the same bound with ``tau_acc = 0`` fails. The accumulator's underflow term
+    ``5 N tau_acc exp(rho)`` covers it (``proofs/error_bound.py``, Lemma 6)."""
+    batch = make_batch([1], [4096], num_q_heads=2, head_dim=16, dtype="float32", score_magnitude=4.0, value_offset=8,
+                       seed=0)
+    batch = dataclasses.replace(batch, kv=batch.kv._replace(v=batch.kv.v * 2.0**-121), recipe=None)
+    assert np.abs(batch.kv.v).min() >= np.finfo(np.float32).tiny  # normal: exact after the scaling, and not flushed
+    steps = blocked_steps(batch, WHOLE_PART, merge="pairwise")
+    args, kwargs = batch.to_torch("cpu")
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals to zero")
+    try:
+        out, lse = torch_backend(*args, **kwargs)
+    finally:
+        torch.set_flush_denormal(False)
+    report = check((out, lse), batch, steps=steps)
+    assert report.passed and report.unchecked == (), str(report)
+    oracle = batch.oracle()
+    stats = oracle.stats
+    without = dataclasses.replace(bounds.precision("float32"), tau_acc=0.0)
+    old_bound = bounds.out_bound(oracle.state.out, stats.value_abs, stats.num_keys, stats.score_abs, batch.head_dim,
+                                 without, steps)
+    assert np.any(np.abs(out.double().numpy() - oracle.state.out) > old_bound)
 
 
 def test_numpy_results_and_the_reference_pass_exactly():
