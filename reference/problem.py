@@ -1,10 +1,10 @@
 """The oracle's one input path: a relay-attention call read onto the host in float64.
 
-Every public function of the reference converts its arguments with ``load`` (anything
-``np.asarray`` takes, torch tensors included), validates them with
-``relaycore.validation.validate``, and computes on the ``Problem`` it returns. The reference
-backend, which receives inputs that ``relaycore.relay_attention`` already validated, builds the
-``Problem`` with ``from_validated``.
+Every public function of the reference converts its arguments with ``load`` (NumPy arrays,
+torch tensors, or anything ``np.asarray`` makes an array of numbers of: nested lists...),
+validates them with ``relaycore.validation.validate``, and computes on the ``Problem`` it
+returns. The reference backend, which receives inputs that ``relaycore.relay_attention``
+already validated, builds the ``Problem`` with ``from_validated``.
 
 Both paths end in ``from_validated``, which reads the values on the host and refuses a
 non-finite one among those a query attends (``ValueError`` naming the argument as the caller
@@ -24,35 +24,54 @@ from relaycore.validation import BatchMeta, array_kind, validate
 
 
 def host_array(x: Any) -> np.ndarray:
-    """A NumPy view or copy of ``x`` on the host, keeping its dtype where NumPy has it.
+    """A NumPy view or copy of a NumPy array or torch tensor on the host, keeping its dtype
+    where NumPy has it.
 
     torch tensors are detached and copied to the CPU, with their values (``resolve_neg``;
-    ``bfloat16``, which NumPy lacks, becomes ``float32``, exactly); anything else goes through
-    ``np.asarray``.
+    ``bfloat16``, which NumPy lacks, becomes ``float32``, exactly).
     """
-    kind = array_kind(x)
-    if kind == "numpy":
+    if array_kind(x) == "numpy":
         return x
-    if kind == "torch":
-        x = x.detach().resolve_neg().to("cpu")
-        if str(x.dtype) == "torch.bfloat16":
-            x = x.float()
-        return x.numpy()
-    return np.asarray(x)
+    x = x.detach().resolve_neg().to("cpu")
+    if str(x.dtype) == "torch.bfloat16":
+        x = x.float()
+    return x.numpy()
 
 
-def _host_kv(kv: Any) -> Any:
-    if isinstance(kv, RaggedKV):
-        return RaggedKV(*(host_array(x) for x in kv))
-    if isinstance(kv, PagedKV):
-        return PagedKV(*(host_array(x) for x in kv))
-    return kv  # validation names the wrong type
+def _as_array(name: str, x: Any) -> Any:
+    """``x`` itself if it is a NumPy array or torch tensor, else ``np.asarray(x)``.
+
+    Raises:
+        ValueError: nested lists of unequal lengths (NumPy makes no array of them), naming
+            ``name``.
+        TypeError: anything NumPy makes no array of numbers of (``None``, a string), naming
+            ``name``.
+    """
+    if array_kind(x) is not None:
+        return x
+    try:
+        array = np.asarray(x)
+    except ValueError:  # NumPy refuses nested sequences of unequal lengths
+        raise ValueError(f"{name}: expected an array, or nested lists of equal lengths, got a ragged "
+                         f"{type(x).__name__}") from None
+    if array.dtype.kind not in "biufc":  # bool, ints, floats, complex: validation checks which
+        raise TypeError(f"{name}: expected an array of numbers (a NumPy array, a torch tensor or nested lists), got "
+                        f"{type(x).__name__}, which NumPy reads as dtype {array.dtype}")
+    return array
 
 
-def _host_prefixes(prefixes: Any) -> Any:
+def _map_arrays(convert, cu_seqlens_q: Any, kv: Any, prefixes: Any) -> Tuple[Any, Any, Any]:
+    """``convert(name, x)`` of every metadata and KV array of a call, by the names the caller
+    writes them by (``kv.k``, ``prefixes[1].cu_seqlens``); a ``kv`` or ``prefixes`` of the
+    wrong type is left for validation to name."""
+    cu_seqlens_q = convert("cu_seqlens_q", cu_seqlens_q)
+    if isinstance(kv, (RaggedKV, PagedKV)):
+        kv = type(kv)(*(convert(f"kv.{field}", x) for field, x in zip(kv._fields, kv)))
     if isinstance(prefixes, (list, tuple)) and not isinstance(prefixes, PrefixLevel):
-        return tuple(PrefixLevel(*(host_array(x) for x in level)) if isinstance(level, PrefixLevel) else level for level in prefixes)
-    return prefixes  # validation names the wrong type
+        prefixes = tuple(
+            PrefixLevel(*(convert(f"prefixes[{i}].{field}", x) for field, x in zip(level._fields, level)))
+            if isinstance(level, PrefixLevel) else level for i, level in enumerate(prefixes))
+    return cu_seqlens_q, kv, prefixes
 
 
 @dataclass(frozen=True)
@@ -205,17 +224,22 @@ def load(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=None) -
 
     Args:
         q, cu_seqlens_q, kv, prefixes, causal, softmax_scale: as ``relaycore.relay_attention``;
-            arrays may be anything ``np.asarray`` takes, or torch tensors.
+            arrays may be NumPy arrays, torch tensors, or anything ``np.asarray`` makes an array
+            of numbers of (nested lists), which is then a NumPy array: beside a torch q, a
+            metadata array on the host (``relaycore.validation.on_host``).
 
     Raises:
-        TypeError, ValueError: from ``relaycore.validation.validate``, naming the argument.
+        TypeError, ValueError: an argument NumPy makes no array of numbers of (``_as_array``);
+            from ``relaycore.validation.validate``; each naming the argument.
         ValueError: a non-finite value that a query attends (``from_validated``).
     """
+    q = _as_array("q", q)
+    cu_seqlens_q, kv, prefixes = _map_arrays(_as_array, cu_seqlens_q, kv, prefixes)
     if array_kind(q) == "torch":
         # validate the tensors as given: the copy to the host widens bfloat16 to float32,
         # which would hide a dtype mismatch between q and the KV
         validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
-    q, cu_seqlens_q = host_array(q), host_array(cu_seqlens_q)
-    kv, prefixes = _host_kv(kv), _host_prefixes(prefixes)
+    q = host_array(q)
+    cu_seqlens_q, kv, prefixes = _map_arrays(lambda name, x: host_array(x), cu_seqlens_q, kv, prefixes)
     meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     return from_validated(q, kv, prefixes, meta)

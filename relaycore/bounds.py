@@ -156,7 +156,15 @@ class Precision:
 
 
 def precision(dtype: str) -> Precision:
-    """The precision policy for inputs of ``dtype`` (a canonical name, see ``FLOAT_DTYPES``)."""
+    """The precision policy for inputs of ``dtype`` (a canonical name, see ``FLOAT_DTYPES``).
+
+    Raises:
+        TypeError: ``dtype`` is not a str (a torch or NumPy dtype, a list...).
+        ValueError: ``dtype`` names no format of ``UNIT_ROUNDOFF``.
+    """
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype: expected a format's name, one of {sorted(UNIT_ROUNDOFF)}, got {type(dtype).__name__} "
+                        f"{dtype!r}")
     if dtype not in UNIT_ROUNDOFF:
         raise ValueError(f"dtype: expected one of {sorted(UNIT_ROUNDOFF)}, got {dtype!r}")
     acc = ACCUMULATION[dtype]
@@ -179,11 +187,82 @@ class NoBound(ValueError):
     given); or, for the lse only, ``rho > LSE_RHO_MAX`` (no lse bound is proved there)."""
 
 
+def _numbers(name: str, x) -> np.ndarray:
+    """``x`` as a float64 array, else a ``TypeError`` naming ``name``."""
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a number or an array of numbers, got {type(x).__name__}") from None
+
+
+def _refuse(name: str, x: np.ndarray, bad: np.ndarray, want: str) -> None:
+    """A ``ValueError`` naming ``name``, with the first of ``x``'s values where ``bad`` holds."""
+    if np.any(bad):
+        raise ValueError(f"{name}: expected {want}, got {float(np.broadcast_to(x, bad.shape)[bad][0])!r}")
+
+
+def _num_keys(num_keys) -> np.ndarray:
+    """``num_keys`` as float64: whole counts of at least 0."""
+    n = _numbers("num_keys", num_keys)
+    _refuse("num_keys", n, ~(np.isfinite(n) & (n >= 0) & (n == np.floor(n))), "whole counts >= 0")
+    return n
+
+
+def _per_row(name: str, x, seen: np.ndarray, want: str, ok) -> np.ndarray:
+    """``x`` as float64, of a shape that broadcasts with ``seen`` (a row's or an element's
+    ``N > 0``), refused where ``ok(x)`` fails on a row that sees a key (``want`` says what it
+    holds); the other rows are not read, as their bound is 0."""
+    x = _numbers(name, x)
+    try:
+        np.broadcast_shapes(x.shape, seen.shape)
+    except ValueError:
+        raise ValueError(f"{name}: expected a shape that broadcasts with the rows' shape {seen.shape}, got "
+                         f"{x.shape}") from None
+    with np.errstate(invalid="ignore"):
+        _refuse(name, x, seen & ~ok(x), f"{want} on every row that sees a key")
+    return x
+
+
+def _magnitude(x: np.ndarray) -> np.ndarray:
+    """A magnitude (``A``, ``V_d``) is at least 0; ``inf`` is one, for which no bound exists."""
+    return x >= 0
+
+
+def _check_precision(prec) -> None:
+    """Refuse a ``prec`` that is not a ``Precision``."""
+    if not isinstance(prec, Precision):
+        raise TypeError(f"prec: expected a relaycore.bounds.Precision (bounds.precision(dtype)), got "
+                        f"{type(prec).__name__}")
+
+
+def _rows(num_keys, score_abs, head_dim, prec) -> tuple:
+    """The arguments every bound takes, checked: ``N`` and ``A`` as float64 (``head_dim`` an
+    int of at least 0, ``prec`` a ``Precision``)."""
+    if isinstance(head_dim, (bool, np.bool_)) or not isinstance(head_dim, (int, np.integer)) or head_dim < 0:
+        raise ValueError(f"head_dim: expected an int >= 0, got {head_dim!r}")
+    _check_precision(prec)
+    n = _num_keys(num_keys)
+    return n, _per_row("score_abs", score_abs, n > 0, "values >= 0", _magnitude)
+
+
 def gamma(n, u: float):
     """Higham's ``gamma_n = n u / (1 - n u)``: the relative error of an ``n``-term sum or dot
-    product in a format of unit roundoff ``u``, in any summation order."""
-    n = np.asarray(n, dtype=np.float64)
-    nu = n * u
+    product in a format of unit roundoff ``u``, in any summation order.
+
+    Raises:
+        TypeError, ValueError: ``n`` that is not finite and at least 0, ``u`` that is not a
+            finite unit roundoff of at least 0 (naming it).
+        NoBound: ``n u >= 1``.
+    """
+    n, u = _numbers("n", n), _numbers("u", u)
+    _refuse("n", n, ~(np.isfinite(n) & (n >= 0)), "finite counts >= 0")
+    _refuse("u", u, ~(np.isfinite(u) & (u >= 0)), "a finite unit roundoff >= 0")
+    return _gamma(n, u)
+
+
+def _gamma(n, u):
+    """``gamma`` of checked arguments."""
+    nu = np.asarray(n, dtype=np.float64) * u
     if np.any(nu >= 1):
         raise NoBound(f"n: expected n * u below 1 (no bound past it), got n * u up to {float(np.max(nu))}")
     return nu / (1 - nu)
@@ -197,8 +276,18 @@ def default_steps(num_keys):
     ``N_i <= N - K' + 1``, so at most ``1 + (N - K') + 2 (K' - 1) <= 2N - 1`` steps (merging an
     empty part is exact and free). A merge in another order (e.g. a fold that keeps a running
     maximum and rescales its sums as it grows, as FlashInfer's ``merge_states`` does) is not
-    covered by the proof, at this count or any other."""
-    return 2 * np.asarray(num_keys, dtype=np.float64)
+    covered by the proof, at this count or any other.
+
+    Raises:
+        TypeError, ValueError: ``num_keys`` that is not whole counts of at least 0.
+    """
+    return _counted(None, _num_keys(num_keys))
+
+
+def _counted(steps, n: np.ndarray) -> np.ndarray:
+    """The steps per key of rows of checked ``N``: ``steps`` checked (``_steps``), or where it
+    is ``None`` ``default_steps``: ``2 N``."""
+    return 2 * n if steps is None else _steps(steps, n)
 
 
 def weight_perturbation(num_keys, score_abs, head_dim: int, prec: Precision, steps=None):
@@ -218,28 +307,34 @@ def weight_perturbation(num_keys, score_abs, head_dim: int, prec: Precision, ste
         float64 array of ``rho`` (0 where ``N == 0``).
 
     Raises:
-        TypeError, ValueError: ``steps`` that is not such a count (naming it).
+        TypeError, ValueError: an argument outside its contract, naming it: ``num_keys`` that
+            is not whole counts of at least 0, ``score_abs`` below 0 or NaN on a row that sees
+            a key (``inf`` is a magnitude: no bound exists for it), ``head_dim`` that is not an
+            int of at least 0, ``prec`` that is not a ``Precision``, ``steps`` that is not such
+            a count, or shapes that do not broadcast. Rows that see no key are not read.
         NoBound: no bound exists for these sizes (``gamma``).
     """
-    n = np.asarray(num_keys, dtype=np.float64)
-    a = np.asarray(score_abs, dtype=np.float64)
-    steps = default_steps(n) if steps is None else _steps(steps, n)
+    n, a = _rows(num_keys, score_abs, head_dim, prec)
+    return _rho(n, a, head_dim, prec, steps)
+
+
+def _rho(n: np.ndarray, a: np.ndarray, head_dim: int, prec: Precision, steps) -> np.ndarray:
+    """``weight_perturbation`` of checked ``N`` and ``A`` (``steps`` is checked here)."""
+    steps = _counted(steps, n)
     log_n = np.log(np.maximum(n, 1.0))
-    rho = (
-        gamma(head_dim + 6, prec.u_acc) * a
-        + prec.u_p
-        + gamma(n, prec.u_acc)
-        + steps * (prec.u_exp + 3 * prec.u_acc + prec.u_acc * (a + log_n + 1))
-    )
+    with np.errstate(invalid="ignore"):  # a magnitude on a row that sees no key is not read
+        rho = (
+            _gamma(head_dim + 6, prec.u_acc) * a
+            + prec.u_p
+            + _gamma(n, prec.u_acc)
+            + steps * (prec.u_exp + 3 * prec.u_acc + prec.u_acc * (a + log_n + 1))
+        )
     return np.where(n > 0, rho, 0.0)
 
 
 def _steps(steps, n: np.ndarray) -> np.ndarray:
     """``steps`` (see ``weight_perturbation``) as float64 of ``n``'s shape."""
-    try:
-        s = np.asarray(steps, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"steps: expected a number or an array of numbers, got {type(steps).__name__}") from None
+    s = _numbers("steps", steps)
     want = f"a number, or an array of {n.ndim} axes that broadcasts to the rows' shape {n.shape}"
     if s.ndim not in (0, n.ndim):
         raise ValueError(f"steps: expected {want} (one count per query token is a column [total_q, 1]), got shape "
@@ -268,10 +363,20 @@ def output_growth(num_keys, prec: Precision, steps=None):
 
     Returns:
         float64 array of ``rho_Delta`` (0 where ``N == 0``).
+
+    Raises:
+        TypeError, ValueError: ``num_keys``, ``prec`` or ``steps`` outside their contract (see
+            ``weight_perturbation``), naming it.
+        NoBound: ``gamma``.
     """
-    n = np.asarray(num_keys, dtype=np.float64)
-    steps = default_steps(n) if steps is None else _steps(steps, n)
-    return np.where(n > 0, prec.u_p + 2 * gamma(n, prec.u_acc) + 2 * steps * prec.u_acc, 0.0)
+    _check_precision(prec)
+    return _growth(_num_keys(num_keys), prec, steps)
+
+
+def _growth(n: np.ndarray, prec: Precision, steps) -> np.ndarray:
+    """``output_growth`` of checked ``N`` (``steps`` is checked here)."""
+    steps = _counted(steps, n)
+    return np.where(n > 0, prec.u_p + 2 * _gamma(n, prec.u_acc) + 2 * steps * prec.u_acc, 0.0)
 
 
 #: Relative margin on the float64 evaluation of Lemma 5's magnitudes (a few roundings and an
@@ -288,51 +393,75 @@ OUT_RHO_SCORE_CAP = 256.0
 
 def out_rho_limit(score_abs):
     """The largest ``rho`` for which ``out_bound`` is proved, per row:
-    ``OUT_RHO_MAX + min(A, OUT_RHO_SCORE_CAP) / 4`` (2.5 at ``A = 0``, 66.5 from ``A = 256``)."""
-    return OUT_RHO_MAX + np.minimum(np.asarray(score_abs, dtype=np.float64), OUT_RHO_SCORE_CAP) / 4
+    ``OUT_RHO_MAX + min(A, OUT_RHO_SCORE_CAP) / 4`` (2.5 at ``A = 0``, 66.5 from ``A = 256``).
+
+    Raises:
+        TypeError, ValueError: ``score_abs`` that is not numbers of at least 0, naming it.
+    """
+    a = _numbers("score_abs", score_abs)
+    _refuse("score_abs", a, ~_magnitude(a), "values >= 0")
+    return _rho_limit(a)
 
 
-def _scale(scale):
+def _rho_limit(a: np.ndarray) -> np.ndarray:
+    """``out_rho_limit`` of a checked ``A``."""
+    return OUT_RHO_MAX + np.minimum(a, OUT_RHO_SCORE_CAP) / 4
+
+
+def _scale(scale, n: np.ndarray):
+    """``scale`` as float64, finite, positive and of a shape that broadcasts to ``n``'s (``None``
+    stays ``None``)."""
     if scale is None:
         return None
-    c = np.asarray(scale, dtype=np.float64)
+    c = _numbers("scale", scale)
     if not np.all(np.isfinite(c) & (c > 0)):
         raise ValueError(f"scale: expected the finite positive softmax scale, got {scale!r}")
+    try:
+        np.broadcast_to(c, n.shape)
+    except ValueError:
+        raise ValueError(f"scale: expected a number or an array that broadcasts to num_keys' shape {n.shape}, got "
+                         f"shape {c.shape}") from None
     return c
 
 
-def _dot_products(score_abs, n: np.ndarray, head_dim: int, prec: Precision, scale) -> np.ndarray:
+def _dot_products(a: np.ndarray, n: np.ndarray, head_dim: int, prec: Precision, c) -> np.ndarray:
     """Lemma 5's (R1): the largest partial sum of the dot products ``sum_d q_d k_jd``,
-    ``(1 + gamma_D) A / scale`` per row (0 without a scale: assumed within range)."""
-    c = _scale(scale)
+    ``(1 + gamma_D) A / scale`` per row (0 without a scale ``c``: assumed within range)."""
     if c is None:
         return np.zeros(n.shape)
     with np.errstate(over="ignore"):
-        return np.where(n > 0, (1 + gamma(head_dim, prec.u_acc)) * np.asarray(score_abs, dtype=np.float64) / c, 0.0) \
-            * _EVALUATION_MARGIN
+        return np.where(n > 0, (1 + _gamma(head_dim, prec.u_acc)) * a / c, 0.0) * _EVALUATION_MARGIN
 
 
-def _out_conditions(value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps, scale) -> dict:
-    """Everything ``out_bound`` checks, per row or element: ``rho``, ``eps`` and, for each
-    condition (``"eps"``, ``"rho"``, ``"output"``, ``"accumulator"``, ``"scores"``), the quantity
-    it compares and its limit."""
-    rho = weight_perturbation(num_keys, score_abs, head_dim, prec, steps)[..., None]
-    n = np.asarray(num_keys, dtype=np.float64)[..., None]
-    v = np.asarray(value_abs, dtype=np.float64)
+def _out_checked(value_abs, num_keys, score_abs, head_dim, prec, scale) -> tuple:
+    """The arguments of ``out_bound_refused`` (and ``out_bound``), checked: ``V_d``, ``N``,
+    ``A`` and the scale as float64."""
+    n, a = _rows(num_keys, score_abs, head_dim, prec)
+    v = _per_row("value_abs", value_abs, n[..., None] > 0, "values >= 0", _magnitude)
+    return v, n, a, _scale(scale, n)
+
+
+def _out_conditions(v: np.ndarray, n_rows: np.ndarray, a: np.ndarray, head_dim: int, prec: Precision, steps,
+                    c) -> dict:
+    """Everything ``out_bound`` checks, per row or element, from checked arguments: ``rho``,
+    ``eps`` and, for each condition (``"eps"``, ``"rho"``, ``"output"``, ``"accumulator"``,
+    ``"scores"``), the quantity it compares and its limit."""
+    rho = _rho(n_rows, a, head_dim, prec, steps)[..., None]
+    n = n_rows[..., None]
     with np.errstate(over="ignore", invalid="ignore"):
         eps = n * prec.tau * np.exp(rho)
-        growth = output_growth(num_keys, prec, steps)[..., None]
+        growth = _growth(n_rows, prec, steps)[..., None]
         seen = (n > 0) & (v > 0)
         underflows = np.where(n > 0, 2 * eps * rho, 0.0)  # the roundings' underflows, absolute (Lemma 5)
         out_peak = (np.where(seen, np.exp(growth) * (1 + eps) * v, 0.0) + underflows) * _EVALUATION_MARGIN
         acc_peak = (np.where(seen, n * np.exp(rho + growth) * (1 + eps) * v, 0.0) + underflows) * _EVALUATION_MARGIN
     return dict(
-        rho=rho, n=n, v=v, eps=eps,
+        rho=rho, n=n, eps=eps,
         eps_check=(eps, 1.0),
-        rho_check=(np.where(n > 0, rho, 0.0), out_rho_limit(score_abs)[..., None]),
+        rho_check=(np.where(n > 0, rho, 0.0), _rho_limit(a)[..., None]),
         output=(out_peak, prec.largest),
         accumulator=(acc_peak, prec.largest_acc),
-        scores=(_dot_products(score_abs, n[..., 0], head_dim, prec, scale)[..., None], prec.largest_acc),
+        scores=(_dot_products(a, n_rows, head_dim, prec, c)[..., None], prec.largest_acc),
     )
 
 
@@ -342,21 +471,23 @@ def out_bound_refused(value_abs, num_keys, score_abs, head_dim: int, prec: Preci
     the other rows: bool ``[...]``, the shape of ``num_keys`` broadcast with ``value_abs[..., 0]``.
 
     Raises:
+        TypeError, ValueError: an argument outside its contract, naming it (see ``out_bound``).
         NoBound: ``gamma`` (the sizes of every row); and see ``weight_perturbation``.
     """
-    c = _out_conditions(value_abs, num_keys, score_abs, head_dim, prec, steps, scale)
+    v, n, a, scale = _out_checked(value_abs, num_keys, score_abs, head_dim, prec, scale)
+    c = _out_conditions(v, n, a, head_dim, prec, steps, scale)
     refused = c["eps_check"][0] >= 1
     for name in ("rho_check", "output", "accumulator", "scores"):
         got, limit = c[name]
         refused = refused | (got > limit)
-    return np.any(np.broadcast_to(refused, np.broadcast_shapes(refused.shape, c["v"].shape)), axis=-1)
+    return np.any(np.broadcast_to(refused, np.broadcast_shapes(refused.shape, v.shape)), axis=-1)
 
 
 def _remedy(n: float, a: float, head_dim: int, prec: Precision, limit: float, steps_given: bool) -> str:
     """What would give a bound on a row of ``n`` keys and score sum ``a`` whose ``rho`` passes
     ``limit``: fewer steps per key where ``rho`` at one step stays within it, else nothing but
     smaller scores or a shorter row."""
-    one = float(weight_perturbation(n, a, head_dim, prec, 1))
+    one = float(_rho(np.float64(n), np.float64(a), head_dim, prec, 1))
     if one > limit:
         return (f"no count of steps gives one (rho = {one:.4g} at 1 step per key): smaller scores or a shorter row "
                 f"would")
@@ -392,10 +523,16 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
             (``N exp(rho + rho_Delta) (1 + eps) V_d + 2 eps rho`` past ``prec.largest_acc``) may
             overflow, ``rho_Delta = output_growth(...)``; dot products that may overflow (with
             ``scale``); or see ``weight_perturbation``. ``out_bound_refused`` names the rows.
-        ValueError: ``scale`` that is not finite and positive.
+        TypeError, ValueError: an argument outside its contract, naming it: ``ref_out`` not
+            finite, or ``value_abs`` below 0 or NaN, on a row that sees a key; ``scale`` that is
+            not finite and positive; shapes that do not broadcast; and see
+            ``weight_perturbation``. Rows that see no key are not read.
     """
-    c = _out_conditions(value_abs, num_keys, score_abs, head_dim, prec, steps, scale)
-    rho, n, v, eps = c["rho"], c["n"], c["v"], c["eps"]
+    v, n_rows, a, scale = _out_checked(value_abs, num_keys, score_abs, head_dim, prec, scale)
+    seen = np.broadcast_to(n_rows[..., None] > 0, np.broadcast_shapes(n_rows[..., None].shape, v.shape))
+    ref = _per_row("ref_out", ref_out, seen, "finite values", np.isfinite)
+    c = _out_conditions(v, n_rows, a, head_dim, prec, steps, scale)
+    rho, n, eps = c["rho"], c["n"], c["eps"]
     if np.any(eps >= 1):
         raise NoBound(f"num_keys: expected N * tau * exp(rho) below 1 (no bound past it), "
                       f"got up to {float(np.max(eps))}")
@@ -407,7 +544,7 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
         def at(x) -> float:
             return float(np.broadcast_to(x, over.shape).flat[i])
 
-        row_a, row_limit = at(np.asarray(score_abs, dtype=np.float64)[..., None]), at(limit)
+        row_a, row_limit = at(a[..., None]), at(limit)
         raise NoBound(f"num_keys, steps: expected rho <= 2.5 + min(A, 256) / 4 for the out bound (the merge lemmas are "
                       f"proved only there), got rho = {at(got):.4g} where the limit is {row_limit:.4g}; "
                       f"{_remedy(at(n), row_a, head_dim, prec, row_limit, steps is not None)}")
@@ -429,8 +566,8 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
     u_o = (1 + prec.u_out) * (1 + prec.u_acc) - 1
     weights = (np.expm1(2 * rho) + 2 * eps) / (1 - eps) * v
     eps_acc = n * prec.tau_acc * np.exp(rho)  # the accumulator's underflows, absolute (Lemma 6)
-    ref = np.abs(np.asarray(ref_out, dtype=np.float64))
-    bound = (weights + UNDERFLOW_ROUNDINGS * eps_acc) * (1 + u_o) + u_o * ref + 2 * prec.tau
+    with np.errstate(invalid="ignore"):  # a value on a row that sees no key is not read
+        bound = (weights + UNDERFLOW_ROUNDINGS * eps_acc) * (1 + u_o) + u_o * np.abs(ref) + 2 * prec.tau
     return np.where(n > 0, bound, 0.0)
 
 
@@ -458,11 +595,16 @@ def lse_bound(ref_lse, num_keys, score_abs, head_dim: int, prec: Precision, step
             ``default_steps`` that is from about 2e5 keys with ``A = max_j scale * sum_d
             |q_d k_jd|`` up to 20; a kernel's counted ``steps`` keep ``rho`` far lower); dot
             products that may overflow (with ``scale``); or see ``weight_perturbation``.
-        ValueError: ``scale`` that is not finite and positive.
+        TypeError, ValueError: an argument outside its contract, naming it: ``ref_lse`` not
+            finite on a row that sees a key (rows that see none, whose lse is ``-inf``, are
+            not read); ``scale`` that is not finite and positive; shapes that do not
+            broadcast; and see ``weight_perturbation``.
     """
-    rho = weight_perturbation(num_keys, score_abs, head_dim, prec, steps)
-    ref = np.asarray(ref_lse, dtype=np.float64)
-    n = np.asarray(num_keys)
+    n, a = _rows(num_keys, score_abs, head_dim, prec)
+    seen = np.broadcast_to(n > 0, np.broadcast_shapes(n.shape, a.shape))
+    ref = _per_row("ref_lse", ref_lse, seen, "finite values", np.isfinite)
+    scale = _scale(scale, n)
+    rho = _rho(n, a, head_dim, prec, steps)
     over = rho > LSE_RHO_MAX
     if np.any(over):
         i = int(np.argmax(over))  # the first such row, in the rows' (broadcast) order
@@ -470,20 +612,18 @@ def lse_bound(ref_lse, num_keys, score_abs, head_dim: int, prec: Precision, step
         def at(x) -> float:
             return float(np.broadcast_to(x, rho.shape).flat[i])
 
-        n64 = np.asarray(num_keys, dtype=np.float64)
-        counted = default_steps(n64) if steps is None else _steps(steps, n64)
-        row_n, row_a = at(n64), at(np.asarray(score_abs, dtype=np.float64))
+        counted = _counted(steps, n)
+        row_n, row_a = at(n), at(a)
         raise NoBound(
             f"num_keys, steps: expected rho <= {LSE_RHO_MAX:g} for the lse bound (it is proved only there), got "
             f"rho = {at(rho):.4g} on a row of num_keys = {row_n:g}, score_abs = {row_a:g}, steps = "
             f"{at(counted):g}{' (default_steps)' if steps is None else ''}; "
             f"{_remedy(row_n, row_a, head_dim, prec, LSE_RHO_MAX, steps is not None)}"
         )
-    n64 = np.asarray(num_keys, dtype=np.float64)
-    dots = _dot_products(score_abs, n64, head_dim, prec, scale)
+    dots = _dot_products(a, n, head_dim, prec, scale)
     if np.any(dots > prec.largest_acc):
         raise NoBound(f"score_abs, scale: expected (1 + gamma_D) A / scale <= {prec.largest_acc:.8g}, the largest finite "
                       f"{ACCUMULATION.get(prec.dtype, 'the accumulation format')} (the dot products q . k must not "
                       f"overflow), got up to {float(np.max(dots)):.8g}")
-    finite_ref = np.where(n > 0, np.abs(ref), 0.0)
+    finite_ref = np.where(n > 0, np.abs(ref), 0.0)  # -inf (or anything) on rows that see no key
     return np.where(n > 0, rho + 3 * prec.u_acc * (finite_ref + 1), 0.0)

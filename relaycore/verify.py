@@ -31,8 +31,8 @@ the dtype, or an lse whose ``rho`` passes 2 on long rows), the row is held to no
 is counted apart ("no bound"), neither failed nor passed; the summary lists those seeds.
 
 Exit status: 0 when no case fails, 1 when one fails or when every case has rows without a bound,
-2 when the run cannot start (or a drawn batch is one the oracle refuses: a ``--space`` beyond
-what the dtype holds).
+2 when the run cannot start (or a drawn batch is one ``make_batch`` or the oracle refuses: a
+``--space`` beyond what the dtype holds).
 
 From Python: ``relaycore.verify.run(fn_or_spec, cases=..., dtypes=..., space={...})`` runs the
 same check, prints the same report and returns an ``Outcome``.
@@ -76,7 +76,7 @@ MAX_REPORTS = 3
 
 class UsageError(ValueError):
     """The run cannot start (missing torch, no CUDA, a function that does not import, an option
-    out of its domain), or a drawn batch is one the oracle refuses."""
+    out of its domain), or a drawn batch is one ``make_batch`` or the oracle refuses."""
 
 
 class Outcome(NamedTuple):
@@ -386,7 +386,8 @@ def _execute(options: _Options) -> Outcome:
     """Run the cases, print the report, return what was found.
 
     Raises:
-        UsageError: the run cannot start, or a drawn batch is one the oracle refuses.
+        UsageError: the run cannot start, or a drawn batch is one ``make_batch`` or the oracle
+            refuses.
     """
     device = options.device or _default_device(options.dtypes)
     _check_setup(options, device)
@@ -400,7 +401,11 @@ def _execute(options: _Options) -> Outcome:
     worst = {"out": (0.0, None), "lse": (0.0, None)}
     for seed in range(options.seed, options.seed + options.cases):
         dtype = dtypes[seed % len(dtypes)]
-        batch = random_batch(np.random.default_rng(seed), dtypes=(dtype,), **space)
+        try:
+            batch = random_batch(np.random.default_rng(seed), dtypes=(dtype,), **space)
+        except ValueError as exc:  # values the dtype cannot hold: make_batch names the argument that drew them
+            raise UsageError(f"case seed {seed} ({dtype}): make_batch refuses the drawn batch ({exc}); narrow "
+                             f"--space") from exc
         try:
             batch.oracle()  # before the implementation runs: a batch the oracle refuses is no case of it
         except ValueError as exc:

@@ -14,6 +14,64 @@ def test_an_unknown_dtype_has_no_precision_policy():
         bounds.precision("int8")
 
 
+def test_a_dtype_that_is_not_a_name_is_refused_as_a_type():
+    for dtype in ([1], {"float16": 1}):  # unhashable: no lookup crashes on them
+        with pytest.raises(TypeError, match=rf"^dtype: expected a format's name, one of \[.*\], got "
+                                            rf"{type(dtype).__name__} "):
+            bounds.precision(dtype)
+
+
+FP32 = bounds.precision("float32")
+ROWS = (np.array([4, 0]), np.array([1.0, 0.0]))  # num_keys, score_abs: a row of 4 keys, a row of none
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: bounds.lse_bound(np.zeros(2), ROWS[0], np.array([np.nan, 0.0]), 16, FP32), ValueError,
+     r"score_abs: expected values >= 0 on every row that sees a key, got nan"),
+    (lambda: bounds.weight_perturbation(ROWS[0], np.array([-1.0, 0.0]), 16, FP32), ValueError,
+     r"score_abs: expected values >= 0 on every row that sees a key, got -1\.0"),
+    (lambda: bounds.lse_bound(np.array([np.nan, 0.0]), *ROWS, 16, FP32), ValueError,
+     r"ref_lse: expected finite values on every row that sees a key, got nan"),
+    (lambda: bounds.out_bound(np.zeros((2, 4)), np.full((2, 4), np.nan), *ROWS, 16, FP32), ValueError,
+     r"value_abs: expected values >= 0 on every row that sees a key, got nan"),
+    (lambda: bounds.out_bound(np.full((2, 4), np.inf), np.ones((2, 4)), *ROWS, 16, FP32), ValueError,
+     r"ref_out: expected finite values on every row that sees a key, got inf"),
+    (lambda: bounds.out_bound(np.zeros((2, 4)), np.ones((2, 5)), *ROWS, 16, FP32), ValueError,
+     r"ref_out: expected a shape that broadcasts with the rows' shape \(2, 5\), got \(2, 4\)"),
+    (lambda: bounds.out_bound(np.zeros((2, 4)), np.ones((2, 4)), *ROWS, -100, FP32), ValueError,
+     r"head_dim: expected an int >= 0, got -100"),
+    (lambda: bounds.lse_bound(np.zeros(2), *ROWS, 4.5, FP32), ValueError, r"head_dim: expected an int >= 0, got 4\.5"),
+    (lambda: bounds.lse_bound(np.zeros(2), np.array([-4, 0]), ROWS[1], 16, FP32), ValueError,
+     r"num_keys: expected whole counts >= 0, got -4\.0"),
+    (lambda: bounds.default_steps(np.array([2.5])), ValueError, r"num_keys: expected whole counts >= 0, got 2\.5"),
+    (lambda: bounds.output_growth(ROWS[0], "float32"), TypeError,
+     r"prec: expected a relaycore.bounds.Precision \(bounds.precision\(dtype\)\), got str"),
+    (lambda: bounds.lse_bound(np.zeros(2), *ROWS, 16, FP32, scale="x"), TypeError,
+     r"scale: expected a number or an array of numbers, got str"),
+    (lambda: bounds.out_rho_limit(np.nan), ValueError, r"score_abs: expected values >= 0, got nan"),
+    (lambda: bounds.gamma(-1e8, 2.0**-24), ValueError, r"n: expected finite counts >= 0, got -100000000\.0"),
+    (lambda: bounds.gamma(np.nan, 2.0**-24), ValueError, r"n: expected finite counts >= 0, got nan"),
+    (lambda: bounds.gamma(4, np.nan), ValueError, r"u: expected a finite unit roundoff >= 0, got nan"),
+])
+def test_arguments_outside_their_contract_are_refused_by_name(call, error, message):
+    """A NaN magnitude or reference gave a NaN bound, a negative ``head_dim`` or count a
+    negative one: each is refused, naming the argument."""
+    with pytest.raises(error, match=f"^{message}$"):
+        call()
+
+
+def test_rows_that_see_no_key_are_not_read_and_an_infinite_magnitude_has_no_bound():
+    """The oracle's lse is ``-inf`` on a row that sees no key: its bound is 0 whatever the row
+    holds. An infinite ``A`` is a magnitude with no bound (``NoBound``), not bad input."""
+    num_keys, score_abs = np.array([4, 0]), np.array([1.0, np.nan])
+    lse = bounds.lse_bound(np.array([0.5, -np.inf]), num_keys, score_abs, 16, FP32)
+    out = bounds.out_bound(np.array([[1.0], [np.nan]]), np.array([[1.0], [np.nan]]), num_keys, score_abs, 16, FP32)
+    assert lse[1] == out[1, 0] == 0 and 0 < lse[0] < 1e-3 and 0 < out[0, 0] < 1e-3
+    with pytest.raises(bounds.NoBound, match=r"got rho = inf"):
+        bounds.lse_bound(0.0, 4, np.inf, 16, FP32)
+    assert bounds.out_bound_refused(np.ones((1, 4)), [4], [np.inf], 16, FP32).tolist() == [True]
+
+
 def test_gamma_is_refused_where_n_u_reaches_one():
     assert bounds.gamma(2**23, 2.0**-24) == pytest.approx(1.0)  # n u = 1/2: 1/2 / (1 - 1/2)
     with pytest.raises(bounds.NoBound, match=r"n: expected n \* u below 1 \(no bound past it\), got n \* u up to 1\.0"):

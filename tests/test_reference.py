@@ -319,6 +319,38 @@ def test_reference_takes_lists_and_torch_tensors_of_any_float_dtype():
     assert np.array_equal(got.out, listed.oracle().state.out)
 
 
+@pytest.mark.parametrize("form", [relay_attention, full_attention, context_statistics])
+def test_lists_that_are_no_array_of_numbers_are_refused_by_name(form):
+    """NumPy's own refusal of nested lists of unequal lengths, and a ``None`` or a string read
+    as a 0-d array ("expected rank 1, got shape ()"), named the wrong thing or nothing."""
+    (q, cu, kv, _), kwargs = make_batch([1, 2], [2, 3], dtype="float64").arguments()
+    ragged = [q[0].tolist(), q[1, :, :-1].tolist(), q[2].tolist()]
+    with pytest.raises(ValueError, match="^q: expected an array, or nested lists of equal lengths, got a ragged list$"):
+        form(ragged, cu, kv, **kwargs)
+    for bad in (None, "013"):
+        with pytest.raises(TypeError, match=rf"^cu_seqlens_q: expected an array of numbers \(a NumPy array, a "
+                                            rf"torch tensor or nested lists\), got {type(bad).__name__}, which NumPy "
+                                            rf"reads as dtype "):
+            form(q, bad, kv, **kwargs)
+    level = PrefixLevel([[[1.0] * 8], [[1.0] * 7]], [[[1.0] * 8]] * 2, [0, 2], [0, 0])
+    with pytest.raises(ValueError, match=r"^prefixes\[0\]\.k: expected an array, or nested lists of equal lengths"):
+        form(q, cu, kv, [level], **kwargs)
+
+
+def test_lists_of_metadata_are_taken_beside_torch_tensors_as_beside_numpy():
+    """Every array may be anything ``np.asarray`` takes: a list ``cu_seqlens_q`` was refused
+    beside a torch q ("expected a NumPy array or torch tensor, got list")."""
+    torch = pytest.importorskip("torch")
+    batch = make_batch([2, 1], [3, 4], [[2, 3]], [[1, -1]], num_q_heads=4, num_kv_heads=2, dtype="float32")
+    (q, cu, kv, (level,)), kwargs = batch.to_torch("cpu")
+    listed = ([int(x) for x in cu], RaggedKV(kv.k, kv.v, kv.cu_seqlens.tolist()),
+              [PrefixLevel(level.k, level.v, level.cu_seqlens.tolist(), tuple(level.prefix_ids.tolist()))])
+    for form in (relay_attention, full_attention):
+        assert np.array_equal(form(q, *listed, **kwargs).out, form(*batch.arguments()[0], **kwargs).out)
+    with pytest.raises(TypeError, match="^kv.k: expected a torch array like q, got a numpy array$"):
+        relay_attention(q, listed[0], RaggedKV(kv.k.tolist(), kv.v, kv.cu_seqlens), **kwargs)
+
+
 def test_reference_backend_returns_tensors_like_every_backend():
     torch = pytest.importorskip("torch")
     import relaycore

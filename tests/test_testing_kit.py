@@ -430,6 +430,37 @@ def test_a_result_that_is_not_a_pair_is_refused_with_what_it_was(make, got):
         check(make(out, lse), batch)
 
 
+def test_a_result_that_holds_no_values_is_refused_by_name():
+    """A meta tensor holds none, a sparse tensor or a masked array not all of them as an
+    array: each is refused naming ``out`` or ``lse``, not left to torch or NumPy to fail."""
+    batch = a_batch()
+    out, lse = (torch.from_numpy(x) for x in batch.oracle().state)
+    for check_or_assert in (check, assert_close):
+        with pytest.raises(ValueError, match="^out: expected a tensor that holds values, got a tensor on the meta "
+                                             "device$"):
+            check_or_assert((out.to("meta"), lse.to("meta")), batch)
+        with pytest.raises(ValueError, match="^lse: expected a tensor that holds values, got a tensor on the meta "
+                                             "device$"):
+            check_or_assert((out, lse.to("meta")), batch)
+        with pytest.raises(TypeError, match=r"^out: expected a dense \(torch.strided\) tensor, got layout "
+                                            r"torch.sparse_coo; pass .to_dense\(\)$"):
+            check_or_assert((out.to_sparse(), lse), batch)
+        with pytest.raises(TypeError, match=r"^lse: expected a plain NumPy array, got a masked array"):
+            check_or_assert((out.numpy(), np.ma.masked_array(lse.numpy(), mask=True)), batch)
+
+
+def test_compare_refuses_a_function_it_cannot_call():
+    with pytest.raises(TypeError, match="^fn: expected a callable with relaycore.relay_attention's signature, got "
+                                        "int$"):
+        compare(3, a_batch())
+
+
+def test_bounds_for_refuses_a_dtype_that_is_not_a_name():
+    with pytest.raises(TypeError, match=r"^dtype: expected a format's name, one of \['bfloat16', 'float16', "
+                                        r"'float32', 'float64'\], got list \['x'\]$"):
+        relaycore.testing.bounds_for(a_batch(), ["x"])
+
+
 def test_oracle_and_kit_need_numpy_alone():
     code = (
         "import sys; sys.modules['torch'] = sys.modules['hypothesis'] = sys.modules['triton'] = None\n"
@@ -465,7 +496,9 @@ def test_drawn_batches_are_valid_and_exact_in_their_dtype(batch):
 ])
 def test_to_torch_takes_only_dtypes_that_carry_the_values_unchanged(batch_dtype, carriers):
     # |values| up to ~1e5: beyond float16's range, so bfloat16 -> float16 would change them too
-    batch = make_batch([2, 1], [3, 2], [[4]], [[0, 0]], dtype=batch_dtype, score_magnitude=1e10, seed=3)
+    # (float16 holds no such values: make_batch refuses draws that round to inf)
+    magnitude = None if batch_dtype == "float16" else 1e10
+    batch = make_batch([2, 1], [3, 2], [[4]], [[0, 0]], dtype=batch_dtype, score_magnitude=magnitude, seed=3)
     for dtype in carriers:
         for given in (dtype, TORCH_DTYPES[dtype]):
             (q, _, _, prefixes), _ = batch.to_torch("cpu", given)
@@ -645,7 +678,8 @@ def test_a_negative_or_misshaped_steps_is_refused_not_passed():
 
 @pytest.mark.parametrize("arguments, error, message", [
     (dict(q_lens=[-1], kv_lens=[1]), ValueError, r"q_lens: expected ints >= 0, got -1"),
-    (dict(q_lens=3, kv_lens=[3]), TypeError, r"q_lens: expected a sequence of ints, got int"),
+    (dict(q_lens=3, kv_lens=[3]), TypeError, r"q_lens: expected a sequence of ints \(a list, tuple or 1-D NumPy "
+                                              r"array\), got int"),
     (dict(q_lens=[1.5], kv_lens=[2]), ValueError, r"q_lens: expected ints >= 0, got 1\.5"),
     (dict(num_q_heads=3, num_kv_heads=2), ValueError, r"num_q_heads: expected a multiple of num_kv_heads \(2\), got 3"),
     (dict(prefix_lens=[[3]], prefix_ids=[[1]]), ValueError,
@@ -657,10 +691,40 @@ def test_a_negative_or_misshaped_steps_is_refused_not_passed():
     (dict(softmax_scale="x"), TypeError, r"softmax_scale: expected a float or None, got str"),
     (dict(seed=-1), ValueError, r"seed: expected an int >= 0, got -1"),
     (dict(causal="yes"), TypeError, r"causal: expected a bool, got str"),
+    (dict(q_lens={0: 1}), TypeError, r"q_lens: expected a sequence of ints \(a list, tuple or 1-D NumPy array\), "
+                                     r"got dict"),
+    (dict(kv_lens={2}), TypeError, r"kv_lens: expected a sequence of ints .*, got set"),
+    (dict(q_lens=np.ones((1, 1), int)), TypeError, r"q_lens: expected a sequence of ints .*, got an array of shape "
+                                                   r"\(1, 1\)"),
+    (dict(prefix_lens={0: [3]}, prefix_ids=[[0]]), TypeError, r"prefix_lens: expected one list per prefix level "
+                                                             r"\(in a list, tuple or NumPy array\), got dict"),
+    (dict(q_lens=[np.uint64(2**63)], kv_lens=[np.uint64(2**63)]), ValueError,
+     r"q_lens: expected lengths whose sum, the last offset, fits in metadata_dtype int32 \(at most 2147483647\), "
+     r"got a sum of 9223372036854775808"),
+    (dict(kv_lens=[2**62, 2**62], q_lens=[1, 1], metadata_dtype="int64"), ValueError,
+     r"kv_lens: expected lengths whose sum, the last offset, fits in metadata_dtype int64 "
+     r"\(at most 9223372036854775807\), got a sum of 9223372036854775808"),
 ])
 def test_make_batch_names_the_argument_it_refuses(arguments, error, message):
     with pytest.raises(error, match=message):
         make_batch(**{"q_lens": [1], "kv_lens": [2], **arguments})
+
+
+def test_make_batch_refuses_values_its_dtype_cannot_hold_naming_what_drew_them():
+    """A ``value_offset`` or ``score_magnitude`` whose draws round to inf in the dtype is refused
+    by name, not left for the oracle to refuse as an infinite ``kv.v`` or ``q``; the limit is
+    the dtype's largest finite value, so bfloat16 holds what float16 does not."""
+    with pytest.raises(ValueError, match=r"^value_offset: expected v \(value_offset plus a standard normal\) to round "
+                                         r"to finite float16 values \(at most 65504\), got value_offset = 1000000\.0, "
+                                         r"which draws \d+\.\d+$"):
+        make_batch([1], [2], value_offset=1e6, dtype="float16")
+    with pytest.raises(ValueError, match=r"^score_magnitude: expected q and k \(normal, of standard deviation "
+                                         r"sqrt\(score_magnitude / \(scale sqrt\(D\)\)\) = 1e\+154\) to round to "
+                                         r"finite float32 values \(at most 3\.4028235e\+38\), got score_magnitude = "
+                                         r"1e\+308, which draws "):
+        make_batch([1], [2], score_magnitude=1e308)
+    assert np.abs(make_batch([1], [2], value_offset=1e6, dtype="bfloat16").kv.v).min() > 9e5
+    assert np.abs(make_batch([1], [2], value_offset=6e4, dtype="float16").kv.v).max() <= 65504
 
 
 def test_int64_metadata_is_drawn_on_request_and_leaves_every_other_draw_alone():

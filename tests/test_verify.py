@@ -87,11 +87,16 @@ def test_setup_problems_exit_with_status_two(capsys):
     assert status == 2 and "--seed: expected an int >= 0 (NumPy seeds are non-negative), got -5" in err
     status = cli.main(["verify", "--dtype", "float64", "float16"])
     assert status == 2 and "--dtype: expected float64 alone" in capsys.readouterr().err
-    # values beyond float16's range: the oracle refuses the batch, which is no fault of the backend
+    # values beyond float16's range: make_batch refuses the batch, which is no fault of the backend
     status = cli.main(["verify", "--backend", "torch", "--dtype", "float16", "--cases", "1", "--space",
                        "score_magnitudes=(1e30,)"])
     err = capsys.readouterr().err
-    assert status == 2 and "case seed 0 (float16): the oracle refuses the drawn batch (q: expected finite values" in err
+    assert status == 2 and ("case seed 0 (float16): make_batch refuses the drawn batch (score_magnitude: expected q "
+                            "and k (normal, of standard deviation") in err
+    # scores beyond float64's range: the oracle refuses the batch
+    status = cli.main(["verify", "--dtype", "float64", "--cases", "1", "--space", "score_magnitudes=(1e308,)"])
+    err = capsys.readouterr().err
+    assert status == 2 and "case seed 0 (float64): the oracle refuses the drawn batch (q: expected scores" in err
     import torch
 
     if not torch.cuda.is_available():

@@ -13,6 +13,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from relaycore.bounds import LARGEST_FINITE
 from relaycore.reference.problem import load
 from relaycore.reference.relay import relay_from_problem
 from relaycore.reference.statistics import ContextStatistics, statistics_from_problem
@@ -265,10 +266,17 @@ def _count(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+#: What a list of lengths or ids may be: a sequence in its order (not a set, whose order is
+#: arbitrary, nor a dict, whose keys would be read).
+_SEQUENCES = (list, tuple, np.ndarray)
+
+
 def _as_list(name: str, values: Sequence[int], length: Optional[int] = None, minimum: int = 0) -> list:
     """``values`` as a list of ints of at least ``minimum`` (of ``length`` entries when given)."""
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-        raise TypeError(f"{name}: expected a sequence of ints, got {type(values).__name__}")
+    array = isinstance(values, np.ndarray)
+    if not isinstance(values, _SEQUENCES) or (array and values.ndim != 1):
+        got = f"an array of shape {values.shape}" if array else type(values).__name__
+        raise TypeError(f"{name}: expected a sequence of ints (a list, tuple or 1-D NumPy array), got {got}")
     bad = [v for v in values if not _is_int(v) or v < minimum]
     if bad:
         raise ValueError(f"{name}: expected ints >= {minimum}, got {bad[0]!r}")
@@ -298,7 +306,8 @@ def make_batch(
     """Build a batch from explicit lengths, with seeded random values exact in ``dtype``.
 
     Args:
-        q_lens: per request, query tokens.
+        q_lens: per request, query tokens (a list, tuple or 1-D NumPy array of ints, as every
+            list of lengths or ids here).
         kv_lens: per request, own KV tokens (``>= q_lens``).
         prefix_lens: per level, the lengths of its prefixes.
         prefix_ids: per level, each request's prefix id (``-1``: none).
@@ -314,11 +323,12 @@ def make_batch(
             ``sqrt(score_magnitude / (scale sqrt(D)))``); a row of ``N`` keys then reaches
             ``|score|`` of about ``score_magnitude * sqrt(2 ln N)``. ``None``: standard normal
             ``q`` and ``k``, scores of standard deviation ``scale * sqrt(D)`` (1 at the default
-            scale).
+            scale). Every ``q`` and ``k`` drawn must round to a finite value in ``dtype``.
         value_offset: added to every value ``v`` (standard normal without it). Outputs are then
             near ``value_offset``, not near 0, so errors relative to the output (a normaliser
             off by a key, an accumulator rounded to a low precision) stand out against the
-            bound, which scales with ``max |v|``.
+            bound, which scales with ``max |v|``. Every ``v`` drawn must round to a finite value
+            in ``dtype``.
         seed: seeds the values (and the paged layout).
         metadata_dtype: ``"int32"`` or ``"int64"``, the dtype of every offset, length, id and
             block table entry (the contract takes both).
@@ -326,6 +336,15 @@ def make_batch(
     Returns:
         ``Batch``; its ``recipe`` holds these arguments (``value_offset`` and
         ``metadata_dtype`` where they are not the default).
+
+    Raises:
+        TypeError: a list of lengths or ids that is not a list, tuple or 1-D NumPy array (a
+            set's order is arbitrary, a dict's keys would be read); ``causal`` or
+            ``softmax_scale`` of the wrong type.
+        ValueError: an argument out of its range, naming it: lengths, ids or sizes (lists that
+            do not line up, ``q_len > kv_len``, lengths whose sum, the last offset, does not
+            fit in ``metadata_dtype``); a ``score_magnitude`` or ``value_offset`` whose draws
+            round to infinity in ``dtype`` (the first such draw is named).
 
     Example:
         >>> from relaycore.testing import make_batch
@@ -337,8 +356,9 @@ def make_batch(
     batch = len(q_lens)
     kv_lens = _as_list("kv_lens", kv_lens, batch)
     for name, levels in (("prefix_lens", prefix_lens), ("prefix_ids", prefix_ids)):
-        if isinstance(levels, (str, bytes)) or not hasattr(levels, "__len__"):
-            raise TypeError(f"{name}: expected one list per prefix level, got {type(levels).__name__}")
+        if not isinstance(levels, _SEQUENCES):
+            raise TypeError(f"{name}: expected one list per prefix level (in a list, tuple or NumPy array), got "
+                            f"{type(levels).__name__}")
     if len(prefix_lens) != len(prefix_ids):
         raise ValueError(f"prefix_ids: expected one list per level ({len(prefix_lens)} levels), got {len(prefix_ids)}")
     prefix_lens = [_as_list(f"prefix_lens[{i}]", lens) for i, lens in enumerate(prefix_lens)]
@@ -367,6 +387,12 @@ def make_batch(
         raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
     if metadata_dtype not in ("int32", "int64"):
         raise ValueError(f"metadata_dtype: expected 'int32' or 'int64', got {metadata_dtype!r}")
+    largest_offset = int(np.iinfo(metadata_dtype).max)
+    for name, lens in (("q_lens", q_lens), ("kv_lens", kv_lens), *(
+            (f"prefix_lens[{i}]", lens) for i, lens in enumerate(prefix_lens))):
+        if sum(lens) > largest_offset:
+            raise ValueError(f"{name}: expected lengths whose sum, the last offset, fits in metadata_dtype "
+                             f"{metadata_dtype} (at most {largest_offset}), got a sum of {sum(lens)}")
     longer = [b for b in range(batch) if q_lens[b] > kv_lens[b]]
     if longer:
         b = longer[0]
@@ -391,16 +417,30 @@ def make_batch(
     # q . k of two normal vectors of standard deviation s has standard deviation s^2 sqrt(D)
     spread = 1.0 if score_magnitude is None else math.sqrt(score_magnitude / (resolve_scale(softmax_scale, d)
                                                                               * math.sqrt(d)))
+    # the draws, by the argument that sets their size: standard deviation, offset, the rule
+    draws = {
+        "score_magnitude": (spread, 0.0, f"q and k (normal, of standard deviation sqrt(score_magnitude / (scale "
+                                         f"sqrt(D))) = {spread:.4g})"),
+        "value_offset": (1.0, value_offset, "v (value_offset plus a standard normal)"),
+    }
 
-    def values(n: int, heads: int, std: float, offset: float = 0.0) -> np.ndarray:
-        return round_to(rng.standard_normal((n, heads, d)) * std + offset, dtype)
+    def values(n: int, heads: int, argument: str) -> np.ndarray:
+        std, offset, rule = draws[argument]
+        drawn = rng.standard_normal((n, heads, d)) * std + offset
+        rounded = round_to(drawn, dtype)
+        overflow = ~np.isfinite(rounded)
+        if overflow.any():  # refused here, not as an infinite q or kv.v by the oracle
+            raise ValueError(f"{argument}: expected {rule} to round to finite {dtype} values (at most "
+                             f"{LARGEST_FINITE[dtype]:.8g}), got {argument} = {recipe[argument]!r}, which draws "
+                             f"{float(drawn[overflow][0]):.8g}")
+        return rounded
 
-    q = values(sum(q_lens), hq, spread)
+    q = values(sum(q_lens), hq, "score_magnitude")
     cu_q = np.concatenate([[0], np.cumsum(q_lens)]).astype(metadata_dtype)
-    k, v = values(sum(kv_lens), hkv, spread), values(sum(kv_lens), hkv, 1.0, value_offset)
+    k, v = values(sum(kv_lens), hkv, "score_magnitude"), values(sum(kv_lens), hkv, "value_offset")
     prefixes = []
     for lens, ids in zip(prefix_lens, prefix_ids):
-        pk, pv = values(sum(lens), hkv, spread), values(sum(lens), hkv, 1.0, value_offset)
+        pk, pv = values(sum(lens), hkv, "score_magnitude"), values(sum(lens), hkv, "value_offset")
         cu_p = np.concatenate([[0], np.cumsum(lens)]).astype(metadata_dtype)
         prefixes.append(PrefixLevel(pk, pv, cu_p, np.asarray(ids, dtype=metadata_dtype)))
     # the layout comes last: the same recipe with another block_size holds the same values

@@ -24,7 +24,7 @@ from relaycore.buffers import lse_dtype
 from relaycore.constants import LOG2E
 from relaycore.testing.batch import Batch
 from relaycore.testing.rounding import DTYPES
-from relaycore.validation import array_kind, dtype_name, resolve_scale
+from relaycore.validation import array_kind, check_dense, device_name, dtype_name, resolve_scale
 
 
 class Tolerance(NamedTuple):
@@ -382,15 +382,22 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Repo
         why (NaN and infinities fail there too).
 
     Raises:
-        TypeError: ``result`` is not a pair of arrays or tensors; ``batch`` is not a ``Batch``.
-        ValueError: ``q_dtype`` is not a float format of ``DTYPES``; ``steps`` is not a count
-            per row (see ``bounds_for``).
+        TypeError: ``result`` is not a pair of arrays or tensors; ``out`` or ``lse`` is not
+            dense (a sparse tensor, a NumPy masked array or ``np.matrix``:
+            ``relaycore.validation.check_dense``); ``batch`` is not a ``Batch``.
+        ValueError: ``out`` or ``lse`` is a tensor on the meta device (it holds no values);
+            ``q_dtype`` is not a float format of ``DTYPES``; ``steps`` is not a count per row
+            (see ``bounds_for``).
     """
     if not isinstance(batch, Batch):
         raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
     if not _is_pair(result):
         raise TypeError(f"result: expected a pair (out, lse) of arrays or tensors, got {_kind_of(result)}")
     out, lse = result
+    for name, x in (("out", out), ("lse", lse)):
+        check_dense(name, x)
+        if array_kind(x) == "torch" and device_name(x) == "meta":
+            raise ValueError(f"{name}: expected a tensor that holds values, got a tensor on the meta device")
     ref = batch.oracle().state
     problems = []
     shapes = {"out": (tuple(out.shape), ref.out.shape), "lse": (tuple(lse.shape), ref.lse.shape)}
@@ -487,11 +494,14 @@ def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=N
         ``Report`` (see ``check``).
 
     Raises:
-        TypeError: ``fn``'s result is not a pair; ``batch`` is not a ``Batch``.
+        TypeError: ``fn`` is not callable; ``fn``'s result is not a pair; ``batch`` is not a
+            ``Batch``.
         ValueError: a batch the oracle refuses (raised before ``fn`` runs); see ``check`` and
             ``Batch.to_torch``.
         Exception: whatever ``fn`` raises.
     """
+    if not callable(fn):
+        raise TypeError(f"fn: expected a callable with relaycore.relay_attention's signature, got {type(fn).__name__}")
     if not isinstance(batch, Batch):
         raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
     batch.oracle()  # first: a batch the oracle refuses raises before fn runs, not as fn's fault
