@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple
 
@@ -99,17 +100,21 @@ class BatchMeta:
 
 
 def array_kind(x: Any) -> Optional[str]:
-    """``"numpy"``, ``"torch"`` or ``None`` for anything else."""
+    """``"numpy"``, ``"torch"`` (a ``torch.Tensor``, its subclasses included) or ``None`` for
+    anything else. torch is not imported here: an object is a tensor only once torch is."""
     if isinstance(x, np.ndarray):
         return "numpy"
-    mod = type(x).__module__
-    if mod.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "shape"):
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
         return "torch"
     return None
 
 
 def dtype_name(x: Any) -> str:
-    """Canonical dtype name of a NumPy array or torch tensor (``"bfloat16"``, ``"int32"``...)."""
+    """Canonical dtype name of a NumPy array or torch tensor (``"bfloat16"``, ``"int32"``...;
+    a NumPy array's in either byte order: ``>f8`` is ``"float64"``)."""
+    if isinstance(x, np.ndarray):
+        return x.dtype.name
     return str(x.dtype).replace("torch.", "")
 
 

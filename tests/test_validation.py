@@ -257,6 +257,29 @@ def test_views_with_the_negative_bit_give_the_values_they_show(paged):
             assert torch.equal(got, want), backend
 
 
+def test_arrays_in_either_byte_order_and_tensor_subclasses_are_arrays():
+    """A big-endian NumPy array is named and read by its format (``>f8`` is float64); a
+    subclass of ``torch.Tensor`` is a tensor."""
+    c = call()
+    swapped = lambda x: x.astype(x.dtype.newbyteorder(">"))  # noqa: E731
+    big = dict(c, q=swapped(c["q"]), cu_seqlens_q=swapped(c["cu_seqlens_q"]),
+               kv=c["kv"]._replace(k=swapped(c["kv"].k), cu_seqlens=swapped(c["kv"].cu_seqlens)))
+    for got, want in zip(relaycore.relay_attention(**big), relaycore.relay_attention(**c)):
+        assert np.array_equal(got, want)
+    with pytest.raises(TypeError) as info:
+        relaycore.relay_attention(**dict(c, q=swapped(c["q"].astype(np.float32))))
+    assert_names(info.value, "kv.k", "got float64")
+    assert "float32" in str(info.value) and ">f4" not in str(info.value)
+
+    class Tagged(torch.Tensor):
+        pass
+
+    t = torch_call()
+    want = relaycore.relay_attention(**t, backend="torch")
+    got = relaycore.relay_attention(**dict(t, q=t["q"].as_subclass(Tagged)), backend="torch")
+    assert torch.equal(got.out.as_subclass(torch.Tensor), want.out) and torch.equal(got.lse, want.lse)
+
+
 def test_states_of_other_formats_are_refused():
     """An np.matrix multiplies as matrices; float8 and longdouble are formats no state is in."""
     ones = np.ones((2, 3))
