@@ -225,9 +225,9 @@ def _check_setup(options: _Options, device: str) -> None:
             triton_backend = dispatch.load("triton")
         except RuntimeError as exc:
             raise UsageError(str(exc)) from exc
-        if device == "cpu" and not triton_backend.interpreting():
-            raise UsageError("--backend triton on the CPU runs only under Triton's interpreter: set TRITON_INTERPRET=1, "
-                             "or use --device cuda on a GPU")
+        if device == "cpu" and not triton_backend.runs_on_the_cpu():
+            raise UsageError("--backend triton on the CPU runs only under Triton's interpreter: set TRITON_INTERPRET=1 "
+                             "before triton is imported, or use --device cuda on a GPU")
 
 
 def _parse_space(items: Sequence[str]) -> Dict[str, Any]:

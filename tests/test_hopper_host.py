@@ -55,10 +55,12 @@ def test_a_level_the_tile_cannot_read_in_place_is_copied_before_the_launches_for
     which every launch reads (it is made on the caller's stream before the launches fork from
     it); else the level itself, and never a copy of what the kernels read in place."""
     from relaycore import PrefixLevel
+    from relaycore.fast.triton import backend as triton_backend
     from relaycore.fast.triton import launch, prepare
     from relaycore.testing import make_batch
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # planning takes CPU tensors, as under the interpreter
+    monkeypatch.setattr(triton_backend, "runs_on_the_cpu", lambda: True)  # in a process that compiles them too
     batch = make_batch(q_lens=[1, 1, 40, 1], kv_lens=[300, 129, 400, 200], prefix_lens=[[2048, 700]],
                        prefix_ids=[[0, 1, 0, 0]], num_q_heads=16, num_kv_heads=4, head_dim=128, dtype="float16",
                        block_size=16, seed=9)

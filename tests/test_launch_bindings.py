@@ -19,6 +19,7 @@ def recorded(monkeypatch):
     (``launcher.run_compiled``: ``(compiled, grid, every)``), of calls on the CPU as on a GPU
     without the Gluon tile (no kernel runs, so triton need not interpret)."""
     pytest.importorskip("triton")
+    from relaycore.fast.triton import backend as triton_backend
     from relaycore.fast.triton import hopper
     from relaycore.fast.triton import launch as launch_module
 
@@ -29,6 +30,7 @@ def recorded(monkeypatch):
         return ("compiled", kernel, grid, len(looked_up))  # what run_compiled must get back
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # planning takes CPU tensors, as under the interpreter
+    monkeypatch.setattr(triton_backend, "runs_on_the_cpu", lambda: True)  # in a process that compiles them too
     monkeypatch.setattr(launch_module, "interpreting", lambda: False)  # launching does not
     monkeypatch.setattr(launch_module, "CONCURRENT_PARTIALS", False)
     monkeypatch.setattr(hopper, "usable", lambda *_: False)

@@ -123,6 +123,31 @@ def test_in_a_fresh_process():
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
 
+def test_the_interpreter_set_after_the_kernels_were_imported_is_refused_with_its_reason():
+    """``triton.jit`` reads ``TRITON_INTERPRET`` when a kernel is defined: set later, the kernels
+    stay compiled for a GPU, and CPU tensors are refused with that reason, not launched."""
+    script = """if True:
+        import os, relaycore, torch
+        from relaycore import RaggedKV
+        from relaycore.fast.triton import backend
+        os.environ["TRITON_INTERPRET"] = "1"
+        z, cu = torch.zeros(1, 2, 16), torch.tensor([0, 1], dtype=torch.int32)
+        assert not backend.runs_on_the_cpu()
+        print(relaycore.select_backend(z, cu, RaggedKV(z[:, :1], z[:, :1], cu)).name)
+        try:
+            relaycore.relay_attention(z, cu, RaggedKV(z[:, :1], z[:, :1], cu), backend="triton")
+        except ValueError as exc:
+            print(exc)
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines() == [
+        "torch",
+        "backend 'triton' cannot run this batch: needs CUDA tensors here: TRITON_INTERPRET=1 was set after the "
+        "kernels were imported, which left them compiled for a GPU (set it before importing triton), got device cpu"]
+
+
 @in_process
 def test_kernels_are_interpreted():
     assert type(kernels.partial_kernel).__name__ == "InterpretedFunction"

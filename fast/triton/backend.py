@@ -6,22 +6,31 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import triton
 
 from relaycore.types import AttentionState
 from relaycore.validation import BatchMeta, validate
 
 from relaycore.fast.triton.config import DTYPES, MAX_HEAD_DIM
+from relaycore.fast.triton.kernels import partial_kernel
 from relaycore.fast.triton.launch import run_into
 from relaycore.fast.triton.launcher import interpreting
 from relaycore.fast.triton.plan import Plan, plan, stamp_metadata, stamps_block_table, tensor_signature
+
+
+def runs_on_the_cpu() -> bool:
+    """Whether the kernels run on CPU tensors: under Triton's interpreter, ``TRITON_INTERPRET=1``
+    set before they were defined (``triton.jit`` reads it then, at import: set later, it leaves
+    them compiled for a GPU)."""
+    return interpreting() and not isinstance(partial_kernel, triton.runtime.JITFunction)
 
 
 def supports(meta: BatchMeta) -> str | None:
     """``None`` when the Triton kernels can run the batch, else the reason they cannot.
 
     They need torch tensors on an NVIDIA GPU (or on the CPU under ``TRITON_INTERPRET=1``,
-    Triton's interpreter, which is how CI runs them), q in fp16, bf16 or fp32, and a head_dim
-    of at most 256 (any size: a tile's head axis is the power of two that holds it,
+    Triton's interpreter, which is how CI runs them: ``runs_on_the_cpu``), q in fp16, bf16 or
+    fp32, and a head_dim of at most 256 (any size: a tile's head axis is the power of two that holds it,
     ``config.block_d``). They have no backward: a call to be differentiated
     (``BatchMeta.needs_grad``) goes to another backend. A ROCm build of torch is refused: the
     kernels have never run on one, and ``launcher`` caches compiled kernels by NVIDIA's
@@ -29,7 +38,10 @@ def supports(meta: BatchMeta) -> str | None:
     """
     if meta.array_kind != "torch":
         return "needs torch tensors, got NumPy arrays"
-    if not meta.device.startswith("cuda") and not (interpreting() and meta.device == "cpu"):
+    if not meta.device.startswith("cuda") and not (runs_on_the_cpu() and meta.device == "cpu"):
+        if interpreting() and meta.device == "cpu":
+            return ("needs CUDA tensors here: TRITON_INTERPRET=1 was set after the kernels were imported, which "
+                    "left them compiled for a GPU (set it before importing triton), got device cpu")
         return f"needs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got device {meta.device}"
     if meta.device.startswith("cuda") and torch.version.hip is not None:
         return (f"needs an NVIDIA GPU, got a ROCm build of torch (HIP {torch.version.hip}): the kernels have never "
