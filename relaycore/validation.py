@@ -237,6 +237,30 @@ def _check_offsets(name: str, offsets: np.ndarray, length: int, total: int, tota
         raise ValueError(f"{name}: expected the last offset to equal {total_name} = {total}, got {int(offsets[-1])}")
 
 
+def check_block_ids(table: np.ndarray, blocks_needed: np.ndarray, num_blocks: int) -> np.ndarray:
+    """Refuse a block table whose entries that a request reads are not blocks of the cache.
+
+    Args:
+        table: int64 ``[B, max_blocks]``, the block table's values.
+        blocks_needed: int64 ``[B]``, the blocks each request reads (``ceil(kv_len / block_size)``,
+            at most ``max_blocks``); the entries past them are never read, whatever they hold.
+        num_blocks: the cache's block count.
+
+    Returns:
+        bool ``[B, max_blocks]``: the entries read.
+
+    Raises:
+        ValueError: naming the first entry read that is not in ``[0, num_blocks)``.
+    """
+    used = np.arange(table.shape[1])[None, :] < blocks_needed[:, None]
+    bad = used & ((table < 0) | (table >= num_blocks))
+    if np.any(bad):
+        b, j = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"kv.block_table: expected block ids in [0, {num_blocks}) (num_blocks of kv.k_cache), "
+                         f"got block_table[{b}, {j}] = {int(table[b, j])}")
+    return used
+
+
 #: The range of ``softmax_scale``: ``softmax_scale * log2(e)``, which the Triton kernels take
 #: as a float32, must be a normal float32 (a scale below it rounds to 0 or loses precision,
 #: one above it to inf). One contract for every backend.
@@ -371,15 +395,7 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
                 f"kv_lens {int(kv_lens[b])} at block_size {block_size}), got {max_blocks} columns"
             )
         table = to_host_ints(kv.block_table)
-        num_blocks = int(kv.k_cache.shape[0])
-        used = np.arange(max_blocks)[None, :] < blocks_needed[:, None]
-        bad = used & ((table < 0) | (table >= num_blocks))
-        if np.any(bad):
-            b, j = (int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"kv.block_table: expected block ids in [0, {num_blocks}) (num_blocks of kv.k_cache), "
-                f"got block_table[{b}, {j}] = {int(table[b, j])}"
-            )
+        used = check_block_ids(table, blocks_needed, int(kv.k_cache.shape[0]))
         if c.kind == "torch" and on_host(kv.block_table, c.device):  # a new array: the caller may write into its own
             host_block_table = np.where(used, table, 0)  # entries past a request's last block are never read
     short = q_lens > kv_lens

@@ -541,23 +541,30 @@ def test_a_plan_made_from_metadata_alone_refuses_kv_it_was_not_made_for(block_si
 
 
 @in_process
-def test_a_plan_on_the_cpu_refuses_a_block_table_changed_since():
-    """On the CPU a plan compares the call's block table with the planned one, as it compares a
-    table given on the host beside a GPU: the interpreter would read an id past the cache."""
+def test_a_plan_on_the_cpu_reads_a_changed_block_table_and_refuses_an_id_past_the_cache():
+    """As on a GPU, the entries of the block table may change between a plan's calls (the
+    kernels read them); on the CPU the entries read are also checked to be blocks of the cache,
+    since the interpreter would read whatever lies at any address."""
     args, kwargs = _shared_prefix_batch(block_size=4).to_torch("cpu")
     q, cu, kv, prefixes = args
-    plans = (prepare(*args, **kwargs), prepare_graph(*args, **kwargs, config=TINY))
-    past = kv.k_cache.shape[0] + 100_000
-    refused = r"kv\.block_table: expected the values the plan was prepared with, got kv\.block_table\[0, 0\] = 100\d+"
-    another = kv.block_table.clone()
-    another[0, 0] = past
-    for planned in plans:
-        with pytest.raises(ValueError, match=refused):
-            relaycore.relay_attention(q, cu, kv._replace(block_table=another), prefixes, **kwargs, plan=planned)
-    kv.block_table[0, 0] = past  # the planned tensor itself, written in place
-    for planned in plans:
-        with pytest.raises(ValueError, match=refused):
-            relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=planned)
+    plans = {"prepare": prepare(*args, **kwargs), "prepare_graph": prepare_graph(*args, **kwargs, config=TINY),
+             "plan(meta)": plan(validate(*args, **kwargs))}
+    read = {int(i) for b, n in enumerate(kv.kv_lens) for i in kv.block_table[b, : -(-int(n) // 4)]}
+    spare = min(set(range(kv.k_cache.shape[0])) - read)
+    k_cache, v_cache, moved = kv.k_cache.clone(), kv.v_cache.clone(), kv.block_table.clone()
+    first = int(kv.block_table[0, 0])
+    k_cache[spare], v_cache[spare], moved[0, 0] = kv.k_cache[first], kv.v_cache[first], spare
+    elsewhere = kv._replace(k_cache=k_cache, v_cache=v_cache, block_table=moved)
+    past = kv.block_table.clone()
+    past[0, 0] = kv.k_cache.shape[0] + 100_000
+    for name, planned in plans.items():
+        want = relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=planned)
+        assert _same(relaycore.relay_attention(q, cu, elsewhere, prefixes, **kwargs, plan=planned), want), name
+        with pytest.raises(ValueError, match=r"kv\.block_table: expected block ids in \[0, \d+\) \(num_blocks of "
+                                             r"kv\.k_cache\), got block_table\[0, 0\] = 100\d+"):
+            relaycore.relay_attention(q, cu, kv._replace(block_table=past), prefixes, **kwargs, plan=planned)
+    with pytest.raises(ValueError, match=r"kv\.block_table: expected block ids"):
+        run_planned(plans["plan(meta)"], q, kv._replace(block_table=past), prefixes)
 
 
 @in_process

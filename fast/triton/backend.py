@@ -15,7 +15,7 @@ from relaycore.fast.triton.config import DTYPES, MAX_HEAD_DIM
 from relaycore.fast.triton.kernels import partial_kernel
 from relaycore.fast.triton.launch import run_into
 from relaycore.fast.triton.launcher import interpreting
-from relaycore.fast.triton.plan import Plan, plan, stamp_metadata, stamps_block_table, tensor_signature
+from relaycore.fast.triton.plan import Plan, plan, stamp_metadata, tensor_signature
 
 
 def runs_on_the_cpu() -> bool:
@@ -30,8 +30,8 @@ def supports(meta: BatchMeta) -> str | None:
 
     They need torch tensors on an NVIDIA GPU (or on the CPU under ``TRITON_INTERPRET=1``,
     Triton's interpreter, which is how CI runs them: ``runs_on_the_cpu``), q in fp16, bf16 or
-    fp32, and a head_dim of at most 256 (any size: a tile's head axis is the power of two that holds it,
-    ``config.block_d``). They have no backward: a call to be differentiated
+    fp32, and a head_dim of at most 256 (any size: a tile's head axis is the power of two that
+    holds it, ``config.block_d``). They have no backward: a call to be differentiated
     (``BatchMeta.needs_grad``) goes to another backend. A ROCm build of torch is refused: the
     kernels have never run on one, and ``launcher`` caches compiled kernels by NVIDIA's
     specialization, not by AMD's (which also keys a pointer on its storage being within 2 GB).
@@ -80,7 +80,8 @@ def prepare(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_sc
     meta = validate_for_triton(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     prefixes = tuple(prefixes)
     return dataclasses.replace(plan(meta), signature=tensor_signature(q, cu_seqlens_q, kv, prefixes),
-                               stamps=stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=stamps_block_table(meta)))
+                               stamps=stamp_metadata(cu_seqlens_q, kv, prefixes,
+                                                     block_table=meta.host_block_table is not None))
 
 
 def validate_for_triton(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> BatchMeta:

@@ -56,8 +56,8 @@ from relaycore.fast.triton.backend import validate_for_triton
 from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
 from relaycore.fast.triton.plan import (Launch, Plan, Work, check_signature, fold_height, int32_list,
-                                        list_starts, plan_work, stamp_metadata, stamps_block_table, staged,
-                                        tensor_signature, uploaded)
+                                        list_starts, pages_read, plan_work, stamp_metadata, staged, tensor_signature,
+                                        uploaded)
 
 
 class Bounds(NamedTuple):
@@ -250,7 +250,7 @@ class GraphPlan:
         meta = validate_for_triton(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
         prefixes = tuple(prefixes)
         self._refill(meta, call_arrays(q, cu_seqlens_q, kv, prefixes),
-                     stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=stamps_block_table(meta)))
+                     stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=meta.host_block_table is not None))
 
     def _refill(self, meta: BatchMeta, tensors, stamps) -> None:
         plan = self.plan
@@ -272,7 +272,8 @@ class GraphPlan:
         # relay grouping is what bounds a level's groups by its prefixes (``graph_launches``)
         host = self.fill(plan_work(meta, self._config, relay=True, unshared_single_pass=False), meta.host_block_table)
         self._device.copy_(staged(host, self._device.device), non_blocking=True)
-        self.plan = dataclasses.replace(plan, stamps=stamps, ready=uploaded(self._device.device))
+        self.plan = dataclasses.replace(plan, stamps=stamps, ready=uploaded(self._device.device),
+                                        pages_read=pages_read(meta, self._device.device))
 
     def fill(self, work: Work, block_table: np.ndarray | None = None) -> np.ndarray:
         """int32: the contents of the device buffer for ``work``: each launch's item count, and
@@ -351,5 +352,5 @@ def prepare_graph(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, soft
     signature = tensor_signature(q, cu_seqlens_q, kv, prefixes)
     graph = GraphPlan(meta, Bounds.of(meta, kv, prefixes), config, signature, torch.device(meta.device))
     graph._refill(meta, call_arrays(q, cu_seqlens_q, kv, prefixes),
-                  stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=stamps_block_table(meta)))
+                  stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=meta.host_block_table is not None))
     return graph

@@ -10,6 +10,7 @@ import torch
 from relaycore.constants import LN2, LOG2E
 from relaycore.buffers import check_result_buffers
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RequestKV
+from relaycore.validation import check_block_ids, to_host_ints
 
 from relaycore.fast.triton import hopper
 from relaycore.fast.triton.config import block_d
@@ -203,6 +204,8 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
         lse = torch.empty((total_q, hq), dtype=torch.float32, device=q.device)
     if total_q == 0:
         return AttentionState(out, lse)
+    if plan.pages_read is not None:
+        _check_block_ids(plan.pages_read, kv)
     sources = _sources(plan, _contiguous_last(q), kv, prefixes, out, interpret)
     part_out, part_lse = _scratch(plan, q.device, main, capturing)
     if CONCURRENT_PARTIALS and not interpret and len(plan.launches) > 1:
@@ -229,6 +232,20 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
         if not x.is_inference():  # (inference tensors keep no count)
             torch.autograd.graph.increment_version(x)
     return AttentionState(out, lse)
+
+
+def _check_block_ids(pages_read, kv: PagedKV) -> None:
+    """Refuse a block table on the CPU whose entries that the kernels read (``Plan.pages_read``)
+    are not blocks of the cache: the interpreter would read whatever lies at such an address.
+
+    Raises:
+        ValueError: naming ``kv.block_table``: another number of rows than planned, or the first
+            entry read that is not a block id.
+    """
+    table = kv.block_table
+    if table.shape[0] != pages_read.size:
+        raise ValueError(f"kv.block_table: expected {pages_read.size} rows (the plan's), got shape {tuple(table.shape)}")
+    check_block_ids(to_host_ints(table), pages_read, int(kv.k_cache.shape[0]))
 
 
 def _scratch(plan: Plan, device: torch.device, stream: Optional[torch.cuda.Stream],

@@ -130,6 +130,10 @@ class Plan:
         known_shapes: ``(argument name, shape)`` of each tensor the kernels read, as the
             metadata fix it (``known_shapes``): what ``run`` checks of a plan without a
             ``signature``.
+        pages_read: int64 ``[B]``, the block-table entries each request reads, on a plan for
+            CPU tensors that reads the call's table: its calls check those entries are blocks
+            of the cache (``launch.run_eager``), since the interpreter would read any address;
+            ``None`` elsewhere (on a GPU reading them would synchronize).
         bindings: each launch as the last call ran it (``launch.Binding``, by launch index),
             which the next call with arguments of the same layout (the next layer's) reruns
             without building its constexprs or looking its kernel up; empty until a call on a
@@ -162,6 +166,7 @@ class Plan:
     signature: Tuple[Tuple[str, tuple, Any, Any], ...] = ()
     stamps: Tuple["Stamp", ...] = field(default=(), compare=False, repr=False)
     known_shapes: Tuple[Tuple[str, Tuple[Any, ...]], ...] = field(default=(), compare=False, repr=False)
+    pages_read: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
     bindings: Dict[int, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
     scratch: Dict[Optional[int], Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False,
                                                                           compare=False, repr=False)
@@ -206,7 +211,6 @@ class Plan:
         want = (self.total_q, self.num_q_heads, self.head_dim)
         if not isinstance(q, torch.Tensor):
             raise TypeError(f"q: expected a torch tensor (the plan's), got {type(q).__name__}")
-        check_dense("q", q)
         if tuple(q.shape) != want:
             raise ValueError(f"q: expected shape {want} (the plan's), got {tuple(q.shape)}")
         if str(q.dtype).replace("torch.", "") != self.dtype:
@@ -219,7 +223,8 @@ class Plan:
             raise ValueError(f"prefixes: expected {self.num_levels} levels (the plan's), got {len(prefixes)}")
         if self.signature:
             check_signature(self.signature, call_arrays(q, cu_seqlens_q, kv, prefixes), "the plan's")
-        else:
+        else:  # q's layout, which the signature holds
+            check_dense("q", q)
             check_known_shapes(self.known_shapes, q, kv, prefixes, block_table=self.block_table is None)
         if needs_grad(q, kv, prefixes):
             raise ValueError("plan: expected a call without gradients (the Triton kernels have no backward), got an "
@@ -257,9 +262,10 @@ def host_values(x) -> Optional[np.ndarray]:
 
 def metadata_arrays(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> List[Any]:
     """The metadata whose values a plan holds, in the order of ``metadata_names``: the lengths
-    and the prefix ids, and with ``block_table`` a paged cache's block table (stamped where
-    ``stamps_block_table``: its stamp is of the whole array, entries past a request's last
-    block included; else the kernels read it at run time, so only its shape is planned)."""
+    and the prefix ids, and with ``block_table`` a paged cache's block table (a plan holds it
+    where it was given on the host, ``Plan.block_table``, and its stamp is of the whole array,
+    entries past a request's last block included; else the kernels read it at run time, so
+    only its shape is planned)."""
     arrays = [cu_seqlens_q, kv.kv_lens if isinstance(kv, PagedKV) else kv.cu_seqlens]
     for level in prefixes:
         arrays += (level.cu_seqlens, level.prefix_ids)
@@ -275,14 +281,6 @@ def metadata_names(paged: bool, num_levels: int, block_table: bool) -> Tuple[str
     for i in range(num_levels):
         names += (f"prefixes[{i}].cu_seqlens", f"prefixes[{i}].prefix_ids")
     return tuple(names + ["kv.block_table"] * (block_table and paged))
-
-
-def stamps_block_table(meta: BatchMeta) -> bool:
-    """Whether a plan stamps a paged call's block table (``stamp_metadata``): where it holds a
-    copy of it (a table on the host, ``Plan.block_table``), and on the CPU, where reading the
-    call's costs nothing, so that a table changed since (an id past the cache among them) is
-    refused instead of read. A table on a GPU is read by the kernels as the call holds it."""
-    return meta.paged and (meta.host_block_table is not None or meta.device == "cpu")
 
 
 def stamp_metadata(cu_seqlens_q, kv, prefixes, *, block_table: bool) -> Tuple[Stamp, ...]:
@@ -415,22 +413,44 @@ def check_known_shapes(known, q, kv, prefixes, *, block_table: bool) -> None:
         ValueError: naming the tensor whose shape or device differs.
     """
     tensors = [*kv[:2], *([kv.block_table] if isinstance(kv, PagedKV) else []), *(x for p in prefixes for x in p[:2])]
+    device, dtype = q.device, q.dtype
     for (name, shape), x in zip(known, tensors):
-        if name == "kv.block_table" and not block_table:
-            continue
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch tensor (the plan's), got {type(x).__name__}")
-        check_dense(name, x)
         integer = name == "kv.block_table"
-        if integer and x.dtype not in (torch.int32, torch.int64) or not integer and x.dtype != q.dtype:
-            want = "int32 or int64" if integer else str(q.dtype).replace("torch.", "")
-            raise TypeError(f"{name}: expected dtype {want} (the plan's), got {str(x.dtype).replace('torch.', '')}")
-        if x.device != q.device:
-            raise ValueError(f"{name}: expected device {q.device} (the plan's), got {x.device}")
-        if len(x.shape) != len(shape) or any(n is not None and (m < n.n if isinstance(n, AtLeast) else m != n)
-                                             for m, n in zip(x.shape, shape)):
-            want = ", ".join("any" if n is None else f">= {n.n}" if isinstance(n, AtLeast) else str(n) for n in shape)
-            raise ValueError(f"{name}: expected shape ({want}) (the plan's), got {tuple(x.shape)}")
+        if integer and not block_table:
+            continue
+        if (isinstance(x, torch.Tensor) and x.layout is torch.strided and x.device == device
+                and (x.dtype in _INDEX_DTYPES if integer else x.dtype is dtype)
+                and (x.shape == shape or _fits(x.shape, shape))):
+            continue  # the common case, without building a message
+        _refuse_unknown(name, shape, x, q, integer)
+
+
+#: The dtypes of a block table.
+_INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def _fits(got: Sequence[int], want: Tuple[Any, ...]) -> bool:
+    """Whether a shape holds every axis of a ``known_shapes`` shape."""
+    if len(got) != len(want):
+        return False
+    for m, n in zip(got, want):
+        if n is not None and (m < n.n if isinstance(n, AtLeast) else m != n):
+            return False
+    return True
+
+
+def _refuse_unknown(name: str, shape: Tuple[Any, ...], x: Any, q: torch.Tensor, integer: bool) -> None:
+    """The error of ``check_known_shapes`` for the tensor ``name`` it did not accept."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch tensor (the plan's), got {type(x).__name__}")
+    check_dense(name, x)
+    if x.dtype not in _INDEX_DTYPES if integer else x.dtype != q.dtype:
+        want = "int32 or int64" if integer else str(q.dtype).replace("torch.", "")
+        raise TypeError(f"{name}: expected dtype {want} (the plan's), got {str(x.dtype).replace('torch.', '')}")
+    if x.device != q.device:
+        raise ValueError(f"{name}: expected device {q.device} (the plan's), got {x.device}")
+    want = ", ".join("any" if n is None else f">= {n.n}" if isinstance(n, AtLeast) else str(n) for n in shape)
+    raise ValueError(f"{name}: expected shape ({want}) (the plan's), got {tuple(x.shape)}")
 
 
 def relay_grouping(meta: BatchMeta) -> bool:
@@ -784,6 +804,14 @@ def plan_work(meta: BatchMeta, config: Config, *, relay: bool, unshared_single_p
     return Work(slot_offsets=slot_offsets, launches=tuple(launches), fold_steps=steps)
 
 
+def pages_read(meta: BatchMeta, device: torch.device) -> Optional[np.ndarray]:
+    """``Plan.pages_read``: int64 ``[B]``, ``ceil(kv_len / block_size)``, where the plan is for
+    CPU tensors and its kernels read the call's block table; else ``None``."""
+    if meta.paged and meta.host_block_table is None and device.type == "cpu":
+        return -(-meta.kv_lens // meta.block_size)
+    return None
+
+
 def int32_list(a: np.ndarray) -> np.ndarray:
     """``a`` as the kernels' int32 work lists.
 
@@ -913,4 +941,5 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         block_table=None if table is None else lists[-1],
         ready=uploaded(device),
         known_shapes=known_shapes(meta),
+        pages_read=pages_read(meta, device),
     )
