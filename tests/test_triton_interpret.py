@@ -535,6 +535,8 @@ def test_a_plan_made_from_metadata_alone_refuses_kv_it_was_not_made_for(block_si
     for field, other, error, message in bad:
         with pytest.raises(error, match=rf"^kv\.{field}: {message}"):
             relaycore.relay_attention(q, cu, other, prefixes, **kwargs, plan=planned)
+    with pytest.raises(TypeError, match=r"^q: expected a dense \(torch.strided\) tensor, got layout torch.sparse_coo"):
+        relaycore.relay_attention(q.to_sparse(), cu, kv, prefixes, **kwargs, plan=planned)
     short = [prefixes[0]._replace(k=prefixes[0].k[:-1]), prefixes[1]]
     with pytest.raises(ValueError, match=r"^prefixes\[0\]\.k: expected shape \(44, 2, 16\) \(the plan's\), got \(43, 2, 16\)"):
         relaycore.relay_attention(q, cu, kv, short, **kwargs, plan=planned)

@@ -180,7 +180,8 @@ class Plan:
         """``run_planned`` after the checks that need no host synchronization (what
         ``relay_attention(..., plan=)`` calls): every tensor must have the shape, dtype and
         device it had when the plan was prepared (layers of a model share them; of a plan made
-        from metadata alone, the KV tensors must have the shapes the metadata fix), and
+        from metadata alone, the KV tensors must have the shapes the metadata fix; on the CPU the
+        block table's entries that the kernels read must be blocks of the cache), and
         ``causal`` and ``softmax_scale`` (``None`` meaning ``1/sqrt(D)``) must be the plan's;
         the defaults are ``relay_attention``'s. ``out``/``lse``: buffers for the result, as
         ``relay_attention``'s (``run_planned`` checks them).
@@ -306,7 +307,7 @@ def check_metadata(stamps: Tuple[Stamp, ...], cu_seqlens_q, kv, prefixes) -> Non
         ValueError: naming the argument: an array on the host whose values differ from the
             planned ones, or the planned tensor on a GPU itself, written in place since.
     """
-    advice = "prepare a new plan (or update a graph plan) when the lengths or ids change"
+    advice = "prepare a new plan (or update a graph plan) when the lengths, ids or a block table on the host change"
     # the stamps are of the same arrays in the same order, the block table last where stamped
     for stamp, x in zip(stamps, metadata_arrays(cu_seqlens_q, kv, prefixes, block_table=True)):
         name = stamp.name
