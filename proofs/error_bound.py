@@ -545,9 +545,11 @@ step (Lemma 2). So each $\eta$ reaches $x_d$ as at most $\tau_{acc}e^{\rho}$.
 Now count the roundings that may carry one. A part of $n$ keys walked in $k \le n$ blocks rounds
 $n$ products $\tilde p_j v_{jd}$, $n - 1$ additions (the first addition to the empty accumulator
 is exact), $k - 1$ rescales and, where it is merged, its division $\mathrm{fl}(\mathrm{acc} /
-\hat l)$: at most $3n - 1$. Each of Lemma 3's $K' - 1$ pairwise merges rounds two products and a
-sum; Lemma 4's fold rounds $K'$ products and $K' - 1$ additions (its division is item 5's). With
-$K' \le N$ parts that is at most $3N + 2K' - 3 < 5N$. A value that the hardware flushes as an
+\hat l)$: at most $3n - 1$, so $3N - K'$ over the $K'$ parts. Each of Lemma 3's $K' - 1$
+pairwise merges rounds two products and a sum, which makes at most $3N + 2K' - 3$; Lemma 4's fold
+rounds $K'$ products and $K' - 1$ additions (its division is item 5's), which makes at most
+$3N + K' - 1$. With $1 \le K' \le N$ both are below $5N$: at most $5N - 3$ and $4N - 1$ (2 and 3
+at $N = K' = 1$). A value that the hardware flushes as an
 operand ($|v_{jd}| < 2^{-126}$ read as 0) makes its product 0, in error by
 $\tilde p_j |v_{jd}| < (1 + u_{exp})(1 + u_p)\tau_{acc}$ in place of the product's rounding: the
 same once the key's own $u_{exp}$ and $u_p$, which no factor after its product uses, are spent on
@@ -565,7 +567,7 @@ that is $2.5 \cdot 2^{-103} / V_d$ in fp32: below $2^{-101}$ at $V_d = 1$, compa
 values near $2^{-100}$ and below. `check_accumulator_underflow` checks that inequality over
 $N$, $A$ and $\nu$, runs `underflow_example` (beyond the bound without the term, within it with
 the term) and draws bf16 and fp32 problems whose values go down to $2^{-149}$, computed with
-subnormals flushed or kept.
+subnormals flushed or kept (by the exponential too).
 
 ## Counting the Triton kernels' steps
 
@@ -1621,8 +1623,9 @@ def check_accumulator_underflow():
     every policy, ``N`` up to ``2^22``, ``A`` up to ``1e4`` and ``nu`` from 1 to ``2N``.
     ``underflow_example``'s error is beyond the bound without its ``5 eps_acc`` (at
     ``tau_acc = 0``), and within the bound. On drawn bf16 and fp32 problems with values down to
-    ``2^-149``, computed with subnormals flushed to zero or kept, in both forms at their counted
-    steps, every output is within ``out_bound``."""
+    ``2^-149``, computed with subnormals flushed to zero or kept (by the arithmetic and the
+    exponential alike), in both forms at their counted steps, every output is within
+    ``out_bound``."""
     for dtype in ("float16", "bfloat16", "float32", "float64"):
         prec = bounds.precision(dtype)
         tau_acc, u_acc = mpmath.mpf(prec.tau_acc), mpmath.mpf(prec.u_acc)
@@ -1640,7 +1643,7 @@ def check_accumulator_underflow():
     @given(problems(dtypes=("bfloat16", "float32"), value_exponents=(-100, -115, -122, -126, -135, -149)),
            st.randoms(use_true_random=False), st.booleans())
     def run(problem, rnd, extreme):
-        errors, limits, _ = underflow_errors(problem, Elementary(rnd, extreme))
+        errors, limits, _ = underflow_errors(problem, Elementary(rnd, extreme, ftz=problem["flush"]))
         for e, b in zip(errors, limits):
             assert e <= b, (problem["dtype"], problem["flush"], e, b)
 

@@ -223,8 +223,9 @@ def _per_row(name: str, x, seen: np.ndarray, want: str, ok) -> np.ndarray:
     return x
 
 
-def _magnitude(x: np.ndarray) -> np.ndarray:
-    """A magnitude (``A``, ``V_d``) is at least 0; ``inf`` is one, for which no bound exists."""
+def _is_magnitude(x: np.ndarray) -> np.ndarray:
+    """Where ``x`` holds a magnitude (``A``, ``V_d``): a value of at least 0. ``inf`` is one,
+    for which ``out_bound`` and ``lse_bound`` raise ``NoBound``; NaN is none."""
     return x >= 0
 
 
@@ -242,7 +243,7 @@ def _rows(num_keys, score_abs, head_dim, prec) -> tuple:
         raise ValueError(f"head_dim: expected an int >= 0, got {head_dim!r}")
     _check_precision(prec)
     n = _num_keys(num_keys)
-    return n, _per_row("score_abs", score_abs, n > 0, "values >= 0", _magnitude)
+    return n, _per_row("score_abs", score_abs, n > 0, "values >= 0", _is_magnitude)
 
 
 def gamma(n, u: float):
@@ -399,7 +400,7 @@ def out_rho_limit(score_abs):
         TypeError, ValueError: ``score_abs`` that is not numbers of at least 0, naming it.
     """
     a = _numbers("score_abs", score_abs)
-    _refuse("score_abs", a, ~_magnitude(a), "values >= 0")
+    _refuse("score_abs", a, ~_is_magnitude(a), "values >= 0")
     return _rho_limit(a)
 
 
@@ -437,7 +438,7 @@ def _out_checked(value_abs, num_keys, score_abs, head_dim, prec, scale) -> tuple
     """The arguments of ``out_bound_refused`` (and ``out_bound``), checked: ``V_d``, ``N``,
     ``A`` and the scale as float64."""
     n, a = _rows(num_keys, score_abs, head_dim, prec)
-    v = _per_row("value_abs", value_abs, n[..., None] > 0, "values >= 0", _magnitude)
+    v = _per_row("value_abs", value_abs, n[..., None] > 0, "values >= 0", _is_magnitude)
     return v, n, a, _scale(scale, n)
 
 

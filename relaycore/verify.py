@@ -32,7 +32,7 @@ is counted apart ("no bound"), neither failed nor passed; the summary lists thos
 
 Exit status: 0 when no case fails, 1 when one fails or when every case has rows without a bound,
 2 when the run cannot start (or a drawn batch is one ``make_batch`` or the oracle refuses: a
-``--space`` beyond what the dtype holds).
+``--space`` beyond what the dtype or the metadata holds; or ``random_batch`` cannot draw a case).
 
 From Python: ``relaycore.verify.run(fn_or_spec, cases=..., dtypes=..., space={...})`` runs the
 same check, prints the same report and returns an ``Outcome``.
@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import inspect
 import os
 import shlex
 import sys
@@ -53,7 +54,8 @@ import numpy as np
 
 import relaycore
 from relaycore import dispatch
-from relaycore.testing import DTYPES, MERGES, BatchSpace, Report, blocked_steps, compare, random_batch
+from relaycore.testing import (DTYPES, MERGES, Batch, BatchSpace, Report, blocked_steps, compare, make_batch,
+                               random_batch)
 
 #: Dtypes a case without ``--dtype`` takes, by ``seed % 3``.
 CYCLE = ("float32", "float16", "bfloat16")
@@ -76,7 +78,8 @@ MAX_REPORTS = 3
 
 class UsageError(ValueError):
     """The run cannot start (missing torch, no CUDA, a function that does not import, an option
-    out of its domain), or a drawn batch is one ``make_batch`` or the oracle refuses."""
+    out of its domain), a drawn batch is one ``make_batch`` or the oracle refuses, or a case
+    cannot be drawn."""
 
 
 class Outcome(NamedTuple):
@@ -376,6 +379,34 @@ def _header(options: _Options, space: dict, device: str) -> None:
               + ("" if options.single_pass else f", merged {'all at once' if options.merge == 'fold' else 'pairwise'}"))
 
 
+#: What ``make_batch``'s refusals begin with: the name of the argument refused.
+_MAKE_BATCH_ARGUMENTS = frozenset(inspect.signature(make_batch).parameters)
+
+
+def _refuses_an_argument(exc: ValueError) -> bool:
+    """Whether ``exc`` is ``make_batch`` refusing one of its arguments (``kv_lens: expected ...``,
+    ``prefix_ids[0]: expected ...``), not another error raised while the batch was drawn."""
+    return str(exc).split(":", 1)[0].split("[", 1)[0] in _MAKE_BATCH_ARGUMENTS
+
+
+def _draw(seed: int, dtype: str, space: dict) -> Batch:
+    """The batch of case ``seed``.
+
+    Raises:
+        UsageError: ``make_batch`` refuses an argument drawn from ``space`` (values the dtype
+            cannot hold, lengths the metadata cannot: narrow ``--space``), or the draw fails
+            otherwise (the error as raised).
+    """
+    try:
+        return random_batch(np.random.default_rng(seed), dtypes=(dtype,), **space)
+    except ValueError as exc:
+        if _refuses_an_argument(exc):
+            raise UsageError(f"case seed {seed} ({dtype}): make_batch refuses the drawn batch ({exc}); narrow "
+                             f"--space") from exc
+        raise UsageError(f"case seed {seed} ({dtype}): random_batch cannot draw the batch ({type(exc).__name__}: "
+                         f"{exc})") from exc
+
+
 def _print_case(options: _Options, seed: int, dtype: str, device: str, text: str) -> None:
     print(f"\ncase seed {seed} ({dtype}):")
     print("  " + text.replace("\n", "\n  "))
@@ -386,8 +417,8 @@ def _execute(options: _Options) -> Outcome:
     """Run the cases, print the report, return what was found.
 
     Raises:
-        UsageError: the run cannot start, or a drawn batch is one ``make_batch`` or the oracle
-            refuses.
+        UsageError: the run cannot start, a drawn batch is one ``make_batch`` or the oracle
+            refuses, or a case cannot be drawn.
     """
     device = options.device or _default_device(options.dtypes)
     _check_setup(options, device)
@@ -401,11 +432,7 @@ def _execute(options: _Options) -> Outcome:
     worst = {"out": (0.0, None), "lse": (0.0, None)}
     for seed in range(options.seed, options.seed + options.cases):
         dtype = dtypes[seed % len(dtypes)]
-        try:
-            batch = random_batch(np.random.default_rng(seed), dtypes=(dtype,), **space)
-        except ValueError as exc:  # values the dtype cannot hold: make_batch names the argument that drew them
-            raise UsageError(f"case seed {seed} ({dtype}): make_batch refuses the drawn batch ({exc}); narrow "
-                             f"--space") from exc
+        batch = _draw(seed, dtype, space)
         try:
             batch.oracle()  # before the implementation runs: a batch the oracle refuses is no case of it
         except ValueError as exc:

@@ -678,8 +678,8 @@ def test_a_negative_or_misshaped_steps_is_refused_not_passed():
 
 @pytest.mark.parametrize("arguments, error, message", [
     (dict(q_lens=[-1], kv_lens=[1]), ValueError, r"q_lens: expected ints >= 0, got -1"),
-    (dict(q_lens=3, kv_lens=[3]), TypeError, r"q_lens: expected a sequence of ints \(a list, tuple or 1-D NumPy "
-                                              r"array\), got int"),
+    (dict(q_lens=3, kv_lens=[3]), TypeError, r"q_lens: expected a sequence of ints \(a list, tuple, range or other "
+                                              r"sequence, or a 1-D NumPy array\), got int"),
     (dict(q_lens=[1.5], kv_lens=[2]), ValueError, r"q_lens: expected ints >= 0, got 1\.5"),
     (dict(num_q_heads=3, num_kv_heads=2), ValueError, r"num_q_heads: expected a multiple of num_kv_heads \(2\), got 3"),
     (dict(prefix_lens=[[3]], prefix_ids=[[1]]), ValueError,
@@ -691,13 +691,16 @@ def test_a_negative_or_misshaped_steps_is_refused_not_passed():
     (dict(softmax_scale="x"), TypeError, r"softmax_scale: expected a float or None, got str"),
     (dict(seed=-1), ValueError, r"seed: expected an int >= 0, got -1"),
     (dict(causal="yes"), TypeError, r"causal: expected a bool, got str"),
-    (dict(q_lens={0: 1}), TypeError, r"q_lens: expected a sequence of ints \(a list, tuple or 1-D NumPy array\), "
-                                     r"got dict"),
+    (dict(q_lens={0: 1}), TypeError, r"q_lens: expected a sequence of ints .*, got dict"),
+    (dict(q_lens="1"), TypeError, r"q_lens: expected a sequence of ints .*, got str"),
+    (dict(kv_lens=b"\x02"), TypeError, r"kv_lens: expected a sequence of ints .*, got bytes"),
     (dict(kv_lens={2}), TypeError, r"kv_lens: expected a sequence of ints .*, got set"),
     (dict(q_lens=np.ones((1, 1), int)), TypeError, r"q_lens: expected a sequence of ints .*, got an array of shape "
                                                    r"\(1, 1\)"),
     (dict(prefix_lens={0: [3]}, prefix_ids=[[0]]), TypeError, r"prefix_lens: expected one list per prefix level "
-                                                             r"\(in a list, tuple or NumPy array\), got dict"),
+                                                             r"\(in a sequence or NumPy array\), got dict"),
+    (dict(prefix_lens=[[3]], prefix_ids={(0,)}), TypeError, r"prefix_ids: expected one list per prefix level .*, "
+                                                           r"got set"),
     (dict(q_lens=[np.uint64(2**63)], kv_lens=[np.uint64(2**63)]), ValueError,
      r"q_lens: expected lengths whose sum, the last offset, fits in metadata_dtype int32 \(at most 2147483647\), "
      r"got a sum of 9223372036854775808"),
@@ -708,6 +711,24 @@ def test_a_negative_or_misshaped_steps_is_refused_not_passed():
 def test_make_batch_names_the_argument_it_refuses(arguments, error, message):
     with pytest.raises(error, match=message):
         make_batch(**{"q_lens": [1], "kv_lens": [2], **arguments})
+
+
+def test_make_batch_takes_any_sequence_in_order_as_a_list():
+    """A ``range`` (or any other ``Sequence``, or a 1-D array) of lengths or ids is read as the
+    list of its entries: the same recipe, the same batch."""
+
+    def arrays(batch):
+        return (batch.q, batch.cu_seqlens_q, *batch.kv, *batch.prefixes[0])
+
+    ranged, listed = make_batch([1, 1], range(3, 5)), make_batch([1, 1], [3, 4])
+    assert ranged.recipe == listed.recipe and repr(ranged) == repr(listed)
+    np.testing.assert_array_equal(ranged.kv.v, listed.kv.v)
+    listed = make_batch([1, 1], [3, 4], [[2, 5]], [[1, 0]], block_size=2)
+    for other in (make_batch([1, 1], range(3, 5), (range(2, 6, 3),), [range(1, -1, -1)], block_size=2),
+                  make_batch(np.ones(2, int), np.arange(3, 5), np.array([[2, 5]]), ([1, 0],), block_size=2)):
+        assert other.recipe == listed.recipe and repr(other) == repr(listed)
+        for got, want in zip(arrays(other), arrays(listed)):
+            np.testing.assert_array_equal(got, want)  # NaN where the paged cache is unused, in both
 
 
 def test_make_batch_refuses_values_its_dtype_cannot_hold_naming_what_drew_them():

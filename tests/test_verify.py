@@ -93,6 +93,11 @@ def test_setup_problems_exit_with_status_two(capsys):
     err = capsys.readouterr().err
     assert status == 2 and ("case seed 0 (float16): make_batch refuses the drawn batch (score_magnitude: expected q "
                             "and k (normal, of standard deviation") in err
+    # lengths past what NumPy draws: no make_batch refusal, so no advice on --space, only the error
+    status = cli.main(["verify", "--dtype", "float64", "--cases", "1", "--space", f"max_kv_len={2**63}"])
+    err = capsys.readouterr().err
+    assert status == 2 and "case seed 0 (float64): random_batch cannot draw the batch (ValueError: " in err
+    assert "make_batch" not in err and "narrow" not in err
     # scores beyond float64's range: the oracle refuses the batch
     status = cli.main(["verify", "--dtype", "float64", "--cases", "1", "--space", "score_magnitudes=(1e308,)"])
     err = capsys.readouterr().err

@@ -8,6 +8,7 @@ difference is the implementation's error alone.
 from __future__ import annotations
 
 import math
+from collections import abc
 from dataclasses import dataclass, field
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -266,17 +267,27 @@ def _count(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-#: What a list of lengths or ids may be: a sequence in its order (not a set, whose order is
-#: arbitrary, nor a dict, whose keys would be read).
-_SEQUENCES = (list, tuple, np.ndarray)
+def _in_order(values) -> bool:
+    """Whether ``values`` is a sequence in its order: a NumPy array of at least one axis, or any
+    ``collections.abc.Sequence`` (a list, tuple, range, ...) but text or bytes; not a set, whose
+    order is arbitrary, nor a dict, whose keys would be read."""
+    if isinstance(values, np.ndarray):
+        return values.ndim >= 1
+    return isinstance(values, abc.Sequence) and not isinstance(values, (str, bytes, bytearray))
 
 
 def _as_list(name: str, values: Sequence[int], length: Optional[int] = None, minimum: int = 0) -> list:
-    """``values`` as a list of ints of at least ``minimum`` (of ``length`` entries when given)."""
+    """``values`` as a list of ints of at least ``minimum`` (of ``length`` entries when given).
+
+    Raises:
+        TypeError: ``values`` is no sequence in its order (``_in_order``) or an array not 1-D.
+        ValueError: an entry that is no int of at least ``minimum``; not ``length`` entries.
+    """
     array = isinstance(values, np.ndarray)
-    if not isinstance(values, _SEQUENCES) or (array and values.ndim != 1):
+    if not _in_order(values) or (array and values.ndim != 1):
         got = f"an array of shape {values.shape}" if array else type(values).__name__
-        raise TypeError(f"{name}: expected a sequence of ints (a list, tuple or 1-D NumPy array), got {got}")
+        raise TypeError(f"{name}: expected a sequence of ints (a list, tuple, range or other sequence, or a 1-D NumPy "
+                        f"array), got {got}")
     bad = [v for v in values if not _is_int(v) or v < minimum]
     if bad:
         raise ValueError(f"{name}: expected ints >= {minimum}, got {bad[0]!r}")
@@ -306,8 +317,8 @@ def make_batch(
     """Build a batch from explicit lengths, with seeded random values exact in ``dtype``.
 
     Args:
-        q_lens: per request, query tokens (a list, tuple or 1-D NumPy array of ints, as every
-            list of lengths or ids here).
+        q_lens: per request, query tokens (a list, tuple, range or other sequence of ints, or a
+            1-D NumPy array, as every list of lengths or ids here).
         kv_lens: per request, own KV tokens (``>= q_lens``).
         prefix_lens: per level, the lengths of its prefixes.
         prefix_ids: per level, each request's prefix id (``-1``: none).
@@ -338,9 +349,9 @@ def make_batch(
         ``metadata_dtype`` where they are not the default).
 
     Raises:
-        TypeError: a list of lengths or ids that is not a list, tuple or 1-D NumPy array (a
-            set's order is arbitrary, a dict's keys would be read); ``causal`` or
-            ``softmax_scale`` of the wrong type.
+        TypeError: a list of lengths or ids that is not a sequence in its order (a str or
+            bytes; a set, whose order is arbitrary; a dict, whose keys would be read) or an
+            array that is not 1-D; ``causal`` or ``softmax_scale`` of the wrong type.
         ValueError: an argument out of its range, naming it: lengths, ids or sizes (lists that
             do not line up, ``q_len > kv_len``, lengths whose sum, the last offset, does not
             fit in ``metadata_dtype``); a ``score_magnitude`` or ``value_offset`` whose draws
@@ -356,8 +367,8 @@ def make_batch(
     batch = len(q_lens)
     kv_lens = _as_list("kv_lens", kv_lens, batch)
     for name, levels in (("prefix_lens", prefix_lens), ("prefix_ids", prefix_ids)):
-        if not isinstance(levels, _SEQUENCES):
-            raise TypeError(f"{name}: expected one list per prefix level (in a list, tuple or NumPy array), got "
+        if not _in_order(levels):
+            raise TypeError(f"{name}: expected one list per prefix level (in a sequence or NumPy array), got "
                             f"{type(levels).__name__}")
     if len(prefix_lens) != len(prefix_ids):
         raise ValueError(f"prefix_ids: expected one list per level ({len(prefix_lens)} levels), got {len(prefix_ids)}")
