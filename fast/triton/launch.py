@@ -234,7 +234,7 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     return AttentionState(out, lse)
 
 
-def _check_block_ids(pages_read, kv: PagedKV) -> None:
+def _check_block_ids(pages_read: torch.Tensor, kv: PagedKV) -> None:
     """Refuse a block table on the CPU whose entries that the kernels read (``Plan.pages_read``)
     are not blocks of the cache: the interpreter would read whatever lies at such an address.
 
@@ -242,10 +242,10 @@ def _check_block_ids(pages_read, kv: PagedKV) -> None:
         ValueError: naming ``kv.block_table``: another number of rows than planned, or the first
             entry read that is not a block id.
     """
-    table = kv.block_table
-    if table.shape[0] != pages_read.size:
-        raise ValueError(f"kv.block_table: expected {pages_read.size} rows (the plan's), got shape {tuple(table.shape)}")
-    check_block_ids(to_host_ints(table), pages_read, int(kv.k_cache.shape[0]))
+    table, pages = kv.block_table, pages_read.numpy()
+    if table.shape[0] != pages.size:
+        raise ValueError(f"kv.block_table: expected {pages.size} rows (the plan's), got shape {tuple(table.shape)}")
+    check_block_ids(to_host_ints(table), pages, int(kv.k_cache.shape[0]))
 
 
 def _scratch(plan: Plan, device: torch.device, stream: Optional[torch.cuda.Stream],

@@ -130,10 +130,11 @@ class Plan:
         known_shapes: ``(argument name, shape)`` of each tensor the kernels read, as the
             metadata fix it (``known_shapes``): what ``run`` checks of a plan without a
             ``signature``.
-        pages_read: int64 ``[B]``, the block-table entries each request reads, on a plan for
-            CPU tensors that reads the call's table: its calls check those entries are blocks
-            of the cache (``launch.run_eager``), since the interpreter would read any address;
-            ``None`` elsewhere (on a GPU reading them would synchronize).
+        pages_read: int64 ``[B]`` on the CPU, the block-table entries each request reads, on a
+            plan for CPU tensors that reads the call's table: its calls check those entries are
+            blocks of the cache (``launch.run_eager``, the op's calls included), since the
+            interpreter would read any address; ``None`` elsewhere (on a GPU reading them would
+            synchronize).
         bindings: each launch as the last call ran it (``launch.Binding``, by launch index),
             which the next call with arguments of the same layout (the next layer's) reruns
             without building its constexprs or looking its kernel up; empty until a call on a
@@ -166,7 +167,7 @@ class Plan:
     signature: Tuple[Tuple[str, tuple, Any, Any], ...] = ()
     stamps: Tuple["Stamp", ...] = field(default=(), compare=False, repr=False)
     known_shapes: Tuple[Tuple[str, Tuple[Any, ...]], ...] = field(default=(), compare=False, repr=False)
-    pages_read: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    pages_read: Optional[torch.Tensor] = field(default=None, compare=False, repr=False)
     bindings: Dict[int, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
     scratch: Dict[Optional[int], Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False,
                                                                           compare=False, repr=False)
@@ -805,11 +806,11 @@ def plan_work(meta: BatchMeta, config: Config, *, relay: bool, unshared_single_p
     return Work(slot_offsets=slot_offsets, launches=tuple(launches), fold_steps=steps)
 
 
-def pages_read(meta: BatchMeta, device: torch.device) -> Optional[np.ndarray]:
+def pages_read(meta: BatchMeta, device: torch.device) -> Optional[torch.Tensor]:
     """``Plan.pages_read``: int64 ``[B]``, ``ceil(kv_len / block_size)``, where the plan is for
     CPU tensors and its kernels read the call's block table; else ``None``."""
     if meta.paged and meta.host_block_table is None and device.type == "cpu":
-        return -(-meta.kv_lens // meta.block_size)
+        return torch.from_numpy(-(-meta.kv_lens // meta.block_size))
     return None
 
 
