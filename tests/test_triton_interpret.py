@@ -567,6 +567,8 @@ def test_a_plan_on_the_cpu_reads_a_changed_block_table_and_refuses_an_id_past_th
             relaycore.relay_attention(q, cu, kv._replace(block_table=past), prefixes, **kwargs, plan=planned)
     with pytest.raises(ValueError, match=r"kv\.block_table: expected block ids"):
         run_planned(plans["plan(meta)"], q, kv._replace(block_table=past), prefixes)
+    with pytest.raises(ValueError, match=r"kv\.block_table: expected shape \(5, >= 9\) \(the plan's\), got shape \(5, 1\)"):
+        run_planned(plans["plan(meta)"], q, kv._replace(block_table=kv.block_table[:, :1]), prefixes)
     step = torch.compile(lambda kv: relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=plans["prepare"]),
                          backend="aot_eager", fullgraph=True)
     assert _same(step(elsewhere), relaycore.relay_attention(q, cu, kv, prefixes, **kwargs, plan=plans["prepare"]))

@@ -239,12 +239,14 @@ def _check_block_ids(pages_read: torch.Tensor, kv: PagedKV) -> None:
     are not blocks of the cache: the interpreter would read whatever lies at such an address.
 
     Raises:
-        ValueError: naming ``kv.block_table``: another number of rows than planned, or the first
+        ValueError: naming ``kv.block_table``: fewer entries than the plan reads, or the first
             entry read that is not a block id.
     """
     table, pages = kv.block_table, pages_read.numpy()
-    if table.shape[0] != pages.size:
-        raise ValueError(f"kv.block_table: expected {pages.size} rows (the plan's), got shape {tuple(table.shape)}")
+    columns = int(pages.max()) if pages.size else 0
+    if table.ndim != 2 or table.shape[0] != pages.size or table.shape[1] < columns:
+        raise ValueError(f"kv.block_table: expected shape ({pages.size}, >= {columns}) (the plan's), got shape "
+                         f"{tuple(table.shape)}")
     check_block_ids(to_host_ints(table), pages, int(kv.k_cache.shape[0]))
 
 
