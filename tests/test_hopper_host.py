@@ -97,6 +97,19 @@ def test_a_level_the_tile_cannot_read_in_place_is_copied_before_the_launches_for
     assert stand_in.shape == out.shape and stand_in.dtype == out.dtype and hopper.readable(stand_in) == tile
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_descriptor_copied_from_its_template_is_the_one_triton_would_build(hopper, dtype):
+    """``_rows_descriptor`` copies a checked template over each new base: every field must be
+    what ``TensorDescriptor`` builds from that base, and the template must hold no tensor."""
+    for rows, box in [(300, hopper.BLOCK_N), (300, 16), (48, 8)]:
+        for _ in range(2):  # the first builds the template, the second copies it
+            x = torch.zeros(rows, 2, 64, dtype=dtype)
+            built = hopper.TensorDescriptor(x, [rows, 128], [128, 1], [box, 64], hopper._box_layout(box, 64, dtype))
+            copied = hopper._rows_descriptor(x, box)
+            assert type(copied) is type(built) and vars(copied) == vars(built) and copied.base is x
+        assert hopper._rows_template(dtype, rows, 2, 64, box).base is None
+
+
 def test_the_tile_never_runs_off_a_gpu(hopper):
     q = torch.zeros(4, 8, 128, dtype=torch.float16)
     assert not hopper.usable(q, 128, hopper.TILE_M)

@@ -60,10 +60,13 @@ def _called(make_plan):
 
 def _same_argument(a, b) -> bool:
     """The same value, or tensors that Triton specializes alike (the buffers of each call are
-    its own)."""
+    its own), or tensor descriptors of the same numbers over such tensors."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
                 and a.shape == b.shape and a.stride() == b.stride())
+    if type(a).__name__ == "TensorDescriptor":
+        numbers = lambda x: {name: value for name, value in vars(x).items() if name != "base"}  # noqa: E731
+        return type(a) is type(b) and numbers(a) == numbers(b) and _same_argument(a.base, b.base)
     return type(a) is type(b) and a == b
 
 
@@ -96,6 +99,39 @@ def test_the_next_call_reruns_each_launch_with_the_arguments_it_would_build(reco
     kv, levels = args[2], args[3]
     then = {id(x) for x in (args[0], *kv, *(x for level in levels for x in level), *state)}
     assert not [x for _, _, every in rerun for x in every if isinstance(x, torch.Tensor) and id(x) in then]
+
+
+def test_the_gluon_tile_is_bound_too(recorded, monkeypatch):
+    """An append batch whose launch runs the Gluon tile of sm_90 (as on an H100/H200): the next
+    layer's call reruns it from its binding, with descriptors of the same numbers over the new
+    layer's tensors."""
+    import relaycore
+    from relaycore.fast.triton import hopper, prepare
+    from relaycore.testing import make_batch
+
+    if hopper.gluon is None:
+        pytest.skip("this triton has no Gluon")
+    looked_up, rerun = recorded
+    monkeypatch.setattr(hopper, "usable", lambda q, head_dim, block_m: block_m == hopper.TILE_M)
+    args, kwargs = make_batch([40, 32], [300, 40], [[200]], [[0, 0]], num_q_heads=16, num_kv_heads=4, head_dim=64,
+                              block_size=16, dtype="float16").to_torch("cpu")
+    planned = prepare(*args, **kwargs)
+    relaycore.relay_attention(*args, **kwargs, backend="triton", plan=planned)
+    first = list(looked_up)
+    assert [launched for launched in first if launched[0] is hopper.single_pass_tile] and not rerun
+
+    layer = [x.clone() if isinstance(x, torch.Tensor) else x for x in args]
+    layer[2] = type(args[2])(*(x.clone() for x in args[2]))
+    layer[3] = tuple(type(level)(*(x.clone() for x in level)) for level in args[3])
+    relaycore.relay_attention(*layer, **kwargs, backend="triton", plan=planned)
+    assert len(looked_up) == len(first) and len(rerun) == len(first)
+    for (kernel, args_then, constexprs), (compiled, _, every) in zip(first, rerun):
+        assert compiled[1] is kernel
+        then = (*args_then, *constexprs.values())
+        assert len(every) == len(then) and all(_same_argument(a, b) for a, b in zip(every, then))
+        if kernel is hopper.single_pass_tile:
+            bases = {id(x.base) for x in every[1:5]}
+            assert bases <= {id(layer[2].k_cache), id(layer[2].v_cache), id(layer[3][0].k), id(layer[3][0].v)}
 
 
 def test_arguments_that_specialize_otherwise_look_the_kernel_up_again(recorded):

@@ -122,12 +122,35 @@ def constexprs(num_q_heads: int, group: int, head_dim: int, paged: bool, page_si
 def _rows_descriptor(x: torch.Tensor, box_rows: int):
     """A tensor descriptor of ``x`` (``[..., Hkv, D]``, its rows packed: contiguous) as
     ``[rows, Hkv * D]`` with boxes of ``box_rows`` rows by one head, or ``None`` where the rows
-    are not packed or not 16-byte aligned (the tensor-memory copy's requirements)."""
+    are not packed or not 16-byte aligned (the tensor-memory copy's requirements).
+
+    A descriptor is its base and numbers that the base's dtype and shape fix: the first one of
+    each kind is built (and checked) by ``TensorDescriptor``, the next ones are copies of it
+    over their own base (``_descriptor_over``; the check costs several microseconds of host
+    time a descriptor, four a launch)."""
     hkv, d = x.shape[-2:]
     if not x.is_contiguous() or x.data_ptr() % 16 or (hkv * d * x.element_size()) % 16:
         return None
-    return TensorDescriptor(x, [x.numel() // (hkv * d), hkv * d], [hkv * d, 1], [box_rows, d],
-                            _box_layout(box_rows, d, x.dtype))
+    return _descriptor_over(_rows_template(x.dtype, x.numel() // (hkv * d), hkv, d, box_rows), x)
+
+
+@functools.lru_cache(maxsize=256)
+def _rows_template(dtype: torch.dtype, rows: int, hkv: int, d: int, box_rows: int):
+    """The ``TensorDescriptor`` of ``_rows_descriptor`` for a base of this dtype and shape, over
+    no tensor (its ``base`` is ``None``: a template holds no memory)."""
+    template = TensorDescriptor(torch.empty(0, dtype=dtype), [rows, hkv * d], [hkv * d, 1], [box_rows, d],
+                                _box_layout(box_rows, d, dtype))
+    template.base = None
+    return template
+
+
+def _descriptor_over(template, x: torch.Tensor):
+    """``template`` (``_rows_template``) with ``x`` as its base: what ``TensorDescriptor`` would
+    build from ``x`` and the template's numbers, without checking them again."""
+    descriptor = object.__new__(type(template))
+    descriptor.__dict__.update(template.__dict__)
+    descriptor.base = x
+    return descriptor
 
 
 @functools.lru_cache(maxsize=None)

@@ -15,7 +15,7 @@ from relaycore.validation import check_block_ids, to_host_ints
 from relaycore.fast.triton import hopper
 from relaycore.fast.triton.config import block_d
 from relaycore.fast.triton.kernels import merge_kernel, partial_kernel
-from relaycore.fast.triton.launcher import interpreting, launch, run_compiled
+from relaycore.fast.triton.launcher import current_stream, interpreting, launch, run_compiled
 from relaycore.fast.triton.plan import REGULAR_FIELDS, Launch, Plan
 
 
@@ -193,7 +193,7 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     inside a CUDA graph capture they become parallel branches of the graph."""
     total_q, hq, d = plan.total_q, plan.num_q_heads, plan.head_dim
     interpret = interpreting()
-    main = torch.cuda.current_stream(q.device) if q.is_cuda else None
+    main = current_stream(q.device) if q.is_cuda else None
     capturing = main is not None and torch.cuda.is_current_stream_capturing()
     if plan.ready is not None and not capturing:
         main.wait_event(plan.ready)  # lists copied on another stream
@@ -277,6 +277,8 @@ class Binding(NamedTuple):
     without building them or looking the kernel up (``launcher.run_compiled``).
 
     Attributes:
+        kernel: the kernel launched (a launch of a plan may run ``partial_kernel`` at one call
+            and the Gluon tile at another: ``_Sources.tiles``).
         layout: what Triton specializes of the call's own arguments (``_layout``); the plan's
             own (its lists, counts and regular fields) and the constexprs are the plan's for
             all its calls.
@@ -284,6 +286,7 @@ class Binding(NamedTuple):
         constexprs: the constexpr values, in signature order.
     """
 
+    kernel: Any
     layout: Tuple
     compiled: Any
     constexprs: Tuple
@@ -307,14 +310,14 @@ def _launch_bound(plan: Plan, key: int, kernel, grid: Tuple[int, int], args: Tup
     keeping the compiled kernel as the binding (one per launch: a call of another layout
     replaces it; none when interpreting)."""
     binding = plan.bindings.get(key)
-    if binding is not None and binding.layout == layout:
+    if binding is not None and binding.kernel is kernel and binding.layout == layout:
         run_compiled(binding.compiled, grid, (*args, *binding.constexprs), device=device, stream=stream)
         return
     constexprs, num_warps, num_stages = configure()
     compiled = launch(kernel, grid, args, constexprs, num_warps=num_warps, num_stages=num_stages, device=device,
                       stream=stream)
     if compiled is not None:
-        plan.bindings[key] = Binding(layout, compiled, tuple(constexprs.values()))
+        plan.bindings[key] = Binding(kernel, layout, compiled, tuple(constexprs.values()))
 
 
 def _launch_partial(plan: Plan, index: int, sources: _Sources, part_out: torch.Tensor, part_lse: torch.Tensor,
@@ -338,7 +341,7 @@ def _launch_partial(plan: Plan, index: int, sources: _Sources, part_out: torch.T
     grid = (item_list.num_items, plan.num_kv_heads)
     regular = item_list.regular or (0,) * len(REGULAR_FIELDS)
     if sources.tiles[index]:
-        _launch_hopper(plan, item_list, grid, regular, q, pre_k, pre_v, k, v, paged, causal, table, out, lse, stream)
+        _launch_hopper(plan, index, grid, regular, q, pre_k, pre_v, k, v, paged, causal, table, out, lse, stream)
         return
     page_size = k.shape[1] if paged else 1
     strides = (*q.stride()[:2], *_kv_strides(k, paged), *_kv_strides(v, paged), table.stride(0) if paged else 0)
@@ -367,22 +370,24 @@ def _launch_partial(plan: Plan, index: int, sources: _Sources, part_out: torch.T
     _launch_bound(plan, index, partial_kernel, grid, args, layout, configure, q.device, stream)
 
 
-def _launch_hopper(plan: Plan, item_list: Launch, grid: Tuple[int, int], regular: Tuple[int, ...], q: torch.Tensor,
+def _launch_hopper(plan: Plan, index: int, grid: Tuple[int, int], regular: Tuple[int, ...], q: torch.Tensor,
                    pre_k: torch.Tensor, pre_v: torch.Tensor, k: torch.Tensor, v: torch.Tensor, paged: bool,
                    causal: bool, table: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                    stream: Optional[torch.cuda.Stream]) -> None:
-    """A single-pass launch of ``hopper.single_pass_tile`` (its tensor descriptors are the
-    call's: it is looked up by ``launch`` at every call)."""
-    skb, sks, skh = _kv_strides(k, paged)
-    svb, svs, svh = _kv_strides(v, paged)
+    """``plan.launches[index]`` as a launch of ``hopper.single_pass_tile``, bound as the partial
+    launches are (``_launch_bound``): its tensor descriptors are the call's, and what Triton
+    specializes of them (dtype, box) follows from the tensors' dtypes and ``own_box``."""
+    item_list = plan.launches[index]
     *descs, own_box = hopper.descriptors(pre_k, pre_v, k, v, paged)
-    launch(
-        hopper.single_pass_tile, grid,
-        (q, *descs, pre_k, pre_v, k, v, item_list.items, item_list.tokens, table, out, lse,
-         plan.softmax_scale * LOG2E, q.stride(0), q.stride(1),
-         pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1),
-         skb, sks, skh, svb, svs, svh, table.stride(0) if paged else 0, *regular),
-        hopper.constexprs(plan.num_q_heads, plan.group_size, plan.head_dim, paged, k.shape[1] if paged else 1,
-                          causal, not item_list.regular, own_box),
-        num_warps=4, num_stages=1, device=q.device, stream=stream,
-    )
+    page_size = k.shape[1] if paged else 1
+    ints = (q.stride(0), q.stride(1), pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1),
+            *_kv_strides(k, paged), *_kv_strides(v, paged), table.stride(0) if paged else 0)
+    args = (q, *descs, pre_k, pre_v, k, v, item_list.items, item_list.tokens, table, out, lse,
+            plan.softmax_scale * LOG2E, *ints, *regular)
+    layout = _layout((q, pre_k, pre_v, k, v, table, out, lse), (page_size, own_box, *ints))
+
+    def configure():
+        return (hopper.constexprs(plan.num_q_heads, plan.group_size, plan.head_dim, paged, page_size, causal,
+                                  not item_list.regular, own_box), 4, 1)
+
+    _launch_bound(plan, index, hopper.single_pass_tile, grid, args, layout, configure, q.device, stream)
