@@ -58,8 +58,11 @@ def _panels(doc: dict, grid: str) -> Tuple[List[int], List[Tuple[int, int]], Dic
 
 
 def _title(doc: dict) -> str:
+    """The card, the versions of every stack measured (FlashInfer's where it ran) and the date."""
     env = doc["environment"]
-    return f"{env['card']} · torch {env['torch']} · {env['date']}"
+    stack = [f"torch {env['torch']}", f"triton {env['triton']}" if env.get("triton") else None,
+             f"FlashInfer {env['flashinfer']}" if env.get("flashinfer") else None]
+    return " · ".join([env["card"], *filter(None, stack), env["date"]])
 
 
 def latency_figure(doc: dict, grid: str, path: Path) -> Path:

@@ -1,10 +1,12 @@
 """Decode and append timings of the Triton backend against SDPA over the concatenated KV.
 
-Run on the GPU machine: ``python3 tests/gpu/perf_decode.py OUT_DIR [decode|append|all]``.
+Run on the GPU machine: ``python3 tests/gpu/perf_decode.py OUT_DIR [decode|append|all|head_dims]``.
 Each point is checked first (relative error against float32 math on the same inputs), then
 timed two ways: ``triton.testing.do_bench`` through ``relay_attention(..., plan=)`` (median, cold L2: the peers' numbers in
 ``../shared/gpu/README.md`` were taken so) and CUDA-graph replay (launch cost removed).
-Prints one line per point and writes them as JSON lines to ``OUT_DIR/perf_<grid>.jsonl``.
+Prints one line per point and writes them as JSON lines to ``OUT_DIR/perf_<grid>.jsonl``;
+``head_dims`` writes ``OUT_DIR/head_dims.json`` instead, the committed
+``docs/benchmarks/head_dims.json`` (``HEAD_DIM_POINTS``).
 """
 
 from __future__ import annotations
@@ -128,6 +130,41 @@ def profile_host(gen):
     print(text.getvalue()[-3500:], flush=True)
 
 
+#: ``head_dims``: each head_dim at each ``(B, prefix, own, q_len)``, Hq 32, Hkv 8, fp16: a head_dim
+#: that is not a power of two against 128 (its tile's head axis is padded to the next power of
+#: two; the Gluon tile of sm_90 takes 64 and 128 only).
+HEAD_DIMS = (128, 96, 80)
+HEAD_DIM_POINTS = ((32, 8192, 128, 1), (128, 8192, 128, 1), (4, 2048, 512, 512))
+
+
+def head_dims(out_dir, gen, bandwidth):
+    """Time ``HEAD_DIM_POINTS`` at each of ``HEAD_DIMS``; write ``OUT_DIR/head_dims.json``."""
+    from relaycore.bench.results import environment
+
+    rows = []
+    for d in HEAD_DIMS:
+        for b, pre, own, ql in HEAD_DIM_POINTS:
+            row = point(b, pre, own, ql, 32, 8, d, torch.float16, gen, bandwidth)
+            row["head_dim"] = d
+            rows.append(row)
+            print(f"D={d:3d} B={b:3d} p={pre:5d} q={ql:3d} err={row['rel_err']:.1e} graph {row['triton_graph_us']:7.1f} "
+                  f"sdpa graph {row['sdpa_graph_us']:7.1f} floor {row['floor_us']:6.1f}", flush=True)
+            torch.cuda.empty_cache()
+    env = environment("cuda")
+    doc = {
+        "what": "head_dim " + " / ".join(map(str, HEAD_DIMS)) + " at Hkv 8, Hq 32, fp16, paged own KV "
+                f"({PAGE}-token pages): decode B 32 and B 128 over a prefix of 8192 with 128 own tokens, append "
+                "B 4 x 512 new tokens over a prefix of 2048; relaycore's Triton backend against SDPA over the "
+                "concatenated KV, both as CUDA-graph replays (tests/gpu/perf_decode.py OUT head_dims); floor_us = "
+                "bytes that must move / measured copy bandwidth",
+        "environment": {key: env[key] for key in ("card", "driver", "torch", "triton")}
+        | {"copy_bandwidth_TBps": round(bandwidth / 1e12, 2), "commit": env["commit"], "date": env["date"]},
+        "rows": rows,
+    }
+    with open(f"{out_dir}/head_dims.json", "w") as f:
+        json.dump(doc, f, indent=1)
+
+
 def main():
     out_dir, grid = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "all")
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -135,6 +172,9 @@ def main():
     print(f"device {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
           f"copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     profile_host(gen)
+    if grid == "head_dims":
+        head_dims(out_dir, gen, bw)
+        return
     points = []
     if grid in ("decode", "all"):
         for hkv in (32, 8):
