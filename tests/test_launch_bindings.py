@@ -70,6 +70,24 @@ def _same_argument(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
+def _next_layer(args):
+    """A call's arguments with new tensors of the same values (the next layer's)."""
+    layer = [x.clone() if isinstance(x, torch.Tensor) else x for x in args]
+    layer[2] = type(args[2])(*(x.clone() for x in args[2]))
+    layer[3] = tuple(type(level)(*(x.clone() for x in level)) for level in args[3])
+    return layer
+
+
+def _assert_rerun_as_built(first, looked_up, rerun):
+    """The second call looked nothing up and reran each of the first call's launches (``first``)
+    with the arguments that launch built."""
+    assert len(looked_up) == len(first) and len(rerun) == len(first)
+    for (kernel, args_then, constexprs), (compiled, _, every) in zip(first, rerun):
+        assert compiled[1] is kernel
+        then = (*args_then, *constexprs.values())
+        assert len(every) == len(then) and all(_same_argument(a, b) for a, b in zip(every, then))
+
+
 @pytest.mark.parametrize("fused_merge", [False, True])
 def test_the_next_call_reruns_each_launch_with_the_arguments_it_would_build(recorded, fused_merge):
     import relaycore
@@ -85,15 +103,9 @@ def test_the_next_call_reruns_each_launch_with_the_arguments_it_would_build(reco
     assert len(first) == len(planned.launches) + (not fused_merge) and not rerun
     assert sorted(planned.bindings) == sorted([*range(len(planned.launches))] + ([] if fused_merge else [-1]))
 
-    layer = [x.clone() if isinstance(x, torch.Tensor) else x for x in args]  # the next layer's tensors
-    layer[2] = type(args[2])(*(x.clone() for x in args[2]))
-    layer[3] = tuple(type(level)(*(x.clone() for x in level)) for level in args[3])
+    layer = _next_layer(args)
     relaycore.relay_attention(*layer, **kwargs, backend="triton", plan=planned)
-    assert len(looked_up) == len(first) and len(rerun) == len(first)
-    for (kernel, args_then, constexprs), (compiled, grid, every) in zip(first, rerun):
-        assert compiled[1] is kernel
-        then = (*args_then, *constexprs.values())
-        assert len(every) == len(then) and all(_same_argument(a, b) for a, b in zip(every, then))
+    _assert_rerun_as_built(first, looked_up, rerun)
     # the call's own tensors are the new layer's, not the first call's
     assert rerun[0][2][0] is layer[0]
     kv, levels = args[2], args[3]
@@ -120,18 +132,13 @@ def test_the_gluon_tile_is_bound_too(recorded, monkeypatch):
     first = list(looked_up)
     assert [launched for launched in first if launched[0] is hopper.single_pass_tile] and not rerun
 
-    layer = [x.clone() if isinstance(x, torch.Tensor) else x for x in args]
-    layer[2] = type(args[2])(*(x.clone() for x in args[2]))
-    layer[3] = tuple(type(level)(*(x.clone() for x in level)) for level in args[3])
+    layer = _next_layer(args)
     relaycore.relay_attention(*layer, **kwargs, backend="triton", plan=planned)
-    assert len(looked_up) == len(first) and len(rerun) == len(first)
-    for (kernel, args_then, constexprs), (compiled, _, every) in zip(first, rerun):
-        assert compiled[1] is kernel
-        then = (*args_then, *constexprs.values())
-        assert len(every) == len(then) and all(_same_argument(a, b) for a, b in zip(every, then))
+    _assert_rerun_as_built(first, looked_up, rerun)
+    kv, (level,) = layer[2], layer[3]
+    for (kernel, _, _), (_, _, every) in zip(first, rerun):
         if kernel is hopper.single_pass_tile:
-            bases = {id(x.base) for x in every[1:5]}
-            assert bases <= {id(layer[2].k_cache), id(layer[2].v_cache), id(layer[3][0].k), id(layer[3][0].v)}
+            assert {id(x.base) for x in every[1:5]} <= {id(kv.k_cache), id(kv.v_cache), id(level.k), id(level.v)}
 
 
 def test_arguments_that_specialize_otherwise_look_the_kernel_up_again(recorded):
