@@ -49,43 +49,14 @@ from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
-from triton.runtime import interpreter  # noqa: E402
 from graph_steps import EngineTensors  # noqa: E402
 from layouts import in_nan_padded_rows, with_guarded_tail  # noqa: E402
+from interpreted import TINY, dots_summed_in_order  # noqa: E402,F401
 from tolerances import triton_steps  # noqa: E402
 
 plan_module = importlib.import_module("relaycore.fast.triton.plan")  # the package's ``plan`` is the function
 
 
-def _dot_summed_in_order(self, a, b, d, input_precision, max_num_imprecise_acc):
-    """The interpreter's ``tl.dot``, each output summed in one order, its products' index
-    ascending, whatever the tile's shape.
-
-    The interpreter's own calls numpy's ``matmul``, i.e. the CPU's BLAS, whose kernels for some
-    CPUs (OpenBLAS's for Zen and Haswell, not SkylakeX) sum a row's products in an order that
-    depends on the tile's height: a row's bits would then change with the rows beside it, which
-    the GPU's matrix instructions do not do for the tiles that mix requests (``Config``). The
-    error bound holds for any order of the sums. Operands the interpreter holds as raw bits (fp8,
-    bf16) are not converted here: no test multiplies them (bf16 is upcast first)."""
-    if not all(x.data.dtype in (np.float16, np.float32, np.float64) for x in (a, b)):
-        raise NotImplementedError(f"tl.dot of {a.data.dtype} x {b.data.dtype} under the interpreter tests")
-    acc = d.data.copy()
-    x, y = a.data.astype(acc.dtype), b.data.astype(acc.dtype)
-    for k in range(x.shape[-1]):
-        acc += x[..., k : k + 1] * y[..., k : k + 1, :]
-    return interpreter.TensorHandle(acc, d.dtype.scalar)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _dots_summed_in_order():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(interpreter.InterpreterBuilder, "create_dot", _dot_summed_in_order)
-        yield
-
-#: Tiles of 16 rows, 16-key chunks at decode (2 per segment), 16-key blocks; every tile walks
-#: its fully seen blocks unmasked and carries its next block's pages.
-TINY = Config(block_m=16, prefix_block_m=16, min_block_m=16, block_n=16, short_block_n=16, min_chunk=16,
-              target_chunks=2, num_warps=4, num_stages=2, unmasked_min_block_m=16, carry_pages_min_block_m=16)
 #: The same with taller tiles allowed, so that own tiles of 16 and 32 rows both occur; only the
 #: 32-row tiles split off their unmasked blocks and carry their pages; the 16-row own tiles
 #: walk 32 keys a step, every other tile 16.

@@ -206,8 +206,12 @@ class GraphPlan:
         if table is not None:
             sizes.append(table.size)
         self._starts, self._sizes = list_starts(sizes), sizes
-        self._device = torch.zeros(int(self._starts[-1]), dtype=torch.int32, device=device)
-        views = [self._device[self._region(r)] for r in range(len(sizes))]
+        # a normal tensor even when made under ``torch.inference_mode``: ``update`` writes into it
+        # in place, which an inference tensor refuses outside the mode (an engine may prepare
+        # under it and update without it, in another thread: the mode is per thread)
+        with torch.inference_mode(False):
+            self._device = torch.zeros(int(self._starts[-1]), dtype=torch.int32, device=device)
+            views = [self._device[self._region(r)] for r in range(len(sizes))]
         self.plan = Plan(
             total_q=total_q, num_q_heads=meta.num_q_heads, num_kv_heads=meta.num_kv_heads, head_dim=meta.head_dim,
             dtype=meta.dtype, paged=meta.paged, causal=meta.causal, softmax_scale=meta.softmax_scale, config=config,
