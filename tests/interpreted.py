@@ -1,13 +1,41 @@
-"""What the interpreter tests share (import after ``TRITON_INTERPRET=1`` is set): ``tl.dot``
-summed in one order, and the smallest blocking that still cuts every segment into chunks."""
+"""What the modules that run the Triton kernels under the CPU interpreter share. Import it
+before anything that imports triton: it skips the importing module on a machine with CUDA
+(``tests/gpu`` runs the compiled kernels there), sets ``TRITON_INTERPRET=1``, and says whether
+triton was imported without it first (``PREIMPORTED``: the kernels are then compiled for a GPU,
+so the module's tests run again in a fresh process, ``run_in_a_fresh_process``, and skip here,
+``in_process``). Also ``tl.dot`` summed in one order, and the smallest blocking that still
+cuts every segment into chunks."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
-from triton.runtime import interpreter
 
-from relaycore.fast.triton import Config
+torch = pytest.importorskip("torch")
+if torch.cuda.is_available():
+    pytest.skip("CUDA present: tests/gpu runs the compiled kernels", allow_module_level=True)
+PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton")
+in_process = pytest.mark.skipif(PREIMPORTED, reason="triton was imported without the interpreter: see test_in_a_fresh_process")
+fresh_process_only = pytest.mark.skipif(not PREIMPORTED, reason="this process interprets the kernels: the tests run here")
+
+from triton.runtime import interpreter  # noqa: E402
+
+from relaycore.fast.triton import Config  # noqa: E402
+
+
+def run_in_a_fresh_process(path: str, timeout: int) -> None:
+    """Run the test module at ``path`` in a new interpreter with ``TRITON_INTERPRET=1``; fail with
+    the end of its output unless every test passed."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", path],
+                         capture_output=True, text=True, env=env, timeout=timeout)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
 
 def dot_summed_in_order(self, a, b, d, input_precision, max_num_imprecise_acc):

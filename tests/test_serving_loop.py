@@ -17,21 +17,11 @@ argument.
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 
 import pytest
 
-torch = pytest.importorskip("torch")
-if torch.cuda.is_available():
-    pytest.skip("CUDA present: tests/gpu runs the compiled kernels", allow_module_level=True)
-PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton")
-in_process = pytest.mark.skipif(PREIMPORTED, reason="triton was imported without the interpreter: see test_in_a_fresh_process")
-
-import subprocess  # noqa: E402
+from interpreted import TINY, dots_summed_in_order, fresh_process_only, in_process, run_in_a_fresh_process, torch  # noqa: E402,F401,I001
 
 import numpy as np  # noqa: E402
 
@@ -40,18 +30,14 @@ from relaycore import PagedKV, PrefixLevel  # noqa: E402
 from relaycore.fast.triton import plan, prepare, prepare_graph, run_planned  # noqa: E402
 from relaycore.testing import Batch, assert_close, round_to  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
-from interpreted import TINY, dots_summed_in_order  # noqa: E402,F401
 from tolerances import triton_steps  # noqa: E402
 
 HQ, HKV, D, PAGE, LAYERS = 4, 2, 16, 4, 2
 
 
-@pytest.mark.skipif(not PREIMPORTED, reason="this process interprets the kernels: the tests below run here")
+@fresh_process_only
 def test_in_a_fresh_process():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    run_in_a_fresh_process(__file__, timeout=600)
 
 
 class Engine:

@@ -25,13 +25,7 @@ from unittest import mock
 
 import pytest
 
-torch = pytest.importorskip("torch")
-if torch.cuda.is_available():
-    pytest.skip("CUDA present: tests/gpu runs the compiled kernels", allow_module_level=True)
-PREIMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton")
-in_process = pytest.mark.skipif(PREIMPORTED, reason="triton was imported without the interpreter: see test_in_a_fresh_process")
+from interpreted import TINY, dots_summed_in_order, fresh_process_only, in_process, run_in_a_fresh_process, torch  # noqa: E402,F401,I001
 
 import numpy as np  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -51,7 +45,6 @@ from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
 from graph_steps import EngineTensors  # noqa: E402
 from layouts import in_nan_padded_rows, with_guarded_tail  # noqa: E402
-from interpreted import TINY, dots_summed_in_order  # noqa: E402,F401
 from tolerances import triton_steps  # noqa: E402
 
 plan_module = importlib.import_module("relaycore.fast.triton.plan")  # the package's ``plan`` is the function
@@ -86,12 +79,9 @@ def _same(a, b) -> bool:
     return torch.equal(a.out, b.out) and torch.equal(a.lse, b.lse)
 
 
-@pytest.mark.skipif(not PREIMPORTED, reason="this process interprets the kernels: the tests below run here")
+@fresh_process_only
 def test_in_a_fresh_process():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                         capture_output=True, text=True, env=env, timeout=900)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    run_in_a_fresh_process(__file__, timeout=900)
 
 
 def test_the_interpreter_set_after_the_kernels_were_imported_is_refused_with_its_reason():
