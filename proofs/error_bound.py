@@ -233,8 +233,8 @@ $\hat\ell = \mathrm{fl}(M + \mathrm{fl}(\widehat{\log}\,\hat T))$, so a chain of
 (a)-(c). The $t$-terms come out multiplied by $e^{m_x - M} e^{\eta_x + \theta_x}(1 + \cdot)$.
 That factor is at most $e^{|\theta_x|}(1 + \cdot)$, because
 $e^{m_x - M} e^{\eta_x} = e^{\hat\ell_x - M} / \hat Z_x \le 1$. Lemma 1 takes them through its
-sums. They reach at most $N\tau e^{\kappa}$, $\kappa$ the sum of the growths (below) of the
-merges they passed, so $\kappa \le \rho - u_{exp}$. The new normaliser without its $t'$ is at
+sums. They reach at most $N\tau e^{\chi}$, $\chi$ the sum of the growths (below) of the
+merges they passed, so $\chi \le \rho - u_{exp}$. The new normaliser without its $t'$ is at
 least $1 - N 2^{-126} e^{\rho}$, since the $t'$ are fp32 underflows. So $\sum_j |t_j| \le
 \varepsilon Z$ holds. A weight that underflows is handled as in Lemma 4. The growth is
 at most
@@ -343,10 +343,10 @@ weights by $\eta_i + \theta_i$. The chunk's $t$-terms come out multiplied by
 $2^{m_i - M} e^{\eta_i + \theta_i}(1 + \cdot)$. That factor is at most
 $e^{|\theta_i| + u_{acc}}$, because $2^{m_i - M} e^{\eta_i} = 2^{\hat\lambda_i - M}/l_i \le 1$ with
 $l_i \ge 1$: slightly above 1. Lemma 1 takes them through its sums. They reach at most
-$N\tau e^{\kappa}$, $\kappa$ the growth below, while the merged normaliser without its $t'$ is
+$N\tau e^{\chi}$, $\chi$ the growth below, while the merged normaliser without its $t'$ is
 at least $1 - N 2^{-126} e^{\rho}$: $\sum_i w_i \ge 1$ (the top state's $w = 2^0 = 1$), and the
 $t'$ are fp32 underflows. So $\sum_j |t_j| \le \varepsilon Z$ holds, because
-$\rho \ge \kappa + u_{exp}$ (the key's own exponential is a step too).
+$\rho \ge \chi + u_{exp}$ (the key's own exponential is a step too).
 
 *Underflow.* A weight $w_i$ below fp32's smallest normal number $2^{-126}$ is flushed to 0
 (`ex2.approx.ftz`, which `tl.exp2` compiles to) or returned subnormal. Either way it is off by
@@ -482,7 +482,7 @@ up to the underflows.
 
 *Underflows.* On the way to an output there are at most $2N + 7N\nu$ roundings (products,
 additions, rescales, divisions, a merge's four), each exceeding its exact value by at most
-$2^{-149}$ ($2^{-1074}$ in float64), which is below $2^{-23}\tau$ ($2^{-52}\tau$), then
+$2^{-149}$ ($2^{-1074}$ in float64), which is at most $2^{-23}\tau$ ($2^{-52}\tau$), then
 multiplied by factors within $e^{\rho}$ and divided by normalisers of at least 1. In all that is
 at most $9N\nu 2^{-23}\tau e^{\rho} = 9\nu 2^{-23}\varepsilon \le 2\varepsilon\rho$, because
 $\rho \ge \nu(u_{exp} + 4u_{acc}) \ge 5\nu u_{acc}$. That proves the bound on $|x_d|$.
@@ -693,9 +693,10 @@ rounded to nearest or truncated, and on the merge monoid's opposite pair $\mp 32
 truncated subtraction would leave $\rho_1$.
 `check_simulated_kernel` runs the whole computation at 60 digits with *every* rounding done
 explicitly to fp32, fp16 or bf16 (`relaycore.proofs.rounding`), an adversarial exponential
-(relative error up to $2^{-22}$ with drawn signs) and logarithm (absolute error up to
-$2^{-22}$), fp32 accumulations (dot products, sums of weights and of products, the merges'
-sums) rounded to nearest or truncated and every elementwise operation rounded to nearest, as
+(an extra relative error up to $2^{-21} - 2^{-23}$ with drawn signs, so that with its fp32
+rounding it errs by up to about $u_{exp} - 2^{-24}$, $u_{exp} = 2^{-21}$) and logarithm
+(absolute error up to $u_{exp}$ before its rounding), fp32 accumulations (dot products, sums
+of weights and of products, the merges' sums) rounded to nearest or truncated and every elementwise operation rounded to nearest, as
 Lemmas 2-4 assume, subnormals flushed to zero or kept (Lemma 6), blocks of 1 to 4 keys and 1 to 4
 relay parts merged pairwise in natural log (`relaycore.state.merge`, the PyTorch backend),
 over Hypothesis-drawn problems including scores up to $10^4$ and weights down to the
@@ -765,12 +766,13 @@ from relaycore.proofs import rounding as fp
 from relaycore.proofs.draws import checked
 from relaycore.proofs.merge_monoid import merge_rho
 
-#: The adversarial exponential's largest extra relative error (with fp32's own rounding it stays
-#: within ``bounds.EXP_REL_FP32``).
-EXP_WOBBLE = 2.0**-22
-#: The adversarial logarithm's largest extra absolute error (``lg2.approx.f32`` is documented
-#: at ``2^-22.6`` absolute near 1).
-LOG_WOBBLE = 2.0**-22
+#: The adversarial exponential's largest extra relative error: with fp32's own rounding
+#: (``2^-24``) it errs by up to about ``u_exp - 2^-24`` (``u_exp = bounds.EXP_REL_FP32 = 2^-21``),
+#: the assumption's extreme.
+EXP_WOBBLE = 2.0**-21 - 2.0**-23
+#: The adversarial logarithm's largest absolute error before its rounding: ``u_exp``, as the
+#: assumption allows (``lg2.approx.f32`` is documented at ``2^-22.6`` absolute near 1).
+LOG_WOBBLE = 2.0**-21
 #: Steps per key of the all-at-once merge of two or more non-empty states (Lemma 4); the
 #: Triton backend's count, ``relaycore.fast.triton.rounding.MERGE_STEPS``, must equal it.
 ALL_AT_ONCE_MERGE_STEPS = 2

@@ -10,8 +10,8 @@ $n_q$ queries that are the last $n_q$ own tokens, $\kappa = |R|$):
    the reverse, fusing two consecutive levels into one.
 2. *Moving tokens into the prefix.* Moving the first $t$ own tokens to the end of the last
    prefix level (or into a new level) leaves every state unchanged when they are visible to
-   every query and the request keeps its queries' tokens: $t \le \kappa - n_q$ under the causal
-   mask (the tokens before the first query), any $t \le \kappa$ without it.
+   every query: under the causal mask when $t \le \kappa - n_q$ (the tokens before the first
+   query; the queries' own tokens stay), without it for any $t \le \kappa$.
 3. *Moving tokens out of the prefix.* Moving the last $t$ tokens of the last level to the front
    of $R$ (so $\kappa$ grows by $t$, the queries stay the last $n_q$ own tokens) leaves every
    state unchanged.
@@ -21,11 +21,14 @@ All three hold exactly in exact arithmetic; in floating point they change only t
 ## Proof
 
 In each case the context, read as a sequence of tokens, is the same sequence, and
-each query sees the same set of tokens: for 1 the prefix tokens are all visible before and
-after; for 2 the moved tokens $t' < t \le \kappa - n_q$ satisfy $t' \le \kappa - n_q + j$ for
-every query $j$, so they were visible to all queries before the move and are visible as
-prefix tokens after it; for 3 the moved tokens become own tokens $0 \dots t - 1$ of a request
-with $\kappa' = \kappa + t$ and $n_q$ queries, visible to query $j$ because
+each query keeps its position $T + \kappa - n_q + j$ in it (in 2 and 3, $T$ and $\kappa$ change
+by opposite amounts), so under the causal mask of the concatenation, and trivially without a
+mask, each query sees the same set of tokens. Read through the causal split: for 1 the
+prefix tokens are all visible before and after; for 2 the moved tokens
+$t' < t \le \kappa - n_q$ satisfy $t' \le \kappa - n_q + j$ for every query $j$, so they were
+visible to all queries before the move and are visible as prefix tokens after it; for 3 the
+moved tokens become own tokens $0 \dots t - 1$ of a request with $\kappa' = \kappa + t$ and
+$n_q$ queries, visible to query $j$ because
 $t - 1 < t \le \kappa' - n_q + j$. By the causal split each state is the attention over the
 query's visible set, which did not change, so neither did the state. (Equivalently: the relay
 identity with the partitions before and after the change, both refining the same set.)

@@ -19,7 +19,7 @@ states.) And (iv) the form `relaycore/state.py` evaluates,
 
 $$
 m = \max(\ell_a, \ell_b),\quad w_a = e^{\ell_a - m},\quad w_b = e^{\ell_b - m},\quad
-o = \frac{w_a o_a + w_b o_b}{w_a + w_b},\quad \ell = m + \log(w_a + w_b),
+o = \frac{w_a}{w_a + w_b}\, o_a + \frac{w_b}{w_a + w_b}\, o_b,\quad \ell = m + \log(w_a + w_b),
 $$
 
 (with $m$ replaced by $0$ when both sides are empty) is the same function, and in floating
@@ -81,11 +81,11 @@ all: $u_{exp} + 2u_{acc} + u_{acc}L \le \rho_1$, with $u_{acc}$ spare for the se
 terms and $u_{acc}$ more that lets the two sums truncate. A $w_a$ that underflows errs by at
 most $\tau$ absolutely; it moves $\hat c_a$ by $\tau$ and $\hat c_b = \mathrm{fl}(1 / (1 + w_a))$
 by a factor $1 \pm \tau$. For the lse, $\hat\ell = \mathrm{fl}(m + \mathrm{fl}(\widehat{\log}\,
-\hat t))$ with $\hat t = \mathrm{fl}(w_a + w_b)$ within $e^{\pm(|\theta| + u_{acc}/2)}$ of
-$e^{\ell - m}$; the logarithm adds $u_{exp}$, its rounding ($\log \hat t \le 1$) and the
-addition $\tfrac{u_{acc}}{2}(1 + |\ell|)$, to first order: at most $\rho_1 - 3u_{acc} + u_{exp}
-+ \tfrac{u_{acc}}{2}(|\ell| + 1) \le \rho_1 + 3u_{acc}(|\ell| + 1)$, since $u_{exp} \le
-4u_{acc}$. $\blacksquare$
+\hat t))$ with $\hat t = \mathrm{fl}(w_a + w_b)$ within $e^{\pm(|\theta| + u_{acc})}$ of
+$e^{\ell - m}$ (the sum may truncate); the logarithm adds $u_{exp}$, its rounding
+($\log \hat t \le 1$) and the addition $\tfrac{u_{acc}}{2}(1 + |\ell|)$, to first order: at
+most $\rho_1 - 3u_{acc} + u_{exp} + \tfrac{u_{acc}}{2}(|\ell| + 1) \le \rho_1 +
+3u_{acc}(|\ell| + 1)$, since $u_{exp} \le 4u_{acc}$. $\blacksquare$
 
 *Where the assumption is needed.* A subtraction that truncates errs by up to $u_{acc}|d|$ in
 the standard model, $2u_{acc}L$ at $\ell_a = -\ell_b$, against the $u_{acc}L$ in $\rho_1$; in
@@ -98,11 +98,13 @@ units' accumulators may truncate.
 
 ## Machine check
 
-sympy proves (i), (ii), the limit (iii) and (iv) in each of the two cases
-$\ell_a \ge \ell_b$, $\ell_b > \ell_a$. The rounding claim is checked at 60 digits in the
-standard model ($\mathrm{fl}(x \circ y) = (x \circ y)(1 + \delta)$, every $\delta$ and the
-errors of the exponential and the logarithm drawn by an adversary, at their extremes or
-anywhere between), $\delta$ up to $u_{acc}/2$ and up to $u_{acc}$ for the two sums, for the
+sympy proves (i) and (ii) for finite lses, the limit (iii) and (iv) in each of the two cases
+$\ell_a \ge \ell_b$, $\ell_b > \ell_a$. (With an empty side, (i) and (ii) follow from the
+definition: $\sigma(\pm\infty) = 1, 0$ make $(0, -\infty)$ an identity on either side, so both
+sides of each law reduce to the merge of the non-empty states.) The rounding claim is checked
+at 60 digits in the standard model ($\mathrm{fl}(x \circ y) = (x \circ y)(1 + \delta)$, every
+$\delta$ and the errors of the exponential and the logarithm drawn by an adversary, at their
+extremes or anywhere between), $\delta$ up to $u_{acc}/2$ and up to $u_{acc}$ for the two sums, for the
 fp32 and float64 policies, with $\ell$ up to $\pm 10^4$, drawn apart, close together, or
 opposite ($\ell_b = -\ell_a$, where the subtraction's error is largest). On the opposite pair
 $\pm 32$ the round-to-nearest subtraction reaches $u_{acc}L$ (the term is needed), while a

@@ -129,7 +129,7 @@ class Arithmetic:
 
 def exp(x, wobble=0, base=None):
     """fp32 ``exp(x)`` (or ``base ** x``) with an extra relative error ``wobble`` (a hardware
-    ``ex2.approx`` is not correctly rounded; the proofs pass ``wobble`` up to ``2^-22`` to play
-    the adversary)."""
+    ``ex2.approx`` is not correctly rounded; the proofs pass ``wobble`` up to ``2^-21 - 2^-23``,
+    so that with this rounding the error stays below ``u_exp = 2^-21``, to play the adversary)."""
     value = mpmath.exp(x) if base is None else mpmath.power(base, x)
     return r32(value * (1 + mpmath.mpf(wobble)))
