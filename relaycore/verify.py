@@ -28,11 +28,19 @@ at D = 128. A tighter bound: ``--block-n N`` (with ``--chunk C``, ``--merge pair
 
 Rows without a bound: where ``relaycore.bounds`` gives no bound for a row (scores too large for
 the dtype, or an lse whose ``rho`` passes 2 on long rows), the row is held to none, and the case
-is counted apart ("no bound"), neither failed nor passed; the summary lists those seeds.
+is counted apart ("no bound"), neither failed nor passed; the summary lists those seeds. A case
+whose every request has ``q_len`` 0 has no row at all: it runs (and fails where the
+implementation raises, returns what the check refuses or writes into its inputs), but has
+nothing to hold to a bound, and is counted apart too ("no rows").
 
-Exit status: 0 when no case fails, 1 when one fails or when every case has rows without a bound,
-2 when the run cannot start (or a drawn batch is one ``make_batch`` or the oracle refuses: a
-``--space`` beyond what the dtype or the metadata holds; or ``random_batch`` cannot draw a case).
+A failing case: the implementation raised, ``relaycore.testing.check`` refused its result (not
+an ``(out, lse)`` pair, a masked array, a tensor on the meta device: its ``TypeError`` or
+``ValueError``), or the check failed. Any other error of the check is relaycore's and is raised.
+
+Exit status: 0 when no case fails, 1 when one fails or when no case was checked on every row
+(each had rows without a bound, or no rows), 2 when the run cannot start (or a drawn batch is
+one ``make_batch`` or the oracle refuses: a ``--space`` beyond what the dtype or the metadata
+holds; or ``random_batch`` cannot draw a case).
 
 From Python: ``relaycore.verify.run(fn_or_spec, cases=..., dtypes=..., space={...})`` runs the
 same check, prints the same report and returns an ``Outcome``.
@@ -56,6 +64,7 @@ import relaycore
 from relaycore import dispatch
 from relaycore.testing import (DTYPES, MERGES, Batch, BatchSpace, Report, blocked_steps, compare, make_batch,
                                random_batch)
+from relaycore.testing.check import _result_pair
 
 #: Dtypes a case without ``--dtype`` takes, by ``seed % 3``.
 CYCLE = ("float32", "float16", "bfloat16")
@@ -83,17 +92,21 @@ class UsageError(ValueError):
 
 
 class Outcome(NamedTuple):
-    """What a run found (``run``'s result; the command prints it).
+    """What a run found (``run``'s result; the command prints it). It has no truth value
+    (``bool(outcome)`` raises ``TypeError``): test ``outcome.passed``.
 
     Attributes:
         cases: the number of cases run.
-        failed: the seeds of the failing cases (a check failed, or the implementation raised).
+        failed: the seeds of the failing cases (a check failed, the check refused the result, or
+            the implementation raised).
         no_bound: the seeds of the cases with rows where no error bound exists, which passed on
             every other row (neither failed nor passed).
         ran_on: per backend or function name, the cases it computed.
         worst_out: ``(ratio, "seed S, dtype")``, the worst ``out`` error in units of the bound
-            (``(0.0, None)`` when nothing ran).
+            over the cases with rows (``(0.0, None)`` when none ran).
         worst_lse: the same for ``lse``.
+        no_rows: the seeds of the cases without a query row (every ``q_len`` 0) that did not
+            fail: nothing in them was held to a bound (neither failed nor passed).
     """
 
     cases: int
@@ -102,12 +115,19 @@ class Outcome(NamedTuple):
     ran_on: Dict[str, int]
     worst_out: Tuple[float, Optional[str]]
     worst_lse: Tuple[float, Optional[str]]
+    no_rows: Tuple[int, ...]
 
     @property
     def passed(self) -> bool:
         """No case failed, and some case was checked on every row (the exit status is 0): a run
-        whose every case has rows without a bound checked too little to pass."""
-        return not self.failed and (self.cases == 0 or len(self.no_bound) < self.cases)
+        in which every case had rows without a bound or no rows at all checked too little to
+        pass."""
+        return not self.failed and (self.cases == 0 or len(self.no_bound) + len(self.no_rows) < self.cases)
+
+    def __bool__(self) -> bool:
+        """Refused (``TypeError``): a non-empty tuple is true, and ``assert outcome`` would pass a failed run."""
+        raise TypeError("an Outcome has no truth value (`assert outcome` would pass a failed run): use outcome.passed "
+                        "(the command's exit status 0), or outcome.failed == () for no failing case")
 
 
 class _Options(NamedTuple):
@@ -332,12 +352,24 @@ class _Raised(Exception):
     own errors."""
 
 
+class _Refused(Exception):
+    """The check's refusal of the implementation's result (``__cause__``: its ``TypeError`` or
+    ``ValueError``), told apart from the check's own errors."""
+
+
 def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, its exceptions raised as ``_Raised`` and a result the check refuses as
+    ``_Refused``."""
     def call(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except Exception as exc:
             raise _Raised() from exc
+        try:
+            _result_pair(result)
+        except (TypeError, ValueError) as exc:
+            raise _Refused() from exc
+        return result
 
     return call
 
@@ -347,6 +379,7 @@ def _run_case(options: _Options, fn: Optional[Callable[..., Any]], batch, device
 
     Raises:
         _Raised: the implementation raised (its exception is the cause).
+        _Refused: the check refuses the implementation's result (its refusal is the cause).
     """
     where = None if batch.dtype == "float64" else device  # float64: NumPy arrays
     if fn is not None:
@@ -429,6 +462,7 @@ def _execute(options: _Options) -> Outcome:
     ran_on: Dict[str, int] = {}
     failed: List[int] = []
     no_bound: List[int] = []
+    no_rows: List[int] = []
     worst = {"out": (0.0, None), "lse": (0.0, None)}
     for seed in range(options.seed, options.seed + options.cases):
         dtype = dtypes[seed % len(dtypes)]
@@ -440,26 +474,29 @@ def _execute(options: _Options) -> Outcome:
                              f"\n{batch.describe()}") from exc
         try:
             report, name = _run_case(options, fn, batch, device)
-        except (_Raised, TypeError) as raised:  # the implementation raised, or returned no (out, lse) pair
-            if isinstance(raised, TypeError) and not str(raised).startswith("result:"):
-                raise
-            exc = raised.__cause__ if isinstance(raised, _Raised) else raised
+        except (_Raised, _Refused) as caught:  # the implementation raised, or returned what the check refuses
+            exc = caught.__cause__
             failed.append(seed)
             if len(failed) <= MAX_REPORTS:
-                trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3))
-                _print_case(options, seed, dtype, device, f"FAIL: raised {type(exc).__name__}: {exc}\n"
-                                                          f"{trace}{batch.describe()}")
+                if isinstance(caught, _Refused):
+                    text = f"FAIL: the check refuses the result ({type(exc).__name__}): {exc}\n"
+                else:
+                    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3))
+                    text = f"FAIL: raised {type(exc).__name__}: {exc}\n{trace}"
+                _print_case(options, seed, dtype, device, text + batch.describe())
             continue
         ran_on[name] = ran_on.get(name, 0) + 1
+        rows = batch.q.shape[0] > 0
         for part, ratio in (("out", report.out_ratio), ("lse", report.lse_ratio)):
-            if ratio > worst[part][0] or worst[part][1] is None:
+            if rows and (ratio > worst[part][0] or worst[part][1] is None):
                 worst[part] = (ratio, f"seed {seed}, {dtype}")
-        kind = failed if not report.passed else no_bound if report.unchecked else None
+        kind = failed if not report.passed else no_rows if not rows else no_bound if report.unchecked else None
         if kind is not None:
             kind.append(seed)
-            if len(kind) <= MAX_REPORTS:
+            if kind is not no_rows and len(kind) <= MAX_REPORTS:  # a case without rows has nothing to show
                 _print_case(options, seed, dtype, device, str(report))
-    outcome = Outcome(options.cases, tuple(failed), tuple(no_bound), ran_on, worst["out"], worst["lse"])
+    outcome = Outcome(options.cases, tuple(failed), tuple(no_bound), ran_on, worst["out"], worst["lse"],
+                      tuple(no_rows))
     _summary(outcome)
     return outcome
 
@@ -476,16 +513,26 @@ def _summary(outcome: Outcome) -> None:
     if outcome.no_bound:
         print(f"  no bound: {len(outcome.no_bound)} cases have rows where no error bound exists for their dtype, held "
               f"there to none and counted neither failed nor passed (seeds {_seeds(outcome.no_bound)})")
+    if outcome.no_rows:
+        count = len(outcome.no_rows)
+        print(f"  no rows: {count} {'case has' if count == 1 else 'cases have'} no query row (every q_len is 0), "
+              f"nothing to hold to a bound: counted neither failed nor passed (seeds {_seeds(outcome.no_rows)})")
     if outcome.failed:
         print(f"FAIL: {len(outcome.failed)} of {outcome.cases} cases failed (seeds {_seeds(outcome.failed)})")
         return
-    if not outcome.passed:
+    if not outcome.passed and not outcome.no_rows:
         print(f"FAIL: every one of the {outcome.cases} cases has rows without a bound, held there to none: narrow "
               f"--space (smaller score magnitudes, shorter rows)")
         return
-    passed = outcome.cases - len(outcome.no_bound)
+    if not outcome.passed:
+        unbounded = f", {len(outcome.no_bound)} had rows without a bound" if outcome.no_bound else ""
+        print(f"FAIL: none of the {outcome.cases} cases was checked on every row: {len(outcome.no_rows)} had no query "
+              f"row{unbounded}; widen --space (min_q_len=1 gives every request a query)")
+        return
+    passed = outcome.cases - len(outcome.no_bound) - len(outcome.no_rows)
     print(f"PASS: {passed} of {outcome.cases} cases within the bounds of relaycore.bounds"
-          + (f", {len(outcome.no_bound)} with no bound on some rows" if outcome.no_bound else ""))
+          + (f", {len(outcome.no_bound)} with no bound on some rows" if outcome.no_bound else "")
+          + (f", {len(outcome.no_rows)} with no query row to check" if outcome.no_rows else ""))
 
 
 def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str = "auto", cases: int = 200,
@@ -507,8 +554,9 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
             ``--block-n``, ``--chunk``, ``--merge``, ``--single-pass``.
 
     Returns:
-        ``Outcome``: ``outcome.passed`` is the command's exit status 0; the failing seeds, the
-        seeds without a bound on some rows, the worst errors.
+        ``Outcome``: ``outcome.passed`` is the command's exit status 0 (the outcome itself has
+        no truth value); the failing seeds, the seeds without a bound on some rows or without
+        rows, the worst errors.
 
     Raises:
         UsageError: (a ``ValueError``) the run cannot start, as the command's exit status 2.

@@ -7,6 +7,7 @@ import dataclasses
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -826,3 +827,152 @@ def test_check_reads_a_result_with_the_negative_bit_as_its_values():
     batch = make_batch([1, 2], [3, 4], [[2]], [[0, 0]], head_dim=16, dtype="float64")
     out, lse = (torch.from_numpy(x) for x in batch.oracle().state)
     assert check((torch._neg_view(-out), torch._neg_view(-lse)), batch).passed
+
+
+# ---- a downstream trial: reports under pytest, hints, what a function receives ------------------
+
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide" / "testing.md"
+
+
+def test_the_guide_says_how_to_install_relaycore_which_is_not_on_pypi():
+    text = GUIDE.read_text()
+    assert "pip install relaycore`" not in text and "pip install relaycore;" not in text  # a name anyone could take
+    assert 'pip install "/path/to/relaycore[testing]"' in text
+    assert re.search(r'pip install "relaycore\[testing\] @ git\+\S+"', text)
+    assert "NumPy alone" in text
+
+
+def test_a_report_has_no_truth_value():
+    """``assert report`` passed every report, failed ones too: it raises, as NumPy's arrays do."""
+    batch = a_batch()
+    out, lse = batch.oracle().state
+    failed = check((out, lse + 1.0), batch)
+    for report in (failed, check((out, lse), batch)):
+        with pytest.raises(TypeError, match=r"a Report has no truth value .*: use report\.passed"):
+            bool(report)
+        with pytest.raises(TypeError, match="report.passed"):
+            assert report  # noqa: PT017 (the pattern refused)
+    assert not failed.passed
+
+
+def test_assert_close_leaves_its_own_frame_out_of_pytest_tracebacks():
+    batch = a_batch()
+    out, lse = batch.oracle().state
+    with pytest.raises(AssertionError) as failure:
+        assert_close((out, lse + 1.0), batch)
+    shown = failure.traceback.filter(failure)
+    assert [entry.frame.code.name for entry in shown] == ["test_assert_close_leaves_its_own_frame_out_of_pytest_"
+                                                          "tracebacks"]
+
+
+def test_the_guide_and_the_docstrings_assert_a_report_as_its_text():
+    """``assert report.passed, report`` shows pytest's repr of the dataclass, cut at 240
+    characters: the readable report is ``str(report)``."""
+    sources = {GUIDE: GUIDE.read_text()}
+    sources.update((path, path.read_text()) for path in (Path(relaycore.__file__).parent / "testing").glob("*.py"))
+    sources[Path(relaycore.__file__).parent / "verify.py"] = (Path(relaycore.__file__).parent / "verify.py").read_text()
+    bare = [f"{path.name}: {m.group(0)}" for path, text in sources.items()
+            for m in re.finditer(r"assert (\w+)\.passed, \1\b(?![.\w(])", text)]
+    assert bare == []
+    assert "str(report)" in GUIDE.read_text() and "assert report.passed, str(report)" in batches.__doc__
+
+
+def reads_whole_pages(q, cu_seqlens_q, kv, prefixes, *, causal, softmax_scale):
+    """Decode over a paged cache, no prefixes: every slot of a request's pages is read, the
+    scores past ``kv_len`` masked to a weight of 0, which leaves ``0 * NaN`` in ``out``."""
+    out, lse = np.zeros(q.shape), np.zeros(q.shape[:2])
+    for b in range(len(cu_seqlens_q) - 1):
+        pages = kv.block_table[b, :-(-int(kv.kv_lens[b]) // kv.k_cache.shape[1])]
+        k, v = (x[pages].reshape(-1, *x.shape[2:]) for x in (kv.k_cache, kv.v_cache))
+        scores = np.einsum("hd,khd->hk", q[b], np.nan_to_num(k)) * (softmax_scale or q.shape[-1] ** -0.5)
+        scores[:, int(kv.kv_lens[b]):] = -np.inf
+        lse[b] = np.log(np.exp(scores - scores.max(-1, keepdims=True)).sum(-1)) + scores.max(-1)
+        out[b] = np.einsum("hk,khd->hd", np.exp(scores - lse[b][:, None]), v)
+    return out, lse
+
+
+def test_nan_from_a_paged_batch_comes_with_a_hint_that_they_were_planted():
+    batch = make_batch([1, 1], [3, 5], num_q_heads=2, num_kv_heads=2, head_dim=8, dtype="float64", block_size=4)
+    report = compare(reads_whole_pages, batch)
+    assert not report.passed and any(p.startswith("out: ") and " NaN, the first at request 0" in p
+                                     for p in report.problems), str(report)
+    planted = [h for h in report.hints if "unused cache slots hold NaN on purpose" in h]
+    assert len(planted) == 1 and "past a request's kv_len" in planted[0] and "even multiplied by 0" in planted[0]
+    assert "\n  hint: " in str(report)
+    # a ragged batch has no planted NaN: no such hint; nor has a paged result without NaN
+    ragged = make_batch([1, 1], [3, 5], num_q_heads=2, num_kv_heads=2, head_dim=8, dtype="float64")
+    out, lse = ragged.oracle().state
+    out = out.copy()
+    out[0, 0, 0] = np.nan
+    assert check((out, lse), ragged).hints == ()
+    assert check(tuple(x + 1.0 for x in batch.oracle().state), batch).hints == ()
+
+
+BASE_2 = ("lse looks to be in base 2 (log2 of the sum of exp): relaycore's lse is natural log; convert with "
+          "ln 2 = 0.693147")
+
+
+@pytest.mark.parametrize("batch", [
+    make_batch([1], [6], [[4]], [[0]], num_q_heads=1, num_kv_heads=1, head_dim=16, seed=4),  # one row
+    make_batch([3], [2000], num_q_heads=2, head_dim=16, seed=1),  # long rows, lse all about 8
+    make_batch([2, 3], [1500, 900], [[600]], [[0, 0]], num_q_heads=4, num_kv_heads=2, head_dim=64, dtype="bfloat16",
+               score_magnitude=100.0, seed=2),
+], ids=["one row", "equal rows", "large scores"])
+def test_an_lse_in_base_two_is_named_on_one_row_and_on_rows_of_equal_lse(batch):
+    args, kwargs = batch.to_torch("cpu")
+    out, lse = torch_backend(*args, **kwargs)
+    assert check((out, lse), batch).hints == ()  # correct: no hint
+    report = check((out, (lse.double() * LOG2E).float()), batch)  # a kernel that never converted its base-2 lse
+    assert not report.passed and report.hints == (BASE_2,), str(report)
+
+
+def test_the_lse_base_hint_stays_quiet_where_the_base_is_not_the_reason():
+    one = make_batch([1], [6], [[4]], [[0]], num_q_heads=1, num_kv_heads=1, head_dim=16, seed=4)
+    out, lse = one.oracle().state
+    (ref,) = lse.ravel()
+    # an offset that makes got / ref 1.4427 to three digits on this one row: not the base's ratio to 1e-6
+    near = check((out, lse + ref * (LOG2E - 1) * (1 + 1e-4)), one)
+    assert not near.passed and near.hints == ()
+    # several rows: an offset (each key counted twice adds ln 2), base 2 with errors past the bound: no hint
+    batch = make_batch([3], [2000], num_q_heads=2, head_dim=16, seed=1)
+    out, lse = batch.oracle().state
+    for wrong in (lse + np.log(2.0), lse * LOG2E + np.random.default_rng(0).normal(0, 0.1, lse.shape)):
+        report = check((out, wrong), batch)
+        assert not report.passed and report.hints == (), str(report)
+    # a correct lse beside a wrong out: the lse hint is not asked
+    assert check((out + 1.0, lse), batch).hints == ()
+
+
+def test_strategies_without_hypothesis_say_how_to_install_them(monkeypatch):
+    import importlib
+
+    monkeypatch.setitem(sys.modules, "hypothesis", None)
+    monkeypatch.delitem(sys.modules, "relaycore.testing.strategies")
+    with pytest.raises(ImportError, match=r"needs Hypothesis.*relaycore\[testing\]") as refused:
+        importlib.import_module("relaycore.testing.strategies")
+    assert isinstance(refused.value.__cause__, ImportError) and "hypothesis" in str(refused.value.__cause__)
+
+
+@given(batches(dtypes=("float16", "bfloat16"), score_magnitudes=(None, 100.0)))
+def test_a_batch_s_arrays_cast_to_its_format_losslessly(batch):
+    """What the guide tells a NumPy kernel that runs its fp16 path: ``batch.arguments()``'s
+    arrays ``.astype(np.float16)`` are the batch's values (NaN where a paged cache is unused);
+    bfloat16, which NumPy lacks, rides in float32."""
+    (q, _, kv, prefixes), _ = batch.arguments()
+    narrow = np.float16 if batch.dtype == "float16" else np.float32
+    for x in (q, *kv[:2], *(y for level in prefixes for y in level[:2])):
+        assert x.dtype == np.float64
+        assert np.array_equal(x.astype(narrow).astype(np.float64), x, equal_nan=True)
+    if batch.dtype == "bfloat16":
+        assert np.array_equal(relaycore.testing.round_to_bfloat16(q), q.astype(np.float32))
+
+
+def test_the_guide_says_what_a_function_receives():
+    text = GUIDE.read_text()
+    section = text[text.index("## What your function receives"):]
+    section = section[:section.index("\n## ", 1)]
+    for fact in ("RaggedKV", "PagedKV", "PrefixLevel", "last", "../math/causal.md", "h // (Hq // Hkv)",
+                 "1/sqrt(D)", "-1", "NaN", "to_torch", ".astype(np.float16)", "bfloat16"):
+        assert fact in section, fact
+    assert "(#what-your-function-receives)" in text[:text.index("## What your function receives")]

@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import relaycore
@@ -27,7 +28,7 @@ def test_torch_backend_passes(capsys):
     status, out = verify(capsys, "--backend", "torch", "--cases", "40", "--seed", "100")
     assert status == 0, out
     assert "ran on: torch (40 cases)" in out
-    assert "PASS: 40 of 40 cases" in out
+    assert "PASS: 38 of 40 cases within the bounds of relaycore.bounds, 2 with no query row to check" in out
     assert re.search(r"worst out error: [0-9.e-]+ of the bound \(seed \d+, \w+\)", out)
 
 
@@ -310,3 +311,82 @@ def test_an_error_of_the_check_itself_is_not_blamed_on_the_implementation(capsys
     monkeypatch.setattr(check_module, "_bounds", broken)
     with pytest.raises(ValueError, match="a bug in the check"):
         cli.main(["verify", "--backend", "torch", "--device", "cpu", "--cases", "1"])
+
+
+# ---- a downstream trial: refused results, cases without rows, truth values -------------------
+
+
+def returns_a_masked_array(q, cu_seqlens_q, kv, prefixes, *, causal=True, softmax_scale=None):
+    """The reference's result, ``out`` wrapped in a NumPy masked array."""
+    out, lse = relaycore.relay_attention(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+    return np.ma.masked_array(out), lse
+
+
+def returns_meta_tensors(q, cu_seqlens_q, kv, prefixes, *, causal=True, softmax_scale=None):
+    """The torch backend's result, moved to the meta device (no values)."""
+    out, lse = relaycore.relay_attention(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale,
+                                         backend="torch")
+    return out.to("meta"), lse.to("meta")
+
+
+def returns_a_dict(q, cu_seqlens_q, kv, prefixes, *, causal=True, softmax_scale=None):
+    out, lse = relaycore.relay_attention(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+    return {"out": out, "lse": lse}
+
+
+@pytest.mark.parametrize("function, options, refusal", [
+    ("returns_a_masked_array", ["--dtype", "float64"],
+     "TypeError): out: expected a plain NumPy array, got a masked array"),
+    ("returns_meta_tensors", ["--device", "cpu"],
+     "ValueError): out: expected a tensor that holds values, got a tensor on the meta device"),
+    ("returns_a_dict", ["--dtype", "float64"], "TypeError): result: expected a pair (out, lse) of arrays or tensors, "
+                                               "got dict"),
+])
+def test_a_result_the_check_refuses_is_a_failing_case(capsys, function, options, refusal):
+    status, out = verify(capsys, "--function", f"test_verify:{function}", "--cases", "3", *options)
+    assert status == 1, out
+    assert f"FAIL: the check refuses the result ({refusal}" in out
+    assert "FAIL: 3 of 3 cases failed (seeds 0, 1, 2)" in out and "reproduce: relaycore verify" in out
+
+
+def test_cases_without_query_rows_are_counted_apart(capsys):
+    # seed 14 of the CPU space draws only requests of q_len 0: nothing to hold to a bound
+    status, out = verify(capsys, "--backend", "torch", "--device", "cpu", "--cases", "2", "--seed", "13")
+    assert status == 0, out
+    assert ("  no rows: 1 case has no query row (every q_len is 0), nothing to hold to a bound: counted neither "
+            "failed nor passed (seeds 14)") in out
+    assert out.rstrip().endswith("PASS: 1 of 2 cases within the bounds of relaycore.bounds, 1 with no query row to "
+                                 "check")
+    assert "seed 14" not in out.split("worst out error:")[1].split("\n")[0]  # no worst error of an empty case
+    # a run that checked no row at all checked too little to pass
+    status, out = verify(capsys, "--backend", "torch", "--device", "cpu", "--cases", "1", "--seed", "14")
+    assert status == 1, out
+    assert out.rstrip().endswith("FAIL: none of the 1 cases was checked on every row: 1 had no query row; widen "
+                                 "--space (min_q_len=1 gives every request a query)")
+    # an empty case still fails when its function raises
+    status, out = verify(capsys, "--function", "wrong_attention:crash", "--cases", "1", "--seed", "14")
+    assert status == 1 and "FAIL: 1 of 1 cases failed (seeds 14)" in out, out
+
+
+def test_an_outcome_has_no_truth_value(capsys):
+    from relaycore.verify import run
+
+    outcome = run("wrong_attention:ignore_prefix", cases=2, dtypes=("float32",), device="cpu")
+    capsys.readouterr()
+    assert not outcome.passed and outcome.failed
+    with pytest.raises(TypeError, match=r"an Outcome has no truth value .*: use outcome\.passed"):
+        assert outcome  # noqa: PT017 (the pattern refused)
+
+
+def test_the_default_spaces_cannot_see_a_low_precision_accumulator_and_the_guide_says_so(capsys):
+    """A bf16 output accumulator passes the default batches, short rows; the guide says so and
+    gives the recipe that catches it (run on long rows by the test above)."""
+    status, out = verify(capsys, "--function", "flawed_kernels:accumulator_rounded", "--dtype", "bfloat16",
+                         "--device", "cpu", "--cases", "30", "--block-n", "16", "--single-pass")
+    assert status == 0, out
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "testing.md").read_text()
+    assert "cannot see the precision of an accumulator" in guide
+    assert re.search(r"relaycore verify --function \S+ --dtype bfloat16 --space max_kv_len=2000 \\\n\s+--space "
+                     r"\"value_offsets=\(8\.0,\)\" --block-n 16", guide)

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from hypothesis import strategies as st
+try:
+    from hypothesis import strategies as st
+except ImportError as exc:
+    raise ImportError(
+        'relaycore.testing.strategies needs Hypothesis, which relaycore installs only with its testing extra: '
+        'pip install "/path/to/relaycore[testing]" (a clone) or "relaycore[testing] @ git+URL" (relaycore is not '
+        'on PyPI), or pip install "hypothesis>=6.100"', name="hypothesis") from exc
 
 from relaycore.testing.batch import Batch, make_batch
 from relaycore.testing.space import BatchSpace
@@ -47,6 +53,6 @@ def batches(**space: Any) -> st.SearchStrategy[Batch]:
         >>> @given(batches(dtypes=("float16", "bfloat16"), max_kv_len=64))
         ... def test_my_kernel(batch):
         ...     report = compare(my_kernel, batch, device="cuda")  # its result and its inputs
-        ...     assert report.passed, report
+        ...     assert report.passed, str(report)  # the readable report, not pytest's cut repr
     """
     return _batches(BatchSpace(**space))
