@@ -11,12 +11,13 @@ and the inputs left as they were (the implementation receives copies of the batc
 
 Inputs: for ``--dtype float16|bfloat16|float32`` the backend or function receives torch tensors
 in that dtype on ``--device`` (int32 metadata); for ``--dtype float64`` it receives NumPy float64
-arrays (int32 metadata), which needs no torch. ``--dtype`` takes several formats (not float64
-among others): case ``S + i`` takes the ``(S + i) % n``-th of the ``n`` given; without it, float32,
-float16 or bfloat16 (``CYCLE``). A ``--function`` has ``relay_attention``'s signature
-``fn(q, cu_seqlens_q, kv, prefixes, *, causal, softmax_scale)`` and returns ``(out, lse)`` with
-``lse`` in natural log; it is imported as ``module:function`` with the current directory on the
-import path.
+arrays (int32 metadata), which needs no torch. ``--host-metadata`` hands the torch inputs' metadata
+as NumPy arrays on the host instead (``Batch.to_torch(device, host_metadata=True)``). ``--dtype``
+takes several formats (not float64 among others): case ``S + i`` takes the ``(S + i) % n``-th of
+the ``n`` given; without it, float32, float16 or bfloat16 (``CYCLE``). A ``--function`` has
+``relay_attention``'s signature ``fn(q, cu_seqlens_q, kv, prefixes, *, causal, softmax_scale)``
+and returns ``(out, lse)`` with ``lse`` in natural log; it is imported as ``module:qualname`` with
+the current directory on the import path.
 
 Narrower batches: ``--space FIELD=VALUE`` (repeatable) sets a field of
 ``relaycore.testing.BatchSpace`` over the device's defaults (``SPACES``), the value a Python
@@ -43,13 +44,17 @@ one ``make_batch`` or the oracle refuses: a ``--space`` beyond what the dtype or
 holds; or ``random_batch`` cannot draw a case).
 
 From Python: ``relaycore.verify.run(fn_or_spec, cases=..., dtypes=..., space={...})`` runs the
-same check, prints the same report and returns an ``Outcome``.
+same check, prints the same report and returns an ``Outcome``; its ``UsageError`` names the
+keywords (``dtypes``), the command's the flags (``--dtype``). A failing case's reproduce line is
+the command where the function has a ``module:qualname`` that imports it, else the ``run`` call
+with the function to pass itself (a lambda, a closure, a function of ``__main__``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib
 import inspect
 import os
@@ -130,8 +135,16 @@ class Outcome(NamedTuple):
                         "(the command's exit status 0), or outcome.failed == () for no failing case")
 
 
+#: Each of ``run``'s keywords as the command spells it.
+_FLAGS = {"function": "--function", "backend": "--backend", "cases": "--cases", "seed": "--seed", "dtypes": "--dtype",
+          "device": "--device", "space": "--space", "block_n": "--block-n", "chunk": "--chunk", "merge": "--merge",
+          "single_pass": "--single-pass", "host_metadata": "--host-metadata"}
+
+
 class _Options(NamedTuple):
-    """A run's options, as ``run`` takes them; ``space_text`` is ``space`` as ``--space`` items."""
+    """A run's options, as ``run`` takes them; ``space_text`` is ``space`` as ``--space`` items;
+    ``command``: given on the command line (messages name its flags), not to ``run`` (its
+    keywords)."""
 
     function: Union[None, str, Callable[..., Any]]
     backend: str
@@ -145,6 +158,21 @@ class _Options(NamedTuple):
     chunk: Optional[int]
     merge: str
     single_pass: bool
+    host_metadata: bool
+    command: bool
+
+    def name(self, option: str) -> str:
+        """``option``, ``run``'s keyword, as the caller wrote it: the command's flag or the keyword."""
+        return _FLAGS[option] if self.command else option
+
+    def setting(self, option: str, value: Any) -> str:
+        """``option`` set to ``value`` as the caller writes it: ``--dtype float64``, ``--single-pass``;
+        ``dtypes=('float64',)``, ``single_pass=True``."""
+        if not self.command:
+            return f"{option}={value!r}"
+        if value is True:
+            return _FLAGS[option]
+        return " ".join([_FLAGS[option], *(str(x) for x in (value if isinstance(value, tuple) else (value,)))])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -161,6 +189,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "float32, or float64 alone (NumPy inputs) (default: float32 float16 bfloat16)")
     parser.add_argument("--device", choices=["cpu", "cuda"],
                         help="where torch inputs live (default: cuda when available, else cpu)")
+    parser.add_argument("--host-metadata", action="store_true",
+                        help="the metadata (offsets, lengths, block table, prefix ids) as NumPy arrays on the host, "
+                             "beside the torch tensors on --device")
     parser.add_argument("--space", action="append", default=[], metavar="FIELD=VALUE",
                         help="a relaycore.testing.BatchSpace field over the device's defaults, the value a Python "
                              "literal, e.g. --space \"head_dims=(128,)\" --space max_q_len=1 (repeatable)")
@@ -174,19 +205,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --block-n: one running state over the whole context, no merge")
 
 
-def _load_function(spec: str) -> Callable[..., Any]:
+def _attribute(owner: Any, qualname: str) -> Any:
+    """``owner.a.b`` for the qualified name ``"a.b"``.
+
+    Raises:
+        AttributeError: a part of ``qualname`` that is not there.
+    """
+    return functools.reduce(getattr, qualname.split("."), owner)
+
+
+def _load_function(spec: str, option: str) -> Callable[..., Any]:
+    """The function ``spec``, ``"module:qualname"``, imported with the current directory on the
+    import path.
+
+    Raises:
+        UsageError: ``spec`` is not ``module:qualname``, does not import, or is not callable;
+            the message begins with ``option``, the flag or keyword that gave it.
+    """
     module_name, sep, name = spec.partition(":")
     if not sep or not module_name or not name:
-        raise UsageError(f"--function: expected MODULE:FUNCTION, got {spec!r}")
+        raise UsageError(f"{option}: expected MODULE:FUNCTION, got {spec!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        fn = getattr(importlib.import_module(module_name), name)
+        fn = _attribute(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as exc:
-        raise UsageError(f"--function: cannot load {spec!r}: {exc}") from exc
+        raise UsageError(f"{option}: cannot load {spec!r}: {exc}") from exc
     if not callable(fn):
-        raise UsageError(f"--function: {spec!r} is not callable")
+        raise UsageError(f"{option}: {spec!r} is not callable")
     return fn
+
+
+def _importable_name(fn: Callable[..., Any]) -> Optional[str]:
+    """``fn``'s ``"module:qualname"`` where that name finds ``fn`` itself in its module, as
+    ``--function`` would import it; ``None`` for a function that cannot be named from outside (a
+    lambda, a closure, a bound method, a ``functools.partial``, a function of ``__main__``)."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or module == "__main__" or module not in sys.modules:
+        return None
+    try:
+        found = _attribute(sys.modules[module], qualname)
+    except AttributeError:
+        return None
+    return f"{module}:{qualname}" if found is fn else None
 
 
 def _default_device(dtypes: Optional[Tuple[str, ...]]) -> str:
@@ -200,57 +261,76 @@ def _default_device(dtypes: Optional[Tuple[str, ...]]) -> str:
 
 
 def _check_setup(options: _Options, device: str) -> None:
-    for name, value in (("--cases", options.cases), ("--seed", options.seed)):
+    """Refuse options that cannot run, each named as the caller gave it (``options.name``).
+
+    Raises:
+        UsageError: an option out of its domain, options that do not go together, torch or
+            CUDA missing, Triton on the CPU without its interpreter.
+    """
+    name, setting = options.name, options.setting
+    for option in ("cases", "seed"):
+        value = getattr(options, option)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise UsageError(f"{name}: expected an int, got {value!r}")
+            raise UsageError(f"{name(option)}: expected an int, got {value!r}")
+    for option in ("single_pass", "host_metadata"):
+        value = getattr(options, option)
+        if not isinstance(value, bool):
+            raise UsageError(f"{name(option)}: expected a bool, got {value!r}")
     if options.cases < 1:
-        raise UsageError(f"--cases: expected at least 1, got {options.cases}")
+        raise UsageError(f"{name('cases')}: expected at least 1, got {options.cases}")
     if options.seed < 0:
-        raise UsageError(f"--seed: expected an int >= 0 (NumPy seeds are non-negative), got {options.seed}")
+        raise UsageError(f"{name('seed')}: expected an int >= 0 (NumPy seeds are non-negative), got {options.seed}")
     if options.function is None and options.backend not in ("auto", "reference", "torch", "triton"):
-        raise UsageError(f"--backend: expected one of auto, reference, torch, triton, got {options.backend!r}")
+        raise UsageError(f"{name('backend')}: expected one of auto, reference, torch, triton, got {options.backend!r}")
     if options.merge not in MERGES:
-        raise UsageError(f"--merge: expected one of {list(MERGES)}, got {options.merge!r}")
+        raise UsageError(f"{name('merge')}: expected one of {list(MERGES)}, got {options.merge!r}")
     dtypes = options.dtypes
     if dtypes is not None and (not dtypes or any(d not in DTYPES for d in dtypes)):
-        raise UsageError(f"--dtype: expected one or more of {list(DTYPES)}, got {list(dtypes)}")
+        raise UsageError(f"{name('dtypes')}: expected one or more of {list(DTYPES)}, got {list(dtypes)}")
     if dtypes is not None and "float64" in dtypes and len(dtypes) > 1:
-        raise UsageError(f"--dtype: expected float64 alone (it passes NumPy arrays, the others torch tensors), got "
-                         f"{' '.join(dtypes)}")
+        raise UsageError(f"{name('dtypes')}: expected float64 alone (it passes NumPy arrays, the others torch tensors), "
+                         f"got {setting('dtypes', dtypes)}")
+    blocking = f"{name('chunk')}, {name('merge')}, {name('single_pass')}"
     if options.block_n is None and (options.chunk is not None or options.merge != "fold" or options.single_pass):
-        raise UsageError("--chunk, --merge, --single-pass: expected with --block-n (they describe its blocking), "
-                         "got them without it")
+        raise UsageError(f"{blocking}: expected with {name('block_n')} (they describe its blocking), got them "
+                         f"without it")
     if options.block_n is not None and options.function is None:
-        raise UsageError(f"--block-n: expected with --function (a blocking you know), got it with --backend "
-                         f"{options.backend}, whose blocking varies per request: its tests count it "
-                         f"(relaycore.fast.triton.rounding.steps_per_token)")
-    for name, value in (("--block-n", options.block_n), ("--chunk", options.chunk)):
+        raise UsageError(f"{name('block_n')}: expected with {name('function')} (a blocking you know), got it with "
+                         f"{setting('backend', options.backend)}, whose blocking varies per request: its tests count "
+                         f"it (relaycore.fast.triton.rounding.steps_per_token)")
+    for option in ("block_n", "chunk"):
+        value = getattr(options, option)
         if value is not None and value < 1:
-            raise UsageError(f"{name}: expected a positive number of keys, got {value}")
+            raise UsageError(f"{name(option)}: expected a positive number of keys, got {value}")
     if options.single_pass and (options.chunk is not None or options.merge != "fold"):
-        raise UsageError("--single-pass: expected without --chunk and --merge (one running state has no parts to "
-                         "cut or merge), got them together")
+        raise UsageError(f"{name('single_pass')}: expected without {name('chunk')} and {name('merge')} (one running "
+                         f"state has no parts to cut or merge), got them together")
+    float64 = setting("dtypes", ("float64",))
     if dtypes == ("float64",):
         if device == "cuda":
-            raise UsageError("--dtype float64 passes NumPy arrays, which live on the CPU; drop --device cuda")
+            raise UsageError(f"{float64} passes NumPy arrays, which live on the CPU; drop {setting('device', 'cuda')}")
         if options.backend not in ("auto", "reference") and options.function is None:
-            raise UsageError(f"--dtype float64 passes NumPy arrays, which only the reference backend takes, not "
+            raise UsageError(f"{float64} passes NumPy arrays, which only the reference backend takes, not "
                              f"{options.backend!r}")
+        if options.host_metadata:
+            raise UsageError(f"{name('host_metadata')}: expected with torch inputs, got it with {float64}, whose NumPy "
+                             f"arrays hold the metadata on the host already")
         return
     try:
         import torch
     except ImportError as exc:
-        raise UsageError("torch is not installed: use --dtype float64 (NumPy inputs) or install torch") from exc
+        raise UsageError(f"torch is not installed: use {float64} (NumPy inputs) or install torch") from exc
     if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: torch sees no CUDA device here")
+        raise UsageError(f"{setting('device', 'cuda')}: torch sees no CUDA device here")
     if options.function is None and options.backend == "triton":
         try:
             triton_backend = dispatch.load("triton")
         except RuntimeError as exc:
             raise UsageError(str(exc)) from exc
         if device == "cpu" and not triton_backend.runs_on_the_cpu():
-            raise UsageError("--backend triton on the CPU runs only under Triton's interpreter: set TRITON_INTERPRET=1 "
-                             "before triton is imported, or use --device cuda on a GPU")
+            raise UsageError(f"{setting('backend', 'triton')} on the CPU runs only under Triton's interpreter: set "
+                             f"TRITON_INTERPRET=1 before triton is imported, or use {setting('device', 'cuda')} on a "
+                             f"GPU")
 
 
 def _parse_space(items: Sequence[str]) -> Dict[str, Any]:
@@ -258,7 +338,7 @@ def _parse_space(items: Sequence[str]) -> Dict[str, Any]:
 
     Raises:
         UsageError: an item that is not ``FIELD=LITERAL`` of a ``BatchSpace`` field, or whose
-            literal is not of the field's kind (a tuple of choices, or an int).
+            literal is not of the field's kind (a tuple of choices, an int, or a bool).
     """
     fields = BatchSpace.__dataclass_fields__
     space = {}
@@ -275,12 +355,11 @@ def _parse_space(items: Sequence[str]) -> Dict[str, Any]:
             value = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError) as exc:
             raise UsageError(f"--space {name}: expected a Python literal, got {text!r}") from exc
-        choices = isinstance(fields[name].default, tuple)
-        bound = not choices and isinstance(value, int) and not isinstance(value, bool)
-        if choices != isinstance(value, (tuple, list)) or not (choices or bound):
-            want = "a tuple of choices, e.g. (128,)" if choices else "an int"
+        kind = type(fields[name].default)  # tuple: choices; int: a bound; bool: a switch
+        if not (isinstance(value, (tuple, list)) if kind is tuple else type(value) is kind):
+            want = {tuple: "a tuple of choices, e.g. (128,)", int: "an int", bool: "True or False"}[kind]
             raise UsageError(f"--space {name}: expected {want}, got {text!r}")
-        space[name] = tuple(value) if choices else value
+        space[name] = tuple(value) if kind is tuple else value
     return space
 
 
@@ -295,12 +374,13 @@ def _space(options: _Options, device: str) -> dict:
     fields = set(BatchSpace.__dataclass_fields__) - {"dtypes"}
     unknown = sorted(set(options.space) - fields)
     if unknown:
-        raise UsageError(f"--space: expected fields among {sorted(fields)}, got {unknown[0]!r}")
+        raise UsageError(f"{options.name('space')}: expected fields among {sorted(fields)} (a case's dtype is "
+                         f"set by {options.name('dtypes')}), got {unknown[0]!r}")
     space = {**SPACES[device], **options.space}
     try:
         BatchSpace(**space)
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"--space: {exc}") from exc
+        raise UsageError(f"{options.name('space')}: {exc}") from exc
     return space
 
 
@@ -325,26 +405,26 @@ def _name(options: _Options) -> str:
 
 
 def _reproduce(options: _Options, seed: int, dtype: str, device: str) -> str:
-    """The command (or, for a function given as an object, the ``run`` call) that reruns one
-    case alone."""
-    where = "" if dtype == "float64" else device
-    if callable(options.function):
-        name = _function_name(options.function)
-        steps = "" if options.block_n is None else (
-            f", block_n={options.block_n}, chunk={options.chunk!r}, merge={options.merge!r}, "
-            f"single_pass={options.single_pass}")
-        space = f", space={options.space!r}" if options.space else ""
-        return (f"relaycore.verify.run({name}, seed={seed}, cases=1, dtypes=({dtype!r},)"
-                f"{f', device={where!r}' if where else ''}{space}{steps})")
-    what = f"--function {shlex.quote(options.function)}" if options.function else f"--backend {options.backend}"
-    space = "".join(f" --space {shlex.quote(item)}" for item in options.space_text)
-    steps = ""
-    if options.block_n is not None:
-        steps = f" --block-n {options.block_n}" + (f" --chunk {options.chunk}" if options.chunk is not None else "")
-        steps += (" --single-pass" if options.single_pass else "") + (
-            f" --merge {options.merge}" if options.merge != "fold" else "")
-    return f"relaycore verify {what} --seed {seed} --cases 1 --dtype {dtype}{f' --device {where}' if where else ''}" \
-           f"{space}{steps}"
+    """The command that reruns one case alone; for a function that cannot be named from outside
+    (``_importable_name``), the ``run`` call to pass it to, and why."""
+    inputs = [("seed", seed), ("cases", 1), ("dtypes", (dtype,))] + ([] if dtype == "float64" else [("device", device)])
+    rest = [(option, getattr(options, option)) for option, unset in (
+        ("host_metadata", False), ("block_n", None), ("chunk", None), ("single_pass", False), ("merge", "fold"))
+        if getattr(options, option) != unset]
+    function = options.function
+    spec = _importable_name(function) if callable(function) else function
+    if function is not None and spec is None:
+        keywords = options._replace(command=False).setting
+        space = [f"space={options.space!r}"] if options.space else []
+        call = ", ".join(["fn", *(keywords(k, v) for k, v in inputs), *space, *(keywords(k, v) for k, v in rest)])
+        return (f"relaycore.verify.run({call})\n      with fn the function checked, {_function_name(function)}, which "
+                f"cannot be named from outside (no module:qualname imports it, as for a lambda, a closure, a method or "
+                f"a function of __main__): pass it itself")
+    flags = options._replace(command=True).setting
+    what = f"--function {shlex.quote(spec)}" if spec else f"--backend {options.backend}"
+    space = [f"--space {shlex.quote(item)}" for item in options.space_text]
+    return " ".join(["relaycore verify", what, *(flags(k, v) for k, v in inputs), *space,
+                     *(flags(k, v) for k, v in rest)])
 
 
 class _Raised(Exception):
@@ -383,14 +463,16 @@ def _run_case(options: _Options, fn: Optional[Callable[..., Any]], batch, device
     """
     where = None if batch.dtype == "float64" else device  # float64: NumPy arrays
     if fn is not None:
-        return compare(_guarded(fn), batch, device=where, steps=_steps(options, batch)), _function_name(options.function)
+        report = compare(_guarded(fn), batch, device=where, steps=_steps(options, batch),
+                         host_metadata=options.host_metadata)
+        return report, _function_name(options.function)
     chosen = []
 
     def backend(*args, **kwargs):
         chosen.append(relaycore.select_backend(*args, **kwargs, backend=options.backend).name)
         return relaycore.relay_attention(*args, **kwargs, backend=options.backend)
 
-    report = compare(_guarded(backend), batch, device=where)
+    report = compare(_guarded(backend), batch, device=where, host_metadata=options.host_metadata)
     return report, chosen[0]
 
 
@@ -398,11 +480,12 @@ def _header(options: _Options, space: dict, device: str) -> None:
     dtypes = " ".join(options.dtypes) if options.dtypes else "/".join(CYCLE) + " by seed"
     last = options.seed + options.cases - 1
     print(f"relaycore verify: {_name(options)}, {options.cases} cases (seeds {options.seed}..{last}), dtype {dtypes}, "
-          f"device {device}")
+          f"device {device}" + (", metadata on the host (NumPy arrays)" if options.host_metadata else ""))
     box = BatchSpace(**space)
     offsets = " or ".join(f"{x:g}" for x in sorted(set(box.value_offsets)))
     print(f"  batches: B <= {box.max_batch}, q_len {box.min_q_len}..{box.max_q_len}, kv_len <= {box.max_kv_len}, "
-          f"{box.max_levels} prefix levels of {box.max_prefixes} prefixes of length <= {box.max_prefix_len} at most, "
+          f"{box.max_levels} prefix levels of {box.max_prefixes} prefixes of length {box.min_prefix_len}.."
+          f"{box.max_prefix_len} at most{'' if box.unread_levels else ', every level read'}, "
           f"D in {box.head_dims}, scores of standard deviation up to {max(m or 1 for m in box.score_magnitudes):g}, "
           f"values offset by {offsets}, {' and '.join(box.layouts)}")
     if options.block_n is not None:
@@ -422,20 +505,20 @@ def _refuses_an_argument(exc: ValueError) -> bool:
     return str(exc).split(":", 1)[0].split("[", 1)[0] in _MAKE_BATCH_ARGUMENTS
 
 
-def _draw(seed: int, dtype: str, space: dict) -> Batch:
+def _draw(options: _Options, seed: int, dtype: str, space: dict) -> Batch:
     """The batch of case ``seed``.
 
     Raises:
         UsageError: ``make_batch`` refuses an argument drawn from ``space`` (values the dtype
-            cannot hold, lengths the metadata cannot: narrow ``--space``), or the draw fails
-            otherwise (the error as raised).
+            cannot hold, lengths the metadata cannot: narrow ``--space``, named as the caller
+            gave it), or the draw fails otherwise (the error as raised).
     """
     try:
         return random_batch(np.random.default_rng(seed), dtypes=(dtype,), **space)
     except ValueError as exc:
         if _refuses_an_argument(exc):
             raise UsageError(f"case seed {seed} ({dtype}): make_batch refuses the drawn batch ({exc}); narrow "
-                             f"--space") from exc
+                             f"{options.name('space')}") from exc
         raise UsageError(f"case seed {seed} ({dtype}): random_batch cannot draw the batch ({type(exc).__name__}: "
                          f"{exc})") from exc
 
@@ -456,7 +539,8 @@ def _execute(options: _Options) -> Outcome:
     device = options.device or _default_device(options.dtypes)
     _check_setup(options, device)
     space = _space(options, device)
-    fn = _load_function(options.function) if isinstance(options.function, str) else options.function
+    fn = (_load_function(options.function, options.name("function")) if isinstance(options.function, str)
+          else options.function)
     _header(options, space, device)
     dtypes = options.dtypes or CYCLE
     ran_on: Dict[str, int] = {}
@@ -466,12 +550,12 @@ def _execute(options: _Options) -> Outcome:
     worst = {"out": (0.0, None), "lse": (0.0, None)}
     for seed in range(options.seed, options.seed + options.cases):
         dtype = dtypes[seed % len(dtypes)]
-        batch = _draw(seed, dtype, space)
+        batch = _draw(options, seed, dtype, space)
         try:
             batch.oracle()  # before the implementation runs: a batch the oracle refuses is no case of it
         except ValueError as exc:
-            raise UsageError(f"case seed {seed} ({dtype}): the oracle refuses the drawn batch ({exc}); narrow --space"
-                             f"\n{batch.describe()}") from exc
+            raise UsageError(f"case seed {seed} ({dtype}): the oracle refuses the drawn batch ({exc}); narrow "
+                             f"{options.name('space')}\n{batch.describe()}") from exc
         try:
             report, name = _run_case(options, fn, batch, device)
         except (_Raised, _Refused) as caught:  # the implementation raised, or returned what the check refuses
@@ -497,7 +581,7 @@ def _execute(options: _Options) -> Outcome:
                 _print_case(options, seed, dtype, device, str(report))
     outcome = Outcome(options.cases, tuple(failed), tuple(no_bound), ran_on, worst["out"], worst["lse"],
                       tuple(no_rows))
-    _summary(outcome)
+    _summary(outcome, options.name("space"))
     return outcome
 
 
@@ -505,7 +589,8 @@ def _seeds(seeds: Sequence[int]) -> str:
     return ", ".join(str(s) for s in seeds)
 
 
-def _summary(outcome: Outcome) -> None:
+def _summary(outcome: Outcome, space: str) -> None:
+    """Print the run's summary; ``space`` is ``--space`` or ``space``, as the caller names it."""
     ran = ", ".join(f"{k} ({v} cases)" for k, v in sorted(outcome.ran_on.items()))
     print(f"  ran on: {ran or 'nothing (every case raised)'}")
     for part, (ratio, where) in (("out", outcome.worst_out), ("lse", outcome.worst_lse)):
@@ -522,12 +607,12 @@ def _summary(outcome: Outcome) -> None:
         return
     if not outcome.passed and not outcome.no_rows:
         print(f"FAIL: every one of the {outcome.cases} cases has rows without a bound, held there to none: narrow "
-              f"--space (smaller score magnitudes, shorter rows)")
+              f"{space} (smaller score magnitudes, shorter rows)")
         return
     if not outcome.passed:
         unbounded = f", {len(outcome.no_bound)} had rows without a bound" if outcome.no_bound else ""
         print(f"FAIL: none of the {outcome.cases} cases was checked on every row: {len(outcome.no_rows)} had no query "
-              f"row{unbounded}; widen --space (min_q_len=1 gives every request a query)")
+              f"row{unbounded}; widen {space} (min_q_len=1 gives every request a query)")
         return
     passed = outcome.cases - len(outcome.no_bound) - len(outcome.no_rows)
     print(f"PASS: {passed} of {outcome.cases} cases within the bounds of relaycore.bounds"
@@ -538,7 +623,7 @@ def _summary(outcome: Outcome) -> None:
 def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str = "auto", cases: int = 200,
         seed: int = 0, dtypes: Optional[Sequence[str]] = None, device: Optional[str] = None,
         space: Optional[Dict[str, Any]] = None, block_n: Optional[int] = None, chunk: Optional[int] = None,
-        merge: str = "fold", single_pass: bool = False) -> Outcome:
+        merge: str = "fold", single_pass: bool = False, host_metadata: bool = False) -> Outcome:
     """``relaycore verify`` from Python: the same cases and checks, the same printed report.
 
     Args:
@@ -552,6 +637,8 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
         space: ``relaycore.testing.BatchSpace`` fields over ``SPACES[device]`` (not ``dtypes``).
         block_n, chunk, merge, single_pass: the blocking whose steps the bound counts, as
             ``--block-n``, ``--chunk``, ``--merge``, ``--single-pass``.
+        host_metadata: the torch inputs' metadata as NumPy arrays on the host, as
+            ``--host-metadata`` (not with ``dtypes=("float64",)``, NumPy inputs).
 
     Returns:
         ``Outcome``: ``outcome.passed`` is the command's exit status 0 (the outcome itself has
@@ -559,7 +646,8 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
         rows, the worst errors.
 
     Raises:
-        UsageError: (a ``ValueError``) the run cannot start, as the command's exit status 2.
+        UsageError: (a ``ValueError``) the run cannot start, as the command's exit status 2;
+            its message names the keyword at fault (``dtypes``, not ``--dtype``).
 
     Example:
         >>> import relaycore, relaycore.verify
@@ -573,7 +661,8 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
     """
     space = dict(space or {})
     options = _Options(function, backend, cases, seed, None if dtypes is None else tuple(dtypes), device, space,
-                       tuple(f"{k}={v!r}" for k, v in space.items()), block_n, chunk, merge, single_pass)
+                       tuple(f"{k}={v!r}" for k, v in space.items()), block_n, chunk, merge, single_pass, host_metadata,
+                       command=False)
     return _execute(options)
 
 
@@ -582,7 +671,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         options = _Options(args.function, args.backend, args.cases, args.seed,
                            None if args.dtype is None else tuple(args.dtype), args.device, _parse_space(args.space),
-                           tuple(args.space), args.block_n, args.chunk, args.merge, args.single_pass)
+                           tuple(args.space), args.block_n, args.chunk, args.merge, args.single_pass,
+                           args.host_metadata, command=True)
         outcome = _execute(options)
     except UsageError as exc:
         print(f"relaycore verify: {exc}", file=sys.stderr)

@@ -976,3 +976,132 @@ def test_the_guide_says_what_a_function_receives():
                  "1/sqrt(D)", "-1", "NaN", "to_torch", ".astype(np.float16)", "bfloat16"):
         assert fact in section, fact
     assert "(#what-your-function-receives)" in text[:text.index("## What your function receives")]
+
+
+# ---- a downstream trial: narrower prefixes, host metadata, misspelled fields, shrinking ------
+
+
+#: sha256 of the recipes of seeds 0..199, drawn before ``min_prefix_len`` and ``unread_levels``
+#: existed, in the default space and ``relaycore verify``'s: their defaults draw the same batches.
+RECIPES_BEFORE = {"default": "5c30f1651a30be82", "cpu": "62f3402fb142e1b3", "cuda": "a07b67dd0c64ca0d"}
+
+
+@pytest.mark.parametrize("space", sorted(RECIPES_BEFORE))
+def test_every_seed_draws_the_batch_it_drew_before_the_prefix_fields(space):
+    import hashlib
+
+    from relaycore.verify import SPACES
+
+    fields = {} if space == "default" else SPACES[space]
+    recipes = repr([random_batch(seed, **fields).recipe for seed in range(200)])
+    assert hashlib.sha256(recipes.encode()).hexdigest()[:16] == RECIPES_BEFORE[space]
+
+
+def test_min_prefix_len_and_unread_levels_leave_out_what_a_kernel_refuses():
+    lengths, unread = set(), 0
+    for seed in range(200):
+        levels = random_batch(seed).prefixes
+        unread += sum(1 for level in levels if not (level.prefix_ids >= 0).any())
+        batch = random_batch(seed, min_prefix_len=3, unread_levels=False, min_batch=0)
+        for level in batch.prefixes:
+            assert (level.prefix_ids >= 0).any(), batch.describe()  # read by a request, so it has a prefix
+            lengths.update(np.diff(level.cu_seqlens).tolist())
+        assert batch.batch_size > 0 or batch.prefixes == (), batch.describe()  # no request: no level to read
+    assert unread > 20  # the default draws unread levels often
+    assert min(lengths) == 3 and {3, 4} <= lengths  # the shortest two lengths are the edge cases, drawn often
+    for field, value, error, message in (
+            ("min_prefix_len", -1, ValueError, r"^min_prefix_len: expected an int >= 0, got -1$"),
+            ("min_prefix_len", 13, ValueError, r"^min_prefix_len, max_prefix_len: expected min_prefix_len <= "
+                                               r"max_prefix_len, got 13 > 12$"),
+            ("unread_levels", 0, TypeError, r"^unread_levels: expected a bool, got 0$")):
+        with pytest.raises(error, match=message):
+            random_batch(0, **{field: value})
+    with pytest.raises(ValueError, match=r"^max_prefixes: expected at least 1 with unread_levels=False \(a level that "
+                                         r"a request reads has a prefix\), got 0$"):
+        random_batch(0, max_prefixes=0, unread_levels=False)
+
+
+def test_narrowed_prefixes_still_shrink():
+    from hypothesis import find
+
+    strategy = batches(min_prefix_len=1, unread_levels=False)
+    shrunk = find(strategy, lambda batch: len(batch.prefixes) >= 2, settings=settings(database=None))
+    assert shrunk.recipe["prefix_lens"] == [[1], [1]], shrunk  # two levels of one prefix of the shortest length
+    assert all((level.prefix_ids >= 0).any() for level in shrunk.prefixes)
+    shrunk = find(strategy, lambda batch: any(np.diff(level.cu_seqlens).max() >= 5 for level in batch.prefixes),
+                  settings=settings(database=None))
+    assert shrunk.recipe["prefix_lens"] == [[5]], shrunk
+
+
+@pytest.mark.parametrize("space", [{"dtype": ("float16",)}, {"max_prefix": 3}])
+def test_a_misspelled_field_is_refused_with_the_valid_ones(space):
+    (name,) = space
+    message = rf"^{name}: expected a relaycore.testing.BatchSpace field, one of \[.*'dtypes'.*'max_prefixes'.*\], got " \
+              rf"'{name}' \(did you mean {name}\w*\?\)$"
+    with pytest.raises(TypeError, match=message):
+        batches(**space)
+    with pytest.raises(TypeError, match=message):
+        random_batch(0, **space)
+    with pytest.raises(TypeError, match=r"^nothing_like_it: expected a relaycore.testing.BatchSpace field, one of "
+                                        r"\['block_sizes', .*\], got 'nothing_like_it'$"):
+        batches(nothing_like_it=1)
+
+
+def metadata_on_the_host(q, cu_seqlens_q, kv, prefixes, *, causal, softmax_scale):
+    """A kernel that takes its metadata as NumPy arrays beside its tensors, and refuses tensors there."""
+    metadata = [cu_seqlens_q, *kv[2:], *(x for level in prefixes for x in level[2:])]
+    if not all(isinstance(x, np.ndarray) for x in metadata):
+        raise TypeError(f"metadata: expected NumPy arrays, got {sorted({type(x).__name__ for x in metadata})}")
+    return torch_backend(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+
+
+def writes_into_host_metadata(q, cu_seqlens_q, kv, prefixes, *, causal, softmax_scale):
+    result = metadata_on_the_host(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+    cu_seqlens_q[-1] += 1
+    return result
+
+
+def test_compare_hands_a_kernel_its_metadata_on_the_host():
+    batch = make_batch([2, 1], [5, 1], [[3]], [[0, -1]], num_q_heads=4, num_kv_heads=2, head_dim=16, dtype="float16",
+                       block_size=2, seed=3)
+    report = compare(metadata_on_the_host, batch, device="cpu", host_metadata=True)
+    assert report.passed, str(report)
+    with pytest.raises(TypeError, match=r"metadata: expected NumPy arrays, got \['Tensor'\]"):
+        compare(metadata_on_the_host, batch, device="cpu")
+    written = compare(writes_into_host_metadata, batch, device="cpu", host_metadata=True)
+    assert not written.passed and written.problems[0].startswith("cu_seqlens_q: expected unchanged by the call")
+    with pytest.raises(ValueError, match=r"^host_metadata: expected with a torch device \(device=None passes NumPy "
+                                         r"arrays, whose metadata is on the host already\), got host_metadata=True "
+                                         r"with device=None$"):
+        compare(metadata_on_the_host, batch, host_metadata=True)
+    with pytest.raises(TypeError, match=r"^host_metadata: expected a bool, got 'yes'$"):
+        compare(metadata_on_the_host, batch, device="cpu", host_metadata="yes")
+
+
+def test_the_guide_says_how_a_kernel_gets_its_metadata_on_the_host():
+    text = GUIDE.read_text()
+    section = text[text.index("## What your function receives"):]
+    section = section[:section.index("\n## ", 1)]
+    for fact in ("compare(fn, batch, device=\"cuda\", host_metadata=True)", "relaycore verify --host-metadata",
+                 "relaycore.verify.run(..., host_metadata=True)"):
+        assert fact in " ".join(section.split()), fact
+
+
+def test_the_strategy_says_that_a_shrunk_example_may_keep_requests_without_a_query():
+    """The number of requests is drawn before their lengths and ids, field by field, so Hypothesis
+    removes requests from the end only: requests of q_len 0 before the one a failure needs stay.
+    The docstring and the guide say so instead of promising the smallest batch."""
+    from hypothesis import find
+    from random import Random
+
+    def reads_a_prefix_with_a_query(batch):
+        return batch.q.shape[0] > 0 and any((level.prefix_ids >= 0).any() for level in batch.prefixes)
+
+    shrunk = [find(batches(), reads_a_prefix_with_a_query, settings=settings(database=None), random=Random(seed))
+              for seed in range(6)]
+    kept = [b.q_lens.tolist() for b in shrunk if b.batch_size > 1 and b.q_lens[0] == 0]
+    assert kept, "every shrunk example lost its empty requests: the docstring's caveat may go"
+    doc = " ".join(batches.__doc__.split())
+    assert "shrink towards the smallest batch" not in doc
+    assert "may thus keep requests with ``q_len`` 0 before the one that fails (``q_lens=[0, 0, 0, 1]``)" in doc
+    assert "may keep requests with `q_len` 0 before the one that fails" in " ".join(GUIDE.read_text().split())

@@ -257,17 +257,12 @@ def test_run_is_verify_from_python(capsys):
     outcome = run("wrong_attention:ignore_prefix", cases=4, dtypes=("float32",), device="cpu")
     assert not outcome.passed and "reproduce: relaycore verify --function wrong_attention:ignore_prefix" in \
         capsys.readouterr().out
-    from wrong_attention import ignore_prefix
-
-    outcome = run(ignore_prefix, cases=4, dtypes=("float32",), device="cpu", space={"max_q_len": 2})
-    seed = outcome.failed[0]
-    assert (f"reproduce: relaycore.verify.run(ignore_prefix, seed={seed}, cases=1, dtypes=('float32',), "
-            f"device='cpu', space={{'max_q_len': 2}})") in capsys.readouterr().out
-    with pytest.raises(UsageError, match=r"--seed: expected an int >= 0"):
+    with pytest.raises(UsageError, match=r"^seed: expected an int >= 0"):
         run(seed=-1)
-    with pytest.raises(ValueError, match=r"--space: expected fields among .*, got 'dtypes'"):
+    with pytest.raises(ValueError, match=r"^space: expected fields among .* \(a case's dtype is set by dtypes\), got "
+                                         r"'dtypes'$"):
         run(space={"dtypes": ("float16",)})
-    with pytest.raises(UsageError, match=r"--backend: expected one of auto, reference, torch, triton, got 'gpu'"):
+    with pytest.raises(UsageError, match=r"^backend: expected one of auto, reference, torch, triton, got 'gpu'$"):
         run(backend="gpu")
 
 
@@ -390,3 +385,180 @@ def test_the_default_spaces_cannot_see_a_low_precision_accumulator_and_the_guide
     assert "cannot see the precision of an accumulator" in guide
     assert re.search(r"relaycore verify --function \S+ --dtype bfloat16 --space max_kv_len=2000 \\\n\s+--space "
                      r"\"value_offsets=\(8\.0,\)\" --block-n 16", guide)
+
+
+# ---- a downstream trial: narrower prefixes, host metadata, messages and lines for Python callers
+
+
+def no_unread_level_nor_empty_prefix(q, cu_seqlens_q, kv, prefixes, *, causal=True, softmax_scale=None):
+    """A kernel that refuses levels no request reads and prefixes of length 0 (what ``--space``
+    leaves out below)."""
+    for i, level in enumerate(prefixes):
+        if not bool((level.prefix_ids >= 0).any()) or bool((level.cu_seqlens.diff() == 0).any()):
+            raise NotImplementedError(f"level {i}: unread, or with a prefix of length 0")
+    return relaycore.relay_attention(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale,
+                                     backend="torch")
+
+
+def test_space_leaves_out_unread_levels_and_empty_prefixes(capsys):
+    function = ["--function", "test_verify:no_unread_level_nor_empty_prefix", "--cases", "30", "--device", "cpu"]
+    status, out = verify(capsys, *function)
+    assert status == 1 and "raised NotImplementedError: level " in out, out  # the default batches: refused
+    status, out = verify(capsys, *function, "--space", "min_prefix_len=1", "--space", "unread_levels=False")
+    assert status == 0, out
+    assert "prefixes of length 1..24 at most, every level read" in out
+    status, out = verify(capsys, *function, "--space", "min_prefix_len=1")
+    assert status == 1, out  # unread levels still drawn
+    status = cli.main(["verify", "--cases", "1", "--space", "unread_levels=0"])
+    assert status == 2 and "--space unread_levels: expected True or False, got '0'" in capsys.readouterr().err
+    from relaycore.verify import run
+
+    outcome = run(no_unread_level_nor_empty_prefix, cases=30, device="cpu",
+                  space={"min_prefix_len": 1, "unread_levels": False})
+    assert outcome.passed, capsys.readouterr().out
+
+
+def metadata_on_the_host(q, cu_seqlens_q, kv, prefixes, *, causal=True, softmax_scale=None):
+    """A kernel that takes its metadata as NumPy arrays beside its tensors, and refuses tensors there."""
+    metadata = [cu_seqlens_q, *kv[2:], *(x for level in prefixes for x in level[2:])]
+    if not all(isinstance(x, np.ndarray) for x in metadata):
+        raise TypeError(f"metadata: expected NumPy arrays, got {sorted({type(x).__name__ for x in metadata})}")
+    return relaycore.relay_attention(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale,
+                                     backend="torch")
+
+
+def ignores_prefix_on_the_host(q, cu_seqlens_q, kv, prefixes, *, causal=True, softmax_scale=None):
+    return metadata_on_the_host(q, cu_seqlens_q, kv, (), causal=causal, softmax_scale=softmax_scale)
+
+
+def test_host_metadata_hands_a_kernel_its_metadata_as_numpy_arrays(capsys):
+    function = ["--function", "test_verify:metadata_on_the_host", "--cases", "6", "--device", "cpu"]
+    status, out = verify(capsys, *function)
+    assert status == 1 and "raised TypeError: metadata: expected NumPy arrays, got ['Tensor']" in out, out
+    status, out = verify(capsys, *function, "--host-metadata")
+    assert status == 0 and "device cpu, metadata on the host (NumPy arrays)" in out, out
+    for backend in ("torch", "reference"):  # relaycore's own backends take it too
+        status, out = verify(capsys, "--backend", backend, "--cases", "6", "--device", "cpu", "--host-metadata")
+        assert status == 0, out
+    # a failing case reproduces with its metadata on the host
+    status, out = verify(capsys, "--function", "test_verify:ignores_prefix_on_the_host", "--cases", "6", "--device",
+                         "cpu", "--host-metadata")
+    command = shlex.split(REPRODUCE.findall(out)[0])
+    assert status == 1 and "--host-metadata" in command, out
+    seed = command[command.index("--seed") + 1]
+    status, again = verify(capsys, *command[2:])
+    assert status == 1 and "FAIL: 1 of 1 cases failed" in again
+    assert again[again.index(f"case seed {seed} ("):].split("reproduce:")[0] == \
+        out[out.index(f"case seed {seed} ("):].split("reproduce:")[0]
+    status = cli.main(["verify", "--dtype", "float64", "--host-metadata"])
+    assert status == 2 and ("--host-metadata: expected with torch inputs, got it with --dtype float64, whose NumPy "
+                            "arrays hold the metadata on the host already") in capsys.readouterr().err
+    from relaycore.verify import run
+
+    assert run(metadata_on_the_host, cases=6, device="cpu", host_metadata=True).passed, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(cases=0), "cases: expected at least 1, got 0"),
+    (dict(cases=1.5), "cases: expected an int, got 1.5"),
+    (dict(single_pass="yes", block_n=4, function="wrong_attention:crash"), "single_pass: expected a bool, got 'yes'"),
+    (dict(dtypes=("float8",)), "dtypes: expected one or more of ['float16', 'bfloat16', 'float32', 'float64'], got "
+                               "['float8']"),
+    (dict(dtypes=("float64", "float16")), "dtypes: expected float64 alone (it passes NumPy arrays, the others torch "
+                                          "tensors), got dtypes=('float64', 'float16')"),
+    (dict(dtypes=("float64",), device="cuda"), "dtypes=('float64',) passes NumPy arrays, which live on the CPU; drop "
+                                               "device='cuda'"),
+    (dict(dtypes=("float64",), backend="torch"), "dtypes=('float64',) passes NumPy arrays, which only the reference "
+                                                 "backend takes, not 'torch'"),
+    (dict(dtypes=("float64",), host_metadata=True), "host_metadata: expected with torch inputs, got it with "
+                                                    "dtypes=('float64',)"),
+    (dict(chunk=4), "chunk, merge, single_pass: expected with block_n (they describe its blocking)"),
+    (dict(block_n=64, backend="torch"), "block_n: expected with function (a blocking you know), got it with "
+                                        "backend='torch'"),
+    (dict(block_n=0, function="wrong_attention:crash"), "block_n: expected a positive number of keys, got 0"),
+    (dict(block_n=8, single_pass=True, merge="pairwise", function="wrong_attention:crash"),
+     "single_pass: expected without chunk and merge"),
+    (dict(merge="tree"), "merge: expected one of ['fold', 'pairwise'], got 'tree'"),
+    (dict(function="missing-colon"), "function: expected MODULE:FUNCTION, got 'missing-colon'"),
+    (dict(function="no_such_module:fn"), "function: cannot load 'no_such_module:fn'"),
+    (dict(space={"min_q_len": 5, "max_q_len": 1}), "space: min_q_len, max_q_len: expected min_q_len <= max_q_len"),
+    (dict(dtypes=("float64",), space={"score_magnitudes": (1e308,)}),
+     "case seed 0 (float64): the oracle refuses the drawn batch (q: expected scores"),
+    (dict(dtypes=("float16",), device="cpu", space={"score_magnitudes": (1e30,)}),
+     "case seed 0 (float16): make_batch refuses the drawn batch (score_magnitude: expected"),
+])
+def test_run_s_refusals_name_its_keywords_not_the_command_s_flags(capsys, options, message):
+    from relaycore.verify import UsageError, run
+
+    with pytest.raises(UsageError) as refused:
+        run(**{"cases": 1, **options})
+    text = str(refused.value)
+    assert text.startswith(message) or message in text, text
+    assert "--" not in text.split("\n")[0], text
+    if "refuses the drawn batch" in text:
+        assert text.split("\n")[0].endswith("; narrow space"), text
+
+
+def test_run_without_torch_names_the_dtypes_keyword(monkeypatch):
+    from relaycore.verify import UsageError, run
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(UsageError, match=r"^torch is not installed: use dtypes=\('float64',\) \(NumPy inputs\) or "
+                                         r"install torch$"):
+        run(cases=1, device="cpu")
+    assert cli.main(["verify", "--cases", "1", "--device", "cpu"]) == 2
+
+
+def _closure():
+    """A kernel as a closure: no module:qualname imports it."""
+    def fn(q, cu_seqlens_q, kv, prefixes, *, causal=True, softmax_scale=None):
+        return relaycore.relay_attention(q, cu_seqlens_q, kv, (), causal=causal, softmax_scale=softmax_scale,
+                                         backend="torch")
+
+    return fn
+
+
+class Kernels:
+    """Kernels under a class: ``test_verify:Kernels.ignore_prefix`` names one."""
+
+    @staticmethod
+    def ignore_prefix(q, cu_seqlens_q, kv, prefixes, *, causal=True, softmax_scale=None):
+        return relaycore.relay_attention(q, cu_seqlens_q, kv, (), causal=causal, softmax_scale=softmax_scale,
+                                         backend="torch")
+
+
+@pytest.mark.parametrize("make", [_closure, lambda: lambda *args, **kwargs: _closure()(*args, **kwargs)],
+                         ids=["closure", "lambda"])
+def test_a_function_that_cannot_be_named_reproduces_as_the_run_call_to_pass_it_to(capsys, make):
+    from relaycore.verify import run
+
+    fn = make()
+    options = dict(dtypes=("float32",), device="cpu", space={"max_q_len": 2}, block_n=16, merge="pairwise")
+    outcome = run(fn, cases=6, seed=3, **options)
+    out = capsys.readouterr().out
+    seed = outcome.failed[0]
+    call = (f"relaycore.verify.run(fn, seed={seed}, cases=1, dtypes=('float32',), device='cpu', "
+            f"space={{'max_q_len': 2}}, block_n=16, merge='pairwise')")
+    assert (f"  reproduce: {call}\n      with fn the function checked, {fn.__qualname__}, which cannot be named from "
+            f"outside (no module:qualname imports it") in out, out
+    again = eval(call, {"relaycore": relaycore, "fn": fn})  # the line runs, with the function passed
+    assert again.failed == (seed,)
+    first_report = out[out.index(f"case seed {seed} ("):].split("reproduce:")[0]
+    rerun = capsys.readouterr().out
+    assert rerun[rerun.index(f"case seed {seed} ("):].split("reproduce:")[0] == first_report
+
+
+@pytest.mark.parametrize("name", ["wrong_attention:ignore_prefix", "test_verify:Kernels.ignore_prefix"])
+def test_a_function_with_an_importable_name_reproduces_as_the_command(capsys, name):
+    from relaycore.verify import _load_function, run
+
+    fn = _load_function(name, "function")
+    outcome = run(fn, cases=4, dtypes=("float32",), device="cpu", space={"max_q_len": 2})
+    out = capsys.readouterr().out
+    seed = outcome.failed[0]
+    line = (f"reproduce: relaycore verify --function {name} --seed {seed} --cases 1 --dtype float32 --device cpu "
+            f"--space max_q_len=2")
+    assert line in out, out
+    status, again = verify(capsys, *shlex.split(line.split(": ", 1)[1])[2:])
+    assert status == 1 and again[again.index(f"case seed {seed} ("):].split("reproduce:")[0] == \
+        out[out.index(f"case seed {seed} ("):].split("reproduce:")[0]

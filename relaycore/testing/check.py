@@ -517,7 +517,8 @@ def assert_close(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) 
     return report
 
 
-def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=None) -> Report:
+def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=None,
+            host_metadata: bool = False) -> Report:
     """Run ``fn(*args, **kwargs)`` on the batch and ``check`` its result and its inputs.
 
     ``fn`` receives fresh copies of the batch's arrays, so the oracle never sees what it does
@@ -533,23 +534,33 @@ def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=N
             torch device passes tensors in the batch's dtype there (``batch.to_torch(device)``;
             the result must be in the contract's dtypes for q in the batch's dtype).
         steps: see ``check``.
+        host_metadata: with a torch ``device``, pass the metadata (offsets, lengths, block
+            table, prefix ids) as NumPy arrays on the host beside the tensors on ``device``
+            (``batch.to_torch(device, host_metadata=True)``), for a kernel that takes its
+            metadata on the host.
 
     Returns:
         ``Report`` (see ``check``).
 
     Raises:
         TypeError: ``fn`` is not callable; ``fn``'s result is not a pair; ``batch`` is not a
-            ``Batch``.
-        ValueError: a batch the oracle refuses (raised before ``fn`` runs); see ``check`` and
-            ``Batch.to_torch``.
+            ``Batch``; ``host_metadata`` is not a bool.
+        ValueError: ``host_metadata`` without a ``device`` (NumPy arguments hold their metadata
+            on the host already); a batch the oracle refuses (raised before ``fn`` runs); see
+            ``check`` and ``Batch.to_torch``.
         Exception: whatever ``fn`` raises.
     """
     if not callable(fn):
         raise TypeError(f"fn: expected a callable with relaycore.relay_attention's signature, got {type(fn).__name__}")
     if not isinstance(batch, Batch):
         raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
+    if not isinstance(host_metadata, (bool, np.bool_)):
+        raise TypeError(f"host_metadata: expected a bool, got {host_metadata!r}")
+    if host_metadata and device is None:
+        raise ValueError("host_metadata: expected with a torch device (device=None passes NumPy arrays, whose "
+                         "metadata is on the host already), got host_metadata=True with device=None")
     batch.oracle()  # first: a batch the oracle refuses raises before fn runs, not as fn's fault
-    args, kwargs = batch.arguments() if device is None else batch.to_torch(device)
+    args, kwargs = batch.arguments() if device is None else batch.to_torch(device, host_metadata=host_metadata)
     result = fn(*args, **kwargs)
     q_dtype = batch.dtype
     if device is None and _is_pair(result) and dtype_name(result[0]) == "float64":

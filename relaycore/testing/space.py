@@ -5,7 +5,8 @@ sources of randomness.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
@@ -21,7 +22,8 @@ class Pick(Protocol):
     """A source of choices: a seeded generator or a Hypothesis ``draw``."""
 
     def integer(self, lo: int, hi: int) -> int:
-        """An integer in ``[lo, hi]``; simpler (for shrinking) towards ``lo``."""
+        """An integer in ``[lo, hi]``; simpler (for shrinking) towards ``lo``, or towards 0 where
+        ``lo < 0 <= hi`` (Hypothesis's order: a prefix id shrinks to 0, not to -1)."""
 
     def choice(self, options: Sequence[Any]) -> Any:
         """One of ``options``; simpler towards the first."""
@@ -41,7 +43,12 @@ class BatchSpace:
         max_kv_len: most own KV tokens per request (at least ``max_q_len``).
         max_levels: most prefix levels (0 to 3 by default).
         max_prefixes: most prefixes per level.
+        unread_levels: draw levels that no request reads (every id -1, or no prefix at all), an
+            edge case, often (``True``); ``False`` gives every level a prefix that some request
+            reads (and a batch without requests no level).
         max_prefix_len: longest prefix.
+        min_prefix_len: shortest prefix (0 draws prefixes of length 0, an edge case, often; 1
+            leaves them out).
         head_dims: choices of ``D`` (by default powers of two and 24, which is not one: a
             kernel that pads its head axis must not read or write past ``D``).
         kv_heads: choices of ``Hkv``.
@@ -76,7 +83,9 @@ class BatchSpace:
     max_kv_len: int = 12
     max_levels: int = 3
     max_prefixes: int = 3
+    unread_levels: bool = True
     max_prefix_len: int = 12
+    min_prefix_len: int = 0
     head_dims: Tuple[int, ...] = (8, 16, 24, 32)
     kv_heads: Tuple[int, ...] = (1, 2)
     group_sizes: Tuple[int, ...] = (1, 2, 3)
@@ -97,7 +106,7 @@ class BatchSpace:
                 raise TypeError(f"{name}: expected a tuple of choices, e.g. {getattr(BatchSpace, name)!r}, got "
                                 f"{value!r}")
         for name in ("max_batch", "min_batch", "max_q_len", "min_q_len", "max_kv_len", "max_levels", "max_prefixes",
-                     "max_prefix_len"):
+                     "max_prefix_len", "min_prefix_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
@@ -122,6 +131,14 @@ class BatchSpace:
         if self.min_q_len > self.max_q_len:
             raise ValueError(f"min_q_len, max_q_len: expected min_q_len <= max_q_len, got {self.min_q_len} > "
                              f"{self.max_q_len}")
+        if self.min_prefix_len > self.max_prefix_len:
+            raise ValueError(f"min_prefix_len, max_prefix_len: expected min_prefix_len <= max_prefix_len, got "
+                             f"{self.min_prefix_len} > {self.max_prefix_len}")
+        if not isinstance(self.unread_levels, (bool, np.bool_)):
+            raise TypeError(f"unread_levels: expected a bool, got {self.unread_levels!r}")
+        if not self.unread_levels and self.max_levels > 0 and self.max_prefixes < 1:
+            raise ValueError(f"max_prefixes: expected at least 1 with unread_levels=False (a level that a request "
+                             f"reads has a prefix), got {self.max_prefixes}")
         if self.max_kv_len < self.max_q_len:
             raise ValueError(f"max_kv_len: expected at least max_q_len = {self.max_q_len}, got {self.max_kv_len}")
         unknown = [d for d in self.dtypes if d not in DTYPES]
@@ -152,10 +169,14 @@ class BatchSpace:
         q_lens = [length(self.max_q_len, self.min_q_len) for _ in range(batch)]
         kv_lens = [q + length(self.max_kv_len - q) for q in q_lens]
         prefix_lens, prefix_ids = [], []
-        for _ in range(pick.integer(0, self.max_levels)):
-            count = pick.integer(0, self.max_prefixes)
-            prefix_lens.append([length(self.max_prefix_len) for _ in range(count)])
-            prefix_ids.append([pick.integer(-1, count - 1) for _ in range(batch)])
+        read = not self.unread_levels  # every level read by a request: none where there is no request
+        for _ in range(pick.integer(0, self.max_levels if batch or not read else 0)):
+            count = pick.integer(int(read), self.max_prefixes)
+            prefix_lens.append([length(self.max_prefix_len, self.min_prefix_len) for _ in range(count)])
+            ids = [pick.integer(-1, count - 1) for _ in range(batch)]
+            if read and max(ids) < 0:  # no request reads the level: one does
+                ids[pick.integer(0, batch - 1)] = pick.integer(0, count - 1)
+            prefix_ids.append(ids)
         paged = pick.choice(self.layouts) == "paged"
         return dict(
             q_lens=q_lens,
@@ -174,6 +195,23 @@ class BatchSpace:
             value_offset=pick.choice(self.value_offsets),  # after the others, which draw as before it existed
             metadata_dtype=pick.choice(self.metadata_dtypes),  # last: see ``metadata_dtypes``
         )
+
+
+def _batch_space(space: Dict[str, Any]) -> BatchSpace:
+    """``BatchSpace(**space)``, with a name that is no field of it refused by name.
+
+    Raises:
+        TypeError: a name that is not a ``BatchSpace`` field (the valid ones listed, the
+            nearest named); a field of the wrong type (``BatchSpace``).
+        ValueError: a field out of its domain (``BatchSpace``).
+    """
+    names = sorted(field.name for field in fields(BatchSpace))
+    for name in space:
+        if name not in names:
+            near = difflib.get_close_matches(name, names, n=1)
+            raise TypeError(f"{name}: expected a relaycore.testing.BatchSpace field, one of {names}, got {name!r}"
+                            + (f" (did you mean {near[0]}?)" if near else ""))
+    return BatchSpace(**space)
 
 
 class _GeneratorPick:
@@ -199,7 +237,8 @@ def random_batch(rng: Union[np.random.Generator, int], **space: Any) -> Batch:
         ``Batch`` (with its ``make_batch`` recipe).
 
     Raises:
-        TypeError: ``rng`` is neither a ``numpy.random.Generator`` nor an int.
+        TypeError: ``rng`` is neither a ``numpy.random.Generator`` nor an int; a name in
+            ``space`` that is no ``BatchSpace`` field, or a field of the wrong type.
         ValueError: a negative seed; a ``BatchSpace`` field out of its domain.
 
     Example:
@@ -215,4 +254,4 @@ def random_batch(rng: Union[np.random.Generator, int], **space: Any) -> Batch:
         rng = np.random.default_rng(rng)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng: expected a numpy.random.Generator or an int seed, got {type(rng).__name__}")
-    return make_batch(**BatchSpace(**space).recipe(_GeneratorPick(rng)))
+    return make_batch(**_batch_space(space).recipe(_GeneratorPick(rng)))
