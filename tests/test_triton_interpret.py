@@ -790,6 +790,21 @@ def test_chunks_and_tiles_depend_on_the_request_alone():
                num_warps=4, num_stages=2)
 
 
+def test_chunk_sizes_and_tile_heights_are_the_least_doublings_that_hold_them():
+    """``config._doubled_to``, behind ``chunk_size`` and ``tile_height``: ``start * 2^k`` for the
+    least ``k >= 0`` that reaches ``need``, elementwise and for a scalar."""
+    from relaycore.fast.triton.config import _doubled_to
+
+    need = np.arange(-3, 1 << 17)
+    for start in (1, 16, 48, 64, 256):
+        got = _doubled_to(start, need)
+        doublings = got // start
+        assert got.dtype == np.int64 and np.all(got % start == 0) and np.all(doublings & (doublings - 1) == 0)
+        assert np.all(got >= need) and np.all((got == start) | (got // 2 < need)), start
+        assert [_doubled_to(start, int(n)) for n in need[:40]] == got[:40].tolist()
+    assert _doubled_to(16, (1 << 52) + 1) == 1 << 53
+
+
 def test_tall_tiles_carry_their_pages():
     cfg = default_config(128, "float16", 8)
     # an append tile: 128 rows; the short own tiles walk a decode request's own keys in one step

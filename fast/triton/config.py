@@ -198,7 +198,7 @@ def chunk_size(length, rows, config: Config):
     are the same in any batch.
     """
     want = -(-np.maximum(length, 1) // wanted_chunks(rows, config))
-    return _doubled_from(config.min_chunk, want, lambda size: size < want)
+    return _doubled_to(config.min_chunk, want)
 
 
 def wanted_chunks(rows, config: Config):
@@ -220,14 +220,12 @@ def max_chunks(length, rows, config: Config):
     return np.minimum(wanted_chunks(rows, config), -(-np.maximum(length, 0) // config.min_chunk))
 
 
-def _doubled_from(start: int, like, short):
-    """``start`` doubled while ``short(size)``, elementwise over the shape of ``like``: an int
-    for a scalar ``like``, else an int64 array."""
-    size = np.full(np.shape(like), start, dtype=np.int64)
-    grow = short(size)
-    while np.any(grow):
-        size = np.where(grow, size * 2, size)
-        grow = short(size)
+def _doubled_to(start: int, need):
+    """The least ``start * 2^k`` (``k >= 0``) that is at least ``need``, elementwise: an int for a
+    scalar ``need``, else an int64 array. ``k`` is the bit length of ``ceil(need / start) - 1``
+    (0 where that is not positive), read off ``np.frexp``, exact below ``2^53``."""
+    below = np.maximum(-(-np.asarray(need, dtype=np.int64) // start) - 1, 0)
+    size = np.left_shift(np.int64(start), np.frexp(below.astype(np.float64))[1].astype(np.int64))
     return int(size) if size.ndim == 0 else size
 
 
@@ -252,4 +250,4 @@ def tile_height(rows, config: Config, *, prefix: bool):
     ``prefix_block_m`` (prefix tiles) or ``min_block_m`` (own tiles) to ``block_m`` that holds
     them, ``block_m`` beyond; elementwise over int arrays."""
     start = config.prefix_block_m if prefix else config.min_block_m
-    return _doubled_from(start, rows, lambda tile: (tile < rows) & (tile < config.block_m))
+    return _doubled_to(start, np.minimum(rows, config.block_m))

@@ -580,9 +580,12 @@ def regular_items(items: np.ndarray, block_m: int) -> Tuple[int, ...]:
     tiles = -(-rows // block_m)
     if items.shape[0] % tiles or f["tok_first"][0] < 0:
         return ()
+    names = ("kv_base", "causal_shift", "tok_first", "prefix_start", "prefix_len")  # one group's: the same in every item
+    if not all((f[name] == f[name][0]).all() for name in names):
+        return ()
     length = int(f["key_end"].max())
     chunk = int(f["key_end"][0] - f["key_start"][0]) if items.shape[0] == tiles else int(f["key_start"][tiles])
-    shared = [int(f[name][0]) for name in ("kv_base", "causal_shift", "tok_first", "prefix_start", "prefix_len")]
+    shared = [int(f[name][0]) for name in names]
     regular = (rows, tiles, max(chunk, 1), length, *shared)
     i = np.arange(items.shape[0])
     c, row0 = i // tiles, (i % tiles) * block_m
