@@ -126,8 +126,9 @@ def _rows_descriptor(x: torch.Tensor, box_rows: int):
 
     A descriptor is its base and numbers that the base's dtype and shape fix: the first one of
     each kind is built (and checked) by ``TensorDescriptor``, the next ones are copies of it
-    over their own base (``_descriptor_over``; the check costs several microseconds of host
-    time a descriptor, four a launch)."""
+    over their own base (``_descriptor_over``: building and checking a launch's four took about
+    a sixth of an append call's host time on the H200 machine, ``fast/triton/NOTES.md``,
+    session 29)."""
     hkv, d = x.shape[-2:]
     if not x.is_contiguous() or x.data_ptr() % 16 or (hkv * d * x.element_size()) % 16:
         return None
