@@ -272,57 +272,115 @@ def _pages(problem: Problem) -> _Pages:
     return _Pages(cache, ps, prefix_pages, own_indptr, own_pages.reshape(-1), own_last, all_indptr, all_indices)
 
 
+def _metadata(x, host: bool):
+    """``x`` (an int32 tensor on the problem's device) where a planner takes it: copied to the
+    host's pinned memory where ``host``, else as it is."""
+    return x.cpu().pin_memory() if host else x
+
+
+#: What a FlashInfer planner's ``host=True`` puts on the host: the index pointers and last-page
+#: lengths (FlashInfer 0.5's ``plan`` reads them there, and copies device ones to the host, a
+#: synchronization). The page lists stay on the device, where an engine keeps them: ``plan``
+#: copies a page list from the host with ``non_blocking=False``, which waits for the stream.
+FLASHINFER_HOST_METADATA = "index pointers and last-page lengths (page lists on the device)"
+
+
+def flashinfer_paged_planner(problem: Problem, *, host: bool = False):
+    """FlashInfer's per-request paged wrapper for ``problem``: decode
+    (``BatchDecodeWithPagedKVCacheWrapper``) at one query a request, else causal prefill; each
+    request's page list is the shared prefix's pages, then its own.
+
+    Args:
+        problem: the point's inputs, on a CUDA device.
+        host: give ``plan`` its ``FLASHINFER_HOST_METADATA`` from the host (pinned) instead of
+            the device.
+
+    Returns:
+        ``(wrapper, plan, cache, detail)``: ``plan()`` plans the batch (what an engine calls
+        once per step); then ``wrapper.run(problem.q, cache)`` computes it.
+    """
+    import flashinfer
+    import torch
+
+    p = problem.point
+    pg = _pages(problem)
+    ws = torch.empty(FLASHINFER_WORKSPACE_BYTES, dtype=torch.uint8, device=problem.device)
+    common = dict(q_data_type=problem.q.dtype, kv_data_type=problem.q.dtype, sm_scale=problem.scale)
+    indptr, last, indices = _metadata(pg.all_indptr, host), _metadata(pg.own_last, host), pg.all_indices
+    if p.q_len == 1:
+        tensor_cores = p.num_q_heads // p.num_kv_heads >= 4
+        w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=tensor_cores)
+        plan = lambda: w.plan(indptr, indices, last, p.num_q_heads, p.num_kv_heads, p.head_dim,  # noqa: E731
+                              pg.page_size, **common)
+        detail = f"BatchDecodeWithPagedKVCacheWrapper, use_tensor_cores={tensor_cores}"
+    else:
+        w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD")
+        cu_q = _metadata(problem.cu_seqlens_q, host)
+        plan = lambda: w.plan(cu_q, indptr, indices, last, p.num_q_heads, p.num_kv_heads, p.head_dim,  # noqa: E731
+                              pg.page_size, causal=True, **common)
+        detail = "BatchPrefillWithPagedKVCacheWrapper, causal"
+    return w, plan, pg.cache, (f"{detail}; page_size={pg.page_size}, each request's page list = shared prefix pages "
+                               f"+ own pages")
+
+
 def _flashinfer_paged(problem: Problem) -> Variants:
     def setup() -> Prepared:
-        import flashinfer
-        import torch
-
-        p = problem.point
-        pg = _pages(problem)
-        ws = torch.empty(FLASHINFER_WORKSPACE_BYTES, dtype=torch.uint8, device=problem.device)
-        common = dict(q_data_type=problem.q.dtype, kv_data_type=problem.q.dtype, sm_scale=problem.scale)
-        if p.q_len == 1:
-            tensor_cores = p.num_q_heads // p.num_kv_heads >= 4
-            w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=tensor_cores)
-            w.plan(pg.all_indptr, pg.all_indices, pg.own_last, p.num_q_heads, p.num_kv_heads, p.head_dim,
-                   pg.page_size, **common)
-            detail = f"BatchDecodeWithPagedKVCacheWrapper, use_tensor_cores={tensor_cores}"
-        else:
-            w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD")
-            w.plan(problem.cu_seqlens_q, pg.all_indptr, pg.all_indices, pg.own_last, p.num_q_heads,
-                   p.num_kv_heads, p.head_dim, pg.page_size, causal=True, **common)
-            detail = "BatchPrefillWithPagedKVCacheWrapper, causal"
+        w, plan, cache, detail = flashinfer_paged_planner(problem)
+        plan()
         q = problem.q
-        return Prepared(lambda: w.run(q, pg.cache), lambda out: (out, None), True,
-                        f"{detail}; page_size={pg.page_size}, each request's page list = shared prefix pages + own pages")
+        return Prepared(lambda: w.run(q, cache), lambda out: (out, None), True, detail)
 
     yield "default", setup
 
 
+def flashinfer_cascade_planner(problem: Problem, *, host: bool = False):
+    """FlashInfer's ``MultiLevelCascadeAttentionWrapper`` for ``problem``, two levels: the
+    shared prefix's pages for every query, then each request's own pages (causal).
+
+    Args:
+        problem: the point's inputs, on a CUDA device, with a shared prefix.
+        host: give ``plan`` its ``FLASHINFER_HOST_METADATA`` from the host (pinned) instead of
+            the device.
+
+    Returns:
+        ``(wrapper, plan, cache, detail)``, as ``flashinfer_paged_planner``'s.
+
+    Raises:
+        Unsupported: a point without a prefix (the cascade's first level would be empty).
+    """
+    import flashinfer
+    import torch
+
+    p = problem.point
+    if p.prefix_len == 0:
+        raise Unsupported("no shared prefix: the cascade's first level would be empty")
+    pg = _pages(problem)
+    ws = torch.empty(FLASHINFER_WORKSPACE_BYTES, dtype=torch.uint8, device=problem.device)
+    i32 = dict(dtype=torch.int32, device=problem.device)
+    w = flashinfer.MultiLevelCascadeAttentionWrapper(2, ws, "NHD")
+    levels = [
+        [torch.tensor([0, p.batch * p.q_len], **i32), problem.cu_seqlens_q],
+        [torch.tensor([0, pg.prefix_pages.numel()], **i32), pg.own_indptr],
+        [pg.prefix_pages, pg.own_indices],
+        [torch.tensor([pg.page_size], **i32), pg.own_last],
+    ]
+    qo_indptr, kv_indptr, last = ([_metadata(x, host) for x in arrays] for arrays in (levels[0], levels[1], levels[3]))
+    indices = levels[2]
+
+    def plan():
+        w.plan(qo_indptr, kv_indptr, indices, last, p.num_q_heads, p.num_kv_heads, p.head_dim, pg.page_size,
+               causal=True,  # applied to the last level (own tokens) only
+               sm_scale=problem.scale, q_data_type=problem.q.dtype, kv_data_type=problem.q.dtype)
+
+    return w, plan, pg.cache, f"MultiLevelCascadeAttentionWrapper(2 levels: shared prefix, own pages), page_size={pg.page_size}"
+
+
 def _flashinfer_cascade(problem: Problem) -> Variants:
     def setup() -> Prepared:
-        import flashinfer
-        import torch
-
-        p = problem.point
-        if p.prefix_len == 0:
-            raise Unsupported("no shared prefix: the cascade's first level would be empty")
-        pg = _pages(problem)
-        ws = torch.empty(FLASHINFER_WORKSPACE_BYTES, dtype=torch.uint8, device=problem.device)
-        i32 = dict(dtype=torch.int32, device=problem.device)
-        w = flashinfer.MultiLevelCascadeAttentionWrapper(2, ws, "NHD")
-        w.plan(
-            [torch.tensor([0, p.batch * p.q_len], **i32), problem.cu_seqlens_q],
-            [torch.tensor([0, pg.prefix_pages.numel()], **i32), pg.own_indptr],
-            [pg.prefix_pages, pg.own_indices],
-            [torch.tensor([pg.page_size], **i32), pg.own_last],
-            p.num_q_heads, p.num_kv_heads, p.head_dim, pg.page_size,
-            causal=True,  # applied to the last level (own tokens) only
-            sm_scale=problem.scale, q_data_type=problem.q.dtype, kv_data_type=problem.q.dtype,
-        )
+        w, plan, cache, detail = flashinfer_cascade_planner(problem)
+        plan()
         q = problem.q
-        return Prepared(lambda: w.run(q, pg.cache), lambda out: (out, None), True,
-                        f"MultiLevelCascadeAttentionWrapper(2 levels: shared prefix, own pages), page_size={pg.page_size}")
+        return Prepared(lambda: w.run(q, cache), lambda out: (out, None), True, detail)
 
     yield "default", setup
 

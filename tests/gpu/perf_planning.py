@@ -3,7 +3,7 @@
 Run on the GPU machine: ``python3 tests/gpu/perf_planning.py OUT_DIR``. For each batch: one
 prefix of 8192 tokens, 128 own tokens a request in pages of 16, block tables of 256 columns,
 Hq 32, Hkv 8, D 128, fp16. Times ``prepare`` and ``GraphPlan.update`` (host wall clock, mean of
-50 calls) in two situations:
+50 calls, median of 3 rounds that take the calls in turn) in two situations:
 
 * **idle**: the GPU has nothing queued (a ``torch.cuda.synchronize()`` before each call);
 * **busy**: the stream has ``QUEUED_MS`` of work queued ahead of the call (a spinning kernel,
@@ -12,12 +12,21 @@ Hq 32, Hkv 8, D 128, fp16. Times ``prepare`` and ``GraphPlan.update`` (host wall
   32 x 99 us on an H200, ``docs/benchmarks``). A call that reads metadata
   from the GPU waits for that work; one with the metadata on the host does not.
 
+Beside them, where FlashInfer imports (from ``.whl``, as ``perf_host_call.py``), the ``plan``
+of its wrappers for the same batch sizes (``relaycore.bench.providers``' planners: the cascade
+wrapper and the per-request paged decode), with their metadata on the GPU, or on the host where
+relaycore's is (``providers.FLASHINFER_HOST_METADATA``: FlashInfer's page lists stay on the
+GPU; relaycore's host metadata are NumPy arrays, its block table among them). Each wrapper's result
+after its plan is first checked against the float64 oracle (``relaycore.bench.problem``);
+one that fails is not timed.
+
 Prints one line per point and writes them as JSON lines to ``OUT_DIR/perf_planning.jsonl``.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 
@@ -25,11 +34,15 @@ import numpy as np
 import torch
 
 from relaycore import PagedKV, PrefixLevel
+from relaycore.bench.grids import Point
+from relaycore.bench.problem import check, compute_oracle, make_problem
+from relaycore.bench.providers import Unsupported, flashinfer_cascade_planner, flashinfer_paged_planner
 from relaycore.fast.triton import prepare, prepare_graph
 
 PAGE, COLUMNS, OWN, PREFIX = 16, 256, 128, 8192
 HQ, HKV, D = 32, 8, 128
 CALLS = 50
+ROUNDS = 3
 QUEUED_MS = 3.0
 
 
@@ -73,6 +86,34 @@ def host_ms(fn, busy_cycles: int) -> float:
     return total / CALLS * 1e3
 
 
+def peer_plans(batch: int, host: bool):
+    """``{name: plan}``: FlashInfer's wrappers' ``plan`` calls for a decode batch of these sizes,
+    each checked once through a run against the oracle (printed and left out where FlashInfer
+    is missing or a result fails)."""
+    try:
+        import flashinfer  # noqa: F401
+    except ImportError as exc:
+        print(f"FlashInfer not timed: {exc}", flush=True)
+        return {}
+    problem = make_problem(Point("decode", batch, HQ, HKV, D, PREFIX, OWN, 1), "cuda")
+    oracle = compute_oracle(problem)
+    plans = {}
+    for name, planner in (("flashinfer_cascade", flashinfer_cascade_planner),
+                          ("flashinfer_paged", flashinfer_paged_planner)):
+        try:
+            wrapper, plan, cache, _ = planner(problem, host=host)
+            plan()
+            verdict = check(oracle, wrapper.run(problem.q, cache))
+        except (Unsupported, RuntimeError) as exc:
+            print(f"B {batch} {name}: not timed, {exc}", flush=True)
+            continue
+        if not verdict.passed:
+            print(f"B {batch} {name}: not timed, {verdict.message}", flush=True)
+            continue
+        plans[name] = plan
+    return plans
+
+
 def main(out_dir: str) -> None:
     spin_ms(1000)  # loads the kernel
     cycles = int(QUEUED_MS / spin_ms(10_000_000) * 10_000_000)
@@ -83,10 +124,16 @@ def main(out_dir: str) -> None:
         for host in (False, True):
             args = batch_args(batch, host)
             graph = prepare_graph(*args)
+            peers = peer_plans(batch, host)
+            calls = dict(prepare=lambda: prepare(*args), update=lambda: graph.update(*args),
+                         **{f"{name}_plan": plan for name, plan in peers.items()})
             for busy in (0, cycles):
+                times = {name: [] for name in calls}
+                for _ in range(ROUNDS):  # in turn: the host's speed drifts (perf_host_call.py)
+                    for name, fn in calls.items():
+                        times[name].append(host_ms(fn, busy))
                 row = dict(batch=batch, metadata="host" if host else "gpu", gpu="busy" if busy else "idle",
-                           prepare_ms=host_ms(lambda: prepare(*args), busy),
-                           update_ms=host_ms(lambda: graph.update(*args), busy))
+                           **{f"{name}_ms": statistics.median(t) for name, t in times.items()})
                 rows.append(row)
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     with open(f"{out_dir}/perf_planning.jsonl", "w") as f:
