@@ -328,3 +328,82 @@ def test_the_triton_provider_call_path_runs_under_the_interpreter():
                          env=dict(os.environ, TRITON_INTERPRET="1"))
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == ["passed", "passed"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The host's side: the committed host_call.json and planning.json, their figures and the
+# serving guide's tables of them (relaycore.bench.host)
+
+BENCHMARKS = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "benchmarks")
+SERVING = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "guide", "serving.md")
+
+
+def _table_rows(text: str, header_start: str):
+    """The body rows of the first markdown table whose header starts with ``header_start``,
+    as lists of cells."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_host_figures_are_drawn_from_the_committed_results(tmp_path):
+    from relaycore.bench import host
+
+    for name in ("host_call.json", "planning.json"):
+        (tmp_path / name).write_text(open(os.path.join(BENCHMARKS, name)).read())
+    for path in host.figures(tmp_path):
+        assert path.stat().st_size > 10_000, path
+
+
+def test_results_files_name_their_card_versions_commit_and_date():
+    from relaycore.bench import host
+
+    for name in ("host_call.json", "planning.json"):
+        env = host.load(os.path.join(BENCHMARKS, name))["environment"]
+        for key in ("card", "driver", "torch", "triton", "flashinfer", "commit", "date"):
+            assert env.get(key), (name, key)
+
+
+def test_results_file_without_its_keys_is_refused(tmp_path):
+    from relaycore.bench import host
+
+    path = tmp_path / "host_call.json"
+    path.write_text(json.dumps({"what": "", "rows": []}))
+    with pytest.raises(ValueError, match="'environment'"):
+        host.load(path)
+
+
+def test_the_serving_guide_shows_the_committed_host_times():
+    from relaycore.bench import host
+
+    text = open(SERVING).read()
+    doc = host.load(os.path.join(BENCHMARKS, "host_call.json"))
+    medians = {(host.call_label(r["point"]), r["provider"], r["variant"]): r["host_us"] for r in doc["rows"]}
+    rows = _table_rows(text, "| point | relaycore | FlashInfer cascade |")
+    assert len(rows) == len({label for label, _, _ in medians})
+    for cells in rows:
+        for cell, key in zip(cells[1:5], host.CALL_PROVIDERS):
+            assert cell == f"{medians[(cells[0], *key)]:.0f}", (cells[0], key)
+        relay, cascade = ([r[0] for r in row["rounds"]] for key in list(host.CALL_PROVIDERS)[:2] for row in doc["rows"]
+                          if host.call_label(row["point"]) == cells[0] and (row["provider"], row["variant"]) == key)
+        ratios = [a / b for a, b in zip(relay, cascade)]
+        assert cells[5] == f"{min(ratios):.2f}–{max(ratios):.2f}", cells[0]
+
+
+def test_the_serving_guide_shows_the_committed_planning_times():
+    from relaycore.bench import host
+
+    text = open(SERVING).read()
+    doc = host.load(os.path.join(BENCHMARKS, "planning.json"))
+    rows = _table_rows(text, "| batch | metadata | `prepare` |")
+    assert len(rows) == len(doc["rows"]) // 2  # one line per (batch, metadata): idle / busy in each cell
+    where = {"on the GPU": "gpu", "on the host": "host"}
+    for cells in rows:
+        measured = {r["gpu"]: r for r in doc["rows"] if r["batch"] == int(cells[0]) and r["metadata"] == where[cells[1]]}
+        for cell, (key, _, _) in zip(cells[2:], host.PLANNING_CALLS):
+            assert cell == f"{measured['idle'][key]:.2f} / {measured['busy'][key]:.2f}", (cells[:2], key)

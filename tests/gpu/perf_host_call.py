@@ -13,9 +13,10 @@ interleave the providers because the GPU machine's host drifts by up to a third 
 minute (``fast/triton/NOTES.md``, session 24); the thread's CPU time per call, which leaves out
 the time the host ran something else, is reported beside the wall time.
 
-Prints one line per point and provider (medians over the rounds), writes them as JSON lines to
-``OUT_DIR/perf_host_call.jsonl``, and a cProfile of relaycore's calls at the first point to
-``OUT_DIR/perf_host_call.prof.txt``.
+Prints one line per point and provider (medians over the rounds), writes them to
+``OUT_DIR/host_call.json`` (the card, the versions, the commit and the date beside them: the
+committed ``docs/benchmarks/host_call.json``, whose figure ``relaycore.bench.host`` draws), and a
+cProfile of relaycore's calls at the first point to ``OUT_DIR/perf_host_call.prof.txt``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 from relaycore.bench.grids import Point
 from relaycore.bench.problem import check, compute_oracle, make_problem
 from relaycore.bench.providers import Unsupported, by_name
+from relaycore.bench.results import environment
 
 CALLS = 200
 ROUNDS = 7
@@ -45,6 +47,10 @@ POINTS = [
     Point("append", 4, 32, 8, 128, 2048, 512, 512),
 ]
 PROVIDERS = ["relaycore_triton", "flashinfer_cascade", "flashinfer_paged", "sdpa"]
+WHAT = (f"host wall time of one eager call with a plan made beforehand (relaycore: relay_attention(plan=); "
+        f"FlashInfer: wrapper.run after plan; SDPA over the concatenated KV), {CALLS} calls queued behind a spinning "
+        f"kernel so that no launch waits for the GPU, {ROUNDS} rounds that time the providers in turn; host_us = "
+        f"median wall time per call, rounds = [wall_us, cpu_us] of each round (tests/gpu/perf_host_call.py OUT)")
 
 
 def host_us(fn, calls: int) -> Tuple[float, float]:
@@ -100,13 +106,12 @@ def main(out_dir: str, providers) -> None:
         for (name, variant), measured in times.items():
             wall, cpu = (statistics.median(x) for x in zip(*measured))
             rows.append(dict(point=point.to_dict(), provider=name, variant=variant, host_us=wall, host_cpu_us=cpu,
-                             rounds=[list(m) for m in measured], device=torch.cuda.get_device_name(),
-                             torch=torch.__version__))
+                             rounds=[list(m) for m in measured]))
             print(f"{point.label}  {name}/{variant}: {wall:.1f} us per call (CPU {cpu:.1f})", flush=True)
             if name == "relaycore_triton" and relay_calls is None:
                 relay_calls = calls[name, variant]
-    with open(f"{out_dir}/perf_host_call.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    with open(f"{out_dir}/host_call.json", "w") as f:
+        json.dump(dict(what=WHAT, environment=environment("cuda"), rows=rows), f, indent=1)
     if relay_calls is not None:
         profile = cProfile.Profile()
         torch.cuda.synchronize()

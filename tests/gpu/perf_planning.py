@@ -20,7 +20,9 @@ GPU; relaycore's host metadata are NumPy arrays, its block table among them). Ea
 after its plan is first checked against the float64 oracle (``relaycore.bench.problem``);
 one that fails is not timed.
 
-Prints one line per point and writes them as JSON lines to ``OUT_DIR/perf_planning.jsonl``.
+Prints one line per point and writes them to ``OUT_DIR/planning.json`` (the card, the versions,
+the commit and the date beside them: the committed ``docs/benchmarks/planning.json``, whose
+figure ``relaycore.bench.host`` draws).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from relaycore import PagedKV, PrefixLevel
 from relaycore.bench.grids import Point
 from relaycore.bench.problem import check, compute_oracle, make_problem
 from relaycore.bench.providers import Unsupported, flashinfer_cascade_planner, flashinfer_paged_planner
+from relaycore.bench.results import environment
 from relaycore.fast.triton import prepare, prepare_graph
 
 PAGE, COLUMNS, OWN, PREFIX = 16, 256, 128, 8192
@@ -44,6 +47,12 @@ HQ, HKV, D = 32, 8, 128
 CALLS = 50
 ROUNDS = 3
 QUEUED_MS = 3.0
+WHAT = (f"host wall time of planning a decode step (one prefix of {PREFIX}, {OWN} own tokens a request in {PAGE}-token "
+        f"pages, relaycore's block tables of {COLUMNS} columns, Hq {HQ}, Hkv {HKV}, D {D}, fp16): relaycore's prepare and "
+        f"GraphPlan.update, FlashInfer's cascade and paged-decode plan; metadata on the GPU or the host (FlashInfer: "
+        f"index pointers and last-page lengths on the host, page lists on the GPU); the GPU idle or with "
+        f"{QUEUED_MS:g} ms of work queued; mean of {CALLS} calls, median of {ROUNDS} rounds that take the calls in "
+        f"turn, ms (tests/gpu/perf_planning.py OUT)")
 
 
 def batch_args(batch: int, host: bool):
@@ -136,8 +145,8 @@ def main(out_dir: str) -> None:
                            **{f"{name}_ms": statistics.median(t) for name, t in times.items()})
                 rows.append(row)
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    with open(f"{out_dir}/perf_planning.jsonl", "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
+    with open(f"{out_dir}/planning.json", "w") as f:
+        json.dump(dict(what=WHAT, environment=environment("cuda"), rows=rows), f, indent=1)
 
 
 if __name__ == "__main__":
