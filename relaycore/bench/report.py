@@ -304,6 +304,9 @@ def markdown(doc: dict, figures: List[str]) -> str:
         "Reproduce on a GPU machine with `bash scripts/bench_gpu.sh` (both grids, JSON, figures and this "
         "page), or `relaycore bench --report-dir docs/benchmarks`; rebuild the page and figures from a "
         "results file with `relaycore bench report docs/benchmarks/bench.json`.", "",
+        "These are GPU times. What a call and a step's planning cost the host, against the same peers, is in "
+        "the serving guide ([the host time of a call](../guide/serving.md#the-host-time-of-a-call), "
+        "[planning](../guide/serving.md#metadata-on-the-host-planning-without-waiting-for-the-gpu)).", "",
     ]
     counts = {g: sum(e["point"]["grid"] == g for e in doc["points"]) for g in _grids(doc)}
     full = {g: len(grids.GRIDS[g]()) for g in counts if g in grids.GRIDS}
