@@ -114,8 +114,15 @@ def dtype_name(x: Any) -> str:
     """Canonical dtype name of a NumPy array or torch tensor (``"bfloat16"``, ``"int32"``...;
     a NumPy array's in either byte order: ``>f8`` is ``"float64"``)."""
     if isinstance(x, np.ndarray):
-        return x.dtype.name
+        return _numpy_dtype_name(x.dtype)
     return str(x.dtype).replace("torch.", "")
+
+
+@functools.lru_cache(maxsize=64)
+def _numpy_dtype_name(dtype: np.dtype) -> str:
+    """``dtype.name``, which NumPy builds in Python at every read (about 1.5 us: validation asks
+    it of every array)."""
+    return dtype.name
 
 
 def device_name(x: Any) -> str:
@@ -228,7 +235,7 @@ def _check_offsets(name: str, offsets: np.ndarray, length: int, total: int, tota
     if offsets[0] != 0:
         raise ValueError(f"{name}: expected {name}[0] == 0, got {int(offsets[0])}")
     falls = offsets[1:] < offsets[:-1]  # not np.diff(offsets) < 0: a difference of int64s can wrap around
-    if np.any(falls):
+    if falls.any():
         i = int(np.argmax(falls))
         raise ValueError(
             f"{name}: expected non-decreasing offsets, got {name}[{i}] = {int(offsets[i])} > {name}[{i + 1}] = {int(offsets[i + 1])}"
@@ -253,11 +260,13 @@ def check_block_ids(table: np.ndarray, blocks_needed: np.ndarray, num_blocks: in
         ValueError: naming the first entry read that is not in ``[0, num_blocks)``.
     """
     used = np.arange(table.shape[1])[None, :] < blocks_needed[:, None]
-    bad = used & ((table < 0) | (table >= num_blocks))
-    if np.any(bad):
-        b, j = (int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"kv.block_table: expected block ids in [0, {num_blocks}) (num_blocks of kv.k_cache), "
-                         f"got block_table[{b}, {j}] = {int(table[b, j])}")
+    # where every entry, read or not, is a block (the common case), two reductions tell so
+    if table.size and (table.min() < 0 or table.max() >= num_blocks):
+        bad = used & ((table < 0) | (table >= num_blocks))
+        if bad.any():
+            b, j = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"kv.block_table: expected block ids in [0, {num_blocks}) (num_blocks of kv.k_cache), "
+                             f"got block_table[{b}, {j}] = {int(table[b, j])}")
     return used
 
 
@@ -376,14 +385,14 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         raise ValueError(f"{c.first}: expected tensors that hold values, got tensors on the meta device")
     cu_q = to_host_ints(cu_seqlens_q)
     _check_offsets("cu_seqlens_q", cu_q, batch + 1, total_q, "q.shape[0]")
-    q_lens = np.diff(cu_q)
+    q_lens = cu_q[1:] - cu_q[:-1]  # np.diff, without its Python-level dispatch
     if isinstance(kv, RaggedKV):
         cu_k = to_host_ints(kv.cu_seqlens)
         _check_offsets("kv.cu_seqlens", cu_k, batch + 1, int(kv.k.shape[0]), "kv.k.shape[0]")
-        kv_lens = np.diff(cu_k)
+        kv_lens = cu_k[1:] - cu_k[:-1]
     else:
         kv_lens = to_host_ints(kv.kv_lens)
-        if np.any(kv_lens < 0):
+        if (kv_lens < 0).any():
             b = int(np.argmax(kv_lens < 0))
             raise ValueError(f"kv.kv_lens: expected non-negative lengths, got kv_lens[{b}] = {int(kv_lens[b])}")
         blocks_needed = -(-kv_lens // block_size)
@@ -397,9 +406,10 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         table = to_host_ints(kv.block_table)
         used = check_block_ids(table, blocks_needed, int(kv.k_cache.shape[0]))
         if c.kind == "torch" and on_host(kv.block_table, c.device):  # a new array: the caller may write into its own
-            host_block_table = np.where(used, table, 0)  # entries past a request's last block are never read
+            host_block_table = np.zeros(table.shape, dtype=np.int64)  # entries past a request's last block are never read
+            np.copyto(host_block_table, table, where=used)  # (np.where(used, table, 0), in half the time)
     short = q_lens > kv_lens
-    if np.any(short):
+    if short.any():
         b = int(np.argmax(short))
         raise ValueError(
             f"cu_seqlens_q: expected q_len <= kv_len for every request (queries are the last own tokens), "
@@ -414,13 +424,13 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         num_prefixes = int(cu_p.shape[0]) - 1
         ids = to_host_ints(level.prefix_ids)
         bad = (ids < -1) | (ids >= num_prefixes)
-        if np.any(bad):
+        if bad.any():
             b = int(np.argmax(bad))
             raise ValueError(
                 f"{name}.prefix_ids: expected ids in [-1, {num_prefixes}) ({num_prefixes} prefixes at this level), "
                 f"got prefix_ids[{b}] = {int(ids[b])}"
             )
-        prefix_lens.append(np.diff(cu_p))
+        prefix_lens.append(cu_p[1:] - cu_p[:-1])
         prefix_ids.append(ids)
 
     return BatchMeta(

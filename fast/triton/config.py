@@ -9,6 +9,7 @@ batch, and with it different bits).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,6 +166,7 @@ def block_d(head_dim: int) -> int:
     return max(16, 1 << (int(head_dim) - 1).bit_length())
 
 
+@functools.lru_cache(maxsize=None)
 def default_config(head_dim: int, dtype: str, num_kv_heads: int) -> Config:
     """The configuration for ``head_dim``, q's ``dtype`` (canonical name) and the model's
     ``num_kv_heads``: properties of the model, never of the batch.
@@ -178,6 +180,8 @@ def default_config(head_dim: int, dtype: str, num_kv_heads: int) -> Config:
     ``head_dim`` above 128) halve ``block_n``, keep it for the short own tiles, and stay at
     64-row tiles and 2 stages to keep the score and value tiles in registers and the stages in
     shared memory.
+
+    Cached: a ``Config`` is immutable, and a model asks for its own at every step (``plan``).
     """
     wide = block_d(head_dim) >= 256 or dtype == "float32"
     return Config(block_m=64 if wide else 128, prefix_block_m=64, min_block_m=16, block_n=32 if wide else 64,

@@ -109,7 +109,7 @@ def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[Gra
     single-pass (one chunk).
 
     Prefix tiles of level ``l``: the sharers of a prefix with the same chunk size are one group
-    (``plan._groups``), whose rows ``r_g`` fix the tile height ``h`` (``tile_height``); its
+    (``plan._prefix_groups``), whose rows ``r_g`` fix the tile height ``h`` (``tile_height``); its
     items are ``ceil(r_g / h)`` tiles times its chunks. With ``R`` rows in all (requests that
     are never single-pass), ``G`` groups at most (requests, and prefixes times chunk sizes) and
     ``C`` the most chunks of one prefix, the items of height ``h`` are at most both

@@ -494,7 +494,37 @@ def merge_in_partials(total_q: int, fold_steps: int, config: Config) -> bool:
     return 0 < total_q <= config.fused_merge_max_tokens and fold_steps <= config.fused_merge_max_fold_steps
 
 
-def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = True) -> np.ndarray:
+class Segments(NamedTuple):
+    """The KV segments of each request of a batch and how they are cut: functions of the request
+    alone (``request_segments``), which ``plan_work`` and ``single_pass_requests`` share.
+
+    Attributes:
+        rows: int64 ``[B]``: rows per KV head (query tokens x the group's query heads).
+        lens: int64 ``[S, B]``: keys of each segment, its prefix at each level (0 where it names
+            none), then its own KV.
+        sizes: int64 ``[S, B]``: their ``chunk_size``.
+        own_tile: int64 ``[B]``: the height of its own tiles (``tile_height``).
+    """
+
+    rows: np.ndarray
+    lens: np.ndarray
+    sizes: np.ndarray
+    own_tile: np.ndarray
+
+
+def request_segments(meta: BatchMeta, config: Config) -> Segments:
+    """The ``Segments`` of ``meta``'s requests under ``config``."""
+    rows = meta.q_lens.astype(np.int64) * meta.group_size
+    lens = np.empty((meta.num_levels + 1, meta.batch), dtype=np.int64)
+    for level, (prefix_lens, ids) in enumerate(zip(meta.prefix_lens, meta.prefix_ids)):
+        lens[level] = np.where(ids >= 0, prefix_lens[np.maximum(ids, 0)] if len(prefix_lens) else 0, 0)
+    lens[-1] = meta.kv_lens
+    # one call for every segment: chunk_size is elementwise, rows broadcast over the levels
+    return Segments(rows, lens, chunk_size(lens, rows, config), tile_height(rows, config, prefix=False))
+
+
+def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = True,
+                         segments: Optional[Segments] = None) -> np.ndarray:
     """bool ``[B]``: the requests whose own tiles read their whole context in one pass and
     write their result, with no states and no merge. Functions of the request alone:
 
@@ -510,13 +540,15 @@ def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = Tr
       17). Taller ones keep the state and the merge: on sm_90 they would run the Gluon tile,
       not measured there yet. ``unshared=False`` leaves every such request the state and the
       merge (tests compare).
+
+    ``segments``: ``request_segments(meta, config)``, where the caller has them.
     """
-    rows = meta.q_lens.astype(np.int64) * meta.group_size
-    tall = single_pass(rows, config) & (meta.num_levels <= 1)
-    own = meta.kv_lens.astype(np.int64)
-    no_prefix = meta.context_lens() == own
-    short = tile_height(rows, config, prefix=False) < config.block_m
-    return tall | (unshared & no_prefix & short & (own <= chunk_size(own, rows, config)))
+    seg = request_segments(meta, config) if segments is None else segments
+    tall = single_pass(seg.rows, config) & (meta.num_levels <= 1)
+    own = seg.lens[-1]
+    no_prefix = seg.lens[:-1].sum(axis=0) == 0  # its context is its own KV
+    short = seg.own_tile < config.block_m
+    return tall | (unshared & no_prefix & short & (own <= seg.sizes[-1]))
 
 
 #: The shortest and the tallest slice of rows a fused fold folds at once: ``FOLD_DEPTH`` slots
@@ -559,6 +591,12 @@ def fold_steps(rows: int, fold_rows: int, slots: int) -> int:
 REGULAR_FIELDS = ("rows", "tiles", "chunk", "length", "kv_base", "causal_shift", "tok_first", "prefix_start",
                   "prefix_len")
 
+#: Each item field's column in a work list (``kernels.ITEM_FIELDS``).
+COLUMN = {name: i for i, name in enumerate(ITEM_FIELDS)}
+#: The fields an item takes from its group (the same in every item of one group), and their columns.
+GROUP_FIELDS = ("kv_base", "causal_shift", "tok_first", "prefix_start", "prefix_len")
+GROUP_COLUMNS = [COLUMN[name] for name in GROUP_FIELDS]
+
 
 def regular_items(items: np.ndarray, block_m: int) -> Tuple[int, ...]:
     """``REGULAR_FIELDS`` of a launch whose items are those of one group of consecutive tokens
@@ -575,23 +613,29 @@ def regular_items(items: np.ndarray, block_m: int) -> Tuple[int, ...]:
         items: int64 ``[num_items, NUM_ITEM_FIELDS]``, in launch order.
         block_m: the launch's tile height.
     """
-    f = {name: items[:, i] for i, name in enumerate(ITEM_FIELDS)}
-    rows = int((f["row0"] + f["num_rows"]).max())
+    if items[:, COLUMN["tok_base"]].any():  # a later group's items (the computed ones index from token 0)
+        return ()
+    rows = int((items[:, COLUMN["row0"]] + items[:, COLUMN["num_rows"]]).max())
     tiles = -(-rows // block_m)
-    if items.shape[0] % tiles or f["tok_first"][0] < 0:
+    if items.shape[0] % tiles or items[0, COLUMN["tok_first"]] < 0:
         return ()
-    names = ("kv_base", "causal_shift", "tok_first", "prefix_start", "prefix_len")  # one group's: the same in every item
-    if not all((f[name] == f[name][0]).all() for name in names):
+    shared = items[0, GROUP_COLUMNS]
+    if not (items[:, GROUP_COLUMNS] == shared).all():  # several groups
         return ()
-    length = int(f["key_end"].max())
-    chunk = int(f["key_end"][0] - f["key_start"][0]) if items.shape[0] == tiles else int(f["key_start"][tiles])
-    shared = [int(f[name][0]) for name in names]
-    regular = (rows, tiles, max(chunk, 1), length, *shared)
+    key_start, key_end = items[:, COLUMN["key_start"]], items[:, COLUMN["key_end"]]
+    length = int(key_end.max())
+    chunk = int(key_end[0] - key_start[0]) if items.shape[0] == tiles else int(key_start[tiles])
+    regular = (rows, tiles, max(chunk, 1), length, *(int(v) for v in shared))
+    # the items the kernel computes: item 0's group fields, and tile i % tiles of chunk i // tiles
     i = np.arange(items.shape[0])
     c, row0 = i // tiles, (i % tiles) * block_m
-    expected = np.stack([np.zeros_like(i), row0, np.minimum(block_m, rows - row0), np.full_like(i, shared[0]),
-                         c * chunk, np.minimum(c * chunk + chunk, length), np.full_like(i, shared[1]), c,
-                         *(np.full_like(i, v) for v in shared[2:])], axis=1)
+    expected = np.repeat(items[:1], items.shape[0], axis=0)
+    expected[:, COLUMN["tok_base"]] = 0
+    expected[:, COLUMN["row0"]] = row0
+    expected[:, COLUMN["num_rows"]] = np.minimum(block_m, rows - row0)
+    expected[:, COLUMN["key_start"]] = c * chunk
+    expected[:, COLUMN["key_end"]] = np.minimum(c * chunk + chunk, length)
+    expected[:, COLUMN["chunk"]] = c
     return regular if np.array_equal(expected, items) else ()
 
 
@@ -607,17 +651,17 @@ def longest_first(items: np.ndarray, group: int, causal: bool) -> np.ndarray:
         group: query heads per KV head (rows per token).
         causal: the items read causal own KV (their last row's token bounds the keys read).
     """
-    f = {name: items[:, i] for i, name in enumerate(ITEM_FIELDS)}
-    stop = f["key_end"]
+    stop = items[:, COLUMN["key_end"]]
     if causal:
-        stop = np.minimum(stop, f["causal_shift"] + (f["row0"] + f["num_rows"] - 1) // group + 1)
-    keys = np.maximum(stop - f["key_start"], 0) + f["prefix_len"]
+        last_row = items[:, COLUMN["row0"]] + items[:, COLUMN["num_rows"]] - 1
+        stop = np.minimum(stop, items[:, COLUMN["causal_shift"]] + last_row // group + 1)
+    keys = np.maximum(stop - items[:, COLUMN["key_start"]], 0) + items[:, COLUMN["prefix_len"]]
     return items[np.argsort(-keys, kind="stable")]
 
 
 class _Groups(NamedTuple):
     """The row groups of one KV source, in plan order, one entry per group (int64 ``[G]``, bool
-    for ``one_pass``): what its items read (``kernels.ITEM_FIELDS``)."""
+    for ``one_pass``): what its items read (``kernels.ITEM_FIELDS``), and how they are cut."""
 
     kv_base: np.ndarray  # the segment's first row (a prefix's, ragged own KV's) or its request (paged)
     seg_len: np.ndarray  # keys of the segment
@@ -625,41 +669,66 @@ class _Groups(NamedTuple):
     prefix_start: np.ndarray  # single pass: the first row of the level-0 prefix it reads first
     prefix_len: np.ndarray  # single pass: that prefix's length (0: none)
     one_pass: np.ndarray  # single-pass requests' own tiles
+    count: np.ndarray  # query tokens: its requests', in request order
+    tok_first: np.ndarray  # its first token where its tokens are consecutive (the kernel skips the list), else -1
+    chunk: np.ndarray  # keys per chunk (``chunk_size``): the same for every request of a group
+    tile: np.ndarray  # rows per tile (``tile_height``)
 
     def take(self, index: np.ndarray) -> "_Groups":
         return _Groups(*(x[index] for x in self))
 
 
-def _groups(meta: BatchMeta, level: int, single: np.ndarray, sizes: np.ndarray, relay: bool):
-    """The row groups of KV source ``level`` (a prefix level, or -1: the own KV).
+def _prefix_groups(meta: BatchMeta, level: int, single: np.ndarray, sizes: np.ndarray, relay: bool,
+                   token_request: np.ndarray, config: Config):
+    """The row groups of prefix level ``level``: a prefix's users (single-pass requests aside)
+    form one group per chunk size with ``relay`` (sharers with the same chunking read the prefix
+    together), else one each. Groups go in the order of their prefixes, then of their chunk
+    sizes (``relay``) or requests.
 
-    A prefix's users (single-pass requests aside) form one group per chunk size with ``relay``
-    (sharers with the same chunking read the prefix together), else one each; every request
-    is a group of its own KV.
+    Args:
+        sizes: int64 ``[B]``: each request's chunk size at this level (``Segments.sizes``).
+        token_request: int64 ``[total_q]``: each query token's request.
 
     Returns:
-        ``(group_of, groups)``: int64 ``[B]``, each request's group (-1: none), and ``_Groups``.
+        ``(groups, tokens, token_group)``: the ``_Groups``; int64 ``[n]``, the groups' tokens,
+        group by group (the token lists their items index); int64 ``[n]``, each one's group.
     """
+    ids, lens = meta.prefix_ids[level], meta.prefix_lens[level].astype(np.int64)
+    users = np.flatnonzero((ids >= 0) & ~single)
+    new = np.ones(users.size, dtype=bool)  # in plan order: whether the request starts a group
+    if relay:
+        users = users[np.lexsort((sizes[users], ids[users]))]  # stable: ties keep the request order
+        new[1:] = (ids[users[1:]] != ids[users[:-1]]) | (sizes[users[1:]] != sizes[users[:-1]])
+    else:
+        users = users[np.argsort(ids[users], kind="stable")]
+    group_of = np.full(meta.batch, -1, dtype=np.int64)
+    group_of[users] = np.cumsum(new) - 1
+    leaders = users[new]  # each group's first request
+    prefixes = ids[leaders]
+
+    # each group's tokens, in group order (a request's are consecutive, so each group's are in order)
+    tok_group = group_of[token_request]
+    tokens = np.flatnonzero(tok_group >= 0)
+    tokens = tokens[np.argsort(tok_group[tokens], kind="stable")]
+    token_group = tok_group[tokens]
+    count = np.bincount(token_group, minlength=leaders.size)
+    if tokens.size:
+        ends = np.cumsum(count)  # a group without tokens gets some token below: it has no work
+        first, last = tokens[np.minimum(ends - count, tokens.size - 1)], tokens[np.maximum(ends - 1, 0)]
+        tok_first = np.where(last - first + 1 == count, first, -1)
+    else:
+        tok_first = np.full(leaders.size, -1, dtype=np.int64)
+    zeros = np.zeros(leaders.size, dtype=np.int64)
+    groups = _Groups((np.cumsum(lens) - lens)[prefixes], lens[prefixes], zeros, zeros, zeros, zeros.astype(bool),
+                     count, tok_first, sizes[leaders], tile_height(count * meta.group_size, config, prefix=True))
+    return groups, tokens, token_group
+
+
+def _own_groups(meta: BatchMeta, single: np.ndarray, seg: Segments, token_request: np.ndarray):
+    """The row groups of the requests' own KV: every request is a group of its own, whose tokens
+    are consecutive. Returns ``(groups, tokens, token_group)`` as ``_prefix_groups``."""
     batch = meta.batch
-    group_of = np.full(batch, -1, dtype=np.int64)
-    if level >= 0:
-        ids, lens = meta.prefix_ids[level], meta.prefix_lens[level].astype(np.int64)
-        starts = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-        prefixes = []
-        for p in np.unique(ids[ids >= 0]):
-            users = np.flatnonzero((ids == p) & ~single)
-            if relay:
-                members = [users[sizes[users] == size] for size in np.unique(sizes[users])]
-            else:
-                members = [users[i : i + 1] for i in range(users.size)]
-            for m in members:
-                group_of[m] = len(prefixes)
-                prefixes.append(p)
-        prefixes = np.array(prefixes, dtype=np.int64)
-        zeros = np.zeros_like(prefixes)
-        return group_of, _Groups(starts[prefixes], lens[prefixes], zeros, zeros, zeros, zeros.astype(bool))
-    kv_lens = meta.kv_lens.astype(np.int64)
-    group_of[:] = np.arange(batch)
+    q_lens, kv_lens = meta.q_lens.astype(np.int64), seg.lens[-1]
     kv_base = np.arange(batch, dtype=np.int64) if meta.paged else np.cumsum(kv_lens) - kv_lens
     prefix_start, prefix_len = np.zeros(batch, dtype=np.int64), np.zeros(batch, dtype=np.int64)
     if meta.num_levels:  # a single-pass request reads its level-0 prefix first
@@ -667,26 +736,37 @@ def _groups(meta: BatchMeta, level: int, single: np.ndarray, sizes: np.ndarray, 
         reads = single & (ids >= 0)
         prefix_start[reads] = (np.cumsum(lens) - lens)[ids[reads]]
         prefix_len[reads] = lens[ids[reads]]
-    return group_of, _Groups(kv_base, kv_lens, kv_lens - meta.q_lens.astype(np.int64), prefix_start, prefix_len,
-                             single)
+    groups = _Groups(kv_base, kv_lens, kv_lens - q_lens, prefix_start, prefix_len, single, q_lens,
+                     meta.cu_seqlens_q[:-1].astype(np.int64), seg.sizes[-1], seg.own_tile)
+    return groups, np.arange(meta.total_q), token_request
 
 
-def _tile_items(groups: _Groups, first_listed: np.ndarray, rows: np.ndarray, tile: int, chunk: np.ndarray,
-                tok_first: np.ndarray) -> np.ndarray:
-    """int64 ``[num_items, NUM_ITEM_FIELDS]``: the items of ``groups`` (``kernels.ITEM_FIELDS``),
-    group by group, each group's chunks in order and each chunk's tiles of ``tile`` rows in
-    order. Per group: the index of its first token in the launch's token list, its rows, its
-    chunk size and its first token where its tokens are consecutive (else -1)."""
+def _tile_items(groups: _Groups, group_size: int, tile: int) -> np.ndarray:
+    """int64 ``[num_items, NUM_ITEM_FIELDS]``: the items of one launch's ``groups``
+    (``kernels.ITEM_FIELDS``), group by group, each group's chunks in order and each chunk's
+    tiles of ``tile`` rows in order. The launch lists the groups' tokens one group after the
+    other; ``group_size``: rows per token."""
+    rows = groups.count * group_size
     tiles = -(-rows // tile)
-    count = tiles * -(-groups.seg_len // chunk)
+    count = tiles * -(-groups.seg_len // groups.chunk)
+    # a row of each group's fields, copied to each of its items (cheaper than a gather per field)
+    fields = np.zeros((rows.size, len(ITEM_FIELDS)), dtype=np.int64)
+    fields[:, COLUMN["tok_base"]] = np.cumsum(groups.count) - groups.count
+    for name in GROUP_FIELDS:
+        fields[:, COLUMN[name]] = getattr(groups, name)
     of = np.repeat(np.arange(rows.size), count)  # each item's group
-    local = np.arange(of.size) - np.repeat(np.cumsum(count) - count, count)
-    c = local // tiles[of]
-    row0 = local % tiles[of] * tile
-    key_start = c * chunk[of]
-    return np.stack([first_listed[of], row0, np.minimum(tile, rows[of] - row0), groups.kv_base[of], key_start,
-                     np.minimum(groups.seg_len[of], key_start + chunk[of]), groups.causal_shift[of], c, tok_first[of],
-                     groups.prefix_start[of], groups.prefix_len[of]], axis=1)
+    items = fields[of]
+    local = np.arange(of.size) - (np.cumsum(count) - count)[of]  # its index among its group's items
+    tiles_of, chunk_of = tiles[of], groups.chunk[of]
+    c = local // tiles_of
+    row0 = local % tiles_of * tile
+    key_start = c * chunk_of
+    items[:, COLUMN["row0"]] = row0
+    items[:, COLUMN["num_rows"]] = np.minimum(tile, rows[of] - row0)
+    items[:, COLUMN["key_start"]] = key_start
+    items[:, COLUMN["key_end"]] = np.minimum(groups.seg_len[of], key_start + chunk_of)
+    items[:, COLUMN["chunk"]] = c
+    return items
 
 
 class LaunchWork(NamedTuple):
@@ -740,56 +820,37 @@ def plan_work(meta: BatchMeta, config: Config, *, relay: bool, unshared_single_p
         unshared_single_pass: see ``plan``.
     """
     g = meta.group_size
-    batch = meta.batch
-    q_lens = meta.q_lens.astype(np.int64)
-
-    # chunk size and count of each segment, per request: [levels..., own]; a single-pass
+    seg = request_segments(meta, config)
+    single = single_pass_requests(meta, config, unshared=unshared_single_pass, segments=seg)
+    # chunks and first slot of each segment, per request ([levels..., own] x B); a single-pass
     # request has no chunk states (its own tiles write its result)
-    rows_per_request = q_lens * g
-    single = single_pass_requests(meta, config, unshared=unshared_single_pass)
-    seg_sizes, seg_chunks = [], []
-    for lens, ids in zip(meta.prefix_lens, meta.prefix_ids):
-        plen = np.where(ids >= 0, lens[np.maximum(ids, 0)] if len(lens) else 0, 0).astype(np.int64)
-        seg_sizes.append(chunk_size(plen, rows_per_request, config))
-        seg_chunks.append(np.where(single, 0, -(-plen // seg_sizes[-1])))
-    own_lens = meta.kv_lens.astype(np.int64)
-    seg_sizes.append(chunk_size(own_lens, rows_per_request, config))
-    seg_chunks.append(np.where(single, 0, -(-own_lens // seg_sizes[-1])))
-    seg_chunks = np.stack(seg_chunks)  # [S, B]
-    seg_base = np.cumsum(seg_chunks, axis=0) - seg_chunks  # [S, B] first slot of each segment
+    seg_chunks = np.where(single, 0, -(-seg.lens // seg.sizes))
+    seg_base = np.cumsum(seg_chunks, axis=0) - seg_chunks
     per_request = seg_chunks.sum(axis=0)  # [B]
 
-    token_request = np.repeat(np.arange(batch), q_lens)  # [total_q]
+    token_request = np.repeat(np.arange(meta.batch), meta.q_lens)  # [total_q]
     slots_per_token = per_request[token_request]
     slot_offsets = np.concatenate([[0], np.cumsum(slots_per_token)]).astype(np.int64)
 
     launches = []
     fold_tiles = []  # (tallest item's rows, fold height) of each launch that writes states
     for s, level in enumerate([*range(meta.num_levels), -1]):
-        group_of, groups = _groups(meta, level, single, seg_sizes[s], relay)
-        # each group's tokens, in group order: the token lists its items index
-        tok_group = group_of[token_request]
-        toks = np.flatnonzero(tok_group >= 0)
-        if not toks.size:
-            continue
-        toks = toks[np.argsort(tok_group[toks], kind="stable")]
-        counts = np.bincount(tok_group[toks], minlength=len(groups.seg_len))
-        ends = np.cumsum(counts)  # a group without tokens gets some token below: it has no work
-        first, last = toks[np.minimum(ends - counts, toks.size - 1)], toks[np.maximum(ends - 1, 0)]
-        tok_first = np.where(last - first + 1 == counts, first, -1)  # consecutive: the kernel skips the list
-        rows = counts * g
-        tile = tile_height(rows, config, prefix=level >= 0)
-        chunk = seg_sizes[s][token_request[first]]  # the same for every request of a group
-        has_work = (counts > 0) & (groups.seg_len > 0)
-        launch_of = np.where(has_work, 2 * tile + groups.one_pass, -1)  # (tile height, single pass)
-        for key in np.unique(launch_of[has_work])[::-1]:  # the tallest tiles first
+        if level >= 0:
+            groups, tokens, token_group = _prefix_groups(meta, level, single, seg.sizes[level], relay, token_request,
+                                                         config)
+        else:
+            groups, tokens, token_group = _own_groups(meta, single, seg, token_request)
+        has_work = (groups.count > 0) & (groups.seg_len > 0)
+        launch_of = np.where(has_work, 2 * groups.tile + groups.one_pass, -1)  # (tile height, single pass)
+        kinds = np.unique(launch_of[has_work])
+        for key in kinds[::-1]:  # the tallest tiles first
             height, one_pass = int(key) // 2, bool(key % 2)
-            members = np.flatnonzero(launch_of == key)
-            listed = toks[launch_of[tok_group[toks]] == key]
-            items = _tile_items(groups.take(members), np.cumsum(counts[members]) - counts[members], rows[members],
-                                height, chunk[members], tok_first[members])
-            items = longest_first(items, g, meta.causal and level < 0)
-            tallest = int(items[:, ITEM_FIELDS.index("num_rows")].max())
+            if kinds.size == 1 and has_work.all():  # one launch of every group (a decode batch's levels)
+                members, listed = groups, tokens
+            else:
+                members, listed = groups.take(np.flatnonzero(launch_of == key)), tokens[launch_of[token_group] == key]
+            items = longest_first(_tile_items(members, g, height), g, meta.causal and level < 0)
+            tallest = int(items[:, COLUMN["num_rows"]].max())
             fold_rows = fold_height(tallest, height)
             if not one_pass:
                 fold_tiles.append((tallest, fold_rows))
@@ -797,7 +858,7 @@ def plan_work(meta: BatchMeta, config: Config, *, relay: bool, unshared_single_p
                 level=level,
                 block_m=height,
                 single_pass=one_pass,
-                reads_prefix=one_pass and bool(items[:, ITEM_FIELDS.index("prefix_len")].any()),
+                reads_prefix=one_pass and bool(items[:, COLUMN["prefix_len"]].any()),
                 fold_rows=fold_rows,
                 items=items,
                 tokens=listed,
@@ -823,6 +884,8 @@ def int32_list(a: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: an offset past int32.
     """
+    if isinstance(a, np.ndarray) and a.dtype == np.int32:  # in range by its type (``GraphPlan.fill``'s buffer)
+        return np.ascontiguousarray(a)
     a = np.asarray(a, dtype=np.int64)
     if a.size and (a.max() >= 2**31 or a.min() < -(2**31)):
         raise ValueError(f"q, kv, prefixes: the batch needs offsets up to {int(a.max())}, past the int32 "
@@ -874,12 +937,14 @@ def upload(arrays: Sequence[np.ndarray], device: torch.device) -> List[torch.Ten
     """int32 copies of ``arrays`` on ``device``, made by one copy on the current stream that
     does not synchronize (``staged``; ``uploaded`` marks its end): views of one buffer
     (``list_starts``), in the arrays' shapes."""
-    starts = list_starts([a.size for a in arrays])
-    flat = np.zeros(int(starts[-1]), dtype=np.int64)
+    starts = list_starts([a.size for a in arrays]).tolist()
+    flat = np.zeros(starts[-1], dtype=np.int64)
     for start, a in zip(starts, arrays):
-        flat[start : start + a.size] = np.reshape(a, -1)
+        flat[start : start + a.size] = a.ravel()
     buffer = staged(flat, device).to(device, non_blocking=True)
-    return [buffer[start : start + a.size].view(a.shape) for start, a in zip(starts, arrays)]
+    # a slice of the buffer is a list already; only the tables take their shape (a view less each)
+    views = [buffer[start : start + a.size] for start, a in zip(starts, arrays)]
+    return [v if a.ndim == 1 else v.view(a.shape) for v, a in zip(views, arrays)]
 
 
 def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None,
