@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import triton
 
@@ -15,7 +13,7 @@ from relaycore.fast.triton.config import DTYPES, MAX_HEAD_DIM
 from relaycore.fast.triton.kernels import partial_kernel
 from relaycore.fast.triton.launch import run_into
 from relaycore.fast.triton.launcher import interpreting
-from relaycore.fast.triton.plan import Plan, plan, stamp_metadata, tensor_signature
+from relaycore.fast.triton.plan import Plan, _plan, plan, stamp_metadata, tensor_signature
 
 
 def runs_on_the_cpu() -> bool:
@@ -79,9 +77,8 @@ def prepare(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_sc
     """
     meta = validate_for_triton(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
     prefixes = tuple(prefixes)
-    return dataclasses.replace(plan(meta), signature=tensor_signature(q, cu_seqlens_q, kv, prefixes),
-                               stamps=stamp_metadata(cu_seqlens_q, kv, prefixes,
-                                                     block_table=meta.host_block_table is not None))
+    return _plan(meta, signature=tensor_signature(q, cu_seqlens_q, kv, prefixes),
+                 stamps=stamp_metadata(cu_seqlens_q, kv, prefixes, block_table=meta.host_block_table is not None))
 
 
 def validate_for_triton(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> BatchMeta:

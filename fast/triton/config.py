@@ -225,12 +225,20 @@ def max_chunks(length, rows, config: Config):
 
 
 def _doubled_to(start: int, need):
-    """The least ``start * 2^k`` (``k >= 0``) that is at least ``need``, elementwise: an int for a
-    scalar ``need``, else an int64 array. ``k`` is the bit length of ``ceil(need / start) - 1``
-    (0 where that is not positive), read off ``np.frexp``, exact below ``2^53``."""
-    below = np.maximum(-(-np.asarray(need, dtype=np.int64) // start) - 1, 0)
-    size = np.left_shift(np.int64(start), np.frexp(below.astype(np.float64))[1].astype(np.int64))
+    """The least ``start * 2^k`` (``k >= 0``) that is at least ``need`` (at most ``2^61``),
+    elementwise: an int for a scalar ``need``, else an int64 array. A binary search of the
+    powers (``_powers``): one call, where computing ``k`` took ten."""
+    powers = _powers(start)
+    size = powers[np.searchsorted(powers, need)]
     return int(size) if size.ndim == 0 else size
+
+
+@functools.lru_cache(maxsize=None)
+def _powers(start: int) -> np.ndarray:
+    """int64: ``start * 2^k`` for every ``k >= 0`` that keeps it below ``2^62`` (read-only: cached)."""
+    powers = np.left_shift(np.int64(start), np.arange(63 - int(start).bit_length(), dtype=np.int64))
+    powers.flags.writeable = False
+    return powers
 
 
 def single_pass(rows, config: Config):

@@ -206,6 +206,8 @@ class GraphPlan:
         if table is not None:
             sizes.append(table.size)
         self._starts, self._sizes = list_starts(sizes), sizes
+        # each launch's index by what ``fill`` looks a step's launches up by
+        self._index = {(launch.level, launch.block_m, launch.single_pass): i for i, launch in enumerate(self.launches)}
         # a normal tensor even when made under ``torch.inference_mode``: ``update`` writes into it
         # in place, which an inference tensor refuses outside the mode (an engine may prepare
         # under it and update without it, in another thread: the mode is per thread)
@@ -288,32 +290,39 @@ class GraphPlan:
         Raises:
             ValueError: work past a capacity (a bound of ``graph_launches`` or ``slot_capacity``
                 that does not hold), or a single-pass launch short of its items: a bug, never
-                the caller's input.
+                the caller's input; or an offset past int32 (``int32_list``).
         """
-        host = np.zeros(int(self._starts[-1]), dtype=np.int64)
         if work.num_slots > self.plan.num_slots:
             raise ValueError(f"graph plan: {work.num_slots} slots, past the capacity {self.plan.num_slots}")
-        host[self._region(0)] = work.slot_offsets
-        where = {(launch.level, launch.block_m, launch.single_pass): i for i, launch in enumerate(self.launches)}
-        counts = host[self._region(1)]  # a view: each launch's item count
+        writes = {0: work.slot_offsets}  # the values of each region written, by region; the rest is zeros
+        counts = np.zeros(len(self.launches), dtype=np.int64)  # each launch's item count
         for w in work.launches:
-            i = where.get((w.level, w.block_m, w.single_pass))
+            i = self._index.get((w.level, w.block_m, w.single_pass))
             if i is None or w.items.shape[0] > self.launches[i].capacity or (w.reads_prefix and
                                                                                 not self.launches[i].reads_prefix):
                 raise ValueError(f"graph plan: a launch (level {w.level}, tiles of {w.block_m} rows, single pass "
                                  f"{w.single_pass}, {w.items.shape[0]} items) past its launches {self.launches}")
             counts[i] = w.items.shape[0]
             for r, values in zip((2, 3, 4), (w.items.reshape(-1), w.tokens, w.slots)):
-                region = self._region(r + 3 * i)
-                if values.size > region.stop - region.start:  # a launch lists a token at most once
-                    raise ValueError(f"graph plan: {values.size} list entries past {region.stop - region.start}")
-                host[region.start : region.start + values.size] = values
+                if values.size > self._sizes[r + 3 * i]:  # a launch lists a token at most once
+                    raise ValueError(f"graph plan: {values.size} list entries past {self._sizes[r + 3 * i]}")
+                writes[r + 3 * i] = values
         short = [x for x, count in zip(self.launches, counts) if x.single_pass and count < x.capacity]
         if short:  # a single-pass launch has no count: every item of its grid runs
             raise ValueError(f"graph plan: single-pass launches short of their items, {short}: {counts.tolist()} items")
+        writes[1] = counts
         if block_table is not None:
-            host[self._region(len(self._sizes) - 1)] = block_table.reshape(-1)
-        return int32_list(host)
+            writes[len(self._sizes) - 1] = block_table.reshape(-1)
+        # the range check of every value written at once, the padding left out: its zeros change
+        # neither bound, since slot_offsets starts at 0 (and the error names the same maximum)
+        flat = int32_list(np.concatenate(list(writes.values())))
+        host = np.zeros(int(self._starts[-1]), dtype=np.int32)
+        at = 0
+        for r, values in writes.items():
+            start = int(self._starts[r])
+            host[start : start + values.size] = flat[at : at + values.size]
+            at += values.size
+        return host
 
     @property
     def scratch_bytes(self) -> int:

@@ -972,6 +972,15 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         alone, trusts the call to hold the planned block table as it trusts its lengths
         (``prepare``'s plans compare them at every call).
     """
+    return _plan(meta, device=device, config=config, relay=relay, fused_merge=fused_merge, regular=regular,
+                 unshared_single_pass=unshared_single_pass)
+
+
+def _plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None,
+          fused_merge: Optional[bool] = None, regular: bool = True, unshared_single_pass: bool = True,
+          signature: Tuple[Tuple[str, tuple, Any, Any], ...] = (), stamps: Tuple[Stamp, ...] = ()) -> Plan:
+    """``plan``, whose ``Plan`` also holds ``signature`` and ``stamps`` (``backend.prepare``'s):
+    given to it here, since a copy by ``dataclasses.replace`` would build the ``Plan`` twice."""
     device = torch.device(meta.device if device is None else device)
     config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
     relay = relay_grouping(meta) if relay is None else bool(relay)
@@ -1010,6 +1019,8 @@ def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay
         num_levels=meta.num_levels,
         block_table=None if table is None else lists[-1],
         ready=uploaded(device),
+        signature=signature,
+        stamps=stamps,
         known_shapes=known_shapes(meta),
         pages_read=pages_read(meta, device),
     )
