@@ -56,8 +56,8 @@ from relaycore.fast.triton.backend import validate_for_triton
 from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
 from relaycore.fast.triton.plan import (Launch, Plan, Work, check_signature, fold_height, int32_list,
-                                        list_starts, pages_read, plan_work, stamp_metadata, staged, tensor_signature,
-                                        uploaded)
+                                        list_starts, pages_read, plan_work, query_layout, stamp_metadata, staged,
+                                        tensor_signature, uploaded)
 
 
 class Bounds(NamedTuple):
@@ -195,6 +195,7 @@ class GraphPlan:
         self.launches = graph_launches(meta, bounds, config)
         self._q_lens = meta.q_lens
         self._config = config
+        self._queries = query_layout(meta, config)  # the same at every step: ``_refill`` checks the query counts
         total_q = meta.total_q
         # one int32 buffer of regions (``list_starts``): slot_offsets, each launch's item count,
         # per launch its items, tokens and slots (regions 2 + 3 i, 3 + 3 i, 4 + 3 i), and last
@@ -276,7 +277,8 @@ class GraphPlan:
         if meta.softmax_scale != plan.softmax_scale:
             raise ValueError(f"softmax_scale: expected the graph plan's {plan.softmax_scale}, got {meta.softmax_scale}")
         # relay grouping is what bounds a level's groups by its prefixes (``graph_launches``)
-        host = self.fill(plan_work(meta, self._config, relay=True, unshared_single_pass=False), meta.host_block_table)
+        work = plan_work(meta, self._config, relay=True, unshared_single_pass=False, queries=self._queries)
+        host = self.fill(work, meta.host_block_table)
         self._device.copy_(staged(host, self._device.device), non_blocking=True)
         self.plan = dataclasses.replace(plan, stamps=stamps, ready=uploaded(self._device.device),
                                         pages_read=pages_read(meta, self._device.device))

@@ -494,6 +494,38 @@ def merge_in_partials(total_q: int, fold_steps: int, config: Config) -> bool:
     return 0 < total_q <= config.fused_merge_max_tokens and fold_steps <= config.fused_merge_max_fold_steps
 
 
+class Queries(NamedTuple):
+    """What a batch's query counts fix in its plan under a configuration, whatever its lengths
+    and ids (``query_layout``). A ``GraphPlan``, whose every step has the query counts of its
+    first batch, computes them once and gives them to ``plan_work``.
+
+    Attributes:
+        q_lens: int64 ``[B]``: query tokens of each request.
+        first_token: int64 ``[B]``: its first query token.
+        rows: int64 ``[B]``: its rows per KV head (query tokens x the group's query heads).
+        own_tile: int64 ``[B]``: the height of its own tiles (``tile_height``).
+        tall: bool ``[B]``: the requests whose rows fill the tallest tiles and whose segments
+            are one chunk each (``config.single_pass``), in a batch of at most one prefix level:
+            single-pass whatever their lengths (``single_pass_requests``).
+        token_request: int64 ``[total_q]``: each query token's request.
+    """
+
+    q_lens: np.ndarray
+    first_token: np.ndarray
+    rows: np.ndarray
+    own_tile: np.ndarray
+    tall: np.ndarray
+    token_request: np.ndarray
+
+
+def query_layout(meta: BatchMeta, config: Config) -> Queries:
+    """The ``Queries`` of ``meta``'s batch under ``config``."""
+    q_lens = meta.q_lens.astype(np.int64)
+    rows = q_lens * meta.group_size
+    return Queries(q_lens, meta.cu_seqlens_q[:-1].astype(np.int64), rows, tile_height(rows, config, prefix=False),
+                   single_pass(rows, config) & (meta.num_levels <= 1), np.repeat(np.arange(meta.batch), q_lens))
+
+
 class Segments(NamedTuple):
     """The KV segments of each request of a batch and how they are cut: functions of the request
     alone (``request_segments``), which ``plan_work`` and ``single_pass_requests`` share.
@@ -504,23 +536,26 @@ class Segments(NamedTuple):
             none), then its own KV.
         sizes: int64 ``[S, B]``: their ``chunk_size``.
         own_tile: int64 ``[B]``: the height of its own tiles (``tile_height``).
+        tall: bool ``[B]``: ``Queries.tall``.
     """
 
     rows: np.ndarray
     lens: np.ndarray
     sizes: np.ndarray
     own_tile: np.ndarray
+    tall: np.ndarray
 
 
-def request_segments(meta: BatchMeta, config: Config) -> Segments:
-    """The ``Segments`` of ``meta``'s requests under ``config``."""
-    rows = meta.q_lens.astype(np.int64) * meta.group_size
+def request_segments(meta: BatchMeta, config: Config, queries: Optional[Queries] = None) -> Segments:
+    """The ``Segments`` of ``meta``'s requests under ``config``; ``queries``: ``query_layout(meta,
+    config)``, where the caller has it."""
+    q = query_layout(meta, config) if queries is None else queries
     lens = np.empty((meta.num_levels + 1, meta.batch), dtype=np.int64)
     for level, (prefix_lens, ids) in enumerate(zip(meta.prefix_lens, meta.prefix_ids)):
         lens[level] = np.where(ids >= 0, prefix_lens[np.maximum(ids, 0)] if len(prefix_lens) else 0, 0)
     lens[-1] = meta.kv_lens
     # one call for every segment: chunk_size is elementwise, rows broadcast over the levels
-    return Segments(rows, lens, chunk_size(lens, rows, config), tile_height(rows, config, prefix=False))
+    return Segments(q.rows, lens, chunk_size(lens, q.rows, config), q.own_tile, q.tall)
 
 
 def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = True,
@@ -544,11 +579,12 @@ def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = Tr
     ``segments``: ``request_segments(meta, config)``, where the caller has them.
     """
     seg = request_segments(meta, config) if segments is None else segments
-    tall = single_pass(seg.rows, config) & (meta.num_levels <= 1)
+    if not unshared:
+        return seg.tall
     own = seg.lens[-1]
     no_prefix = seg.lens[:-1].sum(axis=0) == 0  # its context is its own KV
     short = seg.own_tile < config.block_m
-    return tall | (unshared & no_prefix & short & (own <= seg.sizes[-1]))
+    return seg.tall | (no_prefix & short & (own <= seg.sizes[-1]))
 
 
 #: The shortest and the tallest slice of rows a fused fold folds at once: ``FOLD_DEPTH`` slots
@@ -608,6 +644,9 @@ def regular_items(items: np.ndarray, block_m: int) -> Tuple[int, ...]:
     numbers. A program then issues its first key loads without waiting for a read of the list
     (an L2 miss when the batch starts cold). The items are checked against the list itself,
     in the order it has (``longest_first``), so both give the same items, hence the same bits.
+    This is the definition; ``plan`` reads the same tuple from the groups the items were made
+    of where they decide it (``_regular``: one group without the causal mask or of one tile,
+    or several), and asks this function the rest.
 
     Args:
         items: int64 ``[num_items, NUM_ITEM_FIELDS]``, in launch order.
@@ -694,17 +733,40 @@ def _prefix_groups(meta: BatchMeta, level: int, single: np.ndarray, sizes: np.nd
         group by group (the token lists their items index); int64 ``[n]``, each one's group.
     """
     ids, lens = meta.prefix_ids[level], meta.prefix_lens[level].astype(np.int64)
-    users = np.flatnonzero((ids >= 0) & ~single)
+    user = (ids >= 0) & ~single
+    users = np.flatnonzero(user)
+    if relay and users.size and (ids[users] == ids[users[0]]).all() and (sizes[users] == sizes[users[0]]).all():
+        # one group (a decode batch's users of one prefix): what the sorts below come to when
+        # every user has the same prefix and chunk size, the users and their tokens in order
+        leaders, tokens = users[:1], np.flatnonzero(user[token_request])
+        token_group, count = np.zeros(tokens.size, dtype=np.int64), np.array([tokens.size], dtype=np.int64)
+        consecutive = tokens.size and tokens[-1] - tokens[0] + 1 == tokens.size
+        tok_first = np.array([tokens[0] if consecutive else -1], dtype=np.int64)
+    else:
+        leaders, tokens, token_group, count, tok_first = _sorted_groups(ids, sizes, users, relay, token_request,
+                                                                        meta.batch)
+    prefixes = ids[leaders]
+    zeros = np.zeros(leaders.size, dtype=np.int64)
+    groups = _Groups((np.cumsum(lens) - lens)[prefixes], lens[prefixes], zeros, zeros, zeros, zeros.astype(bool),
+                     count, tok_first, sizes[leaders], tile_height(count * meta.group_size, config, prefix=True))
+    return groups, tokens, token_group
+
+
+def _sorted_groups(ids: np.ndarray, sizes: np.ndarray, users: np.ndarray, relay: bool, token_request: np.ndarray,
+                   batch: int):
+    """``_prefix_groups``' groups of ``users`` (int64, in request order) by their prefix ``ids``
+    (and chunk ``sizes`` with ``relay``): ``(leaders, tokens, token_group, count, tok_first)``,
+    each group's first request, the groups' tokens group by group, each token's group, and
+    each group's token count and first token (``_Groups``), int64 each."""
     new = np.ones(users.size, dtype=bool)  # in plan order: whether the request starts a group
     if relay:
         users = users[np.lexsort((sizes[users], ids[users]))]  # stable: ties keep the request order
         new[1:] = (ids[users[1:]] != ids[users[:-1]]) | (sizes[users[1:]] != sizes[users[:-1]])
     else:
         users = users[np.argsort(ids[users], kind="stable")]
-    group_of = np.full(meta.batch, -1, dtype=np.int64)
+    group_of = np.full(batch, -1, dtype=np.int64)
     group_of[users] = np.cumsum(new) - 1
     leaders = users[new]  # each group's first request
-    prefixes = ids[leaders]
 
     # each group's tokens, in group order (a request's are consecutive, so each group's are in order)
     tok_group = group_of[token_request]
@@ -718,27 +780,24 @@ def _prefix_groups(meta: BatchMeta, level: int, single: np.ndarray, sizes: np.nd
         tok_first = np.where(last - first + 1 == count, first, -1)
     else:
         tok_first = np.full(leaders.size, -1, dtype=np.int64)
-    zeros = np.zeros(leaders.size, dtype=np.int64)
-    groups = _Groups((np.cumsum(lens) - lens)[prefixes], lens[prefixes], zeros, zeros, zeros, zeros.astype(bool),
-                     count, tok_first, sizes[leaders], tile_height(count * meta.group_size, config, prefix=True))
-    return groups, tokens, token_group
+    return leaders, tokens, token_group, count, tok_first
 
 
-def _own_groups(meta: BatchMeta, single: np.ndarray, seg: Segments, token_request: np.ndarray):
+def _own_groups(meta: BatchMeta, single: np.ndarray, seg: Segments, queries: Queries):
     """The row groups of the requests' own KV: every request is a group of its own, whose tokens
     are consecutive. Returns ``(groups, tokens, token_group)`` as ``_prefix_groups``."""
     batch = meta.batch
-    q_lens, kv_lens = meta.q_lens.astype(np.int64), seg.lens[-1]
+    q_lens, kv_lens = queries.q_lens, seg.lens[-1]
     kv_base = np.arange(batch, dtype=np.int64) if meta.paged else np.cumsum(kv_lens) - kv_lens
     prefix_start, prefix_len = np.zeros(batch, dtype=np.int64), np.zeros(batch, dtype=np.int64)
-    if meta.num_levels:  # a single-pass request reads its level-0 prefix first
+    if meta.num_levels and single.any():  # a single-pass request reads its level-0 prefix first
         ids, lens = meta.prefix_ids[0], meta.prefix_lens[0].astype(np.int64)
         reads = single & (ids >= 0)
         prefix_start[reads] = (np.cumsum(lens) - lens)[ids[reads]]
         prefix_len[reads] = lens[ids[reads]]
     groups = _Groups(kv_base, kv_lens, kv_lens - q_lens, prefix_start, prefix_len, single, q_lens,
-                     meta.cu_seqlens_q[:-1].astype(np.int64), seg.sizes[-1], seg.own_tile)
-    return groups, np.arange(meta.total_q), token_request
+                     queries.first_token, seg.sizes[-1], seg.own_tile)
+    return groups, np.arange(meta.total_q), queries.token_request
 
 
 def _tile_items(groups: _Groups, group_size: int, tile: int) -> np.ndarray:
@@ -771,7 +830,7 @@ def _tile_items(groups: _Groups, group_size: int, tile: int) -> np.ndarray:
 
 class LaunchWork(NamedTuple):
     """One launch of a planned batch on the host (``plan_work``): a ``Launch`` before its lists
-    go to the device and before ``regular_items`` is asked of them.
+    go to the device, without its ``regular`` (``_regular``).
 
     Attributes:
         level, block_m, single_pass, reads_prefix, fold_rows: as ``Launch``.
@@ -809,7 +868,8 @@ class Work(NamedTuple):
         return int(self.slot_offsets[-1])
 
 
-def plan_work(meta: BatchMeta, config: Config, *, relay: bool, unshared_single_pass: bool = True) -> Work:
+def plan_work(meta: BatchMeta, config: Config, *, relay: bool, unshared_single_pass: bool = True,
+              queries: Optional[Queries] = None) -> Work:
     """The work lists of a batch, on the host: what ``plan`` sends to the device, and what a
     ``GraphPlan`` copies into its fixed buffers (``relaycore.fast.triton.graph``).
 
@@ -818,9 +878,18 @@ def plan_work(meta: BatchMeta, config: Config, *, relay: bool, unshared_single_p
         config: the launch configuration.
         relay: group prefix rows across requests (``relay_grouping``).
         unshared_single_pass: see ``plan``.
+        queries: ``query_layout(meta, config)``, where the caller has it (a ``GraphPlan``).
     """
+    return _plan_work(meta, config, relay, unshared_single_pass, queries, regular=False)[0]
+
+
+def _plan_work(meta: BatchMeta, config: Config, relay: bool, unshared_single_pass: bool, queries: Optional[Queries],
+               *, regular: bool) -> Tuple[Work, Tuple[Tuple[int, ...], ...]]:
+    """``plan_work``, and with ``regular`` each launch's ``regular_items`` (``_regular``), else
+    ``()`` each."""
     g = meta.group_size
-    seg = request_segments(meta, config)
+    q = query_layout(meta, config) if queries is None else queries
+    seg = request_segments(meta, config, q)
     single = single_pass_requests(meta, config, unshared=unshared_single_pass, segments=seg)
     # chunks and first slot of each segment, per request ([levels..., own] x B); a single-pass
     # request has no chunk states (its own tiles write its result)
@@ -828,28 +897,35 @@ def plan_work(meta: BatchMeta, config: Config, *, relay: bool, unshared_single_p
     seg_base = np.cumsum(seg_chunks, axis=0) - seg_chunks
     per_request = seg_chunks.sum(axis=0)  # [B]
 
-    token_request = np.repeat(np.arange(meta.batch), meta.q_lens)  # [total_q]
+    token_request = q.token_request
     slots_per_token = per_request[token_request]
     slot_offsets = np.concatenate([[0], np.cumsum(slots_per_token)]).astype(np.int64)
 
-    launches = []
+    launches, regulars = [], []
     fold_tiles = []  # (tallest item's rows, fold height) of each launch that writes states
     for s, level in enumerate([*range(meta.num_levels), -1]):
         if level >= 0:
             groups, tokens, token_group = _prefix_groups(meta, level, single, seg.sizes[level], relay, token_request,
                                                          config)
         else:
-            groups, tokens, token_group = _own_groups(meta, single, seg, token_request)
+            groups, tokens, token_group = _own_groups(meta, single, seg, q)
         has_work = (groups.count > 0) & (groups.seg_len > 0)
         launch_of = np.where(has_work, 2 * groups.tile + groups.one_pass, -1)  # (tile height, single pass)
-        kinds = np.unique(launch_of[has_work])
+        # one launch of every group (a decode batch's levels), seen without sorting the kinds
+        every = launch_of.size and has_work.all() and (launch_of == launch_of[0]).all()
+        kinds = launch_of[:1] if every else np.unique(launch_of[has_work])
         for key in kinds[::-1]:  # the tallest tiles first
             height, one_pass = int(key) // 2, bool(key % 2)
-            if kinds.size == 1 and has_work.all():  # one launch of every group (a decode batch's levels)
+            if every:
                 members, listed = groups, tokens
             else:
                 members, listed = groups.take(np.flatnonzero(launch_of == key)), tokens[launch_of[token_group] == key]
-            items = longest_first(_tile_items(members, g, height), g, meta.causal and level < 0)
+            causal = meta.causal and level < 0
+            items = _tile_items(members, g, height)
+            in_order = _in_plan_order(members, height, g, causal)
+            if not in_order:
+                items = longest_first(items, g, causal)
+            regulars.append(_regular(members, items, height, g, in_order) if regular else ())
             tallest = int(items[:, COLUMN["num_rows"]].max())
             fold_rows = fold_height(tallest, height)
             if not one_pass:
@@ -867,7 +943,46 @@ def plan_work(meta: BatchMeta, config: Config, *, relay: bool, unshared_single_p
 
     slots = int(slots_per_token.max()) if slots_per_token.size else 0
     steps = max((fold_steps(rows, height, slots) for rows, height in fold_tiles), default=0)
-    return Work(slot_offsets=slot_offsets, launches=tuple(launches), fold_steps=steps)
+    return Work(slot_offsets=slot_offsets, launches=tuple(launches), fold_steps=steps), tuple(regulars)
+
+
+def _in_plan_order(groups: _Groups, block_m: int, group_size: int, causal: bool) -> bool:
+    """Whether ``longest_first`` (with ``causal``) keeps the order in which ``_tile_items`` lists
+    the items of ``groups`` in tiles of ``block_m`` rows: those of one group, without the causal
+    mask or of one tile, so that the caller need not sort them. ``_tile_items`` lists the
+    group's chunks in order, each chunk's tiles in order, and the keys an item of chunk ``c``
+    reads, ``max(min(chunk, L - c * chunk), 0)`` (plus the group's prefix length, the same in
+    each), do not grow along that order (ties keep it: the sort is stable). ``L`` is the
+    segment's keys, or under the causal mask those before the tile's last row's stop: the same
+    for every item where the group has one tile; several tiles of one chunk may differ."""
+    return groups.count.size == 1 and not (causal and int(groups.count[0]) * group_size > block_m)
+
+
+def _regular(groups: _Groups, items: np.ndarray, block_m: int, group_size: int, in_order: bool) -> Tuple[int, ...]:
+    """``regular_items(items, block_m)`` of a launch's ``items``, made of ``groups`` as
+    ``_plan_work`` makes them (``_tile_items``, then ``longest_first`` unless ``in_order``:
+    ``_in_plan_order``), read from the groups where they decide it:
+
+    * several groups: ``()``. Every group of a launch has tokens, so a later group's items index
+      the token list past 0 (``tok_base``).
+    * one group whose tokens are not consecutive (``tok_first < 0``): ``()``.
+    * one group of consecutive tokens, in plan order: item ``i`` is tile ``i % tiles`` of chunk
+      ``i // tiles``, the order ``regular_items`` asks for, with the fields it reads from the
+      items: ``rows``, ``tiles``, the chunk size (the one chunk's keys where there is one
+      chunk), the segment's keys and the group's fields.
+    * one group that ``longest_first`` may have reordered (a causal launch of several tiles):
+      ``regular_items`` checks the items.
+    """
+    if groups.count.size > 1 or groups.tok_first[0] < 0:
+        return ()
+    if not in_order:
+        return regular_items(items, block_m)
+    rows = int(groups.count[0]) * group_size
+    tiles = -(-rows // block_m)
+    length, chunk = int(groups.seg_len[0]), int(groups.chunk[0])
+    if items.shape[0] == tiles:
+        chunk = min(chunk, length)
+    return (rows, tiles, max(chunk, 1), length, *(int(getattr(groups, name)[0]) for name in GROUP_FIELDS))
 
 
 def pages_read(meta: BatchMeta, device: torch.device) -> Optional[torch.Tensor]:
@@ -984,14 +1099,14 @@ def _plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, rela
     device = torch.device(meta.device if device is None else device)
     config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
     relay = relay_grouping(meta) if relay is None else bool(relay)
-    work = plan_work(meta, config, relay=relay, unshared_single_pass=unshared_single_pass)
+    work, regulars = _plan_work(meta, config, relay, unshared_single_pass, None, regular=regular)
     lists = [work.slot_offsets] + [a for w in work.launches for a in (w.items, w.tokens, w.slots)]
     table = meta.host_block_table
     slot_offsets, *lists = upload(lists + ([] if table is None else [table]), device)
     launches = tuple(
         Launch(level=w.level, block_m=w.block_m, single_pass=w.single_pass, reads_prefix=w.reads_prefix,
-               fold_rows=w.fold_rows, regular=regular_items(w.items, w.block_m) if regular else (),
-               items=lists[3 * i], tokens=lists[3 * i + 1], slots=lists[3 * i + 2])
+               fold_rows=w.fold_rows, regular=regulars[i], items=lists[3 * i], tokens=lists[3 * i + 1],
+               slots=lists[3 * i + 2])
         for i, w in enumerate(work.launches)
     )
     if fused_merge is None:
