@@ -531,19 +531,15 @@ class Segments(NamedTuple):
     alone (``request_segments``), which ``plan_work`` and ``single_pass_requests`` share.
 
     Attributes:
-        rows: int64 ``[B]``: rows per KV head (query tokens x the group's query heads).
+        queries: what the requests' query counts fix (``query_layout``).
         lens: int64 ``[S, B]``: keys of each segment, its prefix at each level (0 where it names
             none), then its own KV.
         sizes: int64 ``[S, B]``: their ``chunk_size``.
-        own_tile: int64 ``[B]``: the height of its own tiles (``tile_height``).
-        tall: bool ``[B]``: ``Queries.tall``.
     """
 
-    rows: np.ndarray
+    queries: Queries
     lens: np.ndarray
     sizes: np.ndarray
-    own_tile: np.ndarray
-    tall: np.ndarray
 
 
 def request_segments(meta: BatchMeta, config: Config, queries: Optional[Queries] = None) -> Segments:
@@ -555,7 +551,7 @@ def request_segments(meta: BatchMeta, config: Config, queries: Optional[Queries]
         lens[level] = np.where(ids >= 0, prefix_lens[np.maximum(ids, 0)] if len(prefix_lens) else 0, 0)
     lens[-1] = meta.kv_lens
     # one call for every segment: chunk_size is elementwise, rows broadcast over the levels
-    return Segments(q.rows, lens, chunk_size(lens, q.rows, config), q.own_tile, q.tall)
+    return Segments(q, lens, chunk_size(lens, q.rows, config))
 
 
 def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = True,
@@ -580,11 +576,11 @@ def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = Tr
     """
     seg = request_segments(meta, config) if segments is None else segments
     if not unshared:
-        return seg.tall
+        return seg.queries.tall
     own = seg.lens[-1]
     no_prefix = seg.lens[:-1].sum(axis=0) == 0  # its context is its own KV
-    short = seg.own_tile < config.block_m
-    return seg.tall | (no_prefix & short & (own <= seg.sizes[-1]))
+    short = seg.queries.own_tile < config.block_m
+    return seg.queries.tall | (no_prefix & short & (own <= seg.sizes[-1]))
 
 
 #: The shortest and the tallest slice of rows a fused fold folds at once: ``FOLD_DEPTH`` slots
@@ -783,10 +779,10 @@ def _sorted_groups(ids: np.ndarray, sizes: np.ndarray, users: np.ndarray, relay:
     return leaders, tokens, token_group, count, tok_first
 
 
-def _own_groups(meta: BatchMeta, single: np.ndarray, seg: Segments, queries: Queries):
+def _own_groups(meta: BatchMeta, single: np.ndarray, seg: Segments):
     """The row groups of the requests' own KV: every request is a group of its own, whose tokens
     are consecutive. Returns ``(groups, tokens, token_group)`` as ``_prefix_groups``."""
-    batch = meta.batch
+    batch, queries = meta.batch, seg.queries
     q_lens, kv_lens = queries.q_lens, seg.lens[-1]
     kv_base = np.arange(batch, dtype=np.int64) if meta.paged else np.cumsum(kv_lens) - kv_lens
     prefix_start, prefix_len = np.zeros(batch, dtype=np.int64), np.zeros(batch, dtype=np.int64)
@@ -796,7 +792,7 @@ def _own_groups(meta: BatchMeta, single: np.ndarray, seg: Segments, queries: Que
         prefix_start[reads] = (np.cumsum(lens) - lens)[ids[reads]]
         prefix_len[reads] = lens[ids[reads]]
     groups = _Groups(kv_base, kv_lens, kv_lens - q_lens, prefix_start, prefix_len, single, q_lens,
-                     queries.first_token, seg.sizes[-1], seg.own_tile)
+                     queries.first_token, seg.sizes[-1], queries.own_tile)
     return groups, np.arange(meta.total_q), queries.token_request
 
 
@@ -908,7 +904,7 @@ def _plan_work(meta: BatchMeta, config: Config, relay: bool, unshared_single_pas
             groups, tokens, token_group = _prefix_groups(meta, level, single, seg.sizes[level], relay, token_request,
                                                          config)
         else:
-            groups, tokens, token_group = _own_groups(meta, single, seg, q)
+            groups, tokens, token_group = _own_groups(meta, single, seg)
         has_work = (groups.count > 0) & (groups.seg_len > 0)
         launch_of = np.where(has_work, 2 * groups.tile + groups.one_pass, -1)  # (tile height, single pass)
         # one launch of every group (a decode batch's levels), seen without sorting the kinds
