@@ -37,7 +37,8 @@ from relaycore.fast.triton import Config, default_config, plan, prepare, run_pla
 from relaycore.fast.triton import backend, kernels, op  # noqa: E402
 from relaycore.fast.triton.config import block_d, chunk_size, decode_chunks, max_chunks, tile_height  # noqa: E402
 from relaycore.fast.triton.graph import Bounds, graph_launches, prepare_graph, slot_capacity  # noqa: E402
-from relaycore.fast.triton.plan import check_metadata, fold_steps, regular_items, single_pass_requests, stamp_metadata  # noqa: E402
+from relaycore.fast.triton.plan import (check_metadata, fold_steps, longest_first, regular_items,  # noqa: E402
+                                        single_pass_requests, stamp_metadata)
 from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
 from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
@@ -314,6 +315,37 @@ def test_launches_of_one_group_in_chunk_major_order_are_computed():
                        seed=2)
     assert all(x.regular for x in plan(validate(*alone.to_torch("cpu")[0], **alone.to_torch("cpu")[1]),
                                        config=TINY).launches)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=batches(dtypes=("float16",), **(SPACE | dict(max_batch=8, max_q_len=40))),
+       config=st.sampled_from([TINY, TALL, default_config(16, "float16", 2)]), relay=st.booleans())
+def test_the_regular_tuple_read_from_the_groups_is_regular_items_of_the_lists(batch, config, relay):
+    """``plan`` reads each launch's ``regular`` from the groups it made the items of
+    (``plan._regular``); ``regular_items`` of the lists themselves is the definition, and the
+    kernel computes its items from that tuple: they must agree at every launch. The lists are
+    longest first, where ``plan`` skips the sort of items in order already (``_in_plan_order``)."""
+    args, kwargs = batch.to_torch("cpu")
+    meta = validate(*args, **kwargs)
+    for launch in plan(meta, config=config, relay=relay).launches:
+        items = launch.items.numpy()
+        assert launch.regular == regular_items(items, launch.block_m), launch
+        assert np.array_equal(items, longest_first(items, meta.group_size, meta.causal and launch.level < 0)), launch
+
+
+def test_a_level_of_one_prefix_and_one_chunk_size_plans_as_the_sorted_groups_would():
+    """Decode batches whose users share one prefix and one chunk size (``_prefix_groups``' one
+    group, without sorting) plan the same lists and tuples as when one request reads another
+    prefix, or none, and the others still share."""
+    for ids in ([0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0]):
+        shared = make_batch([1, 1, 2, 1], [5, 9, 3, 20], prefix_lens=[[70, 30]], prefix_ids=[ids], num_q_heads=4,
+                            num_kv_heads=2, head_dim=16, seed=2)
+        planned = plan(validate(*shared.to_torch("cpu")[0], **shared.to_torch("cpu")[1]), config=TINY)
+        level = [x for x in planned.launches if x.level == 0]
+        users = [b for b, i in enumerate(ids) if i >= 0]
+        assert sum(int(x.tokens.numel()) for x in level) == sum([1, 1, 2, 1][b] for b in users)
+        for launch in planned.launches:
+            assert launch.regular == regular_items(launch.items.numpy(), launch.block_m)
 
 
 def test_a_tile_head_axis_is_the_power_of_two_from_16_that_holds_head_dim():
