@@ -213,7 +213,7 @@ class GraphPlan:
         # in place, which an inference tensor refuses outside the mode (an engine may prepare
         # under it and update without it, in another thread: the mode is per thread)
         with torch.inference_mode(False):
-            self._device = torch.zeros(int(self._starts[-1]), dtype=torch.int32, device=device)
+            self._device = torch.zeros(self._starts[-1], dtype=torch.int32, device=device)
             views = [self._device[self._region(r)] for r in range(len(sizes))]
         self.plan = Plan(
             total_q=total_q, num_q_heads=meta.num_q_heads, num_kv_heads=meta.num_kv_heads, head_dim=meta.head_dim,
@@ -232,7 +232,7 @@ class GraphPlan:
 
     def _region(self, r: int) -> slice:
         """Region ``r`` of the buffer, without its alignment padding."""
-        return slice(int(self._starts[r]), int(self._starts[r]) + self._sizes[r])
+        return slice(self._starts[r], self._starts[r] + self._sizes[r])
 
     def update(self, q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale=None) -> None:
         """Plan a step's batch into the fixed buffers, for the calls (and graph replays) after it.
@@ -318,10 +318,10 @@ class GraphPlan:
         # the range check of every value written at once, the padding left out: its zeros change
         # neither bound, since slot_offsets starts at 0 (and the error names the same maximum)
         flat = int32_list(np.concatenate(list(writes.values())))
-        host = np.zeros(int(self._starts[-1]), dtype=np.int32)
+        host = np.zeros(self._starts[-1], dtype=np.int32)
         at = 0
         for r, values in writes.items():
-            start = int(self._starts[r])
+            start = self._starts[r]
             host[start : start + values.size] = flat[at : at + values.size]
             at += values.size
         return host

@@ -346,7 +346,9 @@ def check_signature(planned, tensors: Sequence[Any], whose: str) -> None:
     for entry, x in zip(planned, tensors):
         if (isinstance(x, torch.Tensor) and x.layout is torch.strided and x.shape == entry[1] and x.dtype == entry[2]
                 and x.device == entry[3]):
-            continue  # the common case, without building the entry
+            continue  # the common cases, without building the entry: a tensor, and a plain NumPy array
+        if type(x) is np.ndarray and entry[2] == "ndarray" and x.shape == entry[1]:
+            continue
         check_dense(entry[0], x)
         got = _entry(x)
         if entry[1:] != got:
@@ -519,11 +521,24 @@ class Queries(NamedTuple):
 
 
 def query_layout(meta: BatchMeta, config: Config) -> Queries:
-    """The ``Queries`` of ``meta``'s batch under ``config``."""
-    q_lens = meta.q_lens.astype(np.int64)
-    rows = q_lens * meta.group_size
-    return Queries(q_lens, meta.cu_seqlens_q[:-1].astype(np.int64), rows, tile_height(rows, config, prefix=False),
-                   single_pass(rows, config) & (meta.num_levels <= 1), np.repeat(np.arange(meta.batch), q_lens))
+    """The ``Queries`` of ``meta``'s batch under ``config``, whose arrays are read-only: cached by
+    the query counts, which the steps of a serving engine repeat (1 a request at decode)."""
+    cu_seqlens_q = meta.cu_seqlens_q.astype(np.int64, copy=False).tobytes()
+    return _query_layout(cu_seqlens_q, meta.group_size, meta.num_levels <= 1, config)
+
+
+@functools.lru_cache(maxsize=64)
+def _query_layout(cu_seqlens_q: bytes, group_size: int, one_level: bool, config: Config) -> Queries:
+    """``query_layout`` of a batch with these ``cu_seqlens_q`` (int64 ``[B + 1]``, as bytes), query
+    heads per KV head and at most one prefix level (``one_level``)."""
+    cu = np.frombuffer(cu_seqlens_q, dtype=np.int64)
+    q_lens = cu[1:] - cu[:-1]
+    rows = q_lens * group_size
+    queries = Queries(q_lens, cu[:-1], rows, tile_height(rows, config, prefix=False),
+                      single_pass(rows, config) & one_level, np.arange(q_lens.size).repeat(q_lens))
+    for values in queries:
+        values.flags.writeable = False
+    return queries
 
 
 class Segments(NamedTuple):
@@ -691,7 +706,7 @@ def longest_first(items: np.ndarray, group: int, causal: bool) -> np.ndarray:
         last_row = items[:, COLUMN["row0"]] + items[:, COLUMN["num_rows"]] - 1
         stop = np.minimum(stop, items[:, COLUMN["causal_shift"]] + last_row // group + 1)
     keys = np.maximum(stop - items[:, COLUMN["key_start"]], 0) + items[:, COLUMN["prefix_len"]]
-    return items[np.argsort(-keys, kind="stable")]
+    return items[(-keys).argsort(kind="stable")]
 
 
 class _Groups(NamedTuple):
@@ -730,11 +745,11 @@ def _prefix_groups(meta: BatchMeta, level: int, single: np.ndarray, sizes: np.nd
     """
     ids, lens = meta.prefix_ids[level], meta.prefix_lens[level].astype(np.int64)
     user = (ids >= 0) & ~single
-    users = np.flatnonzero(user)
+    users = user.nonzero()[0]
     if relay and users.size and (ids[users] == ids[users[0]]).all() and (sizes[users] == sizes[users[0]]).all():
         # one group (a decode batch's users of one prefix): what the sorts below come to when
         # every user has the same prefix and chunk size, the users and their tokens in order
-        leaders, tokens = users[:1], np.flatnonzero(user[token_request])
+        leaders, tokens = users[:1], user[token_request].nonzero()[0]
         token_group, count = np.zeros(tokens.size, dtype=np.int64), np.array([tokens.size], dtype=np.int64)
         consecutive = tokens.size and tokens[-1] - tokens[0] + 1 == tokens.size
         tok_first = np.array([tokens[0] if consecutive else -1], dtype=np.int64)
@@ -743,7 +758,7 @@ def _prefix_groups(meta: BatchMeta, level: int, single: np.ndarray, sizes: np.nd
                                                                         meta.batch)
     prefixes = ids[leaders]
     zeros = np.zeros(leaders.size, dtype=np.int64)
-    groups = _Groups((np.cumsum(lens) - lens)[prefixes], lens[prefixes], zeros, zeros, zeros, zeros.astype(bool),
+    groups = _Groups((lens.cumsum() - lens)[prefixes], lens[prefixes], zeros, zeros, zeros, zeros.astype(bool),
                      count, tok_first, sizes[leaders], tile_height(count * meta.group_size, config, prefix=True))
     return groups, tokens, token_group
 
@@ -759,19 +774,19 @@ def _sorted_groups(ids: np.ndarray, sizes: np.ndarray, users: np.ndarray, relay:
         users = users[np.lexsort((sizes[users], ids[users]))]  # stable: ties keep the request order
         new[1:] = (ids[users[1:]] != ids[users[:-1]]) | (sizes[users[1:]] != sizes[users[:-1]])
     else:
-        users = users[np.argsort(ids[users], kind="stable")]
+        users = users[ids[users].argsort(kind="stable")]
     group_of = np.full(batch, -1, dtype=np.int64)
-    group_of[users] = np.cumsum(new) - 1
+    group_of[users] = new.cumsum() - 1
     leaders = users[new]  # each group's first request
 
     # each group's tokens, in group order (a request's are consecutive, so each group's are in order)
     tok_group = group_of[token_request]
-    tokens = np.flatnonzero(tok_group >= 0)
-    tokens = tokens[np.argsort(tok_group[tokens], kind="stable")]
+    tokens = (tok_group >= 0).nonzero()[0]
+    tokens = tokens[tok_group[tokens].argsort(kind="stable")]
     token_group = tok_group[tokens]
     count = np.bincount(token_group, minlength=leaders.size)
     if tokens.size:
-        ends = np.cumsum(count)  # a group without tokens gets some token below: it has no work
+        ends = count.cumsum()  # a group without tokens gets some token below: it has no work
         first, last = tokens[np.minimum(ends - count, tokens.size - 1)], tokens[np.maximum(ends - 1, 0)]
         tok_first = np.where(last - first + 1 == count, first, -1)
     else:
@@ -784,12 +799,12 @@ def _own_groups(meta: BatchMeta, single: np.ndarray, seg: Segments):
     are consecutive. Returns ``(groups, tokens, token_group)`` as ``_prefix_groups``."""
     batch, queries = meta.batch, seg.queries
     q_lens, kv_lens = queries.q_lens, seg.lens[-1]
-    kv_base = np.arange(batch, dtype=np.int64) if meta.paged else np.cumsum(kv_lens) - kv_lens
+    kv_base = np.arange(batch, dtype=np.int64) if meta.paged else kv_lens.cumsum() - kv_lens
     prefix_start, prefix_len = np.zeros(batch, dtype=np.int64), np.zeros(batch, dtype=np.int64)
     if meta.num_levels and single.any():  # a single-pass request reads its level-0 prefix first
         ids, lens = meta.prefix_ids[0], meta.prefix_lens[0].astype(np.int64)
         reads = single & (ids >= 0)
-        prefix_start[reads] = (np.cumsum(lens) - lens)[ids[reads]]
+        prefix_start[reads] = (lens.cumsum() - lens)[ids[reads]]
         prefix_len[reads] = lens[ids[reads]]
     groups = _Groups(kv_base, kv_lens, kv_lens - q_lens, prefix_start, prefix_len, single, q_lens,
                      queries.first_token, seg.sizes[-1], queries.own_tile)
@@ -803,23 +818,22 @@ def _tile_items(groups: _Groups, group_size: int, tile: int) -> np.ndarray:
     other; ``group_size``: rows per token."""
     rows = groups.count * group_size
     tiles = -(-rows // tile)
-    count = tiles * -(-groups.seg_len // groups.chunk)
-    # a row of each group's fields, copied to each of its items (cheaper than a gather per field)
+    count = tiles * -(-groups.seg_len // groups.chunk)  # each group's items
+    # a row of each group's fields, repeated for each of its items (cheaper than a gather per field)
     fields = np.zeros((rows.size, len(ITEM_FIELDS)), dtype=np.int64)
-    fields[:, COLUMN["tok_base"]] = np.cumsum(groups.count) - groups.count
+    fields[:, COLUMN["tok_base"]] = groups.count.cumsum() - groups.count
     for name in GROUP_FIELDS:
         fields[:, COLUMN[name]] = getattr(groups, name)
-    of = np.repeat(np.arange(rows.size), count)  # each item's group
-    items = fields[of]
-    local = np.arange(of.size) - (np.cumsum(count) - count)[of]  # its index among its group's items
-    tiles_of, chunk_of = tiles[of], groups.chunk[of]
+    items = fields.repeat(count, axis=0)
+    local = np.arange(items.shape[0]) - (count.cumsum() - count).repeat(count)  # its index among its group's items
+    tiles_of, chunk_of = tiles.repeat(count), groups.chunk.repeat(count)
     c = local // tiles_of
     row0 = local % tiles_of * tile
     key_start = c * chunk_of
     items[:, COLUMN["row0"]] = row0
-    items[:, COLUMN["num_rows"]] = np.minimum(tile, rows[of] - row0)
+    items[:, COLUMN["num_rows"]] = np.minimum(tile, rows.repeat(count) - row0)
     items[:, COLUMN["key_start"]] = key_start
-    items[:, COLUMN["key_end"]] = np.minimum(groups.seg_len[of], key_start + chunk_of)
+    items[:, COLUMN["key_end"]] = np.minimum(groups.seg_len.repeat(count), key_start + chunk_of)
     items[:, COLUMN["chunk"]] = c
     return items
 
@@ -890,12 +904,12 @@ def _plan_work(meta: BatchMeta, config: Config, relay: bool, unshared_single_pas
     # chunks and first slot of each segment, per request ([levels..., own] x B); a single-pass
     # request has no chunk states (its own tiles write its result)
     seg_chunks = np.where(single, 0, -(-seg.lens // seg.sizes))
-    seg_base = np.cumsum(seg_chunks, axis=0) - seg_chunks
+    seg_base = seg_chunks.cumsum(axis=0) - seg_chunks
     per_request = seg_chunks.sum(axis=0)  # [B]
 
     token_request = q.token_request
     slots_per_token = per_request[token_request]
-    slot_offsets = np.concatenate([[0], np.cumsum(slots_per_token)]).astype(np.int64)
+    slot_offsets = np.concatenate([[0], slots_per_token.cumsum()]).astype(np.int64)
 
     launches, regulars = [], []
     fold_tiles = []  # (tallest item's rows, fold height) of each launch that writes states
@@ -915,7 +929,7 @@ def _plan_work(meta: BatchMeta, config: Config, relay: bool, unshared_single_pas
             if every:
                 members, listed = groups, tokens
             else:
-                members, listed = groups.take(np.flatnonzero(launch_of == key)), tokens[launch_of[token_group] == key]
+                members, listed = groups.take((launch_of == key).nonzero()[0]), tokens[launch_of[token_group] == key]
             causal = meta.causal and level < 0
             items = _tile_items(members, g, height)
             in_order = _in_plan_order(members, height, g, causal)
@@ -1027,11 +1041,13 @@ def staged(values: np.ndarray, device: torch.device) -> torch.Tensor:
 LIST_ALIGN = 32
 
 
-def list_starts(sizes: Sequence[int]) -> np.ndarray:
-    """int64 ``[len(sizes) + 1]``: where lists of these sizes start in one buffer, each at a
-    multiple of ``LIST_ALIGN``, and (last) the buffer's size."""
-    padded = -(-np.asarray(sizes, dtype=np.int64) // LIST_ALIGN) * LIST_ALIGN
-    return np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
+def list_starts(sizes: Sequence[int]) -> List[int]:
+    """``len(sizes) + 1`` ints: where lists of these sizes start in one buffer, each at a
+    multiple of ``LIST_ALIGN``, and (last) the buffer's size (in Python: a few lists)."""
+    starts = [0]
+    for size in sizes:
+        starts.append(starts[-1] + -(-int(size) // LIST_ALIGN) * LIST_ALIGN)
+    return starts
 
 
 def uploaded(device: torch.device) -> Optional[torch.cuda.Event]:
@@ -1048,7 +1064,7 @@ def upload(arrays: Sequence[np.ndarray], device: torch.device) -> List[torch.Ten
     """int32 copies of ``arrays`` on ``device``, made by one copy on the current stream that
     does not synchronize (``staged``; ``uploaded`` marks its end): views of one buffer
     (``list_starts``), in the arrays' shapes."""
-    starts = list_starts([a.size for a in arrays]).tolist()
+    starts = list_starts([a.size for a in arrays])
     flat = np.zeros(starts[-1], dtype=np.int64)
     for start, a in zip(starts, arrays):
         flat[start : start + a.size] = a.ravel()
