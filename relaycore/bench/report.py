@@ -287,6 +287,12 @@ def _paper_section(doc: dict) -> List[str]:
     return lines
 
 
+def _flush_size(doc: dict) -> str:
+    """`` (N MiB here)``: the L2 flush buffer of the run (``timing.flush_bytes``), where recorded."""
+    flush = doc.get("timing", {}).get("flush_bytes")
+    return f" ({flush >> 20} MiB here)" if flush else ""
+
+
 def markdown(doc: dict, figures: List[str]) -> str:
     """The docs page for a results document (``figures``: file names beside it)."""
     env, ceil = doc["environment"], doc["ceilings"]
@@ -366,8 +372,8 @@ def markdown(doc: dict, figures: List[str]) -> str:
         "`relaycore.bounds`; that oracle is itself cross-checked against `relaycore.reference` on sampled "
         "queries at every point.",
         "- Timing: warm-up, then CUDA-event timing of each replay of a CUDA graph (eager where the provider "
-        "cannot be captured), a buffer four times the L2 size overwritten before each replay; median with "
-        "the 10th/90th percentiles in the JSON.",
+        f"cannot be captured), a buffer of at least four times the L2 size{_flush_size(doc)} overwritten before "
+        "each replay; median with the 10th/90th percentiles in the JSON.",
         "- SDPA is the fastest of its flash, memory-efficient and cuDNN backends at each point (all "
         "requests have equal lengths, so batching needs no padding). FlexAttention is compiled, and the faster of "
         "two forms counts: one packed sequence `[prefix; own_0; ...]` with a shared-prefix document mask "
