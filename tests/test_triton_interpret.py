@@ -35,10 +35,11 @@ import relaycore  # noqa: E402
 from relaycore import PagedKV, RaggedKV, bounds  # noqa: E402
 from relaycore.fast.triton import Config, default_config, plan, prepare, run_planned  # noqa: E402
 from relaycore.fast.triton import backend, kernels, op  # noqa: E402
-from relaycore.fast.triton.config import block_d, chunk_size, decode_chunks, max_chunks, tile_height  # noqa: E402
+from relaycore.fast.triton.config import (block_d, chunk_size, decode_chunks, max_chunks, single_pass,  # noqa: E402
+                                          tile_height)
 from relaycore.fast.triton.graph import Bounds, graph_launches, prepare_graph, slot_capacity  # noqa: E402
-from relaycore.fast.triton.plan import (check_metadata, fold_steps, longest_first, regular_items,  # noqa: E402
-                                        single_pass_requests, stamp_metadata)
+from relaycore.fast.triton.plan import (check_metadata, fold_steps, longest_first, query_layout,  # noqa: E402
+                                        regular_items, single_pass_requests, stamp_metadata)
 from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
 from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
@@ -346,6 +347,26 @@ def test_a_level_of_one_prefix_and_one_chunk_size_plans_as_the_sorted_groups_wou
         assert sum(int(x.tokens.numel()) for x in level) == sum([1, 1, 2, 1][b] for b in users)
         for launch in planned.launches:
             assert launch.regular == regular_items(launch.items.numpy(), launch.block_m)
+
+
+def test_a_query_layout_is_that_of_its_batch_whatever_was_planned_before():
+    """``query_layout`` is cached by the query counts (``plan._query_layout``): batches with the
+    same ``cu_seqlens_q`` but other heads per KV head, prefix levels or configs, planned one
+    after the other, each get their own layout, equal to its definition, in read-only arrays."""
+    for group, levels, config in ((1, 0, TINY), (4, 0, TINY), (4, 2, TINY), (4, 2, TALL), (1, 1, TALL)):
+        b = make_batch([1, 9, 0, 2], [5, 9, 3, 20], prefix_lens=[[7]] * levels, prefix_ids=[[0, 0, -1, 0]] * levels,
+                       num_q_heads=2 * group, num_kv_heads=2, head_dim=16, seed=group)
+        args, kwargs = b.to_torch("cpu")
+        queries = query_layout(validate(*args, **kwargs), config)
+        q_lens = np.array([1, 9, 0, 2])
+        rows = q_lens * group
+        assert np.array_equal(queries.q_lens, q_lens) and np.array_equal(queries.first_token, [0, 1, 10, 10])
+        assert np.array_equal(queries.rows, rows)
+        assert np.array_equal(queries.own_tile, tile_height(rows, config, prefix=False))
+        assert np.array_equal(queries.tall, single_pass(rows, config) & (levels <= 1)), (group, levels)
+        assert queries.tall[1] == (group * 9 >= config.block_m and levels <= 1)  # the cases differ in it
+        assert np.array_equal(queries.token_request, [0] + [1] * 9 + [3, 3])
+        assert not any(values.flags.writeable for values in queries)
 
 
 def test_a_tile_head_axis_is_the_power_of_two_from_16_that_holds_head_dim():
