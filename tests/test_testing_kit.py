@@ -20,6 +20,7 @@ from relaycore.constants import LOG2E
 from relaycore.reference import relay_attention as reference_relay
 from relaycore.testing import assert_close, blocked_steps, check, compare, make_batch, random_batch, round_to
 from relaycore.testing.strategies import batches
+from relaycore.types import AttentionState
 from relaycore.validation import validate
 from tolerances import bounds_for
 
@@ -1105,3 +1106,85 @@ def test_the_strategy_says_that_a_shrunk_example_may_keep_requests_without_a_que
     assert "shrink towards the smallest batch" not in doc
     assert "may thus keep requests with ``q_len`` 0 before the one that fails (``q_lens=[0, 0, 0, 1]``)" in doc
     assert "may keep requests with `q_len` 0 before the one that fails" in " ".join(GUIDE.read_text().split())
+
+
+# ---- a failing batch cut down to the requests its failure needs ------------------------------
+
+def _own_kv(batch, b):
+    """Request ``b``'s own keys and values, ``[kv_len, Hkv, D]`` each, from either layout."""
+    n = int(batch.kv_lens[b])
+    if batch.paged:
+        blocks = batch.kv.block_table[b]
+        return tuple(np.concatenate([cache[block] for block in blocks])[:n] for cache in (batch.kv.k_cache,
+                                                                                          batch.kv.v_cache))
+    start = int(batch.kv.cu_seqlens[b])
+    return batch.kv.k[start:start + n], batch.kv.v[start:start + n]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_requests_of_a_batch_keep_their_values_and_results(seed):
+    """``Batch.requests`` holds the picked requests with their own queries, KV and prefix ids
+    (the prefix levels whole): the same values, and the whole batch's oracle rows of them pass
+    the sub-batch's check; the sub-batch prints as the call that rebuilds it."""
+    batch = random_batch(seed, max_batch=5, layouts=("ragged", "paged"))
+    rng = np.random.default_rng(seed)
+    picked = rng.permutation(batch.batch_size)[: rng.integers(0, batch.batch_size + 1)].tolist()
+    sub = batch.requests(picked)
+    cu, cu_sub = batch.cu_seqlens_q, sub.cu_seqlens_q
+    assert sub.batch_size == len(picked) and cu_sub.dtype == cu.dtype and sub.paged == batch.paged
+    rows = np.concatenate([np.arange(cu[b], cu[b + 1]) for b in picked] + [np.zeros(0, dtype=np.int64)])
+    assert np.array_equal(sub.q, batch.q[rows])
+    for i, b in enumerate(picked):
+        assert all(np.array_equal(x, y) for x, y in zip(_own_kv(sub, i), _own_kv(batch, b)))
+        for level, whole in zip(sub.prefixes, batch.prefixes):
+            assert level.prefix_ids[i] == whole.prefix_ids[b] and level.k is whole.k
+    whole = batch.oracle().state
+    assert_close(AttentionState(whole.out[rows], whole.lse[rows]), sub)
+    again = eval(repr(sub), {"make_batch": make_batch})
+    assert repr(again) == repr(sub) and np.array_equal(again.q, sub.q)
+    assert repr(sub).endswith(f".requests({picked})")
+
+
+def test_requests_of_requests_are_requests_of_the_first_batch():
+    batch = make_batch([1, 2, 0, 1], [3, 2, 4, 1], prefix_lens=[[5, 2]], prefix_ids=[[0, 1, -1, 1]], block_size=2)
+    sub = batch.requests([3, 1, 0]).requests([2, 0])
+    assert sub.picked == (0, 3) and repr(sub).endswith(".requests([0, 3])")
+    assert np.array_equal(sub.q, batch.requests([0, 3]).q) and sub.kv.block_table.tolist() == \
+        batch.kv.block_table[[0, 3]].tolist()
+
+
+def test_requests_refuse_indices_outside_the_batch():
+    batch = make_batch([1, 1], [1, 2])
+    with pytest.raises(ValueError, match=r"^indices: expected request indices in \[0, 2\), got 2$"):
+        batch.requests([0, 2])
+    with pytest.raises(ValueError, match=r"^indices: expected ints >= 0, got -1$"):
+        batch.requests([-1])
+    with pytest.raises(TypeError, match=r"^indices: expected a sequence of ints"):
+        batch.requests({0, 1})
+
+
+def test_fewest_requests_keeps_a_failure_and_no_request_it_does_not_need():
+    """On the examples Hypothesis shrinks with empty requests kept before the one a failure
+    needs, ``fewest_requests`` leaves that one alone; none of what it keeps can go."""
+    from hypothesis import find
+    from random import Random
+    from relaycore.testing import fewest_requests
+
+    def reads_a_prefix_with_a_query(batch):
+        return batch.q.shape[0] > 0 and any((level.prefix_ids >= 0).any() for level in batch.prefixes)
+
+    kept_empty = 0
+    for seed in range(6):
+        shrunk = find(batches(), reads_a_prefix_with_a_query, settings=settings(database=None), random=Random(seed))
+        kept_empty += int(shrunk.batch_size > 1)
+        small = fewest_requests(shrunk, reads_a_prefix_with_a_query)
+        assert small.batch_size == 1 and reads_a_prefix_with_a_query(small), repr(small)
+    assert kept_empty, "no shrunk example kept a request it did not need: pick another property"
+
+    batch = make_batch([0, 2, 0, 1, 3], [1, 2, 4, 1, 3])
+    fails = lambda b: int((b.q_lens > 0).sum()) >= 2  # noqa: E731  (two requests with queries)
+    small = fewest_requests(batch, fails)
+    assert small.picked == (3, 4) and all(not fails(small.requests([i])) for i in range(2))
+    with pytest.raises(ValueError, match=r"^fails: expected True for the batch given \(the failure to keep\), got "
+                                         r"False$"):
+        fewest_requests(batch, lambda b: False)

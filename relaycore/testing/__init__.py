@@ -9,6 +9,8 @@
   request, token, head and dimension, the error and the bound. ``compare`` runs the
   implementation on copies of the batch's arrays and fails it if it writes into them. Rows
   where the analysis gives no bound are held to none and named (``Report.unchecked``).
+* ``fewest_requests`` — a failing batch cut down to the requests its failure needs
+  (``Batch.requests``), for the examples Hypothesis shrinks.
 * ``blocked_steps`` — the steps per key of a kernel whose blocking you know, for a tighter bound
   than the default's (which assumes any blocking).
 
@@ -25,6 +27,7 @@ Example:
 from relaycore.testing.batch import CARRIERS, Batch, Oracle, make_batch
 from relaycore.testing.check import Location, Report, Tolerance, assert_close, bounds_for, check, compare
 from relaycore.testing.rounding import DTYPES, round_to, round_to_bfloat16
+from relaycore.testing.shrink import fewest_requests
 from relaycore.testing.space import BLOCK_SIZES, BatchSpace, random_batch
 from relaycore.testing.steps import MERGES, blocked_steps
 
@@ -44,6 +47,7 @@ __all__ = [
     "bounds_for",
     "check",
     "compare",
+    "fewest_requests",
     "make_batch",
     "random_batch",
     "round_to",

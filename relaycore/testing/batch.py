@@ -63,7 +63,10 @@ class Batch:
             ``"bfloat16"``, ``"float32"`` or ``"float64"``); it selects the error bound.
         recipe: the ``make_batch`` keyword arguments that rebuild this batch, when it was built
             by ``make_batch`` (``describe`` and ``repr`` print them while they still describe
-            it; a batch changed with ``dataclasses.replace`` should set ``recipe=None``).
+            it; a batch changed with ``dataclasses.replace`` should set ``recipe=None``), or
+            the batch it holds requests of (``picked``).
+        picked: ``None``, or the requests of ``recipe``'s batch that this one holds, in its
+            order (``requests``): it is ``make_batch(**recipe).requests(picked)``.
     """
 
     q: np.ndarray
@@ -74,6 +77,7 @@ class Batch:
     softmax_scale: Optional[float]
     dtype: str
     recipe: Optional[Dict[str, Any]] = None
+    picked: Optional[Tuple[int, ...]] = None
     _oracle: Optional[Oracle] = field(default=None, init=False, repr=False)
 
     # ---- sizes -----------------------------------------------------------------------------
@@ -192,14 +196,57 @@ class Batch:
             self._oracle = Oracle(relay_from_problem(problem), statistics_from_problem(problem))
         return self._oracle
 
+    def requests(self, indices: Sequence[int]) -> "Batch":
+        """The batch of these requests alone, in this order, each with its own values: its
+        queries, its own KV (a paged cache is kept whole, its block table's rows picked) and
+        its prefix ids (the prefix levels are kept whole). What a failure needs of a batch
+        (``fewest_requests``); it prints as the call that rebuilds it,
+        ``make_batch(...).requests([...])``, where the batch's ``recipe`` rebuilds it.
+
+        Args:
+            indices: request indices in ``[0, B)``, a sequence of ints (repeats allowed).
+
+        Returns:
+            A new ``Batch`` of ``len(indices)`` requests (its oracle computed anew when asked).
+
+        Raises:
+            TypeError: ``indices`` is not a sequence in its order (a set, a str) or an array
+                not 1-D.
+            ValueError: an entry that is not an int in ``[0, B)``, naming it.
+        """
+        picked = _as_list("indices", indices)
+        past = [b for b in picked if b >= self.batch_size]
+        if past:
+            raise ValueError(f"indices: expected request indices in [0, {self.batch_size}), got {past[0]}")
+        cu_q = self.cu_seqlens_q.astype(np.int64)
+        q = np.concatenate([self.q[cu_q[b]:cu_q[b + 1]] for b in picked] or [self.q[:0]])
+        metadata_dtype = self.cu_seqlens_q.dtype
+        offsets = lambda lens: np.concatenate([[0], np.cumsum(lens, dtype=np.int64)]).astype(metadata_dtype)  # noqa: E731
+        if isinstance(self.kv, PagedKV):
+            kv = PagedKV(self.kv.k_cache, self.kv.v_cache, self.kv.block_table[picked], self.kv.kv_lens[picked])
+        else:
+            cu_kv = self.kv.cu_seqlens.astype(np.int64)
+            rows = [np.arange(cu_kv[b], cu_kv[b + 1]) for b in picked]
+            rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+            kv = RaggedKV(self.kv.k[rows], self.kv.v[rows], offsets(self.kv_lens[picked]))
+        prefixes = tuple(PrefixLevel(level.k, level.v, level.cu_seqlens, level.prefix_ids[picked])
+                         for level in self.prefixes)
+        of = picked if self.picked is None else [self.picked[b] for b in picked]
+        return Batch(q, offsets(self.q_lens[picked]), kv, prefixes, self.causal, self.softmax_scale, self.dtype,
+                     self.recipe, tuple(of))
+
     # ---- reports ---------------------------------------------------------------------------
 
     def _rebuilds(self) -> bool:
-        """Whether ``recipe`` still describes the batch (``dataclasses.replace`` keeps it while
-        changing a field): the sizes, lengths, flags and layout it names are the batch's."""
+        """Whether ``recipe`` (with ``picked``) still describes the batch (``dataclasses.replace``
+        keeps it while changing a field): the sizes, lengths, flags and layout it names are the
+        batch's."""
         r = self.recipe
         if r is None:
             return False
+        if self.picked is not None:  # the recipe's lists of the picked requests
+            r = {**r, "q_lens": [r["q_lens"][b] for b in self.picked], "kv_lens": [r["kv_lens"][b] for b in self.picked],
+                 "prefix_ids": [[ids[b] for b in self.picked] for ids in r["prefix_ids"]]}
         block = int(self.kv.k_cache.shape[1]) if self.paged else None
         return (r["q_lens"] == self.q_lens.tolist() and r["kv_lens"] == self.kv_lens.tolist()
                 and (r["num_q_heads"], r["num_kv_heads"], r["head_dim"]) == (self.num_q_heads, self.num_kv_heads,
@@ -219,7 +266,8 @@ class Batch:
         (what Hypothesis prints for a falsifying example, through ``_repr_pretty_``); else its
         sizes."""
         if self._rebuilds():
-            return "make_batch(" + ", ".join(f"{k}={v!r}" for k, v in self.recipe.items()) + ")"
+            call = "make_batch(" + ", ".join(f"{k}={v!r}" for k, v in self.recipe.items()) + ")"
+            return call if self.picked is None else f"{call}.requests({list(self.picked)})"
         return (f"Batch(B={self.batch_size}, q_lens={self.q_lens.tolist()}, kv_lens={self.kv_lens.tolist()}, "
                 f"levels={len(self.prefixes)}, Hq={self.num_q_heads}, Hkv={self.num_kv_heads}, D={self.head_dim}, "
                 f"dtype={self.dtype!r}, {'paged' if self.paged else 'ragged'})")

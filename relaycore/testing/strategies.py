@@ -44,7 +44,8 @@ def batches(**space: Any) -> st.SearchStrategy[Batch]:
     lengths and ids are drawn field by field after it (all ``q_len``, then all ``kv_len``, then
     each level's ids), the order ``random_batch``'s seeds are bound to, so a request can only be
     removed from the end. A shrunk example may thus keep requests with ``q_len`` 0 before the
-    one that fails (``q_lens=[0, 0, 0, 1]``).
+    one that fails (``q_lens=[0, 0, 0, 1]``). ``relaycore.testing.fewest_requests`` removes
+    them afterwards, keeping the values of the requests left.
 
     Args:
         **space: ``relaycore.testing.BatchSpace`` fields: ``max_batch``, ``max_q_len``,
