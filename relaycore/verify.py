@@ -3,8 +3,9 @@
 Case ``i`` of a run with ``--seed S`` is the batch ``relaycore.testing.random_batch(
 np.random.default_rng(S + i), dtypes=(dtype,), **space)``, ``space`` being ``SPACES[device]``
 with the ``--space`` fields (below) and ``dtype`` the case's, so every case is reproducible on
-its own with ``--seed S+i --cases 1``; the report prints that command for each failure, and the
-``make_batch(...)`` call that rebuilds its batch in Python (``rebuild:``). Each case is run and
+its own with ``--seed S+i --cases 1``; the report prints that command for each failure, the
+``make_batch(...)`` call that rebuilds its batch in Python (``rebuild:``), and, where fewer of its
+requests fail too, the call that builds those alone (``relaycore.testing.fewest_requests``). Each case is run and
 checked with ``relaycore.testing.compare``: every element within the a-priori bound of
 ``relaycore.bounds`` for the case's dtype, rows that see no key exactly ``(0, -inf)``, no NaN,
 and the inputs left as they were (the implementation receives copies of the batch's arrays).
@@ -67,8 +68,8 @@ import numpy as np
 
 import relaycore
 from relaycore import dispatch
-from relaycore.testing import (DTYPES, MERGES, Batch, BatchSpace, Report, blocked_steps, compare, make_batch,
-                               random_batch)
+from relaycore.testing import (DTYPES, MERGES, Batch, BatchSpace, Report, blocked_steps, compare, fewest_requests,
+                               make_batch, random_batch)
 from relaycore.testing.check import _result_pair
 
 #: Dtypes a case without ``--dtype`` takes, by ``seed % 3``.
@@ -523,10 +524,30 @@ def _draw(options: _Options, seed: int, dtype: str, space: dict) -> Batch:
                          f"{exc})") from exc
 
 
-def _print_case(options: _Options, seed: int, dtype: str, device: str, text: str) -> None:
+def _print_case(options: _Options, seed: int, dtype: str, device: str, text: str,
+                fewest: Optional[Batch] = None) -> None:
     print(f"\ncase seed {seed} ({dtype}):")
     print("  " + text.replace("\n", "\n  "))
+    if fewest is not None:
+        print(f"  fewest requests that fail ({fewest.batch_size}): relaycore.testing.{fewest!r}")
     print(f"  reproduce: {_reproduce(options, seed, dtype, device)}\n")
+
+
+def _fewest(options: _Options, fn: Optional[Callable[..., Any]], batch: Batch, device: str) -> Optional[Batch]:
+    """A failing case's batch cut to the requests its failure needs (``fewest_requests``: a run
+    of the case per request), where that drops any; ``None`` where it drops none, or where the
+    whole batch passes when run again (an implementation whose result changes between runs)."""
+    def fails(candidate: Batch) -> bool:
+        try:
+            return not _run_case(options, fn, candidate, device)[0].passed
+        except (_Raised, _Refused):
+            return True
+
+    try:
+        fewest = fewest_requests(batch, fails)
+    except ValueError:  # fails(batch) no longer holds
+        return None
+    return fewest if fewest.batch_size < batch.batch_size else None
 
 
 def _execute(options: _Options) -> Outcome:
@@ -567,7 +588,7 @@ def _execute(options: _Options) -> Outcome:
                 else:
                     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3))
                     text = f"FAIL: raised {type(exc).__name__}: {exc}\n{trace}"
-                _print_case(options, seed, dtype, device, text + batch.describe())
+                _print_case(options, seed, dtype, device, text + batch.describe(), _fewest(options, fn, batch, device))
             continue
         ran_on[name] = ran_on.get(name, 0) + 1
         rows = batch.q.shape[0] > 0
@@ -578,7 +599,8 @@ def _execute(options: _Options) -> Outcome:
         if kind is not None:
             kind.append(seed)
             if kind is not no_rows and len(kind) <= MAX_REPORTS:  # a case without rows has nothing to show
-                _print_case(options, seed, dtype, device, str(report))
+                fewest = _fewest(options, fn, batch, device) if kind is failed else None
+                _print_case(options, seed, dtype, device, str(report), fewest)
     outcome = Outcome(options.cases, tuple(failed), tuple(no_bound), ran_on, worst["out"], worst["lse"],
                       tuple(no_rows))
     _summary(outcome, options.name("space"))

@@ -562,3 +562,21 @@ def test_a_function_with_an_importable_name_reproduces_as_the_command(capsys, na
     status, again = verify(capsys, *shlex.split(line.split(": ", 1)[1])[2:])
     assert status == 1 and again[again.index(f"case seed {seed} ("):].split("reproduce:")[0] == \
         out[out.index(f"case seed {seed} ("):].split("reproduce:")[0]
+
+
+def test_a_failing_case_names_the_fewest_of_its_requests_that_fail(capsys):
+    """Where fewer requests of a failing case fail too, the report prints the call that builds
+    them alone (``fewest_requests``): it rebuilds a batch that fails, of no request it can lose."""
+    import wrong_attention
+    from relaycore.testing import compare, make_batch
+
+    status, out = verify(capsys, "--function", "wrong_attention:ignore_prefix", "--device", "cpu", "--cases", "3")
+    calls = re.findall(r"^  fewest requests that fail \((\d+)\): relaycore\.testing\.(make_batch\(.*\)\.requests\(\[.*\]\))$",
+                       out, re.M)
+    assert status == 1 and calls, out
+    for count, call in calls:
+        fewest = eval(call, {"make_batch": make_batch})
+        fails = lambda b: not compare(wrong_attention.ignore_prefix, b, device="cpu").passed  # noqa: E731
+        assert fewest.batch_size == int(count) and fails(fewest)
+        assert all(not fails(fewest.requests([j for j in range(fewest.batch_size) if j != i]))
+                   for i in range(fewest.batch_size))
