@@ -218,22 +218,17 @@ class Batch:
         past = [b for b in picked if b >= self.batch_size]
         if past:
             raise ValueError(f"indices: expected request indices in [0, {self.batch_size}), got {past[0]}")
-        cu_q = self.cu_seqlens_q.astype(np.int64)
-        q = np.concatenate([self.q[cu_q[b]:cu_q[b + 1]] for b in picked] or [self.q[:0]])
         metadata_dtype = self.cu_seqlens_q.dtype
-        offsets = lambda lens: np.concatenate([[0], np.cumsum(lens, dtype=np.int64)]).astype(metadata_dtype)  # noqa: E731
         if isinstance(self.kv, PagedKV):
             kv = PagedKV(self.kv.k_cache, self.kv.v_cache, self.kv.block_table[picked], self.kv.kv_lens[picked])
         else:
-            cu_kv = self.kv.cu_seqlens.astype(np.int64)
-            rows = [np.arange(cu_kv[b], cu_kv[b + 1]) for b in picked]
-            rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-            kv = RaggedKV(self.kv.k[rows], self.kv.v[rows], offsets(self.kv_lens[picked]))
+            rows = _segment_rows(self.kv.cu_seqlens, picked)
+            kv = RaggedKV(self.kv.k[rows], self.kv.v[rows], _offsets(self.kv_lens[picked], metadata_dtype))
         prefixes = tuple(PrefixLevel(level.k, level.v, level.cu_seqlens, level.prefix_ids[picked])
                          for level in self.prefixes)
-        of = picked if self.picked is None else [self.picked[b] for b in picked]
-        return Batch(q, offsets(self.q_lens[picked]), kv, prefixes, self.causal, self.softmax_scale, self.dtype,
-                     self.recipe, tuple(of))
+        of = tuple(picked if self.picked is None else [self.picked[b] for b in picked])
+        return Batch(self.q[_segment_rows(self.cu_seqlens_q, picked)], _offsets(self.q_lens[picked], metadata_dtype),
+                     kv, prefixes, self.causal, self.softmax_scale, self.dtype, self.recipe, of)
 
     # ---- reports ---------------------------------------------------------------------------
 
@@ -297,6 +292,17 @@ class Batch:
         if self._rebuilds():
             lines.append(f"  rebuild: relaycore.testing.{self!r}")
         return "\n".join(lines)
+
+
+def _segment_rows(offsets: np.ndarray, segments: Sequence[int]) -> np.ndarray:
+    """int64 indices of the rows of these segments of ``offsets`` (``[n + 1]``), in their order."""
+    cu = offsets.astype(np.int64)
+    return np.concatenate([np.arange(cu[s], cu[s + 1]) for s in segments] + [np.zeros(0, dtype=np.int64)])
+
+
+def _offsets(lens: Sequence[int], dtype) -> np.ndarray:
+    """``[len(lens) + 1]`` offsets in ``dtype``: 0, then the running sums of ``lens``."""
+    return np.concatenate([[0], np.cumsum(lens, dtype=np.int64)]).astype(dtype)
 
 
 def _copied(arrays: Union[RaggedKV, PagedKV, PrefixLevel]) -> Union[RaggedKV, PagedKV, PrefixLevel]:
@@ -495,16 +501,16 @@ def make_batch(
         return rounded
 
     q = values(sum(q_lens), hq, "score_magnitude")
-    cu_q = np.concatenate([[0], np.cumsum(q_lens)]).astype(metadata_dtype)
+    cu_q = _offsets(q_lens, metadata_dtype)
     k, v = values(sum(kv_lens), hkv, "score_magnitude"), values(sum(kv_lens), hkv, "value_offset")
     prefixes = []
     for lens, ids in zip(prefix_lens, prefix_ids):
         pk, pv = values(sum(lens), hkv, "score_magnitude"), values(sum(lens), hkv, "value_offset")
-        cu_p = np.concatenate([[0], np.cumsum(lens)]).astype(metadata_dtype)
+        cu_p = _offsets(lens, metadata_dtype)
         prefixes.append(PrefixLevel(pk, pv, cu_p, np.asarray(ids, dtype=metadata_dtype)))
     # the layout comes last: the same recipe with another block_size holds the same values
     if block_size is None:
-        kv = RaggedKV(k, v, np.concatenate([[0], np.cumsum(kv_lens)]).astype(metadata_dtype))
+        kv = RaggedKV(k, v, _offsets(kv_lens, metadata_dtype))
     else:
         kv = _paged(k, v, np.asarray(kv_lens, dtype=np.int64), block_size, rng, metadata_dtype)
     return Batch(q, cu_q, kv, tuple(prefixes), bool(causal), softmax_scale, dtype, recipe)
