@@ -42,7 +42,9 @@ Every lemma below also rests on these assumptions about the arithmetic:
 * *Subnormals are kept or flushed to zero*, results and operands alike, from the weights on
   (Lemma 6 bounds what it costs in the $P V$ step and after it). The scores are assumed free of
   them: a subnormal $q_d$, $k_{jd}$ or product $q_d k_{jd}$, flushed or rounded, moves a score
-  by an absolute amount that no term of $\rho$ is proportional to.
+  by an absolute amount that no term of $\rho$ is proportional to. For fp16 inputs this is no
+  assumption (Lemma 7: their scores never come near fp32's subnormals); for bf16 and fp32 inputs
+  it is one, met unless $|q_d k_{jd}|$ falls below about $2^{-126}$.
 
 And on the sizes: *no computed value overflows.* Lemma 5 gives conditions under which none
 does; `out_bound` refuses (`NoBound`) a row that fails them.
@@ -569,6 +571,40 @@ $N$, $A$ and $\nu$, runs `underflow_example` (beyond the bound without the term,
 the term) and draws bf16 and fp32 problems whose values go down to $2^{-149}$, computed with
 subnormals flushed or kept (by the exponential too).
 
+## Lemma 7: fp16 scores have no subnormals
+
+*Claim. With fp16 inputs, every value a score's dot product computes in fp32 (each product
+$q_d k_{jd}$ and each partial sum, in any order, rounded to nearest or toward zero, or summed by a
+matrix unit's fused addition, Lemma 2's accumulation model) is 0 or of magnitude at least
+$2^{-48}$; and the scaled score $\mathrm{fl}(\hat c\, s)$ is 0 or at least $2^{-126}$ where the
+fp32 constant the kernel multiplies by is $\hat c \ge 2^{-78}$ (the Triton kernels' $\hat c$ is
+$c \log_2 e$ rounded, so any softmax scale $c \ge 2^{-78}$). So no subnormal arises in the
+scores, and flushing subnormals to zero changes no score: the assumption of the precision model
+holds for fp16.*
+
+*Proof.* An fp16 number, subnormals included, is an integer multiple of $2^{-24}$ of at most 11
+significant bits and magnitude at most 65504; it is a normal fp32 number or 0, so an operand
+flush leaves it as it is. A product of two is a multiple of $2^{-48}$ of at most 22 significant
+bits and magnitude below $2^{32}$: exact in fp32. Let $x \ne 0$ be a multiple of $2^{-48}$, so
+$|x| \ge 2^{-48}$, and $2^e \le |x| < 2^{e + 1}$ with $e \ge -48$. The fp32 numbers of that
+binade are the multiples of $2^{e - 23}$. If $2^{e - 23} \le 2^{-48}$, $x$ is one of them and any
+rounding returns $x$; otherwise both fp32 neighbours of $x$ (the upper one possibly $2^{e + 1}$)
+are multiples of $2^{e - 23}$, hence of $2^{-48}$, and neither is 0: both lie in
+$[2^e, 2^{e + 1}]$ in magnitude. So every rounding to fp32, in either
+direction, maps the non-zero multiples of $2^{-48}$ into themselves, and an exact sum of
+multiples of $2^{-48}$ is one. By induction over a chain of additions every partial sum is 0 or
+a non-zero multiple of $2^{-48}$. A fused addition first truncates each addend to a multiple of
+some power of two $2^g$: for $g \le -48$ a multiple of $2^{-48}$ is one of $2^g$ already and stays,
+for $g > -48$ the truncated addend is a multiple of $2^g$, hence of $2^{-48}$; their sum is one
+too, and its rounding to fp32 stays one. Magnitudes stay below $D \cdot 2^{32}$: no overflow for
+$D \le 2^{90}$. Last, $|\hat c\, s| \ge 2^{-78} \cdot 2^{-48} = 2^{-126}$ for $s \ne 0$, and
+$2^{-126}$ is an fp32 number, so its rounding is at least $2^{-126}$: normal. $\blacksquare$
+
+bf16 has fp32's exponent range: $q_d = k_{jd} = 2^{-70}$ are normal bf16 numbers whose product
+$2^{-140}$ is an fp32 subnormal, which a flush makes 0. For bf16 and fp32 inputs the assumption
+stays one. `check_fp16_scores_have_no_subnormals` checks the claim on drawn fp16 vectors and
+that example.
+
 ## Counting the Triton kernels' steps
 
 `relaycore.fast.triton` cuts every KV segment a token reads (the prefix of each level, its own
@@ -732,6 +768,12 @@ finite. `check_accumulator_underflow` checks Lemma 6, as its last paragraph says
 $2^{\mathrm{fl}(x\,\mathrm{fl}(\log_2 e))}$ errs by up to $31u_{acc}$ at the arguments of a
 merge of lses near $\pm 40$, where a step leaves the exponential $u_{exp} + 3u_{acc} = 7u_{acc}$,
 while `exp2` of a base-2 argument errs only by its own rounding.
+`check_fp16_scores_have_no_subnormals` checks Lemma 7 on drawn fp16 vectors of 1 to 16
+elements, subnormals and values down to $2^{-24}$ among them, and cancelling sums: every
+product and partial sum of a chain in fp32 (rounded to nearest or truncated, subnormals flushed
+or kept) and every fused sum (0 to 3 alignment bits) is 0 or at least $2^{-48}$, the chains give
+the same score with subnormals flushed as kept, and the scaled score at $\hat c = 2^{-78}$ is 0 or
+normal; bf16's $2^{-70} \cdot 2^{-70}$ is flushed where fp16 has no such pair.
 `check_lse_accounting` checks the lse section's inequality over its grid against the float64
 value `lse_bound` returns, checks that `lse_bound` refuses every point of the grid beyond
 $\rho = 2$, and checks that the inequality fails beyond $\rho = 2$ where the section says so.
@@ -1650,6 +1692,59 @@ def check_accumulator_underflow():
             assert e <= b, (problem["dtype"], problem["flush"], e, b)
 
     run()
+
+
+def fp16_scores(draw):
+    """Two fp16 vectors of 1 to 16 elements (subnormals, values down to ``2^-24``, up to
+    65504, signs drawn), the second sometimes the first negated but for its last element, so
+    that the sum nearly cancels."""
+    dim = draw(st.integers(1, 16))
+    smallest = st.one_of(st.just(1), st.integers(0, 2047)), st.one_of(st.just(-24), st.integers(-24, 5))
+    element = st.builds(lambda s, m, e: fp.round_to(s * m * mpmath.ldexp(1, e), "float16"), st.sampled_from([-1, 1]),
+                        *smallest)  # the smallest subnormal, 2^-24, often
+    q = draw(st.lists(element, min_size=dim, max_size=dim))
+    k = draw(st.lists(element, min_size=dim, max_size=dim))
+    if draw(st.booleans()):
+        k = [-x for x in q[:-1]] + k[-1:]
+    return q, k
+
+
+def check_fp16_scores_have_no_subnormals():
+    """Lemma 7: in fp32 arithmetic, chains (rounded to nearest or truncated, subnormals flushed or
+    kept) and fused sums (0 to 3 alignment bits) of fp16 products only compute 0 or values of at
+    least ``2^-48``; a chain's score is the same flushed or kept; ``fl(2^-78 s)`` is 0 or normal.
+    bf16's ``2^-70 * 2^-70`` is a subnormal product that a flush changes."""
+    floor = mpmath.ldexp(1, -48)
+
+    tiny = mpmath.ldexp(1, -24)  # fp16's smallest subnormal
+
+    @checked(300)
+    @given(st.composite(fp16_scores)(), st.integers(0, 3))
+    @example(([tiny], [tiny]), 0)  # the product 2^-48 itself
+    @example(([tiny, 1, tiny], [tiny, 1, -tiny]), 0)  # cancelling
+    def run(vectors, guard):
+        q, k = vectors
+        scores = {}
+        for accumulate in ("nearest", "toward_zero"):
+            for flush in (False, True):
+                ar, acc = fp.Arithmetic(accumulate, flush), mpmath.mpf(0)
+                for a, b in zip(q, k):
+                    product = ar.mul(a, b)
+                    acc = ar.add(acc, product)
+                    assert product == 0 or abs(product) >= floor, (a, b, product)
+                    assert acc == 0 or abs(acc) >= floor, (q, k, acc)
+                scores[accumulate, flush] = acc
+                scaled = ar.mul(mpmath.ldexp(1, -78), acc)
+                assert scaled == 0 or abs(scaled) >= fp.SMALLEST_NORMAL, (acc, scaled)
+            assert scores[accumulate, False] == scores[accumulate, True], (q, k, accumulate)
+        fused = fused_sum([fp.r32(a * b) for a, b in zip(q, k)], guard)
+        assert fused == 0 or abs(fused) >= floor, (q, k, guard, fused)
+
+    run()
+    small = fp.round_to(mpmath.ldexp(1, -70), "bfloat16")
+    assert small == mpmath.ldexp(1, -70)  # a normal bf16 number
+    assert fp.Arithmetic(flush=False).mul(small, small) == mpmath.ldexp(1, -140)
+    assert fp.Arithmetic(flush=True).mul(small, small) == 0
 
 
 def fast_exp(x):
