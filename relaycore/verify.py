@@ -4,11 +4,12 @@ Case ``i`` of a run with ``--seed S`` is the batch ``relaycore.testing.random_ba
 np.random.default_rng(S + i), dtypes=(dtype,), **space)``, ``space`` being ``SPACES[device]``
 with the ``--space`` fields (below) and ``dtype`` the case's, so every case is reproducible on
 its own with ``--seed S+i --cases 1``; the report prints that command for each failure, the
-``make_batch(...)`` call that rebuilds its batch in Python (``rebuild:``), and, where fewer of its
-requests fail too, the call that builds those alone (``relaycore.testing.fewest_requests``). Each case is run and
-checked with ``relaycore.testing.compare``: every element within the a-priori bound of
-``relaycore.bounds`` for the case's dtype, rows that see no key exactly ``(0, -inf)``, no NaN,
-and the inputs left as they were (the implementation receives copies of the batch's arrays).
+``make_batch(...)`` call that rebuilds its batch in Python (``rebuild:``), and, where fewer of
+its requests fail too, the call that builds those alone (``relaycore.testing.fewest_requests``).
+Each case is run and checked with ``relaycore.testing.compare``: every element within the
+a-priori bound of ``relaycore.bounds`` for the case's dtype, rows that see no key exactly
+``(0, -inf)``, no NaN, and the inputs left as they were (the implementation receives copies of
+the batch's arrays).
 
 Inputs: for ``--dtype float16|bfloat16|float32`` the backend or function receives torch tensors
 in that dtype on ``--device`` (int32 metadata); for ``--dtype float64`` it receives NumPy float64
