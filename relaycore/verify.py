@@ -535,9 +535,10 @@ def _print_case(options: _Options, seed: int, dtype: str, device: str, text: str
 
 
 def _fewest(options: _Options, fn: Optional[Callable[..., Any]], batch: Batch, device: str) -> Optional[Batch]:
-    """A failing case's batch cut to the requests its failure needs (``fewest_requests``: a run
-    of the case per request), where that drops any; ``None`` where it drops none, or where the
-    whole batch passes when run again (an implementation whose result changes between runs)."""
+    """A failing case's batch cut to the requests its failure needs (``fewest_requests``: the case
+    run once more whole and at most once per request), where that drops any; ``None`` where it
+    drops none, or where the whole batch passes when run again (an implementation whose result
+    changes between runs)."""
     def fails(candidate: Batch) -> bool:
         try:
             return not _run_case(options, fn, candidate, device)[0].passed
