@@ -38,7 +38,9 @@ Every lemma below also rests on these assumptions about the arithmetic:
 * *Merges follow one of two orders of operations*: pairwise as `relaycore.state.merge`
   (Lemma 3), or all at once as the Triton merge kernel (Lemma 4). Another order (a fold that
   keeps a running maximum and rescales its sums as it grows, as FlashInfer's `merge_states`)
-  is not covered, at any count of steps.
+  is not covered, at any count of steps. A pairwise merge may read its incoming outputs
+  rounded to the input format, as cascade kernels that store each level's output do: Lemma 8
+  prices that (`stored` in `relaycore.bounds`).
 * *Subnormals are kept or flushed to zero*, results and operands alike, from the weights on
   (Lemma 6 bounds what it costs in the $P V$ step and after it). The scores are assumed free of
   them: a subnormal $q_d$, $k_{jd}$ or product $q_d k_{jd}$, flushed or rounded, moves a score
@@ -605,6 +607,81 @@ $2^{-140}$ is an fp32 subnormal, which a flush makes 0. For bf16 and fp32 inputs
 stays one. `check_fp16_scores_have_no_subnormals` checks the claim on drawn fp16 vectors and
 that example.
 
+## Lemma 8: merges of outputs stored in the input format
+
+A cascade kernel that runs each level into an output tensor of the input dtype and merges those
+tensors afterwards rounds a state's output once more before its merge. FlashInfer 0.5.0's
+`MultiLevelCascadeAttentionWrapper` does: it runs each level into a tensor of q's dtype and
+merges them with `merge_state_in_place`, whose kernel (`MergeStateInPlaceKernel` in
+`include/flashinfer/attention/cascade.cuh`) reads and writes the outputs in that dtype and the
+lses in fp32. Its order of operations is Lemma 3's in base 2: $M$ the larger lse,
+$w = 2^{\mathrm{fl}(\lambda - M)}$, the coefficient $w_a / (w_a + w_b)$, the two products summed,
+and the lse $\mathrm{fl}(\widehat{\log_2}(w_a + w_b) + M)$. In natural units base 2 changes none
+of Lemma 3's (a)-(c), as in Lemma 4. (A fused multiply-add rounds once where the model rounds
+twice, which the model covers.)
+
+*Claim. Let a pairwise merge in Lemma 3's order, in natural log or base 2, read its incoming
+outputs as $x_a = \mathrm{fl}_{in}(\hat o_a)$, $x_b = \mathrm{fl}_{in}(\hat o_b)$: rounded to
+nearest in the input format, the lses in fp32. Write each incoming output as $y + h$, with $y$
+of the Lemma-1 form and $h$ an absolute term per element. Then the merged output is $y + h$
+with $y$ of Lemma 3's form, every numerator weight perturbed by at most $u_p$ more (normaliser
+weights and the lse exactly as in Lemma 3), and*
+
+$$
+|h| \le k\bigl((1 + u_p)\max(|h_a|, |h_b|) + \tau\bigr),\qquad
+k = \frac{(1 + u_{acc}/2)^2 (1 + u_{acc})}{1 - u_{acc}} \le e^{4u_{acc}} .
+$$
+
+*So a state whose keys pass at most $S$ such merges carries
+$|h| \le H_S = S\tau e^{S(u_p + 4u_{acc})}$, and the row's output, rounded by item 5, is within*
+
+$$
+\Bigl(\frac{(e^{2\rho} - 1) + 2\varepsilon}{1 - \varepsilon}\, V_d + 5\varepsilon_{acc} + H_S\Bigr)(1 + u_o)
++ u_o |o_d| + 2\tau
+$$
+
+*with $S u_p$ added to $\rho$ and to Lemma 5's $\rho_\Delta$ (`stored = S` in `relaycore.bounds`).*
+
+*Proof.* Rounding to nearest gives $\mathrm{fl}_{in}(z) = z(1 + \delta)$ with
+$\mathrm{fl}_{in}(z)/z \in [1/(1 + u_p), 1 + u_p]$ where the result is normal, as item 2 has it
+for the weights, and $\mathrm{fl}_{in}(z) = z + \eta$ with $|\eta| \le \tau$ below the normal
+range ($\tau$ is half the input format's smallest subnormal, or its smallest normal where the
+hardware flushes, `relaycore.bounds.UNDERFLOW_ABS`); one or the other. So
+$x_a = (1 + \delta_a)(y_a + h_a) + \eta_a$. The part $(1 + \delta_a) y_a$ enters Lemma 3 where
+$\hat o_a$ did, and $\delta_a$ multiplies the numerator weights of $a$'s keys alone, by a
+factor within $e^{\pm u_p}$; the normaliser side, $\hat T$ and the lse never read $x_a$. So (a)
+and (b), the growth's two steps and the lse section's accounting (which uses the normaliser's
+perturbation only) are Lemma 3's, and $\rho$ grows by $u_p$ per stored merge a key passes. In
+base 2 the lse leaves in the lse section's second form, with $\hat Z = \hat T$ (FlashInfer
+returns it in base 2; the product with $\ln 2$ is then the caller's).
+$\rho$ as `relaycore.bounds` computes it then holds both sides, and Lemma 3's limit on $\rho$,
+checked on this larger $\rho$, is checked conservatively. The $t$-terms pass the same factors,
+within $e^{\rho}$, as Lemma 3 requires. The rest, $(1 + \delta_a)h_a + \eta_a$, is at most
+$(1 + u_p)|h_a| + \tau$, and the merge takes it through its coefficient's product
+($1 + \tfrac{u_{acc}}{2}$) and its sum (which may truncate: $1 + u_{acc}$). The coefficients
+sum to at most $(1 + \tfrac{u_{acc}}{2})(w_a + w_b)/\hat T \le (1 + \tfrac{u_{acc}}{2})/(1 - u_{acc})$,
+because $\hat T \ge (1 - u_{acc})(w_a + w_b)$. Together that is the claim for $h$. By induction
+over the merge tree, with $1 + u_p \le e^{u_p}$ and $e^{4u_{acc}} \le e^{S(u_p + 4u_{acc})}$,
+$H_S = k((1 + u_p)H_{S-1} + \tau) \le S\tau e^{S(u_p + 4u_{acc})}$. Item 5 multiplies the
+final $h$, as the rest of the error, by at most $1 + u_o$.
+
+Lemma 5 still holds with $S u_p$ in $\rho_\Delta$ and $H_S$ among the underflows: every stored
+output is a state's output, at most the row's $e^{\rho_\Delta}(1 + \varepsilon)V_d + 2\varepsilon\rho
++ H_S$, which (R3) keeps finite in the input format, and a rounding to nearest of a value at
+most the largest finite one is finite. Lemma 6's roundings are the accumulation format's; the
+factors after them now include the stored roundings', within $e^{S u_p}$ and so within
+$e^{\rho}$. $\blacksquare$
+
+The absolute term is what a test sees. `stored_example` has one fp16 row with all scores 0 and
+values that are fp16 subnormals, in parts of 2, 2, 4 and 8 keys, so that every merge weighs its
+states by 1/2 exactly. Folded from stored outputs, the roundings of the stored means add up to
+an output error of $1.1875 \cdot 2^{-24}$. The bound without `stored` allows $1.04 \cdot 2^{-24}$,
+and with `stored = 3` it allows $2.63 \cdot 2^{-24}$. The relative part, $S u_p$, stayed within
+the bound's slack on every draw we tried: values near 1 reach 0.42 of the bound without it. It
+is charged because the Lemma-1 form needs it, not because a draw has shown it. An all-at-once
+merge (Lemma 4) that reads stored outputs is not covered here: its coefficients are summed
+over $K'$ states, and its $k$ would grow with $K'$.
+
 ## Counting the Triton kernels' steps
 
 `relaycore.fast.triton` cuts every KV segment a token reads (the prefix of each level, its own
@@ -774,6 +851,14 @@ product and partial sum of a chain in fp32 (rounded to nearest or truncated, sub
 or kept) and every fused sum (0 to 3 alignment bits) is 0 or at least $2^{-48}$, the chains give
 the same score with subnormals flushed as kept, and the scaled score at $\hat c = 2^{-78}$ is 0 or
 normal; bf16's $2^{-70} \cdot 2^{-70}$ is flushed where fp16 has no such pair.
+`check_stored_state_merges` checks Lemma 8: `stored_example` is beyond the bound without
+`stored` and within it with `stored = 3`, and Hypothesis-drawn problems (fp16, bf16 and fp32,
+values down to fp16's subnormals, 1 to 4 parts folded pairwise from stored outputs, in natural
+log or in FlashInfer's base-2 order) stay within `out_bound` at `stored` = the fold's merges
+and within `lse_bound`. `check_stored_rounding_terms` checks the lemma's two facts at 60 digits:
+a stored rounding's factor within $e^{\pm u_p}$ (normal results) or its error within $\tau$
+(below), on values of every binade of fp16 and bf16; and the recursion for $H_S$ against its
+closed form up to $S = 4096$, and against what `out_bound` carries at $S = 1, 8, 64$.
 `check_lse_accounting` checks the lse section's inequality over its grid against the float64
 value `lse_bound` returns, checks that `lse_bound` refuses every point of the grid beyond
 $\rho = 2$, and checks that the inequality fails beyond $\rho = 2$ where the section says so.
@@ -913,6 +998,22 @@ def simulate_merge(a: tuple, b: tuple, exp, ar: fp.Arithmetic) -> tuple:
     return [ar.add(ar.mul(ca, x), ar.mul(cb, y)) for x, y in zip(oa, ob)], fp.r32(m + exp.log(total))
 
 
+def simulate_merge_stored(a: tuple, b: tuple, exp, ar: fp.Arithmetic, dtype: str, base=None) -> tuple:
+    """Lemma 8's merge: ``simulate_merge``'s order of operations (in base 2 where ``base == 2``,
+    as FlashInfer's ``merge_state_in_place``) on outputs read from storage in ``dtype``: each
+    incoming output is rounded to ``dtype`` (to nearest) before the merge, the lses stay fp32."""
+    (oa, la), (ob, lb) = a, b
+    m = max(la, lb)
+    m = m if mpmath.isfinite(m) else mpmath.mpf(0)
+    wa, wb = exp(fp.r32(la - m), base), exp(fp.r32(lb - m), base)
+    total = ar.add(wa, wb)
+    if total == 0:
+        return [mpmath.mpf(0)] * len(oa), exact.NEG_INF
+    ca, cb = ar.div(wa, total), ar.div(wb, total)
+    xa, xb = ([fp.round_to(x, dtype) for x in o] for o in (oa, ob))
+    return [ar.add(ar.mul(ca, x), ar.mul(cb, y)) for x, y in zip(xa, xb)], fp.r32(m + exp.log(total, base))
+
+
 def simulate_merge_all_base2(states: list, exp, ar: fp.Arithmetic) -> tuple:
     """The Triton merge kernel's form: all parts at once, base-2 lses, one max, one division,
     the lse converted to natural log (times ``ln 2``) at the end. As in Lemma 4, the sums over
@@ -948,7 +1049,10 @@ def simulate(problem: dict, exp) -> tuple:
 
 
 def simulate_fp32(problem: dict, exp) -> tuple:
-    """``simulate`` before the output's rounding to the input format: ``(out [D] fp32, lse)``."""
+    """``simulate`` before the output's rounding to the input format: ``(out [D] fp32, lse)``.
+    Where ``problem["stored"]`` holds, the parts are folded left to right by Lemma 8's merge of
+    stored outputs in the problem's base (the lse converted to natural log at the end, as
+    ``fl(fl(lse) fl(ln 2))`` in base 2)."""
     q, keys, values, dtype = problem["q"], problem["keys"], problem["values"], problem["dtype"]
     ar = fp.Arithmetic(problem.get("accumulate", "nearest"), problem.get("flush", False))
     base = 2 if problem.get("form") == "base2" else None
@@ -957,6 +1061,9 @@ def simulate_fp32(problem: dict, exp) -> tuple:
         idx = [j for j, label in enumerate(problem["labels"]) if label == part]
         states.append(simulate_part(q, [keys[j] for j in idx], [values[j] for j in idx], problem["scale"], dtype,
                                     part_block(problem, part), exp, ar, base, problem.get("restart", 0)))
+    if problem.get("stored"):
+        out, lse = exact.fold(states, lambda a, b: simulate_merge_stored(a, b, exp, ar, dtype, base))
+        return out, (lse if base is None else fp.r32(lse * fp.r32(mpmath.log(2))))
     if base == 2:
         return simulate_merge_all_base2(states, exp, ar)
     return exact.fold(states, lambda a, b: simulate_merge(a, b, exp, ar))
@@ -972,9 +1079,9 @@ def reference(problem: dict) -> tuple:
     return exact.attention(scores, values), value_abs, score_abs
 
 
-def errors_and_bounds(problem: dict, exp, steps=None) -> tuple:
-    """``(out errors [D], out bounds [D], lse error, lse bound)`` as floats; ``steps`` as in
-    ``relaycore.bounds`` (default: ``default_steps``)."""
+def errors_and_bounds(problem: dict, exp, steps=None, stored=None) -> tuple:
+    """``(out errors [D], out bounds [D], lse error, lse bound)`` as floats; ``steps`` and
+    ``stored`` (the out bound's) as in ``relaycore.bounds`` (default: ``default_steps``, 0)."""
     (ref_out, ref_lse), value_abs, score_abs = reference(problem)
     out, lse = simulate(problem, exp)
     prec = bounds.precision(problem["dtype"])
@@ -982,7 +1089,7 @@ def errors_and_bounds(problem: dict, exp, steps=None) -> tuple:
     out_err = [float(abs(x - y)) for x, y in zip(out, ref_out)]
     scale = float(problem["scale"])
     out_b = bounds.out_bound(np.array([float(x) for x in ref_out]), np.array([float(v) for v in value_abs]), n, float(score_abs), dim, prec, steps,
-                             scale=scale)
+                             scale=scale, stored=stored)
     lse_b = float(bounds.lse_bound(float(ref_lse), n, float(score_abs), dim, prec, steps, scale=scale))
     return out_err, [float(b) for b in out_b], float(abs(lse - ref_lse)), lse_b
 
@@ -1562,6 +1669,109 @@ def check_pairwise_step_count():
         assert lse_err <= lse_b, (problem["dtype"], steps, lse_err, lse_b)
 
     run()
+
+
+def stored_errors(problem: dict, exp, stored: int) -> tuple:
+    """One run of ``simulate`` on ``problem`` (merged as Lemma 8's stored outputs where
+    ``problem["stored"]``) against its bounds: ``(out errors [D], out bounds at stored [D], out
+    bounds at stored = 0 [D], lse error, lse bound)`` as floats, at ``default_steps``."""
+    (ref_out, ref_lse), value_abs, score_abs = reference(problem)
+    out, lse = simulate(problem, exp)
+    prec = bounds.precision(problem["dtype"])
+    n, dim = len(problem["keys"]), len(problem["q"])
+    args = (np.array([float(x) for x in ref_out]), np.array([float(v) for v in value_abs]), n, float(score_abs), dim,
+            prec)
+    with_term, without = (bounds.out_bound(*args, scale=float(problem["scale"]), stored=s) for s in (stored, 0))
+    lse_b = float(bounds.lse_bound(float(ref_lse), n, float(score_abs), dim, prec, scale=float(problem["scale"])))
+    return ([float(abs(x - y)) for x, y in zip(out, ref_out)], [float(b) for b in with_term],
+            [float(b) for b in without], float(abs(lse - ref_lse)), lse_b)
+
+
+class _Still:
+    """A random source that always draws 0: ``Elementary(_Still(), False)`` is the hardware's
+    exponential and logarithm with no extra error (only fp32's rounding of the logarithm)."""
+
+    def uniform(self, low, high):
+        return 0.0
+
+    def choice(self, seq):
+        return 0
+
+
+def stored_example() -> dict:
+    """Lemma 8's example: one fp16 row, all scores 0, values that are fp16 subnormals (multiples
+    of ``2^-24``), in four parts of 2, 2, 4 and 8 keys, so that every merge weighs its two states
+    by 1/2 exactly. Folded left to right from stored outputs, the roundings of the stored means
+    add up to an output error of ``1.1875 * 2^-24``, past the bound without ``stored``
+    (``1.04 * 2^-24``) and within it with ``stored = 3`` (``2.63 * 2^-24``)."""
+    tiny = mpmath.ldexp(1, -24)
+    sizes = (2, 2, 4, 8)
+    values = (26, 29, 23, 23, 17, 8, 9, 1, 28, 22, 3, 9, 23, 29, 13, 6)
+    return dict(dtype="float16", scale=1.0, q=[mpmath.mpf(0)], keys=[[mpmath.mpf(0)] for _ in values],
+                values=[[v * tiny] for v in values], parts=len(sizes),
+                labels=[part for part, n in enumerate(sizes) for _ in range(n)], block=4, form="natural",
+                accumulate="nearest", flush=False, stored=True)
+
+
+def check_stored_state_merges():
+    """Lemma 8: parts folded pairwise from outputs stored in the input format (natural log as
+    ``relaycore.state.merge``, or base 2 as FlashInfer's ``merge_state_in_place``), with fp16,
+    bf16 and fp32 values down to fp16's subnormals, stay within ``out_bound`` at ``stored`` =
+    the fold's merges (a key passes at most ``parts - 1``) and within ``lse_bound``, which takes
+    no ``stored``. The term is needed: ``stored_example`` leaves the bound without it."""
+    (err,), (with_term,), (without,), _, _ = stored_errors(stored_example(), Elementary(_Still(), False), 3)
+    assert without < err <= with_term, (err, without, with_term)
+    assert err == 1.1875 * 2.0**-24
+
+    @checked(600)
+    @given(problems(value_exponents=(0, -20, -24)), st.randoms(use_true_random=False), st.booleans())
+    def run(problem, rnd, extreme):
+        problem = dict(problem, stored=True)
+        out_err, with_term, _, lse_err, lse_b = stored_errors(problem, Elementary(rnd, extreme), problem["parts"] - 1)
+        for e, b in zip(out_err, with_term):
+            assert e <= b, (problem["dtype"], problem["parts"], e, b)
+        assert lse_err <= lse_b, (problem["dtype"], lse_err, lse_b)
+
+    run()
+
+
+def check_stored_rounding_terms():
+    """Lemma 8's two facts about a stored output, at 60 digits. (1) Rounding a value to the
+    input format, to nearest, multiplies it by a factor within ``e^(+-u_p)`` where the result
+    is normal and errs by at most ``tau`` (``relaycore.bounds``' ``prec.tau``) below the normal
+    range: on drawn values of every binade from below the smallest subnormal to the largest
+    finite value, fp16 and bf16. (2) The absolute terms' recursion
+    ``H_S <= k ((1 + u_p) H_(S-1) + tau)``, ``k = (1 + u/2)^2 (1 + u) / (1 - u)``, stays within
+    ``S tau exp(S (u_p + 4 u_acc))``, the bound's ``H``, for ``S`` up to 4096."""
+    for dtype in ("float16", "bfloat16"):
+        prec = bounds.precision(dtype)
+        u_p, tau = mpmath.mpf(prec.u_p), mpmath.mpf(prec.tau)
+        bits, min_exponent, max_exponent = fp.FORMATS[dtype]
+        smallest_normal = mpmath.ldexp(1, min_exponent)
+
+        @checked(400)
+        @given(st.integers(min_exponent - bits - 2, max_exponent), st.floats(1, 2, exclude_max=True))
+        def run(exponent, mantissa):
+            z = mpmath.ldexp(mpmath.mpf(mantissa), exponent)
+            if z > fp.largest(dtype):
+                return
+            stored = fp.round_to(z, dtype)
+            if stored >= smallest_normal:
+                assert abs(mpmath.log(stored / z)) <= u_p, (dtype, z, stored)
+            else:
+                assert abs(stored - z) <= tau, (dtype, z, stored)
+
+        run()
+        u = mpmath.mpf(prec.u_acc)
+        k = (1 + u / 2) ** 2 * (1 + u) / (1 - u)
+        assert k <= mpmath.exp(4 * u)
+        h = mpmath.mpf(0)
+        for s in range(1, 4097):
+            h = k * ((1 + u_p) * h + tau)
+            assert h <= s * tau * mpmath.exp(s * (u_p + 4 * u)), (dtype, s)
+            if s in (1, 8, 64):  # out_bound carries H (a row of one key, V = 0, within its rho limit)
+                carried = bounds.out_bound(np.zeros(1), np.zeros(1), 1, 0.0, 1, prec, 2 * s + 1, stored=s)[0]
+                assert carried - 2 * prec.tau >= h, (dtype, s, carried, h)
 
 
 def overflow_example() -> dict:

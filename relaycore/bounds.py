@@ -33,10 +33,11 @@ For one query row that sees ``N >= 1`` keys, with ``A = max_j scale * sum_d |q_d
     rho = gamma(D + 6, u_acc) * A                       # scores
         + u_p + gamma(N, u_acc)                         # P rounded, sums
         + steps * (u_exp + 3 u_acc + u_acc * (A + log N + 1))   # rescales and merges
+        + stored * u_p                                  # states stored in the input dtype
 
 and ``gamma(n, u) = n u / (1 - n u)``. From that (``proofs/error_bound.py``)::
 
-    |out_d - ref_d| <= (((exp(2 rho) - 1) + 2 eps) / (1 - eps) * V_d + 5 eps_acc) (1 + u_o)
+    |out_d - ref_d| <= (((exp(2 rho) - 1) + 2 eps) / (1 - eps) * V_d + 5 eps_acc + H) (1 + u_o)
                        + u_o |ref_d| + 2 tau
     |lse - ref|     <= rho + 3 u_acc (|ref| + 1)            # proved for rho <= 2 only
 
@@ -50,6 +51,13 @@ the scale of ``V_d`` (Lemma 6). The last ``2 tau`` covers an output that underfl
 division, then the rounding to the input dtype, e.g. an fp16 subnormal). ``steps`` counts, per
 key, its own exponential, each rescale that holds it and two per merge. A row that sees no key
 must give out 0 and lse -inf exactly: its bound is 0.
+
+``stored`` (0 unless given) covers kernels that store a partial state's output in the input
+dtype and merge it later, as cascade kernels that run each level into an output tensor do: per
+row, the most pairwise merges a key passes whose incoming outputs were read from such storage.
+Each rounds those outputs once more (``u_p`` on the numerator, Lemma 8 of the proof) and, where
+they fall below the input format's normal range, absolutely: ``H = stored tau exp(stored (u_p
++ 4 u_acc))``. The lse never reads a stored output, so ``lse_bound`` takes no ``stored``.
 
 Where a bound does not exist the functions raise ``NoBound`` (a ``ValueError``) naming the
 argument: ``n u >= 1`` in a ``gamma`` (``N >= 2^23`` keys with fp32 sums); ``eps >= 1``;
@@ -291,7 +299,7 @@ def _counted(steps, n: np.ndarray) -> np.ndarray:
     return 2 * n if steps is None else _steps(steps, n)
 
 
-def weight_perturbation(num_keys, score_abs, head_dim: int, prec: Precision, steps=None):
+def weight_perturbation(num_keys, score_abs, head_dim: int, prec: Precision, steps=None, *, stored=None):
     """``rho`` per query row: the largest relative perturbation (as a log) of any softmax weight.
 
     Args:
@@ -303,6 +311,9 @@ def weight_perturbation(num_keys, score_abs, head_dim: int, prec: Precision, ste
             number, or an array with as many axes as ``num_keys`` that broadcasts to it (so
             that a count per row is never taken for a count per head); at least 1 on every
             row that sees a key, and finite. Default ``default_steps``.
+        stored: the most pairwise merges a key of the row passes whose incoming outputs were
+            stored in the input dtype (each adds ``u_p``; ``proofs/error_bound.py``, Lemma 8);
+            a count of at least 0 shaped as ``steps``. Default 0: states merged in fp32.
 
     Returns:
         float64 array of ``rho`` (0 where ``N == 0``).
@@ -311,17 +322,19 @@ def weight_perturbation(num_keys, score_abs, head_dim: int, prec: Precision, ste
         TypeError, ValueError: an argument outside its contract, naming it: ``num_keys`` that
             is not whole counts of at least 0, ``score_abs`` below 0 or NaN on a row that sees
             a key (``inf`` is a magnitude: no bound exists for it), ``head_dim`` that is not an
-            int of at least 0, ``prec`` that is not a ``Precision``, ``steps`` that is not such
-            a count, or shapes that do not broadcast. Rows that see no key are not read.
+            int of at least 0, ``prec`` that is not a ``Precision``, ``steps`` or ``stored``
+            that is not such a count, or shapes that do not broadcast. Rows that see no key are
+            not read.
         NoBound: no bound exists for these sizes (``gamma``).
     """
     n, a = _rows(num_keys, score_abs, head_dim, prec)
-    return _rho(n, a, head_dim, prec, steps)
+    return _rho(n, a, head_dim, prec, steps, stored)
 
 
-def _rho(n: np.ndarray, a: np.ndarray, head_dim: int, prec: Precision, steps) -> np.ndarray:
-    """``weight_perturbation`` of checked ``N`` and ``A`` (``steps`` is checked here)."""
-    steps = _counted(steps, n)
+def _rho(n: np.ndarray, a: np.ndarray, head_dim: int, prec: Precision, steps, stored=None) -> np.ndarray:
+    """``weight_perturbation`` of checked ``N`` and ``A`` (``steps`` and ``stored`` are checked
+    here)."""
+    steps, stored = _counted(steps, n), _stored(stored, n)
     log_n = np.log(np.maximum(n, 1.0))
     with np.errstate(invalid="ignore"):  # a magnitude on a row that sees no key is not read
         rho = (
@@ -329,55 +342,78 @@ def _rho(n: np.ndarray, a: np.ndarray, head_dim: int, prec: Precision, steps) ->
             + prec.u_p
             + _gamma(n, prec.u_acc)
             + steps * (prec.u_exp + 3 * prec.u_acc + prec.u_acc * (a + log_n + 1))
+            + stored * prec.u_p
         )
     return np.where(n > 0, rho, 0.0)
 
 
 def _steps(steps, n: np.ndarray) -> np.ndarray:
     """``steps`` (see ``weight_perturbation``) as float64 of ``n``'s shape."""
-    s = _numbers("steps", steps)
+    return _per_row_count("steps", steps, n, 1, "at least 1 (each key's own exponential)")
+
+
+def _stored(stored, n: np.ndarray) -> np.ndarray:
+    """``stored`` (see ``weight_perturbation``) as float64 of ``n``'s shape: 0 where ``None``."""
+    if stored is None:
+        return np.zeros(n.shape)
+    return _per_row_count("stored", stored, n, 0, "at least 0")
+
+
+def _per_row_count(name: str, x, n: np.ndarray, least: float, want_least: str) -> np.ndarray:
+    """A count per row (``steps``, ``stored``) as float64 of ``n``'s shape: a number, or an array
+    of ``n``'s axes that broadcasts to it, finite and at least ``least`` on every row that sees
+    a key."""
+    s = _numbers(name, x)
     want = f"a number, or an array of {n.ndim} axes that broadcasts to the rows' shape {n.shape}"
     if s.ndim not in (0, n.ndim):
-        raise ValueError(f"steps: expected {want} (one count per query token is a column [total_q, 1]), got shape "
+        raise ValueError(f"{name}: expected {want} (one count per query token is a column [total_q, 1]), got shape "
                          f"{s.shape}")
     try:
         s = np.broadcast_to(s, n.shape)
     except ValueError:
-        raise ValueError(f"steps: expected {want}, got shape {s.shape}") from None
-    bad = (n > 0) & ~(np.isfinite(s) & (s >= 1))
+        raise ValueError(f"{name}: expected {want}, got shape {s.shape}") from None
+    bad = (n > 0) & ~(np.isfinite(s) & (s >= least))
     if bad.any():
-        raise ValueError(f"steps: expected a finite count of at least 1 (each key's own exponential) on every row "
-                         f"that sees a key, got {float(s[bad].flat[0])}")
+        raise ValueError(f"{name}: expected a finite count of {want_least} on every row that sees a key, got "
+                         f"{float(s[bad].flat[0])}")
     return s
 
 
-def output_growth(num_keys, prec: Precision, steps=None):
+def output_growth(num_keys, prec: Precision, steps=None, *, stored=None):
     """``rho_Delta`` per row (``proofs/error_bound.py``, Lemma 5): the most by which the computed
     numerator weights of a key can outgrow its computed normaliser weights, as a log,
-    ``u_p + 2 gamma(N, u_acc) + 2 steps u_acc``. The roundings the two sides share (the score,
-    the exponential, the rescale factor, a merge's weight) cancel in it, so it is far below
-    ``2 rho``; it bounds how large a computed output can be (``out_bound``'s overflow check).
+    ``u_p + 2 gamma(N, u_acc) + 2 steps u_acc + stored u_p``. The roundings the two sides share
+    (the score, the exponential, the rescale factor, a merge's weight) cancel in it, so it is far
+    below ``2 rho``; it bounds how large a computed output can be (``out_bound``'s overflow
+    check).
 
     Args:
-        num_keys, steps: see ``weight_perturbation``.
+        num_keys, steps, stored: see ``weight_perturbation``.
         prec: the precision policy.
 
     Returns:
         float64 array of ``rho_Delta`` (0 where ``N == 0``).
 
     Raises:
-        TypeError, ValueError: ``num_keys``, ``prec`` or ``steps`` outside their contract (see
-            ``weight_perturbation``), naming it.
+        TypeError, ValueError: ``num_keys``, ``prec``, ``steps`` or ``stored`` outside their
+            contract (see ``weight_perturbation``), naming it.
         NoBound: ``gamma``.
     """
     _check_precision(prec)
-    return _growth(_num_keys(num_keys), prec, steps)
+    return _growth(_num_keys(num_keys), prec, steps, stored)
 
 
-def _growth(n: np.ndarray, prec: Precision, steps) -> np.ndarray:
-    """``output_growth`` of checked ``N`` (``steps`` is checked here)."""
-    steps = _counted(steps, n)
-    return np.where(n > 0, prec.u_p + 2 * _gamma(n, prec.u_acc) + 2 * steps * prec.u_acc, 0.0)
+def _growth(n: np.ndarray, prec: Precision, steps, stored=None) -> np.ndarray:
+    """``output_growth`` of checked ``N`` (``steps`` and ``stored`` are checked here)."""
+    steps, stored = _counted(steps, n), _stored(stored, n)
+    return np.where(n > 0, (1 + stored) * prec.u_p + 2 * _gamma(n, prec.u_acc) + 2 * steps * prec.u_acc, 0.0)
+
+
+def _stored_underflow(n: np.ndarray, prec: Precision, stored) -> np.ndarray:
+    """``H = stored tau exp(stored (u_p + 4 u_acc))`` per row (Lemma 8): what the roundings of
+    stored outputs below the input format's normal range add to an output, absolutely."""
+    s = _stored(stored, n)
+    return np.where(n > 0, s * prec.tau * np.exp(s * (prec.u_p + 4 * prec.u_acc)), 0.0)
 
 
 #: Relative margin on the float64 evaluation of Lemma 5's magnitudes (a few roundings and an
@@ -443,21 +479,23 @@ def _out_checked(value_abs, num_keys, score_abs, head_dim, prec, scale) -> tuple
 
 
 def _out_conditions(v: np.ndarray, n_rows: np.ndarray, a: np.ndarray, head_dim: int, prec: Precision, steps,
-                    c) -> dict:
+                    c, stored) -> dict:
     """Everything ``out_bound`` checks, per row or element, from checked arguments: ``rho``,
-    ``eps`` and, for each condition (``"eps"``, ``"rho"``, ``"output"``, ``"accumulator"``,
-    ``"scores"``), the quantity it compares and its limit."""
-    rho = _rho(n_rows, a, head_dim, prec, steps)[..., None]
+    ``eps``, ``H`` (``stored``) and, for each condition (``"eps"``, ``"rho"``, ``"output"``,
+    ``"accumulator"``, ``"scores"``), the quantity it compares and its limit."""
+    rho = _rho(n_rows, a, head_dim, prec, steps, stored)[..., None]
     n = n_rows[..., None]
     with np.errstate(over="ignore", invalid="ignore"):
         eps = n * prec.tau * np.exp(rho)
-        growth = _growth(n_rows, prec, steps)[..., None]
+        growth = _growth(n_rows, prec, steps, stored)[..., None]
+        stored_h = _stored_underflow(n_rows, prec, stored)[..., None]
         seen = (n > 0) & (v > 0)
-        underflows = np.where(n > 0, 2 * eps * rho, 0.0)  # the roundings' underflows, absolute (Lemma 5)
+        # the roundings' underflows, absolute: the accumulation format's (Lemma 5), stored outputs' (Lemma 8)
+        underflows = np.where(n > 0, 2 * eps * rho, 0.0) + stored_h
         out_peak = (np.where(seen, np.exp(growth) * (1 + eps) * v, 0.0) + underflows) * _EVALUATION_MARGIN
         acc_peak = (np.where(seen, n * np.exp(rho + growth) * (1 + eps) * v, 0.0) + underflows) * _EVALUATION_MARGIN
     return dict(
-        rho=rho, n=n, eps=eps,
+        rho=rho, n=n, eps=eps, stored_h=stored_h,
         eps_check=(eps, 1.0),
         rho_check=(np.where(n > 0, rho, 0.0), _rho_limit(a)[..., None]),
         output=(out_peak, prec.largest),
@@ -466,7 +504,8 @@ def _out_conditions(v: np.ndarray, n_rows: np.ndarray, a: np.ndarray, head_dim: 
     )
 
 
-def out_bound_refused(value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps=None, *, scale=None):
+def out_bound_refused(value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps=None, *, scale=None,
+                      stored=None):
     """The rows on which ``out_bound`` raises ``NoBound`` (``eps >= 1``, ``rho`` past
     ``out_rho_limit``, a value or a dot product that may overflow), so that a caller can check
     the other rows: bool ``[...]``, the shape of ``num_keys`` broadcast with ``value_abs[..., 0]``.
@@ -476,7 +515,7 @@ def out_bound_refused(value_abs, num_keys, score_abs, head_dim: int, prec: Preci
         NoBound: ``gamma`` (the sizes of every row); and see ``weight_perturbation``.
     """
     v, n, a, scale = _out_checked(value_abs, num_keys, score_abs, head_dim, prec, scale)
-    c = _out_conditions(v, n, a, head_dim, prec, steps, scale)
+    c = _out_conditions(v, n, a, head_dim, prec, steps, scale, stored)
     refused = c["eps_check"][0] >= 1
     for name in ("rho_check", "output", "accumulator", "scores"):
         got, limit = c[name]
@@ -484,11 +523,12 @@ def out_bound_refused(value_abs, num_keys, score_abs, head_dim: int, prec: Preci
     return np.any(np.broadcast_to(refused, np.broadcast_shapes(refused.shape, v.shape)), axis=-1)
 
 
-def _remedy(n: float, a: float, head_dim: int, prec: Precision, limit: float, steps_given: bool) -> str:
-    """What would give a bound on a row of ``n`` keys and score sum ``a`` whose ``rho`` passes
-    ``limit``: fewer steps per key where ``rho`` at one step stays within it, else nothing but
-    smaller scores or a shorter row."""
-    one = float(_rho(np.float64(n), np.float64(a), head_dim, prec, 1))
+def _remedy(n: float, a: float, head_dim: int, prec: Precision, limit: float, steps_given: bool,
+            stored: float = 0.0) -> str:
+    """What would give a bound on a row of ``n`` keys and score sum ``a`` (and ``stored``) whose
+    ``rho`` passes ``limit``: fewer steps per key where ``rho`` at one step stays within it, else
+    nothing but smaller scores or a shorter row."""
+    one = float(_rho(np.float64(n), np.float64(a), head_dim, prec, 1, stored))
     if one > limit:
         return (f"no count of steps gives one (rho = {one:.4g} at 1 step per key): smaller scores or a shorter row "
                 f"would")
@@ -497,7 +537,8 @@ def _remedy(n: float, a: float, head_dim: int, prec: Precision, limit: float, st
     return "pass the kernel's counted steps (steps=), which keep rho far lower"
 
 
-def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps=None, *, scale=None):
+def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps=None, *, scale=None,
+              stored=None):
     """Elementwise bound on ``|out - ref_out|``.
 
     Args:
@@ -511,6 +552,8 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
         scale: the softmax scale (a number, or an array that broadcasts to ``num_keys``):
             where given, the scores' dot products are checked not to overflow; where not, the
             bound assumes a scale of at least ``MIN_SCALE`` (any scale for fp16 inputs).
+        stored: see ``weight_perturbation``: merges that read outputs stored in the input
+            dtype add ``stored u_p`` to ``rho`` and ``H`` to the bound.
 
     Returns:
         float64 ``[..., D]``; exactly 0 on rows that see no key.
@@ -532,7 +575,7 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
     v, n_rows, a, scale = _out_checked(value_abs, num_keys, score_abs, head_dim, prec, scale)
     seen = np.broadcast_to(n_rows[..., None] > 0, np.broadcast_shapes(n_rows[..., None].shape, v.shape))
     ref = _per_row("ref_out", ref_out, seen, "finite values", np.isfinite)
-    c = _out_conditions(v, n_rows, a, head_dim, prec, steps, scale)
+    c = _out_conditions(v, n_rows, a, head_dim, prec, steps, scale, stored)
     rho, n, eps = c["rho"], c["n"], c["eps"]
     if np.any(eps >= 1):
         raise NoBound(f"num_keys: expected N * tau * exp(rho) below 1 (no bound past it), "
@@ -546,9 +589,10 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
             return float(np.broadcast_to(x, over.shape).flat[i])
 
         row_a, row_limit = at(a[..., None]), at(limit)
+        row_stored = at(_stored(stored, n_rows)[..., None])
         raise NoBound(f"num_keys, steps: expected rho <= 2.5 + min(A, 256) / 4 for the out bound (the merge lemmas are "
                       f"proved only there), got rho = {at(got):.4g} where the limit is {row_limit:.4g}; "
-                      f"{_remedy(at(n), row_a, head_dim, prec, row_limit, steps is not None)}")
+                      f"{_remedy(at(n), row_a, head_dim, prec, row_limit, steps is not None, row_stored)}")
     acc_name = ACCUMULATION.get(prec.dtype, "the accumulation format")
     got, limit = c["output"]
     if np.any(got > limit):
@@ -568,7 +612,7 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
     weights = (np.expm1(2 * rho) + 2 * eps) / (1 - eps) * v
     eps_acc = n * prec.tau_acc * np.exp(rho)  # the accumulator's underflows, absolute (Lemma 6)
     with np.errstate(invalid="ignore"):  # a value on a row that sees no key is not read
-        bound = (weights + UNDERFLOW_ROUNDINGS * eps_acc) * (1 + u_o) + u_o * np.abs(ref) + 2 * prec.tau
+        bound = (weights + UNDERFLOW_ROUNDINGS * eps_acc + c["stored_h"]) * (1 + u_o) + u_o * np.abs(ref) + 2 * prec.tau
     return np.where(n > 0, bound, 0.0)
 
 
@@ -578,7 +622,8 @@ LSE_RHO_MAX = 2.0
 
 
 def lse_bound(ref_lse, num_keys, score_abs, head_dim: int, prec: Precision, steps=None, *, scale=None):
-    """Bound on ``|lse - ref_lse|`` per row (natural log): ``rho + 3 u_acc (|ref_lse| + 1)``.
+    """Bound on ``|lse - ref_lse|`` per row (natural log): ``rho + 3 u_acc (|ref_lse| + 1)``. It
+    takes no ``stored``: a merge reads the lses in fp32, never a stored output (Lemma 8).
 
     Args:
         ref_lse: ``[...]`` the exact lse (float64 oracle).

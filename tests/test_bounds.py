@@ -111,6 +111,41 @@ def test_steps_on_rows_that_see_no_key_are_not_read():
     assert rho[0, 0] == 0 and rho[1, 0] > 0
 
 
+@pytest.mark.parametrize("stored, message", [
+    (-1, r"stored: expected a finite count of at least 0 on every row that sees a key, got -1\.0"),
+    (np.inf, r"stored: expected a finite count of at least 0 .*, got inf"),
+    (np.ones(2), r"stored: expected a number, or an array of 2 axes .*, got shape \(2,\)"),
+])
+def test_stored_that_is_not_a_count_per_row_is_refused(stored, message):
+    """A negative count would loosen the bound (Lemma 8 adds ``stored u_p`` and ``H``)."""
+    num_keys = np.array([[4, 4], [9, 9]])
+    with pytest.raises(ValueError, match=message):
+        bounds.weight_perturbation(num_keys, np.ones((2, 2)), 8, bounds.precision("float16"), stored=stored)
+    with pytest.raises(ValueError, match=message):
+        bounds.out_bound(np.zeros((2, 2, 8)), np.ones((2, 2, 8)), num_keys, np.ones((2, 2)), 8,
+                         bounds.precision("float16"), stored=stored)
+
+
+def test_stored_merges_add_u_p_to_rho_and_their_underflow_to_the_out_bound():
+    """Lemma 8: each merge that reads outputs stored in the input dtype adds ``u_p`` to ``rho``
+    and ``rho_Delta``, and ``H = stored tau exp(stored (u_p + 4 u_acc))`` to the out bound, which
+    is what carries a test's fp16 subnormal outputs; ``stored = 0`` is the default, bit for bit,
+    and the lse bound does not take it."""
+    prec = bounds.precision("float16")
+    n, a, v, ref = np.array([40.0]), np.array([3.0]), np.full((1, 4), 2.0**-20), np.zeros((1, 4))
+    plain = bounds.out_bound(ref, v, n, a, 4, prec, 12)
+    assert np.array_equal(bounds.out_bound(ref, v, n, a, 4, prec, 12, stored=0), plain)
+    rho0, rho2 = (bounds.weight_perturbation(n, a, 4, prec, 12, stored=s) for s in (0, 2))
+    assert rho2[0] - rho0[0] == pytest.approx(2 * prec.u_p, rel=1e-12)
+    growth0, growth2 = (bounds.output_growth(n, prec, 12, stored=s) for s in (0, 2))
+    assert growth2[0] - growth0[0] == pytest.approx(2 * prec.u_p, rel=1e-12)
+    h = 2 * prec.tau * np.exp(2 * (prec.u_p + 4 * prec.u_acc))
+    assert np.all(bounds.out_bound(ref, v, n, a, 4, prec, 12, stored=2) - plain >= h)
+    assert np.all(bounds.out_bound(ref, v, n, a, 4, prec, 12, stored=2) > 2 * plain)  # H dominates these values
+    with pytest.raises(TypeError, match="stored"):
+        bounds.lse_bound(np.zeros(1), n, a, 4, prec, 12, stored=2)
+
+
 def test_lse_bound_is_refused_beyond_rho_2_where_it_is_not_proved():
     """At ``default_steps`` a row of 2.1e5 keys with ``A = max_j scale * sum_d |q_d k_jd|`` up to 20 has ``rho`` just above
     2: no lse bound is proved there (``proofs/error_bound.py``, "The lse"), so ``lse_bound``

@@ -18,7 +18,8 @@ import relaycore
 from relaycore import bounds
 from relaycore.constants import LOG2E
 from relaycore.reference import relay_attention as reference_relay
-from relaycore.testing import assert_close, blocked_steps, check, compare, make_batch, random_batch, round_to
+from relaycore.testing import (assert_close, blocked_steps, check, compare, make_batch, random_batch, round_to,
+                               stored_merges)
 from relaycore.testing.strategies import batches
 from relaycore.types import AttentionState
 from relaycore.validation import validate
@@ -574,6 +575,61 @@ def test_an_accumulator_kept_in_low_precision_fails_on_values_away_from_zero():
         reference = compare(relaycore.relay_attention, batch)
         assert reference.out_ratio == 0 and reference.lse_ratio == 0
     assert flawed.out_ratio > 1.2
+
+
+def subnormal_values(batch, rng: np.random.Generator):
+    """``batch`` with every value (own and prefix) replaced by a multiple of ``2^-24`` from 1 to
+    39: fp16 subnormals, exact in fp16, so that every stored mean rounds absolutely."""
+    tiny = lambda v: rng.integers(1, 40, size=v.shape) * 2.0**-24  # noqa: E731
+    return dataclasses.replace(batch, kv=batch.kv._replace(v=tiny(batch.kv.v)),
+                               prefixes=tuple(level._replace(v=tiny(level.v)) for level in batch.prefixes), recipe=None)
+
+
+def test_a_cascade_that_stores_its_levels_in_fp16_passes_with_stored_merges_which_its_subnormal_outputs_need():
+    """A cascade that stores each segment's output in fp16 before merging (FlashInfer's cascade
+    wrapper does) rounds each stored output once more (``proofs/error_bound.py``, Lemma 8). With
+    values that are fp16 subnormals those roundings are absolute and add up over three levels
+    past the bound without ``stored``; ``stored_merges`` prices them. The torch backend, which
+    merges in fp32, passes the same batch without it."""
+    rng = np.random.default_rng(0)
+    batch = make_batch([4, 3, 5], [6, 4, 7], prefix_lens=[[5, 6], [7], [3, 4]],
+                       prefix_ids=[[0, 1, 0], [0, 0, -1], [1, 0, 1]], num_q_heads=4, num_kv_heads=2, head_dim=16,
+                       dtype="float16", score_magnitude=0.5, seed=0)
+    merges = stored_merges(batch)
+    assert merges[:, 0].tolist() == [3] * 7 + [2] * 5  # the levels each request reads
+    steps = blocked_steps(batch, WHOLE_PART, merge="pairwise")
+    report = compare(flawed_kernels.stored_cascade, batch, device="cpu", steps=steps, stored=merges)
+    assert report.passed and report.unchecked == (), str(report)
+    tiny = subnormal_values(batch, rng)
+    without = compare(flawed_kernels.stored_cascade, tiny, device="cpu", steps=steps)
+    assert not without.passed and without.out_ratio > 1.04, str(without)
+    assert without.lse_ratio <= 1  # the lse never reads a stored output
+    priced = compare(flawed_kernels.stored_cascade, tiny, device="cpu", steps=steps, stored=merges)
+    assert priced.passed and priced.out_ratio < 0.6, str(priced)
+    backend = compare(torch_backend, tiny, device="cpu", steps=steps)
+    assert backend.passed, str(backend)
+
+
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16"))
+@given(batch=st.data())
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_stored_cascade_passes_at_its_stored_merges(dtype, batch):
+    batch = batch.draw(batches(dtypes=(dtype,), score_magnitudes=(None, 100.0), head_dims=(8, 16)))
+    report = compare(flawed_kernels.stored_cascade, batch, device="cpu",
+                     steps=blocked_steps(batch, WHOLE_PART, merge="pairwise"), stored=stored_merges(batch))
+    assert report.passed, str(report)
+
+
+def test_a_negative_or_misshaped_stored_is_refused_not_passed():
+    batch = make_batch([2, 1], [5, 1], [[3]], [[0, -1]], num_q_heads=4, num_kv_heads=2, head_dim=16, dtype="float16")
+    junk = (np.full((3, 4, 16), 7, np.float16), np.full((3, 4), -5, np.float32))
+    with pytest.raises(ValueError, match=r"stored: expected a finite count of at least 0"):
+        check(junk, batch, stored=-1)
+    with pytest.raises(ValueError, match=r"stored: expected a number, or an array of 2 axes that broadcasts to the "
+                                         r"rows' shape \(3, 4\), got shape \(2, 1\)"):
+        check(junk, batch, stored=stored_merges(make_batch([2], [5])))
+    with pytest.raises(TypeError, match="batch: expected a relaycore.testing.Batch, got str"):
+        stored_merges("batch")
 
 
 def test_random_batch_is_a_function_of_its_seed():

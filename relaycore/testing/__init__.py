@@ -13,6 +13,8 @@
   (``Batch.requests``), for the examples Hypothesis shrinks.
 * ``blocked_steps`` — the steps per key of a kernel whose blocking you know, for a tighter bound
   than the default's (which assumes any blocking).
+* ``stored_merges`` — for a cascade that stores each level's output in the input dtype before
+  merging (FlashInfer's cascade wrapper): the merges of stored outputs per row (``stored=``).
 
 Needs NumPy alone (torch only for ``Batch.to_torch`` and for checking torch results).
 
@@ -29,7 +31,7 @@ from relaycore.testing.check import Location, Report, Tolerance, assert_close, b
 from relaycore.testing.rounding import DTYPES, round_to, round_to_bfloat16
 from relaycore.testing.shrink import fewest_requests
 from relaycore.testing.space import BLOCK_SIZES, BatchSpace, random_batch
-from relaycore.testing.steps import MERGES, blocked_steps
+from relaycore.testing.steps import MERGES, blocked_steps, stored_merges
 
 __all__ = [
     "BLOCK_SIZES",
@@ -52,4 +54,5 @@ __all__ = [
     "random_batch",
     "round_to",
     "round_to_bfloat16",
+    "stored_merges",
 ]

@@ -39,7 +39,7 @@ class Tolerance(NamedTuple):
     lse: np.ndarray
 
 
-def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None) -> Tolerance:
+def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None, stored=None) -> Tolerance:
     """The error bounds of ``relaycore.bounds`` for the batch's oracle result.
 
     Args:
@@ -48,6 +48,12 @@ def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None) -> Tole
         steps: rescale/merge steps per key (see ``relaycore.bounds``): a number, or an array
             of 2 axes that broadcasts to the rows ``[total_q, Hq]`` (``blocked_steps`` gives a
             column ``[total_q, 1]``), at least 1; default: any blocking.
+        stored: for a kernel that stores partial outputs in the input dtype and merges them
+            pairwise afterwards (a cascade that runs each level into an output tensor, as
+            FlashInfer's ``MultiLevelCascadeAttentionWrapper``): the most such merges a key
+            passes, shaped as ``steps`` (``relaycore.bounds``, Lemma 8 of
+            ``proofs/error_bound.py``); widens the out bound only. Default 0: states merged
+            in fp32.
 
     Returns:
         ``Tolerance``; 0 on rows that see no key.
@@ -58,20 +64,20 @@ def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None) -> Tole
             ``N tau exp(rho) < 1``), or its ``rho`` passes 2, where no lse bound is proved
             (``relaycore.bounds.lse_bound``); the message says which rows, why, and whether
             the kernel's counted ``steps`` would give one. ``check`` checks the other rows.
-        ValueError: ``steps`` that is not a count per row
+        ValueError: ``steps`` or ``stored`` that is not a count per row
             (``relaycore.bounds.weight_perturbation``).
         TypeError: ``batch`` is not a ``Batch``.
     """
     if not isinstance(batch, Batch):
         raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
-    tol, unchecked = _bounds(batch, dtype, steps)
+    tol, unchecked = _bounds(batch, dtype, steps, stored)
     if unchecked:
         raise bounds.NoBound(f"batch: expected an error bound on every row, got rows without one: "
                              f"{'; '.join(unchecked)}")
     return tol
 
 
-def _bounds(batch: Batch, dtype: Optional[str], steps) -> Tuple[Tolerance, Tuple[str, ...]]:
+def _bounds(batch: Batch, dtype: Optional[str], steps, stored=None) -> Tuple[Tolerance, Tuple[str, ...]]:
     """The bounds of ``bounds_for``, ``inf`` on the rows where ``relaycore.bounds`` gives none,
     and a sentence for ``out`` and for ``lse`` where some row has none.
 
@@ -82,7 +88,7 @@ def _bounds(batch: Batch, dtype: Optional[str], steps) -> Tuple[Tolerance, Tuple
     none.
 
     Raises:
-        TypeError, ValueError: ``steps`` that is not a count per row.
+        TypeError, ValueError: ``steps`` or ``stored`` that is not a count per row.
         relaycore.bounds.NoBound: a row of ``2^23`` keys or more (its sums have no bound).
     """
     oracle = batch.oracle()
@@ -91,18 +97,24 @@ def _bounds(batch: Batch, dtype: Optional[str], steps) -> Tuple[Tolerance, Tuple
     n, a, d = stats.num_keys.ravel(), stats.score_abs.ravel(), batch.head_dim
     scale = resolve_scale(batch.softmax_scale, d)  # the scores' dot products are checked for overflow
     rows = stats.num_keys.shape
-    rho = bounds.weight_perturbation(stats.num_keys, stats.score_abs, d, prec, steps).ravel()  # checks ``steps``
+    rho = {  # checks ``steps`` and ``stored``; only the out bound carries the stored merges (Lemma 8)
+        "out": bounds.weight_perturbation(stats.num_keys, stats.score_abs, d, prec, steps, stored=stored).ravel(),
+        "lse": bounds.weight_perturbation(stats.num_keys, stats.score_abs, d, prec, steps).ravel(),
+    }
     counted = np.broadcast_to(bounds.default_steps(stats.num_keys) if steps is None
                               else np.asarray(steps, dtype=np.float64), rows).ravel()
+    merges = np.broadcast_to(np.asarray(0.0 if stored is None else stored, dtype=np.float64), rows).ravel()
     flat_out, flat_value = ref.out.reshape(n.size, d), stats.value_abs.reshape(n.size, d)
     flat_lse = ref.lse.ravel()
     refused = {  # the rows relaycore.bounds names as refused: no need to ask them one by one
         "out": (n > 0) & np.broadcast_to(bounds.out_bound_refused(stats.value_abs, stats.num_keys, stats.score_abs, d,
-                                                                  prec, steps, scale=scale), rows).ravel(),
-        "lse": (n > 0) & (rho > bounds.LSE_RHO_MAX),
+                                                                  prec, steps, scale=scale, stored=stored),
+                                         rows).ravel(),
+        "lse": (n > 0) & (rho["lse"] > bounds.LSE_RHO_MAX),
     }
     parts = {
-        "out": lambda i, s: bounds.out_bound(flat_out[i], flat_value[i], n[i], a[i], d, prec, s, scale=scale),
+        "out": lambda i, s: bounds.out_bound(flat_out[i], flat_value[i], n[i], a[i], d, prec, s, scale=scale,
+                                             stored=merges[i]),
         "lse": lambda i, s: bounds.lse_bound(flat_lse[i], n[i], a[i], d, prec, s, scale=scale),
     }
     tolerance, unchecked = {}, []
@@ -114,9 +126,10 @@ def _bounds(batch: Batch, dtype: Optional[str], steps) -> Tuple[Tolerance, Tuple
             values[index] = part
         tolerance[name] = values.reshape(rows + values.shape[1:])
         if missing:
-            worst = max(missing, key=lambda i: rho[i])
-            unchecked.append(_no_bound(batch, name, len(missing), worst, lambda s, w=worst, f=bound: f([w], s), rho,
-                                       counted, steps is None, prec))
+            worst = max(missing, key=lambda i: rho[name][i])
+            unchecked.append(_no_bound(batch, name, len(missing), worst, lambda s, w=worst, f=bound: f([w], s),
+                                       rho[name], counted, steps is None, prec,
+                                       float(merges[worst]) if name == "out" else 0.0))
     return Tolerance(tolerance["out"], tolerance["lse"]), tuple(unchecked)
 
 
@@ -135,13 +148,13 @@ def _bounded(bound: Callable[[np.ndarray], np.ndarray], index: np.ndarray,
 
 
 def _no_bound(batch: Batch, name: str, count: int, row: int, bound: Callable[[float], Any], rho: np.ndarray,
-              counted: np.ndarray, default: bool, prec: bounds.Precision) -> str:
+              counted: np.ndarray, default: bool, prec: bounds.Precision, stored: float) -> str:
     """A sentence for the ``count`` rows where ``name``'s bound does not exist: why, on the one
     of them with the largest ``rho`` (flat index ``row``), and what would give one there. For
     that row ``bound(steps)`` raises ``NoBound`` where no bound exists at ``steps`` per key:
     where fewer steps give one, the kernel's counted steps would help, and the sentence says up
     to how many; else no count would (only smaller scores or shorter rows, where ``rho`` at 1
-    step is past the limit)."""
+    step, with the row's ``stored`` merges, is past the limit)."""
     stats = batch.oracle().stats
     token_row, head = divmod(row, batch.num_q_heads)
     request, token = _request_token(batch, token_row)
@@ -161,7 +174,7 @@ def _no_bound(batch: Batch, name: str, count: int, row: int, bound: Callable[[fl
         past = f", rho = {r:.3g} > {limit:.3g}"
     else:  # another of relaycore.bounds' conditions: in its words
         why, past = f"relaycore.bounds: {refusal(float(counted[row]))}", f", rho = {r:.3g}"
-    one, at_one = float(bounds.weight_perturbation(n, a, batch.head_dim, prec, 1)), refusal(1.0)
+    one, at_one = float(bounds.weight_perturbation(n, a, batch.head_dim, prec, 1, stored=stored)), refusal(1.0)
     if at_one is not None and one >= limit:
         remedy = (f"no count of steps gives one (rho = {one:.3g} at 1 step per key, "
                   f"{float(bounds.gamma(batch.head_dim + 6, prec.u_acc)) * a:.3g} of it from the scores alone): "
@@ -385,7 +398,7 @@ def _result_pair(result: Any) -> Tuple[Any, Any]:
     return out, lse
 
 
-def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Report:
+def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None, stored=None) -> Report:
     """Compare an implementation's result with the oracle under the bounds of ``batch.dtype``.
 
     Args:
@@ -401,6 +414,7 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Repo
             one from ``batch.to_torch(device, dtype)``.
         steps: rescale/merge steps per key assumed by the bound (see ``bounds_for``; default:
             any blocking).
+        stored: merges of outputs stored in the input dtype (see ``bounds_for``; default 0).
 
     Returns:
         ``Report``: pass/fail, the worst errors in units of the bound and where they are. Rows
@@ -412,8 +426,8 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Repo
             dense (a sparse tensor, a NumPy masked array or ``np.matrix``:
             ``relaycore.validation.check_dense``); ``batch`` is not a ``Batch``.
         ValueError: ``out`` or ``lse`` is a tensor on the meta device (it holds no values);
-            ``q_dtype`` is not a float format of ``DTYPES``; ``steps`` is not a count per row
-            (see ``bounds_for``).
+            ``q_dtype`` is not a float format of ``DTYPES``; ``steps`` or ``stored`` is not a
+            count per row (see ``bounds_for``).
     """
     if not isinstance(batch, Batch):
         raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
@@ -430,7 +444,7 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Repo
         return Report(False, np.inf, np.inf, None, None, tuple(problems), batch.describe())
     problems = _dtype_problems(out, lse, batch, q_dtype)
     out, lse = _host64(out), _host64(lse)
-    tol, unchecked = _bounds(batch, None, steps)
+    tol, unchecked = _bounds(batch, None, steps, stored)
     out_ratio, out_worst = _worst(batch, out, ref.out, tol.out)
     lse_ratio, lse_worst = _worst(batch, lse, ref.lse, tol.lse)
     hints = () if lse_ratio <= 1.0 else _lse_hints(lse, ref.lse, tol.lse)
@@ -487,7 +501,7 @@ def _lse_hints(lse: np.ndarray, ref_lse: np.ndarray, bound: np.ndarray) -> Tuple
     return ()
 
 
-def assert_close(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) -> Report:
+def assert_close(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None, stored=None) -> Report:
     """``check``, raising ``AssertionError`` with the report when it fails (under pytest the
     traceback ends at the caller's line: this function's frame is hidden).
 
@@ -508,7 +522,7 @@ def assert_close(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) 
         True
     """
     __tracebackhide__ = True  # pytest shows the caller's line, not this one
-    report = check(result, batch, q_dtype=q_dtype, steps=steps)
+    report = check(result, batch, q_dtype=q_dtype, steps=steps, stored=stored)
     if not report.passed:
         raise AssertionError(str(report))
     if report.unchecked:
@@ -517,7 +531,7 @@ def assert_close(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None) 
     return report
 
 
-def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=None,
+def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=None, stored=None,
             host_metadata: bool = False) -> Report:
     """Run ``fn(*args, **kwargs)`` on the batch and ``check`` its result and its inputs.
 
@@ -533,7 +547,7 @@ def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=N
             in the batch's dtype (``out`` in it, ``lse`` float32; float64 for float64 batches). A
             torch device passes tensors in the batch's dtype there (``batch.to_torch(device)``;
             the result must be in the contract's dtypes for q in the batch's dtype).
-        steps: see ``check``.
+        steps, stored: see ``check``.
         host_metadata: with a torch ``device``, pass the metadata (offsets, lengths, block
             table, prefix ids) as NumPy arrays on the host beside the tensors on ``device``
             (``batch.to_torch(device, host_metadata=True)``), for a kernel that takes its
@@ -565,7 +579,7 @@ def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=N
     q_dtype = batch.dtype
     if device is None and _is_pair(result) and dtype_name(result[0]) == "float64":
         q_dtype = "float64"  # a result in the format of the arguments fn received
-    report = check(result, batch, q_dtype=q_dtype, steps=steps)
+    report = check(result, batch, q_dtype=q_dtype, steps=steps, stored=stored)
     written = _written_inputs(args, batch)
     if not written:
         return report

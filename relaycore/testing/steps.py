@@ -125,3 +125,31 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         lo = int(batch.cu_seqlens_q[b])
         steps[lo : lo + q_len, 0] = count
     return steps
+
+
+def stored_merges(batch: Batch) -> np.ndarray:
+    """The ``stored`` argument of ``check``, ``assert_close``, ``compare`` and ``bounds_for`` for
+    a cascade that stores each segment's output in the input dtype and folds the segments
+    pairwise (each prefix level a request reads, then its own KV), as FlashInfer's
+    ``MultiLevelCascadeAttentionWrapper`` does: per query row, the merges its keys pass, one per
+    prefix level its request reads (``proofs/error_bound.py``, Lemma 8).
+
+    Args:
+        batch: the problem.
+
+    Returns:
+        int64 ``[total_q, 1]`` (it broadcasts over heads); 0 for a request that reads no prefix.
+
+    Raises:
+        TypeError: ``batch`` is not a ``Batch``.
+
+    Example:
+        >>> from relaycore.testing import make_batch, stored_merges
+        >>> batch = make_batch([1, 2], [4, 4], prefix_lens=[[8], [3]], prefix_ids=[[0, 0], [0, -1]])
+        >>> stored_merges(batch)[:, 0].tolist()   # request 0 reads both levels, request 1 one
+        [2, 1, 1]
+    """
+    if not isinstance(batch, Batch):
+        raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
+    levels = np.array([len(prefix) for prefix, _ in _segments(batch)], dtype=np.int64)
+    return np.repeat(levels, batch.q_lens)[:, None]
