@@ -27,7 +27,10 @@ literal: ``--space "head_dims=(128,)" --space "layouts=('paged',)" --space "bloc
 --space min_q_len=1 --space max_q_len=1`` draws decode batches of a paged cache with pages of 16
 at D = 128. A tighter bound: ``--block-n N`` (with ``--chunk C``, ``--merge pairwise`` or
 ``--single-pass``) checks every case with the steps of that blocking
-(``relaycore.testing.blocked_steps``) instead of the default count for any blocking.
+(``relaycore.testing.blocked_steps``) instead of the default count for any blocking. A cascade
+that stores each segment's output in the input dtype and merges the stored outputs pairwise
+(FlashInfer's cascade wrapper does): ``--stored`` widens the out bound by what those roundings
+cost (``relaycore.testing.stored_merges``, Lemma 8 of ``proofs/error_bound.py``).
 
 Rows without a bound: where ``relaycore.bounds`` gives no bound for a row (scores too large for
 the dtype, or an lse whose ``rho`` passes 2 on long rows), the row is held to none, and the case
@@ -70,7 +73,7 @@ import numpy as np
 import relaycore
 from relaycore import dispatch
 from relaycore.testing import (DTYPES, MERGES, Batch, BatchSpace, Report, blocked_steps, compare, fewest_requests,
-                               make_batch, random_batch)
+                               make_batch, random_batch, stored_merges)
 from relaycore.testing.check import _result_pair
 
 #: Dtypes a case without ``--dtype`` takes, by ``seed % 3``.
@@ -140,7 +143,7 @@ class Outcome(NamedTuple):
 #: Each of ``run``'s keywords as the command spells it.
 _FLAGS = {"function": "--function", "backend": "--backend", "cases": "--cases", "seed": "--seed", "dtypes": "--dtype",
           "device": "--device", "space": "--space", "block_n": "--block-n", "chunk": "--chunk", "merge": "--merge",
-          "single_pass": "--single-pass", "host_metadata": "--host-metadata"}
+          "single_pass": "--single-pass", "host_metadata": "--host-metadata", "stored": "--stored"}
 
 
 class _Options(NamedTuple):
@@ -161,6 +164,7 @@ class _Options(NamedTuple):
     merge: str
     single_pass: bool
     host_metadata: bool
+    stored: bool
     command: bool
 
     def name(self, option: str) -> str:
@@ -205,6 +209,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --block-n: how the parts' states are merged (default: fold, all at once)")
     parser.add_argument("--single-pass", action="store_true",
                         help="with --block-n: one running state over the whole context, no merge")
+    parser.add_argument("--stored", action="store_true",
+                        help="the function stores each segment's output in the input dtype and merges the stored "
+                             "outputs pairwise, as a cascade does: the bound prices those roundings "
+                             "(relaycore.testing.stored_merges)")
 
 
 def _attribute(owner: Any, qualname: str) -> Any:
@@ -274,7 +282,7 @@ def _check_setup(options: _Options, device: str) -> None:
         value = getattr(options, option)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise UsageError(f"{name(option)}: expected an int, got {value!r}")
-    for option in ("single_pass", "host_metadata"):
+    for option in ("single_pass", "host_metadata", "stored"):
         value = getattr(options, option)
         if not isinstance(value, bool):
             raise UsageError(f"{name(option)}: expected a bool, got {value!r}")
@@ -307,6 +315,14 @@ def _check_setup(options: _Options, device: str) -> None:
     if options.single_pass and (options.chunk is not None or options.merge != "fold"):
         raise UsageError(f"{name('single_pass')}: expected without {name('chunk')} and {name('merge')} (one running "
                          f"state has no parts to cut or merge), got them together")
+    if options.stored and options.function is None:
+        raise UsageError(f"{name('stored')}: expected with {name('function')} (a cascade of yours), got it with "
+                         f"{setting('backend', options.backend)}, whose states are merged in fp32")
+    if options.stored and options.block_n is not None and (options.single_pass or options.merge != "pairwise"):
+        got = setting("single_pass", True) if options.single_pass else setting("merge", options.merge)
+        raise UsageError(f"{name('stored')}: expected {setting('merge', 'pairwise')} with {name('block_n')} (stored "
+                         f"outputs are merged two at a time; an all-at-once fold of them, or one pass, is not what the "
+                         f"bound prices), got {got}")
     float64 = setting("dtypes", ("float64",))
     if dtypes == ("float64",):
         if device == "cuda":
@@ -411,7 +427,8 @@ def _reproduce(options: _Options, seed: int, dtype: str, device: str) -> str:
     (``_importable_name``), the ``run`` call to pass it to, and why."""
     inputs = [("seed", seed), ("cases", 1), ("dtypes", (dtype,))] + ([] if dtype == "float64" else [("device", device)])
     rest = [(option, getattr(options, option)) for option, unset in (
-        ("host_metadata", False), ("block_n", None), ("chunk", None), ("single_pass", False), ("merge", "fold"))
+        ("host_metadata", False), ("block_n", None), ("chunk", None), ("single_pass", False), ("merge", "fold"),
+        ("stored", False))
         if getattr(options, option) != unset]
     function = options.function
     spec = _importable_name(function) if callable(function) else function
@@ -466,7 +483,7 @@ def _run_case(options: _Options, fn: Optional[Callable[..., Any]], batch, device
     where = None if batch.dtype == "float64" else device  # float64: NumPy arrays
     if fn is not None:
         report = compare(_guarded(fn), batch, device=where, steps=_steps(options, batch),
-                         host_metadata=options.host_metadata)
+                         stored=stored_merges(batch) if options.stored else None, host_metadata=options.host_metadata)
         return report, _function_name(options.function)
     chosen = []
 
@@ -495,6 +512,8 @@ def _header(options: _Options, space: dict, device: str) -> None:
             f"parts of {options.chunk} keys" if options.chunk else "a part per segment")
         print(f"  bound: the steps of blocks of {options.block_n} keys, {form}"
               + ("" if options.single_pass else f", merged {'all at once' if options.merge == 'fold' else 'pairwise'}"))
+    if options.stored:
+        print("  bound: outputs stored in the input dtype, one pairwise merge of them per prefix level a request reads")
 
 
 #: What ``make_batch``'s refusals begin with: the name of the argument refused.
@@ -647,7 +666,7 @@ def _summary(outcome: Outcome, space: str) -> None:
 def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str = "auto", cases: int = 200,
         seed: int = 0, dtypes: Optional[Sequence[str]] = None, device: Optional[str] = None,
         space: Optional[Dict[str, Any]] = None, block_n: Optional[int] = None, chunk: Optional[int] = None,
-        merge: str = "fold", single_pass: bool = False, host_metadata: bool = False) -> Outcome:
+        merge: str = "fold", single_pass: bool = False, host_metadata: bool = False, stored: bool = False) -> Outcome:
     """``relaycore verify`` from Python: the same cases and checks, the same printed report.
 
     Args:
@@ -663,6 +682,7 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
             ``--block-n``, ``--chunk``, ``--merge``, ``--single-pass``.
         host_metadata: the torch inputs' metadata as NumPy arrays on the host, as
             ``--host-metadata`` (not with ``dtypes=("float64",)``, NumPy inputs).
+        stored: the function merges outputs stored in the input dtype, as ``--stored``.
 
     Returns:
         ``Outcome``: ``outcome.passed`` is the command's exit status 0 (the outcome itself has
@@ -686,7 +706,7 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
     space = dict(space or {})
     options = _Options(function, backend, cases, seed, None if dtypes is None else tuple(dtypes), device, space,
                        tuple(f"{k}={v!r}" for k, v in space.items()), block_n, chunk, merge, single_pass, host_metadata,
-                       command=False)
+                       stored, command=False)
     return _execute(options)
 
 
@@ -696,7 +716,7 @@ def main(args: argparse.Namespace) -> int:
         options = _Options(args.function, args.backend, args.cases, args.seed,
                            None if args.dtype is None else tuple(args.dtype), args.device, _parse_space(args.space),
                            tuple(args.space), args.block_n, args.chunk, args.merge, args.single_pass,
-                           args.host_metadata, command=True)
+                           args.host_metadata, args.stored, command=True)
         outcome = _execute(options)
     except UsageError as exc:
         print(f"relaycore verify: {exc}", file=sys.stderr)

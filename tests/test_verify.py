@@ -179,6 +179,11 @@ def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys):
      "--single-pass: expected without --chunk and --merge"),
     (["--block-n", "64", "--backend", "torch"], "--block-n: expected with --function (a blocking you know), got it "
                                                 "with --backend torch"),
+    (["--stored"], "--stored: expected with --function (a cascade of yours), got it with --backend auto"),
+    (["--stored", "--block-n", "16", "--function", "wrong_attention:crash"],
+     "--stored: expected --merge pairwise with --block-n (stored outputs are merged two at a time"),
+    (["--stored", "--block-n", "16", "--single-pass", "--function", "wrong_attention:crash"],
+     "got --single-pass"),
 ])
 def test_narrowing_and_blocking_options_that_cannot_run_exit_with_status_two(capsys, args, message):
     status = cli.main(["verify", "--cases", "1", *args])
@@ -221,6 +226,20 @@ def test_an_accumulator_kept_in_low_precision_fails_on_long_rows_with_its_blocki
     assert status == 0, out  # zero-mean values alone hide it
     status, out = verify(capsys, "--function", "flawed_kernels:online_softmax", *long_rows)
     assert status == 0, out
+
+
+def test_a_cascade_of_stored_outputs_passes_with_stored_and_a_failure_reproduces_with_the_flag(capsys):
+    """``flawed_kernels.stored_cascade`` stores each segment's output in fp16 before its merge
+    (Lemma 8 of the error analysis): priced by ``--stored``, it passes. A wrong function checked
+    with ``--stored`` fails, and its case reproduces with the flag."""
+    status, out = verify(capsys, "--function", "flawed_kernels:stored_cascade", "--stored", "--dtype", "float16",
+                         "bfloat16", "--device", "cpu", "--cases", "8")
+    assert status == 0 and "bound: outputs stored in the input dtype" in out, out
+    status, out = verify(capsys, "--function", "wrong_attention:ignore_prefix", "--stored", "--cases", "6", *NARROW)
+    assert status == 1, out
+    command = shlex.split(REPRODUCE.findall(out)[0])
+    assert command[-1] == "--stored", command
+    assert verify(capsys, *command[2:])[0] == 1
 
 
 def test_every_failing_seed_is_listed(capsys):
@@ -462,6 +481,7 @@ def test_host_metadata_hands_a_kernel_its_metadata_as_numpy_arrays(capsys):
     (dict(cases=0), "cases: expected at least 1, got 0"),
     (dict(cases=1.5), "cases: expected an int, got 1.5"),
     (dict(single_pass="yes", block_n=4, function="wrong_attention:crash"), "single_pass: expected a bool, got 'yes'"),
+    (dict(stored=1, function="wrong_attention:crash"), "stored: expected a bool, got 1"),
     (dict(dtypes=("float8",)), "dtypes: expected one or more of ['float16', 'bfloat16', 'float32', 'float64'], got "
                                "['float8']"),
     (dict(dtypes=("float64", "float16")), "dtypes: expected float64 alone (it passes NumPy arrays, the others torch "
