@@ -506,7 +506,7 @@ def _header(options: _Options, space: dict, device: str) -> None:
           f"{box.max_levels} prefix levels of {box.max_prefixes} prefixes of length {box.min_prefix_len}.."
           f"{box.max_prefix_len} at most{'' if box.unread_levels else ', every level read'}, "
           f"D in {box.head_dims}, scores of standard deviation up to {max(m or 1 for m in box.score_magnitudes):g}, "
-          f"values offset by {offsets}, {' and '.join(box.layouts)}")
+          f"values offset by {offsets}{_scaled(box)}, {' and '.join(box.layouts)}")
     if options.block_n is not None:
         form = "one pass" if options.single_pass else (
             f"parts of {options.chunk} keys" if options.chunk else "a part per segment")
@@ -514,6 +514,13 @@ def _header(options: _Options, space: dict, device: str) -> None:
               + ("" if options.single_pass else f", merged {'all at once' if options.merge == 'fold' else 'pairwise'}"))
     if options.stored:
         print("  bound: outputs stored in the input dtype, one pairwise merge of them per prefix level a request reads")
+
+
+def _scaled(box: BatchSpace) -> str:
+    """``" and scaled by ..."`` where the space scales its values (``value_scales``), else ``""``."""
+    if set(box.value_scales) == {1.0}:
+        return ""
+    return " and scaled by " + " or ".join(f"{x:g}" for x in sorted(set(box.value_scales)))
 
 
 #: What ``make_batch``'s refusals begin with: the name of the argument refused.

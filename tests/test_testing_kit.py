@@ -546,6 +546,48 @@ def test_a_value_offset_moves_the_values_alone_and_prints_in_the_call_that_rebui
         random_batch(0, value_offsets=("8",))
 
 
+def test_a_value_scale_scales_the_values_alone_down_to_subnormals_and_prints_in_the_call_that_rebuilds_the_batch():
+    plain = make_batch([2, 1], [5, 3], [[4]], [[0, 0]], dtype="float16", block_size=2, seed=3, value_offset=2)
+    assert "value_scale" not in plain.recipe  # the default: the batches and calls printed before it existed
+    tiny = make_batch([2, 1], [5, 3], [[4]], [[0, 0]], dtype="float16", block_size=2, seed=3, value_offset=2,
+                      value_scale=2.0**-20)
+    assert np.array_equal(tiny.q, plain.q) and np.array_equal(tiny.kv.k_cache, plain.kv.k_cache, equal_nan=True)
+    read = ~np.isnan(plain.kv.v_cache)
+    values = np.concatenate([tiny.kv.v_cache[read], tiny.prefixes[0].v.ravel()])
+    assert np.all(values / 2.0**-24 == np.round(values / 2.0**-24))  # exact in fp16: multiples of its least subnormal
+    assert np.mean(np.abs(values) < 2.0**-14) > 0.9  # subnormals, almost all
+    assert np.all(np.abs(tiny.kv.v_cache[read] - plain.kv.v_cache[read] * 2.0**-20) <= 2.0**-25)  # one rounding
+    assert repr(tiny).endswith("seed=3, value_offset=2.0, value_scale=9.5367431640625e-07)")
+    rebuilt = eval(repr(tiny), {"make_batch": make_batch})
+    assert np.array_equal(rebuilt.kv.v_cache, tiny.kv.v_cache, equal_nan=True)
+    with pytest.raises(ValueError, match=r"value_scale: expected a finite positive float, got 0"):
+        make_batch([1], [2], value_scale=0)
+    with pytest.raises(ValueError, match=r"value_scale: expected v \(value_offset plus a standard normal, times "
+                                         r"value_scale\) to round to finite float16 values"):
+        make_batch([1], [2], dtype="float16", value_scale=2.0**20)
+    with pytest.raises(ValueError, match=r"value_scales: expected finite positive numbers, got \[-1\]"):
+        random_batch(0, value_scales=(-1,))
+
+
+def test_drawn_batches_scale_their_values_only_when_asked_and_draw_everything_else_as_before():
+    for seed in range(20):
+        default = random_batch(seed).recipe
+        assert "value_scale" not in default
+        scaled = dict(random_batch(seed, value_scales=(2.0**-20,)).recipe)
+        assert scaled.pop("value_scale") == 2.0**-20 and scaled == default
+
+
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16"))
+@given(batch=st.data())
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_torch_backend_passes_on_values_scaled_to_subnormals(dtype, batch):
+    """Outputs of a few ``2^-24`` in fp16 round absolutely (the bound's ``2 tau``); bf16 values
+    scaled as far keep their relative precision."""
+    batch = batch.draw(batches(dtypes=(dtype,), head_dims=(8, 16), value_scales=(2.0**-20,)))
+    report = compare(torch_backend, batch, device="cpu", steps=blocked_steps(batch, WHOLE_PART, merge="pairwise"))
+    assert report.passed, str(report)
+
+
 def test_drawn_batches_offset_their_values_in_a_share_of_cases_and_draw_the_rest_as_before():
     from hypothesis import find
 

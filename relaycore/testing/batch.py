@@ -367,6 +367,7 @@ def make_batch(
     value_offset: float = 0.0,
     seed: int = 0,
     metadata_dtype: str = "int32",
+    value_scale: float = 1.0,
 ) -> Batch:
     """Build a batch from explicit lengths, with seeded random values exact in ``dtype``.
 
@@ -397,10 +398,15 @@ def make_batch(
         seed: seeds the values (and the paged layout).
         metadata_dtype: ``"int32"`` or ``"int64"``, the dtype of every offset, length, id and
             block table entry (the contract takes both).
+        value_scale: multiplies every value (offset included) before its rounding to ``dtype``;
+            ``q``, ``k`` and the scores are left as they are. Small scales reach the format's
+            subnormals (``2.0**-20`` in fp16: values of a few ``2^-24``, outputs that round
+            absolutely), where a kernel that flushes them, or that rounds a stored output
+            again (``check``'s ``stored``), errs by more than its relative error.
 
     Returns:
-        ``Batch``; its ``recipe`` holds these arguments (``value_offset`` and
-        ``metadata_dtype`` where they are not the default).
+        ``Batch``; its ``recipe`` holds these arguments (``value_offset``, ``metadata_dtype``
+        and ``value_scale`` where they are not the default).
 
     Raises:
         TypeError: a list of lengths or ids that is not a sequence in its order (a str or
@@ -408,8 +414,9 @@ def make_batch(
             array that is not 1-D; ``causal`` or ``softmax_scale`` of the wrong type.
         ValueError: an argument out of its range, naming it: lengths, ids or sizes (lists that
             do not line up, ``q_len > kv_len``, lengths whose sum, the last offset, does not
-            fit in ``metadata_dtype``); a ``score_magnitude`` or ``value_offset`` whose draws
-            round to infinity in ``dtype`` (the first such draw is named).
+            fit in ``metadata_dtype``); a ``score_magnitude``, ``value_offset`` or
+            ``value_scale`` whose draws round to infinity in ``dtype`` (the first such draw is
+            named); a ``value_scale`` that is not a finite positive float.
 
     Example:
         >>> from relaycore.testing import make_batch
@@ -448,6 +455,9 @@ def make_batch(
     if (isinstance(value_offset, (bool, np.bool_))
             or not isinstance(value_offset, (int, float, np.integer, np.floating)) or not math.isfinite(value_offset)):
         raise ValueError(f"value_offset: expected a finite float, got {value_offset!r}")
+    if (isinstance(value_scale, (bool, np.bool_)) or not isinstance(value_scale, (int, float, np.integer, np.floating))
+            or not 0 < value_scale < math.inf):
+        raise ValueError(f"value_scale: expected a finite positive float, got {value_scale!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
     if metadata_dtype not in ("int32", "int64"):
@@ -477,6 +487,8 @@ def make_batch(
         recipe["value_offset"] = float(value_offset)
     if metadata_dtype != "int32":
         recipe["metadata_dtype"] = metadata_dtype
+    if value_scale != 1:
+        recipe["value_scale"] = float(value_scale)
     rng = np.random.default_rng(seed)
     hq, hkv, d = num_q_heads, num_kv_heads, head_dim
     # q . k of two normal vectors of standard deviation s has standard deviation s^2 sqrt(D)
@@ -487,7 +499,10 @@ def make_batch(
         "score_magnitude": (spread, 0.0, f"q and k (normal, of standard deviation sqrt(score_magnitude / (scale "
                                          f"sqrt(D))) = {spread:.4g})"),
         "value_offset": (1.0, value_offset, "v (value_offset plus a standard normal)"),
+        "value_scale": (value_scale, value_offset * value_scale,
+                        "v (value_offset plus a standard normal, times value_scale)"),
     }
+    value_rule = "value_offset" if value_scale == 1 else "value_scale"  # the argument a value's size comes from
 
     def values(n: int, heads: int, argument: str) -> np.ndarray:
         std, offset, rule = draws[argument]
@@ -502,10 +517,10 @@ def make_batch(
 
     q = values(sum(q_lens), hq, "score_magnitude")
     cu_q = _offsets(q_lens, metadata_dtype)
-    k, v = values(sum(kv_lens), hkv, "score_magnitude"), values(sum(kv_lens), hkv, "value_offset")
+    k, v = values(sum(kv_lens), hkv, "score_magnitude"), values(sum(kv_lens), hkv, value_rule)
     prefixes = []
     for lens, ids in zip(prefix_lens, prefix_ids):
-        pk, pv = values(sum(lens), hkv, "score_magnitude"), values(sum(lens), hkv, "value_offset")
+        pk, pv = values(sum(lens), hkv, "score_magnitude"), values(sum(lens), hkv, value_rule)
         cu_p = _offsets(lens, metadata_dtype)
         prefixes.append(PrefixLevel(pk, pv, cu_p, np.asarray(ids, dtype=metadata_dtype)))
     # the layout comes last: the same recipe with another block_size holds the same values

@@ -73,7 +73,13 @@ class BatchSpace:
             low precision) that zero-mean values hide, while zero-mean values keep the bound
             (which scales with ``max |v|``) tightest for errors in the weights.
         metadata_dtypes: choices of the metadata's dtype, ``"int32"`` and/or ``"int64"``
-            (drawn last, so that adding ``"int64"`` leaves every other draw of a seed as it was).
+            (drawn after every field but ``value_scales``, so that adding ``"int64"`` leaves
+            every other draw of a seed as it was).
+        value_scales: choices of ``make_batch``'s ``value_scale``, multiplying every value
+            (drawn last, so that adding a scale leaves every other draw of a seed as it was).
+            ``(2.0**-20,)`` draws fp16 values of a few ``2^-24``, subnormals whose outputs round
+            absolutely: a kernel that flushes them, or rounds a stored output again (``check``'s
+            ``stored``), errs there by more than its relative error allows.
     """
 
     max_batch: int = 4
@@ -97,10 +103,11 @@ class BatchSpace:
     score_magnitudes: Tuple[Optional[float], ...] = (None,)
     value_offsets: Tuple[float, ...] = (0.0, 0.0, 8.0)
     metadata_dtypes: Tuple[str, ...] = ("int32",)
+    value_scales: Tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
         for name in ("head_dims", "kv_heads", "group_sizes", "dtypes", "layouts", "block_sizes", "causal",
-                     "softmax_scales", "score_magnitudes", "value_offsets", "metadata_dtypes"):
+                     "softmax_scales", "score_magnitudes", "value_offsets", "metadata_dtypes", "value_scales"):
             value = getattr(self, name)
             if not isinstance(value, (tuple, list)):
                 raise TypeError(f"{name}: expected a tuple of choices, e.g. {getattr(BatchSpace, name)!r}, got "
@@ -119,6 +126,10 @@ class BatchSpace:
                 x, (int, float, np.integer, np.floating)) or not np.isfinite(x) or x <= 0)]
             if bad:
                 raise ValueError(f"{name}: expected None or finite positive numbers, got {list(getattr(self, name))}")
+        bad = [x for x in self.value_scales if isinstance(x, bool) or not isinstance(
+            x, (int, float, np.integer, np.floating)) or not np.isfinite(x) or x <= 0]
+        if bad:
+            raise ValueError(f"value_scales: expected finite positive numbers, got {list(self.value_scales)}")
         bad = [x for x in self.value_offsets if isinstance(x, bool) or not isinstance(
             x, (int, float, np.integer, np.floating)) or not np.isfinite(x)]
         if bad:
@@ -150,7 +161,7 @@ class BatchSpace:
         if not self.layouts or any(x not in ("ragged", "paged") for x in self.layouts):
             raise ValueError(f"layouts: expected a non-empty subset of ['ragged', 'paged'], got {list(self.layouts)}")
         for name in ("head_dims", "kv_heads", "group_sizes", "causal", "softmax_scales", "score_magnitudes",
-                     "value_offsets"):
+                     "value_offsets", "value_scales"):
             if not getattr(self, name):
                 raise ValueError(f"{name}: expected at least one choice, got none")
         if "paged" in self.layouts and not self.block_sizes:
@@ -193,7 +204,8 @@ class BatchSpace:
             score_magnitude=pick.choice(self.score_magnitudes),
             seed=pick.integer(0, 2**31 - 1),
             value_offset=pick.choice(self.value_offsets),  # after the others, which draw as before it existed
-            metadata_dtype=pick.choice(self.metadata_dtypes),  # last: see ``metadata_dtypes``
+            metadata_dtype=pick.choice(self.metadata_dtypes),  # see ``metadata_dtypes``
+            value_scale=pick.choice(self.value_scales),  # last: see ``value_scales``
         )
 
 

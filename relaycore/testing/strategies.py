@@ -51,7 +51,8 @@ def batches(**space: Any) -> st.SearchStrategy[Batch]:
         **space: ``relaycore.testing.BatchSpace`` fields: ``max_batch``, ``max_q_len``,
             ``max_kv_len``, ``max_levels``, ``max_prefixes``, ``max_prefix_len``, ``head_dims``,
             ``dtypes`` (float32 alone unless given: name every format the kernel takes),
-            ``layouts``, ``block_sizes``, ``score_magnitudes``, ``value_offsets``, ... (small
+            ``layouts``, ``block_sizes``, ``score_magnitudes``, ``value_offsets``,
+            ``value_scales``, ... (small
             shapes for the CPU, large ones on a GPU); ``min_q_len``, ``min_prefix_len`` and
             ``unread_levels=False`` leave out edge cases a kernel refuses by design.
 
