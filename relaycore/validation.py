@@ -143,6 +143,18 @@ def to_host_ints(x: Any) -> np.ndarray:
     return x.detach().resolve_neg().to("cpu").numpy().astype(np.int64, copy=False)
 
 
+def largest(a: np.ndarray) -> int:
+    """The greatest value of a non-empty integer array, as a Python int: ``int(a.max())``, read
+    at ``a.argmax()`` (``smallest``: ``argmin``). On a batch's few values a quarter of the time
+    of ``max``, whose reduction machinery costs about 0.6 us; never slower on many."""
+    return a.item(a.argmax())
+
+
+def smallest(a: np.ndarray) -> int:
+    """The least value of a non-empty integer array, as a Python int: ``int(a.min())`` (``largest``)."""
+    return a.item(a.argmin())
+
+
 def describe(x: Any) -> str:
     kind = array_kind(x)
     if kind is None:
@@ -235,7 +247,7 @@ def _check_offsets(name: str, offsets: np.ndarray, length: int, total: int, tota
     if offsets[0] != 0:
         raise ValueError(f"{name}: expected {name}[0] == 0, got {int(offsets[0])}")
     falls = offsets[1:] < offsets[:-1]  # not np.diff(offsets) < 0: a difference of int64s can wrap around
-    if falls.any():
+    if np.count_nonzero(falls):  # (``any``, in a quarter of its time on a batch's offsets)
         i = int(np.argmax(falls))
         raise ValueError(
             f"{name}: expected non-decreasing offsets, got {name}[{i}] = {int(offsets[i])} > {name}[{i + 1}] = {int(offsets[i + 1])}"
@@ -261,9 +273,9 @@ def check_block_ids(table: np.ndarray, blocks_needed: np.ndarray, num_blocks: in
     """
     used = np.arange(table.shape[1])[None, :] < blocks_needed[:, None]
     # where every entry, read or not, is a block (the common case), two reductions tell so
-    if table.size and (table.min() < 0 or table.max() >= num_blocks):
+    if table.size and (smallest(table) < 0 or largest(table) >= num_blocks):
         bad = used & ((table < 0) | (table >= num_blocks))
-        if bad.any():
+        if np.count_nonzero(bad):
             b, j = (int(i) for i in np.argwhere(bad)[0])
             raise ValueError(f"kv.block_table: expected block ids in [0, {num_blocks}) (num_blocks of kv.k_cache), "
                              f"got block_table[{b}, {j}] = {int(table[b, j])}")
@@ -392,12 +404,12 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         kv_lens = cu_k[1:] - cu_k[:-1]
     else:
         kv_lens = to_host_ints(kv.kv_lens)
-        if (kv_lens < 0).any():
+        if batch and smallest(kv_lens) < 0:
             b = int(np.argmax(kv_lens < 0))
             raise ValueError(f"kv.kv_lens: expected non-negative lengths, got kv_lens[{b}] = {int(kv_lens[b])}")
         blocks_needed = -(-kv_lens // block_size)
         max_blocks = int(kv.block_table.shape[1])
-        if batch and int(blocks_needed.max()) > max_blocks:
+        if batch and largest(blocks_needed) > max_blocks:
             b = int(np.argmax(blocks_needed))
             raise ValueError(
                 f"kv.block_table: expected at least {int(blocks_needed[b])} columns (request {b} needs them for "
@@ -409,7 +421,7 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
             host_block_table = np.zeros(table.shape, dtype=np.int64)  # entries past a request's last block are never read
             np.copyto(host_block_table, table, where=used)  # (np.where(used, table, 0), in half the time)
     short = q_lens > kv_lens
-    if short.any():
+    if np.count_nonzero(short):
         b = int(np.argmax(short))
         raise ValueError(
             f"cu_seqlens_q: expected q_len <= kv_len for every request (queries are the last own tokens), "
@@ -424,7 +436,7 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         num_prefixes = int(cu_p.shape[0]) - 1
         ids = to_host_ints(level.prefix_ids)
         bad = (ids < -1) | (ids >= num_prefixes)
-        if bad.any():
+        if np.count_nonzero(bad):
             b = int(np.argmax(bad))
             raise ValueError(
                 f"{name}.prefix_ids: expected ids in [-1, {num_prefixes}) ({num_prefixes} prefixes at this level), "

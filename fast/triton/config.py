@@ -189,7 +189,7 @@ def default_config(head_dim: int, dtype: str, num_kv_heads: int) -> Config:
                   num_warps=4, num_stages=2 if wide else 3)
 
 
-def chunk_size(length, rows, config: Config):
+def chunk_size(length, rows, config: Config, *, wanted=None):
     """Keys per chunk of a segment of ``length`` keys read by a request with ``rows`` rows per
     KV head (its query tokens x the group's query heads); elementwise over int arrays.
 
@@ -200,8 +200,11 @@ def chunk_size(length, rows, config: Config):
     and beyond the segment is one chunk. The size is rounded up to a power of two and is at
     least ``min_chunk``. It is a function of the request alone, so its chunks, and their bits,
     are the same in any batch.
+
+    ``wanted``: ``wanted_chunks(rows, config)``, where the caller has it (a plan's query layout).
     """
-    want = -(-np.maximum(length, 1) // wanted_chunks(rows, config))
+    wanted = wanted_chunks(rows, config) if wanted is None else wanted
+    want = -(-np.maximum(length, 1) // wanted)
     return _doubled_to(config.min_chunk, want)
 
 

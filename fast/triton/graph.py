@@ -55,7 +55,7 @@ from relaycore.validation import BatchMeta, call_arrays
 from relaycore.fast.triton.backend import validate_for_triton
 from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
-from relaycore.fast.triton.plan import (Launch, Plan, Work, check_signature, fold_height, int32_list,
+from relaycore.fast.triton.plan import (Launch, Plan, Work, check_int32, check_signature, fold_height,
                                         list_starts, pages_read, plan_work, query_layout, stamp_metadata, staged,
                                         tensor_signature, uploaded)
 
@@ -292,7 +292,7 @@ class GraphPlan:
         Raises:
             ValueError: work past a capacity (a bound of ``graph_launches`` or ``slot_capacity``
                 that does not hold), or a single-pass launch short of its items: a bug, never
-                the caller's input; or an offset past int32 (``int32_list``).
+                the caller's input; or an offset past int32 (``check_int32``).
         """
         if work.num_slots > self.plan.num_slots:
             raise ValueError(f"graph plan: {work.num_slots} slots, past the capacity {self.plan.num_slots}")
@@ -317,13 +317,10 @@ class GraphPlan:
             writes[len(self._sizes) - 1] = block_table.reshape(-1)
         # the range check of every value written at once, the padding left out: its zeros change
         # neither bound, since slot_offsets starts at 0 (and the error names the same maximum)
-        flat = int32_list(np.concatenate(list(writes.values())))
+        check_int32(np.concatenate(list(writes.values())))
         host = np.zeros(self._starts[-1], dtype=np.int32)
-        at = 0
         for r, values in writes.items():
-            start = self._starts[r]
-            host[start : start + values.size] = flat[at : at + values.size]
-            at += values.size
+            host[self._starts[r] : self._starts[r] + values.size] = values  # cast to int32 in the copy
         return host
 
     @property

@@ -46,10 +46,10 @@ import numpy as np
 import torch
 
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
-from relaycore.validation import (BatchMeta, call_array_names, call_arrays, check_dense, check_prefix_levels,
-                                  needs_grad, resolve_scale)
+from relaycore.validation import (BatchMeta, call_array_names, call_arrays, check_dense, check_prefix_levels, largest,
+                                  needs_grad, resolve_scale, smallest)
 
-from relaycore.fast.triton.config import Config, chunk_size, default_config, single_pass, tile_height
+from relaycore.fast.triton.config import Config, chunk_size, default_config, single_pass, tile_height, wanted_chunks
 from relaycore.fast.triton.kernels import FOLD_DEPTH, FOLD_STATES, ITEM_FIELDS, NUM_ITEM_FIELDS
 
 
@@ -396,7 +396,7 @@ def known_shapes(meta: BatchMeta) -> Tuple[Tuple[str, Tuple[Any, ...]], ...]:
     hkv, d = meta.num_kv_heads, meta.head_dim
     if meta.paged:
         cache = (None, meta.block_size, hkv, d)
-        needed = int((-(-meta.kv_lens // meta.block_size)).max()) if meta.batch else 0
+        needed = largest(-(-meta.kv_lens // meta.block_size)) if meta.batch else 0
         shapes = [("kv.k_cache", cache), ("kv.v_cache", cache), ("kv.block_table", (meta.batch, AtLeast(needed)))]
     else:
         rows = int(meta.kv_lens.sum())
@@ -506,6 +506,7 @@ class Queries(NamedTuple):
         first_token: int64 ``[B]``: its first query token.
         rows: int64 ``[B]``: its rows per KV head (query tokens x the group's query heads).
         own_tile: int64 ``[B]``: the height of its own tiles (``tile_height``).
+        wanted: int64 ``[B]``: the chunks it cuts a segment into at most (``wanted_chunks``).
         tall: bool ``[B]``: the requests whose rows fill the tallest tiles and whose segments
             are one chunk each (``config.single_pass``), in a batch of at most one prefix level:
             single-pass whatever their lengths (``single_pass_requests``).
@@ -516,6 +517,7 @@ class Queries(NamedTuple):
     first_token: np.ndarray
     rows: np.ndarray
     own_tile: np.ndarray
+    wanted: np.ndarray
     tall: np.ndarray
     token_request: np.ndarray
 
@@ -534,7 +536,7 @@ def _query_layout(cu_seqlens_q: bytes, group_size: int, one_level: bool, config:
     cu = np.frombuffer(cu_seqlens_q, dtype=np.int64)
     q_lens = cu[1:] - cu[:-1]
     rows = q_lens * group_size
-    queries = Queries(q_lens, cu[:-1], rows, tile_height(rows, config, prefix=False),
+    queries = Queries(q_lens, cu[:-1], rows, tile_height(rows, config, prefix=False), wanted_chunks(rows, config),
                       single_pass(rows, config) & one_level, np.arange(q_lens.size).repeat(q_lens))
     for values in queries:
         values.flags.writeable = False
@@ -566,7 +568,7 @@ def request_segments(meta: BatchMeta, config: Config, queries: Optional[Queries]
         lens[level] = np.where(ids >= 0, prefix_lens[np.maximum(ids, 0)] if len(prefix_lens) else 0, 0)
     lens[-1] = meta.kv_lens
     # one call for every segment: chunk_size is elementwise, rows broadcast over the levels
-    return Segments(q, lens, chunk_size(lens, q.rows, config))
+    return Segments(q, lens, chunk_size(lens, q.rows, config, wanted=q.wanted))
 
 
 def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = True,
@@ -728,25 +730,29 @@ class _Groups(NamedTuple):
         return _Groups(*(x[index] for x in self))
 
 
-def _prefix_groups(meta: BatchMeta, level: int, single: np.ndarray, sizes: np.ndarray, relay: bool,
-                   token_request: np.ndarray, config: Config):
-    """The row groups of prefix level ``level``: a prefix's users (single-pass requests aside)
-    form one group per chunk size with ``relay`` (sharers with the same chunking read the prefix
+def _prefix_groups(ids: np.ndarray, lens: np.ndarray, user: np.ndarray, sizes: np.ndarray, relay: bool,
+                   token_request: np.ndarray, group_size: int, config: Config):
+    """The row groups of a prefix level: a prefix's users (single-pass requests aside) form one
+    group per chunk size with ``relay`` (sharers with the same chunking read the prefix
     together), else one each. Groups go in the order of their prefixes, then of their chunk
     sizes (``relay``) or requests.
 
     Args:
+        ids: int64 ``[B]``: each request's prefix at this level (``BatchMeta.prefix_ids``).
+        lens: int64 ``[P]``: the level's prefix lengths (``BatchMeta.prefix_lens``).
+        user: bool ``[B]``: the requests that read the level in its launches: a prefix, and not
+            single-pass.
         sizes: int64 ``[B]``: each request's chunk size at this level (``Segments.sizes``).
         token_request: int64 ``[total_q]``: each query token's request.
+        group_size: query heads per KV head.
 
     Returns:
         ``(groups, tokens, token_group)``: the ``_Groups``; int64 ``[n]``, the groups' tokens,
         group by group (the token lists their items index); int64 ``[n]``, each one's group.
     """
-    ids, lens = meta.prefix_ids[level], meta.prefix_lens[level].astype(np.int64)
-    user = (ids >= 0) & ~single
     users = user.nonzero()[0]
-    if relay and users.size and (ids[users] == ids[users[0]]).all() and (sizes[users] == sizes[users[0]]).all():
+    if (relay and users.size and not np.count_nonzero(ids[users] != ids[users[0]])
+            and not np.count_nonzero(sizes[users] != sizes[users[0]])):
         # one group (a decode batch's users of one prefix): what the sorts below come to when
         # every user has the same prefix and chunk size, the users and their tokens in order
         leaders, tokens = users[:1], user[token_request].nonzero()[0]
@@ -755,11 +761,11 @@ def _prefix_groups(meta: BatchMeta, level: int, single: np.ndarray, sizes: np.nd
         tok_first = np.array([tokens[0] if consecutive else -1], dtype=np.int64)
     else:
         leaders, tokens, token_group, count, tok_first = _sorted_groups(ids, sizes, users, relay, token_request,
-                                                                        meta.batch)
+                                                                        ids.size)
     prefixes = ids[leaders]
     zeros = np.zeros(leaders.size, dtype=np.int64)
     groups = _Groups((lens.cumsum() - lens)[prefixes], lens[prefixes], zeros, zeros, zeros, zeros.astype(bool),
-                     count, tok_first, sizes[leaders], tile_height(count * meta.group_size, config, prefix=True))
+                     count, tok_first, sizes[leaders], tile_height(count * group_size, config, prefix=True))
     return groups, tokens, token_group
 
 
@@ -801,8 +807,8 @@ def _own_groups(meta: BatchMeta, single: np.ndarray, seg: Segments):
     q_lens, kv_lens = queries.q_lens, seg.lens[-1]
     kv_base = np.arange(batch, dtype=np.int64) if meta.paged else kv_lens.cumsum() - kv_lens
     prefix_start, prefix_len = np.zeros(batch, dtype=np.int64), np.zeros(batch, dtype=np.int64)
-    if meta.num_levels and single.any():  # a single-pass request reads its level-0 prefix first
-        ids, lens = meta.prefix_ids[0], meta.prefix_lens[0].astype(np.int64)
+    if meta.num_levels and np.count_nonzero(single):  # a single-pass request reads its level-0 prefix first
+        ids, lens = meta.prefix_ids[0], meta.prefix_lens[0].astype(np.int64, copy=False)
         reads = single & (ids >= 0)
         prefix_start[reads] = (lens.cumsum() - lens)[ids[reads]]
         prefix_len[reads] = lens[ids[reads]]
@@ -846,6 +852,7 @@ class LaunchWork(NamedTuple):
         level, block_m, single_pass, reads_prefix, fold_rows: as ``Launch``.
         items: int64 ``[num_items, NUM_ITEM_FIELDS]`` in launch order (``longest_first``).
         tokens: int64 ``[n]``: the token lists the items index.
+            Both read-only at a prefix level (cached: ``_prefix_launches``).
         slots: int64 ``[n]``: each listed token's slot for chunk 0 of the segment.
     """
 
@@ -881,7 +888,9 @@ class Work(NamedTuple):
 def plan_work(meta: BatchMeta, config: Config, *, relay: bool, unshared_single_pass: bool = True,
               queries: Optional[Queries] = None) -> Work:
     """The work lists of a batch, on the host: what ``plan`` sends to the device, and what a
-    ``GraphPlan`` copies into its fixed buffers (``relaycore.fast.triton.graph``).
+    ``GraphPlan`` copies into its fixed buffers (``relaycore.fast.triton.graph``). A prefix
+    level's items and tokens come from a cache where an earlier batch had the same prefixes,
+    users and query counts (``_prefix_launches``: a serving engine's steps, whose own KV grows).
 
     Args:
         meta: from ``relaycore.validation.validate``.
@@ -904,56 +913,123 @@ def _plan_work(meta: BatchMeta, config: Config, relay: bool, unshared_single_pas
     # chunks and first slot of each segment, per request ([levels..., own] x B); a single-pass
     # request has no chunk states (its own tiles write its result)
     seg_chunks = np.where(single, 0, -(-seg.lens // seg.sizes))
-    seg_base = seg_chunks.cumsum(axis=0) - seg_chunks
-    per_request = seg_chunks.sum(axis=0)  # [B]
+    seg_ends = seg_chunks.cumsum(axis=0)
+    seg_base = seg_ends - seg_chunks
+    per_request = seg_ends[-1]  # [B]
 
     token_request = q.token_request
     slots_per_token = per_request[token_request]
-    slot_offsets = np.concatenate([[0], slots_per_token.cumsum()]).astype(np.int64)
+    slot_offsets = np.zeros(slots_per_token.size + 1, dtype=np.int64)
+    slots_per_token.cumsum(out=slot_offsets[1:])
 
     launches, regulars = [], []
     fold_tiles = []  # (tallest item's rows, fold height) of each launch that writes states
     for s, level in enumerate([*range(meta.num_levels), -1]):
         if level >= 0:
-            groups, tokens, token_group = _prefix_groups(meta, level, single, seg.sizes[level], relay, token_request,
-                                                         config)
+            listed = _prefix_launches(meta, level, single, seg.sizes[level], relay, q, config, regular)
         else:
-            groups, tokens, token_group = _own_groups(meta, single, seg)
-        has_work = (groups.count > 0) & (groups.seg_len > 0)
-        launch_of = np.where(has_work, 2 * groups.tile + groups.one_pass, -1)  # (tile height, single pass)
-        # one launch of every group (a decode batch's levels), seen without sorting the kinds
-        every = launch_of.size and has_work.all() and (launch_of == launch_of[0]).all()
-        kinds = launch_of[:1] if every else np.unique(launch_of[has_work])
-        for key in kinds[::-1]:  # the tallest tiles first
-            height, one_pass = int(key) // 2, bool(key % 2)
-            if every:
-                members, listed = groups, tokens
-            else:
-                members, listed = groups.take((launch_of == key).nonzero()[0]), tokens[launch_of[token_group] == key]
-            causal = meta.causal and level < 0
-            items = _tile_items(members, g, height)
-            in_order = _in_plan_order(members, height, g, causal)
-            if not in_order:
-                items = longest_first(items, g, causal)
-            regulars.append(_regular(members, items, height, g, in_order) if regular else ())
-            tallest = int(items[:, COLUMN["num_rows"]].max())
-            fold_rows = fold_height(tallest, height)
-            if not one_pass:
-                fold_tiles.append((tallest, fold_rows))
+            listed = _source_launches(*_own_groups(meta, single, seg), g, meta.causal, regular)
+        for launch in listed:
+            regulars.append(launch.regular)
+            if not launch.single_pass:
+                fold_tiles.append((launch.tallest, launch.fold_rows))
             launches.append(LaunchWork(
                 level=level,
-                block_m=height,
-                single_pass=one_pass,
-                reads_prefix=one_pass and bool(items[:, COLUMN["prefix_len"]].any()),
-                fold_rows=fold_rows,
-                items=items,
-                tokens=listed,
-                slots=slot_offsets[listed] + seg_base[s][token_request[listed]],
+                block_m=launch.block_m,
+                single_pass=launch.single_pass,
+                reads_prefix=launch.reads_prefix,
+                fold_rows=launch.fold_rows,
+                items=launch.items,
+                tokens=launch.tokens,
+                slots=slot_offsets[launch.tokens] + seg_base[s][token_request[launch.tokens]],
             ))
 
-    slots = int(slots_per_token.max()) if slots_per_token.size else 0
+    slots = largest(slots_per_token) if slots_per_token.size else 0
     steps = max((fold_steps(rows, height, slots) for rows, height in fold_tiles), default=0)
     return Work(slot_offsets=slot_offsets, launches=tuple(launches), fold_steps=steps), tuple(regulars)
+
+
+class _Listed(NamedTuple):
+    """A launch of one KV source before its slots (``_source_launches``): ``LaunchWork``'s
+    fields but ``level`` and ``slots``, its ``_regular`` (or ``()``) and its tallest item's rows."""
+
+    block_m: int
+    single_pass: bool
+    reads_prefix: bool
+    fold_rows: int
+    items: np.ndarray
+    tokens: np.ndarray
+    regular: Tuple[int, ...]
+    tallest: int
+
+
+def _source_launches(groups: _Groups, tokens: np.ndarray, token_group: np.ndarray, group_size: int, causal: bool,
+                     regular: bool) -> Tuple[_Listed, ...]:
+    """The launches of one KV source's row groups (``_prefix_groups``, ``_own_groups``: ``groups``,
+    ``tokens``, ``token_group``), the tallest tiles first: one per tile height and kind (single
+    pass or not) that has work, its items in launch order (``longest_first``). ``causal``: the
+    source is read under the causal mask (the own KV of a causal call); ``regular``: each
+    launch's ``_regular``, else ``()``."""
+    g = group_size
+    has_work = (groups.count > 0) & (groups.seg_len > 0)
+    launch_of = np.where(has_work, 2 * groups.tile + groups.one_pass, -1)  # (tile height, single pass)
+    # one launch of every group (a decode batch's levels), seen without sorting the kinds (every
+    # group the first's kind, which has work)
+    every = launch_of.size and launch_of[0] >= 0 and not np.count_nonzero(launch_of != launch_of[0])
+    kinds = launch_of[:1] if every else np.unique(launch_of[has_work])
+    launches = []
+    for key in kinds[::-1]:  # the tallest tiles first
+        height, one_pass = int(key) // 2, bool(key % 2)
+        if every:
+            members, listed = groups, tokens
+        else:
+            members, listed = groups.take((launch_of == key).nonzero()[0]), tokens[launch_of[token_group] == key]
+        items = _tile_items(members, g, height)
+        in_order = _in_plan_order(members, height, g, causal)
+        if not in_order:
+            items = longest_first(items, g, causal)
+        tallest = largest(items[:, COLUMN["num_rows"]])
+        launches.append(_Listed(
+            block_m=height,
+            single_pass=one_pass,
+            reads_prefix=one_pass and bool(items[:, COLUMN["prefix_len"]].any()),
+            fold_rows=fold_height(tallest, height),
+            items=items,
+            tokens=listed,
+            regular=_regular(members, items, height, g, in_order) if regular else (),
+            tallest=tallest,
+        ))
+    return tuple(launches)
+
+
+def _prefix_launches(meta: BatchMeta, level: int, single: np.ndarray, sizes: np.ndarray, relay: bool,
+                     queries: Queries, config: Config, regular: bool) -> Tuple[_Listed, ...]:
+    """``_source_launches`` of prefix level ``level`` (``_prefix_groups``), cached by what decides
+    them: the level's prefix ids and lengths, the requests that read it in its launches and
+    their chunk sizes (``sizes``, int64 ``[B]``), the query counts, ``relay``, ``config`` and
+    ``regular``. The steps of a serving engine repeat them while its requests keep their
+    prefixes (the own KV grows). Their arrays are read-only."""
+    ids = meta.prefix_ids[level].astype(np.int64, copy=False)
+    user = (ids >= 0) & ~single
+    return _cached_prefix_launches(ids.tobytes(), meta.prefix_lens[level].astype(np.int64, copy=False).tobytes(),
+                                   user.tobytes(), sizes.tobytes(), queries.q_lens.tobytes(), meta.group_size, relay,
+                                   config, regular)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_prefix_launches(ids: bytes, lens: bytes, user: bytes, sizes: bytes, q_lens: bytes, group_size: int,
+                            relay: bool, config: Config, regular: bool) -> Tuple[_Listed, ...]:
+    """``_prefix_launches`` of a level with these int64 ``ids [B]``, ``lens [P]``, ``sizes [B]``,
+    ``q_lens [B]`` and bool ``user [B]`` (``_prefix_groups``), each as bytes."""
+    q_lens = np.frombuffer(q_lens, dtype=np.int64)
+    token_request = np.arange(q_lens.size).repeat(q_lens)
+    groups = _prefix_groups(np.frombuffer(ids, dtype=np.int64), np.frombuffer(lens, dtype=np.int64),
+                            np.frombuffer(user, dtype=bool), np.frombuffer(sizes, dtype=np.int64), relay,
+                            token_request, group_size, config)
+    launches = _source_launches(*groups, group_size, False, regular)
+    for x in launches:
+        x.items.flags.writeable = x.tokens.flags.writeable = False
+    return launches
 
 
 def _in_plan_order(groups: _Groups, block_m: int, group_size: int, causal: bool) -> bool:
@@ -1003,36 +1079,36 @@ def pages_read(meta: BatchMeta, device: torch.device) -> Optional[torch.Tensor]:
     return None
 
 
-def int32_list(a: np.ndarray) -> np.ndarray:
-    """``a`` as the kernels' int32 work lists.
+def check_int32(a: np.ndarray) -> None:
+    """Refuse values that the kernels' int32 work lists cannot hold.
+
+    Args:
+        a: int64 or int32 values (an int32 array is in range by its type: ``GraphPlan.fill``'s).
 
     Raises:
         ValueError: an offset past int32.
     """
-    if isinstance(a, np.ndarray) and a.dtype == np.int32:  # in range by its type (``GraphPlan.fill``'s buffer)
-        return np.ascontiguousarray(a)
-    a = np.asarray(a, dtype=np.int64)
-    if a.size and (a.max() >= 2**31 or a.min() < -(2**31)):
-        raise ValueError(f"q, kv, prefixes: the batch needs offsets up to {int(a.max())}, past the int32 "
+    if a.dtype != np.int32 and a.size and (largest(a) >= 2**31 or smallest(a) < -(2**31)):
+        raise ValueError(f"q, kv, prefixes: the batch needs offsets up to {largest(a)}, past the int32 "
                          f"work lists of the Triton kernels (at most {2**31 - 1}); split the batch")
-    return np.ascontiguousarray(a, dtype=np.int32)
 
 
 def staged(values: np.ndarray, device: torch.device) -> torch.Tensor:
-    """int32 ``values`` (``int32_list``) in a host tensor to copy to ``device`` with
-    ``non_blocking=True``: pinned where ``device`` is a GPU, so that the copy is queued on the
-    stream without a synchronization (torch keeps the pinned memory until the copy is done).
+    """``values`` (int64 or int32, in the range of int32: ``check_int32``) in an int32 host tensor
+    to copy to ``device`` with ``non_blocking=True``: pinned where ``device`` is a GPU, so that
+    the copy is queued on the stream without a synchronization (torch keeps the pinned memory
+    until the copy is done).
 
     Raises:
         ValueError: inside a CUDA graph capture, which would record the copy and repeat it at
-            every replay from host memory that is no longer the plan's.
+            every replay from host memory that is no longer the plan's; or an offset past int32.
     """
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         raise ValueError("plan: expected a plan made before the CUDA graph capture (prepare, or a graph plan's "
                          "update, then pass plan=), got a call that plans inside it")
-    values = int32_list(values)
+    check_int32(values)
     host = torch.empty(values.shape, dtype=torch.int32, pin_memory=device.type == "cuda")
-    host.numpy()[...] = values
+    host.numpy()[...] = values  # cast to int32 in the copy
     return host
 
 
