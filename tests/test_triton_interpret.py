@@ -131,6 +131,16 @@ def test_tall_tiles_match_the_oracle(batch, poisoned_allocations):
 
 
 @in_process
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=batches(dtypes=("float16", "bfloat16"), value_scales=(2.0**-20,), **SPACE),
+       config=st.sampled_from([TINY, TALL]))
+def test_values_scaled_to_subnormals_match_the_oracle(batch, config, poisoned_allocations):
+    """Values of a few ``2^-24``: fp16 outputs that round absolutely, weights times values that
+    reach fp32's subnormals in bf16 (the bound's ``2 tau`` and Lemma 6's terms)."""
+    _assert_close(_run(batch, config), batch, config)
+
+
+@in_process
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=batches(dtypes=("float16", "float32"), **SPACE))
 def test_public_entry_matches_the_oracle(batch, poisoned_allocations):
@@ -367,6 +377,41 @@ def test_a_query_layout_is_that_of_its_batch_whatever_was_planned_before():
         assert queries.tall[1] == (group * 9 >= config.block_m and levels <= 1)  # the cases differ in it
         assert np.array_equal(queries.token_request, [0] + [1] * 9 + [3, 3])
         assert not any(values.flags.writeable for values in queries)
+
+
+def test_a_prefix_level_planned_from_the_cache_is_the_level_planned_afresh():
+    """A prefix level's launches are cached by what decides them (``plan._prefix_launches``):
+    decode steps that keep the prefixes and grow the own KV, then batches that change a prefix
+    id, a prefix length, the query counts, heads per KV head, a config or ``relay``, planned one
+    after the other, each get the work planned with an empty cache, in read-only arrays."""
+    steps = [([1, 1, 1, 1], [5, 9, 3, 20], [[70, 30]], [[0, 0, 1, 0]], 1, TINY, True),
+             ([1, 1, 1, 1], [6, 10, 4, 21], [[70, 30]], [[0, 0, 1, 0]], 1, TINY, True),
+             ([1, 1, 1, 1], [6, 10, 4, 21], [[70, 30]], [[0, 1, 1, -1]], 1, TINY, True),
+             ([1, 1, 1, 1], [6, 10, 4, 21], [[70, 90]], [[0, 1, 1, -1]], 1, TINY, True),
+             ([1, 3, 1, 1], [6, 10, 4, 21], [[70, 90]], [[0, 1, 1, -1]], 1, TINY, True),
+             ([1, 3, 1, 1], [6, 10, 4, 21], [[70, 90]], [[0, 1, 1, -1]], 4, TINY, True),
+             ([1, 3, 1, 1], [6, 10, 4, 21], [[70, 90]], [[0, 1, 1, -1]], 4, TALL, True),
+             ([1, 3, 1, 1], [6, 10, 4, 21], [[70, 90]], [[0, 1, 1, -1]], 4, TALL, False),
+             ([1, 1, 1, 1], [5, 9, 3, 20], [[70, 30]], [[0, 0, 1, 0]], 1, TINY, True)]
+    plan_module._cached_prefix_launches.cache_clear()  # of the tests before
+    hits = []  # of the cache, by the step's plan_work
+    for q_lens, kv_lens, prefix_lens, prefix_ids, group, config, relay in steps:
+        b = make_batch(q_lens, kv_lens, prefix_lens=prefix_lens, prefix_ids=prefix_ids, num_q_heads=2 * group,
+                       num_kv_heads=2, head_dim=16, seed=3)
+        args, kwargs = b.to_torch("cpu")
+        meta = validate(*args, **kwargs)
+        cached = plan_module.plan_work(meta, config, relay=relay)
+        hits.append(plan_module._cached_prefix_launches.cache_info().hits)
+        plan_module._cached_prefix_launches.cache_clear()
+        afresh = plan_module.plan_work(meta, config, relay=relay)
+        assert cached.fold_steps == afresh.fold_steps and np.array_equal(cached.slot_offsets, afresh.slot_offsets)
+        assert len(cached.launches) == len(afresh.launches)
+        for x, y in zip(cached.launches, afresh.launches):
+            for field in x._fields:
+                assert np.array_equal(getattr(x, field), getattr(y, field)), (field, q_lens, prefix_ids)
+            if x.level >= 0:
+                assert not x.items.flags.writeable and not x.tokens.flags.writeable
+    assert hits == [0, 1, 0, 0, 0, 0, 0, 0, 0]  # the second step's level from the first's
 
 
 def test_a_tile_head_axis_is_the_power_of_two_from_16_that_holds_head_dim():
