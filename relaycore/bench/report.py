@@ -370,9 +370,11 @@ def markdown(doc: dict, figures: List[str]) -> str:
         "- Before it is timed, each provider's output is compared with a float64 computation over each "
         "request's concatenated context (one softmax, no split) under the elementwise bound of "
         "`relaycore.bounds`; that oracle is itself cross-checked against `relaycore.reference` on sampled "
-        "queries at every point. FlashInfer's cascade wrapper stores each level's output in fp16 before "
-        "merging, which the bound prices with `stored` = 1 (Lemma 8 of the error analysis); its gate is the "
-        "bound without that term, a stricter one.",
+        "queries at every point. The bound is proved for relaycore's precision policy; for a peer it is a gate, "
+        "not a proof, where the peer rounds otherwise: FlashInfer's cascade wrapper stores each level's output in "
+        "fp16 before merging, which the bound prices with `stored` = 1 (Lemma 8 of the error analysis), and is "
+        "held to the bound without that term, a stricter one; FlashInfer's split-KV merges fold their states "
+        "with a running maximum, an order no lemma covers.",
         "- Timing: warm-up, then CUDA-event timing of each replay of a CUDA graph (eager where the provider "
         f"cannot be captured), a buffer of at least four times the L2 size{_flush_size(doc)} overwritten before "
         "each replay; median with the 10th/90th percentiles in the JSON.",
