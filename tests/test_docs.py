@@ -179,3 +179,21 @@ def test_python_examples_run(source, tmp_path, monkeypatch, capsys):
 
 def test_every_hand_written_page_with_code_has_its_examples_collected():
     assert sum(len(b) for b in EXAMPLES.values()) >= 10
+
+
+# a TeX command written into a string that is not raw loses its backslash to an escape:
+# "\tau" becomes a tab and "au", "\beta" a backspace, "\frac" a form feed, "\alpha" a bell,
+# "\varepsilon" a vertical tab; MathJax then typesets the remains without complaint
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|\t")
+
+
+def test_no_page_or_module_holds_a_control_character():
+    tracked = subprocess.run(["git", "ls-files", "*.md", "*.py", "*.yml", "*.toml"], cwd=ROOT,
+                             capture_output=True, text=True)
+    paths = [ROOT / p for p in tracked.stdout.split()] if tracked.returncode == 0 else []
+    paths = paths or [*DOCS.rglob("*.md"), *ROOT.glob("*/**/*.py")]
+    found = [f"{p.relative_to(ROOT)}:{n}: {line!r}" for p in paths if p.is_file()
+             for n, line in enumerate(p.read_text().split("\n"), 1) if _CONTROL.search(line)]
+    found += [f"{source} (generated)" for source, text in SOURCES.items()
+              if source.startswith("proofs/") and _CONTROL.search(text)]
+    assert not found, "\n".join(found)
