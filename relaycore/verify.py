@@ -25,8 +25,9 @@ Narrower batches: ``--space FIELD=VALUE`` (repeatable) sets a field of
 ``relaycore.testing.BatchSpace`` over the device's defaults (``SPACES``), the value a Python
 literal: ``--space "head_dims=(128,)" --space "layouts=('paged',)" --space "block_sizes=(16,)"
 --space min_q_len=1 --space max_q_len=1`` draws decode batches of a paged cache with pages of 16
-at D = 128. A tighter bound: ``--block-n N`` (with ``--chunk C``, ``--merge pairwise`` or
-``--single-pass``) checks every case with the steps of that blocking
+at D = 128. A tighter bound: ``--block-n N`` (with ``--chunk C``, ``--merge pairwise``,
+``--merge running`` or ``--single-pass``, and ``--fast-division`` where the kernel divides
+within 2 ulp, as CUDA's ``__fdividef``) checks every case with the steps of that blocking
 (``relaycore.testing.blocked_steps``) instead of the default count for any blocking. A cascade
 that stores each segment's output in the input dtype and merges the stored outputs pairwise
 (FlashInfer's cascade wrapper does): ``--stored`` widens the out bound by what those roundings
@@ -143,7 +144,8 @@ class Outcome(NamedTuple):
 #: Each of ``run``'s keywords as the command spells it.
 _FLAGS = {"function": "--function", "backend": "--backend", "cases": "--cases", "seed": "--seed", "dtypes": "--dtype",
           "device": "--device", "space": "--space", "block_n": "--block-n", "chunk": "--chunk", "merge": "--merge",
-          "single_pass": "--single-pass", "host_metadata": "--host-metadata", "stored": "--stored"}
+          "single_pass": "--single-pass", "host_metadata": "--host-metadata", "stored": "--stored",
+          "fast_division": "--fast-division"}
 
 
 class _Options(NamedTuple):
@@ -165,6 +167,7 @@ class _Options(NamedTuple):
     single_pass: bool
     host_metadata: bool
     stored: bool
+    fast_division: bool
     command: bool
 
     def name(self, option: str) -> str:
@@ -209,6 +212,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --block-n: how the parts' states are merged (default: fold, all at once)")
     parser.add_argument("--single-pass", action="store_true",
                         help="with --block-n: one running state over the whole context, no merge")
+    parser.add_argument("--fast-division", action="store_true",
+                        help="with --block-n: the kernel's divisions err by up to 2 ulp (CUDA's __fdividef), one "
+                             "step more (not with --merge pairwise)")
     parser.add_argument("--stored", action="store_true",
                         help="the function stores each segment's output in the input dtype and merges the stored "
                              "outputs pairwise, as a cascade does: the bound prices those roundings "
@@ -282,7 +288,7 @@ def _check_setup(options: _Options, device: str) -> None:
         value = getattr(options, option)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise UsageError(f"{name(option)}: expected an int, got {value!r}")
-    for option in ("single_pass", "host_metadata", "stored"):
+    for option in ("single_pass", "host_metadata", "stored", "fast_division"):
         value = getattr(options, option)
         if not isinstance(value, bool):
             raise UsageError(f"{name(option)}: expected a bool, got {value!r}")
@@ -300,8 +306,9 @@ def _check_setup(options: _Options, device: str) -> None:
     if dtypes is not None and "float64" in dtypes and len(dtypes) > 1:
         raise UsageError(f"{name('dtypes')}: expected float64 alone (it passes NumPy arrays, the others torch tensors), "
                          f"got {setting('dtypes', dtypes)}")
-    blocking = f"{name('chunk')}, {name('merge')}, {name('single_pass')}"
-    if options.block_n is None and (options.chunk is not None or options.merge != "fold" or options.single_pass):
+    blocking = f"{name('chunk')}, {name('merge')}, {name('single_pass')}, {name('fast_division')}"
+    if options.block_n is None and (options.chunk is not None or options.merge != "fold" or options.single_pass
+                                    or options.fast_division):
         raise UsageError(f"{blocking}: expected with {name('block_n')} (they describe its blocking), got them "
                          f"without it")
     if options.block_n is not None and options.function is None:
@@ -315,6 +322,9 @@ def _check_setup(options: _Options, device: str) -> None:
     if options.single_pass and (options.chunk is not None or options.merge != "fold"):
         raise UsageError(f"{name('single_pass')}: expected without {name('chunk')} and {name('merge')} (one running "
                          f"state has no parts to cut or merge), got them together")
+    if options.fast_division and options.merge == "pairwise":
+        raise UsageError(f"{name('fast_division')}: expected without {setting('merge', 'pairwise')} (each pairwise "
+                         f"merge divides once; no count is proved for divisions within 2 ulp there), got them together")
     if options.stored and options.function is None:
         raise UsageError(f"{name('stored')}: expected with {name('function')} (a cascade of yours), got it with "
                          f"{setting('backend', options.backend)}, whose states are merged in fp32")
@@ -407,7 +417,7 @@ def _steps(options: _Options, batch) -> Optional[np.ndarray]:
     if options.block_n is None:
         return None
     return blocked_steps(batch, options.block_n, split=not options.single_pass, chunk=options.chunk,
-                         merge=options.merge)
+                         merge=options.merge, fast_division=options.fast_division)
 
 
 def _function_name(function: Union[str, Callable[..., Any]]) -> str:
@@ -428,7 +438,7 @@ def _reproduce(options: _Options, seed: int, dtype: str, device: str) -> str:
     inputs = [("seed", seed), ("cases", 1), ("dtypes", (dtype,))] + ([] if dtype == "float64" else [("device", device)])
     rest = [(option, getattr(options, option)) for option, unset in (
         ("host_metadata", False), ("block_n", None), ("chunk", None), ("single_pass", False), ("merge", "fold"),
-        ("stored", False))
+        ("fast_division", False), ("stored", False))
         if getattr(options, option) != unset]
     function = options.function
     spec = _importable_name(function) if callable(function) else function
@@ -510,8 +520,10 @@ def _header(options: _Options, space: dict, device: str) -> None:
     if options.block_n is not None:
         form = "one pass" if options.single_pass else (
             f"parts of {options.chunk} keys" if options.chunk else "a part per segment")
+        merged = {"fold": "all at once", "pairwise": "pairwise", "running": "one at a time, rescaled as the maximum grows"}
         print(f"  bound: the steps of blocks of {options.block_n} keys, {form}"
-              + ("" if options.single_pass else f", merged {'all at once' if options.merge == 'fold' else 'pairwise'}"))
+              + ("" if options.single_pass else f", merged {merged[options.merge]}")
+              + (", divisions within 2 ulp" if options.fast_division else ""))
     if options.stored:
         print("  bound: outputs stored in the input dtype, one pairwise merge of them per prefix level a request reads")
 
@@ -673,7 +685,8 @@ def _summary(outcome: Outcome, space: str) -> None:
 def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str = "auto", cases: int = 200,
         seed: int = 0, dtypes: Optional[Sequence[str]] = None, device: Optional[str] = None,
         space: Optional[Dict[str, Any]] = None, block_n: Optional[int] = None, chunk: Optional[int] = None,
-        merge: str = "fold", single_pass: bool = False, host_metadata: bool = False, stored: bool = False) -> Outcome:
+        merge: str = "fold", single_pass: bool = False, host_metadata: bool = False, stored: bool = False,
+        fast_division: bool = False) -> Outcome:
     """``relaycore verify`` from Python: the same cases and checks, the same printed report.
 
     Args:
@@ -685,8 +698,9 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
             inputs); default ``CYCLE``.
         device: ``"cpu"`` or ``"cuda"`` for the torch inputs; default cuda when available.
         space: ``relaycore.testing.BatchSpace`` fields over ``SPACES[device]`` (not ``dtypes``).
-        block_n, chunk, merge, single_pass: the blocking whose steps the bound counts, as
-            ``--block-n``, ``--chunk``, ``--merge``, ``--single-pass``.
+        block_n, chunk, merge, single_pass, fast_division: the blocking whose steps the bound
+            counts, as ``--block-n``, ``--chunk``, ``--merge``, ``--single-pass``,
+            ``--fast-division``.
         host_metadata: the torch inputs' metadata as NumPy arrays on the host, as
             ``--host-metadata`` (not with ``dtypes=("float64",)``, NumPy inputs).
         stored: the function merges outputs stored in the input dtype, as ``--stored``.
@@ -713,7 +727,7 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
     space = dict(space or {})
     options = _Options(function, backend, cases, seed, None if dtypes is None else tuple(dtypes), device, space,
                        tuple(f"{k}={v!r}" for k, v in space.items()), block_n, chunk, merge, single_pass, host_metadata,
-                       stored, command=False)
+                       stored, fast_division, command=False)
     return _execute(options)
 
 
@@ -723,7 +737,7 @@ def main(args: argparse.Namespace) -> int:
         options = _Options(args.function, args.backend, args.cases, args.seed,
                            None if args.dtype is None else tuple(args.dtype), args.device, _parse_space(args.space),
                            tuple(args.space), args.block_n, args.chunk, args.merge, args.single_pass,
-                           args.host_metadata, args.stored, command=True)
+                           args.host_metadata, args.stored, args.fast_division, command=True)
         outcome = _execute(options)
     except UsageError as exc:
         print(f"relaycore verify: {exc}", file=sys.stderr)

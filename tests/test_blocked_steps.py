@@ -4,7 +4,8 @@ tighter bound it gives holds for a kernel of that blocking and catches bugs the 
 ``blocked_kernel`` below is a kernel of the counted blocking written in torch, following the
 precision policy of ``relaycore.bounds``: fp32 scores, exponentials and sums, the weights
 rounded to the input format before the products with the values, one running state per part
-rescaled once per block, the parts' states folded at once or pairwise, the output rounded once.
+rescaled once per block, the parts' states folded at once, pairwise or one at a time into sums
+rescaled as their maximum grows (FlashInfer's order), the output rounded once.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def test_hand_counts():
     # chunks of 32: the prefix 32 + 32 + 32 + 4, the own keys 32 + 7 (or 8): 2 blocks at most, 6 parts
     assert blocked_steps(batch, 16, chunk=32)[:, 0].tolist() == [2 + 2] * 2
     assert blocked_steps(batch, 16, chunk=32, merge="pairwise")[:, 0].tolist() == [2 + 2 * 5] * 2
+    assert blocked_steps(batch, 16, chunk=32, merge="running")[:, 0].tolist() == [2 + 6] * 2  # one per part
+    assert blocked_steps(batch, 16, merge="running")[:, 0].tolist() == [7 + 2] * 2
+    # divisions within 2 ulp (__fdividef): one step more, with or without a merge
+    assert blocked_steps(batch, 16, chunk=32, merge="running", fast_division=True)[:, 0].tolist() == [2 + 6 + 1] * 2
+    assert blocked_steps(batch, 16, split=False, fast_division=True)[:, 0].tolist() == [7 + 3 + 1] * 2
     # one part: no merge, whatever the merge form
     alone = make_batch([3], [70])  # causal: 68, 69, 70 keys
     for merge in MERGES:
@@ -63,8 +69,12 @@ def test_refuses_an_unknown_merge_a_non_batch_and_parts_without_a_split():
         blocked_steps(batch, 16, split=False, chunk=8)
     with pytest.raises(ValueError, match=r"chunk, merge: expected None and 'fold' with split=False .*, got None and "):
         blocked_steps(batch, 16, split=False, merge="pairwise")
-    with pytest.raises(ValueError, match=r"merge: expected one of \('fold', 'pairwise'\), got 'tree'"):
+    with pytest.raises(ValueError, match=r"merge: expected one of \('fold', 'pairwise', 'running'\), got 'tree'"):
         blocked_steps(batch, 16, merge="tree")
+    with pytest.raises(ValueError, match=r"fast_division: expected False with merge='pairwise' .*, got True"):
+        blocked_steps(batch, 16, merge="pairwise", fast_division=True)
+    with pytest.raises(ValueError, match=r"fast_division: expected a bool, got 1"):
+        blocked_steps(batch, 16, fast_division=1)
     with pytest.raises(TypeError, match=r"batch: expected a relaycore.testing.Batch, got tuple"):
         blocked_steps(batch.arguments(), 16)
 
@@ -114,12 +124,22 @@ def _walk(q, segments, dtype, block_n):
 
 
 def _merge(states, merge):
-    """Fold the states all at once (the largest lse, one weighted sum, one division) or merge
+    """Fold the states all at once (the largest lse, one weighted sum, one division), merge
     them two at a time, in the order that costs a key the most steps (``blocked_steps`` counts
-    any order): the state whose keys have passed the most steps first, then the rest."""
+    any order): the state whose keys have passed the most steps first, then the rest; or fold
+    them in order into running sums, in base 2, rescaled whenever their maximum grows (Lemma 9:
+    ``K`` steps for ``K`` states, whatever their lses)."""
     states = [x for x in states if x is not None]
     if len(states) <= 1:
         return states[0] if states else None
+    if merge == "running":
+        m, d, o = torch.full_like(states[0].lse, -math.inf), torch.ones_like(states[0].lse), torch.zeros_like(states[0].o)
+        for x in states:
+            lse2 = x.lse / math.log(2)
+            m_new = torch.maximum(m, lse2)
+            g, f = torch.exp2(m - m_new), torch.exp2(lse2 - m_new)
+            d, o, m = d * g + f, o * g[:, None] + x.o * f[:, None], m_new
+        return Walked(o / d[:, None], (m + torch.log2(d)) * math.log(2), max(x.steps for x in states) + len(states))
     if merge == "pairwise":
         states = sorted(states, key=lambda x: -x.steps)
         total = states[0]
@@ -178,7 +198,8 @@ def blocked_kernel(batch, block_n, *, split=True, chunk=None, merge="fold", acro
 
 
 BLOCKINGS = st.sampled_from([dict(split=True), dict(split=True, merge="pairwise"), dict(split=True, chunk=5),
-                             dict(split=True, chunk=5, merge="pairwise"), dict(split=False)])
+                             dict(split=True, chunk=5, merge="pairwise"), dict(split=True, merge="running"),
+                             dict(split=True, chunk=5, merge="running"), dict(split=False)])
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])

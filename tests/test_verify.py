@@ -148,13 +148,18 @@ def test_space_narrows_the_batches_to_what_a_kernel_takes(capsys):
                                                                                  "bounds of relaycore.bounds")
 
 
-def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys):
+@pytest.mark.parametrize("blocking, said", [
+    (["--merge", "pairwise"], "merged pairwise"),
+    (["--merge", "running", "--fast-division"], "merged one at a time, rescaled as the maximum grows, divisions within "
+                                                "2 ulp"),
+])
+def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys, blocking, said):
     status, out = verify(capsys, "--function", "wrong_attention:ignore_prefix", "--cases", "12", "--seed", "7",
-                         "--block-n", "16", "--chunk", "8", "--merge", "pairwise", *NARROW)
+                         "--block-n", "16", "--chunk", "8", *blocking, *NARROW)
     assert status == 1, out
-    assert "bound: the steps of blocks of 16 keys, parts of 8 keys, merged pairwise" in out
+    assert f"bound: the steps of blocks of 16 keys, parts of 8 keys, {said}" in out
     command = shlex.split(REPRODUCE.findall(out)[0])
-    assert command[command.index("--block-n"):] == ["--block-n", "16", "--chunk", "8", "--merge", "pairwise"]
+    assert command[command.index("--block-n"):] == ["--block-n", "16", "--chunk", "8", *blocking]
     assert [command[i + 1] for i, x in enumerate(command) if x == "--space"] == NARROW[1::2]
     seed = command[command.index("--seed") + 1]
     first_report = out[out.index(f"case seed {seed} ("):].split("reproduce:")[0]
@@ -171,7 +176,11 @@ def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys):
     (["--space", "dtypes=('float16',)"], "--space: expected a field other than dtypes (a case's dtype is --dtype's, "
                                           "which takes several: --dtype float16 bfloat16)"),
     (["--space", "min_q_len=5", "--space", "max_q_len=1"], "--space: min_q_len, max_q_len: expected min_q_len <= max_q_len"),
-    (["--chunk", "4"], "--chunk, --merge, --single-pass: expected with --block-n (they describe its blocking)"),
+    (["--chunk", "4"], "--chunk, --merge, --single-pass, --fast-division: expected with --block-n (they describe its "
+                       "blocking)"),
+    (["--fast-division"], "--chunk, --merge, --single-pass, --fast-division: expected with --block-n"),
+    (["--block-n", "16", "--merge", "pairwise", "--fast-division", "--function", "wrong_attention:crash"],
+     "--fast-division: expected without --merge pairwise (each pairwise merge divides once"),
     (["--block-n", "0", "--function", "wrong_attention:crash"], "--block-n: expected a positive number of keys, got 0"),
     (["--block-n", "16", "--chunk", "-1", "--function", "wrong_attention:crash"],
      "--chunk: expected a positive number of keys, got -1"),
@@ -492,13 +501,14 @@ def test_host_metadata_hands_a_kernel_its_metadata_as_numpy_arrays(capsys):
                                                  "backend takes, not 'torch'"),
     (dict(dtypes=("float64",), host_metadata=True), "host_metadata: expected with torch inputs, got it with "
                                                     "dtypes=('float64',)"),
-    (dict(chunk=4), "chunk, merge, single_pass: expected with block_n (they describe its blocking)"),
+    (dict(chunk=4), "chunk, merge, single_pass, fast_division: expected with block_n (they describe its blocking)"),
+    (dict(fast_division="yes", block_n=4, function="wrong_attention:crash"), "fast_division: expected a bool, got 'yes'"),
     (dict(block_n=64, backend="torch"), "block_n: expected with function (a blocking you know), got it with "
                                         "backend='torch'"),
     (dict(block_n=0, function="wrong_attention:crash"), "block_n: expected a positive number of keys, got 0"),
     (dict(block_n=8, single_pass=True, merge="pairwise", function="wrong_attention:crash"),
      "single_pass: expected without chunk and merge"),
-    (dict(merge="tree"), "merge: expected one of ['fold', 'pairwise'], got 'tree'"),
+    (dict(merge="tree"), "merge: expected one of ['fold', 'pairwise', 'running'], got 'tree'"),
     (dict(function="missing-colon"), "function: expected MODULE:FUNCTION, got 'missing-colon'"),
     (dict(function="no_such_module:fn"), "function: cannot load 'no_such_module:fn'"),
     (dict(space={"min_q_len": 5, "max_q_len": 1}), "space: min_q_len, max_q_len: expected min_q_len <= max_q_len"),

@@ -1,8 +1,9 @@
 """Steps per key for a kernel whose blocking you know: a bound as tight as the kernel allows.
 
 ``relaycore.bounds`` charges each key one step for its own exponential, one for each rescale of
-an accumulator that holds it, and two for each merge it passes with keys on both sides
-(``docs/math/errors.md``, Lemmas 2-4 of the proof). Without a count it assumes
+an accumulator that holds it, and what its merges cost: two for each pairwise merge it passes
+with keys on both sides, two for an all-at-once fold, up to one per state for a running fold
+(``docs/math/errors.md``, Lemmas 2-4 and 9 of the proof). Without a count it assumes
 the worst blocking, ``default_steps``: about two steps per key the row sees. A kernel that walks
 blocks of ``b`` keys takes about ``N / b``, and the step term of the bound shrinks with it; on
 long rows that is what lets a check see a dropped key (``docs/guide/testing.md``: one fp32 row
@@ -22,8 +23,10 @@ from relaycore.testing.batch import Batch
 
 #: How a split kernel combines its parts' states (``blocked_steps``'s ``merge``): ``"fold"``
 #: all at once (the largest lse, one weighted sum, one division: 2 steps in all), ``"pairwise"``
-#: two at a time in any order (2 for each merge a key passes with keys on both sides).
-MERGES = ("fold", "pairwise")
+#: two at a time in any order (2 for each merge a key passes with keys on both sides),
+#: ``"running"`` one at a time into sums rescaled whenever their maximum grows, as FlashInfer's
+#: ``merge_states`` (``K`` steps for ``K >= 2`` parts that hold keys, Lemma 9).
+MERGES = ("fold", "pairwise", "running")
 
 
 def _cdiv(a, b):
@@ -45,7 +48,7 @@ def _segments(batch: Batch) -> list:
 
 
 def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Optional[int] = None,
-                  merge: str = "fold") -> np.ndarray:
+                  merge: str = "fold", fast_division: bool = False) -> np.ndarray:
     """The most steps any key passes, per query row, in a kernel of the given blocking: the
     ``steps`` argument of ``check``, ``assert_close``, ``compare`` and ``bounds_for``.
 
@@ -65,7 +68,13 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             key (split-KV), each chunk a part of its own; ``None``: one part per segment. Chunks
             that run across segments (a split-KV over the concatenated context) are another
             blocking, which this count does not describe.
-        merge: with ``split``, one of ``MERGES``.
+        merge: with ``split``, one of ``MERGES``. A ``"running"`` fold must start from a part
+            that holds a key of the row (from an empty one, FlashInfer's takes
+            ``exp2(-inf - (-inf))``, NaN).
+        fast_division: the kernel's divisions (a part's output by its normaliser, a fold's by
+            its sum) err by up to 2 ulp instead of rounding to nearest, as CUDA's ``__fdividef``
+            and ``-use_fast_math``: one step more (Lemma 9). Not with ``"pairwise"``, whose
+            merges divide once each (no count is proved for that).
 
     A kernel whose parts walk blocks of different sizes is described by its smallest block
     (more blocks, so more steps: the count stays an upper bound).
@@ -73,13 +82,15 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
     Returns:
         int64 ``[total_q, 1]`` (it broadcasts over heads): for a row that sees ``n_i`` keys in
         part ``i`` and keys in ``K`` parts, ``max_i ceil(n_i / block_n)`` plus 2 (``"fold"``,
-        ``K >= 2``) or ``2 (K - 1)`` (``"pairwise"``); without ``split``, the sum of
-        ``ceil(n_s / block_n)`` over its segments. At least 1 (every query sees its own first
-        key) and never above ``relaycore.bounds.default_steps`` of the keys it sees.
+        ``K >= 2``), ``2 (K - 1)`` (``"pairwise"``) or ``K`` (``"running"``, ``K >= 2``);
+        without ``split``, the sum of ``ceil(n_s / block_n)`` over its segments; plus 1 with
+        ``fast_division``. At least 1 (every query sees its own first key) and, without
+        ``fast_division``, never above ``relaycore.bounds.default_steps`` of the keys it sees.
 
     Raises:
         ValueError: ``block_n`` or ``chunk`` not a positive int; ``merge`` not in ``MERGES``;
-            ``chunk`` or a ``merge`` other than ``"fold"`` without ``split``.
+            ``chunk`` or a ``merge`` other than ``"fold"`` without ``split``;
+            ``fast_division`` not a bool, or with ``"pairwise"``.
         TypeError: ``batch`` is not a ``Batch``.
 
     Example:
@@ -89,6 +100,8 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         [9, 9]
         >>> blocked_steps(batch, 16, split=False)[:, 0].tolist()   # 7 prefix + 3 own blocks
         [10, 10]
+        >>> blocked_steps(batch, 16, chunk=32, merge="running", fast_division=True)[:, 0].tolist()
+        [9, 9]
     """
     if not isinstance(batch, Batch):
         raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
@@ -102,6 +115,11 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
     if not split and (chunk is not None or merge != "fold"):
         raise ValueError(f"chunk, merge: expected None and 'fold' with split=False (one running state has no parts), "
                          f"got {chunk!r} and {merge!r}")
+    if not isinstance(fast_division, (bool, np.bool_)):
+        raise ValueError(f"fast_division: expected a bool, got {fast_division!r}")
+    if fast_division and merge == "pairwise":
+        raise ValueError("fast_division: expected False with merge='pairwise' (each pairwise merge divides once; "
+                         "no count is proved for divisions within 2 ulp there), got True")
     steps = np.ones((int(batch.cu_seqlens_q[-1]), 1), dtype=np.int64)
     q_lens = batch.q_lens
     for b, (prefix, kv_len) in enumerate(_segments(batch)):
@@ -120,10 +138,15 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             count = blocks.sum(axis=1)
         else:
             nonempty = (held > 0).sum(axis=1)
-            merges = np.where(nonempty >= 2, 2, 0) if merge == "fold" else 2 * np.maximum(nonempty - 1, 0)
+            if merge == "fold":
+                merges = np.where(nonempty >= 2, 2, 0)
+            elif merge == "running":
+                merges = np.where(nonempty >= 2, nonempty, 0)
+            else:
+                merges = 2 * np.maximum(nonempty - 1, 0)
             count = blocks.max(axis=1, initial=0) + merges
         lo = int(batch.cu_seqlens_q[b])
-        steps[lo : lo + q_len, 0] = count
+        steps[lo : lo + q_len, 0] = count + int(fast_division)
     return steps
 
 
