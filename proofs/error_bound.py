@@ -618,7 +618,10 @@ merges them with `merge_state_in_place`, whose kernel (`MergeStateInPlaceKernel`
 lses in fp32. Its order of operations is Lemma 3's in base 2: $M$ the larger lse,
 $w = 2^{\mathrm{fl}(\lambda - M)}$, the coefficient $w_a / (w_a + w_b)$, the two products summed,
 and the lse $\mathrm{fl}(\widehat{\log_2}(w_a + w_b) + M)$. In natural units base 2 changes none
-of Lemma 3's (a)-(c), as in Lemma 4. (A fused multiply-add rounds once where the model rounds
+of Lemma 3's (a)-(c), as in Lemma 4. (Given two states of lse $-\infty$ it takes
+$2^{-\infty - (-\infty)}$ and returns NaN, output and lse: `merge_state` and
+`merge_state_in_place` did on an H200, FlashInfer 0.5.0, 2026-11-29; relaycore's merge returns
+$(0, -\infty)$.) (A fused multiply-add rounds once where the model rounds
 twice, which the model covers.)
 
 *Claim. Let a pairwise merge in Lemma 3's order, in natural log or base 2, read its incoming
@@ -688,8 +691,8 @@ over $K'$ states, and its $k$ would grow with $K'$.
 FlashInfer 0.5.0 merges split-KV states with a running fold in base 2 (`state_t::merge` in
 `include/flashinfer/attention/state.cuh`, which its `merge_states`, its variable-length merge
 and its decode kernels' partial states go through). From $M_0 = -\infty$, $D_0 = 1$,
-$O_0 = 0$ it takes the states $i = 1, \dots, K$ in turn, each as an output $\hat o_i$ and a
-base-2 lse $\hat\lambda_i$:
+$O_0 = 0$ (FlashInfer's $M_0$ is $-5 \cdot 10^4$, below) it takes the states
+$i = 1, \dots, K$ in turn, each as an output $\hat o_i$ and a base-2 lse $\hat\lambda_i$:
 
 $$
 M_i = \max(M_{i-1}, \hat\lambda_i),\quad
@@ -723,11 +726,22 @@ one leaves everything as it was, bit for bit: $M_i = M_{i-1}$ is finite,
 $g_i = \widehat{\exp_2}(0) = 1$ (the hardware returns 1 at 0, as "Counting the Triton kernels'
 steps" uses), $f_i = 2^{-\infty} = 0$, the products are exact and the sums add zeros. A first
 state with no key would give $M_1 = -\infty$ and the argument
-$\mathrm{fl}(-\infty - (-\infty))$, NaN: FlashInfer's fold returns NaN for it, where
-relaycore's contract gives $(0, -\infty)$; the claim asks for a non-empty first state. Number
+$\mathrm{fl}(-\infty - (-\infty))$, NaN; the claim asks for a non-empty first state. Number
 the non-empty states $1, \dots, K'$. The first one finds $M_0 = -\infty$, so
 $g_1 = 2^{-\infty} = 0$, $M_1 = \hat\lambda_1$, $f_1 = 2^0 = 1$: $D_1 = 1$ and $O_1 = \hat o_1$
 exactly. So with $K' = 1$, $\hat o = \mathrm{fl}(\hat o_1 / 1) = \hat o_1$.
+
+*FlashInfer's start.* Its `state_t::init` sets $M_0 = -$`math::inf`, which is $-5 \cdot 10^4$,
+not $-\infty$: a phantom state of output 0 and base-2 lse $-5 \cdot 10^4$ that the fold takes
+first. Where the first non-empty state's lse exceeds $-5 \cdot 10^4 + 126$ (in natural units,
+about $-34570$), the rescale $g_1 = \widehat{\exp_2}(\mathrm{fl}(-5 \cdot 10^4 - \hat\lambda_1))$
+is below $2^{-126}$ and `ex2.approx.ftz` flushes it to 0, so $D_1 = 1$ and $O_1 = \hat o_1$
+exactly, as above: the same fold, and an empty state before it changes nothing instead of
+giving NaN. Rows whose lses all lie below that (every score below about $-34570$) are outside
+this lemma: the phantom's weight then counts. On an H200 (FlashInfer 0.5.0, 2026-11-29)
+`merge_states` returned the other state's output for a first state of lse $-\infty$, and for
+two such states an output of 0 with lse $-49996.8$ (the phantoms of the kernel's threads
+folded, $-5 \cdot 10^4 + \log_2 9$), not $-\infty$.
 
 Follow the term of state $i$. It enters as $f_i$ on the normaliser and
 $\mathrm{fl}(\hat o_{id} f_i)$ on the numerator; each later merge $k$ multiplies it by $g_k$,
@@ -1199,8 +1213,8 @@ def simulate_merge_running(states: list, exp, ar: fp.Arithmetic, divide=None) ->
     ``exp2(fl(M_old - M))`` and adds its output times ``exp2(fl(lse_i - M))``; at the end
     ``O / D`` (``divide``, default ``ar.div``) and the lse ``fl(M + log2 D)``, converted to
     natural log as ``fl(lse fl(ln 2))``. Products round to nearest as ``ar`` does, the sums as
-    ``ar`` rounds them, the subtractions with ``fp.r32``. A first state with no key gives NaN,
-    as the fold it models does (``-inf - (-inf)``)."""
+    ``ar`` rounds them, the subtractions with ``fp.r32``. A first state with no key gives NaN
+    (``-inf - (-inf)``); FlashInfer's fold starts from ``M = -5e4`` instead (Lemma 9)."""
     divide = divide or ar.div
     dim = len(states[0][0])
     m, total, acc = exact.NEG_INF, mpmath.mpf(1), [mpmath.mpf(0)] * dim
@@ -1925,8 +1939,8 @@ def check_running_fold():
     most ``K'`` steps (``K' + 1`` with divisions within 2 ulp); a fold of one non-empty state
     passes it on unchanged. The draws reach weights and rescales below ``2^-126`` (charged to
     ``sigma_0`` by the proof's "Underflow", a constant inequality checked here as Lemma 4's is,
-    with ``3N + 5K'^2 < 2^49`` and ``2^-76``). And a fold whose first state holds no key returns
-    NaN (the claim's condition)."""
+    with ``3N + 5K'^2 < 2^49`` and ``2^-76``). And a fold from ``M = -inf`` whose first state
+    holds no key returns NaN (the claim's condition)."""
     prec = bounds.precision("float32")
     u_acc, u_exp = mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
     second_order = 1 + mpmath.mpf(2) ** -20

@@ -68,9 +68,9 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             key (split-KV), each chunk a part of its own; ``None``: one part per segment. Chunks
             that run across segments (a split-KV over the concatenated context) are another
             blocking, which this count does not describe.
-        merge: with ``split``, one of ``MERGES``. A ``"running"`` fold must start from a part
-            that holds a key of the row (from an empty one, FlashInfer's takes
-            ``exp2(-inf - (-inf))``, NaN).
+        merge: with ``split``, one of ``MERGES``. A ``"running"`` fold from ``M = -inf`` must
+            start from a part that holds a key of the row (``exp2(-inf - (-inf))`` is NaN;
+            FlashInfer's starts from ``M = -5e4``, Lemma 9).
         fast_division: the kernel's divisions (a part's output by its normaliser, a fold's by
             its sum) err by up to 2 ulp instead of rounding to nearest, as CUDA's ``__fdividef``
             and ``-use_fast_math``: one step more (Lemma 9). Not with ``"pairwise"``, whose
