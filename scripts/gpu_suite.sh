@@ -7,7 +7,8 @@
 # 3. decode and append timings against SDPA (tests/gpu/perf_decode.py)
 # Logs and JSON lines go to OUT_DIR. Exit status: non-zero if 1 or 2 failed.
 # Narrower runs: PYTEST_K=<expr> selects tests (pytest -k), SKIP_SANITIZER=1, SKIP_PERF=1,
-# PERF_GRID=decode|append|all.
+# PERF_GRID=decode|append|all. The whole suite takes longer than one device call allows:
+# scripts/gpu_parts.sh runs it in three parts that each fit one.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 LOGS="${1:-${OUT:-$ROOT/gpu-logs}}"
