@@ -373,10 +373,10 @@ def markdown(doc: dict, figures: List[str]) -> str:
         "queries at every point. The bound is proved for relaycore's precision policy; for a peer it is a gate, "
         "not a proof, where the peer rounds otherwise: FlashInfer's cascade wrapper stores each level's output in "
         "fp16 before merging, which the bound prices with `stored` = 1 (Lemma 8 of the error analysis), and is "
-        "held to the bound without that term, a stricter one; FlashInfer's split-KV merges fold their states "
-        "with a running maximum and divide with `__fdividef` (within 2 ulp), which Lemma 9 prices (one fold of "
-        "K states: at most K + 1 steps, within the default count), but its decode kernel nests such folds "
-        "(threads of a block, then chunks), a count not written out: a gate, not a proof.",
+        "held to the bound without that term, a stricter one; FlashInfer's split-KV decode folds its states "
+        "with a running maximum and fast divisions, which Lemma 9 prices for one fold over fp32 states, but it "
+        "stores its partial outputs in fp16 and merges unnormalised states within a block, which no lemma "
+        "covers: a gate, not a proof.",
         "- Timing: warm-up, then CUDA-event timing of each replay of a CUDA graph (eager where the provider "
         f"cannot be captured), a buffer of at least four times the L2 size{_flush_size(doc)} overwritten before "
         "each replay; median with the 10th/90th percentiles in the JSON.",

@@ -25,7 +25,8 @@ from relaycore.testing.batch import Batch
 #: all at once (the largest lse, one weighted sum, one division: 2 steps in all), ``"pairwise"``
 #: two at a time in any order (2 for each merge a key passes with keys on both sides),
 #: ``"running"`` one at a time into sums rescaled whenever their maximum grows, as FlashInfer's
-#: ``merge_states`` (``K`` steps for ``K >= 2`` parts that hold keys, Lemma 9).
+#: ``state_t::merge`` over states held in fp32 (``K`` steps for ``K >= 2`` parts that hold keys,
+#: Lemma 9; not its kernels that store intermediate folds in the input dtype).
 MERGES = ("fold", "pairwise", "running")
 
 
