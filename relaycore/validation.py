@@ -125,6 +125,18 @@ def _numpy_dtype_name(dtype: np.dtype) -> str:
     return dtype.name
 
 
+@functools.lru_cache(maxsize=64)
+def _torch_dtype_name(dtype: Any) -> str:
+    """``dtype_name`` of a tensor of this torch dtype (a ``str`` and a ``replace`` saved per read)."""
+    return str(dtype).replace("torch.", "")
+
+
+@functools.lru_cache(maxsize=64)
+def _torch_device_name(device: Any) -> str:
+    """``str(device)`` of a ``torch.device`` (about 0.4 us, asked of every tensor)."""
+    return str(device)
+
+
 def device_name(x: Any) -> str:
     return "cpu" if isinstance(x, np.ndarray) else str(x.device)
 
@@ -138,9 +150,18 @@ def on_host(x: Any, device: str) -> bool:
 
 def to_host_ints(x: Any) -> np.ndarray:
     """Copy an integer array to a host int64 NumPy array (a device sync for GPU tensors)."""
+    return _host_values(x).astype(np.int64, copy=False)
+
+
+def _host_values(x: Any) -> np.ndarray:
+    """The values of a NumPy array or tensor in a host NumPy array of its dtype: the array
+    itself, or the tensor's (a device sync for GPU tensors; a view of a CPU tensor's memory)."""
     if isinstance(x, np.ndarray):
-        return x.astype(np.int64, copy=False)
-    return x.detach().resolve_neg().to("cpu").numpy().astype(np.int64, copy=False)
+        return x
+    torch = sys.modules.get("torch")
+    if torch is not None and type(x) is torch.Tensor and x.is_cpu and not (x.requires_grad or x.is_neg()):
+        return x.numpy()  # what the general form below gives such a tensor, in a third of its time
+    return x.detach().resolve_neg().to("cpu").numpy()
 
 
 def largest(a: np.ndarray) -> int:
@@ -174,40 +195,53 @@ class _Checker:
         self.device: Optional[str] = None
         self.first: Optional[str] = None
 
-    def array(self, name: str, x: Any, *, rank: int, dtypes: Sequence[str]) -> None:
-        kind = array_kind(x)
-        if kind is None:
-            raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {describe(x)}")
-        check_dense(name, x)
+    def array(self, name: str, x: Any, *, rank: int, dtypes: Sequence[str]) -> str:
+        """Check a floating array; returns its ``dtype_name``."""
+        kind, device, dtype = _facts(name, x)
         if self.kind is None:
-            self.kind, self.device, self.first = kind, device_name(x), name
+            self.kind, self.device, self.first = kind, device, name
         elif kind != self.kind:
             raise TypeError(f"{name}: expected a {self.kind} array like {self.first}, got a {kind} array")
-        elif device_name(x) != self.device:
-            raise ValueError(f"{name}: expected device {self.device} (the device of {self.first}), got {device_name(x)}")
-        self._shape(name, x, rank, dtypes)
+        elif device != self.device:
+            raise ValueError(f"{name}: expected device {self.device} (the device of {self.first}), got {device}")
+        _check_rank_dtype(name, x, rank, dtype, dtypes)
+        return dtype
 
     def metadata(self, name: str, x: Any, *, rank: int) -> None:
         """An integer metadata array: on the first array's device, or beside torch tensors on
         the host (a NumPy array or a CPU tensor: ``on_host``)."""
-        kind = array_kind(x)
-        if kind is None:
-            raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {describe(x)}")
-        check_dense(name, x)
-        host = self.kind == "torch" and (kind == "numpy" or device_name(x) == "cpu")
+        kind, device, dtype = _facts(name, x)
+        host = self.kind == "torch" and (kind == "numpy" or device == "cpu")
         if not host and kind != self.kind:
             raise TypeError(f"{name}: expected a {self.kind} array like {self.first}, got a {kind} array")
-        if not host and device_name(x) != self.device:
+        if not host and device != self.device:
             raise ValueError(f"{name}: expected device {self.device} (the device of {self.first}) or the host (a NumPy "
-                             f"array or a CPU tensor), got {device_name(x)}")
-        self._shape(name, x, rank, INT_DTYPES)
+                             f"array or a CPU tensor), got {device}")
+        _check_rank_dtype(name, x, rank, dtype, INT_DTYPES)
 
-    @staticmethod
-    def _shape(name: str, x: Any, rank: int, dtypes: Sequence[str]) -> None:
-        if x.ndim != rank:
-            raise ValueError(f"{name}: expected rank {rank}, got shape {tuple(x.shape)} (rank {x.ndim})")
-        if dtype_name(x) not in dtypes:
-            raise TypeError(f"{name}: expected dtype in {list(dtypes)}, got {dtype_name(x)}")
+
+def _facts(name: str, x: Any) -> Tuple[str, str, str]:
+    """``array_kind``, ``device_name`` and ``dtype_name`` of an array, which must be one
+    (``check_dense``). A plain NumPy array or a strided ``torch.Tensor`` (the common case) is
+    told at a glance; anything else goes through the general checks, which name what is wrong."""
+    if type(x) is np.ndarray:  # neither a masked array nor an np.matrix
+        return "numpy", "cpu", _numpy_dtype_name(x.dtype)
+    torch = sys.modules.get("torch")
+    if torch is not None and type(x) is torch.Tensor and x.layout is torch.strided:
+        return "torch", _torch_device_name(x.device), _torch_dtype_name(x.dtype)
+    kind = array_kind(x)
+    if kind is None:
+        raise TypeError(f"{name}: expected a NumPy array or torch tensor, got {describe(x)}")
+    check_dense(name, x)
+    return kind, device_name(x), dtype_name(x)
+
+
+def _check_rank_dtype(name: str, x: Any, rank: int, dtype: str, dtypes: Sequence[str]) -> None:
+    """Refuse an array ``x`` (of dtype name ``dtype``) not of this rank or not in ``dtypes``."""
+    if x.ndim != rank:
+        raise ValueError(f"{name}: expected rank {rank}, got shape {tuple(x.shape)} (rank {x.ndim})")
+    if dtype not in dtypes:
+        raise TypeError(f"{name}: expected dtype in {list(dtypes)}, got {dtype}")
 
 
 def check_dense(name: str, x: Any) -> None:
@@ -223,11 +257,12 @@ def check_dense(name: str, x: Any) -> None:
         raise TypeError(f"{name}: expected a dense (torch.strided) tensor, got layout {x.layout}; pass .to_dense()")
 
 
-def _check_same(name: str, x: Any, ref_name: str, ref: Any) -> None:
-    if tuple(x.shape) != tuple(ref.shape):
+def _check_same(name: str, x: Any, dtype: str, ref_name: str, ref: Any, ref_dtype: str) -> None:
+    """Refuse an array ``x`` (of dtype name ``dtype``) unlike ``ref`` in shape or dtype."""
+    if x.shape != ref.shape and tuple(x.shape) != tuple(ref.shape):  # as tuples where the shapes' types differ
         raise ValueError(f"{name}: expected the shape of {ref_name} {tuple(ref.shape)}, got {tuple(x.shape)}")
-    if dtype_name(x) != dtype_name(ref):
-        raise TypeError(f"{name}: expected the dtype of {ref_name} ({dtype_name(ref)}), got {dtype_name(x)}")
+    if dtype != ref_dtype:
+        raise TypeError(f"{name}: expected the dtype of {ref_name} ({ref_dtype}), got {dtype}")
 
 
 def _check_heads(name: str, x: Any, hq: int, d: int, head_axis: int) -> int:
@@ -241,26 +276,31 @@ def _check_heads(name: str, x: Any, hq: int, d: int, head_axis: int) -> int:
     return hkv
 
 
-def _check_offsets(name: str, offsets: np.ndarray, length: int, total: int, total_name: str) -> None:
+def _lengths(name: str, offsets: np.ndarray, length: int, total: int, total_name: str) -> np.ndarray:
+    """Check int64 offsets and return the lengths they delimit, ``offsets[1:] - offsets[:-1]``."""
     if offsets.shape != (length,):
         raise ValueError(f"{name}: expected shape ({length},), got {offsets.shape}")
-    if offsets[0] != 0:
+    if offsets.item(0) != 0:
         raise ValueError(f"{name}: expected {name}[0] == 0, got {int(offsets[0])}")
-    falls = offsets[1:] < offsets[:-1]  # not np.diff(offsets) < 0: a difference of int64s can wrap around
-    if np.count_nonzero(falls):  # (``any``, in a quarter of its time on a batch's offsets)
+    lengths = offsets[1:] - offsets[:-1]  # np.diff, without its Python-level dispatch
+    # a difference of int64s can wrap around, but not between offsets >= 0: then a negative
+    # length is a fall, and a negative offset after offsets[0] == 0 is one too
+    if lengths.size and (smallest(offsets) < 0 or smallest(lengths) < 0):
+        falls = offsets[1:] < offsets[:-1]
         i = int(np.argmax(falls))
         raise ValueError(
             f"{name}: expected non-decreasing offsets, got {name}[{i}] = {int(offsets[i])} > {name}[{i + 1}] = {int(offsets[i + 1])}"
         )
-    if offsets[-1] != total:
+    if offsets.item(-1) != total:
         raise ValueError(f"{name}: expected the last offset to equal {total_name} = {total}, got {int(offsets[-1])}")
+    return lengths
 
 
 def check_block_ids(table: np.ndarray, blocks_needed: np.ndarray, num_blocks: int) -> np.ndarray:
     """Refuse a block table whose entries that a request reads are not blocks of the cache.
 
     Args:
-        table: int64 ``[B, max_blocks]``, the block table's values.
+        table: int32 or int64 ``[B, max_blocks]``, the block table's values.
         blocks_needed: int64 ``[B]``, the blocks each request reads (``ceil(kv_len / block_size)``,
             at most ``max_blocks``); the entries past them are never read, whatever they hold.
         num_blocks: the cache's block count.
@@ -272,14 +312,39 @@ def check_block_ids(table: np.ndarray, blocks_needed: np.ndarray, num_blocks: in
         ValueError: naming the first entry read that is not in ``[0, num_blocks)``.
     """
     used = np.arange(table.shape[1])[None, :] < blocks_needed[:, None]
-    # where every entry, read or not, is a block (the common case), two reductions tell so
-    if table.size and (smallest(table) < 0 or largest(table) >= num_blocks):
-        bad = used & ((table < 0) | (table >= num_blocks))
-        if np.count_nonzero(bad):
-            b, j = (int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"kv.block_table: expected block ids in [0, {num_blocks}) (num_blocks of kv.k_cache), "
-                             f"got block_table[{b}, {j}] = {int(table[b, j])}")
+    if _all_blocks(table, num_blocks):
+        return used
+    bad = used & ((table < 0) | (table >= num_blocks))
+    if np.count_nonzero(bad):
+        b, j = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"kv.block_table: expected block ids in [0, {num_blocks}) (num_blocks of kv.k_cache), "
+                         f"got block_table[{b}, {j}] = {int(table[b, j])}")
     return used
+
+
+def _all_blocks(table: np.ndarray, num_blocks: int) -> bool:
+    """Whether every entry of ``table``, read or not, is a block id in ``[0, num_blocks)`` (the
+    common case, which two reductions tell)."""
+    return not table.size or (smallest(table) >= 0 and largest(table) < num_blocks)
+
+
+def _entries_read(table: np.ndarray, kv_lens: np.ndarray, block_size: int) -> np.ndarray:
+    """int64 ``[B, max_blocks]``: ``table``'s values, 0 past each request's last block (the
+    ``ceil(kv_len / block_size)`` blocks it reads, each count in ``[0, max_blocks]``)."""
+    columns = table.shape[1]
+    # check_block_ids's mask, its rows picked from _ramps: columns - ceil(k / s) == columns + k // -s
+    used = _ramps(columns)[columns + kv_lens // -block_size]
+    entries = np.zeros(table.shape, dtype=np.int64)
+    np.copyto(entries, table, where=used)  # (np.where(used, table, 0), in half the time)
+    return entries
+
+
+@functools.lru_cache(maxsize=16)
+def _ramps(columns: int) -> np.ndarray:
+    """Read-only bool ``[columns + 1, columns]`` whose row ``columns - n`` is ``n`` True then
+    False: windows onto one ``2 * columns`` pattern (no memory per row)."""
+    pattern = np.arange(2 * columns) < columns
+    return np.lib.stride_tricks.as_strided(pattern, (columns + 1, columns), (1, 1), writeable=False)
 
 
 #: The range of ``softmax_scale``: ``softmax_scale * log2(e)``, which the Triton kernels take
@@ -330,34 +395,33 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         ValueError: wrong rank, shape, device, or metadata values.
     """
     c = _Checker()
-    c.array("q", q, rank=3, dtypes=FLOAT_DTYPES)
-    total_q, hq, d = (int(s) for s in q.shape)
+    dtype = c.array("q", q, rank=3, dtypes=FLOAT_DTYPES)
+    total_q, hq, d = map(int, q.shape)
     if hq == 0 or d == 0:
         raise ValueError(f"q: expected at least one head and head_dim >= 1, got shape {tuple(q.shape)}")
-    dtype = dtype_name(q)
     c.metadata("cu_seqlens_q", cu_seqlens_q, rank=1)
-    if int(cu_seqlens_q.shape[0]) < 1:
-        raise ValueError("cu_seqlens_q: expected shape (B + 1,) with B >= 0, got shape (0,)")
     batch = int(cu_seqlens_q.shape[0]) - 1
+    if batch < 0:
+        raise ValueError("cu_seqlens_q: expected shape (B + 1,) with B >= 0, got shape (0,)")
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"causal: expected a bool, got {type(causal).__name__}")
     scale = resolve_scale(softmax_scale, d)
 
     if isinstance(kv, RaggedKV):
-        c.array("kv.k", kv.k, rank=3, dtypes=FLOAT_DTYPES)
-        if dtype_name(kv.k) != dtype:
-            raise TypeError(f"kv.k: expected q's dtype {dtype}, got {dtype_name(kv.k)}")
-        c.array("kv.v", kv.v, rank=3, dtypes=FLOAT_DTYPES)
-        _check_same("kv.v", kv.v, "kv.k", kv.k)
+        k_dtype = c.array("kv.k", kv.k, rank=3, dtypes=FLOAT_DTYPES)
+        if k_dtype != dtype:
+            raise TypeError(f"kv.k: expected q's dtype {dtype}, got {k_dtype}")
+        v_dtype = c.array("kv.v", kv.v, rank=3, dtypes=FLOAT_DTYPES)
+        _check_same("kv.v", kv.v, v_dtype, "kv.k", kv.k, k_dtype)
         hkv = _check_heads("kv.k", kv.k, hq, d, head_axis=1)
         c.metadata("kv.cu_seqlens", kv.cu_seqlens, rank=1)
         block_size = 0
     elif isinstance(kv, PagedKV):
-        c.array("kv.k_cache", kv.k_cache, rank=4, dtypes=FLOAT_DTYPES)
-        if dtype_name(kv.k_cache) != dtype:
-            raise TypeError(f"kv.k_cache: expected q's dtype {dtype}, got {dtype_name(kv.k_cache)}")
-        c.array("kv.v_cache", kv.v_cache, rank=4, dtypes=FLOAT_DTYPES)
-        _check_same("kv.v_cache", kv.v_cache, "kv.k_cache", kv.k_cache)
+        k_dtype = c.array("kv.k_cache", kv.k_cache, rank=4, dtypes=FLOAT_DTYPES)
+        if k_dtype != dtype:
+            raise TypeError(f"kv.k_cache: expected q's dtype {dtype}, got {k_dtype}")
+        v_dtype = c.array("kv.v_cache", kv.v_cache, rank=4, dtypes=FLOAT_DTYPES)
+        _check_same("kv.v_cache", kv.v_cache, v_dtype, "kv.k_cache", kv.k_cache, k_dtype)
         hkv = _check_heads("kv.k_cache", kv.k_cache, hq, d, head_axis=2)
         block_size = int(kv.k_cache.shape[1])
         if block_size == 0:
@@ -376,11 +440,11 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
     check_prefix_levels(prefixes)
     for i, level in enumerate(prefixes):
         name = f"prefixes[{i}]"
-        c.array(f"{name}.k", level.k, rank=3, dtypes=FLOAT_DTYPES)
-        if dtype_name(level.k) != dtype:
-            raise TypeError(f"{name}.k: expected q's dtype {dtype}, got {dtype_name(level.k)}")
-        c.array(f"{name}.v", level.v, rank=3, dtypes=FLOAT_DTYPES)
-        _check_same(f"{name}.v", level.v, f"{name}.k", level.k)
+        k_dtype = c.array(f"{name}.k", level.k, rank=3, dtypes=FLOAT_DTYPES)
+        if k_dtype != dtype:
+            raise TypeError(f"{name}.k: expected q's dtype {dtype}, got {k_dtype}")
+        v_dtype = c.array(f"{name}.v", level.v, rank=3, dtypes=FLOAT_DTYPES)
+        _check_same(f"{name}.v", level.v, v_dtype, f"{name}.k", level.k, k_dtype)
         h = _check_heads(f"{name}.k", level.k, hq, d, head_axis=1)
         if h != hkv:
             raise ValueError(f"{name}.k: expected {hkv} KV heads (as the request KV), got shape {tuple(level.k.shape)}")
@@ -396,33 +460,30 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
     if c.device == "meta":
         raise ValueError(f"{c.first}: expected tensors that hold values, got tensors on the meta device")
     cu_q = to_host_ints(cu_seqlens_q)
-    _check_offsets("cu_seqlens_q", cu_q, batch + 1, total_q, "q.shape[0]")
-    q_lens = cu_q[1:] - cu_q[:-1]  # np.diff, without its Python-level dispatch
+    q_lens = _lengths("cu_seqlens_q", cu_q, batch + 1, total_q, "q.shape[0]")
     if isinstance(kv, RaggedKV):
         cu_k = to_host_ints(kv.cu_seqlens)
-        _check_offsets("kv.cu_seqlens", cu_k, batch + 1, int(kv.k.shape[0]), "kv.k.shape[0]")
-        kv_lens = cu_k[1:] - cu_k[:-1]
+        kv_lens = _lengths("kv.cu_seqlens", cu_k, batch + 1, int(kv.k.shape[0]), "kv.k.shape[0]")
     else:
         kv_lens = to_host_ints(kv.kv_lens)
         if batch and smallest(kv_lens) < 0:
             b = int(np.argmax(kv_lens < 0))
             raise ValueError(f"kv.kv_lens: expected non-negative lengths, got kv_lens[{b}] = {int(kv_lens[b])}")
-        blocks_needed = -(-kv_lens // block_size)
         max_blocks = int(kv.block_table.shape[1])
-        if batch and largest(blocks_needed) > max_blocks:
+        if batch and -(-largest(kv_lens) // block_size) > max_blocks:  # the most blocks a request needs, from its length
+            blocks_needed = -(-kv_lens // block_size)
             b = int(np.argmax(blocks_needed))
             raise ValueError(
                 f"kv.block_table: expected at least {int(blocks_needed[b])} columns (request {b} needs them for "
                 f"kv_lens {int(kv_lens[b])} at block_size {block_size}), got {max_blocks} columns"
             )
-        table = to_host_ints(kv.block_table)
-        used = check_block_ids(table, blocks_needed, int(kv.k_cache.shape[0]))
+        table = _host_values(kv.block_table)  # int32 or int64: read as it is, never widened
+        if not _all_blocks(table, int(kv.k_cache.shape[0])):  # the entries read may be blocks all the same
+            check_block_ids(table, -(-kv_lens // block_size), int(kv.k_cache.shape[0]))
         if c.kind == "torch" and on_host(kv.block_table, c.device):  # a new array: the caller may write into its own
-            host_block_table = np.zeros(table.shape, dtype=np.int64)  # entries past a request's last block are never read
-            np.copyto(host_block_table, table, where=used)  # (np.where(used, table, 0), in half the time)
-    short = q_lens > kv_lens
-    if np.count_nonzero(short):
-        b = int(np.argmax(short))
+            host_block_table = _entries_read(table, kv_lens, block_size)  # 0 where never read
+    if batch and largest(q_lens - kv_lens) > 0:  # both >= 0 here: their difference is exact
+        b = int(np.argmax(q_lens > kv_lens))
         raise ValueError(
             f"cu_seqlens_q: expected q_len <= kv_len for every request (queries are the last own tokens), "
             f"got request {b} with q_len {int(q_lens[b])} > kv_len {int(kv_lens[b])}"
@@ -432,17 +493,17 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
     for i, level in enumerate(prefixes):
         name = f"prefixes[{i}]"
         cu_p = to_host_ints(level.cu_seqlens)
-        _check_offsets(f"{name}.cu_seqlens", cu_p, int(level.cu_seqlens.shape[0]), int(level.k.shape[0]), f"{name}.k.shape[0]")
+        lengths = _lengths(f"{name}.cu_seqlens", cu_p, int(level.cu_seqlens.shape[0]), int(level.k.shape[0]),
+                           f"{name}.k.shape[0]")
         num_prefixes = int(cu_p.shape[0]) - 1
         ids = to_host_ints(level.prefix_ids)
-        bad = (ids < -1) | (ids >= num_prefixes)
-        if np.count_nonzero(bad):
-            b = int(np.argmax(bad))
+        if batch and (smallest(ids) < -1 or largest(ids) >= num_prefixes):  # two reductions tell the common case
+            b = int(np.argmax((ids < -1) | (ids >= num_prefixes)))
             raise ValueError(
                 f"{name}.prefix_ids: expected ids in [-1, {num_prefixes}) ({num_prefixes} prefixes at this level), "
                 f"got prefix_ids[{b}] = {int(ids[b])}"
             )
-        prefix_lens.append(cu_p[1:] - cu_p[:-1])
+        prefix_lens.append(lengths)
         prefix_ids.append(ids)
 
     return BatchMeta(
