@@ -1,12 +1,12 @@
 """``relaycore bench``: time relaycore against its peers and the physical floor.
 
-    relaycore bench                          # both issue-3 grids on the GPU (CPU comparison without one)
+    relaycore bench                          # the decode and append grids on the GPU (CPU comparison without one)
     relaycore bench --grid decode --quick    # the corners of the decode grid
     relaycore bench --point B=8,Hq=32,Hkv=8,D=128,prefix=2048,own=128
     relaycore bench report results.json      # plots and docs/benchmarks/index.md from a results file
 
 Without a CUDA GPU it says so and runs a small CPU comparison (relaycore's PyTorch backend
-against attention over the concatenated context, tiny shapes, a few seconds).
+against attention over the concatenated context, tiny shapes, under a minute on two cores).
 """
 
 from __future__ import annotations
