@@ -287,7 +287,8 @@ an empty state is exact ($e^{0} = 1$, $e^{-\infty} = 0$) and costs nothing.
 rescaled at most $N_i - 1$ times; with $K'$ non-empty parts, $N_i \le N - K' + 1$, so a key
 passes at most $1 + (N - K') + 2(K' - 1) \le 2N - 1$ steps. `default_steps` is $2N$: safe for
 any blocking and any relay split whose merges are this lemma's pairwise ones (in any tree) or
-Lemma 4's all-at-once folds, and for no other merge.
+Lemma 4's all-at-once folds, or one running fold of Lemma 9 ($N_i + K' + 1 \le N + 2 \le 2N$
+with $K' \ge 2$, divisions within 2 ulp included), and for no other merge.
 
 ## Lemma 4: an all-at-once merge of any number of states costs two steps
 
@@ -447,7 +448,8 @@ format has $|x_d| \le e^{\rho_\Delta}(1 + \varepsilon)V_d + 2\varepsilon\rho$.*
 *Proof.* Bound the magnitudes as if the formats had no largest value; (R1)-(R3) then show that
 every one is finite. A rounding to nearest or toward zero has
 $|\mathrm{fl}(x)| \le (1 + \tfrac{u_{acc}}{2})|x|$ in the normal range, and exceeds $|x|$ by at
-most $2^{-149}$ below it (half a quantum; flushing to zero exceeds nothing).
+most $2^{-149}$ below it (one quantum, the most a rounding toward zero or to nearest moves a
+subnormal; flushing to zero exceeds nothing).
 
 *Scores.* A partial sum of the dot product is $\sum_{d \le e} q_d k_{jd}(1 + \theta_d)$ with
 $|\theta_d| \le \gamma_D$ (Lemma 2's accumulation model), so at most
@@ -697,7 +699,7 @@ large and variable-length merge kernels fold a thread's share of the states, sto
 in the input dtype, and fold the threads; its split-KV decode stores its partial outputs in the
 output dtype) or merge unnormalised $(o, m, d)$ states within a block (decode's `sync_state`):
 neither is covered here, and a simulation of the first exceeds the bound at this lemma's count
-(below). From $M_0 = -\infty$, $D_0 = 1$,
+(below). From $M_0 = -\infty$, $\Lambda_0 = 1$,
 $O_0 = 0$ (FlashInfer's $M_0$ is $-5 \cdot 10^4$, below) it takes the states
 $i = 1, \dots, K$ in turn, each as an output $\hat o_i$ and a base-2 lse $\hat\lambda_i$:
 
@@ -708,12 +710,12 @@ f_i = \widehat{\exp_2}\bigl(\mathrm{fl}(\hat\lambda_i - M_i)\bigr),
 $$
 
 $$
-D_i = \mathrm{fl}\bigl(\mathrm{fl}(D_{i-1} g_i) + f_i\bigr),\qquad
+\Lambda_i = \mathrm{fl}\bigl(\mathrm{fl}(\Lambda_{i-1} g_i) + f_i\bigr),\qquad
 O_{id} = \mathrm{fl}\bigl(\mathrm{fl}(O_{i-1,d}\, g_i) + \mathrm{fl}(\hat o_{id} f_i)\bigr),
 $$
 
-and returns $\hat o_d = \mathrm{fl}(O_{Kd} / D_K)$ and
-$\hat\lambda = \mathrm{fl}(M_K + \widehat{\log_2} D_K)$. Its divisions (`state_t::normalize`,
+and returns $\hat o_d = \mathrm{fl}(O_{Kd} / \Lambda_K)$ and
+$\hat\lambda = \mathrm{fl}(M_K + \widehat{\log_2} \Lambda_K)$. Its divisions (`state_t::normalize`,
 and the chunk's own $\mathrm{acc}_i / l_i$ in its decode kernels) are `__fdividef`, within 2
 ulp for divisors in $[2^{-126}, 2^{126}]$, not rounded to nearest (its decode kernels multiply
 by `rcp.approx` instead, within 1 ulp, then round: also within $2u_{acc}$ relatively).
@@ -736,7 +738,7 @@ steps" uses), $f_i = 2^{-\infty} = 0$, the products are exact and the sums add z
 state with no key would give $M_1 = -\infty$ and the argument
 $\mathrm{fl}(-\infty - (-\infty))$, NaN; the claim asks for a non-empty first state. Number
 the non-empty states $1, \dots, K'$. The first one finds $M_0 = -\infty$, so
-$g_1 = 2^{-\infty} = 0$, $M_1 = \hat\lambda_1$, $f_1 = 2^0 = 1$: $D_1 = 1$ and $O_1 = \hat o_1$
+$g_1 = 2^{-\infty} = 0$, $M_1 = \hat\lambda_1$, $f_1 = 2^0 = 1$: $\Lambda_1 = 1$ and $O_1 = \hat o_1$
 exactly. So with $K' = 1$, $\hat o = \mathrm{fl}(\hat o_1 / 1) = \hat o_1$.
 
 *FlashInfer's start.* Its `state_t::init` sets $M_0 = -$`math::inf`, which is $-5 \cdot 10^4$,
@@ -744,10 +746,10 @@ not $-\infty$: a phantom state of output 0 and base-2 lse $-5 \cdot 10^4$ that t
 first. Its output term is $0$ times its factors, exactly 0, and its weight on the normaliser
 ends as $2^{-5 \cdot 10^4 - M_K}$ times factors within $e^{\rho}$. Where the largest lse $M_K$
 exceeds $-5 \cdot 10^4 + 126$ (in natural units about $-34570$) that weight is below
-$2^{-126}$, flushed or not: a relative error on $D_K \ge 1$ of the size the underflow paragraph
+$2^{-126}$, flushed or not: a relative error on $\Lambda_K \ge 1$ of the size the underflow paragraph
 below already charges. Where the first non-empty state's lse exceeds that, the rescale
 $g_1 = \widehat{\exp_2}(\mathrm{fl}(-5 \cdot 10^4 - \hat\lambda_1))$ is itself below $2^{-126}$
-(the subtraction is exact there) and `ex2.approx.ftz` flushes it: $D_1 = 1$ and
+(the subtraction is exact there) and `ex2.approx.ftz` flushes it: $\Lambda_1 = 1$ and
 $O_1 = \hat o_1$ exactly, the same fold; and an empty state before it changes nothing instead
 of giving NaN. Rows whose lses all lie below $-5 \cdot 10^4 + 126$ (every score below about
 $-34570$) are outside this lemma: the phantom's weight then counts. On an H200 (FlashInfer 0.5.0, 2026-11-29)
@@ -786,9 +788,9 @@ final division is Lemma 2's item 5.
 $n_i - 1$, at most $N - 1$, as in Lemma 4 (d): $\gamma_N$ holds them.
 
 The state that last raised the maximum (or the first, if none did) entered with $f = 1$ and
-was rescaled by nothing after, so $D_K \ge 1$, as Lemma 4's $\sum_i w_i$; the lse
-$\mathrm{fl}(M_K + \widehat{\log_2} D_K)$ is the lse section's second form with
-$\hat Z = D_K$ (FlashInfer returns it in base 2; the product with $\ln 2$ is the caller's, as
+was rescaled by nothing after, so $\Lambda_K \ge 1$, as Lemma 4's $\sum_i w_i$; the lse
+$\mathrm{fl}(M_K + \widehat{\log_2} \Lambda_K)$ is the lse section's second form with
+$\hat Z = \Lambda_K$ (FlashInfer returns it in base 2; the product with $\ln 2$ is the caller's, as
 in Lemma 8). Inserting Lemma 2's form of the chunk as Lemma 4 does, the $l_i$ cancels and the result has the
 Lemma-1 form over all keys with shift $M_K \ln 2$; the $t$-terms come out multiplied by a
 factor at most $e^{|\theta_i| + \sum_k |\theta'_k| + (1 + G_i/2)u_{acc}}$, within the growth
@@ -812,12 +814,12 @@ passes at most $\max(2, 1 + (K' - 1)) = K'$ steps, a key of state $i \ge 2$ at m
 $2 + (K' - i) \le K'$.
 
 *Underflow.* A weight $f_i$ below $2^{-126}$, flushed or subnormal, is Lemma 4's. A rescale
-$g_k$ below $2^{-126}$ multiplies what the fold holds, $D_{k-1} < e^5 K'$ (each merge
+$g_k$ below $2^{-126}$ multiplies what the fold holds, $\Lambda_{k-1} < e^5 K'$ (each merge
 multiplies it by at most $(1 + u_{exp})(1 + \tfrac{u_{acc}}{2})^2$ and adds at most
-$1 + u_{exp}$, and $K' < 2^{23}$) and $|O_{k-1,d}| < e^3 D_{k-1}\max_i |\hat o_{id}|$ (the
+$1 + u_{exp}$, and $K' < 2^{23}$) and $|O_{k-1,d}| < e^3 \Lambda_{k-1}\max_i |\hat o_{id}|$ (the
 numerator's factors against the normaliser's), and errs from the form's value by less than
 $2^{-126}$ times that: relatively below $e^5 K' 2^{-126}$ on the normaliser, where
-$D_K \ge 1$, and absolutely below $e^8 K' 2^{-126}\max_i |\hat o_{id}|$ on the numerator, at
+$\Lambda_K \ge 1$, and absolutely below $e^8 K' 2^{-126}\max_i |\hat o_{id}|$ on the numerator, at
 most $K' - 1$ times, each then multiplied by later factors below $e^{\rho}$. Over the rescales
 and the weights that is below $(3N + 2^{12}K'^2)2^{-126}\frac{e^{2\rho} + \varepsilon}{1 -
 \varepsilon}V_d$ on the output and $2^{-71}$ relatively on the normaliser, and Lemma 4's
@@ -834,7 +836,7 @@ the final one. The excess, $\tfrac32 u_{acc}$ and $u_{acc}$, is relative on a st
 on the row's, so it multiplies the numerator weights of the keys under it: $\tfrac52 u_{acc}$ on
 $\rho$, less than the $u_{exp} + 4u_{acc}$ of one step. Below the normal range the quotient errs
 by at most 2 of fp32's smallest subnormal quanta, less than $\tau_{acc}$: one of Lemma 6's
-roundings. The divisors are $l_i \in [1, N e^{\rho}]$ and $D_K \in [1, e^5 K']$, inside the
+roundings. The divisors are $l_i \in [1, N e^{\rho}]$ and $\Lambda_K \in [1, e^5 K']$, inside the
 range where the 2 ulp hold.
 
 *Lemmas 5 and 6.* The fold's output is at most
@@ -917,11 +919,11 @@ in one step of 128) $\nu = 18$ where `default_steps` is 33024.
   $\hat Z = \hat T$, Lemma 3);
 * $\hat\ell = \mathrm{fl}\bigl(\mathrm{fl}(M + \mathrm{fl}(\widehat{\log_2}\hat Z)) \cdot
   \mathrm{fl}(\ln 2)\bigr)$ in the base-2 form: Lemma 4's fold with $K' \ge 2$
-  ($\hat Z = \sum_i w_i$), Lemma 9's ($\hat Z = D_K$; the product with $\ln 2$ the caller's,
+  ($\hat Z = \sum_i w_i$), Lemma 9's ($\hat Z = \Lambda_K$; the product with $\ln 2$ the caller's,
   which may do it in float64, with less error), or a single-pass tile ($M = m$);
 * Lemma 4's or Lemma 9's fold with $K' = 1$: the same, with $M = \hat\lambda_i$, which went
   through the chunk's own logarithm and addition (Lemma 4 (a)), and $\hat Z = w_i = 1$ (Lemma
-  9: $D_K = 1$). This case takes two logarithms and charges no merge step.
+  9: $\Lambda_K = 1$). This case takes two logarithms and charges no merge step.
 
 In each, $\hat Z$ is the normaliser of the final state's Lemma-1 form with shift $\mu$ (natural
 units, $\mu = M \ln 2$ in base 2). So $|\log \hat Z - (\ell - \mu)| \le r$, where $r$ is the

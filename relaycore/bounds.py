@@ -11,8 +11,10 @@ bound and checks it in 60-digit arithmetic. The precision policy it covers:
 * the unnormalised softmax weights are rounded at most once, by at most ``u_p``, before the
   ``P @ V`` product, whose sums run in the accumulation format;
 * partial states may be rescaled and merged any number of times, up to ``steps`` per key; the
-  merges are pairwise in ``relaycore.state.merge``'s order of operations (Lemma 3) or all at once
-  in Lemma 4's (one maximum of the lses before any weight, one division at the end);
+  merges are pairwise in ``relaycore.state.merge``'s order of operations (Lemma 3), all at once
+  in Lemma 4's (one maximum of the lses before any weight, one division at the end), or a
+  running fold in Lemma 9's (sums rescaled whenever their maximum grows, FlashInfer's
+  ``state_t::merge``);
 * elementwise operations (subtracting maxima, the merges' weights) round to nearest;
 * the output is divided by the normaliser in fp32 and rounded once to the input dtype (``u_out``).
 
@@ -283,9 +285,10 @@ def default_steps(num_keys):
     Lemma 4's: a key's own exponential (1), the rescales of its part's accumulators (at most
     ``N_i - 1`` in a part of ``N_i`` keys) and two per merge; with ``K'`` non-empty parts
     ``N_i <= N - K' + 1``, so at most ``1 + (N - K') + 2 (K' - 1) <= 2N - 1`` steps (merging an
-    empty part is exact and free). A merge in another order (e.g. a fold that keeps a running
-    maximum and rescales its sums as it grows, as FlashInfer's ``merge_states`` does) is not
-    covered by the proof, at this count or any other.
+    empty part is exact and free). One running fold of the parts (Lemma 9: at most ``K'`` steps,
+    one more with divisions within 2 ulp) stays within it too: ``N_i + K' + 1 <= N + 2 <= 2N``
+    for ``K' >= 2``. Folds of folds with such divisions may not, and a merge in any other order
+    is not covered by the proof, at this count or any other.
 
     Raises:
         TypeError, ValueError: ``num_keys`` that is not whole counts of at least 0.
