@@ -43,11 +43,11 @@ class EngineTensors:
         batch, hkv, d = len(q_lens), num_kv_heads, head_dim
         self.q = rand(int(self.q_lens.sum()), num_q_heads, d)
         self.cu_seqlens_q = ints(batch + 1)
-        _write(self.cu_seqlens_q, np.concatenate([[0], np.cumsum(self.q_lens)]))
+        write_metadata(self.cu_seqlens_q, np.concatenate([[0], np.cumsum(self.q_lens)]))
         if page_size:
             blocks = batch * max_blocks
             table = ints(blocks).reshape(batch, max_blocks)
-            _write(table, torch.randperm(blocks, generator=gen).view(batch, max_blocks).numpy())
+            write_metadata(table, torch.randperm(blocks, generator=gen).view(batch, max_blocks).numpy())
             self.kv = PagedKV(rand(blocks, page_size, hkv, d), rand(blocks, page_size, hkv, d), table, ints(batch))
         else:
             self.kv = RaggedKV(rand(own_rows, hkv, d), rand(own_rows, hkv, d), ints(batch + 1))
@@ -65,22 +65,22 @@ class EngineTensors:
         self.q.copy_(torch.randn(self.q.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31)))))
         if isinstance(self.kv, PagedKV):
             most = self.max_blocks * self.page_size
-            _write(self.kv.kv_lens, [rng.integers(q, most + 1) for q in self.q_lens])
+            write_metadata(self.kv.kv_lens, [rng.integers(q, most + 1) for q in self.q_lens])
             table = self.kv.block_table
-            _write(table, rng.permutation(int(np.prod(table.shape))).reshape(tuple(table.shape)))
+            write_metadata(table, rng.permutation(int(np.prod(table.shape))).reshape(tuple(table.shape)))
         else:  # the own rows are fixed: share the spare ones out
             spare = self.own_rows - int(self.q_lens.sum())
             cuts = np.sort(rng.integers(0, spare + 1, size=len(self.q_lens) - 1))
             extra = np.diff(np.concatenate([[0], cuts, [spare]]))
-            _write(self.kv.cu_seqlens, np.concatenate([[0], np.cumsum(self.q_lens + extra)]))
+            write_metadata(self.kv.cu_seqlens, np.concatenate([[0], np.cumsum(self.q_lens + extra)]))
         for level in self.levels:
             rows, count = int(level.k.shape[0]), int(level.cu_seqlens.shape[0]) - 1
             cuts = np.sort(rng.integers(0, rows + 1, size=count - 1))
-            _write(level.cu_seqlens, np.concatenate([[0], cuts, [rows]]))
-            _write(level.prefix_ids, rng.integers(-1, count, size=len(self.q_lens)))
+            write_metadata(level.cu_seqlens, np.concatenate([[0], cuts, [rows]]))
+            write_metadata(level.prefix_ids, rng.integers(-1, count, size=len(self.q_lens)))
 
 
-def _write(x, values) -> None:
+def write_metadata(x, values) -> None:
     """Write ``values`` into the metadata array ``x`` in place (a tensor, or a NumPy array)."""
     if isinstance(x, np.ndarray):
         x[...] = values

@@ -37,7 +37,7 @@ def test_a_paged_cache_is_copied_by_page_boxes_where_tma_can(hopper, page, box):
     level = _level()
     assert hopper.descriptors(level, level, cache, cache, True)[-1] == box
     if box:
-        rows = hopper.constexprs(4, 2, 128, True, page, True, True, box)["BOX_ROWS"]
+        rows = hopper.constexprs(4, 2, 128, True, page, True, True, box, False)["BOX_ROWS"]
         assert rows >= 8 and box % rows == 0 and page % rows == 0
 
 

@@ -24,7 +24,8 @@ import pytest
 #: folding 32 and 254 / 255 folding 64 (2026-11-28, session 11: fold slices built in their own
 #: layout), none spilling; a graph plan's padded tiles, whose programs past the step's items
 #: exit (2026-11-28, session 20), 140 / 168 (own, GQA 1 / 4, 72.5 KiB) and 178 / 188
-#: (prefix, 112 / 128 KiB).
+#: (prefix, 112 / 128 KiB), and the padded single-pass append tile of a batch of two prefix
+#: levels (2026-11-29, session 34) 220, as the unpadded one.
 MEASURED = {
     "own decode tile, GQA 1": 3,
     "own decode tile, GQA 4": 3,
@@ -45,17 +46,20 @@ MEASURED = {
     "own decode tile, GQA 4, padded": 3,
     "prefix tile of 64 rows, padded": 2,
     "prefix tile of 128 rows, padded": 1,
+    "own append tile of 128 rows, single pass, padded": 1,
 }
 
 
 #: The Gluon single-pass tile of sm_90 (``hopper.single_pass_tile``), which the interpreter
-#: cannot run: (dtype, head_dim, paged) -> spill-store bytes at which it ran on an H200
+#: cannot run: (dtype, head_dim, paged, padded) -> spill-store bytes at which it ran on an H200
 #: (2026-11-28, session 16, producer 88 / consumers 208 registers; read from the sm_90 build with
 #: triton 3.7.1: the paged producer spills 4 bytes at D = 64, none at D = 128, where at 56
-#: registers it spilled 60 and at 40 about 1 KB). One program per SM: its shared memory must fit
-#: Hopper's 227 KiB.
-HOPPER_SPILLS = {(dtype, d, paged): 4 if (paged and d == 64) else 0
-                 for dtype in ("fp16", "bf16") for d in (64, 128) for paged in (False, True)}
+#: registers it spilled 60 and at 40 about 1 KB; a graph plan's padded tile, whose programs
+#: past the step's items exit, the same, session 34). One program per SM: its shared memory
+#: must fit Hopper's 227 KiB.
+HOPPER_SPILLS = {(dtype, d, paged, padded): 4 if (paged and d == 64) else 0
+                 for dtype in ("fp16", "bf16") for d in (64, 128) for paged in (False, True)
+                 for padded in (False, True)}
 HOPPER_SHARED_LIMIT = 227 * 1024
 
 
@@ -79,7 +83,7 @@ def test_default_tiles_keep_their_measured_occupancy(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     rows = {r["kind"]["name"]: r for r in lines if "kind" in r}
-    hopper_rows = {(r["dtype"], r["head_dim"], r["paged"]): r for r in lines if "kind" not in r}
+    hopper_rows = {(r["dtype"], r["head_dim"], r["paged"], r["padded"]): r for r in lines if "kind" not in r}
     assert set(rows) == set(MEASURED)
     assert not hopper_rows or set(hopper_rows) == set(HOPPER_SPILLS)  # empty: a triton without Gluon
     for key, r in hopper_rows.items():

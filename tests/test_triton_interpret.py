@@ -45,7 +45,7 @@ from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
-from graph_steps import EngineTensors  # noqa: E402
+from graph_steps import EngineTensors, write_metadata  # noqa: E402
 from layouts import in_nan_padded_rows, with_guarded_tail  # noqa: E402
 from tolerances import triton_steps  # noqa: E402
 
@@ -192,8 +192,9 @@ def test_single_pass_requests_own_no_slots_and_are_planned_from_the_request_alon
     counts = np.diff(planned.slot_offsets.numpy())
     assert counts[:9].sum() == 0 and counts[10:17].sum() == 0 and counts[9] > 0 and counts[17:].min() > 0
     assert [x.single_pass for x in planned.launches if x.level < 0].count(True) == 1
-    two_levels = validate(*_shared_prefix_batch().to_torch("cpu")[0], **kwargs)
-    assert not single_pass_requests(two_levels, TINY).any(), "the single pass reads one prefix level"
+    two_levels = validate(*_two_level_append_batch().to_torch("cpu")[0], **kwargs)
+    assert single_pass_requests(two_levels, TINY).tolist() == [True, False, False, False, True], (
+        "the single pass walks level 0's prefix: a request that reads a second level is split")
     # beside a fused merge: the other tokens fold as the merge kernel would, the counters end at zero
     fused = plan(meta, config=TINY, fused_merge=True)
     assert _same(run_planned(fused, args[0], args[2], args[3]), run_planned(planned, args[0], args[2], args[3]))
@@ -373,8 +374,8 @@ def test_a_query_layout_is_that_of_its_batch_whatever_was_planned_before():
         assert np.array_equal(queries.q_lens, q_lens) and np.array_equal(queries.first_token, [0, 1, 10, 10])
         assert np.array_equal(queries.rows, rows)
         assert np.array_equal(queries.own_tile, tile_height(rows, config, prefix=False))
-        assert np.array_equal(queries.tall, single_pass(rows, config) & (levels <= 1)), (group, levels)
-        assert queries.tall[1] == (group * 9 >= config.block_m and levels <= 1)  # the cases differ in it
+        assert np.array_equal(queries.tall, single_pass(rows, config)), (group, levels)
+        assert queries.tall[1] == (group * 9 >= config.block_m)  # the cases differ in it
         assert np.array_equal(queries.token_request, [0] + [1] * 9 + [3, 3])
         assert not any(values.flags.writeable for values in queries)
 
@@ -501,6 +502,76 @@ def test_a_request_alone_and_in_a_batch_gives_the_same_bits(make, config):
         meta = validate(alone_q, torch.tensor([0, hi - lo], dtype=torch.int32), alone_kv, alone_prefixes, **kwargs)
         alone = run_planned(plan(meta, config=config), alone_q, alone_kv, alone_prefixes)
         assert torch.equal(alone.out, whole.out[lo:hi]) and torch.equal(alone.lse, whole.lse[lo:hi]), f"request {b}"
+
+
+def _two_level_append_batch(dtype="float16", seed=0):
+    # under TINY and TALL, requests 0, 2 and 4 (40, 40, 36 rows at GQA 1) fill the tallest
+    # tiles; 0 reads level 0 alone, 2 level 0 and level 1, 4 only level 1's empty prefix; the
+    # decode request 1 reads both levels, 3 level 1
+    return make_batch([40, 1, 40, 2, 36], [60, 33, 50, 25, 40], prefix_lens=[[7, 37], [11, 0]],
+                      prefix_ids=[[1, 0, 1, -1, -1], [-1, 0, 0, 0, 1]], num_q_heads=2, num_kv_heads=2, head_dim=16,
+                      dtype=dtype, seed=seed)
+
+
+def _alone(batch, b: int, levels: int, config):
+    """Request ``b`` of ``batch`` planned and run alone, with its first ``levels`` prefix levels:
+    the same values, sliced out of the batch's arrays."""
+    args, kwargs = batch.to_torch("cpu")
+    q, cu_q, kv, prefixes = args
+    lo, hi = int(cu_q[b]), int(cu_q[b + 1])
+    k_lo, k_hi = int(kv.cu_seqlens[b]), int(kv.cu_seqlens[b + 1])
+    alone_kv = RaggedKV(kv.k[k_lo:k_hi], kv.v[k_lo:k_hi], torch.tensor([0, k_hi - k_lo], dtype=torch.int32))
+    alone_prefixes = [level._replace(prefix_ids=level.prefix_ids[b : b + 1]) for level in prefixes[:levels]]
+    meta = validate(q[lo:hi], torch.tensor([0, hi - lo], dtype=torch.int32), alone_kv, alone_prefixes, **kwargs)
+    return run_planned(plan(meta, config=config), q[lo:hi], alone_kv, alone_prefixes)
+
+
+@in_process
+@pytest.mark.parametrize("config", [TINY, TALL], ids=["tiny", "tall"])
+def test_a_single_pass_request_has_its_bits_whatever_prefix_levels_its_batch_has(config):
+    """A request whose rows fill the tallest tiles is single-pass where it reads no prefix past
+    level 0 (``plan.single_pass_requests``), a property of the request: alone with one level,
+    alone beside a second level it does not read, and in a batch where others read that level,
+    its bits are the same. Until session 34 the batch's level count decided it, and a 64-token
+    append request differed in 59 of its 64 rows once its batch had a second level."""
+    batch = _two_level_append_batch()
+    args, kwargs = batch.to_torch("cpu")
+    meta = validate(*args, **kwargs)
+    assert single_pass_requests(meta, config).tolist() == [True, False, False, False, True]
+    whole = run_planned(plan(meta, config=config), args[0], args[2], args[3])
+    _assert_close(whole, batch, config)
+    for b, reads in enumerate([1, 2, 2, 2, 0]):  # the levels up to the last one it reads
+        lo, hi = int(batch.cu_seqlens_q[b]), int(batch.cu_seqlens_q[b + 1])
+        for levels in sorted({reads, 2}):
+            alone = _alone(batch, b, levels, config)
+            assert torch.equal(alone.out, whole.out[lo:hi]) and torch.equal(alone.lse, whole.lse[lo:hi]), (b, levels)
+
+
+@in_process
+def test_a_graph_plan_moves_a_tall_request_between_the_single_pass_and_the_split(poisoned_allocations):
+    """In a batch of two prefix levels, a graph plan's tall request is single-pass at the steps
+    where it reads no prefix past level 0 and split at the others: its padded single-pass launch
+    runs some of its items, none or all, and every step has the bits of its own plan."""
+    engine = EngineTensors([40, 1, 36], num_q_heads=2, num_kv_heads=2, head_dim=16, dtype=torch.float16, device="cpu",
+                           page_size=8, max_blocks=8, level_rows=[40, 30], level_prefixes=[2, 2], seed=4)
+    rng = np.random.default_rng(4)
+    engine.step(rng)
+    graph = prepare_graph(*engine.args(), config=TINY)
+    (one_pass,) = [x for x in graph.plan.launches if x.single_pass]
+    assert one_pass.count is not None and one_pass.reads_prefix, graph
+    counts = set()
+    for second in ([-1, 0, -1], [0, -1, 1], [1, 1, 0], [-1, -1, -1]):  # level 1's ids: 2, 1, 0, 2 single-pass
+        engine.step(rng)
+        write_metadata(engine.levels[1].prefix_ids, second)
+        graph.update(*engine.args())
+        q, cu, kv, prefixes = engine.args()
+        meta = validate(q, cu, kv, prefixes)
+        expected = [(second[b] < 0 or not int(np.diff(prefixes[1].cu_seqlens)[second[b]])) for b in (0, 2)]
+        assert single_pass_requests(meta, TINY)[[0, 2]].tolist() == expected, second
+        counts.add(int(one_pass.count))
+        alone = run_planned(plan(meta, config=TINY), q, kv, prefixes)
+        assert _same(relaycore.relay_attention(q, cu, kv, prefixes, plan=graph), alone), second
+    assert min(counts) < max(counts) == one_pass.num_items, counts
 
 
 @in_process
@@ -1296,9 +1367,10 @@ def test_the_programs_past_a_graph_plans_count_read_nothing_of_their_items(poiso
     assert _same(relaycore.relay_attention(q, cu, kv, prefixes, plan=graph), alone)
 
 
-def test_a_graph_plan_refuses_work_that_leaves_a_single_pass_launch_short():
-    """A single-pass launch has no count (its query counts fix its items): every program of its
-    grid runs, so a step must fill it; one that does not is a bug, refused, not run."""
+def test_a_graph_plan_refuses_work_that_leaves_an_unpadded_launch_short():
+    """The single-pass launch of a batch of at most one prefix level has no count (its query
+    counts fix its items): every program of its grid runs, so a step must fill it; one that
+    does not is a bug, refused, not run."""
     engine = EngineTensors([1, 32], num_q_heads=4, num_kv_heads=2, head_dim=16, dtype=torch.float16, device="cpu",
                            page_size=8, max_blocks=8, level_rows=[40], level_prefixes=[2])
     engine.step(np.random.default_rng(1))
@@ -1306,7 +1378,7 @@ def test_a_graph_plan_refuses_work_that_leaves_a_single_pass_launch_short():
     assert any(x.single_pass and x.count is None for x in graph.plan.launches), graph
     work = plan_module.plan_work(validate(*engine.args()), TALL, relay=True, unshared_single_pass=False)
     graph.fill(work)
-    with pytest.raises(ValueError, match="single-pass launches short of their items"):
+    with pytest.raises(ValueError, match="unpadded launches short of their items"):
         graph.fill(work._replace(launches=tuple(w for w in work.launches if not w.single_pass)))
 
 

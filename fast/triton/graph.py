@@ -12,8 +12,12 @@ grids) over the same memory. A ``GraphPlan`` does:
 * each launch runs a program per item of the most it can have (``GraphLaunch.capacity``), its
   token and slot lists are ``total_q`` long, and the scratch holds the most slots
   (``slot_capacity``). The programs past the step's items, whose count they read from the
-  device, exit (``partial_kernel``'s ``PADDED``, ``Launch.count``); a single-pass launch, whose
-  items the query counts fix, has none;
+  device, exit (``partial_kernel``'s ``PADDED``, ``Launch.count``). A request whose rows fill
+  the tallest tiles is single-pass at a step where it reads no prefix past level 0
+  (``plan.single_pass_requests``), so in a batch of two levels or more it has room in both
+  kinds of launch, and the single-pass launch is padded too; in a batch of at most one level
+  it is single-pass at every step, and that launch, whose items the query counts fix, has no
+  padding;
 * ``GraphPlan.update`` plans a step with ``plan_work``, as ``plan`` does but with every request
   that sees no prefix keeping its state and the merge (below), and copies each launch's count
   and lists into the same device memory on the current stream, so that a graph replayed after
@@ -87,31 +91,34 @@ class Bounds(NamedTuple):
 
 
 class GraphLaunch(NamedTuple):
-    """One launch of a ``GraphPlan``: the ``Launch`` fields that fix its compiled kernel, and the
-    most items it can have."""
+    """One launch of a ``GraphPlan``: the ``Launch`` fields that fix its compiled kernel, the
+    most items it can have, and whether a step can have fewer (``padded``: its programs read
+    the step's count, ``Launch.count``, and those past it exit)."""
 
     level: int
     block_m: int
     single_pass: bool
     reads_prefix: bool
     capacity: int
+    padded: bool
 
 
 def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[GraphLaunch, ...]:
     """Every launch ``plan_work`` can make for a batch with ``meta``'s query counts within
     ``bounds``, with the most items each can have; launches that can have none are left out.
 
-    Own tiles: a request's rows fix its tile height, and whether it is single-pass
-    (``single_pass``: rows that fill the tallest tile, one chunk per segment, at most one
-    level; a graph plan gives the requests that see no prefix the state and the merge,
-    ``plan.single_pass_requests(unshared=False)``, so that no request moves between launches).
-    Its items: its tiles times its most own chunks (``max_chunks``), or its tiles alone
-    single-pass (one chunk).
+    Own tiles: a request's rows fix its tile height, and whether it can be single-pass
+    (``single_pass``: rows that fill the tallest tile, one chunk per segment; a graph plan gives
+    the requests that see no prefix the state and the merge,
+    ``plan.single_pass_requests(unshared=False)``). Such a request is single-pass at every
+    step in a batch of at most one prefix level; with more, at the steps where it reads no
+    prefix past level 0, and it needs room among the split requests too. Its items: its tiles
+    times its most own chunks (``max_chunks``), or its tiles alone single-pass (one chunk).
 
     Prefix tiles of level ``l``: the sharers of a prefix with the same chunk size are one group
     (``plan._prefix_groups``), whose rows ``r_g`` fix the tile height ``h`` (``tile_height``); its
     items are ``ceil(r_g / h)`` tiles times its chunks. With ``R`` rows in all (requests that
-    are never single-pass), ``G`` groups at most (requests, and prefixes times chunk sizes) and
+    are not single-pass at every step), ``G`` groups at most (requests, and prefixes times chunk sizes) and
     ``C`` the most chunks of one prefix, the items of height ``h`` are at most both
 
     * ``sum_g ceil(r_g / h) * C``, where ``sum_g ceil(r_g / h) <= (R + G_h (h - 1)) // h``,
@@ -124,8 +131,8 @@ def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[Gra
     g = meta.group_size
     rows = meta.q_lens.astype(np.int64) * g
     active = rows > 0
-    tall = np.asarray(single_pass(rows, config), dtype=bool) & (meta.num_levels <= 1) & active
-    split = active & ~tall
+    tall = np.asarray(single_pass(rows, config), dtype=bool) & active  # single-pass at some step
+    split = active & ~tall if meta.num_levels <= 1 else active  # split at some step
     launches = []
 
     for level, (level_rows, num_prefixes) in enumerate(zip(bounds.level_rows, bounds.level_prefixes)):
@@ -143,7 +150,7 @@ def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[Gra
             tiles = min(groups_h * most_tiles, (total + groups_h * (height - 1)) // height)
             capacity = min(tiles * most_chunks, most_tiles * chunk_sum)
             if capacity:
-                launches.append(GraphLaunch(level, height, False, False, capacity))
+                launches.append(GraphLaunch(level, height, False, False, capacity, True))
             height *= 2
 
     own_height = tile_height(rows, config, prefix=False)
@@ -154,23 +161,24 @@ def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[Gra
         at = active & (own_height == height)
         capacity = int((tiles * own_chunks)[at & split].sum())
         if capacity:
-            launches.append(GraphLaunch(-1, height, False, False, capacity))
+            launches.append(GraphLaunch(-1, height, False, False, capacity, True))
         capacity = int(tiles[at & tall].sum())
         if capacity:
-            launches.append(GraphLaunch(-1, height, True, meta.num_levels == 1, capacity))
+            launches.append(GraphLaunch(-1, height, True, meta.num_levels >= 1, capacity, meta.num_levels > 1))
     return tuple(launches)
 
 
 def slot_capacity(meta: BatchMeta, bounds: Bounds, config: Config) -> int:
     """The most scratch slots a batch within ``bounds`` has: each query token of a request that
-    is not always single-pass owns at most ``max_chunks`` slots per segment it sees."""
+    is not single-pass at every step (``graph_launches``) owns at most ``max_chunks`` slots per
+    segment it sees."""
     rows = meta.q_lens.astype(np.int64) * meta.group_size
-    tall = np.asarray(single_pass(rows, config), dtype=bool) & (meta.num_levels <= 1)
+    always = np.asarray(single_pass(rows, config), dtype=bool) & (meta.num_levels <= 1)
     per_token = max_chunks(bounds.own_len, rows, config)
     for level_rows, num_prefixes in zip(bounds.level_rows, bounds.level_prefixes):
         if num_prefixes:
             per_token = per_token + max_chunks(level_rows, rows, config)
-    return int((meta.q_lens.astype(np.int64) * np.where(tall, 0, per_token)).sum())
+    return int((meta.q_lens.astype(np.int64) * np.where(always, 0, per_token)).sum())
 
 
 class GraphPlan:
@@ -224,7 +232,7 @@ class GraphPlan:
                        reads_prefix=launch.reads_prefix, fold_rows=fold_height(launch.block_m, launch.block_m),
                        regular=(), items=views[2 + 3 * i].view(launch.capacity, NUM_ITEM_FIELDS.value),
                        tokens=views[3 + 3 * i], slots=views[4 + 3 * i],
-                       count=None if launch.single_pass else views[1][i : i + 1])
+                       count=views[1][i : i + 1] if launch.padded else None)
                 for i, launch in enumerate(self.launches)),
             fused_merge=False, arrivals=torch.zeros((0,), dtype=torch.int32, device=device), relay=True,
             device=str(device), num_levels=meta.num_levels,
@@ -291,7 +299,7 @@ class GraphPlan:
 
         Raises:
             ValueError: work past a capacity (a bound of ``graph_launches`` or ``slot_capacity``
-                that does not hold), or a single-pass launch short of its items: a bug, never
+                that does not hold), or an unpadded launch short of its items: a bug, never
                 the caller's input; or an offset past int32 (``check_int32``).
         """
         if work.num_slots > self.plan.num_slots:
@@ -309,9 +317,9 @@ class GraphPlan:
                 if values.size > self._sizes[r + 3 * i]:  # a launch lists a token at most once
                     raise ValueError(f"graph plan: {values.size} list entries past {self._sizes[r + 3 * i]}")
                 writes[r + 3 * i] = values
-        short = [x for x, count in zip(self.launches, counts) if x.single_pass and count < x.capacity]
-        if short:  # a single-pass launch has no count: every item of its grid runs
-            raise ValueError(f"graph plan: single-pass launches short of their items, {short}: {counts.tolist()} items")
+        short = [x for x, count in zip(self.launches, counts) if not x.padded and count < x.capacity]
+        if short:  # a launch without a count runs every item of its grid
+            raise ValueError(f"graph plan: unpadded launches short of their items, {short}: {counts.tolist()} items")
         writes[1] = counts
         if block_table is not None:
             writes[len(self._sizes) - 1] = block_table.reshape(-1)

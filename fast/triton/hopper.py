@@ -109,11 +109,12 @@ def _capability(index: int) -> Tuple[int, int]:
 
 
 def constexprs(num_q_heads: int, group: int, head_dim: int, paged: bool, page_size: int, causal: bool,
-               items_listed: bool, own_box: int) -> dict:
+               items_listed: bool, own_box: int, padded: bool) -> dict:
     """``single_pass_tile``'s compile-time arguments, in signature order: the launch's (a paged
-    own KV's ``page_size``, 1 for ragged; ``own_box`` from ``descriptors``) and this module's."""
+    own KV's ``page_size``, 1 for ragged; ``own_box`` from ``descriptors``; ``padded``: a graph
+    plan's launch with a count, ``plan.Launch.count``) and this module's."""
     return dict(NUM_Q_HEADS=num_q_heads, GROUP=group, D=head_dim, PAGED=paged, PAGE_SIZE=page_size, CAUSAL=causal,
-                ITEMS_LISTED=items_listed, NUM_ITEM_FIELDS=len(ITEM_FIELDS), LN2=LN2, BLOCK_N=BLOCK_N,
+                ITEMS_LISTED=items_listed, PADDED=padded, NUM_ITEM_FIELDS=len(ITEM_FIELDS), LN2=LN2, BLOCK_N=BLOCK_N,
                 NUM_BUF=NUM_BUF, CONSUMER_M=CONSUMER_M, COPY_ROWS=COPY_ROWS, OWN_BOX=own_box,
                 BOX_ROWS=min(COPY_ROWS, own_box),
                 CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS)
@@ -474,9 +475,10 @@ if gluon is not None:
         qk_scale, stride_qt, stride_qh, stride_pks, stride_pkh, stride_pvs, stride_pvh,
         stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_table,
         grid_rows, grid_tiles, grid_chunk, grid_len, grid_kv_base, grid_shift, grid_tok_first, grid_prefix_start,
-        grid_prefix_len,
+        grid_prefix_len, count_ptr,
         NUM_Q_HEADS: gl.constexpr, GROUP: gl.constexpr, D: gl.constexpr, PAGED: gl.constexpr,
-        PAGE_SIZE: gl.constexpr, CAUSAL: gl.constexpr, ITEMS_LISTED: gl.constexpr, NUM_ITEM_FIELDS: gl.constexpr,
+        PAGE_SIZE: gl.constexpr, CAUSAL: gl.constexpr, ITEMS_LISTED: gl.constexpr, PADDED: gl.constexpr,
+        NUM_ITEM_FIELDS: gl.constexpr,
         LN2: gl.constexpr, BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, CONSUMER_M: gl.constexpr,
         COPY_ROWS: gl.constexpr, OWN_BOX: gl.constexpr, BOX_ROWS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
         PRODUCER_REGS: gl.constexpr,
@@ -488,10 +490,14 @@ if gluon is not None:
         level 0's rows ``pre_k/pre_v``, the own KV ragged or paged, the items listed or
         ``grid_*``), level 0's and the own KV's rows also as tensor descriptors
         (``descriptors``, which gives ``OWN_BOX``), ``out`` contiguous ``[total_q, Hq, D]`` in q's dtype, ``lse`` fp32
-        ``[total_q, Hq]`` in natural log.
+        ``[total_q, Hq]`` in natural log; ``count_ptr`` int32 ``[1]``, the step's items where
+        ``PADDED`` (a graph plan's launch: the programs past them exit).
         """
         i_item = gl.program_id(0)
         i_hk = gl.program_id(1)
+        if PADDED:
+            if i_item >= gl.load(count_ptr):  # past the step's items
+                return
         if ITEMS_LISTED:
             p_item = items_ptr + i_item * NUM_ITEM_FIELDS
             tok_base = gl.load(p_item + 0)

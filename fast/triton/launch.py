@@ -383,11 +383,12 @@ def _launch_hopper(plan: Plan, index: int, grid: Tuple[int, int], regular: Tuple
     ints = (q.stride(0), q.stride(1), pre_k.stride(0), pre_k.stride(1), pre_v.stride(0), pre_v.stride(1),
             *_kv_strides(k, paged), *_kv_strides(v, paged), table.stride(0) if paged else 0)
     args = (q, *descs, pre_k, pre_v, k, v, item_list.items, item_list.tokens, table, out, lse,
-            plan.softmax_scale * LOG2E, *ints, *regular)
+            plan.softmax_scale * LOG2E, *ints, *regular,
+            item_list.items if item_list.count is None else item_list.count)
     layout = _layout((q, pre_k, pre_v, k, v, table, out, lse), (page_size, own_box, *ints))
 
     def configure():
         return (hopper.constexprs(plan.num_q_heads, plan.group_size, plan.head_dim, paged, page_size, causal,
-                                  not item_list.regular, own_box), 4, 1)
+                                  not item_list.regular, own_box, item_list.count is not None), 4, 1)
 
     _launch_bound(plan, index, hopper.single_pass_tile, grid, args, layout, configure, q.device, stream)

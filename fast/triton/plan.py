@@ -27,9 +27,10 @@ The work lists
 
 Single-pass requests
     A request whose rows fill the tallest tiles and whose segments are one chunk each
-    (``config.single_pass``: an append request) gains nothing from sharing prefix tiles, so in
-    a batch of at most one prefix level it owns no slots: its own tiles (their own launch)
-    walk its prefix, then its own KV, in one running state and write its result. The merge
+    (``config.single_pass``: an append request) gains nothing from sharing prefix tiles, so
+    where it reads no prefix past level 0 it owns no slots: its own tiles (their own launch)
+    walk its prefix, then its own KV, in one running state and write its result. Both tests
+    are of the request alone, so its bits are the same in any batch. The merge
     kernel leaves its tokens alone. So does a decode request that sees no prefix and whose own
     KV is one chunk (a short context without a shared prefix): the merge would return its one
     state unchanged, so its own tiles write the result at once.
@@ -508,8 +509,8 @@ class Queries(NamedTuple):
         own_tile: int64 ``[B]``: the height of its own tiles (``tile_height``).
         wanted: int64 ``[B]``: the chunks it cuts a segment into at most (``wanted_chunks``).
         tall: bool ``[B]``: the requests whose rows fill the tallest tiles and whose segments
-            are one chunk each (``config.single_pass``), in a batch of at most one prefix level:
-            single-pass whatever their lengths (``single_pass_requests``).
+            are one chunk each (``config.single_pass``): single-pass where they read no prefix
+            past level 0 (``single_pass_requests``).
         token_request: int64 ``[total_q]``: each query token's request.
     """
 
@@ -526,18 +527,18 @@ def query_layout(meta: BatchMeta, config: Config) -> Queries:
     """The ``Queries`` of ``meta``'s batch under ``config``, whose arrays are read-only: cached by
     the query counts, which the steps of a serving engine repeat (1 a request at decode)."""
     cu_seqlens_q = meta.cu_seqlens_q.astype(np.int64, copy=False).tobytes()
-    return _query_layout(cu_seqlens_q, meta.group_size, meta.num_levels <= 1, config)
+    return _query_layout(cu_seqlens_q, meta.group_size, config)
 
 
 @functools.lru_cache(maxsize=64)
-def _query_layout(cu_seqlens_q: bytes, group_size: int, one_level: bool, config: Config) -> Queries:
-    """``query_layout`` of a batch with these ``cu_seqlens_q`` (int64 ``[B + 1]``, as bytes), query
-    heads per KV head and at most one prefix level (``one_level``)."""
+def _query_layout(cu_seqlens_q: bytes, group_size: int, config: Config) -> Queries:
+    """``query_layout`` of a batch with these ``cu_seqlens_q`` (int64 ``[B + 1]``, as bytes) and
+    query heads per KV head."""
     cu = np.frombuffer(cu_seqlens_q, dtype=np.int64)
     q_lens = cu[1:] - cu[:-1]
     rows = q_lens * group_size
     queries = Queries(q_lens, cu[:-1], rows, tile_height(rows, config, prefix=False), wanted_chunks(rows, config),
-                      single_pass(rows, config) & one_level, np.arange(q_lens.size).repeat(q_lens))
+                      single_pass(rows, config), np.arange(q_lens.size).repeat(q_lens))
     for values in queries:
         values.flags.writeable = False
     return queries
@@ -577,8 +578,8 @@ def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = Tr
     write their result, with no states and no merge. Functions of the request alone:
 
     * those whose rows fill the tallest tiles and whose segments are one chunk each
-      (``config.single_pass``: append requests), in a batch of at most one prefix level (the
-      single-pass tile reads level 0's prefix);
+      (``config.single_pass``: append requests) and that read no prefix past level 0 (the
+      single-pass tile walks level 0's prefix, then the own KV);
     * those that see no prefix, whose own KV is one chunk (``chunk_size``) and whose rows fit a
       tile shorter than ``block_m`` (``tile_height``: decode and short append requests). Their
       one state would leave the merge unchanged (its weight is ``exp2(0) = 1``, the sum it is
@@ -592,12 +593,15 @@ def single_pass_requests(meta: BatchMeta, config: Config, *, unshared: bool = Tr
     ``segments``: ``request_segments(meta, config)``, where the caller has them.
     """
     seg = request_segments(meta, config) if segments is None else segments
+    tall = seg.queries.tall
+    if meta.num_levels > 1:  # keys past level 0: an empty prefix has none, as a request that names none
+        tall = tall & ~seg.lens[1:-1].any(axis=0)
     if not unshared:
-        return seg.queries.tall
+        return tall
     own = seg.lens[-1]
     no_prefix = seg.lens[:-1].sum(axis=0) == 0  # its context is its own KV
     short = seg.queries.own_tile < config.block_m
-    return seg.queries.tall | (no_prefix & short & (own <= seg.sizes[-1]))
+    return tall | (no_prefix & short & (own <= seg.sizes[-1]))
 
 
 #: The shortest and the tallest slice of rows a fused fold folds at once: ``FOLD_DEPTH`` slots

@@ -127,7 +127,8 @@ def tile_kinds(config: Config) -> List[TileKind]:
     which fold the states themselves (``plan.merge_in_partials``), at GQA 1 and 4 (the prefix
     tile at each fold height, ``plan.fold_height``: a 16-row fold reads its first slice's rows
     before the key loop, taller ones after it), and the own and prefix tiles of a graph plan's
-    padded launches (``plan.Launch.count``)."""
+    padded launches (``plan.Launch.count``: the single-pass one where the batch has two prefix
+    levels or more)."""
     kinds = [TileKind(f"own decode tile, GQA {g}", config.min_block_m, True, True, g) for g in (1, 4)]
     kinds += [TileKind(f"own decode tile, GQA {g}, single pass without a prefix", config.min_block_m, True, True, g,
                        single_pass=True, prefix=False) for g in (1, 4)]
@@ -145,6 +146,8 @@ def tile_kinds(config: Config) -> List[TileKind]:
     kinds += [TileKind(f"own decode tile, GQA {g}, padded", config.min_block_m, True, True, g, padded=True)
               for g in (1, 4)]
     kinds += [TileKind(f"prefix tile of {m} rows, padded", m, False, False, 1, padded=True) for m in tall]
+    kinds += [TileKind(f"own append tile of {config.block_m} rows, single pass, padded", config.block_m, True, True, 1,
+                       single_pass=True, padded=True)]
     return kinds
 
 
@@ -239,6 +242,8 @@ class HopperTile:
     Attributes:
         dtype, head_dim: q's Triton dtype name and ``D``.
         paged: whether the own KV is a paged cache (pages of ``PAGE_SIZE``, one box each).
+        padded: a graph plan's launch, whose programs past the step's items exit
+            (``plan.Launch.count``).
         shared_bytes: dynamic shared memory per program (one program per SM).
         spill_bytes: bytes of spill stores (ptxas), over all partitions.
     """
@@ -246,15 +251,16 @@ class HopperTile:
     dtype: str
     head_dim: int
     paged: bool
+    padded: bool
     shared_bytes: int
     spill_bytes: int
 
 
-def hopper_tile(dtype: str, head_dim: int, paged: bool, *, arch: int = 90) -> HopperTile:
+def hopper_tile(dtype: str, head_dim: int, paged: bool, *, padded: bool = False, arch: int = 90) -> HopperTile:
     """Compile the Gluon single-pass tile (``hopper.single_pass_tile``) for ``sm_<arch>`` with
     the launch's constants: listed items, causal own KV, ragged (one box per block) or paged in
-    pages of ``PAGE_SIZE`` (one box per page). The CPU interpreter cannot run Gluon; this is
-    what CI can check of it.
+    pages of ``PAGE_SIZE`` (one box per page), a count of items or not (``padded``). The CPU
+    interpreter cannot run Gluon; this is what CI can check of it.
 
     Raises:
         RuntimeError: this triton has no Gluon, or cannot compile for the target here.
@@ -273,7 +279,7 @@ def hopper_tile(dtype: str, head_dim: int, paged: bool, *, arch: int = 90) -> Ho
         layout = gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl_dtype)
         return f"tensordesc<{dtype}[{rows}, {head_dim}],{layout!r}>"
 
-    constexprs = hopper.constexprs(32, 4, head_dim, paged, PAGE_SIZE if paged else 1, True, True, own_box)
+    constexprs = hopper.constexprs(32, 4, head_dim, paged, PAGE_SIZE if paged else 1, True, True, own_box, padded)
     pointer_types = {"q_ptr": dtype, "pre_k_ptr": dtype, "pre_v_ptr": dtype, "k_ptr": dtype, "v_ptr": dtype,
                      "out_ptr": dtype, "lse_ptr": "fp32"}
     signature, attrs = _signature(hopper.single_pass_tile, constexprs, lambda name: pointer_types.get(name, "i32"),
@@ -285,13 +291,13 @@ def hopper_tile(dtype: str, head_dim: int, paged: bool, *, arch: int = 90) -> Ho
         _, spills = _ptxas_info(compiled.asm["ptx"], arch)
     except (ImportError, OSError, subprocess.CalledProcessError) as exc:
         raise RuntimeError(f"cannot compile for sm_{arch} here: {type(exc).__name__}: {exc}") from exc
-    return HopperTile(dtype, head_dim, paged, int(compiled.metadata.shared), spills)
+    return HopperTile(dtype, head_dim, paged, padded, int(compiled.metadata.shared), spills)
 
 
 def main() -> int:
     """Print, as JSON lines, what every tile kind of the fp16, ``D = 128`` default takes, then
     (where this triton has Gluon) the single-pass tile of sm_90 for fp16/bf16, ``D`` 64/128,
-    ragged and paged."""
+    ragged and paged, padded (a graph plan's) and not."""
     config = default_config(128, "float16", 8)
     for kind in tile_kinds(config):
         r = resources(kind, config)
@@ -302,7 +308,8 @@ def main() -> int:
         for dtype in ("fp16", "bf16"):
             for head_dim in (64, 128):
                 for paged in (False, True):
-                    print(json.dumps(asdict(hopper_tile(dtype, head_dim, paged))), flush=True)
+                    for padded in (False, True):
+                        print(json.dumps(asdict(hopper_tile(dtype, head_dim, paged, padded=padded))), flush=True)
     return 0
 
 

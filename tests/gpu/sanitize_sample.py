@@ -55,3 +55,25 @@ for step in range(3):
     assert torch.equal(replayed.out, alone.out) and torch.equal(replayed.lse, alone.lse), step
 assert short, "no step left a padded launch short of its capacity: the exit was not run"
 print("ok graph plan", graph_plan, f"({short} launches short of their capacity)", flush=True)
+
+# two prefix levels and an append request (40 tokens x GQA 4 = 160 rows: on sm_90 the Gluon
+# tile): single-pass at the steps where it reads no prefix of the second level, split at the
+# others, so its padded single-pass launch runs full at some steps and empty at others
+engine = EngineTensors([1] * 8 + [40], num_q_heads=8, num_kv_heads=2, head_dim=128, dtype=torch.float16,
+                       device="cuda", page_size=16, max_blocks=16, level_rows=[3000, 500], level_prefixes=[3, 2],
+                       host_metadata=True)
+engine.step(rng)
+graph_plan = prepare_graph(*engine.args())
+(one_pass,) = [x for x in graph_plan.plan.launches if x.single_pass]
+assert one_pass.count is not None, graph_plan
+counts = set()
+for second in (-1, 0, -1, 1):
+    engine.step(rng)
+    engine.levels[1].prefix_ids[-1] = second  # the append request's prefix on the second level
+    graph_plan.update(*engine.args())
+    counts.add(int(one_pass.count))
+    replayed = relaycore.relay_attention(*engine.args(), plan=graph_plan)
+    alone = relaycore.relay_attention(*engine.args(), plan=prepare(*engine.args()))
+    assert torch.equal(replayed.out, alone.out) and torch.equal(replayed.lse, alone.lse), second
+assert min(counts) < max(counts) == one_pass.num_items, counts
+print("ok graph plan of two levels", graph_plan, f"(single-pass items per step: {sorted(counts)})", flush=True)

@@ -226,30 +226,36 @@ def test_single_pass_paged_and_ragged_give_the_same_bits(single_pass_tile):
 
 
 class Pool:
-    """Requests with their own tensors, sharing a level of ``P`` prefixes (GQA 4, D 128)."""
+    """Requests with their own tensors, sharing a level of ``P`` prefixes and a second level of
+    two (GQA 4, D 128)."""
 
-    def __init__(self, seed: int, dtype=torch.float16, hq=32, hkv=8, d=128, prefix_lens=(2048, 700, 5000)):
+    def __init__(self, seed: int, dtype=torch.float16, hq=32, hkv=8, d=128, prefix_lens=(2048, 700, 5000),
+                 second_lens=(300, 900)):
         self.gen = torch.Generator(device="cuda").manual_seed(seed)
         self.dtype, self.hq, self.hkv, self.d = dtype, hq, hkv, d
         self.prefix_lens = list(prefix_lens)
-        total = sum(prefix_lens)
-        self.pk, self.pv = self._rand(total, hkv), self._rand(total, hkv)
-        self.cu_p = torch.tensor(np.concatenate([[0], np.cumsum(prefix_lens)]), dtype=torch.int32, device="cuda")
+        self.levels = [(self._rand(sum(lens), hkv), self._rand(sum(lens), hkv),
+                        torch.tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.int32, device="cuda"))
+                       for lens in (prefix_lens, second_lens)]
 
     def _rand(self, n, heads):
         return torch.randn(n, heads, self.d, generator=self.gen, device="cuda").to(self.dtype)
 
-    def request(self, q_len: int, kv_len: int, prefix: int):
+    def request(self, q_len: int, kv_len: int, prefix: int, second: int = -1):
+        """A request reading prefix ``prefix`` of the first level and ``second`` of the second
+        (-1: none)."""
         return dict(q=self._rand(q_len, self.hq), k=self._rand(kv_len, self.hkv), v=self._rand(kv_len, self.hkv),
-                    prefix=prefix)
+                    prefix=prefix, second=second)
 
-    def batch(self, requests, page_size=None):
-        """``(q, cu_seqlens_q, kv, prefixes)``; ragged own KV, or paged with shuffled pages."""
+    def batch(self, requests, page_size=None, levels=1):
+        """``(q, cu_seqlens_q, kv, prefixes)`` with the first ``levels`` prefix levels; ragged own
+        KV, or paged with shuffled pages."""
         q = torch.cat([r["q"] for r in requests])
         cu_q = torch.tensor(np.concatenate([[0], np.cumsum([len(r["q"]) for r in requests])]), dtype=torch.int32,
                             device="cuda")
-        level = PrefixLevel(self.pk, self.pv, self.cu_p,
-                            torch.tensor([r["prefix"] for r in requests], dtype=torch.int32, device="cuda"))
+        prefixes = [PrefixLevel(*self.levels[level],
+                                torch.tensor([r[key] for r in requests], dtype=torch.int32, device="cuda"))
+                    for level, key in enumerate(("prefix", "second")[:levels])]
         kv_lens = [len(r["k"]) for r in requests]
         if page_size is None:
             cu_k = torch.tensor(np.concatenate([[0], np.cumsum(kv_lens)]), dtype=torch.int32, device="cuda")
@@ -272,7 +278,7 @@ class Pool:
                     cache_k[block, :n] = r["k"][rows]
                     cache_v[block, :n] = r["v"][rows]
             kv = PagedKV(cache_k, cache_v, table, torch.tensor(kv_lens, dtype=torch.int32, device="cuda"))
-        return q, cu_q, kv, [level]
+        return q, cu_q, kv, prefixes
 
 
 def _run(args, **kwargs):
@@ -289,19 +295,23 @@ def _equal(a, b) -> bool:
 
 @pytest.mark.parametrize("q_len, own", [(1, 130), (37, 300), (96, 400)])
 def test_a_request_has_the_same_bits_alone_and_in_any_batch(q_len, own):
+    """Alone with one prefix level, then in batches of one level and of two, where other requests
+    read the second: at 96 queries (384 rows at GQA 4) the request is single-pass
+    (``plan.single_pass_requests``), and stays so beside a second level it does not read."""
     pool = Pool(seed=q_len)
     rng = np.random.default_rng(q_len)
     target = pool.request(q_len, own, prefix=0)
     alone = _rows(_run(pool.batch([target])), 0, q_len)
-    others = [pool.request(q, int(rng.integers(q, q + 400)), int(rng.integers(-1, 3)))
+    assert _equal(_rows(_run(pool.batch([target], levels=2)), 0, q_len), alone), "alone, beside an unread level"
+    others = [pool.request(q, int(rng.integers(q, q + 400)), int(rng.integers(-1, 3)), int(rng.integers(-1, 2)))
               for q in (int(rng.choice([1, 1, 1, 5, 40, 96])) for _ in range(255))]
-    for size in (1, 2, 3, 8, 31, 64, 100, 256):
+    for i, size in enumerate((1, 2, 3, 8, 31, 64, 100, 256)):
         at = int(rng.integers(0, size))
         requests = others[: size - 1]
         requests = requests[:at] + [target] + requests[at:]
-        args = pool.batch(requests, page_size=16 if size % 2 else None)
+        args = pool.batch(requests, page_size=16 if size % 2 else None, levels=1 + i % 2)
         lo = sum(len(r["q"]) for r in requests[:at])
-        assert _equal(_rows(_run(args), lo, lo + q_len), alone), f"batch of {size}, target at {at}"
+        assert _equal(_rows(_run(args), lo, lo + q_len), alone), f"batch of {size}, target at {at}, {1 + i % 2} levels"
 
 
 def test_reruns_are_bitwise_identical():
