@@ -2,7 +2,10 @@
 ragged and paged own KV, causal or not, zero to two prefix levels, GQA, odd lengths, a
 single-pass append request, fp16, bf16 and fp32, head_dim 64 and 128, and 80 and 200, which
 are not powers of two (the kernels mask the columns of their head axis past ``D``: the last
-row's would be past the end of its tensor). Each result is also checked against the oracle."""
+row's would be past the end of its tensor). Each result is also checked against the oracle.
+Then two graph plans over steps of new lengths and ids, each step against its own plan's bits:
+one of decode requests on one level (padded launches), and one of two levels whose append
+request moves between the single pass and the split (a padded single-pass launch)."""
 
 import itertools
 
