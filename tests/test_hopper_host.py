@@ -116,8 +116,10 @@ def test_the_tile_never_runs_off_a_gpu(hopper):
 
 
 #: Drawn batches whose tall requests read their context in one pass (``tests/gpu``'s space for
-#: them, at the CPU's sizes): one prefix level, often one that no request uses (no rows).
-SINGLE_PASS_SPACE = dict(max_batch=3, max_q_len=40, max_kv_len=200, max_levels=1, max_prefixes=2,
+#: them, at the CPU's sizes): up to two prefix levels, often one that no request uses (no rows).
+#: About 1 in 5 drawn batches hold a single-pass request, 1 in 25 beside a second level (400
+#: draws on the CPU, 2026-11-29: 84 and 15).
+SINGLE_PASS_SPACE = dict(max_batch=3, max_q_len=40, max_kv_len=200, max_levels=2, max_prefixes=2,
                          max_prefix_len=300, head_dims=(64, 128), kv_heads=(1, 2), group_sizes=(4, 5),
                          block_sizes=(1, 8, 16, 17), dtypes=("float16", "bfloat16"))
 
@@ -211,6 +213,34 @@ def test_a_tile_that_reads_no_prefix_gets_descriptors_beside_a_strided_q(hopper,
     run(batch, fused_qkv=True)
     tiles = [args for kernel, args, _ in launches if kernel is hopper.single_pass_tile]
     assert tiles and all(isinstance(x, hopper.TensorDescriptor) for args in tiles for x in args[1:5])
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_a_graph_plans_single_pass_launch_passes_the_tile_its_count_where_it_is_padded(hopper, recorded, monkeypatch,
+                                                                                     levels):
+    """In a graph plan of two prefix levels a tall request may be split at a step, so its
+    single-pass launch is padded: the tile gets ``PADDED`` and the launch's count tensor (the
+    plan's, which ``update`` refills), and its programs past the count exit. With one level the
+    launch has no count, as an eager plan's."""
+    from relaycore.fast.triton import backend as triton_backend
+    from relaycore.fast.triton import launch as launch_module
+    from relaycore.fast.triton import prepare_graph
+    from relaycore.testing import make_batch
+
+    launches, _ = recorded
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # planning takes CPU tensors, as under the interpreter
+    monkeypatch.setattr(triton_backend, "runs_on_the_cpu", lambda: True)
+    batch = make_batch([1, 40], [300, 300], [[200], [100]][:levels], [[0, 0], [0, -1]][:levels], num_q_heads=16,
+                       num_kv_heads=4, head_dim=128, dtype="float16", block_size=16)
+    (q, cu, kv, prefixes), kwargs = batch.to_torch("cpu")
+    graph = prepare_graph(q, cu, kv, prefixes, **kwargs)
+    (one_pass,) = [x for x in graph.plan.launches if x.single_pass]
+    launch_module.run_planned(graph.plan, q, kv, prefixes)
+    (tile,) = [(args, constexprs) for kernel, args, constexprs in launches if kernel is hopper.single_pass_tile]
+    args, constexprs = tile
+    assert constexprs["PADDED"] == (levels == 2) == (one_pass.count is not None)
+    if levels == 2:
+        assert args[-1] is one_pass.count and int(one_pass.count) == one_pass.num_items  # the request reads level 0 alone
 
 
 @pytest.mark.parametrize("layout", TILE_LAYOUTS)

@@ -495,9 +495,8 @@ if gluon is not None:
         """
         i_item = gl.program_id(0)
         i_hk = gl.program_id(1)
-        if PADDED:
-            if i_item >= gl.load(count_ptr):  # past the step's items
-                return
+        if PADDED:  # read beside the item's fields, not before them: a real item waits for one read
+            num_items = gl.load(count_ptr)
         if ITEMS_LISTED:
             p_item = items_ptr + i_item * NUM_ITEM_FIELDS
             tok_base = gl.load(p_item + 0)
@@ -522,6 +521,9 @@ if gluon is not None:
             tok_first = grid_tok_first
             prefix_start = grid_prefix_start
             prefix_len = grid_prefix_len
+        if PADDED:
+            if i_item >= num_items:  # past the step's items
+                return
         key_stop = key_end
         if CAUSAL:
             key_stop = gl.minimum(key_end, causal_shift + (row0 + num_rows - 1) // GROUP + 1)
