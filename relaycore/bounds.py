@@ -60,6 +60,14 @@ row, the most pairwise merges a key passes whose incoming outputs were read from
 Each rounds those outputs once more (``u_p`` on the numerator, Lemma 8 of the proof) and, where
 they fall below the input format's normal range, absolutely: ``H = stored tau exp(stored (u_p
 + 4 u_acc))``. The lse never reads a stored output, so ``lse_bound`` takes no ``stored``.
+``stored_merge="running"`` prices running folds (Lemma 9's order, FlashInfer's ``state_t::merge``)
+that read stored outputs instead, trees of them included (FlashInfer's two-level merge kernels):
+``stored`` is then the most folds a key passes (each counted, whether it reads stored outputs or
+fp32 ones: a tree of folds over fp32 intermediates is priced this way too, since Lemma 9
+covers one fold only, and there the ``tau`` and ``u_p`` charged per fold are conservative), the
+same ``stored u_p`` in ``rho``, and ``H = stored (tau + tau_acc) exp(stored (u_p + 5/2 u_acc) +
+3 u_acc (N - 1))`` (Lemma 10 of the proof: a fold's weights are summed over its ``K' <= N``
+states, so the factor grows with ``N``).
 
 Where a bound does not exist the functions raise ``NoBound`` (a ``ValueError``) naming the
 argument: ``n u >= 1`` in a ``gamma`` (``N >= 2^23`` keys with fp32 sums); ``eps >= 1``;
@@ -287,8 +295,10 @@ def default_steps(num_keys):
     ``N_i <= N - K' + 1``, so at most ``1 + (N - K') + 2 (K' - 1) <= 2N - 1`` steps (merging an
     empty part is exact and free). One running fold of the parts (Lemma 9: at most ``K'`` steps,
     one more with divisions within 2 ulp) stays within it too: ``N_i + K' + 1 <= N + 2 <= 2N``
-    for ``K' >= 2``. Folds of folds with such divisions may not, and a merge in any other order
-    is not covered by the proof, at this count or any other.
+    for ``K' >= 2``. A tree of running folds (fp32 intermediates included) is not Lemma 9's but
+    Lemma 10's: count it with ``relaycore.testing.blocked_steps(merge="running", levels=...)``
+    and pass ``stored`` (the folds a key passes) with ``stored_merge="running"``. A merge in any
+    other order is not covered by the proof, at this count or any other.
 
     Raises:
         TypeError, ValueError: ``num_keys`` that is not whole counts of at least 0.
@@ -315,8 +325,11 @@ def weight_perturbation(num_keys, score_abs, head_dim: int, prec: Precision, ste
             that a count per row is never taken for a count per head); at least 1 on every
             row that sees a key, and finite. Default ``default_steps``.
         stored: the most pairwise merges a key of the row passes whose incoming outputs were
-            stored in the input dtype (each adds ``u_p``; ``proofs/error_bound.py``, Lemma 8);
-            a count of at least 0 shaped as ``steps``. Default 0: states merged in fp32.
+            stored in the input dtype (each adds ``u_p``; ``proofs/error_bound.py``, Lemma 8),
+            or, for running folds of stored outputs (``out_bound``'s ``stored_merge=
+            "running"``, Lemma 10), the most running folds a key passes (each counted, whether
+            it reads stored outputs or fp32 ones); a count of at least 0 shaped as ``steps``. Default 0: states
+            merged in fp32.
 
     Returns:
         float64 array of ``rho`` (0 where ``N == 0``).
@@ -412,11 +425,30 @@ def _growth(n: np.ndarray, prec: Precision, steps, stored=None) -> np.ndarray:
     return np.where(n > 0, (1 + stored) * prec.u_p + 2 * _gamma(n, prec.u_acc) + 2 * steps * prec.u_acc, 0.0)
 
 
-def _stored_underflow(n: np.ndarray, prec: Precision, stored) -> np.ndarray:
-    """``H = stored tau exp(stored (u_p + 4 u_acc))`` per row (Lemma 8): what the roundings of
-    stored outputs below the input format's normal range add to an output, absolutely."""
+def _stored_underflow(n: np.ndarray, prec: Precision, stored, stored_merge: str = "pairwise") -> np.ndarray:
+    """``H`` per row: what the roundings of stored outputs below the input format's normal range
+    add to an output, absolutely. ``"pairwise"`` (Lemma 8): ``stored tau exp(stored (u_p + 4
+    u_acc))``. ``"running"`` (Lemma 10): ``stored (tau + tau_acc) exp(stored (u_p + 5/2 u_acc) + 3
+    u_acc (N - 1))``, the folds' divisions below fp32's normal range included (``tau_acc``) and
+    ``3 u_acc (N - 1)`` for the sums of a fold of up to ``N`` states."""
     s = _stored(stored, n)
-    return np.where(n > 0, s * prec.tau * np.exp(s * (prec.u_p + 4 * prec.u_acc)), 0.0)
+    if _stored_merge(stored_merge) == "pairwise":
+        return np.where(n > 0, s * prec.tau * np.exp(s * (prec.u_p + 4 * prec.u_acc)), 0.0)
+    folds = 3 * prec.u_acc * np.maximum(n - 1, 0.0)
+    return np.where(n > 0, s * (prec.tau + prec.tau_acc) * np.exp(s * (prec.u_p + 2.5 * prec.u_acc) + folds), 0.0)
+
+
+#: How merges that read stored outputs combine them (``out_bound``'s ``stored_merge``):
+#: ``"pairwise"`` two at a time in Lemma 3's order (Lemma 8 of ``proofs/error_bound.py``), or
+#: ``"running"`` running folds in Lemma 9's order, in a tree of any depth (Lemma 10).
+STORED_MERGES = ("pairwise", "running")
+
+
+def _stored_merge(stored_merge) -> str:
+    """``stored_merge`` checked: one of ``STORED_MERGES``."""
+    if not isinstance(stored_merge, str) or stored_merge not in STORED_MERGES:
+        raise ValueError(f"stored_merge: expected one of {STORED_MERGES}, got {stored_merge!r}")
+    return stored_merge
 
 
 #: Relative margin on the float64 evaluation of Lemma 5's magnitudes (a few roundings and an
@@ -482,21 +514,28 @@ def _out_checked(value_abs, num_keys, score_abs, head_dim, prec, scale) -> tuple
 
 
 def _out_conditions(v: np.ndarray, n_rows: np.ndarray, a: np.ndarray, head_dim: int, prec: Precision, steps,
-                    c, stored) -> dict:
+                    c, stored, stored_merge: str = "pairwise") -> dict:
     """Everything ``out_bound`` checks, per row or element, from checked arguments: ``rho``,
-    ``eps``, ``H`` (``stored``) and, for each condition (``"eps"``, ``"rho"``, ``"output"``,
-    ``"accumulator"``, ``"scores"``), the quantity it compares and its limit."""
+    ``eps``, ``H`` (``stored``, ``stored_merge``) and, for each condition (``"eps"``, ``"rho"``,
+    ``"output"``, ``"accumulator"``, ``"scores"``), the quantity it compares and its limit. A
+    running fold of stored outputs sums up to ``N`` of them, each up to the output's size, with
+    factors within ``exp(rho)``: its accumulator is held to ``N exp(rho)`` times the output's
+    (Lemma 10)."""
     rho = _rho(n_rows, a, head_dim, prec, steps, stored)[..., None]
     n = n_rows[..., None]
     with np.errstate(over="ignore", invalid="ignore"):
         eps = n * prec.tau * np.exp(rho)
         growth = _growth(n_rows, prec, steps, stored)[..., None]
-        stored_h = _stored_underflow(n_rows, prec, stored)[..., None]
+        stored_h = _stored_underflow(n_rows, prec, stored, stored_merge)[..., None]
         seen = (n > 0) & (v > 0)
-        # the roundings' underflows, absolute: the accumulation format's (Lemma 5), stored outputs' (Lemma 8)
+        # the roundings' underflows, absolute: the accumulation format's (Lemma 5), stored outputs' (Lemmas 8, 10)
         underflows = np.where(n > 0, 2 * eps * rho, 0.0) + stored_h
         out_peak = (np.where(seen, np.exp(growth) * (1 + eps) * v, 0.0) + underflows) * _EVALUATION_MARGIN
         acc_peak = (np.where(seen, n * np.exp(rho + growth) * (1 + eps) * v, 0.0) + underflows) * _EVALUATION_MARGIN
+        if stored_merge == "running":  # a fold's partial sums of up to N stored outputs (Lemma 10)
+            folded = _stored(stored, n_rows)[..., None] > 0
+            acc_peak = np.where(folded, np.maximum(acc_peak, n * np.exp(rho) * out_peak * _EVALUATION_MARGIN),
+                                acc_peak)
     return dict(
         rho=rho, n=n, eps=eps, stored_h=stored_h,
         eps_check=(eps, 1.0),
@@ -508,7 +547,7 @@ def _out_conditions(v: np.ndarray, n_rows: np.ndarray, a: np.ndarray, head_dim: 
 
 
 def out_bound_refused(value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps=None, *, scale=None,
-                      stored=None):
+                      stored=None, stored_merge: str = "pairwise"):
     """The rows on which ``out_bound`` raises ``NoBound`` (``eps >= 1``, ``rho`` past
     ``out_rho_limit``, a value or a dot product that may overflow), so that a caller can check
     the other rows: bool ``[...]``, the shape of ``num_keys`` broadcast with ``value_abs[..., 0]``.
@@ -518,7 +557,7 @@ def out_bound_refused(value_abs, num_keys, score_abs, head_dim: int, prec: Preci
         NoBound: ``gamma`` (the sizes of every row); and see ``weight_perturbation``.
     """
     v, n, a, scale = _out_checked(value_abs, num_keys, score_abs, head_dim, prec, scale)
-    c = _out_conditions(v, n, a, head_dim, prec, steps, scale, stored)
+    c = _out_conditions(v, n, a, head_dim, prec, steps, scale, stored, _stored_merge(stored_merge))
     refused = c["eps_check"][0] >= 1
     for name in ("rho_check", "output", "accumulator", "scores"):
         got, limit = c[name]
@@ -541,7 +580,7 @@ def _remedy(n: float, a: float, head_dim: int, prec: Precision, limit: float, st
 
 
 def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Precision, steps=None, *, scale=None,
-              stored=None):
+              stored=None, stored_merge: str = "pairwise"):
     """Elementwise bound on ``|out - ref_out|``.
 
     Args:
@@ -557,6 +596,15 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
             bound assumes a scale of at least ``MIN_SCALE`` (any scale for fp16 inputs).
         stored: see ``weight_perturbation``: merges that read outputs stored in the input
             dtype add ``stored u_p`` to ``rho`` and ``H`` to the bound.
+        stored_merge: how those merges combine the stored outputs, one of ``STORED_MERGES``:
+            ``"pairwise"`` (default; Lemma 8: ``stored`` counts the pairwise merges of stored
+            outputs a key passes, ``H = stored tau exp(stored (u_p + 4 u_acc))``) or
+            ``"running"`` (Lemma 10: running folds in Lemma 9's order, in a tree of any depth,
+            as FlashInfer's ``merge_states`` over stored outputs and its two-level merge
+            kernels; ``stored`` counts the folds a key passes, each whether it reads stored
+            outputs or fp32 ones, ``H = stored (tau + tau_acc) exp(stored (u_p + 5/2 u_acc) + 3
+            u_acc (N - 1))``, and the fold's accumulator is held to ``N exp(rho)`` times the
+            output's size in the overflow check). Not read where ``stored`` is 0.
 
     Returns:
         float64 ``[..., D]``; exactly 0 on rows that see no key.
@@ -572,13 +620,13 @@ def out_bound(ref_out, value_abs, num_keys, score_abs, head_dim: int, prec: Prec
             ``scale``); or see ``weight_perturbation``. ``out_bound_refused`` names the rows.
         TypeError, ValueError: an argument outside its contract, naming it: ``ref_out`` not
             finite, or ``value_abs`` below 0 or NaN, on a row that sees a key; ``scale`` that is
-            not finite and positive; shapes that do not broadcast; and see
-            ``weight_perturbation``. Rows that see no key are not read.
+            not finite and positive; ``stored_merge`` not one of ``STORED_MERGES``; shapes that
+            do not broadcast; and see ``weight_perturbation``. Rows that see no key are not read.
     """
     v, n_rows, a, scale = _out_checked(value_abs, num_keys, score_abs, head_dim, prec, scale)
     seen = np.broadcast_to(n_rows[..., None] > 0, np.broadcast_shapes(n_rows[..., None].shape, v.shape))
     ref = _per_row("ref_out", ref_out, seen, "finite values", np.isfinite)
-    c = _out_conditions(v, n_rows, a, head_dim, prec, steps, scale, stored)
+    c = _out_conditions(v, n_rows, a, head_dim, prec, steps, scale, stored, _stored_merge(stored_merge))
     rho, n, eps = c["rho"], c["n"], c["eps"]
     if np.any(eps >= 1):
         raise NoBound(f"num_keys: expected N * tau * exp(rho) below 1 (no bound past it), "

@@ -31,7 +31,14 @@ within 2 ulp, as CUDA's ``__fdividef``) checks every case with the steps of that
 (``relaycore.testing.blocked_steps``) instead of the default count for any blocking. A cascade
 that stores each segment's output in the input dtype and merges the stored outputs pairwise
 (FlashInfer's cascade wrapper does): ``--stored`` widens the out bound by what those roundings
-cost (``relaycore.testing.stored_merges``, Lemma 8 of ``proofs/error_bound.py``).
+cost (``relaycore.testing.stored_merges``, Lemma 8 of ``proofs/error_bound.py``). With
+``--block-n`` and ``--merge running`` it prices the parts' outputs stored in the input dtype and
+combined by running folds instead (Lemma 10): one fold (FlashInfer's ``merge_states`` on outputs
+in the input dtype), or with ``--levels 2`` a fold of folds whose results are stored too (its
+large and variable-length merge kernels); ``--levels`` also counts the tree's steps, and
+``--levels`` above 1 prices the tree through Lemma 10 with or without ``--stored`` (a tree of
+fp32 folds is not Lemma 9's: it is Lemma 10's with fp32 reads). ``--stored``
+with ``--merge fold`` or ``--single-pass`` is refused: no lemma prices it.
 
 Rows without a bound: where ``relaycore.bounds`` gives no bound for a row (scores too large for
 the dtype, or an lse whose ``rho`` passes 2 on long rows), the row is held to none, and the case
@@ -145,7 +152,7 @@ class Outcome(NamedTuple):
 _FLAGS = {"function": "--function", "backend": "--backend", "cases": "--cases", "seed": "--seed", "dtypes": "--dtype",
           "device": "--device", "space": "--space", "block_n": "--block-n", "chunk": "--chunk", "merge": "--merge",
           "single_pass": "--single-pass", "host_metadata": "--host-metadata", "stored": "--stored",
-          "fast_division": "--fast-division"}
+          "fast_division": "--fast-division", "levels": "--levels"}
 
 
 class _Options(NamedTuple):
@@ -168,6 +175,7 @@ class _Options(NamedTuple):
     host_metadata: bool
     stored: bool
     fast_division: bool
+    levels: int
     command: bool
 
     def name(self, option: str) -> str:
@@ -217,8 +225,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "step more (not with --merge pairwise)")
     parser.add_argument("--stored", action="store_true",
                         help="the function stores each segment's output in the input dtype and merges the stored "
-                             "outputs pairwise, as a cascade does: the bound prices those roundings "
+                             "outputs pairwise, as a cascade does, or (with --block-n and --merge running) stores its "
+                             "parts' outputs and folds them: the bound prices those roundings "
                              "(relaycore.testing.stored_merges)")
+    parser.add_argument("--levels", type=int, default=1, metavar="L",
+                        help="with --block-n and --merge running: a tree of running folds that a key passes L of "
+                             "(2: FlashInfer's two-level merge kernels), as blocked_steps(levels=L); above 1, priced "
+                             "through Lemma 10 (stored_merges(merge='running')) with or without --stored (default: 1)")
 
 
 def _attribute(owner: Any, qualname: str) -> Any:
@@ -284,7 +297,7 @@ def _check_setup(options: _Options, device: str) -> None:
             CUDA missing, Triton on the CPU without its interpreter.
     """
     name, setting = options.name, options.setting
-    for option in ("cases", "seed"):
+    for option in ("cases", "seed", "levels"):
         value = getattr(options, option)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise UsageError(f"{name(option)}: expected an int, got {value!r}")
@@ -292,6 +305,13 @@ def _check_setup(options: _Options, device: str) -> None:
         value = getattr(options, option)
         if not isinstance(value, bool):
             raise UsageError(f"{name(option)}: expected a bool, got {value!r}")
+    if options.levels < 1:
+        raise UsageError(f"{name('levels')}: expected a positive int, got {options.levels}")
+    if options.levels != 1 and (options.block_n is None or options.merge != "running"):
+        raise UsageError(f"{name('levels')}: expected {setting('merge', 'running')} with {name('block_n')} (a tree "
+                         f"of running folds, Lemma 10), got {setting('levels', options.levels)} with "
+                         f"{setting('merge', options.merge)}" + ("" if options.block_n is not None else
+                                                                 f" and no {name('block_n')}"))
     if options.cases < 1:
         raise UsageError(f"{name('cases')}: expected at least 1, got {options.cases}")
     if options.seed < 0:
@@ -328,11 +348,13 @@ def _check_setup(options: _Options, device: str) -> None:
     if options.stored and options.function is None:
         raise UsageError(f"{name('stored')}: expected with {name('function')} (a cascade of yours), got it with "
                          f"{setting('backend', options.backend)}, whose states are merged in fp32")
-    if options.stored and options.block_n is not None and (options.single_pass or options.merge != "pairwise"):
+    if options.stored and options.block_n is not None and (options.single_pass
+                                                           or options.merge not in ("pairwise", "running")):
         got = setting("single_pass", True) if options.single_pass else setting("merge", options.merge)
-        raise UsageError(f"{name('stored')}: expected {setting('merge', 'pairwise')} with {name('block_n')} (stored "
-                         f"outputs are merged two at a time; an all-at-once fold of them, or one pass, is not what the "
-                         f"bound prices), got {got}")
+        raise UsageError(f"{name('stored')}: expected {setting('merge', 'pairwise')} or {setting('merge', 'running')} "
+                         f"with {name('block_n')} (stored outputs are merged two at a time, Lemma 8, or by running "
+                         f"folds, Lemma 10; an all-at-once fold of them, or one pass, is not what the bound prices), "
+                         f"got {got}")
     float64 = setting("dtypes", ("float64",))
     if dtypes == ("float64",):
         if device == "cuda":
@@ -417,7 +439,21 @@ def _steps(options: _Options, batch) -> Optional[np.ndarray]:
     if options.block_n is None:
         return None
     return blocked_steps(batch, options.block_n, split=not options.single_pass, chunk=options.chunk,
-                         merge=options.merge, fast_division=options.fast_division)
+                         merge=options.merge, fast_division=options.fast_division, levels=options.levels)
+
+
+def _stored(options: _Options, batch) -> dict:
+    """The ``stored`` and ``stored_merge`` keywords of ``--stored`` for ``batch`` (none without it):
+    pairwise merges of a cascade's stored segments (Lemma 8), or with ``--merge running`` the
+    ``--levels`` running folds of stored outputs every key passes (Lemma 10); with ``--levels``
+    above 1, those of Lemma 10 with or without ``--stored``."""
+    if options.levels > 1:  # a tree of folds, fp32 intermediates included: Lemma 10, not Lemma 9
+        return dict(stored=stored_merges(batch, merge="running", levels=options.levels), stored_merge="running")
+    if not options.stored:
+        return {}
+    if options.block_n is not None and options.merge == "running":
+        return dict(stored=stored_merges(batch, merge="running", levels=options.levels), stored_merge="running")
+    return dict(stored=stored_merges(batch))
 
 
 def _function_name(function: Union[str, Callable[..., Any]]) -> str:
@@ -438,7 +474,7 @@ def _reproduce(options: _Options, seed: int, dtype: str, device: str) -> str:
     inputs = [("seed", seed), ("cases", 1), ("dtypes", (dtype,))] + ([] if dtype == "float64" else [("device", device)])
     rest = [(option, getattr(options, option)) for option, unset in (
         ("host_metadata", False), ("block_n", None), ("chunk", None), ("single_pass", False), ("merge", "fold"),
-        ("fast_division", False), ("stored", False))
+        ("fast_division", False), ("levels", 1), ("stored", False))
         if getattr(options, option) != unset]
     function = options.function
     spec = _importable_name(function) if callable(function) else function
@@ -493,7 +529,7 @@ def _run_case(options: _Options, fn: Optional[Callable[..., Any]], batch, device
     where = None if batch.dtype == "float64" else device  # float64: NumPy arrays
     if fn is not None:
         report = compare(_guarded(fn), batch, device=where, steps=_steps(options, batch),
-                         stored=stored_merges(batch) if options.stored else None, host_metadata=options.host_metadata)
+                         host_metadata=options.host_metadata, **_stored(options, batch))
         return report, _function_name(options.function)
     chosen = []
 
@@ -523,8 +559,15 @@ def _header(options: _Options, space: dict, device: str) -> None:
         merged = {"fold": "all at once", "pairwise": "pairwise", "running": "one at a time, rescaled as the maximum grows"}
         print(f"  bound: the steps of blocks of {options.block_n} keys, {form}"
               + ("" if options.single_pass else f", merged {merged[options.merge]}")
+              + (f", {options.levels} levels of folds" if options.levels != 1 else "")
               + (", divisions within 2 ulp" if options.fast_division else ""))
-    if options.stored:
+    if options.levels > 1 and not options.stored:
+        print(f"  bound: a tree of {options.levels} running folds on every key's way, priced through Lemma 10 "
+              "(its outputs stored in the input dtype or not)")
+    elif options.stored and options.block_n is not None and options.merge == "running":
+        print(f"  bound: outputs stored in the input dtype, {options.levels} running fold"
+              f"{'s' if options.levels != 1 else ''} of them on every key's way")
+    elif options.stored:
         print("  bound: outputs stored in the input dtype, one pairwise merge of them per prefix level a request reads")
 
 
@@ -686,7 +729,7 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
         seed: int = 0, dtypes: Optional[Sequence[str]] = None, device: Optional[str] = None,
         space: Optional[Dict[str, Any]] = None, block_n: Optional[int] = None, chunk: Optional[int] = None,
         merge: str = "fold", single_pass: bool = False, host_metadata: bool = False, stored: bool = False,
-        fast_division: bool = False) -> Outcome:
+        fast_division: bool = False, levels: int = 1) -> Outcome:
     """``relaycore verify`` from Python: the same cases and checks, the same printed report.
 
     Args:
@@ -704,6 +747,8 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
         host_metadata: the torch inputs' metadata as NumPy arrays on the host, as
             ``--host-metadata`` (not with ``dtypes=("float64",)``, NumPy inputs).
         stored: the function merges outputs stored in the input dtype, as ``--stored``.
+        levels: with ``merge="running"``, the folds of a tree of running folds a key passes,
+            as ``--levels``.
 
     Returns:
         ``Outcome``: ``outcome.passed`` is the command's exit status 0 (the outcome itself has
@@ -727,7 +772,7 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
     space = dict(space or {})
     options = _Options(function, backend, cases, seed, None if dtypes is None else tuple(dtypes), device, space,
                        tuple(f"{k}={v!r}" for k, v in space.items()), block_n, chunk, merge, single_pass, host_metadata,
-                       stored, fast_division, command=False)
+                       stored, fast_division, levels, command=False)
     return _execute(options)
 
 
@@ -737,7 +782,7 @@ def main(args: argparse.Namespace) -> int:
         options = _Options(args.function, args.backend, args.cases, args.seed,
                            None if args.dtype is None else tuple(args.dtype), args.device, _parse_space(args.space),
                            tuple(args.space), args.block_n, args.chunk, args.merge, args.single_pass,
-                           args.host_metadata, args.stored, args.fast_division, command=True)
+                           args.host_metadata, args.stored, args.fast_division, args.levels, command=True)
         outcome = _execute(options)
     except UsageError as exc:
         print(f"relaycore verify: {exc}", file=sys.stderr)

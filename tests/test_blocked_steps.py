@@ -44,6 +44,10 @@ def test_hand_counts():
     # divisions within 2 ulp (__fdividef): one step more, with or without a merge
     assert blocked_steps(batch, 16, chunk=32, merge="running", fast_division=True)[:, 0].tolist() == [2 + 6 + 1] * 2
     assert blocked_steps(batch, 16, split=False, fast_division=True)[:, 0].tolist() == [7 + 3 + 1] * 2
+    # a tree of running folds two deep (Lemma 10): K - 1 + 2 over it, one more per fold with __fdividef
+    assert blocked_steps(batch, 16, chunk=32, merge="running", levels=2)[:, 0].tolist() == [2 + 5 + 2] * 2
+    assert blocked_steps(batch, 16, chunk=32, merge="running", levels=2, fast_division=True)[:, 0].tolist() == \
+        [2 + 5 + 2 + 2] * 2
     # one part: no merge, whatever the merge form
     alone = make_batch([3], [70])  # causal: 68, 69, 70 keys
     for merge in MERGES:
@@ -77,6 +81,10 @@ def test_refuses_an_unknown_merge_a_non_batch_and_parts_without_a_split():
         blocked_steps(batch, 16, fast_division=1)
     with pytest.raises(TypeError, match=r"batch: expected a relaycore.testing.Batch, got tuple"):
         blocked_steps(batch.arguments(), 16)
+    with pytest.raises(ValueError, match=r"levels: expected 1 without merge='running' .*, got 2 with merge='fold'"):
+        blocked_steps(batch, 16, levels=2)
+    with pytest.raises(ValueError, match=r"levels: expected a positive int, got 0"):
+        blocked_steps(batch, 16, merge="running", levels=0)
 
 
 @settings(max_examples=60, deadline=None)

@@ -126,6 +126,43 @@ def test_stored_that_is_not_a_count_per_row_is_refused(stored, message):
                          bounds.precision("float16"), stored=stored)
 
 
+def test_running_folds_of_stored_outputs_carry_lemma_10s_term_and_an_unknown_form_is_refused():
+    """Lemma 10: ``stored_merge="running"`` adds ``S (tau + tau_acc) exp(S (u_p + 5/2 u_acc) + 3
+    u_acc (N - 1))`` in place of Lemma 8's ``H``, the same ``rho``; any other form is refused,
+    naming the argument."""
+    prec = bounds.precision("float16")
+    n, s = 24, 2
+    plain = bounds.out_bound(np.zeros(1), np.zeros(1), n, 0.0, 1, prec, 11)[0]
+    running = bounds.out_bound(np.zeros(1), np.zeros(1), n, 0.0, 1, prec, 11, stored=s, stored_merge="running")[0]
+    h = s * (prec.tau + prec.tau_acc) * np.exp(s * (prec.u_p + 2.5 * prec.u_acc) + 3 * prec.u_acc * (n - 1))
+    u_o = (1 + prec.u_out) * (1 + prec.u_acc) - 1
+    assert running - plain == pytest.approx(h * (1 + u_o), abs=0, rel=1e-12)  # the N term alone is ~4e-6 of it
+    assert bounds.weight_perturbation(n, 0.0, 1, prec, 11, stored=s) > bounds.weight_perturbation(n, 0.0, 1, prec, 11)
+    with pytest.raises(ValueError, match=r"stored_merge: expected one of \('pairwise', 'running'\), got 'fold'"):
+        bounds.out_bound(np.zeros(1), np.zeros(1), n, 0.0, 1, prec, stored=1, stored_merge="fold")
+    with pytest.raises(ValueError, match=r"stored_merge: expected one of"):
+        bounds.out_bound_refused(np.zeros(1), n, 0.0, 1, prec, stored=1, stored_merge=None)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_running_stored_underflow_is_lemma_10s_closed_form(dtype):
+    """``H^run_S = S (tau + tau_acc) exp(S (u_p + 5/2 u_acc) + 3 u_acc (N - 1))``, computed here
+    at 60 digits from the format's constants, against ``_stored_underflow`` at rel 1e-12: in bf16
+    and fp32, where ``tau = tau_acc``, a dropped ``tau_acc`` halves it."""
+    import mpmath
+
+    prec = bounds.precision(dtype)
+    # (u_p, tau) as log2: half an ulp at 1; half fp16's smallest subnormal, else fp32's smallest normal (a flush)
+    fmt = {"float16": (-11, -25), "bfloat16": (-8, -126), "float32": (-24, -126)}[dtype]
+    with mpmath.workdps(60):
+        u_acc = mpmath.ldexp(1, -23)  # fp32 sums: 2^-23, u_p the input format's 2^-p
+        u_p, tau, tau_acc = mpmath.ldexp(1, fmt[0]), mpmath.ldexp(1, fmt[1]), mpmath.ldexp(1, -126)
+        for n, s in ((1, 1), (24, 2), (4096, 3), (2**20, 2)):
+            want = s * (tau + tau_acc) * mpmath.exp(s * (u_p + mpmath.mpf(5) / 2 * u_acc) + 3 * u_acc * (n - 1))
+            got = bounds._stored_underflow(np.array(float(n)), prec, s, "running")
+            assert float(got) == pytest.approx(float(want), abs=0, rel=1e-12), (dtype, n, s)
+
+
 def test_stored_merges_add_u_p_to_rho_and_their_underflow_to_the_out_bound():
     """Lemma 8: each merge that reads outputs stored in the input dtype adds ``u_p`` to ``rho``
     and ``rho_Delta``, and ``H = stored tau exp(stored (u_p + 4 u_acc))`` to the out bound, which

@@ -667,6 +667,12 @@ def test_a_negative_or_misshaped_stored_is_refused_not_passed():
     junk = (np.full((3, 4, 16), 7, np.float16), np.full((3, 4), -5, np.float32))
     with pytest.raises(ValueError, match=r"stored: expected a finite count of at least 0"):
         check(junk, batch, stored=-1)
+    with pytest.raises(ValueError, match=r"stored_merge: expected one of \('pairwise', 'running'\), got 'fold'"):
+        check(junk, batch, stored=1, stored_merge="fold")
+    with pytest.raises(ValueError, match=r"merge: expected 'pairwise' or 'running' .*, got 'fold'"):
+        stored_merges(batch, merge="fold")
+    with pytest.raises(ValueError, match=r"levels: expected 1 with merge='pairwise' .*, got 2"):
+        stored_merges(batch, levels=2)
     with pytest.raises(ValueError, match=r"stored: expected a number, or an array of 2 axes that broadcasts to the "
                                          r"rows' shape \(3, 4\), got shape \(2, 1\)"):
         check(junk, batch, stored=stored_merges(make_batch([2], [5])))

@@ -190,7 +190,13 @@ def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys, blocking,
                                                 "with --backend torch"),
     (["--stored"], "--stored: expected with --function (a cascade of yours), got it with --backend auto"),
     (["--stored", "--block-n", "16", "--function", "wrong_attention:crash"],
-     "--stored: expected --merge pairwise with --block-n (stored outputs are merged two at a time"),
+     "--stored: expected --merge pairwise or --merge running with --block-n (stored outputs are merged two at a "
+     "time, Lemma 8, or by running folds, Lemma 10"),
+    (["--levels", "2", "--block-n", "16", "--merge", "pairwise", "--function", "wrong_attention:crash"],
+     "--levels: expected --merge running with --block-n (a tree of running folds, Lemma 10), got --levels 2 with "
+     "--merge pairwise"),
+    (["--levels", "0", "--block-n", "16", "--merge", "running", "--function", "wrong_attention:crash"],
+     "--levels: expected a positive int, got 0"),
     (["--stored", "--block-n", "16", "--single-pass", "--function", "wrong_attention:crash"],
      "got --single-pass"),
 ])
@@ -610,3 +616,20 @@ def test_a_failing_case_names_the_fewest_of_its_requests_that_fail(capsys):
         assert fewest.batch_size == int(count) and fails(fewest)
         assert all(not fails(fewest.requests([j for j in range(fewest.batch_size) if j != i]))
                    for i in range(fewest.batch_size))
+
+
+def test_levels_above_one_price_the_tree_through_lemma_10_with_or_without_stored():
+    """A tree of running folds is Lemma 10's even where its intermediate outputs stay fp32 (Lemma 9
+    covers one fold): ``--levels 2`` passes ``stored_merges(merge="running", levels=2)`` and
+    ``stored_merge="running"`` with or without ``--stored``; ``--levels 1`` without it, nothing."""
+    from types import SimpleNamespace
+
+    from relaycore import verify as verify_module
+    from relaycore.testing import make_batch
+
+    batch = make_batch([1], [40], prefix_lens=[[200]], prefix_ids=[[0]], head_dim=16, dtype="float16", seed=2)
+    for stored in (False, True):
+        options = SimpleNamespace(stored=stored, block_n=16, merge="running", levels=2)
+        priced = verify_module._stored(options, batch)
+        assert priced["stored_merge"] == "running" and priced["stored"][:, 0].tolist() == [2], priced
+    assert verify_module._stored(SimpleNamespace(stored=False, block_n=16, merge="running", levels=1), batch) == {}

@@ -14,7 +14,10 @@
 * ``blocked_steps`` — the steps per key of a kernel whose blocking you know, for a tighter bound
   than the default's (which assumes any blocking).
 * ``stored_merges`` — for a cascade that stores each level's output in the input dtype before
-  merging (FlashInfer's cascade wrapper): the merges of stored outputs per row (``stored=``).
+  merging (FlashInfer's cascade wrapper): the merges of stored outputs per row (``stored=``);
+  with ``merge="running"``, the running folds of stored outputs a key passes (FlashInfer's
+  ``merge_states`` on fp16/bf16 outputs, its two-level merge kernels), with
+  ``stored_merge="running"``.
 
 Needs NumPy alone (torch only for ``Batch.to_torch`` and for checking torch results).
 

@@ -39,7 +39,8 @@ class Tolerance(NamedTuple):
     lse: np.ndarray
 
 
-def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None, stored=None) -> Tolerance:
+def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None, stored=None,
+               stored_merge: str = "pairwise") -> Tolerance:
     """The error bounds of ``relaycore.bounds`` for the batch's oracle result.
 
     Args:
@@ -53,7 +54,11 @@ def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None, stored=
             FlashInfer's ``MultiLevelCascadeAttentionWrapper``): the most such merges a key
             passes, shaped as ``steps`` (``relaycore.bounds``, Lemma 8 of
             ``proofs/error_bound.py``); widens the out bound only. Default 0: states merged
-            in fp32.
+            in fp32. For running folds of stored outputs (``stored_merge="running"``), the
+            folds a key passes (``stored_merges(batch, merge="running", levels=...)``).
+        stored_merge: ``"pairwise"`` (default; Lemma 8) or ``"running"``: running folds in
+            FlashInfer's order over stored outputs, one or a tree of them (Lemma 10), as
+            ``relaycore.bounds.out_bound`` takes it.
 
     Returns:
         ``Tolerance``; 0 on rows that see no key.
@@ -65,19 +70,21 @@ def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None, stored=
             (``relaycore.bounds.lse_bound``); the message says which rows, why, and whether
             the kernel's counted ``steps`` would give one. ``check`` checks the other rows.
         ValueError: ``steps`` or ``stored`` that is not a count per row
-            (``relaycore.bounds.weight_perturbation``).
+            (``relaycore.bounds.weight_perturbation``); ``stored_merge`` not one of
+            ``relaycore.bounds.STORED_MERGES``.
         TypeError: ``batch`` is not a ``Batch``.
     """
     if not isinstance(batch, Batch):
         raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
-    tol, unchecked = _bounds(batch, dtype, steps, stored)
+    tol, unchecked = _bounds(batch, dtype, steps, stored, stored_merge)
     if unchecked:
         raise bounds.NoBound(f"batch: expected an error bound on every row, got rows without one: "
                              f"{'; '.join(unchecked)}")
     return tol
 
 
-def _bounds(batch: Batch, dtype: Optional[str], steps, stored=None) -> Tuple[Tolerance, Tuple[str, ...]]:
+def _bounds(batch: Batch, dtype: Optional[str], steps, stored=None,
+            stored_merge: str = "pairwise") -> Tuple[Tolerance, Tuple[str, ...]]:
     """The bounds of ``bounds_for``, ``inf`` on the rows where ``relaycore.bounds`` gives none,
     and a sentence for ``out`` and for ``lse`` where some row has none.
 
@@ -108,13 +115,14 @@ def _bounds(batch: Batch, dtype: Optional[str], steps, stored=None) -> Tuple[Tol
     flat_lse = ref.lse.ravel()
     refused = {  # the rows relaycore.bounds names as refused: no need to ask them one by one
         "out": (n > 0) & np.broadcast_to(bounds.out_bound_refused(stats.value_abs, stats.num_keys, stats.score_abs, d,
-                                                                  prec, steps, scale=scale, stored=stored),
+                                                                  prec, steps, scale=scale, stored=stored,
+                                                                  stored_merge=stored_merge),
                                          rows).ravel(),
         "lse": (n > 0) & (rho["lse"] > bounds.LSE_RHO_MAX),
     }
     parts = {
         "out": lambda i, s: bounds.out_bound(flat_out[i], flat_value[i], n[i], a[i], d, prec, s, scale=scale,
-                                             stored=merges[i]),
+                                             stored=merges[i], stored_merge=stored_merge),
         "lse": lambda i, s: bounds.lse_bound(flat_lse[i], n[i], a[i], d, prec, s, scale=scale),
     }
     tolerance, unchecked = {}, []
@@ -398,7 +406,8 @@ def _result_pair(result: Any) -> Tuple[Any, Any]:
     return out, lse
 
 
-def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None, stored=None) -> Report:
+def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None, stored=None,
+          stored_merge: str = "pairwise") -> Report:
     """Compare an implementation's result with the oracle under the bounds of ``batch.dtype``.
 
     Args:
@@ -415,6 +424,7 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None, stored=
         steps: rescale/merge steps per key assumed by the bound (see ``bounds_for``; default:
             any blocking).
         stored: merges of outputs stored in the input dtype (see ``bounds_for``; default 0).
+        stored_merge: how they merge, ``"pairwise"`` or ``"running"`` (see ``bounds_for``).
 
     Returns:
         ``Report``: pass/fail, the worst errors in units of the bound and where they are. Rows
@@ -444,7 +454,7 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None, stored=
         return Report(False, np.inf, np.inf, None, None, tuple(problems), batch.describe())
     problems = _dtype_problems(out, lse, batch, q_dtype)
     out, lse = _host64(out), _host64(lse)
-    tol, unchecked = _bounds(batch, None, steps, stored)
+    tol, unchecked = _bounds(batch, None, steps, stored, stored_merge)
     out_ratio, out_worst = _worst(batch, out, ref.out, tol.out)
     lse_ratio, lse_worst = _worst(batch, lse, ref.lse, tol.lse)
     hints = () if lse_ratio <= 1.0 else _lse_hints(lse, ref.lse, tol.lse)
@@ -501,7 +511,8 @@ def _lse_hints(lse: np.ndarray, ref_lse: np.ndarray, bound: np.ndarray) -> Tuple
     return ()
 
 
-def assert_close(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None, stored=None) -> Report:
+def assert_close(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None, stored=None,
+                 stored_merge: str = "pairwise") -> Report:
     """``check``, raising ``AssertionError`` with the report when it fails (under pytest the
     traceback ends at the caller's line: this function's frame is hidden).
 
@@ -522,7 +533,7 @@ def assert_close(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None, 
         True
     """
     __tracebackhide__ = True  # pytest shows the caller's line, not this one
-    report = check(result, batch, q_dtype=q_dtype, steps=steps, stored=stored)
+    report = check(result, batch, q_dtype=q_dtype, steps=steps, stored=stored, stored_merge=stored_merge)
     if not report.passed:
         raise AssertionError(str(report))
     if report.unchecked:
@@ -532,7 +543,7 @@ def assert_close(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None, 
 
 
 def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=None, stored=None,
-            host_metadata: bool = False) -> Report:
+            host_metadata: bool = False, stored_merge: str = "pairwise") -> Report:
     """Run ``fn(*args, **kwargs)`` on the batch and ``check`` its result and its inputs.
 
     ``fn`` receives fresh copies of the batch's arrays, so the oracle never sees what it does
@@ -547,7 +558,7 @@ def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=N
             in the batch's dtype (``out`` in it, ``lse`` float32; float64 for float64 batches). A
             torch device passes tensors in the batch's dtype there (``batch.to_torch(device)``;
             the result must be in the contract's dtypes for q in the batch's dtype).
-        steps, stored: see ``check``.
+        steps, stored, stored_merge: see ``check``.
         host_metadata: with a torch ``device``, pass the metadata (offsets, lengths, block
             table, prefix ids) as NumPy arrays on the host beside the tensors on ``device``
             (``batch.to_torch(device, host_metadata=True)``), for a kernel that takes its
@@ -579,7 +590,7 @@ def compare(fn: Callable[..., Any], batch: Batch, *, device: Any = None, steps=N
     q_dtype = batch.dtype
     if device is None and _is_pair(result) and dtype_name(result[0]) == "float64":
         q_dtype = "float64"  # a result in the format of the arguments fn received
-    report = check(result, batch, q_dtype=q_dtype, steps=steps, stored=stored)
+    report = check(result, batch, q_dtype=q_dtype, steps=steps, stored=stored, stored_merge=stored_merge)
     written = _written_inputs(args, batch)
     if not written:
         return report

@@ -3,7 +3,7 @@
 ``relaycore.bounds`` charges each key one step for its own exponential, one for each rescale of
 an accumulator that holds it, and what its merges cost: two for each pairwise merge it passes
 with keys on both sides, two for an all-at-once fold, up to one per state for a running fold
-(``docs/math/errors.md``, Lemmas 2-4 and 9 of the proof). Without a count it assumes
+(``docs/math/errors.md``, Lemmas 2-4, 9 and 10 of the proof). Without a count it assumes
 the worst blocking, ``default_steps``: about two steps per key the row sees. A kernel that walks
 blocks of ``b`` keys takes about ``N / b``, and the step term of the bound shrinks with it; on
 long rows that is what lets a check see a dropped key (``docs/guide/testing.md``: one fp32 row
@@ -25,8 +25,9 @@ from relaycore.testing.batch import Batch
 #: all at once (the largest lse, one weighted sum, one division: 2 steps in all), ``"pairwise"``
 #: two at a time in any order (2 for each merge a key passes with keys on both sides),
 #: ``"running"`` one at a time into sums rescaled whenever their maximum grows, as FlashInfer's
-#: ``state_t::merge`` over states held in fp32 (``K`` steps for ``K >= 2`` parts that hold keys,
-#: Lemma 9; not its kernels that store intermediate folds in the input dtype).
+#: ``state_t::merge`` (``K`` steps for ``K >= 2`` parts that hold keys, one fold over fp32
+#: states, Lemma 9; a tree of ``levels`` such folds, as FlashInfer's two-level merge kernels,
+#: ``K - 1 + levels``, priced through Lemma 10 only: with ``stored``, ``stored_merge="running"``).
 MERGES = ("fold", "pairwise", "running")
 
 
@@ -49,7 +50,7 @@ def _segments(batch: Batch) -> list:
 
 
 def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Optional[int] = None,
-                  merge: str = "fold", fast_division: bool = False) -> np.ndarray:
+                  merge: str = "fold", fast_division: bool = False, levels: int = 1) -> np.ndarray:
     """The most steps any key passes, per query row, in a kernel of the given blocking: the
     ``steps`` argument of ``check``, ``assert_close``, ``compare`` and ``bounds_for``.
 
@@ -74,8 +75,15 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             FlashInfer's starts from ``M = -5e4``, Lemma 9).
         fast_division: the kernel's divisions (a part's output by its normaliser, a fold's by
             its sum) err by up to 2 ulp instead of rounding to nearest, as CUDA's ``__fdividef``
-            and ``-use_fast_math``: one step more (Lemma 9). Not with ``"pairwise"``, whose
-            merges divide once each (no count is proved for that).
+            and ``-use_fast_math``: one step more per fold a key passes (Lemma 9). Not with
+            ``"pairwise"``, whose merges divide once each (no count is proved for that).
+        levels: with ``"running"``, the most folds a key passes in a tree of running folds
+            (FlashInfer's large and variable-length merge kernels fold each thread's share of
+            the parts, then the threads' results: 2). Its keys pass at each fold Lemma 9's count,
+            at most ``K - 1 + levels`` over the tree (Lemma 10). That count is proved only with
+            Lemma 10's term, even where the intermediate outputs stay fp32 (Lemma 9 covers one
+            fold): pass ``stored=stored_merges(batch, merge="running", levels=levels)`` and
+            ``stored_merge="running"`` with it. 1 for the other merges.
 
     A kernel whose parts walk blocks of different sizes is described by its smallest block
     (more blocks, so more steps: the count stays an upper bound).
@@ -83,15 +91,18 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
     Returns:
         int64 ``[total_q, 1]`` (it broadcasts over heads): for a row that sees ``n_i`` keys in
         part ``i`` and keys in ``K`` parts, ``max_i ceil(n_i / block_n)`` plus 2 (``"fold"``,
-        ``K >= 2``), ``2 (K - 1)`` (``"pairwise"``) or ``K`` (``"running"``, ``K >= 2``);
-        without ``split``, the sum of ``ceil(n_s / block_n)`` over its segments; plus 1 with
-        ``fast_division``. At least 1 (every query sees its own first key) and, without
-        ``fast_division``, never above ``relaycore.bounds.default_steps`` of the keys it sees.
+        ``K >= 2``), ``2 (K - 1)`` (``"pairwise"``) or ``K - 1 + levels`` (``"running"``,
+        ``K >= 2``); without ``split``, the sum of ``ceil(n_s / block_n)`` over its segments; plus
+        1 with ``fast_division`` (``levels`` with ``"running"``). At least 1 (every query sees its
+        own first key) and, without
+        ``fast_division`` and with ``levels`` at most 2, never above
+        ``relaycore.bounds.default_steps`` of the keys it sees.
 
     Raises:
         ValueError: ``block_n`` or ``chunk`` not a positive int; ``merge`` not in ``MERGES``;
             ``chunk`` or a ``merge`` other than ``"fold"`` without ``split``;
-            ``fast_division`` not a bool, or with ``"pairwise"``.
+            ``fast_division`` not a bool, or with ``"pairwise"``; ``levels`` not a positive int,
+            or other than 1 without ``"running"``.
         TypeError: ``batch`` is not a ``Batch``.
 
     Example:
@@ -118,6 +129,11 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
                          f"got {chunk!r} and {merge!r}")
     if not isinstance(fast_division, (bool, np.bool_)):
         raise ValueError(f"fast_division: expected a bool, got {fast_division!r}")
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+        raise ValueError(f"levels: expected a positive int, got {levels!r}")
+    if levels != 1 and (merge != "running" or not split):
+        raise ValueError(f"levels: expected 1 without merge='running' (only running folds are counted in trees, "
+                         f"Lemma 10), got {levels!r} with merge={merge!r}")
     if fast_division and merge == "pairwise":
         raise ValueError("fast_division: expected False with merge='pairwise' (each pairwise merge divides once; "
                          "no count is proved for divisions within 2 ulp there), got True")
@@ -142,38 +158,70 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             if merge == "fold":
                 merges = np.where(nonempty >= 2, 2, 0)
             elif merge == "running":
-                merges = np.where(nonempty >= 2, nonempty, 0)
+                merges = np.where(nonempty >= 2, nonempty - 1 + levels, 0)
             else:
                 merges = 2 * np.maximum(nonempty - 1, 0)
             count = blocks.max(axis=1, initial=0) + merges
         lo = int(batch.cu_seqlens_q[b])
-        steps[lo : lo + q_len, 0] = count + int(fast_division)
+        steps[lo : lo + q_len, 0] = count + int(fast_division) * (levels if merge == "running" else 1)
     return steps
 
 
-def stored_merges(batch: Batch) -> np.ndarray:
+def stored_merges(batch: Batch, *, merge: str = "pairwise", levels: int = 1) -> np.ndarray:
     """The ``stored`` argument of ``check``, ``assert_close``, ``compare`` and ``bounds_for`` for
-    a cascade that stores each segment's output in the input dtype and folds the segments
+    a kernel that stores partial outputs in the input dtype and merges them afterwards.
+
+    ``merge="pairwise"``: a cascade that stores each segment's output and folds the segments
     pairwise (each prefix level a request reads, then its own KV), as FlashInfer's
     ``MultiLevelCascadeAttentionWrapper`` does: per query row, the merges its keys pass, one per
-    prefix level its request reads (``proofs/error_bound.py``, Lemma 8).
+    prefix level its request reads (``proofs/error_bound.py``, Lemma 8). Pass
+    ``stored_merge="pairwise"`` (the default) with it.
+
+    ``merge="running"``: the parts' outputs (``blocked_steps``' parts) stored and combined by
+    running folds in Lemma 9's order, in a tree of ``levels`` folds (``1``: one fold, as
+    FlashInfer's ``merge_states`` on outputs in the input dtype; ``2``: its large and
+    variable-length merge kernels, which store each thread's fold and fold the threads): per
+    row, ``levels``, the folds every key passes (Lemma 10). Pass ``stored_merge="running"`` with
+    it, and the steps of ``blocked_steps(..., merge="running", levels=levels)``. A tree of
+    running folds whose intermediate outputs stay fp32 (``levels >= 2``) needs it too: Lemma 9
+    covers one fold of fp32 states only, and Lemma 10 prices the tree (its stored roundings'
+    share then conservatively).
 
     Args:
         batch: the problem.
+        merge: ``"pairwise"`` or ``"running"``; an all-at-once fold of stored outputs (Lemma 4's
+            order, ``"fold"``) has no proved bound.
+        levels: with ``"running"``, the folds of the tree a key passes (a positive int); 1 with
+            ``"pairwise"``.
 
     Returns:
-        int64 ``[total_q, 1]`` (it broadcasts over heads); 0 for a request that reads no prefix.
+        int64 ``[total_q, 1]`` (it broadcasts over heads); with ``"pairwise"``, 0 for a request
+        that reads no prefix.
 
     Raises:
         TypeError: ``batch`` is not a ``Batch``.
+        ValueError: ``merge`` not ``"pairwise"`` or ``"running"``; ``levels`` not a positive
+            int, or other than 1 with ``"pairwise"``.
 
     Example:
         >>> from relaycore.testing import make_batch, stored_merges
         >>> batch = make_batch([1, 2], [4, 4], prefix_lens=[[8], [3]], prefix_ids=[[0, 0], [0, -1]])
         >>> stored_merges(batch)[:, 0].tolist()   # request 0 reads both levels, request 1 one
         [2, 1, 1]
+        >>> stored_merges(batch, merge="running", levels=2)[:, 0].tolist()
+        [2, 2, 2]
     """
     if not isinstance(batch, Batch):
         raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
-    levels = np.array([len(prefix) for prefix, _ in _segments(batch)], dtype=np.int64)
-    return np.repeat(levels, batch.q_lens)[:, None]
+    if merge not in ("pairwise", "running"):
+        raise ValueError(f"merge: expected 'pairwise' or 'running' (merges of stored outputs with a proved bound, "
+                         f"Lemmas 8 and 10), got {merge!r}")
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+        raise ValueError(f"levels: expected a positive int, got {levels!r}")
+    if merge == "pairwise" and levels != 1:
+        raise ValueError(f"levels: expected 1 with merge='pairwise' (the cascade's merges are counted per prefix "
+                         f"level), got {levels!r}")
+    if merge == "running":
+        return np.full((int(batch.cu_seqlens_q[-1]), 1), levels, dtype=np.int64)
+    levels_read = np.array([len(prefix) for prefix, _ in _segments(batch)], dtype=np.int64)
+    return np.repeat(levels_read, batch.q_lens)[:, None]
