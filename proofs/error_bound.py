@@ -745,16 +745,16 @@ exactly. So with $K' = 1$, $\hat o = \mathrm{fl}(\hat o_1 / 1) = \hat o_1$.
 
 *FlashInfer's start.* Its `state_t::init` sets $M_0 = -$`math::inf`, which is $-5 \cdot 10^4$,
 not $-\infty$: a phantom state of output 0 and base-2 lse $-5 \cdot 10^4$ that the fold takes
-first. Its output term is $0$ times its factors, exactly 0, and its weight on the normaliser
-ends as $2^{-5 \cdot 10^4 - M_K}$ times factors within $e^{\rho}$. Where the largest lse $M_K$
-exceeds $-5 \cdot 10^4 + 126$ (in natural units about $-34570$) that weight is below
-$2^{-126}$, flushed or not: a relative error on $\Lambda_K \ge 1$ of the size the underflow paragraph
-below already charges. Where the first non-empty state's lse exceeds that, the rescale
-$g_1 = \widehat{\exp_2}(\mathrm{fl}(-5 \cdot 10^4 - \hat\lambda_1))$ is itself below $2^{-126}$
-(the subtraction is exact there) and `ex2.approx.ftz` flushes it: $\Lambda_1 = 1$ and
-$O_1 = \hat o_1$ exactly, the same fold; and an empty state before it changes nothing instead
-of giving NaN. Rows whose lses all lie below $-5 \cdot 10^4 + 126$ (every score below about
-$-34570$) are outside this lemma: the phantom's weight then counts. On an H200 (FlashInfer 0.5.0, 2026-11-29)
+first. Its output term is $0$ times its factors, exactly 0. Where the first non-empty state's
+lse exceeds $-5 \cdot 10^4 + 126$ (in natural units about $-34570$), the rescale
+$g_1 = \widehat{\exp_2}(\mathrm{fl}(-5 \cdot 10^4 - \hat\lambda_1))$ is at most about $2^{-126}$
+(the subtraction rounds monotonically and $-126$ is a float), flushed by `ex2.approx.ftz` or
+not: $\Lambda_1 = \mathrm{fl}(g_1 + 1) = 1$ and $O_1 = \hat o_1$ exactly, the same fold; and an
+empty state before it changes nothing instead of giving NaN. The states come in any order, so
+the claim takes the condition for every state that holds keys: rows with such a state's lse at
+or below $-5 \cdot 10^4 + 126$ (every score of its keys below about $-34570$) are outside this
+lemma. There, were that state first, its keys would pass one step more ($f_1$ a rounded
+exponential: $2 + G_1$) and the phantom's weight would count. On an H200 (FlashInfer 0.5.0, 2026-11-29)
 `merge_states` returned the other state's output for a first state of lse $-\infty$, and for
 two such states an output of 0 with lse $-49996.8$ (the phantoms of the kernel's threads
 folded, $-5 \cdot 10^4 + \log_2 9$), not $-\infty$.
@@ -1004,7 +1004,9 @@ $\rho$) over at most $N$ states: `out_bound` checks $N e^{\rho}$ times the outpu
 $\Omega_{acc}$ for these folds, besides (R2). The normaliser and lses are Lemma 9's. For Lemma 6,
 each non-empty state after a fold's first rounds, as in Lemma 9, two products and a sum (a
 product by a factor of exactly 1 is not exact in this model, which flushes subnormal operands:
-a subnormal $o$ times 1 flushes to 0). Over the tree those states number $L - 1$ for $L$
+a subnormal $o$ times 1 flushes to 0). The first state's product by $f_1 = 1$ may flush a
+subnormal $x_1$ too: that is the read's $\eta$, $|\eta| \le \tau$ (for an fp32 read as well:
+$\tau$ is then fp32's smallest normal, `relaycore.bounds.UNDERFLOW_ABS`). Over the tree those states number $L - 1$ for $L$
 non-empty parts ($\sum_v (K'_v - 1)$, each fold joining $K'_v - 1$ subtrees to its first), so
 with the parts' $3N - L$ the count is at most $3N - L + 3(L - 1) = 3N + 2L - 3 \le 5N - 3 < 5N$.
 The folds' divisions are not among them: each fold's $\tau_{acc}$ is in $H^{run}_S$. A fold with
@@ -1014,24 +1016,20 @@ in $H^{run}_S$. The factors after
 Lemma 6's roundings now include the stored roundings', within $e^{S u_p}$ and so within
 $e^{\rho}$. $\blacksquare$
 
-*FlashInfer's start, in a tree.* Its `threadblock_sync_state` folds all `bdy` threads' results,
-those of threads with no index set included: a thread's fold starts from Lemma 9's phantom,
-so such a thread hands on $(0, -5 \cdot 10^4)$, a state that is not empty, and one may be the
-outer fold's first. Each thread's own fold is Lemma 9's paragraph on FlashInfer's start as it
-stands. At the outer fold these states are more phantoms, and the argument there carries over
-under the same condition, the largest lse above $-5 \cdot 10^4 + 126$ (about $-34570$ in natural
-units): their output terms are exactly 0 (a stored 0 is 0); one after a state of lse above
-$-5 \cdot 10^4 + 126$ has $f < 2^{-126}$, flushed by `ex2.approx.ftz`, and adds exactly 0; those
-before the first non-empty state leave $O = 0$ and $\Lambda = 1 + p$ for $p$ of them, and where
-that state's lse exceeds $-5 \cdot 10^4 + 126$ its rescale $g < 2^{-126}$ is flushed, so
-$\Lambda = 1$ and $O = x_1$: the fold from a non-empty first state that this lemma takes, bit for
-bit. Where the first non-empty state's lse does not exceed it but the largest lse does, the
-$p + 1 \le$ `bdy` phantoms' weights end below $2^{-126}$ each, times factors within $e^{\rho}$,
-a relative error on $\Lambda_K \ge 1$ below $(p + 1) 2^{-126} e^{\rho}$: Lemma 9's paragraph
-covers one such weight, and for more than one we *assume* that this error, below $2^{-110}$ for `bdy` up to $2^{10}$ and $\rho \le 4$, is within the underflow roundings that Lemma 6
-charges, not proved here. Rows whose lses all lie below $-5 \cdot 10^4 + 126$ are outside this
-lemma, as outside Lemma 9. The simulations start from $M_0 = -\infty$ and leave empty parts and
-threads out.
+*FlashInfer's start, in a tree.* Each thread's own fold starts from Lemma 9's phantom and is
+covered by Lemma 9's paragraph on it, under its condition (every state that holds keys of lse
+above $-5 \cdot 10^4 + 126$). But `threadblock_sync_state` folds all `bdy` threads' results,
+those of threads with no index set included, and such a thread hands on $(0, -5 \cdot 10^4)$, a
+state that is not empty. Phantoms before the outer fold's first non-empty state are harmless
+under that condition: they leave $O = 0$ and $\Lambda = 1 + p$ for $p \le$ `bdy` of them, and
+that state's rescale, at most about $2^{-126}$, gives $\Lambda = 1$ and $O = x_1$, the fold from a
+non-empty first state that this lemma takes, bit for bit. A phantom *after* a non-empty state
+is not: its weight vanishes in the normaliser's rounding, but the fold multiplies $O$ by
+exactly 1, which flushes a subnormal $O$ to 0, a rounding below the normal range that Lemma 6's
+count above does not hold. So this lemma covers FlashInfer's two-level kernels where no
+thread's result that follows a non-empty one is empty (every thread holds a state with keys,
+or the empty ones come first), under Lemma 9's condition; the rest is not proved here. The
+simulations start from $M_0 = -\infty$ and leave empty parts and threads out.
 
 With $N$ at most $2^{23}$ keys the factor $e^{3u_{acc}(N - 1)}$ is below $e^3$; it is 1 to
 within $10^{-3}$ up to $N = 2^{11}$. `two_level_example` (fp16, all scores
