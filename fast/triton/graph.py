@@ -118,8 +118,8 @@ def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[Gra
     Prefix tiles of level ``l``: the sharers of a prefix with the same chunk size are one group
     (``plan._prefix_groups``), whose rows ``r_g`` fix the tile height ``h`` (``tile_height``); its
     items are ``ceil(r_g / h)`` tiles times its chunks. With ``R`` rows in all (requests that
-    are not single-pass at every step), ``G`` groups at most (requests, and prefixes times chunk sizes) and
-    ``C`` the most chunks of one prefix, the items of height ``h`` are at most both
+    are not single-pass at every step), ``G`` groups at most (requests, and prefixes times chunk
+    sizes) and ``C`` the most chunks of one prefix, the items of height ``h`` are at most both
 
     * ``sum_g ceil(r_g / h) * C``, where ``sum_g ceil(r_g / h) <= (R + G_h (h - 1)) // h``,
       ``G_h <= R // (h // 2 + 1)`` above the shortest height (a group of height ``h`` has more
