@@ -447,13 +447,11 @@ def _stored(options: _Options, batch) -> dict:
     pairwise merges of a cascade's stored segments (Lemma 8), or with ``--merge running`` the
     ``--levels`` running folds of stored outputs every key passes (Lemma 10); with ``--levels``
     above 1, those of Lemma 10 with or without ``--stored``."""
-    if options.levels > 1:  # a tree of folds, fp32 intermediates included: Lemma 10, not Lemma 9
+    # a tree of folds, fp32 intermediates included, is Lemma 10's, not Lemma 9's
+    running = options.stored and options.block_n is not None and options.merge == "running"
+    if options.levels > 1 or running:
         return dict(stored=stored_merges(batch, merge="running", levels=options.levels), stored_merge="running")
-    if not options.stored:
-        return {}
-    if options.block_n is not None and options.merge == "running":
-        return dict(stored=stored_merges(batch, merge="running", levels=options.levels), stored_merge="running")
-    return dict(stored=stored_merges(batch))
+    return dict(stored=stored_merges(batch)) if options.stored else {}
 
 
 def _function_name(function: Union[str, Callable[..., Any]]) -> str:

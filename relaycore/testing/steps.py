@@ -94,8 +94,7 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         ``K >= 2``), ``2 (K - 1)`` (``"pairwise"``) or ``K - 1 + levels`` (``"running"``,
         ``K >= 2``); without ``split``, the sum of ``ceil(n_s / block_n)`` over its segments; plus
         1 with ``fast_division`` (``levels`` with ``"running"``). At least 1 (every query sees its
-        own first key) and, without
-        ``fast_division`` and with ``levels`` at most 2, never above
+        own first key) and, without ``fast_division`` and with ``levels`` at most 2, never above
         ``relaycore.bounds.default_steps`` of the keys it sees.
 
     Raises:
@@ -117,11 +116,9 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
     """
     if not isinstance(batch, Batch):
         raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
-    for name, value in (("block_n", block_n), ("chunk", chunk)):
-        if name == "chunk" and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    _check_positive("block_n", block_n)
+    if chunk is not None:
+        _check_positive("chunk", chunk)
     if merge not in MERGES:
         raise ValueError(f"merge: expected one of {MERGES}, got {merge!r}")
     if not split and (chunk is not None or merge != "fold"):
@@ -129,8 +126,7 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
                          f"got {chunk!r} and {merge!r}")
     if not isinstance(fast_division, (bool, np.bool_)):
         raise ValueError(f"fast_division: expected a bool, got {fast_division!r}")
-    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
-        raise ValueError(f"levels: expected a positive int, got {levels!r}")
+    _check_positive("levels", levels)
     if levels != 1 and (merge != "running" or not split):
         raise ValueError(f"levels: expected 1 without merge='running' (only running folds are counted in trees, "
                          f"Lemma 10), got {levels!r} with merge={merge!r}")
@@ -165,6 +161,12 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         lo = int(batch.cu_seqlens_q[b])
         steps[lo : lo + q_len, 0] = count + int(fast_division) * (levels if merge == "running" else 1)
     return steps
+
+
+def _check_positive(name: str, value) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a positive int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
 def stored_merges(batch: Batch, *, merge: str = "pairwise", levels: int = 1) -> np.ndarray:
@@ -216,8 +218,7 @@ def stored_merges(batch: Batch, *, merge: str = "pairwise", levels: int = 1) -> 
     if merge not in ("pairwise", "running"):
         raise ValueError(f"merge: expected 'pairwise' or 'running' (merges of stored outputs with a proved bound, "
                          f"Lemmas 8 and 10), got {merge!r}")
-    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
-        raise ValueError(f"levels: expected a positive int, got {levels!r}")
+    _check_positive("levels", levels)
     if merge == "pairwise" and levels != 1:
         raise ValueError(f"levels: expected 1 with merge='pairwise' (the cascade's merges are counted per prefix "
                          f"level), got {levels!r}")
