@@ -188,7 +188,8 @@ class GraphPlan:
 
     Made by ``relaycore.fast.triton.prepare_graph`` from a first batch. Pass it as
     ``relay_attention(..., plan=)`` like a ``Plan``; ``plan`` is the ``Plan`` it runs, whose
-    lists are views of one device buffer that ``update`` refills.
+    lists are views of one device buffer that ``update`` refills. Keep it alive as long as any
+    graph captured with it: every replay reads that buffer.
 
     Attributes:
         plan: the ``Plan`` of the last ``update``'s batch, over the fixed buffers.

@@ -79,7 +79,8 @@ def decode_batch(q_lens, hkv: int, table_keys: int, own_keys: int, levels):
 
 
 def captured(args, plan):
-    """``(graph, result)``: a CUDA graph of one call with ``plan`` over ``args``."""
+    """``(graph, result, plan)``: a CUDA graph of one call with ``plan`` over ``args``, and the
+    plan, which must live as long as the graph (its replays read the plan's lists)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -88,7 +89,7 @@ def captured(args, plan):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         result = relaycore.relay_attention(*args, plan=plan)
-    return graph, result
+    return graph, result, plan
 
 
 def replay_us(graph) -> float:
@@ -107,12 +108,12 @@ def replay_us(graph) -> float:
 def time_columns(graphs, expected, label):
     """Each graph's time (µs, the mean of ``ROUNDS`` rounds), after its result is checked against
     ``expected`` bit for bit."""
-    for name, (graph, result) in graphs.items():
+    for name, (graph, result, _) in graphs.items():
         graph.replay()
         torch.cuda.synchronize()
         if not (torch.equal(result.out, expected.out) and torch.equal(result.lse, expected.lse)):
             raise SystemExit(f"{label}: {name} differs from the step's own plan")
-    rounds = [{name: replay_us(graph) for name, (graph, _) in graphs.items()} for _ in range(ROUNDS)]
+    rounds = [{name: replay_us(graph) for name, (graph, _, _) in graphs.items()} for _ in range(ROUNDS)]
     return {name: round(statistics.mean(r[name] for r in rounds), 2) for name in graphs}
 
 
