@@ -202,6 +202,35 @@ def test_single_pass_requests_own_no_slots_and_are_planned_from_the_request_alon
 
 
 @in_process
+def test_the_merge_runs_over_the_tokens_that_can_have_slots_and_its_list_changes_no_bit(poisoned_allocations):
+    """Beside single-pass requests, whose tokens have no slots, the merge launch runs a program
+    per listed token and head (``Plan.merge_tokens``), not per token and head of the batch: the
+    same bits. A graph plan lists the tokens of the requests that are not single-pass at every
+    step: none is, in a batch of two levels."""
+    args, kwargs = _append_batch().to_torch("cpu")
+    planned = plan(validate(*args, **kwargs), config=TINY)
+    assert planned.merge_tokens.tolist() == np.flatnonzero(np.diff(planned.slot_offsets.numpy())).tolist() == [9, 17, 18]
+    every_token = dataclasses.replace(planned, merge_tokens=None)
+    assert _same(run_planned(planned, args[0], args[2], args[3]), run_planned(every_token, args[0], args[2], args[3]))
+    decode = make_batch([1, 1], [5, 9], prefix_lens=[[7]], prefix_ids=[[0, 0]], head_dim=16, dtype="float16")
+    assert plan(validate(*decode.to_torch("cpu")[0]), config=TINY).merge_tokens is None, "every token has slots"
+    for levels, listed in ((1, [40]), (2, None)):
+        engine = EngineTensors([40, 1, 36], num_q_heads=2, num_kv_heads=2, head_dim=16, dtype=torch.float16,
+                               device="cpu", page_size=8, max_blocks=8, level_rows=[40, 30][:levels],
+                               level_prefixes=[2, 2][:levels], seed=4)
+        rng = np.random.default_rng(levels)
+        engine.step(rng)
+        graph = prepare_graph(*engine.args(), config=TINY)
+        merge_tokens = graph.plan.merge_tokens
+        assert (listed is None and merge_tokens is None) or merge_tokens.tolist() == listed, graph
+        engine.step(rng)
+        graph.update(*engine.args())
+        q, cu, kv, prefixes = engine.args()
+        alone = run_planned(plan(validate(q, cu, kv, prefixes), config=TINY), q, kv, prefixes)
+        assert _same(relaycore.relay_attention(q, cu, kv, prefixes, plan=graph), alone), levels
+
+
+@in_process
 @pytest.mark.parametrize("block_size", [None, 4])
 def test_requests_without_a_prefix_in_one_chunk_write_their_result_with_the_merge_bits(block_size):
     # under TALL: requests 0 and 3 see no prefix (no id; an empty prefix), their own KV is one
@@ -1087,7 +1116,7 @@ def test_the_op_carries_every_field_of_a_plan():
     args, kwargs = _append_batch().to_torch("cpu")
     planned = plan(validate(*args, **kwargs), config=dataclasses.replace(TINY, unmasked_min_block_m=32),
                    fused_merge=True)
-    assert any(x.single_pass for x in planned.launches)
+    assert any(x.single_pass for x in planned.launches) and planned.merge_tokens is not None
     back = op._unpack(*op._pack(planned), args[0], planned.softmax_scale)
     for field in dataclasses.fields(planned):
         want, got = getattr(planned, field.name), getattr(back, field.name)

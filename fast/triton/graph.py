@@ -60,8 +60,8 @@ from relaycore.fast.triton.backend import validate_for_triton
 from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
 from relaycore.fast.triton.plan import (Launch, Plan, Work, check_int32, check_signature, fold_height,
-                                        list_starts, pages_read, plan_work, query_layout, stamp_metadata, staged,
-                                        tensor_signature, uploaded)
+                                        list_starts, merge_tokens, pages_read, plan_work, query_layout, stamp_metadata,
+                                        staged, tensor_signature, uploaded)
 
 
 class Bounds(NamedTuple):
@@ -132,7 +132,7 @@ def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[Gra
     rows = meta.q_lens.astype(np.int64) * g
     active = rows > 0
     tall = np.asarray(single_pass(rows, config), dtype=bool) & active  # single-pass at some step
-    split = active & ~tall if meta.num_levels <= 1 else active  # split at some step
+    split = active & ~always_single_pass(meta, config)  # split at some step
     launches = []
 
     for level, (level_rows, num_prefixes) in enumerate(zip(bounds.level_rows, bounds.level_prefixes)):
@@ -168,12 +168,20 @@ def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[Gra
     return tuple(launches)
 
 
+def always_single_pass(meta: BatchMeta, config: Config) -> np.ndarray:
+    """bool ``[B]``: the requests of a graph plan that are single-pass at every step, which have
+    no slots: those whose rows fill the tallest tiles (``config.single_pass``), in a batch of
+    at most one prefix level (``graph_launches``)."""
+    rows = meta.q_lens.astype(np.int64) * meta.group_size
+    return np.asarray(single_pass(rows, config), dtype=bool) & (meta.num_levels <= 1)
+
+
 def slot_capacity(meta: BatchMeta, bounds: Bounds, config: Config) -> int:
     """The most scratch slots a batch within ``bounds`` has: each query token of a request that
-    is not single-pass at every step (``graph_launches``) owns at most ``max_chunks`` slots per
-    segment it sees."""
+    is not single-pass at every step (``always_single_pass``) owns at most ``max_chunks`` slots
+    per segment it sees."""
     rows = meta.q_lens.astype(np.int64) * meta.group_size
-    always = np.asarray(single_pass(rows, config), dtype=bool) & (meta.num_levels <= 1)
+    always = always_single_pass(meta, config)
     per_token = max_chunks(bounds.own_len, rows, config)
     for level_rows, num_prefixes in zip(bounds.level_rows, bounds.level_prefixes):
         if num_prefixes:
@@ -206,12 +214,18 @@ class GraphPlan:
         self._config = config
         self._queries = query_layout(meta, config)  # the same at every step: ``_refill`` checks the query counts
         total_q = meta.total_q
+        # the tokens that can have slots (those of a request split at some step), which the
+        # merge launch runs over where some cannot (``plan.merge_tokens``)
+        self._mergeable = ~always_single_pass(meta, config)[self._queries.token_request]
+        self._merge_tokens = merge_tokens(self._mergeable)
         # one int32 buffer of regions (``list_starts``): slot_offsets, each launch's item count,
-        # per launch its items, tokens and slots (regions 2 + 3 i, 3 + 3 i, 4 + 3 i), and last
-        # the copy of a block table given on the host
+        # per launch its items, tokens and slots (regions 2 + 3 i, 3 + 3 i, 4 + 3 i), the merge
+        # launch's tokens where it has a list, and last the copy of a block table given on the host
         sizes = [total_q + 1, len(self.launches)]
         for launch in self.launches:
             sizes += [launch.capacity * NUM_ITEM_FIELDS.value, total_q, total_q]
+        if self._merge_tokens is not None:
+            sizes.append(self._merge_tokens.size)
         table = meta.host_block_table
         if table is not None:
             sizes.append(table.size)
@@ -237,7 +251,9 @@ class GraphPlan:
                 for i, launch in enumerate(self.launches)),
             fused_merge=False, arrivals=torch.zeros((0,), dtype=torch.int32, device=device), relay=True,
             device=str(device), num_levels=meta.num_levels,
-            block_table=None if table is None else views[-1].view(table.shape), signature=signature)
+            block_table=None if table is None else views[-1].view(table.shape),
+            merge_tokens=None if self._merge_tokens is None else views[2 + 3 * len(self.launches)],
+            signature=signature)
 
     def _region(self, r: int) -> slice:
         """Region ``r`` of the buffer, without its alignment padding."""
@@ -294,18 +310,23 @@ class GraphPlan:
 
     def fill(self, work: Work, block_table: np.ndarray | None = None) -> np.ndarray:
         """int32: the contents of the device buffer for ``work``: each launch's item count, and
-        its items and lists followed by zeros up to their capacity; and ``block_table``, int64
-        ``[B, max_blocks]``, the values of a block table given on the host
-        (``BatchMeta.host_block_table``), where the plan holds its copy.
+        its items and lists followed by zeros up to their capacity; the merge launch's tokens;
+        and ``block_table``, int64 ``[B, max_blocks]``, the values of a block table given on the
+        host (``BatchMeta.host_block_table``), where the plan holds its copy.
 
         Raises:
             ValueError: work past a capacity (a bound of ``graph_launches`` or ``slot_capacity``
-                that does not hold), or an unpadded launch short of its items: a bug, never
-                the caller's input; or an offset past int32 (``check_int32``).
+                that does not hold), an unpadded launch short of its items, or slots for a token
+                the merge launch leaves out (``always_single_pass``): a bug, never the caller's
+                input; or an offset past int32 (``check_int32``).
         """
         if work.num_slots > self.plan.num_slots:
             raise ValueError(f"graph plan: {work.num_slots} slots, past the capacity {self.plan.num_slots}")
+        if (np.diff(work.slot_offsets) > 0)[~self._mergeable].any():
+            raise ValueError("graph plan: a token of a request single-pass at every step has slots")
         writes = {0: work.slot_offsets}  # the values of each region written, by region; the rest is zeros
+        if self._merge_tokens is not None:
+            writes[2 + 3 * len(self.launches)] = self._merge_tokens
         counts = np.zeros(len(self.launches), dtype=np.int64)  # each launch's item count
         for w in work.launches:
             i = self._index.get((w.level, w.block_m, w.single_pass))

@@ -19,7 +19,8 @@ Notation (fla's habit): ``i_`` program ids, ``o_`` offsets, ``m_`` masks, ``b_``
     One program = one (query token, query head) row. It folds every slot of the token (prefix
     levels in order, chunks in order, then the own chunks) in that fixed order, normalizes, and
     writes ``out`` in q's dtype and ``lse`` in natural log: ``fold_slots``'s arithmetic for one
-    row, with the row's values as scalars.
+    row, with the row's values as scalars. Where some tokens have no slots (single-pass
+    requests'), its programs run over a list of the others (``TOKENS_LISTED``).
 ``partial_kernel`` with ``SINGLE_PASS``
     An own tile of a request that reads its whole context in one pass
     (``plan.single_pass_requests``): the program walks the request's prefix, if any, then its
@@ -559,15 +560,16 @@ def partial_kernel(
 
 @triton.jit
 def merge_kernel(
-    part_out_ptr, part_lse_ptr, slot_offsets_ptr, out_ptr, lse_ptr,
+    part_out_ptr, part_lse_ptr, slot_offsets_ptr, tokens_ptr, out_ptr, lse_ptr,
     NUM_Q_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    TOKENS_LISTED: tl.constexpr,
     LN2: tl.constexpr,
 ):
     """Fold every chunk state of one (token, query head) row, in slot order, into its result.
 
-    Grid: ``(total_q, Hq)``.
+    Grid: ``(total_q, Hq)``, or ``(n, Hq)`` over a list of ``n`` tokens (``TOKENS_LISTED``).
 
     ``fold_slots``'s arithmetic for one row, with the row's values as scalars: the weighted
     pass reads each slot's ``lse2`` as one scalar that every thread holds, so no value changes
@@ -584,12 +586,16 @@ def merge_kernel(
         slot_offsets_ptr: int32 ``[total_q + 1]``: token ``t`` owns slots
             ``slot_offsets[t] : slot_offsets[t + 1]``; a token without slots (a single-pass
             request's) is left alone.
+        tokens_ptr: int32 ``[n]``: with ``TOKENS_LISTED``, the tokens folded, one per program
+            (those that can have slots: ``Plan.merge_tokens``); else unread.
         out_ptr: contiguous ``[total_q, Hq, D]`` in q's dtype.
         lse_ptr: fp32 ``[total_q, Hq]``, natural log.
         LN2: ``ln 2``, to convert ``lse2`` at the boundary.
     """
     SLOTS: tl.constexpr = 16
     i_t = tl.program_id(0).to(tl.int64)
+    if TOKENS_LISTED:
+        i_t = tl.load(tokens_ptr + i_t).to(tl.int64)
     i_h = tl.program_id(1)
     first = tl.load(slot_offsets_ptr + i_t).to(tl.int64)
     count = tl.load(slot_offsets_ptr + i_t + 1) - first

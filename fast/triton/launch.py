@@ -225,9 +225,12 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
         for index in range(len(plan.launches)):
             _launch_partial(plan, index, sources, part_out, part_lse, out, lse, interpret, None)
     if not plan.fused_merge and plan.num_slots:  # no slots: every token was written by a single pass
-        args = (part_out, part_lse, plan.slot_offsets, out, lse)
-        _launch_bound(plan, MERGE, merge_kernel, (total_q, hq), args, _layout(args, ()),
-                      lambda: (dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_D=block_d(d), LN2=LN2), 1, 1), q.device, None)
+        listed = plan.merge_tokens is not None
+        args = (part_out, part_lse, plan.slot_offsets, plan.merge_tokens if listed else plan.slot_offsets, out, lse)
+        grid = (plan.merge_tokens.shape[0] if listed else total_q, hq)
+        _launch_bound(plan, MERGE, merge_kernel, grid, args, _layout(args, ()),
+                      lambda: (dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_D=block_d(d), TOKENS_LISTED=listed, LN2=LN2),
+                               1, 1), q.device, None)
     for x in given:  # written in place, counted as torch's own ops count it: autograd refuses a saved buffer
         if not x.is_inference():  # (inference tensors keep no count)
             torch.autograd.graph.increment_version(x)

@@ -36,9 +36,10 @@ def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
         ints += [launch.level, launch.block_m, int(launch.single_pass), int(launch.reads_prefix), launch.fold_rows,
                  int(launch.count is not None), len(launch.regular)]
         ints += list(launch.regular) or [0] * len(REGULAR_FIELDS)
-    if plan.pages_read is not None:  # last, flagged by the last int
-        tensors.append(plan.pages_read)
-    ints.append(int(plan.pages_read is not None))
+    for x in (plan.merge_tokens, plan.pages_read):  # after the launches', each flagged by one of the last two ints
+        if x is not None:
+            tensors.append(x)
+        ints.append(int(x is not None))
     return tensors, ints
 
 
@@ -58,10 +59,11 @@ def _unpack(tensors: Sequence[torch.Tensor], ints: Sequence[int], q: torch.Tenso
                                count=tensors[t + 3] if counted else None))
         t += 4 if counted else 3
     launches = tuple(launches)
+    merge_tokens = tensors[t] if ints[-2] else None
     return Plan(total_q=total_q, num_q_heads=hq, num_kv_heads=hkv, head_dim=d, dtype=str(q.dtype).replace("torch.", ""),
                 paged=bool(paged), causal=bool(causal), softmax_scale=softmax_scale, config=config, num_slots=num_slots,
                 slot_offsets=tensors[0], launches=launches, fused_merge=bool(fused_merge), arrivals=tensors[1],
-                relay=bool(relay), device=str(q.device), num_levels=num_levels,
+                relay=bool(relay), device=str(q.device), num_levels=num_levels, merge_tokens=merge_tokens,
                 pages_read=tensors[-1] if ints[-1] else None)
 
 

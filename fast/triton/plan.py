@@ -119,6 +119,10 @@ class Plan:
         block_table: int32 ``[B, max_blocks]`` on the device: the plan's copy of a block table
             given on the host (``relaycore.validation.on_host``), which the kernels read in its
             place; ``None``: they read the call's ``kv.block_table``.
+        merge_tokens: int32 ``[n]`` on the device: the tokens that can have slots, in order,
+            which the merge launch folds (one program per token and head) where the others
+            (single-pass requests') would leave most of its programs idle (``merge_tokens``);
+            ``None``: it runs a program per token and head of the batch.
         ready: a ``torch.cuda.Event`` recorded after the copy of the lists to a GPU, on the
             stream current when they were made (``uploaded``): a call on another stream waits
             for it (``launch.run_eager``); ``None`` off a GPU, or past the op boundary of
@@ -164,6 +168,7 @@ class Plan:
     device: str
     num_levels: int
     block_table: Optional[torch.Tensor] = None
+    merge_tokens: Optional[torch.Tensor] = None
     ready: Optional[Any] = field(default=None, compare=False, repr=False)
     signature: Tuple[Tuple[str, tuple, Any, Any], ...] = ()
     stamps: Tuple["Stamp", ...] = field(default=(), compare=False, repr=False)
@@ -1154,6 +1159,15 @@ def upload(arrays: Sequence[np.ndarray], device: torch.device) -> List[torch.Ten
     return [v if a.ndim == 1 else v.view(a.shape) for v, a in zip(views, arrays)]
 
 
+def merge_tokens(merged: np.ndarray) -> Optional[np.ndarray]:
+    """The tokens the merge launch runs over (``Plan.merge_tokens``): int64 ``[n]``, those
+    ``merged`` marks (bool ``[total_q]``: the tokens that can have slots), or ``None`` (every
+    token) where it marks them all, or none. A token's program folds the same slots either
+    way: the bits do not depend on the list."""
+    listed = np.flatnonzero(merged)
+    return listed if 0 < listed.size < merged.size else None
+
+
 def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None,
          fused_merge: Optional[bool] = None, regular: bool = True, unshared_single_pass: bool = True) -> Plan:
     """Plan a batch for the Triton kernels.
@@ -1193,8 +1207,11 @@ def _plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, rela
     relay = relay_grouping(meta) if relay is None else bool(relay)
     work, regulars = _plan_work(meta, config, relay, unshared_single_pass, None, regular=regular)
     lists = [work.slot_offsets] + [a for w in work.launches for a in (w.items, w.tokens, w.slots)]
+    merged = merge_tokens(np.diff(work.slot_offsets) > 0)
     table = meta.host_block_table
-    slot_offsets, *lists = upload(lists + ([] if table is None else [table]), device)
+    slot_offsets, *lists = upload(lists + ([] if merged is None else [merged]) + ([] if table is None else [table]),
+                                  device)
+    merged = None if merged is None else lists[3 * len(work.launches)]
     launches = tuple(
         Launch(level=w.level, block_m=w.block_m, single_pass=w.single_pass, reads_prefix=w.reads_prefix,
                fold_rows=w.fold_rows, regular=regulars[i], items=lists[3 * i], tokens=lists[3 * i + 1],
@@ -1225,6 +1242,7 @@ def _plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, rela
         device=str(device),
         num_levels=meta.num_levels,
         block_table=None if table is None else lists[-1],
+        merge_tokens=merged,
         ready=uploaded(device),
         signature=signature,
         stamps=stamps,
