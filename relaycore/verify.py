@@ -74,6 +74,7 @@ import os
 import shlex
 import sys
 import traceback
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -335,8 +336,12 @@ def _check_setup(options: _Options, device: str) -> None:
         raise UsageError(f"{name('block_n')}: expected with {name('function')} (a blocking you know), got it with "
                          f"{setting('backend', options.backend)}, whose blocking varies per request: its tests count "
                          f"it (relaycore.fast.triton.rounding.steps_per_token)")
+    if options.device is not None and options.device not in SPACES:
+        raise UsageError(f"{name('device')}: expected one of {list(SPACES)}, got {options.device!r}")
     for option in ("block_n", "chunk"):
         value = getattr(options, option)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise UsageError(f"{name(option)}: expected a positive int (a number of keys), got {value!r}")
         if value is not None and value < 1:
             raise UsageError(f"{name(option)}: expected a positive number of keys, got {value}")
     if options.single_pass and (options.chunk is not None or options.merge != "fold"):
@@ -767,6 +772,14 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
         >>> outcome.passed, outcome.failed
         (True, ())
     """
+    if function is not None and not isinstance(function, str) and not callable(function):
+        raise UsageError(f"function: expected a callable with relay_attention's signature or its "
+                         f"'module:function', got {type(function).__name__}")
+    if dtypes is not None and (isinstance(dtypes, (str, bytes)) or not isinstance(dtypes, Iterable)):
+        raise UsageError(f"dtypes: expected a tuple of format names, e.g. ('float16',), got {dtypes!r}")
+    if space is not None and not isinstance(space, Mapping):
+        raise UsageError(f"space: expected a dict of relaycore.testing.BatchSpace fields, e.g. {{'max_q_len': 1}}, "
+                         f"got {type(space).__name__}")
     space = dict(space or {})
     options = _Options(function, backend, cases, seed, None if dtypes is None else tuple(dtypes), device, space,
                        tuple(f"{k}={v!r}" for k, v in space.items()), block_n, chunk, merge, single_pass, host_metadata,

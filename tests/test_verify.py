@@ -515,6 +515,19 @@ def test_host_metadata_hands_a_kernel_its_metadata_as_numpy_arrays(capsys):
     (dict(block_n=8, single_pass=True, merge="pairwise", function="wrong_attention:crash"),
      "single_pass: expected without chunk and merge"),
     (dict(merge="tree"), "merge: expected one of ['fold', 'pairwise', 'running'], got 'tree'"),
+    # arguments of the wrong kind: each named, none a KeyError or a bare TypeError from inside
+    (dict(device="gpu"), "device: expected one of ['cpu', 'cuda'], got 'gpu'"),
+    (dict(device="cuda:0"), "device: expected one of ['cpu', 'cuda'], got 'cuda:0'"),
+    (dict(dtypes="float16"), "dtypes: expected a tuple of format names, e.g. ('float16',), got 'float16'"),
+    (dict(dtypes=16), "dtypes: expected a tuple of format names, e.g. ('float16',), got 16"),
+    (dict(space="max_q_len=1"), "space: expected a dict of relaycore.testing.BatchSpace fields, e.g. "
+                                "{'max_q_len': 1}, got str"),
+    (dict(function=42), "function: expected a callable with relay_attention's signature or its 'module:function', "
+                        "got int"),
+    (dict(block_n="16", function="wrong_attention:crash"), "block_n: expected a positive int (a number of keys), "
+                                                           "got '16'"),
+    (dict(block_n=16, chunk=32.0, function="wrong_attention:crash"), "chunk: expected a positive int (a number of "
+                                                                     "keys), got 32.0"),
     (dict(function="missing-colon"), "function: expected MODULE:FUNCTION, got 'missing-colon'"),
     (dict(function="no_such_module:fn"), "function: cannot load 'no_such_module:fn'"),
     (dict(space={"min_q_len": 5, "max_q_len": 1}), "space: min_q_len, max_q_len: expected min_q_len <= max_q_len"),
