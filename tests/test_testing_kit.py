@@ -404,6 +404,10 @@ def test_a_failure_report_leads_with_its_reason_and_hints_at_the_usual_lse_mista
     transposed = str(check((out, lse.T), batch))
     assert transposed.startswith(f"FAIL: lse: expected shape {lse.shape}, got {lse.T.shape} (its transpose: "
                                  "relaycore's lse is [total_q, Hq])")
+    assert check((out, lse), batch).hints == ()
+    swapped = check((lse, out), batch)  # (lse, out): FlashAttention's order in some APIs, not relaycore's
+    assert not swapped.passed and swapped.hints == (
+        "the result looks like (lse, out): relaycore's result is (out, lse), out first",), str(swapped)
     for factor, form in ((LOG2E, "in base 2 (log2 of the sum of exp)"), (1 / LOG2E, "in base 2 read as natural log")):
         report = check((out, lse * factor), batch)
         assert not report.passed and report.hints == (
@@ -1012,6 +1016,23 @@ def test_nan_from_a_paged_batch_comes_with_a_hint_that_they_were_planted():
     out[0, 0, 0] = np.nan
     assert check((out, lse), ragged).hints == ()
     assert check(tuple(x + 1.0 for x in batch.oracle().state), batch).hints == ()
+
+
+def test_nan_only_in_requests_that_read_an_empty_segment_comes_with_the_empty_state():
+    """A split kernel that takes a softmax over a segment with no key gets 0/0 = NaN there: the
+    report says that those requests read an empty segment (id -1, a prefix of length 0) and what
+    the empty state is; NaN elsewhere gets no such hint."""
+    batch = make_batch([1, 1, 1], [2, 2, 2], prefix_lens=[[3, 0]], prefix_ids=[[0, -1, 1]], num_q_heads=2,
+                       num_kv_heads=1, head_dim=8, dtype="float64")
+    out, lse = (x.copy() for x in batch.oracle().state)
+    out[1:3] = np.nan  # requests 1 (id -1) and 2 (prefix 1, of length 0)
+    report = check((out, lse), batch)
+    assert not report.passed and report.hints == (
+        "every row with NaN is in a request that reads an empty segment (request 1: level 0 id -1; request 2: level 0 "
+        "prefix 1 of length 0): a segment with no key is the state (out = 0, lse = -inf), which a merge leaves "
+        "unchanged; a softmax over no key gives 0/0 = NaN",), str(report)
+    out[0, 0, 0] = np.nan  # request 0 reads prefix 0, of 3 keys, and its own: no empty segment
+    assert check((out, lse), batch).hints == ()
 
 
 BASE_2 = ("lse looks to be in base 2 (log2 of the sum of exp): relaycore's lse is natural log; convert with "

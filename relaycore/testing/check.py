@@ -254,8 +254,9 @@ class Report:
         problems: structural failures (shape, dtype, NaN counts, inputs written), one sentence
             each.
         description: ``batch.describe()``.
-        hints: likely causes read off a failing result (an lse in base 2; NaN where a paged
-            batch planted them), one sentence each.
+        hints: likely causes read off a failing result (an lse in base 2; NaN only in requests
+            that read an empty segment; NaN where a paged batch planted them; ``(lse, out)`` for
+            ``(out, lse)``), one sentence each.
         unchecked: for ``out`` and for ``lse``, a sentence where some rows have no error bound
             (``relaycore.bounds`` gives none: scores too large for the precision, or, for the
             lse, a ``rho`` past 2), so that only NaN and infinities are caught there: which
@@ -451,21 +452,27 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None, stored=
                 name == "lse" and got_shape == want_shape[::-1]) else ""
             problems.append(f"{name}: expected shape {want_shape}, got {got_shape}{transposed}")
     if problems:
-        return Report(False, np.inf, np.inf, None, None, tuple(problems), batch.describe())
+        swapped = (shapes["out"][0] == ref.lse.shape and shapes["lse"][0] == ref.out.shape)
+        return Report(False, np.inf, np.inf, None, None, tuple(problems), batch.describe(),
+                      (SWAPPED_HINT,) if swapped else ())
     problems = _dtype_problems(out, lse, batch, q_dtype)
     out, lse = _host64(out), _host64(lse)
     tol, unchecked = _bounds(batch, None, steps, stored, stored_merge)
     out_ratio, out_worst = _worst(batch, out, ref.out, tol.out)
     lse_ratio, lse_worst = _worst(batch, lse, ref.lse, tol.lse)
     hints = () if lse_ratio <= 1.0 else _lse_hints(lse, ref.lse, tol.lse)
+    nan_rows = set()
     for name, x in (("out", out), ("lse", lse)):
         nan = np.isnan(x)
         if nan.any():
             first = np.unravel_index(int(np.argmax(nan)), nan.shape)
             request, token = _request_token(batch, int(first[0]))
             problems.append(f"{name}: {int(nan.sum())} NaN, the first at request {request}, token {token}, head {int(first[1])}")
-            if batch.paged and PLANTED_NAN_HINT not in hints:
-                hints += (PLANTED_NAN_HINT,)
+            nan_rows.update(np.nonzero(nan.reshape(nan.shape[0], -1).any(axis=1))[0].tolist())
+    if nan_rows:
+        hints += _empty_segment_hint(batch, nan_rows)
+        if batch.paged:
+            hints += (PLANTED_NAN_HINT,)
     passed = not problems and out_ratio <= 1.0 and lse_ratio <= 1.0
     return Report(passed, out_ratio, lse_ratio, out_worst, lse_worst, tuple(problems), batch.describe(), hints,
                   unchecked)
@@ -476,6 +483,28 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None, stored=
 PLANTED_NAN_HINT = ("this batch is paged, and its unused cache slots hold NaN on purpose (make_batch plants them, as "
                     "an engine's free pages may hold anything): whatever the kernel reads past a request's kv_len "
                     "must not reach the result, even multiplied by 0")
+
+#: The hint of a result whose shapes are the contract's in the other order.
+SWAPPED_HINT = "the result looks like (lse, out): relaycore's result is (out, lse), out first"
+
+
+def _empty_segment_hint(batch: Batch, nan_rows) -> Tuple[str, ...]:
+    """A sentence when every query row with NaN belongs to a request that reads an empty segment
+    (a level it reads no prefix of, id -1, or a prefix of length 0): the usual NaN of a split
+    kernel, a softmax over no key (0 / 0) where the empty state ``(0, -inf)`` belongs."""
+    empty = {}
+    for level, p in enumerate(batch.prefixes):
+        lengths = np.diff(p.cu_seqlens)
+        for b, pid in enumerate(p.prefix_ids.tolist()):
+            if pid < 0 or lengths[pid] == 0:
+                empty.setdefault(b, f"level {level} " + ("id -1" if pid < 0 else f"prefix {pid} of length 0"))
+    requests = sorted({_request_token(batch, row)[0] for row in nan_rows})
+    if not requests or any(b not in empty for b in requests):
+        return ()
+    shown = "; ".join(f"request {b}: {empty[b]}" for b in requests[:3]) + ("; ..." if len(requests) > 3 else "")
+    return (f"every row with NaN is in a request that reads an empty segment ({shown}): a segment with no key is "
+            f"the state (out = 0, lse = -inf), which a merge leaves unchanged; a softmax over no key gives 0/0 = NaN",)
+
 
 #: How closely ``got / ref`` must match the factor of a change of base on every row where the
 #: rows alone cannot tell it from a constant offset (one row, or rows of about equal lse). An
