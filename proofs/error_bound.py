@@ -736,7 +736,9 @@ more.*
 *Proof.* *Empty states.* A state with no key the row sees, $(0, -\infty)$, after a non-empty
 one leaves everything as it was, bit for bit: $M_i = M_{i-1}$ is finite,
 $g_i = \widehat{\exp_2}(0) = 1$ (the hardware returns 1 at 0, as "Counting the Triton kernels'
-steps" uses), $f_i = 2^{-\infty} = 0$, the products are exact and the sums add zeros. A first
+steps" uses), $f_i = 2^{-\infty} = 0$, the products are exact and the sums add zeros (with
+subnormals flushed, $O_{i-1}$ is a result of the fold's arithmetic, so 0 or normal, and
+$O_{i-1} \cdot 1$ flushes nothing; a phantom state after a non-empty one is the same, Lemma 10). A first
 state with no key would give $M_1 = -\infty$ and the argument
 $\mathrm{fl}(-\infty - (-\infty))$, NaN; the claim asks for a non-empty first state. Number
 the non-empty states $1, \dots, K'$. The first one finds $M_0 = -\infty$, so
@@ -1018,18 +1020,40 @@ $e^{\rho}$. $\blacksquare$
 
 *FlashInfer's start, in a tree.* Each thread's own fold starts from Lemma 9's phantom and is
 covered by Lemma 9's paragraph on it, under its condition (every state that holds keys of lse
-above $-5 \cdot 10^4 + 126$). But `threadblock_sync_state` folds all `bdy` threads' results,
-those of threads with no index set included, and such a thread hands on $(0, -5 \cdot 10^4)$, a
-state that is not empty. Phantoms before the outer fold's first non-empty state are harmless
-under that condition: they leave $O = 0$ and $\Lambda = 1 + p$ for $p \le$ `bdy` of them, and
-that state's rescale, at most about $2^{-126}$, gives $\Lambda = 1$ and $O = x_1$, the fold from a
-non-empty first state that this lemma takes, bit for bit. A phantom *after* a non-empty state
-is not: its weight vanishes in the normaliser's rounding, but the fold multiplies $O$ by
-exactly 1, which flushes a subnormal $O$ to 0, a rounding below the normal range that Lemma 6's
-count above does not hold. So this lemma covers FlashInfer's two-level kernels where no
-thread's result that follows a non-empty one is empty (every thread holds a state with keys,
-or the empty ones come first), under Lemma 9's condition; the rest is not proved here. The
-simulations start from $M_0 = -\infty$ and leave empty parts and threads out.
+above $-5 \cdot 10^4 + 126$). `threadblock_sync_state` folds all `bdy` threads' results, those
+of threads with no index set, or only empty ones, included. Such a thread folds nothing or only
+states $(0, -\infty)$, which leave its phantom as it was ($g = \widehat{\exp_2}(0) = 1$, $f = 0$),
+and it hands on $(0, \lambda_0)$ with $\lambda_0 = \mathrm{fl}(-5 \cdot 10^4 + \mathrm{fl}(\widehat{\log_2} 1))
+= -5 \cdot 10^4$ (the logarithm errs by at most $2^{-21}$, below half an ulp of $5 \cdot 10^4$,
+$2^{-9}$). A non-empty thread's lse, $\mathrm{fl}(M_t + \mathrm{fl}(\widehat{\log_2}\Lambda_t))$
+with $\Lambda_t \ge 1$, is at least its largest state's lse up to a rounding that is none near
+$-5 \cdot 10^4 + 126$ (an ulp there is $2^{-8}$), so the threads' results meet the condition too.
+Now the outer fold. A phantom *before* its first non-empty state leaves $O = 0$ and
+$\Lambda = 1 + p$ for $p \le$ `bdy` of them ($f = g = 2^0 = 1$ each); that state's rescale
+$g \le 2^{-126 - 2^{-8}}(1 + u_{exp}) < 2^{-126}$ gives $\mathrm{fl}(\mathrm{fl}((1 + p)g) + \mathrm{fl}(1 \cdot 1)) = 1$
+(`ex2.approx.ftz` makes $g = 0$; kept, $(1 + p)g < 2^{-25}$ is below half an ulp of 1, and a
+truncating sum drops it too) and $O = \mathrm{fl}(\mathrm{fl}(0 \cdot g) + \mathrm{fl}(x_1 \cdot 1))$:
+the fold from a non-empty first state that this lemma takes, bit for bit. A phantom *after* a
+non-empty state finds $M_i = M_{i-1}$, so $g = 2^0 = 1$ and
+$f = \widehat{\exp_2}(\mathrm{fl}(\lambda_0 - M_i)) < 2^{-126}$; then
+$\Lambda = \mathrm{fl}(\mathrm{fl}(\Lambda \cdot 1) + \mathrm{fl}(1 \cdot f)) = \Lambda$ ($\Lambda \ge 1$
+and $f$ below half its ulp, or 0 where flushed) and
+$O = \mathrm{fl}(\mathrm{fl}(O \cdot 1) + \mathrm{fl}(0 \cdot f)) = O$. The product by 1 is exact:
+where the hardware keeps subnormals, $O \cdot 1 = O$ whatever $O$ is; where it flushes, it
+flushes results and operands alike (the precision model), and $O$ is the result of a rounding in
+the accumulation format (or the 0 it starts from), so it is 0 or normal and nothing is flushed.
+(The stored reads $x_i$ are operands that may be subnormal; their flush is the read's $\eta$,
+counted above, and a phantom's output is 0.) So empty parts and empty threads, before or after
+non-empty ones, change nothing, bit for bit: FlashInfer's tree computes what the folds from
+$-\infty$ that leave them out compute, and this lemma covers its two-level kernels with them,
+under Lemma 9's condition, at the counts above and with no term for them: the roundings below
+the normal range that they add number 0. Only hardware that flushes operands but keeps results
+(x86's DAZ without FTZ) could flush $O$ there, and that is outside the precision model: each
+subnormal result would be flushed again at its next use, a rounding that no lemma here counts.
+`check_flashinfer_start_in_trees` runs the trees from $-5 \cdot 10^4$, every part and every
+thread's result folded, against the folds from $-\infty$ that leave the empty ones out: the same
+outputs, lses and counts, bit for bit, subnormals flushed or kept by the arithmetic and by
+`exp2`, bf16 outputs below fp32's normal range among them.
 
 With $N$ at most $2^{23}$ keys the factor $e^{3u_{acc}(N - 1)}$ is below $e^3$; it is 1 to
 within $10^{-3}$ up to $N = 2^{11}$. `two_level_example` (fp16, all scores
@@ -1231,6 +1255,11 @@ returns ($\max_i \lceil n_i / b\rceil + K' - 1 + F$, $F$ more with divisions wit
 the smallest block), recomputed there from the problem's sizes rather than by calling it (the
 drawn parts have no `Batch`); and the $S$ each run uses equals the folds the simulation passed
 the row's keys through, counted as it runs.
+`check_flashinfer_start_in_trees` checks Lemma 10's paragraph on FlashInfer's start: trees of
+folds from $-5 \cdot 10^4$ over every part and every thread, empty ones before and after
+non-empty ones, compute bit for bit what the folds from $-\infty$ that leave them out compute
+(`two_level_example` in bf16 with empty parts and 16 threads, and Hypothesis draws), within the
+bound with no term for them.
 `check_stored_fold_factor` checks the factor per fold at 60 digits against
 $e^{\frac52 u_{acc} + 3u_{acc}(K' - 1)}$ up to $K' = 2^{23} - 1$ ($2^{52} - 1$ for float64 sums),
 shows it needs to grow with $K'$ (the standard model's adversarial fold passes $e^{4u_{acc}}$
@@ -1284,6 +1313,9 @@ DIVISION_WOBBLE = 1.5 * 2.0**-24
 #: Steps per key of the all-at-once merge of two or more non-empty states (Lemma 4); the
 #: Triton backend's count, ``relaycore.fast.triton.rounding.MERGE_STEPS``, must equal it.
 ALL_AT_ONCE_MERGE_STEPS = 2
+#: FlashInfer 0.5.0's ``math::inf``, the running maximum its ``state_t::init`` starts from (base 2):
+#: a fold there starts from the phantom state ``(0, -5e4)`` with ``D = 1`` (Lemmas 9 and 10).
+FLASHINFER_START = -5e4
 
 
 class Elementary:
@@ -1313,6 +1345,29 @@ class Elementary:
         """fp32 ``a / b`` within 2 ulp, as CUDA's ``__fdividef`` (Lemma 9): the exact quotient
         off by a relative ``DIVISION_WOBBLE`` at most, then rounded as ``ar.div`` rounds."""
         return ar.div(a * (1 + self._draw(DIVISION_WOBBLE)), b)
+
+
+class Repeatable(Elementary):
+    """``Elementary`` whose error at an argument is drawn from ``seed`` and that argument alone, the
+    same at every call: two computations that call it at different arguments elsewhere (a fold
+    from FlashInfer's start and one from ``-inf``) see the same errors where their arguments agree."""
+
+    def __init__(self, seed: float, extreme: bool, ftz: bool = False):
+        super().__init__(random.Random(seed), extreme, ftz)
+        self.seed = seed
+
+    def _at(self, *key):
+        self.rng = random.Random(repr((self.seed,) + key))
+        return self
+
+    def __call__(self, x, base=None):
+        return Elementary.__call__(self._at("exp", x, base), x, base)
+
+    def log(self, x, base=None):
+        return Elementary.log(self._at("log", x, base), x, base)
+
+    def divide(self, a, b, ar: fp.Arithmetic):
+        return Elementary.divide(self._at("divide", a, b), a, b, ar)
 
 
 def simulate_part(q, keys, values, scale, dtype: str, block: int, exp, ar: fp.Arithmetic, base=None,
@@ -1436,20 +1491,24 @@ def simulate_merge_running(states: list, exp, ar: fp.Arithmetic, divide=None) ->
     return out, fp.r32(lse * fp.r32(mpmath.log(2)))
 
 
-def running_fold_base2(states: list, exp, ar: fp.Arithmetic, divide=None) -> tuple:
+def running_fold_base2(states: list, exp, ar: fp.Arithmetic, divide=None, start=None, dim: int = 0) -> tuple:
     """``simulate_merge_running`` with its lse left in base 2, ``fl(M + log2 D)``, as a fold whose
     result is the state of a fold above it hands it on (Lemma 10): ``(out [D] fp32, base-2 lse)``;
-    NaN, output and lse, where the first state holds no key."""
+    NaN, output and lse, where the first state holds no key. With ``start`` (``FLASHINFER_START``)
+    the fold is FlashInfer 0.5.0's ``state_t``: from ``M = start, D = 1, O = 0`` it takes every
+    state, empty ones too, as ``merge(o, lse, 1)``: ``D = fl(fl(D g) + fl(1 f))``; a fold of no
+    state hands on ``(0, fl(start + log2 1))`` (``dim`` gives its length: a thread of FlashInfer's
+    two-level kernels with no index set)."""
     divide = divide or ar.div
-    dim = len(states[0][0])
-    m, total, acc = exact.NEG_INF, mpmath.mpf(1), [mpmath.mpf(0)] * dim
+    dim = len(states[0][0]) if states else dim
+    m, total, acc = (exact.NEG_INF if start is None else mpmath.mpf(start)), mpmath.mpf(1), [mpmath.mpf(0)] * dim
     for out, lse in states:
         m_new = max(m, lse)
         if m_new == exact.NEG_INF:
             return [mpmath.nan] * dim, mpmath.nan
         g = exp(fp.r32(m - m_new), 2) if m != exact.NEG_INF else mpmath.mpf(0)
         f = exp(fp.r32(lse - m_new), 2) if lse != exact.NEG_INF else mpmath.mpf(0)
-        total = ar.add(ar.mul(total, g), f)
+        total = ar.add(ar.mul(total, g), f if start is None else ar.mul(1, f))
         acc = [ar.add(ar.mul(x, g), ar.mul(o, f)) for x, o in zip(acc, out)]
         m = m_new
     return [divide(x, total) for x in acc], fp.r32(m + exp.log(total, 2))
@@ -2293,7 +2352,7 @@ def check_running_fold_step_count():
     assert reached
 
 
-def simulate_stored_folds(problem: dict, exp, threads) -> tuple:
+def simulate_stored_folds(problem: dict, exp, threads, start=None) -> tuple:
     """Lemma 10's trees of running folds over outputs stored in the input format, in base 2. Each
     part is ``simulate_part``'s (its division ``Elementary.divide`` where
     ``problem["fast_division"]``), its output stored in ``problem["dtype"]`` (rounded to
@@ -2301,10 +2360,13 @@ def simulate_stored_folds(problem: dict, exp, threads) -> tuple:
     (FlashInfer's ``merge_states`` on outputs in the input dtype). Else thread ``t`` folds the
     parts ``t, t + threads, ...`` (``running_fold_base2``), its result stored in the input dtype,
     its base-2 lse kept in fp32, and the threads' results are folded (FlashInfer's large and
-    variable-length merge kernels, as read in their source). Parts and threads that hold no key
-    of the row are left out of the folds (after a state that holds one they change nothing, bit
-    for bit, Lemma 9). Returns ``(out [D] fp32 before item 5's rounding, lse natural, the most
-    folds a key passed)``, the last counted as the folds run."""
+    variable-length merge kernels, as read in their source). ``start=None``: every fold starts
+    from ``M = -inf`` and parts and threads that hold no key of the row are left out (after a
+    state that holds one they change nothing, bit for bit, Lemma 9). ``start=FLASHINFER_START``:
+    FlashInfer's arithmetic as it runs, every fold from its phantom ``(0, -5e4)``, every part
+    folded, empty ones too, and every thread's result, those of threads with no part or only
+    empty ones (phantoms) too, in thread order. Returns ``(out [D] fp32 before item 5's rounding,
+    lse natural, the most folds a key passed)``, the last counted as the folds run."""
     q, keys, values, dtype = problem["q"], problem["keys"], problem["values"], problem["dtype"]
     ar = fp.Arithmetic(problem.get("accumulate", "nearest"), problem.get("flush", False))
     divide = (lambda a, b: exp.divide(a, b, ar)) if problem.get("fast_division") else None
@@ -2314,16 +2376,19 @@ def simulate_stored_folds(problem: dict, exp, threads) -> tuple:
         idx = [j for j, label in enumerate(problem["labels"]) if label == part]
         parts.append(stored(simulate_part(q, [keys[j] for j in idx], [values[j] for j in idx], problem["scale"],
                                           dtype, part_block(problem, part), exp, ar, 2, divide=divide)))
-    held = lambda states: [x for x in states if x[0][1] != exact.NEG_INF]  # noqa: E731
+    # (state, the most folds its keys have passed; None where it holds no key)
+    parts = [(state, 0 if state[1] != exact.NEG_INF else None) for state in parts]
+    kept = (lambda states: [x for x in states if x[1] is not None]) if start is None else list  # noqa: E731
 
-    def fold(states):  # a running fold of the held states, and the most folds their keys have passed, this one too
-        return running_fold_base2([s for s, _ in states], exp, ar, divide), 1 + max(n for _, n in states)
+    def fold(states):  # a running fold, and the most folds its keys have passed, this one too
+        held = [n for _, n in states if n is not None]
+        out = running_fold_base2([s for s, _ in states], exp, ar, divide, start, len(q))
+        return out, (1 + max(held) if held else None)
 
-    parts = [(state, 0) for state in parts]
     if threads is not None:
-        parts = [(stored(state), n) for state, n in (fold(held(parts[t::threads])) for t in range(threads)
-                                                     if held(parts[t::threads]))]
-    (out, lse), passed = fold(held(parts))
+        shares = [kept(parts[t::threads]) for t in range(threads)]
+        parts = [(stored(state), n) for state, n in (fold(share) for share in shares if share or start is not None)]
+    (out, lse), passed = fold(kept(parts))
     return out, fp.r32(lse * fp.r32(mpmath.log(2))), passed
 
 
@@ -2345,12 +2410,13 @@ def stored_fold_counts(problem: dict, threads) -> tuple:
     return steps, 1 if threads is None else 2
 
 
-def stored_fold_errors(problem: dict, exp, threads) -> tuple:
-    """One run of ``simulate_stored_folds`` against the bounds at ``stored_fold_counts``: ``(out
-    errors [D], out bounds with stored_merge="running" [D], out bounds at stored = 0 [D], lse
-    error, lse bound, steps)``, the output rounded to the input format (item 5)."""
+def stored_fold_errors(problem: dict, exp, threads, start=None) -> tuple:
+    """One run of ``simulate_stored_folds`` (from ``start``) against the bounds at
+    ``stored_fold_counts``: ``(out errors [D], out bounds with stored_merge="running" [D], out
+    bounds at stored = 0 [D], lse error, lse bound, steps)``, the output rounded to the input
+    format (item 5)."""
     (ref_out, ref_lse), value_abs, score_abs = reference(problem)
-    out, lse, passed = simulate_stored_folds(problem, exp, threads)
+    out, lse, passed = simulate_stored_folds(problem, exp, threads, start)
     out = [fp.round_to(x, problem["dtype"]) for x in out]
     steps, stored = stored_fold_counts(problem, threads)
     assert stored == passed, (stored, passed)  # S: the folds the simulation passed the keys through
@@ -2424,6 +2490,63 @@ def check_two_level_stored_folds():
         assert steps <= counted, (steps, counted)
 
     run()
+
+
+def with_empty_parts(problem: dict, before: int, after: int) -> dict:
+    """``problem`` with ``before`` parts that hold no key put before its parts and ``after`` after
+    them (FlashInfer's index sets that a row sees no key of)."""
+    return dict(problem, parts=problem["parts"] + before + after, labels=[x + before for x in problem["labels"]],
+                **({"blocks": [1] * before + problem["blocks"] + [1] * after} if "blocks" in problem else {}))
+
+
+def check_flashinfer_start_in_trees():
+    """Lemma 10's paragraph on FlashInfer's start: a tree of its running folds from the phantom
+    ``(0, -5e4)``, with empty parts and threads with no part or only empty ones (phantoms) before
+    and after non-empty ones, computes what the folds from ``-inf`` that leave them out compute,
+    bit for bit (output, lse and the folds a key passes), subnormals flushed or kept by the
+    arithmetic and by ``exp2``; so its error stays within Lemma 10's bound with no term for them.
+    ``two_level_example`` in bf16 (values ``k 2^-133``, outputs below fp32's normal range), with
+    one empty part first, two last and 16 threads (thread 0 a phantom before the non-empty ones,
+    threads 10-15 phantoms after them), is the case a flush of the output sum would show: there
+    is none. Hypothesis draws (1 to 8 parts, some empty, one fold or 1 to 12 threads, more
+    threads than parts too) check the same, and the bound, wherever every part that holds keys has
+    an lse above ``-5e4 + 127`` in base 2 (Lemma 9's condition with a margin for the lse's error;
+    the large draws' scores reach ``-62500``, outside it)."""
+    problem = with_empty_parts(two_level_example("bfloat16"), 1, 2)
+    tiny = mpmath.ldexp(1, -126)
+    for flush, ftz, fast in ((False, False, False), (True, True, False), (False, True, True), (True, False, True)):
+        case = dict(problem, flush=flush, fast_division=fast)
+        runs = [simulate_stored_folds(case, Elementary(_Still(), False, ftz), 16, start)
+                for start in (FLASHINFER_START, None)]
+        assert runs[0] == runs[1], (flush, ftz, fast)
+        (out,), _, _ = runs[0]
+        assert (0 < abs(out) < tiny) != flush, (flush, out)  # an fp32 subnormal sum where subnormals are kept
+        (err,), (with_term,), _, _, _, _ = stored_fold_errors(case, Elementary(_Still(), False, ftz), 16,
+                                                             FLASHINFER_START)
+        assert err <= with_term, (flush, ftz, err, with_term)
+
+    @checked(200)
+    @given(problems(max_parts=8, forms=("base2",), value_exponents=(0, -24, -128, -132)),
+           st.randoms(use_true_random=False), st.booleans(), st.sampled_from([None, 1, 2, 3, 5, 8, 12]),
+           st.lists(st.integers(1, 4), min_size=8, max_size=8), st.booleans(), st.booleans(),
+           st.integers(0, 2), st.integers(0, 2))
+    def run(problem, rnd, extreme, threads, blocks, ftz, fast, before, after):
+        problem = with_empty_parts(dict(problem, blocks=blocks[: problem["parts"]], fast_division=fast), before, after)
+        if min(part_lses(problem)) <= (FLASHINFER_START + 127) * mpmath.log(2):  # Lemma 9's condition fails
+            return
+        exp = Repeatable(rnd.random(), extreme, ftz)
+        runs = [simulate_stored_folds(problem, exp, threads, start) for start in (FLASHINFER_START, None)]
+        assert runs[0] == runs[1], (problem["dtype"], threads)
+        out_err, with_term, _, lse_err, lse_b, steps = stored_fold_errors(problem, exp, threads, FLASHINFER_START)
+        assert all(e <= b for e, b in zip(out_err, with_term)), (problem["dtype"], threads, steps, out_err, with_term)
+        assert lse_err <= lse_b, (problem["dtype"], threads, steps, lse_err, lse_b)
+        held = sum(1 for p in range(problem["parts"]) if p in problem["labels"])
+        if threads is not None and threads > held:  # empty threads among the non-empty ones
+            reached.append(threads)
+
+    reached = []
+    run()
+    assert len(reached) >= 20, len(reached)
 
 
 def stored_fold_amplification(k: int, prec: bounds.Precision):
