@@ -35,11 +35,14 @@ Every lemma below also rests on these assumptions about the arithmetic:
   (`check_exp_from_a_natural_argument_is_not_covered`). A kernel built that way needs its own
   bound. PyTorch's `torch.exp` is an accurate `expf` (SLEEF's on the CPU; on CUDA the math
   library's, documented within 2 ulp), within $u_{exp}$.
-* *Merges follow one of three orders of operations*: pairwise as `relaycore.state.merge`
-  (Lemma 3), all at once as the Triton merge kernel (Lemma 4), or a running fold that rescales
+* *Merges follow one of three orders of operations*, or are FlashInfer's in-block fold of
+  unnormalised states: pairwise as `relaycore.state.merge` (Lemma 3), all at once as the Triton merge kernel (Lemma 4), or a running fold that rescales
   its sums whenever its maximum grows, as FlashInfer's `merge_states` (Lemma 9, which also
-  prices divisions within 2 ulp, CUDA's `__fdividef`). Another order is not covered, at any
-  count of steps. A pairwise merge may read its incoming outputs
+  prices divisions within 2 ulp, CUDA's `__fdividef`). FlashInfer's decode folds its groups'
+  unnormalised states within a block (`sync_state`) before any division or lse: Lemma 11 shows
+  that fold to be a chain of Lemma 2's rescales, so such a chunk is a part with a count of its
+  own, $I + Z' - 1$ (`blocked_steps(groups=...)`). Another order is not covered, at any count of
+  steps. A pairwise merge may read its incoming outputs
   rounded to the input format, as cascade kernels that store each level's output do: Lemma 8
   prices that (`stored` in `relaycore.bounds`); so may the running folds of Lemma 9, in a tree
   of them (FlashInfer's two-level merge kernels): Lemma 10 (`stored_merge="running"`).
@@ -701,7 +704,8 @@ large and variable-length merge kernels fold a thread's share of the states, sto
 in the input dtype, and fold the threads; its split-KV decode stores its partial outputs in the
 output dtype) or merge unnormalised $(o, m, d)$ states within a block (decode's `sync_state`):
 neither is covered here, and a simulation of the first exceeds the bound at this lemma's count
-(below). Lemma 10 covers the first; the second is covered by no lemma here. From $M_0 = -\infty$, $\Lambda_0 = 1$,
+(below). Lemma 10 covers the first; Lemma 11 shows the second to be a chain of Lemma 2's
+rescales. From $M_0 = -\infty$, $\Lambda_0 = 1$,
 $O_0 = 0$ (FlashInfer's $M_0$ is $-5 \cdot 10^4$, below) it takes the states
 $i = 1, \dots, K$ in turn, each as an output $\hat o_i$ and a base-2 lse $\hat\lambda_i$:
 
@@ -1047,9 +1051,10 @@ counted above, and a phantom's output is 0.) So empty parts and empty threads, b
 non-empty ones, change nothing, bit for bit: FlashInfer's tree computes what the folds from
 $-\infty$ that leave them out compute, and this lemma covers its two-level kernels with them,
 under Lemma 9's condition, at the counts above and with no term for them: the roundings below
-the normal range that they add number 0. Only hardware that flushes operands but keeps results
-(x86's DAZ without FTZ) could flush $O$ there, and that is outside the precision model: each
-subnormal result would be flushed again at its next use, a rounding that no lemma here counts.
+the normal range that they add number 0. Even hardware that flushes operands but keeps results
+(x86's DAZ without FTZ), which the precision model leaves out, would flush a subnormal $O$ at
+the phantom's product only where the next use of $O$ (the next state's product $O g$, or the
+division) reads it as 0 anyway: the phantom moves that flush earlier and changes no result.
 `check_flashinfer_start_in_trees` runs the trees from $-5 \cdot 10^4$, every part and every
 thread's result folded, against the folds from $-\infty$ that leave the empty ones out: the same
 outputs, lses and counts, bit for bit, subnormals flushed or kept by the arithmetic and by
@@ -1061,10 +1066,162 @@ within $10^{-3}$ up to $N = 2^{11}$. `two_level_example` (fp16, all scores
 folding the first and the last) errs by $1.087 \cdot 2^{-24}$; without the stored term the
 bound is $1.008 \cdot 2^{-24}$ at 10 or 11 steps, and with $S = 2$, `stored_merge="running"`, it
 is $2.02 \cdot 2^{-24}$ (`check_two_level_stored_folds`). Not covered: an all-at-once fold
-(Lemma 4) of stored outputs, not proved here though its factor would be the same kind; and
+(Lemma 4) of stored outputs, not proved here though its factor would be the same kind.
 FlashInfer's split-KV decode, which merges unnormalised $(o, m, d)$ states within a block
-(`sync_state`) before it normalises and stores them: that in-block merge is neither Lemma 9's
-fold of normalised states nor a read of stored outputs, and no lemma here prices it.
+(`sync_state`) before it normalises and stores its chunks, is this lemma's tree over the parts
+Lemma 11 describes.
+
+## Lemma 11: a split-KV decode chunk is a part walked in groups
+
+FlashInfer 0.5.0's decode kernels (`SingleDecodeWithKVCacheKernel` and
+`BatchDecodeWithPagedKVCacheDevice` in `include/flashinfer/attention/decode.cuh`, the default
+variant: no RoPE in the kernel, no logits soft-cap, ALiBi, custom mask or sliding window, q, k
+and v in one dtype) walk a query row's chunk of $n \ge 1$ keys (`partition_kv`: chunk $i$ holds
+its keys $iC$ to $\min((i + 1)C, L) - 1$) with $Z$ = `bdz` groups of threads (`threadIdx.z`) in
+iterations of $TZ$ slots, $T$ = `bdy * tile_size_per_bdx`: in iteration $t$ group $z$ takes the
+slots $tTZ + zT, \dots, tTZ + (z + 1)T - 1$, a block of its own running state. A slot at or past
+the chunk's end is masked: score $-5 \cdot 10^4$ (`math::inf`), value 0 (`kFillZero`). Each
+group starts from `state_t::init`, $(m, d, o) = (-5 \cdot 10^4, 1, 0)$, and at each block
+(`compute_qk`, `update_local_state`) computes
+
+$$
+\hat s_j = \mathrm{fl}(\mathrm{fl}(q \cdot k_j)\, c_2),\quad
+m' = \max(m, \max_j \hat s_j),\quad a = \widehat{\exp_2}(\mathrm{fl}(m - m')),\quad
+p_j = \widehat{\exp_2}(\mathrm{fl}(\hat s_j - m')),
+$$
+
+$d \leftarrow \mathrm{fl}(d a)$, then $d \leftarrow \mathrm{fl}(d + p_j)$ slot by slot;
+$o \leftarrow \mathrm{fl}(o a)$, then $o \leftarrow \mathrm{fl}(o + \mathrm{fl}(p_j v_j))$ slot by
+slot, with $c_2 = \mathrm{fl}(\mathrm{fl}(c)\,\mathrm{fl}(\log_2 e))$ (`sm_scale_log2`) and the
+weights $p_j$ in fp32, not rounded to the input format. With $Z > 1$, `sync_state` stores every
+group's $(o, m, d)$ in fp32 and folds them, unnormalised, in group order from
+$(O, M, \Lambda) = (0, -5 \cdot 10^4, 1)$ by `state_t::merge`$(o_z, m_z, d_z)$:
+
+$$
+M' = \max(M, m_z),\quad f_1 = \widehat{\exp_2}(\mathrm{fl}(M - M')),\quad
+f_2 = \widehat{\exp_2}(\mathrm{fl}(m_z - M')),\quad
+\Lambda \leftarrow \mathrm{fl}(\mathrm{fl}(\Lambda f_1) + \mathrm{fl}(d_z f_2)),\quad
+O \leftarrow \mathrm{fl}(\mathrm{fl}(O f_1) + \mathrm{fl}(o_z f_2)).
+$$
+
+The chunk's output is $\hat o = \mathrm{fl}(O \cdot \widehat{\mathrm{rcp}}(\Lambda))$
+(`OutputTransform`, `rcp.approx`), stored in the output dtype (`tmp_v`), its lse
+$\hat\lambda = \mathrm{fl}(M + \widehat{\log_2}\Lambda)$ in fp32 (`tmp_s`); `VariableLengthMergeStates`
+then folds a row's chunks (`PersistentVariableLengthMergeStatesKernel`, Lemma 10's two-level
+kernel; a row of one chunk is copied). The weights' exponential is `ex2.approx.ftz`, which flushes
+a result below $2^{-126}$ to 0.
+
+*Claim. Let every score $\hat s_j$ the kernel computes for a key of the chunk exceed
+$-5 \cdot 10^4 + 126$ (in natural units every score above about $-34570$: $A < 34500$ suffices).
+Then the chunk's $M$, $\Lambda$ and $O$ are, bit for bit, those of the same walk from
+$m = -\infty$ that leaves out the masked slots and the groups that hold no key. They have Lemma
+2's form over the chunk's $n$ keys with shift $M \ln 2$ and normaliser $\Lambda \ge 1$, and a key
+passes at most*
+
+$$
+\nu_{chunk} = I + Z' - 1,\qquad I = \lceil n / (TZ) \rceil,\quad Z' = \min(Z, \lceil n / T \rceil)
+$$
+
+*steps: its own exponential, at most $I - 1$ rescales in its group and at most $Z' - 1$ factors
+of `sync_state`. $\nu_{chunk} \le \lceil n / T \rceil$, the count of one running state walking
+the chunk $T$ keys a block. The walk from $-\infty$ has that form and count with no condition on
+the scores and with an exponential that flushes or keeps subnormals.*
+
+*Proof.* *The phantoms.* A running maximum that has met a key is at least that key's score, so
+above $-5 \cdot 10^4 + 126$; near that value an fp32 number is a multiple of $2^{-8}$, so
+$\mathrm{fl}(-5 \cdot 10^4 - m) \le -126 - 2^{-8}$ (the subtraction rounds monotonically and
+$-126 - 2^{-8}$ is a float) and the exponential, within $1 + u_{exp}$ of
+$2^{-126 - 2^{-8}}$, is below $2^{-126}$ and flushed: 0. So (i) a group's first block that holds
+a key has $a = 0$, and $d = \mathrm{fl}(1 \cdot 0) = 0$, $o = \mathrm{fl}(0 \cdot 0) = 0$, as from
+$-\infty$ ($a = 2^{-\infty} = 0$). (ii) In a group that has met a key a masked slot has $p = 0$,
+leaves $m$, and its $\mathrm{fl}(d + 0) = d$, $\mathrm{fl}(o + \mathrm{fl}(0 \cdot 0)) = o$; a block
+of masked slots only has $a = 2^0 = 1$, and $d \cdot 1$, $o \cdot 1$ are exact, $d$ and $o$ being
+results of the arithmetic (0 or normal where subnormals are flushed, Lemma 10). (iii) A group
+with no key (only where $I = 1$) ends as $(0, -5 \cdot 10^4, 1 + T)$ ($a = p = 2^0 = 1$). In
+`sync_state` such groups before the first group with a key leave $O = 0$ and
+$M = -5 \cdot 10^4$; that group, $z$, has $f_1 = 0$ and $f_2 = 2^0 = 1$, so
+$\Lambda = \mathrm{fl}(\mathrm{fl}(\Lambda \cdot 0) + \mathrm{fl}(d_z \cdot 1)) = d_z$ and $O = o_z$; after
+it they have $f_1 = 2^0 = 1$, $f_2 = 0$ and change nothing. That is the fold from $M = -\infty$
+over the groups that hold keys, the first entering with $f_1 = 2^{-\infty} = 0$, $f_2 = 1$. With
+$Z = 1$ there is no `sync_state`.
+
+*The form.* Follow key $j$ of group $z$, in its block $t$. Its numerator term is
+$\mathrm{fl}(p_j v_j)$ (fp32 weights: the product's rounding, $\tfrac{u_{acc}}{2} \le u_p$, takes
+item 2's slot, as Lemma 2 says of the PyTorch backend), its normaliser term $p_j$. After that,
+every operation on a sum that holds it is an addition or a product by a rounded factor
+$\widehat{\exp_2}(\mathrm{fl}(x - y))$, $x$ and $y$ computed scores (a running maximum is one of
+them). The additions: one per later slot of its group that holds a key, its own (into a sum that
+is 0 only for its group's first key), in `sync_state` one when its group enters (none for the
+first group with keys, $0 + o_z$) and one per later group with keys: at most $n_z + Z' - 1 \le n$,
+since the other $Z' - 1$ groups hold a key each; item 3's $\gamma_N$ holds them, as a sum in any
+order. The factors: $a$ of each later block of its group in which the row sees a key (a block
+with none has $a = 2^0 = 1$, exact, above), at most $I - 1 - t$; in `sync_state`, $f_2$ of its
+group unless $m_z = M'$ ($2^0$, exact), which happens for the first group with keys, and $f_1$ of
+each later group with keys that raises $M$ (else $2^0$). A key of the $r$-th group with keys
+($r = 0, 1, \dots$) meets $f_2$ at most once, only if $r \ge 1$, and $f_1$ at most $Z' - 1 - r$
+times: at most $Z' - 1$ factors of `sync_state` in all. Each factor is item 4's rescale: one
+exponential of an argument $x$ with $|x| \le 2A(1 + \gamma_{D+6})$ in natural units, its rounding
+$\tfrac{u_{acc}}{2}|x|$, and one product on each side, $\tfrac{u_{acc}}{2}$: within one step
+$u_{exp} + 3u_{acc} + u_{acc}(A + \log N + 1)$, with no telescoping used. The key's own
+exponential and items 1-3 are Lemma 2's. So $(O, \Lambda)$ have Lemma 2's form with
+$\nu = 1 + (I - 1) + (Z' - 1)$. And $\Lambda \ge 1$: the key that attains $M$ entered with
+$p = 2^0 = 1$, every later factor of the sums that hold it is $2^0$ (no later maximum is larger),
+and a sum of non-negative terms rounded to nearest or truncated is not below its largest. Last,
+$\nu_{chunk} \le \lceil n/T \rceil$: with $I = 1$, $Z' = \lceil n/T \rceil$; with $I \ge 2$,
+$Z' = Z$ and $\lceil n/T \rceil - (I + Z - 1) \ge (I - 1)Z + 1 - (I + Z - 1) = (I - 2)(Z - 1) \ge 0$.
+
+*The scale.* $c_2$ takes three roundings ($c$ and $\log_2 e$ to fp32, their product), within
+$\tfrac32 u_{acc}$ relatively up to second order, where item 1 counts $\tfrac{u_{acc}}{2}$ for the
+base-2 form's constant: the extra $u_{acc} A$ is within the $4u_{acc}A$ item 1 leaves. The dot
+product (each thread's sum of `vec_size` products, then a butterfly over `bdx` threads) is a sum
+in some order: item 1's $\gamma_D$.
+
+*The chunk's output and lse.* `rcp.approx` is within 1 ulp, and the product rounded to nearest:
+within $2u_{acc}$ relatively, a division within 2 ulp of Lemma 9. The lse
+$\mathrm{fl}(M + \widehat{\log_2}\Lambda)$ is Lemma 4's incoming lse with $m_i = M$,
+$l_i = \Lambda \in [1, n e^{\rho}]$. So the chunk enters `VariableLengthMergeStates` as one of
+Lemma 10's parts, its output stored in the output dtype: the whole split-KV decode is Lemma 10's
+tree over these parts, a key passing at most $\nu_{chunk} + (K' - 1) + F$ steps, $F$ more for the
+divisions within 2 ulp ($F = 2$ folds), with $S = 2$ and `stored_merge="running"`; the merge
+kernel's threads with no chunk hand on phantoms, which change nothing (Lemma 10). A row of one
+chunk is written by the decode kernel or copied by the merge kernel: one part,
+$\nu_{chunk} + 1$ steps (its division within 2 ulp is item 5's, Lemma 9), no stored term.
+$\blacksquare$
+
+*Lemmas 5 and 6.* A sum that holds keys is bounded as Lemma 5's accumulators: factors within
+$e^{\rho}$ over at most $n$ keys. Every factor multiplies the numerator and the normaliser by the
+same computed value, with one rounding on each side, $2u_{acc}$ per step, as $\rho_\Delta$ takes
+it. For Lemma 6 the chunk rounds $n$ products $\mathrm{fl}(p_j v_j)$, at most $n - Z'$ additions in
+its groups (the first to a group's empty sum is exact), at most $n - Z'$ rescales of $o$ (a group
+whose keys fill $B_z$ blocks rescales $B_z - 1$ times, and $\sum_z B_z \le n$), $3(Z' - 1)$ in
+`sync_state` (two products and a sum per group with keys after the first) and its division: at
+most $3n + Z' - 2$, where Lemma 6 counts $3n - 1$ for a part. Masked slots and phantoms round
+nothing (above). Over Lemma 10's tree of $L$ chunks that is
+$3N + \sum_i Z'_i - 2L + 3(L - 1) \le 4N + L - 3 \le 5N - 3 < 5N$ ($\sum_i Z'_i \le N$), and
+$3n + Z' - 2 < 5n$ for one chunk alone: Lemma 6's $5\varepsilon_{acc}$ holds.
+
+*What is not covered.* The tensor-core decode (FlashInfer runs it through its prefill kernels),
+the MLA decode kernel (`BatchDecodeWithPagedKVCacheKernelMLA`), RoPE applied in the kernel,
+logits soft-cap, ALiBi, a custom or sliding-window mask (masked keys inside the chunk, whose
+values are not 0), KV in another dtype than q (fp8), and, from FlashInfer's start, an exponential
+that keeps subnormals (then $a$ and the masked slots' weights are not 0, and the phantom's $d = 1$
+leaves a trace of up to $2^{-126}$ in $d$ that this proof does not price; from $-\infty$ any
+exponential of the precision model is covered).
+
+`check_decode_chunks` checks it: in the standard model of rounding (`decode_chunk_growth`) every
+key moves by at most the proof's sharper sum, within its count, and its count within
+$\nu_{chunk}$, which the first group's first key attains when every group raises the maximum;
+that key, all roundings up, moves by 3.07 steps in a chunk of 8 groups of one slot and by 5.92
+in one of 16, where a count that did not grow with the groups ($I$ plus Lemma 4's 2, here 3)
+allows 3. End to end, `decode_example` (fp32, 64 groups of one slot, scores rising by
+$2^{-10}$ from group to group, every exponential and logarithm erring by its largest positive
+error) errs in its lse by $191.6 \cdot 2^{-24}$, past `lse_bound` at $I = 1$ step
+($185.4 \cdot 2^{-24}$) and within it at $\nu_{chunk} = 64$ ($1725.2 \cdot 2^{-24}$); the bound's
+$\gamma_N$ hides more than that ($209.9 \cdot 2^{-24}$ at 2 steps already), so the end-to-end run
+shows the count needed, not its size. Hypothesis-drawn chunks from FlashInfer's start with a
+flushing `exp2` compute bit for bit what the walk from $-\infty$ computes, and whole split-KV
+decodes (chunks stored in the input dtype, one fold or a two-level merge from FlashInfer's start)
+stay within `out_bound` at Lemma 10's counts with $\nu_{chunk}$ per chunk, and within `lse_bound`.
 
 ## Counting the Triton kernels' steps
 
@@ -1265,6 +1422,7 @@ $e^{\frac52 u_{acc} + 3u_{acc}(K' - 1)}$ up to $K' = 2^{23} - 1$ ($2^{52} - 1$ f
 shows it needs to grow with $K'$ (the standard model's adversarial fold passes $e^{4u_{acc}}$
 from $K' = 6$ on), and checks the recursion over chains and two-level trees against
 $H^{run}_S$ and against what `out_bound` carries.
+`check_decode_chunks` checks Lemma 11, as its last paragraph says.
 `check_lse_accounting` checks the lse section's inequality over its grid against the float64
 value `lse_bound` returns, checks that `lse_bound` refuses every point of the grid beyond
 $\rho = 2$, and checks that the inequality fails beyond $\rho = 2$ where the section says so.
@@ -1314,7 +1472,7 @@ DIVISION_WOBBLE = 1.5 * 2.0**-24
 #: Triton backend's count, ``relaycore.fast.triton.rounding.MERGE_STEPS``, must equal it.
 ALL_AT_ONCE_MERGE_STEPS = 2
 #: FlashInfer 0.5.0's ``math::inf``, the running maximum its ``state_t::init`` starts from (base 2):
-#: a fold there starts from the phantom state ``(0, -5e4)`` with ``D = 1`` (Lemmas 9 and 10).
+#: a fold there starts from the phantom state ``(0, -5e4)`` with ``D = 1`` (Lemmas 9-11).
 FLASHINFER_START = -5e4
 
 
@@ -1512,6 +1670,104 @@ def running_fold_base2(states: list, exp, ar: fp.Arithmetic, divide=None, start=
         acc = [ar.add(ar.mul(x, g), ar.mul(o, f)) for x, o in zip(acc, out)]
         m = m_new
     return [divide(x, total) for x in acc], fp.r32(m + exp.log(total, 2))
+
+
+def simulate_decode_chunk(q, keys, values, scale, block: int, groups: int, exp, ar: fp.Arithmetic, divide=None,
+                          start=None) -> tuple:
+    """FlashInfer 0.5.0's split-KV decode of one query row over one chunk of its KV (Lemma 11):
+    ``compute_qk``, ``update_local_state`` and ``sync_state`` of ``include/flashinfer/attention/
+    decode.cuh``, every rounding explicit as ``simulate_part``'s.
+
+    The chunk's keys are walked in iterations of ``block * groups`` slots; in iteration ``t``
+    group ``z`` (``threadIdx.z``; ``block = bdy * tile_size_per_bdx``) takes the slots
+    ``t block groups + z block`` to ``... + block - 1``, a block of its own running state
+    ``(m, d, o)``: scores ``fl(fl(q . k) c2)`` with ``c2 = fl(fl(scale) fl(log2 e))``
+    (``sm_scale_log2``), ``m`` their running maximum, ``d <- fl(d a)`` and ``o <- fl(o a)`` with
+    ``a = exp2(fl(m_old - m))``, then per slot ``d <- fl(d + p_j)`` and ``o <- fl(o + fl(p_j v_j))``
+    with ``p_j = exp2(fl(s_j - m))`` in fp32 (not rounded to the input format). With ``groups >
+    1``, ``sync_state`` folds the groups' unnormalised states in order, ``state_t::merge(o_z,
+    m_z, d_z)``: ``M' = max(M, m_z)``, ``D = fl(fl(D f1) + fl(d_z f2))``, ``O = fl(fl(O f1) +
+    fl(o_z f2))``, ``f1 = exp2(fl(M - M'))``, ``f2 = exp2(fl(m_z - M'))``. The output is
+    ``divide(O, D)`` (``OutputTransform``: ``O`` times ``rcp.approx(D)``, within 2 ulp: pass
+    ``Elementary.divide``), the lse ``fl(M + log2 D)`` in base 2.
+
+    ``start=None``: every running state starts from ``m = -inf`` (its first rescale is 0), slots
+    past the chunk's end are left out, and so are groups that hold no key. ``start=
+    FLASHINFER_START``: the kernel as it runs, every state from ``(0, -5e4, 1)``, a slot past the
+    chunk's end masked to the score ``-5e4`` with the value 0 (``kFillZero``), every group folded.
+
+    Args:
+        q: ``[D]`` query; keys, values: ``[n][D]``, in the order of the chunk; exact in the input
+            format.
+        scale: the softmax scale (a float).
+        block: slots per block of a group (positive); groups: ``bdz`` (positive).
+        exp: the fp32 exponential and logarithm (``Elementary``); ar: the fp32 arithmetic.
+        divide: the output's division; ``None``: ``ar.div``.
+        start: ``None`` or ``FLASHINFER_START``.
+
+    Returns:
+        ``(out [D] fp32, lse base 2 fp32, steps [n])``: ``(0, -inf)`` and no steps for ``n == 0``;
+        ``steps[j]`` counts, as the kernel runs, key ``j``'s exponential, each later block of its
+        group in which the row sees a key, and each factor of ``sync_state`` not exactly ``2^0``
+        that multiplies a sum holding it (Lemma 11's count).
+    """
+    dim, n = len(q), len(keys)
+    if n == 0:
+        return exact.empty(dim) + ([],)
+    c2 = fp.r32(fp.r32(scale) * fp.r32(LOG2E))
+    width = block * groups
+    top = exact.NEG_INF if start is None else mpmath.mpf(start)
+    steps = [0] * n
+    states = []  # per group: (m, d, o [D], the keys it holds)
+    for z in range(groups):
+        m, d, o, held = top, mpmath.mpf(1), [mpmath.mpf(0)] * dim, []
+        for t in range(-(-n // width)):
+            slots = range(t * width + z * block, t * width + (z + 1) * block)
+            seen = [j for j in slots if j < n]
+            if start is None and not seen:
+                continue
+            s = [ar.mul(ar.dot(q, keys[j]), c2) if j < n else top for j in slots if start is not None or j < n]
+            v = [values[j] if j < n else [mpmath.mpf(0)] * dim for j in slots if start is not None or j < n]
+            m_new = max([m] + s)
+            alpha = exp(fp.r32(m - m_new), 2) if m != exact.NEG_INF else mpmath.mpf(0)
+            p = [exp(fp.r32(x - m_new), 2) for x in s]
+            d = ar.mul(d, alpha)
+            for x in p:
+                d = ar.add(d, x)
+            o = [ar.mul(a, alpha) for a in o]
+            for x, vj in zip(p, v):
+                o = [ar.add(a, ar.mul(x, b)) for a, b in zip(o, vj)]
+            if seen:
+                for j in held:
+                    steps[j] += 1
+                for j in seen:
+                    steps[j] = 1
+            held, m = held + seen, m_new
+        if held or start is not None:
+            states.append((m, d, o, held))
+    if groups == 1:  # sync_state does nothing for bdz == 1
+        m_top, total, acc, _ = states[0]
+    else:
+        m_top, total, acc, inside = top, mpmath.mpf(1), [mpmath.mpf(0)] * dim, []
+        for m, d, o, held in states:
+            m_new = max(m_top, m)
+            f1 = exp(fp.r32(m_top - m_new), 2) if m_top != exact.NEG_INF else mpmath.mpf(0)
+            f2 = exp(fp.r32(m - m_new), 2)
+            total = ar.add(ar.mul(total, f1), ar.mul(d, f2))
+            acc = [ar.add(ar.mul(a, f1), ar.mul(b, f2)) for a, b in zip(acc, o)]
+            for j in (inside if m_new > m_top else []) + (held if m < m_new else []):
+                steps[j] += 1
+            inside, m_top = inside + held, m_new
+    divide = divide or ar.div
+    return [divide(a, total) for a in acc], fp.r32(m_top + exp.log(total, 2)), steps
+
+
+def decode_chunk_steps(num_keys: int, block: int, groups: int) -> int:
+    """Lemma 11's count for a key of a decode chunk of ``num_keys >= 1`` keys walked by ``groups``
+    groups in blocks of ``block`` slots: ``I + Z' - 1``, ``I = ceil(n / (block groups))`` the
+    iterations and ``Z' = min(groups, ceil(n / block))`` the groups that hold a key.
+    ``relaycore.testing.blocked_steps(groups=...)`` counts the same."""
+    return -(-num_keys // (block * groups)) + min(groups, -(-num_keys // block)) - 1
 
 
 def part_block(problem: dict, part: int) -> int:
@@ -2360,7 +2616,11 @@ def simulate_stored_folds(problem: dict, exp, threads, start=None) -> tuple:
     (FlashInfer's ``merge_states`` on outputs in the input dtype). Else thread ``t`` folds the
     parts ``t, t + threads, ...`` (``running_fold_base2``), its result stored in the input dtype,
     its base-2 lse kept in fp32, and the threads' results are folded (FlashInfer's large and
-    variable-length merge kernels, as read in their source). ``start=None``: every fold starts
+    variable-length merge kernels, as read in their source). Where ``problem["groups"]`` is set,
+    each part is a chunk of FlashInfer's split-KV decode instead (``simulate_decode_chunk``, its
+    blocks ``part_block``'s, from ``start``), as ``BatchDecodeWithPagedKVCacheDispatched`` stores
+    its chunks in the output dtype and merges them with ``VariableLengthMergeStates`` (Lemma 11).
+    ``start=None``: every fold starts
     from ``M = -inf`` and parts and threads that hold no key of the row are left out (after a
     state that holds one they change nothing, bit for bit, Lemma 9). ``start=FLASHINFER_START``:
     FlashInfer's arithmetic as it runs, every fold from its phantom ``(0, -5e4)``, every part
@@ -2374,8 +2634,12 @@ def simulate_stored_folds(problem: dict, exp, threads, start=None) -> tuple:
     parts = []
     for part in range(problem["parts"]):
         idx = [j for j, label in enumerate(problem["labels"]) if label == part]
-        parts.append(stored(simulate_part(q, [keys[j] for j in idx], [values[j] for j in idx], problem["scale"],
-                                          dtype, part_block(problem, part), exp, ar, 2, divide=divide)))
+        k, v, b = [keys[j] for j in idx], [values[j] for j in idx], part_block(problem, part)
+        if problem.get("groups"):  # a split-KV decode chunk (Lemma 11)
+            state = simulate_decode_chunk(q, k, v, problem["scale"], b, problem["groups"], exp, ar, divide, start)[:2]
+        else:
+            state = simulate_part(q, k, v, problem["scale"], dtype, b, exp, ar, 2, divide=divide)
+        parts.append(stored(state))
     # (state, the most folds its keys have passed; None where it holds no key)
     parts = [(state, 0 if state[1] != exact.NEG_INF else None) for state in parts]
     kept = (lambda states: [x for x in states if x[1] is not None]) if start is None else list  # noqa: E731
@@ -2393,7 +2657,8 @@ def simulate_stored_folds(problem: dict, exp, threads, start=None) -> tuple:
 
 
 def stored_fold_counts(problem: dict, threads) -> tuple:
-    """``(steps, stored)`` of Lemma 10 for ``simulate_stored_folds``: per key, its part's blocks,
+    """``(steps, stored)`` of Lemma 10 for ``simulate_stored_folds``: per key, its part's blocks
+    (Lemma 11's ``decode_chunk_steps`` for a decode chunk where ``problem["groups"]`` is set),
     Lemma 9's count ``K'_v`` at each fold on its way (0 where the fold holds one non-empty state),
     one more per fold with divisions within 2 ulp; the most over the keys. ``stored`` is the
     folds a key passes (1, or 2 with ``threads``), each reading stored outputs."""
@@ -2405,8 +2670,9 @@ def stored_fold_counts(problem: dict, threads) -> tuple:
     top = sum(1 for group in held if group) if threads is not None else 0
     count = lambda k: k if k >= 2 else 0  # noqa: E731
     divisions = fast * (1 + (threads is not None))  # one 2-ulp division per fold on the key's way
-    steps = max(-(-sizes[p] // part_block(problem, p)) + count(len(group)) + count(top) + divisions
-                for group in held for p in group)
+    walked = (lambda p: decode_chunk_steps(sizes[p], part_block(problem, p), problem["groups"])) if problem.get(
+        "groups") else (lambda p: -(-sizes[p] // part_block(problem, p)))  # noqa: E731
+    steps = max(walked(p) + count(len(group)) + count(top) + divisions for group in held for p in group)
     return steps, 1 if threads is None else 2
 
 
@@ -2547,6 +2813,172 @@ def check_flashinfer_start_in_trees():
     reached = []
     run()
     assert len(reached) >= 20, len(reached)
+
+
+def decode_chunk_growth(scores: list, block: int, groups: int, draw) -> list:
+    """Lemma 11's factors in the standard model of rounding, at 60 digits, as ``merge_running``
+    models Lemma 9's (the same adversary ``draw``): a decode chunk whose computed base-2 scores are
+    ``scores`` (item 1's error is the score's, not the walk's), walked as ``simulate_decode_chunk``
+    walks it from ``-inf``.
+
+    Returns:
+        Per key ``(alpha, beta, steps, arguments)``: the logs of the factors by which the walk
+        multiplies its numerator weight (with the product ``p v``'s rounding) and its normaliser
+        weight against the exact ``2^(s_j - M)`` (``M`` the chunk's final maximum), its count of
+        exponentials (its own and each rescale not exactly ``2^0`` of a sum that holds it), and
+        the sum of the magnitudes of those exponentials' rounded arguments (base 2).
+    """
+    prec = bounds.precision("float32")
+    half, u_exp = mpmath.mpf(prec.u_acc) / 2, mpmath.mpf(prec.u_exp)
+
+    def fl(x):
+        return x * (1 + draw(half))
+
+    def rescale(keys, arg):  # a rescale exp2(arg) of the sums that hold ``keys``: one product on each side
+        factor = mpmath.power(2, arg) * (1 + draw(u_exp))
+        for j in keys:
+            terms[j][0] *= factor * (1 + draw(half))
+            terms[j][1] *= factor * (1 + draw(half))
+            terms[j][2] += 1
+            terms[j][3] += abs(arg)
+
+    n, width, terms, states = len(scores), block * groups, {}, []
+    for z in range(groups):
+        m, held = exact.NEG_INF, []
+        for t in range(-(-n // width)):
+            seen = [j for j in range(t * width + z * block, t * width + (z + 1) * block) if j < n]
+            if not seen:
+                continue
+            m_new = max([m] + [scores[j] for j in seen])
+            if m != exact.NEG_INF and m_new > m:
+                rescale(held, fl(m - m_new))
+            elif m != exact.NEG_INF:  # a block that does not raise the maximum: 2^0, exact, counted
+                for j in held:
+                    terms[j][2] += 1
+            for j in seen:
+                arg = fl(scores[j] - m_new)
+                p = mpmath.mpf(1) if arg == 0 else mpmath.power(2, arg) * (1 + draw(u_exp))
+                terms[j] = [p * (1 + draw(half)), p, 1, abs(arg)]
+            held, m = held + seen, m_new
+        if held:
+            states.append((m, held))
+    top, inside = exact.NEG_INF, []
+    for m, held in states:
+        m_new = max(top, m)
+        if top != exact.NEG_INF and m_new > top:
+            rescale(inside, fl(top - m_new))
+        if m < m_new:
+            rescale(held, fl(m - m_new))
+        inside, top = inside + held, m_new
+    return [(mpmath.log(num / mpmath.power(2, x - top)), mpmath.log(norm / mpmath.power(2, x - top)), count, args)
+            for x, (num, norm, count, args) in ((scores[j], terms[j]) for j in range(n))]
+
+
+class _Up:
+    """A random source whose ``choice`` always takes the last option: ``Elementary(_Up(), True)``
+    errs by ``+EXP_WOBBLE`` at every exponential, the extreme of one sign."""
+
+    def choice(self, seq):
+        return seq[-1]
+
+
+def decode_example(groups: int = 64) -> dict:
+    """Lemma 11's example: one fp32 row of ``groups`` keys, one per group of a decode chunk walked
+    one slot per block, scores ``j 2^-10`` rising with the group, so that every group raises the
+    maximum and the first group's key passes ``groups`` exponentials, values 0 but the last."""
+    keys = [[mpmath.mpf(j) * 2**-10] for j in range(groups)]
+    return dict(dtype="float32", scale=1.0, q=[mpmath.mpf(1)], keys=keys,
+                values=[[mpmath.mpf(j == groups - 1)] for j in range(groups)], parts=1, labels=[0] * groups, block=1,
+                groups=groups, form="base2", accumulate="nearest", flush=False)
+
+
+def check_decode_chunks():
+    """Lemma 11 on FlashInfer's split-KV decode chunks. (1) In the standard model
+    (``decode_chunk_growth``) every key's weights move by at most the proof's sharper sum, one
+    ``u_exp + u_acc / 2`` per exponential and ``u_acc / 2`` per unit of its rounded arguments,
+    within its count of steps, and its count within ``decode_chunk_steps``, which the key of the
+    first group of a chunk whose groups each raise the maximum attains, for every shape tried. That
+    key, all roundings up, moves by more than a count that does not grow with the groups (the
+    walk's ``I`` plus the two steps of an all-at-once merge) allows. (2) ``decode_example`` (64
+    groups) run end to end: its lse errs by more than ``lse_bound`` at ``I = 1`` step, within it
+    at Lemma 11's 64. (3) Hypothesis-drawn chunks (1 to 12 keys, blocks of 1 to 4 slots, 1 to 8
+    groups, fp16, bf16 and fp32) from FlashInfer's start, with its ``exp2`` that flushes, compute
+    bit for bit what the walk from ``-inf`` computes, every key within ``decode_chunk_steps``; and
+    the whole split-KV decode (chunks stored in the input dtype, then one fold or FlashInfer's
+    two-level merge, from its start) stays within ``out_bound`` at Lemma 10's counts with Lemma
+    11's per chunk and within ``lse_bound``."""
+    prec = bounds.precision("float32")
+    u_acc, u_exp = mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
+    second_order = 1 + mpmath.mpf(2) ** -20
+    shown = []
+    for n, block, groups in ((8, 1, 8), (16, 1, 16), (40, 2, 4), (37, 3, 5), (100, 4, 8), (5, 2, 4)):
+        scores = [mpmath.mpf(0)] * n
+        for j in range(n):  # each group's maximum above the last group's, and rising within a group's walk
+            t, rest = divmod(j, block * groups)
+            z, i = divmod(rest, block)
+            scores[j] = mpmath.mpf(z) * 2**-4 + mpmath.mpf(t) * 2**-10 + mpmath.mpf(i) * 2**-14
+        grown = decode_chunk_growth(scores, block, groups, lambda size: size)
+        counted = decode_chunk_steps(n, block, groups)
+        step = one_step(float(max(abs(x) for x in scores) * mpmath.log(2)), n, prec)
+        assert max(g[2] for g in grown) == counted, (n, block, groups, counted)
+        first = max(grown, key=lambda g: g[2])
+        iterations = -(-n // (block * groups))
+        if iterations == 1 and groups >= 8:  # one block per group: the sync's rescales are all it has
+            assert first[0] > (iterations + ALL_AT_ONCE_MERGE_STEPS) * step, (n, block, groups, first[0] / step)
+            shown.append((groups, float(first[0] / step)))
+    assert len(shown) == 2, shown
+    reached = []
+
+    @checked(300)
+    @given(st.lists(st.floats(-100, 100), min_size=1, max_size=24), st.integers(1, 4), st.integers(1, 8),
+           st.randoms(use_true_random=False), st.booleans())
+    def growth(scores, block, groups, rnd, extreme):
+        scores = [fp.r32(mpmath.mpf(x)) for x in scores]
+        score_abs = float(max(abs(x) for x in scores) * mpmath.log(2))
+        step = one_step(score_abs, len(scores), prec)
+        counted = decode_chunk_steps(len(scores), block, groups)
+        for alpha, beta, count, args in decode_chunk_growth(scores, block, groups, _adversary(rnd, extreme)):
+            sharper = count * (u_exp + u_acc / 2) + u_acc / 2 * mpmath.log(2) * args
+            assert max(abs(alpha), abs(beta)) <= sharper * second_order <= count * step, (alpha, beta, count)
+            assert count <= counted, (count, counted)
+            if count == counted:
+                reached.append(counted)
+
+    growth()
+    assert reached
+    problem = decode_example()
+    up = Elementary(_Up(), True)
+    (ref_out, ref_lse), value_abs, score_abs = reference(problem)
+    out, lse, steps = simulate_decode_chunk(problem["q"], problem["keys"], problem["values"], 1.0, 1, 64, up,
+                                            fp.Arithmetic())
+    assert max(steps) == decode_chunk_steps(64, 1, 64) == 64
+    lse_err = abs(lse * mpmath.log(2) - ref_lse)
+    at = {s: float(bounds.lse_bound(float(ref_lse), 64, float(score_abs), 1, prec, s, scale=1.0)) for s in (1, 64)}
+    assert at[1] < lse_err <= at[64], (lse_err / u_acc, at[1] / u_acc, at[64] / u_acc)
+
+    @checked(300)
+    @given(problems(max_parts=4, forms=("base2",), value_exponents=(0, -24, -128)), st.randoms(use_true_random=False),
+           st.booleans(), st.sampled_from([None, 1, 2, 3, 8]), st.lists(st.integers(1, 4), min_size=4, max_size=4),
+           st.integers(1, 8), st.booleans(), st.booleans())
+    def chunks(problem, rnd, extreme, threads, blocks, groups, ftz, fast):
+        problem = dict(problem, blocks=blocks[: problem["parts"]], groups=groups, fast_division=fast)
+        if min(part_lses(problem)) <= (FLASHINFER_START + 127) * mpmath.log(2):  # the condition of Lemmas 9 and 11
+            return
+        exp = Repeatable(rnd.random(), extreme, ftz)
+        ar = fp.Arithmetic(problem["accumulate"], problem["flush"])
+        for part in range(problem["parts"]):
+            idx = [j for j, label in enumerate(problem["labels"]) if label == part]
+            k, v = [problem["keys"][j] for j in idx], [problem["values"][j] for j in idx]
+            runs = [simulate_decode_chunk(problem["q"], k, v, problem["scale"], blocks[part], groups, exp, ar, None, x)
+                    for x in ((FLASHINFER_START, None) if ftz else (None,))]
+            assert runs[0] == runs[-1], (problem["dtype"], groups)
+            assert max(runs[0][2], default=0) <= (decode_chunk_steps(len(idx), blocks[part], groups) if idx else 0)
+        start = FLASHINFER_START if ftz else None
+        out_err, with_term, _, lse_err, lse_b, steps = stored_fold_errors(problem, exp, threads, start)
+        assert all(e <= b for e, b in zip(out_err, with_term)), (problem["dtype"], threads, groups, out_err, with_term)
+        assert lse_err <= lse_b, (problem["dtype"], threads, groups, lse_err, lse_b)
+
+    chunks()
 
 
 def stored_fold_amplification(k: int, prec: bounds.Precision):

@@ -14,7 +14,9 @@ bound and checks it in 60-digit arithmetic. The precision policy it covers:
   merges are pairwise in ``relaycore.state.merge``'s order of operations (Lemma 3), all at once
   in Lemma 4's (one maximum of the lses before any weight, one division at the end), or a
   running fold in Lemma 9's (sums rescaled whenever their maximum grows, FlashInfer's
-  ``state_t::merge``);
+  ``state_t::merge``); a part may be walked by groups of threads whose unnormalised states are
+  folded before its division, a chain of rescales (FlashInfer's decode ``sync_state``, Lemma 11:
+  ``relaycore.testing.blocked_steps(groups=...)`` counts its steps);
 * elementwise operations (subtracting maxima, the merges' weights) round to nearest;
 * the output is divided by the normaliser in fp32 and rounded once to the input dtype (``u_out``).
 

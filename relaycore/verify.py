@@ -38,7 +38,11 @@ in the input dtype), or with ``--levels 2`` a fold of folds whose results are st
 large and variable-length merge kernels); ``--levels`` also counts the tree's steps, and
 ``--levels`` above 1 prices the tree through Lemma 10 with or without ``--stored`` (a tree of
 fp32 folds is not Lemma 9's: it is Lemma 10's with fp32 reads). ``--stored``
-with ``--merge fold`` or ``--single-pass`` is refused: no lemma prices it.
+with ``--merge fold`` or ``--single-pass`` is refused: no lemma prices it. ``--groups Z`` (with
+``--block-n``): each part is walked by Z groups of threads whose unnormalised states are folded
+before its division, as FlashInfer's decode kernels (``sync_state``, Lemma 11); its split-KV
+decode is ``--block-n T --chunk C --merge running --levels 2 --fast-division --stored --groups
+Z``.
 
 Rows without a bound: where ``relaycore.bounds`` gives no bound for a row (scores too large for
 the dtype, or an lse whose ``rho`` passes 2 on long rows), the row is held to none, and the case
@@ -153,7 +157,7 @@ class Outcome(NamedTuple):
 _FLAGS = {"function": "--function", "backend": "--backend", "cases": "--cases", "seed": "--seed", "dtypes": "--dtype",
           "device": "--device", "space": "--space", "block_n": "--block-n", "chunk": "--chunk", "merge": "--merge",
           "single_pass": "--single-pass", "host_metadata": "--host-metadata", "stored": "--stored",
-          "fast_division": "--fast-division", "levels": "--levels"}
+          "fast_division": "--fast-division", "levels": "--levels", "groups": "--groups"}
 
 
 class _Options(NamedTuple):
@@ -177,6 +181,7 @@ class _Options(NamedTuple):
     stored: bool
     fast_division: bool
     levels: int
+    groups: int
     command: bool
 
     def name(self, option: str) -> str:
@@ -233,6 +238,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --block-n and --merge running: a tree of running folds that a key passes L of "
                              "(2: FlashInfer's two-level merge kernels), as blocked_steps(levels=L); above 1, priced "
                              "through Lemma 10 (stored_merges(merge='running')) with or without --stored (default: 1)")
+    parser.add_argument("--groups", type=int, default=1, metavar="Z",
+                        help="with --block-n: each part walked by Z groups of threads, N keys a block each, their "
+                             "unnormalised states folded before the part's division (FlashInfer's decode: N = bdy * "
+                             "tile_size_per_bdx, Z = bdz, sync_state), as blocked_steps(groups=Z), Lemma 11 "
+                             "(default: 1)")
 
 
 def _attribute(owner: Any, qualname: str) -> Any:
@@ -298,7 +308,7 @@ def _check_setup(options: _Options, device: str) -> None:
             CUDA missing, Triton on the CPU without its interpreter.
     """
     name, setting = options.name, options.setting
-    for option in ("cases", "seed", "levels"):
+    for option in ("cases", "seed", "levels", "groups"):
         value = getattr(options, option)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise UsageError(f"{name(option)}: expected an int, got {value!r}")
@@ -313,6 +323,13 @@ def _check_setup(options: _Options, device: str) -> None:
                          f"of running folds, Lemma 10), got {setting('levels', options.levels)} with "
                          f"{setting('merge', options.merge)}" + ("" if options.block_n is not None else
                                                                  f" and no {name('block_n')}"))
+    if options.groups < 1:
+        raise UsageError(f"{name('groups')}: expected a positive int, got {options.groups}")
+    if options.groups != 1 and (options.block_n is None or options.single_pass):
+        raise UsageError(f"{name('groups')}: expected with {name('block_n')} and without {name('single_pass')} (groups "
+                         f"walk a part each, Lemma 11), got {setting('groups', options.groups)}"
+                         + (f" without {name('block_n')}" if options.block_n is None else
+                            f" with {name('single_pass')}"))
     if options.cases < 1:
         raise UsageError(f"{name('cases')}: expected at least 1, got {options.cases}")
     if options.seed < 0:
@@ -444,7 +461,8 @@ def _steps(options: _Options, batch) -> Optional[np.ndarray]:
     if options.block_n is None:
         return None
     return blocked_steps(batch, options.block_n, split=not options.single_pass, chunk=options.chunk,
-                         merge=options.merge, fast_division=options.fast_division, levels=options.levels)
+                         merge=options.merge, fast_division=options.fast_division, levels=options.levels,
+                         groups=options.groups)
 
 
 def _stored(options: _Options, batch) -> dict:
@@ -477,7 +495,7 @@ def _reproduce(options: _Options, seed: int, dtype: str, device: str) -> str:
     inputs = [("seed", seed), ("cases", 1), ("dtypes", (dtype,))] + ([] if dtype == "float64" else [("device", device)])
     rest = [(option, getattr(options, option)) for option, unset in (
         ("host_metadata", False), ("block_n", None), ("chunk", None), ("single_pass", False), ("merge", "fold"),
-        ("fast_division", False), ("levels", 1), ("stored", False))
+        ("fast_division", False), ("levels", 1), ("groups", 1), ("stored", False))
         if getattr(options, option) != unset]
     function = options.function
     spec = _importable_name(function) if callable(function) else function
@@ -563,6 +581,8 @@ def _header(options: _Options, space: dict, device: str) -> None:
         print(f"  bound: the steps of blocks of {options.block_n} keys, {form}"
               + ("" if options.single_pass else f", merged {merged[options.merge]}")
               + (f", {options.levels} levels of folds" if options.levels != 1 else "")
+              + (f", each part walked by {options.groups} groups folded before its division"
+                 if options.groups != 1 else "")
               + (", divisions within 2 ulp" if options.fast_division else ""))
     if options.levels > 1 and not options.stored:
         print(f"  bound: a tree of {options.levels} running folds on every key's way, priced through Lemma 10 "
@@ -732,7 +752,7 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
         seed: int = 0, dtypes: Optional[Sequence[str]] = None, device: Optional[str] = None,
         space: Optional[Dict[str, Any]] = None, block_n: Optional[int] = None, chunk: Optional[int] = None,
         merge: str = "fold", single_pass: bool = False, host_metadata: bool = False, stored: bool = False,
-        fast_division: bool = False, levels: int = 1) -> Outcome:
+        fast_division: bool = False, levels: int = 1, groups: int = 1) -> Outcome:
     """``relaycore verify`` from Python: the same cases and checks, the same printed report.
 
     Args:
@@ -752,6 +772,8 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
         stored: the function merges outputs stored in the input dtype, as ``--stored``.
         levels: with ``merge="running"``, the folds of a tree of running folds a key passes,
             as ``--levels``.
+        groups: groups of threads that walk each part, their states folded before its division
+            (FlashInfer's decode, Lemma 11), as ``--groups``.
 
     Returns:
         ``Outcome``: ``outcome.passed`` is the command's exit status 0 (the outcome itself has
@@ -783,7 +805,7 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
     space = dict(space or {})
     options = _Options(function, backend, cases, seed, None if dtypes is None else tuple(dtypes), device, space,
                        tuple(f"{k}={v!r}" for k, v in space.items()), block_n, chunk, merge, single_pass, host_metadata,
-                       stored, fast_division, levels, command=False)
+                       stored, fast_division, levels, groups, command=False)
     return _execute(options)
 
 
@@ -793,7 +815,8 @@ def main(args: argparse.Namespace) -> int:
         options = _Options(args.function, args.backend, args.cases, args.seed,
                            None if args.dtype is None else tuple(args.dtype), args.device, _parse_space(args.space),
                            tuple(args.space), args.block_n, args.chunk, args.merge, args.single_pass,
-                           args.host_metadata, args.stored, args.fast_division, args.levels, command=True)
+                           args.host_metadata, args.stored, args.fast_division, args.levels, args.groups,
+                           command=True)
         outcome = _execute(options)
     except UsageError as exc:
         print(f"relaycore verify: {exc}", file=sys.stderr)

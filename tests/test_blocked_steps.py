@@ -58,6 +58,28 @@ def test_hand_counts():
     assert blocked_steps(empty, 16)[:, 0].tolist() == [1, 1]
 
 
+def test_hand_counts_of_parts_walked_in_groups():
+    """Lemma 11 (FlashInfer's decode): a part of n keys walked by Z groups of T-key blocks counts
+    ceil(n / (T Z)) iterations plus the Z' = min(Z, ceil(n / T)) groups that hold a key, less one."""
+    batch = make_batch([2], [40], prefix_lens=[[100]], prefix_ids=[[0]])
+    # chunks of 32 in blocks of 4 slots, 4 groups: 2 iterations, 4 groups hold keys: 5 per chunk (8 in one state)
+    assert blocked_steps(batch, 4, chunk=32, merge="running", groups=4)[:, 0].tolist() == [5 + 6] * 2
+    assert blocked_steps(batch, 4, chunk=32, merge="running", levels=2, fast_division=True, groups=4)[:, 0].tolist() \
+        == [5 + 5 + 2 + 2] * 2
+    # no chunks, blocks of 16, 3 groups: the prefix's 100 keys in 3 iterations, 3 groups: 5, then the fold's 2
+    assert blocked_steps(batch, 16, groups=3)[:, 0].tolist() == [3 + 3 - 1 + 2] * 2
+    # a part shorter than the groups' first iteration: one iteration, one group per block that holds keys
+    alone = make_batch([1], [9], causal=False)
+    assert blocked_steps(alone, 4, groups=8)[:, 0].tolist() == [1 + 3 - 1]
+    assert blocked_steps(alone, 1, groups=8)[:, 0].tolist() == [2 + 8 - 1]
+    assert blocked_steps(alone, 4, groups=1)[:, 0].tolist() == blocked_steps(alone, 4)[:, 0].tolist() == [3]
+    for n_keys in range(1, 40):  # never above one running state's count in blocks of T
+        alone = make_batch([1], [n_keys], causal=False)
+        for block_n in (1, 2, 3, 8):
+            for groups in (1, 2, 3, 5, 16):
+                assert blocked_steps(alone, block_n, groups=groups)[0, 0] <= -(-n_keys // block_n)
+
+
 @pytest.mark.parametrize("bad", [0, -16, 1.5, True, "64"])
 def test_refuses_a_block_that_is_not_a_positive_int(bad):
     batch = make_batch([1], [4])
@@ -85,6 +107,10 @@ def test_refuses_an_unknown_merge_a_non_batch_and_parts_without_a_split():
         blocked_steps(batch, 16, levels=2)
     with pytest.raises(ValueError, match=r"levels: expected a positive int, got 0"):
         blocked_steps(batch, 16, merge="running", levels=0)
+    with pytest.raises(ValueError, match=r"groups: expected a positive int, got 0"):
+        blocked_steps(batch, 16, groups=0)
+    with pytest.raises(ValueError, match=r"groups: expected 1 with split=False .*, got 2"):
+        blocked_steps(batch, 16, split=False, groups=2)
 
 
 @settings(max_examples=60, deadline=None)
@@ -131,6 +157,40 @@ def _walk(q, segments, dtype, block_n):
     return Walked(acc / l[:, None], m + torch.log(l), blocks)
 
 
+def _walk_groups(q, k, v, dtype, block_n, groups):
+    """FlashInfer's decode walk of one part (Lemma 11): ``groups`` running states, group ``z``
+    taking the part's keys ``t block_n groups + z block_n ..`` in iteration ``t``, their
+    unnormalised ``(m, l, acc)`` folded in group order. A key pays 1 for its exponential, 1 for
+    each later block of its group that holds keys, 1 for its group's factor in the fold unless the
+    group is the first with keys, and 1 for each later group with keys (a factor that may be a
+    rescale): counted as the kernel runs."""
+    width, n = block_n * groups, k.shape[0]
+    states, taken = [], np.zeros(n, dtype=np.int64)
+    for z in range(groups):
+        m, l, acc, held = torch.full((1,), -math.inf), torch.zeros(1), torch.zeros(1, q.shape[1]), []
+        for lo in range(z * block_n, n, width):
+            idx = list(range(lo, min(lo + block_n, n)))
+            s = q @ k[idx].T
+            m_new = torch.maximum(m, s.max(dim=1).values)
+            alpha = torch.exp(m - m_new)
+            p = torch.exp(s - m_new[:, None])
+            l = l * alpha + p.sum(dim=1)
+            acc = acc * alpha[:, None] + p.to(TORCH[dtype]).float() @ v[idx]
+            taken[held] += 1
+            taken[idx] = 1
+            m, held = m_new, held + idx
+        if held:
+            states.append((m, l, acc, held))
+    top, total, out, inside = states[0][0], states[0][1], states[0][2], list(states[0][3])
+    for m, l, acc, held in states[1:]:
+        m_new = torch.maximum(top, m)
+        f1, f2 = torch.exp(top - m_new), torch.exp(m - m_new)
+        total, out = total * f1 + l * f2, out * f1[:, None] + acc * f2[:, None]
+        taken[inside + held] += 1
+        top, inside = m_new, inside + held
+    return Walked(out / total[:, None], top + torch.log(total), int(taken.max()))
+
+
 def _merge(states, merge):
     """Fold the states all at once (the largest lse, one weighted sum, one division), merge
     them two at a time, in the order that costs a key the most steps (``blocked_steps`` counts
@@ -164,11 +224,13 @@ def _merge(states, merge):
                   max(x.steps for x in states) + 2)
 
 
-def blocked_kernel(batch, block_n, *, split=True, chunk=None, merge="fold", across=False, drop_last_key=False):
+def blocked_kernel(batch, block_n, *, split=True, chunk=None, merge="fold", groups=1, across=False,
+                   drop_last_key=False):
     """``(out, lse)`` of ``batch`` computed with ``blocked_steps``'s blocking (module doc), and
     int64 ``[total_q]``: the most steps a key of each row passed, as counted while computing.
     ``across``: without ``split``, blocks run across segments instead of restarting at each.
-    ``drop_last_key``: a bug, each row ignores the last key it should see."""
+    ``drop_last_key``: a bug, each row ignores the last key it should see. ``groups``: each part
+    walked by that many groups of threads (``_walk_groups``, FlashInfer's decode)."""
     dtype = batch.dtype
     problem = load(*batch.arguments()[0], **batch.arguments()[1])
     meta = problem.meta
@@ -195,7 +257,9 @@ def blocked_kernel(batch, block_n, *, split=True, chunk=None, merge="fold", acro
                 q = (q_all[lo + j, h] * meta.softmax_scale)[None]
                 kh, vh = k[:, h // group], v[:, h // group]
                 if split:
-                    result = _merge([_walk(q, [(kh[a:z], vh[a:z])], dtype, block_n) for a, z in parts], merge)
+                    walked = [_walk_groups(q, kh[a:z], vh[a:z], dtype, block_n, groups) if groups > 1 and z > a
+                              else _walk(q, [(kh[a:z], vh[a:z])], dtype, block_n) for a, z in parts]
+                    result = _merge(walked, merge)
                 elif across:
                     result = _walk(q, [(kh[:n], vh[:n])], dtype, block_n)
                 else:
@@ -207,7 +271,9 @@ def blocked_kernel(batch, block_n, *, split=True, chunk=None, merge="fold", acro
 
 BLOCKINGS = st.sampled_from([dict(split=True), dict(split=True, merge="pairwise"), dict(split=True, chunk=5),
                              dict(split=True, chunk=5, merge="pairwise"), dict(split=True, merge="running"),
-                             dict(split=True, chunk=5, merge="running"), dict(split=False)])
+                             dict(split=True, chunk=5, merge="running"), dict(split=False),
+                             dict(split=True, groups=3), dict(split=True, chunk=9, merge="running", groups=2),
+                             dict(split=True, chunk=7, merge="pairwise", groups=4)])
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])

@@ -199,6 +199,13 @@ def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys, blocking,
      "--levels: expected a positive int, got 0"),
     (["--stored", "--block-n", "16", "--single-pass", "--function", "wrong_attention:crash"],
      "got --single-pass"),
+    (["--groups", "0", "--block-n", "16", "--function", "wrong_attention:crash"],
+     "--groups: expected a positive int, got 0"),
+    (["--groups", "4", "--function", "wrong_attention:crash"],
+     "--groups: expected with --block-n and without --single-pass (groups walk a part each, Lemma 11), got --groups 4 "
+     "without --block-n"),
+    (["--groups", "4", "--block-n", "16", "--single-pass", "--function", "wrong_attention:crash"],
+     "got --groups 4 with --single-pass"),
 ])
 def test_narrowing_and_blocking_options_that_cannot_run_exit_with_status_two(capsys, args, message):
     status = cli.main(["verify", "--cases", "1", *args])
@@ -646,3 +653,22 @@ def test_levels_above_one_price_the_tree_through_lemma_10_with_or_without_stored
         priced = verify_module._stored(options, batch)
         assert priced["stored_merge"] == "running" and priced["stored"][:, 0].tolist() == [2], priced
     assert verify_module._stored(SimpleNamespace(stored=False, block_n=16, merge="running", levels=1), batch) == {}
+
+
+def test_groups_count_flashinfer_decode_chunks_as_blocked_steps_does():
+    """``--groups Z`` (Lemma 11): the steps ``blocked_steps(..., groups=Z)`` counts, FlashInfer's
+    split-KV decode with its chunks stored and merged by the two-level kernel priced with them."""
+    from types import SimpleNamespace
+
+    from relaycore import verify as verify_module
+    from relaycore.testing import blocked_steps, make_batch
+
+    # chunks of 64: the prefix's 64, 64, 64, 8 and the own 40; a chunk of 64 in 4 groups of 4-slot blocks takes
+    # 4 iterations and 4 groups; 5 parts folded twice; a 2-ulp division per fold
+    batch = make_batch([1], [40], prefix_lens=[[200]], prefix_ids=[[0]], head_dim=16, dtype="float16", seed=2)
+    options = SimpleNamespace(block_n=4, single_pass=False, chunk=64, merge="running", fast_division=True, levels=2,
+                              groups=4, stored=True)
+    steps = verify_module._steps(options, batch)
+    assert steps[:, 0].tolist() == blocked_steps(batch, 4, chunk=64, merge="running", levels=2, fast_division=True,
+                                                 groups=4)[:, 0].tolist() == [(4 + 4 - 1) + (5 - 1 + 2) + 2]
+    assert verify_module._stored(options, batch)["stored"][:, 0].tolist() == [2]

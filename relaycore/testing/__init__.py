@@ -12,7 +12,8 @@
 * ``fewest_requests`` — a failing batch cut down to the requests its failure needs
   (``Batch.requests``), for the examples Hypothesis shrinks.
 * ``blocked_steps`` — the steps per key of a kernel whose blocking you know, for a tighter bound
-  than the default's (which assumes any blocking).
+  than the default's (which assumes any blocking); ``groups=`` for parts walked by groups of
+  threads whose states are folded before the part's division (FlashInfer's decode).
 * ``stored_merges`` — for a cascade that stores each level's output in the input dtype before
   merging (FlashInfer's cascade wrapper): the merges of stored outputs per row (``stored=``);
   with ``merge="running"``, the running folds of stored outputs a key passes (FlashInfer's

@@ -3,7 +3,7 @@
 ``relaycore.bounds`` charges each key one step for its own exponential, one for each rescale of
 an accumulator that holds it, and what its merges cost: two for each pairwise merge it passes
 with keys on both sides, two for an all-at-once fold, up to one per state for a running fold
-(``docs/math/errors.md``, Lemmas 2-4, 9 and 10 of the proof). Without a count it assumes
+(``docs/math/errors.md``, Lemmas 2-4 and 9-11 of the proof). Without a count it assumes
 the worst blocking, ``default_steps``: about two steps per key the row sees. A kernel that walks
 blocks of ``b`` keys takes about ``N / b``, and the step term of the bound shrinks with it; on
 long rows that is what lets a check see a dropped key (``docs/guide/testing.md``: one fp32 row
@@ -28,6 +28,8 @@ from relaycore.testing.batch import Batch
 #: ``state_t::merge`` (``K`` steps for ``K >= 2`` parts that hold keys, one fold over fp32
 #: states, Lemma 9; a tree of ``levels`` such folds, as FlashInfer's two-level merge kernels,
 #: ``K - 1 + levels``, priced through Lemma 10 only: with ``stored``, ``stored_merge="running"``).
+#: Each part may itself be walked by groups of threads whose states are folded before its
+#: division (``blocked_steps``' ``groups``, FlashInfer's decode, Lemma 11).
 MERGES = ("fold", "pairwise", "running")
 
 
@@ -50,7 +52,7 @@ def _segments(batch: Batch) -> list:
 
 
 def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Optional[int] = None,
-                  merge: str = "fold", fast_division: bool = False, levels: int = 1) -> np.ndarray:
+                  merge: str = "fold", fast_division: bool = False, levels: int = 1, groups: int = 1) -> np.ndarray:
     """The most steps any key passes, per query row, in a kernel of the given blocking: the
     ``steps`` argument of ``check``, ``assert_close``, ``compare`` and ``bounds_for``.
 
@@ -84,6 +86,19 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             Lemma 10's term, even where the intermediate outputs stay fp32 (Lemma 9 covers one
             fold): pass ``stored=stored_merges(batch, merge="running", levels=levels)`` and
             ``stored_merge="running"`` with it. 1 for the other merges.
+        groups: with ``split``, each part is walked by this many groups of threads, each its own
+            running state: in iteration ``t`` group ``z`` takes the part's keys ``t block_n groups
+            + z block_n`` to ``... + block_n - 1``, and the groups' unnormalised states are folded
+            in order before the part's division and lse, as FlashInfer's decode kernels do
+            (``block_n = bdy * tile_size_per_bdx``, ``groups = bdz``; ``sync_state``, Lemma 11).
+            A part of ``n`` keys then counts ``ceil(n / (block_n groups)) + min(groups, ceil(n /
+            block_n)) - 1`` instead of ``ceil(n / block_n)`` (never more). Lemma 11 proves it where
+            every score is above about -34570 (FlashInfer's ``-5e4`` start, base 2), its weights'
+            ``exp2`` flushing below ``2^-126`` as FlashInfer's ``ex2.approx.ftz`` does. FlashInfer's
+            split-KV decode: ``chunk=`` its chunk, ``merge="running", levels=2,
+            fast_division=True`` and ``stored_merges(batch, merge="running", levels=2)`` (its
+            chunks are stored in the output dtype, then merged by its two-level kernel). 1: one
+            running state per part.
 
     A kernel whose parts walk blocks of different sizes is described by its smallest block
     (more blocks, so more steps: the count stays an upper bound).
@@ -92,7 +107,8 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         int64 ``[total_q, 1]`` (it broadcasts over heads): for a row that sees ``n_i`` keys in
         part ``i`` and keys in ``K`` parts, ``max_i ceil(n_i / block_n)`` plus 2 (``"fold"``,
         ``K >= 2``), ``2 (K - 1)`` (``"pairwise"``) or ``K - 1 + levels`` (``"running"``,
-        ``K >= 2``); without ``split``, the sum of ``ceil(n_s / block_n)`` over its segments; plus
+        ``K >= 2``), with ``groups`` the parts' count above in place of ``ceil(n_i / block_n)``;
+        without ``split``, the sum of ``ceil(n_s / block_n)`` over its segments; plus
         1 with ``fast_division`` (``levels`` with ``"running"``). At least 1 (every query sees its
         own first key) and, without ``fast_division`` and with ``levels`` at most 2, never above
         ``relaycore.bounds.default_steps`` of the keys it sees.
@@ -101,7 +117,8 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         ValueError: ``block_n`` or ``chunk`` not a positive int; ``merge`` not in ``MERGES``;
             ``chunk`` or a ``merge`` other than ``"fold"`` without ``split``;
             ``fast_division`` not a bool, or with ``"pairwise"``; ``levels`` not a positive int,
-            or other than 1 without ``"running"``.
+            or other than 1 without ``"running"``; ``groups`` not a positive int, or other than
+            1 without ``split``.
         TypeError: ``batch`` is not a ``Batch``.
 
     Example:
@@ -113,6 +130,8 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         [10, 10]
         >>> blocked_steps(batch, 16, chunk=32, merge="running", fast_division=True)[:, 0].tolist()
         [9, 9]
+        >>> blocked_steps(batch, 4, chunk=32, merge="running", levels=2, fast_division=True, groups=4)[:, 0].tolist()
+        [14, 14]
     """
     if not isinstance(batch, Batch):
         raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
@@ -130,6 +149,9 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
     if levels != 1 and (merge != "running" or not split):
         raise ValueError(f"levels: expected 1 without merge='running' (only running folds are counted in trees, "
                          f"Lemma 10), got {levels!r} with merge={merge!r}")
+    _check_positive("groups", groups)
+    if groups != 1 and not split:
+        raise ValueError(f"groups: expected 1 with split=False (groups walk a part each, Lemma 11), got {groups!r}")
     if fast_division and merge == "pairwise":
         raise ValueError("fast_division: expected False with merge='pairwise' (each pairwise merge divides once; "
                          "no count is proved for divisions within 2 ulp there), got True")
@@ -147,6 +169,8 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             parts = [np.clip(seen - start, 0, chunk) for seen in parts for start in range(0, int(seen.max()), chunk)]
         held = np.stack(parts, axis=1)
         blocks = _cdiv(held, block_n)
+        if groups != 1:  # iterations, plus the groups that hold a key less one (sync_state, Lemma 11)
+            blocks = np.where(held > 0, _cdiv(held, block_n * groups) + np.minimum(groups, blocks) - 1, 0)
         if not split:
             count = blocks.sum(axis=1)
         else:
