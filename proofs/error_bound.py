@@ -1150,11 +1150,12 @@ $\mathrm{fl}(p_j v_j)$ (fp32 weights: the product's rounding, $\tfrac{u_{acc}}{2
 item 2's slot, as Lemma 2 says of the PyTorch backend), its normaliser term $p_j$. After that,
 every operation on a sum that holds it is an addition or a product by a rounded factor
 $\widehat{\exp_2}(\mathrm{fl}(x - y))$, $x$ and $y$ computed scores (a running maximum is one of
-them). The additions: one per later slot of its group that holds a key, its own (into a sum that
-is 0 only for its group's first key), in `sync_state` one when its group enters (none for the
-first group with keys, $0 + o_z$) and one per later group with keys: at most $n_z + Z' - 1 \le n$,
-since the other $Z' - 1$ groups hold a key each; item 3's $\gamma_N$ holds them, as a sum in any
-order. The factors: $a$ of each later block of its group in which the row sees a key (a block
+them). The additions: its own (none for its group's first key, added to 0: exact) and one per
+later slot of its group that holds a key, at most $n_z - 1$ for the $n_z$ keys of its group; in
+`sync_state` one when its group enters (none for the first group with keys, $0 + o_z$) and one
+per later group with keys, at most $Z' - 1$. In all at most $n_z + Z' - 2 \le n - 1$, since the
+other $Z' - 1$ groups hold a key each: a chunk's $n_i - 1$ of Lemma 4 (d), which item 3's
+$\gamma_N$ holds with the merges' additions. The factors: $a$ of each later block of its group in which the row sees a key (a block
 with none has $a = 2^0 = 1$, exact, above), at most $I - 1 - t$; in `sync_state`, $f_2$ of its
 group unless $m_z = M'$ ($2^0$, exact), which happens for the first group with keys, and $f_1$ of
 each later group with keys that raises $M$ (else $2^0$). A key of the $r$-th group with keys
@@ -1207,6 +1208,16 @@ values are not 0), KV in another dtype than q (fp8), and, from FlashInfer's star
 that keeps subnormals (then $a$ and the masked slots' weights are not 0, and the phantom's $d = 1$
 leaves a trace of up to $2^{-126}$ in $d$ that this proof does not price; from $-\infty$ any
 exponential of the precision model is covered).
+
+*Later FlashInfer.* Lemmas 8-11 quote FlashInfer 0.5.0 (tag `v0.5.0`, commit `5854494`). At
+commit `fb28d72` (a nightly after 0.6.18, 2026-08-22) `math::inf` is IEEE's infinity, so every state
+starts from $-\infty$ and no phantom is left: `state_t::merge` takes
+$\widehat{\exp_2}(\max(x, -\infty))$ to drop the NaN of $-\infty - (-\infty)$, and `compute_qk`
+clamps a fully masked block's maximum at $-$`FLT_MAX`, so masked slots weigh $2^{-\infty} = 0$:
+the walk from $-\infty$ above, with no condition on the scores. Two changes are not checked here:
+`state_t::normalize` multiplies by `__fdividef(1, d)` (within 2 ulp, then a product rounded:
+about $\tfrac52 u_{acc}$, not the $2u_{acc}$ of Lemma 9's division within 2 ulp), and
+`OutputTransform` multiplies by a `v_scale` (exact where it is 1, its default).
 
 `check_decode_chunks` checks it: in the standard model of rounding (`decode_chunk_growth`) every
 key moves by at most the proof's sharper sum, within its count, and its count within
