@@ -790,7 +790,10 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
         ...     return relaycore.relay_attention(q, cu_seqlens_q, kv, prefixes, causal=causal,
         ...                                      softmax_scale=softmax_scale, backend="torch")
         >>> outcome = relaycore.verify.run(mine, cases=6, dtypes=("float16", "bfloat16"),
-        ...                                device="cpu", space={"max_q_len": 1})  # prints the report
+        ...                                device="cpu", space={"max_q_len": 1})  # doctest: +ELLIPSIS
+        relaycore verify: function mine, 6 cases (seeds 0..5), dtype float16 bfloat16, device cpu
+        ...
+        PASS: 6 of 6 cases within the bounds of relaycore.bounds
         >>> outcome.passed, outcome.failed
         (True, ())
     """

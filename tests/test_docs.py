@@ -1,5 +1,6 @@
 """The docs site: it builds strictly, every page's math renders offline in a real browser, no
-internal link is broken, and every Python example in the hand-written pages runs.
+internal link is broken, and every Python example in the hand-written pages and in the
+docstrings (which the API pages render) runs.
 
 The browser is Debian's ``chromium`` (``scripts/setup.sh`` installs it), run headless with the
 network-free flags below on ``file://`` pages: MathJax comes from the site itself, so a page
@@ -9,7 +10,9 @@ generated proof pages is the proof modules' own code, run by ``tests/test_proofs
 
 from __future__ import annotations
 
+import doctest
 import html
+import importlib
 import importlib.util
 import os
 import re
@@ -197,3 +200,26 @@ def test_no_page_or_module_holds_a_control_character():
     found += [f"{source} (generated)" for source, text in SOURCES.items()
               if source.startswith("proofs/") and _CONTROL.search(text)]
     assert not found, "\n".join(found)
+
+
+#: Where each source directory's modules live in the installed package (``pyproject.toml``).
+PACKAGES = {"relaycore": "relaycore", "reference": "relaycore.reference", "fast": "relaycore.fast",
+            "proofs": "relaycore.proofs"}
+
+
+def _modules_with_examples():
+    """Every module whose docstrings hold an example (``>>>``), by its installed name."""
+    names = []
+    for directory, package in PACKAGES.items():
+        for path in sorted((ROOT / directory).rglob("*.py")):
+            if ">>>" in path.read_text(encoding="utf-8"):
+                parts = path.relative_to(ROOT / directory).with_suffix("").parts
+                names.append(".".join((package, *parts[:-1])) if parts[-1] == "__init__" else ".".join((package, *parts)))
+    return names
+
+
+@pytest.mark.parametrize("module", _modules_with_examples())
+def test_docstring_examples_run(module):
+    """Each docstring example runs and prints what it shows (``...`` stands for any text)."""
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted and not result.failed, f"{module}: {result.failed} of {result.attempted} examples failed"
