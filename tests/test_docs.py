@@ -214,7 +214,7 @@ def _modules_with_examples():
         for path in sorted((ROOT / directory).rglob("*.py")):
             if ">>>" in path.read_text(encoding="utf-8"):
                 parts = path.relative_to(ROOT / directory).with_suffix("").parts
-                names.append(".".join((package, *parts[:-1])) if parts[-1] == "__init__" else ".".join((package, *parts)))
+                names.append(".".join((package, *(parts[:-1] if parts[-1] == "__init__" else parts))))
     return names
 
 
