@@ -41,8 +41,11 @@ fp32 folds is not Lemma 9's: it is Lemma 10's with fp32 reads). ``--stored``
 with ``--merge fold`` or ``--single-pass`` is refused: no lemma prices it. ``--groups Z`` (with
 ``--block-n``): each part is walked by Z groups of threads whose unnormalised states are folded
 before its division, as FlashInfer's decode kernels (``sync_state``, Lemma 11); its split-KV
-decode is ``--block-n T --chunk C --merge running --levels 2 --fast-division --stored --groups
-Z``.
+decode (FlashInfer 0.5.0) is ``--block-n T --chunk C --merge running --levels 2 --fast-division
+--stored --groups Z`` with ``--space max_levels=0``: FlashInfer chunks a request's whole KV from
+its first key, ``--chunk`` each segment from its own, and a chunk that runs across a prefix's end
+takes more steps than that count. Lemma 11 needs every score above about -34570 (FlashInfer's
+running maxima start at -5e4, base 2).
 
 Rows without a bound: where ``relaycore.bounds`` gives no bound for a row (scores too large for
 the dtype, or an lse whose ``rho`` passes 2 on long rows), the row is held to none, and the case
@@ -241,8 +244,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--groups", type=int, default=1, metavar="Z",
                         help="with --block-n: each part walked by Z groups of threads, N keys a block each, their "
                              "unnormalised states folded before the part's division (FlashInfer's decode: N = bdy * "
-                             "tile_size_per_bdx, Z = bdz, sync_state), as blocked_steps(groups=Z), Lemma 11 "
-                             "(default: 1)")
+                             "tile_size_per_bdx, Z = bdz, sync_state), as blocked_steps(groups=Z), Lemma 11, "
+                             "where every score is above about -34570; with --chunk, chunks are cut per segment, "
+                             "as FlashInfer's only where no prefix is read (--space max_levels=0) (default: 1)")
 
 
 def _attribute(owner: Any, qualname: str) -> Any:

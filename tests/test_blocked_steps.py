@@ -80,6 +80,23 @@ def test_hand_counts_of_parts_walked_in_groups():
                 assert blocked_steps(alone, block_n, groups=groups)[0, 0] <= -(-n_keys // block_n)
 
 
+
+def test_flashinfer_decode_chunks_the_whole_request_which_chunk_counts_only_for_whole_chunk_prefixes():
+    """FlashInfer's split-KV decode cuts a request's whole KV (prefix pages, then its own) into
+    chunks from its first key; ``chunk=`` cuts each segment from its own first key. Its count is
+    that of the same keys read as one segment (no prefix): per segment, the count agrees where the
+    prefix is a whole number of chunks long and falls short where a chunk runs across its end,
+    which is why the docs recipe (``groups=``, Lemma 11) asks for the former."""
+    kw = dict(chunk=128, merge="running", levels=2, fast_division=True, groups=4)
+    for prefix, own, agrees in ((128, 64, True), (256, 100, True), (96, 96, False)):
+        relay = make_batch([1], [own], prefix_lens=[[prefix]], prefix_ids=[[0]], causal=False)
+        whole = make_batch([1], [prefix + own], causal=False)  # FlashInfer's chunks of the concatenated KV
+        counted, flashinfer = blocked_steps(relay, 4, **kw)[0, 0], blocked_steps(whole, 4, **kw)[0, 0]
+        if agrees:
+            assert counted == flashinfer, (prefix, own)
+        else:  # 128 and 64 across the prefix's end (11 + 3 + 2) against 96 and 96 (9 + 3 + 2)
+            assert (counted, flashinfer) == (14, 16), (prefix, own)
+
 @pytest.mark.parametrize("bad", [0, -16, 1.5, True, "64"])
 def test_refuses_a_block_that_is_not_a_positive_int(bad):
     batch = make_batch([1], [4])

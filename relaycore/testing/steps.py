@@ -94,11 +94,14 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             A part of ``n`` keys then counts ``ceil(n / (block_n groups)) + min(groups, ceil(n /
             block_n)) - 1`` instead of ``ceil(n / block_n)`` (never more). Lemma 11 proves it where
             every score is above about -34570 (FlashInfer's ``-5e4`` start, base 2), its weights'
-            ``exp2`` flushing below ``2^-126`` as FlashInfer's ``ex2.approx.ftz`` does. FlashInfer's
-            split-KV decode: ``chunk=`` its chunk, ``merge="running", levels=2,
+            ``exp2`` flushing below ``2^-126`` as FlashInfer's ``ex2.approx.ftz`` does. FlashInfer
+            0.5.0's split-KV decode: ``chunk=`` its chunk, ``merge="running", levels=2,
             fast_division=True`` and ``stored_merges(batch, merge="running", levels=2)`` (its
-            chunks are stored in the output dtype, then merged by its two-level kernel). 1: one
-            running state per part.
+            chunks are stored in the output dtype, then merged by its two-level kernel), where
+            every prefix a request reads is a whole number of chunks long or it reads none:
+            FlashInfer chunks a request's whole KV (prefix pages, then its own) from its first
+            key, and a chunk that runs across a prefix's end takes more steps than this count
+            (see ``chunk``). 1: one running state per part.
 
     A kernel whose parts walk blocks of different sizes is described by its smallest block
     (more blocks, so more steps: the count stays an upper bound).
