@@ -1048,7 +1048,8 @@ flushes results and operands alike (the precision model), and $O$ is the result 
 the accumulation format (or the 0 it starts from), so it is 0 or normal and nothing is flushed.
 (The stored reads $x_i$ are operands that may be subnormal; their flush is the read's $\eta$,
 counted above, and a phantom's output is 0.) So empty parts and empty threads, before or after
-non-empty ones, change nothing, bit for bit: FlashInfer's tree computes what the folds from
+non-empty ones, change nothing, bit for bit up to the sign of a zero ($O = -0$, from a stored
+$-0$ or a flushed negative product, becomes $\mathrm{fl}(-0 + 0 \cdot f) = +0$ after a phantom): FlashInfer's tree computes what the folds from
 $-\infty$ that leave them out compute, and this lemma covers its two-level kernels with them,
 under Lemma 9's condition, at the counts above and with no term for them: the roundings below
 the normal range that they add number 0. Even hardware that flushes operands but keeps results
@@ -1109,12 +1110,18 @@ The chunk's output is $\hat o = \mathrm{fl}(O \cdot \widehat{\mathrm{rcp}}(\Lamb
 $\hat\lambda = \mathrm{fl}(M + \widehat{\log_2}\Lambda)$ in fp32 (`tmp_s`); `VariableLengthMergeStates`
 then folds a row's chunks (`PersistentVariableLengthMergeStatesKernel`, Lemma 10's two-level
 kernel; a row of one chunk is copied). The weights' exponential is `ex2.approx.ftz`, which flushes
-a result below $2^{-126}$ to 0.
+a result below $2^{-126}$ to 0. FlashInfer compiles with `-use_fast_math`: its fp32 arithmetic
+flushes subnormal results and operands (the precision model's flushing arithmetic), and the
+compiler may contract a product and the sum it feeds ($o a + p_j v_j$, $d a + p_j$, `merge`'s
+sums) into one fused multiply-add, which rounds once where the display rounds twice: a subset of
+the roundings below, which every bound here holds with (Lemma 9 (c)), and which changes none of
+the exact steps the proof uses (a product by 0 or 1, a sum with 0).
 
 *Claim. Let every score $\hat s_j$ the kernel computes for a key of the chunk exceed
 $-5 \cdot 10^4 + 126$ (in natural units every score above about $-34570$: $A < 34500$ suffices).
-Then the chunk's $M$, $\Lambda$ and $O$ are, bit for bit, those of the same walk from
-$m = -\infty$ that leaves out the masked slots and the groups that hold no key. They have Lemma
+Then the chunk's $M$, $\Lambda$ and $O$ are, bit for bit up to the sign of a zero in $O$, those
+of the same walk from $m = -\infty$ that leaves out the masked slots and the groups that hold no
+key. They have Lemma
 2's form over the chunk's $n$ keys with shift $M \ln 2$ and normaliser $\Lambda \ge 1$, and a key
 passes at most*
 
@@ -1143,7 +1150,9 @@ $M = -5 \cdot 10^4$; that group, $z$, has $f_1 = 0$ and $f_2 = 2^0 = 1$, so
 $\Lambda = \mathrm{fl}(\mathrm{fl}(\Lambda \cdot 0) + \mathrm{fl}(d_z \cdot 1)) = d_z$ and $O = o_z$; after
 it they have $f_1 = 2^0 = 1$, $f_2 = 0$ and change nothing. That is the fold from $M = -\infty$
 over the groups that hold keys, the first entering with $f_1 = 2^{-\infty} = 0$, $f_2 = 1$. With
-$Z = 1$ there is no `sync_state`.
+$Z = 1$ there is no `sync_state`. (The sign of a zero: a group's $o$ may be $-0$, a negative
+product flushed to zero, and a masked slot's $\mathrm{fl}(-0 + 0 \cdot 0)$ is $+0$: equal values,
+different bits, and the same output once divided and stored, up to that sign.)
 
 *The form.* Follow key $j$ of group $z$, in its block $t$. Its numerator term is
 $\mathrm{fl}(p_j v_j)$ (fp32 weights: the product's rounding, $\tfrac{u_{acc}}{2} \le u_p$, takes
