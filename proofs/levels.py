@@ -11,7 +11,9 @@ $n_q$ queries that are the last $n_q$ own tokens, $\kappa = |R|$):
 2. *Moving tokens into the prefix.* Moving the first $t$ own tokens to the end of the last
    prefix level (or into a new level) leaves every state unchanged when they are visible to
    every query: under the causal mask when $t \le \kappa - n_q$ (the tokens before the first
-   query; the queries' own tokens stay), without it for any $t \le \kappa$.
+   query; the queries' own tokens stay), without it for any $t \le \kappa$ (for
+   $t > \kappa - n_q$ the request is left with fewer own tokens than queries: harmless without
+   a mask, but outside what `relaycore.relay_attention` accepts, `q_len <= kv_len`).
 3. *Moving tokens out of the prefix.* Moving the last $t$ tokens of the last level to the front
    of $R$ (so $\kappa$ grows by $t$, the queries stay the last $n_q$ own tokens) leaves every
    state unchanged.
