@@ -112,7 +112,8 @@ subtraction at $u_{acc}$, or real fp32 truncation, leaves $\rho_1$. Then
 `relaycore.state.merge` itself, on NumPy float64 and float32 arrays, against the exact merge of
 the same inputs at 60 digits, over Hypothesis-drawn states with $\ell$ up to $\pm 10^4$
 (opposite pairs included) and $-\infty$ on either or both sides: no NaN anywhere, the identity
-returns its other side bit for bit, and the error stays within the rounding bound above.
+returns its other side exactly (the same numbers; only a $-0$ comes back as $+0$, the merge
+adding a $+0$ to it), and the error stays within the rounding bound above.
 """
 
 from __future__ import annotations
@@ -318,7 +319,7 @@ def check_state_merge_floating_point():
                 ([mpmath.mpf(float(oa[i, 0]))], mpmath.mpf(float(la[i]))),
                 ([mpmath.mpf(float(ob[i, 0]))], mpmath.mpf(float(lb[i]))),
             )
-            if np.isinf(lb[i]):  # identity: the other side, bit for bit
+            if np.isinf(lb[i]):  # identity: the other side exactly (== also takes a -0.0 that became +0.0)
                 assert got.out[i, 0] == oa[i, 0] and got.lse[i] == la[i]
             if np.isinf(la[i]):
                 assert got.out[i, 0] == ob[i, 0] and got.lse[i] == lb[i]
