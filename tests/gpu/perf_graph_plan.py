@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 import relaycore
-from relaycore.bench.results import environment
 from relaycore import PagedKV, PrefixLevel
+from relaycore.bench.results import environment
 from relaycore.fast.triton import prepare, prepare_graph
 
 HQ, D, PAGE = 32, 128, 16
@@ -58,7 +58,7 @@ def without_padded_single_pass(plan):
     return dataclasses.replace(plan, launches=kept)
 
 
-def decode_batch(q_lens, hkv: int, table_keys: int, own_keys: int, levels):
+def paged_batch(q_lens, hkv: int, table_keys: int, own_keys: int, levels):
     """``relay_attention``'s arguments on the GPU: requests of ``q_lens`` queries and ``own_keys``
     own keys each, in block tables of ``table_keys`` keys over shuffled pages; ``levels``: per
     prefix level, ``(rows, cu_seqlens, prefix_ids)``."""
@@ -121,7 +121,7 @@ def decode_points():
     for hkv in (8, 32):
         for batch in (8, 32, 128):
             for table_keys in (512, 4096):
-                args = decode_batch([1] * batch, hkv, table_keys, 128, [(8192, [0, 8192], [0] * batch)])
+                args = paged_batch([1] * batch, hkv, table_keys, 128, [(8192, [0, 8192], [0] * batch)])
                 own = prepare(*args)
                 graphs = {"own plan": captured(args, own), "own plan, lists read": captured(args, lists_read(own)),
                           "graph plan": captured(args, prepare_graph(*args))}
@@ -139,7 +139,7 @@ TWO_LEVEL_SHAPES = {"append 4 x 512": [512] * 4, "32 decode + append 2 x 160": [
 def two_level_points():
     for name, q_lens in TWO_LEVEL_SHAPES.items():
         batch = len(q_lens)
-        args = decode_batch(q_lens, 8, 1024, 1024, [(2048, [0, 2048], [0] * batch),
+        args = paged_batch(q_lens, 8, 1024, 1024, [(2048, [0, 2048], [0] * batch),
                                                      (2048, [0, 512, 1024, 1536, 2048], np.arange(batch) % 4)])
         level_1_ids = args[3][1].prefix_ids
         graph_plan = prepare_graph(*args)  # planned for the split step

@@ -20,7 +20,7 @@ import sys
 import relaycore
 from relaycore.bench.results import environment
 from relaycore.fast.triton import prepare
-from perf_graph_plan import captured, decode_batch, time_columns
+from perf_graph_plan import captured, paged_batch, time_columns
 
 POINTS = ((64, 2048), (128, 1024), (32, 512))  # (decode requests, the append's queries)
 
@@ -29,7 +29,7 @@ def main(out_dir: str) -> None:
     rows = []
     for decode, append in POINTS:
         q_lens = [1] * decode + [append]
-        args = decode_batch(q_lens, 8, 4096, max(append, 1024), [(8192, [0, 8192], [0] * len(q_lens))])
+        args = paged_batch(q_lens, 8, 4096, max(append, 1024), [(8192, [0, 8192], [0] * len(q_lens))])
         listed = prepare(*args)
         if listed.merge_tokens is None or listed.merge_tokens.shape[0] != decode:
             raise SystemExit(f"{decode} + {append}: expected the decode tokens listed, got {listed.merge_tokens}")
