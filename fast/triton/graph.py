@@ -30,14 +30,18 @@ that sees no prefix keeps its state and the merge: ``single_pass_requests``; a s
 launch of the tallest tiles compiles the prefix walk, which an item without a prefix does not
 enter). ``tests`` compare both bit for bit.
 
-Measured on an H200 (``fast/triton/NOTES.md``, sessions 19-20), decode, one prefix of 8192,
-128 own keys a request, graph replay: 1.01-1.19x the time of a graph of each step's own plan:
-the lists read instead of computed, and at batch 128 with 4096-key tables mostly the programs
-past the count. A program past the count costs about 0.3 us of an SM's program slot (one that
-ran a padding item's tile masked off, about 2.6; one that exited on an item of no rows, an L2
-read of its own item, 7-9 us more at batch 128 with 4096-key tables). Persistent launches (one wave of programs looping over the step's items) were up to
-12% slower at batch 32-128 (the own tile in a loop), and ones that fetched their items from an
-atomic counter slower still; a fused merge saved nothing measurable at the batches it fits.
+Measured on an H200 (``tests/gpu/perf_graph_plan.py``, ``docs/benchmarks/graph_plan.json``,
+2026-11-29), decode, one prefix of 8192, 128 own keys a request, graph replay: 1.01-1.26x the
+time of a graph of each step's own plan: the lists read instead of computed, and at batch 128
+with 4096-key tables mostly the programs past the count; in a batch of two levels, a step
+whose tall requests are all single-pass 1.37x (its merge's programs, one per token and head,
+find no state). From sessions 19-20 (``fast/triton/NOTES.md``): a program past the count
+costs about 0.3 us of an SM's program slot (one that ran a padding item's tile masked off,
+about 2.6; one that exited on an item of no rows, an L2 read of its own item, 7-9 us more at
+batch 128 with 4096-key tables). Persistent launches (one wave of programs looping over the
+step's items) were up to 12% slower at batch 32-128 (the own tile in a loop), and ones that
+fetched their items from an atomic counter slower still; a fused merge saved nothing
+measurable at the batches it fits.
 
 Fixed by the first batch: every tensor's shape, dtype and device, ``cu_seqlens_q``'s values
 (each request's query count: 1 at decode), ``causal`` and ``softmax_scale``. Free from step to
