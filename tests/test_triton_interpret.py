@@ -1114,10 +1114,17 @@ def test_the_op_carries_every_field_of_a_plan():
     """What crosses the op boundary rebuilds the plan: its configuration (every field, a
     non-default one here), flags and work lists."""
     args, kwargs = _append_batch().to_torch("cpu")
-    planned = plan(validate(*args, **kwargs), config=dataclasses.replace(TINY, unmasked_min_block_m=32),
-                   fused_merge=True)
-    assert any(x.single_pass for x in planned.launches) and planned.merge_tokens is not None
-    back = op._unpack(*op._pack(planned), args[0], planned.softmax_scale)
+    meta = validate(*args, **kwargs)
+    fused = plan(meta, config=dataclasses.replace(TINY, unmasked_min_block_m=32), fused_merge=True)
+    launched = plan(meta, config=TINY, fused_merge=False)
+    assert any(x.single_pass for x in fused.launches) and fused.merge_tokens is None
+    assert launched.merge_tokens is not None, "the merge launch's list of tokens"
+    for planned in (fused, launched):
+        _assert_carried(planned, op._unpack(*op._pack(planned), args[0], planned.softmax_scale))
+
+
+def _assert_carried(planned, back):
+    """Every field of ``planned`` is ``back``'s, but those only the eager entry checks."""
     for field in dataclasses.fields(planned):
         want, got = getattr(planned, field.name), getattr(back, field.name)
         if field.name in ("signature", "known_shapes"):

@@ -122,7 +122,8 @@ class Plan:
         merge_tokens: int32 ``[n]`` on the device: the tokens that can have slots, in order,
             which the merge launch folds (one program per token and head) where the others
             (single-pass requests') would leave most of its programs idle (``merge_tokens``);
-            ``None``: it runs a program per token and head of the batch.
+            ``None``: it runs a program per token and head of the batch, or the plan has no
+            merge launch (``fused_merge``).
         ready: a ``torch.cuda.Event`` recorded after the copy of the lists to a GPU, on the
             stream current when they were made (``uploaded``): a call on another stream waits
             for it (``launch.run_eager``); ``None`` off a GPU, or past the op boundary of
@@ -1206,8 +1207,11 @@ def _plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, rela
     config = default_config(meta.head_dim, meta.dtype, meta.num_kv_heads) if config is None else config
     relay = relay_grouping(meta) if relay is None else bool(relay)
     work, regulars = _plan_work(meta, config, relay, unshared_single_pass, None, regular=regular)
+    if fused_merge is None:
+        fused_merge = merge_in_partials(meta.total_q, work.fold_steps, config)
+    fused_merge = bool(fused_merge)
     lists = [work.slot_offsets] + [a for w in work.launches for a in (w.items, w.tokens, w.slots)]
-    merged = merge_tokens(np.diff(work.slot_offsets) > 0)
+    merged = None if fused_merge else merge_tokens(np.diff(work.slot_offsets) > 0)  # a fused merge has no launch
     table = meta.host_block_table
     slot_offsets, *lists = upload(lists + ([] if merged is None else [merged]) + ([] if table is None else [table]),
                                   device)
@@ -1218,9 +1222,6 @@ def _plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, rela
                slots=lists[3 * i + 2])
         for i, w in enumerate(work.launches)
     )
-    if fused_merge is None:
-        fused_merge = merge_in_partials(meta.total_q, work.fold_steps, config)
-    fused_merge = bool(fused_merge)
     arrivals = torch.zeros((meta.total_q, meta.num_q_heads) if fused_merge else (0,), dtype=torch.int32, device=device)
 
     return Plan(
