@@ -2293,6 +2293,22 @@ def own_step_room(score_abs, num_keys, prec: bounds.Precision):
     return 3 * u_acc + u_acc * (mpmath.mpf(score_abs) + mpmath.log(num_keys) + 1) - (-mpmath.log(1 - u_exp) - u_exp)
 
 
+def _merge_inputs(a: tuple, b: tuple, draw) -> tuple:
+    """What the standard-model merges (``merge_pairwise``, ``merge_pairwise_other``) start from:
+    ``(half, full, u_exp, fl, lse, top)``, fp32's ``u_acc / 2``, ``u_acc`` and ``u_exp`` (mpmath),
+    ``fl`` (an elementwise rounding, a factor ``1 + draw(u_acc / 2)``), the two states' computed
+    lses (each ``m + log l``, the log off by ``draw(u_exp)``, both operations rounded) and their
+    maximum."""
+    prec = bounds.precision("float32")
+    half, full, u_exp = mpmath.mpf(prec.u_acc) / 2, mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
+
+    def fl(x):
+        return x * (1 + draw(half))
+
+    lse = [fl(m + fl(mpmath.log(l) + draw(u_exp))) for m, l in (a, b)]
+    return half, full, u_exp, fl, lse, max(lse)
+
+
 def merge_pairwise(a: tuple, b: tuple, draw) -> list:
     """Lemma 3's merge of two part states in the standard model of rounding, at 60 digits.
 
@@ -2307,14 +2323,7 @@ def merge_pairwise(a: tuple, b: tuple, draw) -> list:
         and product, the final sum) and normaliser weights (``w`` and the sum ``T``), against
         the exact ``e^(m - M) l`` over the merged normaliser, ``M`` the merge's maximum.
     """
-    prec = bounds.precision("float32")
-    half, full, u_exp = mpmath.mpf(prec.u_acc) / 2, mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
-
-    def fl(x):
-        return x * (1 + draw(half))
-
-    lse = [fl(m + fl(mpmath.log(l) + draw(u_exp))) for m, l in (a, b)]
-    top = max(lse)
+    half, full, u_exp, fl, lse, top = _merge_inputs(a, b, draw)
     w = []
     for x in lse:
         arg = fl(x - top)
@@ -2382,14 +2391,7 @@ def merge_pairwise_other(a: tuple, b: tuple, draw, form: str, normaliser: str = 
         lse), the merged lse's error ``eta = L - M - log Z`` (Lemma 3 (a) for the next merge)
         and the normaliser ``Z``.
     """
-    prec = bounds.precision("float32")
-    half, full, u_exp = mpmath.mpf(prec.u_acc) / 2, mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
-
-    def fl(x):
-        return x * (1 + draw(half))
-
-    lse = [fl(m + fl(mpmath.log(l) + draw(u_exp))) for m, l in (a, b)]
-    top = max(lse)
+    half, full, u_exp, fl, lse, top = _merge_inputs(a, b, draw)
     total = mpmath.fsum(mpmath.exp(x - top) for x in lse)  # the exact T of the computed lses
     big_l = fl(top + mpmath.log(total) + draw(u_exp))  # logaddexp: off by u_exp, then rounded
     if form == "sigmoid":
