@@ -38,7 +38,7 @@ from relaycore.fast.triton import backend, kernels, op  # noqa: E402
 from relaycore.fast.triton.config import (block_d, chunk_size, decode_chunks, max_chunks, single_pass,  # noqa: E402
                                           tile_height)
 from relaycore.fast.triton.graph import Bounds, graph_launches, prepare_graph, slot_capacity  # noqa: E402
-from relaycore.fast.triton.plan import (check_metadata, fold_steps, longest_first, query_layout,  # noqa: E402
+from relaycore.fast.triton.plan import (check_metadata, fold_steps, longest_first, merge_grid, query_layout,  # noqa: E402
                                         regular_items, single_pass_requests, stamp_metadata)
 from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
 from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
@@ -205,8 +205,11 @@ def test_single_pass_requests_own_no_slots_and_are_planned_from_the_request_alon
 def test_the_merge_runs_over_the_tokens_that_can_have_slots_and_its_list_changes_no_bit(poisoned_allocations):
     """Beside single-pass requests, whose tokens have no slots, the merge launch runs a program
     per listed token and head (``Plan.merge_tokens``), not per token and head of the batch: the
-    same bits. A graph plan lists the tokens of the requests that are not single-pass at every
-    step: none is, in a batch of two levels."""
+    same bits. A graph plan lists each step's tokens with slots and their count
+    (``Plan.merge_count``) in a fixed grid of ``Config.merge_programs``, here 3 programs per
+    head, whose each folds several tokens: its tall requests (40 and 36 tokens) are single-pass
+    at every step over one level, and over two at the steps where they read no second-level
+    prefix."""
     args, kwargs = _append_batch().to_torch("cpu")
     planned = plan(validate(*args, **kwargs), config=TINY)
     assert planned.merge_tokens.tolist() == np.flatnonzero(np.diff(planned.slot_offsets.numpy())).tolist() == [9, 17, 18]
@@ -214,20 +217,29 @@ def test_the_merge_runs_over_the_tokens_that_can_have_slots_and_its_list_changes
     assert _same(run_planned(planned, args[0], args[2], args[3]), run_planned(every_token, args[0], args[2], args[3]))
     decode = make_batch([1, 1], [5, 9], prefix_lens=[[7]], prefix_ids=[[0, 0]], head_dim=16, dtype="float16")
     assert plan(validate(*decode.to_torch("cpu")[0]), config=TINY).merge_tokens is None, "every token has slots"
-    for levels, listed in ((1, [40]), (2, None)):
+    config = dataclasses.replace(TINY, merge_programs=6)
+    for levels, seconds in ((1, [None, None]), (2, [-1, 0, -1])):
         engine = EngineTensors([40, 1, 36], num_q_heads=2, num_kv_heads=2, head_dim=16, dtype=torch.float16,
                                device="cpu", page_size=8, max_blocks=8, level_rows=[40, 30][:levels],
                                level_prefixes=[2, 2][:levels], seed=4)
         rng = np.random.default_rng(levels)
         engine.step(rng)
-        graph = prepare_graph(*engine.args(), config=TINY)
-        merge_tokens = graph.plan.merge_tokens
-        assert (listed is None and merge_tokens is None) or merge_tokens.tolist() == listed, graph
-        engine.step(rng)
-        graph.update(*engine.args())
-        q, cu, kv, prefixes = engine.args()
-        alone = run_planned(plan(validate(q, cu, kv, prefixes), config=TINY), q, kv, prefixes)
-        assert _same(relaycore.relay_attention(q, cu, kv, prefixes, plan=graph), alone), levels
+        graph = prepare_graph(*engine.args(), config=config)
+        assert graph.plan.merge_tokens.shape[0] == (1 if levels == 1 else 77), graph
+        assert merge_grid(graph.plan) == (1 if levels == 1 else 3)
+        counts = []
+        for second in seconds:
+            engine.step(rng)
+            if second is not None:
+                engine.levels[1].prefix_ids[[0, 2]] = second
+            graph.update(*engine.args())
+            with_slots = np.flatnonzero(np.diff(graph.plan.slot_offsets.numpy()))
+            counts.append(int(graph.plan.merge_count))
+            assert graph.plan.merge_tokens[: counts[-1]].tolist() == with_slots.tolist(), (levels, second)
+            q, cu, kv, prefixes = engine.args()
+            alone = run_planned(plan(validate(q, cu, kv, prefixes), config=config), q, kv, prefixes)
+            assert _same(relaycore.relay_attention(q, cu, kv, prefixes, plan=graph), alone), (levels, second)
+        assert counts == ([1, 1] if levels == 1 else [1, 77, 1]), counts
 
 
 @in_process

@@ -82,6 +82,18 @@ class Config:
             helped while the own tiles walked 64 keys a step (session 9); at 128
             (``short_block_n``) a decode request's own keys are one step and the carrying tile
             spilled for the same times (session 12), so only tall tiles carry.
+        merge_programs: the most programs (a query head's rows of one token each) of a merge
+            launch over a graph plan's list of this step's tokens with slots
+            (``Plan.merge_count``): ``min(list, merge_programs // Hq)`` per head, each folding
+            every so many listed tokens. A graph plan of two levels keeps room for every token
+            of its tall requests, which a step may run single-pass, with no states: a program
+            per room exits (on an H200, ``fast/triton/NOTES.md``, session 35: 65536 of them took
+            40.5 us). The bits are the same at any count. Measured on an H200 (session 36, Hq 32,
+            two levels, graph replay, us), 1024 / 4096 / 8192 / 32768 against a program per
+            token and head: 4 x 512 new tokens, split step 432.4 / 374.4 / 373.4 / 368.8 against
+            374.8 (fewer programs fold more tokens each, in turn), single-pass step 202.3 /
+            209.6 / 212.0 / 227.5 against 243.9; 32 decode + 2 x 160, split 144.9 / 134.5 /
+            137.2 / 134.2 against 134.9, single pass 100.5 / 100.9 / 102.4 / 103.9 against 104.0.
     """
 
     block_m: int
@@ -97,6 +109,7 @@ class Config:
     fused_merge_max_fold_steps: int = 5
     unmasked_min_block_m: int = 128
     carry_pages_min_block_m: int = 128
+    merge_programs: int = 8192
 
     def __post_init__(self) -> None:
         for name in ("block_m", "prefix_block_m", "min_block_m", "block_n", "short_block_n", "min_chunk",
@@ -117,6 +130,8 @@ class Config:
         for name in ("fused_merge_max_tokens", "fused_merge_max_fold_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Config.{name}: expected >= 0, got {getattr(self, name)}")
+        if self.merge_programs < 1:
+            raise ValueError(f"Config.merge_programs: expected >= 1, got {self.merge_programs}")
         if self.target_chunks < 1:
             raise ValueError(f"Config.target_chunks: expected >= 1, got {self.target_chunks}")
 

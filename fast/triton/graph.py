@@ -18,6 +18,10 @@ grids) over the same memory. A ``GraphPlan`` does:
   kinds of launch, and the single-pass launch is padded too; in a batch of at most one level
   it is single-pass at every step, and that launch, whose items the query counts fix, has no
   padding;
+* where a request is single-pass at some step, its tokens have no states there, so the merge
+  launch runs over a list of the step's tokens with states and reads their count
+  (``Plan.merge_tokens``, ``Plan.merge_count``), in a grid of at most
+  ``Config.merge_programs`` programs whose each folds every so many listed tokens;
 * ``GraphPlan.update`` plans a step with ``plan_work``, as ``plan`` does but with every request
   that sees no prefix keeping its state and the merge (below), and copies each launch's count
   and lists into the same device memory on the current stream, so that a graph replayed after
@@ -34,8 +38,8 @@ Measured on an H200 (``tests/gpu/perf_graph_plan.py``, ``docs/benchmarks/graph_p
 2026-11-29), decode, one prefix of 8192, 128 own keys a request, graph replay: 1.01-1.26x the
 time of a graph of each step's own plan: the lists read instead of computed, and at batch 128
 with 4096-key tables mostly the programs past the count; in a batch of two levels, a step
-whose tall requests are all single-pass 1.37x (its merge's programs, one per token and head,
-find no state). From sessions 19-20 (``fast/triton/NOTES.md``): a program past the count
+whose tall requests are all single-pass 1.37x while its merge ran a program per token and head,
+each finding no state (243.9 -> 212.0 us over the step's list, 2026-11-30). From sessions 19-20 (``fast/triton/NOTES.md``): a program past the count
 costs about 0.3 us of an SM's program slot (one that ran a padding item's tile masked off,
 about 2.6; one that exited on an item of no rows, an L2 read of its own item, 7-9 us more at
 batch 128 with 4096-key tables). Persistent launches (one wave of programs looping over the
@@ -64,7 +68,7 @@ from relaycore.fast.triton.backend import validate_for_triton
 from relaycore.fast.triton.config import Config, default_config, max_chunks, single_pass, tile_height, wanted_chunks
 from relaycore.fast.triton.kernels import NUM_ITEM_FIELDS
 from relaycore.fast.triton.plan import (Launch, Plan, Work, check_int32, check_signature, fold_height,
-                                        list_starts, merge_tokens, pages_read, plan_work, query_layout, stamp_metadata,
+                                        list_starts, pages_read, plan_work, query_layout, stamp_metadata,
                                         staged, tensor_signature, uploaded)
 
 
@@ -218,18 +222,24 @@ class GraphPlan:
         self._config = config
         self._queries = query_layout(meta, config)  # the same at every step: ``_refill`` checks the query counts
         total_q = meta.total_q
-        # the tokens that can have slots (those of a request split at some step), which the
-        # merge launch runs over where some cannot (``plan.merge_tokens``)
+        # the tokens that can have slots (those of a request split at some step); where a
+        # request is single-pass at some step, the merge launch runs over a list of the step's
+        # tokens with slots and its count (``plan.merge_tokens``, ``plan.merge_count``), with
+        # room for these
         self._mergeable = ~always_single_pass(meta, config)[self._queries.token_request]
-        self._merge_tokens = merge_tokens(self._mergeable)
-        # one int32 buffer of regions (``list_starts``): slot_offsets, each launch's item count,
-        # per launch its items, tokens and slots (regions 2 + 3 i, 3 + 3 i, 4 + 3 i), the merge
-        # launch's tokens where it has a list, and last the copy of a block table given on the host
-        sizes = [total_q + 1, len(self.launches)]
+        rows = meta.q_lens.astype(np.int64) * meta.group_size
+        tall = np.asarray(single_pass(rows, config), dtype=bool) & (rows > 0)
+        self._listed = bool(tall.any() and self._mergeable.any())
+        # one int32 buffer of regions (``list_starts``): slot_offsets, each launch's item count
+        # (and the merge launch's last, where it has a list), per launch its items, tokens and
+        # slots (regions 2 + 3 i, 3 + 3 i, 4 + 3 i), the merge launch's tokens where it has a
+        # list, and last the copy of a block table given on the host
+        num_launches = len(self.launches)
+        sizes = [total_q + 1, num_launches + self._listed]
         for launch in self.launches:
             sizes += [launch.capacity * NUM_ITEM_FIELDS.value, total_q, total_q]
-        if self._merge_tokens is not None:
-            sizes.append(self._merge_tokens.size)
+        if self._listed:
+            sizes.append(int(self._mergeable.sum()))
         table = meta.host_block_table
         if table is not None:
             sizes.append(table.size)
@@ -256,7 +266,8 @@ class GraphPlan:
             fused_merge=False, arrivals=torch.zeros((0,), dtype=torch.int32, device=device), relay=True,
             device=str(device), num_levels=meta.num_levels,
             block_table=None if table is None else views[-1].view(table.shape),
-            merge_tokens=None if self._merge_tokens is None else views[2 + 3 * len(self.launches)],
+            merge_tokens=views[2 + 3 * num_launches] if self._listed else None,
+            merge_count=views[1][num_launches:] if self._listed else None,
             signature=signature)
 
     def _region(self, r: int) -> slice:
@@ -314,8 +325,8 @@ class GraphPlan:
 
     def fill(self, work: Work, block_table: np.ndarray | None = None) -> np.ndarray:
         """int32: the contents of the device buffer for ``work``: each launch's item count, and
-        its items and lists followed by zeros up to their capacity; the merge launch's tokens;
-        and ``block_table``, int64 ``[B, max_blocks]``, the values of a block table given on the
+        its items and lists followed by zeros up to their capacity; the merge launch's tokens
+        with slots and their count, where it has a list; and ``block_table``, int64 ``[B, max_blocks]``, the values of a block table given on the
         host (``BatchMeta.host_block_table``), where the plan holds its copy.
 
         Raises:
@@ -329,9 +340,10 @@ class GraphPlan:
         if (np.diff(work.slot_offsets) > 0)[~self._mergeable].any():
             raise ValueError("graph plan: a token of a request single-pass at every step has slots")
         writes = {0: work.slot_offsets}  # the values of each region written, by region; the rest is zeros
-        if self._merge_tokens is not None:
-            writes[2 + 3 * len(self.launches)] = self._merge_tokens
-        counts = np.zeros(len(self.launches), dtype=np.int64)  # each launch's item count
+        counts = np.zeros(len(self.launches) + self._listed, dtype=np.int64)  # each launch's item count
+        if self._listed:  # within its room: the tokens with slots are mergeable ones (checked above)
+            writes[2 + 3 * len(self.launches)] = np.flatnonzero(np.diff(work.slot_offsets) > 0)
+            counts[-1] = writes[2 + 3 * len(self.launches)].size
         for w in work.launches:
             i = self._index.get((w.level, w.block_m, w.single_pass))
             if i is None or w.items.shape[0] > self.launches[i].capacity or (w.reads_prefix and

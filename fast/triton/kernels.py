@@ -560,43 +560,68 @@ def partial_kernel(
 
 @triton.jit
 def merge_kernel(
-    part_out_ptr, part_lse_ptr, slot_offsets_ptr, tokens_ptr, out_ptr, lse_ptr,
+    part_out_ptr, part_lse_ptr, slot_offsets_ptr, tokens_ptr, count_ptr, out_ptr, lse_ptr,
     NUM_Q_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     TOKENS_LISTED: tl.constexpr,
+    TOKENS_COUNTED: tl.constexpr,
     LN2: tl.constexpr,
 ):
     """Fold every chunk state of one (token, query head) row, in slot order, into its result.
 
-    Grid: ``(total_q, Hq)``, or ``(n, Hq)`` over a list of ``n`` tokens (``TOKENS_LISTED``).
+    Grid: ``(total_q, Hq)``; ``(n, Hq)`` over a list of ``n`` tokens (``TOKENS_LISTED``); or
+    ``(P, Hq)`` over a list whose first ``count_ptr[0]`` entries are this call's
+    (``TOKENS_COUNTED``, with ``TOKENS_LISTED``: a graph plan's, ``GraphPlan``), program ``p``
+    folding entries ``p, p + P, ...`` of its head, so that a step with few of them runs few
+    programs. Which program folds a row changes none of its bits.
+
+    ``fold_row``'s arithmetic for each row.
+
+    Args:
+        part_out_ptr: fp32 ``[num_slots, Hq, D]``.
+        part_lse_ptr: fp32 ``[num_slots, Hq]`` (base 2).
+        slot_offsets_ptr: int32 ``[total_q + 1]``: token ``t`` owns slots
+            ``slot_offsets[t] : slot_offsets[t + 1]``; a token without slots (a single-pass
+            request's) is left alone.
+        tokens_ptr: int32 ``[n]``: with ``TOKENS_LISTED``, the tokens folded (those that can
+            have slots: ``Plan.merge_tokens``); else unread.
+        count_ptr: int32 ``[1]``: with ``TOKENS_COUNTED``, how many of ``tokens_ptr``'s
+            entries this call folds (``Plan.merge_count``); else unread.
+        out_ptr: contiguous ``[total_q, Hq, D]`` in q's dtype.
+        lse_ptr: fp32 ``[total_q, Hq]``, natural log.
+        HEAD_DIM, BLOCK_D: ``D`` and the head axis's width (``partial_kernel``).
+        LN2: ``ln 2``, to convert ``lse2`` at the boundary.
+    """
+    i_h = tl.program_id(1)
+    if TOKENS_COUNTED:
+        for j in range(tl.program_id(0), tl.load(count_ptr), tl.num_programs(0)):
+            i_t = tl.load(tokens_ptr + j).to(tl.int64)
+            fold_row(part_out_ptr, part_lse_ptr, slot_offsets_ptr, out_ptr, lse_ptr, i_t, i_h, NUM_Q_HEADS, HEAD_DIM,
+                     BLOCK_D, LN2)
+    else:
+        i_t = tl.program_id(0).to(tl.int64)
+        if TOKENS_LISTED:
+            i_t = tl.load(tokens_ptr + i_t).to(tl.int64)
+        fold_row(part_out_ptr, part_lse_ptr, slot_offsets_ptr, out_ptr, lse_ptr, i_t, i_h, NUM_Q_HEADS, HEAD_DIM,
+                 BLOCK_D, LN2)
+
+
+@triton.jit
+def fold_row(part_out_ptr, part_lse_ptr, slot_offsets_ptr, out_ptr, lse_ptr, i_t, i_h, NUM_Q_HEADS: tl.constexpr,
+             HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, LN2: tl.constexpr):
+    """Fold the states of row ``(i_t, i_h)`` (token, query head) into its result (``merge_kernel``;
+    the arguments are its).
 
     ``fold_slots``'s arithmetic for one row, with the row's values as scalars: the weighted
     pass reads each slot's ``lse2`` as one scalar that every thread holds, so no value changes
     layout between a slot's reads and the next's, and ``FOLD_DEPTH`` slots' reads are in
     flight at once (``fold_slots`` over a vector of rows waits an L2 round trip per slot,
     ``fast/triton/NOTES.md``, session 6). The operations on each element, and their order, are
-    ``fold_slots``'s, so the fused merge and this kernel give the same bits
+    ``fold_slots``'s, so the fused merge and the merge launch give the same bits
     (``tests/gpu/test_fused_merge.py``; the interpreter tests in CI).
-
-    Args:
-        part_out_ptr: fp32 ``[num_slots, Hq, D]``.
-        part_lse_ptr: fp32 ``[num_slots, Hq]`` (base 2).
-        HEAD_DIM, BLOCK_D: ``D`` and the head axis's width (``partial_kernel``).
-        slot_offsets_ptr: int32 ``[total_q + 1]``: token ``t`` owns slots
-            ``slot_offsets[t] : slot_offsets[t + 1]``; a token without slots (a single-pass
-            request's) is left alone.
-        tokens_ptr: int32 ``[n]``: with ``TOKENS_LISTED``, the tokens folded, one per program
-            (those that can have slots: ``Plan.merge_tokens``); else unread.
-        out_ptr: contiguous ``[total_q, Hq, D]`` in q's dtype.
-        lse_ptr: fp32 ``[total_q, Hq]``, natural log.
-        LN2: ``ln 2``, to convert ``lse2`` at the boundary.
     """
     SLOTS: tl.constexpr = 16
-    i_t = tl.program_id(0).to(tl.int64)
-    if TOKENS_LISTED:
-        i_t = tl.load(tokens_ptr + i_t).to(tl.int64)
-    i_h = tl.program_id(1)
     first = tl.load(slot_offsets_ptr + i_t).to(tl.int64)
     count = tl.load(slot_offsets_ptr + i_t + 1) - first
     if count > 0:  # a token without slots is a single-pass request's, written by its own tile

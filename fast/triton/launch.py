@@ -16,7 +16,7 @@ from relaycore.fast.triton import hopper
 from relaycore.fast.triton.config import block_d
 from relaycore.fast.triton.kernels import merge_kernel, partial_kernel
 from relaycore.fast.triton.launcher import current_stream, interpreting, launch, run_compiled
-from relaycore.fast.triton.plan import REGULAR_FIELDS, Launch, Plan
+from relaycore.fast.triton.plan import REGULAR_FIELDS, Launch, Plan, merge_grid
 
 
 def _kv_strides(x: torch.Tensor, paged: bool) -> Tuple[int, int, int]:
@@ -225,12 +225,13 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
         for index in range(len(plan.launches)):
             _launch_partial(plan, index, sources, part_out, part_lse, out, lse, interpret, None)
     if not plan.fused_merge and plan.num_slots:  # no slots: every token was written by a single pass
-        listed = plan.merge_tokens is not None
-        args = (part_out, part_lse, plan.slot_offsets, plan.merge_tokens if listed else plan.slot_offsets, out, lse)
-        grid = (plan.merge_tokens.shape[0] if listed else total_q, hq)
+        listed, counted = plan.merge_tokens is not None, plan.merge_count is not None
+        tokens = plan.merge_tokens if listed else plan.slot_offsets  # unread where not listed (nor counted)
+        args = (part_out, part_lse, plan.slot_offsets, tokens, plan.merge_count if counted else tokens, out, lse)
+        grid = (merge_grid(plan), hq)
         _launch_bound(plan, MERGE, merge_kernel, grid, args, _layout(args, ()),
-                      lambda: (dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_D=block_d(d), TOKENS_LISTED=listed, LN2=LN2),
-                               1, 1), q.device, None)
+                      lambda: (dict(NUM_Q_HEADS=hq, HEAD_DIM=d, BLOCK_D=block_d(d), TOKENS_LISTED=listed,
+                                    TOKENS_COUNTED=counted, LN2=LN2), 1, 1), q.device, None)
     for x in given:  # written in place, counted as torch's own ops count it: autograd refuses a saved buffer
         if not x.is_inference():  # (inference tensors keep no count)
             torch.autograd.graph.increment_version(x)

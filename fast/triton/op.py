@@ -36,7 +36,8 @@ def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
         ints += [launch.level, launch.block_m, int(launch.single_pass), int(launch.reads_prefix), launch.fold_rows,
                  int(launch.count is not None), len(launch.regular)]
         ints += list(launch.regular) or [0] * len(REGULAR_FIELDS)
-    for x in (plan.merge_tokens, plan.pages_read):  # after the launches', each flagged by one of the last two ints
+    for x in (plan.merge_tokens, plan.merge_count, plan.pages_read):  # after the launches', each flagged by one of
+        # the last three ints
         if x is not None:
             tensors.append(x)
         ints.append(int(x is not None))
@@ -59,12 +60,13 @@ def _unpack(tensors: Sequence[torch.Tensor], ints: Sequence[int], q: torch.Tenso
                                count=tensors[t + 3] if counted else None))
         t += 4 if counted else 3
     launches = tuple(launches)
-    merge_tokens = tensors[t] if ints[-2] else None
+    merge_tokens = tensors[t] if ints[-3] else None
+    merge_count = tensors[t + ints[-3]] if ints[-2] else None
     return Plan(total_q=total_q, num_q_heads=hq, num_kv_heads=hkv, head_dim=d, dtype=str(q.dtype).replace("torch.", ""),
                 paged=bool(paged), causal=bool(causal), softmax_scale=softmax_scale, config=config, num_slots=num_slots,
                 slot_offsets=tensors[0], launches=launches, fused_merge=bool(fused_merge), arrivals=tensors[1],
                 relay=bool(relay), device=str(q.device), num_levels=num_levels, merge_tokens=merge_tokens,
-                pages_read=tensors[-1] if ints[-1] else None)
+                merge_count=merge_count, pages_read=tensors[-1] if ints[-1] else None)
 
 
 def _run(q, own, prefix_kv, plan_tensors, plan_ints, softmax_scale, out, lse) -> AttentionState:

@@ -124,6 +124,9 @@ class Plan:
             (single-pass requests') would leave most of its programs idle (``merge_tokens``);
             ``None``: it runs a program per token and head of the batch, or the plan has no
             merge launch (``fused_merge``).
+        merge_count: int32 ``[1]`` on the device: how many of ``merge_tokens``' entries hold
+            this step's tokens with slots, the rest being room (a ``GraphPlan``'s list, whose
+            merge launch has a fixed grid: ``merge_programs``); ``None``: all of them.
         ready: a ``torch.cuda.Event`` recorded after the copy of the lists to a GPU, on the
             stream current when they were made (``uploaded``): a call on another stream waits
             for it (``launch.run_eager``); ``None`` off a GPU, or past the op boundary of
@@ -170,6 +173,7 @@ class Plan:
     num_levels: int
     block_table: Optional[torch.Tensor] = None
     merge_tokens: Optional[torch.Tensor] = None
+    merge_count: Optional[torch.Tensor] = None
     ready: Optional[Any] = field(default=None, compare=False, repr=False)
     signature: Tuple[Tuple[str, tuple, Any, Any], ...] = ()
     stamps: Tuple["Stamp", ...] = field(default=(), compare=False, repr=False)
@@ -1167,6 +1171,19 @@ def merge_tokens(merged: np.ndarray) -> Optional[np.ndarray]:
     way: the bits do not depend on the list."""
     listed = np.flatnonzero(merged)
     return listed if 0 < listed.size < merged.size else None
+
+
+def merge_grid(plan: Plan) -> int:
+    """The merge launch's programs per query head (``kernels.merge_kernel``): one per token of
+    the batch, or per listed token (``Plan.merge_tokens``); over a counted list
+    (``Plan.merge_count``), ``config.merge_programs // Hq`` at most, each folding every so
+    many of this step's tokens, so that the grid is the same at every step."""
+    if plan.merge_tokens is None:
+        return plan.total_q
+    room = plan.merge_tokens.shape[0]
+    if plan.merge_count is None:
+        return room
+    return max(1, min(room, plan.config.merge_programs // plan.num_q_heads))
 
 
 def plan(meta: BatchMeta, *, device=None, config: Optional[Config] = None, relay: Optional[bool] = None,

@@ -14,8 +14,10 @@ Hq 32, D 128, fp16, own KV in pages of 16:
   level 1 four prefixes over 2048 rows, 1024 own keys a request. At a step where they read
   level 1 they are split; where none does (ids -1) each reads its context in one pass. The
   graph plan has both launches for them, and the single-pass one is padded: at a split step
-  its programs all exit. Columns: the step's own plan; the graph plan; at a split step, the
-  graph plan without that launch (its count is 0 there, so its result is the same bits).
+  its programs all exit. Columns: the step's own plan; the graph plan; the graph plan with a
+  merge program per token and head (no list of the step's tokens with states,
+  ``Plan.merge_tokens``: the same bits); at a split step, the graph plan without that
+  single-pass launch (its count is 0 there, so its result is the same bits).
 
 Every graph's result is first compared with the step's own plan's, bit for bit
 (``torch.equal``); a point that differs stops the run. Times: graph replays back to back with
@@ -50,6 +52,12 @@ WHAT = (f"GPU time of one call (Hq {HQ}, D {D}, fp16, own KV in pages of {PAGE})
 def lists_read(plan):
     """``plan`` with every launch reading its item list (``regular`` cleared)."""
     return dataclasses.replace(plan, launches=tuple(dataclasses.replace(x, regular=()) for x in plan.launches))
+
+
+def every_token_merged(plan):
+    """``plan`` (a graph plan's) with a merge program per token and head of the batch, not over
+    its list of the step's tokens with states."""
+    return dataclasses.replace(plan, merge_tokens=None, merge_count=None)
 
 
 def without_padded_single_pass(plan):
@@ -151,7 +159,8 @@ def two_level_points():
                 level_1_ids.fill_(-1)
                 graph_plan.update(*args)
             own = prepare(*args)
-            graphs = {"own plan": captured(args, own), "graph plan": graph}
+            graphs = {"own plan": captured(args, own), "graph plan": graph,
+                      "graph plan, a merge program per token": captured(args, every_token_merged(graph_plan.plan))}
             if step == "split":
                 graphs["graph plan without its padded single-pass launch"] = captured(
                     args, without_padded_single_pass(graph_plan.plan))
