@@ -39,8 +39,8 @@ Measured on an H200 (``tests/gpu/perf_graph_plan.py``, ``docs/benchmarks/graph_p
 time of a graph of each step's own plan: the lists read instead of computed, and at batch 128
 with 4096-key tables mostly the programs past the count; in a batch of two levels, a step
 whose tall requests are all single-pass 1.37x while its merge ran a program per token and head,
-each finding no state (243.9 -> 212.0 us over the step's list, 2026-11-30). From sessions 19-20 (``fast/triton/NOTES.md``): a program past the count
-costs about 0.3 us of an SM's program slot (one that ran a padding item's tile masked off,
+each finding no state (243.9 -> 212.0 us over the step's list, 2026-11-30). From sessions 19-20
+(``fast/triton/NOTES.md``): a program past the count costs about 0.3 us of an SM's program slot (one that ran a padding item's tile masked off,
 about 2.6; one that exited on an item of no rows, an L2 read of its own item, 7-9 us more at
 batch 128 with 4096-key tables). Persistent launches (one wave of programs looping over the
 step's items) were up to 12% slower at batch 32-128 (the own tile in a loop), and ones that
@@ -136,10 +136,9 @@ def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[Gra
       ``sum_g chunks_g``, which is at most the chunk sizes times ``level_rows // min_chunk + G``
       (``ceil(len_p / min_chunk)`` summed over prefixes).
     """
-    g = meta.group_size
-    rows = meta.q_lens.astype(np.int64) * g
+    rows = meta.q_lens.astype(np.int64) * meta.group_size
     active = rows > 0
-    tall = np.asarray(single_pass(rows, config), dtype=bool) & active  # single-pass at some step
+    tall = single_pass_at_some_step(meta, config)
     split = active & ~always_single_pass(meta, config)  # split at some step
     launches = []
 
@@ -176,12 +175,18 @@ def graph_launches(meta: BatchMeta, bounds: Bounds, config: Config) -> Tuple[Gra
     return tuple(launches)
 
 
+def single_pass_at_some_step(meta: BatchMeta, config: Config) -> np.ndarray:
+    """bool ``[B]``: the requests of a graph plan that may be single-pass at a step, and have no
+    slots there: those with rows that fill the tallest tiles (``config.single_pass``)."""
+    rows = meta.q_lens.astype(np.int64) * meta.group_size
+    return np.asarray(single_pass(rows, config), dtype=bool) & (rows > 0)
+
+
 def always_single_pass(meta: BatchMeta, config: Config) -> np.ndarray:
     """bool ``[B]``: the requests of a graph plan that are single-pass at every step, which have
     no slots: those whose rows fill the tallest tiles (``config.single_pass``), in a batch of
     at most one prefix level (``graph_launches``)."""
-    rows = meta.q_lens.astype(np.int64) * meta.group_size
-    return np.asarray(single_pass(rows, config), dtype=bool) & (meta.num_levels <= 1)
+    return single_pass_at_some_step(meta, config) & (meta.num_levels <= 1)
 
 
 def slot_capacity(meta: BatchMeta, bounds: Bounds, config: Config) -> int:
@@ -227,9 +232,7 @@ class GraphPlan:
         # tokens with slots and its count (``plan.merge_tokens``, ``plan.merge_count``), with
         # room for these
         self._mergeable = ~always_single_pass(meta, config)[self._queries.token_request]
-        rows = meta.q_lens.astype(np.int64) * meta.group_size
-        tall = np.asarray(single_pass(rows, config), dtype=bool) & (rows > 0)
-        self._listed = bool(tall.any() and self._mergeable.any())
+        self._listed = bool(single_pass_at_some_step(meta, config).any() and self._mergeable.any())
         # one int32 buffer of regions (``list_starts``): slot_offsets, each launch's item count
         # (and the merge launch's last, where it has a list), per launch its items, tokens and
         # slots (regions 2 + 3 i, 3 + 3 i, 4 + 3 i), the merge launch's tokens where it has a
@@ -326,8 +329,9 @@ class GraphPlan:
     def fill(self, work: Work, block_table: np.ndarray | None = None) -> np.ndarray:
         """int32: the contents of the device buffer for ``work``: each launch's item count, and
         its items and lists followed by zeros up to their capacity; the merge launch's tokens
-        with slots and their count, where it has a list; and ``block_table``, int64 ``[B, max_blocks]``, the values of a block table given on the
-        host (``BatchMeta.host_block_table``), where the plan holds its copy.
+        with slots and their count, where it has a list; and ``block_table``, int64 ``[B,
+        max_blocks]``, the values of a block table given on the host
+        (``BatchMeta.host_block_table``), where the plan holds its copy.
 
         Raises:
             ValueError: work past a capacity (a bound of ``graph_launches`` or ``slot_capacity``
@@ -342,8 +346,8 @@ class GraphPlan:
         writes = {0: work.slot_offsets}  # the values of each region written, by region; the rest is zeros
         counts = np.zeros(len(self.launches) + self._listed, dtype=np.int64)  # each launch's item count
         if self._listed:  # within its room: the tokens with slots are mergeable ones (checked above)
-            writes[2 + 3 * len(self.launches)] = np.flatnonzero(np.diff(work.slot_offsets) > 0)
-            counts[-1] = writes[2 + 3 * len(self.launches)].size
+            listed = np.flatnonzero(np.diff(work.slot_offsets) > 0)
+            writes[2 + 3 * len(self.launches)], counts[-1] = listed, listed.size
         for w in work.launches:
             i = self._index.get((w.level, w.block_m, w.single_pass))
             if i is None or w.items.shape[0] > self.launches[i].capacity or (w.reads_prefix and

@@ -122,8 +122,9 @@ class Plan:
         merge_tokens: int32 ``[n]`` on the device: the tokens that can have slots, in order,
             which the merge launch folds (one program per token and head) where the others
             (single-pass requests') would leave most of its programs idle (``merge_tokens``);
-            ``None``: it runs a program per token and head of the batch, or the plan has no
-            merge launch (``fused_merge``).
+            of a ``GraphPlan``, the step's tokens with slots followed by room
+            (``merge_count``); ``None``: it runs a program per token and head of the batch, or
+            the plan has no merge launch (``fused_merge``).
         merge_count: int32 ``[1]`` on the device: how many of ``merge_tokens``' entries hold
             this step's tokens with slots, the rest being room (a ``GraphPlan``'s list, whose
             merge launch has a fixed grid: ``merge_programs``); ``None``: all of them.
