@@ -398,7 +398,11 @@ be slightly negative; there $\eta_a = 0$.
 *Underflow and Lemma 6.* At most one coefficient of a merge holding keys on both sides is below
 $2^{-126}$ (the other is at least $\tfrac12$ up to $u_{exp}$), off by less than $2^{-126}$ from
 its form's value: Lemma 3's case, handled as in Lemma 4. Each merge rounds two products and a
-sum, Lemma 6's count for Lemma 3.
+sum, Lemma 6's count for Lemma 3. Lemma 6's $\eta$s meet the coefficients themselves, which it
+takes at most 1 in Lemma 3: here $\hat c_x \le 1 + u_{exp}$ in (S), and in (L) $\hat c_x =
+\frac{e^{\hat\ell_x - M}}{\hat Z}e^{\theta_x} \le e^{|\eta_L| + |\theta_x|}$, $\eta_L$ this
+merge's. With the product and the sum that is within the $t$-terms' factor per merge above, so
+within the merge's two steps, as Lemma 6 needs.
 
 *Empty states.* With one side of lse $-\infty$ both forms are exact: in (S) $d = -\infty$,
 $\hat\sigma(\mp\infty) \in \{0, 1\}$ and $\widehat{\mathrm{lae}}$ returns the other lse; in (L)
