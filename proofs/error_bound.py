@@ -295,9 +295,10 @@ an empty state is exact ($e^{0} = 1$, $e^{-\infty} = 0$) and costs nothing.
 *Counting steps.* In a part of $N_i$ keys cut in blocks of at least one key, a key is
 rescaled at most $N_i - 1$ times; with $K'$ non-empty parts, $N_i \le N - K' + 1$, so a key
 passes at most $1 + (N - K') + 2(K' - 1) \le 2N - 1$ steps. `default_steps` is $2N$: safe for
-any blocking and any relay split whose merges are this lemma's pairwise ones (in any tree) or
-Lemma 4's all-at-once folds, or one running fold of Lemma 9 ($N_i + K' + 1 \le N + 2 \le 2N$
-with $K' \ge 2$, divisions within 2 ulp included), and for no other merge.
+any blocking and any relay split whose merges are this lemma's pairwise ones or the sigmoid and
+logaddexp forms of the next section (in any tree), or Lemma 4's all-at-once folds, or one
+running fold of Lemma 9 ($N_i + K' + 1 \le N + 2 \le 2N$ with $K' \ge 2$, divisions within 2
+ulp included), and for no other merge.
 
 ## Lemma 3, other pairwise orders: the sigmoid and logaddexp forms
 

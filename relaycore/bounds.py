@@ -299,8 +299,11 @@ def default_steps(num_keys):
     one more with divisions within 2 ulp) stays within it too: ``N_i + K' + 1 <= N + 2 <= 2N``
     for ``K' >= 2``. A tree of running folds (fp32 intermediates included) is not Lemma 9's but
     Lemma 10's: count it with ``relaycore.testing.blocked_steps(merge="running", levels=...)``
-    and pass ``stored`` (the folds a key passes) with ``stored_merge="running"``. A merge in any
-    other order is not covered by the proof, at this count or any other.
+    and pass ``stored`` (the folds a key passes) with ``stored_merge="running"``. Pairwise merges
+    in the sigmoid or logaddexp form cost Lemma 3's two steps too, under an assumption on
+    ``sigmoid`` and ``logaddexp`` and without Lemma 5's no-overflow conditions ("Lemma 3, other
+    pairwise orders"). A merge in any other order is not covered by the proof, at this count or
+    any other.
 
     Raises:
         TypeError, ValueError: ``num_keys`` that is not whole counts of at least 0.
