@@ -415,6 +415,9 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
         _check_same("kv.v", kv.v, v_dtype, "kv.k", kv.k, k_dtype)
         hkv = _check_heads("kv.k", kv.k, hq, d, head_axis=1)
         c.metadata("kv.cu_seqlens", kv.cu_seqlens, rank=1)
+        if tuple(kv.cu_seqlens.shape) != (batch + 1,):
+            raise ValueError(f"kv.cu_seqlens: expected shape ({batch + 1},) (B + 1, B from cu_seqlens_q), got "
+                             f"{tuple(kv.cu_seqlens.shape)}")
         block_size = 0
     elif isinstance(kv, PagedKV):
         k_dtype = c.array("kv.k_cache", kv.k_cache, rank=4, dtypes=FLOAT_DTYPES)
@@ -433,7 +436,7 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
             )
         c.metadata("kv.kv_lens", kv.kv_lens, rank=1)
         if tuple(kv.kv_lens.shape) != (batch,):
-            raise ValueError(f"kv.kv_lens: expected shape ({batch},), got {tuple(kv.kv_lens.shape)}")
+            raise ValueError(f"kv.kv_lens: expected shape ({batch},) (B from cu_seqlens_q), got {tuple(kv.kv_lens.shape)}")
     else:
         raise TypeError(f"kv: expected relaycore.RaggedKV or relaycore.PagedKV, got {type(kv).__name__}")
 
@@ -453,7 +456,8 @@ def validate(q, cu_seqlens_q, kv, prefixes=(), *, causal=True, softmax_scale=Non
             raise ValueError(f"{name}.cu_seqlens: expected shape (P + 1,) with P >= 0, got shape (0,)")
         c.metadata(f"{name}.prefix_ids", level.prefix_ids, rank=1)
         if tuple(level.prefix_ids.shape) != (batch,):
-            raise ValueError(f"{name}.prefix_ids: expected shape ({batch},), got {tuple(level.prefix_ids.shape)}")
+            raise ValueError(f"{name}.prefix_ids: expected shape ({batch},) (B from cu_seqlens_q), got "
+                             f"{tuple(level.prefix_ids.shape)}")
 
     # ---- values (read to the host) ----
     host_block_table = None

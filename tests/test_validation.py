@@ -97,6 +97,22 @@ def test_bad_input_names_argument_expected_and_received(name, paged, mutate, err
         assert_names(info.value, argument, received)
 
 
+@pytest.mark.parametrize("paged, mutate, argument", [
+    (False, lambda c: dict(kv=c["kv"]._replace(cu_seqlens=I32(0, 3, 5, 5))), "kv.cu_seqlens"),
+    (True, lambda c: dict(kv=c["kv"]._replace(kv_lens=I32(3, 2, 1))), "kv.kv_lens"),
+    (False, lambda c: dict(prefixes=level(c, prefix_ids=I32(0, 1, 0))), "prefixes[0].prefix_ids"),
+], ids=["kv.cu_seqlens", "kv.kv_lens", "prefix_ids"])
+def test_a_request_count_unlike_cu_seqlens_q_names_where_b_comes_from(paged, mutate, argument):
+    """An engine that adds a request everywhere but in cu_seqlens_q is told the arrays disagree
+    on B, and which one B was read from, as the block table's rows are."""
+    c = call(paged)
+    c.update(mutate(c))
+    with pytest.raises(ValueError) as info:
+        relaycore.relay_attention(**c)
+    assert_names(info.value, argument, "got (")
+    assert "B from cu_seqlens_q" in str(info.value), str(info.value)
+
+
 @pytest.mark.parametrize("paged", [False, True])
 def test_the_valid_call_is_valid(paged):
     out, lse = relaycore.relay_attention(**call(paged))
