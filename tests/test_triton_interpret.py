@@ -1352,6 +1352,21 @@ def test_a_graph_plan_refuses_a_batch_of_other_shapes_or_query_counts():
     with pytest.raises(ValueError, match=r"cu_seqlens_q: expected the graph plan's query counts, got q_len 2 for "
                                          r"request 1 where the plan has 1"):
         graph.update(q, torch.tensor([0, 1, 3, 5], dtype=torch.int32), kv, prefixes)
+    # another batch: what to do is said, to update and to a call
+    fewer = torch.tensor([0, 1, 2, 4], dtype=torch.int32)  # 4 query tokens
+    with pytest.raises(ValueError, match=r"^q: expected shape \(5, 4, 16\), dtype float16 on cpu \(the graph plan's\), "
+                                         r"got shape \(4, 4, 16\), dtype float16 on cpu: a plan runs the batch it was "
+                                         r"prepared for: prepare one for this batch \(a graph plan, one per batch size"):
+        graph.update(q[:4], fewer, kv, prefixes)
+    with pytest.raises(ValueError, match=r"^q: expected shape \(5, 4, 16\) \(the plan's\), got \(4, 4, 16\): a plan runs"):
+        relaycore.relay_attention(q[:4], fewer, kv, prefixes, plan=graph)
+    with pytest.raises(ValueError, match=r"^q: expected shape \(5, 4, 16\) \(the plan's\), got \(5, 4, 8\)$"):
+        relaycore.relay_attention(q[..., :8], cu, kv, prefixes, plan=graph)  # another model: no advice
+    two = kv._replace(block_table=kv.block_table[:2], kv_lens=torch.tensor([4, 8], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"^cu_seqlens_q: expected shape \(4,\), dtype int32 on cpu \(the graph "
+                                         r"plan's\), got shape \(3,\), dtype int32 on cpu: a plan runs"):
+        graph.update(q, torch.tensor([0, 1, 5], dtype=torch.int32), two,
+                     [prefixes[0]._replace(prefix_ids=prefixes[0].prefix_ids[:2])])
     wider = kv._replace(block_table=torch.zeros(3, 5, dtype=torch.int32))
     with pytest.raises(ValueError, match=r"kv\.block_table: expected shape \(3, 4\), dtype int32 on cpu \(the graph "
                                          r"plan's\), got shape \(3, 5\)"):

@@ -226,7 +226,8 @@ class Plan:
         if not isinstance(q, torch.Tensor):
             raise TypeError(f"q: expected a torch tensor (the plan's), got {type(q).__name__}")
         if tuple(q.shape) != want:
-            raise ValueError(f"q: expected shape {want} (the plan's), got {tuple(q.shape)}")
+            advice = f": {ANOTHER_BATCH}" if tuple(q.shape[1:]) == want[1:] else ""
+            raise ValueError(f"q: expected shape {want} (the plan's), got {tuple(q.shape)}{advice}")
         if str(q.dtype).replace("torch.", "") != self.dtype:
             raise TypeError(f"q: expected dtype {self.dtype} (the plan's), got {str(q.dtype).replace('torch.', '')}")
         if str(q.device) != self.device:
@@ -346,9 +347,15 @@ def _same_values(got: np.ndarray, want: np.ndarray) -> bool:
     return bool(np.array_equal(got, want))
 
 
+#: What a call with a plan for another batch is told to do.
+ANOTHER_BATCH = ("a plan runs the batch it was prepared for: prepare one for this batch (a graph plan, one per batch "
+                 "size, or pad the batch to its size)")
+
+
 def check_signature(planned, tensors: Sequence[Any], whose: str) -> None:
     """Refuse a call whose tensors (``validation.call_arrays``) differ from the ``planned``
-    ``tensor_signature``.
+    ``tensor_signature``, saying what to do (``ANOTHER_BATCH``) where ``q`` or ``cu_seqlens_q``
+    differs in its first axis alone (another batch's query tokens or requests).
 
     Raises:
         TypeError: naming the first tensor whose dtype (or kind: tensor, NumPy array) differs, or
@@ -365,7 +372,16 @@ def check_signature(planned, tensors: Sequence[Any], whose: str) -> None:
         got = _entry(x)
         if entry[1:] != got:
             error = TypeError if got[1] != entry[2] else ValueError  # a dtype or kind, as validation's
-            raise error(f"{entry[0]}: expected {_described(*entry[1:])} ({whose}), got {_described(*got)}")
+            advice = f": {ANOTHER_BATCH}" if _other_batch(entry, got) else ""
+            raise error(f"{entry[0]}: expected {_described(*entry[1:])} ({whose}), got {_described(*got)}{advice}")
+
+
+def _other_batch(entry, got) -> bool:
+    """Whether ``got`` (``_entry``) differs from the signature's ``entry`` as another batch's
+    ``q`` or ``cu_seqlens_q`` does: in the first axis of its shape alone."""
+    shape, want = tuple(got[0]), tuple(entry[1])
+    return (entry[0] in ("q", "cu_seqlens_q") and got[1:] == entry[2:] and len(shape) == len(want) >= 1
+            and shape[1:] == want[1:])
 
 
 def _described(shape, dtype, device) -> str:
