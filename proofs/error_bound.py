@@ -1371,10 +1371,14 @@ $2^{-10}$ from group to group, every exponential and logarithm erring by its lar
 error) errs in its lse by $191.6 \cdot 2^{-24}$, past `lse_bound` at $I = 1$ step
 ($185.4 \cdot 2^{-24}$) and within it at $\nu_{chunk} = 64$ ($1725.2 \cdot 2^{-24}$); the bound's
 $\gamma_N$ hides more than that ($209.9 \cdot 2^{-24}$ at 2 steps already), so the end-to-end run
-shows the count needed, not its size. Hypothesis-drawn chunks from FlashInfer's start with a
-flushing `exp2` compute bit for bit what the walk from $-\infty$ computes, and whole split-KV
-decodes (chunks stored in the input dtype, one fold or a two-level merge from FlashInfer's start)
-stay within `out_bound` at Lemma 10's counts with $\nu_{chunk}$ per chunk, and within `lse_bound`.
+shows the count needed, not its size (and `stored_fold_counts`, the count the drawn decodes
+below are priced at, gives it 64). A key at the condition's edge (natural score $-34570$, base 2
+$-49873.97$) with 63 masked slots after it and a second group of 64 masked slots, and
+Hypothesis-drawn chunks, from FlashInfer's start with a flushing `exp2`, compute bit for bit what
+the walk from $-\infty$ computes (from a phantom at $-49900$ the edge's second group would add
+$65 \cdot 2^{-26}$ to $\Lambda$), and whole split-KV decodes (chunks stored in the input dtype,
+one fold or a two-level merge from FlashInfer's start) stay within `out_bound` at Lemma 10's
+counts with $\nu_{chunk}$ per chunk, and within `lse_bound`.
 
 ## Counting the Triton kernels' steps
 
@@ -1931,6 +1935,9 @@ def simulate_decode_chunk(q, keys, values, scale, block: int, groups: int, exp, 
             seen = [j for j in slots if j < n]
             if start is None and not seen:
                 continue
+            # a masked slot scores -5e4, as in the kernel; -inf would give the same bits wherever Lemma 11's
+            # condition holds and exp2 flushes (its weight is 0 either way, and a keyless group's d, 1 + T
+            # here and 1 then, enters sync_state times a flushed 0), so no check can tell the two apart
             s = [ar.mul(ar.dot(q, keys[j]), c2) if j < n else top for j in slots if start is not None or j < n]
             v = [values[j] if j < n else [mpmath.mpf(0)] * dim for j in slots if start is not None or j < n]
             m_new = max([m] + s)
@@ -3254,9 +3261,11 @@ def check_decode_chunks():
     key, all roundings up, moves by more than a count that does not grow with the groups (the
     walk's ``I`` plus the two steps of an all-at-once merge) allows. (2) ``decode_example`` (64
     groups) run end to end: its lse errs by more than ``lse_bound`` at ``I = 1`` step, within it
-    at Lemma 11's 64. (3) Hypothesis-drawn chunks (1 to 12 keys, blocks of 1 to 4 slots, 1 to 8
-    groups, fp16, bf16 and fp32) from FlashInfer's start, with its ``exp2`` that flushes, compute
-    bit for bit what the walk from ``-inf`` computes, every key within ``decode_chunk_steps``; and
+    at Lemma 11's 64, the count ``stored_fold_counts`` prices the drawn decodes below at. (3) A key
+    at the condition's edge (natural score -34570) with masked slots and a group that holds none,
+    and Hypothesis-drawn chunks (1 to 12 keys, blocks of 1 to 4 slots, 1 to 8 groups, fp16, bf16
+    and fp32), from FlashInfer's start, with its ``exp2`` that flushes, compute bit for bit what
+    the walk from ``-inf`` computes, every drawn key within ``decode_chunk_steps``; and
     the whole split-KV decode (chunks stored in the input dtype, then one fold or FlashInfer's
     two-level merge, from its start) stays within ``out_bound`` at Lemma 10's counts with Lemma
     11's per chunk and within ``lse_bound``."""
@@ -3304,10 +3313,17 @@ def check_decode_chunks():
     (ref_out, ref_lse), value_abs, score_abs = reference(problem)
     out, lse, steps = simulate_decode_chunk(problem["q"], problem["keys"], problem["values"], 1.0, 1, 64, up,
                                             fp.Arithmetic())
-    assert max(steps) == decode_chunk_steps(64, 1, 64) == 64
+    # the count the whole decodes drawn below are priced at is the one this example needs
+    assert max(steps) == decode_chunk_steps(64, 1, 64) == stored_fold_counts(problem, None)[0] == 64
     lse_err = abs(lse * mpmath.log(2) - ref_lse)
     at = {s: float(bounds.lse_bound(float(ref_lse), 64, float(score_abs), 1, prec, s, scale=1.0)) for s in (1, 64)}
     assert at[1] < lse_err <= at[64], (lse_err / u_acc, at[1] / u_acc, at[64] / u_acc)
+    # the condition's edge, which the draws do not reach: a key of natural score -34570 (base 2 -49873.97, above
+    # -5e4 + 126) and 63 masked slots in the first group, 64 masked slots in the second, which holds no key
+    edge = [simulate_decode_chunk([mpmath.mpf(1)], [[mpmath.mpf(-34570)]], [[mpmath.mpf(1)]], 1.0, 64, 2,
+                                  Elementary(_Still(), False, True), fp.Arithmetic(), None, start)
+            for start in (FLASHINFER_START, None)]
+    assert edge[0] == edge[1], edge
 
     @checked(300)
     @given(problems(max_parts=4, forms=("base2",), value_exponents=(0, -24, -128)), st.randoms(use_true_random=False),
@@ -3322,6 +3338,9 @@ def check_decode_chunks():
         for part in range(problem["parts"]):
             idx = [j for j, label in enumerate(problem["labels"]) if label == part]
             k, v = [problem["keys"][j] for j in idx], [problem["values"][j] for j in idx]
+            # FlashInfer's start only with its flushing exp2, the lemma's; one that keeps subnormals gives the same
+            # bits here too (its phantom weights, below 2^-126, join sums of at least 2^-25 and are rounded
+            # away), which the lemma does not claim, so no run of it is asked for
             runs = [simulate_decode_chunk(problem["q"], k, v, problem["scale"], blocks[part], groups, exp, ar, None, x)
                     for x in ((FLASHINFER_START, None) if ftz else (None,))]
             assert runs[0] == runs[-1], (problem["dtype"], groups)
