@@ -41,7 +41,9 @@ Every lemma below also rests on these assumptions about the arithmetic:
   prices divisions within 2 ulp, CUDA's `__fdividef`). FlashInfer's decode folds its groups'
   unnormalised states within a block (`sync_state`) before any division or lse: Lemma 11 shows
   that fold to be a chain of Lemma 2's rescales, so such a chunk is a part with a count of its
-  own, $I + Z' - 1$ (`blocked_steps(groups=...)`). Two more pairwise orders are covered at Lemma
+  own, $I + Z' - 1$ (`blocked_steps(groups=...)`); its split-KV decode cuts a request's whole KV
+  into chunks from its first key, across the prefixes' ends, and Lemma 12 counts those chunks
+  (`blocked_steps(chunk_from="request")`). Two more pairwise orders are covered at Lemma
   3's count, given an assumption on `sigmoid` and `logaddexp` ("Lemma 3, other pairwise
   orders"): the sigmoid form $\sigma(\ell_a - \ell_b)o_a + \sigma(\ell_b - \ell_a)o_b$ with the
   lse from `logaddexp`, and the logaddexp form $e^{\ell_a - L}o_a + e^{\ell_b - L}o_b$,
@@ -1380,6 +1382,70 @@ $65 \cdot 2^{-26}$ to $\Lambda$), and whole split-KV decodes (chunks stored in t
 one fold or a two-level merge from FlashInfer's start) stay within `out_bound` at Lemma 10's
 counts with $\nu_{chunk}$ per chunk, and within `lse_bound`.
 
+## Lemma 12: a request's KV chunked across its segments
+
+FlashInfer's paged decode reads a request's KV through its page list; where a relay batch shares
+its prefixes through the page table, that list holds the pages of each prefix the request reads,
+in level order, then those of its own KV. The split-KV decode (`partition_kv`, Lemma 11) cuts the
+list, read as one sequence of keys, into chunks of $C$ keys from its first key (its planner takes
+$C$ as a number of pages times the page size; nothing below uses that). A chunk may then hold a
+prefix's last keys and the next segment's first ones, where `blocked_steps(chunk=C)` cuts each
+segment from its own first key.
+
+*Claim. Let a query row see, in this order, the $T_1, \dots, T_L$ keys of the prefixes its
+request reads and the first $n$ keys of its own KV (a decode row: all of them), $N = T_1 + \dots
++ T_L + n \ge 1$ keys, and let its request's sequence be cut into chunks of $C$ keys from its
+first key: $K' = \lceil N / C \rceil$ chunks hold keys the row sees, chunk $i$ the row's keys $iC$
+to $\min((i + 1)C, N) - 1$, $n_i$ of them, the first ones of the chunk. Let every chunk be a part
+whose keys pass at most $\nu(n_i)$ steps in it, with $\nu(n) = \lceil n / b \rceil$ for Lemma 2's
+running state in blocks of $b$ keys, or $\nu(n) = \lceil n / (TZ) \rceil + \min(Z, \lceil n / T
+\rceil) - 1$ for Lemma 11's chunk (a decode row, under its condition), and let the chunks' states be
+combined as Lemmas 3, 4, 9 or 10 combine parts. Then each of those lemmas holds for the row with
+its count over these $K'$ parts; through Lemma 10's tree of running folds, $F$ of them on a key's
+way, a key passes at most*
+
+$$
+\nu(\min(C, N)) + \begin{cases} K' - 1 + F & K' \ge 2 \\ 0 & K' = 1 \end{cases}
+$$
+
+*steps, $F$ more with divisions within 2 ulp: the count of the row's $N$ keys read as one segment
+and cut into chunks of $C$, which `blocked_steps(..., chunk=C, chunk_from="request")` returns.
+Where every $T_l$ is a multiple of $C$, these chunks are those of each segment cut from its own
+first key and the counts are equal; otherwise neither count bounds the other.*
+
+*Proof.* No lemma asks which segment a key comes from. Lemma 1's form and the bounds are sums
+over the row's keys, with $N$, $A$ and $V_d$ taken over all of them, and the reference is the
+exact attention over the same keys, scores and values (the relay identity). Lemma 2 takes a part
+as the keys one running state walks from the part's first key in blocks (the last may be short),
+Lemma 11 as a run of slots of the kernel's list, masked past the chunk's end; a chunk that holds a
+prefix's tail and the next segment's head is both, its keys in the list's order. So chunk $i$ is a
+part of $n_i$ keys that pass at most $\nu(n_i)$ steps in it, and Lemmas 3, 4, 9 and 10 take such
+parts whatever keys they hold. $\nu$ does not decrease with $n$ (neither $\lceil n/b \rceil$,
+$\lceil n/(TZ) \rceil$ nor $\min(Z, \lceil n/T \rceil)$ does), and $n_i \le n_0 = \min(C, N)$, so no
+chunk's count is above the first's. Over Lemma 10's tree of $K' \ge 2$ non-empty parts a key adds
+at most $K' - 1 + F$, $F$ more with divisions within 2 ulp; with $K' = 1$, nothing but those
+divisions (Lemma 11: one chunk, $\nu + 1$ with its division within 2 ulp, within $\nu + F$). The
+same keys read as one segment of $N$ keys and cut from its first key give the same chunks, so the
+same count. If every $T_l$ is a multiple of $C$, every segment starts at a multiple of $C$, so
+every chunk lies in one segment and is a chunk of that segment cut from its own first key: the
+same parts. Otherwise a chunk holds keys of two segments: a prefix of 96 keys and 96 own in chunks
+of 128 are cut into 128 and 64 keys where each segment alone gives two chunks of 96, and with
+$T = Z = 4$, $F = 2$ and divisions within 2 ulp the counts are $11 + 3 + 2 = 16$ against
+$9 + 3 + 2 = 14$; a prefix of 10 keys and 10 own give one chunk of 20 against two of 10,
+$5 + 0 + 2 = 7$ against $3 + 3 + 2 = 8$. $\blacksquare$
+
+`check_request_chunks` checks it. `request_example` (fp32, the 96 + 96 keys above, scores that
+make every block and every group of the first chunk raise the maximum, FlashInfer's start and
+flushing `exp2`, its two-level merge over 8 threads): the first key passes 11 exponentials in its
+chunk as the walk counts them, where Lemma 11 allows any chunk of 96 keys 9; the tree's count, 15,
+is above the count per segment (14) and within the lemma's 16, and the run within `out_bound` and
+`lse_bound` at it. Over every row of up to 12 keys in two prefixes and its own, chunks of 1 to 8,
+blocks of 1 to 4 slots and 1 to 4 groups, the two counts are equal where both prefixes are whole
+numbers of chunks, and each is the larger for some rows. Hypothesis-drawn rows (fp16, bf16, fp32,
+one fold or two-level merges, divisions to nearest or within 2 ulp) cut from their first key stay
+within the bounds at the lemma's count, which Lemma 10's count of their tree reaches in some draws
+and never passes, every key within its chunk's $\nu$.
+
 ## Counting the Triton kernels' steps
 
 `relaycore.fast.triton` cuts every KV segment a token reads (the prefix of each level, its own
@@ -1587,7 +1653,8 @@ $e^{\frac52 u_{acc} + 3u_{acc}(K' - 1)}$ up to $K' = 2^{23} - 1$ ($2^{52} - 1$ f
 shows it needs to grow with $K'$ (the standard model's adversarial fold passes $e^{4u_{acc}}$
 from $K' = 6$ on), and checks the recursion over chains and two-level trees against
 $H^{run}_S$ and against what `out_bound` carries.
-`check_decode_chunks` checks Lemma 11, as its last paragraph says.
+`check_decode_chunks` checks Lemma 11, and `check_request_chunks` Lemma 12, as their last
+paragraphs say.
 `check_lse_accounting` checks the lse section's inequality over its grid against the float64
 value `lse_bound` returns, checks that `lse_bound` refuses every point of the grid beyond
 $\rho = 2$, and checks that the inequality fails beyond $\rho = 2$ where the section says so.
@@ -1608,6 +1675,7 @@ table.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 
 import mpmath
@@ -1980,6 +2048,28 @@ def decode_chunk_steps(num_keys: int, block: int, groups: int) -> int:
     iterations and ``Z' = min(groups, ceil(n / block))`` the groups that hold a key.
     ``relaycore.testing.blocked_steps(groups=...)`` counts the same."""
     return -(-num_keys // (block * groups)) + min(groups, -(-num_keys // block)) - 1
+
+
+def request_chunk_steps(num_keys: int, chunk: int, block: int, groups: int, levels: int, fast: bool) -> int:
+    """Lemma 12's count for a key of a row that sees ``num_keys >= 1`` keys of a request whose KV
+    (its prefixes, then its own keys) is cut into chunks of ``chunk`` keys from its first key, each
+    walked as Lemma 11's chunk, the chunks' states folded by a tree of ``levels`` running folds
+    (Lemma 10), divisions within 2 ulp where ``fast``: the first chunk's ``decode_chunk_steps``,
+    ``K' - 1 + levels`` more for ``K' >= 2`` chunks, ``levels`` more where ``fast``.
+    ``relaycore.testing.blocked_steps(chunk_from="request", merge="running", ...)`` counts the same."""
+    parts = -(-num_keys // chunk)
+    return (decode_chunk_steps(min(chunk, num_keys), block, groups) + (parts - 1 + levels if parts >= 2 else 0)
+            + levels * int(fast))
+
+
+def segment_chunk_steps(segments: list, chunk: int, block: int, groups: int, levels: int, fast: bool) -> int:
+    """``request_chunk_steps`` for chunks cut from each segment's first key instead (``segments``:
+    the keys the row sees in each, at least one in all), as ``relaycore.testing.blocked_steps(chunk=...)``
+    counts by default: the largest chunk's ``decode_chunk_steps``, ``K - 1 + levels`` more for
+    ``K >= 2`` chunks, ``levels`` more where ``fast``."""
+    parts = sum(-(-n // chunk) for n in segments)
+    return (max(decode_chunk_steps(min(chunk, n), block, groups) for n in segments if n)
+            + (parts - 1 + levels if parts >= 2 else 0) + levels * int(fast))
 
 
 def part_block(problem: dict, part: int) -> int:
@@ -3351,6 +3441,95 @@ def check_decode_chunks():
         assert lse_err <= lse_b, (problem["dtype"], threads, groups, lse_err, lse_b)
 
     chunks()
+
+
+def request_example() -> dict:
+    """Lemma 12's example: one fp32 row of a request that reads a prefix of 96 keys and has 96 of
+    its own, FlashInfer's chunks of 128 keys from its first key (keys 0-127 and 128-191) walked by
+    4 groups of 4 slots, the scores of the first chunk rising with the group (``2^-4``), the
+    iteration (``2^-10``) and the slot (``2^-14``), so that every block and every group raises the
+    maximum; the own keys' scores 0; values alternating -1, 0, 1; divisions within 2 ulp."""
+    scores = []
+    for j in range(192):
+        t, rest = divmod(j, 16)
+        z, i = divmod(rest, 4)
+        scores.append(mpmath.mpf(z) * 2**-4 + mpmath.mpf(t) * 2**-10 + mpmath.mpf(i) * 2**-14 if j < 128 else 0)
+    return dict(dtype="float32", scale=1.0, q=[mpmath.mpf(1)], keys=[[x] for x in scores],
+                values=[[mpmath.mpf(j % 3 - 1)] for j in range(192)], parts=2, labels=[j // 128 for j in range(192)],
+                block=4, groups=4, form="base2", accumulate="nearest", flush=True, fast_division=True)
+
+
+def check_request_chunks():
+    """Lemma 12 on FlashInfer's chunks of a request's whole KV. (1) ``request_example`` (a prefix
+    of 96 keys and 96 own, chunks of 128 across the prefix's end, ``T = Z = 4``), run from
+    FlashInfer's start with its flushing ``exp2`` erring by its largest positive error, the chunks
+    merged by its two-level kernel over 8 threads: the first key passes 11 exponentials in its
+    chunk, as the walk counts them, more than Lemma 11 allows any chunk of 96 keys (9, each
+    segment's); Lemma 10's count of that tree, 15, is above the count per segment (14) and within
+    ``request_chunk_steps`` (16); the run stays within ``out_bound`` and ``lse_bound`` at it.
+    (2) Over every row of up to 12 keys in two prefixes (an empty one unread) and its own, chunks
+    of 1 to 8 keys, blocks of 1 to 4 slots and 1 to 4 groups, in FlashInfer's tree with 2-ulp
+    divisions: ``request_chunk_steps`` equals ``segment_chunk_steps`` (``blocked_steps``' count per
+    segment) where both prefixes are whole numbers of chunks, and is above it for some rows and
+    below it for others. (3) Hypothesis-drawn rows (1 to 12 keys, fp16, bf16 and fp32, chunks of 1
+    to 8 keys from the first, blocks of 1 to 4 slots, 1 to 4 groups, one fold or 1 to 4 threads,
+    divisions to nearest or within 2 ulp): every key within its chunk's ``decode_chunk_steps`` as
+    the walk counts it; Lemma 10's count of the tree over the chunks within
+    ``request_chunk_steps``, equal to it in some draws; the decode from FlashInfer's start
+    (flushing ``exp2``) or from ``-inf`` within ``out_bound`` and ``lse_bound`` at the tree's
+    count, so at ``request_chunk_steps``."""
+    problem = request_example()
+    up = Elementary(_Up(), True, True)
+    ar = fp.Arithmetic(problem["accumulate"], problem["flush"])
+    walked = simulate_decode_chunk(problem["q"], problem["keys"][:128], problem["values"][:128], 1.0, 4, 4, up, ar,
+                                  None, FLASHINFER_START)[2]
+    assert max(walked) == walked[0] == decode_chunk_steps(128, 4, 4) == 11 > decode_chunk_steps(96, 4, 4) == 9
+    out_err, with_term, _, lse_err, lse_b, steps = stored_fold_errors(problem, up, 8, FLASHINFER_START)
+    assert segment_chunk_steps([96, 96], 128, 4, 4, 2, True) == 14 < steps == 15, steps
+    assert steps <= request_chunk_steps(192, 128, 4, 4, 2, True) == 16
+    assert all(e <= b for e, b in zip(out_err, with_term)) and lse_err <= lse_b, (out_err, with_term, lse_err, lse_b)
+    # (2) the two cuts over every row of up to 12 keys in two prefixes and its own (FlashInfer's tree, 2-ulp
+    # divisions): the same count where every prefix is a whole number of chunks, either one larger elsewhere
+    larger = smaller = 0
+    for n, chunk, block, groups in itertools.product(range(1, 13), range(1, 9), range(1, 5), range(1, 5)):
+        for first, second in ((a, b) for a in range(n) for b in range(n - a)):
+            segments = [first, second, n - first - second]
+            request = request_chunk_steps(n, chunk, block, groups, 2, True)
+            per_segment = segment_chunk_steps(segments, chunk, block, groups, 2, True)
+            if first % chunk == second % chunk == 0:
+                assert request == per_segment, (segments, chunk, block, groups)
+            larger, smaller = larger + (request > per_segment), smaller + (request < per_segment)
+    assert larger and smaller, (larger, smaller)
+    reached = []
+
+    @checked(200)
+    @given(problems(max_parts=1, forms=("base2",), value_exponents=(0, -24, -128)), st.randoms(use_true_random=False),
+           st.booleans(), st.sampled_from([None, 1, 2, 3, 4]), st.integers(1, 8), st.integers(1, 4), st.integers(1, 4),
+           st.booleans(), st.booleans())
+    def run(problem, rnd, extreme, threads, chunk, block, groups, ftz, fast):
+        n = len(problem["keys"])
+        labels = [j // chunk for j in range(n)]
+        problem = dict(problem, parts=labels[-1] + 1, labels=labels, block=block, groups=groups, fast_division=fast)
+        if min(part_lses(problem)) <= (FLASHINFER_START + 127) * mpmath.log(2):  # the condition of Lemmas 9 and 11
+            return
+        exp = Repeatable(rnd.random(), extreme, ftz)
+        ar = fp.Arithmetic(problem["accumulate"], problem["flush"])
+        for part in range(problem["parts"]):
+            idx = [j for j, label in enumerate(labels) if label == part]
+            walked = simulate_decode_chunk(problem["q"], [problem["keys"][j] for j in idx],
+                                           [problem["values"][j] for j in idx], problem["scale"], block, groups, exp,
+                                           ar)[2]
+            assert max(walked) <= decode_chunk_steps(len(idx), block, groups), (len(idx), block, groups)
+        counted = request_chunk_steps(n, chunk, block, groups, 1 if threads is None else 2, fast)
+        # within the bounds at the tree's count, so at the lemma's, which is not smaller
+        out_err, with_term, _, lse_err, lse_b, steps = stored_fold_errors(problem, exp, threads,
+                                                                         FLASHINFER_START if ftz else None)
+        assert all(e <= b for e, b in zip(out_err, with_term)) and lse_err <= lse_b, (n, chunk, steps)
+        assert steps <= counted, (n, chunk, threads, steps, counted)
+        reached.append(steps == counted)
+
+    run()
+    assert any(reached), len(reached)
 
 
 def stored_fold_amplification(k: int, prec: bounds.Precision):

@@ -40,12 +40,12 @@ large and variable-length merge kernels); ``--levels`` also counts the tree's st
 fp32 folds is not Lemma 9's: it is Lemma 10's with fp32 reads). ``--stored``
 with ``--merge fold`` or ``--single-pass`` is refused: no lemma prices it. ``--groups Z`` (with
 ``--block-n``): each part is walked by Z groups of threads whose unnormalised states are folded
-before its division, as FlashInfer's decode kernels (``sync_state``, Lemma 11); its split-KV
-decode (FlashInfer 0.5.0) is ``--block-n T --chunk C --merge running --levels 2 --fast-division
---stored --groups Z`` with ``--space max_levels=0``: FlashInfer chunks a request's whole KV from
-its first key, ``--chunk`` each segment from its own, and a chunk that runs across a prefix's end
-takes more steps than that count. Lemma 11 needs every score above about -34570 (FlashInfer's
-running maxima start at -5e4, base 2).
+before its division, as FlashInfer's decode kernels (``sync_state``, Lemma 11). ``--chunk-from
+request`` cuts a request's segments (its prefixes, then its own KV) as one sequence into chunks
+from its first key, as FlashInfer does (Lemma 12); ``--chunk`` alone cuts each segment from its
+own first key. FlashInfer 0.5.0's split-KV decode is ``--block-n T --chunk C --chunk-from request
+--merge running --levels 2 --fast-division --stored --groups Z``; Lemma 11 needs every score above
+about -34570 (FlashInfer's running maxima start at -5e4, base 2).
 
 Rows without a bound: where ``relaycore.bounds`` gives no bound for a row (scores too large for
 the dtype, or an lse whose ``rho`` passes 2 on long rows), the row is held to none, and the case
@@ -88,8 +88,8 @@ import numpy as np
 
 import relaycore
 from relaycore import dispatch
-from relaycore.testing import (DTYPES, MERGES, Batch, BatchSpace, Report, blocked_steps, compare, fewest_requests,
-                               make_batch, random_batch, stored_merges)
+from relaycore.testing import (CHUNK_FROM, DTYPES, MERGES, Batch, BatchSpace, Report, blocked_steps, compare,
+                               fewest_requests, make_batch, random_batch, stored_merges)
 from relaycore.testing.check import _result_pair
 
 #: Dtypes a case without ``--dtype`` takes, by ``seed % 3``.
@@ -160,7 +160,7 @@ class Outcome(NamedTuple):
 _FLAGS = {"function": "--function", "backend": "--backend", "cases": "--cases", "seed": "--seed", "dtypes": "--dtype",
           "device": "--device", "space": "--space", "block_n": "--block-n", "chunk": "--chunk", "merge": "--merge",
           "single_pass": "--single-pass", "host_metadata": "--host-metadata", "stored": "--stored",
-          "fast_division": "--fast-division", "levels": "--levels", "groups": "--groups"}
+          "fast_division": "--fast-division", "levels": "--levels", "groups": "--groups", "chunk_from": "--chunk-from"}
 
 
 class _Options(NamedTuple):
@@ -185,6 +185,7 @@ class _Options(NamedTuple):
     fast_division: bool
     levels: int
     groups: int
+    chunk_from: str
     command: bool
 
     def name(self, option: str) -> str:
@@ -225,6 +226,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="check with the steps of a kernel that walks N keys a block "
                              "(relaycore.testing.blocked_steps) instead of the default count for any blocking")
     parser.add_argument("--chunk", type=int, metavar="C", help="with --block-n: segments cut into parts of C keys")
+    parser.add_argument("--chunk-from", choices=list(CHUNK_FROM), default="segment",
+                        help="with --chunk: cut each segment from its own first key, or a request's segments (its "
+                             "prefixes, then its own KV) as one sequence from its first key, a chunk then running "
+                             "across a prefix's end, as FlashInfer's split-KV decode cuts a request's page list; "
+                             "as blocked_steps(chunk_from=...), Lemma 12 (default: segment)")
     parser.add_argument("--merge", choices=list(MERGES), default="fold",
                         help="with --block-n: how the parts' states are merged (default: fold, all at once)")
     parser.add_argument("--single-pass", action="store_true",
@@ -245,8 +251,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --block-n: each part walked by Z groups of threads, N keys a block each, their "
                              "unnormalised states folded before the part's division (FlashInfer's decode: N = bdy * "
                              "tile_size_per_bdx, Z = bdz, sync_state), as blocked_steps(groups=Z), Lemma 11, "
-                             "where every score is above about -34570; with --chunk, chunks are cut per segment, "
-                             "as FlashInfer's only where no prefix is read (--space max_levels=0) (default: 1)")
+                             "where every score is above about -34570; FlashInfer's chunks: --chunk-from request "
+                             "(default: 1)")
 
 
 def _attribute(owner: Any, qualname: str) -> Any:
@@ -365,6 +371,11 @@ def _check_setup(options: _Options, device: str) -> None:
             raise UsageError(f"{name(option)}: expected a positive int (a number of keys), got {value!r}")
         if value is not None and value < 1:
             raise UsageError(f"{name(option)}: expected a positive number of keys, got {value}")
+    if not isinstance(options.chunk_from, str) or options.chunk_from not in CHUNK_FROM:
+        raise UsageError(f"{name('chunk_from')}: expected one of {list(CHUNK_FROM)}, got {options.chunk_from!r}")
+    if options.chunk_from != "segment" and options.chunk is None:
+        raise UsageError(f"{name('chunk_from')}: expected with {name('chunk')} (only chunks are cut from a request's "
+                         f"first key), got {setting('chunk_from', options.chunk_from)} without it")
     if options.single_pass and (options.chunk is not None or options.merge != "fold"):
         raise UsageError(f"{name('single_pass')}: expected without {name('chunk')} and {name('merge')} (one running "
                          f"state has no parts to cut or merge), got them together")
@@ -465,8 +476,8 @@ def _steps(options: _Options, batch) -> Optional[np.ndarray]:
     if options.block_n is None:
         return None
     return blocked_steps(batch, options.block_n, split=not options.single_pass, chunk=options.chunk,
-                         merge=options.merge, fast_division=options.fast_division, levels=options.levels,
-                         groups=options.groups)
+                         chunk_from=options.chunk_from, merge=options.merge, fast_division=options.fast_division,
+                         levels=options.levels, groups=options.groups)
 
 
 def _stored(options: _Options, batch) -> dict:
@@ -498,8 +509,8 @@ def _reproduce(options: _Options, seed: int, dtype: str, device: str) -> str:
     (``_importable_name``), the ``run`` call to pass it to, and why."""
     inputs = [("seed", seed), ("cases", 1), ("dtypes", (dtype,))] + ([] if dtype == "float64" else [("device", device)])
     rest = [(option, getattr(options, option)) for option, unset in (
-        ("host_metadata", False), ("block_n", None), ("chunk", None), ("single_pass", False), ("merge", "fold"),
-        ("fast_division", False), ("levels", 1), ("groups", 1), ("stored", False))
+        ("host_metadata", False), ("block_n", None), ("chunk", None), ("chunk_from", "segment"), ("single_pass", False),
+        ("merge", "fold"), ("fast_division", False), ("levels", 1), ("groups", 1), ("stored", False))
         if getattr(options, option) != unset]
     function = options.function
     spec = _importable_name(function) if callable(function) else function
@@ -580,7 +591,9 @@ def _header(options: _Options, space: dict, device: str) -> None:
           f"values offset by {offsets}{_scaled(box)}, {' and '.join(box.layouts)}")
     if options.block_n is not None:
         form = "one pass" if options.single_pass else (
-            f"parts of {options.chunk} keys" if options.chunk else "a part per segment")
+            f"parts of {options.chunk} keys" + (", cut from each request's first key across its segments"
+                                                 if options.chunk_from == "request" else "")
+            if options.chunk else "a part per segment")
         merged = {"fold": "all at once", "pairwise": "pairwise", "running": "one at a time, rescaled as the maximum grows"}
         print(f"  bound: the steps of blocks of {options.block_n} keys, {form}"
               + ("" if options.single_pass else f", merged {merged[options.merge]}")
@@ -755,8 +768,8 @@ def _summary(outcome: Outcome, space: str) -> None:
 def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str = "auto", cases: int = 200,
         seed: int = 0, dtypes: Optional[Sequence[str]] = None, device: Optional[str] = None,
         space: Optional[Dict[str, Any]] = None, block_n: Optional[int] = None, chunk: Optional[int] = None,
-        merge: str = "fold", single_pass: bool = False, host_metadata: bool = False, stored: bool = False,
-        fast_division: bool = False, levels: int = 1, groups: int = 1) -> Outcome:
+        chunk_from: str = "segment", merge: str = "fold", single_pass: bool = False, host_metadata: bool = False,
+        stored: bool = False, fast_division: bool = False, levels: int = 1, groups: int = 1) -> Outcome:
     """``relaycore verify`` from Python: the same cases and checks, the same printed report.
 
     Args:
@@ -771,6 +784,8 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
         block_n, chunk, merge, single_pass, fast_division: the blocking whose steps the bound
             counts, as ``--block-n``, ``--chunk``, ``--merge``, ``--single-pass``,
             ``--fast-division``.
+        chunk_from: where ``chunk``'s chunks start (``relaycore.testing.CHUNK_FROM``), as
+            ``--chunk-from``.
         host_metadata: the torch inputs' metadata as NumPy arrays on the host, as
             ``--host-metadata`` (not with ``dtypes=("float64",)``, NumPy inputs).
         stored: the function merges outputs stored in the input dtype, as ``--stored``.
@@ -812,7 +827,7 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
     space = dict(space or {})
     options = _Options(function, backend, cases, seed, None if dtypes is None else tuple(dtypes), device, space,
                        tuple(f"{k}={v!r}" for k, v in space.items()), block_n, chunk, merge, single_pass, host_metadata,
-                       stored, fast_division, levels, groups, command=False)
+                       stored, fast_division, levels, groups, chunk_from, command=False)
     return _execute(options)
 
 
@@ -823,7 +838,7 @@ def main(args: argparse.Namespace) -> int:
                            None if args.dtype is None else tuple(args.dtype), args.device, _parse_space(args.space),
                            tuple(args.space), args.block_n, args.chunk, args.merge, args.single_pass,
                            args.host_metadata, args.stored, args.fast_division, args.levels, args.groups,
-                           command=True)
+                           args.chunk_from, command=True)
         outcome = _execute(options)
     except UsageError as exc:
         print(f"relaycore verify: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ rescaled as their maximum grows (FlashInfer's order), the output rounded once.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relaycore.bounds import default_steps
+from relaycore.proofs.error_bound import request_chunk_steps, segment_chunk_steps
 from relaycore.reference.problem import load
 from relaycore.testing import MERGES, blocked_steps, check, make_batch
 from relaycore.testing.strategies import batches
@@ -81,21 +83,45 @@ def test_hand_counts_of_parts_walked_in_groups():
 
 
 
-def test_flashinfer_decode_chunks_the_whole_request_which_chunk_counts_only_for_whole_chunk_prefixes():
+def test_chunks_from_the_request_are_those_of_its_keys_read_as_one_segment():
     """FlashInfer's split-KV decode cuts a request's whole KV (prefix pages, then its own) into
-    chunks from its first key; ``chunk=`` cuts each segment from its own first key. Its count is
-    that of the same keys read as one segment (no prefix): per segment, the count agrees where the
-    prefix is a whole number of chunks long and falls short where a chunk runs across its end,
-    which is why the docs recipe (``groups=``, Lemma 11) asks for the former."""
+    chunks from its first key: ``chunk_from="request"`` (Lemma 12), whose count is that of the same
+    keys read as one segment. ``chunk_from="segment"`` cuts each segment from its own first key: the
+    two agree where every prefix is a whole number of chunks long; otherwise either may be larger."""
     kw = dict(chunk=128, merge="running", levels=2, fast_division=True, groups=4)
-    for prefix, own, agrees in ((128, 64, True), (256, 100, True), (96, 96, False)):
+    for prefix, own, per_segment in ((128, 64, 16), (256, 100, 17), (96, 96, 14), (10, 10, 8)):
         relay = make_batch([1], [own], prefix_lens=[[prefix]], prefix_ids=[[0]], causal=False)
-        whole = make_batch([1], [prefix + own], causal=False)  # FlashInfer's chunks of the concatenated KV
-        counted, flashinfer = blocked_steps(relay, 4, **kw)[0, 0], blocked_steps(whole, 4, **kw)[0, 0]
-        if agrees:
-            assert counted == flashinfer, (prefix, own)
-        else:  # 128 and 64 across the prefix's end (11 + 3 + 2) against 96 and 96 (9 + 3 + 2)
-            assert (counted, flashinfer) == (14, 16), (prefix, own)
+        whole = make_batch([1], [prefix + own], causal=False)
+        assert blocked_steps(relay, 4, chunk_from="request", **kw)[0, 0] == blocked_steps(whole, 4, **kw)[0, 0]
+        assert blocked_steps(relay, 4, **kw)[0, 0] == per_segment, (prefix, own)
+    # 96 + 96 in chunks of 128: 128 and 64 across the prefix's end (11 + 3 + 2) against 96 and 96 (9 + 3 + 2)
+    relay = make_batch([1], [96], prefix_lens=[[96]], prefix_ids=[[0]], causal=False)
+    assert blocked_steps(relay, 4, chunk_from="request", **kw)[0, 0] == 16
+    # 10 + 10: one chunk of 20 (3 + 0 + 2, no fold) against two of 10 (2 + 3 + 2)
+    relay = make_batch([1], [10], prefix_lens=[[10]], prefix_ids=[[0]], causal=False)
+    assert blocked_steps(relay, 4, chunk_from="request", **kw)[0, 0] == 7
+    # two levels (30, then 20 keys) and causal rows of 5 and 6 own keys, chunks of 16 walked in blocks of 4:
+    # 55 and 56 keys, chunks 16, 16, 16, 7 or 8 across both prefixes' ends: 4 blocks and four parts
+    two = make_batch([2], [6], prefix_lens=[[30], [20]], prefix_ids=[[0], [0]])
+    assert blocked_steps(two, 4, chunk=16, chunk_from="request")[:, 0].tolist() == [4 + 2] * 2
+    assert blocked_steps(two, 4, chunk=16, chunk_from="request", merge="pairwise")[:, 0].tolist() == [4 + 2 * 3] * 2
+    # per segment: 16 + 14, 16 + 4, 5 or 6: five parts
+    assert blocked_steps(two, 4, chunk=16, merge="pairwise")[:, 0].tolist() == [4 + 2 * 4] * 2
+
+
+def test_the_counts_of_chunks_from_the_request_and_per_segment_are_lemma_12s():
+    """``blocked_steps`` with FlashInfer's decode (groups, running folds) counts what Lemma 12's
+    ``request_chunk_steps`` and ``segment_chunk_steps`` count (``proofs/error_bound.py``)."""
+    for first, second, own in ((96, 0, 96), (30, 20, 6), (0, 0, 40), (128, 64, 1), (7, 9, 3)):
+        batch = make_batch([1], [own], prefix_lens=[[first], [second]], prefix_ids=[[0], [0]], causal=False)
+        shapes = itertools.product((5, 16, 128), (1, 4), (1, 4), (1, 2), (False, True))
+        for chunk, block, groups, levels, fast in shapes:
+            kw = dict(chunk=chunk, merge="running", levels=levels, fast_division=fast, groups=groups)
+            assert blocked_steps(batch, block, chunk_from="request", **kw)[0, 0] == request_chunk_steps(
+                first + second + own, chunk, block, groups, levels, fast)
+            assert blocked_steps(batch, block, **kw)[0, 0] == segment_chunk_steps([first, second, own], chunk, block,
+                                                                                  groups, levels, fast)
+
 
 @pytest.mark.parametrize("bad", [0, -16, 1.5, True, "64"])
 def test_refuses_a_block_that_is_not_a_positive_int(bad):
@@ -128,6 +154,10 @@ def test_refuses_an_unknown_merge_a_non_batch_and_parts_without_a_split():
         blocked_steps(batch, 16, groups=0)
     with pytest.raises(ValueError, match=r"groups: expected 1 with split=False .*, got 2"):
         blocked_steps(batch, 16, split=False, groups=2)
+    with pytest.raises(ValueError, match=r"chunk_from: expected one of \('segment', 'request'\), got 'row'"):
+        blocked_steps(batch, 16, chunk=8, chunk_from="row")
+    with pytest.raises(ValueError, match=r"chunk_from: expected 'segment' without chunk .*, got 'request'"):
+        blocked_steps(batch, 16, chunk_from="request")
 
 
 @settings(max_examples=60, deadline=None)
@@ -241,11 +271,12 @@ def _merge(states, merge):
                   max(x.steps for x in states) + 2)
 
 
-def blocked_kernel(batch, block_n, *, split=True, chunk=None, merge="fold", groups=1, across=False,
-                   drop_last_key=False):
+def blocked_kernel(batch, block_n, *, split=True, chunk=None, chunk_from="segment", merge="fold", groups=1,
+                   across=False, drop_last_key=False):
     """``(out, lse)`` of ``batch`` computed with ``blocked_steps``'s blocking (module doc), and
     int64 ``[total_q]``: the most steps a key of each row passed, as counted while computing.
     ``across``: without ``split``, blocks run across segments instead of restarting at each.
+    ``chunk_from="request"``: chunks cut from the row's first key, across segments.
     ``drop_last_key``: a bug, each row ignores the last key it should see. ``groups``: each part
     walked by that many groups of threads (``_walk_groups``, FlashInfer's decode)."""
     dtype = batch.dtype
@@ -266,7 +297,9 @@ def blocked_kernel(batch, block_n, *, split=True, chunk=None, merge="fold", grou
             n = int(n) - int(drop_last_key)
             # the parts: [start, stop) ranges of the context this row sees
             segments = [(int(s0), min(int(s1), n)) for s0, s1 in zip(ends[:-1], ends[1:]) if s0 < n]
-            if split and chunk:
+            if split and chunk and chunk_from == "request":
+                parts = [(c, min(c + chunk, n)) for c in range(0, n, chunk)]
+            elif split and chunk:
                 parts = [(c, min(c + chunk, s1)) for s0, s1 in segments for c in range(s0, s1, chunk)]
             else:
                 parts = segments
@@ -290,7 +323,9 @@ BLOCKINGS = st.sampled_from([dict(split=True), dict(split=True, merge="pairwise"
                              dict(split=True, chunk=5, merge="pairwise"), dict(split=True, merge="running"),
                              dict(split=True, chunk=5, merge="running"), dict(split=False),
                              dict(split=True, groups=3), dict(split=True, chunk=9, merge="running", groups=2),
-                             dict(split=True, chunk=7, merge="pairwise", groups=4)])
+                             dict(split=True, chunk=7, merge="pairwise", groups=4),
+                             dict(split=True, chunk=5, chunk_from="request"),
+                             dict(split=True, chunk=9, chunk_from="request", merge="running", groups=2)])
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])

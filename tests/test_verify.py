@@ -152,6 +152,8 @@ def test_space_narrows_the_batches_to_what_a_kernel_takes(capsys):
     (["--merge", "pairwise"], "merged pairwise"),
     (["--merge", "running", "--fast-division"], "merged one at a time, rescaled as the maximum grows, divisions within "
                                                 "2 ulp"),
+    (["--chunk-from", "request", "--merge", "pairwise"], "cut from each request's first key across its segments, "
+                                                         "merged pairwise"),
 ])
 def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys, blocking, said):
     status, out = verify(capsys, "--function", "wrong_attention:ignore_prefix", "--cases", "12", "--seed", "7",
@@ -206,6 +208,9 @@ def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys, blocking,
      "without --block-n"),
     (["--groups", "4", "--block-n", "16", "--single-pass", "--function", "wrong_attention:crash"],
      "got --groups 4 with --single-pass"),
+    (["--chunk-from", "request", "--block-n", "16", "--function", "wrong_attention:crash"],
+     "--chunk-from: expected with --chunk (only chunks are cut from a request's first key), got --chunk-from request "
+     "without it"),
 ])
 def test_narrowing_and_blocking_options_that_cannot_run_exit_with_status_two(capsys, args, message):
     status = cli.main(["verify", "--cases", "1", *args])
@@ -522,6 +527,11 @@ def test_host_metadata_hands_a_kernel_its_metadata_as_numpy_arrays(capsys):
     (dict(block_n=8, single_pass=True, merge="pairwise", function="wrong_attention:crash"),
      "single_pass: expected without chunk and merge"),
     (dict(merge="tree"), "merge: expected one of ['fold', 'pairwise', 'running'], got 'tree'"),
+    (dict(block_n=16, chunk=8, chunk_from="row", function="wrong_attention:crash"),
+     "chunk_from: expected one of ['segment', 'request'], got 'row'"),
+    (dict(block_n=16, chunk_from="request", function="wrong_attention:crash"),
+     "chunk_from: expected with chunk (only chunks are cut from a request's first key), got chunk_from='request' "
+     "without it"),
     # arguments of the wrong kind: each named, none a KeyError or a bare TypeError from inside
     (dict(device="gpu"), "device: expected one of ['cpu', 'cuda'], got 'gpu'"),
     (dict(device="cuda:0"), "device: expected one of ['cpu', 'cuda'], got 'cuda:0'"),
@@ -655,9 +665,10 @@ def test_levels_above_one_price_the_tree_through_lemma_10_with_or_without_stored
     assert verify_module._stored(SimpleNamespace(stored=False, block_n=16, merge="running", levels=1), batch) == {}
 
 
-def test_groups_count_flashinfer_decode_chunks_as_blocked_steps_does():
-    """``--groups Z`` (Lemma 11): the steps ``blocked_steps(..., groups=Z)`` counts, FlashInfer's
-    split-KV decode with its chunks stored and merged by the two-level kernel priced with them."""
+def test_groups_and_chunk_from_count_flashinfer_decode_chunks_as_blocked_steps_does():
+    """``--groups Z`` (Lemma 11) and ``--chunk-from request`` (Lemma 12): the steps
+    ``blocked_steps(..., chunk_from=..., groups=Z)`` counts, FlashInfer's split-KV decode with its
+    chunks stored and merged by the two-level kernel priced with them."""
     from types import SimpleNamespace
 
     from relaycore import verify as verify_module
@@ -666,9 +677,12 @@ def test_groups_count_flashinfer_decode_chunks_as_blocked_steps_does():
     # chunks of 64: the prefix's 64, 64, 64, 8 and the own 40; a chunk of 64 in 4 groups of 4-slot blocks takes
     # 4 iterations and 4 groups; 5 parts folded twice; a 2-ulp division per fold
     batch = make_batch([1], [40], prefix_lens=[[200]], prefix_ids=[[0]], head_dim=16, dtype="float16", seed=2)
-    options = SimpleNamespace(block_n=4, single_pass=False, chunk=64, merge="running", fast_division=True, levels=2,
-                              groups=4, stored=True)
+    options = SimpleNamespace(block_n=4, single_pass=False, chunk=64, chunk_from="segment", merge="running",
+                              fast_division=True, levels=2, groups=4, stored=True)
     steps = verify_module._steps(options, batch)
     assert steps[:, 0].tolist() == blocked_steps(batch, 4, chunk=64, merge="running", levels=2, fast_division=True,
                                                  groups=4)[:, 0].tolist() == [(4 + 4 - 1) + (5 - 1 + 2) + 2]
     assert verify_module._stored(options, batch)["stored"][:, 0].tolist() == [2]
+    # --chunk-from request (Lemma 12), FlashInfer's chunks of the 240 keys: 64, 64, 64, 48, four parts
+    steps = verify_module._steps(SimpleNamespace(**{**vars(options), "chunk_from": "request"}), batch)
+    assert steps[:, 0].tolist() == [(4 + 4 - 1) + (4 - 1 + 2) + 2]

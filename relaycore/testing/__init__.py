@@ -35,13 +35,14 @@ from relaycore.testing.check import Location, Report, Tolerance, assert_close, b
 from relaycore.testing.rounding import DTYPES, round_to, round_to_bfloat16
 from relaycore.testing.shrink import fewest_requests
 from relaycore.testing.space import BLOCK_SIZES, BatchSpace, random_batch
-from relaycore.testing.steps import MERGES, blocked_steps, stored_merges
+from relaycore.testing.steps import CHUNK_FROM, MERGES, blocked_steps, stored_merges
 
 __all__ = [
     "BLOCK_SIZES",
     "Batch",
     "BatchSpace",
     "CARRIERS",
+    "CHUNK_FROM",
     "DTYPES",
     "Location",
     "MERGES",

@@ -32,6 +32,12 @@ from relaycore.testing.batch import Batch
 #: division (``blocked_steps``' ``groups``, FlashInfer's decode, Lemma 11).
 MERGES = ("fold", "pairwise", "running")
 
+#: Where ``blocked_steps``' chunks start: ``"segment"``, each segment a request reads (each prefix,
+#: then its own KV) cut from its own first key; ``"request"``, the request's segments read as one
+#: sequence and cut from its first key, as FlashInfer's split-KV decode cuts a request's page list
+#: (Lemma 12).
+CHUNK_FROM = ("segment", "request")
+
 
 def _cdiv(a, b):
     return -(-a // b)
@@ -52,7 +58,8 @@ def _segments(batch: Batch) -> list:
 
 
 def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Optional[int] = None,
-                  merge: str = "fold", fast_division: bool = False, levels: int = 1, groups: int = 1) -> np.ndarray:
+                  chunk_from: str = "segment", merge: str = "fold", fast_division: bool = False, levels: int = 1,
+                  groups: int = 1) -> np.ndarray:
     """The most steps any key passes, per query row, in a kernel of the given blocking: the
     ``steps`` argument of ``check``, ``assert_close``, ``compare`` and ``bounds_for``.
 
@@ -69,9 +76,16 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             single-pass kernel; its blocks may restart at each segment or run across them:
             the count covers both).
         chunk: with ``split``, cut every segment into chunks of this many keys from its first
-            key (split-KV), each chunk a part of its own; ``None``: one part per segment. Chunks
-            that run across segments (a split-KV over the concatenated context) are another
-            blocking, which this count does not describe.
+            key (split-KV), each chunk a part of its own (``chunk_from`` for chunks that run
+            across segments); ``None``: one part per segment.
+        chunk_from: with ``chunk``, one of ``CHUNK_FROM``. ``"segment"``: every segment from its
+            own first key. ``"request"``: the segments a request reads (the prefixes in level
+            order, then its own KV) as one sequence, cut from its first key, so that a chunk may
+            hold a prefix's last keys and the next segment's first ones, as FlashInfer's split-KV
+            decode cuts a request's page list (prefix pages, then its own; Lemma 12). The two cut
+            alike where every prefix a request reads is a whole number of chunks long; otherwise
+            either count may be the larger (a prefix of 96 keys and 96 own in chunks of 128,
+            ``block_n = groups = 4``: 16 from the request, 14 per segment).
         merge: with ``split``, one of ``MERGES``. A ``"running"`` fold from ``M = -inf`` must
             start from a part that holds a key of the row (``exp2(-inf - (-inf))`` is NaN;
             FlashInfer's starts from ``M = -5e4``, Lemma 9).
@@ -95,13 +109,11 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             block_n)) - 1`` instead of ``ceil(n / block_n)`` (never more). Lemma 11 proves it where
             every score is above about -34570 (FlashInfer's ``-5e4`` start, base 2), its weights'
             ``exp2`` flushing below ``2^-126`` as FlashInfer's ``ex2.approx.ftz`` does. FlashInfer
-            0.5.0's split-KV decode: ``chunk=`` its chunk, ``merge="running", levels=2,
+            0.5.0's split-KV decode: ``chunk=`` its chunk, ``chunk_from="request"`` (it chunks a
+            request's whole KV from its first key), ``merge="running", levels=2,
             fast_division=True`` and ``stored_merges(batch, merge="running", levels=2)`` (its
-            chunks are stored in the output dtype, then merged by its two-level kernel), where
-            every prefix a request reads is a whole number of chunks long or it reads none:
-            FlashInfer chunks a request's whole KV (prefix pages, then its own) from its first
-            key, and a chunk that runs across a prefix's end takes more steps than this count
-            (see ``chunk``). 1: one running state per part.
+            chunks are stored in the output dtype, then merged by its two-level kernel; Lemma 12).
+            1: one running state per part.
 
     A kernel whose parts walk blocks of different sizes is described by its smallest block
     (more blocks, so more steps: the count stays an upper bound).
@@ -118,7 +130,8 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
 
     Raises:
         ValueError: ``block_n`` or ``chunk`` not a positive int; ``merge`` not in ``MERGES``;
-            ``chunk`` or a ``merge`` other than ``"fold"`` without ``split``;
+            ``chunk`` or a ``merge`` other than ``"fold"`` without ``split``; ``chunk_from`` not
+            in ``CHUNK_FROM``, or other than ``"segment"`` without ``chunk``;
             ``fast_division`` not a bool, or with ``"pairwise"``; ``levels`` not a positive int,
             or other than 1 without ``"running"``; ``groups`` not a positive int, or other than
             1 without ``split``.
@@ -135,6 +148,10 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         [9, 9]
         >>> blocked_steps(batch, 4, chunk=32, merge="running", levels=2, fast_division=True, groups=4)[:, 0].tolist()
         [14, 14]
+        >>> # FlashInfer's chunks of the whole request: 32, 32, 32, 32, then 11 or 12 keys
+        >>> blocked_steps(batch, 4, chunk=32, chunk_from="request", merge="running", levels=2, fast_division=True,
+        ...               groups=4)[:, 0].tolist()
+        [13, 13]
     """
     if not isinstance(batch, Batch):
         raise TypeError(f"batch: expected a relaycore.testing.Batch, got {type(batch).__name__}")
@@ -143,6 +160,11 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         _check_positive("chunk", chunk)
     if merge not in MERGES:
         raise ValueError(f"merge: expected one of {MERGES}, got {merge!r}")
+    if not isinstance(chunk_from, str) or chunk_from not in CHUNK_FROM:
+        raise ValueError(f"chunk_from: expected one of {CHUNK_FROM}, got {chunk_from!r}")
+    if chunk_from != "segment" and chunk is None:
+        raise ValueError(f"chunk_from: expected 'segment' without chunk (only chunks are cut from a request's first "
+                         f"key), got {chunk_from!r}")
     if not split and (chunk is not None or merge != "fold"):
         raise ValueError(f"chunk, merge: expected None and 'fold' with split=False (one running state has no parts), "
                          f"got {chunk!r} and {merge!r}")
@@ -169,6 +191,8 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         # the keys each part holds for each row: [rows, parts]
         parts = [np.full(q_len, n, dtype=np.int64) for n in prefix] + [own]
         if split and chunk is not None:
+            if chunk_from == "request":  # one sequence: the prefixes in level order, then the own KV
+                parts = [sum(parts)]
             parts = [np.clip(seen - start, 0, chunk) for seen in parts for start in range(0, int(seen.max()), chunk)]
         held = np.stack(parts, axis=1)
         blocks = _cdiv(held, block_n)
