@@ -1313,3 +1313,40 @@ def test_fewest_requests_keeps_a_failure_and_no_request_it_does_not_need():
     with pytest.raises(ValueError, match=r"^fails: expected True for the batch given \(the failure to keep\), got "
                                          r"False$"):
         fewest_requests(batch, lambda b: False)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("host_metadata", [False, True])
+def test_a_batch_from_a_calls_own_tensors_has_the_oracle_of_the_batch_they_came_from(dtype, host_metadata):
+    """``batch_from`` of an engine's tensors (here ``to_torch``'s: paged, two levels) is the same
+    problem: the same oracle, bit for bit, and the same verdicts on a right and a wrong result."""
+    from relaycore.testing import batch_from
+
+    batch = make_batch([2, 1, 3], [5, 1, 7], prefix_lens=[[3, 4], [6]], prefix_ids=[[0, 1, -1], [0, 0, -1]],
+                       num_q_heads=4, num_kv_heads=2, head_dim=16, dtype=dtype, block_size=4, seed=3)
+    args, kwargs = batch.to_torch("cpu", host_metadata=host_metadata)
+    ours = batch_from(*args, **kwargs)
+    assert ours.dtype == dtype and ours.paged
+    for got, want in zip(ours.oracle().state, batch.oracle().state):
+        assert np.array_equal(got, want)
+    result = relaycore.relay_attention(*args, **kwargs, backend="torch")
+    assert check(result, ours).passed
+    wrong = AttentionState(result.out.clone(), result.lse)
+    wrong.out[4, 1, 2] += 0.5
+    report = check(wrong, ours)
+    assert not report.passed and "request 2, token 1 (row 4), head 1, dim 2" in str(report)
+
+
+def test_a_batch_from_a_call_refuses_what_the_call_refuses_and_values_its_dtype_rounds():
+    from relaycore.testing import batch_from
+
+    args, kwargs = make_batch([1], [3], dtype="float32", seed=1).to_torch("cpu")
+    with pytest.raises(ValueError, match=r"^q: expected values exact in float16 \(the format that selects the bound\)"):
+        batch_from(*args, **kwargs, dtype="float16")
+    assert batch_from(*args, **kwargs).dtype == "float32"
+    with pytest.raises(ValueError, match=r"^dtype: expected one of \['float16', 'bfloat16', 'float32', 'float64'\], "
+                                         r"got 'half'"):
+        batch_from(*args, **kwargs, dtype="half")
+    q, cu, kv, prefixes = args
+    with pytest.raises(TypeError, match=r"^cu_seqlens_q"):
+        batch_from(q, cu.float(), kv, prefixes, **kwargs)

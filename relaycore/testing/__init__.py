@@ -1,7 +1,8 @@
 """``relaycore.testing``: what another project's CI needs to use relaycore as its oracle.
 
 * ``Batch`` — a problem whose values are exact in the dtype under test; ``make_batch`` builds one
-  from explicit lengths, ``random_batch`` draws one from a seeded generator, and
+  from explicit lengths, ``random_batch`` draws one from a seeded generator, ``batch_from``
+  takes a call's own arguments (your engine's tensors), and
   ``relaycore.testing.strategies.batches`` is the Hypothesis strategy (the only part that needs
   Hypothesis).
 * ``check`` / ``assert_close`` / ``compare`` — compare any implementation's ``(out, lse)`` with
@@ -30,7 +31,7 @@ Example:
     >>> report = assert_close(relaycore.relay_attention(*args, **kwargs), batch)
 """
 
-from relaycore.testing.batch import CARRIERS, Batch, Oracle, make_batch
+from relaycore.testing.batch import CARRIERS, Batch, Oracle, batch_from, make_batch
 from relaycore.testing.check import Location, Report, Tolerance, assert_close, bounds_for, check, compare
 from relaycore.testing.rounding import DTYPES, round_to, round_to_bfloat16
 from relaycore.testing.shrink import fewest_requests
@@ -50,6 +51,7 @@ __all__ = [
     "Report",
     "Tolerance",
     "assert_close",
+    "batch_from",
     "blocked_steps",
     "bounds_for",
     "check",

@@ -20,7 +20,7 @@ from relaycore.reference.relay import relay_from_problem
 from relaycore.reference.statistics import ContextStatistics, statistics_from_problem
 from relaycore.testing.rounding import DTYPES, round_to
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
-from relaycore.validation import resolve_scale
+from relaycore.validation import resolve_scale, validate
 
 Arguments = Tuple[Tuple[Any, ...], Dict[str, Any]]
 
@@ -348,6 +348,60 @@ def _as_list(name: str, values: Sequence[int], length: Optional[int] = None, min
     if length is not None and len(values) != length:
         raise ValueError(f"{name}: expected {length} entries, got {len(values)}")
     return [int(v) for v in values]
+
+
+def batch_from(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax_scale: Optional[float] = None,
+               dtype: Optional[str] = None) -> Batch:
+    """The ``Batch`` of a call's own arguments: to check what your kernel computed from your
+    engine's tensors (``check(result, batch_from(q, ...))``) against the oracle.
+
+    Every array is copied to the host, the floating ones in float64 (exactly: every format a
+    call takes fits float64), so a serving-size KV cache costs its size times 64 over its
+    bits in host memory: give the tensors of a test batch.
+
+    Args:
+        q, cu_seqlens_q, kv, prefixes, causal, softmax_scale: as
+            ``relaycore.relay_attention``'s (torch tensors on any device, or NumPy arrays).
+        dtype: the format your kernel computed in, which selects the error bound; default
+            q's. Every floating value must be exact in it.
+
+    Raises:
+        TypeError, ValueError: what ``relay_attention`` refuses (``relaycore.validation``), a
+            ``dtype`` not in ``DTYPES``, or a value that ``dtype`` does not hold, naming the
+            argument.
+    """
+    meta = validate(q, cu_seqlens_q, kv, prefixes, causal=causal, softmax_scale=softmax_scale)
+    name = meta.dtype if dtype is None else dtype
+    if name not in DTYPES:
+        raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {name!r}")
+
+    def floats(argument: str, x) -> np.ndarray:
+        values = _host(x).astype(np.float64)
+        if not np.array_equal(round_to(values, name), values, equal_nan=True):
+            raise ValueError(f"{argument}: expected values exact in {name} (the format that selects the bound), got "
+                             f"values it rounds")
+        return values
+
+    values = floats("q", q)
+    if isinstance(kv, PagedKV):
+        own = PagedKV(floats("kv.k_cache", kv.k_cache), floats("kv.v_cache", kv.v_cache), _host(kv.block_table),
+                      _host(kv.kv_lens))
+    else:
+        own = RaggedKV(floats("kv.k", kv.k), floats("kv.v", kv.v), _host(kv.cu_seqlens))
+    levels = tuple(PrefixLevel(floats(f"prefixes[{i}].k", p.k), floats(f"prefixes[{i}].v", p.v), _host(p.cu_seqlens),
+                               _host(p.prefix_ids)) for i, p in enumerate(prefixes))
+    return Batch(values, _host(cu_seqlens_q), own, levels, bool(causal), softmax_scale, name)
+
+
+def _host(x) -> np.ndarray:
+    """A NumPy copy of an array or a torch tensor (on any device), in its own dtype but for
+    bfloat16, which NumPy lacks (float32 holds its values)."""
+    if isinstance(x, np.ndarray):
+        return np.array(x)
+    import torch
+
+    x = x.detach().to("cpu")
+    return (x.float() if x.dtype == torch.bfloat16 else x).numpy().copy()
 
 
 def make_batch(
