@@ -159,8 +159,9 @@ def _merge_numpy(a: AttentionState, b: AttentionState) -> AttentionState:
     lb = np.asarray(b.lse)
     m = np.maximum(la, lb)
     m_safe = np.where(np.isfinite(m), m, 0.0)
-    wa = np.exp(la - m_safe)  # exp(-inf) = 0 exactly; the larger side is exp(0) = 1 exactly
-    wb = np.exp(lb - m_safe)
+    with np.errstate(over="ignore"):  # a difference past float's range (lse near -1e308 and 1e308) is -inf:
+        wa = np.exp(la - m_safe)  # exp(-inf) = 0 exactly, the weight it stands for rounds to; the larger
+        wb = np.exp(lb - m_safe)  # side is exp(0) = 1 exactly
     total = wa + wb  # in [1, 2] unless both sides are empty (then 0)
     seen = total > 0
     total_safe = np.where(seen, total, 1.0)

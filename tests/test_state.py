@@ -7,6 +7,8 @@ holds to rounding, within ``tolerances.merge_tolerance``.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -112,6 +114,17 @@ def test_two_empty_states_merge_to_empty_without_nan(kind):
     merged = state.merge(empty, empty)
     out, lse = (merged.out, merged.lse) if kind == "numpy" else as_numpy(merged)
     assert np.array_equal(out, np.zeros(SHAPE + (D,))) and np.all(lse == -np.inf)
+
+
+def test_lse_at_the_ends_of_the_range_merge_without_a_warning():
+    """lse near -1e308 beside 1e308: their difference is past float64's range, -inf, whose weight
+    0 is exact (the true one rounds to 0): no overflow warning, the larger side's state."""
+    a = AttentionState(np.ones((1, 1, 2)), np.array([[-1e308]]))
+    b = AttentionState(np.full((1, 1, 2), 2.0), np.array([[1e308]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        merged = state.merge(a, b)
+    assert np.array_equal(merged.out, b.out) and np.array_equal(merged.lse, b.lse)
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
