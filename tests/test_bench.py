@@ -407,3 +407,16 @@ def test_the_serving_guide_shows_the_committed_planning_times():
         measured = {r["gpu"]: r for r in doc["rows"] if r["batch"] == int(cells[0]) and r["metadata"] == where[cells[1]]}
         for cell, (key, _, _) in zip(cells[2:], host.PLANNING_CALLS):
             assert cell == f"{measured['idle'][key]:.2f} / {measured['busy'][key]:.2f}", (cells[:2], key)
+
+
+def test_the_committed_page_is_the_report_of_the_committed_results():
+    """``docs/benchmarks/index.md`` is what ``report.markdown`` writes from ``bench.json``, so a
+    change to the report's text (such as how it says FlashInfer's split-KV decode is priced: its
+    chunks cut from each request's first key, Lemma 12) reaches the committed page too."""
+    from relaycore.bench import report
+
+    doc = json.loads(open(os.path.join(BENCHMARKS, "bench.json")).read())
+    figures = [name for name in os.listdir(BENCHMARKS) if name.endswith(".png")]
+    page = report.markdown(doc, figures)
+    assert page == open(os.path.join(BENCHMARKS, "index.md")).read()
+    assert 'blocked_steps(chunk=C, chunk_from="request", groups=...)' in page

@@ -374,11 +374,11 @@ def markdown(doc: dict, figures: List[str]) -> str:
         "not a proof, where the peer rounds otherwise: FlashInfer's cascade wrapper stores each level's output in "
         "fp16 before merging, which the bound prices with `stored` = 1 (Lemma 8 of the error analysis), and is "
         "held to the bound without that term, a stricter one; FlashInfer's split-KV decode folds its states "
-        "with a running maximum and fast divisions; Lemmas 10 and 11 price it (its groups' unnormalised states "
-        "folded within a block, its chunks stored in fp16 and merged by a two-level fold: `stored` = 2, "
-        "`stored_merge=\"running\"`, the steps of `blocked_steps(groups=...)` where every prefix is a whole number "
-        "of its chunks), and it is held here to the bound at the default count without that term: a gate, not "
-        "the proved bound.",
+        "with a running maximum and fast divisions; Lemmas 10 to 12 price it (its groups' unnormalised states "
+        "folded within a block, its chunks, cut from each request's first key across the prefixes' ends, stored "
+        "in fp16 and merged by a two-level fold: `stored` = 2, `stored_merge=\"running\"`, the steps of "
+        "`blocked_steps(chunk=C, chunk_from=\"request\", groups=...)`), and it is held here to the bound at the "
+        "default count without that term: a gate, not the proved bound.",
         "- Timing: warm-up, then CUDA-event timing of each replay of a CUDA graph (eager where the provider "
         f"cannot be captured), a buffer of at least four times the L2 size{_flush_size(doc)} overwritten before "
         "each replay; median with the 10th/90th percentiles in the JSON.",
