@@ -1384,13 +1384,19 @@ counts with $\nu_{chunk}$ per chunk, and within `lse_bound`.
 
 ## Lemma 12: a request's KV chunked across its segments
 
-FlashInfer's paged decode reads a request's KV through its page list; where a relay batch shares
-its prefixes through the page table, that list holds the pages of each prefix the request reads,
-in level order, then those of its own KV. The split-KV decode (`partition_kv`, Lemma 11) cuts the
-list, read as one sequence of keys, into chunks of $C$ keys from its first key (its planner takes
-$C$ as a number of pages times the page size; nothing below uses that). A chunk may then hold a
-prefix's last keys and the next segment's first ones, where `blocked_steps(chunk=C)` cuts each
-segment from its own first key.
+FlashInfer's paged decode reads a request's KV through its page list; where a relay batch shares its
+prefixes through the page table, that list holds the pages of each prefix the request reads, in
+level order, then those of its own KV. FlashInfer reads every page of a list but the last as full (a
+request's length is $(p - 1)P$ plus its last page's keys, for $p$ pages of $P$ slots), so a prefix
+shared through its own pages is a whole number of pages long, or its last keys are held in the
+request's own pages (as a cache that shares only whole pages keeps them), read in the same order. A
+list whose prefix page has empty slots, which FlashInfer would read as keys, is not a relay layout
+and is not modelled. The split-KV decode (`partition_kv`, Lemma 11) cuts the list, read as one
+sequence of keys, into chunks of $C$ keys from its first key (its planner takes $C$ as $c$ pages,
+$C = cP$, and gives a request $\lceil p / c \rceil$ chunks, which is $\lceil N / C \rceil$ for its
+$N$ keys, since $(p - 1)P < N \le pP$; nothing below uses more). A chunk may then hold a prefix's
+last keys and the next segment's first ones, where `blocked_steps(chunk=C)` cuts each segment from
+its own first key.
 
 *Claim. Let a query row see, in this order, the $T_1, \dots, T_L$ keys of the prefixes its
 request reads and the first $n$ keys of its own KV (a decode row: all of them), $N = T_1 + \dots
@@ -1434,17 +1440,19 @@ $T = Z = 4$, $F = 2$ and divisions within 2 ulp the counts are $11 + 3 + 2 = 16$
 $9 + 3 + 2 = 14$; a prefix of 10 keys and 10 own give one chunk of 20 against two of 10,
 $5 + 0 + 2 = 7$ against $3 + 3 + 2 = 8$. $\blacksquare$
 
-`check_request_chunks` checks it. `request_example` (fp32, the 96 + 96 keys above, scores that
-make every block and every group of the first chunk raise the maximum, FlashInfer's start and
-flushing `exp2`, its two-level merge over 8 threads): the first key passes 11 exponentials in its
-chunk as the walk counts them, where Lemma 11 allows any chunk of 96 keys 9; the tree's count, 15,
-is above the count per segment (14) and within the lemma's 16, and the run within `out_bound` and
-`lse_bound` at it. Over every row of up to 12 keys in two prefixes and its own, chunks of 1 to 8,
-blocks of 1 to 4 slots and 1 to 4 groups, the two counts are equal where both prefixes are whole
-numbers of chunks, and each is the larger for some rows. Hypothesis-drawn rows (fp16, bf16, fp32,
-one fold or two-level merges, divisions to nearest or within 2 ulp) cut from their first key stay
-within the bounds at the lemma's count, which Lemma 10's count of their tree reaches in some draws
-and never passes, every key within its chunk's $\nu$.
+`check_request_chunks` checks it. `request_example` (fp32, the 96 + 96 keys above, scores that make
+every block and every group of the first chunk raise the maximum, FlashInfer's start and flushing
+`exp2`, its two-level merge over 8 threads): the first key passes 11 exponentials in its chunk as
+the walk counts them, where Lemma 11 allows any chunk of 96 keys 9; the tree's count, 15, is above
+the count per segment (14) and within the lemma's 16, and the run within `out_bound` and `lse_bound`
+at it. Over every row of up to 12 keys in two prefixes and its own, chunks of 1 to 8, blocks of 1 to
+4 slots and 1 to 4 groups, the two counts are equal where both prefixes are whole numbers of chunks,
+and each is the larger for some rows. FlashInfer's count of a request's chunks in pages,
+$\lceil p / c \rceil$, is $\lceil N / (cP) \rceil$ for pages of 1 to 8 slots, chunks of 1 to 4 pages
+and lists of 1 to 12 pages, every last page's length. Hypothesis-drawn rows (fp16, bf16, fp32, one
+fold or two-level merges, divisions to nearest or within 2 ulp) cut from their first key stay within
+the bounds at the lemma's count, which Lemma 10's count of their tree reaches in some draws and
+never passes, every key within its chunk's $\nu$.
 
 ## Counting the Triton kernels' steps
 
@@ -3471,9 +3479,10 @@ def check_request_chunks():
     of 1 to 8 keys, blocks of 1 to 4 slots and 1 to 4 groups, in FlashInfer's tree with 2-ulp
     divisions: ``request_chunk_steps`` equals ``segment_chunk_steps`` (``blocked_steps``' count per
     segment) where both prefixes are whole numbers of chunks, and is above it for some rows and
-    below it for others. (3) Hypothesis-drawn rows (1 to 12 keys, fp16, bf16 and fp32, chunks of 1
-    to 8 keys from the first, blocks of 1 to 4 slots, 1 to 4 groups, one fold or 1 to 4 threads,
-    divisions to nearest or within 2 ulp): every key within its chunk's ``decode_chunk_steps`` as
+    below it for others; FlashInfer's planner's count of chunks in pages is the lemma's in keys.
+    (3) Hypothesis-drawn rows (1 to 12 keys, fp16, bf16 and fp32, chunks of 1 to 8 keys from the
+    first, blocks of 1 to 4 slots, 1 to 4 groups, one fold or 1 to 4 threads, divisions to nearest
+    or within 2 ulp): every key within its chunk's ``decode_chunk_steps`` as
     the walk counts it; Lemma 10's count of the tree over the chunks within
     ``request_chunk_steps``, equal to it in some draws; the decode from FlashInfer's start
     (flushing ``exp2``) or from ``-inf`` within ``out_bound`` and ``lse_bound`` at the tree's
@@ -3500,6 +3509,11 @@ def check_request_chunks():
                 assert request == per_segment, (segments, chunk, block, groups)
             larger, smaller = larger + (request > per_segment), smaller + (request < per_segment)
     assert larger and smaller, (larger, smaller)
+    # FlashInfer's planner counts a request's chunks in pages, ceil(p / c), the lemma in keys, ceil(N / (c P))
+    for size, pages_per_chunk, pages in itertools.product(range(1, 9), range(1, 5), range(1, 13)):
+        for last in range(1, size + 1):
+            num_keys = (pages - 1) * size + last
+            assert -(-pages // pages_per_chunk) == -(-num_keys // (pages_per_chunk * size)), (size, pages, last)
     reached = []
 
     @checked(200)
