@@ -426,8 +426,9 @@ The error bound assumes, as the model does, that no value overflows; where one d
 output is infinite and fails it.
 
 `check_other_pairwise_merges` checks the growths and (a) for both forms in the standard model
-of rounding; `check_other_pairwise_step_count` runs both forms with every fp32 rounding
-explicit against `out_bound` and `lse_bound` at Lemma 3's count.
+of rounding; `check_other_pairwise_step_count` runs both forms, and left folds that mix them
+with Lemma 3's merge, with every fp32 rounding explicit against `out_bound` and `lse_bound` at
+Lemma 3's count (other trees are not simulated).
 
 ## Lemma 4: an all-at-once merge of any number of states costs two steps
 
@@ -2089,6 +2090,10 @@ def part_block(problem: dict, part: int) -> int:
 #: The pairwise orders other than ``relaycore.state.merge``'s that "Lemma 3, other pairwise
 #: orders" covers at Lemma 3's count: ``problem["merge"]`` names one for ``simulate``.
 OTHER_PAIRWISE = {"sigmoid": simulate_merge_sigmoid, "logaddexp": simulate_merge_logaddexp}
+#: Every pairwise order priced at Lemma 3's two steps, ``"standard"`` being Lemma 3's own
+#: (``relaycore.state.merge``'s): ``problem["merge"]`` may be a tuple of these names, one per
+#: merge of ``simulate``'s left fold, in turn (a fold that mixes them).
+PAIRWISE = {"standard": simulate_merge, **OTHER_PAIRWISE}
 
 
 def simulate(problem: dict, exp) -> tuple:
@@ -2122,9 +2127,12 @@ def simulate_fp32(problem: dict, exp) -> tuple:
         return out, (lse if base is None else fp.r32(lse * fp.r32(mpmath.log(2))))
     if base == 2:
         return simulate_merge_all_base2(states, exp, ar)
-    if problem.get("merge") in OTHER_PAIRWISE:
-        other = OTHER_PAIRWISE[problem["merge"]]
-        return exact.fold(states, lambda a, b: other(a, b, exp, ar))
+    merge = problem.get("merge")
+    if merge in OTHER_PAIRWISE or isinstance(merge, tuple):
+        if isinstance(merge, tuple) and len(merge) != len(states) - 1:
+            raise ValueError(f"problem['merge']: expected {len(states) - 1} orders, one per merge, got {merge}")
+        orders = iter(merge if isinstance(merge, tuple) else [merge] * (len(states) - 1))
+        return exact.fold(states, lambda a, b: PAIRWISE[next(orders)](a, b, exp, ar))
     return exact.fold(states, lambda a, b: simulate_merge(a, b, exp, ar))
 
 
@@ -2577,16 +2585,18 @@ def check_other_pairwise_merges():
 def check_other_pairwise_step_count():
     """"Lemma 3, other pairwise orders": the natural-log form merged pairwise in the sigmoid form
     (S) or the logaddexp form (L) (``simulate_merge_sigmoid``, ``simulate_merge_logaddexp``:
-    every rounding explicit in fp32, the library functions adversarial within the assumption)
-    stays within ``out_bound`` and ``lse_bound`` at Lemma 3's count ``pairwise_steps``. Not
-    vacuous: a sigmoid or logaddexp off by ``2^-12`` (past the assumption) breaks the bound on
-    a fixed problem."""
+    every rounding explicit in fp32, the library functions adversarial within the assumption),
+    or in left folds that mix them with Lemma 3's merge (``PAIRWISE``), stays within
+    ``out_bound`` and ``lse_bound`` at Lemma 3's count ``pairwise_steps``. Not vacuous: a
+    sigmoid or logaddexp off by ``2^-12`` (past the assumption) breaks the bound on a fixed
+    problem, named alone or as a mixed fold's merge."""
 
     @checked(300)
     @given(problems(forms=("natural",)), st.randoms(use_true_random=False), st.booleans(),
-           st.sampled_from(sorted(OTHER_PAIRWISE)))
-    def run(problem, rnd, extreme, merge):
-        problem = dict(problem, merge=merge)
+           st.sampled_from(sorted(OTHER_PAIRWISE)), st.lists(st.sampled_from(sorted(PAIRWISE)), min_size=3, max_size=3),
+           st.booleans())
+    def run(problem, rnd, extreme, merge, orders, mixed):
+        problem = dict(problem, merge=tuple(orders[: problem["parts"] - 1]) if mixed else merge)
         steps = pairwise_steps(problem)
         out_err, out_b, lse_err, lse_b = errors_and_bounds(problem, Elementary(rnd, extreme), steps)
         for e, b in zip(out_err, out_b):
@@ -2605,7 +2615,7 @@ def check_other_pairwise_step_count():
     one = [mpmath.mpf(1)]
     problem = dict(dtype="float32", scale=1.0, q=one, keys=[[mpmath.mpf(0)], [mpmath.mpf(1)]], values=[one, one],
                    parts=2, labels=[0, 1], block=1, form="natural", accumulate="nearest", flush=False)
-    for merge in sorted(OTHER_PAIRWISE):
+    for merge in sorted(OTHER_PAIRWISE) + [(name,) for name in sorted(OTHER_PAIRWISE)]:
         case = dict(problem, merge=merge)
         out_err, out_b, _, _ = errors_and_bounds(case, Elementary(random.Random(0), False), pairwise_steps(case))
         assert all(e <= b for e, b in zip(out_err, out_b))
