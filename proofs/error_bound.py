@@ -43,7 +43,9 @@ Every lemma below also rests on these assumptions about the arithmetic:
   that fold to be a chain of Lemma 2's rescales, so such a chunk is a part with a count of its
   own, $I + Z' - 1$ (`blocked_steps(groups=...)`); its split-KV decode cuts a request's whole KV
   into chunks from its first key, across the prefixes' ends, and Lemma 12 counts those chunks
-  (`blocked_steps(chunk_from="request")`). Two more pairwise orders are covered at Lemma
+  (`blocked_steps(chunk_from="request")`). FlashInfer from commit `d7f2c64` on (an IEEE $-\infty$
+  start, clamped exponents, `normalize` by `__fdividef(1, d)` and a product) is Lemma 13's, at
+  the same counts and with no condition on the scores. Two more pairwise orders are covered at Lemma
   3's count, given an assumption on `sigmoid` and `logaddexp` ("Lemma 3, other pairwise
   orders"): the sigmoid form $\sigma(\ell_a - \ell_b)o_a + \sigma(\ell_b - \ell_a)o_b$ with the
   lse from `logaddexp`, and the logaddexp form $e^{\ell_a - L}o_a + e^{\ell_b - L}o_b$,
@@ -1354,15 +1356,10 @@ that keeps subnormals (then $a$ and the masked slots' weights are not 0, and the
 leaves a trace of up to $2^{-126}$ in $d$ that this proof does not price; from $-\infty$ any
 exponential of the precision model is covered).
 
-*Later FlashInfer.* Lemmas 8-11 quote FlashInfer 0.5.0 (tag `v0.5.0`, commit `5854494`). At
-commit `fb28d72` (a nightly after 0.6.18, 2026-08-22) `math::inf` is IEEE's infinity, so every state
-starts from $-\infty$ and no phantom is left: `state_t::merge` takes
-$\widehat{\exp_2}(\max(x, -\infty))$ to drop the NaN of $-\infty - (-\infty)$, and `compute_qk`
-clamps a fully masked block's maximum at $-$`FLT_MAX`, so masked slots weigh $2^{-\infty} = 0$:
-the walk from $-\infty$ above, with no condition on the scores. Two changes are not checked here:
-`state_t::normalize` multiplies by `__fdividef(1, d)` (within 2 ulp, then a product rounded:
-about $\tfrac52 u_{acc}$, not the $2u_{acc}$ of Lemma 9's division within 2 ulp), and
-`OutputTransform` multiplies by a `v_scale` (exact where it is 1, its default).
+*Later FlashInfer.* Lemmas 8-11 quote FlashInfer 0.5.0 (tag `v0.5.0`, commit `5854494`); every
+release tag to `v0.6.18rc7` and every nightly tag to `nightly-v0.6.18-20260819` has the same
+`state.cuh`, `math.cuh`, `cascade.cuh` and decode arithmetic (the decode's `OutputTransform` also
+multiplies by a `v_scale`, exact where it is 1, its default). Commit `d7f2c64` changed it: Lemma 13.
 
 `check_decode_chunks` checks it: in the standard model of rounding (`decode_chunk_growth`) every
 key moves by at most the proof's sharper sum, within its count, and its count within
@@ -1454,6 +1451,128 @@ and lists of 1 to 12 pages, every last page's length. Hypothesis-drawn rows (fp1
 fold or two-level merges, divisions to nearest or within 2 ulp) cut from their first key stay within
 the bounds at the lemma's count, which Lemma 10's count of their tree reaches in some draws and
 never passes, every key within its chunk's $\nu$.
+
+## Lemma 13: FlashInfer from its IEEE start
+
+FlashInfer's commit `d7f2c64` ("handle extreme negative logits in masked softmax", #4401,
+2026-08-20, on its main branch; in no release or nightly tag as of `fb28d72`, 2026-08-22, and
+its `version.txt` reads 0.6.18 on both sides of it, as it does from 2026-08-06) changed the
+arithmetic of Lemmas 9-12:
+
+* `math::inf` (`include/flashinfer/math.cuh`) is IEEE's infinity, no longer $5 \cdot 10^4$: every
+  `state_t` starts from $(o, m, d) = (0, -\infty, 1)$, a masked decode slot scores $-\infty$;
+* `state_t::merge` (`include/flashinfer/attention/state.cuh`) takes
+  $f_1 = \widehat{\exp_2}(\max(m_{prev} - m, -\infty))$ and $f_2 = \widehat{\exp_2}(\max(m_z - m, -\infty))$:
+  CUDA's `max` (`fmaxf`) returns the operand that is not NaN, so the NaN of $-\infty - (-\infty)$
+  becomes $2^{-\infty} = 0$, and a finite difference passes unchanged;
+* the decode's `compute_qk` (`include/flashinfer/attention/decode.cuh`) subtracts
+  $m_{scaled} = \max(m, -F)$, $F$ = `FLT_MAX`, in its rescale and weights, which differs from $m$
+  only in a block where $m = -\infty$ (no key so far);
+* `state_t::normalize` computes $d_{rcp}$ = `(d > 0) ? __fdividef(1, d) : 0`, then
+  $\mathrm{fl}(o\, d_{rcp})$, where it computed `__fdividef(o, d)`;
+* `MergeStateKernel` and `MergeStateInPlaceKernel` (`cascade.cuh`, the pairwise merges of Lemma 8)
+  clamp their two exponents alike and weigh by 0 where the weights' sum is 0.
+
+The decode's `OutputTransform` (`rcp.approx`, guarded by $m \ne -\infty$), `sync_state`, the
+merge kernels' order and `get_lse` are unchanged. `__fdividef(x, y)` is within 2 ulp for
+$2^{-126} \le |y| \le 2^{126}$ and 0 for $2^{126} < |y| < 2^{128}$ (CUDA's documentation).
+
+*Claim. In FlashInfer from `d7f2c64` on, with the default decode variant of Lemma 11: (i) a
+split-KV decode chunk computes, bit for bit up to the sign of a zero, the walk from $-\infty$ of
+Lemma 11 that leaves out the masked slots and the groups that hold no key, for any scores and any
+exponential of the precision model (flushing or keeping subnormals); so Lemma 11's form and count
+$\nu_{chunk}$ hold with no condition on the scores. (ii) A running fold of `state_t::merge` over
+states of which any, the first included, may be empty computes the fold from $-\infty$ over the
+non-empty ones (Lemma 9's, no non-empty first state asked), and $(0, -\infty)$ where none holds a
+key; a thread of the two-level kernels with no index set, or only empty ones, hands on
+$(0, -\infty)$. (iii) Its `normalize`, a reciprocal within 2 ulp and a product rounded to nearest,
+costs what Lemmas 9 and 10 charge a division within 2 ulp: one step more per fold a key passes,
+and Lemma 10's $H^{run}_S$ unchanged. So Lemmas 9, 10 and 12 hold for these kernels, with no
+condition on the scores, at the counts of `blocked_steps(..., chunk=C, chunk_from="request",
+merge="running", levels=2, fast_division=True, groups=Z)` and the term of
+`stored_merges(batch, merge="running", levels=2)`, `stored_merge="running"`, as for 0.5.0.*
+
+*Proof.* (i) In a group's block with no key so far, $m' = -\infty$, $m_{scaled} = -F$, and
+every argument is $-\infty - m_{scaled} = -\infty$ (the rescale, $m = -\infty$,
+and the masked slots): $2^{-\infty} = 0$ exactly, since an exponential within $u_{exp}$
+relatively is 0 at $-\infty$ (`ex2.approx` returns $+0$ there, flushing or not). So $d =
+\mathrm{fl}(1 \cdot 0) = 0$, $o = \mathrm{fl}(0 \cdot 0) + \mathrm{fl}(0 \cdot 0) = 0$ (the
+masked values are 0, `kFillZero`). In its first block with a key $m_{scaled} = m'$ is finite, the
+rescale is $2^{-\infty} = 0$ again, and a masked slot's weight is $2^{-\infty} = 0$; in later
+blocks a masked slot's weight is $2^{-\infty}$ and a block of masked slots only has $a = 2^0 =
+1$: Lemma 11's (i) and (ii) with $-\infty$ in place of $-5 \cdot 10^4$, with no flush needed and
+so no condition. A group with no key ends as $(0, -\infty, 0)$ ($d = 1 \cdot 0$). In
+`sync_state`, from $(0, -\infty, 1)$: such groups before the first group with keys give $f_1 =
+f_2 = 2^{-\infty} = 0$ (the clamp), $\Lambda = 0$, $O = 0$; that group gets $f_1 = 0$, $f_2 = 2^0
+= 1$, so $\Lambda = d_z$, $O = o_z$ (up to the sign of a zero); after it, $f_1 = 1$, $f_2 = 0$,
+and the products by 1 are exact (Lemma 10: $O$ and $\Lambda$ are results, 0 or normal where the
+arithmetic flushes). That is the fold from $-\infty$ over the groups with keys. The chunk's output
+and lse are Lemma 11's.
+
+(ii) Where both $m_{prev}$ and $m_z$ are finite the clamp changes nothing: Lemma 9's fold. A fold
+that has met no key has $M = -\infty$; an empty state $(0, -\infty)$, merged as $(o, -\infty, 1)$,
+then gives $f_1 = f_2 = 0$: $\Lambda = 0$, $O = 0$. The first non-empty state finds $f_1 =
+2^{-\infty} = 0$ and $f_2 = 2^0 = 1$: $\Lambda = \mathrm{fl}(\mathrm{fl}(\Lambda \cdot 0) + 1) = 1$
+and $O = \hat o_1$, what Lemma 9's fold from $\Lambda_0 = 1$ gives ($\mathrm{fl}(1 \cdot 0) + 1$).
+An empty state after a non-empty one is Lemma 9's: it changes nothing. With no non-empty state,
+`normalize` gives $d_{rcp} = 0$ where $\Lambda = 0$ and $0 \cdot d_{rcp} = 0$ where no state came
+($\Lambda = 1$); `get_lse` gives $-\infty + \widehat{\log_2}\Lambda = -\infty$ either way
+(`lg2.approx` of 0 is $-\infty$). So the two-level kernels' threads without keys hand on
+$(0, -\infty)$, the empty state, which the fold above leaves out as above: Lemma 10's tree over
+the non-empty parts, with no phantom and no condition. Lemma 12 takes its chunks as parts of
+these folds and is unchanged.
+
+(iii) $\Lambda \in [1, e^5 K']$ wherever the fold holds a key (Lemma 9), so the reciprocal is
+within 2 ulp: $d_{rcp} = \Lambda^{-1}(1 + \delta_r)$, $|\delta_r| \le 2u_{acc}$, a normal number.
+Then $\mathrm{fl}(O\, d_{rcp}) = (O/\Lambda)(1 + \delta_r)(1 + \delta_m)$, $|\delta_m| \le
+\tfrac{u_{acc}}{2}$, where the product is normal, or $(O/\Lambda)(1 + \delta_r) + \eta$,
+$|\eta| < \tau_{acc}$, below the normal range: within $\tfrac52 u_{acc} + u_{acc}^2$ relatively,
+against the $2u_{acc}$ of a division within 2 ulp, and below the normal range one rounding of
+Lemma 6, as the division's. *The form.* Against the $\tfrac{u_{acc}}{2}$ that Lemma 9 (c) charges
+a state's division and the $u_{acc}$ item 5 charges the root's, the excess is $2u_{acc} +
+u_{acc}^2$ for an inner fold's normalise read by the fold above and $\tfrac32 u_{acc} + u_{acc}^2$
+for the root's; a part's own division (the decode's `rcp.approx` and product, within 2 ulp)
+exceeds its charge by $\tfrac32 u_{acc}$. A key passing $F \ge 1$ folds meets at most one part
+division, $F - 1$ inner normalises and the root's: at most $(2F + 1)u_{acc} + F u_{acc}^2 \le
+4F u_{acc}$, relative on the numerator weights of its keys, within the $F$ steps more, each at
+least $u_{exp} + 4u_{acc}$; per fold, the growth Lemma 9 counts plus a state's and the root's
+excess, $\tfrac72 u_{acc} + 2u_{acc}^2$, leaves at least $1.4u_{acc}$ of room with that step and
+none without it at the out bound's limit (`check_running_fold_growth`). Lemma 9's sizes (its
+"Lemmas 5 and 6") take $\tfrac72 u_{acc}$ in place of $3u_{acc}$ within the same slack ($2u_{acc}$
+per step of $\rho_\Delta$ over the one more step and Lemma 9's $2 + G_i$, which hold $(1 +
+G_i)u_{acc}$). *Lemma 10's rest.* Its $k_{K'}$ bounds $\sum_i |c_i| / \Lambda_K$ by the mediant of
+the per-state ratios: the first non-empty state enters exactly ($0 + \hat o_1 \cdot 1$, $f_1 = 2^0
+= 1$) and passes at most $K' - 1$ growths and $K' - 1$ sums, ratio at most
+$r_1 = (\frac{1 + u/2}{1 - u/2})^{K'-1}(\frac{1 + u}{1 - u})^{K'-1}$ ($u = u_{acc}$); state
+$i \ge 2$ has its product, at most $K' - i$ growths and $K' - i + 1$ sums,
+$(1 + \tfrac{u}{2})(\frac{1 + u/2}{1 - u/2})^{K'-i}(\frac{1 + u}{1 - u})^{K'-i+1} \le r_1$. So
+Lemma 10's factor $(1 + \tfrac{u}{2})$ before $r_1$ is not needed for the sums, and the
+reciprocal and its product, $(1 + 2u)(1 + \tfrac{u}{2})$, take the place of the division's
+$(1 + 2u)$ and that factor: $k_{K'}$ is the same expression, $\le e^{\frac52 u + 3u(K' - 1)}$, and
+$H^{run}_S$ holds unchanged. $\blacksquare$
+
+What is not covered: the tensor-core (prefill), MLA and Hopper (FA3) paths, which the commit
+also changed and which no lemma here reads, the rest of Lemma 11's list, and FlashInfer after
+`fb28d72`, not read. The pairwise `MergeStateInPlaceKernel` divides its
+two weights by their sum with `/`, which FlashInfer's `-use_fast_math` (`-prec-div=false`) makes
+a division within 2 ulp in 0.5.0 as from `d7f2c64`: Lemma 8 prices that merge with divisions to
+nearest, and no count here prices pairwise merges with divisions within 2 ulp.
+
+`check_flashinfer_ieee_start` checks it: a key of natural score $-40960$ (base 2 $-59093$, far
+below 0.5.0's condition) with 63 masked slots and a keyless group is, bit for bit, the walk from
+$-\infty$ (output 1), with an `exp2` that flushes and one that keeps subnormals, where 0.5.0's
+start returns 0; folds with an empty first state, only empty states or none give the fold over
+the non-empty ones and $(0, -\infty)$, where the unclamped fold gives NaN; the reciprocal's
+$k_{K'}$ equals Lemma 10's expression for $K'$ to $2^{23} - 1$ (and exceeds it if the first
+state's product were rounded); `decode_example` from $-\infty$ errs in its lse past `lse_bound` at
+one step and within it at 64; Hypothesis-drawn split-KV decodes of a request's KV (chunks from its
+first key, one fold or FlashInfer's two-level merge with more threads than chunks too, scores
+shifted by 0 or $-40960$) compute bit for bit the walks and folds from $-\infty$ that leave out
+what holds no key, and stay within `out_bound` and `lse_bound` at Lemma 10's count, which
+`request_chunk_steps` with divisions within 2 ulp bounds and reaches. `check_running_fold` runs
+the reciprocal's fold in the standard model within its count and the proof's sharper sum
+($\tfrac72 u_{acc}$ more). No end-to-end run shows the step for the divisions needed: the
+bound's slack is larger than $\tfrac72 u_{acc}$.
 
 ## Counting the Triton kernels' steps
 
@@ -1662,8 +1781,8 @@ $e^{\frac52 u_{acc} + 3u_{acc}(K' - 1)}$ up to $K' = 2^{23} - 1$ ($2^{52} - 1$ f
 shows it needs to grow with $K'$ (the standard model's adversarial fold passes $e^{4u_{acc}}$
 from $K' = 6$ on), and checks the recursion over chains and two-level trees against
 $H^{run}_S$ and against what `out_bound` carries.
-`check_decode_chunks` checks Lemma 11, and `check_request_chunks` Lemma 12, as their last
-paragraphs say.
+`check_decode_chunks` checks Lemma 11, `check_request_chunks` Lemma 12 and
+`check_flashinfer_ieee_start` Lemma 13, as their last paragraphs say.
 `check_lse_accounting` checks the lse section's inequality over its grid against the float64
 value `lse_bound` returns, checks that `lse_bound` refuses every point of the grid beyond
 $\rho = 2$, and checks that the inequality fails beyond $\rho = 2$ where the section says so.
@@ -1716,6 +1835,11 @@ ALL_AT_ONCE_MERGE_STEPS = 2
 #: FlashInfer 0.5.0's ``math::inf``, the running maximum its ``state_t::init`` starts from (base 2):
 #: a fold there starts from the phantom state ``(0, -5e4)`` with ``D = 1`` (Lemmas 9-11).
 FLASHINFER_START = -5e4
+#: FlashInfer's start from commit ``d7f2c64`` on (#4401, on its main branch after ``nightly-v0.6.18-20260819``, in
+#: no release tag of 2026-08-22; Lemma 13): ``math::inf`` is IEEE's infinity, every state starts from
+#: ``(0, -inf, 1)``, a masked slot scores ``-inf``, and every exponent difference is clamped at ``-inf`` before
+#: ``exp2`` (``exp2_clamped``). A ``start`` of the simulations, beside ``None`` and ``FLASHINFER_START``.
+FLASHINFER_IEEE_START = "ieee"
 
 
 class Elementary:
@@ -1921,6 +2045,31 @@ def simulate_merge_all_base2(states: list, exp, ar: fp.Arithmetic) -> tuple:
     return [ar.div(x, total) for x in acc], fp.r32(fp.r32(m + exp.log(total, 2)) * fp.r32(mpmath.log(2)))
 
 
+def exp2_clamped(exp, x, y):
+    """``exp2(max(fl(x - y), -inf))`` for a base-2 ``x`` and a running maximum ``y >= x``, as FlashInfer computes
+    every rescale and weight from commit ``d7f2c64`` on (Lemma 13): CUDA's ``max`` (``fmaxf``) returns the operand
+    that is not NaN, so ``x = -inf`` gives ``exp2(-inf) = 0`` whatever ``y`` is, ``-inf - (-inf)`` included, and a
+    finite difference is rounded to fp32 and passed on unchanged. The runs from ``-inf`` and from
+    ``FLASHINFER_START`` compute the same (they never form ``-inf - (-inf)``)."""
+    if x == exact.NEG_INF:
+        return mpmath.mpf(0)
+    return exp(fp.r32(x - y), 2)
+
+
+def reciprocal_divide(exp, ar: fp.Arithmetic):
+    """FlashInfer's ``state_t::normalize`` from commit ``d7f2c64`` on (Lemma 13) as a division ``(a, d) -> a / d``
+    for the folds' ``divide``: ``d_rcp = (d > 0) ? __fdividef(1, d) : 0``, then ``fl(a d_rcp)`` (``ar.mul``).
+    ``__fdividef(1, d)`` is ``exp.divide(1, d, ar)``, within 2 ulp, for ``d`` up to ``2^126``, and 0 above, as CUDA
+    documents it for ``2^126 < |d| < 2^128`` (a fold's ``d`` is below ``e^5 K'``, Lemma 9, so never there)."""
+
+    def divide(a, d):
+        if not d > 0:
+            return ar.mul(a, 0)
+        return ar.mul(a, exp.divide(1, d, ar) if d <= mpmath.ldexp(1, 126) else mpmath.mpf(0))
+
+    return divide
+
+
 def simulate_merge_running(states: list, exp, ar: fp.Arithmetic, divide=None) -> tuple:
     """Lemma 9's running fold in base 2 (FlashInfer's ``state_t::merge``, then ``normalize``
     and ``get_lse``): from ``M = -inf, D = 1, O = 0``, each state in turn rescales the sums by
@@ -1942,20 +2091,26 @@ def running_fold_base2(states: list, exp, ar: fp.Arithmetic, divide=None, start=
     the fold is FlashInfer 0.5.0's ``state_t``: from ``M = start, D = 1, O = 0`` it takes every
     state, empty ones too, as ``merge(o, lse, 1)``: ``D = fl(fl(D g) + fl(1 f))``; a fold of no
     state hands on ``(0, fl(start + log2 1))`` (``dim`` gives its length: a thread of FlashInfer's
-    two-level kernels with no index set)."""
+    two-level kernels with no index set). With ``FLASHINFER_IEEE_START`` it is FlashInfer's fold from
+    commit ``d7f2c64`` on: from ``M = -inf, D = 1, O = 0``, every state taken, the factors ``exp2_clamped``
+    (an empty state before any that holds a key leaves ``D = 0``, not NaN), the division ``divide`` (pass
+    ``reciprocal_divide``, its ``normalize``, which also gives 0 where ``D = 0``), the lse ``-inf`` where
+    ``M`` is."""
     divide = divide or ar.div
     dim = len(states[0][0]) if states else dim
-    m, total, acc = (exact.NEG_INF if start is None else mpmath.mpf(start)), mpmath.mpf(1), [mpmath.mpf(0)] * dim
+    ieee = start == FLASHINFER_IEEE_START
+    m = exact.NEG_INF if start is None or ieee else mpmath.mpf(start)
+    total, acc = mpmath.mpf(1), [mpmath.mpf(0)] * dim
     for out, lse in states:
         m_new = max(m, lse)
-        if m_new == exact.NEG_INF:
+        if m_new == exact.NEG_INF and not ieee:
             return [mpmath.nan] * dim, mpmath.nan
-        g = exp(fp.r32(m - m_new), 2) if m != exact.NEG_INF else mpmath.mpf(0)
-        f = exp(fp.r32(lse - m_new), 2) if lse != exact.NEG_INF else mpmath.mpf(0)
+        g, f = exp2_clamped(exp, m, m_new), exp2_clamped(exp, lse, m_new)
         total = ar.add(ar.mul(total, g), f if start is None else ar.mul(1, f))
         acc = [ar.add(ar.mul(x, g), ar.mul(o, f)) for x, o in zip(acc, out)]
         m = m_new
-    return [divide(x, total) for x in acc], fp.r32(m + exp.log(total, 2))
+    lse = exact.NEG_INF if m == exact.NEG_INF else fp.r32(m + exp.log(total, 2))
+    return [divide(x, total) for x in acc], lse
 
 
 def simulate_decode_chunk(q, keys, values, scale, block: int, groups: int, exp, ar: fp.Arithmetic, divide=None,
@@ -1981,6 +2136,10 @@ def simulate_decode_chunk(q, keys, values, scale, block: int, groups: int, exp, 
     past the chunk's end are left out, and so are groups that hold no key. ``start=
     FLASHINFER_START``: the kernel as it runs, every state from ``(0, -5e4, 1)``, a slot past the
     chunk's end masked to the score ``-5e4`` with the value 0 (``kFillZero``), every group folded.
+    ``start=FLASHINFER_IEEE_START``: the kernel from commit ``d7f2c64`` on (Lemma 13), as with
+    ``FLASHINFER_START`` but from ``(0, -inf, 1)``, masked slots scoring ``-inf``, the block's exponent
+    subtrahend ``max(m, -FLT_MAX)`` (``m_scaled``), every factor ``exp2_clamped``; the output ``divide(O, D)``
+    where ``M`` is finite (``OutputTransform``, unchanged).
 
     Args:
         q: ``[D]`` query; keys, values: ``[n][D]``, in the order of the chunk; exact in the input
@@ -1989,7 +2148,7 @@ def simulate_decode_chunk(q, keys, values, scale, block: int, groups: int, exp, 
         block: slots per block of a group (positive); groups: ``bdz`` (positive).
         exp: the fp32 exponential and logarithm (``Elementary``); ar: the fp32 arithmetic.
         divide: the output's division; ``None``: ``ar.div``.
-        start: ``None`` or ``FLASHINFER_START``.
+        start: ``None``, ``FLASHINFER_START`` or ``FLASHINFER_IEEE_START``.
 
     Returns:
         ``(out [D] fp32, lse base 2 fp32, steps [n])``: ``(0, -inf)`` and no steps for ``n == 0``;
@@ -2002,7 +2161,8 @@ def simulate_decode_chunk(q, keys, values, scale, block: int, groups: int, exp, 
         return exact.empty(dim) + ([],)
     c2 = fp.r32(fp.r32(scale) * fp.r32(LOG2E))
     width = block * groups
-    top = exact.NEG_INF if start is None else mpmath.mpf(start)
+    ieee = start == FLASHINFER_IEEE_START
+    top = exact.NEG_INF if start is None or ieee else mpmath.mpf(start)
     steps = [0] * n
     states = []  # per group: (m, d, o [D], the keys it holds)
     for z in range(groups):
@@ -2018,8 +2178,10 @@ def simulate_decode_chunk(q, keys, values, scale, block: int, groups: int, exp, 
             s = [ar.mul(ar.dot(q, keys[j]), c2) if j < n else top for j in slots if start is not None or j < n]
             v = [values[j] if j < n else [mpmath.mpf(0)] * dim for j in slots if start is not None or j < n]
             m_new = max([m] + s)
-            alpha = exp(fp.r32(m - m_new), 2) if m != exact.NEG_INF else mpmath.mpf(0)
-            p = [exp(fp.r32(x - m_new), 2) for x in s]
+            # the exponent subtrahend: FlashInfer's d7f2c64 clamps a fully masked block's -inf at -FLT_MAX
+            m_scaled = max(m_new, -fp.largest("float32")) if ieee else m_new
+            alpha = exp2_clamped(exp, m, m_scaled)
+            p = [exp2_clamped(exp, x, m_scaled) for x in s]
             d = ar.mul(d, alpha)
             for x in p:
                 d = ar.add(d, x)
@@ -2040,8 +2202,7 @@ def simulate_decode_chunk(q, keys, values, scale, block: int, groups: int, exp, 
         m_top, total, acc, inside = top, mpmath.mpf(1), [mpmath.mpf(0)] * dim, []
         for m, d, o, held in states:
             m_new = max(m_top, m)
-            f1 = exp(fp.r32(m_top - m_new), 2) if m_top != exact.NEG_INF else mpmath.mpf(0)
-            f2 = exp(fp.r32(m - m_new), 2)
+            f1, f2 = exp2_clamped(exp, m_top, m_new), exp2_clamped(exp, m, m_new)
             total = ar.add(ar.mul(total, f1), ar.mul(d, f2))
             acc = [ar.add(ar.mul(a, f1), ar.mul(b, f2)) for a, b in zip(acc, o)]
             for j in (inside if m_new > m_top else []) + (held if m < m_new else []):
@@ -2880,7 +3041,7 @@ def check_pairwise_step_count():
     run()
 
 
-def merge_running(chunks: list, draw, fast: bool = False) -> list:
+def merge_running(chunks: list, draw, fast: bool = False, reciprocal: bool = False) -> list:
     """Lemma 9's running fold in the standard model of rounding, at 60 digits, as
     ``merge_all_at_once`` models Lemma 4's merge (the same adversary ``draw``).
 
@@ -2889,6 +3050,10 @@ def merge_running(chunks: list, draw, fast: bool = False) -> list:
         fast: the divisions within 2 ulp (``__fdividef``): the state's division errs by up to
             ``2 u_acc`` instead of ``u_acc / 2``, and the final one by ``u_acc`` more than
             item 5's (charged here to the numerator, as the proof does).
+        reciprocal: the divisions as FlashInfer's ``normalize`` from commit ``d7f2c64`` on (Lemma 13), a
+            reciprocal within 2 ulp and a product: a state's output (an inner fold's) errs by up to
+            ``(1 + 2 u_acc)(1 + u_acc / 2)``, and the final one by ``3/2 u_acc`` more than item 5's, drawn as
+            ``u_acc`` and ``u_acc / 2``.
 
     Returns:
         Per chunk, ``None`` if it is empty, else ``(alpha, beta, growths, raised)``: the logs of
@@ -2919,6 +3084,8 @@ def merge_running(chunks: list, draw, fast: bool = False) -> list:
         arg = fl(x - top)
         f = mpmath.mpf(1) if arg == 0 else mpmath.power(2, arg) * (1 + draw(u_exp))
         division = 1 + draw(2 * u_acc if fast else half)
+        if reciprocal:
+            division = (1 + draw(2 * u_acc)) * (1 + draw(half))
         terms[i] = [f * division * (1 + draw(half)), f, 0, raised]
     result = []
     for i, (m, l) in enumerate(chunks):
@@ -2926,7 +3093,9 @@ def merge_running(chunks: list, draw, fast: bool = False) -> list:
             result.append(None)
             continue
         numerator, normaliser, growths, raised = terms[i]
-        if fast:
+        if reciprocal:
+            numerator *= (1 + draw(u_acc)) * (1 + draw(half))
+        elif fast:
             numerator *= 1 + draw(u_acc)
         exact_weight = mpmath.power(2, m - top) * l
         result.append((mpmath.log(numerator / exact_weight), mpmath.log(normaliser / exact_weight), growths, raised))
@@ -2943,7 +3112,9 @@ def running_fold_steps(growths: int, raised: bool, fast: bool = False) -> int:
 def check_running_fold():
     """Lemma 9: in the running fold a key's weights move by at most its count of steps
     (``running_fold_steps``: two plus one per later growth of the maximum, with divisions
-    rounded to nearest or within 2 ulp), and by at most the proof's sharper sum; every key by at
+    rounded to nearest, within 2 ulp, or a reciprocal within 2 ulp and a product as FlashInfer's
+    ``normalize`` from commit ``d7f2c64`` on, Lemma 13), and by at most the proof's sharper sum
+    (``5/2 u_acc`` more with divisions within 2 ulp, ``7/2 u_acc`` with the reciprocal's); every key by at
     most ``K'`` steps (``K' + 1`` with divisions within 2 ulp); a fold of one non-empty state
     passes it on unchanged. The model does not flush, so the growth is asserted for every key,
     those whose weights fall below ``2^-126`` too (the draws reach them); what a flush adds is
@@ -2968,14 +3139,16 @@ def check_running_fold():
     reached = []
 
     @checked(400)
-    @given(merge_chunks(), st.randoms(use_true_random=False), st.booleans(), st.booleans())
-    def run(drawn, rnd, extreme, fast):
+    @given(merge_chunks(), st.randoms(use_true_random=False), st.booleans(),
+           st.sampled_from(["nearest", "within 2 ulp", "reciprocal"]))
+    def run(drawn, rnd, extreme, division):
         chunks, score_abs, num_keys = drawn
         held = [c for c in chunks if c[1]]
         if not held:
             return
         chunks = [c for c in chunks if c[1]][:1] + [c for c in chunks if c is not held[0]]  # a non-empty first
-        merged = merge_running(chunks, _adversary(rnd, extreme), fast)
+        fast, reciprocal = division != "nearest", division == "reciprocal"
+        merged = merge_running(chunks, _adversary(rnd, extreme), fast, reciprocal)
         kept = [(c, r) for c, r in zip(chunks, merged) if r is not None]
         if len(kept) == 1:  # entered at its own maximum with weight exactly 1, never rescaled
             assert kept[0][1][2:] == (0, True)
@@ -2989,7 +3162,8 @@ def check_running_fold():
             steps = running_fold_steps(growths, raised, fast)
             assert steps <= len(kept) + int(fast)
             exps = 1 + (0 if raised else 1) + growths
-            sharper = (exps * u_exp + (1 + mpmath.mpf(growths) / 2 + (mpmath.mpf(5) / 2 if fast else 0)) * u_acc
+            extra = mpmath.mpf(7 if reciprocal else 5 if fast else 0) / 2
+            sharper = (exps * u_exp + (1 + mpmath.mpf(growths) / 2 + extra) * u_acc
                        + u_acc / 2 * (mpmath.log(l) + 2 * abs(ell) + abs(top)))
             assert max(abs(alpha), abs(beta)) <= sharper * second_order <= steps * step, \
                 (alpha, beta, growths, raised, fast, sharper, steps)
@@ -3016,21 +3190,29 @@ def check_running_fold_growth():
     the accounting ``E`` at that ``rho``: ``2 + G`` steps, or ``max(2, 1 + G)`` where the key's
     state raised the maximum, leave at least ``1.4 u_acc`` for second-order terms at every ``G``
     from 0 to 6, and so does one step more with divisions within 2 ulp (``5/2 u_acc`` more
-    growth); the tightest case is a state that raised the maximum and saw one growth after it.
-    Each further growth adds a step and less than a step's growth."""
+    growth) or with FlashInfer's reciprocal within 2 ulp and product (Lemma 13: ``7/2 u_acc + 2 u_acc^2``
+    more, a state's division and the fold's); the tightest case is a state that raised the maximum and saw
+    one growth after it. Without that step the reciprocal's growth leaves no room there (the count
+    ``fast_division`` adds is needed by the accounting; no end-to-end run can show it, the bound's slack
+    being larger). Each further growth adds a step and less than a step's growth."""
     prec = bounds.precision("float32")
     u_acc = mpmath.mpf(prec.u_acc)
+    extra = {"nearest": 0, "within 2 ulp": mpmath.mpf(5) / 2 * u_acc,
+             "reciprocal": mpmath.mpf(7) / 2 * u_acc + 2 * u_acc**2}
+    short = []  # the reciprocal's room at the count without the step for its divisions
     for score_abs in (0.0, 1.0, 20.0, 100.0, 256.0, 1e3, 1e4, 1e6):
         for num_keys in (2, 3, 16, 4096, 2**16, 2**20, 2**22):
             step = one_step(score_abs, num_keys, prec)
             limit = float(bounds.out_rho_limit(score_abs))
             for growths in range(7):
                 for raised in (False, True):
-                    for fast in (False, True):
-                        room = (running_fold_steps(growths, raised, fast) * step
-                                - running_fold_growth(score_abs, num_keys, limit, prec, growths, raised)
-                                - (mpmath.mpf(5) / 2 * u_acc if fast else 0))
-                        assert room >= mpmath.mpf(1.4) * u_acc, (score_abs, num_keys, growths, raised, fast, room / u_acc)
+                    grown = running_fold_growth(score_abs, num_keys, limit, prec, growths, raised)
+                    for division, more in extra.items():
+                        room = running_fold_steps(growths, raised, division != "nearest") * step - grown - more
+                        assert room >= mpmath.mpf(1.4) * u_acc, (score_abs, num_keys, growths, raised, division,
+                                                                  room / u_acc)
+                    short.append(running_fold_steps(growths, raised) * step - grown - extra["reciprocal"])
+    assert min(short) < 0, min(short) / u_acc
 
 
 def running_steps(problem: dict) -> int:
@@ -3093,11 +3275,16 @@ def simulate_stored_folds(problem: dict, exp, threads, start=None) -> tuple:
     state that holds one they change nothing, bit for bit, Lemma 9). ``start=FLASHINFER_START``:
     FlashInfer's arithmetic as it runs, every fold from its phantom ``(0, -5e4)``, every part
     folded, empty ones too, and every thread's result, those of threads with no part or only
-    empty ones (phantoms) too, in thread order. Returns ``(out [D] fp32 before item 5's rounding,
-    lse natural, the most folds a key passed)``, the last counted as the folds run."""
+    empty ones (phantoms) too, in thread order. ``start=FLASHINFER_IEEE_START``: FlashInfer's arithmetic
+    from commit ``d7f2c64`` on (Lemma 13), every part and thread folded as with ``FLASHINFER_START``, from
+    ``-inf`` with its clamps. Where ``problem["reciprocal"]`` the folds divide as its ``normalize`` does from
+    that commit on (``reciprocal_divide``), whatever ``start``; the parts' divisions stay ``fast_division``'s.
+    Returns ``(out [D] fp32 before item 5's rounding, lse natural, the most folds a key passed)``, the last
+    counted as the folds run."""
     q, keys, values, dtype = problem["q"], problem["keys"], problem["values"], problem["dtype"]
     ar = fp.Arithmetic(problem.get("accumulate", "nearest"), problem.get("flush", False))
     divide = (lambda a, b: exp.divide(a, b, ar)) if problem.get("fast_division") else None
+    fold_divide = reciprocal_divide(exp, ar) if problem.get("reciprocal") else divide
     stored = lambda state: ([fp.round_to(x, dtype) for x in state[0]], state[1])  # noqa: E731
     parts = []
     for part in range(problem["parts"]):
@@ -3114,7 +3301,7 @@ def simulate_stored_folds(problem: dict, exp, threads, start=None) -> tuple:
 
     def fold(states):  # a running fold, and the most folds its keys have passed, this one too
         held = [n for _, n in states if n is not None]
-        out = running_fold_base2([s for s, _ in states], exp, ar, divide, start, len(q))
+        out = running_fold_base2([s for s, _ in states], exp, ar, fold_divide, start, len(q))
         return out, (1 + max(held) if held else None)
 
     if threads is not None:
@@ -3128,10 +3315,11 @@ def stored_fold_counts(problem: dict, threads) -> tuple:
     """``(steps, stored)`` of Lemma 10 for ``simulate_stored_folds``: per key, its part's blocks
     (Lemma 11's ``decode_chunk_steps`` for a decode chunk where ``problem["groups"]`` is set),
     Lemma 9's count ``K'_v`` at each fold on its way (0 where the fold holds one non-empty state),
-    one more per fold with divisions within 2 ulp; the most over the keys. ``stored`` is the
-    folds a key passes (1, or 2 with ``threads``), each reading stored outputs."""
+    one more per fold with divisions within 2 ulp (``fast_division``) or a reciprocal within 2 ulp
+    and a product (``reciprocal``, Lemma 13); the most over the keys. ``stored`` is the folds a key
+    passes (1, or 2 with ``threads``), each reading stored outputs."""
     sizes = [problem["labels"].count(part) for part in range(problem["parts"])]
-    fast = int(bool(problem.get("fast_division")))
+    fast = int(bool(problem.get("fast_division") or problem.get("reciprocal")))
     groups = [list(range(problem["parts"]))] if threads is None else [
         list(range(t, problem["parts"], threads)) for t in range(threads)]
     held = [[p for p in group if sizes[p]] for group in groups]
@@ -3556,6 +3744,22 @@ def check_request_chunks():
     assert any(reached), len(reached)
 
 
+def reciprocal_fold_amplification(k: int, prec: bounds.Precision):
+    """Lemma 13's bound on a fold's factor ``sum_i |c_i| / D_hat`` at 60 digits, ``k >= 1`` states, where the
+    fold normalises by a reciprocal within 2 ulp and a product (FlashInfer's ``normalize`` from commit
+    ``d7f2c64`` on): ``(1 + 2u)(1 + u/2)(1 + Xi) max_i r_i`` with ``r_1 = ((1 + u/2)/(1 - u/2))^(k-1)
+    ((1 + u)/(1 - u))^(k-1)`` (the first state enters exactly, ``0 + x 1``) and, for ``i >= 2``, ``r_i = (1 +
+    u/2) ((1 + u/2)/(1 - u/2))^(k-i) ((1 + u)/(1 - u))^(k-i+1)`` (its product ``x_i f_i``, at most ``k - i``
+    later growths and ``k - i + 1`` sums), largest at ``i = 2``; ``u``, ``Xi`` as in
+    ``stored_fold_amplification``."""
+    u, u_exp, tau_acc = (mpmath.mpf(x) for x in (prec.u_acc, prec.u_exp, prec.tau_acc))
+    e = k * tau_acc * mpmath.exp((u_exp + 3 * u / 2) * k)
+    product, total = (1 + u / 2) / (1 - u / 2), (1 + u) / (1 - u)
+    division = (1 + 2 * u) * (1 + u / 2)
+    first = division * product ** (k - 1) * total ** (k - 1) * (1 + e)
+    return max(first, division * (1 + u / 2) * product ** (k - 2) * total ** (k - 1) * (1 + e)) if k >= 2 else first
+
+
 def stored_fold_amplification(k: int, prec: bounds.Precision):
     """Lemma 10's bound on a fold's factor ``sum_i |c_i| / D_hat`` at 60 digits, for ``k >= 1``
     states: ``(1 + 2u)(1 + u/2) ((1 + u/2)/(1 - u/2))^(k-1) ((1 + u)/(1 - u))^(k-1) (1 + Xi)``,
@@ -3622,6 +3826,96 @@ def check_stored_fold_factor():
             carried = bounds.out_bound(np.zeros(1), np.zeros(1), n, 0.0, 1, prec, 2 * threads + 2, stored=2,
                                        stored_merge="running")[0]
             assert carried - 2 * prec.tau >= closed(2, n) * (1 - mpmath.mpf(2) ** -40), (dtype, n, carried)
+
+
+def check_flashinfer_ieee_start():
+    """Lemma 13 on FlashInfer from commit ``d7f2c64`` on (IEEE ``-inf`` start, clamped exponents, ``normalize``
+    by ``__fdividef(1, d)`` and a product). (1) A key far below Lemma 11's condition (natural score -40960, base
+    2 -59093) in a chunk of blocks of 64 slots and 2 groups (63 masked slots, a keyless group): the kernel from
+    ``-inf`` computes bit for bit the walk from ``-inf`` that leaves them out, output 1, with an ``exp2`` that
+    flushes and one that keeps subnormals; from 0.5.0's ``-5e4`` the same row returns 0 (the key's weight
+    flushed, the masked slots' 1 each). (2) Folds: an empty state first, an all-empty fold and a fold of no
+    state give the fold from ``-inf`` over the non-empty states and ``(0, -inf)`` twice, where the unclamped
+    fold from ``-inf`` gives NaN. (3) The reciprocal's factor per fold (``reciprocal_fold_amplification``) is
+    within Lemma 10's (``stored_fold_amplification``) for ``K'`` up to ``2^23 - 1``, so ``H^run_S`` is
+    unchanged, and it is not if the first state's product were rounded too; the standard model's fold
+    (``adversarial_fold_amplification``) times the reciprocal's and the product's roundings is within it.
+    (4) ``decode_example`` run from ``-inf``: its lse past ``lse_bound`` at 1 step, within it at Lemma 11's 64.
+    (5) Hypothesis-drawn split-KV decodes of a request's KV (1 to 12 keys, chunks of 1 to 8 keys from its first
+    key, blocks of 1 to 4 slots, 1 to 4 groups, one fold or 1 to 6 threads, more threads than chunks too;
+    fp16, bf16 and fp32; scores shifted by 0 or -40960; an ``exp2`` that flushes or not): the kernel from
+    ``-inf`` computes bit for bit the walks and folds from ``-inf`` that leave out masked slots, keyless groups
+    and empty threads (with the same reciprocal normalise), and stays within ``out_bound`` and ``lse_bound``
+    at Lemma 10's count, which is within ``request_chunk_steps`` with divisions within 2 ulp (what
+    ``blocked_steps(..., chunk_from="request", merge="running", levels=2, fast_division=True, groups=Z)``
+    counts), equal to it in some draws; draws outside 0.5.0's condition are reached."""
+    prec = bounds.precision("float32")
+    for ftz in (True, False):
+        exp = Elementary(_Still(), False, ftz)
+        runs = [simulate_decode_chunk([mpmath.mpf(1)], [[mpmath.mpf(-40960)]], [[mpmath.mpf(1)]], 1.0, 64, 2, exp,
+                                      fp.Arithmetic(), None, start)
+                for start in (FLASHINFER_IEEE_START, None, FLASHINFER_START)]
+        assert runs[0] == runs[1] and runs[0][0] == [1] and runs[2][0] == [0], (ftz, runs)
+    exp, ar = Elementary(_Still(), False, True), fp.Arithmetic()
+    full = ([mpmath.mpf(3)], mpmath.mpf(-7))
+    divide = reciprocal_divide(exp, ar)
+    ieee = running_fold_base2([exact.empty(1), full, exact.empty(1)], exp, ar, divide, FLASHINFER_IEEE_START)
+    assert ieee == running_fold_base2([full], exp, ar, divide), ieee
+    assert mpmath.isnan(running_fold_base2([exact.empty(1), full], exp, ar, divide)[1])
+    for states in ([exact.empty(1), exact.empty(1)], []):
+        assert running_fold_base2(states, exp, ar, divide, FLASHINFER_IEEE_START, 1) == ([0], exact.NEG_INF), states
+    u = mpmath.mpf(prec.u_acc)
+    for dtype in ("float16", "float64"):
+        at = bounds.precision(dtype)
+        for k in (1, 2, 3, 8, 1000, 2**16, 2**20, 2**22, 2**23 - 1 if dtype == "float16" else 2**52 - 1):
+            assert reciprocal_fold_amplification(k, at) <= stored_fold_amplification(k, at), (dtype, k)
+            if k >= 2:  # the argument takes the first state's product x_1 f_1 = x_1 as exact
+                u_at = mpmath.mpf(at.u_acc)
+                assert reciprocal_fold_amplification(k, at) * (1 + u_at / 2) > stored_fold_amplification(k, at)
+    for k in (2, 6, 256):
+        assert (adversarial_fold_amplification(k, u) * (1 + 2 * u) * (1 + u / 2)
+                <= reciprocal_fold_amplification(k, prec)), k
+    problem = decode_example()
+    (ref_out, ref_lse), value_abs, score_abs = reference(problem)
+    up = Elementary(_Up(), True)
+    _, lse, steps = simulate_decode_chunk(problem["q"], problem["keys"], problem["values"], 1.0, 1, 64, up,
+                                          fp.Arithmetic(), None, FLASHINFER_IEEE_START)
+    lse_err = abs(lse * mpmath.log(2) - ref_lse)
+    at = {s: float(bounds.lse_bound(float(ref_lse), 64, float(score_abs), 1, prec, s, scale=1.0)) for s in (1, 64)}
+    assert max(steps) == 64 and at[1] < lse_err <= at[64], (lse_err / u, at[1] / u, at[64] / u)
+    reached = []
+
+    @checked(150)
+    @given(problems(max_parts=1, forms=("base2",), value_exponents=(0, -24, -128)), st.randoms(use_true_random=False),
+           st.booleans(), st.sampled_from([None, 1, 2, 3, 6]), st.integers(1, 8), st.integers(1, 4), st.integers(1, 4),
+           st.booleans(), st.sampled_from([0, -40960]))
+    def run(problem, rnd, extreme, threads, chunk, block, groups, ftz, shift):
+        n = len(problem["keys"])
+        labels = [j // chunk for j in range(n)]
+        problem = dict(problem, scale=1.0, q=problem["q"] + [mpmath.mpf(1)],
+                       keys=[k + [mpmath.mpf(shift)] for k in problem["keys"]],
+                       values=[v + [mpmath.mpf(1)] for v in problem["values"]], parts=labels[-1] + 1, labels=labels,
+                       block=block, groups=groups, fast_division=True, reciprocal=True)
+        exp = Repeatable(rnd.random(), extreme, ftz)
+        ar = fp.Arithmetic(problem["accumulate"], problem["flush"])
+        for part in range(problem["parts"]):
+            idx = [j for j, label in enumerate(labels) if label == part]
+            k, v = [problem["keys"][j] for j in idx], [problem["values"][j] for j in idx]
+            walks = [simulate_decode_chunk(problem["q"], k, v, 1.0, block, groups, exp, ar,
+                                           lambda a, b: exp.divide(a, b, ar), start)
+                     for start in (FLASHINFER_IEEE_START, None)]
+            assert walks[0] == walks[1], (problem["dtype"], block, groups)
+        trees = [simulate_stored_folds(problem, exp, threads, start) for start in (FLASHINFER_IEEE_START, None)]
+        assert trees[0] == trees[1], (problem["dtype"], threads)
+        out_err, with_term, _, lse_err, lse_b, steps = stored_fold_errors(problem, exp, threads, FLASHINFER_IEEE_START)
+        assert all(e <= b for e, b in zip(out_err, with_term)) and lse_err <= lse_b, (n, chunk, steps)
+        counted = request_chunk_steps(n, chunk, block, groups, 1 if threads is None else 2, True)
+        assert steps <= counted, (n, chunk, threads, steps, counted)
+        reached.append((min(part_lses(problem)) <= (FLASHINFER_START + 127) * mpmath.log(2), steps == counted,
+                        threads is not None and threads > problem["parts"]))
+
+    run()
+    assert all(any(r[i] for r in reached) for i in range(3)), len(reached)
 
 
 def stored_errors(problem: dict, exp, stored: int) -> tuple:
