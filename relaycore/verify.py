@@ -43,9 +43,10 @@ with ``--merge fold`` or ``--single-pass`` is refused: no lemma prices it. ``--g
 before its division, as FlashInfer's decode kernels (``sync_state``, Lemma 11). ``--chunk-from
 request`` cuts a request's segments (its prefixes, then its own KV) as one sequence into chunks
 from its first key, as FlashInfer does (Lemma 12); ``--chunk`` alone cuts each segment from its
-own first key. FlashInfer 0.5.0's split-KV decode is ``--block-n T --chunk C --chunk-from request
---merge running --levels 2 --fast-division --stored --groups Z``; Lemma 11 needs every score above
-about -34570 (FlashInfer's running maxima start at -5e4, base 2).
+own first key. FlashInfer's split-KV decode is ``--block-n T --chunk C --chunk-from request
+--merge running --levels 2 --fast-division --stored --groups Z``; in FlashInfer 0.5.0 to 0.6.18rc7
+Lemma 11 needs every score above about -34570 (its running maxima start at -5e4, base 2), from
+its commit ``d7f2c64`` on (an IEEE -inf start) no condition (Lemma 13).
 
 Rows without a bound: where ``relaycore.bounds`` gives no bound for a row (scores too large for
 the dtype, or an lse whose ``rho`` passes 2 on long rows), the row is held to none, and the case
@@ -251,7 +252,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --block-n: each part walked by Z groups of threads, N keys a block each, their "
                              "unnormalised states folded before the part's division (FlashInfer's decode: N = bdy * "
                              "tile_size_per_bdx, Z = bdz, sync_state), as blocked_steps(groups=Z), Lemma 11, "
-                             "where every score is above about -34570; FlashInfer's chunks: --chunk-from request "
+                             "where every score is above about -34570 (FlashInfer 0.5.0 to 0.6.18rc7; any from its "
+                             "commit d7f2c64 on, Lemma 13); FlashInfer's chunks: --chunk-from request "
                              "(default: 1)")
 
 

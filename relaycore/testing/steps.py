@@ -88,7 +88,9 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             ``block_n = groups = 4``: 16 from the request, 14 per segment).
         merge: with ``split``, one of ``MERGES``. A ``"running"`` fold from ``M = -inf`` must
             start from a part that holds a key of the row (``exp2(-inf - (-inf))`` is NaN;
-            FlashInfer's starts from ``M = -5e4``, Lemma 9).
+            FlashInfer 0.5.0 to 0.6.18rc7's starts from ``M = -5e4``, Lemma 9; from its commit
+            ``d7f2c64`` on, from ``-inf`` with its exponents clamped, which takes empty parts
+            anywhere, Lemma 13).
         fast_division: the kernel's divisions (a part's output by its normaliser, a fold's by
             its sum) err by up to 2 ulp instead of rounding to nearest, as CUDA's ``__fdividef``
             and ``-use_fast_math``: one step more per fold a key passes (Lemma 9). Not with
@@ -107,9 +109,10 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             (``block_n = bdy * tile_size_per_bdx``, ``groups = bdz``; ``sync_state``, Lemma 11).
             A part of ``n`` keys then counts ``ceil(n / (block_n groups)) + min(groups, ceil(n /
             block_n)) - 1`` instead of ``ceil(n / block_n)`` (never more). Lemma 11 proves it where
-            every score is above about -34570 (FlashInfer's ``-5e4`` start, base 2), its weights'
-            ``exp2`` flushing below ``2^-126`` as FlashInfer's ``ex2.approx.ftz`` does. FlashInfer
-            0.5.0's split-KV decode: ``chunk=`` its chunk, ``chunk_from="request"`` (it chunks a
+            every score is above about -34570 (FlashInfer 0.5.0 to 0.6.18rc7's ``-5e4`` start,
+            base 2), its weights' ``exp2`` flushing below ``2^-126`` as FlashInfer's
+            ``ex2.approx.ftz`` does; from FlashInfer's commit ``d7f2c64`` on (an IEEE ``-inf``
+            start), for any scores (Lemma 13). FlashInfer's split-KV decode: ``chunk=`` its chunk, ``chunk_from="request"`` (it chunks a
             request's whole KV from its first key), ``merge="running", levels=2,
             fast_division=True`` and ``stored_merges(batch, merge="running", levels=2)`` (its
             chunks are stored in the output dtype, then merged by its two-level kernel; Lemma 12).
