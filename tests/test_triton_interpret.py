@@ -1343,6 +1343,23 @@ def test_a_graph_plan_gives_each_step_the_bits_of_its_own_plan(shape, poisoned_a
 
 
 @in_process
+def test_a_graph_plan_keeps_the_dtype_of_its_first_batchs_metadata_on_the_host():
+    """A NumPy array's dtype is fixed by the first batch, as a tensor's: ``update`` refuses
+    another (a call would refuse the first dtype's arrays after it)."""
+    engine = EngineTensors([1, 2], num_q_heads=4, num_kv_heads=2, head_dim=16, dtype=torch.float16, device="cpu",
+                           page_size=4, max_blocks=4, level_rows=[12], level_prefixes=[2], host_metadata=True)
+    engine.step(np.random.default_rng(1))
+    q, cu, kv, prefixes = engine.args()
+    graph = prepare_graph(q, cu, kv, prefixes)
+    wider = kv._replace(kv_lens=kv.kv_lens.astype(np.int64))
+    with pytest.raises(TypeError, match=r"^kv\.kv_lens: expected dtype int32 \(the graph plan's\), got int64$"):
+        graph.update(q, cu, wider, prefixes)
+    graph.update(q, cu, kv, prefixes)  # the first dtype still passes
+    assert _same(relaycore.relay_attention(q, cu, kv, prefixes, plan=graph),
+                 run_planned(plan(validate(q, cu, kv, prefixes)), q, kv, prefixes))
+
+
+@in_process
 def test_a_graph_plan_refuses_a_batch_of_other_shapes_or_query_counts():
     engine = EngineTensors([1, 1, 3], num_q_heads=4, num_kv_heads=2, head_dim=16, dtype=torch.float16, device="cpu",
                            page_size=4, max_blocks=4, level_rows=[20], level_prefixes=[2])

@@ -224,6 +224,7 @@ class GraphPlan:
         self.bounds = bounds
         self.launches = graph_launches(meta, bounds, config)
         self._q_lens = meta.q_lens
+        self._metadata_dtypes = None  # of the first batch's metadata on the host (``_refill``)
         self._config = config
         self._queries = query_layout(meta, config)  # the same at every step: ``_refill`` checks the query counts
         total_q = meta.total_q
@@ -310,6 +311,12 @@ class GraphPlan:
         if len(tensors) != len(plan.signature):
             raise ValueError(f"prefixes: expected {plan.num_levels} levels (the graph plan's), got {meta.num_levels}")
         check_signature(plan.signature, tensors, "the graph plan's")
+        # a NumPy array's dtype, which the signature leaves out (``tensor_signature``)
+        dtypes = tuple(None if stamp.values is None else stamp.values.dtype for stamp in stamps)
+        self._metadata_dtypes = dtypes if self._metadata_dtypes is None else self._metadata_dtypes
+        for stamp, want, got in zip(stamps, self._metadata_dtypes, dtypes):
+            if got != want:
+                raise TypeError(f"{stamp.name}: expected dtype {want} (the graph plan's), got {got}")
         if not np.array_equal(meta.q_lens, self._q_lens):  # the shapes fix the batch size
             b = int(np.argmax(meta.q_lens != self._q_lens))
             raise ValueError(f"cu_seqlens_q: expected the graph plan's query counts, got q_len {int(meta.q_lens[b])} "
