@@ -112,10 +112,11 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             every score is above about -34570 (FlashInfer 0.5.0 to 0.6.18rc7's ``-5e4`` start,
             base 2), its weights' ``exp2`` flushing below ``2^-126`` as FlashInfer's
             ``ex2.approx.ftz`` does; from FlashInfer's commit ``d7f2c64`` on (an IEEE ``-inf``
-            start), for any scores (Lemma 13). FlashInfer's split-KV decode: ``chunk=`` its chunk, ``chunk_from="request"`` (it chunks a
-            request's whole KV from its first key), ``merge="running", levels=2,
-            fast_division=True`` and ``stored_merges(batch, merge="running", levels=2)`` (its
-            chunks are stored in the output dtype, then merged by its two-level kernel; Lemma 12).
+            start), for any scores (Lemma 13). FlashInfer's split-KV decode: ``chunk=`` its chunk,
+            ``chunk_from="request"`` (it chunks a request's whole KV from its first key),
+            ``merge="running", levels=2, fast_division=True`` and ``stored_merges(batch,
+            merge="running", levels=2)`` (its chunks are stored in the output dtype, then merged
+            by its two-level kernel; Lemma 12).
             1: one running state per part.
 
     A kernel whose parts walk blocks of different sizes is described by its smallest block
