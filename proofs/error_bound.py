@@ -2137,8 +2137,9 @@ def simulate_decode_chunk(q, keys, values, scale, block: int, groups: int, exp, 
     FLASHINFER_START``: the kernel as it runs, every state from ``(0, -5e4, 1)``, a slot past the
     chunk's end masked to the score ``-5e4`` with the value 0 (``kFillZero``), every group folded.
     ``start=FLASHINFER_IEEE_START``: the kernel from commit ``d7f2c64`` on (Lemma 13), as with
-    ``FLASHINFER_START`` but from ``(0, -inf, 1)``, masked slots scoring ``-inf``, the block's exponent
-    subtrahend ``max(m, -FLT_MAX)`` (``m_scaled``), every factor ``exp2_clamped``; the output ``divide(O, D)``
+    ``FLASHINFER_START`` but from ``(0, -inf, 1)``, masked slots scoring ``-inf``, the block's factors
+    ``exp2(fl(x - m_scaled))`` with the subtrahend ``m_scaled = max(m, -FLT_MAX)`` and no clamp of the exponent
+    (``compute_qk``), ``sync_state``'s factors ``exp2_clamped`` (``state_t::merge``); the output ``divide(O, D)``
     where ``M`` is finite (``OutputTransform``, unchanged).
 
     Args:
@@ -2178,10 +2179,11 @@ def simulate_decode_chunk(q, keys, values, scale, block: int, groups: int, exp, 
             s = [ar.mul(ar.dot(q, keys[j]), c2) if j < n else top for j in slots if start is not None or j < n]
             v = [values[j] if j < n else [mpmath.mpf(0)] * dim for j in slots if start is not None or j < n]
             m_new = max([m] + s)
-            # the exponent subtrahend: FlashInfer's d7f2c64 clamps a fully masked block's -inf at -FLT_MAX
+            # the exponent subtrahend: FlashInfer's d7f2c64 clamps a fully masked block's -inf at -FLT_MAX and
+            # clamps no exponent here (-inf - m_scaled is -inf; without that clamp, -inf - (-inf) is NaN: an error)
             m_scaled = max(m_new, -fp.largest("float32")) if ieee else m_new
-            alpha = exp2_clamped(exp, m, m_scaled)
-            p = [exp2_clamped(exp, x, m_scaled) for x in s]
+            alpha = exp(fp.r32(m - m_scaled), 2)
+            p = [exp(fp.r32(x - m_scaled), 2) for x in s]
             d = ar.mul(d, alpha)
             for x in p:
                 d = ar.add(d, x)
@@ -3114,7 +3116,8 @@ def check_running_fold():
     (``running_fold_steps``: two plus one per later growth of the maximum, with divisions
     rounded to nearest, within 2 ulp, or a reciprocal within 2 ulp and a product as FlashInfer's
     ``normalize`` from commit ``d7f2c64`` on, Lemma 13), and by at most the proof's sharper sum
-    (``5/2 u_acc`` more with divisions within 2 ulp, ``7/2 u_acc`` with the reciprocal's); every key by at
+    (``5/2 u_acc`` more with divisions within 2 ulp, ``7/2 u_acc`` with the reciprocal's), which a fold of two
+    states of one lse with every rounding up or down meets to second order with each division; every key by at
     most ``K'`` steps (``K' + 1`` with divisions within 2 ulp); a fold of one non-empty state
     passes it on unchanged. The model does not flush, so the growth is asserted for every key,
     those whose weights fall below ``2^-126`` too (the draws reach them); what a flush adds is
@@ -3138,24 +3141,19 @@ def check_running_fold():
     assert mpmath.isnan(nan_lse) and mpmath.isnan(nan_out[0])
     reached = []
 
-    @checked(400)
-    @given(merge_chunks(), st.randoms(use_true_random=False), st.booleans(),
-           st.sampled_from(["nearest", "within 2 ulp", "reciprocal"]))
-    def run(drawn, rnd, extreme, division):
-        chunks, score_abs, num_keys = drawn
-        held = [c for c in chunks if c[1]]
-        if not held:
-            return
-        chunks = [c for c in chunks if c[1]][:1] + [c for c in chunks if c is not held[0]]  # a non-empty first
+    def within(chunks, draw, division, score_abs, num_keys):
+        """The fold of ``chunks`` (a non-empty first) under ``draw``: every key within the sharper sum and its
+        count; returns the largest growth over the sharper sum."""
         fast, reciprocal = division != "nearest", division == "reciprocal"
-        merged = merge_running(chunks, _adversary(rnd, extreme), fast, reciprocal)
+        merged = merge_running(chunks, draw, fast, reciprocal)
         kept = [(c, r) for c, r in zip(chunks, merged) if r is not None]
         if len(kept) == 1:  # entered at its own maximum with weight exactly 1, never rescaled
             assert kept[0][1][2:] == (0, True)
-            return
+            return 0
         lse = [mpmath.log(2) * m + mpmath.log(l) for m, l in (c for c, _ in kept)]
         top = max(lse)
         step = one_step(score_abs, num_keys, prec)
+        ratios = []
         for ((m, l), (alpha, beta, growths, raised)), ell in zip(kept, lse):
             if ell < top - 126 * mpmath.log(2):  # its final weight below 2^-126
                 reached.append(ell)
@@ -3167,6 +3165,26 @@ def check_running_fold():
                        + u_acc / 2 * (mpmath.log(l) + 2 * abs(ell) + abs(top)))
             assert max(abs(alpha), abs(beta)) <= sharper * second_order <= steps * step, \
                 (alpha, beta, growths, raised, fast, sharper, steps)
+            ratios.append(max(abs(alpha), abs(beta)) / sharper)
+        return max(ratios)
+
+    # two states of lse 0, every rounding up (or down): the first state's keys meet the sharper sum to second
+    # order with each division, so a division's extra (5/2 or 7/2 u_acc) that were too small would fail here
+    for division in ("nearest", "within 2 ulp", "reciprocal"):
+        for sign in (1, -1):
+            level = [(mpmath.mpf(0), mpmath.mpf(1))] * 2
+            assert within(level, lambda size: sign * size, division, 0.0, 2) >= 1 - two**-20, (division, sign)
+
+    @checked(400)
+    @given(merge_chunks(), st.randoms(use_true_random=False), st.booleans(),
+           st.sampled_from(["nearest", "within 2 ulp", "reciprocal"]))
+    def run(drawn, rnd, extreme, division):
+        chunks, score_abs, num_keys = drawn
+        held = [c for c in chunks if c[1]]
+        if not held:
+            return
+        chunks = [c for c in chunks if c[1]][:1] + [c for c in chunks if c is not held[0]]  # a non-empty first
+        within(chunks, _adversary(rnd, extreme), division, score_abs, num_keys)
 
     run()
     assert reached
