@@ -820,6 +820,56 @@ most the largest finite one is finite. Lemma 6's roundings are the accumulation 
 factors after them now include the stored roundings', within $e^{S u_p}$ and so within
 $e^{\rho}$. $\blacksquare$
 
+*Divisions within 2 ulp.* FlashInfer compiles with `-use_fast_math`, whose `-prec-div=false` makes
+the `/` of `MergeStateInPlaceKernel`'s coefficients a division within 2 ulp (CUDA documents 2 ulp for
+`x / y` without `-prec-div`, over the full range; `-ftz` flushes a subnormal quotient), in 0.5.0 as
+from `d7f2c64`; the levels' own divisions are within 2 ulp too (Lemmas 9 and 13).
+
+*Claim. Let the merges of the claim above compute each coefficient $\hat c_x$ within 2 ulp of
+$c_x = w_x / \hat T$ (so $\hat c_x = c_x(1 + \delta_x)$, $|\delta_x| \le 2u_{acc}$, where $c_x \ge
+2^{-126}$, and $|\hat c_x - c_x| < 2^{-126}$ below, $0 \le \hat c_x \le (1 + 2u_{acc})c_x + 2^{-148}$
+throughout), the parts' divisions within 2 ulp or to nearest, and let $S$ count every merge on a key's
+way, a merge with an empty side (output 0, lse $-\infty$) included. Then a key passes at most Lemma 3's
+count plus one step per merge on its way (one if it passes none, for its part's division), its
+numerator weights perturbed by $u_p$ more per stored read as above, and the row's output is within
+the bound of the claim above with Lemma 10's $H^{run}_S$ in place of $H_S$ (`stored = S`,
+`stored_merge="running"`).*
+
+*Proof.* *The form.* $\hat c_x$ enters (c) only on the numerator, where Lemma 3 charges its
+division $\tfrac{u_{acc}}{2}$; $M$, $w$, $\hat T$ and the lse never read it. The excess, at most
+$\tfrac32 u_{acc}$, multiplies the numerator weights of $x$'s keys; a part's division within 2 ulp
+exceeds its charge in (c) by $\tfrac32 u_{acc}$ (item 5's by $u_{acc}$ where the part is the row's
+output, Lemma 9). So a key's numerator weights gain at most $\tfrac32 u_{acc}$ per merge on its way
+and $\tfrac32 u_{acc}$ once, $3u_{acc}$ at its first merge: within the one step more there (at least
+$u_{exp} + 4u_{acc}$), and at the out bound's limit on $\rho$ three steps hold Lemma 3's growth and
+$3u_{acc}$ with at least $1.4u_{acc}$ left, where two leave none (`check_stored_merges_fast_division`).
+A merge with an empty side is no longer exact: the other side is at $M$, $w = 2^0 = 1$, $\hat T =
+\mathrm{fl}(1 + 0) = 1$, $\hat c = 1 + \delta$, and its output $\mathrm{fl}(\hat c\, x)$ (plus an
+exact 0) carries $(1 + 2u_{acc})(1 + \tfrac{u_{acc}}{2})$: one step, and a stored read if it reads
+stored outputs. Below the normal range $\hat c_x$ errs by less than $2^{-126}$ absolutely, as Lemma
+3's coefficient rounded with subnormals flushed does, and is that weight's underflow (Lemmas 3 and 4).
+*The rest.* As in the proof above, $h = \sum_x \hat c_x r_x$ times the product's $1 +
+\tfrac{u_{acc}}{2}$ and the sum's $1 + u_{acc}$, so $|h| \le k\max_x |r_x|$ with $k = (1 +
+\tfrac{u_{acc}}{2})(1 + u_{acc})(\hat c_a + \hat c_b)$. With two sides that hold keys, $\hat c_a +
+\hat c_b \le (1 + 2u_{acc})/(1 - u_{acc}) + 2^{-147}$, and $k \le e^{\frac52 u_{acc} + 3u_{acc}}$,
+Lemma 10's bound on $k_2$; with one, $\hat c_b x_b = 0$, the sum adds an exact 0 and $k \le (1 +
+2u_{acc})(1 + \tfrac{u_{acc}}{2}) \le e^{\frac52 u_{acc}}$, Lemma 10's bound on $k_1$. So every
+merge is a node of Lemma 10's tree with $K'_v \le 2$ children that hold keys (its $\tau_{acc}$ per
+node unused), and Lemma 10's induction over the tree gives $|h| \le H^{run}_S$. Lemma 8's own
+argument does not: its $k \le e^{4u_{acc}}$ fails ($k$ reaches about $e^{\frac92 u_{acc}}$). *Sizes.*
+$|\hat o| \le e^{\frac52 u_{acc} + 3u_{acc}}\max(|x_a|, |x_b|)$ up to the underflows, within the
+$2u_{acc}$ per step that $\rho_\Delta$ gives the merge's three; Lemma 6's roundings are the merge's
+products and sum, as above; `out_bound` with `stored_merge="running"` checks Lemma 10's partial sums
+besides, conservatively. $\blacksquare$
+
+`blocked_steps(..., merge="pairwise", fast_division=True)` counts $\max(1, K' - 1)$ more, the merges
+of a left fold of the $K'$ parts that hold a key of the row, and `stored_merges(batch)` one merge per
+prefix level a request reads: a kernel that also merges empty states into a row (a level its request
+does not read) passes more merges, each one more step and one more in $S$, and needs them counted.
+`check_stored_merges_fast_division` checks the claim in the standard model and end to end: drawn rows
+folded pairwise from stored outputs, every division within 2 ulp (the parts', and the merges', on
+empty sides too), stay within `out_bound` at `pairwise_fast_steps` with `stored_merge="running"`.
+
 The absolute term is what a test sees. `stored_example` has one fp16 row with all scores 0 and
 values that are fp16 subnormals, in parts of 2, 2, 4 and 8 keys, so that every merge weighs its
 states by 1/2 exactly. Folded from stored outputs, the roundings of the stored means add up to
@@ -1555,8 +1605,8 @@ What is not covered: the tensor-core (prefill), MLA and Hopper (FA3) paths, whic
 also changed and which no lemma here reads, the rest of Lemma 11's list, and FlashInfer after
 `fb28d72`, not read. The pairwise `MergeStateInPlaceKernel` divides its
 two weights by their sum with `/`, which FlashInfer's `-use_fast_math` (`-prec-div=false`) makes
-a division within 2 ulp in 0.5.0 as from `d7f2c64`: Lemma 8 prices that merge with divisions to
-nearest, and no count here prices pairwise merges with divisions within 2 ulp.
+a division within 2 ulp in 0.5.0 as from `d7f2c64`: Lemma 8's last part prices it (Lemma 10's term,
+one step more per merge).
 
 `check_flashinfer_ieee_start` checks it: a key of natural score $-40960$ (base 2 $-59093$, far
 below 0.5.0's condition) with 63 masked slots and a keyless group is, bit for bit, the walk from
@@ -1760,6 +1810,10 @@ and within `lse_bound`. `check_stored_rounding_terms` checks the lemma's two fac
 a stored rounding's factor within $e^{\pm u_p}$ (normal results) or its error within $\tau$
 (below), on values of every binade of fp16 and bf16; and the recursion for $H_S$ against its
 closed form up to $S = 4096$, and against what `out_bound` carries at $S = 1, 8, 64$.
+`check_stored_merges_fast_division` checks Lemma 8's last part: a merge's growth in the standard
+model with both divisions within 2 ulp, the step per merge at the out bound's limit (three steps
+hold it, two do not), the merge's factor within Lemma 10's, and drawn rows folded from stored
+outputs with every division within 2 ulp within the bounds at `pairwise_fast_steps`.
 `check_two_level_stored_folds` checks Lemma 10: `two_level_example` is beyond the bound without
 `stored` and within it with `stored = 2, stored_merge="running"` (in bf16 too, and folded once
 at `stored = 1`), and Hypothesis-drawn problems (fp16, bf16 and fp32, values down to fp16's and
@@ -2009,10 +2063,12 @@ def simulate_merge_logaddexp(a: tuple, b: tuple, exp, ar: fp.Arithmetic) -> tupl
     return [ar.add(ar.mul(ca, x), ar.mul(cb, y)) for x, y in zip(oa, ob)], total
 
 
-def simulate_merge_stored(a: tuple, b: tuple, exp, ar: fp.Arithmetic, dtype: str, base=None) -> tuple:
+def simulate_merge_stored(a: tuple, b: tuple, exp, ar: fp.Arithmetic, dtype: str, base=None, divide=None) -> tuple:
     """Lemma 8's merge: ``simulate_merge``'s order of operations (in base 2 where ``base == 2``,
     as FlashInfer's ``merge_state_in_place``) on outputs read from storage in ``dtype``: each
-    incoming output is rounded to ``dtype`` (to nearest) before the merge, the lses stay fp32."""
+    incoming output is rounded to ``dtype`` (to nearest) before the merge, the lses stay fp32.
+    ``divide``: the coefficients' division ``(w, T) -> w / T``; ``None``: ``ar.div`` (to nearest); pass
+    ``Elementary.divide`` for divisions within 2 ulp (``-use_fast_math``, Lemma 8's last part)."""
     (oa, la), (ob, lb) = a, b
     m = max(la, lb)
     m = m if mpmath.isfinite(m) else mpmath.mpf(0)
@@ -2020,7 +2076,8 @@ def simulate_merge_stored(a: tuple, b: tuple, exp, ar: fp.Arithmetic, dtype: str
     total = ar.add(wa, wb)
     if total == 0:
         return [mpmath.mpf(0)] * len(oa), exact.NEG_INF
-    ca, cb = ar.div(wa, total), ar.div(wb, total)
+    divide = divide or ar.div
+    ca, cb = divide(wa, total), divide(wb, total)
     xa, xb = ([fp.round_to(x, dtype) for x in o] for o in (oa, ob))
     return [ar.add(ar.mul(ca, x), ar.mul(cb, y)) for x, y in zip(xa, xb)], fp.r32(m + exp.log(total, base))
 
@@ -2271,7 +2328,8 @@ def simulate_fp32(problem: dict, exp) -> tuple:
     """``simulate`` before the output's rounding to the input format: ``(out [D] fp32, lse)``.
     Where ``problem["stored"]`` holds, the parts are folded left to right by Lemma 8's merge of
     stored outputs in the problem's base (the lse converted to natural log at the end, as
-    ``fl(fl(lse) fl(ln 2))`` in base 2). Where ``problem["merge"] == "running"`` (base 2), they
+    ``fl(fl(lse) fl(ln 2))`` in base 2), the parts' and the merges' divisions within 2 ulp where
+    ``problem["fast_division"]``. Where ``problem["merge"] == "running"`` (base 2), they
     are folded by Lemma 9's running fold, every division within 2 ulp where
     ``problem["fast_division"]`` (``Elementary.divide``)."""
     q, keys, values, dtype = problem["q"], problem["keys"], problem["values"], problem["dtype"]
@@ -2286,7 +2344,7 @@ def simulate_fp32(problem: dict, exp) -> tuple:
     if problem.get("merge") == "running":
         return simulate_merge_running(states, exp, ar, divide)
     if problem.get("stored"):
-        out, lse = exact.fold(states, lambda a, b: simulate_merge_stored(a, b, exp, ar, dtype, base))
+        out, lse = exact.fold(states, lambda a, b: simulate_merge_stored(a, b, exp, ar, dtype, base, divide))
         return out, (lse if base is None else fp.r32(lse * fp.r32(mpmath.log(2))))
     if base == 2:
         return simulate_merge_all_base2(states, exp, ar)
@@ -2590,13 +2648,15 @@ def _merge_inputs(a: tuple, b: tuple, draw) -> tuple:
     return half, full, u_exp, fl, lse, max(lse)
 
 
-def merge_pairwise(a: tuple, b: tuple, draw) -> list:
+def merge_pairwise(a: tuple, b: tuple, draw, fast: bool = False) -> list:
     """Lemma 3's merge of two part states in the standard model of rounding, at 60 digits.
 
     Each state is ``(m, l)``: its running maximum (natural log) and normaliser ``l >= 1``. Every
     elementwise fp32 operation multiplies its exact result by ``1 + draw(u_acc / 2)``, the two
     sums (``w_a + w_b`` and the final one) by ``1 + draw(u_acc)`` (they may truncate), the
     exponential (exact at 0) by ``1 + draw(u_exp)``; the logarithm is off by ``draw(u_exp)``.
+    ``fast``: the part's division and the coefficient's within 2 ulp (``1 + draw(2 u_acc)`` each, Lemma 8's
+    divisions within 2 ulp).
 
     Returns:
         Per state ``(alpha, beta)``: the logs of the factors by which the merge multiplies its
@@ -2614,7 +2674,8 @@ def merge_pairwise(a: tuple, b: tuple, draw) -> list:
     for (m, l), wx in zip((a, b), w):
         beta = mpmath.log(wx * total_factor / (mpmath.exp(m - top) * l))
         # o = fl(sum_x fl(fl(w_x / T) fl(acc_x / l_x))) = sum_x w_x (four roundings) acc_x / l_x / T
-        numer = wx * (1 + draw(half)) * (1 + draw(half)) * (1 + draw(half)) * (1 + draw(full))
+        division = 2 * full if fast else half
+        numer = wx * (1 + draw(division)) * (1 + draw(division)) * (1 + draw(half)) * (1 + draw(full))
         result.append((mpmath.log(numer / (mpmath.exp(m - top) * l)), beta))
     return result
 
@@ -4037,6 +4098,97 @@ def check_stored_rounding_terms():
             if s in (1, 8, 64):  # out_bound carries H (a row of one key, V = 0, within its rho limit)
                 carried = bounds.out_bound(np.zeros(1), np.zeros(1), 1, 0.0, 1, prec, 2 * s + 1, stored=s)[0]
                 assert carried - 2 * prec.tau >= h, (dtype, s, carried, h)
+
+
+def pairwise_fast_steps(problem: dict) -> int:
+    """Lemma 8's count with divisions within 2 ulp, for ``simulate``'s left fold of ``problem``'s ``P`` parts
+    from stored outputs (``K'`` of them holding keys): the parts' most blocks, two per merge of two states
+    that hold keys (``2 (K' - 1)``, Lemma 3) and one per merge on a key's way, those with an empty side
+    included, at least one (its part's division): ``max(1, P - 1)``."""
+    sizes = [problem["labels"].count(part) for part in range(problem["parts"])]
+    blocks = max(-(-n // part_block(problem, part)) for part, n in enumerate(sizes))
+    held = sum(1 for n in sizes if n)
+    return blocks + 2 * (held - 1) + max(1, problem["parts"] - 1)
+
+
+def check_stored_merges_fast_division():
+    """Lemma 8 with divisions within 2 ulp (FlashInfer's ``merge_state_in_place`` under ``-use_fast_math``).
+    (1) In the standard model (``merge_pairwise(fast=True)``: the part's division and the coefficient's
+    within ``2 u_acc``) a merge moves every weight by at most Lemma 3's growth plus ``3 u_acc``, within three
+    steps. (2) To first order up to the out bound's limit on ``rho`` (the states' lse error the accounting
+    ``E`` there), three steps hold that growth with at least ``1.4 u_acc`` left, and two do not (the step per
+    merge is needed: no end-to-end run can show it, the bound's slack being larger). (3) The absolute rest:
+    a merge's factor is within Lemma 10's ``k_2`` bound ``e^(5/2 u + 3 u)`` with two sides that hold keys and
+    ``k_1``'s ``e^(5/2 u)`` with one, so Lemma 10's ``H^run_S`` holds (the recursion stays within what
+    ``out_bound`` carries with ``stored_merge="running"``), where Lemma 8's argument for ``H_S`` does not: the
+    factor passes its ``e^(4 u_acc)``. (4) Hypothesis-drawn rows (fp16, bf16, fp32,
+    values down to fp16's subnormals, natural log or base 2, subnormals flushed or kept) folded pairwise from
+    stored outputs with every division within 2 ulp (``Elementary.divide``: the parts', and the merges' on
+    empty sides too) stay within ``out_bound`` at ``pairwise_fast_steps`` with ``stored = P - 1``,
+    ``stored_merge="running"``, and within ``lse_bound`` at that count."""
+    prec = bounds.precision("float32")
+    u_acc, u_exp = mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
+    second_order = 1 + mpmath.mpf(2) ** -20
+
+    @checked(300)
+    @given(pairwise_states(), st.randoms(use_true_random=False), st.booleans())
+    def growth(drawn, rnd, extreme):
+        states, score_abs, num_keys = drawn
+        merged = merge_pairwise(*states, _adversary(rnd, extreme), fast=True)
+        steps = 3 * one_step(score_abs, num_keys, prec)
+        lse = [m + mpmath.log(l) for m, l in states]
+        for (m, l), (alpha, beta), ell, other in zip(states, merged, lse, lse[::-1]):
+            bound = 2 * u_exp + 11 * u_acc / 2 + u_acc / 2 * (mpmath.log(l) + 2 * abs(ell) + abs(other))
+            assert max(abs(alpha), abs(beta)) <= bound * second_order <= steps, (alpha, beta, bound, steps)
+
+    growth()
+    short = []
+    for score_abs in (0.0, 1.0, 20.0, 100.0, 256.0, 1e3, 1e4, 1e6):
+        for num_keys in (2, 3, 16, 4096, 2**16, 2**20, 2**22):
+            step = one_step(score_abs, num_keys, prec)
+            limit = float(bounds.out_rho_limit(score_abs))
+            grown = merge_growth(score_abs, num_keys, limit, prec, lse_error_at(score_abs, num_keys, limit, prec))
+            assert 3 * step - grown - 3 * u_acc >= mpmath.mpf(1.4) * u_acc, (score_abs, num_keys)
+            short.append(2 * step - grown - 3 * u_acc)
+    assert min(short) < 0, min(short) / u_acc
+    for dtype in ("float16", "bfloat16", "float32"):
+        at = bounds.precision(dtype)
+        u, u_p, tau = mpmath.mpf(at.u_acc), mpmath.mpf(at.u_p), mpmath.mpf(at.tau)
+        two_sides = (1 + u / 2) * (1 + u) * ((1 + 2 * u) / (1 - u) + mpmath.mpf(2) ** -147)
+        assert two_sides <= mpmath.exp(5 * u / 2 + 3 * u) and (1 + 2 * u) * (1 + u / 2) <= mpmath.exp(5 * u / 2)
+        assert two_sides > mpmath.exp(4 * u)  # Lemma 8's k <= e^(4 u_acc), which its induction for H_S uses
+        h = mpmath.mpf(0)
+        for s in range(1, 257):
+            h = two_sides * ((1 + u_p) * h + tau)
+            if s in (1, 8, 64, 256):  # a row of s + 1 keys, V = 0: out_bound's term with stored_merge="running"
+                carried = bounds.out_bound(np.zeros(1), np.zeros(1), s + 1, 0.0, 1, at, 3 * s + 1, stored=s,
+                                           stored_merge="running")[0]
+                assert carried - 2 * at.tau >= h, (dtype, s, carried, h)
+    reached = []
+
+    @checked(400)
+    @given(problems(value_exponents=(0, -20, -24)), st.randoms(use_true_random=False), st.booleans())
+    def run(problem, rnd, extreme):
+        problem = dict(problem, stored=True, fast_division=True)
+        exp = Elementary(rnd, extreme)
+        (ref_out, ref_lse), value_abs, score_abs = reference(problem)
+        out, lse = simulate(problem, exp)
+        steps, stored = pairwise_fast_steps(problem), problem["parts"] - 1
+        n, dim, scale = len(problem["keys"]), len(problem["q"]), float(problem["scale"])
+        try:
+            out_b = bounds.out_bound(np.array([float(x) for x in ref_out]), np.array([float(v) for v in value_abs]), n,
+                                     float(score_abs), dim, at_dtype := bounds.precision(problem["dtype"]), steps,
+                                     scale=scale, stored=stored, stored_merge="running")
+            lse_b = bounds.lse_bound(float(ref_lse), n, float(score_abs), dim, at_dtype, steps, scale=scale)
+        except bounds.NoBound:  # no bound claimed for the row
+            return
+        for x, y, b in zip(out, ref_out, out_b):
+            assert abs(x - y) <= b, (problem["dtype"], problem["parts"], steps, float(abs(x - y)), b)
+        assert abs(lse - ref_lse) <= lse_b, (problem["dtype"], steps)
+        reached.append(stored)
+
+    run()
+    assert max(reached) == 3, sorted(set(reached))
 
 
 def overflow_example() -> dict:
