@@ -69,7 +69,9 @@ fp32 ones: a tree of folds over fp32 intermediates is priced this way too, since
 covers one fold only, and there the ``tau`` and ``u_p`` charged per fold are conservative), the
 same ``stored u_p`` in ``rho``, and ``H = stored (tau + tau_acc) exp(stored (u_p + 5/2 u_acc) +
 3 u_acc (N - 1))`` (Lemma 10 of the proof: a fold's weights are summed over its ``K' <= N``
-states, so the factor grows with ``N``).
+states, so the factor grows with ``N``). The same term prices pairwise merges whose coefficients
+are divided within 2 ulp (``-use_fast_math``; Lemma 8's last part), ``stored`` the merges a key
+passes, one step more per merge in ``steps``.
 
 Where a bound does not exist the functions raise ``NoBound`` (a ``ValueError``) naming the
 argument: ``n u >= 1`` in a ``gamma`` (``N >= 2^23`` keys with fp32 sums); ``eps >= 1``;
@@ -445,7 +447,8 @@ def _stored_underflow(n: np.ndarray, prec: Precision, stored, stored_merge: str 
 
 #: How merges that read stored outputs combine them (``out_bound``'s ``stored_merge``):
 #: ``"pairwise"`` two at a time in Lemma 3's order (Lemma 8 of ``proofs/error_bound.py``), or
-#: ``"running"`` running folds in Lemma 9's order, in a tree of any depth (Lemma 10).
+#: ``"running"`` running folds in Lemma 9's order, in a tree of any depth (Lemma 10), or pairwise
+#: merges that divide within 2 ulp (Lemma 8's last part).
 STORED_MERGES = ("pairwise", "running")
 
 

@@ -46,6 +46,10 @@ def test_hand_counts():
     # divisions within 2 ulp (__fdividef): one step more, with or without a merge
     assert blocked_steps(batch, 16, chunk=32, merge="running", fast_division=True)[:, 0].tolist() == [2 + 6 + 1] * 2
     assert blocked_steps(batch, 16, split=False, fast_division=True)[:, 0].tolist() == [7 + 3 + 1] * 2
+    # pairwise merges dividing within 2 ulp (Lemma 8's last part): one more per merge a key passes, at least one
+    assert blocked_steps(batch, 16, chunk=32, merge="pairwise", fast_division=True)[:, 0].tolist() == [2 + 2 * 5 + 5] * 2
+    assert blocked_steps(batch, 16, merge="pairwise", fast_division=True)[:, 0].tolist() == [7 + 2 + 1] * 2
+    assert blocked_steps(make_batch([1], [9]), 4, merge="pairwise", fast_division=True)[:, 0].tolist() == [3 + 1]
     # a tree of running folds two deep (Lemma 10): K - 1 + 2 over it, one more per fold with __fdividef
     assert blocked_steps(batch, 16, chunk=32, merge="running", levels=2)[:, 0].tolist() == [2 + 5 + 2] * 2
     assert blocked_steps(batch, 16, chunk=32, merge="running", levels=2, fast_division=True)[:, 0].tolist() == \
@@ -140,8 +144,6 @@ def test_refuses_an_unknown_merge_a_non_batch_and_parts_without_a_split():
         blocked_steps(batch, 16, split=False, merge="pairwise")
     with pytest.raises(ValueError, match=r"merge: expected one of \('fold', 'pairwise', 'running'\), got 'tree'"):
         blocked_steps(batch, 16, merge="tree")
-    with pytest.raises(ValueError, match=r"fast_division: expected False with merge='pairwise' .*, got True"):
-        blocked_steps(batch, 16, merge="pairwise", fast_division=True)
     with pytest.raises(ValueError, match=r"fast_division: expected a bool, got 1"):
         blocked_steps(batch, 16, fast_division=1)
     with pytest.raises(TypeError, match=r"batch: expected a relaycore.testing.Batch, got tuple"):

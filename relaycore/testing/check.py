@@ -57,7 +57,8 @@ def bounds_for(batch: Batch, dtype: Optional[str] = None, *, steps=None, stored=
             in fp32. For running folds of stored outputs (``stored_merge="running"``), the
             folds a key passes (``stored_merges(batch, merge="running", levels=...)``).
         stored_merge: ``"pairwise"`` (default; Lemma 8) or ``"running"``: running folds in
-            FlashInfer's order over stored outputs, one or a tree of them (Lemma 10), as
+            FlashInfer's order over stored outputs, one or a tree of them (Lemma 10), or pairwise
+            merges that divide within 2 ulp (``stored_merges(batch)``; Lemma 8's last part), as
             ``relaycore.bounds.out_bound`` takes it.
 
     Returns:

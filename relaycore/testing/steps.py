@@ -93,8 +93,12 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             anywhere, Lemma 13).
         fast_division: the kernel's divisions (a part's output by its normaliser, a fold's by
             its sum) err by up to 2 ulp instead of rounding to nearest, as CUDA's ``__fdividef``
-            and ``-use_fast_math``: one step more per fold a key passes (Lemma 9). Not with
-            ``"pairwise"``, whose merges divide once each (no count is proved for that).
+            and ``-use_fast_math``: one step more per fold a key passes (Lemma 9). With
+            ``"pairwise"`` (the merges' coefficients divided within 2 ulp too, as FlashInfer's
+            ``merge_state_in_place``): one step more per merge a key passes, at least one (Lemma 8,
+            divisions within 2 ulp); with ``stored``, price such merges with ``stored_merge="running"``
+            (Lemma 10's term). Merges of a row with empty states (a level its request does not read)
+            are not counted: a kernel that makes them passes more.
         levels: with ``"running"``, the most folds a key passes in a tree of running folds
             (FlashInfer's large and variable-length merge kernels fold each thread's share of
             the parts, then the threads' results: 2). Its keys pass at each fold Lemma 9's count,
@@ -128,7 +132,8 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         ``K >= 2``), ``2 (K - 1)`` (``"pairwise"``) or ``K - 1 + levels`` (``"running"``,
         ``K >= 2``), with ``groups`` the parts' count above in place of ``ceil(n_i / block_n)``;
         without ``split``, the sum of ``ceil(n_s / block_n)`` over its segments; plus
-        1 with ``fast_division`` (``levels`` with ``"running"``). At least 1 (every query sees its
+        1 with ``fast_division`` (``levels`` with ``"running"``, ``max(1, K - 1)`` with
+        ``"pairwise"``). At least 1 (every query sees its
         own first key) and, without ``fast_division`` and with ``levels`` at most 2, never above
         ``relaycore.bounds.default_steps`` of the keys it sees.
 
@@ -136,7 +141,7 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         ValueError: ``block_n`` or ``chunk`` not a positive int; ``merge`` not in ``MERGES``;
             ``chunk`` or a ``merge`` other than ``"fold"`` without ``split``; ``chunk_from`` not
             in ``CHUNK_FROM``, or other than ``"segment"`` without ``chunk``;
-            ``fast_division`` not a bool, or with ``"pairwise"``; ``levels`` not a positive int,
+            ``fast_division`` not a bool; ``levels`` not a positive int,
             or other than 1 without ``"running"``; ``groups`` not a positive int, or other than
             1 without ``split``.
         TypeError: ``batch`` is not a ``Batch``.
@@ -181,9 +186,6 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
     _check_positive("groups", groups)
     if groups != 1 and not split:
         raise ValueError(f"groups: expected 1 with split=False (groups walk a part each, Lemma 11), got {groups!r}")
-    if fast_division and merge == "pairwise":
-        raise ValueError("fast_division: expected False with merge='pairwise' (each pairwise merge divides once; "
-                         "no count is proved for divisions within 2 ulp there), got True")
     steps = np.ones((int(batch.cu_seqlens_q[-1]), 1), dtype=np.int64)
     q_lens = batch.q_lens
     for b, (prefix, kv_len) in enumerate(_segments(batch)):
@@ -213,8 +215,11 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             else:
                 merges = 2 * np.maximum(nonempty - 1, 0)
             count = blocks.max(axis=1, initial=0) + merges
+        if fast_division:  # one step per fold, or per pairwise merge a key passes, at least one (Lemmas 8, 9, 10)
+            count = count + (np.maximum(nonempty - 1, 1) if split and merge == "pairwise" else
+                             levels if merge == "running" else 1)
         lo = int(batch.cu_seqlens_q[b])
-        steps[lo : lo + q_len, 0] = count + int(fast_division) * (levels if merge == "running" else 1)
+        steps[lo : lo + q_len, 0] = count
     return steps
 
 
