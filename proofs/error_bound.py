@@ -830,7 +830,8 @@ $c_x = w_x / \hat T$ (so $\hat c_x = c_x(1 + \delta_x)$, $|\delta_x| \le 2u_{acc
 2^{-126}$, and $|\hat c_x - c_x| < 2^{-126}$ below, $0 \le \hat c_x \le (1 + 2u_{acc})c_x + 2^{-148}$
 throughout), the parts' divisions within 2 ulp or to nearest, and let $S$ count every merge on a key's
 way, a merge with an empty side (output 0, lse $-\infty$) included. Then a key passes at most Lemma 3's
-count plus one step per merge on its way (one if it passes none, for its part's division), its
+count plus one step per merge on its way whose two sides hold keys and two per merge with an empty
+side (exact, so none, in Lemma 3's count), at least one in all (its part's division), its
 numerator weights perturbed by $u_p$ more per stored read as above, and the row's output is within
 the bound of the claim above with Lemma 10's $H^{run}_S$ in place of $H_S$ (`stored = S`,
 `stored_merge="running"`).*
@@ -845,8 +846,9 @@ $u_{exp} + 4u_{acc}$), and at the out bound's limit on $\rho$ three steps hold L
 $3u_{acc}$ with at least $1.4u_{acc}$ left, where two leave none (`check_stored_merges_fast_division`).
 A merge with an empty side is no longer exact: the other side is at $M$, $w = 2^0 = 1$, $\hat T =
 \mathrm{fl}(1 + 0) = 1$, $\hat c = 1 + \delta$, and its output $\mathrm{fl}(\hat c\, x)$ (plus an
-exact 0) carries $(1 + 2u_{acc})(1 + \tfrac{u_{acc}}{2})$: one step, and a stored read if it reads
-stored outputs. Below the normal range $\hat c_x$ errs by less than $2^{-126}$ absolutely, as Lemma
+exact 0) carries $(1 + 2u_{acc})(1 + \tfrac{u_{acc}}{2})$, and a stored read if it reads stored
+outputs: two steps (one holds it in $\rho$; Lemma 5's $\rho_\Delta$, below, gives a step
+$2u_{acc}$). Below the normal range $\hat c_x$ errs by less than $2^{-126}$ absolutely, as Lemma
 3's coefficient rounded with subnormals flushed does, and is that weight's underflow (Lemmas 3 and 4).
 *The rest.* As in the proof above, $h = \sum_x \hat c_x r_x$ times the product's $1 +
 \tfrac{u_{acc}}{2}$ and the sum's $1 + u_{acc}$, so $|h| \le k\max_x |r_x|$ with $k = (1 +
@@ -858,14 +860,15 @@ merge is a node of Lemma 10's tree with $K'_v \le 2$ children that hold keys (it
 node unused), and Lemma 10's induction over the tree gives $|h| \le H^{run}_S$. Lemma 8's own
 argument does not: its $k \le e^{4u_{acc}}$ fails ($k$ reaches about $e^{\frac92 u_{acc}}$). *Sizes.*
 $|\hat o| \le e^{\frac52 u_{acc} + 3u_{acc}}\max(|x_a|, |x_b|)$ up to the underflows, within the
-$2u_{acc}$ per step that $\rho_\Delta$ gives the merge's three; Lemma 6's roundings are the merge's
+$2u_{acc}$ per step that $\rho_\Delta$ gives the merge's three (with an empty side,
+$e^{\frac52 u_{acc}}$ within its two); Lemma 6's roundings are the merge's
 products and sum, as above; `out_bound` with `stored_merge="running"` checks Lemma 10's partial sums
 besides, conservatively. $\blacksquare$
 
 `blocked_steps(..., merge="pairwise", fast_division=True)` counts $\max(1, K' - 1)$ more, the merges
 of a left fold of the $K'$ parts that hold a key of the row, and `stored_merges(batch)` one merge per
 prefix level a request reads: a kernel that also merges empty states into a row (a level its request
-does not read) passes more merges, each one more step and one more in $S$, and needs them counted.
+does not read) passes more merges, each two more steps and one more in $S$, and needs them counted.
 `check_stored_merges_fast_division` checks the claim in the standard model and end to end: drawn rows
 folded pairwise from stored outputs, every division within 2 ulp (the parts', and the merges', on
 empty sides too), stay within `out_bound` at `pairwise_fast_steps` with `stored_merge="running"`.
@@ -4102,13 +4105,13 @@ def check_stored_rounding_terms():
 
 def pairwise_fast_steps(problem: dict) -> int:
     """Lemma 8's count with divisions within 2 ulp, for ``simulate``'s left fold of ``problem``'s ``P`` parts
-    from stored outputs (``K'`` of them holding keys): the parts' most blocks, two per merge of two states
-    that hold keys (``2 (K' - 1)``, Lemma 3) and one per merge on a key's way, those with an empty side
-    included, at least one (its part's division): ``max(1, P - 1)``."""
+    from stored outputs (``K'`` of them holding keys): the parts' most blocks, three per merge of two states
+    that hold keys (Lemma 3's two and one, ``K' - 1`` of them) and two per merge with an empty side on a key's
+    way (``P - K'`` at most), at least one in all (its part's division)."""
     sizes = [problem["labels"].count(part) for part in range(problem["parts"])]
     blocks = max(-(-n // part_block(problem, part)) for part, n in enumerate(sizes))
     held = sum(1 for n in sizes if n)
-    return blocks + 2 * (held - 1) + max(1, problem["parts"] - 1)
+    return blocks + max(1, 3 * (held - 1) + 2 * (problem["parts"] - held))
 
 
 def check_stored_merges_fast_division():
