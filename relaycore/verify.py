@@ -31,7 +31,9 @@ within 2 ulp, as CUDA's ``__fdividef``) checks every case with the steps of that
 (``relaycore.testing.blocked_steps``) instead of the default count for any blocking. A cascade
 that stores each segment's output in the input dtype and merges the stored outputs pairwise
 (FlashInfer's cascade wrapper does): ``--stored`` widens the out bound by what those roundings
-cost (``relaycore.testing.stored_merges``, Lemma 8 of ``proofs/error_bound.py``). With
+cost (``relaycore.testing.stored_merges``, Lemma 8 of ``proofs/error_bound.py``); with
+``--merge pairwise --fast-division`` (its merges divide within 2 ulp, as FlashInfer's under
+``-use_fast_math``) priced as Lemma 10's (``stored_merge="running"``, Lemma 8's last part). With
 ``--block-n`` and ``--merge running`` it prices the parts' outputs stored in the input dtype and
 combined by running folds instead (Lemma 10): one fold (FlashInfer's ``merge_states`` on outputs
 in the input dtype), or with ``--levels 2`` a fold of folds whose results are stored too (its
@@ -237,8 +239,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--single-pass", action="store_true",
                         help="with --block-n: one running state over the whole context, no merge")
     parser.add_argument("--fast-division", action="store_true",
-                        help="with --block-n: the kernel's divisions err by up to 2 ulp (CUDA's __fdividef), one "
-                             "step more (not with --merge pairwise)")
+                        help="with --block-n: the kernel's divisions err by up to 2 ulp (CUDA's __fdividef, "
+                             "-use_fast_math), one step more per fold or pairwise merge a key passes; with --merge "
+                             "pairwise and --stored, a cascade's stored merges priced as Lemma 10's "
+                             "(stored_merge='running', Lemma 8)")
     parser.add_argument("--stored", action="store_true",
                         help="the function stores each segment's output in the input dtype and merges the stored "
                              "outputs pairwise, as a cascade does, or (with --block-n and --merge running) stores its "
@@ -381,9 +385,6 @@ def _check_setup(options: _Options, device: str) -> None:
     if options.single_pass and (options.chunk is not None or options.merge != "fold"):
         raise UsageError(f"{name('single_pass')}: expected without {name('chunk')} and {name('merge')} (one running "
                          f"state has no parts to cut or merge), got them together")
-    if options.fast_division and options.merge == "pairwise":
-        raise UsageError(f"{name('fast_division')}: expected without {setting('merge', 'pairwise')} (each pairwise "
-                         f"merge divides once; no count is proved for divisions within 2 ulp there), got them together")
     if options.stored and options.function is None:
         raise UsageError(f"{name('stored')}: expected with {name('function')} (a cascade of yours), got it with "
                          f"{setting('backend', options.backend)}, whose states are merged in fp32")
@@ -484,14 +485,18 @@ def _steps(options: _Options, batch) -> Optional[np.ndarray]:
 
 def _stored(options: _Options, batch) -> dict:
     """The ``stored`` and ``stored_merge`` keywords of ``--stored`` for ``batch`` (none without it):
-    pairwise merges of a cascade's stored segments (Lemma 8), or with ``--merge running`` the
+    pairwise merges of a cascade's stored segments (Lemma 8), priced as Lemma 10's where their
+    divisions err by up to 2 ulp (``--fast-division``), or with ``--merge running`` the
     ``--levels`` running folds of stored outputs every key passes (Lemma 10); with ``--levels``
     above 1, those of Lemma 10 with or without ``--stored``."""
     # a tree of folds, fp32 intermediates included, is Lemma 10's, not Lemma 9's
     running = options.stored and options.block_n is not None and options.merge == "running"
     if options.levels > 1 or running:
         return dict(stored=stored_merges(batch, merge="running", levels=options.levels), stored_merge="running")
-    return dict(stored=stored_merges(batch)) if options.stored else {}
+    if not options.stored:
+        return {}
+    fast = options.block_n is not None and options.merge == "pairwise" and options.fast_division
+    return dict(stored=stored_merges(batch), **({"stored_merge": "running"} if fast else {}))
 
 
 def _function_name(function: Union[str, Callable[..., Any]]) -> str:

@@ -181,8 +181,6 @@ def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys, blocking,
     (["--chunk", "4"], "--chunk, --merge, --single-pass, --fast-division: expected with --block-n (they describe its "
                        "blocking)"),
     (["--fast-division"], "--chunk, --merge, --single-pass, --fast-division: expected with --block-n"),
-    (["--block-n", "16", "--merge", "pairwise", "--fast-division", "--function", "wrong_attention:crash"],
-     "--fast-division: expected without --merge pairwise (each pairwise merge divides once"),
     (["--block-n", "0", "--function", "wrong_attention:crash"], "--block-n: expected a positive number of keys, got 0"),
     (["--block-n", "16", "--chunk", "-1", "--function", "wrong_attention:crash"],
      "--chunk: expected a positive number of keys, got -1"),
@@ -663,6 +661,28 @@ def test_levels_above_one_price_the_tree_through_lemma_10_with_or_without_stored
         priced = verify_module._stored(options, batch)
         assert priced["stored_merge"] == "running" and priced["stored"][:, 0].tolist() == [2], priced
     assert verify_module._stored(SimpleNamespace(stored=False, block_n=16, merge="running", levels=1), batch) == {}
+
+
+def test_fast_division_with_pairwise_stored_merges_prices_a_fast_math_cascade():
+    """``--merge pairwise --fast-division --stored`` (FlashInfer's cascade wrapper under
+    ``-use_fast_math``, Lemma 8 with divisions within 2 ulp): ``blocked_steps(merge="pairwise",
+    fast_division=True)`` and the stored merges priced as Lemma 10's (``stored_merge="running"``);
+    without ``--fast-division``, Lemma 8's own pricing."""
+    from types import SimpleNamespace
+
+    from relaycore import verify as verify_module
+    from relaycore.testing import blocked_steps, make_batch, stored_merges
+
+    batch = make_batch([1], [40], prefix_lens=[[200]], prefix_ids=[[0]], head_dim=16, dtype="float16", seed=2)
+    options = SimpleNamespace(block_n=16, single_pass=False, chunk=None, chunk_from="segment", merge="pairwise",
+                              fast_division=True, levels=1, groups=1, stored=True)
+    assert np.array_equal(verify_module._steps(options, batch),
+                          blocked_steps(batch, 16, merge="pairwise", fast_division=True))
+    assert np.array_equal(verify_module._steps(options, batch) - 1, blocked_steps(batch, 16, merge="pairwise"))
+    priced = verify_module._stored(options, batch)
+    assert priced["stored_merge"] == "running" and np.array_equal(priced["stored"], stored_merges(batch))
+    assert "stored_merge" not in verify_module._stored(SimpleNamespace(**{**vars(options), "fast_division": False}),
+                                                      batch)
 
 
 def test_groups_and_chunk_from_count_flashinfer_decode_chunks_as_blocked_steps_does():
