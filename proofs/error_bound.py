@@ -1104,8 +1104,9 @@ $$
 $H_S$. A key passes, for the $\rho$ part, its part's steps and at each fold on its way Lemma 9's
 count ($2 + G_i$, at most $K'_v$ for the fold's $K'_v$ non-empty states, none where
 $K'_v = 1$), one more per fold with divisions within 2 ulp: at most
-$\lceil n_i / b\rceil + (K' - 1) + F$ steps with $K' \ge 2$ non-empty parts and $F$ folds on
-its way, $F$ more with divisions within 2 ulp.*
+$\lceil n_i / b\rceil + (K' - 1) + F$ steps for a key of a part of $n_i$ keys walked in blocks of
+$b$, with $K' \ge 2$ non-empty parts and $F$ folds on its way, $F$ more with divisions within 2
+ulp.*
 
 *Proof.* *The part that keeps the form.* As in Lemma 8, $x_i = (1 + \delta_i)(y_i + h_i) +
 \eta_i$, one of $|\log(1 + \delta_i)| \le u_p$ and $|\eta_i| \le \tau$ non-zero, or both zero for
@@ -1132,24 +1133,24 @@ rounding of the fold in the accumulation format as $z(1 + \delta)$, $|\delta| \l
 
 $$
 c_i = f_i (1 + \pi_i) \prod_{k \in \Gamma_i} g_k (1 + \pi'_k) \prod_{k \in \Sigma_i} (1 + \sigma_k),\qquad
-\Lambda_K = \sum_i f_i \prod_{k \in \Gamma_i} g_k (1 + \pi''_k) \prod_{k \in \Sigma_i} (1 + \sigma'_k) + e,
+\Lambda_K = \sum_i f_i \prod_{k \in \Gamma_i} g_k (1 + \pi''_k) \prod_{k \in \Sigma_i} (1 + \sigma'_k) + \xi,
 $$
 
 $\Gamma_i$ the $G_i \le K' - 1$ later growths (elsewhere $g_k = 1$ and the product is exact),
-$\Sigma_i$ the $n_i \le K' - 1$ additions the term passes (none for the first state, $0 + x_1 f_1$
+$\Sigma_i$ the $|\Sigma_i| \le K' - 1$ additions the term passes (none for the first state, $0 + x_1 f_1$
 with $f_1 = 1$; one on entering and one per later non-empty state for the others; an empty
 state's are exact), and $f_i$, $g_k$ the *computed* factors, the same on both sides. Every
 $\Lambda_k$ is at least 1 (Lemma 9, and rounding is monotone), so the normaliser's sums are in
-the normal range. Its products $\mathrm{fl}(\Lambda_{k-1} g_k)$ may fall below it: $e$ collects
+the normal range. Its products $\mathrm{fl}(\Lambda_{k-1} g_k)$ may fall below it: $\xi$ collects
 their errors, fewer than $K'$ of less than $\tau_{acc}$ each (a flush), each then multiplied by
 at most $((1 + u_{exp})(1 + \tfrac{u_{acc}}{2})(1 + u_{acc}))^{K'} \le e^{(u_{exp} + \frac32 u_{acc})K'}$,
-so $|e| \le \Xi = K'\tau_{acc} e^{(u_{exp} + \frac32 u_{acc})K'}$ ($< 2^{-95}$ in fp32, since
+so $|\xi| \le \Xi = K'\tau_{acc} e^{(u_{exp} + \frac32 u_{acc})K'}$ ($< 2^{-95}$ in fp32, since
 $K' \le N < 1/u_{acc}$ where $\gamma_N$ exists). All factors are non-negative, so with
 $W_i = f_i \prod_{k \in \Gamma_i} g_k$
 
 $$
-|c_i| \le W_i (1 + \tfrac{u_{acc}}{2})^{1 + G_i}(1 + u_{acc})^{n_i},\qquad
-\Lambda_K + \Xi \ge \sum_i W_i (1 - \tfrac{u_{acc}}{2})^{G_i}(1 - u_{acc})^{n_i},
+|c_i| \le W_i (1 + \tfrac{u_{acc}}{2})^{1 + G_i}(1 + u_{acc})^{|\Sigma_i|},\qquad
+\Lambda_K + \Xi \ge \sum_i W_i (1 - \tfrac{u_{acc}}{2})^{G_i}(1 - u_{acc})^{|\Sigma_i|},
 $$
 
 and, as $\Lambda_K \ge 1$, $\Lambda_K + \Xi \le (1 + \Xi)\Lambda_K$. Dividing term by term, the
@@ -1169,7 +1170,7 @@ $\sum_i c_i r_i / \Lambda_K$, so
 
 $$
 |h| \le k_{K'}\,\max_i |r_i| + \tau_{acc},\qquad
-k_{K'} = (1 + 2u_{acc})(\ldots) \le e^{\frac52 u_{acc} + 3u_{acc}(K' - 1)} :
+k_{K'} = (1 + 2u_{acc}) \cdot \bigl(\text{the right side above}\bigr) \le e^{\frac52 u_{acc} + 3u_{acc}(K' - 1)} :
 $$
 
 $\log(1 + 2u) + \log(1 + \tfrac{u}{2}) \le \tfrac52 u - 2u^2$, $\log\frac{1 + u}{1 - u} +
