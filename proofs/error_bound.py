@@ -1240,11 +1240,11 @@ flushes results and operands alike (the precision model), and $O$ is the result 
 the accumulation format (or the 0 it starts from), so it is 0 or normal and nothing is flushed.
 (The stored reads $x_i$ are operands that may be subnormal; their flush is the read's $\eta$,
 counted above, and a phantom's output is 0.) So empty parts and empty threads, before or after
-non-empty ones, change nothing, bit for bit up to the sign of a zero ($O = -0$, from a stored
-$-0$ or a flushed negative product, becomes $\mathrm{fl}(-0 + 0 \cdot f) = +0$ after a phantom): FlashInfer's tree computes what the folds from
-$-\infty$ that leave them out compute, and this lemma covers its two-level kernels with them,
-under Lemma 9's condition, at the counts above and with no term for them: the roundings below
-the normal range that they add number 0. Even hardware that flushes operands but keeps results
+non-empty ones, change nothing, bit for bit up to the sign of a zero: $O = -0$, from a stored
+$-0$ or a flushed negative product, becomes $\mathrm{fl}(-0 + 0 \cdot f) = +0$ after a phantom.
+FlashInfer's tree computes what the folds from $-\infty$ that leave them out compute. So this
+lemma covers its two-level kernels with them, under Lemma 9's condition, at the counts above and
+with no term for them: they add no rounding below the normal range. Even hardware that flushes operands but keeps results
 (x86's DAZ without FTZ), which the precision model leaves out, would flush a subnormal $O$ at
 the phantom's product only where the next use of $O$ (the next state's product $O g$, or the
 division) reads it as 0 anyway: the phantom moves that flush earlier and changes no result.
