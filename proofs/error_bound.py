@@ -1269,9 +1269,11 @@ Lemma 11 describes.
 FlashInfer 0.5.0's decode kernels (`SingleDecodeWithKVCacheKernel` and
 `BatchDecodeWithPagedKVCacheDevice` in `include/flashinfer/attention/decode.cuh`, the default
 variant: no RoPE in the kernel, no logits soft-cap, ALiBi, custom mask or sliding window, q, k
-and v in one dtype) walk a query row's chunk of $n \ge 1$ keys (`partition_kv`: chunk $i$ holds
-its keys $iC$ to $\min((i + 1)C, L) - 1$) with $Z$ = `bdz` groups of threads (`threadIdx.z`) in
-iterations of $TZ$ slots, $T$ = `bdy * tile_size_per_bdx`: in iteration $t$ group $z$ takes the
+and v in one dtype) walk a query row's chunk of $n \ge 1$ keys with $Z$ = `bdz` groups of
+threads (`threadIdx.z`) in iterations of $TZ$ slots, $T$ = `bdy * tile_size_per_bdx` ($Z$, $Z'$
+and $T$ count groups and slots here and in Lemmas 12 and 13, not the normalisers of Lemmas 1 and
+3). `partition_kv` cuts the row's $N$ keys into chunks of $C$: chunk $i$ holds its keys $iC$ to
+$\min((i + 1)C, N) - 1$. In iteration $t$ group $z$ takes the
 slots $tTZ + zT, \dots, tTZ + (z + 1)T - 1$, a block of its own running state. A slot at or past
 the chunk's end is masked: score $-5 \cdot 10^4$ (`math::inf`), value 0 (`kFillZero`). Each
 group starts from `state_t::init`, $(m, d, o) = (-5 \cdot 10^4, 1, 0)$, and at each block
@@ -1336,7 +1338,7 @@ $-\infty$ ($a = 2^{-\infty} = 0$). (ii) In a group that has met a key a masked s
 leaves $m$, and its $\mathrm{fl}(d + 0) = d$, $\mathrm{fl}(o + \mathrm{fl}(0 \cdot 0)) = o$; a block
 of masked slots only has $a = 2^0 = 1$, and $d \cdot 1$, $o \cdot 1$ are exact, $d$ and $o$ being
 results of the arithmetic (0 or normal where subnormals are flushed, Lemma 10). (iii) A group
-with no key (only where $I = 1$) ends as $(0, -5 \cdot 10^4, 1 + T)$ ($a = p = 2^0 = 1$). In
+with no key (only where $I = 1$) ends as $(o, m, d) = (0, -5 \cdot 10^4, 1 + T)$ ($a = p = 2^0 = 1$). In
 `sync_state` such groups before the first group with a key leave $O = 0$ and
 $M = -5 \cdot 10^4$; that group, $z$, has $f_1 = 0$ and $f_2 = 2^0 = 1$, so
 $\Lambda = \mathrm{fl}(\mathrm{fl}(\Lambda \cdot 0) + \mathrm{fl}(d_z \cdot 1)) = d_z$ and $O = o_z$; after
