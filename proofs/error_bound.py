@@ -1312,7 +1312,8 @@ the roundings below, which every bound here holds with (Lemma 9 (c)), and which 
 the exact steps the proof uses (a product by 0 or 1, a sum with 0).
 
 *Claim. Let every score $\hat s_j$ the kernel computes for a key of the chunk exceed
-$-5 \cdot 10^4 + 126$ (in natural units every score above about $-34570$: $A < 34500$ suffices).
+$-5 \cdot 10^4 + 126$ (in natural units every score above about $-34570$: $A < 34500$ suffices),
+and let the exponential flush results below $2^{-126}$ to 0, as `ex2.approx.ftz` does.
 Then the chunk's $M$, $\Lambda$ and $O$ are, bit for bit up to the sign of a zero in $O$, those
 of the same walk from $m = -\infty$ that leaves out the masked slots and the groups that hold no
 key. They have Lemma
