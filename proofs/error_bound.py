@@ -1426,10 +1426,11 @@ in one of 16, where a count that did not grow with the groups ($I$ plus Lemma 4'
 allows 3. End to end, `decode_example` (fp32, 64 groups of one slot, scores rising by
 $2^{-10}$ from group to group, every exponential and logarithm erring by its largest positive
 error) errs in its lse by $191.6 \cdot 2^{-24}$, past `lse_bound` at $I = 1$ step
-($185.4 \cdot 2^{-24}$) and within it at $\nu_{chunk} = 64$ ($1725.2 \cdot 2^{-24}$); the bound's
-$\gamma_N$ hides more than that ($209.9 \cdot 2^{-24}$ at 2 steps already), so the end-to-end run
-shows the count needed, not its size (and `stored_fold_counts`, the count the drawn decodes
-below are priced at, gives it 64). A key at the condition's edge (natural score $-34570$, base 2
+($185.4 \cdot 2^{-24}$) and within it at $\nu_{chunk} = 64$ ($1725.2 \cdot 2^{-24}$). At 2 steps
+the bound is already $209.9 \cdot 2^{-24}$ (its $\gamma_N$ and slack hide the rest), so this run
+shows that one step is too few, not that 64 are needed: the growth with the groups is what the
+standard-model run above shows. (`stored_fold_counts`, the count the drawn decodes below are
+priced at, gives it 64.) A key at the condition's edge (natural score $-34570$, base 2
 $-49873.97$) with 63 masked slots after it and a second group of 64 masked slots, and
 Hypothesis-drawn chunks, from FlashInfer's start with a flushing `exp2`, compute bit for bit what
 the walk from $-\infty$ computes (from a phantom at $-49900$ the edge's second group would add
