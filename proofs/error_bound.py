@@ -1454,9 +1454,9 @@ $N$ keys, since $(p - 1)P < N \le pP$; nothing below uses more). A chunk may the
 last keys and the next segment's first ones, where `blocked_steps(chunk=C)` cuts each segment from
 its own first key.
 
-*Claim. Let a query row see, in this order, the $T_1, \dots, T_L$ keys of the prefixes its
-request reads and the first $n$ keys of its own KV (a decode row: all of them), $N = T_1 + \dots
-+ T_L + n \ge 1$ keys, and let its request's sequence be cut into chunks of $C$ keys from its
+*Claim. Let a query row see, in this order, the $N_1, \dots, N_L$ keys of the prefixes its
+request reads and the first $n$ keys of its own KV (a decode row: all of them), $N = N_1 + \dots
++ N_L + n \ge 1$ keys, and let its request's sequence be cut into chunks of $C$ keys from its
 first key: $K' = \lceil N / C \rceil$ chunks hold keys the row sees, chunk $i$ the row's keys $iC$
 to $\min((i + 1)C, N) - 1$, $n_i$ of them, the first ones of the chunk. Let every chunk be a part
 whose keys pass at most $\nu(n_i)$ steps in it, with $\nu(n) = \lceil n / b \rceil$ for Lemma 2's
@@ -1472,8 +1472,8 @@ $$
 
 *steps, $F$ more with divisions within 2 ulp: the count of the row's $N$ keys read as one segment
 and cut into chunks of $C$, which `blocked_steps(..., chunk=C, chunk_from="request")` returns.
-Where every $T_l$ is a multiple of $C$, these chunks are those of each segment cut from its own
-first key and the counts are equal; otherwise neither count bounds the other.*
+Where every $N_l$ is a multiple of $C$, these chunks are those of each segment cut from its own
+first key and the counts are equal; otherwise either count may be the larger.*
 
 *Proof.* No lemma asks which segment a key comes from. Lemma 1's form and the bounds are sums
 over the row's keys, with $N$, $A$ and $V_d$ taken over all of them, and the reference is the
@@ -1488,10 +1488,10 @@ chunk's count is above the first's. Over Lemma 10's tree of $K' \ge 2$ non-empty
 at most $K' - 1 + F$, $F$ more with divisions within 2 ulp; with $K' = 1$, nothing but those
 divisions (Lemma 11: one chunk, $\nu + 1$ with its division within 2 ulp, within $\nu + F$). The
 same keys read as one segment of $N$ keys and cut from its first key give the same chunks, so the
-same count. If every $T_l$ is a multiple of $C$, every segment starts at a multiple of $C$, so
+same count. If every $N_l$ is a multiple of $C$, every segment starts at a multiple of $C$, so
 every chunk lies in one segment and is a chunk of that segment cut from its own first key: the
 same parts. Otherwise a chunk holds keys of two segments: a prefix of 96 keys and 96 own in chunks
-of 128 are cut into 128 and 64 keys where each segment alone gives two chunks of 96, and with
+of 128 are cut into 128 and 64 keys where cut per segment they give two chunks of 96, and with
 $T = Z = 4$, $F = 2$ and divisions within 2 ulp the counts are $11 + 3 + 2 = 16$ against
 $9 + 3 + 2 = 14$; a prefix of 10 keys and 10 own give one chunk of 20 against two of 10,
 $5 + 0 + 2 = 7$ against $3 + 3 + 2 = 8$. $\blacksquare$
