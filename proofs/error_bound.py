@@ -1520,12 +1520,14 @@ arithmetic of Lemmas 9-12:
 * `math::inf` (`include/flashinfer/math.cuh`) is IEEE's infinity, no longer $5 \cdot 10^4$: every
   `state_t` starts from $(o, m, d) = (0, -\infty, 1)$, a masked decode slot scores $-\infty$;
 * `state_t::merge` (`include/flashinfer/attention/state.cuh`) takes
-  $f_1 = \widehat{\exp_2}(\max(m_{prev} - m, -\infty))$ and $f_2 = \widehat{\exp_2}(\max(m_z - m, -\infty))$:
+  $f_1 = \widehat{\exp_2}(\max(M - M', -\infty))$ and $f_2 = \widehat{\exp_2}(\max(m_z - M', -\infty))$
+  (Lemma 11's names):
   CUDA's `max` (`fmaxf`) returns the operand that is not NaN, so the NaN of $-\infty - (-\infty)$
   becomes $2^{-\infty} = 0$, and a finite difference passes unchanged;
 * the decode's `compute_qk` (`include/flashinfer/attention/decode.cuh`) subtracts
-  $m_{scaled} = \max(m, -F)$, $F$ = `FLT_MAX`, in its rescale and weights, which differs from $m$
-  only in a block where $m = -\infty$ (no key so far);
+  $m_{scaled} = \max(m', -\Omega_{acc})$ in place of Lemma 11's $m'$ ($\Omega_{acc}$ = `FLT_MAX`,
+  fp32's largest finite value) in its rescale and weights, which differs from $m'$
+  only in a block where $m' = -\infty$ (no key so far);
 * `state_t::normalize` computes $d_{rcp}$ = `(d > 0) ? __fdividef(1, d) : 0`, then
   $\mathrm{fl}(o\, d_{rcp})$, where it computed `__fdividef(o, d)`;
 * `MergeStateKernel` and `MergeStateInPlaceKernel` (`cascade.cuh`, the pairwise merges of Lemma 8)
@@ -1550,7 +1552,7 @@ condition on the scores, at the counts of `blocked_steps(..., chunk=C, chunk_fro
 merge="running", levels=2, fast_division=True, groups=Z)` and the term of
 `stored_merges(batch, merge="running", levels=2)`, `stored_merge="running"`, as for 0.5.0.*
 
-*Proof.* (i) In a group's block with no key so far, $m' = -\infty$, $m_{scaled} = -F$, and
+*Proof.* (i) In a group's block with no key so far, $m' = -\infty$, $m_{scaled} = -\Omega_{acc}$, and
 every argument is $-\infty - m_{scaled} = -\infty$ (the rescale, $m = -\infty$,
 and the masked slots): $2^{-\infty} = 0$ exactly, since an exponential within $u_{exp}$
 relatively is 0 at $-\infty$ (`ex2.approx` returns $+0$ there, flushing or not). So $d =
@@ -1567,8 +1569,8 @@ and the products by 1 are exact (Lemma 10: $O$ and $\Lambda$ are results, 0 or n
 arithmetic flushes). That is the fold from $-\infty$ over the groups with keys. The chunk's output
 and lse are Lemma 11's.
 
-(ii) Where both $m_{prev}$ and $m_z$ are finite the clamp changes nothing: Lemma 9's fold. A fold
-that has met no key has $M = -\infty$; an empty state $(0, -\infty)$, merged as $(o, -\infty, 1)$,
+(ii) Where both $M$ and $m_z$ are finite the clamp changes nothing: Lemma 9's fold. A fold
+that has met no key has $M = -\infty$; an empty state $(0, -\infty)$, merged as $(0, -\infty, 1)$,
 then gives $f_1 = f_2 = 0$: $\Lambda = 0$, $O = 0$. The first non-empty state finds $f_1 =
 2^{-\infty} = 0$ and $f_2 = 2^0 = 1$: $\Lambda = \mathrm{fl}(\mathrm{fl}(\Lambda \cdot 0) + 1) = 1$
 and $O = \hat o_1$, what Lemma 9's fold from $\Lambda_0 = 1$ gives ($\mathrm{fl}(1 \cdot 0) + 1$).
@@ -1601,10 +1603,10 @@ per step of $\rho_\Delta$ over the one more step and Lemma 9's $2 + G_i$, which 
 G_i)u_{acc}$). *Lemma 10's rest.* Its $k_{K'}$ bounds $\sum_i |c_i| / \Lambda_K$ by the mediant of
 the per-state ratios: the first non-empty state enters exactly ($0 + \hat o_1 \cdot 1$, $f_1 = 2^0
 = 1$) and passes at most $K' - 1$ growths and $K' - 1$ sums, ratio at most
-$r_1 = (\frac{1 + u/2}{1 - u/2})^{K'-1}(\frac{1 + u}{1 - u})^{K'-1}$ ($u = u_{acc}$); state
+$R_1 = (\frac{1 + u/2}{1 - u/2})^{K'-1}(\frac{1 + u}{1 - u})^{K'-1}$ ($u = u_{acc}$); state
 $i \ge 2$ has its product, at most $K' - i$ growths and $K' - i + 1$ sums,
-$(1 + \tfrac{u}{2})(\frac{1 + u/2}{1 - u/2})^{K'-i}(\frac{1 + u}{1 - u})^{K'-i+1} \le r_1$. So
-Lemma 10's factor $(1 + \tfrac{u}{2})$ before $r_1$ is not needed for the sums, and the
+$(1 + \tfrac{u}{2})(\frac{1 + u/2}{1 - u/2})^{K'-i}(\frac{1 + u}{1 - u})^{K'-i+1} \le R_1$. So
+Lemma 10's factor $(1 + \tfrac{u}{2})$ before $R_1$ is not needed for the sums, and the
 reciprocal and its product, $(1 + 2u)(1 + \tfrac{u}{2})$, take the place of the division's
 $(1 + 2u)$ and that factor: $k_{K'}$ is the same expression, $\le e^{\frac52 u + 3u(K' - 1)}$, and
 $H^{run}_S$ holds unchanged. $\blacksquare$
@@ -3834,8 +3836,8 @@ def check_request_chunks():
 def reciprocal_fold_amplification(k: int, prec: bounds.Precision):
     """Lemma 13's bound on a fold's factor ``sum_i |c_i| / D_hat`` at 60 digits, ``k >= 1`` states, where the
     fold normalises by a reciprocal within 2 ulp and a product (FlashInfer's ``normalize`` from commit
-    ``d7f2c64`` on): ``(1 + 2u)(1 + u/2)(1 + Xi) max_i r_i`` with ``r_1 = ((1 + u/2)/(1 - u/2))^(k-1)
-    ((1 + u)/(1 - u))^(k-1)`` (the first state enters exactly, ``0 + x 1``) and, for ``i >= 2``, ``r_i = (1 +
+    ``d7f2c64`` on): ``(1 + 2u)(1 + u/2)(1 + Xi) max_i R_i`` with ``R_1 = ((1 + u/2)/(1 - u/2))^(k-1)
+    ((1 + u)/(1 - u))^(k-1)`` (the first state enters exactly, ``0 + x 1``) and, for ``i >= 2``, ``R_i = (1 +
     u/2) ((1 + u/2)/(1 - u/2))^(k-i) ((1 + u)/(1 - u))^(k-i+1)`` (its product ``x_i f_i``, at most ``k - i``
     later growths and ``k - i + 1`` sums), largest at ``i = 2``; ``u``, ``Xi`` as in
     ``stored_fold_amplification``."""
