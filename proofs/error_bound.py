@@ -353,9 +353,9 @@ division. The two coefficients are computed separately and need not sum to 1: th
 normaliser is an exact quantity, not a computed one, and the coefficients' errors all go to the
 numerator (Lemma 1 asks only that $\hat o$ be such a quotient).
 
-(S). $d = x(1 + \delta)$, $x = \hat\ell_a - \hat\ell_b$, $|\delta| \le \tfrac{u_{acc}}{2}$. As
-$(\log\sigma)'(y) = \sigma(-y) \in (0, 1)$, $|\log\sigma(\pm d) - \log\sigma(\pm x)| \le
-\tfrac{u_{acc}}{2}|x|$, so $\hat c_x = \frac{e^{\hat\ell_x - M}}{T} e^{\theta_x}$ with
+(S). $d = \Delta(1 + \delta)$, $\Delta = \hat\ell_a - \hat\ell_b$, $|\delta| \le \tfrac{u_{acc}}{2}$. As
+$(\log\sigma)'(y) = \sigma(-y) \in (0, 1)$, $|\log\sigma(\pm d) - \log\sigma(\pm \Delta)| \le
+\tfrac{u_{acc}}{2}|\Delta|$, so $\hat c_x = \frac{e^{\hat\ell_x - M}}{T} e^{\theta_x}$ with
 $|\theta_x| \le u_{exp} + \tfrac{u_{acc}}{2}|\hat\ell_a - \hat\ell_b|$, the bound Lemma 3's
 growth takes for its $\theta$ ($\tfrac{u_{acc}}{2}(|\hat\ell_a| + |\hat\ell_b|)$ at most; to
 first order, $-\log(1 - u_{exp})$ as there). Then
