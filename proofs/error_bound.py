@@ -396,9 +396,9 @@ e^{-|\eta_L|}$ that $\sum_j|t_j| \le \varepsilon Z$ needs). Per merge that is at
 2u_{acc} + \tfrac{u_{acc}}{2}(3\max_x|\hat\ell_x| + 2\log 2)$, up to second order, within
 Lemma 3's closed form $2u_{exp} + \tfrac52 u_{acc} + u_{acc}(\tfrac32 A + 2\log N + 2\rho')$
 (the lses within $A + \log N + E$, $E \le \rho' + O(u_{acc})$, $N \ge 2$), hence within two
-steps, and $\chi \le \rho - u_{exp}$ holds as there. Lemmas 5 and 6 use $\hat l \ge 1$ only for
-parts' divisions; (S) and (L) divide nothing. In the growth of a later merge $\log\hat Z_a$ may
-be slightly negative; there $\eta_a = 0$.
+steps, and $\chi \le \rho - u_{exp}$ holds as there. Lemmas 5 and 6 use a normaliser at least 1
+(their $\hat l \ge 1$) only for parts' divisions; (S) and (L) divide nothing. In the growth of a
+later merge $\log\hat Z_a$ may be slightly negative; there $\eta_a = 0$.
 
 *Underflow and Lemma 6.* At most one coefficient of a merge holding keys on both sides is below
 $2^{-126}$ (the other is at least $\tfrac12$ up to $u_{exp}$), off by less than $2^{-126}$ from
