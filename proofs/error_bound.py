@@ -1100,7 +1100,7 @@ $$
 |h| \le H^{run}_S = S\,(\tau + \tau_{acc})\, e^{S(u_p + \frac52 u_{acc}) + 3u_{acc}(N - 1)}
 $$
 
-*(`stored_merge="running"`), where the error bound of Lemma 8 holds with $H^{run}_S$ in place of
+*(`stored_merge="running"`); the error bound of Lemma 8 then holds with $H^{run}_S$ in place of
 $H_S$. A key passes, for the $\rho$ part, its part's steps and at each fold on its way Lemma 9's
 count ($2 + G_i$, at most $K'_v$ for the fold's $K'_v$ non-empty states, none where
 $K'_v = 1$), one more per fold with divisions within 2 ulp: at most
