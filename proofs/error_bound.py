@@ -1244,7 +1244,8 @@ non-empty ones, change nothing, bit for bit up to the sign of a zero: $O = -0$, 
 $-0$ or a flushed negative product, becomes $\mathrm{fl}(-0 + 0 \cdot f) = +0$ after a phantom.
 FlashInfer's tree computes what the folds from $-\infty$ that leave them out compute. So this
 lemma covers its two-level kernels with them, under Lemma 9's condition, at the counts above and
-with no term for them: they add no rounding below the normal range. Even hardware that flushes operands but keeps results
+with no term for them: they add no rounding below the normal range. Even hardware that flushes
+operands but keeps results
 (x86's DAZ without FTZ), which the precision model leaves out, would flush a subnormal $O$ at
 the phantom's product only where the next use of $O$ (the next state's product $O g$, or the
 division) reads it as 0 anyway: the phantom moves that flush earlier and changes no result.
