@@ -1516,7 +1516,7 @@ never passes, every key within its chunk's $\nu$.
 FlashInfer's commit `d7f2c64` ("handle extreme negative logits in masked softmax", #4401,
 2026-08-20, on its main branch; in no release or nightly tag as of `fb28d72`, 2026-08-22, and
 its `version.txt` reads 0.6.18 on both sides of it, as it does from 2026-08-06) changed the
-arithmetic of Lemmas 9-12:
+arithmetic that Lemmas 8-12 read (Lemma 8's pairwise merges in the last item only):
 
 * `math::inf` (`include/flashinfer/math.cuh`) is IEEE's infinity, no longer $5 \cdot 10^4$: every
   `state_t` starts from $(o, m, d) = (0, -\infty, 1)$, a masked decode slot scores $-\infty$;
