@@ -865,9 +865,10 @@ $e^{\frac52 u_{acc}}$ within its two); Lemma 6's roundings are the merge's
 products and sum, as above; `out_bound` with `stored_merge="running"` checks Lemma 10's partial sums
 besides, conservatively. $\blacksquare$
 
-`blocked_steps(..., merge="pairwise", fast_division=True)` counts $\max(1, K' - 1)$ more, the merges
-of a left fold of the $K'$ parts that hold a key of the row, and `stored_merges(batch)` one merge per
-prefix level a request reads: a kernel that also merges empty states into a row (a level its request
+`blocked_steps(..., merge="pairwise", fast_division=True)` counts $\max(1, K' - 1 + 2E)$ more, the
+merges of the $K'$ parts that hold a key of the row and two for each of the $E$ parts that hold none
+(a chunk past a causal row's last key, merged into the row with an empty side), and
+`stored_merges(batch)` one merge per prefix level a request reads: a kernel that also merges empty states into a row (a level its request
 does not read) passes more merges, each two more steps and one more in $S$, and needs them counted.
 `check_stored_merges_fast_division` checks the claim in the standard model and end to end: drawn rows
 folded pairwise from stored outputs, every division within 2 ulp (the parts', and the merges', on

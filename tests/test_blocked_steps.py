@@ -50,6 +50,10 @@ def test_hand_counts():
     assert blocked_steps(batch, 16, chunk=32, merge="pairwise", fast_division=True)[:, 0].tolist() == [2 + 2 * 5 + 5] * 2
     assert blocked_steps(batch, 16, merge="pairwise", fast_division=True)[:, 0].tolist() == [7 + 2 + 1] * 2
     assert blocked_steps(make_batch([1], [9]), 4, merge="pairwise", fast_division=True)[:, 0].tolist() == [3 + 1]
+    # a merge with an empty side is no longer exact: two more each (Lemma 8's last part). Causal, 40 queries over
+    # 40 keys in chunks of 16: row 0 sees 1 key, its chunks 2 and 3 none; row 39 all three chunks
+    diagonal = blocked_steps(make_batch([40], [40]), 16, chunk=16, merge="pairwise", fast_division=True)[:, 0]
+    assert diagonal[[0, 16, 39]].tolist() == [1 + 2 * 2, 1 + 2 + 1 + 2, 1 + 2 * 2 + 2], diagonal
     # a tree of running folds two deep (Lemma 10): K - 1 + 2 over it, one more per fold with __fdividef
     assert blocked_steps(batch, 16, chunk=32, merge="running", levels=2)[:, 0].tolist() == [2 + 5 + 2] * 2
     assert blocked_steps(batch, 16, chunk=32, merge="running", levels=2, fast_division=True)[:, 0].tolist() == \

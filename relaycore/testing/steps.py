@@ -95,8 +95,9 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             its sum) err by up to 2 ulp instead of rounding to nearest, as CUDA's ``__fdividef``
             and ``-use_fast_math``: one step more per fold a key passes (Lemma 9). With
             ``"pairwise"`` (the merges' coefficients divided within 2 ulp too, as FlashInfer's
-            ``merge_state_in_place``): one step more per merge a key passes, at least one (Lemma 8,
-            divisions within 2 ulp); with ``stored``, price such merges with ``stored_merge="running"``
+            ``merge_state_in_place``): one step more per merge a key passes with keys on both
+            sides, two per merge with an empty side (a chunk past a causal row's last key), at
+            least one (Lemma 8, divisions within 2 ulp); with ``stored``, price such merges with ``stored_merge="running"``
             (Lemma 10's term). Merges of a row with empty states (a level its request does not read)
             are not counted: a kernel that makes them passes more.
         levels: with ``"running"``, the most folds a key passes in a tree of running folds
@@ -132,8 +133,9 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         ``K >= 2``), ``2 (K - 1)`` (``"pairwise"``) or ``K - 1 + levels`` (``"running"``,
         ``K >= 2``), with ``groups`` the parts' count above in place of ``ceil(n_i / block_n)``;
         without ``split``, the sum of ``ceil(n_s / block_n)`` over its segments; plus
-        1 with ``fast_division`` (``levels`` with ``"running"``, ``max(1, K - 1)`` with
-        ``"pairwise"``). At least 1 (every query sees its
+        1 with ``fast_division`` (``levels`` with ``"running"``, ``max(1, K - 1 + 2 E)`` with
+        ``"pairwise"``, ``E`` the parts that hold no key of the row, each merged into it with
+        an empty side). At least 1 (every query sees its
         own first key) and, without ``fast_division`` and with ``levels`` at most 2, never above
         ``relaycore.bounds.default_steps`` of the keys it sees.
 
@@ -215,9 +217,10 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             else:
                 merges = 2 * np.maximum(nonempty - 1, 0)
             count = blocks.max(axis=1, initial=0) + merges
-        if fast_division:  # one step per fold, or per pairwise merge a key passes, at least one (Lemmas 8, 9, 10)
-            count = count + (np.maximum(nonempty - 1, 1) if split and merge == "pairwise" else
-                             levels if merge == "running" else 1)
+        if fast_division:  # one step per fold, or per pairwise merge a key passes, at least one (Lemmas 8, 9, 10);
+            # a pairwise merge with an empty side (a part that holds no key of the row) is no longer exact: two
+            count = count + (np.maximum(nonempty - 1 + 2 * (held.shape[1] - nonempty), 1)
+                             if split and merge == "pairwise" else levels if merge == "running" else 1)
         lo = int(batch.cu_seqlens_q[b])
         steps[lo : lo + q_len, 0] = count
     return steps
