@@ -2707,20 +2707,29 @@ def pairwise_states(draw):
 def check_pairwise_merge():
     """Lemma 3: a pairwise merge of two part states moves every numerator and normaliser weight
     by at most its growth ``2 u_exp + 5/2 u_acc + u_acc / 2 (log l_a + 2 |l_a| + |l_b|)`` (to
-    second order), and that is within ``MERGE_STEPS`` = 2 steps."""
+    second order), and that is within 2 steps."""
+    merge_growth_within_steps(fast=False, examples=400)
+
+
+def merge_growth_within_steps(*, fast: bool, examples: int) -> None:
+    """``merge_pairwise`` (``fast``: its divisions within 2 ulp) of drawn part states moves every
+    numerator and normaliser weight by at most Lemma 3's growth, plus ``3 u_acc`` with ``fast``
+    (to second order), within Lemma 3's two steps, one more with ``fast`` (``examples``
+    Hypothesis draws)."""
     prec = bounds.precision("float32")
     u_acc, u_exp = mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
     second_order = 1 + mpmath.mpf(2) ** -20
+    extra, merge_steps = (3 * u_acc, 3) if fast else (0, 2)
 
-    @checked(400)
+    @checked(examples)
     @given(pairwise_states(), st.randoms(use_true_random=False), st.booleans())
     def run(drawn, rnd, extreme):
         states, score_abs, num_keys = drawn
-        merged = merge_pairwise(*states, _adversary(rnd, extreme))
-        steps = 2 * one_step(score_abs, num_keys, prec)
+        merged = merge_pairwise(*states, _adversary(rnd, extreme), fast=fast)
+        steps = merge_steps * one_step(score_abs, num_keys, prec)
         lse = [m + mpmath.log(l) for m, l in states]
         for (m, l), (alpha, beta), ell, other in zip(states, merged, lse, lse[::-1]):
-            growth = 2 * u_exp + 5 * u_acc / 2 + u_acc / 2 * (mpmath.log(l) + 2 * abs(ell) + abs(other))
+            growth = 2 * u_exp + 5 * u_acc / 2 + extra + u_acc / 2 * (mpmath.log(l) + 2 * abs(ell) + abs(other))
             assert max(abs(alpha), abs(beta)) <= growth * second_order <= steps, (alpha, beta, growth, steps)
 
     run()
@@ -4139,21 +4148,8 @@ def check_stored_merges_fast_division():
     empty sides too) stay within ``out_bound`` at ``pairwise_fast_steps`` with ``stored = P - 1``,
     ``stored_merge="running"``, and within ``lse_bound`` at that count."""
     prec = bounds.precision("float32")
-    u_acc, u_exp = mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
-    second_order = 1 + mpmath.mpf(2) ** -20
-
-    @checked(300)
-    @given(pairwise_states(), st.randoms(use_true_random=False), st.booleans())
-    def growth(drawn, rnd, extreme):
-        states, score_abs, num_keys = drawn
-        merged = merge_pairwise(*states, _adversary(rnd, extreme), fast=True)
-        steps = 3 * one_step(score_abs, num_keys, prec)
-        lse = [m + mpmath.log(l) for m, l in states]
-        for (m, l), (alpha, beta), ell, other in zip(states, merged, lse, lse[::-1]):
-            bound = 2 * u_exp + 11 * u_acc / 2 + u_acc / 2 * (mpmath.log(l) + 2 * abs(ell) + abs(other))
-            assert max(abs(alpha), abs(beta)) <= bound * second_order <= steps, (alpha, beta, bound, steps)
-
-    growth()
+    u_acc = mpmath.mpf(prec.u_acc)
+    merge_growth_within_steps(fast=True, examples=300)
     short = []
     for score_abs in (0.0, 1.0, 20.0, 100.0, 256.0, 1e3, 1e4, 1e6):
         for num_keys in (2, 3, 16, 4096, 2**16, 2**20, 2**22):
