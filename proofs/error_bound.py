@@ -926,11 +926,12 @@ their keys, and a key of state $i$ passes at most $2 + G_i$ steps in the fold, w
 counts the later states that raise the running maximum ($\hat\lambda_k > M_{k-1}$, $k > i$);
 at most $\max(2, 1 + G_i)$ if state $i$ raised it itself. Whatever the order and the lses, that
 is at most $K'$ steps. With $K' = 1$ and divisions rounded to nearest the output is the
-state's, bit for bit. Divisions within 2 ulp instead of rounded to nearest cost one step
-more.*
+state's, bit for bit up to the sign of a zero. Divisions within 2 ulp instead of rounded to
+nearest cost one step more.*
 
 *Proof.* *Empty states.* A state with no key the row sees, $(0, -\infty)$, after a non-empty
-one leaves everything as it was, bit for bit: $M_i = M_{i-1}$ is finite,
+one leaves everything as it was, bit for bit up to the sign of a zero (a $-0$ sum plus $+0$
+is $+0$): $M_i = M_{i-1}$ is finite,
 $g_i = \widehat{\exp_2}(0) = 1$ (the hardware returns 1 at 0, as "Counting the Triton kernels'
 steps" uses), $f_i = 2^{-\infty} = 0$, the products are exact and the sums add zeros (with
 subnormals flushed, $O_{i-1}$ is a result of the fold's arithmetic, so 0 or normal, and
