@@ -236,6 +236,8 @@ def test_the_merge_runs_over_the_tokens_that_can_have_slots_and_its_list_changes
             with_slots = np.flatnonzero(np.diff(graph.plan.slot_offsets.numpy()))
             counts.append(int(graph.plan.merge_count))
             assert graph.plan.merge_tokens[: counts[-1]].tolist() == with_slots.tolist(), (levels, second)
+            back = op._unpack(*op._pack(graph.plan), engine.q, graph.plan.softmax_scale)  # what torch.compile runs
+            assert back.merge_tokens is graph.plan.merge_tokens and back.merge_count is graph.plan.merge_count
             q, cu, kv, prefixes = engine.args()
             alone = run_planned(plan(validate(q, cu, kv, prefixes), config=config), q, kv, prefixes)
             assert _same(relaycore.relay_attention(q, cu, kv, prefixes, plan=graph), alone), (levels, second)

@@ -36,8 +36,8 @@ def _pack(plan: Plan) -> Tuple[List[torch.Tensor], List[int]]:
         ints += [launch.level, launch.block_m, int(launch.single_pass), int(launch.reads_prefix), launch.fold_rows,
                  int(launch.count is not None), len(launch.regular)]
         ints += list(launch.regular) or [0] * len(REGULAR_FIELDS)
-    for x in (plan.merge_tokens, plan.merge_count, plan.pages_read):  # after the launches', each flagged by one of
-        # the last three ints
+    # after the launches' tensors, each flagged by one of the last three ints
+    for x in (plan.merge_tokens, plan.merge_count, plan.pages_read):
         if x is not None:
             tensors.append(x)
         ints.append(int(x is not None))
