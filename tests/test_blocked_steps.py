@@ -131,6 +131,31 @@ def test_the_counts_of_chunks_from_the_request_and_per_segment_are_lemma_12s():
                                                                                   groups, levels, fast)
 
 
+def test_every_level_counts_the_merges_of_levels_a_request_does_not_read():
+    """``every_level`` (FlashInfer's cascade wrapper merges every level into every row): a level a
+    request does not read is a part that holds none of its keys, two steps under 2-ulp
+    divisions (an empty-side merge, Lemma 8's last part) and none with divisions rounded to
+    nearest; ``stored_merges`` counts a stored merge per level for every row."""
+    from relaycore.testing import stored_merges
+
+    # request 0 reads both levels, request 1 the first only (its 2 rows)
+    batch = make_batch([1, 2], [4, 4], prefix_lens=[[8], [3]], prefix_ids=[[0, 0], [0, -1]])
+    fast = dict(merge="pairwise", fast_division=True)
+    read, every = blocked_steps(batch, 16, **fast), blocked_steps(batch, 16, **fast, every_level=True)
+    assert (every - read)[:, 0].tolist() == [0, 2, 2]
+    assert np.array_equal(blocked_steps(batch, 16, merge="pairwise", every_level=True),
+                          blocked_steps(batch, 16, merge="pairwise"))
+    assert stored_merges(batch)[:, 0].tolist() == [2, 1, 1]
+    assert stored_merges(batch, every_level=True)[:, 0].tolist() == [2, 2, 2]
+    for kwargs in (dict(merge="running"), dict(merge="pairwise", chunk=4)):
+        with pytest.raises(ValueError, match=r"^every_level: expected with merge='pairwise' and no chunk"):
+            blocked_steps(batch, 16, **kwargs, every_level=True)
+    with pytest.raises(ValueError, match=r"^every_level: expected a bool, got 'yes'"):
+        blocked_steps(batch, 16, merge="pairwise", every_level="yes")
+    with pytest.raises(ValueError, match=r"^every_level: expected with merge='pairwise'"):
+        stored_merges(batch, merge="running", every_level=True)
+
+
 @pytest.mark.parametrize("bad", [0, -16, 1.5, True, "64"])
 def test_refuses_a_block_that_is_not_a_positive_int(bad):
     batch = make_batch([1], [4])

@@ -43,9 +43,10 @@ def _cdiv(a, b):
     return -(-a // b)
 
 
-def _segments(batch: Batch) -> list:
+def _segments(batch: Batch, every_level: bool = False) -> list:
     """Per request, the keys of each segment its queries see: ``(prefix lengths, one per level
-    it reads, in level order; own KV length)``."""
+    it reads, in level order; own KV length)``; ``every_level``: one per level, 0 for a level it
+    does not read."""
     per_request = []
     for b in range(batch.batch_size):
         prefix = []
@@ -53,13 +54,15 @@ def _segments(batch: Batch) -> list:
             pid = int(level.prefix_ids[b])
             if pid >= 0:
                 prefix.append(int(level.cu_seqlens[pid + 1] - level.cu_seqlens[pid]))
+            elif every_level:
+                prefix.append(0)
         per_request.append((prefix, int(batch.kv_lens[b])))
     return per_request
 
 
 def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Optional[int] = None,
                   chunk_from: str = "segment", merge: str = "fold", fast_division: bool = False, levels: int = 1,
-                  groups: int = 1) -> np.ndarray:
+                  groups: int = 1, every_level: bool = False) -> np.ndarray:
     """The most steps any key passes, per query row, in a kernel of the given blocking: the
     ``steps`` argument of ``check``, ``assert_close``, ``compare`` and ``bounds_for``.
 
@@ -97,9 +100,9 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             ``"pairwise"`` (the merges' coefficients divided within 2 ulp too, as FlashInfer's
             ``merge_state_in_place``): one step more per merge a key passes with keys on both
             sides, two per merge with an empty side (a chunk past a causal row's last key), at
-            least one (Lemma 8, divisions within 2 ulp); with ``stored``, price such merges with ``stored_merge="running"``
-            (Lemma 10's term). Merges of a row with empty states (a level its request does not read)
-            are not counted: a kernel that makes them passes more.
+            least one (Lemma 8, divisions within 2 ulp); with ``stored``, price such merges with
+            ``stored_merge="running"`` (Lemma 10's term). Merges of a row with the empty states of
+            levels its request does not read: ``every_level``.
         levels: with ``"running"``, the most folds a key passes in a tree of running folds
             (FlashInfer's large and variable-length merge kernels fold each thread's share of
             the parts, then the threads' results: 2). Its keys pass at each fold Lemma 9's count,
@@ -123,6 +126,13 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             merge="running", levels=2)`` (its chunks are stored in the output dtype, then merged
             by its two-level kernel; Lemma 12).
             1: one running state per part.
+        every_level: with ``merge="pairwise"`` and no ``chunk``, every prefix level is merged
+            into every row, a level its request does not read as a part that holds none of its
+            keys (merged with an empty side: two steps with ``fast_division``, none without):
+            FlashInfer's ``MultiLevelCascadeAttentionWrapper`` merges each level's output into
+            every row (in 0.5.0 an empty one is ``(0, -5e4)``, base 2, whose weight flushes to 0
+            where the row's lse is above about -34570, Lemma 10), with ``stored_merges(batch,
+            every_level=True)``. ``False``: the levels a request reads.
 
     A kernel whose parts walk blocks of different sizes is described by its smallest block
     (more blocks, so more steps: the count stays an upper bound).
@@ -143,7 +153,8 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         ValueError: ``block_n`` or ``chunk`` not a positive int; ``merge`` not in ``MERGES``;
             ``chunk`` or a ``merge`` other than ``"fold"`` without ``split``; ``chunk_from`` not
             in ``CHUNK_FROM``, or other than ``"segment"`` without ``chunk``;
-            ``fast_division`` not a bool; ``levels`` not a positive int,
+            ``fast_division`` or ``every_level`` not a bool, or ``every_level`` without
+            ``"pairwise"`` or with ``chunk``; ``levels`` not a positive int,
             or other than 1 without ``"running"``; ``groups`` not a positive int, or other than
             1 without ``split``.
         TypeError: ``batch`` is not a ``Batch``.
@@ -188,9 +199,13 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
     _check_positive("groups", groups)
     if groups != 1 and not split:
         raise ValueError(f"groups: expected 1 with split=False (groups walk a part each, Lemma 11), got {groups!r}")
+    _check_every_level(every_level)
+    if every_level and (merge != "pairwise" or chunk is not None):
+        raise ValueError(f"every_level: expected with merge='pairwise' and no chunk (a cascade's merge of every level "
+                         f"into every row), got merge={merge!r}, chunk={chunk!r}")
     steps = np.ones((int(batch.cu_seqlens_q[-1]), 1), dtype=np.int64)
     q_lens = batch.q_lens
-    for b, (prefix, kv_len) in enumerate(_segments(batch)):
+    for b, (prefix, kv_len) in enumerate(_segments(batch, every_level)):
         q_len = int(q_lens[b])
         if q_len == 0:
             continue
@@ -226,13 +241,19 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
     return steps
 
 
+def _check_every_level(every_level) -> None:
+    """Raise ``ValueError`` unless ``every_level`` is a bool."""
+    if not isinstance(every_level, (bool, np.bool_)):
+        raise ValueError(f"every_level: expected a bool, got {every_level!r}")
+
+
 def _check_positive(name: str, value) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` is a positive int."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
-def stored_merges(batch: Batch, *, merge: str = "pairwise", levels: int = 1) -> np.ndarray:
+def stored_merges(batch: Batch, *, merge: str = "pairwise", levels: int = 1, every_level: bool = False) -> np.ndarray:
     """The ``stored`` argument of ``check``, ``assert_close``, ``compare`` and ``bounds_for`` for
     a kernel that stores partial outputs in the input dtype and merges them afterwards.
 
@@ -258,6 +279,9 @@ def stored_merges(batch: Batch, *, merge: str = "pairwise", levels: int = 1) -> 
             order, ``"fold"``) has no proved bound.
         levels: with ``"running"``, the folds of the tree a key passes (a positive int); 1 with
             ``"pairwise"``.
+        every_level: with ``"pairwise"``, every prefix level merged into every row, read or not
+            (FlashInfer 0.5.0's ``MultiLevelCascadeAttentionWrapper``, ``blocked_steps``'
+            ``every_level``): ``len(batch.prefixes)`` for every row.
 
     Returns:
         int64 ``[total_q, 1]`` (it broadcasts over heads); with ``"pairwise"``, 0 for a request
@@ -266,13 +290,16 @@ def stored_merges(batch: Batch, *, merge: str = "pairwise", levels: int = 1) -> 
     Raises:
         TypeError: ``batch`` is not a ``Batch``.
         ValueError: ``merge`` not ``"pairwise"`` or ``"running"``; ``levels`` not a positive
-            int, or other than 1 with ``"pairwise"``.
+            int, or other than 1 with ``"pairwise"``; ``every_level`` not a bool, or with
+            ``"running"``.
 
     Example:
         >>> from relaycore.testing import make_batch, stored_merges
         >>> batch = make_batch([1, 2], [4, 4], prefix_lens=[[8], [3]], prefix_ids=[[0, 0], [0, -1]])
         >>> stored_merges(batch)[:, 0].tolist()   # request 0 reads both levels, request 1 one
         [2, 1, 1]
+        >>> stored_merges(batch, every_level=True)[:, 0].tolist()   # a cascade that merges every level
+        [2, 2, 2]
         >>> stored_merges(batch, merge="running", levels=2)[:, 0].tolist()
         [2, 2, 2]
     """
@@ -285,7 +312,11 @@ def stored_merges(batch: Batch, *, merge: str = "pairwise", levels: int = 1) -> 
     if merge == "pairwise" and levels != 1:
         raise ValueError(f"levels: expected 1 with merge='pairwise' (the cascade's merges are counted per prefix "
                          f"level), got {levels!r}")
+    _check_every_level(every_level)
+    if every_level and merge != "pairwise":
+        raise ValueError(f"every_level: expected with merge='pairwise' (a cascade's merge of every level into every "
+                         f"row), got merge={merge!r}")
     if merge == "running":
         return np.full((int(batch.cu_seqlens_q[-1]), 1), levels, dtype=np.int64)
-    levels_read = np.array([len(prefix) for prefix, _ in _segments(batch)], dtype=np.int64)
+    levels_read = np.array([len(prefix) for prefix, _ in _segments(batch, every_level)], dtype=np.int64)
     return np.repeat(levels_read, batch.q_lens)[:, None]
