@@ -1327,8 +1327,12 @@ def test_a_batch_from_a_calls_own_tensors_has_the_oracle_of_the_batch_they_came_
     args, kwargs = batch.to_torch("cpu", host_metadata=host_metadata)
     ours = batch_from(*args, **kwargs)
     assert ours.dtype == dtype and ours.paged
+    args[2].kv_lens[0] += 1  # the engine writes its metadata and values again: the batch holds copies
+    args[0].mul_(2)
+    assert np.array_equal(ours.kv.kv_lens, batch.kv.kv_lens) and np.array_equal(ours.q, batch.q)
     for got, want in zip(ours.oracle().state, batch.oracle().state):
         assert np.array_equal(got, want)
+    args, kwargs = batch.to_torch("cpu", host_metadata=host_metadata)
     result = relaycore.relay_attention(*args, **kwargs, backend="torch")
     assert check(result, ours).passed
     wrong = AttentionState(result.out.clone(), result.lse)

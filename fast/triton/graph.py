@@ -40,9 +40,9 @@ time of a graph of each step's own plan: the lists read instead of computed, and
 with 4096-key tables mostly the programs past the count; in a batch of two levels, a step
 whose tall requests are all single-pass 1.37x while its merge ran a program per token and head,
 each finding no state (243.9 -> 212.0 us over the step's list, 2026-11-30). From sessions 19-20
-(``fast/triton/NOTES.md``): a program past the count costs about 0.3 us of an SM's program slot (one that ran a padding item's tile masked off,
-about 2.6; one that exited on an item of no rows, an L2 read of its own item, 7-9 us more at
-batch 128 with 4096-key tables). Persistent launches (one wave of programs looping over the
+(``fast/triton/NOTES.md``): a program past the count costs about 0.3 us of an SM's program
+slot (one that ran a padding item's tile masked off, about 2.6; one that exited on an item of
+no rows, an L2 read of its own item, 7-9 us more at batch 128 with 4096-key tables). Persistent launches (one wave of programs looping over the
 step's items) were up to 12% slower at batch 32-128 (the own tile in a loop), and ones that
 fetched their items from an atomic counter slower still; a fused merge saved nothing
 measurable at the batches it fits.

@@ -20,7 +20,7 @@ from relaycore.reference.relay import relay_from_problem
 from relaycore.reference.statistics import ContextStatistics, statistics_from_problem
 from relaycore.testing.rounding import DTYPES, round_to
 from relaycore.types import AttentionState, PagedKV, PrefixLevel, RaggedKV
-from relaycore.validation import resolve_scale, validate
+from relaycore.validation import array_kind, resolve_scale, to_host_ints, validate
 
 Arguments = Tuple[Tuple[Any, ...], Dict[str, Any]]
 
@@ -376,32 +376,31 @@ def batch_from(q, cu_seqlens_q, kv, prefixes=(), *, causal: bool = True, softmax
         raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {name!r}")
 
     def floats(argument: str, x) -> np.ndarray:
-        values = _host(x).astype(np.float64)
+        values = np.array(host64(x))  # a copy: host64 hands a float64 array back as it is
         if not np.array_equal(round_to(values, name), values, equal_nan=True):
             raise ValueError(f"{argument}: expected values exact in {name} (the format that selects the bound), got "
                              f"values it rounds")
         return values
 
+    def ints(x) -> np.ndarray:  # a copy: the engine may write into its metadata afterwards
+        return np.array(to_host_ints(x))
+
     values = floats("q", q)
     if isinstance(kv, PagedKV):
-        own = PagedKV(floats("kv.k_cache", kv.k_cache), floats("kv.v_cache", kv.v_cache), _host(kv.block_table),
-                      _host(kv.kv_lens))
+        own = PagedKV(floats("kv.k_cache", kv.k_cache), floats("kv.v_cache", kv.v_cache), ints(kv.block_table),
+                      ints(kv.kv_lens))
     else:
-        own = RaggedKV(floats("kv.k", kv.k), floats("kv.v", kv.v), _host(kv.cu_seqlens))
-    levels = tuple(PrefixLevel(floats(f"prefixes[{i}].k", p.k), floats(f"prefixes[{i}].v", p.v), _host(p.cu_seqlens),
-                               _host(p.prefix_ids)) for i, p in enumerate(prefixes))
-    return Batch(values, _host(cu_seqlens_q), own, levels, bool(causal), softmax_scale, name)
+        own = RaggedKV(floats("kv.k", kv.k), floats("kv.v", kv.v), ints(kv.cu_seqlens))
+    levels = tuple(PrefixLevel(floats(f"prefixes[{i}].k", p.k), floats(f"prefixes[{i}].v", p.v), ints(p.cu_seqlens),
+                               ints(p.prefix_ids)) for i, p in enumerate(prefixes))
+    return Batch(values, ints(cu_seqlens_q), own, levels, bool(causal), softmax_scale, name)
 
 
-def _host(x) -> np.ndarray:
-    """A NumPy copy of an array or a torch tensor (on any device), in its own dtype but for
-    bfloat16, which NumPy lacks (float32 holds its values)."""
-    if isinstance(x, np.ndarray):
-        return np.array(x)
-    import torch
-
-    x = x.detach().to("cpu")
-    return (x.float() if x.dtype == torch.bfloat16 else x).numpy().copy()
+def host64(x: Any) -> np.ndarray:
+    """float64 NumPy copy of an array or torch tensor (any device, any float dtype)."""
+    if array_kind(x) == "torch":
+        return x.detach().resolve_neg().to("cpu").double().numpy()
+    return np.asarray(x, dtype=np.float64)
 
 
 def make_batch(

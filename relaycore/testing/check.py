@@ -22,7 +22,7 @@ import numpy as np
 from relaycore import bounds
 from relaycore.buffers import lse_dtype
 from relaycore.constants import LOG2E
-from relaycore.testing.batch import Batch
+from relaycore.testing.batch import Batch, host64
 from relaycore.testing.rounding import DTYPES
 from relaycore.validation import array_kind, check_dense, device_name, dtype_name, resolve_scale
 
@@ -301,13 +301,6 @@ class Report:
         return "\n".join(lines)
 
 
-def _host64(x: Any) -> np.ndarray:
-    """float64 NumPy copy of an array or torch tensor (any device, any float dtype)."""
-    if array_kind(x) == "torch":
-        return x.detach().resolve_neg().to("cpu").double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
 def _ratio(error: np.ndarray, bound: np.ndarray) -> np.ndarray:
     """``error / bound`` with ``0/0 = 0``, ``x/0 = inf`` and NaN errors as inf."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -457,7 +450,7 @@ def check(result: Any, batch: Batch, *, q_dtype: Any = None, steps=None, stored=
         return Report(False, np.inf, np.inf, None, None, tuple(problems), batch.describe(),
                       (SWAPPED_HINT,) if swapped else ())
     problems = _dtype_problems(out, lse, batch, q_dtype)
-    out, lse = _host64(out), _host64(lse)
+    out, lse = host64(out), host64(lse)
     tol, unchecked = _bounds(batch, None, steps, stored, stored_merge)
     out_ratio, out_worst = _worst(batch, out, ref.out, tol.out)
     lse_ratio, lse_worst = _worst(batch, lse, ref.lse, tol.lse)
@@ -644,7 +637,7 @@ def _written_inputs(args: Tuple[Any, ...], batch: Batch) -> List[str]:
     problems = []
     own, _ = batch._own_arguments()
     for (name, given), (_, original) in zip(_named_inputs(args), _named_inputs(own)):
-        now = _host64(given)
+        now = host64(given)
         if now.shape != original.shape:
             problems.append(f"{name}: expected unchanged by the call (attention must not write into its inputs), got "
                             f"its shape changed from {original.shape} to {now.shape}")
