@@ -38,6 +38,7 @@ from relaycore.fast.triton import backend, kernels, op  # noqa: E402
 from relaycore.fast.triton.config import (block_d, chunk_size, decode_chunks, max_chunks, single_pass,  # noqa: E402
                                           tile_height)
 from relaycore.fast.triton.graph import Bounds, graph_launches, prepare_graph, slot_capacity  # noqa: E402
+from relaycore.fast.triton.launch import lanes  # noqa: E402
 from relaycore.fast.triton.plan import (check_metadata, fold_steps, longest_first, merge_grid, query_layout,  # noqa: E402
                                         regular_items, single_pass_requests, stamp_metadata)
 from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
@@ -603,6 +604,10 @@ def test_a_graph_plan_moves_a_tall_request_between_the_single_pass_and_the_split
     graph = prepare_graph(*engine.args(), config=TINY)
     (one_pass,) = [x for x in graph.plan.launches if x.single_pass]
     assert one_pass.count is not None and one_pass.reads_prefix, graph
+    # on a GPU it follows launch 0 on the caller's stream; every other launch has a side stream
+    on_caller, on_sides = lanes(graph.plan)
+    assert on_caller == [0] + [i for i, x in enumerate(graph.plan.launches) if x is one_pass], on_caller
+    assert on_sides == [i for i in range(1, len(graph.plan.launches)) if i not in on_caller], on_sides
     counts = set()
     for second in ([-1, 0, -1], [0, -1, -1], [1, 1, 0], [-1, -1, -1]):  # level 1's ids: 2, 1, 0, 2 single-pass
         engine.step(rng)
@@ -613,7 +618,9 @@ def test_a_graph_plan_moves_a_tall_request_between_the_single_pass_and_the_split
         expected = [(second[b] < 0 or not int(np.diff(prefixes[1].cu_seqlens)[second[b]])) for b in (0, 2)]
         assert single_pass_requests(meta, TINY)[[0, 2]].tolist() == expected, second
         counts.add(int(one_pass.count))
-        alone = run_planned(plan(meta, config=TINY), q, kv, prefixes)
+        own = plan(meta, config=TINY)
+        assert lanes(own)[0] == [0], "a step's own plan has no padded launch: launch 0 alone on the caller's stream"
+        alone = run_planned(own, q, kv, prefixes)
         assert _same(relaycore.relay_attention(q, cu, kv, prefixes, plan=graph), alone), second
     assert len(counts) == 3 and max(counts) == one_pass.num_items, counts  # none, some and all of its items
 

@@ -188,7 +188,7 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     lists must be on the device before the capture starts: ``torch.cuda.graph`` synchronizes
     the device first). Any copy of an input the kernels cannot read in place is made next, on
     the caller's stream (``_Sources``). The partial launches run on the caller's stream and,
-    with ``CONCURRENT_PARTIALS``, on side streams that fork from it before the first launch and
+    with ``CONCURRENT_PARTIALS``, on side streams (``lanes``) that fork from it before the first launch and
     join it before the merge (or, with the plan's fused merge, before the call returns);
     inside a CUDA graph capture they become parallel branches of the graph."""
     total_q, hq, d = plan.total_q, plan.num_q_heads, plan.head_dim
@@ -209,13 +209,15 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     sources = _sources(plan, _contiguous_last(q), kv, prefixes, out, interpret)
     part_out, part_lse = _scratch(plan, q.device, main, capturing)
     if CONCURRENT_PARTIALS and not interpret and len(plan.launches) > 1:
-        fork, sides, joins = _LANES.get(q.device, len(plan.launches) - 1)
+        on_caller, on_sides = lanes(plan)
+        fork, sides, joins = _LANES.get(q.device, len(on_sides))
         fork.record(main)
         for side in sides:
             side.wait_event(fork)
         try:
-            _launch_partial(plan, 0, sources, part_out, part_lse, out, lse, interpret, None)
-            for index, side in enumerate(sides, start=1):
+            for index in on_caller:
+                _launch_partial(plan, index, sources, part_out, part_lse, out, lse, interpret, None)
+            for index, side in zip(on_sides, sides):
                 _launch_partial(plan, index, sources, part_out, part_lse, out, lse, interpret, side)
         finally:  # also when a launch fails: what is queued on a side reads memory the caller's stream frees
             for side, join in zip(sides, joins):
@@ -236,6 +238,19 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
         if not x.is_inference():  # (inference tensors keep no count)
             torch.autograd.graph.increment_version(x)
     return AttentionState(out, lse)
+
+
+def lanes(plan: Plan) -> Tuple[List[int], List[int]]:
+    """Where ``run_eager`` queues ``plan``'s partial launches with ``CONCURRENT_PARTIALS``:
+    ``(on_caller, on_sides)``, launch indices in order. Launch 0 runs on the caller's stream,
+    and so does a graph plan's padded single-pass launch after it (``Launch.single_pass`` with
+    a ``count``: at a step where its requests read a prefix past level 0 it has no items).
+    Against a side stream of its own, in graph replays on an H200, that saved 4-6 us beside 32
+    decode requests, at steps with items and without, and cost 1.5-2.7 us (0.7%) at the split
+    step of four 512-token appends (``fast/triton/NOTES.md``, session 37). Every other launch
+    gets a side stream."""
+    padded = [i for i, x in enumerate(plan.launches) if i and x.single_pass and x.count is not None]
+    return [0] + padded, [i for i in range(1, len(plan.launches)) if i not in padded]
 
 
 def _check_block_ids(pages_read: torch.Tensor, kv: PagedKV) -> None:
