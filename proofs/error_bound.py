@@ -41,7 +41,8 @@ Every lemma below also rests on these assumptions about the arithmetic:
   prices divisions within 2 ulp, CUDA's `__fdividef`). FlashInfer's decode folds its groups'
   unnormalised states within a block (`sync_state`) before any division or lse: Lemma 11 shows
   that fold to be a chain of Lemma 2's rescales, so such a chunk is a part with a count of its
-  own, $I + Z' - 1$ (`blocked_steps(groups=...)`); its split-KV decode cuts a request's whole KV
+  own (Lemma 11's $\nu_{chunk}$: its iterations plus the groups that hold a key, less one;
+  `blocked_steps(groups=...)`); its split-KV decode cuts a request's whole KV
   into chunks from its first key, across the prefixes' ends, and Lemma 12 counts those chunks
   (`blocked_steps(chunk_from="request")`). FlashInfer from commit `d7f2c64` on (an IEEE $-\infty$
   start, clamped exponents, `normalize` by `__fdividef(1, d)` and a product) is Lemma 13's, at
