@@ -777,8 +777,8 @@ with $y$ of Lemma 3's form, every numerator weight perturbed by at most $u_p$ mo
 weights and the lse exactly as in Lemma 3), and*
 
 $$
-|h| \le k\bigl((1 + u_p)\max(|h_a|, |h_b|) + \tau\bigr),\qquad
-k = \frac{(1 + u_{acc}/2)^2 (1 + u_{acc})}{1 - u_{acc}} \le e^{4u_{acc}} .
+|h| \le \kappa\bigl((1 + u_p)\max(|h_a|, |h_b|) + \tau\bigr),\qquad
+\kappa = \frac{(1 + u_{acc}/2)^2 (1 + u_{acc})}{1 - u_{acc}} \le e^{4u_{acc}} .
 $$
 
 *So a state whose keys pass at most $S$ such merges carries
@@ -811,7 +811,7 @@ $(1 + u_p)|h_a| + \tau$, and the merge takes it through its coefficient's produc
 sum to at most $(1 + \tfrac{u_{acc}}{2})(w_a + w_b)/\hat T \le (1 + \tfrac{u_{acc}}{2})/(1 - u_{acc})$,
 because $\hat T \ge (1 - u_{acc})(w_a + w_b)$. Together that is the claim for $h$. By induction
 over the merge tree, with $1 + u_p \le e^{u_p}$ and $e^{4u_{acc}} \le e^{S(u_p + 4u_{acc})}$,
-$H_S = k((1 + u_p)H_{S-1} + \tau) \le S\tau e^{S(u_p + 4u_{acc})}$. Item 5 multiplies the
+$H_S = \kappa((1 + u_p)H_{S-1} + \tau) \le S\tau e^{S(u_p + 4u_{acc})}$. Item 5 multiplies the
 final $h$, as the rest of the error, by at most $1 + u_o$.
 
 Lemma 5 still holds with $S u_p$ in $\rho_\Delta$ and $H_S$ among the underflows: every stored
@@ -852,14 +852,14 @@ outputs: two steps (one holds it in $\rho$; Lemma 5's $\rho_\Delta$, below, give
 $2u_{acc}$). Below the normal range $\hat c_x$ errs by less than $2^{-126}$ absolutely, as Lemma
 3's coefficient rounded with subnormals flushed does, and is that weight's underflow (Lemmas 3 and 4).
 *The rest.* As in the proof above, $h = \sum_x \hat c_x r_x$ times the product's $1 +
-\tfrac{u_{acc}}{2}$ and the sum's $1 + u_{acc}$, so $|h| \le k\max_x |r_x|$ with $k = (1 +
+\tfrac{u_{acc}}{2}$ and the sum's $1 + u_{acc}$, so $|h| \le \kappa\max_x |r_x|$ with $\kappa = (1 +
 \tfrac{u_{acc}}{2})(1 + u_{acc})(\hat c_a + \hat c_b)$. With two sides that hold keys, $\hat c_a +
-\hat c_b \le (1 + 2u_{acc})/(1 - u_{acc}) + 2^{-147}$, and $k \le e^{\frac52 u_{acc} + 3u_{acc}}$,
-Lemma 10's bound on $k_2$; with one, $\hat c_b x_b = 0$, the sum adds an exact 0 and $k \le (1 +
-2u_{acc})(1 + \tfrac{u_{acc}}{2}) \le e^{\frac52 u_{acc}}$, Lemma 10's bound on $k_1$. So every
+\hat c_b \le (1 + 2u_{acc})/(1 - u_{acc}) + 2^{-147}$, and $\kappa \le e^{\frac52 u_{acc} + 3u_{acc}}$,
+Lemma 10's bound on $\kappa_2$; with one, $\hat c_b x_b = 0$, the sum adds an exact 0 and $\kappa \le (1 +
+2u_{acc})(1 + \tfrac{u_{acc}}{2}) \le e^{\frac52 u_{acc}}$, Lemma 10's bound on $\kappa_1$. So every
 merge is a node of Lemma 10's tree with $K'_v \le 2$ children that hold keys (its $\tau_{acc}$ per
 node unused), and Lemma 10's induction over the tree gives $|h| \le H^{run}_S$. Lemma 8's own
-argument does not: its $k \le e^{4u_{acc}}$ fails ($k$ reaches about $e^{\frac92 u_{acc}}$). *Sizes.*
+argument does not: its $\kappa \le e^{4u_{acc}}$ fails ($\kappa$ reaches about $e^{\frac92 u_{acc}}$). *Sizes.*
 $|\hat o| \le e^{\frac52 u_{acc} + 3u_{acc}}\max(|x_a|, |x_b|)$ up to the underflows, within the
 $2u_{acc}$ per step that $\rho_\Delta$ gives the merge's three (with an empty side,
 $e^{\frac52 u_{acc}}$ within its two); Lemma 6's roundings are the merge's
@@ -883,7 +883,7 @@ and with `stored = 3` it allows $2.63 \cdot 2^{-24}$. The relative part, $S u_p$
 the bound's slack on every draw we tried: values near 1 reach 0.42 of the bound without it. It
 is charged because the Lemma-1 form needs it, not because a draw has shown it. An all-at-once
 merge (Lemma 4) that reads stored outputs is not covered here: its coefficients are summed
-over $K'$ states, and its $k$ would grow with $K'$; Lemma 10 prices that growth for Lemma 9's
+over $K'$ states, and its $\kappa$ would grow with $K'$; Lemma 10 prices that growth for Lemma 9's
 running folds.
 
 ## Lemma 9: a running fold costs a step per growth of its maximum
@@ -1172,14 +1172,14 @@ $|r_i| \le (1 + u_p)|h_i| + \tau$, reaches the fold's output as $\mathrm{fl}$'s 
 $\sum_i c_i r_i / \Lambda_K$, so
 
 $$
-|h| \le k_{K'}\,\max_i |r_i| + \tau_{acc},\qquad
-k_{K'} = (1 + 2u_{acc}) \cdot \bigl(\text{the right side above}\bigr) \le e^{\frac52 u_{acc} + 3u_{acc}(K' - 1)} :
+|h| \le \kappa_{K'}\,\max_i |r_i| + \tau_{acc},\qquad
+\kappa_{K'} = (1 + 2u_{acc}) \cdot \bigl(\text{the right side above}\bigr) \le e^{\frac52 u_{acc} + 3u_{acc}(K' - 1)} :
 $$
 
 $\log(1 + 2u) + \log(1 + \tfrac{u}{2}) \le \tfrac52 u - 2u^2$, $\log\frac{1 + u}{1 - u} +
 \log\frac{1 + u/2}{1 - u/2} \le 3u + u^3$ for $u = u_{acc} \le 2^{-23}$, and
 $(K' - 1)u^3 + \Xi < 2u^2$ (`check_stored_fold_factor`, at 60 digits, $K'$ up to $2^{23} - 1$, and
-$2^{52} - 1$ with float64 sums). With $K' = 1$ and a division to nearest the fold passes its state on with $k_1 = 1$, bit for bit where
+$2^{52} - 1$ with float64 sums). With $K' = 1$ and a division to nearest the fold passes its state on with $\kappa_1 = 1$, bit for bit where
 nothing is flushed; flushing, its product by $f_1 = 1$ and its division by $\Lambda = 1$ send a
 subnormal $x_1$ to 0, an error below $\tau_{acc}$ that the fold's $\tau_{acc}$ below covers. The factor does grow with $K'$: in the standard model a fold of
 $K'$ states of equal lse whose numerator sums round up and normaliser sums down reaches
@@ -1191,7 +1191,7 @@ keys pass at most $s_v$ folds up to $v$, $v$ included, has
 $|h_v| \le s_v(\tau + \tau_{acc})e^{s_v(u_p + \frac52 u_{acc}) + 3u_{acc}(L_v - 1)}$; a part
 has $h = 0$ and $s = 0$ (its division is Lemma 6's). A child $i$ holding keys has $s_i \le s_v - 1$ and
 $L_i \le L_v - (K'_v - 1)$; with $1 + u_p \le e^{u_p}$,
-$k_{K'_v}((1 + u_p)(s_v - 1)(\tau + \tau_{acc})e^{(s_v - 1)(u_p + \frac52 u_{acc}) + 3u_{acc}(L_v - K'_v)} + \tau)
+$\kappa_{K'_v}((1 + u_p)(s_v - 1)(\tau + \tau_{acc})e^{(s_v - 1)(u_p + \frac52 u_{acc}) + 3u_{acc}(L_v - K'_v)} + \tau)
 + \tau_{acc}$ is at most the claim at $v$. At the root $L \le N$, $s \le S$: $H^{run}_S$. Item 5
 multiplies it, as the rest of the error, by at most $1 + u_o$. (The root's division is counted
 twice, here and in item 5: conservatively.) $\blacksquare$
@@ -1259,7 +1259,7 @@ outputs, lses and counts, bit for bit, subnormals flushed or kept by the arithme
 
 With $N$ at most $2^{23}$ keys the factor $e^{3u_{acc}(N - 1)}$ is below $e^3$; it is 1 to
 within $10^{-3}$ up to $N = 2^{11}$. `two_level_example` (fp16, all scores
-0, values $k \cdot 2^{-24}$, nine parts of 8, 1, ..., 1, 8 keys folded by 8 threads, thread 0
+0, values multiples of $2^{-24}$, nine parts of 8, 1, ..., 1, 8 keys folded by 8 threads, thread 0
 folding the first and the last) errs by $1.087 \cdot 2^{-24}$; without the stored term the
 bound is $1.008 \cdot 2^{-24}$ at 10 or 11 steps, and with $S = 2$, `stored_merge="running"`, it
 is $2.02 \cdot 2^{-24}$ (`check_two_level_stored_folds`). Not covered: an all-at-once fold
@@ -1604,7 +1604,7 @@ excess, $\tfrac72 u_{acc} + 2u_{acc}^2$, leaves at least $1.4u_{acc}$ of room wi
 none without it at the out bound's limit (`check_running_fold_growth`). Lemma 9's sizes (its
 "Lemmas 5 and 6") take $\tfrac72 u_{acc}$ in place of $3u_{acc}$ within the same slack ($2u_{acc}$
 per step of $\rho_\Delta$ over the one more step and Lemma 9's $2 + G_i$, which hold $(1 +
-G_i)u_{acc}$). *Lemma 10's rest.* Its $k_{K'}$ bounds $\sum_i |c_i| / \Lambda_K$ by the mediant of
+G_i)u_{acc}$). *Lemma 10's rest.* Its $\kappa_{K'}$ bounds $\sum_i |c_i| / \Lambda_K$ by the mediant of
 the per-state ratios: the first non-empty state enters exactly ($0 + \hat o_1 \cdot 1$, $f_1 = 2^0
 = 1$) and passes at most $K' - 1$ growths and $K' - 1$ sums, ratio at most
 $R_1 = (\frac{1 + u/2}{1 - u/2})^{K'-1}(\frac{1 + u}{1 - u})^{K'-1}$ ($u = u_{acc}$); state
@@ -1612,7 +1612,7 @@ $i \ge 2$ has its product, at most $K' - i$ growths and $K' - i + 1$ sums,
 $(1 + \tfrac{u}{2})(\frac{1 + u/2}{1 - u/2})^{K'-i}(\frac{1 + u}{1 - u})^{K'-i+1} \le R_1$. So
 Lemma 10's factor $(1 + \tfrac{u}{2})$ before $R_1$ is not needed for the sums, and the
 reciprocal and its product, $(1 + 2u)(1 + \tfrac{u}{2})$, take the place of the division's
-$(1 + 2u)$ and that factor: $k_{K'}$ is the same expression, $\le e^{\frac52 u + 3u(K' - 1)}$, and
+$(1 + 2u)$ and that factor: $\kappa_{K'}$ is the same expression, $\le e^{\frac52 u + 3u(K' - 1)}$, and
 $H^{run}_S$ holds unchanged. $\blacksquare$
 
 What is not covered: the tensor-core (prefill), MLA and Hopper (FA3) paths, which the commit
@@ -1627,7 +1627,7 @@ below 0.5.0's condition) with 63 masked slots and a keyless group is, bit for bi
 $-\infty$ (output 1), with an `exp2` that flushes and one that keeps subnormals, where 0.5.0's
 start returns 0; folds with an empty first state, only empty states or none give the fold over
 the non-empty ones and $(0, -\infty)$, where the unclamped fold gives NaN; the reciprocal's
-$k_{K'}$ equals Lemma 10's expression for $K'$ to $2^{23} - 1$ (and exceeds it if the first
+$\kappa_{K'}$ equals Lemma 10's expression for $K'$ to $2^{23} - 1$ (and exceeds it if the first
 state's product were rounded); `decode_example` from $-\infty$ errs in its lse past `lse_bound` at
 one step and within it at 64; Hypothesis-drawn split-KV decodes of a request's KV (chunks from its
 first key, one fold or FlashInfer's two-level merge with more threads than chunks too, scores
@@ -4141,8 +4141,8 @@ def check_stored_merges_fast_division():
     steps. (2) To first order up to the out bound's limit on ``rho`` (the states' lse error the accounting
     ``E`` there), three steps hold that growth with at least ``1.4 u_acc`` left, and two do not (the step per
     merge is needed: no end-to-end run can show it, the bound's slack being larger). (3) The absolute rest:
-    a merge's factor is within Lemma 10's ``k_2`` bound ``e^(5/2 u + 3 u)`` with two sides that hold keys and
-    ``k_1``'s ``e^(5/2 u)`` with one, so Lemma 10's ``H^run_S`` holds (the recursion stays within what
+    a merge's factor is within Lemma 10's ``kappa_2`` bound ``e^(5/2 u + 3 u)`` with two sides that hold keys and
+    ``kappa_1``'s ``e^(5/2 u)`` with one, so Lemma 10's ``H^run_S`` holds (the recursion stays within what
     ``out_bound`` carries with ``stored_merge="running"``), where Lemma 8's argument for ``H_S`` does not: the
     factor passes its ``e^(4 u_acc)``. (4) Hypothesis-drawn rows (fp16, bf16, fp32,
     values down to fp16's subnormals, natural log or base 2, subnormals flushed or kept) folded pairwise from
@@ -4166,7 +4166,7 @@ def check_stored_merges_fast_division():
         u, u_p, tau = mpmath.mpf(at.u_acc), mpmath.mpf(at.u_p), mpmath.mpf(at.tau)
         two_sides = (1 + u / 2) * (1 + u) * ((1 + 2 * u) / (1 - u) + mpmath.mpf(2) ** -147)
         assert two_sides <= mpmath.exp(5 * u / 2 + 3 * u) and (1 + 2 * u) * (1 + u / 2) <= mpmath.exp(5 * u / 2)
-        assert two_sides > mpmath.exp(4 * u)  # Lemma 8's k <= e^(4 u_acc), which its induction for H_S uses
+        assert two_sides > mpmath.exp(4 * u)  # Lemma 8's kappa <= e^(4 u_acc), which its induction for H_S uses
         h = mpmath.mpf(0)
         for s in range(1, 257):
             h = two_sides * ((1 + u_p) * h + tau)
