@@ -1452,15 +1452,15 @@ shared through its own pages is a whole number of pages long, or its last keys a
 request's own pages (as a cache that shares only whole pages keeps them), read in the same order. A
 list whose prefix page has empty slots, which FlashInfer would read as keys, is not a relay layout
 and is not modelled. The split-KV decode (`partition_kv`, Lemma 11) cuts the list, read as one
-sequence of keys, into chunks of $C$ keys from its first key (its planner takes $C$ as $c$ pages,
-$C = cP$, and gives a request $\lceil p / c \rceil$ chunks, which is $\lceil N / C \rceil$ for its
+sequence of keys, into chunks of $C$ keys from its first key (its planner takes $C$ as a whole
+number of pages, $C/P$ of them, and gives a request $\lceil p / (C/P) \rceil$ chunks, which is $\lceil N / C \rceil$ for its
 $N$ keys, since $(p - 1)P < N \le pP$; nothing below uses more). A chunk may then hold a prefix's
 last keys and the next segment's first ones, where `blocked_steps(chunk=C)` cuts each segment from
 its own first key.
 
-*Claim. Let a query row see, in this order, the $N_1, \dots, N_L$ keys of the prefixes its
-request reads and the first $n$ keys of its own KV (a decode row: all of them), $N = N_1 + \dots
-+ N_L + n \ge 1$ keys, and let its request's sequence be cut into chunks of $C$ keys from its
+*Claim. Let a query row see, in this order, the $N_1, N_2, \dots$ keys of the prefixes its
+request reads, level by level, and then the first keys of its own KV (a decode row: all of them),
+$N \ge 1$ keys in all, and let its request's sequence be cut into chunks of $C$ keys from its
 first key: $K' = \lceil N / C \rceil$ chunks hold keys the row sees, chunk $i$ the row's keys $iC$
 to $\min((i + 1)C, N) - 1$, $n_i$ of them, the first ones of the chunk. Let every chunk be a part
 whose keys pass at most $\nu(n_i)$ steps in it, with $\nu(n) = \lceil n / b \rceil$ for Lemma 2's
@@ -1508,7 +1508,7 @@ the count per segment (14) and within the lemma's 16, and the run within `out_bo
 at it. Over every row of up to 12 keys in two prefixes and its own, chunks of 1 to 8, blocks of 1 to
 4 slots and 1 to 4 groups, the two counts are equal where both prefixes are whole numbers of chunks,
 and each is the larger for some rows. FlashInfer's count of a request's chunks in pages,
-$\lceil p / c \rceil$, is $\lceil N / (cP) \rceil$ for pages of 1 to 8 slots, chunks of 1 to 4 pages
+$\lceil p / (C/P) \rceil$, is $\lceil N / C \rceil$ for pages of 1 to 8 slots, chunks of 1 to 4 pages
 and lists of 1 to 12 pages, every last page's length. Hypothesis-drawn rows (fp16, bf16, fp32, one
 fold or two-level merges, divisions to nearest or within 2 ulp) cut from their first key stay within
 the bounds at the lemma's count, which Lemma 10's count of their tree reaches in some draws and
@@ -3809,7 +3809,8 @@ def check_request_chunks():
                 assert request == per_segment, (segments, chunk, block, groups)
             larger, smaller = larger + (request > per_segment), smaller + (request < per_segment)
     assert larger and smaller, (larger, smaller)
-    # FlashInfer's planner counts a request's chunks in pages, ceil(p / c), the lemma in keys, ceil(N / (c P))
+    # FlashInfer's planner counts a request's chunks in pages, ceil(pages / pages_per_chunk), the lemma in keys,
+    # ceil(N / C) with C = pages_per_chunk * size
     for size, pages_per_chunk, pages in itertools.product(range(1, 9), range(1, 5), range(1, 13)):
         for last in range(1, size + 1):
             num_keys = (pages - 1) * size + last
