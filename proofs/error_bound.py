@@ -1658,11 +1658,11 @@ $$
 $$
 
 steps, $K'$ the chunks holding a key it sees. A single-pass request's token (its own tiles
-walk its prefix of $T$ keys, none for a request that sees no prefix, and then its own KV in one
+walk its prefix of $n_{pre}$ keys, none for a request that sees no prefix, and then its own KV in one
 running state, and write its result: `single_pass_requests` in `fast/triton/plan.py`) is one part whose blocks ($b$ keys, its
-tile's step) are the prefix's $\lceil T / b \rceil$ and its own $\lceil n / b \rceil$ (the last block of each segment may be
+tile's step) are the prefix's $\lceil n_{pre} / b \rceil$ and its own $\lceil n / b \rceil$ (the last block of each segment may be
 short; Lemma 2 takes blocks of any size), with no merge:
-$\nu = \lceil T / b \rceil + \lceil n / b \rceil \le T + n \le 2N$.
+$\nu = \lceil n_{pre} / b \rceil + \lceil n / b \rceil \le n_{pre} + n \le 2N$.
 On an sm_90 GPU the single-pass tiles run `relaycore.fast.triton.hopper.single_pass_tile`,
 which walks $b = 128$ keys a step and adds a block's products $P_j V_j$ to the accumulator
 before the next block's rescale instead of after its own,

@@ -24,8 +24,8 @@ The prefix chunks hold every key of the prefix; the own chunks hold the token's 
 its causal limit.
 
 A single-pass request's token (``plan.single_pass_requests``) is one walk, ``b`` keys per step
-(its own tile's), over its prefix of ``T`` keys and then the ``n`` own keys it sees, and no
-merge: ``ceil(T / b) + ceil(n / b)`` steps. On sm_90 that walk is ``hopper.single_pass_tile``'s,
+(its own tile's), over its prefix of ``n_pre`` keys and then the ``n`` own keys it sees, and no
+merge: ``ceil(n_pre / b) + ceil(n / b)`` steps. On sm_90 that walk is ``hopper.single_pass_tile``'s,
 128 keys a step: fewer steps than the count at the Triton tile's 64, which therefore bounds it.
 """
 
