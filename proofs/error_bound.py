@@ -826,9 +826,9 @@ the `/` of `MergeStateInPlaceKernel`'s coefficients a division within 2 ulp (CUD
 `x / y` without `-prec-div`, over the full range; `-ftz` flushes a subnormal quotient), in 0.5.0 as
 from `d7f2c64`; the levels' own divisions are within 2 ulp too (Lemmas 9 and 13).
 
-*Claim. Let the merges of the claim above compute each coefficient $\hat c_x$ within 2 ulp of
-$c_x = w_x / \hat T$ (so $\hat c_x = c_x(1 + \delta_x)$, $|\delta_x| \le 2u_{acc}$, where $c_x \ge
-2^{-126}$, and $|\hat c_x - c_x| < 2^{-126}$ below, $0 \le \hat c_x \le (1 + 2u_{acc})c_x + 2^{-148}$
+*Claim. Let the merges of the claim above compute each coefficient $\hat c_a$ within 2 ulp of
+$c_a = w_a / \hat T$, and so $\hat c_b$ (relatively within $2u_{acc}$ where $c_a \ge
+2^{-126}$, and $|\hat c_a - c_a| < 2^{-126}$ below, $0 \le \hat c_a \le (1 + 2u_{acc})c_a + 2^{-148}$
 throughout), the parts' divisions within 2 ulp or to nearest, and let $S$ count every merge on a key's
 way, a merge with an empty side (output 0, lse $-\infty$) included. Then a key passes at most Lemma 3's
 count plus one step per merge on its way whose two sides hold keys and two per merge with an empty
@@ -837,22 +837,23 @@ numerator weights perturbed by $u_p$ more per stored read as above, and the row'
 the bound of the claim above with Lemma 10's $H^{run}_S$ in place of $H_S$ (`stored = S`,
 `stored_merge="running"`).*
 
-*Proof.* *The form.* $\hat c_x$ enters (c) only on the numerator, where Lemma 3 charges its
+*Proof.* *The form.* A coefficient enters (c) only on the numerator, where Lemma 3 charges its
 division $\tfrac{u_{acc}}{2}$; $M$, $w$, $\hat T$ and the lse never read it. The excess, at most
-$\tfrac32 u_{acc}$, multiplies the numerator weights of $x$'s keys; a part's division within 2 ulp
+$\tfrac32 u_{acc}$, multiplies the numerator weights of its side's keys; a part's division within 2 ulp
 exceeds its charge in (c) by $\tfrac32 u_{acc}$ (item 5's by $u_{acc}$ where the part is the row's
 output, Lemma 9). So a key's numerator weights gain at most $\tfrac32 u_{acc}$ per merge on its way
 and $\tfrac32 u_{acc}$ once, $3u_{acc}$ at its first merge: within the one step more there (at least
 $u_{exp} + 4u_{acc}$), and at the out bound's limit on $\rho$ three steps hold Lemma 3's growth and
 $3u_{acc}$ with at least $1.4u_{acc}$ left, where two leave none (`check_stored_merges_fast_division`).
 A merge with an empty side is no longer exact: the other side is at $M$, $w = 2^0 = 1$, $\hat T =
-\mathrm{fl}(1 + 0) = 1$, $\hat c = 1 + \delta$, and its output $\mathrm{fl}(\hat c\, x)$ (plus an
+\mathrm{fl}(1 + 0) = 1$, $\hat c$ is within $2u_{acc}$ of 1, and its output $\mathrm{fl}(\hat c\, x)$ (plus an
 exact 0) carries $(1 + 2u_{acc})(1 + \tfrac{u_{acc}}{2})$, and a stored read if it reads stored
 outputs: two steps (one holds it in $\rho$; Lemma 5's $\rho_\Delta$, below, gives a step
-$2u_{acc}$). Below the normal range $\hat c_x$ errs by less than $2^{-126}$ absolutely, as Lemma
+$2u_{acc}$). Below the normal range a coefficient errs by less than $2^{-126}$ absolutely, as Lemma
 3's coefficient rounded with subnormals flushed does, and is that weight's underflow (Lemmas 3 and 4).
-*The rest.* As in the proof above, $h = \sum_x \hat c_x r_x$ times the product's $1 +
-\tfrac{u_{acc}}{2}$ and the sum's $1 + u_{acc}$, so $|h| \le \kappa\max_x |r_x|$ with $\kappa = (1 +
+*The rest.* With the rests of the proof above, $r_a = (1 + \delta_a)h_a + \eta_a$ and $r_b$,
+$h = \hat c_a r_a + \hat c_b r_b$ times the product's $1 +
+\tfrac{u_{acc}}{2}$ and the sum's $1 + u_{acc}$, so $|h| \le \kappa\max(|r_a|, |r_b|)$ with $\kappa = (1 +
 \tfrac{u_{acc}}{2})(1 + u_{acc})(\hat c_a + \hat c_b)$. With two sides that hold keys, $\hat c_a +
 \hat c_b \le (1 + 2u_{acc})/(1 - u_{acc}) + 2^{-147}$, and $\kappa \le e^{\frac52 u_{acc} + 3u_{acc}}$,
 Lemma 10's bound on $\kappa_2$; with one, $\hat c_b x_b = 0$, the sum adds an exact 0 and $\kappa \le (1 +
