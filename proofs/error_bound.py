@@ -1281,7 +1281,7 @@ and $T$ count groups and slots here and in Lemmas 12 and 13, not the normalisers
 $\min((i + 1)C, N) - 1$. In iteration $t$ group $z$ takes the
 slots $tTZ + zT, \dots, tTZ + (z + 1)T - 1$, a block of its own running state. A slot at or past
 the chunk's end is masked: score $-5 \cdot 10^4$ (`math::inf`), value 0 (`kFillZero`). Each
-group starts from `state_t::init`, $(m, d, o) = (-5 \cdot 10^4, 1, 0)$, and at each block
+group starts from `state_t::init`, $(o, m, d) = (0, -5 \cdot 10^4, 1)$, and at each block
 (`compute_qk`, `update_local_state`) computes
 
 $$
