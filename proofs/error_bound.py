@@ -1475,7 +1475,7 @@ $$
 \nu(\min(C, N)) + \begin{cases} K' - 1 + F & K' \ge 2 \\ 0 & K' = 1 \end{cases}
 $$
 
-*steps, $F$ more with divisions within 2 ulp: the count of the row's $N$ keys read as one segment
+*steps, $\max(F, 1)$ more with divisions within 2 ulp: the count of the row's $N$ keys read as one segment
 and cut into chunks of $C$, which `blocked_steps(..., chunk=C, chunk_from="request")` returns.
 Where every $N_l$ is a multiple of $C$, these chunks are those of each segment cut from its own
 first key and the counts are equal; otherwise either count may be the larger.*
@@ -1490,8 +1490,8 @@ part of $n_i$ keys that pass at most $\nu(n_i)$ steps in it, and Lemmas 3, 4, 9 
 parts whatever keys they hold. $\nu$ does not decrease with $n$ (neither $\lceil n/b \rceil$,
 $\lceil n/(TZ) \rceil$ nor $\min(Z, \lceil n/T \rceil)$ does), and $n_i \le n_0 = \min(C, N)$, so no
 chunk's count is above the first's. Over Lemma 10's tree of $K' \ge 2$ non-empty parts a key adds
-at most $K' - 1 + F$, $F$ more with divisions within 2 ulp; with $K' = 1$, nothing but those
-divisions (Lemma 11: one chunk, $\nu + 1$ with its division within 2 ulp, within $\nu + F$). The
+at most $K' - 1 + F$, $F \ge 1$ more with divisions within 2 ulp; with $K' = 1$, nothing but those
+divisions (Lemma 11: one chunk, $\nu + 1$ with its division within 2 ulp, though it may pass no fold). The
 same keys read as one segment of $N$ keys and cut from its first key give the same chunks, so the
 same count. If every $N_l$ is a multiple of $C$, every segment starts at a multiple of $C$, so
 every chunk lies in one segment and is a chunk of that segment cut from its own first key: the
