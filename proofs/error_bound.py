@@ -1180,7 +1180,7 @@ $$
 $\log(1 + 2u) + \log(1 + \tfrac{u}{2}) \le \tfrac52 u - 2u^2$, $\log\frac{1 + u}{1 - u} +
 \log\frac{1 + u/2}{1 - u/2} \le 3u + u^3$ for $u = u_{acc} \le 2^{-23}$, and
 $(K' - 1)u^3 + \Xi < 2u^2$ (`check_stored_fold_factor`, at 60 digits, $K'$ up to $2^{23} - 1$, and
-$2^{52} - 1$ with float64 sums). With $K' = 1$ and a division to nearest the fold passes its state on with $\kappa_1 = 1$, bit for bit where
+$2^{52} - 1$ with float64 sums). With $K' = 1$ and a division to nearest the fold passes its state on unchanged (a factor of 1, within $\kappa_1$), bit for bit where
 nothing is flushed; flushing, its product by $f_1 = 1$ and its division by $\Lambda = 1$ send a
 subnormal $x_1$ to 0, an error below $\tau_{acc}$ that the fold's $\tau_{acc}$ below covers. The factor does grow with $K'$: in the standard model a fold of
 $K'$ states of equal lse whose numerator sums round up and normaliser sums down reaches
