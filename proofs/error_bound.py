@@ -1547,7 +1547,8 @@ split-KV decode chunk computes, bit for bit up to the sign of a zero, the walk f
 Lemma 11 that leaves out the masked slots and the groups that hold no key, for any scores and any
 exponential of the precision model (flushing or keeping subnormals); so Lemma 11's form and count
 $\nu_{chunk}$ hold with no condition on the scores. (ii) A running fold of `state_t::merge` over
-states of which any, the first included, may be empty computes the fold from $-\infty$ over the
+states of which any, the first included, may be empty computes, bit for bit up to the sign of a
+zero, the fold from $-\infty$ over the
 non-empty ones (Lemma 9's, no non-empty first state asked), and $(0, -\infty)$ where none holds a
 key; a thread of the two-level kernels with no index set, or only empty ones, hands on
 $(0, -\infty)$. (iii) Its `normalize`, a reciprocal within 2 ulp and a product rounded to nearest,
@@ -1606,8 +1607,8 @@ none without it at the out bound's limit (`check_running_fold_growth`). Lemma 9'
 "Lemmas 5 and 6") take $\tfrac72 u_{acc}$ in place of $3u_{acc}$ within the same slack ($2u_{acc}$
 per step of $\rho_\Delta$ over the one more step and Lemma 9's $2 + G_i$, which hold $(1 +
 G_i)u_{acc}$). *Lemma 10's rest.* Its $\kappa_{K'}$ bounds $\sum_i |c_i| / \Lambda_K$ by the mediant of
-the per-state ratios: the first non-empty state enters exactly ($0 + \hat o_1 \cdot 1$, $f_1 = 2^0
-= 1$) and passes at most $K' - 1$ growths and $K' - 1$ sums, ratio at most
+the per-state ratios: the first non-empty state enters exactly ($0 + \hat o_1 \cdot 1$, its weight
+$2^0 = 1$) and passes at most $K' - 1$ growths and $K' - 1$ sums, ratio at most
 $R_1 = (\frac{1 + u/2}{1 - u/2})^{K'-1}(\frac{1 + u}{1 - u})^{K'-1}$ ($u = u_{acc}$); state
 $i \ge 2$ has its product, at most $K' - i$ growths and $K' - i + 1$ sums,
 $(1 + \tfrac{u}{2})(\frac{1 + u/2}{1 - u/2})^{K'-i}(\frac{1 + u}{1 - u})^{K'-i+1} \le R_1$. So
