@@ -874,7 +874,8 @@ merges of the $K'$ parts that hold a key of the row and two for each of the $E$ 
 does not read) passes more merges, each two more steps and one more in $S$, and needs them counted.
 `check_stored_merges_fast_division` checks the claim in the standard model and end to end: drawn rows
 folded pairwise from stored outputs, every division within 2 ulp (the parts', and the merges', on
-empty sides too), stay within `out_bound` at `pairwise_fast_steps` with `stored_merge="running"`.
+empty sides too), stay within `out_bound` at `pairwise_fast_steps` with `stored_merge="running"`,
+which is `blocked_steps`' count for the same parts (`check_pairwise_fast_steps_match_blocked_steps`).
 
 The absolute term is what a test sees. `stored_example` has one fp16 row with all scores 0 and
 values that are fp16 subnormals, in parts of 2, 2, 4 and 8 keys, so that every merge weighs its
@@ -1830,6 +1831,12 @@ closed form up to $S = 4096$, and against what `out_bound` carries at $S = 1, 8,
 model with both divisions within 2 ulp, the step per merge at the out bound's limit (three steps
 hold it, two do not), the merge's factor within Lemma 10's, and drawn rows folded from stored
 outputs with every division within 2 ulp within the bounds at `pairwise_fast_steps`.
+`check_pairwise_fast_steps_match_blocked_steps` checks that this count is the one
+`blocked_steps(..., merge="pairwise", fast_division=True)` gives users, row by row of drawn
+batches (causal or not, chunked from each segment's or the request's first key or not, levels
+read or not, `every_level` or not; each row's parts from the oracle's count of the keys it sees),
+and `stored_merges` the simulation's `stored`; without `fast_division` the simulation's per-key
+count `pairwise_steps` is at most `blocked_steps`' (which charges every key the whole fold).
 `check_two_level_stored_folds` checks Lemma 10: `two_level_example` is beyond the bound without
 `stored` and within it with `stored = 2, stored_merge="running"` (in bf16 too, and folded once
 at `stored = 1`), and Hypothesis-drawn problems (fp16, bf16 and fp32, values down to fp16's and
@@ -1887,6 +1894,7 @@ from relaycore.proofs import exact
 from relaycore.proofs import rounding as fp
 from relaycore.proofs.draws import checked
 from relaycore.proofs.merge_monoid import merge_rho
+from relaycore.testing import CHUNK_FROM, Batch, blocked_steps, make_batch, stored_merges
 
 #: The adversarial exponential's largest extra relative error: with fp32's own rounding
 #: (``2^-24``) it errs by up to about ``u_exp - 2^-24`` (``u_exp = bounds.EXP_REL_FP32 = 2^-21``),
@@ -4130,7 +4138,9 @@ def pairwise_fast_steps(problem: dict) -> int:
     """Lemma 8's count with divisions within 2 ulp, for ``simulate``'s left fold of ``problem``'s ``P`` parts
     from stored outputs (``K'`` of them holding keys): the parts' most blocks, three per merge of two states
     that hold keys (Lemma 3's two and one, ``K' - 1`` of them) and two per merge with an empty side on a key's
-    way (``P - K'`` at most), at least one in all (its part's division)."""
+    way (``P - K'`` at most), at least one in all (its part's division). ``relaycore.testing.blocked_steps(merge=
+    "pairwise", fast_division=True)`` counts the same for the same parts
+    (``check_pairwise_fast_steps_match_blocked_steps``)."""
     sizes = [problem["labels"].count(part) for part in range(problem["parts"])]
     blocks = max(-(-n // part_block(problem, part)) for part, n in enumerate(sizes))
     held = sum(1 for n in sizes if n)
@@ -4202,6 +4212,100 @@ def check_stored_merges_fast_division():
 
     run()
     assert max(reached) == 3, sorted(set(reached))
+
+
+def row_parts(batch: Batch, chunk=None, chunk_from: str = "segment", every_level: bool = False) -> list:
+    """Per query row of ``batch``, the keys it sees in each part a pairwise cascade folds into it, in the fold's
+    order: the segments of its request's context (each prefix level it reads, in level order, and with
+    ``every_level`` each level it does not read as a segment of no keys; then its own KV), each one part, or cut
+    into parts of ``chunk`` keys from its first key (from the context's first key with ``chunk_from="request"``).
+    What a row sees is the oracle's: the first ``N`` keys of its context (``Batch.oracle().stats.num_keys``), so
+    a part holds the keys of its range below ``N``, none for a range past it (a chunk past a causal row's last key).
+
+    Returns:
+        ``[total_q]`` lists of ints, one per part.
+    """
+    seen = batch.oracle().stats.num_keys[:, 0]
+    rows = []
+    for b in range(batch.batch_size):
+        lengths = []
+        for level in batch.prefixes:
+            pid = int(level.prefix_ids[b])
+            if pid >= 0:
+                lengths.append(int(level.cu_seqlens[pid + 1] - level.cu_seqlens[pid]))
+            elif every_level:
+                lengths.append(0)
+        lengths.append(int(batch.kv_lens[b]))
+        if chunk_from == "request":
+            lengths = [sum(lengths)]
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        ranges = list(zip(starts[:-1], starts[1:]))
+        if chunk:
+            ranges = [(c, min(c + chunk, stop)) for start, stop in ranges for c in range(start, stop, chunk)]
+        for row in range(int(batch.cu_seqlens_q[b]), int(batch.cu_seqlens_q[b + 1])):
+            rows.append([int(max(0, min(seen[row], stop) - start)) for start, stop in ranges])
+    return rows
+
+
+@st.composite
+def cascade_batches(draw) -> Batch:
+    """A small batch for the step counts: 1 to 3 requests of 0 to 6 queries over as many own keys or up to 8, 0 to
+    3 prefix levels of 1 to 3 prefixes of 0 to 12 keys each, each request reading one of a level's prefixes or
+    none; causal or not (one head of dimension 1: only the lengths matter)."""
+    batch_size = draw(st.integers(1, 3))
+    kv_lens = draw(st.lists(st.integers(0, 8), min_size=batch_size, max_size=batch_size))
+    q_lens = [draw(st.integers(0, min(n, 6))) for n in kv_lens]
+    prefix_lens = [draw(st.lists(st.integers(0, 12), min_size=1, max_size=3)) for _ in range(draw(st.integers(0, 3)))]
+    prefix_ids = [draw(st.lists(st.integers(-1, len(lens) - 1), min_size=batch_size, max_size=batch_size))
+                  for lens in prefix_lens]
+    return make_batch(q_lens, kv_lens, prefix_lens, prefix_ids, num_q_heads=1, head_dim=1, causal=draw(st.booleans()))
+
+
+def check_pairwise_fast_steps_match_blocked_steps():
+    """The count the simulations of Lemma 8's last part run at is the count users are given: for every row of
+    drawn batches (causal or not, 0 to 3 prefix levels read or not, prefixes of no keys, requests of no queries),
+    blocks of 1 to 4 keys, one part per segment or chunks of 1 to 5 keys from each segment's first key or from
+    the request's, every level merged into every row (``every_level=True``) or only those read: the row's parts
+    (``row_parts``, from the oracle's count of the keys it sees) given to ``pairwise_fast_steps`` as a
+    ``simulate`` problem count what ``blocked_steps(..., merge="pairwise", fast_division=True)`` returns for
+    that row, and, one part per segment, the simulation's ``stored = P - 1`` is ``stored_merges``' count. The two
+    counts are equal, not merely ordered: both charge every key the whole fold (three steps per merge of two
+    states that hold keys, two per part that holds none, at least one), whatever the order of its parts.
+    Without ``fast_division`` they may differ, and the simulation's count, ``pairwise_steps``, is never the
+    larger: it follows each key through the left fold (the last part's keys pass one merge), where
+    ``blocked_steps``, which does not know the order, charges every key all ``K' - 1``; a bound at more steps is
+    larger, so the simulations' bound covers the users'. The draws reach rows with parts that hold no key beside
+    one or more that do, rows of one part (the count's floor of one), and rows where the two plain counts differ."""
+    reached = set()
+
+    @checked(300)
+    @given(cascade_batches(), st.integers(1, 4), st.sampled_from([None, 1, 2, 3, 5]), st.sampled_from(CHUNK_FROM),
+           st.booleans())
+    def run(batch, block, chunk, chunk_from, every_level):
+        chunk_from, every_level = (chunk_from, False) if chunk else ("segment", every_level)
+        options = dict(chunk=chunk, chunk_from=chunk_from, every_level=every_level)
+        users = blocked_steps(batch, block, merge="pairwise", fast_division=True, **options)[:, 0]
+        plain = blocked_steps(batch, block, merge="pairwise", **options)[:, 0]
+        stored = stored_merges(batch, every_level=every_level)[:, 0]
+        unread = np.repeat([any(int(level.prefix_ids[b]) < 0 for level in batch.prefixes)
+                            for b in range(batch.batch_size)], batch.q_lens)
+        for row, sizes in enumerate(row_parts(batch, **options)):
+            problem = dict(labels=[part for part, n in enumerate(sizes) for _ in range(n)], parts=len(sizes),
+                           block=block)
+            assert pairwise_fast_steps(problem) == users[row], (batch.recipe, options, block, row, sizes)
+            assert pairwise_steps(problem) <= plain[row], (batch.recipe, options, block, row, sizes)
+            assert chunk is not None or problem["parts"] - 1 == stored[row], (batch.recipe, every_level, row)
+            held = sum(1 for n in sizes if n)
+            reached.update({"one part"} if len(sizes) == 1 else set())
+            if held < len(sizes):
+                reached.update({f"{min(held, 2)} held, empty", "every level" if every_level else chunk_from})
+                reached.update({"a level not read"} if every_level and unread[row] else set())
+                reached.update({"past a causal row"} if chunk and batch.causal and not sizes[-1] else set())
+            reached.update({"plain counts differ"} if pairwise_steps(problem) < plain[row] else set())
+
+    run()
+    assert reached == {"one part", "1 held, empty", "2 held, empty", "every level", "a level not read", "segment",
+                       "request", "past a causal row", "plain counts differ"}, sorted(reached)
 
 
 def overflow_example() -> dict:
