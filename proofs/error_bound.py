@@ -295,7 +295,13 @@ is one node with $K'$ children and fits the same induction.
 The merge monoid's $\rho_1$ bounds (b) and
 the coefficient's roundings of (c) for one coefficient (`check_merge_coefficients`);
 `check_pairwise_merge` checks the growth above in the standard model of rounding. A merge with
-an empty state is exact ($e^{0} = 1$, $e^{-\infty} = 0$) and costs nothing.
+an empty state is exact ($e^{0} = 1$, $e^{-\infty} = 0$) and costs nothing, where the logarithm
+returns exactly 0 at $\hat T = 1$, as CUDA documents for `logf` and `log2f` (without
+`-use_fast_math`)
+(<https://docs.nvidia.com/cuda/libdevice-users-guide/__nv_logf.html>); the precision policy's
+$u_{exp}$ alone does not give it. PTX's `lg2.approx` is documented only within $2^{-22}$ there:
+Lemma 8's last part prices a merge that uses it with divisions within 2 ulp (FlashInfer's), two
+steps per empty side; at Lemma 3's count, none, such a merge is not proved.
 
 *Counting steps.* In a part of $N_i$ keys cut in blocks of at least one key, a key is
 rescaled at most $N_i - 1$ times; with $K'$ non-empty parts, $N_i \le N - K' + 1$, so a key
@@ -849,7 +855,27 @@ A merge with an empty side is no longer exact: the other side is at $M$, $w = 2^
 \mathrm{fl}(1 + 0) = 1$, $\hat c$ is within $2u_{acc}$ of 1, and its output $\mathrm{fl}(\hat c\, x)$ (plus an
 exact 0) carries $(1 + 2u_{acc})(1 + \tfrac{u_{acc}}{2})$, and a stored read if it reads stored
 outputs: two steps (one holds it in $\rho$; Lemma 5's $\rho_\Delta$, below, gives a step
-$2u_{acc}$). Below the normal range a coefficient errs by less than $2^{-126}$ absolutely, as Lemma
+$2u_{acc}$). Its lse is $\mathrm{fl}(M + \widehat{\log_2}\hat T)$ with $\hat T = 1$, the logarithm
+FlashInfer's `math::ptx_log2`, the instruction `lg2.approx.ftz.f32` (in 0.5.0 as from `d7f2c64`).
+NVIDIA's PTX ISA gives `ex2.approx` the special values $2^{\pm 0} = 1$ and $2^{-\infty} = +0$,
+which make $w = 1$ exact, and the empty side's weight 0 from `d7f2c64` on (in 0.5.0 its
+$-5 \cdot 10^4$ weight flushes to 0 where the lse is above about $-34570$, Lemma 10), but it
+gives `lg2.approx` no special value at 1, only an absolute error of at most $2^{-22}$ on $(0.5, 2)$
+(<https://docs.nvidia.com/cuda/parallel-thread-execution/#floating-point-instructions-lg2>,
+<https://docs.nvidia.com/cuda/parallel-thread-execution/#floating-point-instructions-ex2>): the
+claim does not assume $\widehat{\log_2} 1 = 0$. Where it is 0 the merged lse is $M$, the state's
+own, and only its output changed. Where it is not, take the merged state in Lemma 3's form with
+shift $M$, the side $a$ that holds keys at $M$ ($\theta_a = 0$) and $w_b = 0$: $\hat T = 1 =
+e^{m_a - M}e^{\eta_a}\hat Z_a$, so its normaliser weights move by $\eta_a$ of Lemma 3 (a) (the incoming
+lse's error, not the stored rounding's $\eta_a$ of the proof above), its
+numerator weights by $\eta_a$ and the roundings above, and the lse section bounds its lse at its
+$\rho$, $\widehat{\log_2} 1$'s error ($2^{-22}\ln 2 < u_{exp}$ in natural units) being that
+section's item 1. The growth, at most $|\eta_a| + \tfrac92 u_{acc}$ (the part's division within 2
+ulp where this is the key's first merge, the coefficient's, the product's; the sum adds an exact
+0), $|\eta_a| \le u_{exp} + \tfrac{u_{acc}}{2}(\log \hat Z_a + |\hat\ell_a|)$, is within Lemma 3's
+bound on a merge's growth, so within the two steps already counted: at the out bound's limit on
+$\rho$ they leave at least $5.6u_{acc}$, where one step is up to $3u_{acc}$ short at $A = 0$
+(`check_stored_merges_fast_division`). Below the normal range a coefficient errs by less than $2^{-126}$ absolutely, as Lemma
 3's coefficient rounded with subnormals flushed does, and is that weight's underflow (Lemmas 3 and 4).
 *The rest.* With the rests of the proof above, $r_a = (1 + \delta_a)h_a + \eta_a$ and $r_b$,
 $h = \hat c_a r_a + \hat c_b r_b$ times the product's $1 +
@@ -1829,7 +1855,8 @@ a stored rounding's factor within $e^{\pm u_p}$ (normal results) or its error wi
 closed form up to $S = 4096$, and against what `out_bound` carries at $S = 1, 8, 64$.
 `check_stored_merges_fast_division` checks Lemma 8's last part: a merge's growth in the standard
 model with both divisions within 2 ulp, the step per merge at the out bound's limit (three steps
-hold it, two do not), the merge's factor within Lemma 10's, and drawn rows folded from stored
+hold it, two do not), a merge with an empty side whose `lg2.approx(1)` is not 0 within its two
+steps (one does not hold it), the merge's factor within Lemma 10's, and drawn rows folded from stored
 outputs with every division within 2 ulp within the bounds at `pairwise_fast_steps`.
 `check_pairwise_fast_steps_match_blocked_steps` checks that this count is the one
 `blocked_steps(..., merge="pairwise", fast_division=True)` gives users, row by row of drawn
@@ -1901,7 +1928,9 @@ from relaycore.testing import CHUNK_FROM, Batch, blocked_steps, make_batch, stor
 #: the assumption's extreme.
 EXP_WOBBLE = 2.0**-21 - 2.0**-23
 #: The adversarial logarithm's largest absolute error before its rounding: ``u_exp``, as the
-#: assumption allows (``lg2.approx.f32`` is documented at ``2^-22.6`` absolute near 1).
+#: assumption allows (PTX's ``lg2.approx.f32`` is documented within ``2^-22`` absolute on ``(0.5, 2)``, with no
+#: exact value at 1: https://docs.nvidia.com/cuda/parallel-thread-execution/#floating-point-instructions-lg2).
+#: ``Elementary.log`` draws it at every argument, 1 included: its runs do not assume ``log(1) = 0``.
 LOG_WOBBLE = 2.0**-21
 #: The adversarial division's largest extra relative error: at most 1.5 ulp of the quotient
 #: (an ulp of ``y`` is at least ``2^-24 |y|``), so that with its rounding to nearest it stays
@@ -4147,13 +4176,28 @@ def pairwise_fast_steps(problem: dict) -> int:
     return blocks + max(1, 3 * (held - 1) + 2 * (problem["parts"] - held))
 
 
+def empty_side_growth(score_abs, num_keys, rho_in, prec: bounds.Precision, lse_error):
+    """Lemma 8's last part, a merge with an empty side whose lse's logarithm of ``T = 1`` is not 0: the growth of
+    the merged state taken in Lemma 3's form with shift ``M`` (the side that holds keys at ``M``), ``|eta_a| + 9/2
+    u_acc`` (the part's division within 2 ulp, the coefficient's, its product; the sum adds an exact 0), with
+    Lemma 3 (a)'s ``|eta_a| <= u_exp + u_acc / 2 (log Z_a + |l_a|)``, ``log Z_a <= log N + rho_in`` and ``|l_a| <= A
+    + log N + lse_error`` (as ``merge_growth`` takes them)."""
+    u_acc, u_exp = mpmath.mpf(prec.u_acc), mpmath.mpf(prec.u_exp)
+    a, log_n, rho_in = mpmath.mpf(score_abs), mpmath.log(num_keys), mpmath.mpf(rho_in)
+    eta = u_exp + u_acc / 2 * (log_n + rho_in + a + log_n + lse_error)
+    return eta + 9 * u_acc / 2
+
+
 def check_stored_merges_fast_division():
     """Lemma 8 with divisions within 2 ulp (FlashInfer's ``merge_state_in_place`` under ``-use_fast_math``).
     (1) In the standard model (``merge_pairwise(fast=True)``: the part's division and the coefficient's
     within ``2 u_acc``) a merge moves every weight by at most Lemma 3's growth plus ``3 u_acc``, within three
     steps. (2) To first order up to the out bound's limit on ``rho`` (the states' lse error the accounting
     ``E`` there), three steps hold that growth with at least ``1.4 u_acc`` left, and two do not (the step per
-    merge is needed: no end-to-end run can show it, the bound's slack being larger). (3) The absolute rest:
+    merge is needed: no end-to-end run can show it, the bound's slack being larger); a merge with an empty side
+    whose lse's ``lg2.approx(1)`` is not 0 (``empty_side_growth``) grows within Lemma 3's bound on a merge's growth
+    and within its two steps, with at least ``5.6 u_acc`` left; one step does not hold it (short by up to ``3 u_acc``,
+    at ``A = 0``). (3) The absolute rest:
     a merge's factor is within Lemma 10's ``kappa_2`` bound ``e^(5/2 u + 3 u)`` with two sides that hold keys and
     ``kappa_1``'s ``e^(5/2 u)`` with one, so Lemma 10's ``H^run_S`` holds (the recursion stays within what
     ``out_bound`` carries with ``stored_merge="running"``), where Lemma 8's argument for ``H_S`` does not: the
@@ -4165,15 +4209,20 @@ def check_stored_merges_fast_division():
     prec = bounds.precision("float32")
     u_acc = mpmath.mpf(prec.u_acc)
     merge_growth_within_steps(fast=True, examples=300)
-    short = []
+    short, one_short = [], []
     for score_abs in (0.0, 1.0, 20.0, 100.0, 256.0, 1e3, 1e4, 1e6):
         for num_keys in (2, 3, 16, 4096, 2**16, 2**20, 2**22):
             step = one_step(score_abs, num_keys, prec)
             limit = float(bounds.out_rho_limit(score_abs))
-            grown = merge_growth(score_abs, num_keys, limit, prec, lse_error_at(score_abs, num_keys, limit, prec))
+            lse_error = lse_error_at(score_abs, num_keys, limit, prec)
+            grown = merge_growth(score_abs, num_keys, limit, prec, lse_error)
             assert 3 * step - grown - 3 * u_acc >= mpmath.mpf(1.4) * u_acc, (score_abs, num_keys)
             short.append(2 * step - grown - 3 * u_acc)
+            empty = empty_side_growth(score_abs, num_keys, limit, prec, lse_error)
+            assert 2 * step - empty >= mpmath.mpf(5.6) * u_acc and empty <= grown, (score_abs, num_keys)
+            one_short.append(step - empty)
     assert min(short) < 0, min(short) / u_acc
+    assert min(one_short) <= -3 * u_acc, min(one_short) / u_acc
     for dtype in ("float16", "bfloat16", "float32"):
         at = bounds.precision(dtype)
         u, u_p, tau = mpmath.mpf(at.u_acc), mpmath.mpf(at.u_p), mpmath.mpf(at.tau)
