@@ -4313,7 +4313,7 @@ def cascade_batches(draw) -> Batch:
 def check_pairwise_fast_steps_match_blocked_steps():
     """The count the simulations of Lemma 8's last part run at is the count users are given: for every row of
     drawn batches (causal or not, 0 to 3 prefix levels read or not, prefixes of no keys, requests of no queries),
-    blocks of 1 to 4 keys, one part per segment or chunks of 1 to 5 keys from each segment's first key or from
+    blocks of 1 to 4 keys, one part per segment or chunks of 1, 2, 3 or 5 keys from each segment's first key or from
     the request's, every level merged into every row (``every_level=True``) or only those read: the row's parts
     (``row_parts``, from the oracle's count of the keys it sees) given to ``pairwise_fast_steps`` as a
     ``simulate`` problem count what ``blocked_steps(..., merge="pairwise", fast_division=True)`` returns for
