@@ -135,18 +135,23 @@ def test_every_level_counts_the_merges_of_levels_a_request_does_not_read():
     """``every_level`` (FlashInfer's cascade wrapper merges every level into every row): a level a
     request does not read is a part that holds none of its keys, two steps under 2-ulp
     divisions (an empty-side merge, Lemma 8's last part) and none with divisions rounded to
-    nearest; ``stored_merges`` counts a stored merge per level for every row."""
+    nearest; ``stored_merges`` counts a stored merge per level for every row. A request that
+    reads no level gains one step less than two per level: the step its lone part's division
+    costs without them (at least one) is among them."""
     from relaycore.testing import stored_merges
 
-    # request 0 reads both levels, request 1 the first only (its 2 rows)
-    batch = make_batch([1, 2], [4, 4], prefix_lens=[[8], [3]], prefix_ids=[[0, 0], [0, -1]])
+    # request 0 reads both levels, request 1 the first only (its 2 rows), request 2 neither
+    batch = make_batch([1, 2, 1], [4, 4, 4], prefix_lens=[[8], [3]], prefix_ids=[[0, 0, -1], [0, -1, -1]])
     fast = dict(merge="pairwise", fast_division=True)
     read, every = blocked_steps(batch, 16, **fast), blocked_steps(batch, 16, **fast, every_level=True)
-    assert (every - read)[:, 0].tolist() == [0, 2, 2]
+    # one block each; request 0: 3 parts, 2 (K - 1) + (K - 1); request 1: 2 parts + 1 empty, 2 + 1 + 2;
+    # request 2: its own part + 2 empty, max(1, 0 + 2 * 2)
+    assert read[:, 0].tolist() == [1 + 4 + 2, 1 + 2 + 1, 1 + 2 + 1, 1 + 1]
+    assert every[:, 0].tolist() == [1 + 4 + 2, 1 + 2 + 3, 1 + 2 + 3, 1 + 4]
     assert np.array_equal(blocked_steps(batch, 16, merge="pairwise", every_level=True),
                           blocked_steps(batch, 16, merge="pairwise"))
-    assert stored_merges(batch)[:, 0].tolist() == [2, 1, 1]
-    assert stored_merges(batch, every_level=True)[:, 0].tolist() == [2, 2, 2]
+    assert stored_merges(batch)[:, 0].tolist() == [2, 1, 1, 0]
+    assert stored_merges(batch, every_level=True)[:, 0].tolist() == [2, 2, 2, 2]
     for kwargs in (dict(merge="running"), dict(merge="pairwise", chunk=4)):
         with pytest.raises(ValueError, match=r"^every_level: expected with merge='pairwise' and no chunk"):
             blocked_steps(batch, 16, **kwargs, every_level=True)
@@ -154,6 +159,8 @@ def test_every_level_counts_the_merges_of_levels_a_request_does_not_read():
         blocked_steps(batch, 16, merge="pairwise", every_level="yes")
     with pytest.raises(ValueError, match=r"^every_level: expected with merge='pairwise'"):
         stored_merges(batch, merge="running", every_level=True)
+    with pytest.raises(ValueError, match=r"^every_level: expected a bool, got 'yes'"):
+        stored_merges(batch, every_level="yes")
 
 
 @pytest.mark.parametrize("bad", [0, -16, 1.5, True, "64"])
