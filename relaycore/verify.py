@@ -48,7 +48,12 @@ from its first key, as FlashInfer does (Lemma 12); ``--chunk`` alone cuts each s
 own first key. FlashInfer's split-KV decode is ``--block-n T --chunk C --chunk-from request
 --merge running --levels 2 --fast-division --stored --groups Z``; in FlashInfer 0.5.0 to 0.6.18rc7
 Lemma 11 needs every score above about -34570 (its running maxima start at -5e4, base 2), from
-its commit ``d7f2c64`` on (an IEEE -inf start) no condition (Lemma 13).
+its commit ``d7f2c64`` on (an IEEE -inf start) no condition (Lemma 13). ``--every-level`` (with
+``--block-n N --merge pairwise`` and no ``--chunk``, or with ``--stored`` alone) counts a cascade
+that merges every prefix level into every row, a level its request does not read as an empty
+side (``blocked_steps`` and ``stored_merges`` with ``every_level=True``: two steps each with
+``--fast-division``, a stored merge per level for every row): FlashInfer's cascade wrapper is
+``--block-n N --merge pairwise --fast-division --stored --every-level``.
 
 Rows without a bound: where ``relaycore.bounds`` gives no bound for a row (scores too large for
 the dtype, or an lse whose ``rho`` passes 2 on long rows), the row is held to none, and the case
@@ -163,7 +168,8 @@ class Outcome(NamedTuple):
 _FLAGS = {"function": "--function", "backend": "--backend", "cases": "--cases", "seed": "--seed", "dtypes": "--dtype",
           "device": "--device", "space": "--space", "block_n": "--block-n", "chunk": "--chunk", "merge": "--merge",
           "single_pass": "--single-pass", "host_metadata": "--host-metadata", "stored": "--stored",
-          "fast_division": "--fast-division", "levels": "--levels", "groups": "--groups", "chunk_from": "--chunk-from"}
+          "fast_division": "--fast-division", "levels": "--levels", "groups": "--groups", "chunk_from": "--chunk-from",
+          "every_level": "--every-level"}
 
 
 class _Options(NamedTuple):
@@ -189,6 +195,7 @@ class _Options(NamedTuple):
     levels: int
     groups: int
     chunk_from: str
+    every_level: bool
     command: bool
 
     def name(self, option: str) -> str:
@@ -259,6 +266,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "where every score is above about -34570 (FlashInfer 0.5.0 to 0.6.18rc7; any from its "
                              "commit d7f2c64 on, Lemma 13); FlashInfer's chunks: --chunk-from request "
                              "(default: 1)")
+    parser.add_argument("--every-level", action="store_true",
+                        help="with --block-n N --merge pairwise (no --chunk), or with --stored: every prefix level "
+                             "merged into every row, a level its request does not read as an empty side (FlashInfer's "
+                             "MultiLevelCascadeAttentionWrapper), as blocked_steps and stored_merges with "
+                             "every_level=True: two steps per such level with --fast-division, a stored merge per "
+                             "level for every row")
 
 
 def _attribute(owner: Any, qualname: str) -> Any:
@@ -328,7 +341,7 @@ def _check_setup(options: _Options, device: str) -> None:
         value = getattr(options, option)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise UsageError(f"{name(option)}: expected an int, got {value!r}")
-    for option in ("single_pass", "host_metadata", "stored", "fast_division"):
+    for option in ("single_pass", "host_metadata", "stored", "fast_division", "every_level"):
         value = getattr(options, option)
         if not isinstance(value, bool):
             raise UsageError(f"{name(option)}: expected a bool, got {value!r}")
@@ -395,6 +408,8 @@ def _check_setup(options: _Options, device: str) -> None:
                          f"with {name('block_n')} (stored outputs are merged two at a time, Lemma 8, or by running "
                          f"folds, Lemma 10; an all-at-once fold of them, or one pass, is not what the bound prices), "
                          f"got {got}")
+    if options.every_level:
+        _check_every_level(options)
     float64 = setting("dtypes", ("float64",))
     if dtypes == ("float64",):
         if device == "cuda":
@@ -421,6 +436,33 @@ def _check_setup(options: _Options, device: str) -> None:
             raise UsageError(f"{setting('backend', 'triton')} on the CPU runs only under Triton's interpreter: set "
                              f"TRITON_INTERPRET=1 before triton is imported, or use {setting('device', 'cuda')} on a "
                              f"GPU")
+
+
+def _check_every_level(options: _Options) -> None:
+    """Refuse ``every_level`` where ``blocked_steps`` or ``stored_merges`` does, and where it
+    would count nothing (neither ``block_n`` nor ``stored``).
+
+    Raises:
+        UsageError: ``every_level`` with ``block_n`` and a merge other than pairwise (running
+            folds, one fold, one pass) or with ``chunk``, or with neither ``block_n`` nor
+            ``stored``.
+    """
+    name, setting = options.name, options.setting
+    wanted = (f"with {name('block_n')}, {setting('merge', 'pairwise')} and no {name('chunk')}, or with "
+              f"{name('stored')} (a cascade's pairwise merges of every level into every row, blocked_steps and "
+              f"stored_merges with every_level=True)")
+    if options.block_n is None and not options.stored:
+        raise UsageError(f"{name('every_level')}: expected {wanted}, got it with neither {name('block_n')} nor "
+                         f"{name('stored')}")
+    if options.block_n is not None and (options.single_pass or options.merge != "pairwise"
+                                        or options.chunk is not None):
+        if options.single_pass:
+            got = setting("single_pass", True)
+        elif options.merge != "pairwise":
+            got = setting("merge", options.merge)
+        else:
+            got = setting("chunk", options.chunk)
+        raise UsageError(f"{name('every_level')}: expected {wanted}, got {got}")
 
 
 def _parse_space(items: Sequence[str]) -> Dict[str, Any]:
@@ -480,7 +522,7 @@ def _steps(options: _Options, batch) -> Optional[np.ndarray]:
         return None
     return blocked_steps(batch, options.block_n, split=not options.single_pass, chunk=options.chunk,
                          chunk_from=options.chunk_from, merge=options.merge, fast_division=options.fast_division,
-                         levels=options.levels, groups=options.groups)
+                         levels=options.levels, groups=options.groups, every_level=options.every_level)
 
 
 def _stored(options: _Options, batch) -> dict:
@@ -488,7 +530,8 @@ def _stored(options: _Options, batch) -> dict:
     pairwise merges of a cascade's stored segments (Lemma 8), priced as Lemma 10's where their
     divisions err by up to 2 ulp (``--fast-division``), or with ``--merge running`` the
     ``--levels`` running folds of stored outputs every key passes (Lemma 10); with ``--levels``
-    above 1, those of Lemma 10 with or without ``--stored``."""
+    above 1, those of Lemma 10 with or without ``--stored``. With ``--every-level`` the pairwise
+    merges are one per prefix level for every row, read or not."""
     # a tree of folds, fp32 intermediates included, is Lemma 10's, not Lemma 9's
     running = options.stored and options.block_n is not None and options.merge == "running"
     if options.levels > 1 or running:
@@ -496,7 +539,8 @@ def _stored(options: _Options, batch) -> dict:
     if not options.stored:
         return {}
     fast = options.block_n is not None and options.merge == "pairwise" and options.fast_division
-    return dict(stored=stored_merges(batch), **({"stored_merge": "running"} if fast else {}))
+    return dict(stored=stored_merges(batch, every_level=options.every_level),
+                **({"stored_merge": "running"} if fast else {}))
 
 
 def _function_name(function: Union[str, Callable[..., Any]]) -> str:
@@ -517,7 +561,8 @@ def _reproduce(options: _Options, seed: int, dtype: str, device: str) -> str:
     inputs = [("seed", seed), ("cases", 1), ("dtypes", (dtype,))] + ([] if dtype == "float64" else [("device", device)])
     rest = [(option, getattr(options, option)) for option, unset in (
         ("host_metadata", False), ("block_n", None), ("chunk", None), ("chunk_from", "segment"), ("single_pass", False),
-        ("merge", "fold"), ("fast_division", False), ("levels", 1), ("groups", 1), ("stored", False))
+        ("merge", "fold"), ("fast_division", False), ("levels", 1), ("groups", 1), ("stored", False),
+        ("every_level", False))
         if getattr(options, option) != unset]
     function = options.function
     spec = _importable_name(function) if callable(function) else function
@@ -607,7 +652,8 @@ def _header(options: _Options, space: dict, device: str) -> None:
               + (f", {options.levels} levels of folds" if options.levels != 1 else "")
               + (f", each part walked by {options.groups} groups folded before its division"
                  if options.groups != 1 else "")
-              + (", divisions within 2 ulp" if options.fast_division else ""))
+              + (", divisions within 2 ulp" if options.fast_division else "")
+              + (", every prefix level merged into every row" if options.every_level else ""))
     if options.levels > 1 and not options.stored:
         print(f"  bound: a tree of {options.levels} running folds on every key's way, priced through Lemma 10 "
               "(its outputs stored in the input dtype or not)")
@@ -615,7 +661,8 @@ def _header(options: _Options, space: dict, device: str) -> None:
         print(f"  bound: outputs stored in the input dtype, {options.levels} running fold"
               f"{'s' if options.levels != 1 else ''} of them on every key's way")
     elif options.stored:
-        print("  bound: outputs stored in the input dtype, one pairwise merge of them per prefix level a request reads")
+        print("  bound: outputs stored in the input dtype, one pairwise merge of them per prefix level "
+              + ("for every row, read or not" if options.every_level else "a request reads"))
 
 
 def _scaled(box: BatchSpace) -> str:
@@ -776,7 +823,8 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
         seed: int = 0, dtypes: Optional[Sequence[str]] = None, device: Optional[str] = None,
         space: Optional[Dict[str, Any]] = None, block_n: Optional[int] = None, chunk: Optional[int] = None,
         chunk_from: str = "segment", merge: str = "fold", single_pass: bool = False, host_metadata: bool = False,
-        stored: bool = False, fast_division: bool = False, levels: int = 1, groups: int = 1) -> Outcome:
+        stored: bool = False, fast_division: bool = False, levels: int = 1, groups: int = 1,
+        every_level: bool = False) -> Outcome:
     """``relaycore verify`` from Python: the same cases and checks, the same printed report.
 
     Args:
@@ -800,6 +848,9 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
             as ``--levels``.
         groups: groups of threads that walk each part, their states folded before its division
             (FlashInfer's decode, Lemma 11), as ``--groups``.
+        every_level: every prefix level merged pairwise into every row, a level its request
+            does not read as an empty side (FlashInfer's cascade wrapper), as ``--every-level``:
+            with ``block_n`` and ``merge="pairwise"`` (no ``chunk``), or with ``stored``.
 
     Returns:
         ``Outcome``: ``outcome.passed`` is the command's exit status 0 (the outcome itself has
@@ -834,7 +885,7 @@ def run(function: Union[None, str, Callable[..., Any]] = None, *, backend: str =
     space = dict(space or {})
     options = _Options(function, backend, cases, seed, None if dtypes is None else tuple(dtypes), device, space,
                        tuple(f"{k}={v!r}" for k, v in space.items()), block_n, chunk, merge, single_pass, host_metadata,
-                       stored, fast_division, levels, groups, chunk_from, command=False)
+                       stored, fast_division, levels, groups, chunk_from, every_level, command=False)
     return _execute(options)
 
 
@@ -845,7 +896,7 @@ def main(args: argparse.Namespace) -> int:
                            None if args.dtype is None else tuple(args.dtype), args.device, _parse_space(args.space),
                            tuple(args.space), args.block_n, args.chunk, args.merge, args.single_pass,
                            args.host_metadata, args.stored, args.fast_division, args.levels, args.groups,
-                           args.chunk_from, command=True)
+                           args.chunk_from, args.every_level, command=True)
         outcome = _execute(options)
     except UsageError as exc:
         print(f"relaycore verify: {exc}", file=sys.stderr)

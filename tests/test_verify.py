@@ -209,6 +209,19 @@ def test_a_failing_case_reproduces_with_its_space_and_blocking(capsys, blocking,
     (["--chunk-from", "request", "--block-n", "16", "--function", "wrong_attention:crash"],
      "--chunk-from: expected with --chunk (only chunks are cut from a request's first key), got --chunk-from request "
      "without it"),
+    (["--every-level", "--function", "wrong_attention:crash"],
+     "--every-level: expected with --block-n, --merge pairwise and no --chunk, or with --stored (a cascade's pairwise "
+     "merges of every level into every row, blocked_steps and stored_merges with every_level=True), got it with "
+     "neither --block-n nor --stored"),
+    (["--every-level", "--stored", "--block-n", "16", "--merge", "running", "--function", "wrong_attention:crash"],
+     "--every-level: expected with --block-n, --merge pairwise and no --chunk, or with --stored (a cascade's pairwise "
+     "merges of every level into every row, blocked_steps and stored_merges with every_level=True), got --merge "
+     "running"),
+    (["--every-level", "--block-n", "16", "--merge", "pairwise", "--chunk", "8", "--function", "wrong_attention:crash"],
+     "--every-level: expected with --block-n, --merge pairwise and no --chunk, or with --stored (a cascade's pairwise "
+     "merges of every level into every row, blocked_steps and stored_merges with every_level=True), got --chunk 8"),
+    (["--every-level", "--block-n", "16", "--single-pass", "--function", "wrong_attention:crash"],
+     "merges of every level into every row, blocked_steps and stored_merges with every_level=True), got --single-pass"),
 ])
 def test_narrowing_and_blocking_options_that_cannot_run_exit_with_status_two(capsys, args, message):
     status = cli.main(["verify", "--cases", "1", *args])
@@ -530,6 +543,10 @@ def test_host_metadata_hands_a_kernel_its_metadata_as_numpy_arrays(capsys):
     (dict(block_n=16, chunk_from="request", function="wrong_attention:crash"),
      "chunk_from: expected with chunk (only chunks are cut from a request's first key), got chunk_from='request' "
      "without it"),
+    (dict(every_level="yes", stored=True, function="wrong_attention:crash"), "every_level: expected a bool, got 'yes'"),
+    (dict(every_level=True, block_n=16, merge="running", function="wrong_attention:crash"),
+     "every_level: expected with block_n, merge='pairwise' and no chunk, or with stored (a cascade's pairwise merges "
+     "of every level into every row, blocked_steps and stored_merges with every_level=True), got merge='running'"),
     # arguments of the wrong kind: each named, none a KeyError or a bare TypeError from inside
     (dict(device="gpu"), "device: expected one of ['cpu', 'cuda'], got 'gpu'"),
     (dict(device="cuda:0"), "device: expected one of ['cpu', 'cuda'], got 'cuda:0'"),
@@ -675,7 +692,7 @@ def test_fast_division_with_pairwise_stored_merges_prices_a_fast_math_cascade():
 
     batch = make_batch([1], [40], prefix_lens=[[200]], prefix_ids=[[0]], head_dim=16, dtype="float16", seed=2)
     options = SimpleNamespace(block_n=16, single_pass=False, chunk=None, chunk_from="segment", merge="pairwise",
-                              fast_division=True, levels=1, groups=1, stored=True)
+                              fast_division=True, levels=1, groups=1, stored=True, every_level=False)
     assert np.array_equal(verify_module._steps(options, batch),
                           blocked_steps(batch, 16, merge="pairwise", fast_division=True))
     assert np.array_equal(verify_module._steps(options, batch) - 1, blocked_steps(batch, 16, merge="pairwise"))
@@ -698,7 +715,7 @@ def test_groups_and_chunk_from_count_flashinfer_decode_chunks_as_blocked_steps_d
     # 4 iterations and 4 groups; 5 parts folded twice; a 2-ulp division per fold
     batch = make_batch([1], [40], prefix_lens=[[200]], prefix_ids=[[0]], head_dim=16, dtype="float16", seed=2)
     options = SimpleNamespace(block_n=4, single_pass=False, chunk=64, chunk_from="segment", merge="running",
-                              fast_division=True, levels=2, groups=4, stored=True)
+                              fast_division=True, levels=2, groups=4, stored=True, every_level=False)
     steps = verify_module._steps(options, batch)
     assert steps[:, 0].tolist() == blocked_steps(batch, 4, chunk=64, merge="running", levels=2, fast_division=True,
                                                  groups=4)[:, 0].tolist() == [(4 + 4 - 1) + (5 - 1 + 2) + 2]
@@ -706,3 +723,41 @@ def test_groups_and_chunk_from_count_flashinfer_decode_chunks_as_blocked_steps_d
     # --chunk-from request (Lemma 12), FlashInfer's chunks of the 240 keys: 64, 64, 64, 48, four parts
     steps = verify_module._steps(SimpleNamespace(**{**vars(options), "chunk_from": "request"}), batch)
     assert steps[:, 0].tolist() == [(4 + 4 - 1) + (4 - 1 + 2) + 2]
+
+
+def test_every_level_counts_a_cascade_that_merges_every_level_into_every_row(capsys):
+    """``--every-level`` (FlashInfer's cascade wrapper merges every prefix level into every row):
+    the steps of ``blocked_steps(..., every_level=True)``, two more for a level a request does not
+    read under ``--fast-division``, and ``stored_merges(batch, every_level=True)``, one per level
+    for every row, with ``--block-n`` or with ``--stored`` alone. A failing case says so and
+    reproduces with the flag."""
+    from types import SimpleNamespace
+
+    from relaycore import verify as verify_module
+    from relaycore.testing import blocked_steps, make_batch, stored_merges
+
+    # request 0 reads both levels, request 1 the first only
+    batch = make_batch([1, 1], [40, 40], prefix_lens=[[200], [64]], prefix_ids=[[0, 0], [0, -1]], head_dim=16,
+                       dtype="float16", seed=2)
+    options = SimpleNamespace(block_n=16, single_pass=False, chunk=None, chunk_from="segment", merge="pairwise",
+                              fast_division=True, levels=1, groups=1, stored=True, every_level=True)
+    steps = verify_module._steps(options, batch)
+    assert np.array_equal(steps, blocked_steps(batch, 16, merge="pairwise", fast_division=True, every_level=True))
+    assert (steps - verify_module._steps(SimpleNamespace(**{**vars(options), "every_level": False}), batch))[
+        :, 0].tolist() == [0, 2]
+    priced = verify_module._stored(options, batch)
+    assert priced["stored_merge"] == "running" and priced["stored"][:, 0].tolist() == [2, 2]
+    assert verify_module._stored(SimpleNamespace(**{**vars(options), "every_level": False}), batch)["stored"][
+        :, 0].tolist() == [2, 1]
+    alone = SimpleNamespace(**{**vars(options), "block_n": None, "merge": "fold", "fast_division": False})
+    assert np.array_equal(verify_module._stored(alone, batch)["stored"], stored_merges(batch, every_level=True))
+
+    flags = ["--block-n", "16", "--merge", "pairwise", "--fast-division", "--stored", "--every-level"]
+    status, out = verify(capsys, "--function", "wrong_attention:ignore_prefix", "--cases", "6", *flags, *NARROW)
+    assert status == 1, out
+    assert ("bound: the steps of blocks of 16 keys, a part per segment, merged pairwise, divisions within 2 ulp, every "
+            "prefix level merged into every row") in out
+    assert "bound: outputs stored in the input dtype, one pairwise merge of them per prefix level for every row" in out
+    command = shlex.split(REPRODUCE.findall(out)[0])
+    assert command[command.index("--block-n"):] == flags, command
+    assert verify(capsys, *command[2:])[0] == 1
