@@ -893,11 +893,40 @@ $e^{\frac52 u_{acc}}$ within its two); Lemma 6's roundings are the merge's
 products and sum, as above; `out_bound` with `stored_merge="running"` checks Lemma 10's partial sums
 besides, conservatively. $\blacksquare$
 
+*FlashInfer's empty levels.* Its `MultiLevelCascadeAttentionWrapper.run` (0.5.0) runs every level on
+every row and merges each level's output into every row, so a level the row's request does not read
+hands on what its prefill leaves a row with no key: output 0 and base-2 lse
+$\lambda_0 = \mathrm{fl}(-5 \cdot 10^4 + \mathrm{fl}(\widehat{\log_2} 1)) = -5 \cdot 10^4$ (its $m$ starts at
+$-$`math::inf` and its $d$ at 1; the logarithm's error is below half an ulp there, as in Lemma 10), not
+the claim's empty side $(0, -\infty)$. Merged in either order with a state $(x, L)$ where
+$\lambda - L \le -25$, a phantom $(0, \lambda)$ gives what the empty side gives, bit for bit, with divisions
+within 2 ulp or to nearest: $M = L$, $w_x = 2^0 = 1$, $w_\lambda \le 2^{-25}(1 + u_{exp}) < 2^{-24}$
+(or flushed to 0) as $\mathrm{fl}(\lambda - L) \le -25$, so $\hat T = \mathrm{fl}(1 + w_\lambda) = 1$ to nearest
+or truncated, as $\mathrm{fl}(1 + 0)$ is; $\hat c_x$ is the same division of 1 by 1, $\hat c_\lambda$ times
+the phantom's output $+0$ is $+0$ as $0 \cdot 0$ is, and the lse is the same
+$\mathrm{fl}(L + \mathrm{fl}(\widehat{\log_2} 1))$. The levels before the first one the row reads merge
+phantoms with each other: output 0, and an lse raised by at most $1 + 2^{-21} + 2^{-9} < 1.01$ per merge
+($\hat T \le 2$, the logarithm's error, the rounding near $5 \cdot 10^4$), at most
+$-5 \cdot 10^4 + 1.01(P - 2)$ over $P$ levels (the last, the row's own KV, holds keys). A state that
+holds keys has an lse at least its largest level's less $2^{-8}$ per merge ($\hat T \ge 1$: the
+logarithm's error and a rounding; less than 1 over 100 levels), and meets phantoms of lse
+$\lambda_0$ only. So where every level a row reads has a base-2 lse of at least
+$-5 \cdot 10^4 + 26 + 1.01(P - 2)$, which Lemma 9's condition (above $-5 \cdot 10^4 + 126$, in
+natural units about $-34570$) gives up to $P = 100$ levels, the wrapper's merges of empty levels are
+the claim's merges with an empty side, bit for bit: two steps and a stored merge each under 2-ulp
+divisions; with divisions to nearest none, the stored output passing unchanged (an $S$ that counts
+it is conservative). `check_flashinfer_empty_levels` runs
+the wrapper's fold with phantoms against the one with $(0, -\infty)$: two empty levels and the row's own
+25 above their merge give the same bits, 20 above it not; drawn cascades of 2 to 8 levels at that
+floor, near Lemma 9's and ordinary, divisions within 2 ulp or to nearest, the same bits.
+
 `blocked_steps(..., merge="pairwise", fast_division=True)` counts $\max(1, K' - 1 + 2E)$ more, the
 merges of the $K'$ parts that hold a key of the row and two for each of the $E$ parts that hold none
 (a chunk past a causal row's last key, merged into the row with an empty side), and
 `stored_merges(batch)` one merge per prefix level a request reads: a kernel that also merges empty states into a row (a level its request
-does not read) passes more merges, each two more steps and one more in $S$, and needs them counted.
+does not read) passes more merges, each two more steps and one more in $S$, and needs them counted:
+FlashInfer's wrapper does, and both count them with `every_level=True` ($E$ then takes in every level
+the request does not read; $S$ is the number of prefix levels for every row).
 `check_stored_merges_fast_division` checks the claim in the standard model and end to end: drawn rows
 folded pairwise from stored outputs, every division within 2 ulp (the parts', and the merges', on
 empty sides too), stay within `out_bound` at `pairwise_fast_steps` with `stored_merge="running"`,
@@ -1864,6 +1893,8 @@ batches (causal or not, chunked from each segment's or the request's first key o
 read or not, `every_level` or not; each row's parts from the oracle's count of the keys it sees),
 and `stored_merges` the simulation's `stored`; without `fast_division` the simulation's per-key
 count `pairwise_steps` is at most `blocked_steps`' (which charges every key the whole fold).
+`check_flashinfer_empty_levels` checks its paragraph on FlashInfer's empty levels, as that paragraph
+says.
 `check_two_level_stored_folds` checks Lemma 10: `two_level_example` is beyond the bound without
 `stored` and within it with `stored = 2, stored_merge="running"` (in bf16 too, and folded once
 at `stored = 1`), and Hypothesis-drawn problems (fp16, bf16 and fp32, values down to fp16's and
@@ -4355,6 +4386,71 @@ def check_pairwise_fast_steps_match_blocked_steps():
     run()
     assert reached == {"one part", "1 held, empty", "2 held, empty", "every level", "a level not read", "segment",
                        "request", "past a causal row", "plain counts differ"}, sorted(reached)
+
+
+def empty_levels_floor(levels: int) -> float:
+    """The base-2 lse from which a level a row reads meets FlashInfer 0.5.0's empty levels as empty sides, bit for
+    bit, in a cascade of ``levels`` levels (Lemma 8's paragraph on them): 26 above ``FLASHINFER_START``, plus
+    ``1.01`` per merge of two empty levels before the first level the row reads (at most ``levels - 2``)."""
+    return FLASHINFER_START + 26 + 1.01 * (levels - 2)
+
+
+def flashinfer_cascade(levels: list, exp, ar: fp.Arithmetic, dtype: str, empty, fast: bool = True) -> tuple:
+    """One row of FlashInfer's ``MultiLevelCascadeAttentionWrapper.run``: its levels' states ``(out [D], base-2
+    lse)`` in level order, ``None`` for a level the row's request does not read, which hands on ``(0, empty)``
+    (``FLASHINFER_START`` in 0.5.0; ``-inf`` is the claim's empty side), folded left to right by Lemma 8's merge in
+    base 2 from outputs stored in ``dtype`` (``merge_state_in_place``), every coefficient divided within 2 ulp
+    (``exp.divide``; ``fast=False``: to nearest). Returns ``(out [D] fp32, base-2 lse)``, ``D = 1`` where the row
+    reads no level."""
+    dim = max((len(state[0]) for state in levels if state is not None), default=1)
+    states = [state if state is not None else ([mpmath.mpf(0)] * dim, mpmath.mpf(empty)) for state in levels]
+    divide = (lambda w, total: exp.divide(w, total, ar)) if fast else None
+    return exact.fold(states, lambda a, b: simulate_merge_stored(a, b, exp, ar, dtype, 2, divide))
+
+
+def check_flashinfer_empty_levels():
+    """Lemma 8's paragraph on FlashInfer's empty levels: a cascade that merges every level into every row,
+    ``(0, -5e4)`` for a level the row does not read, computes what the merges with the claim's empty side
+    ``(0, -inf)`` compute, bit for bit, wherever every level the row reads has a base-2 lse of at least
+    ``empty_levels_floor``. Two empty levels, then the row's own 25 above the lse of their merge: the same bits;
+    20 above it, not (the margin is needed). Hypothesis draws (2 to 8 levels, any of them but the last unread,
+    lses at the floor's edge, near Lemma 9's ``-5e4 + 126`` and ordinary, outputs down to fp32's subnormals, an
+    ``exp2`` that flushes or keeps subnormals, sums to nearest or truncated, divisions within 2 ulp or to
+    nearest): the same bits. The floor stays below Lemma 9's condition up to 100 levels."""
+    assert empty_levels_floor(100) < FLASHINFER_START + 126
+    ar, dtype = fp.Arithmetic(), "float32"
+    exp = Repeatable(0.5, True, ftz=True)
+    merged = flashinfer_cascade([None, None], exp, ar, dtype, FLASHINFER_START)[1]  # two empty levels' lse
+    assert FLASHINFER_START + 1 <= merged <= FLASHINFER_START + 1.01, merged
+    for gap, same in ((25, True), (20, False)):
+        levels = [None, None, ([mpmath.mpf(1.5)], fp.r32(merged + gap))]
+        runs = [flashinfer_cascade(levels, exp, ar, dtype, empty) for empty in (FLASHINFER_START, exact.NEG_INF)]
+        assert (runs[0] == runs[1]) == same, (gap, runs)
+
+    lse_near = st.sampled_from(["floor", "lemma9", "ordinary"])
+
+    @checked(300)
+    @given(st.integers(2, 8), st.data(), st.sampled_from(["float16", "bfloat16", "float32"]), st.integers(1, 3),
+           st.booleans(), st.booleans(), st.sampled_from(["nearest", "toward_zero"]), st.booleans(),
+           st.floats(0, 1), st.booleans())
+    def run(count, data, dtype, dim, ftz, flush, accumulate, extreme, seed, fast):
+        read = data.draw(st.lists(st.booleans(), min_size=count - 1, max_size=count - 1)) + [True]
+        levels = []
+        for reads in read:
+            near = data.draw(lse_near)
+            low = {"floor": empty_levels_floor(count), "lemma9": FLASHINFER_START + 126, "ordinary": -200.0}[near]
+            lse = fp.r32(low + data.draw(st.floats(0, 3 if near != "ordinary" else 400)))
+            scale = mpmath.ldexp(1, data.draw(st.sampled_from([0, -24, -130])))
+            out = [fp.r32(scale * data.draw(st.floats(-4, 4))) for _ in range(dim)]
+            levels.append((out, lse) if reads else None)
+        exp, ar = Repeatable(seed, extreme, ftz), fp.Arithmetic(accumulate, flush)
+        runs = [flashinfer_cascade(levels, exp, ar, dtype, empty, fast) for empty in (FLASHINFER_START, exact.NEG_INF)]
+        assert runs[0] == runs[1], (dtype, read, fast, runs)
+        reached.append(read.index(True))
+
+    reached = []
+    run()
+    assert max(reached) >= 3, sorted(set(reached))  # three empty levels merged before the first one read
 
 
 def overflow_example() -> dict:

@@ -130,8 +130,9 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             into every row, a level its request does not read as a part that holds none of its
             keys (merged with an empty side: two steps with ``fast_division``, none without):
             FlashInfer's ``MultiLevelCascadeAttentionWrapper`` merges each level's output into
-            every row (in 0.5.0 an empty one is ``(0, -5e4)``, base 2, whose weight flushes to 0
-            where the row's lse is above about -34570, Lemma 10), with ``stored_merges(batch,
+            every row (in 0.5.0 an empty one is ``(0, -5e4)``, base 2, which merges as an empty
+            side, bit for bit, where every level the row reads has an lse above about -34570:
+            Lemma 8's paragraph on FlashInfer's empty levels), with ``stored_merges(batch,
             every_level=True)``. ``False``: the levels a request reads.
 
     A kernel whose parts walk blocks of different sizes is described by its smallest block
