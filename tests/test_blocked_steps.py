@@ -163,6 +163,31 @@ def test_every_level_counts_the_merges_of_levels_a_request_does_not_read():
         stored_merges(batch, every_level="yes")
 
 
+def _unread_as_empty_prefixes(batch):
+    """``batch``'s metadata with an empty prefix added to every level and read by every request that
+    read none there: what FlashInfer's cascade wrapper computes for an unread level, an empty output."""
+    lens = [np.diff(level.cu_seqlens).tolist() for level in batch.prefixes]
+    ids = [[i if i >= 0 else len(level_lens) for i in level.prefix_ids.tolist()]
+           for level, level_lens in zip(batch.prefixes, lens)]
+    return make_batch(batch.q_lens.tolist(), batch.kv_lens.tolist(), [x + [0] for x in lens], ids,
+                      causal=batch.causal)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=batches(), block_n=st.sampled_from([1, 4, 16]), fast=st.booleans(), groups=st.sampled_from([1, 2]))
+def test_every_level_counts_a_level_not_read_as_an_empty_prefix_read(batch, block_n, fast, groups):
+    """``every_level=True`` (drawn batches: causal or not, several prefixes per level, ids -1,
+    prefixes of 0 keys, GQA) counts each level a request does not read as that request reading an
+    empty prefix there, its merge an empty side's; ``stored_merges`` likewise."""
+    from relaycore.testing import stored_merges
+
+    read_empty = _unread_as_empty_prefixes(batch)
+    kwargs = dict(merge="pairwise", fast_division=fast, groups=groups)
+    assert np.array_equal(blocked_steps(batch, block_n, **kwargs, every_level=True),
+                          blocked_steps(read_empty, block_n, **kwargs))
+    assert np.array_equal(stored_merges(batch, every_level=True), stored_merges(read_empty))
+
+
 @pytest.mark.parametrize("bad", [0, -16, 1.5, True, "64"])
 def test_refuses_a_block_that_is_not_a_positive_int(bad):
     batch = make_batch([1], [4])
