@@ -1674,7 +1674,8 @@ $(1 + 2u)$ and that factor: $\kappa_{K'}$ is the same expression, $\le e^{\frac5
 $H^{run}_S$ holds unchanged. $\blacksquare$
 
 What is not covered: the tensor-core (prefill), MLA and Hopper (FA3) paths, which the commit
-also changed and which no lemma here reads, the rest of Lemma 11's list, and FlashInfer after
+also changed and which no lemma here reads as changed (Lemma 14 reads 0.5.0's FA2 prefill), the
+rest of Lemma 11's list, and FlashInfer after
 `fb28d72`, not read. The pairwise `MergeStateInPlaceKernel` divides its
 two weights by their sum with `/`, which FlashInfer's `-use_fast_math` (`-prec-div=false`) makes
 a division within 2 ulp in 0.5.0 as from `d7f2c64`: Lemma 8's last part prices it (Lemma 10's term,
@@ -1696,6 +1697,157 @@ the reciprocal's fold in the standard model within its count and the proof's sha
 ($\tfrac72 u_{acc}$ more). No end-to-end run shows the step for the divisions needed: the
 bound's slack is larger than $\tfrac72 u_{acc}$.
 
+## Lemma 14: FlashInfer's FA2 prefill kernel, which computes the cascade's levels
+
+FlashInfer 0.5.0's `MultiLevelCascadeAttentionWrapper` (`flashinfer/cascade.py`) computes each level with a
+`BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)` (line 356), causal only at the last
+level (line 493), and merges the levels with `merge_state_in_place` (line 539, Lemma 8). Its backend is
+`"auto"`: FA3 (`include/flashinfer/attention/hopper/`) where `is_sm90a_supported`, FA2 elsewhere
+(`flashinfer/utils.py:441-450`). This lemma reads FA2, `include/flashinfer/attention/prefill.cuh` at `v0.5.0`
+(`BatchPrefillWithPagedKVCacheDevice`, lines 2025-2413; the ragged kernel, 1718-2022, has the same arithmetic),
+with the default variant (no RoPE in the kernel, soft-cap, ALiBi, custom mask or window), q, k and v in one
+16-bit dtype (FA2 asserts `sizeof(DTypeQ) == 2`, line 2090) and `use_fp16_qk_reduction=False` (the wrapper's
+default: fp32 scores). Line numbers below are of `prefill.cuh` unless named.
+
+*The kernel.* A CTA takes a tile of `CTA_TILE_Q` packed query rows (16, 64 or 128) and a chunk of the level's
+KV, `[chunk_start, chunk_end)` (2113-2118: with split-KV, chunks of `kv_chunk_size` keys from the level's first
+key; `PrefillSplitQOKVIndptr` chooses the size, `scheduler.cuh:566-610`). $Z$ = `NUM_WARPS_KV` warps, 4 for
+tiles of 16 rows and 1 otherwise (55-65), walk it in $J$ = `num_iterations` iterations of `CTA_TILE_KV` $= TZ$
+slots, $T$ = `NUM_MMA_KV * 16` $\in \{16, 32, 64, 128\}$ (118; `utils.cuh:80-97`): warp $z$ takes the slots $tTZ
++ zT, \dots, tTZ + (z + 1)T - 1$ of iteration $t$ (2302), Lemma 11's groups. For a causal level $J$ runs to the
+tile's last row's limit (2216-2223), so a row of the tile may pass iterations that hold none of its keys. A slot
+past the chunk, or past the row's causal limit, scores `MaskFillValue` $= -5 \cdot 10^4$ (161, 751-792); its
+value is 0 past the chunk and the key's real value past the causal limit. Each warp keeps, per row, $m$ the
+running maximum of the **raw** scores $\hat s_j = \mathrm{fl}(q \cdot k_j)$ (an mma, fp32 accumulation; no
+scale), from $m = -5 \cdot 10^4$, $d = 1$, $o = 0$ (`init_states`, 401-425), and per block (`update_mdo_states`,
+862-953)
+
+$$
+m' = \max(m, \max_j \hat s_j),\quad a = \widehat{\exp_2}(e(m, m')),\quad p_j = \widehat{\exp_2}(e(\hat s_j, m')),
+\quad e(x, y) = x c_2 - y c_2
+$$
+
+(889, 900-907), $c_2 = \mathrm{fl}(\mathrm{fl}(c)\,\mathrm{fl}(\log_2 e))$ (`sm_scale_log2`, `variants.cuh:54`),
+$d \leftarrow \mathrm{fl}(d a)$, $o \leftarrow \mathrm{fl}(o a)$; then (`compute_sfm_v`, 955-1032) the weights
+are rounded to the input dtype, $\hat p_j = \mathrm{fl}_{16}(p_j)$ (`vec_cast`, 968), $d$ adds their sum through
+an mma of $\hat p$ with a vector of ones (`m16k16_rowsum_f16f16f32`, 980; `mma.cuh:522-550`) and $o$ adds $\hat
+P V$ (an fp16/bf16 mma with fp32 accumulation, 1006-1016). `ex2.approx.ftz` flushes below $2^{-126}$
+(`math.cuh:44`). After the loop `finalize_m` sets $M = \mathrm{fl}(m c_2)$ unless $m = -5 \cdot 10^4$ (1043),
+and `threadblock_sync_mdo_states` (1092-1217) folds the warps: $(M, \Lambda)$ from $(-5 \cdot 10^4, 1)$ in warp
+order, $M' = \max(M, M_z)$, $\Lambda \leftarrow \Lambda\,\widehat{\exp_2}(\mathrm{fl}(M - M')) + d_z\,
+\widehat{\exp_2}(\mathrm{fl}(M_z - M'))$ (1144, `state_t::merge`'s normaliser), but $O = \sum_z o_z\,
+\widehat{\exp_2}(\mathrm{fl}(M_z - M))$ with the **final** $M$ (1157, 1181): one factor per warp on the
+numerator. The output is $O$ times `rcp.approx`$(\Lambda)$, 0 where $M = -5 \cdot 10^4$
+(`variant_helper.cuh:82`), stored in the output dtype, the lse $\mathrm{fl}(\widehat{\log_2}\Lambda + M)$, base
+2 (2392-2397). With split-KV the chunks go to `tmp_v` (output dtype) and `tmp_s` and `VariableLengthMergeStates`
+folds them (2534, Lemma 10's two-level kernel).
+
+Two things here are not in Lemma 2's model. (i) *The normaliser sums the rounded weights* $\hat p_j$, where the
+precision policy sums the fp32 $p_j$: $u_p$ (and, below the input format's normal range, $\tau$) now perturbs
+the normaliser too. (ii) *The exponent* $x c_2 - y c_2$ is two products and a difference: rounded as written,
+$\mathrm{fl}(\mathrm{fl}(x c_2) - \mathrm{fl}(y c_2))$, it is Lemma 11's $\mathrm{fl}(\hat s - m')$ on the
+scaled scores ($\mathrm{fl}(\cdot\, c_2)$ is monotone, so $\mathrm{fl}(m' c_2)$ is the largest scaled score),
+and a block whose maximum does not grow has $a = 2^0 = 1$. But nvcc contracts a product and the sum it feeds
+into a fused multiply-add by default (`--fmad=true`), as it does FlashAttention-2's identical `x * scale -
+max_scaled` (PyTorch issue #121558, FlashAttention PR #893): then $e(x, y) = \mathrm{fl}(x c_2 - \mathrm{fl}(y
+c_2))$ or $\mathrm{fl}(\mathrm{fl}(x c_2) - y c_2)$, and every later iteration of a warp, keys or not,
+multiplies its sums by $2^{\pm\epsilon}$, $\epsilon = m c_2 - \mathrm{fl}(m c_2)$, not 1. Whether FlashInfer's
+binary contracts it was not read (no SASS); the claim covers the three.
+
+*Claim. Let a row see the first $n \ge 1$ keys of a chunk of FA2's prefill as above, let every raw score of a
+key it sees satisfy $\hat s_j c_2 > -5 \cdot 10^4 c_2 + 127$ and $\mathrm{fl}(\hat s_j c_2) > -5 \cdot 10^4 +
+127$ (in natural units, every score above about $-5 \cdot 10^4 c + 88$ and above $-34570$; at $c = 1/\sqrt{128}$
+above $-4331$), let $c_2 < 300$, and let the exponential flush below $2^{-126}$ as `ex2.approx.ftz` does. Then
+the chunk's $(O, \Lambda, M)$ are, bit for bit up to the sign of a zero, those of the walk from $m = -\infty$
+that leaves out the masked slots, the blocks of a warp before its first key and the warps that hold none. They
+have Lemma 1's form over the $n$ keys with shift $M \ln 2$, the same $|t_j|, |t'_j| \le \tau$, and $|\alpha_j|,
+|\beta_j| \le \rho$ with $\nu$ steps per key:*
+
+$$
+\nu = I + Z' - 1 \text{ (each product of the exponent rounded)},\qquad
+\nu = J + Z' \text{ (one fused)},\qquad I = \lceil n / (TZ) \rceil,\; Z' = \min(Z, \lceil n / T \rceil).
+$$
+
+*So `out_bound` holds for the chunk's output stored in the output dtype at $\nu + 1$ steps (its division within
+2 ulp, Lemma 9), and for a level computed in one chunk. The lse bound is not claimed, nor any merge of such
+chunks or levels (Lemmas 3, 4, 8-10).*
+
+*Proof.* *The start.* A running maximum that has met a key is at least its raw score. An exponent against it of
+a masked slot or of the start, $-5 \cdot 10^4$, is then below $-127$ up to its roundings (relative
+$\tfrac{u_{acc}}{2}$ each of the products and the difference, below the margin of 1 as $c_2 < 300$), so its
+exponential is below $2^{-126}$ and flushed: 0. So, as in Lemma 11 (i)-(iii): a warp's first block with a key
+has $a = 0$, $d = \mathrm{fl}(1 \cdot 0) = 0$, $o = 0$, whatever its earlier keyless blocks summed (their $o$,
+of masked values times weights near 1, is finite and multiplied by 0); a masked slot after that adds $\hat p =
+0$, and $0 \cdot v$ is 0 whatever its value, so masked keys with real values change nothing; a warp with no key
+keeps $M = -5 \cdot 10^4$ unscaled, and the warps' fold, from $-5 \cdot 10^4$ in base 2, meets it with $M_z - M'
+\le -127$ where a warp with a key comes before it and with $2^0 = 1$, then multiplied by a flushed factor, where
+none does: the fold from $-\infty$ over the warps with keys, on both the normaliser and the numerator (a keyless
+warp's $o_z$ is multiplied by 0). The row's $M$ is then a scaled maximum, so `OutputTransform` divides. Without
+contraction a later block with no key of the row has $e(m, m) = 0$, $a = 1$: exact, as in Lemma 11; with it,
+that block is run in both computations alike.
+
+*The form, rounded products.* With $\hat x = \mathrm{fl}(x c_2)$ the exponents are Lemma 11's on the scaled
+scores $\hat x_j$ and their running maximum, $\mathrm{fl}(m' c_2) = \max_j \mathrm{fl}(\hat s_j c_2)$: the same
+rescales, weights and counts, $I - 1$ rescales in a warp and item 1's score. Two changes. The warps' fold gives
+the numerator one factor $\widehat{\exp_2}(\mathrm{fl}(M_z - M))$ per warp, where `sync_state` gives it Lemma
+11's factors $f_1, f_2$: one exponential of a difference of two computed maxima and one product, a rescale of
+item 4, $0$ factors for a warp at $M$ and 1 otherwise, at most the $Z' - 1$ the normaliser's running fold (Lemma
+11's, on $\Lambda$) gives the same key. And both sums now hold $\hat p_j = p_j(1 + \delta_j)$, $|\log(1 +
+\delta_j)| \le u_p$ (or $p_j + t_j$, $|t_j| \le \tau$, below the normal range): item 2 on the normaliser as on
+the numerator. $\rho$ charges $u_p$ to every weight, and Lemma 1 allows $|t'_j| \le \tau$, so $|\beta_j| \le
+\rho$ with the same $\rho$, and the $t'$ sum with the $t$ in $\varepsilon$. The products $\hat p_j v_j$ of two
+16-bit numbers are exact in fp32 unless they underflow (Lemma 6), and the mmas' sums are item 3's (the
+accumulation model). $\Lambda \ge 1$: the key at the final maximum has $p = 2^0 = 1$, $\hat p = 1$, and every
+later factor on it is $2^0$.
+
+*The form, one product fused.* Put $\mu_t = m_t c_2$ (exact) and $\hat\mu_t = \mathrm{fl}(m_t c_2)$ for the
+maximum $m_t$ after iteration $t$, $\epsilon_t = \mu_t - \hat\mu_t$, $|\epsilon_t| \le
+\tfrac{u_{acc}}{2}|\mu_t|$. With the score's product fused, a key of iteration $t_0$ enters with
+$\mathrm{fl}(\hat s_j c_2 - \hat\mu_{t_0})$ and each later iteration $t$ of its warp multiplies by
+$\widehat{\exp_2}(\mathrm{fl}(\mu_{t-1} - \hat\mu_t))$; the exponents add up to $\hat s_j c_2 - \hat\mu_{J-1} +
+\sum_{t = t_0}^{J - 2}\epsilon_t$ plus their roundings. With the maximum's product fused they add up to
+$\mathrm{fl}(\hat s_j c_2) - \mu_{J-1} - \sum_{t=t_0}^{J-2} \epsilon_t$. Against the shift $\mu_{J-1}$ (where
+the key at the maximum has weight $2^0$, so that $Z \ge e^{-\rho}$) or $\hat\mu_{J-1}$ (the lse's), a key of
+iteration $t_0$ with $k = J - 1 - t_0$ later iterations carries, beyond item 1 and Lemma 11's terms, at most $k
++ 1$ of the $\epsilon_t$: $(k + 1)\tfrac{u_{acc}}{2}A'$ in natural units, $A' = A(1 + \gamma_{D+6})$. Each of
+its $k$ rescales is an exponential, one product on each side and the rounding of its argument,
+$\tfrac{u_{acc}}{2}|\mu_{t-1} - \hat\mu_t|$; the maxima grow, so $\sum_t |\mu_{t-1} - \hat\mu_t| \le \mu_{J-1} -
+\mu_{t_0} + \sum_t |\epsilon_t|$: at most $u_{acc}A'$ over all of them (plus a share of the $\epsilon$'s of
+second order). To first order the key's own exponential and these $k$ rescales use $(k + 1)u_{exp} +
+k\tfrac{u_{acc}}{2} + u_{acc}A' + (k + 1)\tfrac{u_{acc}}{2}A'$ past item 1, within $k + 1$ steps of $u_{exp} +
+3u_{acc} + u_{acc}(A + \log N + 1)$ beside the own step, whose $\sigma_0$ the lse section keeps ($\tfrac{k+1}{2}
++ 1 \le k + 1$ for $k \ge 1$; for $k = 0$, $\tfrac12 \le 1$); the second-order terms ($\gamma_{D+6}A$ in $A'$)
+are within the $3u_{acc}$ of each step, as in Lemma 11. The warps' fold is as above on the $M_z = \hat\mu$ of
+each warp (one more $\epsilon$ for the maximum's fusion, among the $k + 1$). So $\nu = 1 + (J - 1) + 1 + (Z' -
+1) = J + Z'$ for the first iteration's keys, the most. *The output.* `rcp.approx` and the product are a division
+within 2 ulp (Lemma 11): one step more (Lemma 9), and the stored output's rounding is item 5's. $\blacksquare$
+
+*What it does not give.* **The lse.** The lse section bounds $\log \hat Z$ through room on the normaliser side:
+$u_p$, which the normaliser no longer leaves unused, and an underflow term for fp32's $2^{-126}$, where an fp16
+normaliser's $t'_j$ reach $2^{-25}$ each ($N 2^{-25}$ in all). So `lse_bound` is not proved for these chunks; no
+counterexample was found or sought (the missing terms, $u_p$ and $N 2^{-25}$, are below the $\rho$ the bound
+charges, but the proof spends that $\rho$ elsewhere). **Merges of such states.** Lemmas 3, 4 and 8-10 take the
+incoming states' lse error from the lse section and their $t'$ as fp32 underflows (Lemma 3: "the new normaliser
+without its $t'$ is at least $1 - N 2^{-126} e^{\rho}$"), so neither FA2's own split-KV merge
+(`VariableLengthMergeStates` over its chunks) nor the cascade's `merge_state_in_place` over its levels is proved
+over these parts: the cascade recipe of the testing guide (`blocked_steps(..., merge="pairwise",
+fast_division=True, every_level=True)`, each level one part) rests on them, and on a level being one chunk,
+which FA2's planner does not promise (a long shared prefix with few query rows is split). **The count in
+`relaycore.testing`.** $I + Z' - 1$ is `blocked_steps(groups=Z)`'s per part (with `block_n` $= T$; $T = 16$, the
+smallest, bounds any `NUM_MMA_KV`); $J + Z'$ is not expressible there ($J$ depends on the tile's rows). **Not
+read.** FA3 (sm_90, the default there), the fp16 score reduction, RoPE, soft-cap, ALiBi, custom masks, sliding
+windows, fp8 KV, multi-item scoring, and FlashInfer after `v0.5.0`'s prefill (commit `d7f2c64` changed its
+masking, Lemma 13).
+
+`check_prefill_chunks` checks it: in the standard model with a product $\mathrm{fl}(x c_2)$ rounded alike
+wherever it is formed (`prefill_chunk_growth`), drawn rows (blocks of 1 to 4 slots, 1 to 4 warps, up to 2
+iterations past the row's last key, each of `PREFILL_FMA`) move by at most $\nu$ steps plus item 1's rounding of
+the score's product; one key of a causal tile walked 7 iterations past it at natural score 1000, with a fused
+product, moves by more than 3 steps where Lemma 11's count gives 1 (a count of $J + Z' - 1$ passes every draw:
+the last step is the proof's, not shown needed). A key at raw score $-56576$ ($c = 1/\sqrt{128}$, natural
+$-5000$: Lemma 11's condition holds, this one does not) makes the kernel return 0 where the walk returns 1.
+Hypothesis-drawn rows (fp16, bf16, every fusion) from FlashInfer's start compute bit for bit the walk from
+$-\infty$ under the condition, and stay within `out_bound` at $\nu + 1$.
 ## Counting the Triton kernels' steps
 
 `relaycore.fast.triton` cuts every KV segment a token reads (the prefix of each level, its own
@@ -1916,8 +2068,8 @@ $e^{\frac52 u_{acc} + 3u_{acc}(K' - 1)}$ up to $K' = 2^{23} - 1$ ($2^{52} - 1$ f
 shows it needs to grow with $K'$ (the standard model's adversarial fold passes $e^{4u_{acc}}$
 from $K' = 6$ on), and checks the recursion over chains and two-level trees against
 $H^{run}_S$ and against what `out_bound` carries.
-`check_decode_chunks` checks Lemma 11, `check_request_chunks` Lemma 12 and
-`check_flashinfer_ieee_start` Lemma 13, as their last paragraphs say.
+`check_decode_chunks` checks Lemma 11, `check_request_chunks` Lemma 12,
+`check_flashinfer_ieee_start` Lemma 13 and `check_prefill_chunks` Lemma 14, as their last paragraphs say.
 `check_lse_accounting` checks the lse section's inequality over its grid against the float64
 value `lse_bound` returns, checks that `lse_bound` refuses every point of the grid beyond
 $\rho = 2$, and checks that the inequality fails beyond $\rho = 2$ where the section says so.
@@ -4089,6 +4241,300 @@ def check_flashinfer_ieee_start():
 
     run()
     assert all(any(r[i] for r in reached) for i in range(3)), len(reached)
+
+
+#: How the compiler may evaluate FA2 prefill's base-2 exponent ``x * c2 - m * c2`` (``update_mdo_states`` in
+#: FlashInfer 0.5.0's ``include/flashinfer/attention/prefill.cuh``, raw scores ``x`` and running maximum ``m``):
+#: ``None`` rounds both products, ``"score"`` fuses the score's product, ``fl(x c2 - fl(m c2))``, ``"max"`` the
+#: maximum's, ``fl(fl(x c2) - m c2)`` (nvcc's default ``--fmad=true`` may contract either; Lemma 14).
+PREFILL_FMA = (None, "score", "max")
+
+
+def prefill_exponent(x, m, c2, fma, ar: fp.Arithmetic):
+    """FA2 prefill's fp32 exponent ``x * c2 - m * c2`` of a raw score (or a previous maximum) ``x`` under the raw
+    running maximum ``m``, each product rounded unless ``fma`` (one of ``PREFILL_FMA``) fuses it; ``-inf`` for
+    ``x = -inf`` (the walk from ``-inf``'s first rescale)."""
+    if x == exact.NEG_INF:
+        return exact.NEG_INF
+    if fma == "score":
+        return fp.r32(x * c2 - ar.mul(m, c2))
+    if fma == "max":
+        return fp.r32(ar.mul(x, c2) - m * c2)
+    return fp.r32(ar.mul(x, c2) - ar.mul(m, c2))
+
+
+def simulate_prefill_chunk(q, keys, values, scale, dtype: str, block: int, groups: int, seen: int, iterations: int,
+                           exp, ar: fp.Arithmetic, fma=None, start=None, divide=None) -> tuple:
+    """FlashInfer 0.5.0's FA2 prefill (``BatchPrefillWithPagedKVCacheDevice`` / ``...RaggedKVCache...`` in
+    ``include/flashinfer/attention/prefill.cuh``, the default variant) for one query row over one KV chunk
+    (Lemma 14), every rounding explicit as ``simulate_decode_chunk``'s.
+
+    The CTA runs ``iterations`` iterations of ``block * groups`` slots (``CTA_TILE_KV``); in iteration ``t`` warp
+    ``z`` (``threadIdx.z``, ``groups = NUM_WARPS_KV``, ``block = NUM_MMA_KV * 16``) takes the slots ``t block
+    groups + z block`` to ``... + block - 1``. A slot past the chunk's keys is masked with the value 0 (filled
+    zero), a key at or past ``seen`` (the row's causal limit in the chunk) is masked with its real value; a masked
+    slot scores ``-5e4`` (``MaskFillValue``), raw. Per block: raw scores ``fl(q . k)`` (no scale), ``m`` their
+    running maximum (raw, from ``-5e4``), the factor ``a = exp2(e(m_old, m))`` and the weights ``p_j =
+    exp2(e(s_j, m))``, ``e`` as ``prefill_exponent`` with ``c2 = fl(fl(scale) fl(log2 e))`` (``sm_scale_log2``);
+    ``d <- fl(d a)``, ``o <- fl(o a)``; the weights rounded to ``dtype`` (``vec_cast``), ``d`` plus their sum
+    (``m16k16_rowsum_f16f16f32``, an mma of the rounded weights), ``o`` plus the sum of their products with the
+    values. After the loop ``finalize_m`` scales every maximum but the start, ``M = fl(m c2)``, and for
+    ``groups > 1`` ``threadblock_sync_mdo_states`` folds the warps: from ``(M, D) = (-5e4, 1)``, in warp order,
+    ``M' = max(M, M_z)``, ``D = fl(fl(D exp2(fl(M - M'))) + fl(d_z exp2(fl(M_z - M'))))``, then ``O`` the sum in
+    warp order of ``fl(o_z exp2(fl(M_z - M)))`` with the final ``M``. The output is ``divide(O, D)``
+    (``OutputTransform``: ``O`` times ``rcp.approx(D)``, 0 where ``M`` is the start), the lse ``fl(log2(D) + M)``.
+
+    ``start=None``: the walk from ``-inf``: masked slots, the blocks of a warp before its first key the row sees
+    and the warps that hold none are left out (its later blocks are run, keys or not). ``start=FLASHINFER_START``:
+    the kernel as it runs.
+
+    Args:
+        q: ``[D]`` query; keys, values: ``[n][D]``, the chunk's keys in order; exact in ``dtype``.
+        scale: the softmax scale (a float); dtype: ``"float16"`` or ``"bfloat16"`` (FA2's q is 16-bit).
+        block, groups: as above (positive); seen: keys the row sees, ``1 <= seen <= n``.
+        iterations: the CTA's iterations, at least ``ceil(seen / (block groups))``.
+        exp: the fp32 ``exp2`` and ``log2`` (``Elementary``); ar: the fp32 arithmetic.
+        fma: one of ``PREFILL_FMA``; start: ``None`` or ``FLASHINFER_START``.
+        divide: the output's division; ``None``: ``ar.div``.
+
+    Returns:
+        ``(out [D] fp32, lse base 2 fp32, steps [seen])``: ``steps[j]`` counts key ``j``'s exponential, each later
+        block of its warp whose factor is not exactly 1 and each factor of the warps' fold not exactly 1 that
+        multiplies its normaliser.
+    """
+    dim, n = len(q), len(keys)
+    c2 = fp.r32(fp.r32(scale) * fp.r32(LOG2E))
+    width, top = block * groups, exact.NEG_INF if start is None else mpmath.mpf(start)
+    steps, states = [0] * seen, []
+    for z in range(groups):
+        m, d, o, held = top, mpmath.mpf(1), [mpmath.mpf(0)] * dim, []
+        for t in range(iterations):
+            slots = range(t * width + z * block, t * width + (z + 1) * block)
+            mine = [j for j in slots if j < seen]
+            if start is None and not held and not mine:
+                continue
+            kept = [j for j in slots if start is not None or j < seen]
+            s = [ar.dot(q, keys[j]) if j < seen else top for j in kept]
+            v = [values[j] if j < n else [mpmath.mpf(0)] * dim for j in kept]
+            m_new = max([m] + s)
+            alpha = exp(prefill_exponent(m, m_new, c2, fma, ar), 2)
+            p = [fp.round_to(exp(prefill_exponent(x, m_new, c2, fma, ar), 2), dtype) for x in s]
+            d = ar.add(ar.mul(d, alpha), ar.total(p))
+            o = [ar.add(ar.mul(a, alpha), ar.total([ar.mul(x, vj[i]) for x, vj in zip(p, v)])) for i, a in enumerate(o)]
+            for j in held if alpha != 1 else []:
+                steps[j] += 1
+            for j in mine:
+                steps[j] = 1
+            held, m = held + mine, m_new
+        if held or start is not None:
+            states.append((m if m == top else ar.mul(m, c2), d, o, held))
+    if groups == 1:
+        m_top, total, acc, _ = states[0]
+    else:
+        m_top, total, inside = top, mpmath.mpf(1), []
+        for m, d, _, held in states:
+            m_new = max(m_top, m)
+            f1, f2 = exp2_clamped(exp, m_top, m_new), exp2_clamped(exp, m, m_new)
+            total = ar.add(ar.mul(total, f1), ar.mul(d, f2))
+            for j in (inside if f1 != 1 else []) + (held if f2 != 1 else []):
+                steps[j] += 1
+            inside, m_top = inside + held, m_new
+        acc = [mpmath.mpf(0)] * dim
+        for m, _, o, _ in states:
+            f = exp2_clamped(exp, m, m_top)
+            acc = [ar.add(a, ar.mul(b, f)) for a, b in zip(acc, o)]
+    divide = divide or ar.div
+    out = [divide(a, total) if m_top != top else mpmath.mpf(0) for a in acc]
+    return out, fp.r32(exp.log(total, 2) + m_top), steps
+
+
+def prefill_chunk_factors(seen: int, block: int, groups: int, iterations: int, fma) -> int:
+    """The most exponentials a key meets (its own, its warp's later rescales not exactly 1, the warps' fold) in a
+    row that sees ``seen >= 1`` keys of an FA2 prefill chunk walked by ``groups`` warps in blocks of ``block``
+    slots over the CTA's ``iterations``: Lemma 11's ``I + Z' - 1`` (``decode_chunk_steps``) where the exponents
+    round both products; ``J + Z' - 1``, ``J = iterations``, where the compiler fuses one (``fma`` in
+    ``PREFILL_FMA``: every later iteration rescales, keys or not)."""
+    if fma is None:
+        return decode_chunk_steps(seen, block, groups)
+    return iterations + min(groups, -(-seen // block)) - 1
+
+
+def prefill_chunk_steps(seen: int, block: int, groups: int, iterations: int, fma) -> int:
+    """Lemma 14's count of steps for such a key: ``prefill_chunk_factors``, and one more where ``fma`` fuses a
+    product (the exponents' mismatched roundings of the maxima, ``J + Z'``)."""
+    return prefill_chunk_factors(seen, block, groups, iterations, fma) + (fma is not None)
+
+
+def prefill_chunk_growth(scores: list, c2, block: int, groups: int, seen: int, iterations: int, fma, draw) -> list:
+    """Lemma 14's factors in the standard model of rounding, at 60 digits, as ``decode_chunk_growth`` models Lemma
+    11's: an FA2 prefill row that sees the first ``seen`` of the chunk's computed raw scores ``scores`` (item 1's
+    error is the score's), walked as ``simulate_prefill_chunk`` walks it from ``-inf`` over ``iterations``. A
+    product ``fl(x c2)`` rounds the same way wherever it is formed (the hardware's rounding is a function of ``x``),
+    so that without ``fma`` the exponents telescope as Lemma 11's.
+
+    Returns:
+        Per key ``(alpha, beta, steps)`` against each shift the claim may take: the logs of the factors by which the
+        walk multiplies its numerator and normaliser weights against the exact ``2^(s_j c2 - M)``, ``M`` the
+        computed ``fl(m c2)`` of the final maximum ``m`` (and, where ``fma``, also ``m c2``), and its count of
+        exponentials (its own and each factor not exactly 1 on its normaliser).
+    """
+    prec = bounds.precision("float32")
+    half, u_exp = mpmath.mpf(prec.u_acc) / 2, mpmath.mpf(prec.u_exp)
+    products = {}
+
+    def product(x):  # fl(x c2), the same wherever it is formed
+        if x not in products:
+            products[x] = x * c2 * (1 + draw(half))
+        return products[x]
+
+    def exponent(x, m):
+        if fma == "score":
+            return (x * c2 - product(m)) * (1 + draw(half))
+        if fma == "max":
+            return (product(x) - m * c2) * (1 + draw(half))
+        return (product(x) - product(m)) * (1 + draw(half))
+
+    def rescale(keys, arg, sides=(0, 1)):  # exp2(arg) times the sums that hold ``keys``, one product on each side
+        if arg == 0:
+            return
+        factor = mpmath.power(2, arg) * (1 + draw(u_exp))
+        for j in keys:
+            for side in sides:
+                terms[j][side] *= factor * (1 + draw(half))
+            terms[j][2] += 1 in sides
+
+    width, terms, states = block * groups, {}, []
+    for z in range(groups):
+        m, held = exact.NEG_INF, []
+        for t in range(iterations):
+            mine = [j for j in range(t * width + z * block, t * width + (z + 1) * block) if j < seen]
+            if not held and not mine:
+                continue
+            m_new = max([m] + [scores[j] for j in mine])
+            if held:
+                rescale(held, exponent(m, m_new))
+            for j in mine:
+                arg = exponent(scores[j], m_new)
+                p = mpmath.mpf(1) if arg == 0 else mpmath.power(2, arg) * (1 + draw(u_exp))
+                terms[j] = [p, p, 1]
+            held, m = held + mine, m_new
+        if held:
+            states.append((product(m), held))
+    top, inside = exact.NEG_INF, []
+    for m, held in states:  # the normaliser's running fold
+        m_new = max(top, m)
+        if top != exact.NEG_INF:
+            rescale(inside, (top - m_new) * (1 + draw(half)), (1,))
+        rescale(held, (m - m_new) * (1 + draw(half)), (1,))
+        inside, top = inside + held, m_new
+    for m, held in states:  # the numerator's factor per warp, from the final maximum
+        rescale(held, (m - top) * (1 + draw(half)), (0,))
+    exact_top = max(scores[:seen]) * c2
+    shifts = (top,) if fma is None else (top, exact_top)
+    return [(mpmath.log(num / mpmath.power(2, scores[j] * c2 - shift)),
+             mpmath.log(norm / mpmath.power(2, scores[j] * c2 - shift)), count)
+            for shift in shifts for j, (num, norm, count) in sorted(terms.items())]
+
+
+def prefill_condition(q, keys, seen: int, scale, ar: fp.Arithmetic) -> bool:
+    """Lemma 14's condition on a row of an FA2 prefill chunk (FlashInfer 0.5.0's ``-5e4`` start, raw): every raw
+    score ``fl(q . k)`` of a key it sees above ``-5e4 + 127 / c2`` and every scaled one, ``fl(fl(q . k) c2)``, above
+    ``-5e4 + 127`` (the warps' fold, whose start ``finalize_m`` leaves unscaled), ``c2`` the kernel's
+    ``sm_scale_log2``; the margin of 1 over 126 covers the exponent's roundings."""
+    c2 = fp.r32(fp.r32(scale) * fp.r32(LOG2E))
+    raw = [ar.dot(q, k) for k in keys[:seen]]
+    return min(raw) * c2 > FLASHINFER_START * c2 + 127 and min(ar.mul(x, c2) for x in raw) > FLASHINFER_START + 127
+
+
+def check_prefill_chunks():
+    """Lemma 14 on FlashInfer 0.5.0's FA2 prefill. (1) In the standard model (``prefill_chunk_growth``, products
+    ``fl(x c2)`` rounded alike wherever formed) every key's weights move by at most ``prefill_chunk_steps`` steps
+    (plus item 1's ``u_acc / 2 |s_j c2|`` of its score's product), with both products of the exponent rounded and
+    with either fused, its count of factors within that count (one less where fused); and a row that sees one key
+    of a causal tile walked 7 iterations past it moves, with a fused product, by more than 3 steps where Lemma 11's
+    count (``blocked_steps(groups=...)``) allows 1. (2) A key whose natural score is -5000 (Lemma 11's condition
+    holds, the raw one of Lemma 14 does not: raw -56576 at the scale ``1/sqrt(128)``) beside a causally masked key
+    of value 7: the kernel returns 0 (the masked slot's ``-5e4`` is the row's maximum, which ``OutputTransform``
+    takes for a row with no key), the walk from ``-inf`` 1. (3) Hypothesis-drawn rows of a chunk (fp16 and
+    bf16, 1 to 12 keys, the row's causal limit anywhere, 0 to 2 iterations past it, blocks of 1 to 4 slots, 1 to 4
+    warps, every ``PREFILL_FMA``, sums to nearest or truncated, subnormals kept or flushed): from FlashInfer's start
+    with its flushing ``exp2`` the kernel computes bit for bit the walk from ``-inf`` wherever the condition
+    holds, its counts within ``prefill_chunk_steps``, and its output, stored in the input format, stays within
+    ``out_bound`` at that count plus one (``OutputTransform``'s division within 2 ulp). The lse is not checked:
+    Lemma 14 does not claim ``lse_bound``."""
+    prec = bounds.precision("float32")
+    u_acc = mpmath.mpf(prec.u_acc)
+    second_order = 1 + mpmath.mpf(2) ** -20
+    c2_of = {scale: fp.r32(fp.r32(scale) * fp.r32(LOG2E)) for scale in (1 / np.sqrt(128), 1.0, 0.125, 0.7)}
+    reached = []
+
+    @checked(300)
+    @given(st.lists(st.floats(-3000, 3000), min_size=1, max_size=16), st.sampled_from(sorted(c2_of)),
+           st.integers(1, 4), st.integers(1, 4), st.integers(1, 16), st.integers(0, 2), st.sampled_from(PREFILL_FMA),
+           st.randoms(use_true_random=False), st.booleans())
+    def growth(scores, scale, block, groups, seen, extra, fma, rnd, extreme):
+        scores = [fp.r32(mpmath.mpf(x)) for x in scores]
+        seen = min(seen, len(scores))
+        c2 = c2_of[scale]
+        iterations = -(-seen // (block * groups)) + extra
+        score_abs = float(max(abs(x * c2) for x in scores[:seen]) * mpmath.log(2))
+        step = one_step(score_abs, seen, prec)
+        counted = prefill_chunk_steps(seen, block, groups, iterations, fma)
+        factors = prefill_chunk_factors(seen, block, groups, iterations, fma)
+        for j, (alpha, beta, count) in enumerate(prefill_chunk_growth(scores, c2, block, groups, seen, iterations,
+                                                                        fma, _adversary(rnd, extreme))):
+            item1 = u_acc / 2 * abs(scores[j % seen] * c2) * mpmath.log(2)
+            assert max(abs(alpha), abs(beta)) <= (counted * step + item1) * second_order, (fma, alpha, beta, counted)
+            assert count <= factors, (fma, count, factors)
+            reached.append(fma)
+
+    growth()
+    assert set(reached) == set(PREFILL_FMA), set(reached)
+    c2 = c2_of[1 / np.sqrt(128)]
+    raw = fp.r32(mpmath.mpf(1000) / (c2 * mpmath.log(2)))  # natural score 1000
+    for fma in PREFILL_FMA[1:]:
+        grown = prefill_chunk_growth([raw, raw], c2, 1, 1, 1, 8, fma, lambda size: size)
+        step = one_step(1000.0, 1, prec)
+        assert max(abs(g[0]) for g in grown) > 3 * decode_chunk_steps(1, 1, 1) * step, fma
+        assert prefill_chunk_growth([raw, raw], c2, 1, 1, 1, 8, None, lambda size: size)[0][2] == 1
+    exp, ar = Elementary(_Still(), False, True), fp.Arithmetic()
+    edge = [[mpmath.mpf(-56576)], [mpmath.mpf(0)]]
+    assert not prefill_condition([mpmath.mpf(1)], edge, 1, 1 / np.sqrt(128), ar)
+    assert fp.r32(-56576 * c2) > FLASHINFER_START + 127  # Lemma 11's condition, on the scaled score, holds
+    runs = [simulate_prefill_chunk([mpmath.mpf(1)], edge, [[mpmath.mpf(1)], [mpmath.mpf(7)]], 1 / np.sqrt(128),
+                                   "float16", 2, 1, 1, 1, exp, ar, None, start)[0]
+            for start in (FLASHINFER_START, None)]
+    assert runs == [[0], [1]], runs
+    reached = []
+
+    @checked(200)
+    @given(problems(max_parts=1, forms=("base2",), dtypes=("float16", "bfloat16"), value_exponents=(0, -24)),
+           st.integers(1, 12), st.integers(0, 2), st.integers(1, 4), st.integers(1, 4), st.sampled_from(PREFILL_FMA),
+           st.randoms(use_true_random=False), st.booleans(), st.booleans())
+    def run(problem, seen, extra, block, groups, fma, rnd, extreme, ftz):
+        q, keys, values, scale, dtype = (problem[k] for k in ("q", "keys", "values", "scale", "dtype"))
+        seen = min(seen, len(keys))
+        iterations = -(-seen // (block * groups)) + extra
+        exp = Repeatable(rnd.random(), extreme, ftz)
+        ar = fp.Arithmetic(problem["accumulate"], problem["flush"])
+        divide = (lambda a, b: exp.divide(a, b, ar))
+        walk = simulate_prefill_chunk(q, keys, values, scale, dtype, block, groups, seen, iterations, exp, ar, fma,
+                                      None, divide)
+        counted = prefill_chunk_steps(seen, block, groups, iterations, fma)
+        assert max(walk[2]) <= prefill_chunk_factors(seen, block, groups, iterations, fma), (fma, walk[2])
+        if ftz and prefill_condition(q, keys, seen, scale, ar):
+            kernel = simulate_prefill_chunk(q, keys, values, scale, dtype, block, groups, seen, iterations, exp, ar,
+                                            fma, FLASHINFER_START, divide)
+            assert kernel == walk, (dtype, block, groups, seen, fma)
+            reached.append(fma)
+        (ref_out, _), value_abs, score_abs = reference(dict(problem, keys=keys[:seen], values=values[:seen]))
+        out = [fp.round_to(x, dtype) for x in walk[0]]
+        out_b = bounds.out_bound(np.array([float(x) for x in ref_out]), np.array([float(v) for v in value_abs]), seen,
+                                 float(score_abs), len(q), bounds.precision(dtype), counted + 1, scale=float(scale))
+        assert all(abs(x - y) <= b for x, y, b in zip(out, ref_out, out_b)), (dtype, fma, seen, counted)
+
+    run()
+    assert set(reached) == set(PREFILL_FMA), set(reached)
 
 
 def stored_errors(problem: dict, exp, stored: int) -> tuple:
