@@ -1713,14 +1713,14 @@ default: fp32 scores). Line numbers below are of `prefill.cuh` unless named.
 KV, `[chunk_start, chunk_end)` (2113-2118: with split-KV, chunks of `kv_chunk_size` keys from the level's first
 key; `PrefillSplitQOKVIndptr` chooses the size, `scheduler.cuh:566-610`). $Z$ = `NUM_WARPS_KV` warps, 4 for
 tiles of 16 rows and 1 otherwise (55-65), walk it in $J$ = `num_iterations` iterations of `CTA_TILE_KV` $= TZ$
-slots, $T$ = `NUM_MMA_KV * 16` $\in \{16, 32, 64, 128\}$ (118; `utils.cuh:80-97`): warp $z$ takes the slots $tTZ
-+ zT, \dots, tTZ + (z + 1)T - 1$ of iteration $t$ (2302), Lemma 11's groups. For a causal level $J$ runs to the
-tile's last row's limit (2216-2223), so a row of the tile may pass iterations that hold none of its keys. A slot
-past the chunk, or past the row's causal limit, scores `MaskFillValue` $= -5 \cdot 10^4$ (161, 751-792); its
-value is 0 past the chunk and the key's real value past the causal limit. Each warp keeps, per row, $m$ the
-running maximum of the **raw** scores $\hat s_j = \mathrm{fl}(q \cdot k_j)$ (an mma, fp32 accumulation; no
-scale), from $m = -5 \cdot 10^4$, $d = 1$, $o = 0$ (`init_states`, 401-425), and per block (`update_mdo_states`,
-862-953)
+slots, $T$ = `NUM_MMA_KV * 16` $\in \{16, 32, 64, 128\}$ (118; `utils.cuh:80-97`): warp $z$ takes the slots
+$tTZ + zT, \dots, tTZ + (z + 1)T - 1$ of iteration $t$ (2302), Lemma 11's groups. For a causal level $J$ runs
+to the tile's last row's limit (2216-2223), so a row of the tile may pass iterations that hold none of its
+keys. A slot past the chunk, or past the row's causal limit, scores `MaskFillValue` $= -5 \cdot 10^4$ (161,
+751-792); its value is 0 past the chunk and the key's real value past the causal limit. Each warp keeps, per
+row, $m$ the running maximum of the **raw** scores $\hat s_j = \mathrm{fl}(q \cdot k_j)$ (an mma, fp32
+accumulation; no scale), from $m = -5 \cdot 10^4$, $d = 1$, $o = 0$ (`init_states`, 401-425), and per block
+(`update_mdo_states`, 862-953)
 
 $$
 m' = \max(m, \max_j \hat s_j),\quad a = \widehat{\exp_2}(e(m, m')),\quad p_j = \widehat{\exp_2}(e(\hat s_j, m')),
@@ -1800,27 +1800,28 @@ the numerator. $\rho$ charges $u_p$ to every weight, and Lemma 1 allows $|t'_j| 
 accumulation model). $\Lambda \ge 1$: the key at the final maximum has $p = 2^0 = 1$, $\hat p = 1$, and every
 later factor on it is $2^0$.
 
-*The form, one product fused.* Put $\mu_t = m_t c_2$ (exact) and $\hat\mu_t = \mathrm{fl}(m_t c_2)$ for the
-maximum $m_t$ after iteration $t$, $\epsilon_t = \mu_t - \hat\mu_t$, $|\epsilon_t| \le
+*The form, one product fused.* Put $\mu_t = m_t c_2$ (exact) and $\hat\mu_t = \mathrm{fl}(m_t c_2)$ for
+the maximum $m_t$ after iteration $t$, $\epsilon_t = \mu_t - \hat\mu_t$, $|\epsilon_t| \le
 \tfrac{u_{acc}}{2}|\mu_t|$. With the score's product fused, a key of iteration $t_0$ enters with
 $\mathrm{fl}(\hat s_j c_2 - \hat\mu_{t_0})$ and each later iteration $t$ of its warp multiplies by
-$\widehat{\exp_2}(\mathrm{fl}(\mu_{t-1} - \hat\mu_t))$; the exponents add up to $\hat s_j c_2 - \hat\mu_{J-1} +
-\sum_{t = t_0}^{J - 2}\epsilon_t$ plus their roundings. With the maximum's product fused they add up to
-$\mathrm{fl}(\hat s_j c_2) - \mu_{J-1} - \sum_{t=t_0}^{J-2} \epsilon_t$. Against the shift $\mu_{J-1}$ (where
-the key at the maximum has weight $2^0$, so that $Z \ge e^{-\rho}$) or $\hat\mu_{J-1}$ (the lse's), a key of
-iteration $t_0$ with $k = J - 1 - t_0$ later iterations carries, beyond item 1 and Lemma 11's terms, at most $k
-+ 1$ of the $\epsilon_t$: $(k + 1)\tfrac{u_{acc}}{2}A'$ in natural units, $A' = A(1 + \gamma_{D+6})$. Each of
-its $k$ rescales is an exponential, one product on each side and the rounding of its argument,
-$\tfrac{u_{acc}}{2}|\mu_{t-1} - \hat\mu_t|$; the maxima grow, so $\sum_t |\mu_{t-1} - \hat\mu_t| \le \mu_{J-1} -
-\mu_{t_0} + \sum_t |\epsilon_t|$: at most $u_{acc}A'$ over all of them (plus a share of the $\epsilon$'s of
-second order). To first order the key's own exponential and these $k$ rescales use $(k + 1)u_{exp} +
-k\tfrac{u_{acc}}{2} + u_{acc}A' + (k + 1)\tfrac{u_{acc}}{2}A'$ past item 1, within $k + 1$ steps of $u_{exp} +
-3u_{acc} + u_{acc}(A + \log N + 1)$ beside the own step, whose $\sigma_0$ the lse section keeps ($\tfrac{k+1}{2}
-+ 1 \le k + 1$ for $k \ge 1$; for $k = 0$, $\tfrac12 \le 1$); the second-order terms ($\gamma_{D+6}A$ in $A'$)
-are within the $3u_{acc}$ of each step, as in Lemma 11. The warps' fold is as above on the $M_z = \hat\mu$ of
-each warp (one more $\epsilon$ for the maximum's fusion, among the $k + 1$). So $\nu = 1 + (J - 1) + 1 + (Z' -
-1) = J + Z'$ for the first iteration's keys, the most. *The output.* `rcp.approx` and the product are a division
-within 2 ulp (Lemma 11): one step more (Lemma 9), and the stored output's rounding is item 5's. $\blacksquare$
+$\widehat{\exp_2}(\mathrm{fl}(\mu_{t-1} - \hat\mu_t))$; the exponents add up to $\hat s_j c_2 -
+\hat\mu_{J-1} + \sum_{t = t_0}^{J - 2}\epsilon_t$ plus their roundings. With the maximum's product fused
+they add up to $\mathrm{fl}(\hat s_j c_2) - \mu_{J-1} - \sum_{t=t_0}^{J-2} \epsilon_t$. Against the shift
+$\mu_{J-1}$ (where the key at the maximum has weight $2^0$, so that $Z \ge e^{-\rho}$) or $\hat\mu_{J-1}$
+(the lse's), a key of iteration $t_0$ with $k = J - 1 - t_0$ later iterations carries, beyond item 1 and
+Lemma 11's terms, at most $k + 1$ of the $\epsilon_t$: $(k + 1)\tfrac{u_{acc}}{2}A'$ in natural units, $A'
+= A(1 + \gamma_{D+6})$. Each of its $k$ rescales is an exponential, one product on each side and the
+rounding of its argument, $\tfrac{u_{acc}}{2}|\mu_{t-1} - \hat\mu_t|$; the maxima grow, so $\sum_t
+|\mu_{t-1} - \hat\mu_t| \le \mu_{J-1} - \mu_{t_0} + \sum_t |\epsilon_t|$: at most $u_{acc}A'$ over all of
+them (plus a share of the $\epsilon$'s of second order). To first order the key's own exponential and
+these $k$ rescales use $(k + 1)u_{exp} + k\tfrac{u_{acc}}{2} + u_{acc}A' + (k + 1)\tfrac{u_{acc}}{2}A'$
+past item 1, within $k + 1$ steps of $u_{exp} + 3u_{acc} + u_{acc}(A + \log N + 1)$ beside the own step,
+whose $\sigma_0$ the lse section keeps ($\tfrac{k+1}{2} + 1 \le k + 1$ for $k \ge 1$; for $k = 0$,
+$\tfrac12 \le 1$); the second-order terms ($\gamma_{D+6}A$ in $A'$) are within the $3u_{acc}$ of each
+step, as in Lemma 11. The warps' fold is as above on the $M_z = \hat\mu$ of each warp (one more $\epsilon$
+for the maximum's fusion, among the $k + 1$). So $\nu = 1 + (J - 1) + 1 + (Z' - 1) = J + Z'$ for the first
+iteration's keys, the most. *The output.* `rcp.approx` and the product are a division within 2 ulp (Lemma
+11): one step more (Lemma 9), and the stored output's rounding is item 5's. $\blacksquare$
 
 *What it does not give.* **The lse.** The lse section bounds $\log \hat Z$ through room on the normaliser side:
 $u_p$, which the normaliser no longer leaves unused, and an underflow term for fp32's $2^{-126}$, where an fp16
