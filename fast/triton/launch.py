@@ -188,9 +188,9 @@ def run_eager(plan: Plan, q: torch.Tensor, kv: RequestKV, prefixes: Sequence[Pre
     lists must be on the device before the capture starts: ``torch.cuda.graph`` synchronizes
     the device first). Any copy of an input the kernels cannot read in place is made next, on
     the caller's stream (``_Sources``). The partial launches run on the caller's stream and,
-    with ``CONCURRENT_PARTIALS``, on side streams (``lanes``) that fork from it before the first launch and
-    join it before the merge (or, with the plan's fused merge, before the call returns);
-    inside a CUDA graph capture they become parallel branches of the graph."""
+    with ``CONCURRENT_PARTIALS``, on side streams (``lanes``) that fork from it before the
+    first launch and join it before the merge (or, with the plan's fused merge, before the call
+    returns); inside a CUDA graph capture they become parallel branches of the graph."""
     total_q, hq, d = plan.total_q, plan.num_q_heads, plan.head_dim
     interpret = interpreting()
     main = current_stream(q.device) if q.is_cuda else None
