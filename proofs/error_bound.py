@@ -1702,12 +1702,14 @@ bound's slack is larger than $\tfrac72 u_{acc}$.
 FlashInfer 0.5.0's `MultiLevelCascadeAttentionWrapper` (`flashinfer/cascade.py`) computes each level with a
 `BatchPrefillWithPagedKVCacheWrapper(float_workspace_buffer, kv_layout)` (line 356), causal only at the last
 level (line 493), and merges the levels with `merge_state_in_place` (line 539, Lemma 8). Its backend is
-`"auto"`: FA3 (`include/flashinfer/attention/hopper/`) where `is_sm90a_supported`, FA2 elsewhere
-(`flashinfer/utils.py:441-450`). This lemma reads FA2, `include/flashinfer/attention/prefill.cuh` at `v0.5.0`
-(`BatchPrefillWithPagedKVCacheDevice`, lines 2025-2413; the ragged kernel, 1718-2022, has the same arithmetic),
-with the default variant (no RoPE in the kernel, soft-cap, ALiBi, custom mask or window), q, k and v in one
-16-bit dtype (FA2 asserts `sizeof(DTypeQ) == 2`, line 2090) and `use_fp16_qk_reduction=False` (the wrapper's
-default: fp32 scores). Line numbers below are of `prefill.cuh` unless named.
+`"auto"`: FA3 (`include/flashinfer/attention/hopper/`) where `is_sm90a_supported` (compute capability 9, CUDA
+12.3 or later) and the variant is one FA3 runs (no RoPE in the kernel, fp16 score reduction or custom mask: the
+default is), FA2 elsewhere, sm_80 included (`flashinfer/utils.py:441-450`, `determine_attention_backend`).
+This lemma reads FA2, `include/flashinfer/attention/prefill.cuh` at `v0.5.0` (`BatchPrefillWithPagedKVCacheDevice`,
+lines 2025-2413; the ragged kernel, 1718-2022, has the same arithmetic), with the default variant (no RoPE in the
+kernel, soft-cap, ALiBi, custom mask or window), q, k and v in one 16-bit dtype (FA2 asserts `sizeof(DTypeQ) ==
+2`, line 2090) and `use_fp16_qk_reduction=False` (the wrapper's default: fp32 scores). Line numbers below are
+of `prefill.cuh` unless named.
 
 *The kernel.* A CTA takes a tile of `CTA_TILE_Q` packed query rows (16, 64 or 128) and a chunk of the level's
 KV, `[chunk_start, chunk_end)` (2113-2118: with split-KV, chunks of `kv_chunk_size` keys from the level's first
@@ -1740,7 +1742,7 @@ order, $M' = \max(M, M_z)$, $\Lambda \leftarrow \Lambda\,\widehat{\exp_2}(\mathr
 numerator. The output is $O$ times `rcp.approx`$(\Lambda)$, 0 where $M = -5 \cdot 10^4$
 (`variant_helper.cuh:82`), stored in the output dtype, the lse $\mathrm{fl}(\widehat{\log_2}\Lambda + M)$, base
 2 (2392-2397). With split-KV the chunks go to `tmp_v` (output dtype) and `tmp_s` and `VariableLengthMergeStates`
-folds them (2534, Lemma 10's two-level kernel).
+folds them (2659; 2534 in the ragged dispatch; Lemma 10's two-level kernel).
 
 Two things here are not in Lemma 2's model. (i) *The normaliser sums the rounded weights* $\hat p_j$, where the
 precision policy sums the fp32 $p_j$: $u_p$ (and, below the input format's normal range, $\tau$) now perturbs
@@ -1773,9 +1775,14 @@ $$
 chunks or levels (Lemmas 3, 4, 8-10).*
 
 *Proof.* *The start.* A running maximum that has met a key is at least its raw score. An exponent against it of
-a masked slot or of the start, $-5 \cdot 10^4$, is then below $-127$ up to its roundings (relative
-$\tfrac{u_{acc}}{2}$ each of the products and the difference, below the margin of 1 as $c_2 < 300$), so its
-exponential is below $2^{-126}$ and flushed: 0. So, as in Lemma 11 (i)-(iii): a warp's first block with a key
+a masked slot or of the start, $x = -5 \cdot 10^4$, is then $x c_2 - m' c_2 < -127$ before its roundings, and
+these stay within the margin of 1. Not by the relative bound, $\tfrac{u_{acc}}{2}$ of each product (up to $0.9$
+each as $c_2$ nears 300), but by half an ulp: $5 \cdot 10^4 c_2 < 2^{24}$ for $c_2 < 300$, and so is $|m' c_2|$
+where the exponent is near $-127$ (a larger $m' c_2$ leaves it far below), so each product rounds by at most
+$\tfrac12$, and by at most $\tfrac14$ below $2^{23}$. The rounded products then differ by an integer below
+$-126$, so at most $-127$, where both lie in $[2^{23}, 2^{24})$ (ulp 1), and by less than $-126.25$ otherwise
+(one product fused: one such error); the difference's own rounding and `ex2.approx`'s error keep its
+exponential below $2^{-126}$, flushed: 0. So, as in Lemma 11 (i)-(iii): a warp's first block with a key
 has $a = 0$, $d = \mathrm{fl}(1 \cdot 0) = 0$, $o = 0$, whatever its earlier keyless blocks summed (their $o$,
 of masked values times weights near 1, is finite and multiplied by 0); a masked slot after that adds $\hat p =
 0$, and $0 \cdot v$ is 0 whatever its value, so masked keys with real values change nothing; a warp with no key
@@ -1849,6 +1856,7 @@ the last step is the proof's, not shown needed). A key at raw score $-56576$ ($c
 $-5000$: Lemma 11's condition holds, this one does not) makes the kernel return 0 where the walk returns 1.
 Hypothesis-drawn rows (fp16, bf16, every fusion) from FlashInfer's start compute bit for bit the walk from
 $-\infty$ under the condition, and stay within `out_bound` at $\nu + 1$.
+
 ## Counting the Triton kernels' steps
 
 `relaycore.fast.triton` cuts every KV segment a token reads (the prefix of each level, its own
