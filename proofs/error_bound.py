@@ -1823,11 +1823,25 @@ rounding of its argument, $\tfrac{u_{acc}}{2}|\mu_{t-1} - \hat\mu_t|$; the maxim
 them (plus a share of the $\epsilon$'s of second order). To first order the key's own exponential and
 these $k$ rescales use $(k + 1)u_{exp} + k\tfrac{u_{acc}}{2} + u_{acc}A' + (k + 1)\tfrac{u_{acc}}{2}A'$
 past item 1, within $k + 1$ steps of $u_{exp} + 3u_{acc} + u_{acc}(A + \log N + 1)$ beside the own step,
-whose $\sigma_0$ the lse section keeps ($\tfrac{k+1}{2} + 1 \le k + 1$ for $k \ge 1$; for $k = 0$,
-$\tfrac12 \le 1$); the second-order terms ($\gamma_{D+6}A$ in $A'$) are within the $3u_{acc}$ of each
+whose $\sigma_0$ the lse section keeps ($\tfrac{k+1}{2} + 1 \le k + 1$ for $k \ge 1$; for $k = 0$, with no
+rescale, $\tfrac12 \le 1$); the second-order terms ($\gamma_{D+6}A$ in $A'$) are within the $3u_{acc}$ of each
 step, as in Lemma 11. The warps' fold is as above on the $M_z = \hat\mu$ of each warp (one more $\epsilon$
-for the maximum's fusion, among the $k + 1$). So $\nu = 1 + (J - 1) + 1 + (Z' - 1) = J + Z'$ for the first
-iteration's keys, the most. *The output.* `rcp.approx` and the product are a division within 2 ulp (Lemma
+for the maximum's fusion, among the $k + 1$). The count holds too where the compiler fuses differently in
+different expressions (the rescale's exponent and the weights', or one weight's and another's): each iteration
+$t \ge t_0$ still leaves at most one mismatch $\pm\epsilon_t$ between the maximum one exponent subtracts and
+the one the next adds, $k + 1$ in all (the check draws only the three uniform ways). So $\nu = 1 + (J - 1) + 1 +
+(Z' - 1) = J + Z'$ for the first iteration's keys, the most.
+
+*Why the last step is kept.* It is the room the $\epsilon_t$ take because $\sigma_0$ of the key's own step is
+left unspent, as Lemma 2 leaves it for the lse section (and Lemma 6 for a merged part's division). This lemma
+claims neither, so for the out bound alone $\sigma_0$ could pay for them, with item 1 paying the own
+argument's rounding ($\tfrac{k+1}{2} + 1 \le k + 1$ for $k \ge 1$, $\tfrac12 \le 1$ for $k = 0$), and $J +
+Z' - 1$ would follow; that count is not claimed here: $J + Z'$ is the one an lse proof for these chunks would
+start from. Priced as `check_prefill_chunks` prices (item 1 the score's product alone, the argument's rounding
+charged to the steps, which spends $\sigma_0$ there), the last step is needed: in one block ($J = Z' = 1$) with
+the maximum's product fused, keys at natural scores $\pm 1000$, the far key's product, argument and the
+maximum's $\epsilon$, rounded one way, move it by about $2 u_{acc} A$, past $J + Z' - 1 = 1$ step and item 1
+($1.5 u_{acc} A$) and within 2. *The output.* `rcp.approx` and the product are a division within 2 ulp (Lemma
 11): one step more (Lemma 9), and the stored output's rounding is item 5's. $\blacksquare$
 
 *What it does not give.* **The lse.** The lse section bounds $\log \hat Z$ through room on the normaliser side:
@@ -1851,11 +1865,15 @@ masking, Lemma 13).
 wherever it is formed (`prefill_chunk_growth`), drawn rows (blocks of 1 to 4 slots, 1 to 4 warps, up to 2
 iterations past the row's last key, each of `PREFILL_FMA`) move by at most $\nu$ steps plus item 1's rounding of
 the score's product; one key of a causal tile walked 7 iterations past it at natural score 1000, with a fused
-product, moves by more than 3 steps where Lemma 11's count gives 1 (a count of $J + Z' - 1$ passes every draw:
-the last step is the proof's, not shown needed). A key at raw score $-56576$ ($c = 1/\sqrt{128}$, natural
-$-5000$: Lemma 11's condition holds, this one does not) makes the kernel return 0 where the walk returns 1.
-Hypothesis-drawn rows (fp16, bf16, every fusion) from FlashInfer's start compute bit for bit the walk from
-$-\infty$ under the condition, and stay within `out_bound` at $\nu + 1$.
+product, moves by more than 3 steps where Lemma 11's count gives 1; the block of keys at $\pm 1000$ above needs
+$J + Z'$ (a count of $J + Z' - 1$ fails there; the drawn rows stay far from it). A key at raw score $-56576$ ($c
+= 1/\sqrt{128}$, natural $-5000$: Lemma 11's condition holds, this one does not) makes the kernel return 0 where
+the walk returns 1. At the condition's edges, raw scores $-49004$ ($c = 1/\sqrt{128}$) and $-34569$ ($c = 1$, a
+keyless warp beside it), 0.007 and 0.48 inside its raw and its scaled clause, compute the walk's bits; $-49920$
+and $-34656$, 10 and 2 above $-5 \cdot 10^4$ scaled, fail it, and the kernel's output differs (the draws below
+come nowhere near the edges; a margin of 24 in place of 127 would pass them too). Hypothesis-drawn rows (fp16,
+bf16, every fusion) from FlashInfer's start compute bit for bit the walk from $-\infty$ under the condition, and
+stay within `out_bound` at $\nu + 1$.
 
 ## Counting the Triton kernels' steps
 
@@ -4461,16 +4479,19 @@ def check_prefill_chunks():
     (plus item 1's ``u_acc / 2 |s_j c2|`` of its score's product), with both products of the exponent rounded and
     with either fused, its count of factors within that count (one less where fused); and a row that sees one key
     of a causal tile walked 7 iterations past it moves, with a fused product, by more than 3 steps where Lemma 11's
-    count (``blocked_steps(groups=...)``) allows 1. (2) A key whose natural score is -5000 (Lemma 11's condition
-    holds, the raw one of Lemma 14 does not: raw -56576 at the scale ``1/sqrt(128)``) beside a causally masked key
-    of value 7: the kernel returns 0 (the masked slot's ``-5e4`` is the row's maximum, which ``OutputTransform``
-    takes for a row with no key), the walk from ``-inf`` 1. (3) Hypothesis-drawn rows of a chunk (fp16 and
-    bf16, 1 to 12 keys, the row's causal limit anywhere, 0 to 2 iterations past it, blocks of 1 to 4 slots, 1 to 4
-    warps, every ``PREFILL_FMA``, sums to nearest or truncated, subnormals kept or flushed): from FlashInfer's start
-    with its flushing ``exp2`` the kernel computes bit for bit the walk from ``-inf`` wherever the condition
-    holds, its counts within ``prefill_chunk_steps``, and its output, stored in the input format, stays within
-    ``out_bound`` at that count plus one (``OutputTransform``'s division within 2 ulp). The lse is not checked:
-    Lemma 14 does not claim ``lse_bound``."""
+    count (``blocked_steps(groups=...)``) allows 1; and one block of keys at natural scores +-1000 with the
+    maximum's product fused moves its far key past ``J + Z' - 1`` steps (the count less its last step), within
+    ``prefill_chunk_steps``. (2) A key whose natural score is -5000 (Lemma 11's condition holds, the raw one of
+    Lemma 14 does not: raw -56576 at the scale ``1/sqrt(128)``) beside a causally masked key of value 7: the kernel
+    returns 0 (the masked slot's ``-5e4`` is the row's maximum, which ``OutputTransform`` takes for a row with no
+    key), the walk from ``-inf`` 1. Rows at the condition's edges: just inside its raw clause and its scaled one
+    the kernel computes the walk's bits, 10 and 2 above ``-5e4`` (scaled) the condition fails and the bits differ.
+    (3) Hypothesis-drawn rows of a chunk (fp16 and bf16, 1 to 12 keys, the row's causal limit anywhere, 0 to 2
+    iterations past it, blocks of 1 to 4 slots, 1 to 4 warps, every ``PREFILL_FMA``, sums to nearest or truncated,
+    subnormals kept or flushed): from FlashInfer's start with its flushing ``exp2`` the kernel computes bit for bit
+    the walk from ``-inf`` wherever the condition holds, its counts within ``prefill_chunk_steps``, and its output,
+    stored in the input format, stays within ``out_bound`` at that count plus one (``OutputTransform``'s division
+    within 2 ulp). The lse is not checked: Lemma 14 does not claim ``lse_bound``."""
     prec = bounds.precision("float32")
     u_acc = mpmath.mpf(prec.u_acc)
     second_order = 1 + mpmath.mpf(2) ** -20
@@ -4506,6 +4527,13 @@ def check_prefill_chunks():
         step = one_step(1000.0, 1, prec)
         assert max(abs(g[0]) for g in grown) > 3 * decode_chunk_steps(1, 1, 1) * step, fma
         assert prefill_chunk_growth([raw, raw], c2, 1, 1, 1, 8, None, lambda size: size)[0][2] == 1
+    # the last step of J + Z': one block (J = Z' = 1) of keys at natural scores +-1000, the maximum's product fused;
+    # where a seed draws the far key's product, argument and the maximum's epsilon one way, J + Z' - 1 is too few
+    score_abs = float(raw * c2 * mpmath.log(2))
+    counted, step, item1 = prefill_chunk_steps(2, 2, 1, 1, "max"), one_step(score_abs, 2, prec), u_acc / 2 * score_abs
+    far = max(abs(g[0]) for seed in range(64)
+              for g in prefill_chunk_growth([raw, -raw], c2, 2, 1, 2, 1, "max", _adversary(random.Random(seed), True)))
+    assert (counted - 1) * step + item1 < far <= (counted * step + item1) * second_order, (far, counted, step)
     exp, ar = Elementary(_Still(), False, True), fp.Arithmetic()
     edge = [[mpmath.mpf(-56576)], [mpmath.mpf(0)]]
     assert not prefill_condition([mpmath.mpf(1)], edge, 1, 1 / np.sqrt(128), ar)
@@ -4514,6 +4542,16 @@ def check_prefill_chunks():
                                    "float16", 2, 1, 1, 1, exp, ar, None, start)[0]
             for start in (FLASHINFER_START, None)]
     assert runs == [[0], [1]], runs
+    # the condition's edges: raw -49004 (c = 1/sqrt(128)) and -34569 (c = 1, a keyless warp beside it), just inside
+    # its raw and its scaled clause, compute the walk's bits; -49920 and -34656, 10 and 2 above -5e4 scaled, do not
+    edges = ((1 / np.sqrt(128), 1, (-48992, -12)), (1 / np.sqrt(128), 1, (-49920, 0)), (1.0, 2, (-34560, -9)),
+             (1.0, 2, (-34656, 0)))
+    for (scale, groups, key), inside in zip(edges, (True, False, True, False)):
+        q, keys = [mpmath.mpf(1)] * 2, [[mpmath.mpf(x) for x in key], [mpmath.mpf(3)] * 2]
+        values = [[mpmath.mpf(1)] * 2, [mpmath.mpf(7)] * 2]
+        runs = [simulate_prefill_chunk(q, keys, values, scale, "float16", 2 // groups, groups, 1, 1, exp, ar, None,
+                                       start) for start in (FLASHINFER_START, None)]
+        assert prefill_condition(q, keys, 1, scale, ar) == (runs[0] == runs[1]) == inside, (key, runs)
     reached = []
 
     @checked(200)
