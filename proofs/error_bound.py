@@ -294,19 +294,29 @@ is one node with $K'$ children and fits the same induction.
 
 The merge monoid's $\rho_1$ bounds (b) and
 the coefficient's roundings of (c) for one coefficient (`check_merge_coefficients`);
-`check_pairwise_merge` checks the growth above in the standard model of rounding. A merge with
-an empty state is exact ($e^{0} = 1$, $e^{-\infty} = 0$) and costs nothing, where the logarithm
-returns exactly 0 at $\hat T = 1$, as CUDA documents for `logf` and `log2f` (without
-`-use_fast_math`)
-(<https://docs.nvidia.com/cuda/libdevice-users-guide/__nv_logf.html>); the precision policy's
-$u_{exp}$ alone does not give it. PTX's `lg2.approx` is documented only within $2^{-22}$ there:
-Lemma 8's last part prices a merge that uses it with divisions within 2 ulp (FlashInfer's), two
-steps per empty side; at Lemma 3's count, none, such a merge is not proved.
+`check_pairwise_merge` checks the growth above in the standard model of rounding.
+
+*A merge with an empty state* $(0, -\infty)$ keeps the other state's output exactly ($w_a = e^{0} = 1$,
+$w_b = e^{-\infty} = 0$, $\hat T = 1$, $\hat c_a = 1$), and its lse is $\mathrm{fl}(M + \mathrm{fl}(\widehat{\log}\,1))$.
+It is exact where the logarithm returns 0 at 1, as CUDA documents for `logf` and `log2f` (without
+`-use_fast_math`, <https://docs.nvidia.com/cuda/libdevice-users-guide/__nv_logf.html>), but the precision
+policy's $u_{exp}$ does not give that, and PTX's `lg2.approx` is documented only within $2^{-22}$ there. Kept
+in side $a$'s form, the state's lse would carry two logarithms into the next merge's (a), which (a) does not
+allow. So take the merged state in this lemma's form with shift $M = \hat\ell_a$ and normaliser $\hat T = 1 =
+e^{m_a - M}e^{\eta_a}\hat Z_a$: its weights, numerator and normaliser, move by (a)'s $\eta_a$ alone (the
+coefficient, its product and the sum are exact), and its lse is the lse section's first form with $\hat Z = 1$.
+One step holds $|\eta_a|$, with at least $1.4u_{acc}$ left up to the out bound's limit on $\rho$
+(`check_logarithm_of_one_costs_a_step`): **one step per merge with an empty side**, which
+`blocked_steps(merge="pairwise")` counts. It is needed: one fp32 key merged with three empty
+states, the logarithm $u_{exp}$ above the exact one at 1, errs in its lse past the bound at the
+count without it (`check_pairwise_step_count`). Lemma 8's last part prices such a merge with
+divisions within 2 ulp (FlashInfer's), two steps.
 
 *Counting steps.* In a part of $N_i$ keys cut in blocks of at least one key, a key is
 rescaled at most $N_i - 1$ times; with $K'$ non-empty parts, $N_i \le N - K' + 1$, so a key
-passes at most $1 + (N - K') + 2(K' - 1) \le 2N - 1$ steps. `default_steps` is $2N$: safe for
-any blocking and any relay split whose merges are this lemma's pairwise ones or the sigmoid and
+passes at most $1 + (N - K') + 2(K' - 1) \le 2N - 1$ steps, and one more per merge with an empty
+state. `default_steps` is $2N$: safe for any blocking and any relay split with no empty part (or
+whose logarithm returns 0 at 1) whose merges are this lemma's pairwise ones or the sigmoid and
 logaddexp forms of the next section (in any tree), or Lemma 4's all-at-once folds, or one
 running fold of Lemma 9 ($N_i + K' + 1 \le N + 2 \le 2N$ with $K' \ge 2$, divisions within 2
 ulp included), and for no other merge.
@@ -838,7 +848,7 @@ $c_a = w_a / \hat T$, and so $\hat c_b$ (relatively within $2u_{acc}$ where $c_a
 throughout), the parts' divisions within 2 ulp or to nearest, and let $S$ count every merge on a key's
 way, a merge with an empty side (output 0, lse $-\infty$) included. Then a key passes at most Lemma 3's
 count plus one step per merge on its way whose two sides hold keys and two per merge with an empty
-side (exact, so none, in Lemma 3's count), at least one in all (its part's division), its
+side (one in Lemma 3's count), at least one in all (its part's division), its
 numerator weights perturbed by $u_p$ more per stored read as above, and the row's output is within
 the bound of the claim above with Lemma 10's $H^{run}_S$ in place of $H_S$ (`stored = S`,
 `stored_merge="running"`).*
@@ -914,8 +924,8 @@ $\lambda_0$ only. So where every level a row reads has a base-2 lse of at least
 $-5 \cdot 10^4 + 26 + 1.01(P - 2)$, which Lemma 9's condition (above $-5 \cdot 10^4 + 126$, in
 natural units about $-34570$) gives up to $P = 100$ levels, the wrapper's merges of empty levels are
 the claim's merges with an empty side, bit for bit: two steps and a stored merge each under 2-ulp
-divisions; with divisions to nearest none, the stored output passing unchanged (an $S$ that counts
-it is conservative). `check_flashinfer_empty_levels` runs
+divisions; with divisions to nearest one each (Lemma 3), the stored output passing unchanged (an $S$
+that counts it is conservative). `check_flashinfer_empty_levels` runs
 the wrapper's fold with phantoms against the one with $(0, -\infty)$: two empty levels and the row's own
 25 above their merge give the same bits, 20 above it not; drawn cascades of 2 to 8 levels at that
 floor, near Lemma 9's and ordinary, divisions within 2 ulp or to nearest, the same bits.
@@ -1163,10 +1173,11 @@ $$
 *(`stored_merge="running"`); the error bound of Lemma 8 then holds with $H^{run}_S$ in place of
 $H_S$. A key passes, for the $\rho$ part, its part's steps and at each fold on its way Lemma 9's
 count ($2 + G_i$, at most $K'_v$ for the fold's $K'_v$ non-empty states, none where
-$K'_v = 1$), one more per fold with divisions within 2 ulp: at most
+$K'_v = 1$ at the root, one where $K'_v = 1$ and a fold above reads the result), one more per fold
+with divisions within 2 ulp: at most
 $\lceil n_i / b\rceil + (K' - 1) + F$ steps for a key of a part of $n_i$ keys walked in blocks of
 $b$, with $K' \ge 2$ non-empty parts and $F$ folds on its way, $F$ more with divisions within 2
-ulp.*
+ulp; with $K' = 1$, $F - 1$ without them and $F$ with them.*
 
 *Proof.* *The part that keeps the form.* As in Lemma 8, $x_i = (1 + \delta_i)(y_i + h_i) +
 \eta_i$, one of $|\log(1 + \delta_i)| \le u_p$ and $|\eta_i| \le \tau$ non-zero, or both zero for
@@ -1183,7 +1194,14 @@ is Lemma 3's induction, each fold a node with $K'_v$
 children, and a key's count is the sum of its nodes' counts. On a key's way each fold with
 $K'_v \ge 2$ joins its subtree to $K'_v - 1$ others that hold at least one non-empty part each,
 disjoint from it and from each other, so $\sum_v (K'_v - 1) \le K' - 1$ over its folds, and
-$\sum_v K'_v \le K' - 1 + F$. Lemma 3's limit on $\rho$ is checked on the larger $\rho$,
+$\sum_v K'_v \le K' - 1 + F$. A fold with $K'_v = 1$ hands on its state's output, but its lse
+$\mathrm{fl}(M + \widehat{\log_2} 1)$ has taken a second logarithm, which the fold above may not read as
+Lemma 9 (a) does: re-formed with shift $M$ and $\Lambda = 1$, as Lemma 3's merge with an empty side is,
+its weights move by its state's $\eta_i$, within the one step its $K'_v = 1$ counts in that sum. At the
+root no fold reads it: the lse section's fold with $K' = 1$ takes its two logarithms. So with $K' = 1$
+the $F - 1$ folds below the root cost one step each; with divisions within 2 ulp their $F$ steps, each
+a division's $\tfrac32 u_{acc}$ on the numerator and nothing on the normaliser, hold those re-forms too
+(`check_logarithm_of_one_costs_a_step`). Lemma 3's limit on $\rho$ is checked on the larger $\rho$,
 conservatively, as in Lemma 8.
 
 *The absolute rest through one fold.* The numerator is linear in what it reads. Write each
@@ -1560,8 +1578,9 @@ $5 + 0 + 2 = 7$ against $3 + 3 + 2 = 8$. $\blacksquare$
 `check_request_chunks` checks it. `request_example` (fp32, the 96 + 96 keys above, scores that make
 every block and every group of the first chunk raise the maximum, FlashInfer's start and flushing
 `exp2`, its two-level merge over 8 threads): the first key passes 11 exponentials in its chunk as
-the walk counts them, where Lemma 11 allows any chunk of 96 keys 9; the tree's count, 15, is above
-the count per segment (14) and within the lemma's 16, and the run within `out_bound` and `lse_bound`
+the walk counts them, where Lemma 11 allows any chunk of 96 keys 9; the tree's count, 16 (a step for
+each thread's fold of one chunk that the fold above reads, Lemma 10), is above the count per segment
+(14) and the lemma's 16, and the run within `out_bound` and `lse_bound`
 at it. Over every row of up to 12 keys in two prefixes and its own, chunks of 1 to 8, blocks of 1 to
 4 slots and 1 to 4 groups, the two counts are equal where both prefixes are whole numbers of chunks,
 and each is the larger for some rows. FlashInfer's count of a request's chunks in pages,
@@ -1926,7 +1945,9 @@ in one step of 128) $\nu = 18$ where `default_steps` is 33024.
   which may do it in float64, with less error), or a single-pass tile ($M = m$);
 * Lemma 4's or Lemma 9's fold with $K' = 1$: the same, with $M = \hat\lambda_i$, which went
   through the chunk's own logarithm and addition (Lemma 4 (a)), and $\hat Z = w_i = 1$ (Lemma
-  9: $\Lambda_K = 1$). This case takes two logarithms and charges no merge step.
+  9: $\Lambda_K = 1$). This case takes two logarithms and charges no merge step. A tree of folds
+  over one state re-forms each fold below the root at a step (Lemma 10), so that its root is this case;
+  pairwise merges with an empty state are re-formed at a step each (Lemma 3) and are the first case.
 
 In each, $\hat Z$ is the normaliser of the final state's Lemma-1 form with shift $\mu$ (natural
 units, $\mu = M \ln 2$ in base 2). So $|\log \hat Z - (\ell - \mu)| \le r$, where $r$ is the
@@ -2547,21 +2568,27 @@ def request_chunk_steps(num_keys: int, chunk: int, block: int, groups: int, leve
     (its prefixes, then its own keys) is cut into chunks of ``chunk`` keys from its first key, each
     walked as Lemma 11's chunk, the chunks' states folded by a tree of ``levels`` running folds
     (Lemma 10), divisions within 2 ulp where ``fast``: the first chunk's ``decode_chunk_steps``,
-    ``K' - 1 + levels`` more for ``K' >= 2`` chunks, ``levels`` more where ``fast``.
-    ``relaycore.testing.blocked_steps(chunk_from="request", merge="running", ...)`` counts the same."""
+    ``tree_fold_steps`` more. ``relaycore.testing.blocked_steps(chunk_from="request", merge="running", ...)`` counts
+    the same."""
     parts = -(-num_keys // chunk)
-    return (decode_chunk_steps(min(chunk, num_keys), block, groups) + (parts - 1 + levels if parts >= 2 else 0)
-            + levels * int(fast))
+    return decode_chunk_steps(min(chunk, num_keys), block, groups) + tree_fold_steps(parts, levels, fast)
 
 
 def segment_chunk_steps(segments: list, chunk: int, block: int, groups: int, levels: int, fast: bool) -> int:
     """``request_chunk_steps`` for chunks cut from each segment's first key instead (``segments``:
     the keys the row sees in each, at least one in all), as ``relaycore.testing.blocked_steps(chunk=...)``
-    counts by default: the largest chunk's ``decode_chunk_steps``, ``K - 1 + levels`` more for
-    ``K >= 2`` chunks, ``levels`` more where ``fast``."""
+    counts by default: the largest chunk's ``decode_chunk_steps``, ``tree_fold_steps`` more."""
     parts = sum(-(-n // chunk) for n in segments)
     return (max(decode_chunk_steps(min(chunk, n), block, groups) for n in segments if n)
-            + (parts - 1 + levels if parts >= 2 else 0) + levels * int(fast))
+            + tree_fold_steps(parts, levels, fast))
+
+
+def tree_fold_steps(held: int, levels: int, fast: bool) -> int:
+    """Lemma 10's count for a tree of ``levels`` running folds over ``held >= 1`` states that hold keys of the row:
+    ``K' - 1 + levels`` for ``K' >= 2``; for ``K' = 1``, ``levels - 1``, a step for each fold over the lone state
+    that another fold reads (its lse takes a logarithm of 1, which may err), none where ``fast`` (its steps hold
+    them); ``levels`` more where ``fast``."""
+    return (held - 1 + levels if held >= 2 else 0 if fast else levels - 1) + levels * int(fast)
 
 
 def part_block(problem: dict, part: int) -> int:
@@ -3351,23 +3378,40 @@ def pairwise_steps(problem: dict) -> int:
     """``nu`` of a left-to-right pairwise fold of the parts (as ``simulate`` merges them): the
     most, over the parts that hold keys, of the part's blocks plus two for each merge its keys
     pass with keys on both sides (the first such part passes all ``K' - 1``, the ``k``-th joins
-    at the ``k``-th and passes the rest). ``relaycore.testing.blocked_steps(merge="pairwise")``
-    counts ``max blocks + 2 (K' - 1)``, at least this."""
+    at the ``k``-th and passes the rest), and one for each part that holds none (a merge with an
+    empty side: its lse takes a logarithm of 1, Lemma 3). ``relaycore.testing.blocked_steps(merge="pairwise")``
+    counts ``max blocks + 2 (K' - 1) + E``, at least this."""
     held = [n for n in (problem["labels"].count(part) for part in range(problem["parts"])) if n]
     b = problem["block"]
-    return max(-(-n // b) + 2 * (len(held) - max(k, 1)) for k, n in enumerate(held))
+    return max(-(-n // b) + 2 * (len(held) - max(k, 1)) for k, n in enumerate(held)) + problem["parts"] - len(held)
 
 
 def check_pairwise_step_count():
     """The natural-log form merged pairwise (``relaycore.state.merge``'s order, the PyTorch
     backend's) stays within relaycore.bounds at the counted steps ``pairwise_steps`` (two per
-    merge, Lemma 3), not only at ``default_steps`` (``check_simulated_kernel``)."""
+    merge, Lemma 3, and one per merge with an empty side), not only at ``default_steps``
+    (``check_simulated_kernel``). The empty sides' step is needed: one fp32 key of score 0 merged with three
+    empty parts, the logarithm ``LOG_WOBBLE`` above the exact one at every argument, 1 included (within the
+    precision policy), errs in its lse by ``16 u_acc``, past the bound at the count without them (``12.5 u_acc``)
+    and within it at ``pairwise_steps``."""
+
+    class Above(Elementary):  # the logarithm's largest error, one sign, at every argument
+        def _draw(self, size):
+            return size
+
+    one = [mpmath.mpf(1)]
+    problem = dict(dtype="float32", scale=1.0, q=one, keys=[[mpmath.mpf(0)]], values=[one], parts=4, labels=[0],
+                   block=1, form="natural")
+    u_acc = 2.0**-23
+    _, _, lse_err, without = errors_and_bounds(problem, Above(random.Random(0), True), 1)
+    _, _, _, with_steps = errors_and_bounds(problem, Above(random.Random(0), True), pairwise_steps(problem))
+    assert without < lse_err == 16 * u_acc <= with_steps, (lse_err / u_acc, without / u_acc, with_steps / u_acc)
 
     @checked(600)
     @given(problems(forms=("natural",)), st.randoms(use_true_random=False), st.booleans())
     def run(problem, rnd, extreme):
         steps = pairwise_steps(problem)
-        assert steps <= bounds.default_steps(len(problem["keys"]))
+        assert steps <= bounds.default_steps(len(problem["keys"])) or len(set(problem["labels"])) < problem["parts"]
         out_err, out_b, lse_err, lse_b = errors_and_bounds(problem, Elementary(rnd, extreme), steps)
         for e, b in zip(out_err, out_b):
             assert e <= b, (problem["dtype"], steps, e, b)
@@ -3665,8 +3709,8 @@ def simulate_stored_folds(problem: dict, exp, threads, start=None) -> tuple:
 def stored_fold_counts(problem: dict, threads) -> tuple:
     """``(steps, stored)`` of Lemma 10 for ``simulate_stored_folds``: per key, its part's blocks
     (Lemma 11's ``decode_chunk_steps`` for a decode chunk where ``problem["groups"]`` is set),
-    Lemma 9's count ``K'_v`` at each fold on its way (0 where the fold holds one non-empty state),
-    one more per fold with divisions within 2 ulp (``fast_division``) or a reciprocal within 2 ulp
+    Lemma 9's count ``K'_v`` at each fold on its way (0 where the fold holds one non-empty state, 1 where another
+    fold reads that one's result, less with divisions within 2 ulp and one state in all), one more per fold with divisions within 2 ulp (``fast_division``) or a reciprocal within 2 ulp
     and a product (``reciprocal``, Lemma 13); the most over the keys. ``stored`` is the folds a key
     passes (1, or 2 with ``threads``), each reading stored outputs."""
     sizes = [problem["labels"].count(part) for part in range(problem["parts"])]
@@ -3675,11 +3719,14 @@ def stored_fold_counts(problem: dict, threads) -> tuple:
         list(range(t, problem["parts"], threads)) for t in range(threads)]
     held = [[p for p in group if sizes[p]] for group in groups]
     top = sum(1 for group in held if group) if threads is not None else 0
+    # a fold over one state that the top fold reads: one (its lse takes a logarithm of 1), which with one state in
+    # all the steps of 2-ulp divisions hold (Lemma 10)
+    lone = int(threads is not None and not (fast and top == 1))
     count = lambda k: k if k >= 2 else 0  # noqa: E731
     divisions = fast * (1 + (threads is not None))  # one 2-ulp division per fold on the key's way
     walked = (lambda p: decode_chunk_steps(sizes[p], part_block(problem, p), problem["groups"])) if problem.get(
         "groups") else (lambda p: -(-sizes[p] // part_block(problem, p)))  # noqa: E731
-    steps = max(walked(p) + count(len(group)) + count(top) + divisions for group in held for p in group)
+    steps = max(walked(p) + (count(len(group)) or lone) + count(top) + divisions for group in held for p in group)
     return steps, 1 if threads is None else 2
 
 
@@ -3758,8 +3805,7 @@ def check_two_level_stored_folds():
         held = [n for n in (problem["labels"].count(p) for p in range(problem["parts"])) if n]
         levels = 1 if threads is None else 2
         smallest = min(part_block(problem, p) for p in range(problem["parts"]))
-        counted = (-(-max(held) // smallest) + (len(held) - 1 + levels if len(held) >= 2 else 0)
-                   + levels * int(fast))
+        counted = -(-max(held) // smallest) + tree_fold_steps(len(held), levels, fast)
         assert steps <= counted, (steps, counted)
 
     run()
@@ -4022,8 +4068,8 @@ def check_request_chunks():
     FlashInfer's start with its flushing ``exp2`` erring by its largest positive error, the chunks
     merged by its two-level kernel over 8 threads: the first key passes 11 exponentials in its
     chunk, as the walk counts them, more than Lemma 11 allows any chunk of 96 keys (9, each
-    segment's); Lemma 10's count of that tree, 15, is above the count per segment (14) and within
-    ``request_chunk_steps`` (16); the run stays within ``out_bound`` and ``lse_bound`` at it.
+    segment's); Lemma 10's count of that tree, 16, is above the count per segment (14) and equal to
+    ``request_chunk_steps``; the run stays within ``out_bound`` and ``lse_bound`` at it.
     (2) Over every row of up to 12 keys in two prefixes (an empty one unread) and its own, chunks
     of 1 to 8 keys, blocks of 1 to 4 slots and 1 to 4 groups, in FlashInfer's tree with 2-ulp
     divisions: ``request_chunk_steps`` equals ``segment_chunk_steps`` (``blocked_steps``' count per
@@ -4043,8 +4089,8 @@ def check_request_chunks():
                                   None, FLASHINFER_START)[2]
     assert max(walked) == walked[0] == decode_chunk_steps(128, 4, 4) == 11 > decode_chunk_steps(96, 4, 4) == 9
     out_err, with_term, _, lse_err, lse_b, steps = stored_fold_errors(problem, up, 8, FLASHINFER_START)
-    assert segment_chunk_steps([96, 96], 128, 4, 4, 2, True) == 14 < steps == 15, steps
-    assert steps <= request_chunk_steps(192, 128, 4, 4, 2, True) == 16
+    assert segment_chunk_steps([96, 96], 128, 4, 4, 2, True) == 14 < steps == 16, steps
+    assert steps == request_chunk_steps(192, 128, 4, 4, 2, True)
     assert all(e <= b for e, b in zip(out_err, with_term)) and lse_err <= lse_b, (out_err, with_term, lse_err, lse_b)
     # (2) the two cuts over every row of up to 12 keys in two prefixes and its own (FlashInfer's tree, 2-ulp
     # divisions): the same count where every prefix is a whole number of chunks, either one larger elsewhere
@@ -4710,6 +4756,27 @@ def empty_side_growth(score_abs, num_keys, rho_in, prec: bounds.Precision, lse_e
     a, log_n, rho_in = mpmath.mpf(score_abs), mpmath.log(num_keys), mpmath.mpf(rho_in)
     eta = u_exp + u_acc / 2 * (log_n + rho_in + a + log_n + lse_error)
     return eta + 9 * u_acc / 2
+
+
+def check_logarithm_of_one_costs_a_step():
+    """Lemma 3's merge with an empty side and Lemma 10's fold over one state that another fold reads, where the
+    logarithm of ``T = 1`` is not 0: the state re-formed with shift ``M`` and normaliser 1 grows by Lemma 3 (a)'s
+    ``|eta_a|`` alone (``empty_side_growth`` less the ``9/2 u_acc`` of 2-ulp divisions), which one step holds with at
+    least ``1.4 u_acc`` left up to the out bound's limit on ``rho`` (the states' lse error the accounting ``E``
+    there), for one key on. With divisions within 2 ulp, a tree of ``L`` folds over one state in all takes ``L``
+    steps, each a division's ``3/2 u_acc`` on the numerator: they hold the ``L - 1`` re-forms besides, up to
+    ``L = 8``."""
+    prec = bounds.precision("float32")
+    u_acc = mpmath.mpf(prec.u_acc)
+    for score_abs in (0.0, 1.0, 20.0, 100.0, 256.0, 1e3, 1e4, 1e6):
+        for num_keys in (1, 2, 3, 16, 4096, 2**16, 2**20, 2**22):
+            step = one_step(score_abs, num_keys, prec)
+            limit = float(bounds.out_rho_limit(score_abs))
+            eta = empty_side_growth(score_abs, num_keys, limit, prec,
+                                    lse_error_at(score_abs, num_keys, limit, prec)) - 9 * u_acc / 2
+            assert step - eta >= mpmath.mpf(1.4) * u_acc, (score_abs, num_keys, (step - eta) / u_acc)
+            for folds in range(2, 9):
+                assert folds * step - folds * 3 * u_acc / 2 - (folds - 1) * eta > 0, (score_abs, num_keys, folds)
 
 
 def check_stored_merges_fast_division():

@@ -134,8 +134,8 @@ def test_the_counts_of_chunks_from_the_request_and_per_segment_are_lemma_12s():
 def test_every_level_counts_the_merges_of_levels_a_request_does_not_read():
     """``every_level`` (FlashInfer's cascade wrapper merges every level into every row): a level a
     request does not read is a part that holds none of its keys, two steps under 2-ulp
-    divisions (an empty-side merge, Lemma 8's last part) and none with divisions rounded to
-    nearest; ``stored_merges`` counts a stored merge per level for every row. A request that
+    divisions (an empty-side merge, Lemma 8's last part) and one with divisions rounded to
+    nearest (its lse takes a logarithm of 1, Lemma 3); ``stored_merges`` counts a stored merge per level for every row. A request that
     reads no level gains one step less than two per level: the step its lone part's division
     costs without them (at least one) is among them."""
     from relaycore.testing import stored_merges
@@ -148,8 +148,10 @@ def test_every_level_counts_the_merges_of_levels_a_request_does_not_read():
     # request 2: its own part + 2 empty, max(1, 0 + 2 * 2)
     assert read[:, 0].tolist() == [1 + 4 + 2, 1 + 2 + 1, 1 + 2 + 1, 1 + 1]
     assert every[:, 0].tolist() == [1 + 4 + 2, 1 + 2 + 3, 1 + 2 + 3, 1 + 4]
-    assert np.array_equal(blocked_steps(batch, 16, merge="pairwise", every_level=True),
-                          blocked_steps(batch, 16, merge="pairwise"))
+    # to nearest: 2 (K - 1) + E; request 1 reads an empty side's level 1, request 2 two
+    assert blocked_steps(batch, 16, merge="pairwise")[:, 0].tolist() == [1 + 4, 1 + 2, 1 + 2, 1]
+    assert blocked_steps(batch, 16, merge="pairwise", every_level=True)[:, 0].tolist() == [1 + 4, 1 + 2 + 1,
+                                                                                           1 + 2 + 1, 1 + 2]
     assert stored_merges(batch)[:, 0].tolist() == [2, 1, 1, 0]
     assert stored_merges(batch, every_level=True)[:, 0].tolist() == [2, 2, 2, 2]
     for kwargs in (dict(merge="running"), dict(merge="pairwise", chunk=4)):

@@ -106,7 +106,9 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
         levels: with ``"running"``, the most folds a key passes in a tree of running folds
             (FlashInfer's large and variable-length merge kernels fold each thread's share of
             the parts, then the threads' results: 2). Its keys pass at each fold Lemma 9's count,
-            at most ``K - 1 + levels`` over the tree (Lemma 10). That count is proved only with
+            at most ``K - 1 + levels`` over the tree (Lemma 10; ``levels - 1`` where one part holds its keys, without
+            ``fast_division``: a fold over that part's state that another fold reads costs one, its lse taking a
+            logarithm of 1, which the precision policy lets err). That count is proved only with
             Lemma 10's term, even where the intermediate outputs stay fp32 (Lemma 9 covers one
             fold): pass ``stored=stored_merges(batch, merge="running", levels=levels)`` and
             ``stored_merge="running"`` with it. 1 for the other merges.
@@ -128,7 +130,7 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             1: one running state per part.
         every_level: with ``merge="pairwise"`` and no ``chunk``, every prefix level is merged
             into every row, a level its request does not read as a part that holds none of its
-            keys (merged with an empty side: two steps with ``fast_division``, none without):
+            keys (merged with an empty side: two steps with ``fast_division``, one without):
             FlashInfer's ``MultiLevelCascadeAttentionWrapper`` merges each level's output into
             every row (in 0.5.0 an empty one is ``(0, -5e4)``, base 2, which merges as an empty
             side, bit for bit, where every level the row reads has an lse above about -34570:
@@ -141,14 +143,14 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
     Returns:
         int64 ``[total_q, 1]`` (it broadcasts over heads): for a row that sees ``n_i`` keys in
         part ``i`` and keys in ``K`` parts, ``max_i ceil(n_i / block_n)`` plus 2 (``"fold"``,
-        ``K >= 2``), ``2 (K - 1)`` (``"pairwise"``) or ``K - 1 + levels`` (``"running"``,
-        ``K >= 2``), with ``groups`` the parts' count above in place of ``ceil(n_i / block_n)``;
-        without ``split``, the sum of ``ceil(n_s / block_n)`` over its segments; plus
-        1 with ``fast_division`` (``levels`` with ``"running"``, ``max(1, K - 1 + 2 E)`` with
-        ``"pairwise"``, ``E`` the parts that hold no key of the row, each merged into it with
-        an empty side). At least 1 (every query sees its
-        own first key) and, without ``fast_division`` and with ``levels`` at most 2, never above
-        ``relaycore.bounds.default_steps`` of the keys it sees.
+        ``K >= 2``), ``2 (K - 1) + E`` (``"pairwise"``, ``E`` the parts that hold no key of the row,
+        each merged into it with an empty side: its lse takes a logarithm of 1, which may err, Lemma 3) or
+        ``K - 1 + levels`` (``"running"``, ``K >= 2``; ``levels - 1`` for ``K = 1`` without
+        ``fast_division``), with ``groups`` the parts' count above in place of ``ceil(n_i / block_n)``;
+        without ``split``, the sum of ``ceil(n_s / block_n)`` over its segments; plus 1 with ``fast_division`` (``levels`` with ``"running"``, ``max(1, K - 1 + 2 E)`` with
+        ``"pairwise"`` in place of its ``E``). At least 1 (every query sees its
+        own first key) and, without ``fast_division``, with ``levels`` at most 2 and with no part that holds
+        none of the row's keys, never above ``relaycore.bounds.default_steps`` of the keys it sees.
 
     Raises:
         ValueError: ``block_n`` or ``chunk`` not a positive int; ``merge`` not in ``MERGES``;
@@ -228,10 +230,12 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             nonempty = (held > 0).sum(axis=1)
             if merge == "fold":
                 merges = np.where(nonempty >= 2, 2, 0)
-            elif merge == "running":
-                merges = np.where(nonempty >= 2, nonempty - 1 + levels, 0)
-            else:
-                merges = 2 * np.maximum(nonempty - 1, 0)
+            elif merge == "running":  # with one part that holds keys, each fold over it that another fold reads
+                # costs one: its lse takes a logarithm of 1, which may err (Lemma 10; fast_division's steps hold it)
+                merges = np.where(nonempty >= 2, nonempty - 1 + levels, 0 if fast_division else levels - 1)
+            else:  # one per merge with an empty side, whose lse takes a logarithm of 1 (Lemma 3; two with
+                # fast_division, below)
+                merges = 2 * np.maximum(nonempty - 1, 0) + (0 if fast_division else held.shape[1] - nonempty)
             count = blocks.max(axis=1, initial=0) + merges
         if fast_division:  # one step per fold, or per pairwise merge a key passes, at least one (Lemmas 8, 9, 10);
             # a pairwise merge with an empty side (a part that holds no key of the row) is no longer exact: two
