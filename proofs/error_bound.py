@@ -921,7 +921,8 @@ phantoms with each other: output 0, and an lse raised by at most $1 + 2^{-21} + 
 $-5 \cdot 10^4 + 1.01(P - 2)$ over $P$ levels (the last, the row's own KV, holds keys). A state that
 holds keys has an lse at least its largest level's less $2^{-8}$ per merge ($\hat T \ge 1$: the
 logarithm's error and a rounding; less than 1 over 100 levels), and meets phantoms of lse
-$\lambda_0$ only. So where every level a row reads has a base-2 lse of at least
+$\lambda_0$ only. A level the row reads but that holds none of its keys (a prefix of no key) hands on the same
+phantom and is one of them. So where every level that holds a key of the row has a base-2 lse of at least
 $-5 \cdot 10^4 + 26 + 1.01(P - 2)$, which Lemma 9's condition (above $-5 \cdot 10^4 + 126$, in
 natural units about $-34570$) gives up to $P = 100$ levels, the wrapper's merges of empty levels are
 the claim's merges with an empty side, bit for bit: two steps and a stored merge each under 2-ulp
@@ -4973,7 +4974,7 @@ def flashinfer_cascade(levels: list, exp, ar: fp.Arithmetic, dtype: str, empty, 
 def check_flashinfer_empty_levels():
     """Lemma 8's paragraph on FlashInfer's empty levels: a cascade that merges every level into every row,
     ``(0, -5e4)`` for a level the row does not read, computes what the merges with the claim's empty side
-    ``(0, -inf)`` compute, bit for bit, wherever every level the row reads has a base-2 lse of at least
+    ``(0, -inf)`` compute, bit for bit, wherever every level that holds a key of the row has a base-2 lse of at least
     ``empty_levels_floor``. Two empty levels, then the row's own 25 above the lse of their merge: the same bits;
     20 above it, not (the margin is needed). Hypothesis draws (2 to 8 levels, any of them but the last unread,
     lses at the floor's edge, near Lemma 9's ``-5e4 + 126`` and ordinary, outputs down to fp32's subnormals, an

@@ -133,7 +133,7 @@ def blocked_steps(batch: Batch, block_n: int, *, split: bool = True, chunk: Opti
             keys (merged with an empty side: two steps with ``fast_division``, one without):
             FlashInfer's ``MultiLevelCascadeAttentionWrapper`` merges each level's output into
             every row (in 0.5.0 an empty one is ``(0, -5e4)``, base 2, which merges as an empty
-            side, bit for bit, where every level the row reads has an lse above about -34570:
+            side, bit for bit, where every level that holds a key of the row has an lse above about -34570:
             Lemma 8's paragraph on FlashInfer's empty levels), with ``stored_merges(batch,
             every_level=True)``. ``False``: the levels a request reads.
 
