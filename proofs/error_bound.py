@@ -4979,8 +4979,10 @@ def check_flashinfer_empty_levels():
     ``(0, -5e4)`` for a level the row does not read, computes what the merges with the claim's empty side
     ``(0, -inf)`` compute, bit for bit, wherever every level that holds a key of the row has a base-2 lse of at least
     ``empty_levels_floor``. Two empty levels, then the row's own 25 above the lse of their merge: the same bits;
-    20 above it, not (the margin is needed). Hypothesis draws (2 to 8 levels, any of them but the last unread,
-    lses at the floor's edge, near Lemma 9's ``-5e4 + 126`` and ordinary, outputs down to fp32's subnormals, an
+    20 above it, not (the margin is needed). 1 to 7 empty levels, then the row's own at the floor: the same bits;
+    at ``-5e4 + 26`` without the floor's 1.01 per merge of two empty levels, not from 4 empty levels on (the empty
+    levels' merge rises by log2 of their number, within the 1.01 per merge). Hypothesis draws (2 to 8 levels, any
+    of them but the last unread, lses at the floor's edge, near Lemma 9's ``-5e4 + 126`` and ordinary, outputs down to fp32's subnormals, an
     ``exp2`` that flushes or keeps subnormals, sums to nearest or truncated, divisions within 2 ulp or to
     nearest): the same bits. The floor stays below Lemma 9's condition up to 100 levels."""
     assert empty_levels_floor(100) < FLASHINFER_START + 126
@@ -4992,6 +4994,11 @@ def check_flashinfer_empty_levels():
         levels = [None, None, ([mpmath.mpf(1.5)], fp.r32(merged + gap))]
         runs = [flashinfer_cascade(levels, exp, ar, dtype, empty) for empty in (FLASHINFER_START, exact.NEG_INF)]
         assert (runs[0] == runs[1]) == same, (gap, runs)
+    for count in range(2, 9):  # every level but the last unread, the last at the floor (its 1.01 per merge needed)
+        for floor, same in ((empty_levels_floor(count), True), (FLASHINFER_START + 26, count < 5)):
+            levels = [None] * (count - 1) + [([mpmath.mpf(1.5)], fp.r32(floor))]
+            runs = [flashinfer_cascade(levels, exp, ar, dtype, empty) for empty in (FLASHINFER_START, exact.NEG_INF)]
+            assert (runs[0] == runs[1]) == same, (count, floor, runs)
 
     lse_near = st.sampled_from(["floor", "lemma9", "ordinary"])
 
