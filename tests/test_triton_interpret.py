@@ -41,8 +41,8 @@ from relaycore.fast.triton.graph import Bounds, graph_launches, prepare_graph, s
 from relaycore.fast.triton.launch import lanes  # noqa: E402
 from relaycore.fast.triton.plan import (check_metadata, fold_steps, longest_first, merge_grid, query_layout,  # noqa: E402
                                         regular_items, single_pass_requests, stamp_metadata)
-from relaycore.fast.triton.rounding import MERGE_STEPS, steps_per_token  # noqa: E402
-from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS  # noqa: E402
+from relaycore.fast.triton.rounding import DIVISION_STEPS, MERGE_STEPS, steps_per_token  # noqa: E402
+from relaycore.proofs.error_bound import ALL_AT_ONCE_MERGE_STEPS, TRITON_DIVISION_STEPS  # noqa: E402
 from relaycore.testing import assert_close, make_batch  # noqa: E402
 from relaycore.testing.strategies import batches  # noqa: E402
 from relaycore.validation import validate  # noqa: E402
@@ -1056,7 +1056,7 @@ def _steps_from_work_lists(meta, planned) -> np.ndarray:
     """Steps per token read off the plan's work items, as the kernels walk them: the most
     steps (of its launch's ``block_n_for``) in which the token sees a key of one chunk (a
     single-pass item's prefix blocks included), plus the merge's steps when more than one chunk
-    holds such a key."""
+    holds such a key, plus the divisions' step (``div.full.f32``, within 2 ulp) for every token."""
     blocks = np.zeros(meta.total_q, dtype=np.int64)
     held = [set() for _ in range(meta.total_q)]  # (level, chunk) holding a key the token sees
     g = meta.group_size
@@ -1076,11 +1076,12 @@ def _steps_from_work_lists(meta, planned) -> np.ndarray:
                         walked += -(-f["prefix_len"] // step)
                     blocks[tok] = max(blocks[tok], walked)
                     held[tok].add((launch.level, f["chunk"]))
-    return blocks + np.array([MERGE_STEPS if len(h) >= 2 else 0 for h in held], dtype=np.int64)
+    return blocks + np.array([MERGE_STEPS if len(h) >= 2 else 0 for h in held], dtype=np.int64) + DIVISION_STEPS
 
 
 def test_the_merge_counts_the_steps_the_proof_derives():
     assert MERGE_STEPS == ALL_AT_ONCE_MERGE_STEPS
+    assert DIVISION_STEPS == TRITON_DIVISION_STEPS == 1
 
 
 @in_process
@@ -1104,30 +1105,31 @@ def _steps(q_lens, kv_lens, prefix_lens=(), prefix_ids=(), config=TINY, **kwargs
 
 @in_process
 def test_counted_steps_by_hand():
-    # TINY: steps of 16 keys; a request of up to 16 rows cuts a segment into about 2 chunks
-    # 5 own keys: one chunk, one step, no merge
-    assert _steps([1], [5], num_q_heads=1) == [1]
+    # TINY: steps of 16 keys; a request of up to 16 rows cuts a segment into about 2 chunks.
+    # Every token's count ends with DIVISION_STEPS = 1 (its divisions are div.full.f32)
+    # 5 own keys: one chunk, one step, no merge; its chunk's division and the fold's x / 1
+    assert _steps([1], [5], num_q_heads=1) == [1 + 1]
     # 17 own keys in chunks of 16: token 0 sees keys 0..15 (one chunk), token 1 also key 16
-    assert _steps([2], [17], num_q_heads=1) == [1, 1 + MERGE_STEPS]
-    assert _steps([2], [17], num_q_heads=1, causal=False) == [1 + MERGE_STEPS] * 2
+    assert _steps([2], [17], num_q_heads=1) == [1 + 1, 1 + MERGE_STEPS + 1]
+    assert _steps([2], [17], num_q_heads=1, causal=False) == [1 + MERGE_STEPS + 1] * 2
     # prefix of 37 and 40 own keys in chunks of 32: two steps in each first chunk, four chunks
-    assert _steps([1], [40], [[37]], [[0]], num_q_heads=1) == [2 + MERGE_STEPS]
+    assert _steps([1], [40], [[37]], [[0]], num_q_heads=1) == [2 + MERGE_STEPS + 1]
     # 3 tokens x GQA 6 = 18 rows, two tiles: one chunk of 32 holds all 20 own keys; token 0
     # sees 18 of them (two steps), token 2 all 20
-    assert _steps([3], [20], num_q_heads=6) == [2, 2, 2]
+    assert _steps([3], [20], num_q_heads=6) == [2 + 1] * 3
     # the public configuration, fp16, D 128, one KV head: decode over a prefix of 16384 keys
-    # in 16 chunks of 1024, steps of 64 (prefix tiles): 16 steps and the merge, where
-    # default_steps says 33024; its 128 own keys are one step of the 16-row own tile
+    # in 16 chunks of 1024, steps of 64 (prefix tiles): 16 steps, the merge and the divisions,
+    # 19, where default_steps says 33024; its 128 own keys are one step of the 16-row own tile
     long = dict(num_q_heads=1, head_dim=128, dtype="float16", config=None)
-    assert _steps([1], [128], [[16384]], [[0]], **long) == [16 + MERGE_STEPS]
+    assert _steps([1], [128], [[16384]], [[0]], **long) == [16 + MERGE_STEPS + 1] == [19]
     # the same 16384 keys as the request's own: chunks of 1024 in the own tile's steps of 128
-    assert _steps([1], [16384], **long) == [8 + MERGE_STEPS]
+    assert _steps([1], [16384], **long) == [8 + MERGE_STEPS + 1]
     # 40 appended tokens x GQA 4 = 160 rows: a single-pass request (every segment one chunk,
     # tiles of 128 full); one walk over the prefix's 700 keys (11 steps), then token j's
-    # 2061 + j own keys (33 steps); no merge
-    assert _steps([40], [2100], [[700]], [[0]], **dict(long, num_q_heads=4)) == [11 + 33] * 40
+    # 2061 + j own keys (33 steps); no merge; its one division
+    assert _steps([40], [2100], [[700]], [[0]], **dict(long, num_q_heads=4)) == [11 + 33 + 1] * 40
     # two prefix levels: the split form; every segment is one chunk, the merge counts
-    assert _steps([40], [2100], [[700], [5]], [[0], [0]], **dict(long, num_q_heads=4)) == [33 + MERGE_STEPS] * 40
+    assert _steps([40], [2100], [[700], [5]], [[0], [0]], **dict(long, num_q_heads=4)) == [33 + MERGE_STEPS + 1] * 40
 
 
 @in_process
