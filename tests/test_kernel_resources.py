@@ -1,7 +1,8 @@
 """The partial kernel's occupancy, read on the CPU: the default configuration must keep the
 programs per SM it was measured at (``relaycore.fast.triton.resources``), and the Gluon
 single-pass tile of sm_90 must compile, fit and spill no more than it ran with. A change that adds
-registers or shared memory fails here, in CI, before any GPU time is spent on it."""
+registers or shared memory fails here, in CI, before any GPU time is spent on it. Every kernel's
+divisions must be of a kind the error bound prices (``PRICED_DIVISIONS``)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,13 @@ HOPPER_SPILLS = {(dtype, d, paged, padded): 4 if (paged and d == 64) else 0
                  for padded in (False, True)}
 HOPPER_SHARED_LIMIT = 227 * 1024
 
+#: The floating-point divisions the kernels may hold: Triton's fp32 ``/`` (PTX ``div.full.f32``,
+#: within 2 ulp, which ``rounding.DIVISION_STEPS`` prices; ``proofs/error_bound.py``, "Counting the
+#: Triton kernels' steps") and ``tl.math.div_rn`` (``div.rn.f32``, rounded to nearest, priced the
+#: more). Any other (``div.approx.f32``, within 2 ulp only for divisors in ``[2^-126, 2^126]``; a
+#: ``rcp.approx`` and a product) is not priced: the proof would need a look first.
+PRICED_DIVISIONS = {"div.full.f32", "div.rn.f32"}
+
 
 def _ptxas_available() -> bool:
     """Imports triton: call it inside a test, never at collection (the interpreter tests must
@@ -83,12 +91,16 @@ def test_default_tiles_keep_their_measured_occupancy(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     rows = {r["kind"]["name"]: r for r in lines if "kind" in r}
-    hopper_rows = {(r["dtype"], r["head_dim"], r["paged"], r["padded"]): r for r in lines if "kind" not in r}
+    hopper_rows = {(r["dtype"], r["head_dim"], r["paged"], r["padded"]): r for r in lines if "dtype" in r}
+    merge, = [r["merge_divisions"] for r in lines if "merge_divisions" in r]
     assert set(rows) == set(MEASURED)
     assert not hopper_rows or set(hopper_rows) == set(HOPPER_SPILLS)  # empty: a triton without Gluon
     for key, r in hopper_rows.items():
         assert r["shared_bytes"] <= HOPPER_SHARED_LIMIT, (key, r)
         assert r["spill_bytes"] <= HOPPER_SPILLS[key], (key, r)
+    # every kernel divides (a state's or a row's acc / l, the fold's acc / sum), and only as priced
+    for key, divided in [("merge kernel", merge)] + [(k, r["divisions"]) for k, r in {**rows, **hopper_rows}.items()]:
+        assert divided and set(divided) <= PRICED_DIVISIONS, (key, divided)
     for name, programs in MEASURED.items():
         r = rows[name]
         assert r["programs_per_sm"] >= programs, (

@@ -13,6 +13,11 @@ The Gluon single-pass tile of sm_90 (``hopper``) is compiled here too (``hopper_
 CPU interpreter cannot run it, so CI checks that it compiles, fits in shared memory and does
 not spill more than it was measured at.
 
+Each compiled kernel also reports its floating-point divisions (``divisions``: the PTX
+instructions, e.g. ``div.full.f32``, Triton's fp32 ``/``), the merge kernel's too
+(``merge_divisions``): ``rounding.DIVISION_STEPS`` prices divisions within 2 ulp, and CI checks
+that the kernels hold no other kind.
+
 Run ``python -m relaycore.fast.triton.resources`` for the table of every tile kind.
 """
 
@@ -31,7 +36,7 @@ import triton
 from relaycore.constants import LN2
 
 from relaycore.fast.triton.config import Config, block_d, default_config
-from relaycore.fast.triton.kernels import partial_kernel
+from relaycore.fast.triton.kernels import merge_kernel, partial_kernel
 from relaycore.fast.triton.plan import MAX_FOLD_ROWS, MIN_FOLD_ROWS
 
 
@@ -103,12 +108,14 @@ class Resources:
         num_warps: warps per program.
         registers: registers per thread (ptxas).
         shared_bytes: dynamic shared memory per program.
+        divisions: the floating-point division instructions of its PTX (``divisions``).
     """
 
     kind: TileKind
     num_warps: int
     registers: int
     shared_bytes: int
+    divisions: Tuple[str, ...] = ()
 
     def programs_per_sm(self, sm: SM = HOPPER) -> int:
         """Resident programs per SM: the least of the register, shared-memory, warp and
@@ -232,7 +239,7 @@ def resources(kind: TileKind, config: Config, *, head_dim: int = 128, dtype: str
         registers, _ = _ptxas_info(compiled.asm["ptx"], arch)
     except (ImportError, OSError, subprocess.CalledProcessError) as exc:
         raise RuntimeError(f"cannot compile for sm_{arch} here: {type(exc).__name__}: {exc}") from exc
-    return Resources(kind, warps, registers, int(compiled.metadata.shared))
+    return Resources(kind, warps, registers, int(compiled.metadata.shared), divisions(compiled.asm["ptx"]))
 
 
 @dataclass(frozen=True)
@@ -246,6 +253,7 @@ class HopperTile:
             (``plan.Launch.count``).
         shared_bytes: dynamic shared memory per program (one program per SM).
         spill_bytes: bytes of spill stores (ptxas), over all partitions.
+        divisions: the floating-point division instructions of its PTX (``divisions``).
     """
 
     dtype: str
@@ -254,6 +262,7 @@ class HopperTile:
     padded: bool
     shared_bytes: int
     spill_bytes: int
+    divisions: Tuple[str, ...] = ()
 
 
 def hopper_tile(dtype: str, head_dim: int, paged: bool, *, padded: bool = False, arch: int = 90) -> HopperTile:
@@ -291,13 +300,43 @@ def hopper_tile(dtype: str, head_dim: int, paged: bool, *, padded: bool = False,
         _, spills = _ptxas_info(compiled.asm["ptx"], arch)
     except (ImportError, OSError, subprocess.CalledProcessError) as exc:
         raise RuntimeError(f"cannot compile for sm_{arch} here: {type(exc).__name__}: {exc}") from exc
-    return HopperTile(dtype, head_dim, paged, padded, int(compiled.metadata.shared), spills)
+    return HopperTile(dtype, head_dim, paged, padded, int(compiled.metadata.shared), spills,
+                      divisions(compiled.asm["ptx"]))
+
+
+def divisions(ptx: str) -> Tuple[str, ...]:
+    """The floating-point division and reciprocal instructions of ``ptx`` (``div.full.f32``,
+    ``div.rn.f32``, ``rcp.approx.f32``, ...), sorted, each once; integer divisions are left out."""
+    return tuple(sorted(set(re.findall(r"\b(?:div|rcp)(?:\.[a-z0-9]+)*\.f(?:16|32|64)\b", ptx))))
+
+
+def merge_divisions(dtype: str = "fp16", head_dim: int = 128, arch: int = 90) -> Tuple[str, ...]:
+    """``divisions`` of the merge kernel compiled for ``sm_<arch>`` (its fold, ``fold_row``).
+
+    Raises:
+        RuntimeError: ``triton`` cannot compile for the target here.
+    """
+    if not isinstance(merge_kernel, triton.runtime.JITFunction):
+        raise RuntimeError("the kernels were imported under TRITON_INTERPRET=1: compile them in a process without it")
+    constexprs = dict(NUM_Q_HEADS=32, HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), TOKENS_LISTED=True,
+                      TOKENS_COUNTED=False, LN2=LN2)
+    pointer_types = {"part_out_ptr": "fp32", "part_lse_ptr": "fp32", "out_ptr": dtype, "lse_ptr": "fp32"}
+    signature, attrs = _signature(merge_kernel, constexprs, lambda name: pointer_types.get(name, "i32"))
+    source = triton.compiler.ASTSource(fn=merge_kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    try:
+        compiled = triton.compile(source, target=triton.backends.compiler.GPUTarget("cuda", arch, 32),
+                                  options=dict(num_warps=4))
+    except (ImportError, OSError, subprocess.CalledProcessError) as exc:
+        raise RuntimeError(f"cannot compile for sm_{arch} here: {type(exc).__name__}: {exc}") from exc
+    return divisions(compiled.asm["ptx"])
 
 
 def main() -> int:
-    """Print, as JSON lines, what every tile kind of the fp16, ``D = 128`` default takes, then
-    (where this triton has Gluon) the single-pass tile of sm_90 for fp16/bf16, ``D`` 64/128,
-    ragged and paged, padded (a graph plan's) and not."""
+    """Print, as JSON lines, the merge kernel's divisions (``{"merge_divisions": [...]}``), what
+    every tile kind of the fp16, ``D = 128`` default takes, then (where this triton has Gluon)
+    the single-pass tile of sm_90 for fp16/bf16, ``D`` 64/128, ragged and paged, padded (a graph
+    plan's) and not."""
+    print(json.dumps({"merge_divisions": list(merge_divisions())}), flush=True)
     config = default_config(128, "float16", 8)
     for kind in tile_kinds(config):
         r = resources(kind, config)
