@@ -24,7 +24,9 @@ Numerics: the online softmax of ``kernels.online_softmax_step`` in base 2, ``BLO
 step, with one difference of order: a block's ``P @ V`` is added to the accumulator before the
 next block's rescale instead of after its own (``acc = (acc + P_j V_j) * alpha_{j+1}``). A key's
 contribution is rescaled once per later step either way, so ``rounding.steps_per_token`` (which
-counts 64-key steps, at least as many) bounds it (``proofs/error_bound.py``). A row's bits depend
+counts 64-key steps, at least as many) bounds it (``proofs/error_bound.py``); its result's
+division ``acc / l`` compiles to PTX ``div.full.f32`` as the Triton tile's does, within 2 ulp
+(``rounding.DIVISION_STEPS``). A row's bits depend
 on its request alone (the tile, its blocks and its steps follow from the request), not on the
 batch; they differ from the Triton tile's, and a GPU runs one or the other for every request
 (``usable``, and the own KV's layout: ``readable``).

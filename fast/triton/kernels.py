@@ -3,7 +3,9 @@
 Both work in base 2 (``exp2``/``log2`` are the GPU's fast instructions): scores are scaled by
 ``softmax_scale * LOG2E`` once, states carry ``lse2 = lse * LOG2E``, and the merge kernel converts
 back to natural log with ``LN2`` when it writes the result. Nothing else crosses a boundary in
-base 2.
+base 2. The divisions (``finish_state``'s ``acc / l``, ``fold_slots``' and ``fold_row``'s
+``acc / sum``) are Triton's fp32 ``/``, PTX ``div.full.f32``: within 2 ulp, not rounded to
+nearest, which ``rounding.DIVISION_STEPS`` prices (``tl.math.div_rn`` would round them).
 
 Notation (fla's habit): ``i_`` program ids, ``o_`` offsets, ``m_`` masks, ``b_`` block values,
 ``p_`` pointers.
