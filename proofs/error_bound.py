@@ -3550,6 +3550,12 @@ def check_pairwise_step_count():
     _, _, lse_err, without = errors_and_bounds(problem, Above(random.Random(0), True), 1)
     _, _, _, with_steps = errors_and_bounds(problem, Above(random.Random(0), True), pairwise_steps(problem))
     assert without < lse_err == 16 * u_acc <= with_steps, (lse_err / u_acc, without / u_acc, with_steps / u_acc)
+    # the error grows by u_exp per empty side, so no count of N alone holds it: five empty parts err by 24 u_acc,
+    # past the bound at default_steps(1) = 2 (20.5 u_acc), within it at pairwise_steps (6)
+    problem["parts"] = 6
+    _, _, lse_err, at_default = errors_and_bounds(problem, Above(random.Random(0), True), None)
+    _, _, _, with_steps = errors_and_bounds(problem, Above(random.Random(0), True), pairwise_steps(problem))
+    assert at_default < lse_err == 24 * u_acc <= with_steps, (lse_err / u_acc, at_default / u_acc)
 
     @checked(600)
     @given(problems(forms=("natural",)), st.randoms(use_true_random=False), st.booleans())

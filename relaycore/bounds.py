@@ -296,8 +296,11 @@ def default_steps(num_keys):
     pairwise in ``relaycore.state.merge``'s order of operations (Lemma 3) or all at once in
     Lemma 4's: a key's own exponential (1), the rescales of its part's accumulators (at most
     ``N_i - 1`` in a part of ``N_i`` keys) and two per merge; with ``K'`` non-empty parts
-    ``N_i <= N - K' + 1``, so at most ``1 + (N - K') + 2 (K' - 1) <= 2N - 1`` steps (merging an
-    empty part is exact and free). One running fold of the parts (Lemma 9: at most ``K'`` steps,
+    ``N_i <= N - K' + 1``, so at most ``1 + (N - K') + 2 (K' - 1) <= 2N - 1`` steps, and one more
+    per pairwise merge with an empty part (its lse takes a logarithm of 1, which the policy lets
+    err by ``u_exp``): safe with at most ``N - K' + 1`` empty parts merged pairwise (always with
+    one), or with a logarithm exact at 1; past that count them with ``blocked_steps``
+    (one key and five empty parts err in lse past the bound at this count, Lemma 3). One running fold of the parts (Lemma 9: at most ``K'`` steps,
     one more with divisions within 2 ulp) stays within it too: ``N_i + K' + 1 <= N + 2 <= 2N``
     for ``K' >= 2``. A tree of running folds (fp32 intermediates included) is not Lemma 9's but
     Lemma 10's: count it with ``relaycore.testing.blocked_steps(merge="running", levels=...)``

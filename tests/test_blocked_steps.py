@@ -22,6 +22,7 @@ from relaycore.bounds import default_steps
 from relaycore.proofs.error_bound import request_chunk_steps, segment_chunk_steps
 from relaycore.reference.problem import load
 from relaycore.testing import MERGES, blocked_steps, check, make_batch
+from relaycore.testing.steps import _segments
 from relaycore.testing.strategies import batches
 
 torch = pytest.importorskip("torch")
@@ -229,10 +230,41 @@ def test_refuses_an_unknown_merge_a_non_batch_and_parts_without_a_split():
 @given(batch=batches(), block_n=st.sampled_from([1, 16, 64]), chunk=st.sampled_from([None, 8, 64]),
        merge=st.sampled_from(MERGES))
 def test_never_above_the_default_count(batch, block_n, chunk, merge):
+    """At most ``default_steps``, except for pairwise merges of a row with more than ``N - K' + 1``
+    empty parts (each costs a step, its lse taking a logarithm of 1: ``N + K' - 1 + E`` at most)."""
     keys = batch.oracle().stats.num_keys[:, 0]
+    held = _held(batch, chunk)
+    empty, nonempty = (held == 0).sum(axis=1), (held > 0).sum(axis=1)
+    within = (merge != "pairwise") | (empty <= keys - nonempty + 1)
     for steps in (blocked_steps(batch, block_n, chunk=chunk, merge=merge), blocked_steps(batch, block_n, split=False)):
         assert steps.shape == (keys.shape[0], 1)
-        assert np.all(steps[:, 0] >= 1) and np.all(steps[:, 0] <= default_steps(keys))
+        assert np.all(steps[:, 0] >= 1) and np.all(steps[within, 0] <= default_steps(keys[within]))
+        assert np.all(steps[:, 0] <= keys + nonempty - 1 + empty)
+
+
+def _held(batch, chunk) -> np.ndarray:
+    """The keys each part holds for each row, ``[total_q, parts]`` (0-padded), as ``blocked_steps``
+    cuts them (segments, chunks cut from each segment's first key)."""
+    rows = []
+    for b, (prefix, kv_len) in enumerate(_segments(batch)):
+        q_len = int(batch.q_lens[b])
+        sizes = [list(prefix) + [kv_len - q_len + j + 1 if batch.causal else kv_len] for j in range(q_len)]
+        if chunk is not None and sizes:
+            most = [max(r[seg] for r in sizes) for seg in range(len(sizes[0]))]
+            sizes = [[min(max(n - start, 0), chunk) for n, m in zip(r, most) for start in range(0, m, chunk)]
+                     for r in sizes]
+        rows += sizes
+    width = max((len(r) for r in rows), default=0)
+    return np.array([r + [0] * (width - len(r)) for r in rows], dtype=np.int64).reshape(len(rows), width)
+
+
+def test_empty_parts_may_take_a_pairwise_count_past_the_default():
+    """A causal row's first query over 64 own keys in chunks of 8 sees 1 key and 7 empty chunks: merged
+    pairwise, each costs a step (its lse takes a logarithm of 1, Lemma 3), 8 against ``default_steps``' 2."""
+    batch = make_batch([64], [64], num_q_heads=1, num_kv_heads=1, head_dim=8, dtype="float32", seed=0)
+    steps = blocked_steps(batch, 16, chunk=8, merge="pairwise")[:, 0]
+    assert steps[0] == 1 + 7 > default_steps(1) == 2
+    assert blocked_steps(batch, 16, chunk=8, merge="fold")[0, 0] == 1  # an all-at-once fold takes no log of 1
 
 
 # ---- a kernel of that blocking ------------------------------------------------------------------
