@@ -300,7 +300,8 @@ def default_steps(num_keys):
     per pairwise merge with an empty part (its lse takes a logarithm of 1, which the policy lets
     err by ``u_exp``): safe with at most ``N - K' + 1`` empty parts merged pairwise (always with
     one), or with a logarithm exact at 1; past that count them with ``blocked_steps``
-    (one key and five empty parts err in lse past the bound at this count, Lemma 3). One running fold of the parts (Lemma 9: at most ``K'`` steps,
+    (one key and five empty parts err in lse past the bound at this count, Lemma 3). One running
+    fold of the parts (Lemma 9: at most ``K'`` steps,
     one more with divisions within 2 ulp) stays within it too: ``N_i + K' + 1 <= N + 2 <= 2N``
     for ``K' >= 2``. A tree of running folds (fp32 intermediates included) is not Lemma 9's but
     Lemma 10's: count it with ``relaycore.testing.blocked_steps(merge="running", levels=...)``

@@ -270,8 +270,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --block-n N --merge pairwise (no --chunk), or with --stored: every prefix level "
                              "merged into every row, a level its request does not read as an empty side (FlashInfer's "
                              "MultiLevelCascadeAttentionWrapper), as blocked_steps and stored_merges with "
-                             "every_level=True: two steps per such level with --fast-division (one without), a stored merge per "
-                             "level for every row")
+                             "every_level=True: two steps per such level with --fast-division (one without), a stored "
+                             "merge per level for every row")
 
 
 def _attribute(owner: Any, qualname: str) -> Any:
