@@ -1964,7 +1964,11 @@ on a state's output or on the row's, so it multiplies the numerator weights of t
 One step, at least $u_{exp} + 4u_{acc} = 8u_{acc}$ in fp32, holds each: with it the merge's three
 steps leave at least $8.1u_{acc}$ at the limit, a token of one chunk at least $4.9u_{acc}$ and of a single
 pass $6.99u_{acc}$ (`check_triton_divisions_cost_a_step`). Below the normal range a quotient errs by
-at most 2 of fp32's smallest subnormal quanta, $2^{-148}$: a chunk's, less than $\tau_{acc}$, is the
+at most 2 of fp32's smallest subnormal quanta, $2^{-148}$, or, where the instruction flushes a
+subnormal result to zero (the PTX ISA's fast divisions may), by less than $2^{-126}$: either way
+at most $\tau_{acc} = 2^{-126}$ (a quotient within 2 ulp of a normal one that the flush then
+sends to 0 would err by up to $2^{-126}(1 + 2^{-22})$, not documented either way and not
+priced here): a chunk's is the
 Lemma-6 rounding of its division (counted there where the chunk is merged, as every chunk is), and
 the output's, less than $\tau$, is item 5's. Lemma 5's $\rho_\Delta$ ($2u_{acc}$ a step) holds
 the quotients' larger magnitudes, a factor up to $1 + 2u_{acc}$ each: a part's in the $2u_{acc}$ of
