@@ -3442,7 +3442,8 @@ def check_triton_divisions_cost_a_step():
     extreme; the fold's ``1.5 / 1`` is not exact), errs by ``2 u_acc``, where the bound at the old count
     (1 step) allows ``30.75 u_acc`` and the new (2) ``54.75 u_acc``: the bound doubles ``rho`` (numerator
     and normaliser weights at opposite extremes) and spends a whole step on the key's own exponential,
-    slack that no run of a few divisions reaches."""
+    slack that no run of a few divisions reaches. With the full 2 ulp (``division_ulps=2``) a key of value 1
+    comes out ``1 + 2^-22``, then ``1 + 2^-21``: ``4 u_acc``, within the bound at either count too."""
     prec = bounds.precision("float32")
     u_acc = mpmath.mpf(prec.u_acc)
     ln = mpmath.log
